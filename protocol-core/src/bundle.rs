@@ -1,0 +1,141 @@
+//! Public bundles (identity key, signed prekey, one-time prekeys) as values, for both versions.
+//!
+//! `identity_key` holds the form the version transports: the Curve25519 u-coordinate in 0.3
+//! (without its 0x05 type byte), the Ed25519 point in OMEMO 2.
+
+use crate::Version;
+use serde::{Deserialize, Serialize};
+
+/// One public one-time prekey.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreKeyPublic {
+    /// Prekey id (1 …).
+    pub id: u32,
+    /// X25519 public key.
+    pub key: [u8; 32],
+}
+
+/// A bundle as published (or received) under one version's PEP node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// Which version's node this bundle belongs to.
+    pub version: Version,
+    /// 0.3: Curve25519 u (32 bytes, 0x05 stripped); OMEMO 2: Ed25519 public key.
+    pub identity_key: [u8; 32],
+    /// Id of the signed prekey.
+    pub signed_prekey_id: u32,
+    /// X25519 public signed prekey.
+    pub signed_prekey: [u8; 32],
+    /// 0.3: libsignal-flavour XEdDSA signature over `0x05 ‖ spk`; OMEMO 2: Ed25519 over `spk`.
+    #[serde(with = "serde_bytes64")]
+    pub signed_prekey_signature: [u8; 64],
+    /// One-time prekeys.
+    pub prekeys: Vec<PreKeyPublic>,
+}
+
+mod serde_bytes64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let v: Vec<u8> = Deserialize::deserialize(d)?;
+        v.try_into()
+            .map_err(|_| serde::de::Error::custom("expected 64 bytes"))
+    }
+}
+
+/// Why a received bundle cannot be used.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// The signed prekey's signature does not verify with the identity key.
+    #[error("signed prekey signature does not verify")]
+    InvalidSignature,
+    /// A key in the bundle is not a valid curve point (or has low order).
+    #[error("invalid {0} key")]
+    InvalidKey(&'static str),
+    /// The bundle has no one-time prekeys.
+    #[error("bundle has no one-time prekeys")]
+    NoPreKeys,
+    /// An id is out of range (0, or above the version's maximum).
+    #[error("{0} id {1} out of range")]
+    IdOutOfRange(&'static str, u32),
+    /// Two one-time prekeys share an id.
+    #[error("duplicate one-time prekey id {0}")]
+    DuplicatePreKeyId(u32),
+    /// Too many one-time prekeys.
+    #[error("bundle has {0} one-time prekeys, more than allowed")]
+    TooManyPreKeys(usize),
+}
+
+/// Most one-time prekeys accepted in a received bundle.
+pub const MAX_BUNDLE_PREKEYS: usize = 1000;
+
+impl Bundle {
+    /// Validates a received bundle: ids in range, keys valid, signature correct.
+    pub fn verify(&self) -> Result<(), BundleError> {
+        use crate::keys::{conversion, xeddsa};
+        let max_id = match self.version {
+            Version::Oldmemo => crate::consts::OLDMEMO_MAX_PREKEY_ID,
+            Version::Twomemo => crate::consts::MAX_DEVICE_ID,
+        };
+        if self.signed_prekey_id == 0 || self.signed_prekey_id > max_id {
+            return Err(BundleError::IdOutOfRange(
+                "signed prekey",
+                self.signed_prekey_id,
+            ));
+        }
+        if self.prekeys.is_empty() {
+            return Err(BundleError::NoPreKeys);
+        }
+        if self.prekeys.len() > MAX_BUNDLE_PREKEYS {
+            return Err(BundleError::TooManyPreKeys(self.prekeys.len()));
+        }
+        let mut ids = std::collections::HashSet::with_capacity(self.prekeys.len());
+        for p in &self.prekeys {
+            if p.id == 0 || p.id > max_id {
+                return Err(BundleError::IdOutOfRange("prekey", p.id));
+            }
+            if !ids.insert(p.id) {
+                return Err(BundleError::DuplicatePreKeyId(p.id));
+            }
+            if !conversion::is_canonical_u(&p.key) {
+                return Err(BundleError::InvalidKey("one-time prekey"));
+            }
+        }
+        if !conversion::is_canonical_u(&self.signed_prekey) {
+            return Err(BundleError::InvalidKey("signed prekey"));
+        }
+        match self.version {
+            Version::Oldmemo => {
+                let mut msg = [0u8; 33];
+                msg[0] = crate::keys::DJB_TYPE;
+                msg[1..].copy_from_slice(&self.signed_prekey);
+                xeddsa::libsignal_verify(&self.identity_key, &msg, &self.signed_prekey_signature)
+                    .map_err(|e| match e {
+                        crate::keys::KeyError::InvalidSignature => BundleError::InvalidSignature,
+                        _ => BundleError::InvalidKey("identity"),
+                    })
+            }
+            Version::Twomemo => {
+                conversion::ed25519_to_curve25519(&self.identity_key)
+                    .map_err(|_| BundleError::InvalidKey("identity"))?;
+                xeddsa::ed25519_verify(
+                    &self.identity_key,
+                    &self.signed_prekey,
+                    &self.signed_prekey_signature,
+                )
+                .map_err(|_| BundleError::InvalidSignature)
+            }
+        }
+    }
+
+    /// For OMEMO 0.3 bundles: the Edwards sign bit of the identity key (bit 63.7 of the
+    /// signature), which python-omemo uses to recover the Ed25519 form.
+    pub fn oldmemo_identity_sign_bit(&self) -> u8 {
+        self.signed_prekey_signature[63] >> 7
+    }
+}

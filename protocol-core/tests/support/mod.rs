@@ -1,0 +1,72 @@
+//! Loads the python-omemo vectors from `shared/protocol/vectors` (or `$OMEMO_VECTORS_DIR`).
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::PathBuf;
+
+pub fn vectors_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("OMEMO_VECTORS_DIR") {
+        return PathBuf::from(dir);
+    }
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // The shared folder sits beside the repository (…/main/../shared).
+    for candidate in [
+        manifest.join("../../shared/protocol/vectors"),
+        manifest.join("../shared/protocol/vectors"),
+    ] {
+        if candidate.is_dir() {
+            return candidate;
+        }
+    }
+    panic!("vector folder not found; set OMEMO_VECTORS_DIR")
+}
+
+pub fn load(name: &str) -> Value {
+    let path = vectors_dir().join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn hexv(v: &Value) -> Vec<u8> {
+    hex::decode(v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))).unwrap()
+}
+
+pub fn hex32(v: &Value) -> [u8; 32] {
+    hexv(v).try_into().unwrap()
+}
+
+pub fn hex64(v: &Value) -> [u8; 64] {
+    hexv(v).try_into().unwrap()
+}
+
+/// An RNG that hands out pre-announced values in order, like the generator's tape.
+pub struct TapeRng {
+    pub tape: Vec<Vec<u8>>,
+}
+
+impl TapeRng {
+    pub fn new(tape: Vec<Vec<u8>>) -> Self {
+        let mut tape = tape;
+        tape.reverse();
+        Self { tape }
+    }
+}
+
+impl rand_core::RngCore for TapeRng {
+    fn next_u32(&mut self) -> u32 {
+        unimplemented!("tape rng only fills bytes")
+    }
+    fn next_u64(&mut self) -> u64 {
+        unimplemented!("tape rng only fills bytes")
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        let next = self.tape.pop().expect("tape exhausted");
+        assert_eq!(next.len(), dest.len(), "tape value of the wrong size");
+        dest.copy_from_slice(&next);
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+impl rand_core::CryptoRng for TapeRng {}
