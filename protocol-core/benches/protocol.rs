@@ -1,2 +1,153 @@
-//! Benchmarks (filled in with the session layer).
-fn main() {}
+//! In-process cost of the protocol operations, next to the primitives they are built from.
+//! Run: `cargo bench -p protocol-core --bench protocol`.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use protocol_core::bundle::{Bundle, PreKeyPublic};
+use protocol_core::keys::identity::SignedPreKey;
+use protocol_core::keys::{xeddsa, IdentityKeyPair, KeyPair};
+use protocol_core::session::{KeyExchange, Session};
+use protocol_core::{x3dh, Version};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::hint::black_box;
+
+struct Setup {
+    alice_id: IdentityKeyPair,
+    bob_id: IdentityKeyPair,
+    spk: SignedPreKey,
+    opk: KeyPair,
+    bundle: Bundle,
+}
+
+fn setup(version: Version, rng: &mut StdRng) -> Setup {
+    let alice_id = IdentityKeyPair::generate(rng);
+    let bob_id = IdentityKeyPair::generate(rng);
+    let spk = SignedPreKey::generate(1, &bob_id, rng);
+    let opk = KeyPair::generate(rng);
+    let bundle = Bundle {
+        version,
+        identity_key: match version {
+            Version::Oldmemo => *bob_id.curve25519(),
+            Version::Twomemo => *bob_id.ed25519(),
+        },
+        signed_prekey_id: 1,
+        signed_prekey: spk.key_pair.public.0,
+        signed_prekey_signature: match version {
+            Version::Oldmemo => spk.signature_oldmemo,
+            Version::Twomemo => spk.signature_twomemo,
+        },
+        prekeys: vec![PreKeyPublic {
+            id: 1,
+            key: opk.public.0,
+        }],
+    };
+    Setup {
+        alice_id,
+        bob_id,
+        spk,
+        opk,
+        bundle,
+    }
+}
+
+/// An established, confirmed pair of sessions.
+fn established(s: &Setup, rng: &mut StdRng) -> (Session, Session) {
+    let mut a = Session::initiate(&s.alice_id, &s.bundle, 1, rng).unwrap();
+    let kex = KeyExchange::parse(s.bundle.version, &a.encrypt(&[0; 32]).unwrap().data).unwrap();
+    let (mut b, _) =
+        Session::respond(&s.bob_id, &kex, &s.spk.key_pair, &s.opk.private, rng).unwrap();
+    let r = b.encrypt(&[0; 32]).unwrap();
+    a.decrypt(&r.data, rng).unwrap();
+    (a, b)
+}
+
+fn primitives(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(1);
+    let k1 = KeyPair::generate(&mut rng);
+    let k2 = KeyPair::generate(&mut rng);
+    c.bench_function("floor/x25519", |b| {
+        b.iter(|| black_box(k1.private.diffie_hellman(&k2.public).unwrap()))
+    });
+    let id = IdentityKeyPair::generate(&mut rng);
+    let z = [7u8; 64];
+    c.bench_function("floor/ed25519_sign", |b| {
+        b.iter(|| black_box(id.sign_twomemo(b"32 bytes of a signed prekey....", &z)))
+    });
+    let sig = id.sign_twomemo(b"32 bytes of a signed prekey....", &z);
+    c.bench_function("floor/ed25519_verify", |b| {
+        b.iter(|| {
+            xeddsa::ed25519_verify(id.ed25519(), b"32 bytes of a signed prekey....", &sig).unwrap()
+        })
+    });
+}
+
+fn protocol(c: &mut Criterion) {
+    for version in [Version::Oldmemo, Version::Twomemo] {
+        let name = match version {
+            Version::Oldmemo => "oldmemo",
+            Version::Twomemo => "twomemo",
+        };
+        let mut rng = StdRng::seed_from_u64(2);
+        let s = setup(version, &mut rng);
+        let eph = KeyPair::generate(&mut rng);
+        c.bench_function(&format!("{name}/x3dh_active"), |b| {
+            b.iter(|| black_box(x3dh::active(&s.alice_id, &s.bundle, 1, &eph).unwrap()))
+        });
+        let alice_ik = x3dh::RemoteIdentity::from_transported(
+            version,
+            match version {
+                Version::Oldmemo => *s.alice_id.curve25519(),
+                Version::Twomemo => *s.alice_id.ed25519(),
+            },
+        );
+        c.bench_function(&format!("{name}/x3dh_passive"), |b| {
+            b.iter(|| {
+                black_box(
+                    x3dh::passive(
+                        version,
+                        &s.bob_id,
+                        &s.spk.key_pair.private,
+                        &s.opk.private,
+                        &alice_ik,
+                        &eph.public,
+                    )
+                    .unwrap(),
+                )
+            })
+        });
+        c.bench_function(&format!("{name}/session_initiate"), |b| {
+            b.iter(|| black_box(Session::initiate(&s.alice_id, &s.bundle, 1, &mut rng).unwrap()))
+        });
+        let (mut a, bob) = established(&s, &mut rng);
+        c.bench_function(&format!("{name}/encrypt"), |b| {
+            b.iter(|| black_box(a.encrypt(&[1; 32]).unwrap()))
+        });
+        // Decrypt on a fresh copy each time: same chain, no DH step.
+        let (mut a, bob2) = established(&s, &mut rng);
+        let msg = a.encrypt(&[1; 32]).unwrap().data;
+        c.bench_function(&format!("{name}/decrypt_same_chain"), |b| {
+            b.iter_batched(
+                || bob2.clone(),
+                |mut bob| black_box(bob.decrypt(&msg, &mut StdRng::seed_from_u64(3)).unwrap()),
+                BatchSize::SmallInput,
+            )
+        });
+        // A message on a new ratchet key: two DH and two root steps.
+        let (mut a, mut b) = (a, bob2.clone());
+        let m = a.encrypt(&[1; 32]).unwrap().data;
+        b.decrypt(&m, &mut rng).unwrap();
+        let r = b.encrypt(&[1; 32]).unwrap().data;
+        let a_before = a.clone();
+        c.bench_function(&format!("{name}/decrypt_ratchet_step"), |bch| {
+            bch.iter_batched(
+                || a_before.clone(),
+                |mut a| black_box(a.decrypt(&r, &mut StdRng::seed_from_u64(4)).unwrap()),
+                BatchSize::SmallInput,
+            )
+        });
+        let _ = bob;
+    }
+}
+
+criterion_group!(benches, primitives, protocol);
+criterion_main!(benches);

@@ -528,7 +528,10 @@ class Peer:
         for ns in order:
             if ns not in (OLD_NS, TWO_NS):
                 raise omemo.UnknownNamespace(f"unknown namespace {ns!r}")
-        sce_to = field(cmd, "sce_to", str, to[0] if len(to) == 1 else None)
+        # SCE <to>: the single recipient by default; "sce_to": null omits it, a string overrides it.
+        sce_to: Optional[str] = to[0] if len(to) == 1 else None
+        if "sce_to" in cmd:
+            sce_to = None if cmd["sce_to"] is None else field(cmd, "sce_to", str)
         plaintext = {
             OLD_NS: body.encode("utf-8"),
             TWO_NS: build_sce_envelope(body, CTX.own_jid, sce_to),
@@ -547,6 +550,7 @@ class Peer:
                     "device_id": e.device_id,
                     "error": type(e.exception).__name__,
                     "message": str(e.exception),
+                    "cause": error_cause(e.exception),
                 }
                 for e in sorted(errors, key=lambda e: (e.namespace, e.bare_jid, e.device_id))
             ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -347,7 +348,10 @@ def main() -> int:
         for p in peers:
             p.kill()
 
-    print(f"(peer logs: {log_path})")
+    if r.failed:
+        print(f"(peer logs and state files kept in {tmp})")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"{r.passed} passed, {r.failed} failed")
     return 0 if r.failed == 0 else 1
 

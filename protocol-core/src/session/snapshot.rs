@@ -1,0 +1,249 @@
+//! The storage form of a session: a versioned protobuf message, so state written by one
+//! release loads in the next (fields are only ever added, never renumbered).
+//!
+//! Skipped message keys are normally stored beside the snapshot (one row each, so a late
+//! message touches one row, not the whole store) and handed back to [`Session::from_snapshot`].
+
+use super::{KeyExchangeInfo, Role, Session};
+use crate::double_ratchet::chain_key::ChainKey;
+use crate::double_ratchet::root_key::RootKey;
+use crate::double_ratchet::skipped_keys::{SkippedKey, SkippedKeys};
+use crate::double_ratchet::{Chains, DoubleRatchet};
+use crate::keys::{KeyPair, PrivateKey, PublicKey};
+use crate::x3dh::RemoteIdentity;
+use crate::Version;
+use prost::Message;
+use thiserror::Error;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+/// Current snapshot format number.
+pub const SESSION_SNAPSHOT_FORMAT: u32 = 1;
+
+/// Why a stored snapshot could not be loaded.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Not a valid protobuf.
+    #[error("snapshot is not valid protobuf")]
+    Decode,
+    /// Written by a newer release.
+    #[error("snapshot format {0} is newer than this release understands")]
+    UnknownFormat(u32),
+    /// A field has an impossible value.
+    #[error("snapshot field `{0}` is invalid")]
+    Invalid(&'static str),
+}
+
+/// The serialized form of a skipped message key.
+#[derive(Clone, PartialEq, Message, Zeroize, ZeroizeOnDrop)]
+#[prost(skip_debug)]
+pub struct SkippedKeySnapshot {
+    /// Sender ratchet key.
+    #[prost(bytes = "vec", tag = "1")]
+    pub ratchet_key: Vec<u8>,
+    /// Index.
+    #[prost(uint32, tag = "2")]
+    pub n: u32,
+    /// Message key.
+    #[prost(bytes = "vec", tag = "3")]
+    pub message_key: Vec<u8>,
+}
+
+/// The serialized form of a [`Session`].
+#[derive(Clone, PartialEq, Message, Zeroize, ZeroizeOnDrop)]
+#[prost(skip_debug)]
+pub struct SessionSnapshot {
+    /// [`SESSION_SNAPSHOT_FORMAT`] at the time of writing.
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    /// 0 = OMEMO 0.3, 1 = OMEMO 2.
+    #[prost(uint32, tag = "2")]
+    pub version: u32,
+    /// 0 = initiator, 1 = responder.
+    #[prost(uint32, tag = "3")]
+    pub role: u32,
+    #[prost(bytes = "vec", tag = "4")]
+    pub own_identity: Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    pub remote_identity: Vec<u8>,
+    #[prost(uint32, tag = "6")]
+    pub pre_key_id: u32,
+    #[prost(uint32, tag = "7")]
+    pub signed_pre_key_id: u32,
+    #[prost(bytes = "vec", tag = "8")]
+    pub ephemeral: Vec<u8>,
+    #[prost(bool, tag = "9")]
+    pub confirmed: bool,
+    #[prost(bytes = "vec", tag = "10")]
+    pub root_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "11")]
+    pub own_ratchet_private: Vec<u8>,
+    #[prost(bytes = "vec", optional, tag = "12")]
+    pub remote_ratchet: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "13")]
+    pub sending_chain_key: Option<Vec<u8>>,
+    #[prost(uint32, tag = "14")]
+    pub sending_index: u32,
+    #[prost(bytes = "vec", optional, tag = "15")]
+    pub receiving_chain_key: Option<Vec<u8>>,
+    #[prost(uint32, tag = "16")]
+    pub receiving_index: u32,
+    #[prost(uint32, tag = "17")]
+    pub previous_sending_length: u32,
+    #[prost(bytes = "vec", repeated, tag = "18")]
+    pub previous_remote: Vec<Vec<u8>>,
+    /// Only when the caller asked for a self-contained snapshot.
+    #[prost(message, repeated, tag = "19")]
+    pub skipped: Vec<SkippedKeySnapshot>,
+}
+
+fn arr(v: &[u8], field: &'static str) -> Result<[u8; 32], SnapshotError> {
+    v.try_into().map_err(|_| SnapshotError::Invalid(field))
+}
+
+impl Session {
+    /// The snapshot of this session; `include_skipped` also embeds the skipped-key store.
+    pub fn snapshot(&self, include_skipped: bool) -> SessionSnapshot {
+        let c = &self.ratchet.chains;
+        SessionSnapshot {
+            format: SESSION_SNAPSHOT_FORMAT,
+            version: match self.version {
+                Version::Oldmemo => 0,
+                Version::Twomemo => 1,
+            },
+            role: match self.role {
+                Role::Initiator => 0,
+                Role::Responder => 1,
+            },
+            own_identity: self.own_identity.to_vec(),
+            remote_identity: self.remote_identity.transported().to_vec(),
+            pre_key_id: self.key_exchange.pre_key_id,
+            signed_pre_key_id: self.key_exchange.signed_pre_key_id,
+            ephemeral: self.key_exchange.ephemeral.0.to_vec(),
+            confirmed: self.confirmed,
+            root_key: c.root_key.as_bytes().to_vec(),
+            own_ratchet_private: c.own_ratchet.private.to_bytes().to_vec(),
+            remote_ratchet: c.remote_ratchet.map(|k| k.0.to_vec()),
+            sending_chain_key: c.sending.as_ref().map(|k| k.as_bytes().to_vec()),
+            sending_index: c.sending.as_ref().map_or(0, ChainKey::index),
+            receiving_chain_key: c.receiving.as_ref().map(|k| k.as_bytes().to_vec()),
+            receiving_index: c.receiving.as_ref().map_or(0, ChainKey::index),
+            previous_sending_length: c.previous_sending_length,
+            previous_remote: c.previous_remote.iter().map(|k| k.0.to_vec()).collect(),
+            skipped: if include_skipped {
+                self.ratchet
+                    .skipped_keys()
+                    .iter()
+                    .map(|k| SkippedKeySnapshot {
+                        ratchet_key: k.ratchet_key.to_vec(),
+                        n: k.n,
+                        message_key: k.message_key.to_vec(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// The snapshot as bytes.
+    pub fn to_bytes(&self, include_skipped: bool) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.snapshot(include_skipped).encode_to_vec())
+    }
+
+    /// Loads a session from snapshot bytes plus any skipped keys stored beside it.
+    pub fn from_bytes(bytes: &[u8], skipped: Vec<SkippedKey>) -> Result<Self, SnapshotError> {
+        let s = SessionSnapshot::decode(bytes).map_err(|_| SnapshotError::Decode)?;
+        Self::from_snapshot(&s, skipped)
+    }
+
+    /// Loads a session from a decoded snapshot plus any skipped keys stored beside it.
+    pub fn from_snapshot(
+        s: &SessionSnapshot,
+        skipped: Vec<SkippedKey>,
+    ) -> Result<Self, SnapshotError> {
+        if s.format == 0 || s.format > SESSION_SNAPSHOT_FORMAT {
+            return Err(SnapshotError::UnknownFormat(s.format));
+        }
+        let version = match s.version {
+            0 => Version::Oldmemo,
+            1 => Version::Twomemo,
+            _ => return Err(SnapshotError::Invalid("version")),
+        };
+        let role = match s.role {
+            0 => Role::Initiator,
+            1 => Role::Responder,
+            _ => return Err(SnapshotError::Invalid("role")),
+        };
+        let chain = |k: &Option<Vec<u8>>, i: u32, f| -> Result<Option<ChainKey>, SnapshotError> {
+            k.as_ref()
+                .map(|k| Ok(ChainKey::new(arr(k, f)?, i)))
+                .transpose()
+        };
+        let mut all_skipped = Vec::with_capacity(s.skipped.len() + skipped.len());
+        for k in &s.skipped {
+            all_skipped.push(SkippedKey {
+                ratchet_key: arr(&k.ratchet_key, "skipped.ratchet_key")?,
+                n: k.n,
+                message_key: arr(&k.message_key, "skipped.message_key")?,
+            });
+        }
+        all_skipped.extend(skipped);
+        let chains = Chains {
+            root_key: RootKey(arr(&s.root_key, "root_key")?),
+            own_ratchet: KeyPair::from_private(PrivateKey::from_bytes(arr(
+                &s.own_ratchet_private,
+                "own_ratchet_private",
+            )?)),
+            remote_ratchet: s
+                .remote_ratchet
+                .as_ref()
+                .map(|k| arr(k, "remote_ratchet").map(PublicKey))
+                .transpose()?,
+            sending: chain(&s.sending_chain_key, s.sending_index, "sending_chain_key")?,
+            receiving: chain(
+                &s.receiving_chain_key,
+                s.receiving_index,
+                "receiving_chain_key",
+            )?,
+            previous_sending_length: s.previous_sending_length,
+            previous_remote: s
+                .previous_remote
+                .iter()
+                .map(|k| arr(k, "previous_remote").map(PublicKey))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Session {
+            version,
+            ratchet: DoubleRatchet {
+                version,
+                chains,
+                skipped: SkippedKeys::from_keys(all_skipped),
+            },
+            role,
+            own_identity: arr(&s.own_identity, "own_identity")?,
+            remote_identity: RemoteIdentity::from_transported(
+                version,
+                arr(&s.remote_identity, "remote_identity")?,
+            ),
+            key_exchange: KeyExchangeInfo {
+                pre_key_id: s.pre_key_id,
+                signed_pre_key_id: s.signed_pre_key_id,
+                ephemeral: PublicKey(arr(&s.ephemeral, "ephemeral")?),
+            },
+            confirmed: s.confirmed,
+        })
+    }
+}
+
+impl std::fmt::Debug for SessionSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionSnapshot {{ format: {}, .. }}", self.format)
+    }
+}
+
+impl std::fmt::Debug for SkippedKeySnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SkippedKeySnapshot {{ n: {}, .. }}", self.n)
+    }
+}
