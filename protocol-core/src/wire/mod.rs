@@ -12,7 +12,7 @@ pub mod twomemo;
 /// Why a binary key element could not be parsed.
 ///
 /// Messages name fields and lengths only; they never contain key or ciphertext bytes.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
     /// The input was empty.

@@ -1,0 +1,301 @@
+//! The `omemod` command line: `serve` runs the daemon; the other commands are clients that send
+//! one JSON-RPC request to a running daemon.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::config::{self, Durability, ServeConfig};
+
+/// omemod: OMEMO (XEP-0384) encryption for XMPP clients, served over JSON-RPC on a Unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "omemod", version, about)]
+pub struct Cli {
+    /// The daemon's socket [default: $XDG_RUNTIME_DIR/omemod/omemod.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Send one request and print its result as JSON (errors go to stderr, exit code 1).
+    Call {
+        /// Method name, e.g. `status`.
+        method: String,
+        /// Params as a JSON object; `-` reads them from standard input.
+        params: Option<String>,
+    },
+    /// Print the OpenRPC document of the daemon's methods.
+    Openrpc,
+    /// Create the OMEMO account for a JID (calls `account.create`).
+    Init {
+        /// The account's bare JID.
+        #[arg(long)]
+        jid: String,
+    },
+    /// Show the daemon's status (calls `status`).
+    Status,
+    /// Show our own fingerprint (calls `fingerprint.get`).
+    Fingerprint {
+        /// The account, when there are several.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Decide whether to trust a peer device (calls `trust.set`).
+    Trust {
+        /// The account, when there are several.
+        #[arg(long)]
+        account: Option<String>,
+        /// The peer's bare JID.
+        #[arg(long)]
+        peer: String,
+        /// The peer's device id.
+        #[arg(long)]
+        device: u32,
+        /// The decision.
+        #[arg(value_enum)]
+        decision: TrustDecision,
+    },
+}
+
+/// A trust decision.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TrustDecision {
+    /// Encrypt to and accept messages from the device.
+    Trusted,
+    /// Never encrypt to the device.
+    Distrusted,
+    /// Forget the decision.
+    Undecided,
+}
+
+/// Options of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The SQLite database [default: $XDG_STATE_HOME/omemod/omemod.db].
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// `full` survives power loss; `normal` survives a process crash but may lose the last commits
+    /// on power loss.
+    #[arg(long, value_enum, default_value_t = Durability::Full)]
+    pub durability: Durability,
+    /// Longest accepted request line, in bytes.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_name = "BYTES")]
+    pub max_request_bytes: usize,
+    /// Longest response, in bytes.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_RESPONSE_BYTES, value_name = "BYTES")]
+    pub max_response_bytes: usize,
+    /// Requests one connection may have running at once.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_IN_FLIGHT, value_name = "N")]
+    pub max_in_flight: usize,
+    /// Register the `debug.*` methods. For tests only; never in production.
+    #[arg(long, hide = true)]
+    pub enable_debug_methods: bool,
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(config::default_socket_path);
+    match cli.command {
+        Command::Serve(args) => serve(socket, args),
+        Command::Openrpc => openrpc(socket),
+        Command::Call { method, params } => {
+            let params = match read_params(params.as_deref()) {
+                Ok(p) => p,
+                Err(msg) => {
+                    eprintln!("omemod: {msg}");
+                    return ExitCode::from(2);
+                }
+            };
+            call(&socket, &method, params)
+        }
+        Command::Init { jid } => call(&socket, "account.create", json!({"jid": jid})),
+        Command::Status => call(&socket, "status", json!({})),
+        Command::Fingerprint { account } => {
+            call(&socket, "fingerprint.get", with_account(json!({}), account))
+        }
+        Command::Trust {
+            account,
+            peer,
+            device,
+            decision,
+        } => {
+            let decision = match decision {
+                TrustDecision::Trusted => "trusted",
+                TrustDecision::Distrusted => "distrusted",
+                TrustDecision::Undecided => "undecided",
+            };
+            let params = json!({"peer": peer, "device_id": device, "decision": decision});
+            call(&socket, "trust.set", with_account(params, account))
+        }
+    }
+}
+
+fn with_account(mut params: Value, account: Option<String>) -> Value {
+    if let (Some(obj), Some(account)) = (params.as_object_mut(), account) {
+        obj.insert("account".into(), Value::String(account));
+    }
+    params
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn serve(socket: PathBuf, args: ServeArgs) -> ExitCode {
+    init_logging("info");
+    let config = ServeConfig {
+        socket,
+        db: args.db.unwrap_or_else(config::default_db_path),
+        durability: args.durability,
+        max_request_bytes: args.max_request_bytes.max(1),
+        max_response_bytes: args.max_response_bytes.max(1),
+        max_in_flight: args.max_in_flight.max(1),
+        enable_debug_methods: args.enable_debug_methods,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::rpc::server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn openrpc(socket: PathBuf) -> ExitCode {
+    let config = ServeConfig {
+        socket: socket.clone(),
+        db: config::default_db_path(),
+        durability: Durability::default(),
+        max_request_bytes: config::DEFAULT_MAX_REQUEST_BYTES,
+        max_response_bytes: config::DEFAULT_MAX_RESPONSE_BYTES,
+        max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
+        enable_debug_methods: false,
+    };
+    let ctx = Arc::new(crate::rpc::ctx::Ctx::new(config, socket));
+    if let Err(e) = crate::rpc::methods::build(Arc::clone(&ctx), false) {
+        eprintln!("omemod: {e}");
+        return ExitCode::FAILURE;
+    }
+    match ctx.openrpc.get().map(serde_json::to_string_pretty) {
+        Some(Ok(text)) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn read_params(arg: Option<&str>) -> Result<Value, String> {
+    let text = match arg {
+        None => return Ok(json!({})),
+        Some("-") => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            s
+        }
+        Some(s) => s.to_owned(),
+    };
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("params are not JSON: {e}"))?;
+    if !v.is_object() {
+        return Err("params must be a JSON object".into());
+    }
+    Ok(v)
+}
+
+/// Sends one request, prints the result; exit code 1 on an error answer, 2 when the daemon cannot
+/// be reached.
+fn call(socket: &std::path::Path, method: &str, params: Value) -> ExitCode {
+    match call_raw(socket, method, params) {
+        Ok(answer) => {
+            if let Some(err) = answer.get("error") {
+                let kind = err
+                    .pointer("/data/kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?");
+                let message = err.get("message").and_then(Value::as_str).unwrap_or("");
+                let code = err.get("code").cloned().unwrap_or(Value::Null);
+                eprintln!("omemod: {method}: {message} ({kind}, code {code})");
+                if let Some(data) = err.get("data") {
+                    if data.as_object().is_some_and(|o| o.len() > 1) {
+                        eprintln!("{}", serde_json::to_string_pretty(data).unwrap_or_default());
+                    }
+                }
+                return ExitCode::from(1);
+            }
+            let result = answer.get("result").cloned().unwrap_or(Value::Null);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&result).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("omemod: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn call_raw(socket: &std::path::Path, method: &str, params: Value) -> Result<Value, String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot connect to {}: {e} (is `omemod serve` running?)",
+            socket.display()
+        )
+    })?;
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let mut line = request.to_string();
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("cannot send: {e}"))?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut answer = String::new();
+        let n = reader
+            .read_line(&mut answer)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        if n == 0 {
+            return Err("the daemon closed the connection without answering".into());
+        }
+        let v: Value = serde_json::from_str(&answer).map_err(|e| format!("bad answer: {e}"))?;
+        // Our answer carries id 1; an error with id null (e.g. unauthorized) is also for us.
+        if v.get("id") == Some(&json!(1))
+            || (v.get("id") == Some(&Value::Null) && v.get("error").is_some())
+        {
+            return Ok(v);
+        }
+    }
+}

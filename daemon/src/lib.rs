@@ -1,0 +1,15 @@
+//! omemod as a library: the pieces the `omemod` binary is built from.
+//!
+//! - [`storage`]: the SQLite file (schema, migrations, group-commit writer).
+//! - [`manager`]: the session manager (accounts, bundles, device lists, sessions, trust).
+//! - [`rpc`]: JSON-RPC 2.0 over a Unix socket, one method per file in `rpc/methods/`.
+//! - [`cli`]: the `omemod` command line.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod manager;
+pub mod rpc;
+pub mod storage;
+pub mod systemd;

@@ -1,0 +1,292 @@
+//! Our own device per account: identity, signed prekeys, the one-time prekey pool, and the
+//! bundle we publish from them.
+
+use super::error::{ManagerError, Result};
+use crate::storage::{self, accounts, identity, prekeys, signed_prekeys, SecretKey, Store};
+use protocol_core::bundle::{Bundle, PreKeyPublic};
+use protocol_core::consts::{MAX_DEVICE_ID, OLDMEMO_MAX_PREKEY_ID, PREKEY_POOL_SIZE};
+use protocol_core::keys::identity::SignedPreKey;
+use protocol_core::keys::{IdentityKeyPair, KeyPair, PrivateKey};
+use protocol_core::Version;
+use rand::rngs::OsRng;
+use rand::Rng;
+use std::collections::BTreeMap;
+
+pub use accounts::TrustMode;
+
+/// How long a signed prekey is used before it is replaced (python-omemo's default).
+pub const SIGNED_PREKEY_ROTATION_SECS: i64 = 7 * 24 * 60 * 60;
+/// How long a replaced signed prekey still answers delayed key exchanges.
+pub const SIGNED_PREKEY_GRACE_SECS: i64 = SIGNED_PREKEY_ROTATION_SECS;
+
+/// One of our one-time prekeys.
+#[derive(Debug, Clone)]
+pub struct OwnPreKey {
+    /// The key pair.
+    pub key_pair: KeyPair,
+    /// Used by a key exchange during catch-up: no longer published, kept until catch-up ends.
+    pub used: bool,
+}
+
+/// One of our signed prekeys.
+#[derive(Debug, Clone)]
+pub struct OwnSignedPreKey {
+    /// Key, id and signatures.
+    pub key: SignedPreKey,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// When it was replaced (None for the current one).
+    pub retired_at: Option<i64>,
+}
+
+/// The mutable part of an account's own keys; guarded by the account's lock.
+#[derive(Debug)]
+pub struct OwnKeys {
+    /// Signed prekeys by id (the current one and those in their grace period).
+    pub signed_prekeys: BTreeMap<u32, OwnSignedPreKey>,
+    /// One-time prekeys by id.
+    pub prekeys: BTreeMap<u32, OwnPreKey>,
+    /// Change counter of the published bundle.
+    pub bundle_version: i64,
+    /// Whether the client is replaying its archive.
+    pub catchup: bool,
+    /// Trust policy for new identity keys.
+    pub trust_mode: TrustMode,
+}
+
+impl OwnKeys {
+    /// The signed prekey in use.
+    pub fn current_signed_prekey(&self) -> Option<&OwnSignedPreKey> {
+        self.signed_prekeys
+            .values()
+            .filter(|s| s.retired_at.is_none())
+            .max_by_key(|s| s.key.id)
+    }
+
+    /// Published (not used) prekeys.
+    pub fn live_prekeys(&self) -> impl Iterator<Item = (&u32, &OwnPreKey)> {
+        self.prekeys.iter().filter(|(_, p)| !p.used)
+    }
+
+    /// Our bundle in `version`.
+    pub fn bundle(&self, version: Version, identity: &IdentityKeyPair) -> Option<Bundle> {
+        let spk = self.current_signed_prekey()?;
+        Some(Bundle {
+            version,
+            identity_key: match version {
+                Version::Oldmemo => *identity.curve25519(),
+                Version::Twomemo => *identity.ed25519(),
+            },
+            signed_prekey_id: spk.key.id,
+            signed_prekey: spk.key.key_pair.public.0,
+            signed_prekey_signature: match version {
+                Version::Oldmemo => spk.key.signature_oldmemo,
+                Version::Twomemo => spk.key.signature_twomemo,
+            },
+            prekeys: self
+                .live_prekeys()
+                .map(|(id, p)| PreKeyPublic {
+                    id: *id,
+                    key: p.key_pair.public.0,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// An account: its immutable identity and its lock-guarded keys.
+#[derive(Debug)]
+pub struct Account {
+    /// `accounts.id`.
+    pub id: i64,
+    /// Our bare JID.
+    pub jid: String,
+    /// Our device id (both namespaces).
+    pub device_id: u32,
+    /// Our identity key pair.
+    pub identity: IdentityKeyPair,
+    /// Keys that change.
+    pub keys: tokio::sync::Mutex<OwnKeys>,
+}
+
+/// Fresh prekey rows with ids from `ids`.
+pub(crate) fn new_prekey_rows(
+    account_id: i64,
+    ids: impl Iterator<Item = u32>,
+    now: i64,
+) -> Vec<(prekeys::PreKeyRow, KeyPair)> {
+    ids.map(|id| {
+        let kp = KeyPair::generate(&mut OsRng);
+        (
+            prekeys::PreKeyRow {
+                account_id,
+                id,
+                private_key: SecretKey::new(*kp.private.to_bytes()),
+                public_key: kp.public.0,
+                created_at: now,
+                used_at: None,
+            },
+            kp,
+        )
+    })
+    .collect()
+}
+
+/// Prekey ids for 0.3 must stay ≤ 0xFFFFFE: wrap like libsignal does.
+pub(crate) fn wrap_prekey_id(id: u32) -> u32 {
+    ((id - 1) % OLDMEMO_MAX_PREKEY_ID) + 1
+}
+
+pub(crate) fn signed_prekey_row(
+    account_id: i64,
+    s: &SignedPreKey,
+    now: i64,
+) -> signed_prekeys::SignedPreKeyRow {
+    signed_prekeys::SignedPreKeyRow {
+        account_id,
+        id: s.id,
+        private_key: SecretKey::new(*s.key_pair.private.to_bytes()),
+        public_key: s.key_pair.public.0,
+        signature_oldmemo: s.signature_oldmemo,
+        signature_twomemo: s.signature_twomemo,
+        created_at: now,
+        retired_at: None,
+    }
+}
+
+/// Creates an account with a fresh identity, signed prekey and full prekey pool, in one
+/// transaction. `avoid` lists device ids already taken on our own device lists.
+pub async fn create(store: &Store, jid: &str, trust_mode: TrustMode) -> Result<Account> {
+    let jid_owned = jid.to_owned();
+    let identity = IdentityKeyPair::generate(&mut OsRng);
+    let device_id: u32 = OsRng.gen_range(1..=MAX_DEVICE_ID);
+    let id_bytes = identity.private_bytes();
+    let spk = SignedPreKey::generate(1, &identity, &mut OsRng);
+    let spk_row_src = spk.clone();
+    let now = storage::now();
+    let curve = *identity.curve25519();
+    let ed = *identity.ed25519();
+    let fingerprint = identity.fingerprint();
+    let (account_id, pool) = store
+        .write(move |tx| {
+            if accounts::get_by_jid(tx, &jid_owned)?.is_some() {
+                return Ok(None);
+            }
+            let account_id = accounts::insert(tx, &jid_owned, device_id, trust_mode, now)?;
+            identity::insert(
+                tx,
+                &identity::IdentityRow {
+                    account_id,
+                    private_key: SecretKey::new(*id_bytes),
+                    curve25519_public: curve,
+                    ed25519_public: ed,
+                    fingerprint,
+                    created_at: now,
+                },
+            )?;
+            let spk_id = accounts::take_signed_prekey_id(tx, account_id)?;
+            let mut spk = spk_row_src;
+            spk.id = spk_id;
+            signed_prekeys::insert(tx, &signed_prekey_row(account_id, &spk, now))?;
+            let ids = accounts::take_prekey_ids(tx, account_id, PREKEY_POOL_SIZE)?;
+            let rows = new_prekey_rows(account_id, ids.map(wrap_prekey_id), now);
+            prekeys::insert_many(tx, &rows.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>())?;
+            Ok(Some((account_id, rows)))
+        })
+        .await?
+        .ok_or_else(|| ManagerError::AccountExists(jid.to_owned()))?;
+    let mut signed = BTreeMap::new();
+    signed.insert(
+        spk.id,
+        OwnSignedPreKey {
+            key: spk,
+            created_at: now,
+            retired_at: None,
+        },
+    );
+    Ok(Account {
+        id: account_id,
+        jid: jid.to_owned(),
+        device_id,
+        identity,
+        keys: tokio::sync::Mutex::new(OwnKeys {
+            signed_prekeys: signed,
+            prekeys: pool
+                .into_iter()
+                .map(|(r, kp)| {
+                    (
+                        r.id,
+                        OwnPreKey {
+                            key_pair: kp,
+                            used: false,
+                        },
+                    )
+                })
+                .collect(),
+            bundle_version: 1,
+            catchup: false,
+            trust_mode,
+        }),
+    })
+}
+
+/// Loads every account with its keys.
+pub fn load_all(conn: &rusqlite::Connection) -> Result<Vec<Account>, storage::StorageError> {
+    let mut out = Vec::new();
+    for row in accounts::list(conn)? {
+        let Some(id_row) = identity::get(conn, row.id)? else {
+            tracing::warn!(jid = %row.jid, "account without identity; skipped");
+            continue;
+        };
+        let identity =
+            IdentityKeyPair::from_private(PrivateKey::from_bytes(*id_row.private_key.expose()));
+        let signed_prekeys = signed_prekeys::list(conn, row.id)?
+            .into_iter()
+            .map(|s| {
+                let key_pair =
+                    KeyPair::from_private(PrivateKey::from_bytes(*s.private_key.expose()));
+                (
+                    s.id,
+                    OwnSignedPreKey {
+                        key: SignedPreKey {
+                            id: s.id,
+                            key_pair,
+                            signature_oldmemo: s.signature_oldmemo,
+                            signature_twomemo: s.signature_twomemo,
+                        },
+                        created_at: s.created_at,
+                        retired_at: s.retired_at,
+                    },
+                )
+            })
+            .collect();
+        let prekeys = prekeys::list(conn, row.id)?
+            .into_iter()
+            .map(|p| {
+                (
+                    p.id,
+                    OwnPreKey {
+                        key_pair: KeyPair::from_private(PrivateKey::from_bytes(
+                            *p.private_key.expose(),
+                        )),
+                        used: p.used_at.is_some(),
+                    },
+                )
+            })
+            .collect();
+        out.push(Account {
+            id: row.id,
+            jid: row.jid,
+            device_id: row.device_id,
+            identity,
+            keys: tokio::sync::Mutex::new(OwnKeys {
+                signed_prekeys,
+                prekeys,
+                bundle_version: row.bundle_version,
+                catchup: row.catchup,
+                trust_mode: row.trust_mode,
+            }),
+        });
+    }
+    Ok(out)
+}

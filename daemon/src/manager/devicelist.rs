@@ -1,0 +1,95 @@
+//! Device lists received from PEP (any JID, our own included).
+
+use super::{check_bare_jid, Action, Manager, ManagerError, Result};
+use crate::events::Event;
+use crate::storage::{self, devices};
+use protocol_core::keys::xeddsa;
+use protocol_core::xml::{self, DeviceListEntry};
+use protocol_core::Version;
+use serde::Serialize;
+
+/// The outcome of a device-list update.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct DevicelistUpdate {
+    /// Devices now active.
+    pub device_ids: Vec<u32>,
+    /// Devices seen for the first time.
+    pub added: Vec<u32>,
+    /// Devices that came back.
+    pub reactivated: Vec<u32>,
+    /// Devices that dropped out (kept, marked inactive).
+    pub deactivated: Vec<u32>,
+    /// For our own JID: our device is missing from the list, which must be republished.
+    pub own_device_missing: bool,
+    /// Follow-up actions.
+    pub actions: Vec<Action>,
+}
+
+impl Manager {
+    /// Ingests the device list of `jid` in `namespace` (as received from PEP).
+    pub async fn update_devicelist(
+        &self,
+        account: Option<&str>,
+        jid: &str,
+        namespace: Version,
+        list_xml: &str,
+    ) -> Result<DevicelistUpdate> {
+        check_bare_jid(jid)?;
+        let acct = self.account(account)?;
+        let entries = xml::devicelist_from_xml(namespace, list_xml)
+            .map_err(|e| ManagerError::InvalidMessage(format!("device list: {e}")))?;
+        let own = jid == acct.jid;
+        // Labels need a valid signature (XEP-0384 0.9); we can check ours only when the
+        // signer is known: our own device.
+        let stored: Vec<devices::DeviceListEntry> = entries
+            .iter()
+            .map(|e: &DeviceListEntry| devices::DeviceListEntry {
+                device_id: e.id,
+                label: e.label.clone().filter(|l| {
+                    own && e.id == acct.device_id
+                        && e.labelsig
+                            .as_deref()
+                            .and_then(|s| <[u8; 64]>::try_from(s).ok())
+                            .is_some_and(|sig| {
+                                xeddsa::ed25519_verify(acct.identity.ed25519(), l.as_bytes(), &sig)
+                                    .is_ok()
+                            })
+                }),
+            })
+            .collect();
+        let account_id = acct.id;
+        let jid_owned = jid.to_owned();
+        let now = storage::now();
+        let (change, rows) = self
+            .store
+            .write(move |tx| {
+                let change =
+                    devices::replace_list(tx, account_id, &jid_owned, namespace, &stored, now)?;
+                let rows = devices::list(tx, account_id, &jid_owned, namespace)?;
+                Ok((change, rows))
+            })
+            .await?;
+        self.with_directory(acct.id, |d| d.set_devices(jid, namespace, rows));
+        let device_ids: Vec<u32> = self.with_directory(acct.id, |d| d.active(jid, namespace));
+        let own_device_missing = own && !device_ids.contains(&acct.device_id);
+        let mut actions = Vec::new();
+        if own_device_missing {
+            actions.push(Action::PublishDevicelist { namespace });
+        }
+        self.emit(Event::DevicelistChanged {
+            account: acct.jid.clone(),
+            peer: jid.to_owned(),
+            namespace,
+            device_ids: device_ids.clone(),
+        });
+        tracing::debug!(account = %acct.jid, peer = jid, %namespace, devices = device_ids.len(), "device list updated");
+        Ok(DevicelistUpdate {
+            device_ids,
+            added: change.added,
+            reactivated: change.reactivated,
+            deactivated: change.deactivated,
+            own_device_missing,
+            actions,
+        })
+    }
+}

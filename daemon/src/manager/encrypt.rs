@@ -1,0 +1,471 @@
+//! Encryption to every active device of a set of JIDs (our own other devices included), in
+//! the namespaces those devices support; sessions are built lazily from stored bundles.
+
+use super::account::Account;
+use super::sessions::{session_row, SessionMeta};
+use super::{check_bare_jid, Action, Manager, ManagerError, Result};
+use crate::storage::trust::{TrustLevel, TrustRow};
+use crate::storage::{self, sessions as session_store, trust as trust_store, DeviceAddr};
+use protocol_core::payload;
+use protocol_core::sce::{build_envelope, EnvelopeOptions};
+use protocol_core::session::Session;
+use protocol_core::xml::{Encrypted, KeyElement};
+use protocol_core::Version;
+use rand::rngs::OsRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use zeroize::Zeroizing;
+
+/// What happened for one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceStatus {
+    /// A key for it is in the message.
+    Encrypted,
+    /// No session and no bundle: fetch the bundle (see `action`).
+    NoBundle,
+    /// Its identity key is not trusted: nothing was encrypted for it.
+    Untrusted,
+    /// Something else went wrong (see `reason`).
+    Failed,
+}
+
+/// The per-device report.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct DeviceReport {
+    /// Owner's bare JID.
+    pub jid: String,
+    /// Device id.
+    pub device_id: u32,
+    /// Namespace.
+    pub namespace: String,
+    /// Outcome.
+    pub status: DeviceStatus,
+    /// Whether its key is a key exchange.
+    pub kex: bool,
+    /// Why it failed or was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the client should do about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+}
+
+/// One `<encrypted>` element.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct EncryptedMessage {
+    /// Its namespace.
+    pub namespace: String,
+    /// The element as XML.
+    pub xml: String,
+    /// The same element as structured JSON.
+    #[schemars(with = "serde_json::Value")]
+    pub element: Encrypted,
+}
+
+/// Result of an encryption.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct EncryptOutcome {
+    /// One element per namespace that has at least one key.
+    pub messages: Vec<EncryptedMessage>,
+    /// What happened per device.
+    pub devices: Vec<DeviceReport>,
+}
+
+/// Who to encrypt to.
+#[derive(Debug, Clone)]
+pub struct EncryptRequest {
+    /// Recipient bare JIDs (our own other devices are always added).
+    pub to: Vec<String>,
+    /// The body; `None` builds an empty (key transport) message.
+    pub body: Option<String>,
+    /// Namespaces in order of preference.
+    pub namespaces: Vec<Version>,
+    /// Encrypt each device in its first supported namespace only (python-omemo's rule); when
+    /// false, in every namespace it is listed in.
+    pub one_namespace_per_device: bool,
+    /// The SCE `<to>` (OMEMO 2); defaults to the recipient when there is exactly one.
+    pub sce_to: Option<String>,
+}
+
+struct Target {
+    addr: DeviceAddr,
+    force_new: bool,
+}
+
+/// Payload and per-device key material of one namespace.
+struct NsPayload {
+    key_material: Zeroizing<Vec<u8>>,
+    iv: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+fn payload_for(acct: &Account, ns: Version, body: Option<&str>, sce_to: Option<&str>) -> NsPayload {
+    match (ns, body) {
+        (Version::Oldmemo, Some(b)) => {
+            let p = payload::oldmemo::encrypt(b.as_bytes(), &mut OsRng);
+            NsPayload {
+                key_material: Zeroizing::new(p.key_material.to_vec()),
+                iv: Some(p.iv.to_vec()),
+                payload: Some(p.ciphertext),
+            }
+        }
+        (Version::Oldmemo, None) => {
+            let (km, iv) = payload::oldmemo::key_transport(&mut OsRng);
+            NsPayload {
+                key_material: Zeroizing::new(km.to_vec()),
+                iv: Some(iv.to_vec()),
+                payload: None,
+            }
+        }
+        (Version::Twomemo, Some(b)) => {
+            let envelope = build_envelope(
+                b,
+                &EnvelopeOptions {
+                    from: &acct.jid,
+                    to: sce_to,
+                    time: None,
+                },
+                &mut OsRng,
+            );
+            let p = payload::twomemo::encrypt(envelope.as_bytes(), &mut OsRng);
+            NsPayload {
+                key_material: Zeroizing::new(p.key_material.to_vec()),
+                iv: None,
+                payload: Some(p.ciphertext),
+            }
+        }
+        (Version::Twomemo, None) => NsPayload {
+            key_material: Zeroizing::new(payload::twomemo::EMPTY_KEY_MATERIAL.to_vec()),
+            iv: None,
+            payload: None,
+        },
+    }
+}
+
+fn report(
+    addr: &DeviceAddr,
+    status: DeviceStatus,
+    kex: bool,
+    reason: Option<String>,
+    action: Option<Action>,
+) -> DeviceReport {
+    DeviceReport {
+        jid: addr.jid.clone(),
+        device_id: addr.device_id,
+        namespace: addr.namespace.namespace().to_owned(),
+        status,
+        kex,
+        reason,
+        action,
+    }
+}
+
+impl Manager {
+    /// Encrypts `req.body` (or an empty message) to every active device of `req.to`.
+    pub async fn encrypt(
+        &self,
+        account: Option<&str>,
+        req: EncryptRequest,
+    ) -> Result<EncryptOutcome> {
+        let acct = self.account(account)?;
+        let mut jids: Vec<String> = Vec::new();
+        for j in &req.to {
+            check_bare_jid(j)?;
+            if !jids.contains(j) {
+                jids.push(j.clone());
+            }
+        }
+        if jids.is_empty() {
+            return Err(ManagerError::InvalidParams(
+                "`to` names no recipient".into(),
+            ));
+        }
+        if req.namespaces.is_empty() {
+            return Err(ManagerError::InvalidParams("`namespaces` is empty".into()));
+        }
+        let sce_to = req
+            .sce_to
+            .clone()
+            .or_else(|| (jids.len() == 1).then(|| jids[0].clone()));
+        let mut all = jids.clone();
+        if !all.contains(&acct.jid) {
+            all.push(acct.jid.clone());
+        }
+        let mut targets = Vec::new();
+        self.with_directory(acct.id, |d| {
+            for jid in &all {
+                let mut seen: Vec<u32> = Vec::new();
+                for ns in &req.namespaces {
+                    for id in d.active(jid, *ns) {
+                        if *jid == acct.jid && id == acct.device_id {
+                            continue;
+                        }
+                        if req.one_namespace_per_device && seen.contains(&id) {
+                            continue;
+                        }
+                        seen.push(id);
+                        targets.push(Target {
+                            addr: Self::addr(&acct, jid, *ns, id),
+                            force_new: false,
+                        });
+                    }
+                }
+            }
+        });
+        self.encrypt_to(&acct, targets, req.body.as_deref(), sce_to.as_deref())
+            .await
+    }
+
+    /// An empty message to one device (session completion, heartbeat).
+    pub async fn heartbeat(
+        &self,
+        account: Option<&str>,
+        jid: &str,
+        namespace: Version,
+        device_id: u32,
+    ) -> Result<EncryptOutcome> {
+        check_bare_jid(jid)?;
+        let acct = self.account(account)?;
+        let t = Target {
+            addr: Self::addr(&acct, jid, namespace, device_id),
+            force_new: false,
+        };
+        self.encrypt_to(&acct, vec![t], None, None).await
+    }
+
+    /// Replaces the session with a device by a fresh key exchange from its stored bundle
+    /// (keeping our identity) and returns the empty message that carries it.
+    pub async fn replace_session(
+        &self,
+        account: Option<&str>,
+        jid: &str,
+        namespace: Version,
+        device_id: u32,
+    ) -> Result<EncryptOutcome> {
+        check_bare_jid(jid)?;
+        let acct = self.account(account)?;
+        let t = Target {
+            addr: Self::addr(&acct, jid, namespace, device_id),
+            force_new: true,
+        };
+        let out = self.encrypt_to(&acct, vec![t], None, None).await?;
+        match out.devices.first() {
+            Some(r) if r.status == DeviceStatus::Encrypted => Ok(out),
+            Some(r) if r.status == DeviceStatus::NoBundle => Err(ManagerError::NoBundle {
+                jid: jid.to_owned(),
+                namespace,
+                device_id,
+            }),
+            Some(r) => Err(ManagerError::BrokenSession(
+                r.reason.clone().unwrap_or_default(),
+            )),
+            None => Err(ManagerError::UnknownDevice {
+                jid: jid.to_owned(),
+                namespace,
+                device_id,
+            }),
+        }
+    }
+
+    async fn encrypt_to(
+        &self,
+        acct: &Account,
+        targets: Vec<Target>,
+        body: Option<&str>,
+        sce_to: Option<&str>,
+    ) -> Result<EncryptOutcome> {
+        let addrs: Vec<DeviceAddr> = targets.iter().map(|t| t.addr.clone()).collect();
+        let mut guards = self.sessions.lock_many(&self.store, &addrs).await?;
+        let mode = acct.keys.lock().await.trust_mode;
+        let mut reports = Vec::new();
+        let mut payloads: BTreeMap<Version, NsPayload> = BTreeMap::new();
+        let mut keys: BTreeMap<Version, Vec<KeyElement>> = BTreeMap::new();
+        // (index into guards, new session, new meta, new?) to commit.
+        let mut updates: Vec<(usize, Session, SessionMeta, bool)> = Vec::new();
+        let mut new_trust: Vec<TrustRow> = Vec::new();
+
+        for (i, (addr, guard)) in guards.iter().enumerate() {
+            let force_new = targets.iter().any(|t| &t.addr == addr && t.force_new);
+            let (mut session, fresh) = match (&guard.session, force_new) {
+                (Some(s), false) => (s.clone(), false),
+                _ => {
+                    let bundle = match self.stored_bundle(addr).await {
+                        Ok(Some(b)) => b,
+                        Ok(None) => {
+                            let (node, item_id) = addr.namespace.bundle_node(addr.device_id);
+                            reports.push(report(
+                                addr,
+                                DeviceStatus::NoBundle,
+                                false,
+                                Some("no session and no bundle".into()),
+                                Some(Action::FetchBundle {
+                                    jid: addr.jid.clone(),
+                                    namespace: addr.namespace,
+                                    device_id: addr.device_id,
+                                    node,
+                                    item_id,
+                                }),
+                            ));
+                            continue;
+                        }
+                        Err(e) => {
+                            reports.push(report(
+                                addr,
+                                DeviceStatus::Failed,
+                                false,
+                                Some(e.to_string()),
+                                None,
+                            ));
+                            continue;
+                        }
+                    };
+                    let Some(pk) = bundle.prekeys.choose(&mut OsRng).map(|p| p.id) else {
+                        reports.push(report(
+                            addr,
+                            DeviceStatus::Failed,
+                            false,
+                            Some("bundle has no prekeys".into()),
+                            None,
+                        ));
+                        continue;
+                    };
+                    match Session::initiate(&acct.identity, &bundle, pk, &mut OsRng) {
+                        Ok(s) => (s, true),
+                        Err(e) => {
+                            reports.push(report(
+                                addr,
+                                DeviceStatus::Failed,
+                                false,
+                                Some(e.to_string()),
+                                None,
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let curve = match session.remote_identity().curve25519() {
+                Ok(c) => c,
+                Err(e) => {
+                    reports.push(report(
+                        addr,
+                        DeviceStatus::Failed,
+                        false,
+                        Some(e.to_string()),
+                        None,
+                    ));
+                    continue;
+                }
+            };
+            let (trust, is_new) = self.trust_for_key(acct, mode, &addr.jid, &curve);
+            if is_new
+                && !new_trust
+                    .iter()
+                    .any(|t| t.jid == trust.jid && t.identity_key == trust.identity_key)
+            {
+                new_trust.push(trust.clone());
+            }
+            // Empty messages are exempt: they carry no content.
+            if body.is_some() && trust.level != TrustLevel::Trusted {
+                reports.push(report(
+                    addr,
+                    DeviceStatus::Untrusted,
+                    false,
+                    Some(format!("identity key is {}", trust.level.as_str())),
+                    None,
+                ));
+                continue;
+            }
+            let p = payloads
+                .entry(addr.namespace)
+                .or_insert_with(|| payload_for(acct, addr.namespace, body, sce_to));
+            match session.encrypt(&p.key_material) {
+                Ok(k) => {
+                    keys.entry(addr.namespace).or_default().push(KeyElement {
+                        jid: (addr.namespace == Version::Twomemo).then(|| addr.jid.clone()),
+                        rid: addr.device_id,
+                        kex: k.kex,
+                        data: k.data,
+                    });
+                    reports.push(report(addr, DeviceStatus::Encrypted, k.kex, None, None));
+                    let mut meta = if fresh {
+                        SessionMeta::default()
+                    } else {
+                        guard.meta.clone()
+                    };
+                    meta.messages_sent += 1;
+                    updates.push((i, session, meta, fresh));
+                }
+                Err(e) => reports.push(report(
+                    addr,
+                    DeviceStatus::Failed,
+                    false,
+                    Some(e.to_string()),
+                    None,
+                )),
+            }
+        }
+
+        if !updates.is_empty() || !new_trust.is_empty() {
+            let now = storage::now();
+            let rows: Vec<(session_store::SessionRow, Option<Session>)> = updates
+                .iter()
+                .map(|(i, s, meta, fresh)| {
+                    (
+                        session_row(&guards[*i].0, s, meta, now),
+                        fresh.then(|| s.clone()),
+                    )
+                })
+                .collect();
+            let trust_rows = new_trust.clone();
+            self.store
+                .write(move |tx| {
+                    for (row, fresh) in &rows {
+                        session_store::upsert(tx, row)?;
+                        if let Some(s) = fresh {
+                            super::sessions::replace_skipped(tx, &row.addr(), s, now)?;
+                        }
+                    }
+                    for t in &trust_rows {
+                        trust_store::set(tx, t)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        for (i, session, meta, _) in updates {
+            let g = &mut guards[i].1;
+            g.session = Some(session);
+            g.meta = meta;
+        }
+        drop(guards);
+        if let Some(first) = targets.first() {
+            self.remember_trust(acct, new_trust, first.addr.namespace, first.addr.device_id);
+        }
+
+        let messages = keys
+            .into_iter()
+            .map(|(ns, keys)| {
+                let p = payloads.remove(&ns);
+                let element = Encrypted {
+                    version: ns,
+                    sid: acct.device_id,
+                    keys,
+                    iv: p.as_ref().and_then(|p| p.iv.clone()),
+                    payload: p.and_then(|p| p.payload),
+                };
+                EncryptedMessage {
+                    namespace: ns.namespace().to_owned(),
+                    xml: element.to_xml(),
+                    element,
+                }
+            })
+            .collect();
+        Ok(EncryptOutcome {
+            messages,
+            devices: reports,
+        })
+    }
+}

@@ -1,0 +1,95 @@
+//! What the session manager can refuse, by cause. The RPC layer maps each variant onto a
+//! stable error kind; messages never contain key material.
+
+use crate::storage::StorageError;
+use protocol_core::Version;
+
+/// A session-manager failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// No account with that JID.
+    #[error("no account {0}")]
+    UnknownAccount(String),
+    /// `account.create` for a JID we already have.
+    #[error("account {0} already exists")]
+    AccountExists(String),
+    /// The request left the account out and there is not exactly one.
+    #[error("{0}")]
+    AccountRequired(&'static str),
+    /// Not a bare JID.
+    #[error("invalid bare JID {0:?}")]
+    InvalidJid(String),
+    /// A device we know nothing about.
+    #[error("unknown device {device_id} of {jid} in {namespace}")]
+    UnknownDevice {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+    },
+    /// We need a bundle we do not have.
+    #[error("no bundle of device {device_id} of {jid} in {namespace}: fetch it")]
+    NoBundle {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+    },
+    /// A received bundle is unusable.
+    #[error("invalid bundle: {0}")]
+    InvalidBundle(String),
+    /// A signature did not verify.
+    #[error("invalid signature: {0}")]
+    InvalidSignature(String),
+    /// Malformed input (XML, protobuf, base64, …).
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    /// The message has no key for our device.
+    #[error("message is not encrypted for this device (it is for devices {recipients:?})")]
+    NotForThisDevice {
+        /// The device ids it was encrypted for.
+        recipients: Vec<u32>,
+    },
+    /// Already decrypted once (a replay or a duplicate delivery).
+    #[error("duplicate message: already decrypted")]
+    DuplicateMessage,
+    /// A normal message from a device we have no session with.
+    #[error("no session with device {device_id} of {jid} in {namespace}")]
+    NoSession {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+    },
+    /// The MAC (or the payload's tag) did not verify.
+    #[error("message authentication failed")]
+    AuthenticationFailed,
+    /// The message is too far ahead of its chain.
+    #[error("message skips too many message keys")]
+    TooManySkipped,
+    /// The session cannot continue (e.g. a key exchange for a prekey we no longer have).
+    #[error("broken session: {0}")]
+    BrokenSession(String),
+    /// We refuse to encrypt content for a device the user has not trusted.
+    #[error("device is not trusted")]
+    Untrusted,
+    /// The sender's identity key is distrusted.
+    #[error("sender's identity key is distrusted")]
+    Distrusted,
+    /// Bad parameters that the schema could not catch.
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// Result of the manager.
+pub type Result<T, E = ManagerError> = std::result::Result<T, E>;

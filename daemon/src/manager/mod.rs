@@ -1,0 +1,280 @@
+//! The session manager: the bookkeeping around protocol-core. Every operation follows one
+//! path — resolve the account, lock what it touches, advance state in protocol-core on copies,
+//! commit one transaction, then update memory and reply.
+
+pub mod account;
+pub mod decrypt;
+pub mod devicelist;
+pub mod directory;
+pub mod encrypt;
+pub mod error;
+pub mod own_bundle;
+pub mod peer_bundle;
+pub mod sessions;
+pub mod trust;
+
+use crate::events::{Event, EventBus};
+use crate::storage::trust::{TrustLevel, TrustRow};
+use crate::storage::{self, devices, trust as trust_store, DeviceAddr, Store};
+use account::{Account, TrustMode};
+use directory::Directory;
+pub use error::{ManagerError, Result};
+use protocol_core::keys::fingerprint;
+use protocol_core::Version;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+/// What a client should do after a call (also pushed as events to subscribers).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Action {
+    /// Publish our bundle in `namespace` again (`bundle.get` gives it).
+    PublishBundle {
+        /// Namespace.
+        #[schemars(with = "String")]
+        namespace: Version,
+    },
+    /// Publish our device list in `namespace` again (`devicelist.get` gives it).
+    PublishDevicelist {
+        /// Namespace.
+        #[schemars(with = "String")]
+        namespace: Version,
+    },
+    /// Send an empty message to this device (`heartbeat` builds it).
+    SendHeartbeat {
+        /// Peer JID.
+        jid: String,
+        /// Namespace.
+        #[schemars(with = "String")]
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+    },
+    /// Fetch this device's bundle and pass it to `bundle.update`.
+    FetchBundle {
+        /// Peer JID.
+        jid: String,
+        /// Namespace.
+        #[schemars(with = "String")]
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// PubSub node.
+        node: String,
+        /// Item id.
+        item_id: String,
+    },
+    /// Fetch this JID's device list and pass it to `devicelist.update`.
+    FetchDevicelist {
+        /// Peer JID.
+        jid: String,
+        /// Namespace.
+        #[schemars(with = "String")]
+        namespace: Version,
+        /// PubSub node.
+        node: String,
+    },
+}
+
+/// The session manager.
+#[derive(Debug)]
+pub struct Manager {
+    pub(crate) store: Arc<Store>,
+    pub(crate) events: EventBus,
+    accounts: RwLock<HashMap<String, Arc<Account>>>,
+    directories: Mutex<HashMap<i64, Directory>>,
+    pub(crate) sessions: sessions::SessionTable,
+    deferred: trust::Deferred,
+}
+
+/// Checks that `jid` looks like a bare JID (`local@domain` or `domain`, no resource).
+pub fn check_bare_jid(jid: &str) -> Result<()> {
+    let ok = !jid.is_empty()
+        && jid.len() <= 3071
+        && !jid.contains('/')
+        && !jid.chars().any(|c| c.is_whitespace() || c.is_control())
+        && jid.split('@').count() <= 2
+        && jid.rsplit('@').next().is_some_and(|d| !d.is_empty())
+        && !jid.starts_with('@');
+    if ok {
+        Ok(())
+    } else {
+        Err(ManagerError::InvalidJid(jid.to_owned()))
+    }
+}
+
+impl Manager {
+    /// Loads every account, device list and trust decision.
+    pub async fn open(store: Arc<Store>, events: EventBus) -> Result<Self> {
+        let (accounts, dirs) = store
+            .read(|conn| {
+                let accounts = account::load_all(conn)?;
+                let mut dirs = HashMap::new();
+                for a in &accounts {
+                    let devs = devices::list_all(conn, a.id)?;
+                    let trust = trust_store::list(conn, a.id, None)?;
+                    dirs.insert(a.id, Directory::from_rows(devs, trust));
+                }
+                Ok((accounts, dirs))
+            })
+            .await?;
+        Ok(Self {
+            store,
+            events,
+            accounts: RwLock::new(
+                accounts
+                    .into_iter()
+                    .map(|a| (a.jid.clone(), Arc::new(a)))
+                    .collect(),
+            ),
+            directories: Mutex::new(dirs),
+            sessions: sessions::SessionTable::default(),
+            deferred: trust::Deferred::default(),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Every account.
+    pub fn accounts(&self) -> Vec<Arc<Account>> {
+        let map = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<_> = map.values().cloned().collect();
+        v.sort_by(|a, b| a.jid.cmp(&b.jid));
+        v
+    }
+
+    /// The named account, or the only one when `jid` is `None`.
+    pub fn account(&self, jid: Option<&str>) -> Result<Arc<Account>> {
+        let map = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
+        match jid {
+            Some(j) => map
+                .get(j)
+                .cloned()
+                .ok_or_else(|| ManagerError::UnknownAccount(j.to_owned())),
+            None => {
+                let mut it = map.values();
+                match (it.next(), it.next()) {
+                    (Some(a), None) => Ok(a.clone()),
+                    (None, _) => Err(ManagerError::AccountRequired(
+                        "no account yet: create one with account.create (or `omemod init --jid JID`)",
+                    )),
+                    _ => Err(ManagerError::AccountRequired(
+                        "several accounts: name one with the `account` param",
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Creates an account (own JID, new device id and identity).
+    pub async fn create_account(&self, jid: &str, trust_mode: TrustMode) -> Result<Arc<Account>> {
+        check_bare_jid(jid)?;
+        if self
+            .accounts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(jid)
+        {
+            return Err(ManagerError::AccountExists(jid.to_owned()));
+        }
+        let acct = Arc::new(account::create(&self.store, jid, trust_mode).await?);
+        self.directories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(acct.id, Directory::default());
+        self.accounts
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(jid.to_owned(), acct.clone());
+        tracing::info!(jid, device_id = acct.device_id, fingerprint = %acct.identity.fingerprint(), "account created");
+        for namespace in Version::ALL {
+            self.emit(Event::BundleChanged {
+                account: jid.to_owned(),
+                namespace,
+                device_id: acct.device_id,
+            });
+        }
+        Ok(acct)
+    }
+
+    /// Runs `f` on the account's directory.
+    pub(crate) fn with_directory<T>(
+        &self,
+        account_id: i64,
+        f: impl FnOnce(&mut Directory) -> T,
+    ) -> T {
+        let mut map = self
+            .directories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(map.entry(account_id).or_default())
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        self.events.emit(event);
+    }
+
+    /// The trust row for a key seen now; `Some(new row)` if it must be stored (first sight).
+    pub(crate) fn trust_for_key(
+        &self,
+        acct: &Account,
+        mode: TrustMode,
+        jid: &str,
+        curve_key: &[u8; 32],
+    ) -> (TrustRow, bool) {
+        self.with_directory(acct.id, |d| {
+            if let Some(row) = d.trust_of(jid, curve_key) {
+                return (row.clone(), false);
+            }
+            let (level, source) = d.decide_new(mode, jid);
+            (
+                TrustRow {
+                    account_id: acct.id,
+                    jid: jid.to_owned(),
+                    identity_key: *curve_key,
+                    fingerprint: fingerprint(curve_key),
+                    level,
+                    source,
+                    decided_at: storage::now(),
+                },
+                true,
+            )
+        })
+    }
+
+    /// Records trust rows that were just committed.
+    pub(crate) fn remember_trust(
+        &self,
+        acct: &Account,
+        rows: Vec<TrustRow>,
+        namespace: Version,
+        device_id: u32,
+    ) {
+        for row in rows {
+            if row.level == TrustLevel::Undecided {
+                self.emit(Event::TrustDecisionNeeded {
+                    account: acct.jid.clone(),
+                    peer: row.jid.clone(),
+                    namespace,
+                    device_id,
+                    fingerprint: row.fingerprint.clone(),
+                });
+            }
+            self.with_directory(acct.id, |d| {
+                d.trust.insert((row.jid.clone(), row.identity_key), row);
+            });
+        }
+    }
+
+    pub(crate) fn addr(
+        acct: &Account,
+        jid: &str,
+        namespace: Version,
+        device_id: u32,
+    ) -> DeviceAddr {
+        DeviceAddr::new(acct.id, jid, namespace, device_id)
+    }
+}

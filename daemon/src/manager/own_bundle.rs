@@ -1,0 +1,171 @@
+//! What we publish: our bundle and our device list per namespace, with the exact PubSub node,
+//! item id and publish options each version needs; signed prekey rotation.
+
+use super::account::{
+    signed_prekey_row, OwnSignedPreKey, SIGNED_PREKEY_GRACE_SECS, SIGNED_PREKEY_ROTATION_SECS,
+};
+use super::{Manager, Result};
+use crate::events::Event;
+use crate::storage::{accounts, signed_prekeys};
+use protocol_core::keys::identity::SignedPreKey;
+use protocol_core::xml::{self, DeviceListEntry};
+use protocol_core::Version;
+use rand::rngs::OsRng;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Something to publish with PEP.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Publication {
+    /// Namespace.
+    pub namespace: String,
+    /// PubSub node.
+    pub node: String,
+    /// Item id.
+    pub item_id: String,
+    /// Publish options (XEP-0060 `publish-options` fields).
+    pub publish_options: BTreeMap<String, String>,
+    /// The item payload.
+    pub xml: String,
+    /// Our device id.
+    pub device_id: u32,
+    /// Change counter of our bundle (bundle publications only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_version: Option<i64>,
+}
+
+fn options(namespace: Version, bundle: bool) -> BTreeMap<String, String> {
+    let mut o = BTreeMap::new();
+    o.insert("pubsub#access_model".to_owned(), "open".to_owned());
+    if bundle && namespace == Version::Twomemo {
+        // One node holds every device's bundle (item id = device id).
+        o.insert("pubsub#max_items".to_owned(), "max".to_owned());
+    }
+    o
+}
+
+impl Manager {
+    /// Our bundle in `namespace`, ready to publish.
+    pub async fn own_bundle(
+        &self,
+        account: Option<&str>,
+        namespace: Version,
+    ) -> Result<Publication> {
+        let acct = self.account(account)?;
+        let keys = acct.keys.lock().await;
+        let bundle = keys.bundle(namespace, &acct.identity).ok_or_else(|| {
+            super::ManagerError::BrokenSession("account has no signed prekey".into())
+        })?;
+        let (node, item_id) = namespace.bundle_node(acct.device_id);
+        Ok(Publication {
+            namespace: namespace.namespace().to_owned(),
+            node,
+            item_id,
+            publish_options: options(namespace, true),
+            xml: xml::bundle_to_xml(&bundle),
+            device_id: acct.device_id,
+            bundle_version: Some(keys.bundle_version),
+        })
+    }
+
+    /// Our device list in `namespace`: the list as last seen, with our own device added.
+    pub fn own_devicelist(&self, account: Option<&str>, namespace: Version) -> Result<Publication> {
+        let acct = self.account(account)?;
+        let mut ids = self.with_directory(acct.id, |d| d.active(&acct.jid, namespace));
+        if !ids.contains(&acct.device_id) {
+            ids.push(acct.device_id);
+        }
+        ids.sort_unstable();
+        let entries: Vec<DeviceListEntry> = ids
+            .into_iter()
+            .map(|id| DeviceListEntry {
+                id,
+                label: None,
+                labelsig: None,
+            })
+            .collect();
+        Ok(Publication {
+            namespace: namespace.namespace().to_owned(),
+            node: namespace.devicelist_node().to_owned(),
+            item_id: "current".to_owned(),
+            publish_options: options(namespace, false),
+            xml: xml::devicelist_to_xml(namespace, &entries),
+            device_id: acct.device_id,
+            bundle_version: None,
+        })
+    }
+
+    /// Rotates signed prekeys older than the rotation period and drops retired ones past their
+    /// grace period. Returns the accounts whose bundle changed.
+    pub async fn rotate_signed_prekeys(&self, now: i64) -> Result<Vec<String>> {
+        let mut changed = Vec::new();
+        for acct in self.accounts() {
+            let mut keys = acct.keys.lock().await;
+            let Some(current) = keys.current_signed_prekey().cloned() else {
+                continue;
+            };
+            let expired_retired: Vec<u32> = keys
+                .signed_prekeys
+                .values()
+                .filter(|s| {
+                    s.retired_at
+                        .is_some_and(|r| now - r > SIGNED_PREKEY_GRACE_SECS)
+                })
+                .map(|s| s.key.id)
+                .collect();
+            let rotate = now - current.created_at >= SIGNED_PREKEY_ROTATION_SECS;
+            if !rotate && expired_retired.is_empty() {
+                continue;
+            }
+            let identity = acct.identity.clone();
+            let account_id = acct.id;
+            let old_id = current.key.id;
+            let (new_spk, version) = self
+                .store
+                .write(move |tx| {
+                    signed_prekeys::delete_retired_before(
+                        tx,
+                        account_id,
+                        now - SIGNED_PREKEY_GRACE_SECS,
+                    )?;
+                    if !rotate {
+                        return Ok((None, None));
+                    }
+                    let id = accounts::take_signed_prekey_id(tx, account_id)?;
+                    let spk = SignedPreKey::generate(id, &identity, &mut OsRng);
+                    signed_prekeys::retire(tx, account_id, old_id, now)?;
+                    signed_prekeys::insert(tx, &signed_prekey_row(account_id, &spk, now))?;
+                    let v = accounts::bump_bundle_version(tx, account_id)?;
+                    Ok((Some(spk), Some(v)))
+                })
+                .await?;
+            for id in expired_retired {
+                keys.signed_prekeys.remove(&id);
+            }
+            if let (Some(spk), Some(v)) = (new_spk, version) {
+                if let Some(old) = keys.signed_prekeys.get_mut(&old_id) {
+                    old.retired_at = Some(now);
+                }
+                tracing::info!(jid = %acct.jid, spk_id = spk.id, "signed prekey rotated");
+                keys.signed_prekeys.insert(
+                    spk.id,
+                    OwnSignedPreKey {
+                        key: spk,
+                        created_at: now,
+                        retired_at: None,
+                    },
+                );
+                keys.bundle_version = v;
+                for namespace in Version::ALL {
+                    self.emit(Event::BundleChanged {
+                        account: acct.jid.clone(),
+                        namespace,
+                        device_id: acct.device_id,
+                    });
+                }
+                changed.push(acct.jid.clone());
+            }
+        }
+        Ok(changed)
+    }
+}

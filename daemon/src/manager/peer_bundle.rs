@@ -1,0 +1,95 @@
+//! Bundles of other devices, fetched by the client and handed to us.
+
+use super::{check_bare_jid, Manager, ManagerError, Result};
+use crate::storage::{self, bundles, trust as trust_store};
+use protocol_core::bundle::Bundle;
+use protocol_core::x3dh::RemoteIdentity;
+use protocol_core::xml;
+use protocol_core::Version;
+use serde::Serialize;
+
+/// What we learnt from a bundle.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct BundleUpdate {
+    /// Fingerprint of the device's identity key.
+    pub fingerprint: String,
+    /// Trust level of that key.
+    pub trust: String,
+    /// One-time prekeys it offers.
+    pub prekey_count: u32,
+}
+
+impl Manager {
+    /// Ingests (validates and stores) the bundle of `jid`'s device `device_id`.
+    pub async fn update_bundle(
+        &self,
+        account: Option<&str>,
+        jid: &str,
+        namespace: Version,
+        device_id: u32,
+        bundle_xml: &str,
+    ) -> Result<BundleUpdate> {
+        check_bare_jid(jid)?;
+        let acct = self.account(account)?;
+        if device_id == 0 || device_id > protocol_core::consts::MAX_DEVICE_ID {
+            return Err(ManagerError::InvalidParams(format!(
+                "device id {device_id} out of range"
+            )));
+        }
+        let bundle: Bundle = xml::bundle_from_xml(namespace, bundle_xml)
+            .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
+        bundle.verify().map_err(|e| match e {
+            protocol_core::bundle::BundleError::InvalidSignature => {
+                ManagerError::InvalidSignature(e.to_string())
+            }
+            _ => ManagerError::InvalidBundle(e.to_string()),
+        })?;
+        let curve = RemoteIdentity::from_transported(namespace, bundle.identity_key)
+            .curve25519()
+            .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
+        let mode = acct.keys.lock().await.trust_mode;
+        let (trust, new_trust) = self.trust_for_key(&acct, mode, jid, &curve);
+        let row = bundles::BundleRow {
+            account_id: acct.id,
+            jid: jid.to_owned(),
+            namespace,
+            device_id,
+            identity_key: bundle.identity_key,
+            identity_curve25519: curve,
+            bundle: bundle_xml.as_bytes().to_vec(),
+            prekey_count: u32::try_from(bundle.prekeys.len()).unwrap_or(u32::MAX),
+            fetched_at: storage::now(),
+        };
+        let trust_row = trust.clone();
+        self.store
+            .write(move |tx| {
+                bundles::upsert(tx, &row)?;
+                if new_trust {
+                    trust_store::set(tx, &trust_row)?;
+                }
+                Ok(())
+            })
+            .await?;
+        if new_trust {
+            self.remember_trust(&acct, vec![trust.clone()], namespace, device_id);
+        }
+        Ok(BundleUpdate {
+            fingerprint: trust.fingerprint,
+            trust: trust.level.as_str().to_owned(),
+            prekey_count: u32::try_from(bundle.prekeys.len()).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// The stored bundle of a device, parsed.
+    pub(crate) async fn stored_bundle(&self, addr: &storage::DeviceAddr) -> Result<Option<Bundle>> {
+        let a = addr.clone();
+        let row = self.store.read(move |conn| bundles::get(conn, &a)).await?;
+        row.map(|r| {
+            let text = String::from_utf8(r.bundle)
+                .map_err(|_| ManagerError::InvalidBundle("stored bundle is not UTF-8".into()))?;
+            xml::bundle_from_xml(addr.namespace, &text)
+                .map_err(|e| ManagerError::InvalidBundle(e.to_string()))
+        })
+        .transpose()
+    }
+}

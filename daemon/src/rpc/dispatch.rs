@@ -1,0 +1,264 @@
+//! From one request line to its answer line: JSON-RPC 2.0 framing (single requests, batches,
+//! notifications, error objects) around calls into the jsonrpsee method table.
+//!
+//! We look the method up in [`Methods`] and invoke its callback directly rather than through
+//! `RpcModule::raw_json_request`, because that helper always passes connection 0 and empty
+//! `Extensions` (so `subscribe` could not know its connection), requires an `id` (no notifications),
+//! re-parses the request, and sets no response size limit. Calling the callback gives each call the
+//! real connection id, a [`Conn`] in its extensions, and jsonrpsee's response size check.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use jsonrpsee::types::{Id, Params};
+use jsonrpsee::{ConnectionId, Extensions, MethodCallback, MethodResponse, Methods};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::config::MAX_BATCH_LEN;
+use crate::rpc::ctx::Conn;
+use crate::rpc::error::{ErrorKind, RpcError};
+
+/// jsonrpsee's code for "response exceeded the limit", which we translate to `response_too_large`.
+const JSONRPSEE_OVERSIZED_RESPONSE: i32 = -32008;
+
+/// Turns request lines into answer lines.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    methods: Methods,
+    max_response_bytes: usize,
+}
+
+/// An error answer with the given id (`null` when unknown).
+pub fn error_line(id: Option<&Id<'_>>, err: &RpcError) -> String {
+    let id = id.map_or(Value::Null, |id| {
+        serde_json::to_value(id).unwrap_or(Value::Null)
+    });
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "error": err.to_json()}).to_string()
+}
+
+/// The fields of a request, each kept raw so that we can tell what is wrong with it.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow)]
+    jsonrpc: Option<&'a RawValue>,
+    /// `None` when absent (a notification); `Some("null")` when `"id": null`.
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    method: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    params: Option<&'a RawValue>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// A well-formed request.
+struct Call<'a> {
+    /// `None` for a notification.
+    id: Option<Id<'static>>,
+    method: Cow<'a, str>,
+    params: Option<&'a str>,
+}
+
+fn invalid_request(message: &str) -> RpcError {
+    RpcError::new(ErrorKind::InvalidRequest, message)
+}
+
+/// Validates one request object. On error, returns the id if one could be read.
+fn parse_call(raw: &RawValue) -> Result<Call<'_>, (Option<Id<'static>>, RpcError)> {
+    let env: Envelope<'_> = match serde_json::from_str(raw.get()) {
+        Ok(env) => env,
+        Err(_) => return Err((None, invalid_request("a request must be a JSON object"))),
+    };
+    let id = match env.id {
+        None => None,
+        Some(raw_id) => match serde_json::from_str::<Id<'_>>(raw_id.get()) {
+            Ok(id) => Some(id.into_owned()),
+            Err(_) => {
+                return Err((
+                    None,
+                    invalid_request("id must be a string, a non-negative integer or null"),
+                ))
+            }
+        },
+    };
+    if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+        return Err((id, invalid_request("jsonrpc must be \"2.0\"")));
+    }
+    let method = match env
+        .method
+        .map(|m| serde_json::from_str::<Cow<'_, str>>(m.get()))
+    {
+        Some(Ok(m)) => m,
+        _ => return Err((id, invalid_request("method must be a string"))),
+    };
+    let params = match env.params {
+        None => None,
+        Some(p) if p.get().starts_with(['{', '[']) => Some(p.get()),
+        Some(_) => return Err((id, invalid_request("params must be an object or an array"))),
+    };
+    Ok(Call { id, method, params })
+}
+
+impl Dispatcher {
+    /// A dispatcher over `methods`.
+    pub fn new(methods: impl Into<Methods>, max_response_bytes: usize) -> Self {
+        Self {
+            methods: methods.into(),
+            max_response_bytes,
+        }
+    }
+
+    /// Answers one line (one request or a batch). `None` when no answer is due (notifications).
+    pub async fn handle_line(&self, line: &str, conn: &Conn) -> Option<String> {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(trimmed) else {
+                return Some(error_line(
+                    None,
+                    &RpcError::new(ErrorKind::ParseError, "parse error"),
+                ));
+            };
+            return self.handle_batch(&items, conn).await;
+        }
+        // Parse once to check it is JSON at all.
+        let Ok(raw) = serde_json::from_str::<&RawValue>(trimmed) else {
+            return Some(error_line(
+                None,
+                &RpcError::new(ErrorKind::ParseError, "parse error"),
+            ));
+        };
+        self.handle_one(raw, conn).await
+    }
+
+    async fn handle_batch(&self, items: &[&RawValue], conn: &Conn) -> Option<String> {
+        if items.is_empty() {
+            return Some(error_line(None, &invalid_request("empty batch")));
+        }
+        if items.len() > MAX_BATCH_LEN {
+            return Some(error_line(
+                None,
+                &invalid_request(&format!(
+                    "a batch may hold at most {MAX_BATCH_LEN} requests"
+                )),
+            ));
+        }
+        let answers = join_all(items.iter().map(|raw| self.handle_one(raw, conn))).await;
+        let answers: Vec<String> = answers.into_iter().flatten().collect();
+        if answers.is_empty() {
+            return None;
+        }
+        Some(format!("[{}]", answers.join(",")))
+    }
+
+    async fn handle_one(&self, raw: &RawValue, conn: &Conn) -> Option<String> {
+        let call = match parse_call(raw) {
+            Ok(call) => call,
+            Err((id, err)) => return Some(error_line(id.as_ref(), &err)),
+        };
+        let started = Instant::now();
+        let notification = call.id.is_none();
+        let id = call.id.unwrap_or(Id::Null);
+        let Some(callback) = self.methods.method(&call.method) else {
+            tracing::debug!(conn = conn.id(), method = %call.method, "method not found");
+            if notification {
+                return None;
+            }
+            let err = RpcError::new(
+                ErrorKind::MethodNotFound,
+                format!("method not found: {}", call.method),
+            );
+            return Some(error_line(Some(&id), &err));
+        };
+        let params = Params::new(call.params).into_owned();
+        let mut ext = Extensions::new();
+        ext.insert(conn.clone());
+        let conn_id = ConnectionId(usize::try_from(conn.id()).unwrap_or(usize::MAX));
+        let response: MethodResponse = match callback {
+            MethodCallback::Async(cb) => {
+                (cb)(id.clone(), params, conn_id, self.max_response_bytes, ext).await
+            }
+            MethodCallback::Sync(cb) => (cb)(id.clone(), params, self.max_response_bytes, ext),
+            MethodCallback::Subscription(_) | MethodCallback::Unsubscription(_) => {
+                let err =
+                    RpcError::internal("jsonrpsee subscriptions are not served; use `subscribe`");
+                return (!notification).then(|| error_line(Some(&id), &err));
+            }
+        };
+        let code = response.as_error_code();
+        // Params and results are never logged: they may hold plaintext or key material.
+        tracing::debug!(
+            conn = conn.id(),
+            method = %call.method,
+            error_code = code,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+        if notification {
+            return None;
+        }
+        if code == Some(JSONRPSEE_OVERSIZED_RESPONSE) {
+            let err = RpcError::new(
+                ErrorKind::ResponseTooLarge,
+                format!("the response exceeds {} bytes", self.max_response_bytes),
+            );
+            return Some(error_line(Some(&id), &err));
+        }
+        Some(response.into_json().get().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::test_support::test_ctx;
+
+    async fn answer(line: &str) -> Option<Value> {
+        let ctx = test_ctx();
+        let module = crate::rpc::methods::build(ctx, true).ok()?;
+        let d = Dispatcher::new(module, 1 << 20);
+        let out = d.handle_line(line, &Conn::detached()).await?;
+        serde_json::from_str(&out).ok()
+    }
+
+    #[tokio::test]
+    async fn framing() {
+        let v = answer("{").await.unwrap_or_default();
+        assert_eq!(v["error"]["code"], -32700);
+        assert_eq!(v["id"], Value::Null);
+        let v = answer(r#"{"jsonrpc":"2.0","id":3,"method":"nope"}"#)
+            .await
+            .unwrap_or_default();
+        assert_eq!(v["error"]["data"]["kind"], "method_not_found");
+        assert_eq!(v["id"], 3);
+        let v = answer(r#"{"jsonrpc":"1.0","id":"a","method":"status"}"#)
+            .await
+            .unwrap_or_default();
+        assert_eq!(v["error"]["code"], -32600);
+        assert_eq!(v["id"], "a");
+        let v = answer(r#"{"jsonrpc":"2.0","id":{},"method":"status"}"#)
+            .await
+            .unwrap_or_default();
+        assert_eq!(v["error"]["code"], -32600);
+        assert_eq!(answer(r#"{"jsonrpc":"2.0","method":"status"}"#).await, None);
+        let v = answer(r#"{"jsonrpc":"2.0","id":null,"method":"status"}"#)
+            .await
+            .unwrap_or_default();
+        assert_eq!(v["id"], Value::Null);
+        assert!(v["result"].is_object());
+        let v = answer(r#"{"jsonrpc":"2.0","id":1,"method":"debug.sleep","params":{"ms":"x"}}"#)
+            .await
+            .unwrap_or_default();
+        assert_eq!(v["error"]["code"], -32602);
+        assert_eq!(v["error"]["data"]["kind"], "invalid_params");
+        let v = answer(r#"{"jsonrpc":"2.0","id":1,"method":"status","params":[]}"#)
+            .await
+            .unwrap_or_default();
+        assert_eq!(v["error"]["code"], -32602);
+    }
+}

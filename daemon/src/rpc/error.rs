@@ -1,0 +1,368 @@
+//! The one table of RPC errors: every error a client can see has a stable numeric `code` and a stable
+//! snake_case `kind` string (sent as `error.data.kind`). Clients should switch on `kind`.
+//!
+//! Ranges:
+//! - `-32700 … -32600`: the standard JSON-RPC 2.0 codes.
+//! - `-32000 … -32099`: server and transport errors of omemod (JSON-RPC's "server error" range).
+//! - `1000 …`: domain errors, grouped by hundreds: 1000 accounts, 1100 devices/bundles,
+//!   1200 sessions/messages, 1300 trust, 1400 storage.
+//!
+//! The session manager maps its own errors onto these kinds; adding a kind means adding a variant
+//! here, to [`ErrorKind::ALL`], and a row in `docs/rpc.md`.
+
+use jsonrpsee::types::ErrorObjectOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Every error kind the RPC interface can return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    // --- JSON-RPC 2.0 standard ---
+    /// The line is not valid JSON.
+    ParseError,
+    /// Valid JSON, but not a JSON-RPC 2.0 request object (or an empty batch).
+    InvalidRequest,
+    /// No method of that name.
+    MethodNotFound,
+    /// The params do not match the method's schema.
+    InvalidParams,
+    /// A bug or an unexpected failure inside omemod.
+    Internal,
+
+    // --- server / transport (-32000 … -32099) ---
+    /// The request line exceeded the configured size limit; the line was discarded.
+    RequestTooLarge,
+    /// The response exceeded the configured size limit.
+    ResponseTooLarge,
+    /// The peer's uid is not the daemon's uid; the connection is closed.
+    Unauthorized,
+    /// The connection already has the maximum number of subscriptions.
+    TooManySubscriptions,
+    /// `unsubscribe` named a subscription this connection does not have.
+    UnknownSubscription,
+
+    // --- accounts (1000s) ---
+    /// No account with that JID.
+    UnknownAccount,
+    /// An account with that JID already exists.
+    AccountExists,
+    /// Several accounts exist; the request must name one.
+    AccountRequired,
+    /// The string is not a valid bare JID.
+    InvalidJid,
+
+    // --- devices and bundles (1100s) ---
+    /// The peer device is not known.
+    UnknownDevice,
+    /// No bundle is stored for the device.
+    NoBundle,
+    /// The bundle is malformed.
+    InvalidBundle,
+    /// The signed pre-key's signature does not verify.
+    InvalidSignature,
+
+    // --- sessions and messages (1200s) ---
+    /// No session with the device.
+    NoSession,
+    /// The message carries no key for our device.
+    NotForThisDevice,
+    /// The message was already decrypted (replay).
+    DuplicateMessage,
+    /// The message is malformed.
+    InvalidMessage,
+    /// Message authentication failed (bad MAC or tag).
+    AuthenticationFailed,
+    /// The message skips more message keys than allowed.
+    TooManySkipped,
+    /// The session cannot continue; it must be rebuilt.
+    BrokenSession,
+
+    // --- trust (1300s) ---
+    /// The device is not (yet) trusted.
+    Untrusted,
+    /// The device is explicitly distrusted.
+    Distrusted,
+
+    // --- storage (1400s) ---
+    /// The database failed.
+    StorageError,
+}
+
+impl ErrorKind {
+    /// Every kind, in table order.
+    pub const ALL: &'static [ErrorKind] = &[
+        ErrorKind::ParseError,
+        ErrorKind::InvalidRequest,
+        ErrorKind::MethodNotFound,
+        ErrorKind::InvalidParams,
+        ErrorKind::Internal,
+        ErrorKind::RequestTooLarge,
+        ErrorKind::ResponseTooLarge,
+        ErrorKind::Unauthorized,
+        ErrorKind::TooManySubscriptions,
+        ErrorKind::UnknownSubscription,
+        ErrorKind::UnknownAccount,
+        ErrorKind::AccountExists,
+        ErrorKind::AccountRequired,
+        ErrorKind::InvalidJid,
+        ErrorKind::UnknownDevice,
+        ErrorKind::NoBundle,
+        ErrorKind::InvalidBundle,
+        ErrorKind::InvalidSignature,
+        ErrorKind::NoSession,
+        ErrorKind::NotForThisDevice,
+        ErrorKind::DuplicateMessage,
+        ErrorKind::InvalidMessage,
+        ErrorKind::AuthenticationFailed,
+        ErrorKind::TooManySkipped,
+        ErrorKind::BrokenSession,
+        ErrorKind::Untrusted,
+        ErrorKind::Distrusted,
+        ErrorKind::StorageError,
+    ];
+
+    /// The JSON-RPC `error.code`.
+    pub const fn code(self) -> i32 {
+        match self {
+            ErrorKind::ParseError => -32700,
+            ErrorKind::InvalidRequest => -32600,
+            ErrorKind::MethodNotFound => -32601,
+            ErrorKind::InvalidParams => -32602,
+            ErrorKind::Internal => -32603,
+            ErrorKind::RequestTooLarge => -32001,
+            ErrorKind::ResponseTooLarge => -32002,
+            ErrorKind::Unauthorized => -32003,
+            ErrorKind::TooManySubscriptions => -32004,
+            ErrorKind::UnknownSubscription => -32005,
+            ErrorKind::UnknownAccount => 1001,
+            ErrorKind::AccountExists => 1002,
+            ErrorKind::AccountRequired => 1003,
+            ErrorKind::InvalidJid => 1004,
+            ErrorKind::UnknownDevice => 1101,
+            ErrorKind::NoBundle => 1102,
+            ErrorKind::InvalidBundle => 1103,
+            ErrorKind::InvalidSignature => 1104,
+            ErrorKind::NoSession => 1201,
+            ErrorKind::NotForThisDevice => 1202,
+            ErrorKind::DuplicateMessage => 1203,
+            ErrorKind::InvalidMessage => 1204,
+            ErrorKind::AuthenticationFailed => 1205,
+            ErrorKind::TooManySkipped => 1206,
+            ErrorKind::BrokenSession => 1207,
+            ErrorKind::Untrusted => 1301,
+            ErrorKind::Distrusted => 1302,
+            ErrorKind::StorageError => 1401,
+        }
+    }
+
+    /// The stable string sent as `error.data.kind`.
+    pub const fn kind(self) -> &'static str {
+        match self {
+            ErrorKind::ParseError => "parse_error",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::MethodNotFound => "method_not_found",
+            ErrorKind::InvalidParams => "invalid_params",
+            ErrorKind::Internal => "internal",
+            ErrorKind::RequestTooLarge => "request_too_large",
+            ErrorKind::ResponseTooLarge => "response_too_large",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::TooManySubscriptions => "too_many_subscriptions",
+            ErrorKind::UnknownSubscription => "unknown_subscription",
+            ErrorKind::UnknownAccount => "unknown_account",
+            ErrorKind::AccountExists => "account_exists",
+            ErrorKind::AccountRequired => "account_required",
+            ErrorKind::InvalidJid => "invalid_jid",
+            ErrorKind::UnknownDevice => "unknown_device",
+            ErrorKind::NoBundle => "no_bundle",
+            ErrorKind::InvalidBundle => "invalid_bundle",
+            ErrorKind::InvalidSignature => "invalid_signature",
+            ErrorKind::NoSession => "no_session",
+            ErrorKind::NotForThisDevice => "not_for_this_device",
+            ErrorKind::DuplicateMessage => "duplicate_message",
+            ErrorKind::InvalidMessage => "invalid_message",
+            ErrorKind::AuthenticationFailed => "authentication_failed",
+            ErrorKind::TooManySkipped => "too_many_skipped",
+            ErrorKind::BrokenSession => "broken_session",
+            ErrorKind::Untrusted => "untrusted",
+            ErrorKind::Distrusted => "distrusted",
+            ErrorKind::StorageError => "storage_error",
+        }
+    }
+
+    /// A short default message, used when the caller gives none and in the OpenRPC document.
+    pub const fn default_message(self) -> &'static str {
+        match self {
+            ErrorKind::ParseError => "parse error",
+            ErrorKind::InvalidRequest => "invalid request",
+            ErrorKind::MethodNotFound => "method not found",
+            ErrorKind::InvalidParams => "invalid params",
+            ErrorKind::Internal => "internal error",
+            ErrorKind::RequestTooLarge => "request too large",
+            ErrorKind::ResponseTooLarge => "response too large",
+            ErrorKind::Unauthorized => "unauthorized: peer uid differs from the daemon's",
+            ErrorKind::TooManySubscriptions => "too many subscriptions on this connection",
+            ErrorKind::UnknownSubscription => "unknown subscription",
+            ErrorKind::UnknownAccount => "unknown account",
+            ErrorKind::AccountExists => "account already exists",
+            ErrorKind::AccountRequired => "several accounts exist; name one",
+            ErrorKind::InvalidJid => "invalid JID",
+            ErrorKind::UnknownDevice => "unknown device",
+            ErrorKind::NoBundle => "no bundle for the device",
+            ErrorKind::InvalidBundle => "invalid bundle",
+            ErrorKind::InvalidSignature => "invalid signed pre-key signature",
+            ErrorKind::NoSession => "no session with the device",
+            ErrorKind::NotForThisDevice => "message not encrypted for this device",
+            ErrorKind::DuplicateMessage => "duplicate message",
+            ErrorKind::InvalidMessage => "invalid message",
+            ErrorKind::AuthenticationFailed => "message authentication failed",
+            ErrorKind::TooManySkipped => "too many skipped messages",
+            ErrorKind::BrokenSession => "broken session",
+            ErrorKind::Untrusted => "device not trusted",
+            ErrorKind::Distrusted => "device distrusted",
+            ErrorKind::StorageError => "storage error",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind())
+    }
+}
+
+/// An error answered to a client: a kind, a human-readable message, and optional extra data.
+///
+/// The message is for people; it must never contain key material or plaintext.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct RpcError {
+    /// What went wrong, as a stable code and string.
+    pub kind: ErrorKind,
+    /// Human-readable detail.
+    pub message: String,
+    /// Extra structured data. An object's fields are merged into `error.data` next to `kind`;
+    /// any other value is sent as `error.data.detail`.
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    /// An error of `kind` with a message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// Adds structured data.
+    #[must_use]
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// `invalid_params` with a message.
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidParams, message)
+    }
+
+    /// `internal` with a message.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    /// The `error.data` object: `{"kind": …, …extra}`.
+    pub fn data_object(&self) -> Value {
+        let mut obj = Map::new();
+        match &self.data {
+            Some(Value::Object(extra)) => {
+                for (k, v) in extra {
+                    if k != "kind" {
+                        obj.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            Some(other) => {
+                obj.insert("detail".to_owned(), other.clone());
+            }
+            None => {}
+        }
+        obj.insert(
+            "kind".to_owned(),
+            Value::String(self.kind.kind().to_owned()),
+        );
+        Value::Object(obj)
+    }
+
+    /// The JSON-RPC error object `{code, message, data}`.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "code": self.kind.code(),
+            "message": self.message,
+            "data": self.data_object(),
+        })
+    }
+}
+
+impl From<ErrorKind> for RpcError {
+    fn from(kind: ErrorKind) -> Self {
+        Self::new(kind, kind.default_message())
+    }
+}
+
+impl From<RpcError> for ErrorObjectOwned {
+    fn from(e: RpcError) -> Self {
+        let data = e.data_object();
+        ErrorObjectOwned::owned(e.kind.code(), e.message, Some(data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_and_kinds_are_unique() {
+        let mut codes = HashSet::new();
+        let mut kinds = HashSet::new();
+        for k in ErrorKind::ALL {
+            assert!(codes.insert(k.code()), "duplicate code {}", k.code());
+            assert!(kinds.insert(k.kind()), "duplicate kind {}", k.kind());
+            // The serde name and kind() agree.
+            assert_eq!(
+                serde_json::to_value(k).ok(),
+                Some(Value::String(k.kind().to_owned()))
+            );
+        }
+    }
+
+    #[test]
+    fn codes_are_in_their_ranges() {
+        for k in ErrorKind::ALL {
+            let c = k.code();
+            assert!(
+                (-32768..=-32000).contains(&c) || (1000..2000).contains(&c),
+                "{k} {c}"
+            );
+        }
+    }
+
+    #[test]
+    fn data_merges_extra_fields() {
+        let e = RpcError::new(ErrorKind::NoSession, "x")
+            .with_data(serde_json::json!({"device_id": 7, "kind": "spoof"}));
+        assert_eq!(
+            e.data_object(),
+            serde_json::json!({"kind": "no_session", "device_id": 7})
+        );
+        let e = RpcError::new(ErrorKind::Internal, "x").with_data(serde_json::json!("why"));
+        assert_eq!(
+            e.data_object(),
+            serde_json::json!({"kind": "internal", "detail": "why"})
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! `bundle.get`, `bundle.update`, `devicelist.get`, `devicelist.update`.
+
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::params::Namespace;
+use crate::manager::devicelist::DevicelistUpdate;
+use crate::manager::own_bundle::Publication;
+use crate::manager::peer_bundle::BundleUpdate as BundleUpdated;
+use crate::rpc::ctx::{Conn, Ctx};
+use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::registry::Method;
+
+/// Params naming an account and a namespace.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OwnParams {
+    /// Our bare JID; may be left out when the daemon has one account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Namespace.
+    pub namespace: Namespace,
+}
+
+/// `bundle.get`.
+pub struct BundleGet;
+
+impl Method for BundleGet {
+    const NAME: &'static str = "bundle.get";
+    const SUMMARY: &'static str = "Our bundle in a namespace, with the PubSub node, item id and publish options to publish it with.";
+    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
+    type Params = OwnParams;
+    type Result = Publication;
+
+    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: OwnParams) -> Result<Publication, RpcError> {
+        Ok(ctx
+            .manager()?
+            .own_bundle(p.account.as_deref(), p.namespace.0)
+            .await?)
+    }
+}
+
+/// `devicelist.get`.
+pub struct DevicelistGet;
+
+impl Method for DevicelistGet {
+    const NAME: &'static str = "devicelist.get";
+    const SUMMARY: &'static str = "Our device list in a namespace (as last received, with our device added), ready to publish.";
+    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
+    type Params = OwnParams;
+    type Result = Publication;
+
+    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: OwnParams) -> Result<Publication, RpcError> {
+        Ok(ctx
+            .manager()?
+            .own_devicelist(p.account.as_deref(), p.namespace.0)?)
+    }
+}
+
+/// `bundle.update`.
+pub struct BundleUpdate;
+
+/// Params of `bundle.update`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BundleUpdateParams {
+    /// Our bare JID; may be left out when the daemon has one account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Owner of the bundle.
+    pub jid: String,
+    /// Its device id.
+    pub device_id: u32,
+    /// Namespace it was fetched from.
+    pub namespace: Namespace,
+    /// The `<bundle>` element as fetched.
+    pub xml: String,
+}
+
+impl Method for BundleUpdate {
+    const NAME: &'static str = "bundle.update";
+    const SUMMARY: &'static str =
+        "Stores a bundle the client fetched (validated: keys and signed prekey signature).";
+    const ERRORS: &'static [ErrorKind] = &[
+        ErrorKind::UnknownAccount,
+        ErrorKind::AccountRequired,
+        ErrorKind::InvalidJid,
+        ErrorKind::InvalidBundle,
+        ErrorKind::InvalidSignature,
+    ];
+    type Params = BundleUpdateParams;
+    type Result = BundleUpdated;
+
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: BundleUpdateParams,
+    ) -> Result<BundleUpdated, RpcError> {
+        Ok(ctx
+            .manager()?
+            .update_bundle(
+                p.account.as_deref(),
+                &p.jid,
+                p.namespace.0,
+                p.device_id,
+                &p.xml,
+            )
+            .await?)
+    }
+}
+
+/// `devicelist.update`.
+pub struct DevicelistUpdateMethod;
+
+/// Params of `devicelist.update`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicelistUpdateParams {
+    /// Our bare JID; may be left out when the daemon has one account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Whose list it is (ours included).
+    pub jid: String,
+    /// Namespace.
+    pub namespace: Namespace,
+    /// The `<list>` / `<devices>` element as received.
+    pub xml: String,
+}
+
+impl Method for DevicelistUpdateMethod {
+    const NAME: &'static str = "devicelist.update";
+    const SUMMARY: &'static str = "Ingests a device list received from PEP; says when our own device is missing from our own list.";
+    const ERRORS: &'static [ErrorKind] = &[
+        ErrorKind::UnknownAccount,
+        ErrorKind::AccountRequired,
+        ErrorKind::InvalidJid,
+        ErrorKind::InvalidMessage,
+    ];
+    type Params = DevicelistUpdateParams;
+    type Result = DevicelistUpdate;
+
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: DevicelistUpdateParams,
+    ) -> Result<DevicelistUpdate, RpcError> {
+        Ok(ctx
+            .manager()?
+            .update_devicelist(p.account.as_deref(), &p.jid, p.namespace.0, &p.xml)
+            .await?)
+    }
+}

@@ -1,0 +1,81 @@
+//! `debug.*`: methods for tests, registered only with `omemod serve --enable-debug-methods`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::events::Event;
+use crate::rpc::ctx::{Conn, Ctx};
+use crate::rpc::error::RpcError;
+use crate::rpc::registry::Method;
+
+/// Longest `debug.sleep` accepted.
+pub const MAX_SLEEP_MS: u64 = 60_000;
+
+/// `debug.sleep`.
+pub struct Sleep;
+
+/// Params of `debug.sleep`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SleepParams {
+    /// Milliseconds to sleep, at most 60000.
+    pub ms: u64,
+}
+
+/// Result of `debug.sleep`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SleepResult {
+    /// The milliseconds slept.
+    pub slept_ms: u64,
+}
+
+impl Method for Sleep {
+    const NAME: &'static str = "debug.sleep";
+    const SUMMARY: &'static str = "Test only: sleep, then answer.";
+    type Params = SleepParams;
+    type Result = SleepResult;
+
+    async fn call(_ctx: Arc<Ctx>, _conn: Conn, p: SleepParams) -> Result<SleepResult, RpcError> {
+        if p.ms > MAX_SLEEP_MS {
+            return Err(RpcError::invalid_params(format!(
+                "ms must be at most {MAX_SLEEP_MS}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(p.ms)).await;
+        Ok(SleepResult { slept_ms: p.ms })
+    }
+}
+
+/// `debug.emit`.
+pub struct Emit;
+
+/// Params of `debug.emit`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmitParams {
+    /// The event to broadcast.
+    pub event: Event,
+}
+
+/// Result of `debug.emit`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct EmitResult {
+    /// How many subscriptions (on all connections) received it.
+    pub receivers: usize,
+}
+
+impl Method for Emit {
+    const NAME: &'static str = "debug.emit";
+    const SUMMARY: &'static str = "Test only: broadcast an event to all subscribers.";
+    type Params = EmitParams;
+    type Result = EmitResult;
+
+    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: EmitParams) -> Result<EmitResult, RpcError> {
+        Ok(EmitResult {
+            receivers: ctx.events.emit(p.event),
+        })
+    }
+}

@@ -1,0 +1,133 @@
+//! `encrypt`, `heartbeat`, `session.replace`.
+
+use std::sync::Arc;
+
+use protocol_core::Version;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::params::Namespace;
+use crate::manager::encrypt::{EncryptOutcome, EncryptRequest};
+use crate::rpc::ctx::{Conn, Ctx};
+use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::registry::Method;
+
+/// `encrypt`.
+pub struct Encrypt;
+
+/// Params of `encrypt`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptParams {
+    /// Our bare JID; may be left out when the daemon has one account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Recipient bare JIDs. Our own other devices are always included.
+    pub to: Vec<String>,
+    /// The message body. Left out: an empty (key transport) message.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Namespaces in order of preference (default: OMEMO 2, then 0.3).
+    #[serde(default)]
+    pub namespaces: Option<Vec<Namespace>>,
+    /// Encrypt a device in every namespace it is listed in, not only its preferred one.
+    #[serde(default)]
+    pub all_namespaces: bool,
+    /// OMEMO 2 SCE `<to>`; defaults to the recipient when there is one (set it to the room
+    /// JID in group chats).
+    #[serde(default)]
+    pub sce_to: Option<String>,
+}
+
+impl Method for Encrypt {
+    const NAME: &'static str = "encrypt";
+    const SUMMARY: &'static str = "Encrypts a body to every active device of some JIDs; one <encrypted> element per namespace, and a report per device.";
+    const DESCRIPTION: &'static str = "Devices without a session and without a stored bundle are reported with status no_bundle and a fetch_bundle action; content is only encrypted for trusted devices.";
+    const ERRORS: &'static [ErrorKind] = &[
+        ErrorKind::UnknownAccount,
+        ErrorKind::AccountRequired,
+        ErrorKind::InvalidJid,
+    ];
+    type Params = EncryptParams;
+    type Result = EncryptOutcome;
+
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: EncryptParams,
+    ) -> Result<EncryptOutcome, RpcError> {
+        let namespaces = p
+            .namespaces
+            .map(|v| v.into_iter().map(|n| n.0).collect())
+            .unwrap_or_else(|| Version::ALL.to_vec());
+        let req = EncryptRequest {
+            to: p.to,
+            body: p.body,
+            namespaces,
+            one_namespace_per_device: !p.all_namespaces,
+            sce_to: p.sce_to,
+        };
+        Ok(ctx.manager()?.encrypt(p.account.as_deref(), req).await?)
+    }
+}
+
+/// Params naming one remote device.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceParams {
+    /// Our bare JID; may be left out when the daemon has one account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Owner of the device.
+    pub jid: String,
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Device id.
+    pub device_id: u32,
+}
+
+/// `heartbeat`.
+pub struct Heartbeat;
+
+impl Method for Heartbeat {
+    const NAME: &'static str = "heartbeat";
+    const SUMMARY: &'static str = "An empty OMEMO message to one device (completes a new session, or forwards a long one-sided ratchet).";
+    const ERRORS: &'static [ErrorKind] = &[
+        ErrorKind::UnknownAccount,
+        ErrorKind::AccountRequired,
+        ErrorKind::InvalidJid,
+    ];
+    type Params = DeviceParams;
+    type Result = EncryptOutcome;
+
+    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: DeviceParams) -> Result<EncryptOutcome, RpcError> {
+        Ok(ctx
+            .manager()?
+            .heartbeat(p.account.as_deref(), &p.jid, p.namespace.0, p.device_id)
+            .await?)
+    }
+}
+
+/// `session.replace`.
+pub struct SessionReplace;
+
+impl Method for SessionReplace {
+    const NAME: &'static str = "session.replace";
+    const SUMMARY: &'static str = "Replaces a broken session with a fresh key exchange from the stored bundle; returns the empty message that carries it.";
+    const ERRORS: &'static [ErrorKind] = &[
+        ErrorKind::UnknownAccount,
+        ErrorKind::AccountRequired,
+        ErrorKind::InvalidJid,
+        ErrorKind::NoBundle,
+        ErrorKind::BrokenSession,
+    ];
+    type Params = DeviceParams;
+    type Result = EncryptOutcome;
+
+    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: DeviceParams) -> Result<EncryptOutcome, RpcError> {
+        Ok(ctx
+            .manager()?
+            .replace_session(p.account.as_deref(), &p.jid, p.namespace.0, p.device_id)
+            .await?)
+    }
+}

@@ -1,0 +1,54 @@
+//! `status`: is the daemon alive, and what is it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::config::Durability;
+use crate::rpc::ctx::{Conn, Ctx};
+use crate::rpc::error::RpcError;
+use crate::rpc::registry::{Method, NoParams};
+
+/// `status`.
+pub struct Status;
+
+/// The answer of `status`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StatusResult {
+    /// omemod's version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The socket the daemon listens on.
+    pub socket: PathBuf,
+    /// The database path.
+    pub db: PathBuf,
+    /// The database durability setting.
+    pub durability: Durability,
+    /// Connected clients, including the caller.
+    pub clients: usize,
+}
+
+impl Method for Status {
+    const NAME: &'static str = "status";
+    const SUMMARY: &'static str =
+        "The daemon's version, uptime, pid, socket path and connected clients.";
+    type Params = NoParams;
+    type Result = StatusResult;
+
+    async fn call(ctx: Arc<Ctx>, _conn: Conn, _params: NoParams) -> Result<StatusResult, RpcError> {
+        Ok(StatusResult {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: ctx.started.elapsed().as_secs(),
+            pid: std::process::id(),
+            socket: ctx.socket_path.clone(),
+            db: ctx.config.db.clone(),
+            durability: ctx.config.durability,
+            clients: ctx.client_count(),
+        })
+    }
+}

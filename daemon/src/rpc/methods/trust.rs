@@ -1,0 +1,148 @@
+//! `trust.list`, `trust.set`, `devices.list`, `catchup.begin`, `catchup.end`.
+
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::account::AccountParams;
+use crate::manager::trust::{DeviceEntry, TrustEntry};
+use crate::manager::Action;
+use crate::rpc::ctx::{Conn, Ctx};
+use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::registry::Method;
+use crate::storage::trust::TrustLevel;
+
+/// Params filtering by contact.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Our bare JID; may be left out when the daemon has one account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Only this contact.
+    #[serde(default)]
+    pub jid: Option<String>,
+}
+
+/// `trust.list`.
+pub struct TrustList;
+
+impl Method for TrustList {
+    const NAME: &'static str = "trust.list";
+    const SUMMARY: &'static str = "Trust decisions per (contact, identity key).";
+    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
+    type Params = ListParams;
+    type Result = Vec<TrustEntry>;
+
+    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: ListParams) -> Result<Vec<TrustEntry>, RpcError> {
+        Ok(ctx
+            .manager()?
+            .trust_list(p.account.as_deref(), p.jid.as_deref())?)
+    }
+}
+
+/// `trust.set`.
+pub struct TrustSet;
+
+/// Params of `trust.set`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSetParams {
+    /// Our bare JID; may be left out when the daemon has one account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Contact's bare JID.
+    pub jid: String,
+    /// The key's fingerprint (64 hex digits, spaces allowed; a leading `05` is accepted).
+    pub fingerprint: String,
+    /// `trusted`, `distrusted` or `undecided`.
+    pub level: String,
+}
+
+impl Method for TrustSet {
+    const NAME: &'static str = "trust.set";
+    const SUMMARY: &'static str =
+        "Records a manual trust decision about one identity key of a contact.";
+    const ERRORS: &'static [ErrorKind] = &[
+        ErrorKind::UnknownAccount,
+        ErrorKind::AccountRequired,
+        ErrorKind::InvalidJid,
+    ];
+    type Params = TrustSetParams;
+    type Result = TrustEntry;
+
+    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: TrustSetParams) -> Result<TrustEntry, RpcError> {
+        let level = TrustLevel::parse(&p.level).ok_or_else(|| {
+            RpcError::invalid_params("level must be trusted, distrusted or undecided")
+        })?;
+        Ok(ctx
+            .manager()?
+            .trust_set(p.account.as_deref(), &p.jid, &p.fingerprint, level)
+            .await?)
+    }
+}
+
+/// `devices.list`.
+pub struct DevicesList;
+
+impl Method for DevicesList {
+    const NAME: &'static str = "devices.list";
+    const SUMMARY: &'static str = "Known devices (from device lists), active or not.";
+    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
+    type Params = ListParams;
+    type Result = Vec<DeviceEntry>;
+
+    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: ListParams) -> Result<Vec<DeviceEntry>, RpcError> {
+        Ok(ctx
+            .manager()?
+            .devices_list(p.account.as_deref(), p.jid.as_deref())?)
+    }
+}
+
+/// Result of the catch-up methods.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CatchupResult {
+    /// Whether catch-up mode is now on.
+    pub catchup: bool,
+    /// Deferred follow-ups to do now (heartbeats).
+    pub actions: Vec<Action>,
+}
+
+/// `catchup.begin`.
+pub struct CatchupBegin;
+
+impl Method for CatchupBegin {
+    const NAME: &'static str = "catchup.begin";
+    const SUMMARY: &'static str = "Enters catch-up mode while the client replays its archive: used prekeys are kept, heartbeats deferred.";
+    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
+    type Params = AccountParams;
+    type Result = CatchupResult;
+
+    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: AccountParams) -> Result<CatchupResult, RpcError> {
+        ctx.manager()?.catchup_begin(p.account.as_deref()).await?;
+        Ok(CatchupResult {
+            catchup: true,
+            actions: Vec::new(),
+        })
+    }
+}
+
+/// `catchup.end`.
+pub struct CatchupEnd;
+
+impl Method for CatchupEnd {
+    const NAME: &'static str = "catchup.end";
+    const SUMMARY: &'static str = "Leaves catch-up mode: deletes prekeys used meanwhile and returns the deferred heartbeats (one per session).";
+    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
+    type Params = AccountParams;
+    type Result = CatchupResult;
+
+    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: AccountParams) -> Result<CatchupResult, RpcError> {
+        let actions = ctx.manager()?.catchup_end(p.account.as_deref()).await?;
+        Ok(CatchupResult {
+            catchup: false,
+            actions,
+        })
+    }
+}

@@ -1,0 +1,288 @@
+//! The method registry: a method's name, params, result, errors and documentation are declared
+//! together by implementing [`Method`]; [`Registry::register`] adds it both to the jsonrpsee
+//! [`RpcModule`] that the transport dispatches through and to the OpenRPC document.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use jsonrpsee::types::{ErrorObjectOwned, Params};
+use jsonrpsee::{Extensions, RpcModule};
+use schemars::generate::{Contract, SchemaSettings};
+use schemars::{JsonSchema, SchemaGenerator};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::rpc::ctx::{Conn, Ctx};
+use crate::rpc::error::{ErrorKind, RpcError};
+
+/// The OpenRPC version of the generated document.
+pub const OPENRPC_VERSION: &str = "1.3.2";
+
+/// One RPC method.
+///
+/// ```ignore
+/// pub struct Status;
+/// impl Method for Status {
+///     const NAME: &'static str = "status";
+///     const SUMMARY: &'static str = "Daemon version, uptime and clients.";
+///     type Params = NoParams;
+///     type Result = StatusResult;
+///     async fn call(ctx: Arc<Ctx>, _conn: Conn, _p: NoParams) -> Result<StatusResult, RpcError> { … }
+/// }
+/// // in rpc::methods::register_all:
+/// registry.register::<Status>()?;
+/// ```
+pub trait Method: Send + Sync + 'static {
+    /// Lower-case dotted `domain.verb`, e.g. `bundle.get`.
+    const NAME: &'static str;
+    /// One line for the OpenRPC `summary`.
+    const SUMMARY: &'static str;
+    /// Longer text for the OpenRPC `description` (may be empty).
+    const DESCRIPTION: &'static str = "";
+    /// The domain errors this method can return (the standard ones are implied).
+    const ERRORS: &'static [ErrorKind] = &[];
+
+    /// The by-name params object. Derive `Deserialize` (with `deny_unknown_fields`) and `JsonSchema`.
+    type Params: DeserializeOwned + JsonSchema + Send + 'static;
+    /// The result. Derive `Serialize`, `Clone` and `JsonSchema`.
+    type Result: Serialize + Clone + JsonSchema + Send + 'static;
+
+    /// Runs the method. Write it as `async fn call(…)` in the impl.
+    fn call(
+        ctx: Arc<Ctx>,
+        conn: Conn,
+        params: Self::Params,
+    ) -> impl Future<Output = Result<Self::Result, RpcError>> + Send;
+}
+
+/// Params of a method that takes none: `{}` or absent.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// Registration failed (a duplicate or badly formed name: a programming error).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Two methods share a name.
+    #[error("method {0} registered twice")]
+    Duplicate(&'static str),
+    /// The name breaks the naming rule.
+    #[error("method name {0:?} is not lower-case dotted snake_case")]
+    BadName(&'static str),
+}
+
+struct MethodDoc {
+    name: &'static str,
+    summary: &'static str,
+    description: &'static str,
+    params: Value,
+    result: Value,
+    errors: &'static [ErrorKind],
+}
+
+/// Collects methods into a jsonrpsee module and their OpenRPC entries.
+pub struct Registry {
+    module: RpcModule<Ctx>,
+    docs: Vec<MethodDoc>,
+    params_gen: SchemaGenerator,
+    result_gen: SchemaGenerator,
+}
+
+fn generator(contract: Contract) -> SchemaGenerator {
+    SchemaSettings::draft07()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.contract = contract;
+        })
+        .into_generator()
+}
+
+/// `domain.verb` in lower-case snake_case parts.
+pub fn valid_method_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|part| {
+            part.starts_with(|c: char| c.is_ascii_lowercase())
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+}
+
+/// Parses a by-name params object; absent params mean `{}`.
+pub fn parse_params<P: DeserializeOwned>(raw: Option<&str>) -> Result<P, RpcError> {
+    let text = raw.map(str::trim_start).unwrap_or("{}");
+    if !text.starts_with('{') {
+        return Err(RpcError::invalid_params(
+            "params must be a by-name JSON object",
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
+}
+
+impl Registry {
+    /// An empty registry whose methods will see `ctx`.
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        Self {
+            module: RpcModule::from_arc(ctx),
+            docs: Vec::new(),
+            params_gen: generator(Contract::Deserialize),
+            result_gen: generator(Contract::Serialize),
+        }
+    }
+
+    /// Adds `M` to the module and the OpenRPC document.
+    pub fn register<M: Method>(&mut self) -> Result<(), RegistryError> {
+        if !valid_method_name(M::NAME) {
+            return Err(RegistryError::BadName(M::NAME));
+        }
+        self.module
+            .register_async_method(
+                M::NAME,
+                |params: Params<'static>, ctx: Arc<Ctx>, ext: Extensions| async move {
+                    let conn = ext.get::<Conn>().cloned().unwrap_or_else(Conn::detached);
+                    let p = parse_params::<M::Params>(params.as_str())
+                        .map_err(ErrorObjectOwned::from)?;
+                    M::call(ctx, conn, p).await.map_err(ErrorObjectOwned::from)
+                },
+            )
+            .map_err(|_| RegistryError::Duplicate(M::NAME))?;
+        let params = M::Params::json_schema(&mut self.params_gen).to_value();
+        let result = M::Result::json_schema(&mut self.result_gen).to_value();
+        self.docs.push(MethodDoc {
+            name: M::NAME,
+            summary: M::SUMMARY,
+            description: M::DESCRIPTION,
+            params,
+            result,
+            errors: M::ERRORS,
+        });
+        Ok(())
+    }
+
+    /// The module and the OpenRPC document.
+    pub fn finish(mut self) -> (RpcModule<Ctx>, Value) {
+        let doc = self.openrpc_document();
+        (self.module, doc)
+    }
+
+    fn openrpc_document(&mut self) -> Value {
+        // The `event` notification refers to the Event schema; make sure it is defined.
+        let _ = self.result_gen.subschema_for::<crate::events::Event>();
+        let mut schemas = self.result_gen.take_definitions(true);
+        for (k, v) in self.params_gen.take_definitions(true) {
+            schemas.entry(k).or_insert(v);
+        }
+        let mut docs: Vec<&MethodDoc> = self.docs.iter().collect();
+        docs.sort_by_key(|d| d.name);
+        let methods: Vec<Value> = docs.into_iter().map(method_entry).collect();
+        let kinds: Vec<Value> = ErrorKind::ALL
+            .iter()
+            .map(|k| json!({"code": k.code(), "kind": k.kind(), "message": k.default_message()}))
+            .collect();
+        json!({
+            "openrpc": OPENRPC_VERSION,
+            "info": {
+                "title": "omemod",
+                "version": env!("CARGO_PKG_VERSION"),
+                "description": "OMEMO (XEP-0384) daemon: JSON-RPC 2.0, one JSON object per line on a Unix socket. \
+                    Every error carries data.kind; see x-error-kinds.",
+            },
+            "methods": methods,
+            "components": {"schemas": schemas},
+            "x-error-kinds": kinds,
+            "x-notifications": [{
+                "name": "event",
+                "summary": "An event for a subscription made with `subscribe`. \
+                    `event.type` is `events_lost` (with `missed`) when the subscriber fell behind.",
+                "params": {
+                    "type": "object",
+                    "properties": {
+                        "subscription": {"type": "integer"},
+                        "event": {"$ref": "#/components/schemas/Event"},
+                    },
+                    "required": ["subscription", "event"],
+                },
+            }],
+        })
+    }
+}
+
+fn method_entry(d: &MethodDoc) -> Value {
+    let required: Vec<&str> = d
+        .params
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let params: Vec<Value> = d
+        .params
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|props| {
+            props
+                .iter()
+                .map(|(name, schema)| {
+                    let mut cd = Map::new();
+                    cd.insert("name".into(), json!(name));
+                    if let Some(desc) = schema.get("description") {
+                        cd.insert("description".into(), desc.clone());
+                    }
+                    cd.insert("required".into(), json!(required.contains(&name.as_str())));
+                    cd.insert("schema".into(), schema.clone());
+                    Value::Object(cd)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let errors: Vec<Value> = d
+        .errors
+        .iter()
+        .map(|k| json!({"code": k.code(), "message": k.default_message(), "data": {"kind": k.kind()}}))
+        .collect();
+    let mut m = Map::new();
+    m.insert("name".into(), json!(d.name));
+    m.insert("summary".into(), json!(d.summary));
+    if !d.description.is_empty() {
+        m.insert("description".into(), json!(d.description));
+    }
+    m.insert("paramStructure".into(), json!("by-name"));
+    m.insert("params".into(), Value::Array(params));
+    m.insert("x-params-schema".into(), d.params.clone());
+    m.insert(
+        "result".into(),
+        json!({"name": format!("{}_result", d.name.replace('.', "_")), "schema": d.result}),
+    );
+    if !errors.is_empty() {
+        m.insert("errors".into(), Value::Array(errors));
+    }
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_follow_the_rule() {
+        assert!(valid_method_name("status"));
+        assert!(valid_method_name("rpc.discover"));
+        assert!(valid_method_name("devicelist.update"));
+        assert!(!valid_method_name("Status"));
+        assert!(!valid_method_name("bundle..get"));
+        assert!(!valid_method_name("bundle.getBundle"));
+        assert!(!valid_method_name(""));
+    }
+
+    #[test]
+    fn params_must_be_an_object() {
+        assert!(parse_params::<NoParams>(None).is_ok());
+        assert!(parse_params::<NoParams>(Some("{}")).is_ok());
+        let e = parse_params::<NoParams>(Some("[]")).err().map(|e| e.kind);
+        assert_eq!(e, Some(ErrorKind::InvalidParams));
+        let e = parse_params::<NoParams>(Some(r#"{"x":1}"#))
+            .err()
+            .map(|e| e.kind);
+        assert_eq!(e, Some(ErrorKind::InvalidParams));
+    }
+}

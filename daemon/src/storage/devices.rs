@@ -1,0 +1,221 @@
+//! `devices`: device lists of contacts and of our own account, per namespace.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, Row};
+
+use super::error::Result;
+use super::types::{
+    bool_col, id_param, int, namespace, opt_int, opt_text, text, u32_col, DeviceAddr, Namespace,
+};
+
+const T: &str = "devices";
+
+/// One row of `devices`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    /// Owning account.
+    pub account_id: i64,
+    /// Bare JID the device belongs to.
+    pub jid: String,
+    /// OMEMO version of the list it appeared in.
+    pub namespace: Namespace,
+    /// Device id.
+    pub device_id: u32,
+    /// Label (OMEMO 2), if any.
+    pub label: Option<String>,
+    /// In the latest device list.
+    pub active: bool,
+    /// Unix seconds.
+    pub first_seen: i64,
+    /// Last message received from it.
+    pub last_seen: Option<i64>,
+    /// When a device list last mentioned (or dropped) it.
+    pub list_updated_at: i64,
+}
+
+impl DeviceRow {
+    /// The row's address.
+    pub fn addr(&self) -> DeviceAddr {
+        DeviceAddr::new(
+            self.account_id,
+            self.jid.clone(),
+            self.namespace,
+            self.device_id,
+        )
+    }
+}
+
+/// One entry of a received device list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceListEntry {
+    /// Device id.
+    pub device_id: u32,
+    /// Label, if the list carries one.
+    pub label: Option<String>,
+}
+
+/// What [`replace_list`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceListChange {
+    /// Devices never seen before.
+    pub added: Vec<u32>,
+    /// Known inactive devices that are back in the list.
+    pub reactivated: Vec<u32>,
+    /// Devices that dropped out of the list (now inactive).
+    pub deactivated: Vec<u32>,
+}
+
+const COLUMNS: &str =
+    "account_id, jid, namespace, device_id, label, active, first_seen, last_seen, list_updated_at";
+
+fn from_row(r: &Row<'_>) -> Result<DeviceRow> {
+    Ok(DeviceRow {
+        account_id: int(r, T, "account_id")?,
+        jid: text(r, T, "jid")?,
+        namespace: namespace(r, T, "namespace")?,
+        device_id: u32_col(r, T, "device_id")?,
+        label: opt_text(r, T, "label")?,
+        active: bool_col(r, T, "active")?,
+        first_seen: int(r, T, "first_seen")?,
+        last_seen: opt_int(r, T, "last_seen")?,
+        list_updated_at: int(r, T, "list_updated_at")?,
+    })
+}
+
+/// Applies a freshly received device list of `jid` in `ns`: listed devices become active
+/// (new ones are added, labels updated), known devices missing from it become inactive but
+/// keep their rows. Duplicate ids in `entries`: the last one wins.
+pub fn replace_list(
+    conn: &Connection,
+    account_id: i64,
+    jid: &str,
+    ns: Namespace,
+    entries: &[DeviceListEntry],
+    now: i64,
+) -> Result<DeviceListChange> {
+    let known: BTreeMap<u32, bool> = list(conn, account_id, jid, ns)?
+        .into_iter()
+        .map(|d| (d.device_id, d.active))
+        .collect();
+    let listed: BTreeMap<u32, &Option<String>> =
+        entries.iter().map(|e| (e.device_id, &e.label)).collect();
+    let mut change = DeviceListChange::default();
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO devices (account_id, jid, namespace, device_id, label, active, first_seen, list_updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6) \
+         ON CONFLICT (account_id, jid, namespace, device_id) DO UPDATE SET \
+           label = excluded.label, active = 1, list_updated_at = excluded.list_updated_at",
+    )?;
+    for (&device_id, label) in &listed {
+        upsert.execute(params![
+            account_id,
+            jid,
+            ns.namespace(),
+            id_param(device_id),
+            label,
+            now
+        ])?;
+        match known.get(&device_id) {
+            None => change.added.push(device_id),
+            Some(false) => change.reactivated.push(device_id),
+            Some(true) => {}
+        }
+    }
+    let mut deactivate = conn.prepare_cached(
+        "UPDATE devices SET active = 0, list_updated_at = ?5 \
+         WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4",
+    )?;
+    for (&device_id, &active) in &known {
+        if active && !listed.contains_key(&device_id) {
+            deactivate.execute(params![
+                account_id,
+                jid,
+                ns.namespace(),
+                id_param(device_id),
+                now
+            ])?;
+            change.deactivated.push(device_id);
+        }
+    }
+    Ok(change)
+}
+
+/// Every known device of `jid` in `ns` (active or not), by device id.
+pub fn list(
+    conn: &Connection,
+    account_id: i64,
+    jid: &str,
+    ns: Namespace,
+) -> Result<Vec<DeviceRow>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM devices WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 ORDER BY device_id"
+    ))?;
+    let rows = st.query(params![account_id, jid, ns.namespace()])?;
+    collect(rows)
+}
+
+/// Every known device of the account, by jid, namespace and device id.
+pub fn list_all(conn: &Connection, account_id: i64) -> Result<Vec<DeviceRow>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM devices WHERE account_id = ?1 ORDER BY jid, namespace, device_id"
+    ))?;
+    let rows = st.query([account_id])?;
+    collect(rows)
+}
+
+fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<DeviceRow>> {
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(from_row(r)?);
+    }
+    Ok(out)
+}
+
+/// One device.
+pub fn get(conn: &Connection, addr: &DeviceAddr) -> Result<Option<DeviceRow>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM devices WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4"
+    ))?;
+    let mut rows = st.query(params![
+        addr.account_id,
+        addr.jid,
+        addr.namespace.namespace(),
+        id_param(addr.device_id)
+    ])?;
+    rows.next()?.map(from_row).transpose()
+}
+
+/// Records that a message arrived from the device at `now`. A device not in any list yet is
+/// added as inactive (it sent us a message, so it exists). Returns whether it was new.
+pub fn touch_last_seen(conn: &Connection, addr: &DeviceAddr, now: i64) -> Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE devices SET last_seen = max(coalesce(last_seen, ?5), ?5) \
+             WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4",
+        )?
+        .execute(params![
+            addr.account_id,
+            addr.jid,
+            addr.namespace.namespace(),
+            id_param(addr.device_id),
+            now
+        ])?;
+    if n > 0 {
+        return Ok(false);
+    }
+    conn.prepare_cached(
+        "INSERT INTO devices (account_id, jid, namespace, device_id, active, first_seen, last_seen, list_updated_at) \
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?5)",
+    )?
+    .execute(params![addr.account_id, addr.jid, addr.namespace.namespace(), id_param(addr.device_id), now])?;
+    Ok(true)
+}
+
+/// Forgets a device entirely. Returns whether it existed.
+pub fn delete(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
+    let n = conn
+        .prepare_cached("DELETE FROM devices WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4")?
+        .execute(params![addr.account_id, addr.jid, addr.namespace.namespace(), id_param(addr.device_id)])?;
+    Ok(n > 0)
+}

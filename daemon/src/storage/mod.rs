@@ -1,0 +1,520 @@
+//! omemod's persistent state: one SQLite file per user.
+//!
+//! * [`Store`] opens the file (creating it 0600 in a 0700 directory), applies the embedded
+//!   [`migrations`], and runs three kinds of threads: one group-commit **writer** that owns the
+//!   only write connection ([`Store::write`]), a few **readers** with read-only WAL connections
+//!   ([`Store::read`]), and a **checkpointer** that keeps the WAL short off the request path.
+//! * The table modules ([`accounts`], [`identity`], [`prekeys`], [`signed_prekeys`],
+//!   [`devices`], [`bundles`], [`sessions`], [`skipped_keys`], [`trust`]) are typed access
+//!   functions taking a `&rusqlite::Connection` (a `Transaction` derefs to one), meant to be
+//!   called inside `write`/`read` closures.
+//!
+//! The schema is documented for humans in `docs/schema.md`.
+
+pub mod accounts;
+pub mod bundles;
+pub mod checkpoint;
+pub mod devices;
+mod error;
+pub mod identity;
+pub mod migrations;
+pub mod prekeys;
+mod reader;
+pub mod sessions;
+pub mod signed_prekeys;
+pub mod skipped_keys;
+pub mod trust;
+mod types;
+pub mod writer;
+
+use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction};
+
+pub use checkpoint::{CheckpointMode, CheckpointResult, CheckpointStats};
+pub use error::{Result, StorageError};
+pub use types::{format_fingerprint, now, DeviceAddr, Namespace, SecretBlob, SecretKey};
+pub use writer::WriterStats;
+
+use reader::{ReadJob, TypedRead};
+use writer::{CheckpointSignal, Reply, TypedJob, WriteJob};
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: every commit is fsynced before it is reported; a committed
+    /// transaction survives a power loss / kernel crash.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: the WAL is fsynced only at checkpoints. A committed transaction
+    /// survives a crash of omemod itself, but the last transactions before a power loss or OS
+    /// crash may be lost (the database stays consistent). Losing ratchet state can break
+    /// sessions, so prefer `Full` unless the disk is slow.
+    Normal,
+}
+
+impl Durability {
+    fn pragma_value(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+
+    fn pragma_number(self) -> i64 {
+        match self {
+            Durability::Full => 2,
+            Durability::Normal => 1,
+        }
+    }
+}
+
+/// Tuning knobs of [`Store::open_with`]; [`Store::open`] uses the defaults.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Commit durability.
+    pub durability: Durability,
+    /// Read-only connections (and threads) in the read pool.
+    pub readers: usize,
+    /// Checkpoint at least this often when something was committed.
+    pub checkpoint_interval: Duration,
+    /// WAL size, in pages, above which the writer asks for an early checkpoint.
+    pub checkpoint_pages: u64,
+    /// How long a connection waits for a lock held by another process.
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Full,
+            readers: 2,
+            checkpoint_interval: Duration::from_secs(5),
+            checkpoint_pages: 1000,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Most prepared statements cached per connection.
+const STATEMENT_CACHE: usize = 128;
+/// WAL size kept after a checkpoint reset (bytes); larger WAL files are truncated to this.
+const JOURNAL_SIZE_LIMIT: i64 = 8 * 1024 * 1024;
+
+struct Threads {
+    writer: Option<JoinHandle<()>>,
+    readers: Vec<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<Connection>>,
+}
+
+/// The open database. Share it with `Arc<Store>`; all methods take `&self`.
+pub struct Store {
+    path: PathBuf,
+    config: StoreConfig,
+    writer: RwLock<Option<Sender<Box<dyn WriteJob>>>>,
+    readers: RwLock<Option<Sender<Box<dyn ReadJob>>>>,
+    threads: Mutex<Threads>,
+    writer_stats: Arc<WriterStats>,
+    checkpoint_stats: Arc<CheckpointStats>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates the directory (0700) and the database file (0600) if missing; tightens a database
+/// file (and its -wal/-shm) readable by others; warns about a directory open to others.
+fn prepare_files(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.exists() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("creating directory", &dir))?;
+        // The umask may have taken bits away, never added; make sure it is exactly 0700.
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o700))
+            .map_err(io_err("setting permissions of", &dir))?;
+    } else {
+        let mode = std::fs::metadata(&dir)
+            .map_err(io_err("inspecting", &dir))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777),
+                "database directory is accessible to other users");
+        }
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("opening", path))?;
+    let meta = file.metadata().map_err(io_err("inspecting", path))?;
+    if !meta.is_file() {
+        return Err(StorageError::Io {
+            action: "opening",
+            path: path.to_owned(),
+            source: std::io::Error::other("not a regular file"),
+        });
+    }
+    drop(file);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    for p in [path.to_owned(), PathBuf::from(wal), PathBuf::from(shm)] {
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %p.display(), mode = format!("{:o}", mode & 0o777),
+                "database file was accessible to other users; setting it to 0600");
+            std::fs::set_permissions(&p, Permissions::from_mode(0o600))
+                .map_err(io_err("setting permissions of", &p))?;
+        }
+    }
+    Ok(())
+}
+
+fn open_connection(path: &Path, flags: OpenFlags, config: &StoreConfig) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(config.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+fn check_pragma(conn: &Connection, pragma: &'static str, expected: &str) -> Result<()> {
+    let actual: String = conn.query_row(&format!("PRAGMA {pragma}"), [], |r| {
+        let v: rusqlite::types::Value = r.get(0)?;
+        Ok(match v {
+            rusqlite::types::Value::Integer(i) => i.to_string(),
+            rusqlite::types::Value::Text(t) => t,
+            other => format!("{other:?}"),
+        })
+    })?;
+    if actual.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(StorageError::Pragma {
+            pragma,
+            expected: expected.to_owned(),
+            actual,
+        })
+    }
+}
+
+fn open_writer(path: &Path, config: &StoreConfig) -> Result<Connection> {
+    let conn = open_connection(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        config,
+    )?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StorageError::Pragma {
+            pragma: "journal_mode",
+            expected: "wal".into(),
+            actual: mode,
+        });
+    }
+    conn.pragma_update(None, "synchronous", config.durability.pragma_value())?;
+    check_pragma(
+        &conn,
+        "synchronous",
+        &config.durability.pragma_number().to_string(),
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    check_pragma(&conn, "foreign_keys", "1")?;
+    // Checkpoints are the checkpointer thread's job.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // Overwrite deleted content (used prekeys, consumed message keys) instead of leaving it
+    // in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` with default tuning.
+    pub fn open(path: &Path, durability: Durability) -> Result<Store> {
+        Self::open_with(
+            path,
+            StoreConfig {
+                durability,
+                ..StoreConfig::default()
+            },
+        )
+    }
+
+    /// Opens (or creates) the database at `path`.
+    pub fn open_with(path: &Path, config: StoreConfig) -> Result<Store> {
+        prepare_files(path)?;
+        let mut conn = open_writer(path, &config)?;
+        migrations::migrate(&mut conn, migrations::MIGRATIONS)?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let page_size = u64::try_from(page_size).unwrap_or(4096);
+
+        let mut readers_conns = Vec::with_capacity(config.readers.max(1));
+        for _ in 0..config.readers.max(1) {
+            let c = open_connection(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                &config,
+            )?;
+            readers_conns.push(c);
+        }
+        let ckpt_conn = open_connection(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            &config,
+        )?;
+        ckpt_conn.pragma_update(None, "synchronous", config.durability.pragma_value())?;
+        ckpt_conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+
+        let writer_stats = Arc::new(WriterStats::default());
+        let checkpoint_stats = Arc::new(CheckpointStats::default());
+        let dirty = Arc::new(AtomicBool::new(false));
+        let (wake_tx, wake_rx) = mpsc::sync_channel(1);
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let signal = CheckpointSignal {
+            dirty: Arc::clone(&dirty),
+            wake: wake_tx,
+            wal_path: PathBuf::from(wal_path),
+            // WAL header + frames of (24-byte header + page).
+            threshold_bytes: 32 + config.checkpoint_pages.saturating_mul(page_size + 24),
+        };
+
+        let spawn_err = |source| StorageError::Io {
+            action: "spawning storage thread for",
+            path: path.to_owned(),
+            source,
+        };
+        let interval = config.checkpoint_interval;
+        let stats = Arc::clone(&checkpoint_stats);
+        let checkpointer = std::thread::Builder::new()
+            .name("omemod-checkpoint".into())
+            .spawn(move || checkpoint::run(ckpt_conn, wake_rx, dirty, interval, stats))
+            .map_err(spawn_err)?;
+
+        let (write_tx, write_rx) = mpsc::channel::<Box<dyn WriteJob>>();
+        let stats = Arc::clone(&writer_stats);
+        let writer = std::thread::Builder::new()
+            .name("omemod-writer".into())
+            .spawn(move || writer::run(conn, write_rx, stats, signal))
+            .map_err(spawn_err)?;
+
+        let (read_tx, read_rx) = mpsc::channel::<Box<dyn ReadJob>>();
+        let read_rx = Arc::new(Mutex::new(read_rx));
+        let mut reader_threads = Vec::with_capacity(readers_conns.len());
+        for (i, c) in readers_conns.into_iter().enumerate() {
+            let rx = Arc::clone(&read_rx);
+            let h = std::thread::Builder::new()
+                .name(format!("omemod-reader-{i}"))
+                .spawn(move || reader::run(c, rx))
+                .map_err(spawn_err)?;
+            reader_threads.push(h);
+        }
+
+        tracing::info!(path = %path.display(), durability = ?config.durability, "storage opened");
+        Ok(Store {
+            path: path.to_owned(),
+            config,
+            writer: RwLock::new(Some(write_tx)),
+            readers: RwLock::new(Some(read_tx)),
+            threads: Mutex::new(Threads {
+                writer: Some(writer),
+                readers: reader_threads,
+                checkpointer: Some(checkpointer),
+            }),
+            writer_stats,
+            checkpoint_stats,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Group-commit counters.
+    pub fn writer_stats(&self) -> &WriterStats {
+        &self.writer_stats
+    }
+
+    /// Checkpointer counters.
+    pub fn checkpoint_stats(&self) -> &CheckpointStats {
+        &self.checkpoint_stats
+    }
+
+    fn enqueue_write(&self, job: Box<dyn WriteJob>) -> Result<()> {
+        let guard = self.writer.read().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(tx) => tx.send(job).map_err(|_| StorageError::Closed),
+            None => Err(StorageError::Closed),
+        }
+    }
+
+    fn enqueue_read(&self, job: Box<dyn ReadJob>) -> Result<()> {
+        let guard = self.readers.read().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(tx) => tx.send(job).map_err(|_| StorageError::Closed),
+            None => Err(StorageError::Closed),
+        }
+    }
+
+    /// Runs `f` in the writer's transaction (inside its own SAVEPOINT) and resolves once the
+    /// batch holding it is committed. If `f` fails only its own changes are rolled back.
+    ///
+    /// The job is queued when `write` is called, not when the future is first polled, so
+    /// jobs run in call order. Dropping the future does not cancel the job.
+    pub fn write<T, F>(&self, f: F) -> impl Future<Output = Result<T>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let queued = self.enqueue_write(Box::new(TypedJob::new(f, Reply::Async(tx))));
+        async move {
+            queued?;
+            rx.await.map_err(|_| StorageError::Closed)?
+        }
+    }
+
+    /// [`Store::write`] for threads outside async code (CLI, tests). Blocks the thread.
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.enqueue_write(Box::new(TypedJob::new(f, Reply::Blocking(tx))))?;
+        rx.recv().map_err(|_| StorageError::Closed)?
+    }
+
+    /// Runs `f` on a read-only connection of the pool; it sees the last committed state.
+    pub fn read<T, F>(&self, f: F) -> impl Future<Output = Result<T>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let queued = self.enqueue_read(Box::new(TypedRead {
+            f,
+            reply: Reply::Async(tx),
+        }));
+        async move {
+            queued?;
+            rx.await.map_err(|_| StorageError::Closed)?
+        }
+    }
+
+    /// [`Store::read`] for threads outside async code. Blocks the thread.
+    pub fn read_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.enqueue_read(Box::new(TypedRead {
+            f,
+            reply: Reply::Blocking(tx),
+        }))?;
+        rx.recv().map_err(|_| StorageError::Closed)?
+    }
+
+    /// Clean shutdown: lets the writer finish every queued job, stops readers and the
+    /// checkpointer, then checkpoints with `TRUNCATE` so the WAL is empty. Blocks (call it
+    /// from `spawn_blocking` in async code). Later calls to `write`/`read` return
+    /// [`StorageError::Closed`]; calling `close` again is a no-op.
+    pub fn close(&self) -> Result<()> {
+        self.writer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.readers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = threads.writer.take() {
+            if h.join().is_err() {
+                tracing::error!("storage writer thread panicked");
+            }
+        }
+        for h in threads.readers.drain(..) {
+            if h.join().is_err() {
+                tracing::error!("storage reader thread panicked");
+            }
+        }
+        let Some(h) = threads.checkpointer.take() else {
+            return Ok(());
+        };
+        let conn = match h.join() {
+            Ok(conn) => conn,
+            Err(_) => {
+                tracing::error!("storage checkpoint thread panicked");
+                open_connection(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    &self.config,
+                )?
+            }
+        };
+        let r = checkpoint::checkpoint(&conn, CheckpointMode::Truncate)?;
+        if r.busy {
+            tracing::warn!(
+                ?r,
+                "final checkpoint could not complete (another process reading?)"
+            );
+        }
+        drop(conn);
+        tracing::info!(path = %self.path.display(), "storage closed");
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(error = %e, "closing storage failed");
+        }
+    }
+}

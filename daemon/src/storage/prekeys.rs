@@ -1,0 +1,141 @@
+//! `prekeys`: our one-time prekeys.
+//!
+//! A prekey consumed by a key exchange is deleted at once, except during catch-up: then it is
+//! only marked used (hidden from the bundle) because older archived messages may still need
+//! it; [`delete_used`] removes those when catch-up ends.
+
+use rusqlite::{params, Connection, Row};
+
+use super::error::Result;
+use super::types::{blob32, id_param, int, opt_int, secret32, u32_col, SecretKey};
+
+const T: &str = "prekeys";
+
+/// One row of `prekeys`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreKeyRow {
+    /// Owning account.
+    pub account_id: i64,
+    /// Prekey id.
+    pub id: u32,
+    /// X25519 private key.
+    pub private_key: SecretKey,
+    /// X25519 public key.
+    pub public_key: [u8; 32],
+    /// Unix seconds.
+    pub created_at: i64,
+    /// When a key exchange used it (during catch-up); `None` = live.
+    pub used_at: Option<i64>,
+}
+
+/// The public half of a live prekey, for the bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublicPreKey {
+    /// Prekey id.
+    pub id: u32,
+    /// X25519 public key.
+    pub public_key: [u8; 32],
+}
+
+fn from_row(r: &Row<'_>) -> Result<PreKeyRow> {
+    Ok(PreKeyRow {
+        account_id: int(r, T, "account_id")?,
+        id: u32_col(r, T, "id")?,
+        private_key: secret32(r, T, "private_key")?,
+        public_key: blob32(r, T, "public_key")?,
+        created_at: int(r, T, "created_at")?,
+        used_at: opt_int(r, T, "used_at")?,
+    })
+}
+
+/// Stores prekeys (ids must be new).
+pub fn insert_many(conn: &Connection, rows: &[PreKeyRow]) -> Result<()> {
+    let mut st = conn.prepare_cached(
+        "INSERT INTO prekeys (account_id, id, private_key, public_key, created_at, used_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for row in rows {
+        st.execute(params![
+            row.account_id,
+            id_param(row.id),
+            &row.private_key.expose()[..],
+            &row.public_key[..],
+            row.created_at,
+            row.used_at
+        ])?;
+    }
+    Ok(())
+}
+
+/// One prekey, live or used.
+pub fn get(conn: &Connection, account_id: i64, id: u32) -> Result<Option<PreKeyRow>> {
+    let mut st = conn.prepare_cached(
+        "SELECT account_id, id, private_key, public_key, created_at, used_at \
+         FROM prekeys WHERE account_id = ?1 AND id = ?2",
+    )?;
+    let mut rows = st.query(params![account_id, id_param(id)])?;
+    rows.next()?.map(from_row).transpose()
+}
+
+/// Every prekey of the account, live and used, by id.
+pub fn list(conn: &Connection, account_id: i64) -> Result<Vec<PreKeyRow>> {
+    let mut st = conn.prepare_cached(
+        "SELECT account_id, id, private_key, public_key, created_at, used_at \
+         FROM prekeys WHERE account_id = ?1 ORDER BY id",
+    )?;
+    let mut rows = st.query([account_id])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(from_row(r)?);
+    }
+    Ok(out)
+}
+
+/// Marks a live prekey used at `now`. Returns false if it does not exist or was already used.
+pub fn mark_used(conn: &Connection, account_id: i64, id: u32, now: i64) -> Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE prekeys SET used_at = ?3 WHERE account_id = ?1 AND id = ?2 AND used_at IS NULL",
+        )?
+        .execute(params![account_id, id_param(id), now])?;
+    Ok(n > 0)
+}
+
+/// Deletes a prekey. Returns whether it existed.
+pub fn delete(conn: &Connection, account_id: i64, id: u32) -> Result<bool> {
+    let n = conn
+        .prepare_cached("DELETE FROM prekeys WHERE account_id = ?1 AND id = ?2")?
+        .execute(params![account_id, id_param(id)])?;
+    Ok(n > 0)
+}
+
+/// Deletes every used prekey of the account (end of catch-up). Returns how many.
+pub fn delete_used(conn: &Connection, account_id: i64) -> Result<usize> {
+    Ok(conn
+        .prepare_cached("DELETE FROM prekeys WHERE account_id = ?1 AND used_at IS NOT NULL")?
+        .execute([account_id])?)
+}
+
+/// Public halves of the live prekeys, by id, for the bundle.
+pub fn list_live_public(conn: &Connection, account_id: i64) -> Result<Vec<PublicPreKey>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, public_key FROM prekeys WHERE account_id = ?1 AND used_at IS NULL ORDER BY id",
+    )?;
+    let mut rows = st.query([account_id])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(PublicPreKey {
+            id: u32_col(r, T, "id")?,
+            public_key: blob32(r, T, "public_key")?,
+        });
+    }
+    Ok(out)
+}
+
+/// How many live prekeys the account has.
+pub fn count_live(conn: &Connection, account_id: i64) -> Result<u32> {
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM prekeys WHERE account_id = ?1 AND used_at IS NULL")?
+        .query_row([account_id], |r| r.get(0))?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}

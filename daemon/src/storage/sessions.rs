@@ -1,0 +1,186 @@
+//! `sessions`: Double Ratchet sessions, one per remote device and namespace.
+
+use rusqlite::{params, Connection, Row};
+
+use super::error::Result;
+use super::types::{
+    blob32, bool_col, counter_param, enum_col, id_param, int, namespace, secret_blob, text,
+    u32_col, u64_col, DeviceAddr, Namespace, SecretBlob,
+};
+
+const T: &str = "sessions";
+
+/// Who started the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initiator {
+    /// We fetched their bundle and sent the key exchange.
+    Us,
+    /// They sent us a key exchange.
+    Them,
+}
+
+impl Initiator {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Initiator::Us => "us",
+            Initiator::Them => "them",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "us" => Some(Initiator::Us),
+            "them" => Some(Initiator::Them),
+            _ => None,
+        }
+    }
+}
+
+/// One row of `sessions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// Owning account.
+    pub account_id: i64,
+    /// Peer's bare JID.
+    pub jid: String,
+    /// OMEMO version of the session.
+    pub namespace: Namespace,
+    /// Peer's device id.
+    pub device_id: u32,
+    /// Versioned ratchet snapshot (secret).
+    pub state: SecretBlob,
+    /// Format version of `state`.
+    pub state_format: u32,
+    /// Curve25519 u of the peer's identity key.
+    pub identity_key: [u8; 32],
+    /// Who started it.
+    pub initiated_by: Initiator,
+    /// The peer has answered.
+    pub confirmed: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Messages encrypted with it.
+    pub messages_sent: u64,
+    /// Messages decrypted with it.
+    pub messages_received: u64,
+}
+
+impl SessionRow {
+    /// The row's address.
+    pub fn addr(&self) -> DeviceAddr {
+        DeviceAddr::new(
+            self.account_id,
+            self.jid.clone(),
+            self.namespace,
+            self.device_id,
+        )
+    }
+}
+
+const COLUMNS: &str =
+    "account_id, jid, namespace, device_id, state, state_format, identity_key, initiated_by, \
+                       confirmed, created_at, updated_at, messages_sent, messages_received";
+
+fn from_row(r: &Row<'_>) -> Result<SessionRow> {
+    Ok(SessionRow {
+        account_id: int(r, T, "account_id")?,
+        jid: text(r, T, "jid")?,
+        namespace: namespace(r, T, "namespace")?,
+        device_id: u32_col(r, T, "device_id")?,
+        state: secret_blob(r, T, "state")?,
+        state_format: u32_col(r, T, "state_format")?,
+        identity_key: blob32(r, T, "identity_key")?,
+        initiated_by: enum_col(r, T, "initiated_by", Initiator::parse)?,
+        confirmed: bool_col(r, T, "confirmed")?,
+        created_at: int(r, T, "created_at")?,
+        updated_at: int(r, T, "updated_at")?,
+        messages_sent: u64_col(r, T, "messages_sent")?,
+        messages_received: u64_col(r, T, "messages_received")?,
+    })
+}
+
+/// Stores a session, replacing the one of the same device (its `created_at` is kept only if
+/// the identity key is unchanged). Skipped message keys of the device are kept; delete them
+/// with [`super::skipped_keys::delete_for_session`] if they no longer apply.
+pub fn upsert(conn: &Connection, row: &SessionRow) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+         ON CONFLICT (account_id, jid, namespace, device_id) DO UPDATE SET \
+           state = excluded.state, state_format = excluded.state_format, \
+           created_at = CASE WHEN identity_key = excluded.identity_key AND initiated_by = excluded.initiated_by \
+                             THEN created_at ELSE excluded.created_at END, \
+           identity_key = excluded.identity_key, initiated_by = excluded.initiated_by, \
+           confirmed = excluded.confirmed, updated_at = excluded.updated_at, \
+           messages_sent = excluded.messages_sent, messages_received = excluded.messages_received"
+    ))?
+    .execute(params![
+        row.account_id,
+        row.jid,
+        row.namespace.namespace(),
+        id_param(row.device_id),
+        row.state.expose(),
+        id_param(row.state_format),
+        &row.identity_key[..],
+        row.initiated_by.as_str(),
+        row.confirmed,
+        row.created_at,
+        row.updated_at,
+        counter_param("messages_sent", row.messages_sent)?,
+        counter_param("messages_received", row.messages_received)?
+    ])?;
+    Ok(())
+}
+
+/// The session with a device.
+pub fn get(conn: &Connection, addr: &DeviceAddr) -> Result<Option<SessionRow>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM sessions WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4"
+    ))?;
+    let mut rows = st.query(params![
+        addr.account_id,
+        addr.jid,
+        addr.namespace.namespace(),
+        id_param(addr.device_id)
+    ])?;
+    rows.next()?.map(from_row).transpose()
+}
+
+/// Deletes a session and its skipped message keys. Returns whether it existed.
+pub fn delete(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM sessions WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4",
+        )?
+        .execute(params![addr.account_id, addr.jid, addr.namespace.namespace(), id_param(addr.device_id)])?;
+    Ok(n > 0)
+}
+
+/// Every session of the account, by jid, namespace and device id.
+pub fn list(conn: &Connection, account_id: i64) -> Result<Vec<SessionRow>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM sessions WHERE account_id = ?1 ORDER BY jid, namespace, device_id"
+    ))?;
+    let rows = st.query([account_id])?;
+    collect(rows)
+}
+
+/// The sessions with every device of one JID (both namespaces).
+pub fn list_for_jid(conn: &Connection, account_id: i64, jid: &str) -> Result<Vec<SessionRow>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM sessions WHERE account_id = ?1 AND jid = ?2 ORDER BY namespace, device_id"
+    ))?;
+    let rows = st.query(params![account_id, jid])?;
+    collect(rows)
+}
+
+fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<SessionRow>> {
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(from_row(r)?);
+    }
+    Ok(out)
+}

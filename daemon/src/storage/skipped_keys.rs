@@ -1,0 +1,164 @@
+//! `skipped_keys`: message keys of skipped messages, per session (deleted with it).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::error::Result;
+use super::types::{id_param, DeviceAddr, SecretKey};
+
+/// One skipped message key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedKeyRow {
+    /// The session's device.
+    pub addr: DeviceAddr,
+    /// Sender's ratchet public key (Curve25519 u).
+    pub ratchet_key: [u8; 32],
+    /// Message number in that chain.
+    pub n: u32,
+    /// The message key (secret).
+    pub message_key: SecretKey,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Stores a skipped key; the session must exist. Returns false if the same
+/// `(ratchet_key, n)` was already stored (the stored key is kept).
+pub fn insert(conn: &Connection, row: &SkippedKeyRow) -> Result<bool> {
+    let a = &row.addr;
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO skipped_keys (account_id, jid, namespace, device_id, ratchet_key, n, message_key, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            a.account_id,
+            a.jid,
+            a.namespace.namespace(),
+            id_param(a.device_id),
+            &row.ratchet_key[..],
+            id_param(row.n),
+            &row.message_key.expose()[..],
+            row.created_at
+        ])?;
+    Ok(n > 0)
+}
+
+/// Removes and returns the key of message `n` of the chain `ratchet_key` (a key is used once).
+pub fn take(
+    conn: &Connection,
+    addr: &DeviceAddr,
+    ratchet_key: &[u8; 32],
+    n: u32,
+) -> Result<Option<SecretKey>> {
+    let key = conn
+        .prepare_cached(
+            "DELETE FROM skipped_keys WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4 \
+             AND ratchet_key = ?5 AND n = ?6 RETURNING message_key",
+        )?
+        .query_row(
+            params![
+                addr.account_id,
+                addr.jid,
+                addr.namespace.namespace(),
+                id_param(addr.device_id),
+                &ratchet_key[..],
+                id_param(n)
+            ],
+            |r| {
+                let b = r.get_ref(0)?.as_blob()?;
+                Ok(SecretKey::from_slice(b).ok_or(b.len()))
+            },
+        )
+        .optional()?;
+    match key {
+        None => Ok(None),
+        Some(Ok(k)) => Ok(Some(k)),
+        Some(Err(len)) => Err(super::StorageError::BadData {
+            table: "skipped_keys",
+            column: "message_key",
+            reason: format!("expected 32 bytes, found {len}"),
+        }),
+    }
+}
+
+/// Every skipped key of a session, oldest first.
+pub fn list(conn: &Connection, addr: &DeviceAddr) -> Result<Vec<SkippedKeyRow>> {
+    let mut st = conn.prepare_cached(
+        "SELECT ratchet_key, n, message_key, created_at FROM skipped_keys \
+         WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4 \
+         ORDER BY created_at, rowid",
+    )?;
+    let mut rows = st.query(params![
+        addr.account_id,
+        addr.jid,
+        addr.namespace.namespace(),
+        id_param(addr.device_id)
+    ])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let bad = |column: &'static str, len: usize| super::StorageError::BadData {
+            table: "skipped_keys",
+            column,
+            reason: format!("expected 32 bytes, found {len}"),
+        };
+        let rk: Vec<u8> = r.get(0)?;
+        let mk = zeroize::Zeroizing::new(r.get::<_, Vec<u8>>(2)?);
+        out.push(SkippedKeyRow {
+            addr: addr.clone(),
+            ratchet_key: rk
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("ratchet_key", rk.len()))?,
+            n: u32::try_from(r.get::<_, i64>(1)?).map_err(|_| bad("n", 0))?,
+            message_key: SecretKey::from_slice(&mk).ok_or_else(|| bad("message_key", mk.len()))?,
+            created_at: r.get(3)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Deletes every skipped key of a session. Returns how many.
+pub fn delete_for_session(conn: &Connection, addr: &DeviceAddr) -> Result<usize> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM skipped_keys WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4",
+        )?
+        .execute(params![addr.account_id, addr.jid, addr.namespace.namespace(), id_param(addr.device_id)])?)
+}
+
+/// How many skipped keys a session holds.
+pub fn count(conn: &Connection, addr: &DeviceAddr) -> Result<u32> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM skipped_keys WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4",
+        )?
+        .query_row(
+            params![addr.account_id, addr.jid, addr.namespace.namespace(), id_param(addr.device_id)],
+            |r| r.get(0),
+        )?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// Keeps only the `keep` newest skipped keys of a session; returns how many were deleted.
+pub fn trim(conn: &Connection, addr: &DeviceAddr, keep: u32) -> Result<usize> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM skipped_keys WHERE rowid IN ( \
+               SELECT rowid FROM skipped_keys \
+               WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4 \
+               ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?5)",
+        )?
+        .execute(params![
+            addr.account_id,
+            addr.jid,
+            addr.namespace.namespace(),
+            id_param(addr.device_id),
+            i64::from(keep)
+        ])?)
+}
+
+/// Deletes skipped keys (of every session) created before `cutoff`. Returns how many.
+pub fn delete_older_than(conn: &Connection, cutoff: i64) -> Result<usize> {
+    Ok(conn
+        .prepare_cached("DELETE FROM skipped_keys WHERE created_at < ?1")?
+        .execute([cutoff])?)
+}
