@@ -51,20 +51,21 @@ pub enum Command {
         #[arg(long)]
         account: Option<String>,
     },
-    /// Decide whether to trust a peer device (calls `trust.set`).
+    /// Decide whether to trust one identity key of a contact (calls `trust.set`); without a
+    /// decision, list the decisions about the contact (calls `trust.list`).
     Trust {
         /// The account, when there are several.
         #[arg(long)]
         account: Option<String>,
-        /// The peer's bare JID.
+        /// The contact's bare JID.
         #[arg(long)]
-        peer: String,
-        /// The peer's device id.
-        #[arg(long)]
-        device: u32,
+        jid: String,
+        /// The key's fingerprint, as `trust.list` / `devices.list` show it.
+        #[arg(long, requires = "decision")]
+        fingerprint: Option<String>,
         /// The decision.
-        #[arg(value_enum)]
-        decision: TrustDecision,
+        #[arg(value_enum, requires = "fingerprint")]
+        decision: Option<TrustDecision>,
     },
 }
 
@@ -130,18 +131,25 @@ pub fn run() -> ExitCode {
         }
         Command::Trust {
             account,
-            peer,
-            device,
+            jid,
+            fingerprint,
             decision,
-        } => {
-            let decision = match decision {
-                TrustDecision::Trusted => "trusted",
-                TrustDecision::Distrusted => "distrusted",
-                TrustDecision::Undecided => "undecided",
-            };
-            let params = json!({"peer": peer, "device_id": device, "decision": decision});
-            call(&socket, "trust.set", with_account(params, account))
-        }
+        } => match (fingerprint, decision) {
+            (Some(fingerprint), Some(decision)) => {
+                let level = match decision {
+                    TrustDecision::Trusted => "trusted",
+                    TrustDecision::Distrusted => "distrusted",
+                    TrustDecision::Undecided => "undecided",
+                };
+                let params = json!({"jid": jid, "fingerprint": fingerprint, "level": level});
+                call(&socket, "trust.set", with_account(params, account))
+            }
+            _ => call(
+                &socket,
+                "trust.list",
+                with_account(json!({"jid": jid}), account),
+            ),
+        },
     }
 }
 

@@ -162,6 +162,31 @@ fn report(
     }
 }
 
+/// The outcome of a one-device call, or the error that explains why there is no message.
+fn single_device(
+    out: EncryptOutcome,
+    jid: &str,
+    namespace: Version,
+    device_id: u32,
+) -> Result<EncryptOutcome> {
+    match out.devices.first() {
+        Some(r) if r.status == DeviceStatus::Encrypted => Ok(out),
+        Some(r) if r.status == DeviceStatus::NoBundle => Err(ManagerError::NoBundle {
+            jid: jid.to_owned(),
+            namespace,
+            device_id,
+        }),
+        Some(r) => Err(ManagerError::BrokenSession(
+            r.reason.clone().unwrap_or_default(),
+        )),
+        None => Err(ManagerError::UnknownDevice {
+            jid: jid.to_owned(),
+            namespace,
+            device_id,
+        }),
+    }
+}
+
 impl Manager {
     /// Encrypts `req.body` (or an empty message) to every active device of `req.to`.
     pub async fn encrypt(
@@ -232,7 +257,8 @@ impl Manager {
             addr: Self::addr(&acct, jid, namespace, device_id),
             force_new: false,
         };
-        self.encrypt_to(&acct, vec![t], None, None).await
+        let out = self.encrypt_to(&acct, vec![t], None, None).await?;
+        single_device(out, jid, namespace, device_id)
     }
 
     /// Replaces the session with a device by a fresh key exchange from its stored bundle

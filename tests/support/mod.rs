@@ -1,0 +1,316 @@
+//! Test harness shared by the end-to-end and interop tests: real `omemod` daemons (own
+//! database and socket each) driven over their socket, and the python-omemo peer.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const OMEMO2: &str = "urn:xmpp:omemo:2";
+pub const OLDMEMO: &str = "eu.siacs.conversations.axolotl";
+pub const BOTH: [&str; 2] = [OMEMO2, OLDMEMO];
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A running daemon with its own state directory.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub db: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Daemon {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("run/omemod.sock");
+        let db = dir.path().join("state/omemod.db");
+        let mut d = Daemon {
+            dir,
+            socket,
+            db,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts the process (again) on the same database and socket.
+    pub fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_omemod"));
+        cmd.arg("serve")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--db")
+            .arg(&self.db)
+            .args(&self.extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("start omemod");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(s) = UnixStream::connect(&self.socket) {
+                let mut c = Client::from_stream(s);
+                if c.call("status", json!({})).is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "omemod did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::from_stream(UnixStream::connect(&self.socket).expect("connect"))
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c.wait().ok()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A line-protocol JSON-RPC client.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+impl Client {
+    pub fn from_stream(s: UnixStream) -> Self {
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        Client {
+            reader: BufReader::new(s.try_clone().expect("clone")),
+            writer: s,
+            next_id: 1,
+        }
+    }
+
+    /// Sends one raw line and reads one line back (`None` on EOF).
+    pub fn raw(&mut self, line: &str) -> Option<Value> {
+        self.send_raw(line);
+        self.read()
+    }
+
+    pub fn send_raw(&mut self, line: &str) {
+        self.writer.write_all(line.as_bytes()).expect("write");
+        self.writer.write_all(b"\n").expect("write");
+    }
+
+    pub fn read(&mut self) -> Option<Value> {
+        let mut buf = String::new();
+        match self.reader.read_line(&mut buf) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&buf).expect("reply is JSON")),
+        }
+    }
+
+    /// Calls a method: `Ok(result)` or `Err(error object)`.
+    pub fn call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let reply = self.raw(&req.to_string()).expect("connection closed");
+        assert_eq!(reply["id"], json!(id), "reply to another request: {reply}");
+        match reply.get("error") {
+            Some(e) => Err(e.clone()),
+            None => Ok(reply["result"].clone()),
+        }
+    }
+
+    /// Calls and expects success.
+    pub fn ok(&mut self, method: &str, params: Value) -> Value {
+        self.call(method, params)
+            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
+    }
+
+    /// Calls and expects an error of `kind`.
+    pub fn err(&mut self, method: &str, params: Value, kind: &str) -> Value {
+        match self.call(method, params) {
+            Ok(v) => panic!("{method} succeeded, expected {kind}: {v}"),
+            Err(e) => {
+                assert_eq!(e["data"]["kind"], kind, "{method}: {e}");
+                e
+            }
+        }
+    }
+
+    /// Creates the account; returns its device id.
+    pub fn create_account(&mut self, jid: &str) -> u32 {
+        let r = self.ok("account.create", json!({"jid": jid}));
+        r["device_id"].as_u64().expect("device id") as u32
+    }
+
+    pub fn bundle(&mut self, ns: &str) -> Value {
+        self.ok("bundle.get", json!({"namespace": ns}))
+    }
+
+    pub fn devicelist(&mut self, ns: &str) -> Value {
+        self.ok("devicelist.get", json!({"namespace": ns}))
+    }
+
+    /// Feeds `other`'s published device list and bundle (as `jid`) into this daemon.
+    pub fn learn(&mut self, jid: &str, other: &mut Client, namespaces: &[&str]) {
+        for ns in namespaces {
+            let list = other.devicelist(ns);
+            self.ok(
+                "devicelist.update",
+                json!({"jid": jid, "namespace": ns, "xml": list["xml"]}),
+            );
+            let b = other.bundle(ns);
+            self.ok(
+                "bundle.update",
+                json!({"jid": jid, "namespace": ns, "device_id": b["device_id"], "xml": b["xml"]}),
+            );
+        }
+    }
+
+    /// Encrypts `body` to `to` in exactly `ns`; returns the `<encrypted>` XML.
+    pub fn encrypt_xml(&mut self, to: &[&str], body: Option<&str>, ns: &str) -> String {
+        let mut p = json!({"to": to, "namespaces": [ns]});
+        if let Some(b) = body {
+            p["body"] = json!(b);
+        }
+        let r = self.ok("encrypt", p);
+        let msgs = r["messages"].as_array().expect("messages");
+        let m = msgs
+            .iter()
+            .find(|m| m["namespace"] == ns)
+            .unwrap_or_else(|| panic!("no {ns} message: {r}"));
+        m["xml"].as_str().expect("xml").to_owned()
+    }
+
+    pub fn decrypt(&mut self, from: &str, xml: &str) -> Result<Value, Value> {
+        self.call("decrypt", json!({"from": from, "xml": xml}))
+    }
+}
+
+/// The python interpreter of the interop venv.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("OMEMOD_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = repo().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the python-omemo venv is missing: run scripts/setup-python (or set OMEMOD_PYTHON)"
+    );
+    venv
+}
+
+/// A python-omemo peer process (tests/interop/peer.py).
+pub struct PyPeer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub jid: String,
+    pub device_id: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl PyPeer {
+    pub fn start(jid: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(python())
+            .arg(repo().join("tests/interop/peer.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start python peer");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut p = PyPeer {
+            child,
+            stdin,
+            stdout,
+            jid: jid.to_owned(),
+            device_id: 0,
+            _dir: dir,
+        };
+        let storage = p._dir.path().join("state.json");
+        let r = p.ok(json!({"cmd": "init", "jid": jid, "storage": storage}));
+        p.device_id = r["device_id"].as_u64().expect("device id") as u32;
+        p
+    }
+
+    /// Sends one command; returns the whole reply (check `ok` yourself).
+    pub fn cmd(&mut self, c: Value) -> Value {
+        writeln!(self.stdin, "{c}").expect("write to peer");
+        self.stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read from peer");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("peer reply {line:?}: {e}"))
+    }
+
+    pub fn ok(&mut self, c: Value) -> Value {
+        let r = self.cmd(c.clone());
+        assert_eq!(r["ok"], true, "peer command {c} failed: {r}");
+        r
+    }
+
+    pub fn devicelist(&mut self, ns: &str) -> String {
+        self.ok(json!({"cmd": "devicelist", "ns": ns}))["xml"]
+            .as_str()
+            .expect("xml")
+            .to_owned()
+    }
+
+    pub fn bundle(&mut self, ns: &str) -> String {
+        self.ok(json!({"cmd": "bundle", "ns": ns}))["xml"]
+            .as_str()
+            .expect("xml")
+            .to_owned()
+    }
+}
+
+impl Drop for PyPeer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", json!({"cmd": "quit"}));
+        let _ = self.child.wait();
+    }
+}
+
+/// Temp path helper.
+pub fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
