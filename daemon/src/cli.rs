@@ -263,7 +263,10 @@ fn call(socket: &std::path::Path, method: &str, params: Value) -> ExitCode {
                 return ExitCode::from(1);
             }
             let result = answer.get("result").cloned().unwrap_or(Value::Null);
-            println!(
+            // A closed stdout (`| head`) is not an error of the call.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
                 "{}",
                 serde_json::to_string_pretty(&result).unwrap_or_default()
             );

@@ -1,7 +1,7 @@
 //! Decryption of an `<encrypted>` element addressed to our device: key exchanges (which
 //! consume a one-time prekey), out-of-order messages, replays, then the payload.
 
-use super::account::{new_prekey_rows, wrap_prekey_id, Account};
+use super::account::{new_prekey_rows, wrap_prekey_id, Account, OwnKeys};
 use super::sessions::{apply_skipped_changes, replace_skipped, session_row, SessionMeta};
 use super::{check_bare_jid, Action, Manager, ManagerError, Result};
 use crate::events::Event;
@@ -115,7 +115,9 @@ impl Manager {
         }
         let addr = Self::addr(&acct, from, ns, element.sid);
         let mut slot = self.sessions.lock(&self.store, &addr).await?;
-        let mode = acct.keys.lock().await.trust_mode;
+        // A new session consumes one of our prekeys: hold the account's keys from the lookup
+        // until memory reflects the commit, so no two key exchanges get the same prekey.
+        let mut own_keys = None;
 
         // Advance a copy of the session; nothing is stored unless everything succeeds.
         let (mut session, decrypted, prekey_use, is_new, is_kex) = if key.kex {
@@ -129,7 +131,9 @@ impl Manager {
                     (s, d, None, false, true)
                 }
                 _ => {
-                    let (s, d, used) = self.respond(&acct, &kex).await?;
+                    let keys = acct.keys.lock().await;
+                    let (s, d, used) = respond(&acct, &keys, &kex)?;
+                    own_keys = Some(keys);
                     (s, d, Some(used), true, true)
                 }
             }
@@ -150,6 +154,13 @@ impl Manager {
             .remote_identity()
             .curve25519()
             .map_err(|e| ManagerError::InvalidMessage(e.to_string()))?;
+        let (mode, catchup) = match &own_keys {
+            Some(k) => (k.trust_mode, k.catchup),
+            None => {
+                let k = acct.keys.lock().await;
+                (k.trust_mode, k.catchup)
+            }
+        };
         let (trust, new_trust) = self.trust_for_key(&acct, mode, from, &curve);
         if trust.level == TrustLevel::Distrusted {
             return Err(ManagerError::Distrusted);
@@ -212,8 +223,7 @@ impl Manager {
         session = slot_update(&mut slot, session, meta);
         drop(slot);
         let mut actions = Vec::new();
-        if let (Some(used), Some(v)) = (&prekey_use, version) {
-            let mut keys = acct.keys.lock().await;
+        if let (Some(used), Some(v), Some(keys)) = (&prekey_use, version, own_keys.as_mut()) {
             if used.catchup {
                 if let Some(p) = keys.prekeys.get_mut(&used.id) {
                     p.used = true;
@@ -231,7 +241,9 @@ impl Manager {
                 );
             }
             keys.bundle_version = v;
-            drop(keys);
+        }
+        drop(own_keys);
+        if version.is_some() {
             for namespace in Version::ALL {
                 actions.push(Action::PublishBundle { namespace });
                 self.emit(Event::BundleChanged {
@@ -248,7 +260,6 @@ impl Manager {
         // exchanges; a long one-sided chain gets a heartbeat. During catch-up both wait.
         let heartbeat = (is_new && is_kex) || decrypted.n >= HEARTBEAT_COUNTER;
         if heartbeat {
-            let catchup = acct.keys.lock().await.catchup;
             if catchup {
                 self.defer_heartbeat(&acct, addr.clone());
             } else {
@@ -290,47 +301,45 @@ impl Manager {
             actions,
         })
     }
+}
 
-    /// Builds a session from a key exchange with our own prekeys.
-    async fn respond(
-        &self,
-        acct: &Account,
-        kex: &KeyExchange,
-    ) -> Result<(Session, Decrypted, PreKeyUse)> {
-        let keys = acct.keys.lock().await;
-        let spk = keys
-            .signed_prekeys
-            .get(&kex.info.signed_pre_key_id)
-            .map(|s| s.key.key_pair.clone())
-            .ok_or_else(|| {
-                ManagerError::BrokenSession(format!(
-                    "key exchange uses unknown signed prekey {}",
-                    kex.info.signed_pre_key_id
-                ))
-            })?;
-        let opk = keys
-            .prekeys
-            .get(&kex.info.pre_key_id)
-            .map(|p| p.key_pair.private.clone())
-            .ok_or_else(|| {
-                ManagerError::BrokenSession(format!(
-                    "key exchange uses one-time prekey {} which is already used or unknown",
-                    kex.info.pre_key_id
-                ))
-            })?;
-        let catchup = keys.catchup;
-        drop(keys);
-        let (s, d) =
-            Session::respond(&acct.identity, kex, &spk, &opk, &mut OsRng).map_err(session_error)?;
-        Ok((
-            s,
-            d,
-            PreKeyUse {
-                id: kex.info.pre_key_id,
-                catchup,
-            },
-        ))
-    }
+/// Builds a session from a key exchange with our own prekeys.
+fn respond(
+    acct: &Account,
+    keys: &OwnKeys,
+    kex: &KeyExchange,
+) -> Result<(Session, Decrypted, PreKeyUse)> {
+    let spk = keys
+        .signed_prekeys
+        .get(&kex.info.signed_pre_key_id)
+        .map(|s| s.key.key_pair.clone())
+        .ok_or_else(|| {
+            ManagerError::BrokenSession(format!(
+                "key exchange uses unknown signed prekey {}",
+                kex.info.signed_pre_key_id
+            ))
+        })?;
+    let opk = keys
+        .prekeys
+        .get(&kex.info.pre_key_id)
+        .map(|p| p.key_pair.private.clone())
+        .ok_or_else(|| {
+            ManagerError::BrokenSession(format!(
+                "key exchange uses one-time prekey {} which is already used or unknown",
+                kex.info.pre_key_id
+            ))
+        })?;
+    let catchup = keys.catchup;
+    let (s, d) =
+        Session::respond(&acct.identity, kex, &spk, &opk, &mut OsRng).map_err(session_error)?;
+    Ok((
+        s,
+        d,
+        PreKeyUse {
+            id: kex.info.pre_key_id,
+            catchup,
+        },
+    ))
 }
 
 fn slot_update(

@@ -71,6 +71,8 @@ pub struct EncryptOutcome {
     pub messages: Vec<EncryptedMessage>,
     /// What happened per device.
     pub devices: Vec<DeviceReport>,
+    /// Recipients with no known device in a requested namespace: fetch their device lists.
+    pub actions: Vec<Action>,
 }
 
 /// Who to encrypt to.
@@ -219,11 +221,20 @@ impl Manager {
             all.push(acct.jid.clone());
         }
         let mut targets = Vec::new();
+        let mut actions = Vec::new();
         self.with_directory(acct.id, |d| {
             for jid in &all {
                 let mut seen: Vec<u32> = Vec::new();
                 for ns in &req.namespaces {
-                    for id in d.active(jid, *ns) {
+                    let active = d.active(jid, *ns);
+                    if active.is_empty() && *jid != acct.jid {
+                        actions.push(Action::FetchDevicelist {
+                            jid: jid.clone(),
+                            namespace: *ns,
+                            node: ns.devicelist_node().to_owned(),
+                        });
+                    }
+                    for id in active {
                         if *jid == acct.jid && id == acct.device_id {
                             continue;
                         }
@@ -239,8 +250,11 @@ impl Manager {
                 }
             }
         });
-        self.encrypt_to(&acct, targets, req.body.as_deref(), sce_to.as_deref())
-            .await
+        let mut out = self
+            .encrypt_to(&acct, targets, req.body.as_deref(), sce_to.as_deref())
+            .await?;
+        out.actions = actions;
+        Ok(out)
     }
 
     /// An empty message to one device (session completion, heartbeat).
@@ -492,6 +506,7 @@ impl Manager {
         Ok(EncryptOutcome {
             messages,
             devices: reports,
+            actions: Vec::new(),
         })
     }
 }
