@@ -5,6 +5,8 @@
 //! - [`rpc`]: JSON-RPC 2.0 over a Unix socket, one method per file in `rpc/methods/`.
 //! - [`cli`]: the `omemod` command line.
 #![forbid(unsafe_code)]
+// Untrusted input must never panic the protocol or the daemon: no unwrap/expect/panic outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod cli;
 pub mod config;

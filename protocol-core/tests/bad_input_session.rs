@@ -286,3 +286,26 @@ fn key_exchange_with_wrong_keys_builds_nothing() {
         assert!(Session::respond(&bob_id, &kex, &spk.key_pair, &opk.private, &mut rng).is_ok());
     }
 }
+
+#[test]
+fn debug_output_never_shows_secrets() {
+    for v in both() {
+        let p = pair(v);
+        let snap = p.bob.snapshot(true);
+        let secrets = [
+            snap.root_key.clone(),
+            snap.own_ratchet_private.clone(),
+            snap.sending_chain_key.clone().unwrap_or_default(),
+        ];
+        let dbg = format!("{:?} {:?} {:?}", p.bob, p.alice, snap);
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            assert!(!dbg.contains(&hex::encode(s)), "hex secret in Debug");
+            let decimal = format!("{:?}", s);
+            assert!(
+                !dbg.contains(&decimal[1..decimal.len() - 1]),
+                "byte list secret in Debug"
+            );
+        }
+        assert!(dbg.contains("redacted"));
+    }
+}
