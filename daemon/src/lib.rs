@@ -6,7 +6,10 @@
 //! - [`cli`]: the `omemod` command line.
 #![forbid(unsafe_code)]
 // Untrusted input must never panic the protocol or the daemon: no unwrap/expect/panic outside tests.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod cli;
 pub mod config;

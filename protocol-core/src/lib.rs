@@ -6,7 +6,10 @@
 //! (the `omemod` daemon) loads state, advances it here, and persists the result.
 #![forbid(unsafe_code)]
 // Untrusted input must never panic the protocol or the daemon: no unwrap/expect/panic outside tests.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 #![deny(missing_debug_implementations)]
 
 pub mod bundle;

@@ -3,6 +3,7 @@
 
 pub mod conversion;
 pub mod identity;
+pub mod snapshot;
 pub mod xeddsa;
 
 pub use identity::IdentityKeyPair;
