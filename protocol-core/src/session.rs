@@ -164,6 +164,8 @@ pub struct Session {
     /// Our identity key as this version transports it.
     own_identity: [u8; 32],
     remote_identity: RemoteIdentity,
+    /// Its Montgomery form, converted once (an Edwards→Montgomery map costs an inversion).
+    remote_curve: [u8; 32],
     key_exchange: KeyExchangeInfo,
     /// The initiator keeps sending the key exchange until the peer answers.
     confirmed: bool,
@@ -201,12 +203,14 @@ impl Session {
             x.signed_pre_key,
             KeyPair::generate(rng),
         )?;
+        let remote_identity = RemoteIdentity::from_transported(version, bundle.identity_key);
         Ok(Self {
             version,
             ratchet,
             role: Role::Initiator,
             own_identity: own_transported(version, own),
-            remote_identity: RemoteIdentity::from_transported(version, bundle.identity_key),
+            remote_curve: remote_identity.curve25519()?,
+            remote_identity,
             key_exchange: KeyExchangeInfo {
                 pre_key_id: x.pre_key_id,
                 signed_pre_key_id: x.signed_pre_key_id,
@@ -241,6 +245,7 @@ impl Session {
             ratchet,
             role: Role::Responder,
             own_identity: own_transported(version, own),
+            remote_curve: kex.identity.curve25519()?,
             remote_identity: kex.identity,
             key_exchange: kex.info,
             confirmed: true,
@@ -452,6 +457,11 @@ impl Session {
     /// The peer's identity key as transported.
     pub fn remote_identity(&self) -> &RemoteIdentity {
         &self.remote_identity
+    }
+
+    /// The peer's identity key in Montgomery form (for trust records and fingerprints).
+    pub fn remote_curve25519(&self) -> &[u8; 32] {
+        &self.remote_curve
     }
 
     /// The key exchange header that built the session.

@@ -1,29 +1,11 @@
 //! Every wire parser against malformed input: each case asserts the specific error.
 
+mod support;
 use proptest::prelude::*;
 use protocol_core::wire::{oldmemo, twomemo, WireError};
-use serde_json::Value;
-use std::path::PathBuf;
+use support::*;
 
 // ---- tiny vector loader -------------------------------------------------------------------
-
-fn vectors_dir() -> PathBuf {
-    match std::env::var_os("OMEMO_VECTORS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/protocol/vectors"),
-    }
-}
-
-fn load(name: &str) -> Value {
-    let path = vectors_dir().join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("vector file is JSON")
-}
-
-fn hx(v: &Value) -> Vec<u8> {
-    hex::decode(v.as_str().expect("hex string")).expect("valid hex")
-}
 
 /// (serialized_message, authenticated_message, key_exchange) of one vector message.
 type VectorMessage = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);

@@ -1,28 +1,15 @@
 //! Every XML parser (and the SCE envelope parser) against malformed input; each case asserts
 //! the specific error. Also checks the accepted syntactic variants (quotes, prefixes, spaces).
 
+mod support;
 use proptest::prelude::*;
 use protocol_core::sce::{self, SceError};
 use protocol_core::xml::{self, Encrypted, XmlError};
 use protocol_core::Version;
 use serde_json::Value;
-use std::path::PathBuf;
+use support::*;
 
 // ---- tiny vector loader -------------------------------------------------------------------
-
-fn vectors_dir() -> PathBuf {
-    match std::env::var_os("OMEMO_VECTORS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/protocol/vectors"),
-    }
-}
-
-fn load(name: &str) -> Value {
-    let path = vectors_dir().join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("vector file is JSON")
-}
 
 fn s(v: &Value) -> String {
     v.as_str().expect("string").to_owned()

@@ -1,32 +1,15 @@
 //! Payload vectors (payload.json and the `payload` objects of the session files), plus the
 //! SCE envelopes carried by the OMEMO 2 session payloads.
 
+mod support;
 use protocol_core::payload::{self, PayloadError};
 use protocol_core::sce;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::Value;
-use std::path::PathBuf;
+use support::*;
 
 // ---- tiny vector loader -------------------------------------------------------------------
-
-fn vectors_dir() -> PathBuf {
-    match std::env::var_os("OMEMO_VECTORS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/protocol/vectors"),
-    }
-}
-
-fn load(name: &str) -> Value {
-    let path = vectors_dir().join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("vector file is JSON")
-}
-
-fn hx(v: &Value) -> Vec<u8> {
-    hex::decode(v.as_str().expect("hex string")).expect("valid hex")
-}
 
 fn arr<const N: usize>(v: &Value) -> [u8; N] {
     hx(v).try_into().expect("fixed length")

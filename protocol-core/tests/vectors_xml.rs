@@ -2,40 +2,15 @@
 //! Our serialization is compared with the vector XML semantically (namespaces, names,
 //! attributes, text), since ElementTree writes `<x />` and double quotes.
 
+mod support;
 use protocol_core::xml::{self, DeviceListEntry, Encrypted};
 use protocol_core::Version;
 use quick_xml::events::Event;
 use quick_xml::NsReader;
 use serde_json::Value;
-use std::path::PathBuf;
+use support::*;
 
 // ---- tiny vector loader -------------------------------------------------------------------
-
-fn vectors_dir() -> PathBuf {
-    match std::env::var_os("OMEMO_VECTORS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/protocol/vectors"),
-    }
-}
-
-fn load(name: &str) -> Value {
-    let path = vectors_dir().join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("vector file is JSON")
-}
-
-fn hx(v: &Value) -> Vec<u8> {
-    hex::decode(v.as_str().expect("hex string")).expect("valid hex")
-}
-
-fn h32(v: &Value) -> [u8; 32] {
-    hx(v).try_into().expect("32 bytes")
-}
-
-fn num(v: &Value) -> u32 {
-    u32::try_from(v.as_u64().expect("number")).expect("u32")
-}
 
 fn s(v: &Value) -> &str {
     v.as_str().expect("string")

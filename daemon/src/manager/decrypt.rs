@@ -150,10 +150,7 @@ impl Manager {
             (s, d, None, false, false)
         };
 
-        let curve = session
-            .remote_identity()
-            .curve25519()
-            .map_err(|e| ManagerError::InvalidMessage(e.to_string()))?;
+        let curve = *session.remote_curve25519();
         let (mode, catchup) = match &own_keys {
             Some(k) => (k.trust_mode, k.catchup),
             None => {

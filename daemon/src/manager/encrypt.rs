@@ -291,22 +291,7 @@ impl Manager {
             force_new: true,
         };
         let out = self.encrypt_to(&acct, vec![t], None, None).await?;
-        match out.devices.first() {
-            Some(r) if r.status == DeviceStatus::Encrypted => Ok(out),
-            Some(r) if r.status == DeviceStatus::NoBundle => Err(ManagerError::NoBundle {
-                jid: jid.to_owned(),
-                namespace,
-                device_id,
-            }),
-            Some(r) => Err(ManagerError::BrokenSession(
-                r.reason.clone().unwrap_or_default(),
-            )),
-            None => Err(ManagerError::UnknownDevice {
-                jid: jid.to_owned(),
-                namespace,
-                device_id,
-            }),
-        }
+        single_device(out, jid, namespace, device_id)
     }
 
     async fn encrypt_to(

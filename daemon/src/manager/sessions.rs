@@ -125,7 +125,7 @@ pub fn session_row(
     meta: &SessionMeta,
     now: i64,
 ) -> sessions::SessionRow {
-    let identity = session.remote_identity().curve25519().unwrap_or([0; 32]);
+    let identity = *session.remote_curve25519();
     sessions::SessionRow {
         account_id: addr.account_id,
         jid: addr.jid.clone(),

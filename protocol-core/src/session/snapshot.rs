@@ -213,6 +213,8 @@ impl Session {
                 .map(|k| arr(k, "previous_remote").map(PublicKey))
                 .collect::<Result<_, _>>()?,
         };
+        let remote_identity =
+            RemoteIdentity::from_transported(version, arr(&s.remote_identity, "remote_identity")?);
         Ok(Session {
             version,
             ratchet: DoubleRatchet {
@@ -222,10 +224,10 @@ impl Session {
             },
             role,
             own_identity: arr(&s.own_identity, "own_identity")?,
-            remote_identity: RemoteIdentity::from_transported(
-                version,
-                arr(&s.remote_identity, "remote_identity")?,
-            ),
+            remote_curve: remote_identity
+                .curve25519()
+                .map_err(|_| SnapshotError::Invalid("remote_identity"))?,
+            remote_identity,
             key_exchange: KeyExchangeInfo {
                 pre_key_id: s.pre_key_id,
                 signed_pre_key_id: s.signed_pre_key_id,

@@ -31,6 +31,18 @@ pub fn hexv(v: &Value) -> Vec<u8> {
     hex::decode(v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))).unwrap()
 }
 
+pub fn hx(v: &Value) -> Vec<u8> {
+    hexv(v)
+}
+
+pub fn h32(v: &Value) -> [u8; 32] {
+    hex32(v)
+}
+
+pub fn num(v: &Value) -> u32 {
+    u32::try_from(v.as_u64().expect("number")).expect("u32")
+}
+
 pub fn hex32(v: &Value) -> [u8; 32] {
     hexv(v).try_into().unwrap()
 }
