@@ -177,6 +177,7 @@ impl Manager {
         let trust_row: Option<TrustRow> = new_trust.then(|| trust.clone());
         let account_id = acct.id;
         let fresh_session = is_new.then(|| session.clone());
+        let touch = self.with_directory(acct.id, |d| d.needs_touch(&addr, now));
         let (refill, version) = {
             let prekey = prekey_use.as_ref().map(|p| (p.id, p.catchup));
             let addr2 = addr.clone();
@@ -190,7 +191,9 @@ impl Manager {
                     if let Some(t) = &trust_row {
                         trust_store::set(tx, t)?;
                     }
-                    devices::touch_last_seen(tx, &addr2, now)?;
+                    if touch {
+                        devices::touch_last_seen(tx, &addr2, now)?;
+                    }
                     let mut refill = Vec::new();
                     let mut version = None;
                     if let Some((id, catchup)) = prekey {
@@ -217,6 +220,9 @@ impl Manager {
         };
 
         // Committed: now memory may follow.
+        if touch {
+            self.with_directory(acct.id, |d| d.touched(&addr, now));
+        }
         session = slot_update(&mut slot, session, meta);
         drop(slot);
         let mut actions = Vec::new();

@@ -2,6 +2,10 @@
 //! memory (they are small) and written through to SQLite.
 
 use crate::storage::accounts::TrustMode;
+use crate::storage::DeviceAddr;
+
+/// Resolution of `devices.last_seen`.
+pub const LAST_SEEN_GRANULARITY_SECS: i64 = 60;
 use crate::storage::devices::DeviceRow;
 use crate::storage::trust::{TrustLevel, TrustRow, TrustSource};
 use protocol_core::Version;
@@ -47,6 +51,39 @@ impl Directory {
         let entry = self.devices.entry(jid.to_owned()).or_default();
         entry.retain(|r| r.namespace != namespace);
         entry.extend(rows);
+    }
+
+    /// Whether a message from this device should update its `last_seen` (at most once a
+    /// minute: it is for people, and skipping the write keeps decrypts cheap).
+    pub fn needs_touch(&self, addr: &DeviceAddr, now: i64) -> bool {
+        let row = self.devices.get(&addr.jid).and_then(|rows| {
+            rows.iter()
+                .find(|r| r.namespace == addr.namespace && r.device_id == addr.device_id)
+        });
+        row.and_then(|r| r.last_seen)
+            .is_none_or(|t| now.saturating_sub(t) >= LAST_SEEN_GRANULARITY_SECS)
+    }
+
+    /// Mirrors a committed `devices::touch_last_seen`.
+    pub fn touched(&mut self, addr: &DeviceAddr, now: i64) {
+        let rows = self.devices.entry(addr.jid.clone()).or_default();
+        match rows
+            .iter_mut()
+            .find(|r| r.namespace == addr.namespace && r.device_id == addr.device_id)
+        {
+            Some(r) => r.last_seen = Some(now.max(r.last_seen.unwrap_or(now))),
+            None => rows.push(DeviceRow {
+                account_id: addr.account_id,
+                jid: addr.jid.clone(),
+                namespace: addr.namespace,
+                device_id: addr.device_id,
+                label: None,
+                active: false,
+                first_seen: now,
+                last_seen: Some(now),
+                list_updated_at: now,
+            }),
+        }
     }
 
     /// The trust decision about `key` of `jid`, if any.
