@@ -173,6 +173,22 @@ fn run_batch(
             return (batch, Some(Arc::new(e)));
         }
     };
+    // A batch of one needs no savepoint: the transaction is the job's own.
+    if let [job] = batch.as_mut_slice() {
+        let outcome = if job.run(&tx) {
+            tx.commit()
+        } else {
+            drop(tx); // rolls back; the job reports its own error
+            Ok(())
+        };
+        return match outcome {
+            Ok(()) => (batch, None),
+            Err(e) => {
+                tracing::error!(error = %e, "write batch failed");
+                (batch, Some(Arc::new(e)))
+            }
+        };
+    }
     let mut broken: Option<rusqlite::Error> = None;
     for job in batch.iter_mut() {
         if let Err(e) = tx.execute_batch("SAVEPOINT omemod_job") {
