@@ -22,14 +22,8 @@ use support::{Client, Daemon, BOTH, OLDMEMO, OMEMO2};
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
 
-/// The seed of this run (`OMEMOD_TEST_SEED` overrides it); printed so a failure can be replayed.
 fn seed() -> u64 {
-    let s = std::env::var("OMEMOD_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x0e4e_c0de);
-    eprintln!("seed = {s}");
-    s
+    support::seed(0x0e4e_c0de)
 }
 
 /// A barrier that does not hang when a thread taking part in it has failed: a failing thread

@@ -34,12 +34,7 @@ const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
 
 fn seed() -> u64 {
-    let s = std::env::var("OMEMOD_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0xc0ffee);
-    eprintln!("seed = {s} (set OMEMOD_TEST_SEED to replay)");
-    s
+    support::seed(0xc0ffee)
 }
 
 fn kind(e: &Value) -> &str {

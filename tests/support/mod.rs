@@ -18,6 +18,17 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The seed of a randomized test: `OMEMOD_TEST_SEED` overrides `default`; printed so that a
+/// failure can be replayed.
+pub fn seed(default: u64) -> u64 {
+    let s = std::env::var("OMEMOD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    eprintln!("seed = {s} (set OMEMOD_TEST_SEED to replay)");
+    s
+}
+
 /// A running daemon with its own state directory.
 pub struct Daemon {
     pub dir: tempfile::TempDir,

@@ -265,14 +265,8 @@ impl Manager {
         namespace: Version,
         device_id: u32,
     ) -> Result<EncryptOutcome> {
-        check_bare_jid(jid)?;
-        let acct = self.account(account)?;
-        let t = Target {
-            addr: Self::addr(&acct, jid, namespace, device_id),
-            force_new: false,
-        };
-        let out = self.encrypt_to(&acct, vec![t], None, None).await?;
-        single_device(out, jid, namespace, device_id)
+        self.empty_message(account, jid, namespace, device_id, false)
+            .await
     }
 
     /// Replaces the session with a device by a fresh key exchange from its stored bundle
@@ -284,11 +278,24 @@ impl Manager {
         namespace: Version,
         device_id: u32,
     ) -> Result<EncryptOutcome> {
+        self.empty_message(account, jid, namespace, device_id, true)
+            .await
+    }
+
+    /// An empty message to one device, on a new session if `force_new`.
+    async fn empty_message(
+        &self,
+        account: Option<&str>,
+        jid: &str,
+        namespace: Version,
+        device_id: u32,
+        force_new: bool,
+    ) -> Result<EncryptOutcome> {
         check_bare_jid(jid)?;
         let acct = self.account(account)?;
         let t = Target {
             addr: Self::addr(&acct, jid, namespace, device_id),
-            force_new: true,
+            force_new,
         };
         let out = self.encrypt_to(&acct, vec![t], None, None).await?;
         single_device(out, jid, namespace, device_id)

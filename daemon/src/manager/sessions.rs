@@ -171,18 +171,27 @@ pub fn apply_skipped_changes(
         {
             continue;
         }
-        skipped_keys::insert(
-            conn,
-            &skipped_keys::SkippedKeyRow {
-                addr: addr.clone(),
-                ratchet_key: k.ratchet_key,
-                n: k.n,
-                message_key: SecretKey::new(k.message_key),
-                created_at: now,
-            },
-        )?;
+        insert_skipped(conn, addr, k, now)?;
     }
     Ok(())
+}
+
+fn insert_skipped(
+    conn: &rusqlite::Connection,
+    addr: &DeviceAddr,
+    k: &SkippedKey,
+    now: i64,
+) -> Result<bool, storage::StorageError> {
+    skipped_keys::insert(
+        conn,
+        &skipped_keys::SkippedKeyRow {
+            addr: addr.clone(),
+            ratchet_key: k.ratchet_key,
+            n: k.n,
+            message_key: SecretKey::new(k.message_key),
+            created_at: now,
+        },
+    )
 }
 
 /// Replaces every stored skipped key of a (new) session.
@@ -194,16 +203,7 @@ pub fn replace_skipped(
 ) -> Result<(), storage::StorageError> {
     skipped_keys::delete_for_session(conn, addr)?;
     for k in session.skipped_keys() {
-        skipped_keys::insert(
-            conn,
-            &skipped_keys::SkippedKeyRow {
-                addr: addr.clone(),
-                ratchet_key: k.ratchet_key,
-                n: k.n,
-                message_key: SecretKey::new(k.message_key),
-                created_at: now,
-            },
-        )?;
+        insert_skipped(conn, addr, k, now)?;
     }
     Ok(())
 }
