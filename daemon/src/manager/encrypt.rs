@@ -189,6 +189,10 @@ fn single_device(
     }
 }
 
+fn failed(addr: &DeviceAddr, reason: impl Into<String>) -> DeviceReport {
+    report(addr, DeviceStatus::Failed, false, Some(reason.into()), None)
+}
+
 impl Manager {
     /// Encrypts `req.body` (or an empty message) to every active device of `req.to`.
     pub async fn encrypt(
@@ -343,54 +347,24 @@ impl Manager {
                             continue;
                         }
                         Err(e) => {
-                            reports.push(report(
-                                addr,
-                                DeviceStatus::Failed,
-                                false,
-                                Some(e.to_string()),
-                                None,
-                            ));
+                            reports.push(failed(addr, e.to_string()));
                             continue;
                         }
                     };
                     let Some(pk) = bundle.prekeys.choose(&mut OsRng).map(|p| p.id) else {
-                        reports.push(report(
-                            addr,
-                            DeviceStatus::Failed,
-                            false,
-                            Some("bundle has no prekeys".into()),
-                            None,
-                        ));
+                        reports.push(failed(addr, "bundle has no prekeys"));
                         continue;
                     };
                     match Session::initiate(&acct.identity, &bundle, pk, &mut OsRng) {
                         Ok(s) => (s, true),
                         Err(e) => {
-                            reports.push(report(
-                                addr,
-                                DeviceStatus::Failed,
-                                false,
-                                Some(e.to_string()),
-                                None,
-                            ));
+                            reports.push(failed(addr, e.to_string()));
                             continue;
                         }
                     }
                 }
             };
-            let curve = match session.remote_identity().curve25519() {
-                Ok(c) => c,
-                Err(e) => {
-                    reports.push(report(
-                        addr,
-                        DeviceStatus::Failed,
-                        false,
-                        Some(e.to_string()),
-                        None,
-                    ));
-                    continue;
-                }
-            };
+            let curve = *session.remote_curve25519();
             let (trust, is_new) = self.trust_for_key(acct, mode, &addr.jid, &curve);
             if is_new
                 && !new_trust
@@ -430,13 +404,7 @@ impl Manager {
                     meta.messages_sent += 1;
                     updates.push((i, session, meta, fresh));
                 }
-                Err(e) => reports.push(report(
-                    addr,
-                    DeviceStatus::Failed,
-                    false,
-                    Some(e.to_string()),
-                    None,
-                )),
+                Err(e) => reports.push(failed(addr, e.to_string())),
             }
         }
 

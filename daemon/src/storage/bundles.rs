@@ -77,16 +77,7 @@ pub fn upsert(conn: &Connection, row: &BundleRow) -> Result<()> {
 
 /// The stored bundle of a device.
 pub fn get(conn: &Connection, addr: &DeviceAddr) -> Result<Option<BundleRow>> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM bundles WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4"
-    ))?;
-    let mut rows = st.query(params![
-        addr.account_id,
-        addr.jid,
-        addr.namespace.namespace(),
-        id_param(addr.device_id)
-    ])?;
-    rows.next()?.map(from_row).transpose()
+    super::types::get_by_addr(conn, T, COLUMNS, addr, from_row)
 }
 
 /// Forgets the bundle of a device. Returns whether there was one.

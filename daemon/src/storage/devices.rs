@@ -174,16 +174,7 @@ fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<DeviceRow>> {
 
 /// One device.
 pub fn get(conn: &Connection, addr: &DeviceAddr) -> Result<Option<DeviceRow>> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM devices WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4"
-    ))?;
-    let mut rows = st.query(params![
-        addr.account_id,
-        addr.jid,
-        addr.namespace.namespace(),
-        id_param(addr.device_id)
-    ])?;
-    rows.next()?.map(from_row).transpose()
+    super::types::get_by_addr(conn, T, COLUMNS, addr, from_row)
 }
 
 /// Records that a message arrived from the device at `now`. A device not in any list yet is

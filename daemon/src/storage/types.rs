@@ -113,6 +113,27 @@ impl DeviceAddr {
     }
 }
 
+/// The row of `table` (columns `columns`) that belongs to one device, if any. Every per-device
+/// table is keyed by (account_id, jid, namespace, device_id).
+pub(crate) fn get_by_addr<T>(
+    conn: &rusqlite::Connection,
+    table: &'static str,
+    columns: &str,
+    addr: &DeviceAddr,
+    from_row: fn(&Row<'_>) -> Result<T>,
+) -> Result<Option<T>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {columns} FROM {table} WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4"
+    ))?;
+    let mut rows = st.query(rusqlite::params![
+        addr.account_id,
+        addr.jid,
+        addr.namespace.namespace(),
+        id_param(addr.device_id)
+    ])?;
+    rows.next()?.map(from_row).transpose()
+}
+
 /// Current time as unix seconds (0 if the clock is before 1970).
 pub fn now() -> i64 {
     SystemTime::now()
