@@ -1,24 +1,16 @@
-//! Loads the python-omemo vectors from `shared/protocol/vectors` (or `$OMEMO_VECTORS_DIR`).
+//! Loads the python-omemo vectors kept in `protocol-core/tests/vectors/` (or `$OMEMO_VECTORS_DIR`).
 #![allow(dead_code)]
 
 use serde_json::Value;
 use std::path::PathBuf;
 
 pub fn vectors_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("OMEMO_VECTORS_DIR") {
-        return PathBuf::from(dir);
+    // The repository's own copy (provenance in its README); `$OMEMO_VECTORS_DIR` points the
+    // tests at another set, e.g. freshly regenerated vectors, without editing anything.
+    match std::env::var_os("OMEMO_VECTORS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors"),
     }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    // The shared folder sits beside the repository (…/main/../shared).
-    for candidate in [
-        manifest.join("../../shared/protocol/vectors"),
-        manifest.join("../shared/protocol/vectors"),
-    ] {
-        if candidate.is_dir() {
-            return candidate;
-        }
-    }
-    panic!("vector folder not found; set OMEMO_VECTORS_DIR")
 }
 
 pub fn load(name: &str) -> Value {
