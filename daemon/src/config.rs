@@ -49,6 +49,8 @@ pub struct ServeConfig {
     pub max_in_flight: usize,
     /// Register the `debug.*` methods (tests only).
     pub enable_debug_methods: bool,
+    /// What is kept for redelivery and retries.
+    pub redelivery: crate::manager::redelivery::RedeliveryConfig,
 }
 
 /// Our real uid.

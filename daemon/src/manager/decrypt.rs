@@ -54,6 +54,12 @@ pub struct DecryptOutcome {
     pub key_exchange: bool,
     /// Follow-up actions.
     pub actions: Vec<Action>,
+    /// Whether this element was decrypted before (by any client): the same result again, with
+    /// no follow-up actions and no ratchet change.
+    pub redelivered: bool,
+    /// When `redelivered`: unix seconds of the first decryption.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_decrypted_at: Option<i64>,
 }
 
 /// SCE affix elements of an OMEMO 2 message.
@@ -115,6 +121,10 @@ impl Manager {
         }
         let addr = Self::addr(&acct, from, ns, element.sid);
         let mut slot = self.sessions.lock(&self.store, &addr).await?;
+        let probe = super::redelivery::Probe::new(from, &element, key);
+        if let Some(again) = self.redeliver(&acct, from, &element, &probe).await? {
+            return Ok(again);
+        }
         // A new session consumes one of our prekeys: hold the account's keys from the lookup
         // until memory reflects the commit, so no two key exchanges get the same prekey.
         let mut own_keys = None;
@@ -178,6 +188,7 @@ impl Manager {
         let account_id = acct.id;
         let fresh_session = is_new.then(|| session.clone());
         let touch = self.with_directory(acct.id, |d| d.needs_touch(&addr, now));
+        let redelivery = self.redelivery_record(&acct, &probe, &decrypted, &curve, is_kex, now);
         let (refill, version) = {
             let prekey = prekey_use.as_ref().map(|p| (p.id, p.catchup));
             let addr2 = addr.clone();
@@ -194,6 +205,7 @@ impl Manager {
                     if touch {
                         devices::touch_last_seen(tx, &addr2, now)?;
                     }
+                    redelivery.write(tx)?;
                     let mut refill = Vec::new();
                     let mut version = None;
                     if let Some((id, catchup)) = prekey {
@@ -220,6 +232,7 @@ impl Manager {
         };
 
         // Committed: now memory may follow.
+        self.redelivery_committed(&probe);
         if touch {
             self.with_directory(acct.id, |d| d.touched(&addr, now));
         }
@@ -302,6 +315,8 @@ impl Manager {
             empty: opened.empty,
             key_exchange: is_kex,
             actions,
+            redelivered: false,
+            first_decrypted_at: None,
         })
     }
 }
@@ -355,14 +370,19 @@ fn slot_update(
     session
 }
 
-struct Opened {
-    body: Option<String>,
-    content_xml: Option<String>,
-    envelope: Option<EnvelopeInfo>,
-    empty: bool,
+pub(super) struct Opened {
+    pub(super) body: Option<String>,
+    pub(super) content_xml: Option<String>,
+    pub(super) envelope: Option<EnvelopeInfo>,
+    pub(super) empty: bool,
 }
 
-fn open_payload(acct: &Account, ns: Version, element: &Encrypted, d: &Decrypted) -> Result<Opened> {
+pub(super) fn open_payload(
+    acct: &Account,
+    ns: Version,
+    element: &Encrypted,
+    d: &Decrypted,
+) -> Result<Opened> {
     let Some(ct) = element.payload.as_ref().filter(|p| !p.is_empty()) else {
         return Ok(Opened {
             body: None,

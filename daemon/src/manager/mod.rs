@@ -10,6 +10,7 @@ pub mod encrypt;
 pub mod error;
 pub mod own_bundle;
 pub mod peer_bundle;
+pub mod redelivery;
 pub mod sessions;
 pub mod trust;
 
@@ -85,6 +86,7 @@ pub struct Manager {
     directories: Mutex<HashMap<i64, Directory>>,
     pub(crate) sessions: sessions::SessionTable,
     deferred: trust::Deferred,
+    pub(crate) redelivery: redelivery::State,
 }
 
 /// Checks that `jid` looks like a bare JID (`local@domain` or `domain`, no resource).
@@ -118,6 +120,12 @@ impl Manager {
                 Ok((accounts, dirs))
             })
             .await?;
+        let redelivery = redelivery::State::default();
+        redelivery.load(
+            store
+                .read(crate::storage::redelivery::digest_prefixes)
+                .await?,
+        );
         Ok(Self {
             store,
             events,
@@ -130,6 +138,7 @@ impl Manager {
             directories: Mutex::new(dirs),
             sessions: sessions::SessionTable::default(),
             deferred: trust::Deferred::default(),
+            redelivery,
         })
     }
 

@@ -200,12 +200,16 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let manager =
         Arc::new(crate::manager::Manager::open(Arc::clone(&store), ctx.events.clone()).await?);
     let _ = ctx.manager.set(Arc::clone(&manager));
+    manager.set_redelivery_config(config.redelivery);
     let maintenance = tokio::spawn(async move {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         loop {
             tick.tick().await;
             if let Err(e) = manager.rotate_signed_prekeys(crate::storage::now()).await {
                 tracing::warn!(error = %e, "signed prekey rotation failed");
+            }
+            if let Err(e) = manager.prune_redelivery(crate::storage::now()).await {
+                tracing::warn!(error = %e, "pruning the redelivery store failed");
             }
         }
     });

@@ -1,0 +1,307 @@
+//! One device, many processes (issue 8): several client connections on one daemon all read
+//! every message (the second and later reads are redeliveries), a process started later reads
+//! the archive, a lost answer is recovered by retrying (closed connection, SIGKILL right after
+//! the commit), reused or tampered key elements stay refused, an old replay is reported as a
+//! replay, and a duty (heartbeat) is announced once however many processes listen.
+#[path = "../support/mod.rs"]
+mod support;
+
+use protocol_core::xml::Encrypted;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+use support::*;
+
+const ALICE: &str = "alice@example.org";
+const BOB: &str = "bob@example.org";
+
+/// alice's daemon and bob's daemon (started with `bob_flags`), each knowing the other.
+fn pair(bob_flags: &[&str]) -> (Daemon, Daemon, Client, Client) {
+    let da = Daemon::start();
+    let db = Daemon::start_with(bob_flags);
+    let mut a = da.client();
+    let mut b = db.client();
+    a.create_account(ALICE);
+    b.create_account(BOB);
+    a.learn(BOB, &mut b, &BOTH);
+    b.learn(ALICE, &mut a, &BOTH);
+    (da, db, a, b)
+}
+
+fn body(r: &Value) -> &str {
+    r["body"].as_str().unwrap_or_else(|| panic!("no body: {r}"))
+}
+
+fn dec(c: &mut Client, from: &str, xml: &str) -> Value {
+    c.decrypt(from, xml)
+        .unwrap_or_else(|e| panic!("decrypt failed: {e}"))
+}
+
+/// A heartbeat from `c` to `jid`'s device `sid` in `ns`.
+fn heartbeat_xml(c: &mut Client, jid: &str, ns: &str, sid: &Value) -> String {
+    let hb = c.ok(
+        "heartbeat",
+        json!({"jid": jid, "namespace": ns, "device_id": sid}),
+    );
+    hb["messages"][0]["xml"].as_str().expect("xml").to_owned()
+}
+
+/// Every message alice sends, in both namespaces (key exchanges, normal and empty messages,
+/// out of order, across ratchet turns), reaches bob's two client processes; both read it, the
+/// second as a redelivery. A third process started later reads the same archived elements,
+/// also after a restart. bob's ratchet is untouched by all this: the chat goes on.
+#[test]
+fn two_processes_read_every_message_in_both_namespaces() {
+    let (_da, mut db, mut a, mut b1) = pair(&[]);
+    let mut b2 = db.client();
+    // (xml, first answer)
+    let mut archive: Vec<(String, Value)> = Vec::new();
+    for ns in BOTH {
+        let mut deliver = |_: &mut Client, xml: String, first: &mut Client, second: &mut Client| {
+            let r1 = dec(first, ALICE, &xml);
+            assert_eq!(r1["redelivered"], false, "{r1}");
+            assert!(r1.get("first_decrypted_at").is_none(), "{r1}");
+            let r2 = dec(second, ALICE, &xml);
+            assert_redelivery(&r1, &r2);
+            archive.push((xml, r1.clone()));
+            r1
+        };
+        let kex = a.encrypt_xml(&[BOB], Some(&format!("hello {ns}")), ns);
+        let r = deliver(&mut a, kex, &mut b1, &mut b2);
+        assert_eq!(r["key_exchange"], true, "{r}");
+        assert!(!r["actions"].as_array().unwrap().is_empty(), "{r}");
+        let sid = r["sender"]["device_id"].clone();
+        // bob completes the session; alice's next messages are normal ones.
+        let hb = heartbeat_xml(&mut b1, ALICE, ns, &sid);
+        assert_eq!(dec(&mut a, BOB, &hb)["empty"], true);
+        let msgs: Vec<String> = (0..4)
+            .map(|i| a.encrypt_xml(&[BOB], Some(&format!("{ns} #{i}")), ns))
+            .collect();
+        // Out of order, and the two processes take turns being first.
+        for (k, i) in [3, 0, 2, 1].into_iter().enumerate() {
+            let r = if k % 2 == 0 {
+                deliver(&mut a, msgs[i].clone(), &mut b1, &mut b2)
+            } else {
+                deliver(&mut a, msgs[i].clone(), &mut b2, &mut b1)
+            };
+            assert_eq!(body(&r), format!("{ns} #{i}"));
+            assert_eq!(r["key_exchange"], false);
+        }
+        // An empty message from alice.
+        let empty = a.ok("heartbeat", json!({"jid": BOB, "namespace": ns, "device_id": b1.ok("fingerprint.get", json!({}))["device_id"]}));
+        let empty = empty["messages"][0]["xml"].as_str().unwrap().to_owned();
+        let r = deliver(&mut a, empty, &mut b2, &mut b1);
+        assert_eq!(r["empty"], true, "{r}");
+        // A ratchet turn: bob answers, alice writes again.
+        let back = b2.encrypt_xml(&[ALICE], Some("turn"), ns);
+        assert_eq!(body(&dec(&mut a, BOB, &back)), "turn");
+        let after = a.encrypt_xml(&[BOB], Some(&format!("{ns} after the turn")), ns);
+        deliver(&mut a, after, &mut b1, &mut b2);
+    }
+    // A third process, started later, reads the archive.
+    let mut b3 = db.client();
+    for (xml, first) in &archive {
+        assert_redelivery(first, &dec(&mut b3, ALICE, xml));
+    }
+    // After a restart too.
+    assert!(db.stop().is_some_and(|s| s.success()));
+    db.spawn();
+    let mut b4 = db.client();
+    for (xml, first) in &archive {
+        assert_redelivery(first, &dec(&mut b4, ALICE, xml));
+    }
+    // The sessions were not moved by any of it.
+    for ns in BOTH {
+        let x = a.encrypt_xml(&[BOB], Some("still here"), ns);
+        let r = dec(&mut b4, ALICE, &x);
+        assert_eq!((body(&r), &r["redelivered"]), ("still here", &json!(false)));
+        let y = b4.encrypt_xml(&[ALICE], Some("me too"), ns);
+        assert_eq!(body(&dec(&mut a, BOB, &y)), "me too");
+    }
+}
+
+fn parse(xml: &str) -> Encrypted {
+    Encrypted::from_xml(xml).expect("valid <encrypted>")
+}
+
+/// A copy of a decrypted element with another payload (tampered, or a real replay of the key
+/// element with another message's payload) is refused and never yields another plaintext; a
+/// tampered key element is refused without changing anything.
+#[test]
+fn reused_or_tampered_key_elements_are_refused() {
+    let (_da, _db, mut a, mut b) = pair(&[]);
+    for ns in BOTH {
+        let first = a.encrypt_xml(&[BOB], Some("one"), ns);
+        let second = a.encrypt_xml(&[BOB], Some("two"), ns);
+        let r = dec(&mut b, ALICE, &first);
+        assert_eq!(body(&r), "one");
+        // The key element of `first` with the payload of `second`.
+        let mut mixed = parse(&first);
+        let other = parse(&second);
+        mixed.payload = other.payload.clone();
+        mixed.iv = other.iv.clone();
+        b.err(
+            "decrypt",
+            json!({"from": ALICE, "xml": mixed.to_xml()}),
+            "duplicate_message",
+        );
+        // A flipped payload bit.
+        let mut flipped = parse(&first);
+        if let Some(p) = flipped.payload.as_mut() {
+            p[0] ^= 1;
+        }
+        b.err(
+            "decrypt",
+            json!({"from": ALICE, "xml": flipped.to_xml()}),
+            "duplicate_message",
+        );
+        // No payload at all (passing it off as an empty message).
+        let mut stripped = parse(&first);
+        stripped.payload = None;
+        b.err(
+            "decrypt",
+            json!({"from": ALICE, "xml": stripped.to_xml()}),
+            "duplicate_message",
+        );
+        // The same element from another sender device is not the same message.
+        let mut moved = parse(&first);
+        moved.sid ^= 0x55;
+        assert!(b.decrypt(ALICE, &moved.to_xml()).is_err());
+        // A tampered key element of a new message: refused, and nothing changed.
+        let mut bad = parse(&second);
+        for k in bad.keys.iter_mut() {
+            let last = k.data.len() - 1;
+            k.data[last] ^= 1;
+        }
+        assert!(b.decrypt(ALICE, &bad.to_xml()).is_err());
+        let r2 = dec(&mut b, ALICE, &second);
+        assert_eq!((body(&r2), &r2["redelivered"]), ("two", &json!(false)));
+        // The genuine element still reads the same.
+        assert_redelivery(&r, &dec(&mut b, ALICE, &first));
+    }
+}
+
+/// A message replayed after many round trips (the ratchet has long moved on) is reported as a
+/// replay, not as a forgery: redelivered while its key material is kept, `duplicate_message`
+/// once only its digest is left (here: redelivery off, or its window passed).
+#[test]
+fn old_replays_are_replays() {
+    for flags in [
+        &["--redelivery-retention", "0"][..],
+        &["--redelivery-retention", "2s"],
+        &[],
+    ] {
+        let (_da, _db, mut a, mut b) = pair(flags);
+        for ns in BOTH {
+            let old = a.encrypt_xml(&[BOB], Some("old"), ns);
+            let first = dec(&mut b, ALICE, &old);
+            for i in 0..7 {
+                let x = b.encrypt_xml(&[ALICE], Some(&format!("b{i}")), ns);
+                dec(&mut a, BOB, &x);
+                let y = a.encrypt_xml(&[BOB], Some(&format!("a{i}")), ns);
+                dec(&mut b, ALICE, &y);
+            }
+            if flags.is_empty() {
+                assert_redelivery(&first, &dec(&mut b, ALICE, &old));
+                continue;
+            }
+            if flags[1] == "2s" {
+                assert_redelivery(&first, &dec(&mut b, ALICE, &old));
+                std::thread::sleep(Duration::from_millis(3100));
+            }
+            b.err(
+                "decrypt",
+                json!({"from": ALICE, "xml": old}),
+                "duplicate_message",
+            );
+        }
+    }
+}
+
+/// A client that sends `decrypt` and closes its connection before the answer loses nothing:
+/// the retry (from any connection) gets the message.
+#[test]
+fn closed_connection_then_retry() {
+    let (_da, db, mut a, mut b) = pair(&[]);
+    for ns in BOTH {
+        let msgs: Vec<(String, String)> = (0..15)
+            .map(|i| {
+                let t = format!("{ns} lost answer {i}");
+                (a.encrypt_xml(&[BOB], Some(&t), ns), t)
+            })
+            .collect();
+        for (xml, _) in &msgs {
+            let mut s = UnixStream::connect(&db.socket).expect("connect");
+            let req = json!({"jsonrpc": "2.0", "id": 1, "method": "decrypt",
+                "params": {"from": ALICE, "xml": xml}});
+            writeln!(s, "{req}").expect("send");
+            drop(s);
+        }
+        // Let the daemon work through them.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut redelivered = 0;
+        for (xml, t) in &msgs {
+            let r = dec(&mut b, ALICE, xml);
+            assert_eq!(body(&r), t);
+            redelivered += usize::from(r["redelivered"] == true);
+        }
+        assert!(
+            redelivered > 0,
+            "no decrypt ran before its connection closed"
+        );
+    }
+}
+
+/// SIGKILL right after the commit of a decrypt (its answer lost or not), 100+ times: every
+/// message is read after the restart. 0 lost.
+#[test]
+fn sigkill_after_commit_loses_nothing() {
+    const ROUNDS: usize = 100;
+    let t0 = Instant::now();
+    let (_da, mut db, mut a, mut b) = pair(&[]);
+    let sid = b.ok("fingerprint.get", json!({}))["device_id"].clone();
+    let _ = sid;
+    let (mut answered, mut unanswered, mut redelivered) = (0, 0, 0);
+    for round in 0..ROUNDS {
+        let ns = BOTH[round % 2];
+        let text = format!("round {round}");
+        let xml = a.encrypt_xml(&[BOB], Some(&text), ns);
+        let mut s = UnixStream::connect(&db.socket).expect("connect");
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "decrypt",
+            "params": {"from": ALICE, "xml": xml}});
+        writeln!(s, "{req}").expect("send");
+        // Every other round the answer is read first (the kill is then certainly after the
+        // commit); otherwise the kill races the commit and the answer.
+        if round % 2 == 0 {
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).expect("answer");
+            let v: Value = serde_json::from_str(&line).expect("json");
+            assert_eq!(v["result"]["body"], json!(text), "{v}");
+            answered += 1;
+        } else {
+            std::thread::sleep(Duration::from_micros(200 * (round as u64 % 7)));
+            unanswered += 1;
+        }
+        db.kill();
+        drop(s);
+        db.spawn();
+        let mut c = db.client();
+        let r = dec(&mut c, ALICE, &xml);
+        assert_eq!(body(&r), text, "round {round}: {r}");
+        redelivered += usize::from(r["redelivered"] == true);
+        // The session survives: bob answers every few rounds so the ratchet turns.
+        if round % 10 == 9 {
+            let y = c.encrypt_xml(&[ALICE], Some("ok"), ns);
+            assert_eq!(body(&dec(&mut a, BOB, &y)), "ok");
+        }
+        b = c;
+    }
+    let _ = b;
+    eprintln!(
+        "{ROUNDS} kills ({answered} after the answer, {unanswered} racing it): {redelivered} \
+         redelivered, 0 lost, {:?}",
+        t0.elapsed()
+    );
+    assert!(redelivered >= answered, "{redelivered} < {answered}");
+}
