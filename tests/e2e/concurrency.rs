@@ -181,7 +181,7 @@ fn concurrent_decrypts_on_one_session_decrypt_each_message_exactly_once() {
     }
 
     // OMEMO 0.3: establish, then chain A (first one decrypted now), a reply, then chain B.
-    // (Alice refetches bob's bundle first, as a client does on his `bundle_changed`: the OMEMO 2
+    // (Alice refetches bob's bundle first, as a client does on his `publish_bundle`: the OMEMO 2
     // key exchange used one of the prekeys both namespaces share.)
     a.learn(BOB, &mut b, &BOTH);
     round_trip(&mut a, ALICE, aid, &mut b, BOB, bid, OLDMEMO, "setup");

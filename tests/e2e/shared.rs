@@ -305,3 +305,162 @@ fn sigkill_after_commit_loses_nothing() {
     );
     assert!(redelivered >= answered, "{redelivered} < {answered}");
 }
+
+/// A connection that only listens to events.
+struct Listener {
+    reader: BufReader<UnixStream>,
+}
+
+impl Listener {
+    fn new(d: &Daemon, types: Option<&[&str]>) -> Self {
+        let mut s = UnixStream::connect(&d.socket).expect("connect");
+        let params = match types {
+            Some(t) => json!({"types": t}),
+            None => json!({}),
+        };
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": params});
+        writeln!(s, "{req}").expect("subscribe");
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("answer");
+        let v: Value = serde_json::from_str(&line).expect("json");
+        assert!(v["result"]["subscription"].is_u64(), "{v}");
+        Listener { reader }
+    }
+
+    /// Every event that arrives until none came for `quiet`.
+    fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(quiet))
+            .expect("timeout");
+        let mut out = Vec::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return out,
+                Ok(_) => {
+                    let v: Value = serde_json::from_str(&line).expect("json");
+                    out.push(v["params"]["event"].clone());
+                }
+            }
+        }
+    }
+}
+
+fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == t).collect()
+}
+
+fn actions_of<'a>(r: &'a Value, t: &str) -> Vec<&'a Value> {
+    r["actions"]
+        .as_array()
+        .map(|a| a.iter().filter(|x| x["type"] == t).collect())
+        .unwrap_or_default()
+}
+
+/// Three processes of bob, each subscribed to events, each decrypting the same key exchange:
+/// the heartbeat it calls for is handed out once (in the first answer), every subscriber sees
+/// it announced once as already handed out, and the redeliveries carry nothing. A duty no
+/// answer carries reaches exactly one subscriber.
+#[test]
+fn one_heartbeat_per_need_with_three_processes() {
+    let (_da, db, mut a, _b) = {
+        let da = Daemon::start();
+        let db = Daemon::start_with(&["--enable-debug-methods"]);
+        let mut a = da.client();
+        let mut b = db.client();
+        a.create_account(ALICE);
+        b.create_account(BOB);
+        a.learn(BOB, &mut b, &BOTH);
+        b.learn(ALICE, &mut a, &BOTH);
+        (da, db, a, b)
+    };
+    let mut listeners: Vec<Listener> = (0..3).map(|_| Listener::new(&db, None)).collect();
+    let mut procs: Vec<Client> = (0..3).map(|_| db.client()).collect();
+    for ns in BOTH {
+        let kex = a.encrypt_xml(&[BOB], Some("hi all"), ns);
+        let mut heartbeats_in_answers = 0;
+        for p in procs.iter_mut() {
+            let r = dec(p, ALICE, &kex);
+            heartbeats_in_answers += actions_of(&r, "send_heartbeat").len();
+        }
+        assert_eq!(heartbeats_in_answers, 1, "{ns}");
+        for l in listeners.iter_mut() {
+            let events = l.drain(Duration::from_millis(300));
+            let hb = of_type(&events, "send_heartbeat");
+            assert_eq!(hb.len(), 1, "{events:?}");
+            assert_eq!(hb[0]["in_answer"], true, "{}", hb[0]);
+            assert_eq!(hb[0]["cause"], "new_session", "{}", hb[0]);
+            assert_eq!(hb[0]["account"], BOB, "{}", hb[0]);
+            assert_eq!(hb[0]["jid"], ALICE, "{}", hb[0]);
+            let pb = of_type(&events, "publish_bundle");
+            assert_eq!(pb.len(), 2, "one per namespace: {events:?}");
+            assert!(pb.iter().all(|e| e["cause"] == "prekey_used"), "{events:?}");
+            assert!(events
+                .iter()
+                .all(|e| e["account"] == BOB && e["cause"].is_string()));
+        }
+    }
+    // A duty no answer carries (as after a signed prekey rotation): one subscriber gets it,
+    // and another takes over when that one goes away.
+    let duty = json!({"type": "publish_bundle", "account": BOB, "cause": "signed_prekey_rotated",
+        "in_answer": false, "namespace": OMEMO2, "device_id": 1});
+    for round in 0..2 {
+        procs[0].ok("debug.emit", json!({"event": duty}));
+        let got: Vec<usize> = listeners
+            .iter_mut()
+            .map(|l| of_type(&l.drain(Duration::from_millis(300)), "publish_bundle").len())
+            .collect();
+        assert_eq!(got.iter().sum::<usize>(), 1, "round {round}: {got:?}");
+        let holder = got.iter().position(|n| *n == 1).unwrap_or(0);
+        listeners.remove(holder);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `devicelist.update` asks for the bundles of new devices, announces a change only when there
+/// is one; `encrypt` lists bundle fetches in `actions` too.
+#[test]
+fn devicelist_update_fetches_new_devices_and_reports_real_changes() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let created = c.ok("account.create", json!({"jid": BOB}));
+    // A new device first fetches its own published lists.
+    let first: Vec<&Value> = actions_of(&created, "fetch_devicelist");
+    assert_eq!(first.len(), 2, "{created}");
+    assert!(first.iter().all(|a| a["jid"] == BOB), "{created}");
+    let mut l = Listener::new(&d, Some(&["devicelist_changed", "fetch_bundle"]));
+    let list = format!("<devices xmlns='{OMEMO2}'><device id='11'/><device id='12'/></devices>");
+    let r = c.ok(
+        "devicelist.update",
+        json!({"jid": ALICE, "namespace": OMEMO2, "xml": list}),
+    );
+    let fetches = actions_of(&r, "fetch_bundle");
+    let ids: Vec<&Value> = fetches.iter().map(|a| &a["device_id"]).collect();
+    assert_eq!(ids, [&json!(11), &json!(12)], "{r}");
+    assert_eq!(fetches[0]["node"], "urn:xmpp:omemo:2:bundles", "{r}");
+    assert_eq!(fetches[0]["item_id"], "11", "{r}");
+    let ev = l.drain(Duration::from_millis(300));
+    let changed = of_type(&ev, "devicelist_changed");
+    assert_eq!(changed.len(), 1, "{ev:?}");
+    assert_eq!(changed[0]["cause"], "devicelist_updated", "{ev:?}");
+    assert_eq!(changed[0]["device_ids"], json!([11, 12]), "{ev:?}");
+    let fetch = of_type(&ev, "fetch_bundle");
+    assert_eq!(fetch.len(), 2, "{ev:?}");
+    assert!(fetch.iter().all(|e| e["cause"] == "new_device"), "{ev:?}");
+    // The same list again: nothing changed, nothing to do, no event.
+    let r = c.ok(
+        "devicelist.update",
+        json!({"jid": ALICE, "namespace": OMEMO2, "xml": list}),
+    );
+    assert_eq!(r["actions"], json!([]), "{r}");
+    assert_eq!(l.drain(Duration::from_millis(300)), Vec::<Value>::new());
+    // encrypt: the devices without bundles, in `actions` as well as per device.
+    let r = c.ok(
+        "encrypt",
+        json!({"to": [ALICE], "body": "x", "namespaces": [OMEMO2]}),
+    );
+    assert_eq!(actions_of(&r, "fetch_bundle").len(), 2, "{r}");
+    assert_eq!(r["devices"][0]["action"]["type"], "fetch_bundle", "{r}");
+}

@@ -4,7 +4,7 @@
 use super::account::{new_prekey_rows, wrap_prekey_id, Account, OwnKeys};
 use super::sessions::{apply_skipped_changes, replace_skipped, session_row, SessionMeta};
 use super::{check_bare_jid, Action, Manager, ManagerError, Result};
-use crate::events::Event;
+use crate::events::Cause;
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
     self, accounts, devices, prekeys, sessions as session_store, trust as trust_store,
@@ -261,12 +261,8 @@ impl Manager {
         drop(own_keys);
         if version.is_some() {
             for namespace in Version::ALL {
-                actions.push(Action::PublishBundle { namespace });
-                self.emit(Event::BundleChanged {
-                    account: acct.jid.clone(),
-                    namespace,
-                    device_id: acct.device_id,
-                });
+                let a = Action::PublishBundle { namespace };
+                self.push_action(&acct, &mut actions, Cause::PrekeyUsed, a);
             }
         }
         if new_trust {
@@ -279,25 +275,26 @@ impl Manager {
             if catchup {
                 self.defer_heartbeat(&acct, addr.clone());
             } else {
-                actions.push(Action::SendHeartbeat {
+                let a = Action::SendHeartbeat {
                     jid: from.to_owned(),
                     namespace: ns,
                     device_id: element.sid,
-                });
-                self.emit(Event::HeartbeatDue {
-                    account: acct.jid.clone(),
-                    peer: from.to_owned(),
-                    namespace: ns,
-                    device_id: element.sid,
-                });
+                };
+                let cause = if is_new && is_kex {
+                    Cause::NewSession
+                } else {
+                    Cause::LongChain
+                };
+                self.push_action(&acct, &mut actions, cause, a);
             }
         }
         if !self.with_directory(acct.id, |d| d.active(from, ns).contains(&element.sid)) {
-            actions.push(Action::FetchDevicelist {
+            let a = Action::FetchDevicelist {
                 jid: from.to_owned(),
                 namespace: ns,
                 node: ns.devicelist_node().to_owned(),
-            });
+            };
+            self.push_action(&acct, &mut actions, Cause::UnknownDevice, a);
         }
         let _ = session;
         tracing::debug!(account = %acct.jid, peer = from, device = element.sid, %ns, kex = is_kex, "decrypted");

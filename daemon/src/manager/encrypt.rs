@@ -257,6 +257,8 @@ impl Manager {
         let mut out = self
             .encrypt_to(&acct, targets, req.body.as_deref(), sce_to.as_deref())
             .await?;
+        // Fetches for devices without a bundle go into `actions` as well.
+        actions.extend(out.devices.iter().filter_map(|d| d.action.clone()));
         out.actions = actions;
         Ok(out)
     }

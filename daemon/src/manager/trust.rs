@@ -203,15 +203,17 @@ impl Manager {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&acct.id)
             .unwrap_or_default();
-        Ok(pending
-            .into_iter()
-            .filter_map(|(jid, ns, device_id)| {
-                protocol_core::Version::from_namespace(&ns).map(|namespace| Action::SendHeartbeat {
+        let mut actions = Vec::new();
+        for (jid, ns, device_id) in pending {
+            if let Some(namespace) = protocol_core::Version::from_namespace(&ns) {
+                let a = Action::SendHeartbeat {
                     jid,
                     namespace,
                     device_id,
-                })
-            })
-            .collect())
+                };
+                self.push_action(&acct, &mut actions, crate::events::Cause::CatchupEnded, a);
+            }
+        }
+        Ok(actions)
     }
 }
