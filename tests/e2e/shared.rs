@@ -464,3 +464,46 @@ fn devicelist_update_fetches_new_devices_and_reports_real_changes() {
     assert_eq!(actions_of(&r, "fetch_bundle").len(), 2, "{r}");
     assert_eq!(r["devices"][0]["action"]["type"], "fetch_bundle", "{r}");
 }
+
+/// `encrypt` with an idempotency key: a retry (also after a restart, or from another process)
+/// returns the first answer, byte for byte, instead of encrypting again; the key cannot be
+/// reused for another request.
+#[test]
+fn encrypt_retries_with_an_idempotency_key() {
+    let (_da, mut db, mut a, mut b) = pair(&[]);
+    for ns in BOTH {
+        let p = json!({"to": [ALICE], "body": "once", "namespaces": [ns],
+            "idempotency_key": format!("msg-1-{ns}")});
+        let first = b.ok("encrypt", p.clone());
+        let mut other = db.client();
+        assert_eq!(other.ok("encrypt", p.clone()), first);
+        // Without a key, the same request is a new message.
+        let mut fresh = p.clone();
+        fresh.as_object_mut().map(|o| o.remove("idempotency_key"));
+        let second = b.ok("encrypt", fresh);
+        assert_ne!(second["messages"], first["messages"]);
+        // Another request under the same key is refused.
+        let mut changed = p.clone();
+        changed["body"] = json!("twice");
+        b.err("encrypt", changed, "idempotency_key_reused");
+        // alice reads both messages (the first one once, then as a redelivery).
+        let x1 = first["messages"][0]["xml"].as_str().unwrap();
+        let x2 = second["messages"][0]["xml"].as_str().unwrap();
+        let r1 = dec(&mut a, BOB, x1);
+        assert_eq!((body(&r1), &r1["redelivered"]), ("once", &json!(false)));
+        let r2 = dec(&mut a, BOB, x2);
+        assert_eq!((body(&r2), &r2["redelivered"]), ("once", &json!(false)));
+        // After a restart the retry still gets the first answer.
+        assert!(db.stop().is_some_and(|s| s.success()));
+        db.spawn();
+        b = db.client();
+        assert_eq!(b.ok("encrypt", p), first);
+    }
+    for bad in [json!(""), json!("k".repeat(257)), json!(7)] {
+        b.err(
+            "encrypt",
+            json!({"to": [ALICE], "body": "x", "idempotency_key": bad}),
+            "invalid_params",
+        );
+    }
+}

@@ -83,6 +83,9 @@ pub enum ManagerError {
     /// The sender's identity key is distrusted.
     #[error("sender's identity key is distrusted")]
     Distrusted,
+    /// An `encrypt` idempotency key reused for another request.
+    #[error("idempotency key {0:?} was used for a different request")]
+    IdempotencyKeyReused(String),
     /// Bad parameters that the schema could not catch.
     #[error("invalid params: {0}")]
     InvalidParams(String),

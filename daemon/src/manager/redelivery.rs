@@ -21,8 +21,11 @@ use zeroize::Zeroizing;
 
 use super::account::Account;
 use super::decrypt::{open_payload, DecryptOutcome, Sender};
+use super::encrypt::{EncryptOutcome, EncryptRequest};
 use super::{Manager, ManagerError, Result};
-use crate::storage::redelivery::{self as store, Bounds, Pruned, RedeliveryRow, Seen};
+use crate::storage::redelivery::{
+    self as store, Bounds, EncryptResultRow, Pruned, RedeliveryRow, Seen,
+};
 use crate::storage::trust::TrustLevel;
 
 /// Default retention of key material: 7 days, Prosody's default archive (MAM) expiry, so a
@@ -129,6 +132,8 @@ pub struct State {
     /// since an entry is added after its commit and before the session lock is released.
     filter: Mutex<HashSet<u64>>,
     records: AtomicU64,
+    /// Serializes `encrypt` calls that carry an idempotency key.
+    pub(crate) encrypt_lock: tokio::sync::Mutex<()>,
 }
 
 impl State {
@@ -157,6 +162,58 @@ pub struct Probe {
     digest: [u8; 32],
     payload_digest: [u8; 32],
     empty: bool,
+}
+
+/// Longest accepted `idempotency_key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// Digest of everything that shapes an `encrypt` answer, so a key reused for another request
+/// is noticed.
+pub fn request_digest(req: &EncryptRequest) -> [u8; 32] {
+    let mut h = Sha256::new();
+    put(&mut h, b"omemod encrypt v1");
+    h.update((req.to.len() as u64).to_be_bytes());
+    for j in &req.to {
+        put(&mut h, j.as_bytes());
+    }
+    match &req.body {
+        Some(b) => {
+            h.update([1]);
+            put(&mut h, b.as_bytes());
+        }
+        None => h.update([0]),
+    }
+    h.update((req.namespaces.len() as u64).to_be_bytes());
+    for ns in &req.namespaces {
+        put(&mut h, ns.namespace().as_bytes());
+    }
+    h.update([u8::from(req.one_namespace_per_device)]);
+    match &req.sce_to {
+        Some(t) => {
+            h.update([1]);
+            put(&mut h, t.as_bytes());
+        }
+        None => h.update([0]),
+    }
+    h.finalize().into()
+}
+
+/// The row that keeps an `encrypt` answer for its idempotency key.
+pub(crate) fn encrypt_record(
+    acct: &Account,
+    key: String,
+    request_digest: [u8; 32],
+    out: &EncryptOutcome,
+) -> Result<EncryptResultRow> {
+    let result = serde_json::to_string(out)
+        .map_err(|e| ManagerError::InvalidParams(format!("cannot keep the answer: {e}")))?;
+    Ok(EncryptResultRow {
+        account_id: acct.id,
+        idempotency_key: key,
+        request_digest,
+        result,
+        created_at: crate::storage::now(),
+    })
 }
 
 fn put(h: &mut Sha256, bytes: &[u8]) {
@@ -322,6 +379,49 @@ impl Manager {
             keep_key: config.enabled(),
             prune: (n % PRUNE_EVERY == PRUNE_EVERY - 1).then(|| config.bounds()),
         }
+    }
+
+    /// The answer kept for an `encrypt` idempotency key, if any and still within the window;
+    /// `Err(IdempotencyKeyReused)` if the key was used for another request.
+    pub(crate) async fn stored_encrypt(
+        &self,
+        acct: &Account,
+        key: &str,
+        digest: &[u8; 32],
+    ) -> Result<Option<EncryptOutcome>> {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(ManagerError::InvalidParams(format!(
+                "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+            )));
+        }
+        let config = self.redelivery.config();
+        if !config.enabled() {
+            return Ok(None);
+        }
+        let (id, k) = (acct.id, key.to_owned());
+        let Some(row) = self
+            .store
+            .read(move |c| store::get_encrypt_result(c, id, &k))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let window = i64::try_from(config.retention_secs).unwrap_or(i64::MAX);
+        if row.created_at < crate::storage::now().saturating_sub(window) {
+            // Expired: as if never seen (the prune deletes it soon).
+            return Ok(None);
+        }
+        if row.request_digest != *digest {
+            return Err(ManagerError::IdempotencyKeyReused(key.to_owned()));
+        }
+        let out: EncryptOutcome = serde_json::from_str(&row.result).map_err(|e| {
+            ManagerError::Storage(crate::storage::StorageError::BadData {
+                table: "encrypt_results",
+                column: "result",
+                reason: e.to_string(),
+            })
+        })?;
+        Ok(Some(out))
     }
 
     /// After the commit, before the session lock is released.

@@ -78,6 +78,8 @@ pub enum ErrorKind {
     TooManySkipped,
     /// The session cannot continue; it must be rebuilt.
     BrokenSession,
+    /// An `idempotency_key` was used before for a different request.
+    IdempotencyKeyReused,
 
     // --- trust (1300s) ---
     /// The device is not (yet) trusted.
@@ -118,6 +120,7 @@ impl ErrorKind {
         ErrorKind::AuthenticationFailed,
         ErrorKind::TooManySkipped,
         ErrorKind::BrokenSession,
+        ErrorKind::IdempotencyKeyReused,
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
         ErrorKind::StorageError,
@@ -151,6 +154,7 @@ impl ErrorKind {
             ErrorKind::AuthenticationFailed => 1205,
             ErrorKind::TooManySkipped => 1206,
             ErrorKind::BrokenSession => 1207,
+            ErrorKind::IdempotencyKeyReused => 1220,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
             ErrorKind::StorageError => 1401,
@@ -185,6 +189,7 @@ impl ErrorKind {
             ErrorKind::AuthenticationFailed => "authentication_failed",
             ErrorKind::TooManySkipped => "too_many_skipped",
             ErrorKind::BrokenSession => "broken_session",
+            ErrorKind::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
             ErrorKind::StorageError => "storage_error",
@@ -219,6 +224,7 @@ impl ErrorKind {
             ErrorKind::AuthenticationFailed => "message authentication failed",
             ErrorKind::TooManySkipped => "too many skipped messages",
             ErrorKind::BrokenSession => "broken session",
+            ErrorKind::IdempotencyKeyReused => "idempotency key used for another request",
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",
             ErrorKind::StorageError => "storage error",
