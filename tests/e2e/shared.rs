@@ -507,3 +507,65 @@ fn encrypt_retries_with_an_idempotency_key() {
         );
     }
 }
+
+/// `encrypt.plan` says which devices lack a device list, bundle or session and what to fetch,
+/// without changing anything: no session, no trust decision, no event.
+#[test]
+fn encrypt_plan_has_no_side_effects() {
+    let da = Daemon::start();
+    let db = Daemon::start();
+    let mut a = da.client();
+    let mut b = db.client();
+    a.create_account(ALICE);
+    let bob_id = b.create_account(BOB);
+    let mut l = Listener::new(&da, None);
+    let plan = |a: &mut Client| a.ok("encrypt.plan", json!({"to": [BOB], "namespaces": [OMEMO2]}));
+    // Nothing known: fetch bob's device list.
+    let p = plan(&mut a);
+    assert_eq!(p["ready"], false, "{p}");
+    assert_eq!(p["devices"], json!([]), "{p}");
+    assert_eq!(actions_of(&p, "fetch_devicelist").len(), 1, "{p}");
+    assert_eq!(p["actions"][0]["jid"], BOB, "{p}");
+    // The list, not the bundle: fetch the bundle.
+    let list = b.devicelist(OMEMO2);
+    a.ok(
+        "devicelist.update",
+        json!({"jid": BOB, "namespace": OMEMO2, "xml": list["xml"]}),
+    );
+    l.drain(Duration::from_millis(200));
+    let p = plan(&mut a);
+    assert_eq!(p["devices"][0]["status"], "no_bundle", "{p}");
+    assert_eq!(p["devices"][0]["device_id"], bob_id, "{p}");
+    assert_eq!(p["actions"][0]["type"], "fetch_bundle", "{p}");
+    // The bundle: a key exchange would be made; the trust a first sight would give is shown
+    // but not recorded.
+    let bundle = b.bundle(OMEMO2);
+    a.ok(
+        "bundle.update",
+        json!({"jid": BOB, "namespace": OMEMO2, "device_id": bob_id, "xml": bundle["xml"]}),
+    );
+    let trust_before = a.ok("trust.list", json!({}));
+    l.drain(Duration::from_millis(200));
+    for _ in 0..3 {
+        let p = plan(&mut a);
+        assert_eq!(p["ready"], true, "{p}");
+        assert_eq!(p["devices"][0]["status"], "bundle", "{p}");
+        assert_eq!(p["devices"][0]["trust"], "trusted", "{p}");
+    }
+    assert_eq!(a.ok("trust.list", json!({})), trust_before);
+    assert_eq!(l.drain(Duration::from_millis(200)), Vec::<Value>::new());
+    // So the first encrypt is still the key exchange; afterwards there is a session.
+    let r = a.ok(
+        "encrypt",
+        json!({"to": [BOB], "body": "hi", "namespaces": [OMEMO2]}),
+    );
+    assert_eq!(r["devices"][0]["kex"], true, "{r}");
+    assert_eq!(plan(&mut a)["devices"][0]["status"], "session");
+    a.err("encrypt.plan", json!({"to": ["not a jid"]}), "invalid_jid");
+    a.err("encrypt.plan", json!({"to": []}), "invalid_params");
+    a.err(
+        "encrypt.plan",
+        json!({"to": [BOB], "body": "x"}),
+        "invalid_params",
+    );
+}

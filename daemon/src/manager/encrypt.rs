@@ -224,40 +224,15 @@ impl Manager {
             .sce_to
             .clone()
             .or_else(|| (jids.len() == 1).then(|| jids[0].clone()));
-        let mut all = jids.clone();
-        if !all.contains(&acct.jid) {
-            all.push(acct.jid.clone());
-        }
-        let mut targets = Vec::new();
-        let mut actions = Vec::new();
-        self.with_directory(acct.id, |d| {
-            for jid in &all {
-                let mut seen: Vec<u32> = Vec::new();
-                for ns in &req.namespaces {
-                    let active = d.active(jid, *ns);
-                    if active.is_empty() && *jid != acct.jid {
-                        actions.push(Action::FetchDevicelist {
-                            jid: jid.clone(),
-                            namespace: *ns,
-                            node: ns.devicelist_node().to_owned(),
-                        });
-                    }
-                    for id in active {
-                        if *jid == acct.jid && id == acct.device_id {
-                            continue;
-                        }
-                        if req.one_namespace_per_device && seen.contains(&id) {
-                            continue;
-                        }
-                        seen.push(id);
-                        targets.push(Target {
-                            addr: Self::addr(&acct, jid, *ns, id),
-                            force_new: false,
-                        });
-                    }
-                }
-            }
-        });
+        let (addrs, actions) =
+            self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device);
+        let targets = addrs
+            .into_iter()
+            .map(|addr| Target {
+                addr,
+                force_new: false,
+            })
+            .collect();
         let Some(key) = req.idempotency_key.as_deref() else {
             return self
                 .encrypt_to(
@@ -290,6 +265,49 @@ impl Manager {
             keep,
         )
         .await
+    }
+
+    /// The devices an encryption to `jids` (and our own other devices) covers, and the device
+    /// lists to fetch first (recipients with no known device in a namespace).
+    pub(crate) fn select_targets(
+        &self,
+        acct: &Account,
+        jids: &[String],
+        namespaces: &[Version],
+        one_namespace_per_device: bool,
+    ) -> (Vec<DeviceAddr>, Vec<Action>) {
+        let mut all = jids.to_vec();
+        if !all.contains(&acct.jid) {
+            all.push(acct.jid.clone());
+        }
+        let mut targets = Vec::new();
+        let mut actions = Vec::new();
+        self.with_directory(acct.id, |d| {
+            for jid in &all {
+                let mut seen: Vec<u32> = Vec::new();
+                for ns in namespaces {
+                    let active = d.active(jid, *ns);
+                    if active.is_empty() && *jid != acct.jid {
+                        actions.push(Action::FetchDevicelist {
+                            jid: jid.clone(),
+                            namespace: *ns,
+                            node: ns.devicelist_node().to_owned(),
+                        });
+                    }
+                    for id in active {
+                        if *jid == acct.jid && id == acct.device_id {
+                            continue;
+                        }
+                        if one_namespace_per_device && seen.contains(&id) {
+                            continue;
+                        }
+                        seen.push(id);
+                        targets.push(Self::addr(acct, jid, *ns, id));
+                    }
+                }
+            }
+        });
+        (targets, actions)
     }
 
     /// An empty message to one device (session completion, heartbeat).

@@ -10,6 +10,7 @@ pub mod encrypt;
 pub mod error;
 pub mod own_bundle;
 pub mod peer_bundle;
+pub mod plan;
 pub mod redelivery;
 pub mod sessions;
 pub mod trust;
