@@ -50,6 +50,9 @@ pub struct EncryptPlan {
     pub ready: bool,
 }
 
+/// The identity key a device's session, else its stored bundle, has (none: neither exists).
+type KnownKeys = (Option<[u8; 32]>, Option<[u8; 32]>);
+
 impl Manager {
     /// The plan of an `encrypt` with `req` (its body and idempotency key are ignored).
     pub async fn encrypt_plan(
@@ -77,7 +80,7 @@ impl Manager {
             self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device);
         let lookup = addrs.clone();
         // (session identity key, bundle identity key) per device, in one read.
-        let found: Vec<(Option<[u8; 32]>, Option<[u8; 32]>)> = self
+        let found: Vec<KnownKeys> = self
             .store
             .read(move |c| {
                 lookup
