@@ -50,6 +50,11 @@ fn both_namespaces_in_one_stanza() {
     scenarios::both_namespaces_in_one_stanza();
 }
 
+#[test]
+fn content_xml_parses_on_its_own() {
+    scenarios::content_xml_parses_on_its_own();
+}
+
 // ------------------------------------------------------------------------------------------------
 // Shared helpers
 // ------------------------------------------------------------------------------------------------

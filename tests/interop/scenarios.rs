@@ -805,3 +805,40 @@ pub fn heartbeat_after_long_one_sided_chain(ns: &'static str) {
     }
     converse(&mut p, 1);
 }
+
+/// omemod's `content_xml` of a python-omemo message parses on its own with python's XML parser,
+/// the body in `jabber:client`. (Envelopes whose prefixes are declared on `<envelope>`, as some
+/// XMPP libraries write them, are covered by protocol-core's `bad_input_xml` test.)
+pub fn content_xml_parses_on_its_own() {
+    let mut p = Pair::new(OMEMO2);
+    let x = p.py_send("<b>bold</b> & more");
+    let r = p.om_recv(&x, "<b>bold</b> & more");
+    let content = r["content_xml"].as_str().expect("content_xml").to_owned();
+    let script = "import sys, xml.etree.ElementTree as E\n\
+        root = E.fromstring('<wrapper>' + sys.stdin.read() + '</wrapper>')\n\
+        print(' '.join(c.tag for c in root))\n\
+        print(root.find('{jabber:client}body').text)";
+    let mut child = std::process::Command::new(crate::support::python())
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(content.as_bytes()).expect("write");
+    }
+    let out = child.wait_with_output().expect("python ran");
+    assert!(
+        out.status.success(),
+        "python could not parse {content:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("{jabber:client}body"), "{content}");
+    assert_eq!(lines.next(), Some("<b>bold</b> & more"), "{content}");
+}
