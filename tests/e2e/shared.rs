@@ -569,3 +569,72 @@ fn encrypt_plan_has_no_side_effects() {
         "invalid_params",
     );
 }
+
+/// Expired key material is deleted for real: gone from the table, and its bytes from the
+/// database file and the WAL; the digest stays, so the old message is a replay.
+#[test]
+fn expired_key_material_is_gone_from_the_files() {
+    let (_da, mut db, mut a, mut b) = pair(&["--redelivery-retention", "2s"]);
+    let x = a.encrypt_xml(&[BOB], Some("short lived"), OMEMO2);
+    dec(&mut b, ALICE, &x);
+    let path = db.db.clone();
+    let open = || {
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db")
+    };
+    let key: Vec<u8> = open()
+        .query_row("SELECT key_material FROM redelivery", [], |r| r.get(0))
+        .expect("one row");
+    assert!(key.len() >= 32);
+    let wal = {
+        let mut p = db.db.as_os_str().to_owned();
+        p.push("-wal");
+        std::path::PathBuf::from(p)
+    };
+    let contains = |hay: &[u8]| hay.windows(key.len()).any(|w| w == key.as_slice());
+    // Whole seconds: 3.5 s make sure the row is older than the 2 s window when pruned.
+    std::thread::sleep(Duration::from_millis(3500));
+    // The prune runs at start-up (and hourly, and every 256 decryptions).
+    assert!(db.stop().is_some_and(|s| s.success()));
+    db.spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = open()
+            .query_row("SELECT count(*) FROM redelivery", [], |r| r.get(0))
+            .expect("count");
+        if n == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expired row not pruned");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen: i64 = open()
+        .query_row("SELECT count(*) FROM seen_messages", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(seen, 1);
+    // The WAL truncation follows the prune.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let file = std::fs::read(&path).expect("read db");
+        let log = std::fs::read(&wal).unwrap_or_default();
+        if !contains(&file) && !contains(&log) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "key material still in the {} after the prune",
+            if contains(&file) {
+                "database file"
+            } else {
+                "WAL"
+            }
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut b = db.client();
+    b.err(
+        "decrypt",
+        json!({"from": ALICE, "xml": x}),
+        "duplicate_message",
+    );
+}

@@ -130,10 +130,18 @@ pub struct State {
     /// Digest prefixes of every remembered message: a decrypt looks in the database only on a
     /// hit, so the common case costs no read. False hits are harmless; there are no misses,
     /// since an entry is added after its commit and before the session lock is released.
-    filter: Mutex<HashSet<u64>>,
+    filter: Mutex<Filter>,
     records: AtomicU64,
     /// Serializes `encrypt` calls that carry an idempotency key.
     pub(crate) encrypt_lock: tokio::sync::Mutex<()>,
+}
+
+/// The digest prefixes, and while the filter is being rebuilt from the database, what was added
+/// meanwhile (so the rebuild loses nothing).
+#[derive(Debug, Default)]
+struct Filter {
+    set: HashSet<u64>,
+    during_rebuild: Option<Vec<u64>>,
 }
 
 impl State {
@@ -146,13 +154,40 @@ impl State {
         self.filter
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .set
             .contains(&store::prefix(digest))
+    }
+
+    fn insert(&self, prefix: u64) {
+        let mut f = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
+        f.set.insert(prefix);
+        if let Some(log) = f.during_rebuild.as_mut() {
+            log.push(prefix);
+        }
     }
 
     /// Fills the filter (from [`store::digest_prefixes`]).
     pub(crate) fn load(&self, prefixes: Vec<u64>) {
         let mut f = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
-        f.extend(prefixes);
+        f.set.extend(prefixes);
+    }
+
+    /// Call before reading the prefixes for [`State::finish_rebuild`].
+    fn start_rebuild(&self) {
+        self.filter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .during_rebuild = Some(Vec::new());
+    }
+
+    /// Replaces the filter by what the database holds now (pruned entries leave it), keeping
+    /// whatever was committed while it was read.
+    fn finish_rebuild(&self, prefixes: Option<Vec<u64>>) {
+        let mut f = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
+        let added = f.during_rebuild.take().unwrap_or_default();
+        if let Some(p) = prefixes {
+            f.set = p.into_iter().chain(added).collect();
+        }
     }
 }
 
@@ -426,11 +461,7 @@ impl Manager {
 
     /// After the commit, before the session lock is released.
     pub(crate) fn redelivery_committed(&self, probe: &Probe) {
-        self.redelivery
-            .filter
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(store::prefix(&probe.digest));
+        self.redelivery.insert(store::prefix(&probe.digest));
     }
 
     /// Deletes what the bounds no longer allow, then empties the WAL so that deleted key
@@ -450,6 +481,12 @@ impl Manager {
                 _ => {}
             }
         }
+        // Forget pruned digests, so the filter stays as small as the tables.
+        self.redelivery.start_rebuild();
+        let prefixes = self.store.read(store::digest_prefixes).await;
+        self.redelivery
+            .finish_rebuild(prefixes.as_ref().ok().cloned());
+        prefixes?;
         tracing::debug!(?pruned, "redelivery store pruned");
         Ok(pruned)
     }
@@ -458,6 +495,22 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_rebuild_keeps_what_was_added_meanwhile() {
+        let s = State::default();
+        s.load(vec![1, 2, 3]);
+        s.start_rebuild();
+        s.insert(9); // committed while the database was being read
+        s.finish_rebuild(Some(vec![3, 4]));
+        let mut v: Vec<u64> = s.filter.lock().unwrap().set.iter().copied().collect();
+        v.sort_unstable();
+        assert_eq!(v, [3, 4, 9]);
+        // A failed read keeps the old filter.
+        s.start_rebuild();
+        s.finish_rebuild(None);
+        assert!(s.filter.lock().unwrap().set.contains(&9));
+    }
 
     #[test]
     fn durations() {
