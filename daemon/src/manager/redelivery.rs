@@ -9,9 +9,9 @@
 //! is kept longer, so an old replay is reported as a replay. Everything is bounded by
 //! [`RedeliveryConfig`].
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use protocol_core::session::Decrypted;
 use protocol_core::xml::{Encrypted, KeyElement};
@@ -127,21 +127,26 @@ pub fn parse_duration(s: &str) -> std::result::Result<u64, String> {
 #[derive(Debug, Default)]
 pub struct State {
     config: RwLock<RedeliveryConfig>,
-    /// Digest prefixes of every remembered message: a decrypt looks in the database only on a
-    /// hit, so the common case costs no read. False hits are harmless; there are no misses,
-    /// since an entry is added after its commit and before the session lock is released.
+    /// Where each remembered message is: a decrypt looks in the database only on a hit, so the
+    /// common case costs no read. False hits are harmless (the row's digest is checked); there
+    /// are no misses, since an entry is added after its commit and before the session lock is
+    /// released.
     filter: Mutex<Filter>,
     records: AtomicU64,
+    /// Where the next prune starts ([`Pruned::key_frontier`]); moved only after a committed
+    /// maintenance prune, so a rolled-back one cannot skip rows.
+    key_frontier: AtomicI64,
     /// Serializes `encrypt` calls that carry an idempotency key.
     pub(crate) encrypt_lock: tokio::sync::Mutex<()>,
 }
 
-/// The digest prefixes, and while the filter is being rebuilt from the database, what was added
-/// meanwhile (so the rebuild loses nothing).
+/// Digest prefix → row id of every remembered message (the table has no index on the digest),
+/// and while the filter is being rebuilt from the database, what was added meanwhile (so the
+/// rebuild loses nothing).
 #[derive(Debug, Default)]
 struct Filter {
-    set: HashSet<u64>,
-    during_rebuild: Option<Vec<u64>>,
+    set: HashMap<u64, i64>,
+    during_rebuild: Option<Vec<(u64, i64)>>,
 }
 
 impl State {
@@ -150,24 +155,26 @@ impl State {
         *self.config.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn might_contain(&self, digest: &[u8; 32]) -> bool {
+    /// The row that may hold `digest`.
+    fn find(&self, digest: &[u8; 32]) -> Option<i64> {
         self.filter
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .set
-            .contains(&store::prefix(digest))
+            .get(&store::prefix(digest))
+            .copied()
     }
 
-    fn insert(&self, prefix: u64) {
+    fn insert(&self, prefix: u64, id: i64) {
         let mut f = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
-        f.set.insert(prefix);
+        f.set.insert(prefix, id);
         if let Some(log) = f.during_rebuild.as_mut() {
-            log.push(prefix);
+            log.push((prefix, id));
         }
     }
 
     /// Fills the filter (from [`store::digest_prefixes`]).
-    pub(crate) fn load(&self, prefixes: Vec<u64>) {
+    pub(crate) fn load(&self, prefixes: Vec<(u64, i64)>) {
         let mut f = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
         f.set.extend(prefixes);
     }
@@ -182,7 +189,7 @@ impl State {
 
     /// Replaces the filter by what the database holds now (pruned entries leave it), keeping
     /// whatever was committed while it was read.
-    fn finish_rebuild(&self, prefixes: Option<Vec<u64>>) {
+    fn finish_rebuild(&self, prefixes: Option<Vec<(u64, i64)>>) {
         let mut f = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
         let added = f.during_rebuild.take().unwrap_or_default();
         if let Some(p) = prefixes {
@@ -197,6 +204,8 @@ pub struct Probe {
     digest: [u8; 32],
     payload_digest: [u8; 32],
     empty: bool,
+    /// The row id, once recorded.
+    id: Arc<AtomicI64>,
 }
 
 /// Longest accepted `idempotency_key`, in bytes.
@@ -282,6 +291,7 @@ impl Probe {
             digest,
             payload_digest: p.finalize().into(),
             empty: element.payload.as_ref().is_none_or(|p| p.is_empty()),
+            id: Arc::new(AtomicI64::new(0)),
         }
     }
 }
@@ -290,16 +300,18 @@ impl Probe {
 #[derive(Debug)]
 pub struct Record {
     row: RedeliveryRow,
+    id: Arc<AtomicI64>,
     keep_key: bool,
-    prune: Option<Bounds>,
+    prune: Option<(Bounds, i64)>,
 }
 
 impl Record {
     /// Writes it (inside the decryption's transaction).
     pub fn write(&self, conn: &Connection) -> crate::storage::Result<()> {
-        store::record(conn, &self.row, self.keep_key)?;
-        if let Some(b) = self.prune {
-            store::prune(conn, self.row.created_at, b)?;
+        let id = store::record(conn, &self.row, self.keep_key)?;
+        self.id.store(id, Ordering::Relaxed);
+        if let Some((b, from)) = self.prune {
+            store::prune(conn, self.row.created_at, b, from)?;
         }
         Ok(())
     }
@@ -325,13 +337,13 @@ impl Manager {
         element: &Encrypted,
         probe: &Probe,
     ) -> Result<Option<DecryptOutcome>> {
-        if !self.redelivery.might_contain(&probe.digest) {
+        let Some(row_id) = self.redelivery.find(&probe.digest) else {
             return Ok(None);
-        }
+        };
         let (id, digest) = (acct.id, probe.digest);
         let seen = self
             .store
-            .read(move |c| store::lookup(c, id, &digest))
+            .read(move |c| store::lookup(c, row_id, id, &digest))
             .await?;
         let row = match seen {
             Seen::No => return Ok(None),
@@ -411,8 +423,12 @@ impl Manager {
                 key_exchange,
                 created_at: now,
             },
+            id: Arc::clone(&probe.id),
             keep_key: config.enabled(),
-            prune: (n % PRUNE_EVERY == PRUNE_EVERY - 1).then(|| config.bounds()),
+            prune: (n % PRUNE_EVERY == PRUNE_EVERY - 1).then(|| {
+                let from = self.redelivery.key_frontier.load(Ordering::Relaxed);
+                (config.bounds(), from)
+            }),
         }
     }
 
@@ -461,17 +477,22 @@ impl Manager {
 
     /// After the commit, before the session lock is released.
     pub(crate) fn redelivery_committed(&self, probe: &Probe) {
-        self.redelivery.insert(store::prefix(&probe.digest));
+        let id = probe.id.load(Ordering::Relaxed);
+        self.redelivery.insert(store::prefix(&probe.digest), id);
     }
 
     /// Deletes what the bounds no longer allow, then empties the WAL so that deleted key
     /// material does not linger there. Run at start-up and by the hourly maintenance.
     pub async fn prune_redelivery(&self, now: i64) -> Result<Pruned> {
         let bounds = self.redelivery.config().bounds();
+        let from = self.redelivery.key_frontier.load(Ordering::Relaxed);
         let pruned = self
             .store
-            .write(move |tx| store::prune(tx, now, bounds))
+            .write(move |tx| store::prune(tx, now, bounds, from))
             .await?;
+        self.redelivery
+            .key_frontier
+            .store(pruned.key_frontier, Ordering::Relaxed);
         if pruned.redelivery + pruned.encrypt_results > 0 {
             let store = std::sync::Arc::clone(&self.store);
             let r = tokio::task::spawn_blocking(move || store.truncate_wal()).await;
@@ -499,17 +520,17 @@ mod tests {
     #[test]
     fn filter_rebuild_keeps_what_was_added_meanwhile() {
         let s = State::default();
-        s.load(vec![1, 2, 3]);
+        s.load(vec![(1, 1), (2, 2), (3, 3)]);
         s.start_rebuild();
-        s.insert(9); // committed while the database was being read
-        s.finish_rebuild(Some(vec![3, 4]));
-        let mut v: Vec<u64> = s.filter.lock().unwrap().set.iter().copied().collect();
+        s.insert(9, 9); // committed while the database was being read
+        s.finish_rebuild(Some(vec![(3, 3), (4, 4)]));
+        let mut v: Vec<(u64, i64)> = s.filter.lock().unwrap().set.clone().into_iter().collect();
         v.sort_unstable();
-        assert_eq!(v, [3, 4, 9]);
+        assert_eq!(v, [(3, 3), (4, 4), (9, 9)]);
         // A failed read keeps the old filter.
         s.start_rebuild();
         s.finish_rebuild(None);
-        assert!(s.filter.lock().unwrap().set.contains(&9));
+        assert!(s.filter.lock().unwrap().set.contains_key(&9));
     }
 
     #[test]

@@ -1,6 +1,5 @@
-//! `redelivery`, `seen_messages`, `encrypt_results`: what lets a message be decrypted again and
-//! an `encrypt` be retried (issue 8). All three are bounded by age and by row count
-//! ([`prune`]).
+//! `redelivery`, `encrypt_results`: what lets a message be decrypted again and an `encrypt` be
+//! retried (issue 8). Both are bounded by age and by row count ([`prune`]).
 
 use rusqlite::{params, Connection, OptionalExtension};
 use zeroize::Zeroizing;
@@ -49,29 +48,26 @@ pub enum Seen {
     Redeliverable(Box<RedeliveryRow>),
 }
 
-/// Stores a decrypted message: always its digest, and its key material when `keep_key` is set.
-pub fn record(conn: &Connection, row: &RedeliveryRow, keep_key: bool) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO seen_messages (account_id, digest, created_at) VALUES (?1, ?2, ?3) \
-         ON CONFLICT DO NOTHING",
-    )?
-    .execute(params![row.account_id, &row.digest[..], row.created_at])?;
-    if keep_key {
-        conn.prepare_cached(
-            "INSERT INTO redelivery (account_id, digest, payload_digest, key_material, identity_key, \
-             key_exchange, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![
-            row.account_id,
-            &row.digest[..],
-            &row.payload_digest[..],
-            row.key_material.as_ref().map(|k| &k[..]),
-            &row.identity_key[..],
-            row.key_exchange,
-            row.created_at
-        ])?;
+/// Stores a decrypted message: always its digest, and what reopens it when `keep_key` is set.
+/// Returns the row id (the caller must not record the same digest twice).
+pub fn record(conn: &Connection, row: &RedeliveryRow, keep_key: bool) -> Result<i64> {
+    fn keep(keep_key: bool, v: Option<&[u8]>) -> Option<&[u8]> {
+        v.filter(|_| keep_key)
     }
-    Ok(())
+    conn.prepare_cached(
+        "INSERT INTO redelivery (account_id, digest, created_at, payload_digest, key_material, \
+         identity_key, key_exchange) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        row.account_id,
+        &row.digest[..],
+        row.created_at,
+        keep(keep_key, Some(&row.payload_digest[..])),
+        keep(keep_key, row.key_material.as_ref().map(|k| &k[..])),
+        keep(keep_key, Some(&row.identity_key[..])),
+        keep_key.then_some(row.key_exchange),
+    ])?;
+    Ok(conn.last_insert_rowid())
 }
 
 fn blob32(table: &'static str, column: &'static str, b: &[u8]) -> Result<[u8; 32]> {
@@ -82,58 +78,56 @@ fn blob32(table: &'static str, column: &'static str, b: &[u8]) -> Result<[u8; 32
     })
 }
 
-/// Looks a digest up.
-pub fn lookup(conn: &Connection, account_id: i64, digest: &[u8; 32]) -> Result<Seen> {
-    let row = conn
+/// Looks a digest up in row `id` (found through the in-memory filter).
+pub fn lookup(conn: &Connection, id: i64, account_id: i64, digest: &[u8; 32]) -> Result<Seen> {
+    type Cols = (
+        Option<Vec<u8>>,
+        Option<Zeroizing<Vec<u8>>>,
+        Option<Vec<u8>>,
+        Option<bool>,
+        i64,
+    );
+    let row: Option<Cols> = conn
         .prepare_cached(
             "SELECT payload_digest, key_material, identity_key, key_exchange, created_at \
-             FROM redelivery WHERE account_id = ?1 AND digest = ?2",
+             FROM redelivery WHERE id = ?1 AND account_id = ?2 AND digest = ?3",
         )?
-        .query_row(params![account_id, &digest[..]], |r| {
+        .query_row(params![id, account_id, &digest[..]], |r| {
             Ok((
-                r.get::<_, Vec<u8>>(0)?,
+                r.get(0)?,
                 r.get::<_, Option<Vec<u8>>>(1)?.map(Zeroizing::new),
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, bool>(3)?,
-                r.get::<_, i64>(4)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
             ))
         })
         .optional()?;
-    if let Some((pd, km, ik, kex, at)) = row {
-        return Ok(Seen::Redeliverable(Box::new(RedeliveryRow {
-            account_id,
-            digest: *digest,
-            payload_digest: blob32("redelivery", "payload_digest", &pd)?,
-            key_material: km,
-            identity_key: blob32("redelivery", "identity_key", &ik)?,
-            key_exchange: kex,
-            created_at: at,
-        })));
-    }
-    let seen: Option<i64> = conn
-        .prepare_cached("SELECT 1 FROM seen_messages WHERE account_id = ?1 AND digest = ?2")?
-        .query_row(params![account_id, &digest[..]], |r| r.get(0))
-        .optional()?;
-    Ok(if seen.is_some() {
-        Seen::DigestOnly
-    } else {
-        Seen::No
+    Ok(match row {
+        None => Seen::No,
+        Some((Some(pd), km, Some(ik), Some(kex), at)) => {
+            Seen::Redeliverable(Box::new(RedeliveryRow {
+                account_id,
+                digest: *digest,
+                payload_digest: blob32("redelivery", "payload_digest", &pd)?,
+                key_material: km,
+                identity_key: blob32("redelivery", "identity_key", &ik)?,
+                key_exchange: kex,
+                created_at: at,
+            }))
+        }
+        Some(_) => Seen::DigestOnly,
     })
 }
 
-/// The first 8 bytes of every remembered digest (both tables), to fill the in-memory filter.
-pub fn digest_prefixes(conn: &Connection) -> Result<Vec<u64>> {
+/// (first 8 bytes of the digest, row id) of every remembered message, to fill the in-memory
+/// filter.
+pub fn digest_prefixes(conn: &Connection) -> Result<Vec<(u64, i64)>> {
     let mut out = Vec::new();
-    for sql in [
-        "SELECT digest FROM seen_messages",
-        "SELECT digest FROM redelivery",
-    ] {
-        let mut st = conn.prepare(sql)?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let b: Vec<u8> = r.get(0)?;
-            out.push(prefix(&blob32("seen_messages", "digest", &b)?));
-        }
+    let mut st = conn.prepare("SELECT digest, id FROM redelivery")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let b: Vec<u8> = r.get(0)?;
+        out.push((prefix(&blob32("redelivery", "digest", &b)?), r.get(1)?));
     }
     Ok(out)
 }
@@ -212,7 +206,7 @@ pub fn get_encrypt_result(
 pub struct Bounds {
     /// Keep key material and encrypt answers this many seconds (0: none at all).
     pub retention_secs: i64,
-    /// At most this many key-material rows, and as many encrypt answers.
+    /// At most this many messages with key material, and as many encrypt answers.
     pub max_rows: i64,
     /// Keep digests this many seconds.
     pub digest_retention_secs: i64,
@@ -220,15 +214,17 @@ pub struct Bounds {
     pub max_digests: i64,
 }
 
-/// What [`prune`] deleted.
+/// What [`prune`] deleted or erased.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
-    /// Key-material rows.
+    /// Messages whose key material was erased (their digest stays).
     pub redelivery: usize,
-    /// Digests.
+    /// Digests deleted.
     pub digests: usize,
-    /// Encrypt answers.
+    /// Encrypt answers deleted.
     pub encrypt_results: usize,
+    /// Rows below this id hold no key material any more: where the next prune starts.
+    pub key_frontier: i64,
 }
 
 impl Pruned {
@@ -238,41 +234,79 @@ impl Pruned {
     }
 }
 
-fn prune_table(conn: &Connection, table: &str, cutoff: i64, cap: i64) -> Result<usize> {
-    let by_age = conn
-        .prepare_cached(&format!("DELETE FROM {table} WHERE created_at < ?1"))?
-        .execute([cutoff])?;
-    // Ids only grow (AUTOINCREMENT), so the newest `cap` rows are those above max - cap.
-    let by_count = conn
-        .prepare_cached(&format!(
-            "DELETE FROM {table} WHERE id <= (SELECT max(id) FROM {table}) - ?1"
-        ))?
-        .execute([cap.max(0)])?;
-    Ok(by_age + by_count)
+/// The first `redelivery` id at or after `from` created at `cutoff` or later (or one past the
+/// last). Walks from `from` in id order, so it costs as many rows as lie before the answer: the
+/// rows about to be pruned. (Ids grow with time; a clock set back only makes a prune early or
+/// late by the jump.)
+fn first_since(conn: &Connection, from: i64, cutoff: i64) -> Result<i64> {
+    let id: Option<i64> = conn
+        .prepare_cached(
+            "SELECT id FROM redelivery WHERE id >= ?1 AND created_at >= ?2 ORDER BY id LIMIT 1",
+        )?
+        .query_row([from, cutoff], |r| r.get(0))
+        .optional()?;
+    match id {
+        Some(id) => Ok(id),
+        None => Ok(conn
+            .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM redelivery")?
+            .query_row([], |r| r.get(0))?),
+    }
 }
 
-/// Deletes what is older than the bounds allow, or beyond the row caps.
-pub fn prune(conn: &Connection, now: i64, b: Bounds) -> Result<Pruned> {
-    let cutoff = now.saturating_sub(b.retention_secs.max(0));
-    let cap = if b.retention_secs <= 0 { 0 } else { b.max_rows };
+/// Erases key material older than the window or beyond the cap, deletes digests older than
+/// theirs or beyond their cap, and old encrypt answers. `key_frontier` is the previous
+/// [`Pruned::key_frontier`] (0 when unknown: the first prune walks every row once).
+pub fn prune(conn: &Connection, now: i64, b: Bounds, key_frontier: i64) -> Result<Pruned> {
+    let end: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM redelivery")?
+        .query_row([], |r| r.get(0))?;
+    let cap_from = |cap: i64| end.saturating_sub(cap.max(0));
+    // Digests.
+    let cut = first_since(conn, 0, now.saturating_sub(b.digest_retention_secs.max(0)))?
+        .max(cap_from(b.max_digests));
+    let digests = conn
+        .prepare_cached("DELETE FROM redelivery WHERE id < ?1")?
+        .execute([cut])?;
+    // Key material: rows below the cut keep only their digest.
+    let keep_secs = b.retention_secs.max(0);
+    let key_cut = if keep_secs == 0 {
+        end
+    } else {
+        first_since(conn, key_frontier, now.saturating_sub(keep_secs))?.max(cap_from(b.max_rows))
+    };
+    let erased = conn
+        .prepare_cached(
+            "UPDATE redelivery SET payload_digest = NULL, key_material = NULL, identity_key = NULL, \
+             key_exchange = NULL WHERE id >= ?1 AND id < ?2 AND payload_digest IS NOT NULL",
+        )?
+        .execute([key_frontier.min(key_cut), key_cut])?;
+    // Encrypt answers (rare; an index on created_at serves them).
+    let cutoff = now.saturating_sub(keep_secs);
+    let cap = if keep_secs == 0 { 0 } else { b.max_rows.max(0) };
+    let mut encrypt_results = conn
+        .prepare_cached("DELETE FROM encrypt_results WHERE created_at < ?1")?
+        .execute([cutoff])?;
+    encrypt_results += conn
+        .prepare_cached(
+            "DELETE FROM encrypt_results WHERE id <= (SELECT max(id) FROM encrypt_results) - ?1",
+        )?
+        .execute([cap])?;
     Ok(Pruned {
-        redelivery: prune_table(conn, "redelivery", cutoff, cap)?,
-        encrypt_results: prune_table(conn, "encrypt_results", cutoff, cap)?,
-        digests: prune_table(
-            conn,
-            "seen_messages",
-            now.saturating_sub(b.digest_retention_secs.max(0)),
-            b.max_digests,
-        )?,
+        redelivery: erased,
+        digests,
+        encrypt_results,
+        key_frontier: key_cut,
     })
 }
 
-/// Row counts: (key-material rows, digests, encrypt answers).
+/// Row counts: (messages with key material, digests, encrypt answers).
 pub fn counts(conn: &Connection) -> Result<(i64, i64, i64)> {
-    let c = |t: &str| -> Result<i64> {
-        Ok(conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?)
-    };
-    Ok((c("redelivery")?, c("seen_messages")?, c("encrypt_results")?))
+    let c = |sql: &str| -> Result<i64> { Ok(conn.query_row(sql, [], |r| r.get(0))?) };
+    Ok((
+        c("SELECT count(*) FROM redelivery WHERE payload_digest IS NOT NULL")?,
+        c("SELECT count(*) FROM redelivery")?,
+        c("SELECT count(*) FROM encrypt_results")?,
+    ))
 }
 
 impl super::Store {
@@ -325,63 +359,73 @@ mod tests {
     #[test]
     fn record_lookup_and_digest_only() {
         let c = db();
-        record(&c, &row(1, 10), true).unwrap();
-        record(&c, &row(2, 10), false).unwrap();
-        match lookup(&c, 1, &[1; 32]).unwrap() {
+        let id1 = record(&c, &row(1, 10), true).unwrap();
+        let id2 = record(&c, &row(2, 10), false).unwrap();
+        match lookup(&c, id1, 1, &[1; 32]).unwrap() {
             Seen::Redeliverable(r) => assert_eq!(*r, row(1, 10)),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(lookup(&c, 1, &[2; 32]).unwrap(), Seen::DigestOnly));
-        assert!(matches!(lookup(&c, 1, &[3; 32]).unwrap(), Seen::No));
-        assert!(matches!(lookup(&c, 2, &[1; 32]).unwrap(), Seen::No));
-        // A second record of the same digest keeps the first.
-        let mut again = row(1, 99);
-        again.payload_digest = [0; 32];
-        record(&c, &again, true).unwrap();
-        match lookup(&c, 1, &[1; 32]).unwrap() {
-            Seen::Redeliverable(r) => assert_eq!(r.created_at, 10),
-            other => panic!("{other:?}"),
-        }
+        assert!(matches!(
+            lookup(&c, id2, 1, &[2; 32]).unwrap(),
+            Seen::DigestOnly
+        ));
+        // The row must hold that very digest, of that account.
+        assert!(matches!(lookup(&c, id1, 1, &[2; 32]).unwrap(), Seen::No));
+        assert!(matches!(lookup(&c, id1, 2, &[1; 32]).unwrap(), Seen::No));
+        assert!(matches!(lookup(&c, 99, 1, &[1; 32]).unwrap(), Seen::No));
         let mut p = digest_prefixes(&c).unwrap();
         p.sort_unstable();
-        p.dedup();
-        assert_eq!(p.len(), 2);
+        assert_eq!(p, [(prefix(&[1; 32]), id1), (prefix(&[2; 32]), id2)]);
     }
 
     #[test]
     fn prune_by_age_and_by_count() {
         let c = db();
+        let mut ids = std::collections::HashMap::new();
         for i in 0..8u8 {
-            record(&c, &row(i, i64::from(i) * 100), true).unwrap();
+            ids.insert(i, record(&c, &row(i, i64::from(i) * 100), true).unwrap());
         }
         // now = 800: retention 100 keeps created_at >= 700 (one row); digests: the 5 newest.
-        let p = prune(&c, 800, B).unwrap();
+        let p = prune(&c, 800, B, 0).unwrap();
         assert_eq!(counts(&c).unwrap(), (1, 5, 0));
-        assert_eq!(p.redelivery, 7);
+        assert_eq!(p.redelivery, 4); // of the 5 digests left, 4 lose their key material
         assert_eq!(p.digests, 3);
+        assert_eq!(p.key_frontier, 8);
         assert!(matches!(
-            lookup(&c, 1, &[7; 32]).unwrap(),
+            lookup(&c, ids[&7], 1, &[7; 32]).unwrap(),
             Seen::Redeliverable(_)
         ));
-        assert!(matches!(lookup(&c, 1, &[6; 32]).unwrap(), Seen::DigestOnly));
-        assert!(matches!(lookup(&c, 1, &[2; 32]).unwrap(), Seen::No));
+        assert!(matches!(
+            lookup(&c, ids[&6], 1, &[6; 32]).unwrap(),
+            Seen::DigestOnly
+        ));
+        assert!(matches!(
+            lookup(&c, ids[&2], 1, &[2; 32]).unwrap(),
+            Seen::No
+        ));
         // Count cap with everything fresh.
         for i in 10..20u8 {
-            record(&c, &row(i, 800), true).unwrap();
+            ids.insert(i, record(&c, &row(i, 800), true).unwrap());
         }
-        prune(&c, 800, B).unwrap();
+        let p = prune(&c, 800, B, p.key_frontier).unwrap();
         assert_eq!(counts(&c).unwrap(), (3, 5, 0));
         assert!(matches!(
-            lookup(&c, 1, &[19; 32]).unwrap(),
+            lookup(&c, ids[&19], 1, &[19; 32]).unwrap(),
             Seen::Redeliverable(_)
         ));
+        assert!(matches!(
+            lookup(&c, ids[&16], 1, &[16; 32]).unwrap(),
+            Seen::DigestOnly
+        ));
+        // Nothing new: nothing to do.
+        assert_eq!(prune(&c, 800, B, p.key_frontier).unwrap().redelivery, 0);
         // Retention 0 keeps no key material at all.
         let off = Bounds {
             retention_secs: 0,
             ..B
         };
-        prune(&c, 800, off).unwrap();
-        assert_eq!(counts(&c).unwrap().0, 0);
+        prune(&c, 800, off, 0).unwrap();
+        assert_eq!(counts(&c).unwrap(), (0, 5, 0));
     }
 
     #[test]
