@@ -138,6 +138,9 @@ pub struct State {
     key_frontier: AtomicI64,
     /// Serializes `encrypt` calls that carry an idempotency key.
     pub(crate) encrypt_lock: tokio::sync::Mutex<()>,
+    /// Tests only (`debug.kill_after_commit`): SIGKILL ourselves right after the next decrypt
+    /// commit, before its answer.
+    kill_after_commit: std::sync::atomic::AtomicBool,
 }
 
 /// Digest prefix → row id of every remembered message (the table has no index on the digest),
@@ -475,8 +478,19 @@ impl Manager {
         Ok(Some(out))
     }
 
+    /// Tests only: the next decrypt dies right after its commit (see `debug.kill_after_commit`).
+    pub fn kill_after_next_commit(&self) {
+        self.redelivery
+            .kill_after_commit
+            .store(true, Ordering::SeqCst);
+    }
+
     /// After the commit, before the session lock is released.
     pub(crate) fn redelivery_committed(&self, probe: &Probe) {
+        if self.redelivery.kill_after_commit.load(Ordering::Relaxed) {
+            let me = rustix::process::getpid();
+            let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
+        }
         let id = probe.id.load(Ordering::Relaxed);
         self.redelivery.insert(store::prefix(&probe.digest), id);
     }

@@ -215,7 +215,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     });
     let module = crate::rpc::methods::build(Arc::clone(&ctx), config.enable_debug_methods)?;
     if config.enable_debug_methods {
-        tracing::warn!("debug methods enabled: debug.sleep, debug.emit");
+        tracing::warn!("debug methods enabled: debug.sleep, debug.emit, debug.kill_after_commit");
     }
     let dispatcher = Arc::new(Dispatcher::new(module, config.max_response_bytes));
     let limits = Limits {

@@ -45,6 +45,7 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
     if debug {
         registry.register::<debug::Sleep>()?;
         registry.register::<debug::Emit>()?;
+        registry.register::<debug::KillAfterCommit>()?;
     }
     Ok(())
 }
