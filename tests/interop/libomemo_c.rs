@@ -44,6 +44,7 @@ per_namespace!(
     session_initiated_by_libomemo_c,
     reordering_across_chains_libomemo_c_to_omemod,
     reordering_across_chains_omemod_to_libomemo_c,
+    empty_messages_and_heartbeat,
 );
 
 // ------------------------------------------------------------------------------------------------
@@ -673,5 +674,63 @@ fn reordering_across_chains_omemod_to_libomemo_c(ns: &'static str) {
         "libomemo-c accepted a replay"
     );
     eprintln!("{ns}: omemod → libomemo-c: {sent} messages, 0 lost");
+    converse(&mut om, &mut peer, 1);
+}
+
+/// Empty messages both ways (libomemo-c's key transport / OMEMO 2's 32 zero bytes, omemod's
+/// `heartbeat`), and omemod's heartbeat after a long one-sided chain from libomemo-c (counter 53).
+fn empty_messages_and_heartbeat(ns: &'static str) {
+    let mut om = Om::start();
+    let mut peer = CPeer::start(ns);
+    om.learn(&mut peer);
+    let (x, _) = om.send(ns, "hello");
+    c_recv(&mut peer, &om, &x, "hello");
+
+    let (x, kex) = peer.encrypt(&om, None);
+    assert!(!kex, "{x}");
+    assert!(
+        !x.contains("<payload>"),
+        "an empty message has no payload: {x}"
+    );
+    let r = om
+        .recv(&x)
+        .unwrap_or_else(|e| panic!("omemod refused libomemo-c's empty message: {e}"));
+    assert_eq!(r["empty"], true, "{r}");
+
+    let heartbeat = |om: &mut Om| {
+        let r = om.c.ok(
+            "heartbeat",
+            json!({"jid": C_JID, "namespace": ns, "device_id": C_DEV}),
+        );
+        r["messages"][0]["xml"].as_str().expect("xml").to_owned()
+    };
+    let x = heartbeat(&mut om);
+    let got = peer
+        .decrypt(&om, &x)
+        .unwrap_or_else(|e| panic!("libomemo-c refused omemod's heartbeat: {e}\n{x}"));
+    assert_eq!(got, None, "omemod's heartbeat must be empty");
+
+    // 54 messages in one chain: the one with counter 53 asks omemod for a heartbeat.
+    let mut asked = Vec::new();
+    for i in 0..54 {
+        let b = body("one-sided", i);
+        let (x, _) = peer.encrypt(&om, Some(&b));
+        let r = om_recv(&mut om, ns, &x, &b);
+        let wants = r["actions"]
+            .as_array()
+            .expect("actions")
+            .iter()
+            .any(|a| a["type"] == "send_heartbeat" && a["device_id"] == C_DEV);
+        if wants {
+            asked.push(i);
+        }
+    }
+    assert_eq!(
+        asked,
+        vec![53],
+        "omemod should ask for one heartbeat, at counter 53"
+    );
+    let x = heartbeat(&mut om);
+    assert_eq!(peer.decrypt(&om, &x).expect("heartbeat"), None);
     converse(&mut om, &mut peer, 1);
 }
