@@ -77,13 +77,15 @@ fn build_peer() -> Result<PathBuf, String> {
     let flags = String::from_utf8_lossy(&flags.stdout).into_owned();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libomemo-c-peer");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    // One binary per test process, so concurrent test runs never overwrite each other's.
-    let bin = dir.join(format!("peer-{}", std::process::id()));
+    // Built under a name of this process, then renamed over `peer`: a concurrent run keeps
+    // executing the file it opened, and nothing piles up.
+    let tmp = dir.join(format!("peer.{}.tmp", std::process::id()));
+    let bin = dir.join("peer");
     let src = support::repo().join("tests/interop/libomemo-c/peer.c");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let out = Command::new(&cc)
         .args(["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-O1", "-o"])
-        .arg(&bin)
+        .arg(&tmp)
         .arg(&src)
         .args(flags.split_whitespace())
         .output()
@@ -95,6 +97,7 @@ fn build_peer() -> Result<PathBuf, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    std::fs::rename(&tmp, &bin).map_err(|e| format!("{}: {e}", bin.display()))?;
     Ok(bin)
 }
 
