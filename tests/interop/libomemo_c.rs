@@ -45,6 +45,7 @@ per_namespace!(
     reordering_across_chains_libomemo_c_to_omemod,
     reordering_across_chains_omemod_to_libomemo_c,
     empty_messages_and_heartbeat,
+    seeded_random_delays_both_ways,
 );
 
 // ------------------------------------------------------------------------------------------------
@@ -747,5 +748,100 @@ fn empty_messages_and_heartbeat(ns: &'static str) {
     );
     let x = heartbeat(&mut om);
     assert_eq!(peer.decrypt(&om, &x).expect("heartbeat"), None);
+    converse(&mut om, &mut peer, 1);
+}
+
+/// A seeded random schedule, 300 messages: each side sends bursts of 1–4 messages; each message
+/// is delivered in its turn (in random order) or held back for 1–3 later turns (fewer than the 5 earlier chains both
+/// sides keep), so late messages land in older chains in every order. Nothing may be lost either
+/// way. `OMEMOD_TEST_SEED` replays a schedule.
+fn seeded_random_delays_both_ways(ns: &'static str) {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(support::seed(0x11b0_3e3c));
+    let mut om = Om::start();
+    let mut peer = CPeer::start(ns);
+    om.learn(&mut peer);
+    let (x, _) = om.send(ns, "hello");
+    c_recv(&mut peer, &om, &x, "hello");
+
+    // (due turn, xml, body) per direction.
+    let mut to_om: Vec<(usize, String, String)> = Vec::new();
+    let mut to_c: Vec<(usize, String, String)> = Vec::new();
+    let (mut sent, mut late) = (0usize, 0usize);
+    let mut lost = Vec::new();
+    let mut turn = 0;
+    while sent < 300 {
+        turn += 1;
+        let c_turn = turn % 2 == 1;
+        for i in 0..rng.gen_range(1..=4) {
+            let b = body(&format!("turn {turn}"), i);
+            let x = if c_turn {
+                peer.encrypt(&om, Some(&b)).0
+            } else {
+                om.send(ns, &b).0
+            };
+            sent += 1;
+            let due = if rng.gen_bool(0.3) {
+                late += 1;
+                turn + rng.gen_range(1..=3)
+            } else {
+                turn
+            };
+            if c_turn { &mut to_om } else { &mut to_c }.push((due, x, b));
+        }
+        // Deliver what is due, in random order.
+        for queue in [&mut to_om, &mut to_c] {
+            let mut due: Vec<_> = Vec::new();
+            queue.retain(|m| {
+                if m.0 <= turn {
+                    due.push(m.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            due.shuffle(&mut rng);
+            for (_, x, b) in due {
+                let is_for_om = x.contains(&format!("sid='{C_DEV}'"));
+                let res = if is_for_om {
+                    om.recv(&x)
+                        .map(|r| r["body"] == b.as_str())
+                        .map_err(|e| e["data"]["kind"].to_string())
+                } else {
+                    peer.decrypt(&om, &x)
+                        .map(|r| r.is_some_and(|(got, _, _)| got == b))
+                };
+                match res {
+                    Ok(true) => {}
+                    Ok(false) => panic!("wrong body for {b:?}"),
+                    Err(e) => lost.push(format!(
+                        "{} {b:?}: {e}",
+                        if is_for_om {
+                            "→omemod"
+                        } else {
+                            "→libomemo-c"
+                        }
+                    )),
+                }
+            }
+        }
+    }
+    // Whatever is still held arrives now.
+    for (_, x, b) in to_om.drain(..) {
+        if let Err(e) = om.recv(&x) {
+            lost.push(format!("→omemod {b:?}: {}", e["data"]["kind"]));
+        }
+    }
+    for (_, x, b) in to_c.drain(..) {
+        if let Err(e) = peer.decrypt(&om, &x) {
+            lost.push(format!("→libomemo-c {b:?}: {e}"));
+        }
+    }
+    eprintln!(
+        "{ns}: {sent} messages both ways, {late} held back 1–3 turns, {} lost",
+        lost.len()
+    );
+    assert!(lost.is_empty(), "{} of {sent} lost: {lost:#?}", lost.len());
     converse(&mut om, &mut peer, 1);
 }
