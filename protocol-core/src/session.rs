@@ -16,7 +16,9 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 mod snapshot;
-pub use snapshot::{SessionSnapshot, SnapshotError, SESSION_SNAPSHOT_FORMAT};
+pub use snapshot::{
+    PreviousChainSnapshot, SessionSnapshot, SnapshotError, SESSION_SNAPSHOT_FORMAT,
+};
 
 /// Why a message could not be decrypted (or a session not built). A failed call leaves the
 /// session exactly as it was.

@@ -72,7 +72,9 @@ fn session_error(e: SessionError) -> ManagerError {
         SessionError::Malformed(w) => ManagerError::InvalidMessage(w.to_string()),
         SessionError::AuthenticationFailed => ManagerError::AuthenticationFailed,
         SessionError::Ratchet(RatchetError::DuplicateMessage(_)) => ManagerError::DuplicateMessage,
-        SessionError::Ratchet(RatchetError::TooManySkipped(_)) => ManagerError::TooManySkipped,
+        SessionError::Ratchet(
+            RatchetError::TooManySkipped(_) | RatchetError::MessageKeyDropped(_),
+        ) => ManagerError::TooManySkipped,
         SessionError::Ratchet(r) => ManagerError::InvalidMessage(r.to_string()),
         SessionError::X3dh(x) => ManagerError::InvalidMessage(x.to_string()),
         SessionError::InvalidKey(k) => ManagerError::InvalidMessage(k.to_string()),
