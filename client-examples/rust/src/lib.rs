@@ -667,7 +667,10 @@ mod tests {
         let new = json!({"type": "send_heartbeat", "account": "a@x", "jid": "b@x",
             "namespace": OMEMO2, "device_id": 7, "cause": "decrypt"});
         assert_eq!(Event::from(old), Event::from(new.clone()));
-        assert!(matches!(Event::from(new), Event::SendHeartbeat { device_id: 7, .. }));
+        assert!(matches!(
+            Event::from(new),
+            Event::SendHeartbeat { device_id: 7, .. }
+        ));
     }
 
     #[test]

@@ -34,7 +34,9 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut socket = None;
-    let mut account = std::env::var("OMEMOD_ACCOUNT").ok().filter(|a| !a.is_empty());
+    let mut account = std::env::var("OMEMOD_ACCOUNT")
+        .ok()
+        .filter(|a| !a.is_empty());
     let mut command = None;
     let mut opts = HashMap::new();
     let mut it = std::env::args().skip(1);
@@ -96,7 +98,10 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Client(e @ Error::Rpc(_))) => {
-            eprintln!("error: {}", explain(&client, &e, args.account.as_deref()).await);
+            eprintln!(
+                "error: {}",
+                explain(&client, &e, args.account.as_deref()).await
+            );
             ExitCode::from(1)
         }
         Err(Failure::Client(e @ Error::EnvelopeMismatch { .. })) => {
@@ -181,9 +186,15 @@ async fn run(client: &Client, args: &Args) -> Result<u8, Failure> {
             let to = opt(args, "to")?;
             let body = opt(args, "body")?;
             let ns = args.opts.get("namespace").map(|n| [n.as_str()]);
-            let r = client.encrypt(&[to], body, ns.as_ref().map(|n| &n[..])).await?;
+            let r = client
+                .encrypt(&[to], body, ns.as_ref().map(|n| &n[..]))
+                .await?;
             for d in &r.devices {
-                let note = d.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+                let note = d
+                    .reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
                 eprintln!(
                     "{} device {} [{}]: {}{note}",
                     d.jid, d.device_id, d.namespace, d.status
