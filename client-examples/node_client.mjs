@@ -5,7 +5,8 @@
 //
 //   status                                   the daemon, its accounts, and ours
 //   publish-info                             what to publish to PEP, for both namespaces
-//   encrypt --to JID --body TEXT [--namespace NS]   one <encrypted> element per line
+//   encrypt --to JID [--to JID…] --body TEXT [--namespace NS] [--room ROOM]
+//                                            one <encrypted> element per line
 //   decrypt --from JID --xml FILE|- [--to JID] [--group-chat]   the body (sender on stderr)
 //   events [--count N]                       subscribe and print events as they come
 //
@@ -169,8 +170,10 @@ async function run(d, account, cmd, opts) {
       return 0;
     case "encrypt": {
       if (!opts.to || opts.body === undefined) throw new UsageError("encrypt needs --to JID --body TEXT");
-      const p = withAccount({ to: [opts.to], body: opts.body });
+      const p = withAccount({ to: opts.to, body: opts.body });
       if (opts.namespace) p.namespaces = [opts.namespace];
+      // A group chat: `to` lists the members' real JIDs, the SCE envelope names the room.
+      if (opts.room) p.sce_to = opts.room;
       const r = await d.call("encrypt", p);
       for (const dev of r.devices) {
         const note = dev.reason ? ` (${dev.reason})` : "";
@@ -187,11 +190,13 @@ async function run(d, account, cmd, opts) {
       return 0;
     }
     case "decrypt": {
-      if (!opts.from || !opts.xml) throw new UsageError("decrypt needs --from JID --xml FILE|-");
+      if (!opts.from || !opts.xml || opts.to?.length > 1) {
+        throw new UsageError("decrypt needs --from JID --xml FILE|- and at most one --to");
+      }
       const xml = fs.readFileSync(opts.xml === "-" ? 0 : opts.xml, "utf8").trim();
       // `to` is where the stanza was addressed (us, or the room); the daemon compares it with the
       // OMEMO 2 envelope so that a message for someone else cannot be replayed to us.
-      const to = opts.to ?? account ?? (await d.call("fingerprint.get")).jid;
+      const to = opts.to?.[0] ?? account ?? (await d.call("fingerprint.get")).jid;
       const p = withAccount({ from: opts.from, xml, to, group_chat: !!opts["group-chat"] });
       let r;
       try {
@@ -246,7 +251,8 @@ async function main() {
       options: {
         socket: { type: "string" },
         account: { type: "string" },
-        to: { type: "string" },
+        to: { type: "string", multiple: true },
+        room: { type: "string" },
         body: { type: "string" },
         namespace: { type: "string" },
         from: { type: "string" },

@@ -5,7 +5,7 @@
 
     status                          the daemon, its accounts, and ours
     publish-info                    what to publish to PEP, for both OMEMO namespaces
-    encrypt --to JID --body TEXT [--namespace NS]
+    encrypt --to JID [--to JID…] --body TEXT [--namespace NS] [--room ROOM]
                                     prints one <encrypted> element per line (XML)
     decrypt --from JID --xml FILE|- [--to JID] [--group-chat]
                                     prints the body; sender and trust go to stderr
@@ -136,10 +136,13 @@ class Client:
                 print(f"{ns} {what}: node {item['node']} item {item['item_id']} options {opts}")
                 print(f"  {item['xml']}")
 
-    def encrypt(self, to, body, namespace):
-        p = self.params(to=[to], body=body)
+    def encrypt(self, to, body, namespace, room):
+        p = self.params(to=to, body=body)
         if namespace:
             p["namespaces"] = [namespace]
+        if room:
+            # A group chat: `to` lists the members' real JIDs, the SCE envelope names the room.
+            p["sce_to"] = room
         r = self.d.call("encrypt", **p)
         for dev in r["devices"]:
             note = f" ({dev['reason']})" if dev.get("reason") else ""
@@ -255,9 +258,10 @@ def main():
     sub.add_parser("status")
     sub.add_parser("publish-info")
     e = sub.add_parser("encrypt")
-    e.add_argument("--to", required=True)
+    e.add_argument("--to", required=True, action="append", help="a recipient's bare JID")
     e.add_argument("--body", required=True)
     e.add_argument("--namespace", choices=NAMESPACES)
+    e.add_argument("--room", help="a group chat: the room's bare JID (members in --to)")
     de = sub.add_parser("decrypt")
     de.add_argument("--from", dest="sender", required=True)
     de.add_argument("--xml", required=True, help="file with the <encrypted> element, or - for stdin")
@@ -280,7 +284,7 @@ def main():
         elif args.cmd == "publish-info":
             c.publish_info()
         elif args.cmd == "encrypt":
-            return c.encrypt(args.to, args.body, args.namespace)
+            return c.encrypt(args.to, args.body, args.namespace, args.room)
         elif args.cmd == "decrypt":
             xml = sys.stdin.read() if args.xml == "-" else open(args.xml, encoding="utf-8").read()
             return c.decrypt(args.sender, xml.strip(), args.to, args.group_chat)

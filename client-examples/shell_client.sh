@@ -5,7 +5,8 @@
 #
 #   status                                   the daemon, its accounts, and ours
 #   publish-info                             what to publish to PEP, for both namespaces
-#   encrypt --to JID --body TEXT [--namespace NS]   one <encrypted> element per line
+#   encrypt --to JID [--to JID…] --body TEXT [--namespace NS] [--room ROOM]
+#                                            one <encrypted> element per line
 #   decrypt --from JID --xml FILE|- [--to JID] [--group-chat]   the body (sender on stderr)
 #   events [--count N]                       subscribe and print events as they come
 #
@@ -130,18 +131,21 @@ cmd_publish_info() {
 }
 
 cmd_encrypt() {
-  local to='' body='' ns='' r
+  local to=() body='' ns='' room='' r
   while [ $# -gt 0 ]; do
     case $1 in
-      --to) to=${2:?}; shift 2 ;;
+      --to) to+=("${2:?}"); shift 2 ;;
       --body) body=${2?}; shift 2 ;;
       --namespace) ns=${2:?}; shift 2 ;;
+      --room) room=${2:?}; shift 2 ;;
       *) die "encrypt: unknown option $1" ;;
     esac
   done
-  [ -n "$to" ] || die "encrypt needs --to JID --body TEXT"
-  rpc encrypt "$(with_account "$(jq -nc --arg to "$to" --arg body "$body" --arg ns "$ns" \
-    '{to: [$to], body: $body} + if $ns != "" then {namespaces: [$ns]} else {} end')")" || explain
+  [ ${#to[@]} -gt 0 ] || die "encrypt needs --to JID --body TEXT"
+  # A group chat (--room): `to` lists the members' real JIDs, the SCE envelope names the room.
+  rpc encrypt "$(with_account "$(jq -nc --arg body "$body" --arg ns "$ns" --arg room "$room" \
+    '{to: $ARGS.positional, body: $body} + (if $ns != "" then {namespaces: [$ns]} else {} end)
+     + (if $room != "" then {sce_to: $room} else {} end)' --args "${to[@]}")")" || explain
   r=$result
   jq -r '.devices[] | "\(.jid) device \(.device_id) [\(.namespace)]: \(.status)" +
     if .reason then " (\(.reason))" else "" end' <<<"$r" >&2

@@ -383,6 +383,62 @@ fn exercise(name: &'static str) {
     assert_eq!(d.code, 1, "{name} decrypt with a wrong `to`: {d}");
     assert!(!d.stdout.contains(secret), "{name}: {d}");
 
+    // A group chat: the envelope names the room. Decrypted as a room message it reads; the
+    // same kind of message passed off as a private one is refused. Two recipients, one of whom
+    // omemod has never seen: the example says to fetch that device list.
+    const ROOM: &str = "room@muc.example.org";
+    let mut group = vec![];
+    for i in 0..2 {
+        let r = ex.ok(
+            &da.socket,
+            &[
+                "--account",
+                ALICE,
+                "encrypt",
+                "--to",
+                BOB,
+                "--to",
+                "carol@example.org",
+                "--room",
+                ROOM,
+                "--body",
+                &format!("to the room {i}"),
+                "--namespace",
+                OMEMO2,
+            ],
+        );
+        assert!(
+            r.stderr.contains("fetch_devicelist") && r.stderr.contains("carol@example.org"),
+            "{name} group encrypt: {r}"
+        );
+        group.push(r.stdout);
+    }
+    let cmd = ex.command(
+        &db.socket,
+        &[
+            "--account",
+            BOB,
+            "decrypt",
+            "--from",
+            ALICE,
+            "--to",
+            ROOM,
+            "--group-chat",
+            "--xml",
+            "-",
+        ],
+    );
+    let d = ex.run_with(cmd, Some(&group[0]));
+    assert_eq!(d.code, 0, "{name} group decrypt: {d}");
+    assert_eq!(d.stdout, "to the room 0\n", "{name} group decrypt: {d}");
+    let cmd = ex.command(
+        &db.socket,
+        &["--account", BOB, "decrypt", "--from", ALICE, "--xml", "-"],
+    );
+    let d = ex.run_with(cmd, Some(&group[1]));
+    assert_eq!(d.code, 1, "{name} room message taken as private: {d}");
+    assert!(!d.stdout.contains("to the room"), "{name}: {d}");
+
     // Two accounts and none chosen: the friendly message, for every command; nothing created.
     let dt = Daemon::start();
     let mut t = dt.client();

@@ -287,16 +287,14 @@ impl Client {
         self.call_raw("bundle.update", p).await
     }
 
-    /// Encrypts `body` to every device of `to`; `namespaces` limits and orders the namespaces.
-    pub async fn encrypt(
-        &self,
-        to: &[&str],
-        body: &str,
-        namespaces: Option<&[&str]>,
-    ) -> Result<EncryptOutcome, Error> {
-        let mut p = json!({"to": to, "body": body});
-        if let Some(ns) = namespaces {
+    /// Encrypts a body to every device of the recipients (and our own other devices).
+    pub async fn encrypt(&self, req: &EncryptRequest<'_>) -> Result<EncryptOutcome, Error> {
+        let mut p = json!({"to": req.to, "body": req.body});
+        if let Some(ns) = req.namespaces {
             p["namespaces"] = json!(ns);
+        }
+        if let Some(room) = req.sce_to {
+            p["sce_to"] = json!(room);
         }
         self.call("encrypt", self.with_account(p)).await
     }
@@ -439,6 +437,18 @@ pub struct DeviceReport {
     pub kex: bool,
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// What to encrypt.
+#[derive(Debug, Clone)]
+pub struct EncryptRequest<'a> {
+    /// Recipients' bare JIDs (in a group chat: every member's real JID).
+    pub to: &'a [&'a str],
+    pub body: &'a str,
+    /// Limits and orders the namespaces (default: OMEMO 2, then 0.3).
+    pub namespaces: Option<&'a [&'a str]>,
+    /// The SCE `<to>`: the room's bare JID in a group chat.
+    pub sce_to: Option<&'a str>,
 }
 
 /// What to decrypt.

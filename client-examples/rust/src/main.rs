@@ -4,7 +4,8 @@
 //! omemod-client [--socket PATH] [--account JID] COMMAND [ARGS]
 //!   status                                   the daemon, its accounts, and ours
 //!   publish-info                             what to publish to PEP, for both namespaces
-//!   encrypt --to JID --body TEXT [--namespace NS]   one <encrypted> element per line
+//!   encrypt --to JID [--to JID…] --body TEXT [--namespace NS] [--room ROOM]
+//!                                            one <encrypted> element per line
 //!   decrypt --from JID --xml FILE|- [--to JID] [--group-chat]   the body (sender on stderr)
 //!   events [--count N]                       subscribe and print events as they come
 //! ```
@@ -19,7 +20,9 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use omemod_client::{default_socket_path, Client, DecryptRequest, Error, Event, NAMESPACES};
+use omemod_client::{
+    default_socket_path, Client, DecryptRequest, EncryptRequest, Error, Event, NAMESPACES,
+};
 
 const USAGE: &str = "usage: omemod-client [--socket PATH] [--account JID] \
                      status|publish-info|encrypt|decrypt|events [OPTIONS]";
@@ -29,6 +32,8 @@ struct Args {
     socket: Option<PathBuf>,
     account: Option<String>,
     command: String,
+    /// Every `--to`, in order.
+    to: Vec<String>,
     opts: HashMap<String, String>,
 }
 
@@ -38,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
         .ok()
         .filter(|a| !a.is_empty());
     let mut command = None;
+    let mut to = Vec::new();
     let mut opts = HashMap::new();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -55,7 +61,8 @@ fn parse_args() -> Result<Args, String> {
         match name {
             "socket" => socket = Some(PathBuf::from(value)),
             "account" => account = Some(value),
-            "to" | "body" | "namespace" | "from" | "xml" | "count" => {
+            "to" => to.push(value),
+            "body" | "namespace" | "room" | "from" | "xml" | "count" => {
                 opts.insert(name.to_owned(), value);
             }
             _ => return Err(format!("unknown option --{name}")),
@@ -66,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
         socket,
         account,
         command,
+        to,
         opts,
     })
 }
@@ -183,11 +191,19 @@ async fn run(client: &Client, args: &Args) -> Result<u8, Failure> {
             }
         }
         "encrypt" => {
-            let to = opt(args, "to")?;
-            let body = opt(args, "body")?;
+            let to: Vec<&str> = args.to.iter().map(String::as_str).collect();
+            if to.is_empty() {
+                return Err(Failure::Usage("encrypt needs --to".into()));
+            }
             let ns = args.opts.get("namespace").map(|n| [n.as_str()]);
             let r = client
-                .encrypt(&[to], body, ns.as_ref().map(|n| &n[..]))
+                .encrypt(&EncryptRequest {
+                    to: &to,
+                    body: opt(args, "body")?,
+                    namespaces: ns.as_ref().map(|n| &n[..]),
+                    // A group chat: `to` lists the members' real JIDs, the envelope names the room.
+                    sce_to: args.opts.get("room").map(String::as_str),
+                })
                 .await?;
             for d in &r.devices {
                 let note = d
@@ -221,7 +237,10 @@ async fn run(client: &Client, args: &Args) -> Result<u8, Failure> {
                 xml = std::fs::read_to_string(file)?;
             }
             // Where the stanza was addressed: us (default) or a room (--to ROOM --group-chat).
-            let to = match (args.opts.get("to"), &args.account) {
+            if args.to.len() > 1 {
+                return Err(Failure::Usage("decrypt takes at most one --to".into()));
+            }
+            let to = match (args.to.first(), &args.account) {
                 (Some(to), _) | (None, Some(to)) => to.clone(),
                 (None, None) => client.me().await?.jid,
             };
