@@ -42,15 +42,26 @@ function defaultSocket() {
   return `/tmp/omemod-${process.getuid()}/omemod.sock`;
 }
 
+// Refuse a socket another local user could have put there: they would read every plaintext we
+// send. The socket and its directory must be ours and not symlinks, and the directory must not be
+// writable by others (so nobody can swap the socket after this check). Node cannot read the
+// peer's uid (SO_PEERCRED); the daemon checks ours.
+function checkOwner(socketPath) {
+  const dir = path.dirname(path.resolve(socketPath));
+  for (const p of [dir, socketPath]) {
+    const st = fs.lstatSync(p);
+    if (st.isSymbolicLink()) throw new Error(`${p} is a symbolic link`);
+    if (st.uid !== process.getuid()) throw new Error(`${p} belongs to uid ${st.uid}, not to us`);
+  }
+  if (fs.lstatSync(dir).mode & 0o022) throw new Error(`${dir} is writable by other users`);
+  if (!fs.lstatSync(socketPath).isSocket()) throw new Error(`${socketPath} is not a socket`);
+}
+
 // One connection. Requests run concurrently on it; answers come back in any order and are
 // matched by id. Events are handed to `onEvent`.
 class Omemod {
   static async connect(socketPath) {
-    // Refuse a socket someone else created: they would see every plaintext we send.
-    const st = fs.statSync(socketPath);
-    if (st.uid !== process.getuid()) {
-      throw new Error(`${socketPath} belongs to uid ${st.uid}, not to us (${process.getuid()})`);
-    }
+    checkOwner(socketPath);
     const conn = net.createConnection(socketPath);
     await new Promise((resolve, reject) => conn.once("connect", resolve).once("error", reject));
     return new Omemod(conn);
@@ -228,7 +239,8 @@ async function run(d, account, cmd, opts) {
       let seen = 0;
       const done = new Promise((resolve) => {
         d.onEvent = (e) => {
-          console.log(describe(e));
+          // in_answer: the call that caused it got it as an action and does it; just note it.
+          console.log(describe(e) + (e.in_answer ? " (the caller does it)" : ""));
           if (++seen >= count) resolve(0);
         };
       });

@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import socket
+import stat
 import struct
 import sys
 
@@ -97,10 +98,20 @@ def default_socket():
 
 
 def check_owner(path):
-    """Refuse a socket someone else created: they would see every plaintext we send."""
-    st = os.stat(path)
-    if st.st_uid != os.getuid():
-        raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to us ({os.getuid()})")
+    """Refuse a socket another local user could have put there: they would read every plaintext
+    we send. The socket and its directory must be ours and not symlinks, and the directory must
+    not be writable by others (so nobody can swap the socket after this check)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    for p in (directory, path):
+        st = os.lstat(p)
+        if stat.S_ISLNK(st.st_mode):
+            raise PermissionError(f"{p} is a symbolic link")
+        if st.st_uid != os.getuid():
+            raise PermissionError(f"{p} belongs to uid {st.st_uid}, not to us ({os.getuid()})")
+    if os.lstat(directory).st_mode & 0o022:
+        raise PermissionError(f"{directory} is writable by other users")
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise PermissionError(f"{path} is not a socket")
 
 
 class Client:
@@ -193,7 +204,9 @@ class Client:
         sub = self.d.call("subscribe")
         print(f"subscribed ({sub['subscription']}); waiting for events", flush=True)
         for _ in itertools.count() if count is None else range(count):
-            print(describe(self.d.next_event()), flush=True)
+            e = self.d.next_event()
+            # in_answer: the call that caused it got it as an action and does it; just note it.
+            print(describe(e) + (" (the caller does it)" if e.get("in_answer") else ""), flush=True)
 
 
 def describe(e):

@@ -225,7 +225,8 @@ cmd_events() {
     if jq -e '.id == 1' <<<"$line" >/dev/null; then
       jq -r '"subscribed (\(.result.subscription)); waiting for events"' <<<"$line"
     elif jq -e '.method == "event"' <<<"$line" >/dev/null; then
-      jq -r "$describe"' .params.event | describe' <<<"$line"
+      # in_answer: the call that caused it got it as an action and does it; just note it.
+      jq -r "$describe"' .params.event | describe + if .in_answer then " (the caller does it)" else "" end' <<<"$line"
       seen=$((seen + 1))
     fi
   done
@@ -245,9 +246,18 @@ done
 command -v jq >/dev/null || die "this example needs jq (apt-get install jq)"
 omemod=$(find_omemod)
 sock=${sock:-$(default_socket)}
-# Refuse a socket someone else created: they would see every plaintext we send.
+# Refuse a socket another local user could have put there: they would read every plaintext we
+# send. The socket and its directory must be ours and not symlinks, and the directory must not be
+# writable by others.
+dir=$(dirname "$sock")
 [ -S "$sock" ] || die "cannot use omemod's socket $sock: no socket there (is \`omemod serve\` running?)"
-[ -O "$sock" ] || die "cannot use omemod's socket $sock: it does not belong to us"
+for f in "$dir" "$sock"; do
+  [ ! -L "$f" ] || die "cannot use omemod's socket $sock: $f is a symbolic link"
+  [ -O "$f" ] || die "cannot use omemod's socket $sock: $f does not belong to us"
+done
+case $(stat -c %A "$dir") in
+  ?????w????|????????w?) die "cannot use omemod's socket $sock: $dir is writable by other users" ;;
+esac
 
 cmd=$1
 shift

@@ -10,7 +10,9 @@ mod support;
 
 use serde_json::json;
 use std::ffi::OsString;
+use std::fs::Permissions;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, OnceLock};
@@ -201,11 +203,12 @@ fn exercise(name: &'static str) {
     a.learn(BOB, &mut b, &BOTH);
     b.learn(ALICE, &mut a, &BOTH);
 
-    // status on the default socket path: $XDG_RUNTIME_DIR/omemod/omemod.sock (a symlink to
+    // status on the default socket path: $XDG_RUNTIME_DIR/omemod/omemod.sock (a hard link to
     // alice's socket here), with one account and no --account.
     let xdg = da.dir.path().join("xdg");
     std::fs::create_dir_all(xdg.join("omemod")).expect("mkdir");
-    std::os::unix::fs::symlink(&da.socket, xdg.join("omemod/omemod.sock")).expect("symlink");
+    std::fs::set_permissions(xdg.join("omemod"), Permissions::from_mode(0o700)).expect("chmod");
+    std::fs::hard_link(&da.socket, xdg.join("omemod/omemod.sock")).expect("link");
     let mut cmd = ex.command(&da.socket, &["status"]);
     cmd.env_remove("OMEMOD_SOCKET").env("XDG_RUNTIME_DIR", &xdg);
     let r = ex.run_with(cmd, None);
@@ -481,6 +484,21 @@ fn exercise(name: &'static str) {
             "{name} {args:?}: {r}"
         );
     }
+
+    // A socket someone could have swapped: a symlink to it, or a directory open to others.
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).expect("mkdir");
+    std::fs::set_permissions(&links, Permissions::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::symlink(&da.socket, links.join("omemod.sock")).expect("symlink");
+    let r = ex.run(&links.join("omemod.sock"), &["status"]);
+    assert_eq!(r.code, 2, "{name} through a symlink: {r}");
+    assert!(r.stderr.contains("symbolic link"), "{name}: {r}");
+    std::fs::remove_file(links.join("omemod.sock")).expect("rm");
+    std::fs::hard_link(&da.socket, links.join("omemod.sock")).expect("link");
+    std::fs::set_permissions(&links, Permissions::from_mode(0o777)).expect("chmod");
+    let r = ex.run(&links.join("omemod.sock"), &["status"]);
+    assert_eq!(r.code, 2, "{name} in a world-writable directory: {r}");
+    assert!(r.stderr.contains("writable by other users"), "{name}: {r}");
 
     // No daemon at all: exit 2 and a hint.
     let gone = dir.path().join("nothing.sock");

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -136,6 +136,33 @@ pub fn current_uid() -> std::io::Result<u32> {
         .ok_or_else(|| std::io::Error::other("no Uid line in /proc/self/status"))
 }
 
+fn check_socket(path: &Path, me: u32) -> Result<(), Error> {
+    let refuse = |why: String| Err(Error::Io(std::io::Error::other(why)));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => std::env::current_dir()?,
+    };
+    for p in [dir.as_path(), path] {
+        let m = std::fs::symlink_metadata(p)?;
+        if m.file_type().is_symlink() {
+            return refuse(format!("{} is a symbolic link", p.display()));
+        }
+        if m.uid() != me {
+            return Err(Error::NotOurs {
+                path: p.to_owned(),
+                uid: m.uid(),
+            });
+        }
+    }
+    if std::fs::symlink_metadata(&dir)?.mode() & 0o022 != 0 {
+        return refuse(format!("{} is writable by other users", dir.display()));
+    }
+    if !std::fs::symlink_metadata(path)?.file_type().is_socket() {
+        return refuse(format!("{} is not a socket", path.display()));
+    }
+    Ok(())
+}
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, Value>>>>>;
 
 /// One connection to omemod.
@@ -143,22 +170,17 @@ pub struct Client {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Pending,
     next_id: AtomicU64,
-    events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    events: Mutex<Option<mpsc::UnboundedReceiver<Pushed>>>,
     account: Option<String>,
 }
 
 impl Client {
-    /// Connects, after checking that the socket and the process behind it are our user's: a
-    /// socket someone else created would see every plaintext we send.
+    /// Connects, after checking that nobody else could have put the socket there (they would
+    /// read every plaintext we send): the socket and its directory must be ours and not
+    /// symlinks, the directory not writable by others, and the process behind it ours.
     pub async fn connect(path: &Path) -> Result<Client, Error> {
         let me = current_uid()?;
-        let owner = std::fs::metadata(path)?.uid();
-        if owner != me {
-            return Err(Error::NotOurs {
-                path: path.to_owned(),
-                uid: owner,
-            });
-        }
+        check_socket(path, me)?;
         let stream = UnixStream::connect(path).await?;
         let peer = stream.peer_cred()?.uid();
         if peer != me {
@@ -187,7 +209,7 @@ impl Client {
     }
 
     /// The receiver of pushed events (once). Take it before `subscribe`; drop it if unused.
-    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
+    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<Pushed>> {
         self.events
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -344,7 +366,7 @@ impl Client {
 async fn read_loop(
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     pending: Pending,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedSender<Pushed>,
 ) {
     let mut line = String::new();
     loop {
@@ -358,7 +380,12 @@ async fn read_loop(
         };
         if msg["method"] == "event" {
             // Nobody listening (receiver dropped) is fine.
-            let _ = events.send(Event::from(msg["params"]["event"].clone()));
+            let e = &msg["params"]["event"];
+            let _ = events.send(Pushed {
+                in_answer: e["in_answer"].as_bool().unwrap_or(false),
+                cause: e["cause"].as_str().map(str::to_owned),
+                event: Event::from(e.clone()),
+            });
             continue;
         }
         let Some(id) = msg["id"].as_u64() else {
@@ -497,6 +524,17 @@ pub struct Envelope {
     pub from: Option<String>,
     pub to: Option<String>,
     pub time: Option<String>,
+}
+
+/// An event pushed to a subscriber.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pushed {
+    pub event: Event,
+    /// The call that caused it got it as an action, and its caller does it: only take note.
+    /// (Older daemons do not say: false.)
+    pub in_answer: bool,
+    /// Why it happened (newer daemons), e.g. `prekey_used`, `new_session`.
+    pub cause: Option<String>,
 }
 
 /// An event, or an action in a call's result (they share names). Older daemons' names

@@ -286,7 +286,12 @@ async fn run(client: &Client, args: &Args) -> Result<u8, Failure> {
             let mut seen = 0;
             while count != Some(seen) {
                 let e = events.recv().await.ok_or(Error::Closed)?;
-                println!("{e}");
+                let note = if e.in_answer {
+                    " (the caller does it)"
+                } else {
+                    ""
+                };
+                println!("{}{note}", e.event);
                 seen += 1;
             }
         }
