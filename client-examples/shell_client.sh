@@ -218,11 +218,18 @@ cmd_events() {
       *) die "events: unknown option $1" ;;
     esac
   done
+  [[ $count =~ ^(-1|[0-9]+)$ ]] || die "events: --count needs a number"
   command -v socat >/dev/null || die "events needs socat (apt-get install socat)"
   coproc CONN { exec socat - "UNIX-CONNECT:$sock"; }
-  echo '{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{}}' >&"${CONN[1]}"
-  while [ "$seen" -ne "$count" ] && IFS= read -r line <&"${CONN[0]}"; do
+  # Bash forgets these when socat ends: keep copies.
+  local in=${CONN[0]} out=${CONN[1]} pid=$CONN_PID
+  echo '{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{}}' >&"$out"
+  while [ "$seen" -ne "$count" ] && IFS= read -r line <&"$in"; do
     if jq -e '.id == 1' <<<"$line" >/dev/null; then
+      if jq -e '.error' <<<"$line" >/dev/null; then
+        echo "error: $(jq -r '.error.message' <<<"$line")" >&2
+        exit 1
+      fi
       jq -r '"subscribed (\(.result.subscription)); waiting for events"' <<<"$line"
     elif jq -e '.method == "event"' <<<"$line" >/dev/null; then
       # in_answer: the call that caused it got it as an action and does it; just note it.
@@ -230,7 +237,8 @@ cmd_events() {
       seen=$((seen + 1))
     fi
   done
-  kill "$CONN_PID" 2>/dev/null || true
+  kill "$pid" 2>/dev/null || true
+  [ "$seen" -eq "$count" ] || die "omemod closed the connection"
 }
 
 sock='' account=${OMEMOD_ACCOUNT:-}
