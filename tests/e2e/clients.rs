@@ -219,6 +219,15 @@ fn exercise(name: &'static str) {
         "{name} status: {r}"
     );
 
+    // The shell example finds omemod in the repository's target/ when it is not on PATH.
+    if name == "shell" {
+        let mut cmd = ex.command(&da.socket, &["status"]);
+        cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        let r = ex.run_with(cmd, None);
+        assert_eq!(r.code, 0, "shell status without omemod on PATH: {r}");
+        assert!(r.stdout.contains(ALICE), "{r}");
+    }
+
     // publish-info: every node and item, and the very XML omemod hands out.
     let r = ex.ok(&da.socket, &["--account", ALICE, "publish-info"]);
     for ns in BOTH {
