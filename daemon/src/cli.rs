@@ -102,6 +102,8 @@ pub struct ServeArgs {
     /// Register the `debug.*` methods. For tests only; never in production.
     #[arg(long, hide = true)]
     pub enable_debug_methods: bool,
+    #[command(flatten)]
+    pub bounds: crate::bounds::BoundsArgs,
 }
 
 /// Parses the command line and runs it.
@@ -179,6 +181,7 @@ fn serve(socket: PathBuf, args: ServeArgs) -> ExitCode {
         max_response_bytes: args.max_response_bytes.max(1),
         max_in_flight: args.max_in_flight.max(1),
         enable_debug_methods: args.enable_debug_methods,
+        bounds: args.bounds,
     };
     // One runtime thread: a request is microseconds of CPU between two waits (socket, commit),
     // so cross-thread wake-ups would cost more than they buy. SQLite's writer, readers and
@@ -211,6 +214,7 @@ fn openrpc(socket: PathBuf) -> ExitCode {
         max_response_bytes: config::DEFAULT_MAX_RESPONSE_BYTES,
         max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
         enable_debug_methods: false,
+        bounds: crate::bounds::BoundsArgs::default(),
     };
     let ctx = Arc::new(crate::rpc::ctx::Ctx::new(config, socket));
     if let Err(e) = crate::rpc::methods::build(Arc::clone(&ctx), false) {

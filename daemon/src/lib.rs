@@ -11,6 +11,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod bounds;
 pub mod cli;
 pub mod config;
 pub mod events;

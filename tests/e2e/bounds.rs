@@ -77,3 +77,128 @@ fn no_session_decrypts_from_random_devices_leave_memory_flat() {
         "RSS grew from {before} kB to {after} kB"
     );
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// 2,000 idle connections against a daemon whose file limit is 1,024 (soft and hard, as under
+/// systemd's default): the longest idle ones are closed (with `too_many_connections`) to make room,
+/// the daemon never runs out of descriptors, and a new client is served.
+#[test]
+fn idle_connections_beyond_the_limit_evict_the_oldest_and_new_clients_are_served() {
+    use std::os::unix::net::UnixStream;
+    let d = Daemon::start_wrapped(
+        &["prlimit", "--nofile=1024:1024", "--"],
+        &["--max-connections", "200"],
+    );
+    let pid = d.pid().expect("pid");
+    let mut idle = Vec::new();
+    for _ in 0..2_000 {
+        idle.push(UnixStream::connect(&d.socket).expect("connect"));
+    }
+    let mut c = d.client();
+    let status = c.ok("status", json!({}));
+    assert!(status.is_object());
+    let fds = open_fds(pid);
+    eprintln!("figure: daemon fds with 2000 idle connections attempted: {fds}");
+    assert!(fds < 1_024 - 32, "{fds} descriptors open");
+    // The first connections were evicted and told why.
+    let mut first = Client::from_stream(idle.swap_remove(0));
+    let notice = first.read().expect("eviction notice");
+    assert_eq!(
+        notice["error"]["data"]["kind"], "too_many_connections",
+        "{notice}"
+    );
+    assert!(first.read().is_none(), "evicted connection must be closed");
+    // The newest ones still work.
+    let mut last = Client::from_stream(idle.pop().expect("last"));
+    assert!(last.call("status", json!({})).is_ok());
+}
+
+/// A request line trickled in and never finished is cut off after `--partial-line-timeout`, while
+/// a connection that is merely idle between lines stays open.
+#[test]
+fn partial_lines_time_out_but_idle_connections_stay() {
+    let d = Daemon::start_with(&["--partial-line-timeout", "1"]);
+    let mut idle = d.client();
+    let mut slow = d.client();
+    slow.send_raw_no_newline(r#"{"jsonrpc":"2.0","id":1,"meth"#);
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let v = slow.read().expect("timeout notice");
+    assert_eq!(v["error"]["data"]["kind"], "line_timeout", "{v}");
+    assert!(slow.read().is_none(), "connection must be closed");
+    assert!(idle.call("status", json!({})).is_ok());
+}
+
+/// A client that sends batches and never reads its answers: the daemon stops reading from it once
+/// its queue of answers is full (memory stays bounded) and disconnects it after
+/// `--write-stall-timeout`.
+#[test]
+fn a_client_that_never_reads_is_bounded_then_disconnected() {
+    let d = Daemon::start_with(&["--max-in-flight", "4", "--write-stall-timeout", "6"]);
+    let pid = d.pid().expect("pid");
+    let mut c = d.client();
+    let one = c.ok("rpc.discover", json!({})).to_string().len();
+    let before = rss_kb(pid);
+    // Ten discovers per batch: each answer line is ~10 × the OpenRPC document.
+    let batch: Vec<Value> = (0..10)
+        .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "rpc.discover"}))
+        .collect();
+    let line = Value::Array(batch).to_string();
+    let mut raw: &std::os::unix::net::UnixStream = c.stream();
+    raw.set_nonblocking(true).expect("nonblocking");
+    let text = format!("{line}\n").repeat(400).into_bytes();
+    let mut written = 0usize;
+    let started = std::time::Instant::now();
+    // Write until the daemon stops reading (our writes would block for good) or all went out.
+    while written < text.len() && started.elapsed() < std::time::Duration::from_secs(15) {
+        use std::io::Write;
+        match raw.write(&text[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(_) => break,
+        }
+    }
+    let sent = written / (line.len() + 1);
+    // Sample while the daemon works through what it read, before the stall timeout.
+    let mut peak = 0;
+    for _ in 0..40 {
+        peak = peak.max(rss_kb(pid));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let answer = one * 10;
+    eprintln!(
+        "figure: never-reading client: {sent} batch lines of ~{answer} B answers sent; RSS {before} kB -> {peak} kB"
+    );
+    // Before: up to 256 queued lines of answers (> 100 MB here). Now: the queue (16 MiB) plus
+    // one answer per running request.
+    assert!(
+        peak < before + 48 * 1024,
+        "RSS grew from {before} kB to {peak} kB"
+    );
+    // After the stall timeout the daemon hangs up; the daemon still serves others.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut other = d.client();
+    assert!(other.call("status", json!({})).is_ok());
+    raw.set_nonblocking(false).expect("blocking");
+    raw.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok();
+    let mut drained = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        use std::io::Read;
+        match raw.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            // Closed with our unread requests still in its buffer.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("daemon did not close the stalled connection: {e}"),
+        }
+    }
+    eprintln!("figure: stalled client closed after {drained} bytes");
+}

@@ -1,6 +1,7 @@
 //! The listening socket and the daemon's lifetime: bind (or take systemd's socket), accept,
 //! shut down cleanly on SIGTERM/SIGINT.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -12,9 +13,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{current_uid, ServeConfig, SHUTDOWN_GRACE};
-use crate::rpc::connection::{serve_connection, Limits};
+use crate::rpc::connection::{serve_connection, Activity, Limits};
 use crate::rpc::ctx::Ctx;
+use crate::rpc::dispatch::error_line;
 use crate::rpc::dispatch::Dispatcher;
+use crate::rpc::error::{ErrorKind, RpcError};
 use crate::rpc::registry::RegistryError;
 use crate::systemd;
 
@@ -177,6 +180,37 @@ fn remove_socket(path: &Path, ours: (u64, u64)) {
     }
 }
 
+/// Repeated accept failures are logged at most this often.
+const ACCEPT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// At `--max-connections`: asks the longest idle connection (no request running) to close.
+/// `false` when every connection is busy.
+fn make_room(live: &HashMap<tokio::task::Id, Arc<Activity>>) -> bool {
+    let idlest = live
+        .values()
+        .filter_map(|a| a.idle_for().map(|idle| (idle, a)))
+        .max_by_key(|(idle, _)| *idle);
+    match idlest {
+        Some((_, activity)) => {
+            activity.evict();
+            true
+        }
+        None => false,
+    }
+}
+
+/// Answers a connection over the limit with `too_many_connections` and closes it.
+fn refuse_connection(stream: &tokio::net::UnixStream, max: usize) {
+    tracing::warn!(max, "connection refused: every connection is busy");
+    let err = RpcError::new(
+        ErrorKind::TooManyConnections,
+        format!("the daemon serves at most {max} connections and all are busy"),
+    )
+    .with_data(serde_json::json!({"max": max}));
+    // A fresh socket's buffer takes one short line without blocking.
+    let _ = stream.try_write((error_line(None, &err) + "\n").as_bytes());
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Every file we create (socket, database) is private to us.
@@ -217,9 +251,17 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let limits = Limits {
         max_request_bytes: config.max_request_bytes,
         max_in_flight: config.max_in_flight,
+        max_queued_bytes: config
+            .max_response_bytes
+            .max(crate::bounds::MIN_QUEUED_ANSWER_BYTES),
+        partial_line_timeout: config.bounds.partial_line(),
+        write_stall_timeout: config.bounds.write_stall(),
     };
+    let max_connections = crate::bounds::raise_nofile_limit(config.bounds.max_connections);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let mut live: HashMap<tokio::task::Id, Arc<Activity>> = HashMap::new();
+    let mut accept_log = crate::bounds::RateLimitedLog::new(ACCEPT_LOG_EVERY);
     let mut next_conn: u64 = 1;
 
     tracing::info!(socket = %bound.path.display(), pid = std::process::id(), version = env!("CARGO_PKG_VERSION"), "listening");
@@ -229,18 +271,34 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(done) = connections.join_next_with_id(), if !connections.is_empty() => {
+                let task = match done {
+                    Ok((task, ())) => task,
+                    Err(e) => e.id(),
+                };
+                live.remove(&task);
+            }
             accepted = bound.listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    if live.len() >= max_connections && !make_room(&live) {
+                        refuse_connection(&stream, max_connections);
+                        continue;
+                    }
                     let id = next_conn;
                     next_conn += 1;
-                    connections.spawn(serve_connection(
-                        stream, id, Arc::clone(&ctx), Arc::clone(&dispatcher), limits, stop_rx.clone(),
+                    let activity = Activity::new();
+                    let handle = connections.spawn(serve_connection(
+                        stream, id, Arc::clone(&ctx), Arc::clone(&dispatcher), limits,
+                        Arc::clone(&activity), stop_rx.clone(),
                     ));
+                    live.insert(handle.id(), activity);
                 }
                 Err(e) => {
-                    // EMFILE and the like: back off briefly rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and the like: back off briefly rather than spin, and say so once
+                    // in a while rather than on every attempt.
+                    if let Some(held_back) = accept_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, held_back, connections = live.len(), "accept failed");
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
