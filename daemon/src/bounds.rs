@@ -19,6 +19,25 @@ const RESERVED_FDS: u64 = 64;
 /// Smallest queue of answers per connection (bytes); larger when responses may be larger.
 pub const MIN_QUEUED_ANSWER_BYTES: usize = 1024 * 1024;
 
+/// Most devices one device list may name; a longer list is refused with `too_many_devices`.
+pub const MAX_DEVICES_PER_LIST: usize = 500;
+/// Most devices of one contact (and namespace) kept after they dropped out of its list; the ones
+/// dropped longest ago are deleted first.
+pub const MAX_INACTIVE_DEVICES_PER_LIST: usize = 500;
+/// Devices that dropped out of a list are deleted after this long (90 days).
+pub const DROPPED_DEVICE_RETENTION_SECS: i64 = 90 * 24 * 3600;
+
+/// Refuses a device list longer than [`MAX_DEVICES_PER_LIST`].
+pub fn check_devicelist_len(count: usize) -> Result<(), crate::manager::ManagerError> {
+    if count > MAX_DEVICES_PER_LIST {
+        return Err(crate::manager::ManagerError::TooManyDevices {
+            count,
+            max: MAX_DEVICES_PER_LIST,
+        });
+    }
+    Ok(())
+}
+
 /// Bounds that `omemod serve` takes from the command line.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct BoundsArgs {

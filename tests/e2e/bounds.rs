@@ -202,3 +202,77 @@ fn a_client_that_never_reads_is_bounded_then_disconnected() {
     }
     eprintln!("figure: stalled client closed after {drained} bytes");
 }
+
+fn devicelist_xml(ids: impl Iterator<Item = u32>) -> String {
+    let devices: String = ids.map(|i| format!("<device id='{i}'/>")).collect();
+    format!("<devices xmlns='{OMEMO2}'>{devices}</devices>")
+}
+
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// A contact whose device list churns (each update names 450 new devices and drops the last
+/// ones): rows of dropped devices are pruned beyond the per-contact cap, so the row count stays
+/// bounded and an update costs the same at the 100th time as at the first. A list over the cap
+/// is refused with `too_many_devices`.
+#[test]
+fn churning_device_lists_keep_rows_bounded() {
+    const BOB: &str = "bob@example.org";
+    let da = Daemon::start();
+    let db = Daemon::start();
+    let mut a = da.client();
+    let mut b = db.client();
+    a.create_account(ALICE);
+    b.create_account(BOB);
+    a.learn(BOB, &mut b, &[OMEMO2]);
+    b.learn(ALICE, &mut a, &[OMEMO2]);
+    let first = a.encrypt_xml(&[BOB], Some("hello"), OMEMO2);
+    b.decrypt(ALICE, &first).expect("key exchange");
+
+    let mut update_ms = Vec::new();
+    let mut decrypt_ms = Vec::new();
+    for round in 0..100u32 {
+        let ids = (0..450).map(|i| 1 + round * 450 + i);
+        let xml = devicelist_xml(ids);
+        let t = std::time::Instant::now();
+        b.ok(
+            "devicelist.update",
+            json!({"jid": EVE, "namespace": OMEMO2, "xml": xml}),
+        );
+        update_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let m = a.encrypt_xml(&[BOB], Some("still here"), OMEMO2);
+        let t = std::time::Instant::now();
+        let r = b.decrypt(ALICE, &m).expect("unrelated decrypt");
+        decrypt_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(r["body"], "still here");
+    }
+    let conn = rusqlite::Connection::open(&db.db).expect("open db");
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM devices WHERE jid = ?1", [EVE], |r| {
+            r.get(0)
+        })
+        .expect("count");
+    eprintln!(
+        "figure: 100 churning updates of 450 devices: {rows} rows kept; update median {:.1} ms (first {:.1}, 2nd {:.1}, 10th {:.1}, 50th {:.1}, last {:.1}); unrelated decrypt median {:.1} ms",
+        median_ms(update_ms.clone()),
+        update_ms[0],
+        update_ms[1],
+        update_ms[9],
+        update_ms[49],
+        update_ms[99],
+        median_ms(decrypt_ms)
+    );
+    // Before: 45,000 rows. Now: the list (450) plus at most 500 dropped ones.
+    assert!(rows <= 950, "{rows} device rows");
+    let listed = b.ok("devices.list", json!({"jid": EVE}));
+    assert!(listed.to_string().len() < 1 << 20);
+    // Over the cap: refused, typed.
+    let e = b.err(
+        "devicelist.update",
+        json!({"jid": EVE, "namespace": OMEMO2, "xml": devicelist_xml(1..=501)}),
+        "too_many_devices",
+    );
+    assert_eq!(e["data"]["max"], 500);
+}

@@ -38,6 +38,7 @@ impl Manager {
         let acct = self.account(account)?;
         let entries = xml::devicelist_from_xml(namespace, list_xml)
             .map_err(|e| ManagerError::InvalidMessage(format!("device list: {e}")))?;
+        crate::bounds::check_devicelist_len(entries.len())?;
         let own = jid == acct.jid;
         // Labels need a valid signature (XEP-0384 0.9); we can check ours only when the
         // signer is known: our own device.
