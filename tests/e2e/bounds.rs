@@ -276,3 +276,46 @@ fn churning_device_lists_keep_rows_bounded() {
     );
     assert_eq!(e["data"]["max"], 500);
 }
+
+/// `bundle.update` refuses a bundle offering a low-order one-time prekey (a key exchange with it
+/// would have a predictable DH output; encrypting to the device used to fail later instead).
+#[test]
+fn bundle_with_a_low_order_prekey_is_refused() {
+    const BOB: &str = "bob@example.org";
+    let da = Daemon::start();
+    let db = Daemon::start();
+    let mut a = da.client();
+    let mut b = db.client();
+    a.create_account(ALICE);
+    b.create_account(BOB);
+    let bundle = b.bundle(OMEMO2);
+    let xml = bundle["xml"].as_str().expect("xml");
+    let device_id = bundle["device_id"].clone();
+    let start = xml.find("<pk ").expect("a prekey");
+    let open_end = start + xml[start..].find('>').expect(">") + 1;
+    let close = open_end + xml[open_end..].find("</pk>").expect("</pk>");
+    // u = 0 (order 2) and an order-8 point, in standard base64.
+    for low in [
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=",
+    ] {
+        let bad = format!("{}{low}{}", &xml[..open_end], &xml[close..]);
+        let e = a.err(
+            "bundle.update",
+            json!({"jid": BOB, "namespace": OMEMO2, "device_id": device_id, "xml": bad}),
+            "invalid_bundle",
+        );
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("one-time prekey"),
+            "{e}"
+        );
+    }
+    // The genuine bundle is accepted.
+    a.ok(
+        "bundle.update",
+        json!({"jid": BOB, "namespace": OMEMO2, "device_id": device_id, "xml": xml}),
+    );
+}
