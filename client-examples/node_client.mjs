@@ -1,11 +1,27 @@
 // A minimal omemod client in JavaScript (Node.js, no dependencies).
 // Usage: node node_client.mjs [SOCKET]
+import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import readline from "node:readline";
 
 const socketPath = process.argv[2] ??
   path.join(process.env.XDG_RUNTIME_DIR ?? `/run/user/${process.getuid()}`, "omemod", "omemod.sock");
+
+// Refuse a socket another local user could have planted: the socket and its directory must be
+// ours and not symlinks, and the directory must not be writable by others (then nobody else can
+// swap the socket after this check).
+function checkSocket(p) {
+  const dir = path.dirname(path.resolve(p));
+  for (const f of [dir, p]) {
+    const st = fs.lstatSync(f);
+    if (st.isSymbolicLink()) throw new Error(`${f} is a symbolic link; refusing to use it`);
+    if (st.uid !== process.getuid()) throw new Error(`${f} is owned by uid ${st.uid}, not by us; refusing`);
+  }
+  if (fs.lstatSync(dir).mode & 0o022) throw new Error(`${dir} is writable by other users; refusing`);
+  if (!fs.lstatSync(p).isSocket()) throw new Error(`${p} is not a socket`);
+}
+checkSocket(socketPath);
 
 const conn = net.createConnection(socketPath);
 const pending = new Map();

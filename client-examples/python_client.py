@@ -9,13 +9,38 @@ import itertools
 import json
 import os
 import socket
+import stat
+import struct
 import sys
+
+
+def check_socket(path):
+    """Refuses a socket another local user could have planted: the socket and its directory must
+    be ours, not symlinks, and the directory must not be writable by others. A directory that is
+    ours and closed to others cannot have its socket swapped after this check."""
+    directory = os.path.dirname(os.path.abspath(path))
+    for p in (directory, path):
+        st = os.lstat(p)
+        if stat.S_ISLNK(st.st_mode):
+            raise SystemExit(f"{p} is a symbolic link; refusing to use it")
+        if st.st_uid != os.getuid():
+            raise SystemExit(f"{p} is owned by uid {st.st_uid}, not by us; refusing to use it")
+    if os.lstat(directory).st_mode & 0o022:
+        raise SystemExit(f"{directory} is writable by other users; refusing to use it")
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise SystemExit(f"{path} is not a socket")
 
 
 class Omemod:
     def __init__(self, path):
+        check_socket(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)
+        # The daemon must run as us too (SO_PEERCRED: pid, uid, gid).
+        _, uid, _ = struct.unpack("3i", self.sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        if uid != os.getuid():
+            raise SystemExit(f"the process on {path} runs as uid {uid}, not as us; refusing")
         self.file = self.sock.makefile("rwb")
         self.ids = itertools.count(1)
         self.events = []

@@ -2,7 +2,6 @@
 //! one JSON-RPC request to a running daemon.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -287,12 +286,7 @@ fn call(socket: &std::path::Path, method: &str, params: Value) -> ExitCode {
 }
 
 fn call_raw(socket: &std::path::Path, method: &str, params: Value) -> Result<Value, String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot connect to {}: {e} (is `omemod serve` running?)",
-            socket.display()
-        )
-    })?;
+    let mut stream = crate::socket_trust::connect(socket)?;
     let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     let mut line = request.to_string();
     line.push('\n');

@@ -17,5 +17,6 @@ pub mod config;
 pub mod events;
 pub mod manager;
 pub mod rpc;
+pub mod socket_trust;
 pub mod storage;
 pub mod systemd;

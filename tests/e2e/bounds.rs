@@ -319,3 +319,142 @@ fn bundle_with_a_low_order_prekey_is_refused() {
         json!({"jid": BOB, "namespace": OMEMO2, "device_id": device_id, "xml": xml}),
     );
 }
+
+fn omemod_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_omemod"))
+        .args(args)
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("run omemod")
+}
+
+/// Another local user got to the socket path first (`/tmp/omemod-<uid>` when there is no
+/// runtime directory): `omemod call` must refuse to talk to that socket, so the squatter never
+/// sees the request.
+#[test]
+fn a_squatted_socket_makes_the_cli_refuse() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    const NOBODY: u32 = 65534;
+    let t = tempfile::tempdir().expect("tempdir");
+    // 1. The whole directory belongs to the other user.
+    let dir = t.path().join("omemod-squatted");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let sock = dir.join("omemod.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    if chown(&dir, Some(NOBODY), Some(NOBODY)).is_err() {
+        eprintln!("not root: cannot give the directory to another user; skipping that case");
+    } else {
+        chown(&sock, Some(NOBODY), Some(NOBODY)).expect("chown socket");
+        let out = omemod_cli(&[
+            "--socket",
+            sock.to_str().expect("utf-8"),
+            "call",
+            "encrypt",
+            r#"{"to": ["bob@example.org"], "body": "TOP SECRET"}"#,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("owned by uid 65534"), "{err}");
+        assert!(
+            listener.accept().is_err(),
+            "the squatter must not get a connection"
+        );
+    }
+    // 2. A shared, world-writable directory (like /tmp itself) holding a socket: refused too,
+    //    whoever owns the socket.
+    let shared = t.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let sock2 = shared.join("omemod.sock");
+    let listener2 = std::os::unix::net::UnixListener::bind(&sock2).expect("bind");
+    listener2.set_nonblocking(true).expect("nonblocking");
+    let out = omemod_cli(&["--socket", sock2.to_str().expect("utf-8"), "status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("writable by other users"), "{err}");
+    assert!(listener2.accept().is_err());
+    // 3. A symlink in place of the socket's directory.
+    let d = Daemon::start();
+    let link = t.path().join("link");
+    std::os::unix::fs::symlink(d.socket.parent().expect("dir"), &link).expect("symlink");
+    let out = omemod_cli(&[
+        "--socket",
+        link.join("omemod.sock").to_str().expect("utf-8"),
+        "status",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    // The genuine path works.
+    let out = omemod_cli(&["--socket", d.socket.to_str().expect("utf-8"), "status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Symlinks at the database (or its directory) are refused, and `--socket` in an existing
+/// directory leaves that directory's mode alone.
+#[test]
+fn symlinked_database_is_refused_and_existing_directories_keep_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().expect("tempdir");
+    let state = t.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let victim = t.path().join("victim");
+    std::fs::write(&victim, b"not a database").expect("write");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let db = state.join("omemod.db");
+    std::os::unix::fs::symlink(&victim, &db).expect("symlink");
+    let home = t.path().join("home");
+    std::fs::create_dir(&home).expect("mkdir");
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let sock = home.join("x.sock");
+    let serve = |db: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_omemod"))
+            .args(["serve", "--socket"])
+            .arg(&sock)
+            .arg("--db")
+            .arg(db)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let out = serve(&db).wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("symbolic link"), "{err}");
+    let mode = std::fs::metadata(&victim)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644, "the symlink's target was changed");
+    assert_eq!(std::fs::read(&victim).expect("read"), b"not a database");
+    // A symlinked database directory.
+    let dir_link = t.path().join("state-link");
+    std::os::unix::fs::symlink(&state, &dir_link).expect("symlink");
+    let out = serve(&dir_link.join("other.db"))
+        .wait_with_output()
+        .expect("wait");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    // A real database with the socket in an existing 0755 directory: it stays 0755.
+    let mut child = serve(&state.join("real.db"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mode = std::fs::metadata(&home).expect("meta").permissions().mode() & 0o777;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        mode, 0o755,
+        "--socket changed the mode of an existing directory"
+    );
+}

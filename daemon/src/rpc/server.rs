@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{current_uid, ServeConfig, SHUTDOWN_GRACE};
+use crate::config::{ServeConfig, SHUTDOWN_GRACE};
 use crate::rpc::connection::{serve_connection, Activity, Limits};
 use crate::rpc::ctx::Ctx;
 use crate::rpc::dispatch::error_line;
@@ -30,16 +30,9 @@ pub enum ServeError {
     /// Something that is not a socket is in the way.
     #[error("{0} exists and is not a socket; refusing to remove it")]
     NotASocket(PathBuf),
-    /// The socket directory is not private to us.
-    #[error("socket directory {path} is owned by uid {owner}, not by us (uid {us})")]
-    ForeignDirectory {
-        /// The directory.
-        path: PathBuf,
-        /// Its owner.
-        owner: u32,
-        /// Our uid.
-        us: u32,
-    },
+    /// The socket's directory is not safe to use.
+    #[error(transparent)]
+    Trust(#[from] crate::socket_trust::TrustError),
     /// The socket path has no parent directory.
     #[error("socket path {0} has no directory")]
     NoDirectory(PathBuf),
@@ -83,29 +76,10 @@ struct Bound {
     ours: Option<(u64, u64)>,
 }
 
-/// Creates `dir` (mode 0700) or checks that an existing one is ours, and makes it 0700.
+/// Creates `dir` (mode 0700) or checks that an existing one is ours, private and not a
+/// symlink; an existing directory's mode is never changed (`socket_trust`).
 fn prepare_directory(dir: &Path) -> Result<(), ServeError> {
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        Ok(()) => {}
-        Err(e) => return Err(io_err("cannot create directory", dir)(e)),
-    }
-    let meta = std::fs::metadata(dir).map_err(io_err("cannot inspect directory", dir))?;
-    let us = current_uid();
-    if meta.uid() != us {
-        return Err(ServeError::ForeignDirectory {
-            path: dir.to_path_buf(),
-            owner: meta.uid(),
-            us,
-        });
-    }
-    if meta.permissions().mode() & 0o777 != 0o700 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io_err("cannot make directory private", dir))?;
-    }
+    crate::socket_trust::prepare_private_dir(dir)?;
     Ok(())
 }
 
