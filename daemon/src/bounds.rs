@@ -14,6 +14,8 @@ pub const DEFAULT_PARTIAL_LINE_TIMEOUT_SECS: u64 = 30;
 /// Default `--write-stall-timeout` (seconds): a client that reads nothing of a pending answer for
 /// this long is disconnected.
 pub const DEFAULT_WRITE_STALL_TIMEOUT_SECS: u64 = 60;
+/// Default `--skipped-key-max-age` (days).
+pub const DEFAULT_SKIPPED_KEY_MAX_AGE_DAYS: u64 = 30;
 /// File descriptors kept free for the database, its WAL and the listening socket.
 const RESERVED_FDS: u64 = 64;
 /// Smallest queue of answers per connection (bytes); larger when responses may be larger.
@@ -51,6 +53,9 @@ pub struct BoundsArgs {
     /// Seconds a client may leave a pending answer unread before it is disconnected.
     #[arg(long, default_value_t = DEFAULT_WRITE_STALL_TIMEOUT_SECS, value_name = "SECS")]
     pub write_stall_timeout: u64,
+    /// Days after which a stored skipped message key (for a message that never arrived) is deleted.
+    #[arg(long, default_value_t = DEFAULT_SKIPPED_KEY_MAX_AGE_DAYS, value_name = "DAYS")]
+    pub skipped_key_max_age: u64,
 }
 
 impl Default for BoundsArgs {
@@ -59,6 +64,7 @@ impl Default for BoundsArgs {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             partial_line_timeout: DEFAULT_PARTIAL_LINE_TIMEOUT_SECS,
             write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT_SECS,
+            skipped_key_max_age: DEFAULT_SKIPPED_KEY_MAX_AGE_DAYS,
         }
     }
 }
@@ -67,6 +73,11 @@ impl BoundsArgs {
     /// The partial-line timeout.
     pub fn partial_line(&self) -> Duration {
         Duration::from_secs(self.partial_line_timeout.max(1))
+    }
+
+    /// The skipped-key age limit, in seconds.
+    pub fn skipped_key_max_age_secs(&self) -> i64 {
+        i64::try_from(self.skipped_key_max_age.saturating_mul(86_400)).unwrap_or(i64::MAX)
     }
 
     /// The write-stall timeout.

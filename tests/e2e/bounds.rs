@@ -458,3 +458,102 @@ fn symlinked_database_is_refused_and_existing_directories_keep_their_mode() {
         "--socket changed the mode of an existing directory"
     );
 }
+
+/// 80 fake devices of one JID (none of them in its device list) each send a valid key
+/// exchange that skips 20 messages: the sessions, trust rows and skipped keys they leave are
+/// bounded by the per-JID cap on sessions with unlisted devices; a restart with
+/// `--skipped-key-max-age 0` expires the skipped keys in the start-up maintenance pass.
+#[test]
+fn key_exchange_flood_from_unlisted_devices_is_bounded_and_skipped_keys_expire() {
+    use protocol_core::keys::IdentityKeyPair;
+    use protocol_core::session::Session;
+    use protocol_core::xml::{bundle_from_xml, Encrypted, KeyElement};
+    use protocol_core::Version;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    // 1,000 measured once (debug build, 234 s): 32 sessions, 32 trust rows, 640 skipped keys.
+    const FAKES: u32 = 80;
+    const SKIP: usize = 20;
+    let mut d = Daemon::start_with(&["--durability", "normal"]);
+    let mut c = d.client();
+    let me = c.create_account(ALICE);
+    let mut rng = StdRng::seed_from_u64(seed(11));
+    let mut bundle = None;
+    let mut next_pk = 0usize;
+    let started = std::time::Instant::now();
+    let mut decrypt_s = 0.0;
+    for i in 0..FAKES {
+        if i % 90 == 0 {
+            let b = c.bundle(OMEMO2);
+            bundle = Some(
+                bundle_from_xml(Version::Twomemo, b["xml"].as_str().expect("xml")).expect("bundle"),
+            );
+            next_pk = 0;
+        }
+        let b = bundle.as_ref().expect("bundle");
+        let pk = b.prekeys[next_pk].id;
+        next_pk += 1;
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let mut s = Session::initiate(&identity, b, pk, &mut rng).expect("initiate");
+        let mut key = None;
+        for _ in 0..=SKIP {
+            key = Some(s.encrypt(&[7u8; 48]).expect("encrypt"));
+        }
+        let k = key.expect("key");
+        let xml = Encrypted {
+            version: Version::Twomemo,
+            sid: 100_000 + i,
+            keys: vec![KeyElement {
+                jid: Some(ALICE.to_owned()),
+                rid: me,
+                kex: k.kex,
+                data: k.data,
+            }],
+            iv: None,
+            payload: None,
+        }
+        .to_xml();
+        let t = std::time::Instant::now();
+        let r = c.decrypt(EVE, &xml).expect("valid key exchange");
+        decrypt_s += t.elapsed().as_secs_f64();
+        assert_eq!(r["key_exchange"], true);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let conn = rusqlite::Connection::open(&d.db).expect("open db");
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
+    let sessions = count("SELECT count(*) FROM sessions WHERE jid = 'eve@example.org'");
+    let trust = count("SELECT count(*) FROM trust WHERE jid = 'eve@example.org'");
+    let skipped = count("SELECT count(*) FROM skipped_keys WHERE jid = 'eve@example.org'");
+    let devices = count("SELECT count(*) FROM devices WHERE jid = 'eve@example.org'");
+    eprintln!(
+        "figure: {FAKES} key exchanges from unlisted devices in {secs:.1} s ({decrypt_s:.1} s in the daemon): {sessions} sessions, {trust} trust rows, {skipped} skipped keys, {devices} device rows kept"
+    );
+    // Before: one of each per fake device, and 20 skipped keys each.
+    assert!(sessions <= 32, "{sessions}");
+    assert!(trust <= 32, "{trust}");
+    assert!(skipped <= 32 * SKIP as i64, "{skipped}");
+    assert!(devices <= 32, "{devices}");
+    assert!(skipped > 0);
+    drop(conn);
+    // Expiry: the start-up maintenance pass deletes keys older than the limit.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    d.stop();
+    d.extra = vec!["--skipped-key-max-age".into(), "0".into()];
+    d.spawn();
+    let conn = rusqlite::Connection::open(&d.db).expect("open db");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left: i64 = conn
+            .query_row("SELECT count(*) FROM skipped_keys", [], |r| r.get(0))
+            .expect("count");
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} skipped keys did not expire"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -35,7 +35,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub db: PathBuf,
     child: Option<Child>,
-    extra: Vec<String>,
+    /// Extra `serve` arguments (used by the next `spawn`).
+    pub extra: Vec<String>,
     /// A command the daemon runs under (e.g. `prlimit --nofile=…`), empty for none.
     pub wrapper: Vec<String>,
 }

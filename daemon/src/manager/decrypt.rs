@@ -259,6 +259,9 @@ impl Manager {
         if new_trust {
             self.remember_trust(&acct, vec![trust.clone()], ns, element.sid);
         }
+        if is_new {
+            self.bound_unlisted_sessions(&acct, &addr).await; // bounds (issue 11)
+        }
         // A new session is answered with an empty message so the peer stops sending key
         // exchanges; a long one-sided chain gets a heartbeat. During catch-up both wait.
         let heartbeat = (is_new && is_kex) || decrypted.n >= HEARTBEAT_COUNTER;

@@ -171,6 +171,20 @@ impl SessionTable {
         Ok(guard)
     }
 
+    /// Drops the cached copy of a session whose stored rows changed outside a request (expired
+    /// skipped keys, an evicted session): waits for the slot's lock, so a request in progress
+    /// finishes first, and the next one reloads from the database.
+    pub async fn invalidate(&self, addr: &DeviceAddr) {
+        let mut guard = SlotGuard {
+            guard: self.slot(addr).lock_owned().await,
+            addr: addr.clone(),
+            table: Arc::clone(&self.slots),
+        };
+        guard.loaded = false;
+        guard.session = None;
+        guard.meta = SessionMeta::default();
+    }
+
     /// Locks several slots, always in the same (sorted) order so two callers never deadlock.
     pub async fn lock_many(
         &self,

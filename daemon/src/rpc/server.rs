@@ -208,12 +208,19 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let manager =
         Arc::new(crate::manager::Manager::open(Arc::clone(&store), ctx.events.clone()).await?);
     let _ = ctx.manager.set(Arc::clone(&manager));
+    let skipped_key_max_age = config.bounds.skipped_key_max_age_secs();
     let maintenance = tokio::spawn(async move {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         loop {
             tick.tick().await;
             if let Err(e) = manager.rotate_signed_prekeys(crate::storage::now()).await {
                 tracing::warn!(error = %e, "signed prekey rotation failed");
+            }
+            if let Err(e) = manager
+                .prune_expired(crate::storage::now(), skipped_key_max_age)
+                .await
+            {
+                tracing::warn!(error = %e, "expiring old rows failed");
             }
         }
     });
