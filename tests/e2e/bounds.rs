@@ -557,3 +557,72 @@ fn key_exchange_flood_from_unlisted_devices_is_bounded_and_skipped_keys_expire()
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The database on a 2 MiB filesystem: once it is full, writes fail with `storage_error` (the
+/// daemon keeps serving), and they succeed again when space comes back. Needs root (tmpfs
+/// mount); skipped otherwise.
+#[test]
+fn a_full_disk_gives_storage_error_and_the_daemon_recovers() {
+    struct Mount(std::path::PathBuf);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let tiny = t.path().join("tiny");
+    std::fs::create_dir(&tiny).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
+        .arg(&tiny)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("cannot mount a tmpfs (not root?): skipped");
+        return;
+    }
+    let _mount = Mount(tiny.clone());
+    let filler = tiny.join("filler");
+    std::fs::write(&filler, vec![0u8; 512 * 1024]).expect("filler");
+    let db = tiny.join("state/omemod.db");
+    let mut d = Daemon::start_with(&["--durability", "normal"]);
+    d.stop();
+    d.db = db.clone();
+    d.spawn();
+    let mut c = d.client();
+    c.create_account(ALICE);
+    let mut full_at = None;
+    for i in 0..400u32 {
+        let xml = devicelist_xml((1..=450).map(|k| k + i * 1_000));
+        match c.call(
+            "devicelist.update",
+            json!({"jid": format!("c{i}@example.org"), "namespace": OMEMO2, "xml": xml}),
+        ) {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e["data"]["kind"], "storage_error", "{e}");
+                full_at = Some(i);
+                break;
+            }
+        }
+    }
+    let full_at = full_at.expect("the disk never filled up");
+    eprintln!("figure: 2 MiB filesystem full after {full_at} device-list updates");
+    // Still serving reads and answering.
+    assert!(c.call("status", json!({})).is_ok());
+    assert!(c
+        .call("devices.list", json!({"jid": "c0@example.org"}))
+        .is_ok());
+    // Space comes back: writes work again.
+    std::fs::remove_file(&filler).expect("rm filler");
+    let xml = devicelist_xml(1..=10);
+    c.ok(
+        "devicelist.update",
+        json!({"jid": "after@example.org", "namespace": OMEMO2, "xml": xml}),
+    );
+    d.stop();
+}

@@ -90,6 +90,8 @@ pub struct StoreConfig {
     pub checkpoint_pages: u64,
     /// How long a connection waits for a lock held by another process.
     pub busy_timeout: Duration,
+    /// How long checkpoints may stay incomplete (an outside reader) before a warning is logged.
+    pub checkpoint_stall_warning: Duration,
 }
 
 impl Default for StoreConfig {
@@ -100,6 +102,7 @@ impl Default for StoreConfig {
             checkpoint_interval: Duration::from_secs(5),
             checkpoint_pages: 1000,
             busy_timeout: Duration::from_secs(5),
+            checkpoint_stall_warning: Duration::from_secs(30),
         }
     }
 }
@@ -317,9 +320,14 @@ impl Store {
         };
         let interval = config.checkpoint_interval;
         let stats = Arc::clone(&checkpoint_stats);
+        let watch = checkpoint::StallWatch {
+            wal_path: signal.wal_path.clone(),
+            after: config.checkpoint_stall_warning,
+            min_bytes: signal.threshold_bytes,
+        };
         let checkpointer = std::thread::Builder::new()
             .name("omemod-checkpoint".into())
-            .spawn(move || checkpoint::run(ckpt_conn, wake_rx, dirty, interval, stats))
+            .spawn(move || checkpoint::run(ckpt_conn, wake_rx, dirty, interval, stats, watch))
             .map_err(spawn_err)?;
 
         let (write_tx, write_rx) = mpsc::channel::<Box<dyn WriteJob>>();
