@@ -40,6 +40,24 @@ pub fn check_devicelist_len(count: usize) -> Result<(), crate::manager::ManagerE
     Ok(())
 }
 
+/// Inputs at least this large are parsed on the blocking pool rather than on the runtime thread
+/// that reads and answers every connection (a small one parses in microseconds, less than the
+/// hand-over would cost).
+pub const OFF_THREAD_PARSE_BYTES: usize = 16 * 1024;
+
+/// Runs `parse` on the blocking pool when the input is `len` bytes or more, else right here, so
+/// that one client's large document does not hold up another client's `status`. `None` only if
+/// the parser panicked (it must not).
+pub async fn parse_off_thread<T: Send + 'static>(
+    len: usize,
+    parse: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    if len < OFF_THREAD_PARSE_BYTES {
+        return Some(parse());
+    }
+    tokio::task::spawn_blocking(parse).await.ok()
+}
+
 /// Bounds that `omemod serve` takes from the command line.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct BoundsArgs {

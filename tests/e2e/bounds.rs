@@ -626,3 +626,50 @@ fn a_full_disk_gives_storage_error_and_the_daemon_recovers() {
     );
     d.stop();
 }
+
+/// Documents of 37,500 attributes (260 KB) from one client are refused with a typed error, and are
+/// parsed off the thread that answers other clients (the figure shows `status` latency meanwhile).
+#[test]
+fn attribute_bombs_are_refused_and_parsed_off_the_answering_thread() {
+    let d = Daemon::start();
+    let mut heavy = d.client();
+    let me = heavy.create_account(ALICE);
+    let mut light = d.client();
+    let attrs: String = (0..37_500u32)
+        .map(|i| format!(" a{}=''", i % 1_000_000))
+        .collect::<String>()
+        .chars()
+        .take(255 * 1024)
+        .collect();
+    let attrs = &attrs[..attrs.rfind(' ').unwrap_or(0)];
+    let xml = format!(
+        "<encrypted xmlns='{OMEMO2}'><header sid='5'{attrs}><keys jid='{ALICE}'><key rid='{me}'>AAECAwQF</key></keys></header></encrypted>"
+    );
+    let line = json!({"jsonrpc": "2.0", "id": 1, "method": "decrypt", "params": {"from": EVE, "xml": xml}})
+        .to_string();
+    for _ in 0..3 {
+        heavy.send_raw(&line);
+    }
+    let mut status_ms = Vec::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        light.ok("status", json!({}));
+        status_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    for _ in 0..3 {
+        let v = heavy.read().expect("answer");
+        assert_eq!(v["error"]["data"]["kind"], "invalid_message", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("attributes"),
+            "{v}"
+        );
+    }
+    eprintln!(
+        "figure: status while 3 attribute bombs ({} bytes each) are parsed: max {:.1} ms",
+        xml.len(),
+        status_ms.iter().cloned().fold(0.0, f64::max)
+    );
+}
