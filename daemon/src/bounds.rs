@@ -106,7 +106,7 @@ impl BoundsArgs {
 
 /// Raises the soft open-file limit to the hard limit (systemd's default soft limit is 1,024) and
 /// returns how many connections fit under it: `max_connections`, or fewer when the file limit
-/// leaves no room for them (then a warning says so).
+/// leaves no room for them and their [`eviction_slack`] (then a warning says so).
 pub fn raise_nofile_limit(max_connections: usize) -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let mut lim = getrlimit(Resource::Nofile);
@@ -126,7 +126,9 @@ pub fn raise_nofile_limit(max_connections: usize) -> usize {
     let Some(soft) = lim.current else {
         return max_connections.max(1);
     };
-    let room = usize::try_from(soft.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+    // Evicted connections take a moment to close: leave room for `eviction_slack` of them.
+    let fds = usize::try_from(soft.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+    let room = fds / 5 * 4;
     if room < max_connections {
         tracing::warn!(
             open_files = soft,
@@ -136,6 +138,13 @@ pub fn raise_nofile_limit(max_connections: usize) -> usize {
         );
     }
     max_connections.min(room).max(1)
+}
+
+/// Connections that may be closing (evicted) beyond `max_connections` before the daemon stops
+/// accepting until some are gone: a burst of new clients waits in the listen backlog instead of
+/// running the process out of descriptors.
+pub fn eviction_slack(max_connections: usize) -> usize {
+    (max_connections / 4).max(1)
 }
 
 /// Logs a repeated warning at most once per `every`, counting the ones it held back.

@@ -99,6 +99,19 @@ fn idle_connections_beyond_the_limit_evict_the_oldest_and_new_clients_are_served
         &["--max-connections", "200"],
     );
     let pid = d.pid().expect("pid");
+    // Sample the daemon's descriptors while the connections pour in.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(open_fds(pid));
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            peak
+        })
+    };
     let mut idle = Vec::new();
     for _ in 0..2_000 {
         idle.push(UnixStream::connect(&d.socket).expect("connect"));
@@ -106,9 +119,12 @@ fn idle_connections_beyond_the_limit_evict_the_oldest_and_new_clients_are_served
     let mut c = d.client();
     let status = c.ok("status", json!({}));
     assert!(status.is_object());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
     let fds = open_fds(pid);
-    eprintln!("figure: daemon fds with 2000 idle connections attempted: {fds}");
-    assert!(fds < 1_024 - 32, "{fds} descriptors open");
+    eprintln!("figure: daemon fds with 2000 idle connections attempted: {fds} (peak {peak})");
+    // 200 connections, 50 closing, the database and the listener: far from 1,024.
+    assert!(peak < 300, "{peak} descriptors open at the peak");
     // The first connections were evicted and told why.
     let mut first = Client::from_stream(idle.swap_remove(0));
     let notice = first.read().expect("eviction notice");

@@ -239,6 +239,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         write_stall_timeout: config.bounds.write_stall(),
     };
     let max_connections = crate::bounds::raise_nofile_limit(config.bounds.max_connections);
+    let accept_ceiling = max_connections + crate::bounds::eviction_slack(max_connections);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut live: HashMap<tokio::task::Id, Arc<Activity>> = HashMap::new();
@@ -259,7 +260,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
                 };
                 live.remove(&task);
             }
-            accepted = bound.listener.accept() => match accepted {
+            accepted = bound.listener.accept(), if live.len() < accept_ceiling => match accepted {
                 Ok((stream, _)) => {
                     if live.len() >= max_connections && !make_room(&live) {
                         refuse_connection(&stream, max_connections);
