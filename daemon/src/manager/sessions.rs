@@ -353,29 +353,34 @@ mod tests {
 
     #[tokio::test]
     async fn one_session_still_serialises_and_waiters_keep_the_slot() {
+        use tokio::sync::oneshot;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(store(&dir));
         let table = Arc::new(SessionTable::default());
         let first = table.lock(&store, &addr(7)).await.unwrap();
+        let (acquired_tx, acquired_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel::<()>();
         let (t, s) = (Arc::clone(&table), Arc::clone(&store));
         let second = tokio::spawn(async move {
             let g = t.lock(&s, &addr(7)).await.unwrap();
-            // Hold it long enough for a third caller to queue behind it.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = acquired_tx.send(());
+            let _ = release_rx.await;
             drop(g);
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!second.is_finished(), "second lock must wait for the first");
         // The waiter holds the slot: dropping the first guard must not remove it, or a third
         // caller would get a fresh, separate lock for the same session.
         drop(first);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        acquired_rx.await.unwrap();
         assert_eq!(table.len(), 1);
-        let third =
-            tokio::time::timeout(Duration::from_millis(10), table.lock(&store, &addr(7))).await;
-        assert!(third.is_err(), "third lock must wait for the second");
+        let (t, s) = (Arc::clone(&table), Arc::clone(&store));
+        let third = tokio::spawn(async move { drop(t.lock(&s, &addr(7)).await.unwrap()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!third.is_finished(), "third lock must wait for the second");
+        release_tx.send(()).unwrap();
         second.await.unwrap();
-        drop(table.lock(&store, &addr(7)).await.unwrap());
+        third.await.unwrap();
         assert!(table.is_empty());
     }
 
