@@ -260,7 +260,8 @@ impl Manager {
             self.remember_trust(&acct, vec![trust.clone()], ns, element.sid);
         }
         if is_new {
-            self.bound_unlisted_sessions(&acct, &addr).await; // bounds (issue 11)
+            // Key exchanges from devices the contact never listed must not pile up.
+            self.bound_unlisted_sessions(&acct, &addr).await;
         }
         // A new session is answered with an empty message so the peer stops sending key
         // exchanges; a long one-sided chain gets a heartbeat. During catch-up both wait.
