@@ -2,7 +2,6 @@
 //! one JSON-RPC request to a running daemon.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -102,6 +101,8 @@ pub struct ServeArgs {
     /// Register the `debug.*` methods. For tests only; never in production.
     #[arg(long, hide = true)]
     pub enable_debug_methods: bool,
+    #[command(flatten)]
+    pub bounds: crate::bounds::BoundsArgs,
 }
 
 /// Parses the command line and runs it.
@@ -179,6 +180,7 @@ fn serve(socket: PathBuf, args: ServeArgs) -> ExitCode {
         max_response_bytes: args.max_response_bytes.max(1),
         max_in_flight: args.max_in_flight.max(1),
         enable_debug_methods: args.enable_debug_methods,
+        bounds: args.bounds,
     };
     // One runtime thread: a request is microseconds of CPU between two waits (socket, commit),
     // so cross-thread wake-ups would cost more than they buy. SQLite's writer, readers and
@@ -211,6 +213,7 @@ fn openrpc(socket: PathBuf) -> ExitCode {
         max_response_bytes: config::DEFAULT_MAX_RESPONSE_BYTES,
         max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
         enable_debug_methods: false,
+        bounds: crate::bounds::BoundsArgs::default(),
     };
     let ctx = Arc::new(crate::rpc::ctx::Ctx::new(config, socket));
     if let Err(e) = crate::rpc::methods::build(Arc::clone(&ctx), false) {
@@ -283,12 +286,7 @@ fn call(socket: &std::path::Path, method: &str, params: Value) -> ExitCode {
 }
 
 fn call_raw(socket: &std::path::Path, method: &str, params: Value) -> Result<Value, String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot connect to {}: {e} (is `omemod serve` running?)",
-            socket.display()
-        )
-    })?;
+    let mut stream = crate::socket_trust::connect(socket)?;
     let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     let mut line = request.to_string();
     line.push('\n');

@@ -49,6 +49,8 @@ pub struct ServeConfig {
     pub max_in_flight: usize,
     /// Register the `debug.*` methods (tests only).
     pub enable_debug_methods: bool,
+    /// Connection and resource bounds (`crate::bounds`).
+    pub bounds: crate::bounds::BoundsArgs,
 }
 
 /// Our real uid.

@@ -11,10 +11,12 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod bounds;
 pub mod cli;
 pub mod config;
 pub mod events;
 pub mod manager;
 pub mod rpc;
+pub mod socket_trust;
 pub mod storage;
 pub mod systemd;

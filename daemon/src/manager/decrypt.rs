@@ -261,6 +261,10 @@ impl Manager {
         if new_trust {
             self.remember_trust(&acct, vec![trust.clone()], ns, element.sid);
         }
+        if is_new {
+            // Key exchanges from devices the contact never listed must not pile up.
+            self.bound_unlisted_sessions(&acct, &addr).await;
+        }
         // A new session is answered with an empty message so the peer stops sending key
         // exchanges; a long one-sided chain gets a heartbeat. During catch-up both wait.
         let heartbeat = (is_new && is_kex) || decrypted.n >= HEARTBEAT_COUNTER;

@@ -86,6 +86,14 @@ pub enum ManagerError {
     /// Bad parameters that the schema could not catch.
     #[error("invalid params: {0}")]
     InvalidParams(String),
+    /// A device list names more devices than a contact may have.
+    #[error("device list names {count} devices; at most {max} are accepted")]
+    TooManyDevices {
+        /// Devices in the list.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),

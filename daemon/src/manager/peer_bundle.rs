@@ -36,14 +36,20 @@ impl Manager {
                 "device id {device_id} out of range"
             )));
         }
-        let bundle: Bundle = xml::bundle_from_xml(namespace, bundle_xml)
-            .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
-        bundle.verify().map_err(|e| match e {
-            protocol_core::bundle::BundleError::InvalidSignature => {
-                ManagerError::InvalidSignature(e.to_string())
-            }
-            _ => ManagerError::InvalidBundle(e.to_string()),
-        })?;
+        let owned = bundle_xml.to_owned();
+        let bundle: Bundle = crate::bounds::parse_off_thread(owned.len(), move || {
+            let bundle = xml::bundle_from_xml(namespace, &owned)
+                .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
+            bundle.verify().map_err(|e| match e {
+                protocol_core::bundle::BundleError::InvalidSignature => {
+                    ManagerError::InvalidSignature(e.to_string())
+                }
+                _ => ManagerError::InvalidBundle(e.to_string()),
+            })?;
+            Ok(bundle)
+        })
+        .await
+        .unwrap_or_else(|| Err(ManagerError::InvalidBundle("the parser failed".into())))?;
         let curve = RemoteIdentity::from_transported(namespace, bundle.identity_key)
             .curve25519()
             .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;

@@ -42,6 +42,11 @@ pub enum ErrorKind {
     TooManySubscriptions,
     /// `unsubscribe` named a subscription this connection does not have.
     UnknownSubscription,
+    /// The daemon has `--max-connections` busy connections; this one was refused, or it was the
+    /// longest idle and was closed to make room.
+    TooManyConnections,
+    /// A request line was not completed within `--partial-line-timeout`; the connection is closed.
+    LineTimeout,
 
     // --- accounts (1000s) ---
     /// No account with that JID.
@@ -88,6 +93,10 @@ pub enum ErrorKind {
     // --- storage (1400s) ---
     /// The database failed.
     StorageError,
+
+    // --- bounds (1500s) ---
+    /// A device list has more devices than a contact may have.
+    TooManyDevices,
 }
 
 impl ErrorKind {
@@ -103,6 +112,8 @@ impl ErrorKind {
         ErrorKind::Unauthorized,
         ErrorKind::TooManySubscriptions,
         ErrorKind::UnknownSubscription,
+        ErrorKind::TooManyConnections,
+        ErrorKind::LineTimeout,
         ErrorKind::UnknownAccount,
         ErrorKind::AccountExists,
         ErrorKind::AccountRequired,
@@ -121,6 +132,7 @@ impl ErrorKind {
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
         ErrorKind::StorageError,
+        ErrorKind::TooManyDevices,
     ];
 
     /// The JSON-RPC `error.code`.
@@ -136,6 +148,8 @@ impl ErrorKind {
             ErrorKind::Unauthorized => -32003,
             ErrorKind::TooManySubscriptions => -32004,
             ErrorKind::UnknownSubscription => -32005,
+            ErrorKind::TooManyConnections => -32006,
+            ErrorKind::LineTimeout => -32007,
             ErrorKind::UnknownAccount => 1001,
             ErrorKind::AccountExists => 1002,
             ErrorKind::AccountRequired => 1003,
@@ -154,6 +168,7 @@ impl ErrorKind {
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
             ErrorKind::StorageError => 1401,
+            ErrorKind::TooManyDevices => 1500,
         }
     }
 
@@ -170,6 +185,8 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::TooManySubscriptions => "too_many_subscriptions",
             ErrorKind::UnknownSubscription => "unknown_subscription",
+            ErrorKind::TooManyConnections => "too_many_connections",
+            ErrorKind::LineTimeout => "line_timeout",
             ErrorKind::UnknownAccount => "unknown_account",
             ErrorKind::AccountExists => "account_exists",
             ErrorKind::AccountRequired => "account_required",
@@ -188,6 +205,7 @@ impl ErrorKind {
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
             ErrorKind::StorageError => "storage_error",
+            ErrorKind::TooManyDevices => "too_many_devices",
         }
     }
 
@@ -204,6 +222,8 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "unauthorized: peer uid differs from the daemon's",
             ErrorKind::TooManySubscriptions => "too many subscriptions on this connection",
             ErrorKind::UnknownSubscription => "unknown subscription",
+            ErrorKind::TooManyConnections => "too many connections",
+            ErrorKind::LineTimeout => "request line not completed in time",
             ErrorKind::UnknownAccount => "unknown account",
             ErrorKind::AccountExists => "account already exists",
             ErrorKind::AccountRequired => "several accounts exist; name one",
@@ -222,6 +242,7 @@ impl ErrorKind {
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",
             ErrorKind::StorageError => "storage error",
+            ErrorKind::TooManyDevices => "too many devices in the list",
         }
     }
 }

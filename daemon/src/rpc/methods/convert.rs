@@ -55,6 +55,10 @@ impl From<ManagerError> for RpcError {
             ManagerError::Untrusted => RpcError::new(ErrorKind::Untrusted, message),
             ManagerError::Distrusted => RpcError::new(ErrorKind::Distrusted, message),
             ManagerError::InvalidParams(_) => RpcError::invalid_params(message),
+            ManagerError::TooManyDevices { count, max } => {
+                RpcError::new(ErrorKind::TooManyDevices, message)
+                    .with_data(json!({"count": count, "max": max}))
+            }
             ManagerError::Storage(ref s) => {
                 tracing::error!(error = %s, "storage failure");
                 RpcError::new(ErrorKind::StorageError, message)

@@ -57,12 +57,17 @@ impl Method for Decrypt {
         p: DecryptParams,
     ) -> Result<DecryptOutcome, RpcError> {
         let element = match (p.xml, p.element) {
-            (Some(xml), None) => Encrypted::from_xml(&xml).map_err(|e| {
-                RpcError::new(
-                    ErrorKind::InvalidMessage,
-                    format!("invalid <encrypted>: {e}"),
-                )
-            })?,
+            (Some(xml), None) => {
+                crate::bounds::parse_off_thread(xml.len(), move || Encrypted::from_xml(&xml))
+                    .await
+                    .ok_or_else(|| RpcError::internal("the XML parser failed"))?
+                    .map_err(|e| {
+                        RpcError::new(
+                            ErrorKind::InvalidMessage,
+                            format!("invalid <encrypted>: {e}"),
+                        )
+                    })?
+            }
             (None, Some(e)) => e,
             _ => {
                 return Err(RpcError::invalid_params(
