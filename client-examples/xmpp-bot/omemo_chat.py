@@ -216,6 +216,7 @@ class Chat(slixmpp.ClientXMPP):
             self.register_handler(Callback(f"omemo {ns}", MatchXPath(f"{{jabber:client}}message/{{{ns}}}encrypted"),
                                            self.on_encrypted))
         self.add_event_handler("message", self.on_plain)
+        self.add_event_handler("groupchat_presence", self.on_room_presence)
         self.add_event_handler("disconnected", self.on_disconnected)
         for ns, node in DEVICELIST_NODE.items():
             self.plugin["xep_0060"].map_node_event(node, "devicelist_" + ns)
@@ -393,9 +394,14 @@ class Chat(slixmpp.ClientXMPP):
         if sce_to:
             params["sce_to"] = sce_to
         result = await self.rpc.call("encrypt", params)
-        wanted = [d["action"] for d in result.get("devices", []) if d.get("action")]
-        wanted += [a for a in result.get("actions", []) if a.get("type") in ("fetch_bundle", "fetch_devicelist")]
-        if wanted and await self.handle_actions(wanted):
+        asked: Set[str] = set()
+        for _ in range(3):  # device list, then bundles: at most a few rounds
+            wanted = [d["action"] for d in result.get("devices", []) if d.get("action")]
+            wanted += [a for a in result.get("actions", []) if a.get("type") in ("fetch_bundle", "fetch_devicelist")]
+            wanted = [a for a in wanted if json.dumps(a, sort_keys=True) not in asked]
+            asked.update(json.dumps(a, sort_keys=True) for a in wanted)
+            if not wanted or not await self.handle_actions(wanted):
+                break
             # Fetched something new: encrypt again so that those devices are included.
             result = await self.rpc.call("encrypt", params)
         await self.handle_actions([a for a in result.get("actions", [])
@@ -506,12 +512,13 @@ class Chat(slixmpp.ClientXMPP):
         if result is None:
             assert error is not None
             if error.kind == "duplicate_message":
-                log.info("already decrypted: %s", msg["id"])
+                # Decrypted before: by us (archive and live copy) or by another process sharing
+                # this device (an omemod without redelivery support cannot give the text again).
+                self.out.emit("duplicate", f"{sender}: message {msg['id']} was decrypted before", sender=sender,
+                              room=room, archived=archived, id=msg["id"])
                 return
             self.out.emit("undecryptable", f"{sender}: cannot decrypt ({error.kind})", sender=sender,
                           kind=error.kind, room=room, archived=archived)
-            return
-        if result.get("redelivered") and archived:
             return
         envelope = result.get("envelope")
         if envelope:
@@ -593,6 +600,16 @@ class Chat(slixmpp.ClientXMPP):
             for ns in NAMESPACES:
                 await self.fetch_devicelist(jid, ns)
         self.out.emit("joined", f"joined {room} as {nick}", room=room, members=self.room_members(room))
+
+    async def on_room_presence(self, pres: Any) -> None:
+        # A new occupant: learn their devices before the next message to the room.
+        room, nick = pres["from"].bare, pres["from"].resource
+        if room not in self.rooms or nick == self.rooms[room] or pres["type"] == "unavailable":
+            return
+        real = pres["muc"]["jid"]
+        if real and real.bare != self.me:
+            for ns in NAMESPACES:
+                await self.fetch_devicelist(real.bare, ns)
 
     def room_members(self, room: str) -> List[str]:
         muc = self.plugin["xep_0045"]

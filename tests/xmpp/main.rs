@@ -119,4 +119,8 @@ macro_rules! scenarios {
 }
 
 // chat: first contact from the example client, several messages each way, empty messages.
-scenarios!(chat);
+// restart_archive: first contact from python-omemo, omemod restarted mid-chat, the archive (MAM)
+//   read by the example client after it was offline.
+// two_processes: two processes (resources) of the example client on one omemod.
+// group: a members-only, non-anonymous room: two example clients (two omemods) and python-omemo.
+scenarios!(chat, restart_archive, two_processes, group);

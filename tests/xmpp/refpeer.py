@@ -152,7 +152,7 @@ class RefPeer(ClientXMPP):
 
     # ---- sending ----------------------------------------------------------------------------
 
-    async def send_text(self, to: str, body: str, namespace: str, room: Optional[str] = None) -> None:
+    async def send_text(self, to: str, body: str, namespace: str, room: Optional[str] = None) -> str:
         """Encrypts `body` in `namespace` for `to` (a bare JID) or, in `room`, for every occupant."""
         recipients = self.room_members(room) if room else [to]
         await self.omemo.refresh_device_lists({JID(j) for j in recipients}, force_download=True)
@@ -175,6 +175,7 @@ class RefPeer(ClientXMPP):
         msg["body"] = "This message is OMEMO encrypted."
         msg.enable("store")
         msg.send()
+        return msg["id"]
 
     # ---- receiving --------------------------------------------------------------------------
 
@@ -252,17 +253,12 @@ class RefPeer(ClientXMPP):
         muc = self.plugin["xep_0045"]
         await muc.join_muc_wait(JID(room), nick, maxstanzas=0, timeout=20)
         self.rooms[room] = nick
-        form = await muc.get_room_config(JID(room))
-        values = {
-            "muc#roomconfig_membersonly": True,
-            "muc#roomconfig_whois": "anyone",
-            "muc#roomconfig_persistentroom": True,
-            "muc#roomconfig_publicroom": False,
-        }
-        for var, value in values.items():
-            if var in form["fields"]:
-                form["fields"][var]["value"] = value
-        form["type"] = "submit"
+        form = self.plugin["xep_0004"].make_form(ftype="submit")
+        form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#roomconfig")
+        form.add_field(var="muc#roomconfig_membersonly", ftype="boolean", value=True)
+        form.add_field(var="muc#roomconfig_whois", ftype="list-single", value="anyone")
+        form.add_field(var="muc#roomconfig_persistentroom", ftype="boolean", value=True)
+        form.add_field(var="muc#roomconfig_publicroom", ftype="boolean", value=False)
         await muc.set_room_config(JID(room), form)
         for m in members:
             await muc.set_affiliation(JID(room), "member", jid=JID(m))
