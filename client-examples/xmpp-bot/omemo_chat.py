@@ -20,7 +20,9 @@ import getpass
 import json
 import logging
 import os
+import stat
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from typing import Any, Callable, Dict, List, Optional, Set
@@ -207,6 +209,8 @@ class Chat(slixmpp.ClientXMPP):
         self.state_file = args.state
         self.last_archive_id: Optional[str] = self._load_state()
         self.ready = False
+        self.quitting = False
+        self.failed = asyncio.Event()
         for plugin in ("xep_0030", "xep_0004", "xep_0059", "xep_0060", "xep_0163", "xep_0115",
                        "xep_0045", "xep_0297", "xep_0313", "xep_0334", "xep_0380", "xep_0199"):
             self.register_plugin(plugin)
@@ -218,6 +222,7 @@ class Chat(slixmpp.ClientXMPP):
         self.add_event_handler("message", self.on_plain)
         self.add_event_handler("groupchat_presence", self.on_room_presence)
         self.add_event_handler("disconnected", self.on_disconnected)
+        self.add_event_handler("failed_auth", lambda _: (self.out.error("login failed"), self.give_up()))
         for ns, node in DEVICELIST_NODE.items():
             self.plugin["xep_0060"].map_node_event(node, "devicelist_" + ns)
             # +notify in our disco/caps: the server pushes contacts' device lists to us.
@@ -233,8 +238,13 @@ class Chat(slixmpp.ClientXMPP):
             await self.start_up()
         except Exception as e:
             self.out.error(f"start-up failed: {e}")
-            log.exception("start-up failed")
-            self.disconnect()
+            log.debug("start-up failed", exc_info=True)
+            self.give_up()
+
+    def give_up(self, *_args: Any) -> None:
+        self.quitting = True
+        self.failed.set()
+        self.disconnect()
 
     async def start_up(self) -> None:
         self.send_presence()
@@ -263,6 +273,14 @@ class Chat(slixmpp.ClientXMPP):
 
     def on_disconnected(self, _event: Any) -> None:
         self.ready = False
+        if not self.quitting:
+            # Connect again; session_start then republishes, rejoins rooms and reads the archive.
+            self.out.error("disconnected from the server, reconnecting in 5 s")
+            asyncio.get_running_loop().call_later(5, self.connect_again)
+
+    def connect_again(self) -> None:
+        if not self.quitting:
+            self.connect(self.args.host, self.args.port) if self.args.host else self.connect()
 
     # ---- PEP: device lists and bundles ------------------------------------------------------
 
@@ -363,6 +381,7 @@ class Chat(slixmpp.ClientXMPP):
                     hb = await self.rpc.call("heartbeat", {"jid": a["jid"], "namespace": a["namespace"],
                                                             "device_id": a["device_id"]})
                     self.send_encrypted(a["jid"], "chat", hb["messages"], None)
+                    log.info("sent a heartbeat to %s/%s", a["jid"], a["device_id"])
                 else:
                     log.info("ignoring action %s", kind)
             except (RpcError, IqError, IqTimeout) as e:
@@ -684,12 +703,28 @@ class Output:
         self.emit("info", text, message=text)
 
 
-async def read_lines(chat: Chat) -> None:
+async def read_lines(chat: Chat) -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    mode = os.fstat(sys.stdin.fileno()).st_mode
+    if sys.stdin.isatty() or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    else:
+        # A regular file or /dev/null cannot be polled: read it in a (daemon) thread.
+        def pump() -> None:
+            for raw in sys.stdin.buffer:
+                loop.call_soon_threadsafe(reader.feed_data, raw)
+            loop.call_soon_threadsafe(reader.feed_eof)
+        threading.Thread(target=pump, daemon=True).start()
+    failed = asyncio.ensure_future(chat.failed.wait())
     while True:
-        raw = await reader.readline()
+        read = asyncio.ensure_future(reader.readline())
+        await asyncio.wait({read, failed}, return_when=asyncio.FIRST_COMPLETED)
+        if failed.done():
+            read.cancel()
+            chat.rpc.close()
+            return 1
+        raw = read.result()
         if not raw:
             break
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
@@ -705,8 +740,10 @@ async def read_lines(chat: Chat) -> None:
                 break
         except (RpcError, IqError, IqTimeout, ConnectionError) as e:
             chat.out.error(f"{line.split(' ')[0]}: {e}")
+    chat.quitting = True
     chat.rpc.close()
     chat.disconnect()
+    return 0
 
 
 def default_socket() -> str:
@@ -768,11 +805,11 @@ omemod: they share the OMEMO device.
         chat.enable_starttls = False
         chat.enable_direct_tls = False
         chat.plugin["feature_mechanisms"].unencrypted_scram = True
-    chat.connect(args.host, args.port) if args.host else chat.connect()
+    chat.connect_again()
     loop = asyncio.get_event_loop()
-    loop.run_until_complete(read_lines(chat))
+    code = loop.run_until_complete(read_lines(chat))
     loop.run_until_complete(asyncio.sleep(0.2))
-    return 0
+    return code
 
 
 if __name__ == "__main__":

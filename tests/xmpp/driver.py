@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ sys.path.insert(0, HERE)
 
 import server  # noqa: E402
 from refpeer import OLDMEMO, OMEMO2, RefPeer  # noqa: E402
+from slixmpp.xmlstream import tostring  # noqa: E402
 
 BOT = os.path.join(REPO, "client-examples", "xmpp-bot", "omemo_chat.py")
 PASSWORD = "correct horse battery staple"
@@ -277,6 +279,13 @@ async def restart_archive(w: World, ns: str) -> None:
     await bot.send(f"/ns {NS_ARG[ns]}")
     await peer.send_text(alice, "first contact from python-omemo", ns)
     await bot.expect_message(bob, "first contact from python-omemo", ns)
+    # omemod asks for a heartbeat after a key exchange (action send_heartbeat); python-omemo must
+    # receive it as an empty OMEMO message from alice's device.
+    r = await peer.wait_for(lambda r: r.body is None and r.sender == alice)
+    assert r.namespace == ns and r.device_id == bot.device_id, r
+    # The key exchange used one of alice's prekeys: omemod replaced it and asked for the bundle to
+    # be published again (publish_bundle); the server must now hold omemod's current bundle.
+    await published_bundle_is_current(peer, alice, ns, daemon, newer_than=1)
     await bot.send(f"/to {bob}")
     await bot.say("answer 1")
     await peer.wait_for(lambda r: r.body == "answer 1" and r.namespace == ns)
@@ -300,6 +309,25 @@ async def restart_archive(w: World, ns: str) -> None:
     await bot.send(f"/to {bob}")
     await bot.say("back online")
     await peer.wait_for(lambda r: r.body == "back online" and r.namespace == ns)
+
+
+def prekey_ids(xml: str) -> List[str]:
+    return sorted(re.findall(r"<(?:pk|preKeyPublic)\b[^>]*\b(?:id|preKeyId)=['\"](\d+)", xml))
+
+
+async def published_bundle_is_current(peer: RefPeer, jid: str, ns: str, daemon: Omemod, newer_than: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while True:
+        current = daemon.call("bundle.get", {"namespace": ns})
+        iq = await peer.plugin["xep_0060"].get_item(jid, current["node"], current["item_id"], timeout=20)
+        published = "".join(tostring(item.xml[0]) for item in iq["pubsub"]["items"] if len(item.xml))
+        if current["bundle_version"] > newer_than and prekey_ids(published) == prekey_ids(current["xml"]):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"published bundle is not omemod's current one (version "
+                                 f"{current['bundle_version']}): {prekey_ids(published)} vs "
+                                 f"{prekey_ids(current['xml'])}")
+        await asyncio.sleep(0.2)
 
 
 async def two_processes(w: World, ns: str) -> None:
