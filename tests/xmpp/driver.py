@@ -202,8 +202,8 @@ class World:
         await b.start()
         return b
 
-    async def peer(self, jid: str) -> RefPeer:
-        p = RefPeer(jid + "/ref", PASSWORD)
+    async def peer(self, jid: str, resource: str = "ref") -> RefPeer:
+        p = RefPeer(jid + "/" + resource, PASSWORD)
         self.peers.append(p)
         p.connect("127.0.0.1", self.prosody.port)
         await asyncio.wait_for(p.initialized.wait(), 60)
@@ -236,7 +236,8 @@ async def chat(w: World, ns: str) -> None:
     """First contact from the example client, several messages each way, empty messages."""
     alice, bob = w.user("alice"), w.user("bob")
     peer = await w.peer(bob)
-    bot = await w.bot("alice", alice, "desk", w.daemon("alice"))
+    daemon = w.daemon("alice")
+    bot = await w.bot("alice", alice, "desk", daemon)
     await bot.send(f"/ns {NS_ARG[ns]}")
     await bot.send(f"/to {bob}")
     await bot.expect(lambda e: e["event"] == "target")
@@ -268,6 +269,21 @@ async def chat(w: World, ns: str) -> None:
     await peer.wait_for(lambda r: r.body == "still here")
     await peer.send_text(alice, "me too", ns)
     await bot.expect_message(bob, "me too", ns)
+    # Bob adds a device. Its device list reaches alice's client only by PEP notification (+notify
+    # in the client's caps, presence subscription from /to); the next message must reach both.
+    peer2 = await w.peer(bob, resource="second")
+    deadline = time.monotonic() + WAIT
+    while True:
+        active = [d for d in daemon.call("devices.list", {"jid": bob})
+                  if d["namespace"] == ns and d["active"]]
+        if len(active) == 2:
+            break
+        assert time.monotonic() < deadline, f"bob's new device never reached omemod: {active}"
+        await asyncio.sleep(0.2)
+    await bot.say("to both of your devices")
+    for p in (peer, peer2):
+        r = await p.wait_for(lambda r: r.body == "to both of your devices")
+        assert r.sender == alice and r.namespace == ns, r
 
 
 async def restart_archive(w: World, ns: str) -> None:
