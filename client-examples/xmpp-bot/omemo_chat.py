@@ -445,6 +445,7 @@ class Chat(slixmpp.ClientXMPP):
             self.out.error("no recipient: use /to JID or /join ROOM")
             return
         target = self.target
+        occupants: List[str] = []
         if target in self.rooms:
             occupants = self.room_members(target)
             if not occupants:
@@ -455,15 +456,21 @@ class Chat(slixmpp.ClientXMPP):
         else:
             result = await self.encrypt([target], body, sce_to=None)
             mtype = "chat"
-        if not result["messages"]:
-            reasons = "; ".join(f"{d['jid']}/{d['device_id']}: {d['status']}" for d in result.get("devices", []))
+        recipients = occupants if target in self.rooms else [target]
+        devices = result.get("devices", [])
+        reached = [d for d in devices if d["status"] == "encrypted" and d["jid"] in recipients]
+        missed = [d for d in devices if d["status"] != "encrypted"]
+        if not result["messages"] or not reached:
+            reasons = "; ".join(f"{d['jid']}/{d['device_id']}: {d['status']}" for d in missed)
             self.out.error(f"could not encrypt for {target}: {reasons or 'no devices'}")
             return
+        if missed:
+            self.out.emit("warning", "! not encrypted for " + ", ".join(
+                f"{d['jid']}/{d['device_id']} ({d['status']})" for d in missed), devices=missed)
         self.send_encrypted(target, mtype, result["messages"], body)
-        sent_to = [d for d in result.get("devices", []) if d.get("status") in ("encrypted", "ok", "sent")]
         self.out.emit("sent", f"-> {target}: {body if body is not None else '(empty OMEMO message)'}",
                       to=target, body=body, namespaces=[m["namespace"] for m in result["messages"]],
-                      devices=len(sent_to) or len(result.get("devices", [])))
+                      devices=len(reached))
 
     # ---- receiving --------------------------------------------------------------------------
 
