@@ -45,6 +45,7 @@ FALLBACK = "I sent you an OMEMO encrypted message but your client doesn't seem t
 EME = "urn:xmpp:eme:0"
 HINTS = "urn:xmpp:hints"
 STANZA_ID = "urn:xmpp:sid:0"
+ACTION_TYPES = ("publish_bundle", "publish_devicelist", "send_heartbeat", "fetch_bundle", "fetch_devicelist")
 RPC_TIMEOUT = 30.0
 IQ_TIMEOUT = 20
 
@@ -78,7 +79,7 @@ class Omemod:
         self.ready = asyncio.Event()
         self.reconnecting: Optional[asyncio.Task] = None
         self.closed = False
-        self.decrypt_params: Optional[Set[str]] = None
+        self.params: Dict[str, Set[str]] = {}
 
     async def connect(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -164,30 +165,30 @@ class Omemod:
 
     async def decrypt(self, sender: str, xml: str, to: str, group_chat: bool) -> Dict[str, Any]:
         """`decrypt`, passing `to` / `group_chat` only if this omemod knows them (newer versions)."""
-        if self.decrypt_params is None:
-            self.decrypt_params = await self._method_params("decrypt")
+        known = await self.params_of("decrypt")
         params: Dict[str, Any] = {"from": sender, "xml": xml}
-        if "to" in self.decrypt_params:
+        if "to" in known:
             params["to"] = to
-        if "group_chat" in self.decrypt_params:
+        if "group_chat" in known:
             params["group_chat"] = group_chat
         try:
             return await self.call("decrypt", params)
         except RpcError as e:
             if e.kind != "invalid_params" or ("to" not in params and "group_chat" not in params):
                 raise
-            self.decrypt_params = set()
+            self.params["decrypt"] = set()
             return await self.call("decrypt", {"from": sender, "xml": xml})
 
-    async def _method_params(self, name: str) -> Set[str]:
-        try:
-            doc = await self.call("rpc.discover", {}, with_account=False)
-        except RpcError:
-            return set()
-        for m in doc.get("methods", []):
-            if m.get("name") == name:
-                return {p.get("name") for p in m.get("params", [])}
-        return set()
+    async def params_of(self, method: str) -> Set[str]:
+        """The param names `method` accepts, from `rpc.discover` (once)."""
+        if not self.params:
+            try:
+                doc = await self.call("rpc.discover", {}, with_account=False)
+            except RpcError:
+                doc = {}
+            for m in doc.get("methods", []):
+                self.params[m.get("name")] = {p.get("name") for p in m.get("params", [])}
+        return self.params.get(method, set())
 
     def close(self) -> None:
         self.closed = True
@@ -389,23 +390,34 @@ class Chat(slixmpp.ClientXMPP):
         return fetched
 
     def on_omemod_event(self, event: Dict[str, Any]) -> None:
-        # Republishing is idempotent, so every process of a shared device may do it. The other
-        # actions (heartbeats, fetches) are done by the process whose call caused them, from the
-        # call's answer. Old event names: bundle_changed, heartbeat_due.
+        # A duty is done once. The process whose call caused it finds it in the call's answer
+        # (`actions`); the event then says `in_answer: true` and is only news. Duties no call caused
+        # (`in_answer: false`, e.g. after a signed prekey rotation) go to one subscriber, which does
+        # them. Older omemods send neither field nor the new names: republishing is idempotent,
+        # so every process does it (`bundle_changed`); their `heartbeat_due` goes with an answer.
         kind = event.get("type")
-        if kind in ("publish_bundle", "bundle_changed") and self.ready:
+        in_answer = event.get("in_answer")
+        if kind in ACTION_TYPES:
+            if in_answer is False or (in_answer is None and kind in ("publish_bundle", "publish_devicelist")):
+                asyncio.ensure_future(self.handle_actions([event]))
+        elif kind == "bundle_changed":
             asyncio.ensure_future(self.handle_actions([{"type": "publish_bundle", "namespace": event["namespace"]}]))
-        elif kind == "publish_devicelist" and self.ready:
-            asyncio.ensure_future(self.handle_actions([event]))
         elif kind == "events_lost":
+            # Missed duties: republishing what omemod holds now covers the ones that matter.
             log.warning("omemod dropped %s events", event.get("missed"))
+            asyncio.ensure_future(self.handle_actions(
+                [{"type": t, "namespace": ns} for ns in NAMESPACES for t in ("publish_devicelist", "publish_bundle")]))
         else:
-            log.debug("event %s", kind)
+            log.debug("event %s", kind)  # unknown and informational types are fine to ignore
 
     # ---- sending ----------------------------------------------------------------------------
 
-    async def encrypt(self, recipients: List[str], body: Optional[str], sce_to: Optional[str]) -> Dict[str, Any]:
+    async def encrypt(self, recipients: List[str], body: Optional[str], sce_to: Optional[str],
+                      key: Optional[str] = None) -> Dict[str, Any]:
         params: Dict[str, Any] = {"to": recipients}
+        if key and "idempotency_key" in await self.rpc.params_of("encrypt"):
+            # A retry after a lost answer (omemod restarted) then gets the same message back.
+            params["idempotency_key"] = key
         if body is not None:
             params["body"] = body
         if self.namespaces:
@@ -422,13 +434,18 @@ class Chat(slixmpp.ClientXMPP):
             if not wanted or not await self.handle_actions(wanted):
                 break
             # Fetched something new: encrypt again so that those devices are included.
+            if "idempotency_key" in params:
+                params["idempotency_key"] = f"{key}/{len(asked)}"  # another request: another key
             result = await self.rpc.call("encrypt", params)
         await self.handle_actions([a for a in result.get("actions", [])
                                    if a.get("type") not in ("fetch_bundle", "fetch_devicelist")])
         return result
 
-    def send_encrypted(self, to: str, mtype: str, messages: List[Dict[str, Any]], body: Optional[str]) -> Any:
+    def send_encrypted(self, to: str, mtype: str, messages: List[Dict[str, Any]], body: Optional[str],
+                       sid: Optional[str] = None) -> Any:
         msg = self.make_message(mto=to, mtype=mtype)
+        if sid:
+            msg["id"] = sid
         for m in messages:
             msg.append(ET.fromstring(m["xml"]))
             # XEP-0380: tell clients without OMEMO why there is nothing to read.
@@ -445,16 +462,17 @@ class Chat(slixmpp.ClientXMPP):
             self.out.error("no recipient: use /to JID or /join ROOM")
             return
         target = self.target
+        sid = self.new_id()
         occupants: List[str] = []
         if target in self.rooms:
             occupants = self.room_members(target)
             if not occupants:
                 self.out.error(f"nobody else in {target}")
                 return
-            result = await self.encrypt(occupants, body, sce_to=target)
+            result = await self.encrypt(occupants, body, sce_to=target, key=sid)
             mtype = "groupchat"
         else:
-            result = await self.encrypt([target], body, sce_to=None)
+            result = await self.encrypt([target], body, sce_to=None, key=sid)
             mtype = "chat"
         recipients = occupants if target in self.rooms else [target]
         devices = result.get("devices", [])
@@ -467,7 +485,7 @@ class Chat(slixmpp.ClientXMPP):
         if missed:
             self.out.emit("warning", "! not encrypted for " + ", ".join(
                 f"{d['jid']}/{d['device_id']} ({d['status']})" for d in missed), devices=missed)
-        self.send_encrypted(target, mtype, result["messages"], body)
+        self.send_encrypted(target, mtype, result["messages"], body, sid)
         self.out.emit("sent", f"-> {target}: {body if body is not None else '(empty OMEMO message)'}",
                       to=target, body=body, namespaces=[m["namespace"] for m in result["messages"]],
                       devices=len(reached))
