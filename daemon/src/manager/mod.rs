@@ -10,6 +10,7 @@ pub mod encrypt;
 pub mod error;
 pub mod own_bundle;
 pub mod peer_bundle;
+pub mod pinning;
 pub mod sessions;
 pub mod trust;
 
@@ -84,7 +85,7 @@ pub struct Manager {
     accounts: RwLock<HashMap<String, Arc<Account>>>,
     directories: Mutex<HashMap<i64, Directory>>,
     pub(crate) sessions: sessions::SessionTable,
-    deferred: trust::Deferred,
+    rebuilds: pinning::Rebuilds,
 }
 
 /// Checks that `jid` looks like a bare JID (`local@domain` or `domain`, no resource).
@@ -118,6 +119,18 @@ impl Manager {
                 Ok((accounts, dirs))
             })
             .await?;
+        // Databases from before the per-namespace pools get theirs filled once.
+        for a in &accounts {
+            let id = a.id;
+            let now = storage::now();
+            let fresh = store
+                .write(move |tx| account::refill_prekey_pools(tx, id, now))
+                .await?;
+            if !fresh.is_empty() {
+                let mut keys = a.keys.lock().await;
+                keys.add_prekeys(fresh);
+            }
+        }
         Ok(Self {
             store,
             events,
@@ -129,7 +142,7 @@ impl Manager {
             ),
             directories: Mutex::new(dirs),
             sessions: sessions::SessionTable::default(),
-            deferred: trust::Deferred::default(),
+            rebuilds: pinning::Rebuilds::default(),
         })
     }
 
@@ -170,7 +183,12 @@ impl Manager {
     }
 
     /// Creates an account (own JID, new device id and identity).
-    pub async fn create_account(&self, jid: &str, trust_mode: TrustMode) -> Result<Arc<Account>> {
+    pub async fn create_account(
+        &self,
+        jid: &str,
+        trust_mode: TrustMode,
+        avoid: &[u32],
+    ) -> Result<Arc<Account>> {
         check_bare_jid(jid)?;
         if self
             .accounts
@@ -180,7 +198,7 @@ impl Manager {
         {
             return Err(ManagerError::AccountExists(jid.to_owned()));
         }
-        let acct = Arc::new(account::create(&self.store, jid, trust_mode).await?);
+        let acct = Arc::new(account::create(&self.store, jid, trust_mode, avoid).await?);
         self.directories
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -207,6 +207,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             if let Err(e) = manager.rotate_signed_prekeys(crate::storage::now()).await {
                 tracing::warn!(error = %e, "signed prekey rotation failed");
             }
+            if let Err(e) = manager.expire_catchups(crate::storage::now()).await {
+                tracing::warn!(error = %e, "ending timed-out catch-up failed");
+            }
         }
     });
     let module = crate::rpc::methods::build(Arc::clone(&ctx), config.enable_debug_methods)?;

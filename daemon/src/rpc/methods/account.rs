@@ -22,6 +22,10 @@ pub struct AccountCreateParams {
     /// Trust policy for new keys: `btbv` (blind trust before verification, default), `tofu`, `manual`.
     #[serde(default)]
     pub trust_mode: Option<String>,
+    /// Device ids the new device must not take: those on our own device lists (fetch them
+    /// first), so two of our devices never share an id.
+    #[serde(default)]
+    pub avoid: Vec<u32>,
 }
 
 /// An account.
@@ -56,7 +60,10 @@ impl Method for AccountCreate {
                 RpcError::invalid_params("trust_mode must be btbv, tofu or manual")
             })?,
         };
-        let a = ctx.manager()?.create_account(&p.jid, mode).await?;
+        let a = ctx
+            .manager()?
+            .create_account(&p.jid, mode, &p.avoid)
+            .await?;
         Ok(AccountInfo {
             jid: a.jid.clone(),
             device_id: a.device_id,

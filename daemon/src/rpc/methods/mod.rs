@@ -40,6 +40,7 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
     registry.register::<trust::DevicesList>()?;
     registry.register::<trust::CatchupBegin>()?;
     registry.register::<trust::CatchupEnd>()?;
+    registry.register::<trust::IdentityAccept>()?;
     if debug {
         registry.register::<debug::Sleep>()?;
         registry.register::<debug::Emit>()?;
