@@ -92,7 +92,7 @@ fn identity_swap(ns: &str, verified: bool) {
         );
     }
     let mut events = p.da.client();
-    events.ok("subscribe", json!({"types": ["identity_changed"]}));
+    events.ok("subscribe", json!({}));
     let x = p.b.encrypt_xml(&[ALICE], Some("from the real bob"), ns);
     assert_eq!(body(&p.a.decrypt(BOB, &x).unwrap()), "from the real bob");
 
@@ -170,7 +170,7 @@ fn reinstalled_device_bundle_is_flagged_then_gets_a_key_exchange() {
     let n_fp = fingerprint(&mut n);
     n.learn(ALICE, &mut p.a, &[ns]);
     let mut events = p.da.client();
-    events.ok("subscribe", json!({"types": ["identity_changed"]}));
+    events.ok("subscribe", json!({}));
     let nb = n.bundle(ns);
     let r = p.a.ok(
         "bundle.update",
@@ -614,4 +614,40 @@ fn account_create_avoids_ids_on_our_device_lists() {
         json!({"jid": BOB, "avoid": [0]}),
         "invalid_params",
     );
+}
+
+#[test]
+fn hidden_prekey_answers_only_the_key_exchange_that_used_it() {
+    let ns = OMEMO2;
+    let mut p = pair(&[ns]);
+    let dc = Daemon::start();
+    let mut c = dc.client();
+    c.create_account(CAROL);
+    p.b.learn(CAROL, &mut c, &[ns]);
+    // alice and carol both got bob's bundle with a single prekey: both pick it.
+    let b = p.b.bundle(ns);
+    let xml = one_prekey(b["xml"].as_str().unwrap());
+    let list = p.b.devicelist(ns);
+    for cl in [&mut p.a, &mut c] {
+        cl.ok(
+            "devicelist.update",
+            json!({"jid": BOB, "namespace": ns, "xml": list["xml"]}),
+        );
+        cl.ok(
+            "bundle.update",
+            json!({"jid": BOB, "namespace": ns, "device_id": p.b_id, "xml": xml}),
+        );
+    }
+    p.b.ok("catchup.begin", json!({}));
+    let from_a = p.a.encrypt_xml(&[BOB], Some("from alice"), ns);
+    assert_eq!(body(&p.b.decrypt(ALICE, &from_a).unwrap()), "from alice");
+    // The prekey is hidden, not gone: still, only alice's key exchange may use it.
+    let from_c = c.encrypt_xml(&[BOB], Some("from carol"), ns);
+    p.b.err(
+        "decrypt",
+        json!({"from": CAROL, "xml": from_c}),
+        "broken_session",
+    );
+    let again = p.a.encrypt_xml(&[BOB], Some("alice again"), ns);
+    assert_eq!(body(&p.b.decrypt(ALICE, &again).unwrap()), "alice again");
 }

@@ -203,7 +203,7 @@ impl Manager {
         check_envelope(&opened, from, conv)?;
 
         let heartbeat = attempt.key_exchange || attempt.decrypted.n >= HEARTBEAT_COUNTER;
-        let committed = self
+        let mut committed = self
             .commit(
                 &acct,
                 &addr,
@@ -216,12 +216,11 @@ impl Manager {
             .await?;
 
         self.remember(
-            &acct,
             &addr,
             &mut slot,
             own_keys.as_deref_mut(),
             &attempt,
-            &committed,
+            &mut committed,
         );
         drop(slot);
         drop(own_keys);
@@ -535,12 +534,11 @@ impl Manager {
     /// Step 5a: memory follows the commit.
     fn remember(
         &self,
-        acct: &Account,
         addr: &DeviceAddr,
         slot: &mut SlotGuard,
         own_keys: Option<&mut OwnKeys>,
         attempt: &Attempt,
-        committed: &Committed,
+        committed: &mut Committed,
     ) {
         slot.session = Some(attempt.session.clone());
         slot.meta = match attempt.origin {
@@ -571,13 +569,12 @@ impl Manager {
                 } else {
                     keys.prekeys.remove(&prekey.id);
                 }
-                keys.add_prekeys(committed.refill.clone());
+                keys.add_prekeys(std::mem::take(&mut committed.refill));
                 if let Some(v) = committed.bundle_version {
                     keys.bundle_version = v;
                 }
             }
         }
-        let _ = acct;
     }
 
     /// Step 5b: what the client should do now.
@@ -828,5 +825,105 @@ fn check_envelope(opened: &Opened, from: &str, conv: &Conversation) -> Result<()
             "group chat message without <to>".into(),
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opened(from: Option<&str>, to: Option<&str>) -> Opened {
+        Opened {
+            body: Some("hi".into()),
+            content_xml: None,
+            envelope: Some(EnvelopeInfo {
+                from: from.map(str::to_owned),
+                to: to.map(str::to_owned),
+                time: None,
+            }),
+            empty: false,
+        }
+    }
+
+    fn conv(to: Option<&str>, group_chat: bool) -> Conversation {
+        Conversation {
+            to: to.map(str::to_owned),
+            group_chat,
+        }
+    }
+
+    fn refused(r: Result<()>) -> bool {
+        matches!(r, Err(ManagerError::SceMismatch(_)))
+    }
+
+    #[test]
+    fn envelope_checks() {
+        let room = "room@muc.example";
+        let ok = opened(Some("b@x"), Some(room));
+        assert!(check_envelope(&ok, "b@x", &conv(Some(room), true)).is_ok());
+        assert!(check_envelope(&ok, "B@X", &conv(Some("ROOM@muc.example"), true)).is_ok());
+        assert!(check_envelope(&ok, "b@x", &conv(None, false)).is_ok());
+        assert!(refused(check_envelope(&ok, "c@x", &conv(Some(room), true))));
+        assert!(refused(check_envelope(
+            &ok,
+            "b@x",
+            &conv(Some("other@muc.example"), true)
+        )));
+        // Group chat without <to>, with or without a known conversation.
+        let no_to = opened(Some("b@x"), None);
+        assert!(refused(check_envelope(
+            &no_to,
+            "b@x",
+            &conv(Some(room), true)
+        )));
+        assert!(refused(check_envelope(&no_to, "b@x", &conv(None, true))));
+        // 1:1 without <to>: nothing to compare (transition).
+        assert!(check_envelope(&no_to, "b@x", &conv(Some("a@x"), false)).is_ok());
+        // No <from>: refused.
+        assert!(refused(check_envelope(
+            &opened(None, Some(room)),
+            "b@x",
+            &conv(None, false)
+        )));
+        // 0.3 and empty messages carry no envelope.
+        let none = Opened {
+            body: None,
+            content_xml: None,
+            envelope: None,
+            empty: true,
+        };
+        assert!(check_envelope(&none, "b@x", &conv(Some(room), true)).is_ok());
+    }
+
+    fn element(version: Version, sid: u32, jid: Option<&str>, rid: u32) -> Encrypted {
+        Encrypted {
+            version,
+            sid,
+            keys: vec![KeyElement {
+                jid: jid.map(str::to_owned),
+                rid,
+                kex: false,
+                data: vec![1, 2, 3],
+            }],
+            iv: Some(vec![0; 12]),
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn element_checks_match_the_xml_parser() {
+        let bad = |e: &Encrypted| matches!(check_element(e), Err(ManagerError::InvalidMessage(_)));
+        assert!(check_element(&element(Version::Twomemo, 5, Some("a@x"), 7)).is_ok());
+        assert!(check_element(&element(Version::Oldmemo, 5, None, 7)).is_ok());
+        assert!(bad(&element(Version::Twomemo, 0, Some("a@x"), 7)));
+        assert!(bad(&element(Version::Oldmemo, 0, None, 7)));
+        assert!(bad(&element(Version::Oldmemo, 1 << 31, None, 7)));
+        assert!(bad(&element(Version::Oldmemo, 5, None, 0)));
+        assert!(bad(&element(Version::Twomemo, 5, None, 7)));
+        assert!(bad(&element(Version::Twomemo, 5, Some(" "), 7)));
+        let mut no_iv = element(Version::Oldmemo, 5, None, 7);
+        no_iv.iv = None;
+        no_iv.payload = Some(vec![1]);
+        assert!(bad(&no_iv));
     }
 }
