@@ -651,3 +651,39 @@ fn hidden_prekey_answers_only_the_key_exchange_that_used_it() {
     let again = p.a.encrypt_xml(&[BOB], Some("alice again"), ns);
     assert_eq!(body(&p.b.decrypt(ALICE, &again).unwrap()), "alice again");
 }
+
+#[test]
+fn database_from_before_the_split_gets_its_own_pools() {
+    let ns = OMEMO2;
+    let mut p = pair(&[ns]);
+    let before = p.a.bundle(ns);
+    // Make alice's database look like schema version 1: one pool, listed by both bundles.
+    assert!(p.da.stop().is_some_and(|s| s.success()));
+    let conn = rusqlite::Connection::open(&p.da.db).unwrap();
+    conn.execute_batch(
+        "DELETE FROM prekeys WHERE namespace = 'eu.siacs.conversations.axolotl';
+         UPDATE prekeys SET namespace = NULL;",
+    )
+    .unwrap();
+    drop(conn);
+    p.da.spawn();
+    let mut a = p.da.client();
+    let after = a.bundle(ns);
+    assert!(
+        after["bundle_version"].as_i64() > before["bundle_version"].as_i64(),
+        "{after}"
+    );
+    let old = before["xml"].as_str().unwrap();
+    let new = after["xml"].as_str().unwrap();
+    let first_old = old
+        .split("<pk id='")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    assert!(!new.contains(&format!("<pk id='{first_old}'")), "{new}");
+    // bob still holds the old bundle: its key exchange uses a key from the old pool, once.
+    let x = p.b.encrypt_xml(&[ALICE], Some("from the old bundle"), ns);
+    assert_eq!(body(&a.decrypt(BOB, &x).unwrap()), "from the old bundle");
+}

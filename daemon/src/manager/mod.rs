@@ -119,16 +119,25 @@ impl Manager {
                 Ok((accounts, dirs))
             })
             .await?;
-        // Databases from before the per-namespace pools get theirs filled once.
+        // Databases from before the per-namespace pools get theirs filled once (and a new
+        // bundle to publish).
         for a in &accounts {
             let id = a.id;
             let now = storage::now();
-            let fresh = store
-                .write(move |tx| account::refill_prekey_pools(tx, id, now))
+            let (fresh, version) = store
+                .write(move |tx| {
+                    let rows = account::refill_prekey_pools(tx, id, now)?;
+                    let version = match rows.is_empty() {
+                        true => None,
+                        false => Some(storage::accounts::bump_bundle_version(tx, id)?),
+                    };
+                    Ok((rows, version))
+                })
                 .await?;
-            if !fresh.is_empty() {
+            if let Some(v) = version {
                 let mut keys = a.keys.lock().await;
                 keys.add_prekeys(fresh);
+                keys.bundle_version = v;
             }
         }
         Ok(Self {
