@@ -696,3 +696,57 @@ fn database_from_before_the_split_gets_its_own_pools() {
     let x = p.b.encrypt_xml(&[ALICE], Some("from the old bundle"), ns);
     assert_eq!(body(&a.decrypt(BOB, &x).unwrap()), "from the old bundle");
 }
+
+#[test]
+fn device_id_collision_way_out() {
+    let ns = OMEMO2;
+    let mut p = pair(&[ns]);
+    let x = p.a.encrypt_xml(&[BOB], Some("before"), ns);
+    p.b.decrypt(ALICE, &x).unwrap();
+    let fp = fingerprint(&mut p.a);
+    // Another of alice's devices turns out to use her id; her list also holds 4242.
+    let list = format!(
+        "<devices xmlns='{ns}'><device id='{}'/><device id='4242'/></devices>",
+        p.a_id
+    );
+    p.a.ok(
+        "devicelist.update",
+        json!({"jid": ALICE, "namespace": ns, "xml": list}),
+    );
+    p.a.err(
+        "account.renew_device_id",
+        json!({"avoid": (0..10_001).collect::<Vec<u32>>()}),
+        "invalid_params",
+    );
+    let r = p.a.ok("account.renew_device_id", json!({"avoid": [5]}));
+    let new_id = r["device_id"].as_u64().unwrap() as u32;
+    assert!(![p.a_id, 4242, 5].contains(&new_id), "{r}");
+    assert_eq!(r["fingerprint"], fp.as_str());
+    assert!(has_action(&r, "publish_devicelist") && has_action(&r, "publish_bundle"));
+    assert_eq!(p.a.bundle(ns)["device_id"], new_id);
+    let mine = p.a.devicelist(ns);
+    assert!(
+        mine["xml"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("'{new_id}'")),
+        "{mine}"
+    );
+    // bob learns the new device and writes to it; alice answers from it.
+    p.b.learn(ALICE, &mut p.a, &[ns]);
+    let r = p.b.ok(
+        "encrypt",
+        json!({"to": [ALICE], "body": "to the new id", "namespaces": [ns]}),
+    );
+    let x = r["messages"][0]["xml"].as_str().unwrap().to_owned();
+    assert_eq!(body(&p.a.decrypt(BOB, &x).unwrap()), "to the new id");
+    let y = p.a.encrypt_xml(&[BOB], Some("from the new id"), ns);
+    let r = p.b.decrypt(ALICE, &y).unwrap();
+    assert_eq!(body(&r), "from the new id");
+    assert_eq!(r["sender"]["device_id"], new_id);
+    // It survives a restart.
+    assert!(p.da.stop().is_some_and(|s| s.success()));
+    p.da.spawn();
+    let mut a = p.da.client();
+    assert_eq!(a.ok("fingerprint.get", json!({}))["device_id"], new_id);
+}

@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod decrypt;
+pub mod device_id;
 pub mod devicelist;
 pub mod directory;
 pub mod encrypt;

@@ -224,3 +224,11 @@ pub fn set_bundle_xml(
         .execute(params![a, j, n, d, xml, prekey_count])?
         > 0)
 }
+
+/// Gives an account's device a new id (a collision with another of our devices).
+pub fn set_device_id(conn: &Connection, account_id: i64, device_id: u32) -> Result<()> {
+    let n = conn
+        .prepare_cached("UPDATE accounts SET device_id = ?2 WHERE id = ?1")?
+        .execute(params![account_id, id_param(device_id)])?;
+    super::types::expect_one(n, "account")
+}
