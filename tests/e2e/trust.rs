@@ -750,3 +750,57 @@ fn device_id_collision_way_out() {
     let mut a = p.da.client();
     assert_eq!(a.ok("fingerprint.get", json!({}))["device_id"], new_id);
 }
+
+#[test]
+fn bad_input_to_the_new_params() {
+    let mut p = pair(&[OMEMO2]);
+    let x = p.b.encrypt_xml(&[ALICE], Some("hi"), OMEMO2);
+    for to in ["alice@example.org/phone", "", "a@b@c"] {
+        p.a.err(
+            "decrypt",
+            json!({"from": BOB, "xml": x, "to": to}),
+            "invalid_jid",
+        );
+    }
+    p.a.err(
+        "decrypt",
+        json!({"from": BOB, "xml": x, "group_chat": "yes"}),
+        "invalid_params",
+    );
+    p.b.err(
+        "encrypt",
+        json!({"to": [ALICE], "body": "x", "sce_to": "room@muc/nick"}),
+        "invalid_jid",
+    );
+    let accept = |fp: &str, jid: &str, ns: &str| json!({"jid": jid, "namespace": ns, "device_id": p.b_id, "fingerprint": fp});
+    let fp = fingerprint(&mut p.b);
+    p.a.err(
+        "identity.accept",
+        accept("not hex", BOB, OMEMO2),
+        "invalid_params",
+    );
+    p.a.err(
+        "identity.accept",
+        accept("abcd", BOB, OMEMO2),
+        "invalid_params",
+    );
+    p.a.err(
+        "identity.accept",
+        accept(&fp, "bob@example.org/x", OMEMO2),
+        "invalid_jid",
+    );
+    p.a.err(
+        "identity.accept",
+        accept(&fp, BOB, "urn:example:nope"),
+        "invalid_params",
+    );
+    // The message still decrypts: none of that changed anything.
+    let r =
+        p.a.ok("decrypt", json!({"from": BOB, "xml": x, "to": ALICE}));
+    assert_eq!(body(&r), "hi");
+    // Accepting the identity we already hold changes nothing either.
+    let r = p.a.ok("identity.accept", accept(&fp, BOB, OMEMO2));
+    assert_eq!(r["session_dropped"], false, "{r}");
+    let y = p.b.encrypt_xml(&[ALICE], Some("still"), OMEMO2);
+    assert_eq!(body(&p.a.decrypt(BOB, &y).unwrap()), "still");
+}

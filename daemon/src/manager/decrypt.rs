@@ -179,6 +179,9 @@ impl Manager {
         conv: &Conversation,
     ) -> Result<DecryptOutcome> {
         check_bare_jid(from)?;
+        if let Some(to) = &conv.to {
+            check_bare_jid(to)?;
+        }
         let acct = self.account(account)?;
         check_element(&element)?;
         let ours = our_keys(&acct, from, &element)?;

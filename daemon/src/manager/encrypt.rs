@@ -227,6 +227,9 @@ impl Manager {
         if req.namespaces.is_empty() {
             return Err(ManagerError::InvalidParams("`namespaces` is empty".into()));
         }
+        if let Some(to) = &req.sce_to {
+            check_bare_jid(to)?;
+        }
         // With several recipients the conversation is ambiguous: the receivers check `<to>`.
         if req.sce_to.is_none()
             && jids.len() > 1
