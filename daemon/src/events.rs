@@ -67,6 +67,23 @@ pub enum Event {
         /// The device's identity key fingerprint (hex), for display.
         fingerprint: String,
     },
+    /// A device showed another identity key than the one held for it (in a key exchange, which
+    /// was refused, or in a fetched bundle, which was set aside). `identity.accept` takes it.
+    IdentityChanged {
+        /// Our account's bare JID.
+        account: String,
+        /// The peer's bare JID.
+        peer: String,
+        /// The OMEMO namespace.
+        #[schemars(schema_with = "namespace_schema")]
+        namespace: Version,
+        /// The peer device.
+        device_id: u32,
+        /// Fingerprint of the identity held for the device.
+        old_fingerprint: String,
+        /// Fingerprint of the new identity.
+        new_fingerprint: String,
+    },
 }
 
 /// The `type` tags of [`Event`], used to filter subscriptions.
@@ -81,6 +98,8 @@ pub enum EventType {
     HeartbeatDue,
     /// [`Event::TrustDecisionNeeded`].
     TrustDecisionNeeded,
+    /// [`Event::IdentityChanged`].
+    IdentityChanged,
 }
 
 impl Event {
@@ -91,6 +110,7 @@ impl Event {
             Event::DevicelistChanged { .. } => EventType::DevicelistChanged,
             Event::HeartbeatDue { .. } => EventType::HeartbeatDue,
             Event::TrustDecisionNeeded { .. } => EventType::TrustDecisionNeeded,
+            Event::IdentityChanged { .. } => EventType::IdentityChanged,
         }
     }
 }

@@ -333,3 +333,4 @@ fn own_device_missing_from_own_list() {
 }
 
 mod bad_input;
+mod trust;

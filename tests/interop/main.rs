@@ -50,6 +50,11 @@ fn both_namespaces_in_one_stanza() {
     scenarios::both_namespaces_in_one_stanza();
 }
 
+#[test]
+fn sce_checked_against_python() {
+    scenarios::sce_checked_against_python();
+}
+
 // ------------------------------------------------------------------------------------------------
 // Shared helpers
 // ------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod decrypt;
+pub mod device_id;
 pub mod devicelist;
 pub mod directory;
 pub mod encrypt;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod limits;
 pub mod own_bundle;
 pub mod peer_bundle;
+pub mod pinning;
 pub mod sessions;
 pub mod trust;
 
@@ -85,7 +87,7 @@ pub struct Manager {
     accounts: RwLock<HashMap<String, Arc<Account>>>,
     directories: Mutex<HashMap<i64, Directory>>,
     pub(crate) sessions: sessions::SessionTable,
-    deferred: trust::Deferred,
+    rebuilds: pinning::Rebuilds,
 }
 
 /// Checks that `jid` looks like a bare JID (`local@domain` or `domain`, no resource).
@@ -119,6 +121,27 @@ impl Manager {
                 Ok((accounts, dirs))
             })
             .await?;
+        // Databases from before the per-namespace pools get theirs filled once (and a new
+        // bundle to publish).
+        for a in &accounts {
+            let id = a.id;
+            let now = storage::now();
+            let (fresh, version) = store
+                .write(move |tx| {
+                    let rows = account::refill_prekey_pools(tx, id, now)?;
+                    let version = match rows.is_empty() {
+                        true => None,
+                        false => Some(storage::accounts::bump_bundle_version(tx, id)?),
+                    };
+                    Ok((rows, version))
+                })
+                .await?;
+            if let Some(v) = version {
+                let mut keys = a.keys.lock().await;
+                keys.add_prekeys(fresh);
+                keys.bundle_version = v;
+            }
+        }
         Ok(Self {
             store,
             events,
@@ -130,7 +153,7 @@ impl Manager {
             ),
             directories: Mutex::new(dirs),
             sessions: sessions::SessionTable::default(),
-            deferred: trust::Deferred::default(),
+            rebuilds: pinning::Rebuilds::default(),
         })
     }
 
@@ -171,7 +194,12 @@ impl Manager {
     }
 
     /// Creates an account (own JID, new device id and identity).
-    pub async fn create_account(&self, jid: &str, trust_mode: TrustMode) -> Result<Arc<Account>> {
+    pub async fn create_account(
+        &self,
+        jid: &str,
+        trust_mode: TrustMode,
+        avoid: &[u32],
+    ) -> Result<Arc<Account>> {
         check_bare_jid(jid)?;
         if self
             .accounts
@@ -181,7 +209,7 @@ impl Manager {
         {
             return Err(ManagerError::AccountExists(jid.to_owned()));
         }
-        let acct = Arc::new(account::create(&self.store, jid, trust_mode).await?);
+        let acct = Arc::new(account::create(&self.store, jid, trust_mode, avoid).await?);
         self.directories
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -17,6 +17,13 @@ pub struct BundleUpdate {
     pub trust: String,
     /// One-time prekeys it offers.
     pub prekey_count: u32,
+    /// The bundle carries another identity than the one held for this device (a reinstall,
+    /// or an attack): it was set aside, nothing changed, and an `identity_changed` event was
+    /// raised. `identity.accept` with `fingerprint` takes it.
+    pub identity_changed: bool,
+    /// The fingerprint held for the device, when `identity_changed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_fingerprint: Option<String>,
 }
 
 impl Manager {
@@ -55,6 +62,19 @@ impl Manager {
             .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
         let mode = acct.keys.lock().await.trust_mode;
         let (trust, new_trust) = self.trust_for_key(&acct, mode, jid, &curve);
+        let addr = Self::addr(&acct, jid, namespace, device_id);
+        if let Some(old) = self
+            .set_aside_changed_bundle(&addr, &acct.jid, curve, bundle_xml)
+            .await?
+        {
+            return Ok(BundleUpdate {
+                fingerprint: trust.fingerprint,
+                trust: trust.level.as_str().to_owned(),
+                prekey_count: u32::try_from(bundle.prekeys.len()).unwrap_or(u32::MAX),
+                identity_changed: true,
+                old_fingerprint: Some(protocol_core::keys::fingerprint(&old)),
+            });
+        }
         let row = bundles::BundleRow {
             account_id: acct.id,
             jid: jid.to_owned(),
@@ -83,6 +103,8 @@ impl Manager {
             fingerprint: trust.fingerprint,
             trust: trust.level.as_str().to_owned(),
             prekey_count: u32::try_from(bundle.prekeys.len()).unwrap_or(u32::MAX),
+            identity_changed: false,
+            old_fingerprint: None,
         })
     }
 

@@ -1,12 +1,15 @@
 //! Trust decisions, device overviews, fingerprints, and catch-up mode.
 
 use super::{check_bare_jid, Action, Manager, ManagerError, Result};
+use crate::events::Event;
 use crate::storage::trust::{TrustLevel, TrustRow, TrustSource};
-use crate::storage::{self, accounts, prekeys, trust as trust_store, DeviceAddr};
+use crate::storage::{self, accounts, device_state, prekeys, trust as trust_store};
 use protocol_core::keys::fingerprint;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, PoisonError};
+
+/// Catch-up ends by itself this long after `catchup.begin` (a client that crashes or forgets
+/// `catchup.end` must not keep used prekeys and hold heartbeats forever).
+pub const CATCHUP_TIMEOUT_SECS: i64 = 60 * 60;
 
 /// One trust decision.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -52,14 +55,7 @@ pub struct DeviceEntry {
     pub last_seen: Option<i64>,
 }
 
-/// A session whose heartbeat waits: (peer JID, namespace, device id).
-type DeferredHeartbeat = (String, String, u32);
-
-/// Heartbeats deferred while catching up, per account.
-#[derive(Debug, Default)]
-pub struct Deferred(Mutex<HashMap<i64, BTreeSet<DeferredHeartbeat>>>);
-
-fn parse_fingerprint(s: &str) -> Result<[u8; 32]> {
+pub(crate) fn parse_fingerprint(s: &str) -> Result<[u8; 32]> {
     let hex: String = s.chars().filter(|c| !c.is_whitespace()).collect();
     let bytes = hex::decode(&hex)
         .map_err(|_| ManagerError::InvalidParams("fingerprint must be 64 hex digits".into()))?;
@@ -154,29 +150,21 @@ impl Manager {
         Ok(v)
     }
 
-    pub(crate) fn defer_heartbeat(&self, acct: &super::account::Account, addr: DeviceAddr) {
-        let mut map = self
-            .deferred
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.entry(acct.id).or_default().insert((
-            addr.jid,
-            addr.namespace.namespace().to_owned(),
-            addr.device_id,
-        ));
-    }
-
     /// Enters catch-up mode (the client replays its archive): used prekeys are kept until it
-    /// ends, and heartbeats wait.
+    /// ends, and heartbeats wait (persisted). It ends after [`CATCHUP_TIMEOUT_SECS`] at most.
     pub async fn catchup_begin(&self, account: Option<&str>) -> Result<()> {
         let acct = self.account(account)?;
         let mut keys = acct.keys.lock().await;
         let id = acct.id;
+        let now = storage::now();
         self.store
-            .write(move |tx| accounts::set_catchup(tx, id, true))
+            .write(move |tx| {
+                accounts::set_catchup(tx, id, true)?;
+                device_state::set_catchup_since(tx, id, Some(now))
+            })
             .await?;
         keys.catchup = true;
+        keys.catchup_since = Some(now);
         Ok(())
     }
 
@@ -186,32 +174,57 @@ impl Manager {
         let acct = self.account(account)?;
         let mut keys = acct.keys.lock().await;
         let id = acct.id;
-        self.store
+        let pending = self
+            .store
             .write(move |tx| {
                 accounts::set_catchup(tx, id, false)?;
+                device_state::set_catchup_since(tx, id, None)?;
                 prekeys::delete_used(tx, id)?;
-                Ok(())
+                device_state::take_deferred_heartbeats(tx, id)
             })
             .await?;
         keys.catchup = false;
+        keys.catchup_since = None;
         keys.prekeys.retain(|_, p| !p.used);
         drop(keys);
-        let pending = self
-            .deferred
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&acct.id)
-            .unwrap_or_default();
         Ok(pending
             .into_iter()
-            .filter_map(|(jid, ns, device_id)| {
-                protocol_core::Version::from_namespace(&ns).map(|namespace| Action::SendHeartbeat {
+            .map(|a| Action::SendHeartbeat {
+                jid: a.jid,
+                namespace: a.namespace,
+                device_id: a.device_id,
+            })
+            .collect())
+    }
+
+    /// Ends every catch-up older than [`CATCHUP_TIMEOUT_SECS`]; the heartbeats it held are
+    /// announced as events. Run by the maintenance timer.
+    pub async fn expire_catchups(&self, now: i64) -> Result<()> {
+        for acct in self.accounts() {
+            let expired = {
+                let keys = acct.keys.lock().await;
+                keys.catchup && !keys.catchup_active(now)
+            };
+            if !expired {
+                continue;
+            }
+            tracing::info!(jid = %acct.jid, "catch-up timed out; ending it");
+            for a in self.catchup_end(Some(&acct.jid)).await? {
+                if let Action::SendHeartbeat {
                     jid,
                     namespace,
                     device_id,
-                })
-            })
-            .collect())
+                } = a
+                {
+                    self.emit(Event::HeartbeatDue {
+                        account: acct.jid.clone(),
+                        peer: jid,
+                        namespace,
+                        device_id,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }

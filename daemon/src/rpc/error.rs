@@ -83,12 +83,18 @@ pub enum ErrorKind {
     TooManySkipped,
     /// The session cannot continue; it must be rebuilt.
     BrokenSession,
+    /// Too many session replacements for one device; retry after `data.retry_after_secs`.
+    RateLimited,
+    /// The OMEMO 2 SCE envelope names another sender or conversation than the stanza.
+    SceMismatch,
 
     // --- trust (1300s) ---
     /// The device is not (yet) trusted.
     Untrusted,
     /// The device is explicitly distrusted.
     Distrusted,
+    /// A key exchange carries another identity than the one held for the device.
+    IdentityChanged,
 
     // --- storage (1400s) ---
     /// The database failed.
@@ -129,8 +135,11 @@ impl ErrorKind {
         ErrorKind::AuthenticationFailed,
         ErrorKind::TooManySkipped,
         ErrorKind::BrokenSession,
+        ErrorKind::RateLimited,
+        ErrorKind::SceMismatch,
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
+        ErrorKind::IdentityChanged,
         ErrorKind::StorageError,
         ErrorKind::TooManyDevices,
     ];
@@ -165,8 +174,11 @@ impl ErrorKind {
             ErrorKind::AuthenticationFailed => 1205,
             ErrorKind::TooManySkipped => 1206,
             ErrorKind::BrokenSession => 1207,
+            ErrorKind::RateLimited => 1208,
+            ErrorKind::SceMismatch => 1209,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
+            ErrorKind::IdentityChanged => 1303,
             ErrorKind::StorageError => 1401,
             ErrorKind::TooManyDevices => 1500,
         }
@@ -202,8 +214,11 @@ impl ErrorKind {
             ErrorKind::AuthenticationFailed => "authentication_failed",
             ErrorKind::TooManySkipped => "too_many_skipped",
             ErrorKind::BrokenSession => "broken_session",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::SceMismatch => "sce_mismatch",
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
+            ErrorKind::IdentityChanged => "identity_changed",
             ErrorKind::StorageError => "storage_error",
             ErrorKind::TooManyDevices => "too_many_devices",
         }
@@ -239,8 +254,11 @@ impl ErrorKind {
             ErrorKind::AuthenticationFailed => "message authentication failed",
             ErrorKind::TooManySkipped => "too many skipped messages",
             ErrorKind::BrokenSession => "broken session",
+            ErrorKind::RateLimited => "too many session replacements; retry later",
+            ErrorKind::SceMismatch => "SCE envelope does not match the stanza",
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",
+            ErrorKind::IdentityChanged => "identity key of the device changed",
             ErrorKind::StorageError => "storage error",
             ErrorKind::TooManyDevices => "too many devices in the list",
         }

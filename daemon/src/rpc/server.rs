@@ -222,6 +222,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             {
                 tracing::warn!(error = %e, "expiring old rows failed");
             }
+            if let Err(e) = manager.expire_catchups(crate::storage::now()).await {
+                tracing::warn!(error = %e, "ending timed-out catch-up failed");
+            }
         }
     });
     let module = crate::rpc::methods::build(Arc::clone(&ctx), config.enable_debug_methods)?;

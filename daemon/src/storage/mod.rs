@@ -14,6 +14,7 @@
 pub mod accounts;
 pub mod bundles;
 pub mod checkpoint;
+pub mod device_state;
 pub mod devices;
 mod error;
 pub mod identity;

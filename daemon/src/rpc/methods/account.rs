@@ -22,6 +22,10 @@ pub struct AccountCreateParams {
     /// Trust policy for new keys: `btbv` (blind trust before verification, default), `tofu`, `manual`.
     #[serde(default)]
     pub trust_mode: Option<String>,
+    /// Device ids the new device must not take: those on our own device lists (fetch them
+    /// first), so two of our devices never share an id.
+    #[serde(default)]
+    pub avoid: Vec<u32>,
 }
 
 /// An account.
@@ -56,7 +60,10 @@ impl Method for AccountCreate {
                 RpcError::invalid_params("trust_mode must be btbv, tofu or manual")
             })?,
         };
-        let a = ctx.manager()?.create_account(&p.jid, mode).await?;
+        let a = ctx
+            .manager()?
+            .create_account(&p.jid, mode, &p.avoid)
+            .await?;
         Ok(AccountInfo {
             jid: a.jid.clone(),
             device_id: a.device_id,
@@ -113,6 +120,59 @@ impl Method for FingerprintGet {
             jid,
             device_id,
             fingerprint,
+        })
+    }
+}
+
+/// `account.renew_device_id`.
+pub struct AccountRenewDeviceId;
+
+/// Params of `account.renew_device_id`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewDeviceIdParams {
+    /// Our bare JID; may be left out when the daemon has one account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Device ids not to take besides those already on our device lists.
+    #[serde(default)]
+    pub avoid: Vec<u32>,
+}
+
+/// Result of `account.renew_device_id`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RenewedDeviceId {
+    /// Bare JID.
+    pub jid: String,
+    /// The new device id.
+    pub device_id: u32,
+    /// Our fingerprint (unchanged).
+    pub fingerprint: String,
+    /// Publish both device lists and bundles now.
+    pub actions: Vec<crate::manager::Action>,
+}
+
+impl Method for AccountRenewDeviceId {
+    const NAME: &'static str = "account.renew_device_id";
+    const SUMMARY: &'static str = "Gives our device a new id (the way out when another of our devices has the same id); identity, sessions and trust stay.";
+    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
+    type Params = RenewDeviceIdParams;
+    type Result = RenewedDeviceId;
+
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: RenewDeviceIdParams,
+    ) -> Result<RenewedDeviceId, RpcError> {
+        let (a, actions) = ctx
+            .manager()?
+            .renew_device_id(p.account.as_deref(), &p.avoid)
+            .await?;
+        Ok(RenewedDeviceId {
+            jid: a.jid.clone(),
+            device_id: a.device_id,
+            fingerprint: a.identity.fingerprint(),
+            actions,
         })
     }
 }

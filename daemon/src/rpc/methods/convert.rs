@@ -54,6 +54,21 @@ impl From<ManagerError> for RpcError {
             ManagerError::BrokenSession(_) => RpcError::new(ErrorKind::BrokenSession, message),
             ManagerError::Untrusted => RpcError::new(ErrorKind::Untrusted, message),
             ManagerError::Distrusted => RpcError::new(ErrorKind::Distrusted, message),
+            ManagerError::IdentityChanged {
+                jid,
+                namespace,
+                device_id,
+                old_fingerprint,
+                new_fingerprint,
+            } => RpcError::new(ErrorKind::IdentityChanged, message).with_data(json!({
+                "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
+                "old_fingerprint": old_fingerprint, "new_fingerprint": new_fingerprint,
+            })),
+            ManagerError::RateLimited { retry_after_secs } => {
+                RpcError::new(ErrorKind::RateLimited, message)
+                    .with_data(json!({"retry_after_secs": retry_after_secs}))
+            }
+            ManagerError::SceMismatch(_) => RpcError::new(ErrorKind::SceMismatch, message),
             ManagerError::InvalidParams(_) => RpcError::invalid_params(message),
             ManagerError::TooManyDevices { count, max } => {
                 RpcError::new(ErrorKind::TooManyDevices, message)
