@@ -5,7 +5,9 @@
 use super::account::Account;
 use super::Manager;
 use crate::storage::trust::TrustSource;
-use crate::storage::{self, devices, sessions as session_store, trust as trust_store, DeviceAddr};
+use crate::storage::{
+    self, device_state, devices, sessions as session_store, trust as trust_store, DeviceAddr,
+};
 use rusqlite::params;
 
 /// Most sessions per contact JID with devices that are not in its device list. A key exchange
@@ -68,6 +70,8 @@ impl Manager {
                         continue;
                     };
                     session_store::delete(tx, a)?;
+                    // Its earlier states would let the same unlisted device come back.
+                    device_state::delete_previous_sessions(tx, a)?;
                     // The device row its messages created (never listed): gone with it.
                     tx.prepare_cached(
                         "DELETE FROM devices WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 \
