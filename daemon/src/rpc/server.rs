@@ -59,6 +59,9 @@ pub enum ServeError {
     /// The session manager could not load its state.
     #[error("loading state: {0}")]
     Manager(#[from] crate::manager::ManagerError),
+    /// Another daemon uses the database (or its lock file is unusable).
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
 }
 
 /// How often signed prekeys are checked for rotation.
@@ -187,6 +190,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(io_err("cannot watch signals", Path::new("-")))?;
 
+    // One daemon per database: lock before opening, hold until the store is closed.
+    let mut db_lock = crate::lock::DbLock::acquire(&config.db, Some(&config.socket))?;
     // Open the database first: a daemon that cannot reach its state must not listen.
     let store = Arc::new(crate::storage::Store::open(
         &config.db,
@@ -196,6 +201,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         },
     )?);
     let bound = bind(&config)?;
+    if bound.path != config.socket {
+        db_lock.record(Some(&bound.path))?;
+    }
     let ctx = Arc::new(Ctx::new(config.clone(), bound.path.clone()));
     let manager =
         Arc::new(crate::manager::Manager::open(Arc::clone(&store), ctx.events.clone()).await?);
@@ -270,6 +278,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     if let Ok(Err(e)) = closed {
         tracing::warn!(error = %e, "closing the database failed");
     }
+    drop(db_lock);
     tracing::info!("stopped");
     Ok(())
 }
