@@ -34,7 +34,8 @@ impl Manager {
         namespace: Version,
         list_xml: &str,
     ) -> Result<DevicelistUpdate> {
-        check_bare_jid(jid)?;
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         let acct = self.account(account)?;
         let entries = xml::devicelist_from_xml(namespace, list_xml)
             .map_err(|e| ManagerError::InvalidMessage(format!("device list: {e}")))?;

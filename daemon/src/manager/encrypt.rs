@@ -203,9 +203,9 @@ impl Manager {
         let acct = self.account(account)?;
         let mut jids: Vec<String> = Vec::new();
         for j in &req.to {
-            check_bare_jid(j)?;
-            if !jids.contains(j) {
-                jids.push(j.clone());
+            let j = check_bare_jid(j)?;
+            if !jids.contains(&j) {
+                jids.push(j);
             }
         }
         if jids.is_empty() {
@@ -295,7 +295,8 @@ impl Manager {
         device_id: u32,
         force_new: bool,
     ) -> Result<EncryptOutcome> {
-        check_bare_jid(jid)?;
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         let acct = self.account(account)?;
         let t = Target {
             addr: Self::addr(&acct, jid, namespace, device_id),

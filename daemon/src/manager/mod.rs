@@ -87,20 +87,12 @@ pub struct Manager {
     deferred: trust::Deferred,
 }
 
-/// Checks that `jid` looks like a bare JID (`local@domain` or `domain`, no resource).
-pub fn check_bare_jid(jid: &str) -> Result<()> {
-    let ok = !jid.is_empty()
-        && jid.len() <= 3071
-        && !jid.contains('/')
-        && !jid.chars().any(|c| c.is_whitespace() || c.is_control())
-        && jid.split('@').count() <= 2
-        && jid.rsplit('@').next().is_some_and(|d| !d.is_empty())
-        && !jid.starts_with('@');
-    if ok {
-        Ok(())
-    } else {
-        Err(ManagerError::InvalidJid(jid.to_owned()))
-    }
+/// Parses `jid` as a bare JID (`local@domain` or `domain`, no resource) and returns its
+/// normalised form (RFC 7622: the local part through nodeprep, the domain through IDNA and
+/// nameprep, so `Alice@Example.ORG` is `alice@example.org`). Everything omemod stores and
+/// compares is in this form.
+pub fn check_bare_jid(jid: &str) -> Result<String> {
+    storage::jids::normalise(jid).ok_or_else(|| ManagerError::InvalidJid(jid.to_owned()))
 }
 
 impl Manager {
@@ -150,9 +142,9 @@ impl Manager {
     pub fn account(&self, jid: Option<&str>) -> Result<Arc<Account>> {
         let map = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
         match jid {
-            Some(j) => map
-                .get(j)
-                .cloned()
+            Some(j) => check_bare_jid(j)
+                .ok()
+                .and_then(|n| map.get(&n).cloned())
                 .ok_or_else(|| ManagerError::UnknownAccount(j.to_owned())),
             None => {
                 let mut it = map.values();
@@ -171,7 +163,8 @@ impl Manager {
 
     /// Creates an account (own JID, new device id and identity).
     pub async fn create_account(&self, jid: &str, trust_mode: TrustMode) -> Result<Arc<Account>> {
-        check_bare_jid(jid)?;
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         if self
             .accounts
             .read()

@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod devices;
 mod error;
 pub mod identity;
+pub mod jids;
 pub mod migrations;
 pub mod prekeys;
 mod reader;
@@ -283,6 +284,10 @@ impl Store {
         prepare_files(path)?;
         let mut conn = open_writer(path, &config)?;
         migrations::migrate(&mut conn, migrations::MIGRATIONS)?;
+        let report = jids::normalise_stored(&mut conn)?;
+        if report != jids::NormaliseReport::default() {
+            tracing::info!(?report, "stored JIDs normalised");
+        }
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let page_size = u64::try_from(page_size).unwrap_or(4096);
 

@@ -70,9 +70,11 @@ impl Method for Decrypt {
                 ))
             }
         };
+        // Normalised here so that sessions and trust are found whatever the spelling.
+        let from = crate::manager::check_bare_jid(&p.from)?;
         Ok(ctx
             .manager()?
-            .decrypt(p.account.as_deref(), &p.from, element)
+            .decrypt(p.account.as_deref(), &from, element)
             .await?)
     }
 }
