@@ -51,6 +51,25 @@ pub enum Command {
         #[arg(long)]
         account: Option<String>,
     },
+    /// Manage accounts: list, delete, export one for another machine, import it there.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Write a consistent copy of the database to FILE (SQLite's online backup; safe while the
+    /// daemon runs). FILE must not exist; it is created with mode 0600.
+    Backup {
+        /// Where to write the copy.
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Replace the database by a backup. Refuses while a daemon uses the database; the replaced
+    /// file is kept as `<db>.before-restore-<time>`.
+    Restore {
+        /// The backup to restore.
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
+    },
     /// Decide whether to trust one identity key of a contact (calls `trust.set`); without a
     /// decision, list the decisions about the contact (calls `trust.list`).
     Trust {
@@ -67,6 +86,56 @@ pub enum Command {
         #[arg(value_enum, requires = "fingerprint")]
         decision: Option<TrustDecision>,
     },
+}
+
+/// `omemod account …`.
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// List the accounts (calls `account.list`).
+    List,
+    /// Delete an account and every secret stored for it, for good (calls `account.delete`).
+    Delete {
+        /// The account's bare JID.
+        #[arg(long)]
+        account: String,
+        /// Confirm: the identity cannot be recovered without a backup or an export.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Write one account (identity, prekeys, sessions, device lists, trust) to FILE, for moving
+    /// it to another machine. Reads the database directly; safe while the daemon runs. FILE holds
+    /// the account's secrets: it is created with mode 0600 and must not exist.
+    Export {
+        /// The account's bare JID.
+        #[arg(long)]
+        account: String,
+        /// Where to write it.
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Add an account exported with `account export` to this machine's database. Stop the daemon
+    /// first (the database must not be in use); then stop using the account on the old machine.
+    Import {
+        /// The exported account.
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+/// The database of an offline command.
+#[derive(Debug, Args)]
+pub struct DbArg {
+    /// The SQLite database [default: the one `serve` uses].
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+impl DbArg {
+    fn path(&self) -> PathBuf {
+        self.db.clone().unwrap_or_else(config::default_db_path)
+    }
 }
 
 /// A trust decision.
@@ -106,6 +175,8 @@ pub struct ServeArgs {
 
 /// Parses the command line and runs it.
 pub fn run() -> ExitCode {
+    // Whatever a command creates (database, backup, export, socket) is private to us.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let socket = cli
         .socket
@@ -129,6 +200,11 @@ pub fn run() -> ExitCode {
         Command::Fingerprint { account } => {
             call(&socket, "fingerprint.get", with_account(json!({}), account))
         }
+        Command::Account(cmd) => account_command(&socket, cmd),
+        Command::Backup { file, db } => {
+            offline(crate::storage::transfer::backup(&db.path(), &file))
+        }
+        Command::Restore { file, db } => restore(&file, &db.path()),
         Command::Trust {
             account,
             jid,
@@ -151,6 +227,92 @@ pub fn run() -> ExitCode {
             ),
         },
     }
+}
+
+fn account_command(socket: &std::path::Path, cmd: AccountCommand) -> ExitCode {
+    match cmd {
+        AccountCommand::List => call(socket, "account.list", json!({})),
+        AccountCommand::Delete { account, yes } => {
+            if !yes {
+                eprintln!(
+                    "omemod: deleting {account} destroys its identity and every session; \
+                     add --yes to confirm (take `omemod backup` or `omemod account export` first)"
+                );
+                return ExitCode::from(2);
+            }
+            call(socket, "account.delete", json!({"jid": account}))
+        }
+        AccountCommand::Export { account, file, db } => {
+            let jid = crate::storage::jids::normalise(&account).unwrap_or(account);
+            offline(
+                crate::storage::transfer::export_account_to(&db.path(), &jid, &file)
+                    .map(|rows| json!({"account": jid, "file": file, "rows": rows})),
+            )
+        }
+        AccountCommand::Import { file, db } => import(&file, &db.path()),
+    }
+}
+
+/// Prints an offline command's result as JSON, or its error (exit code 1).
+fn offline<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> ExitCode {
+    match r {
+        Ok(v) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("omemod: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Takes the database's lock for an offline change; says who holds it otherwise.
+fn lock_for_offline_change(db: &std::path::Path) -> Result<crate::lock::DbLock, ExitCode> {
+    crate::lock::DbLock::acquire(db, None).map_err(|e| {
+        eprintln!("omemod: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn restore(file: &std::path::Path, db: &std::path::Path) -> ExitCode {
+    let _lock = match lock_for_offline_change(db) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    offline(crate::storage::transfer::restore(file, db))
+}
+
+fn import(file: &std::path::Path, db: &std::path::Path) -> ExitCode {
+    let _lock = match lock_for_offline_change(db) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let doc: Value = match std::fs::read(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", file.display())))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("omemod: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let store = match crate::storage::Store::open(db, crate::storage::Durability::Full) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("omemod: database {}: {e}", db.display());
+            return ExitCode::from(1);
+        }
+    };
+    let r = store.write_blocking(move |tx| crate::storage::transfer::import_account(tx, &doc));
+    let closed = store.close();
+    offline(r.and_then(|jid| closed.map(|()| json!({"imported": jid, "db": db}))))
 }
 
 fn with_account(mut params: Value, account: Option<String>) -> Value {

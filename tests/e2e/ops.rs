@@ -135,3 +135,332 @@ fn mixed_case_jids_are_one_account_one_peer_one_trust_decision() {
         b.err("trust.list", json!({"jid": bad}), "invalid_jid");
     }
 }
+
+/// Every secret of `jid`'s account in the database: private keys, session states, skipped
+/// message keys.
+fn secrets_of(db: &Path, jid: &str) -> Vec<Vec<u8>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db");
+    let id: i64 = conn
+        .query_row("SELECT id FROM accounts WHERE jid = ?1", [jid], |r| {
+            r.get(0)
+        })
+        .expect("account row");
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT private_key FROM identity WHERE account_id = ?1",
+        "SELECT private_key FROM signed_prekeys WHERE account_id = ?1",
+        "SELECT private_key FROM prekeys WHERE account_id = ?1",
+        "SELECT state FROM sessions WHERE account_id = ?1",
+        "SELECT message_key FROM skipped_keys WHERE account_id = ?1",
+    ] {
+        let mut stmt = conn.prepare(sql).expect("prepare");
+        let rows = stmt
+            .query_map([id], |r| r.get::<_, Vec<u8>>(0))
+            .expect("query");
+        out.extend(rows.map(|r| r.expect("row")));
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn file_bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_default()
+}
+
+fn with_suffix(p: &Path, s: &str) -> std::path::PathBuf {
+    let mut o = p.as_os_str().to_owned();
+    o.push(s);
+    o.into()
+}
+
+/// Alice (daemon a) and bob (daemon b) with sessions both ways and, on alice's side, skipped
+/// message keys waiting for late messages.
+fn conversation(a: &mut Client, b: &mut Client) {
+    a.learn("bob@example.org", b, &[OMEMO2]);
+    b.learn("alice@example.org", a, &[OMEMO2]);
+    let x = a.encrypt_xml(&["bob@example.org"], Some("hello"), OMEMO2);
+    b.decrypt("alice@example.org", &x).expect("decrypt");
+    let late = b.encrypt_xml(&["alice@example.org"], Some("late"), OMEMO2);
+    let y = b.encrypt_xml(&["alice@example.org"], Some("now"), OMEMO2);
+    assert_eq!(
+        a.decrypt("bob@example.org", &y).expect("decrypt")["body"],
+        "now"
+    );
+    drop(late);
+}
+
+#[test]
+fn account_delete_leaves_no_secret_in_the_database_or_its_wal() {
+    let da = Daemon::start();
+    let db = Daemon::start();
+    let (mut a, mut b) = (da.client(), db.client());
+    a.create_account("alice@example.org");
+    b.create_account("bob@example.org");
+    conversation(&mut a, &mut b);
+    a.create_account("carol@example.org");
+
+    let secrets = secrets_of(&da.db, "alice@example.org");
+    // identity + signed prekey + 100 prekeys (one used by bob, replaced) + session + skipped key.
+    assert!(secrets.len() >= 100, "{}", secrets.len());
+    let deleted = a.ok("account.delete", json!({"jid": "Alice@Example.org"}));
+    assert_eq!(deleted["jid"], "alice@example.org");
+    assert_eq!(deleted["wal_truncated"], true, "{deleted}");
+    let file = file_bytes(&da.db);
+    let wal = file_bytes(&with_suffix(&da.db, "-wal"));
+    assert!(!file.is_empty());
+    for s in &secrets {
+        assert!(
+            !contains(&file, s),
+            "a secret survived in the database file"
+        );
+        assert!(!contains(&wal, s), "a secret survived in the WAL");
+    }
+    // Gone everywhere, the other account untouched.
+    a.err(
+        "fingerprint.get",
+        json!({"account": "alice@example.org"}),
+        "unknown_account",
+    );
+    let list = a.ok("account.list", json!({}));
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    assert_eq!(list[0]["jid"], "carol@example.org");
+    a.ok("bundle.get", json!({"namespace": OMEMO2}));
+    assert_eq!(secrets_of(&da.db, "carol@example.org").len(), 102);
+    a.err(
+        "account.delete",
+        json!({"jid": "alice@example.org"}),
+        "unknown_account",
+    );
+    let conn =
+        rusqlite::Connection::open_with_flags(&da.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db");
+    for table in [
+        "identity",
+        "prekeys",
+        "signed_prekeys",
+        "sessions",
+        "skipped_keys",
+        "devices",
+        "bundles",
+        "trust",
+    ] {
+        let n: i64 = conn
+            .query_row(
+                &format!("SELECT count(*) FROM {table} WHERE account_id NOT IN (SELECT id FROM accounts)"),
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(n, 0, "{table} kept rows of the deleted account");
+    }
+    drop(conn);
+    // The JID can start again, with a new identity.
+    a.create_account("alice@example.org");
+}
+
+#[test]
+fn backup_taken_under_load_restores_to_a_working_daemon() {
+    let mut da = Daemon::start();
+    let db = Daemon::start();
+    let (mut a, mut b) = (da.client(), db.client());
+    a.create_account("alice@example.org");
+    b.create_account("bob@example.org");
+    conversation(&mut a, &mut b);
+    let fingerprint = a.ok("fingerprint.get", json!({}))["fingerprint"].clone();
+
+    // Load: alice and bob keep talking while the backup runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = std::sync::Arc::clone(&stop);
+        let (mut a, mut b) = (da.client(), db.client());
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let x = a.encrypt_xml(&["bob@example.org"], Some(&format!("m{n}")), OMEMO2);
+                assert_eq!(
+                    b.decrypt("alice@example.org", &x).expect("decrypt")["body"],
+                    format!("m{n}")
+                );
+                let y = b.encrypt_xml(&["alice@example.org"], Some("r"), OMEMO2);
+                a.decrypt("bob@example.org", &y).expect("decrypt");
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let backup = da.dir.path().join("backup.db");
+    let out = omemod(
+        &["backup", &path_str(&backup), "--db", &path_str(&da.db)],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(summary["accounts"], json!(["alice@example.org"]));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = load.join().expect("load thread");
+    assert!(rounds > 0);
+    // A backup never overwrites.
+    let again = omemod(
+        &["backup", &path_str(&backup), "--db", &path_str(&da.db)],
+        &[],
+    );
+    assert!(!again.status.success());
+
+    // Restore refuses while the daemon runs, and names it.
+    let out = omemod(
+        &["restore", &path_str(&backup), "--db", &path_str(&da.db)],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {}", da.pid().expect("pid"))),
+        "{err}"
+    );
+
+    da.stop();
+    let out = omemod(
+        &["restore", &path_str(&backup), "--db", &path_str(&da.db)],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(summary["previous"]
+        .as_str()
+        .is_some_and(|p| Path::new(p).exists()));
+    da.spawn();
+    let mut a = da.client();
+    assert_eq!(
+        a.ok("fingerprint.get", json!({}))["fingerprint"],
+        fingerprint
+    );
+    // The restored sessions are older than bob's (the load went on after the snapshot): a new
+    // key exchange from alice makes them work again, both ways.
+    let bob_device = b.ok("fingerprint.get", json!({}))["device_id"].clone();
+    let kex = a.ok(
+        "session.replace",
+        json!({"jid": "bob@example.org", "namespace": OMEMO2, "device_id": bob_device}),
+    );
+    let kex = kex["messages"][0]["xml"].as_str().expect("xml").to_owned();
+    b.decrypt("alice@example.org", &kex).expect("key exchange");
+    let y = b.encrypt_xml(&["alice@example.org"], Some("after restore"), OMEMO2);
+    assert_eq!(
+        a.decrypt("bob@example.org", &y).expect("decrypt")["body"],
+        "after restore"
+    );
+    let x = a.encrypt_xml(&["bob@example.org"], Some("back"), OMEMO2);
+    assert_eq!(
+        b.decrypt("alice@example.org", &x).expect("decrypt")["body"],
+        "back"
+    );
+}
+
+#[test]
+fn export_import_moves_an_account_to_another_machine() {
+    let mut da = Daemon::start();
+    let db = Daemon::start();
+    let (mut a, mut b) = (da.client(), db.client());
+    a.create_account("alice@example.org");
+    b.create_account("bob@example.org");
+    conversation(&mut a, &mut b);
+    let before = a.ok("fingerprint.get", json!({}));
+    let file = da.dir.path().join("alice.json");
+    let out = omemod(
+        &[
+            "account",
+            "export",
+            "--account",
+            "Alice@example.org",
+            &path_str(&file),
+            "--db",
+            &path_str(&da.db),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file)
+            .expect("export")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    da.stop();
+
+    // The new machine: a fresh state directory; import while no daemon runs.
+    let mut dn = Daemon::start();
+    let out = omemod(
+        &[
+            "account",
+            "import",
+            &path_str(&file),
+            "--db",
+            &path_str(&dn.db),
+        ],
+        &[],
+    );
+    assert!(
+        !out.status.success(),
+        "import must wait for the daemon to stop"
+    );
+    dn.stop();
+    let out = omemod(
+        &[
+            "account",
+            "import",
+            &path_str(&file),
+            "--db",
+            &path_str(&dn.db),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = omemod(
+        &[
+            "account",
+            "import",
+            &path_str(&file),
+            "--db",
+            &path_str(&dn.db),
+        ],
+        &[],
+    );
+    assert!(!out.status.success(), "a second import of the same account");
+    dn.spawn();
+    let mut n = dn.client();
+    assert_eq!(n.ok("fingerprint.get", json!({})), before);
+    // The sessions came along: messages flow both ways without a new key exchange.
+    let y = b.encrypt_xml(&["alice@example.org"], Some("to the new machine"), OMEMO2);
+    let r = n.decrypt("bob@example.org", &y).expect("decrypt");
+    assert_eq!(r["body"], "to the new machine");
+    assert_eq!(r["key_exchange"], false);
+    let x = n.encrypt_xml(&["bob@example.org"], Some("from it"), OMEMO2);
+    assert_eq!(
+        b.decrypt("alice@example.org", &x).expect("decrypt")["body"],
+        "from it"
+    );
+}

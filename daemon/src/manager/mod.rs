@@ -8,6 +8,7 @@ pub mod devicelist;
 pub mod directory;
 pub mod encrypt;
 pub mod error;
+pub mod lifecycle;
 pub mod own_bundle;
 pub mod peer_bundle;
 pub mod sessions;

@@ -42,6 +42,12 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
+    /// Drops every cached session of an account (after it was deleted).
+    pub fn forget_account(&self, account_id: i64) {
+        let mut map = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|addr, _| addr.account_id != account_id);
+    }
+
     fn slot(&self, addr: &DeviceAddr) -> Arc<tokio::sync::Mutex<Slot>> {
         let mut map = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         map.entry(addr.clone()).or_default().clone()

@@ -59,6 +59,16 @@ type DeferredHeartbeat = (String, String, u32);
 #[derive(Debug, Default)]
 pub struct Deferred(Mutex<HashMap<i64, BTreeSet<DeferredHeartbeat>>>);
 
+impl Deferred {
+    /// Drops what was deferred for a deleted account.
+    pub fn forget_account(&self, account_id: i64) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&account_id);
+    }
+}
+
 fn parse_fingerprint(s: &str) -> Result<[u8; 32]> {
     let hex: String = s.chars().filter(|c| !c.is_whitespace()).collect();
     let bytes = hex::decode(&hex)

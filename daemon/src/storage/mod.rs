@@ -24,6 +24,7 @@ mod reader;
 pub mod sessions;
 pub mod signed_prekeys;
 pub mod skipped_keys;
+pub mod transfer;
 pub mod trust;
 mod types;
 pub mod writer;
@@ -463,6 +464,19 @@ impl Store {
             reply: Reply::Blocking(tx),
         }))?;
         rx.recv().map_err(|_| StorageError::Closed)?
+    }
+
+    /// Checkpoints the whole WAL into the database and truncates it to zero bytes, on a
+    /// connection of its own (waits up to the busy timeout for readers). Used after deleting
+    /// secrets, whose old pages the WAL would otherwise keep until it is overwritten.
+    pub fn checkpoint_truncate(&self) -> Result<CheckpointResult> {
+        let conn = open_connection(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            &self.config,
+        )?;
+        conn.pragma_update(None, "synchronous", self.config.durability.pragma_value())?;
+        checkpoint::checkpoint(&conn, CheckpointMode::Truncate)
     }
 
     /// Clean shutdown: lets the writer finish every queued job, stops readers and the
