@@ -133,8 +133,19 @@ pub struct DbArg {
 }
 
 impl DbArg {
-    fn path(&self) -> PathBuf {
-        self.db.clone().unwrap_or_else(config::default_db_path)
+    /// `--db`, else the database of the daemon answering on `socket`, else the default.
+    fn path(&self, socket: &std::path::Path) -> PathBuf {
+        if let Some(db) = &self.db {
+            return db.clone();
+        }
+        call_raw(socket, "status", json!({}))
+            .ok()
+            .and_then(|v| {
+                v.pointer("/result/db")
+                    .and_then(Value::as_str)
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(config::default_db_path)
     }
 }
 
@@ -202,9 +213,9 @@ pub fn run() -> ExitCode {
         }
         Command::Account(cmd) => account_command(&socket, cmd),
         Command::Backup { file, db } => {
-            offline(crate::storage::transfer::backup(&db.path(), &file))
+            offline(crate::storage::transfer::backup(&db.path(&socket), &file))
         }
-        Command::Restore { file, db } => restore(&file, &db.path()),
+        Command::Restore { file, db } => restore(&file, &db.path(&socket)),
         Command::Trust {
             account,
             jid,
@@ -245,11 +256,11 @@ fn account_command(socket: &std::path::Path, cmd: AccountCommand) -> ExitCode {
         AccountCommand::Export { account, file, db } => {
             let jid = crate::storage::jids::normalise(&account).unwrap_or(account);
             offline(
-                crate::storage::transfer::export_account_to(&db.path(), &jid, &file)
+                crate::storage::transfer::export_account_to(&db.path(socket), &jid, &file)
                     .map(|rows| json!({"account": jid, "file": file, "rows": rows})),
             )
         }
-        AccountCommand::Import { file, db } => import(&file, &db.path()),
+        AccountCommand::Import { file, db } => import(&file, &db.path(socket)),
     }
 }
 

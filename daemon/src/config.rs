@@ -65,17 +65,25 @@ pub fn runtime_dir() -> Option<PathBuf> {
     run_user.is_dir().then_some(run_user)
 }
 
-/// The default socket path: `<runtime dir>/omemod/omemod.sock`, or `/tmp/omemod-<uid>/omemod.sock`
-/// when there is no runtime directory.
+/// The default socket path: `$RUNTIME_DIRECTORY/omemod.sock` under systemd (`RuntimeDirectory=`),
+/// else `<runtime dir>/omemod/omemod.sock`, or `/tmp/omemod-<uid>/omemod.sock` when there is no
+/// runtime directory.
 pub fn default_socket_path() -> PathBuf {
+    if let Some(dir) = systemd_directory("RUNTIME_DIRECTORY") {
+        return dir.join("omemod.sock");
+    }
     match runtime_dir() {
         Some(dir) => dir.join("omemod").join("omemod.sock"),
         None => PathBuf::from(format!("/tmp/omemod-{}", current_uid())).join("omemod.sock"),
     }
 }
 
-/// `$XDG_STATE_HOME/omemod`, default `~/.local/state/omemod`.
+/// `$STATE_DIRECTORY` under systemd (`StateDirectory=`), else `$XDG_STATE_HOME/omemod`, default
+/// `~/.local/state/omemod`.
 pub fn state_dir() -> PathBuf {
+    if let Some(dir) = systemd_directory("STATE_DIRECTORY") {
+        return dir;
+    }
     if let Some(dir) = non_empty_env_path("XDG_STATE_HOME") {
         return dir.join("omemod");
     }
@@ -86,6 +94,13 @@ pub fn state_dir() -> PathBuf {
 /// The default database path: `<state dir>/omemod.db`.
 pub fn default_db_path() -> PathBuf {
     state_dir().join("omemod.db")
+}
+
+/// A directory systemd created for us: the first of the colon-separated absolute paths in `var`.
+fn systemd_directory(var: &str) -> Option<PathBuf> {
+    let v = std::env::var_os(var)?;
+    let first = std::env::split_paths(&v).next()?;
+    first.is_absolute().then_some(first)
 }
 
 /// The XDG spec ignores relative paths in these variables.

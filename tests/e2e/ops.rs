@@ -464,3 +464,163 @@ fn export_import_moves_an_account_to_another_machine() {
         "from it"
     );
 }
+
+/// The `[Service]` settings of the user unit, as `(key, value)` in file order.
+fn unit_settings(file: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join("systemd").join(file)).expect("unit file");
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+fn setting<'a>(s: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    s.iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+#[test]
+fn systemd_unit_is_valid_and_needs_no_version_specific_paths() {
+    let s = unit_settings("omemod.service");
+    assert_eq!(setting(&s, "StateDirectory"), ["omemod"]);
+    assert_eq!(setting(&s, "RuntimeDirectory"), ["omemod"]);
+    assert_eq!(setting(&s, "ProtectSystem"), ["strict"]);
+    assert_eq!(setting(&s, "ProtectHome"), ["read-only"]);
+    // %S is ~/.config before systemd 254 and ~/.local/state after: no path may depend on it,
+    // and the binary is not looked for in one installer's directory.
+    for (k, v) in &s {
+        assert!(!v.contains("%S"), "{k}={v}");
+        assert!(k != "ReadWritePaths", "{k}={v}");
+    }
+    let exec = setting(&s, "ExecStart");
+    assert_eq!(exec.len(), 1);
+    assert!(!exec[0].contains(".cargo"), "{}", exec[0]);
+    // systemd's own checker: unknown keys, bad values, a missing ExecStart binary.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("run")).expect("mkdir");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--user"])
+        .arg(repo().join("systemd/omemod.service"))
+        .arg(repo().join("systemd/omemod.socket"))
+        .env("XDG_RUNTIME_DIR", dir.path().join("run"))
+        .env("HOME", dir.path())
+        .output()
+        .expect("systemd-analyze (Debian package systemd) must be installed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}
+
+/// The unit's file-system sandbox, applied with bubblewrap the way systemd applies it to a user
+/// unit: the whole tree read-only (ProtectSystem=strict, ProtectHome=read-only), private /tmp and
+/// /dev, new user/pid/ipc/uts namespaces, and only the StateDirectory= and RuntimeDirectory=
+/// directories bound writable, passed as $STATE_DIRECTORY / $RUNTIME_DIRECTORY. Both layouts
+/// of the state directory are run: systemd >= 254 (~/.local/state) and older (~/.config).
+#[test]
+fn systemd_unit_sandbox_lets_the_daemon_write_its_state() {
+    let bwrap = Command::new("bwrap").arg("--version").output();
+    assert!(
+        bwrap.is_ok_and(|o| o.status.success()),
+        "bwrap not found: install bubblewrap (Debian package bubblewrap; .ci/run does)"
+    );
+    for layout in [".local/state/omemod", ".config/omemod"] {
+        let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+        let home = root.path().join("home");
+        let state = home.join(layout);
+        let runtime = root.path().join("run/omemod");
+        use std::os::unix::fs::PermissionsExt;
+        for d in [&state, &runtime] {
+            // As systemd creates them (StateDirectoryMode=0700, RuntimeDirectoryMode=0700).
+            std::fs::create_dir_all(d).expect("mkdir");
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        }
+        let sandbox = |cmd: &[&str]| {
+            let mut c = Command::new("bwrap");
+            c.args(["--die-with-parent", "--new-session", "--clearenv"])
+                .args([
+                    "--unshare-user",
+                    "--unshare-pid",
+                    "--unshare-ipc",
+                    "--unshare-uts",
+                ])
+                .args([
+                    "--ro-bind",
+                    "/",
+                    "/",
+                    "--tmpfs",
+                    "/tmp",
+                    "--dev",
+                    "/dev",
+                    "--proc",
+                    "/proc",
+                ])
+                .arg("--bind")
+                .args([&state, &state])
+                .arg("--bind")
+                .args([&runtime, &runtime])
+                .arg("--setenv")
+                .arg("HOME")
+                .arg(&home)
+                .args([
+                    "--setenv",
+                    "PATH",
+                    "/usr/bin:/bin",
+                    "--setenv",
+                    "RUST_LOG",
+                    "warn",
+                ])
+                .arg("--setenv")
+                .arg("STATE_DIRECTORY")
+                .arg(&state)
+                .arg("--setenv")
+                .arg("RUNTIME_DIRECTORY")
+                .arg(&runtime)
+                .args(cmd)
+                .stdin(Stdio::null());
+            c
+        };
+        // The sandbox is real: the home directory outside the state directory is read-only.
+        let probe = home.join("probe");
+        let st = sandbox(&["/bin/sh", "-c", &format!("echo x > {}", path_str(&probe))])
+            .stderr(Stdio::null())
+            .status()
+            .expect("bwrap");
+        assert!(
+            !st.success() && !probe.exists(),
+            "the sandbox let the home be written"
+        );
+
+        let mut child = sandbox(&[env!("CARGO_BIN_EXE_omemod"), "serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("bwrap omemod serve");
+        let socket = runtime.join("omemod.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if let Some(status) = child.try_wait().expect("wait") {
+                panic!("omemod exited in the sandbox ({layout}): {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "omemod did not come up in the sandbox"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut c =
+            Client::from_stream(std::os::unix::net::UnixStream::connect(&socket).expect("connect"));
+        c.create_account("alice@example.org");
+        let status = c.ok("status", json!({}));
+        let db = state.join("omemod.db");
+        assert_eq!(status["db"], path_str(&db), "{status}");
+        let _ = child.kill();
+        let _ = child.wait();
+        let meta = std::fs::metadata(&db).expect("database in the state directory");
+        assert!(meta.len() > 0);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(state.join("omemod.db.lock").exists());
+    }
+}
