@@ -333,17 +333,8 @@ fn with_account(mut params: Value, account: Option<String>) -> Value {
     params
 }
 
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn serve(socket: PathBuf, args: ServeArgs) -> ExitCode {
-    init_logging("info");
+    crate::logging::init("info");
     let config = ServeConfig {
         socket,
         db: args.db.unwrap_or_else(config::default_db_path),

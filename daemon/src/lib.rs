@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod lock;
+pub mod logging;
 pub mod manager;
 pub mod rpc;
 pub mod storage;

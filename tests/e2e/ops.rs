@@ -624,3 +624,91 @@ fn systemd_unit_sandbox_lets_the_daemon_write_its_state() {
         assert!(state.join("omemod.db.lock").exists());
     }
 }
+
+/// Encodings a key could take in a log line.
+fn renderings(secret: &[u8]) -> Vec<String> {
+    use base64::Engine as _;
+    let mut v = vec![
+        hex::encode(secret),
+        hex::encode_upper(secret),
+        base64::engine::general_purpose::STANDARD.encode(secret),
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(secret),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+    ];
+    // Debug of a byte array / Vec<u8>: "[1, 2, 3, …".
+    let dbg: Vec<String> = secret.iter().take(12).map(|b| b.to_string()).collect();
+    v.push(dbg.join(", "));
+    v
+}
+
+#[test]
+fn decrypt_at_trace_level_logs_no_body_no_key_and_no_colours() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("run/omemod.sock");
+    let dbpath = dir.path().join("state/omemod.db");
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_omemod"))
+        .args([
+            "serve",
+            "--socket",
+            &path_str(&socket),
+            "--db",
+            &path_str(&dbpath),
+        ])
+        .env("RUST_LOG", "trace")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start omemod");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "omemod did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut a =
+        Client::from_stream(std::os::unix::net::UnixStream::connect(&socket).expect("connect"));
+    let db = Daemon::start();
+    let mut b = db.client();
+    a.create_account("alice@example.org");
+    b.create_account("bob@example.org");
+    a.learn("bob@example.org", &mut b, &[OMEMO2, OLDMEMO]);
+    b.learn("alice@example.org", &mut a, &[OMEMO2, OLDMEMO]);
+    let mut bodies = Vec::new();
+    for (i, ns) in [OMEMO2, OLDMEMO, OMEMO2, OLDMEMO].iter().enumerate() {
+        let body = format!("the secret body number {i} {ns}");
+        let x = b.encrypt_xml(&["alice@example.org"], Some(&body), ns);
+        assert_eq!(
+            a.decrypt("bob@example.org", &x).expect("decrypt")["body"],
+            body
+        );
+        bodies.push(body);
+    }
+    let mut secrets = secrets_of(&dbpath, "alice@example.org");
+    let _ = child.kill();
+    let _ = child.wait();
+    // Secrets of bob's side too (his session with alice shares the root and chain keys).
+    secrets.extend(secrets_of(&db.db, "bob@example.org"));
+    let text = std::fs::read_to_string(&log).expect("log");
+    // Not vacuous: trace logging was on and saw the decrypts.
+    assert!(text.lines().count() > 10, "{text}");
+    assert!(text.contains("TRACE") || text.contains("DEBUG"), "{text}");
+    assert!(text.contains("decrypt"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escape codes in a log that is not a terminal"
+    );
+    for body in &bodies {
+        assert!(!text.contains(body.as_str()), "a message body was logged");
+        assert!(
+            !text.contains("the secret body"),
+            "a message body was logged"
+        );
+    }
+    for s in &secrets {
+        for r in renderings(s) {
+            assert!(!text.contains(&r), "key material was logged ({r})");
+        }
+    }
+}
