@@ -16,9 +16,14 @@ use crate::config::{self, Durability, ServeConfig};
 #[derive(Debug, Parser)]
 #[command(name = "omemod", version, about)]
 pub struct Cli {
-    /// The daemon's socket [default: $XDG_RUNTIME_DIR/omemod/omemod.sock].
-    #[arg(long, global = true, value_name = "PATH")]
+    /// The daemon's socket [default: `socket` of the config file, else
+    /// $RUNTIME_DIRECTORY/omemod.sock under systemd, else $XDG_RUNTIME_DIR/omemod/omemod.sock].
+    #[arg(long, global = true, value_name = "PATH", env = "OMEMOD_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// The config file (TOML; keys as the `serve` flags, with `_` for `-`)
+    /// [default: $XDG_CONFIG_HOME/omemod/config.toml].
+    #[arg(long, global = true, value_name = "PATH", env = "OMEMOD_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -70,6 +75,14 @@ pub enum Command {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Print a shell completion script (e.g. `omemod completions bash >
+    /// ~/.local/share/bash-completion/completions/omemod`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; e.g. `omemod man | man -l -`).
+    Man,
     /// Decide whether to trust one identity key of a contact (calls `trust.set`); without a
     /// decision, list the decisions about the contact (calls `trust.list`).
     Trust {
@@ -133,8 +146,9 @@ pub struct DbArg {
 }
 
 impl DbArg {
-    /// `--db`, else the database of the daemon answering on `socket`, else the default.
-    fn path(&self, socket: &std::path::Path) -> PathBuf {
+    /// `--db`, else the database of the daemon answering on `socket`, else the config file's,
+    /// else the default.
+    fn path(&self, socket: &std::path::Path, file_db: Option<&std::path::Path>) -> PathBuf {
         if let Some(db) = &self.db {
             return db.clone();
         }
@@ -145,6 +159,7 @@ impl DbArg {
                     .and_then(Value::as_str)
                     .map(PathBuf::from)
             })
+            .or_else(|| file_db.map(std::path::Path::to_path_buf))
             .unwrap_or_else(config::default_db_path)
     }
 }
@@ -163,22 +178,23 @@ pub enum TrustDecision {
 /// Options of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The SQLite database [default: $XDG_STATE_HOME/omemod/omemod.db].
+    /// The SQLite database [default: $STATE_DIRECTORY/omemod.db under systemd, else
+    /// $XDG_STATE_HOME/omemod/omemod.db].
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
     /// `full` survives power loss; `normal` survives a process crash but may lose the last commits
-    /// on power loss.
-    #[arg(long, value_enum, default_value_t = Durability::Full)]
-    pub durability: Durability,
-    /// Longest accepted request line, in bytes.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_REQUEST_BYTES, value_name = "BYTES")]
-    pub max_request_bytes: usize,
-    /// Longest response, in bytes.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_RESPONSE_BYTES, value_name = "BYTES")]
-    pub max_response_bytes: usize,
-    /// Requests one connection may have running at once.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_IN_FLIGHT, value_name = "N")]
-    pub max_in_flight: usize,
+    /// on power loss [default: full].
+    #[arg(long, value_enum)]
+    pub durability: Option<Durability>,
+    /// Longest accepted request line, in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Longest response, in bytes [default: 16777216].
+    #[arg(long, value_name = "BYTES")]
+    pub max_response_bytes: Option<usize>,
+    /// Requests one connection may have running at once [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
     /// Register the `debug.*` methods. For tests only; never in production.
     #[arg(long, hide = true)]
     pub enable_debug_methods: bool,
@@ -189,13 +205,43 @@ pub fn run() -> ExitCode {
     // Whatever a command creates (database, backup, export, socket) is private to us.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "omemod", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            return match man.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("omemod: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
+    let file = match config::FileConfig::load(cli.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("omemod: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let socket = cli
         .socket
         .clone()
+        .or_else(|| file.socket.clone())
         .unwrap_or_else(config::default_socket_path);
+    let socket = socket.as_path();
+    let file_db = file.db.clone();
+    let db_path = |db: &DbArg| db.path(socket, file_db.as_deref());
     match cli.command {
-        Command::Serve(args) => serve(socket, args),
-        Command::Openrpc => openrpc(socket),
+        Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
+        Command::Serve(args) => serve(socket.to_path_buf(), args, &file),
+        Command::Openrpc => openrpc(socket.to_path_buf()),
         Command::Call { method, params } => {
             let params = match read_params(params.as_deref()) {
                 Ok(p) => p,
@@ -204,18 +250,18 @@ pub fn run() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            call(&socket, &method, params)
+            call(socket, &method, params)
         }
-        Command::Init { jid } => call(&socket, "account.create", json!({"jid": jid})),
-        Command::Status => call(&socket, "status", json!({})),
+        Command::Init { jid } => call_cli(socket, "account.create", json!({"jid": jid})),
+        Command::Status => call_cli(socket, "status", json!({})),
         Command::Fingerprint { account } => {
-            call(&socket, "fingerprint.get", with_account(json!({}), account))
+            call_cli(socket, "fingerprint.get", with_account(json!({}), account))
         }
-        Command::Account(cmd) => account_command(&socket, cmd),
+        Command::Account(cmd) => account_command(socket, cmd, &db_path),
         Command::Backup { file, db } => {
-            offline(crate::storage::transfer::backup(&db.path(&socket), &file))
+            offline(crate::storage::transfer::backup(&db_path(&db), &file))
         }
-        Command::Restore { file, db } => restore(&file, &db.path(&socket)),
+        Command::Restore { file, db } => restore(&file, &db_path(&db)),
         Command::Trust {
             account,
             jid,
@@ -229,10 +275,10 @@ pub fn run() -> ExitCode {
                     TrustDecision::Undecided => "undecided",
                 };
                 let params = json!({"jid": jid, "fingerprint": fingerprint, "level": level});
-                call(&socket, "trust.set", with_account(params, account))
+                call_cli(socket, "trust.set", with_account(params, account))
             }
-            _ => call(
-                &socket,
+            _ => call_cli(
+                socket,
                 "trust.list",
                 with_account(json!({"jid": jid}), account),
             ),
@@ -240,9 +286,13 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn account_command(socket: &std::path::Path, cmd: AccountCommand) -> ExitCode {
+fn account_command(
+    socket: &std::path::Path,
+    cmd: AccountCommand,
+    db_path: &dyn Fn(&DbArg) -> PathBuf,
+) -> ExitCode {
     match cmd {
-        AccountCommand::List => call(socket, "account.list", json!({})),
+        AccountCommand::List => call_cli(socket, "account.list", json!({})),
         AccountCommand::Delete { account, yes } => {
             if !yes {
                 eprintln!(
@@ -251,16 +301,16 @@ fn account_command(socket: &std::path::Path, cmd: AccountCommand) -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            call(socket, "account.delete", json!({"jid": account}))
+            call_cli(socket, "account.delete", json!({"jid": account}))
         }
         AccountCommand::Export { account, file, db } => {
             let jid = crate::storage::jids::normalise(&account).unwrap_or(account);
             offline(
-                crate::storage::transfer::export_account_to(&db.path(socket), &jid, &file)
+                crate::storage::transfer::export_account_to(&db_path(&db), &jid, &file)
                     .map(|rows| json!({"account": jid, "file": file, "rows": rows})),
             )
         }
-        AccountCommand::Import { file, db } => import(&file, &db.path(socket)),
+        AccountCommand::Import { file, db } => import(&file, &db_path(&db)),
     }
 }
 
@@ -333,17 +383,37 @@ fn with_account(mut params: Value, account: Option<String>) -> Value {
     params
 }
 
-fn serve(socket: PathBuf, args: ServeArgs) -> ExitCode {
-    crate::logging::init("info");
-    let config = ServeConfig {
+/// `serve`'s settings: flags over the config file over the defaults.
+fn serve_config(socket: PathBuf, args: ServeArgs, file: &config::FileConfig) -> ServeConfig {
+    ServeConfig {
         socket,
-        db: args.db.unwrap_or_else(config::default_db_path),
-        durability: args.durability,
-        max_request_bytes: args.max_request_bytes.max(1),
-        max_response_bytes: args.max_response_bytes.max(1),
-        max_in_flight: args.max_in_flight.max(1),
+        db: args
+            .db
+            .or_else(|| file.db.clone())
+            .unwrap_or_else(config::default_db_path),
+        durability: args.durability.or(file.durability).unwrap_or_default(),
+        max_request_bytes: args
+            .max_request_bytes
+            .or(file.max_request_bytes)
+            .unwrap_or(config::DEFAULT_MAX_REQUEST_BYTES)
+            .max(1),
+        max_response_bytes: args
+            .max_response_bytes
+            .or(file.max_response_bytes)
+            .unwrap_or(config::DEFAULT_MAX_RESPONSE_BYTES)
+            .max(1),
+        max_in_flight: args
+            .max_in_flight
+            .or(file.max_in_flight)
+            .unwrap_or(config::DEFAULT_MAX_IN_FLIGHT)
+            .max(1),
         enable_debug_methods: args.enable_debug_methods,
-    };
+    }
+}
+
+fn serve(socket: PathBuf, args: ServeArgs, file: &config::FileConfig) -> ExitCode {
+    crate::logging::init("info");
+    let config = serve_config(socket, args, file);
     // One runtime thread: a request is microseconds of CPU between two waits (socket, commit),
     // so cross-thread wake-ups would cost more than they buy. SQLite's writer, readers and
     // checkpointer have threads of their own, so commits still overlap with other requests.
@@ -409,9 +479,38 @@ fn read_params(arg: Option<&str>) -> Result<Value, String> {
     Ok(v)
 }
 
+/// [`call`] for the named commands: errors about params are worded with the command's flags.
+fn call_cli(socket: &std::path::Path, method: &str, params: Value) -> ExitCode {
+    call_with(socket, method, params, true)
+}
+
+/// The CLI wording of an error whose RPC message names params.
+fn cli_message(kind: &str, message: &str) -> Option<String> {
+    match kind {
+        "account_required" if message.starts_with("no account") => {
+            Some("no account yet: create one with `omemod init --jid JID`".into())
+        }
+        "account_required" => Some(
+            "several accounts: name one with --account JID (`omemod account list` shows them)"
+                .into(),
+        ),
+        "unknown_account" => Some(format!(
+            "{message}: check --account (`omemod account list` shows the accounts)"
+        )),
+        "invalid_jid" => Some(format!(
+            "{message}: give a bare JID (local@domain, no /resource) to --jid / --account"
+        )),
+        _ => None,
+    }
+}
+
 /// Sends one request, prints the result; exit code 1 on an error answer, 2 when the daemon cannot
 /// be reached.
 fn call(socket: &std::path::Path, method: &str, params: Value) -> ExitCode {
+    call_with(socket, method, params, false)
+}
+
+fn call_with(socket: &std::path::Path, method: &str, params: Value, cli: bool) -> ExitCode {
     match call_raw(socket, method, params) {
         Ok(answer) => {
             if let Some(err) = answer.get("error") {
@@ -420,6 +519,8 @@ fn call(socket: &std::path::Path, method: &str, params: Value) -> ExitCode {
                     .and_then(Value::as_str)
                     .unwrap_or("?");
                 let message = err.get("message").and_then(Value::as_str).unwrap_or("");
+                let reworded = cli.then(|| cli_message(kind, message)).flatten();
+                let message = reworded.as_deref().unwrap_or(message);
                 let code = err.get("code").cloned().unwrap_or(Value::Null);
                 eprintln!("omemod: {method}: {message} ({kind}, code {code})");
                 if let Some(data) = err.get("data") {

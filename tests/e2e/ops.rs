@@ -712,3 +712,128 @@ fn decrypt_at_trace_level_logs_no_body_no_key_and_no_colours() {
         }
     }
 }
+
+#[test]
+fn config_file_sets_serve_flags_and_flags_override_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg_home = dir.path().join("config");
+    std::fs::create_dir_all(cfg_home.join("omemod")).expect("mkdir");
+    let socket = dir.path().join("run/omemod.sock");
+    let db = dir.path().join("state/omemod.db");
+    std::fs::write(
+        cfg_home.join("omemod/config.toml"),
+        format!(
+            "socket = \"{}\"\ndb = \"{}\"\ndurability = \"normal\"\nmax_in_flight = 7\n",
+            path_str(&socket),
+            path_str(&db)
+        ),
+    )
+    .expect("config");
+    let start = |extra: &[&str]| {
+        let child = Command::new(env!("CARGO_BIN_EXE_omemod"))
+            .arg("serve")
+            .args(extra)
+            .env("XDG_CONFIG_HOME", &cfg_home)
+            .env_remove("OMEMOD_SOCKET")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("serve");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "omemod did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    };
+    let mut child = start(&[]);
+    let status = |env: &[(&str, &Path)]| {
+        let out = omemod(&["status"], env);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    // The client finds the socket through the config file, and through OMEMOD_SOCKET.
+    let s = status(&[("XDG_CONFIG_HOME", &cfg_home)]);
+    assert_eq!(s["durability"], "normal");
+    assert_eq!(s["db"], path_str(&db));
+    let s = status(&[("XDG_CONFIG_HOME", dir.path()), ("OMEMOD_SOCKET", &socket)]);
+    assert_eq!(s["durability"], "normal");
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    // A flag beats the file.
+    let mut child = start(&["--durability", "full"]);
+    let s = status(&[("XDG_CONFIG_HOME", &cfg_home)]);
+    assert_eq!(s["durability"], "full");
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    // A bad file is refused with its name and the key.
+    std::fs::write(
+        cfg_home.join("omemod/config.toml"),
+        "durabilty = \"full\"\n",
+    )
+    .expect("config");
+    let out = omemod(&["serve"], &[("XDG_CONFIG_HOME", &cfg_home)]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config.toml") && err.contains("durabilty"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli_errors_name_cli_flags_and_completions_and_man_page_are_generated() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    c.create_account("alice@example.org");
+    c.create_account("carol@example.org");
+    let out = omemod(&["--socket", &path_str(&d.socket), "fingerprint"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--account"), "{err}");
+    assert!(!err.contains("`account` param"), "{err}");
+    let out = omemod(
+        &[
+            "--socket",
+            &path_str(&d.socket),
+            "fingerprint",
+            "--account",
+            "Carol@Example.org",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `call` speaks JSON-RPC: its errors keep the param names.
+    let out = omemod(
+        &["--socket", &path_str(&d.socket), "call", "fingerprint.get"],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`account` param"));
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = omemod(&["completions", shell], &[]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("backup") && text.contains("restore"),
+            "{shell}"
+        );
+    }
+    let out = omemod(&["man"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH omemod"),
+        "{text}"
+    );
+    assert!(text.contains("serve") && text.contains("completions"));
+}
