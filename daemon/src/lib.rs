@@ -18,6 +18,7 @@ pub mod events;
 pub mod lock;
 pub mod logging;
 pub mod manager;
+pub mod rollback;
 pub mod rpc;
 pub mod storage;
 pub mod systemd;

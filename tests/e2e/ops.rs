@@ -837,3 +837,61 @@ fn cli_errors_name_cli_flags_and_completions_and_man_page_are_generated() {
     );
     assert!(text.contains("serve") && text.contains("completions"));
 }
+
+#[test]
+fn a_restored_older_database_is_reported_as_rolled_back() {
+    let mut da = Daemon::start();
+    let db = Daemon::start();
+    let (mut a, mut b) = (da.client(), db.client());
+    a.create_account("alice@example.org");
+    b.create_account("bob@example.org");
+    conversation(&mut a, &mut b);
+    assert_eq!(
+        a.ok("status", json!({}))["rollback"],
+        serde_json::Value::Null
+    );
+    let backup = da.dir.path().join("backup.db");
+    let out = omemod(
+        &["backup", &path_str(&backup), "--db", &path_str(&da.db)],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The state moves on after the copy.
+    let x = a.encrypt_xml(&["bob@example.org"], Some("after the backup"), OMEMO2);
+    b.decrypt("alice@example.org", &x).expect("decrypt");
+    // A clean restart is no rollback.
+    da.stop();
+    da.spawn();
+    assert_eq!(
+        da.client().ok("status", json!({}))["rollback"],
+        serde_json::Value::Null
+    );
+    da.stop();
+    let out = omemod(
+        &["restore", &path_str(&backup), "--db", &path_str(&da.db)],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    da.spawn();
+    let status = da.client().ok("status", json!({}));
+    let r = &status["rollback"];
+    assert!(
+        r["database_generation"].as_u64() < r["expected_generation"].as_u64(),
+        "{status}"
+    );
+    // Reported by the run that found it; the next one starts from there.
+    da.stop();
+    da.spawn();
+    assert_eq!(
+        da.client().ok("status", json!({}))["rollback"],
+        serde_json::Value::Null
+    );
+}

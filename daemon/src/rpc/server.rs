@@ -217,6 +217,23 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             }
         }
     });
+    let (keeper, rollback) = crate::rollback::Keeper::start(Arc::clone(&store)).await?;
+    if let Some(r) = rollback {
+        let _ = ctx.rollback.set(r);
+    }
+    let keeper = Arc::new(keeper);
+    let generations = {
+        let keeper = Arc::clone(&keeper);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::rollback::INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(e) = keeper.follow().await {
+                    tracing::warn!(error = %e, "recording the database generation failed");
+                }
+            }
+        })
+    };
     let module = crate::rpc::methods::build(Arc::clone(&ctx), config.enable_debug_methods)?;
     if config.enable_debug_methods {
         tracing::warn!("debug methods enabled: debug.sleep, debug.emit");
@@ -273,6 +290,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         connections.abort_all();
     }
     maintenance.abort();
+    generations.abort();
+    if let Err(e) = keeper.follow().await {
+        tracing::warn!(error = %e, "recording the database generation failed");
+    }
     // Checkpoint and close the database off the async threads.
     let closed = tokio::task::spawn_blocking(move || store.close()).await;
     if let Ok(Err(e)) = closed {

@@ -14,7 +14,10 @@ use super::error::{Result, StorageError};
 pub type Migration = (u32, &'static str);
 
 /// Every migration this binary knows, in order.
-pub const MIGRATIONS: &[Migration] = &[(1, include_str!("../../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[Migration] = &[
+    (1, include_str!("../../../migrations/0001_init.sql")),
+    (2, include_str!("../../../migrations/0002_generation.sql")),
+];
 
 /// The schema version this binary writes.
 pub fn supported_version() -> u32 {

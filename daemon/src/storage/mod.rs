@@ -16,6 +16,7 @@ pub mod bundles;
 pub mod checkpoint;
 pub mod devices;
 mod error;
+pub mod generation;
 pub mod identity;
 pub mod jids;
 pub mod migrations;

@@ -1,0 +1,14 @@
+-- omemod schema, version 2: a generation counter for detecting a database rolled back in time.
+--
+-- The daemon bumps `generation` at start, every few seconds while state changes, and at shutdown,
+-- and writes the same number to `<db>.generation` next to the database (outside it). A database
+-- whose generation is below that file's was replaced by an older copy (a restored backup, a
+-- file-system snapshot): its ratchet states and prekeys are older than what peers saw, and
+-- `status` says so.
+
+-- Small named values of the daemon itself (not of an account).
+CREATE TABLE meta (
+    key   TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('generation', 0);
