@@ -895,3 +895,108 @@ fn a_restored_older_database_is_reported_as_rolled_back() {
         serde_json::Value::Null
     );
 }
+
+#[test]
+fn lifecycle_commands_refuse_bad_input_with_typed_errors() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    c.create_account("alice@example.org");
+    c.err("account.delete", json!({}), "invalid_params");
+    c.err("account.delete", json!({"jid": 5}), "invalid_params");
+    c.err(
+        "account.delete",
+        json!({"jid": "alice@example.org", "really": true}),
+        "invalid_params",
+    );
+    c.err(
+        "account.delete",
+        json!({"jid": "alice@example.org/phone"}),
+        "invalid_jid",
+    );
+    c.err(
+        "account.delete",
+        json!({"jid": "bob@example.org"}),
+        "unknown_account",
+    );
+    // The CLI asks for confirmation.
+    let out = omemod(
+        &[
+            "--socket",
+            &path_str(&d.socket),
+            "account",
+            "delete",
+            "--account",
+            "alice@example.org",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert_eq!(
+        c.ok("account.list", json!({})).as_array().map(Vec::len),
+        Some(1)
+    );
+
+    // Files that are not what they claim: refused, nothing changed.
+    let junk = d.dir.path().join("junk");
+    std::fs::write(&junk, b"not a database, not JSON").expect("write");
+    let other = d.dir.path().join("other/omemod.db");
+    let out = omemod(
+        &["restore", &path_str(&junk), "--db", &path_str(&other)],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!other.exists(), "a failed restore created a database");
+    let out = omemod(
+        &[
+            "account",
+            "import",
+            &path_str(&junk),
+            "--db",
+            &path_str(&other),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let forged = d.dir.path().join("forged.json");
+    std::fs::write(
+        &forged,
+        json!({"format": "omemod-account-export", "version": 1, "schema_version": 1,
+               "account": {"jid": "eve@example.org", "device_id": 7, "created_at": 0},
+               "tables": [{"table": "passwords", "rows": [{"x": 1}]}]})
+        .to_string(),
+    )
+    .expect("write");
+    let out = omemod(
+        &[
+            "account",
+            "import",
+            &path_str(&forged),
+            "--db",
+            &path_str(&other),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("passwords"), "{err}");
+    let conn = rusqlite::Connection::open(&other).expect("db");
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, 0, "a failed import left an account behind");
+    let out = omemod(
+        &[
+            "account",
+            "export",
+            "--account",
+            "nobody@example.org",
+            &path_str(&d.dir.path().join("x.json")),
+            "--db",
+            &path_str(&d.db),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!d.dir.path().join("x.json").exists());
+}

@@ -23,7 +23,8 @@ impl Manager {
     /// `secure_delete`, so the freed space is zeroed; the WAL, which still holds the old pages,
     /// is then checkpointed and truncated.
     pub async fn delete_account(&self, jid: &str) -> Result<DeletedAccount> {
-        let acct = self.account(Some(jid))?;
+        let jid = super::check_bare_jid(jid)?;
+        let acct = self.account(Some(&jid))?;
         // Own-key operations (rotation, bundle) of this account finish first.
         let _keys = acct.keys.lock().await;
         let id = acct.id;

@@ -107,7 +107,7 @@ impl Method for AccountDelete {
         lists, bundles and trust decisions go in one transaction; freed space is zeroed \
         (secure_delete) and the WAL is checkpointed and truncated. Peers keep encrypting to the \
         device until the client removes it from the published device lists.";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount];
+    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::InvalidJid];
     type Params = AccountDeleteParams;
     type Result = crate::manager::lifecycle::DeletedAccount;
 
