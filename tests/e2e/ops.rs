@@ -1000,3 +1000,120 @@ fn lifecycle_commands_refuse_bad_input_with_typed_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!d.dir.path().join("x.json").exists());
 }
+
+/// Journal fields of one native-protocol datagram (`KEY=value` lines; binary values are
+/// `KEY\n<u64 le length><bytes>\n`).
+fn journal_fields(mut d: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !d.is_empty() {
+        let nl = d.iter().position(|&b| b == b'\n').unwrap_or(d.len());
+        let line = &d[..nl];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            out.push((
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                line[eq + 1..].to_vec(),
+            ));
+            d = &d[(nl + 1).min(d.len())..];
+        } else {
+            let key = String::from_utf8_lossy(line).into_owned();
+            let rest = &d[nl + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().expect("length")) as usize;
+            out.push((key, rest[8..8 + len].to_vec()));
+            d = &rest[(8 + len + 1).min(rest.len())..];
+        }
+    }
+    out
+}
+
+/// Under systemd with stderr connected to the journal ($JOURNAL_STREAM names it), logs go to
+/// journald natively with priorities. The journal socket is a test socket mounted at
+/// /run/systemd/journal/socket inside a bwrap sandbox.
+#[test]
+fn logs_go_to_journald_with_priorities_when_stderr_is_the_journal() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let jdir = root.path().join("journal");
+    let state = root.path().join("state");
+    let run = root.path().join("run");
+    for d in [&jdir, &state, &run] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    // A state directory open to others: the daemon warns (priority 4).
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let journal = std::os::unix::net::UnixDatagram::bind(jdir.join("socket")).expect("bind");
+    journal
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let stderr_path = root.path().join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr");
+    let meta = stderr.metadata().expect("stat");
+    let mut child = Command::new("bwrap")
+        .args(["--die-with-parent", "--unshare-user", "--unshare-pid"])
+        .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
+        .args(["--tmpfs", "/run/systemd"])
+        .arg("--bind")
+        .arg(&jdir)
+        .arg("/run/systemd/journal")
+        .arg("--bind")
+        .args([&state, &state])
+        .arg("--bind")
+        .args([&run, &run])
+        .args([env!("CARGO_BIN_EXE_omemod"), "serve", "--socket"])
+        .arg(run.join("omemod.sock"))
+        .arg("--db")
+        .arg(state.join("omemod.db"))
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("bwrap (Debian package bubblewrap)");
+    let mut entries = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < deadline {
+        if let Ok(n) = journal.recv(&mut buf) {
+            if n > 0 {
+                entries.push(journal_fields(&buf[..n]));
+            }
+        }
+        let listening = entries.iter().any(|e| {
+            e.iter()
+                .any(|(k, v)| k == "MESSAGE" && v.as_slice() == b"listening")
+        });
+        if listening {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let field = |e: &Vec<(String, Vec<u8>)>, key: &str| {
+        e.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let listening = entries
+        .iter()
+        .find(|e| field(e, "MESSAGE").as_deref() == Some("listening"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no 'listening' entry in the journal: {} entries",
+                entries.len()
+            )
+        });
+    assert_eq!(field(listening, "PRIORITY").as_deref(), Some("5"));
+    assert_eq!(
+        field(listening, "SYSLOG_IDENTIFIER").as_deref(),
+        Some("omemod")
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| field(e, "PRIORITY").as_deref() == Some("4")),
+        "the warning about the state directory did not come as priority 4"
+    );
+    // Nothing went to stderr as text.
+    let text = std::fs::read_to_string(&stderr_path).expect("stderr");
+    assert!(!text.contains("listening"), "{text}");
+}
