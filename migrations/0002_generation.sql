@@ -12,3 +12,15 @@ CREATE TABLE meta (
     value INTEGER NOT NULL
 );
 INSERT INTO meta (key, value) VALUES ('generation', 0);
+
+-- Sessions to rebuild with a new key exchange after a rollback was found: every session that
+-- existed then. The next message we encrypt to the device (or `heartbeat`) starts a new session
+-- from its stored bundle, once per device, and removes the row in the same transaction.
+CREATE TABLE session_rebuilds (
+    account_id   INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    jid          TEXT    NOT NULL,
+    namespace    TEXT    NOT NULL,
+    device_id    INTEGER NOT NULL,
+    requested_at INTEGER NOT NULL,
+    PRIMARY KEY (account_id, jid, namespace, device_id)
+);

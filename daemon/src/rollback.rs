@@ -32,21 +32,35 @@ impl Keeper {
         } else {
             generation::check(db_gen, file_gen, crate::storage::now())
         };
-        if let Some(r) = &found {
-            tracing::warn!(
-                database_generation = r.database_generation,
-                expected_generation = r.expected_generation,
-                "the database is older than the last state this machine saw (restored backup or \
-                 snapshot?): sessions whose peers moved on will fail until rebuilt with a new key \
-                 exchange (session.replace)"
-            );
-        }
         let keeper = Keeper {
             store,
             seen: std::sync::atomic::AtomicU64::new(0),
         };
-        keeper.bump(file_gen.unwrap_or(0).max(db_gen)).await?;
-        Ok((keeper, found))
+        let floor = file_gen.unwrap_or(0).max(db_gen);
+        let Some(mut r) = found else {
+            keeper.bump(floor).await?;
+            return Ok((keeper, None));
+        };
+        // Every session may be behind its peer: each is rebuilt by key exchange on its next
+        // message, in the transaction that starts the new generation.
+        let now = crate::storage::now();
+        let (g, marked) = keeper
+            .store
+            .write(move |tx| {
+                let marked = crate::manager::rebuild::request_all(tx, now)?;
+                Ok((generation::bump(tx, floor)?, marked))
+            })
+            .await?;
+        keeper.recorded(g)?;
+        r.sessions_to_rebuild = u64::try_from(marked).unwrap_or(u64::MAX);
+        tracing::warn!(
+            database_generation = r.database_generation,
+            expected_generation = r.expected_generation,
+            sessions_to_rebuild = r.sessions_to_rebuild,
+            "the database is older than the last state this machine saw (restored backup or \
+             snapshot?): the next message to each device of its sessions starts a new session"
+        );
+        Ok((keeper, Some(r)))
     }
 
     async fn bump(&self, floor: u64) -> Result<(), StorageError> {
@@ -54,6 +68,11 @@ impl Keeper {
             .store
             .write(move |tx| generation::bump(tx, floor))
             .await?;
+        self.recorded(g)
+    }
+
+    /// Writes the committed generation `g` beside the database.
+    fn recorded(&self, g: u64) -> Result<(), StorageError> {
         generation::write_file(self.store.path(), g)?;
         self.seen.store(
             self.store.writer_stats().batches.load(Ordering::Relaxed),

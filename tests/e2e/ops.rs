@@ -839,7 +839,7 @@ fn cli_errors_name_cli_flags_and_completions_and_man_page_are_generated() {
 }
 
 #[test]
-fn a_restored_older_database_is_reported_as_rolled_back() {
+fn a_restored_older_database_is_reported_and_its_sessions_rebuilt_by_key_exchange() {
     let mut da = Daemon::start();
     let db = Daemon::start();
     let (mut a, mut b) = (da.client(), db.client());
@@ -881,11 +881,41 @@ fn a_restored_older_database_is_reported_as_rolled_back() {
         String::from_utf8_lossy(&out.stderr)
     );
     da.spawn();
-    let status = da.client().ok("status", json!({}));
+    let mut a = da.client();
+    let status = a.ok("status", json!({}));
     let r = &status["rollback"];
     assert!(
         r["database_generation"].as_u64() < r["expected_generation"].as_u64(),
         "{status}"
+    );
+    assert_eq!(r["sessions_to_rebuild"], 1, "{status}");
+    // Repair: alice's next message to bob starts a new session (a key exchange) instead of
+    // reusing her rolled-back chain, which bob would refuse as already seen.
+    let m = a.ok(
+        "encrypt",
+        json!({"to": ["bob@example.org"], "body": "after the restore", "namespaces": [OMEMO2]}),
+    );
+    assert_eq!(m["devices"][0]["kex"], true, "{m}");
+    let x = m["messages"][0]["xml"].as_str().expect("xml").to_owned();
+    assert_eq!(
+        b.decrypt("alice@example.org", &x).expect("decrypt")["body"],
+        "after the restore"
+    );
+    let y = b.encrypt_xml(&["alice@example.org"], Some("welcome back"), OMEMO2);
+    assert_eq!(
+        a.decrypt("bob@example.org", &y).expect("decrypt")["body"],
+        "welcome back"
+    );
+    // Once per device: the session is confirmed and goes on without key exchanges.
+    let m = a.ok(
+        "encrypt",
+        json!({"to": ["bob@example.org"], "body": "and on", "namespaces": [OMEMO2]}),
+    );
+    assert_eq!(m["devices"][0]["kex"], false, "{m}");
+    let x = m["messages"][0]["xml"].as_str().expect("xml").to_owned();
+    assert_eq!(
+        b.decrypt("alice@example.org", &x).expect("decrypt")["body"],
+        "and on"
     );
     // Reported by the run that found it; the next one starts from there.
     da.stop();

@@ -324,7 +324,9 @@ impl Manager {
         let mut new_trust: Vec<TrustRow> = Vec::new();
 
         for (i, (addr, guard)) in guards.iter().enumerate() {
-            let force_new = targets.iter().any(|t| &t.addr == addr && t.force_new);
+            // After a rollback the stored session may be behind the peer's: start a new one.
+            let force_new = targets.iter().any(|t| &t.addr == addr && t.force_new)
+                || (guard.session.is_some() && self.rebuilds.contains(addr));
             let (mut session, fresh) = match (&guard.session, force_new) {
                 (Some(s), false) => (s.clone(), false),
                 _ => {
@@ -421,6 +423,12 @@ impl Manager {
                 })
                 .collect();
             let trust_rows = new_trust.clone();
+            let rebuilt: Vec<DeviceAddr> = updates
+                .iter()
+                .filter(|(i, _, _, fresh)| *fresh && self.rebuilds.contains(&guards[*i].0))
+                .map(|(i, ..)| guards[*i].0.clone())
+                .collect();
+            let rebuilt_in_tx = rebuilt.clone();
             self.store
                 .write(move |tx| {
                     for (row, fresh) in &rows {
@@ -429,12 +437,18 @@ impl Manager {
                             super::sessions::replace_skipped(tx, &row.addr(), s, now)?;
                         }
                     }
+                    for addr in &rebuilt_in_tx {
+                        super::rebuild::clear(tx, addr)?;
+                    }
                     for t in &trust_rows {
                         trust_store::set(tx, t)?;
                     }
                     Ok(())
                 })
                 .await?;
+            for addr in &rebuilt {
+                self.rebuilds.done(addr);
+            }
         }
         for (i, session, meta, _) in updates {
             let g = &mut guards[i].1;

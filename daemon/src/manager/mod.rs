@@ -11,6 +11,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod own_bundle;
 pub mod peer_bundle;
+pub mod rebuild;
 pub mod sessions;
 pub mod trust;
 
@@ -86,6 +87,8 @@ pub struct Manager {
     directories: Mutex<HashMap<i64, Directory>>,
     pub(crate) sessions: sessions::SessionTable,
     deferred: trust::Deferred,
+    /// Devices whose next message starts a new session (after a rollback).
+    pub(crate) rebuilds: rebuild::Pending,
 }
 
 /// Parses `jid` as a bare JID (`local@domain` or `domain`, no resource) and returns its
@@ -99,7 +102,7 @@ pub fn check_bare_jid(jid: &str) -> Result<String> {
 impl Manager {
     /// Loads every account, device list and trust decision.
     pub async fn open(store: Arc<Store>, events: EventBus) -> Result<Self> {
-        let (accounts, dirs) = store
+        let (accounts, dirs, rebuilds) = store
             .read(|conn| {
                 let accounts = account::load_all(conn)?;
                 let mut dirs = HashMap::new();
@@ -108,7 +111,7 @@ impl Manager {
                     let trust = trust_store::list(conn, a.id, None)?;
                     dirs.insert(a.id, Directory::from_rows(devs, trust));
                 }
-                Ok((accounts, dirs))
+                Ok((accounts, dirs, rebuild::Pending::load(conn)?))
             })
             .await?;
         Ok(Self {
@@ -123,6 +126,7 @@ impl Manager {
             directories: Mutex::new(dirs),
             sessions: sessions::SessionTable::default(),
             deferred: trust::Deferred::default(),
+            rebuilds,
         })
     }
 

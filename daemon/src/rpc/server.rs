@@ -205,6 +205,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         db_lock.record(Some(&bound.path))?;
     }
     let ctx = Arc::new(Ctx::new(config.clone(), bound.path.clone()));
+    // Before the manager loads its state: a rollback marks sessions for a rebuild.
+    let (keeper, rollback) = crate::rollback::Keeper::start(Arc::clone(&store)).await?;
+    if let Some(r) = rollback {
+        let _ = ctx.rollback.set(r);
+    }
     let manager =
         Arc::new(crate::manager::Manager::open(Arc::clone(&store), ctx.events.clone()).await?);
     let _ = ctx.manager.set(Arc::clone(&manager));
@@ -217,10 +222,6 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             }
         }
     });
-    let (keeper, rollback) = crate::rollback::Keeper::start(Arc::clone(&store)).await?;
-    if let Some(r) = rollback {
-        let _ = ctx.rollback.set(r);
-    }
     let keeper = Arc::new(keeper);
     let generations = {
         let keeper = Arc::clone(&keeper);

@@ -20,6 +20,9 @@ pub struct Rollback {
     pub expected_generation: u64,
     /// When it was found (unix seconds).
     pub detected_at: i64,
+    /// Sessions marked then for a rebuild: the next message to each device starts a new session
+    /// (a key exchange) instead of continuing a ratchet the peer may have moved past.
+    pub sessions_to_rebuild: u64,
 }
 
 /// `<db>.generation`.
@@ -88,6 +91,7 @@ pub fn check(database_generation: u64, file_generation: Option<u64>, now: i64) -
             database_generation,
             expected_generation: expected,
             detected_at: now,
+            sessions_to_rebuild: 0,
         }),
         _ => None,
     }
