@@ -1147,3 +1147,104 @@ fn logs_go_to_journald_with_priorities_when_stderr_is_the_journal() {
     let text = std::fs::read_to_string(&stderr_path).expect("stderr");
     assert!(!text.contains("listening"), "{text}");
 }
+
+/// python-omemo decrypts omemod's message (from `from`) and finds `body`.
+fn py_decrypts(py: &mut PyPeer, from: &str, xml: &str, body: &str) {
+    let r = py.ok(json!({"cmd": "decrypt", "from": from, "xml": xml}));
+    let got = r["body"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(got, body, "{r}");
+}
+
+/// The rollback repair against an independent implementation: omemod's database is restored to
+/// an older copy while python-omemo's state moved on; omemod's next message is a key exchange
+/// python-omemo accepts, and the conversation goes on both ways.
+#[test]
+fn rolled_back_sessions_are_repaired_against_python_omemo() {
+    const OM: &str = "alice@omemod.example";
+    const PY: &str = "bob@python.example";
+    for ns in [OMEMO2, OLDMEMO] {
+        let mut da = Daemon::start();
+        let mut om = da.client();
+        om.create_account(OM);
+        let mut py = PyPeer::start(PY);
+        let list = py.devicelist(ns);
+        om.ok(
+            "devicelist.update",
+            json!({"jid": PY, "namespace": ns, "xml": list}),
+        );
+        let bundle = py.bundle(ns);
+        om.ok(
+            "bundle.update",
+            json!({"jid": PY, "namespace": ns, "device_id": py.device_id, "xml": bundle}),
+        );
+        let list = om.devicelist(ns);
+        py.ok(json!({"cmd": "add_devicelist", "jid": OM, "ns": ns, "xml": list["xml"]}));
+        let b = om.bundle(ns);
+        py.ok(json!({"cmd": "add_bundle", "jid": OM, "ns": ns, "device_id": b["device_id"], "xml": b["xml"]}));
+
+        let round = |om: &mut Client, py: &mut PyPeer, i: u32| -> bool {
+            let body = format!("omemod {i}");
+            let r = om.ok(
+                "encrypt",
+                json!({"to": [PY], "body": body, "namespaces": [ns]}),
+            );
+            let kex = r["devices"][0]["kex"] == true;
+            py_decrypts(
+                py,
+                OM,
+                r["messages"][0]["xml"].as_str().expect("xml"),
+                &body,
+            );
+            for m in py.ok(json!({"cmd": "outbox"}))["messages"]
+                .as_array()
+                .expect("outbox")
+            {
+                om.ok("decrypt", json!({"from": PY, "xml": m["xml"]}));
+            }
+            let body = format!("python {i}");
+            let r = py.ok(json!({"cmd": "encrypt", "to": [OM], "body": body, "ns": [ns]}));
+            let xml = r["messages"][ns].as_str().expect("python message");
+            let d = om.ok("decrypt", json!({"from": PY, "xml": xml}));
+            assert_eq!(d["body"], body, "{d}");
+            kex
+        };
+        assert!(
+            round(&mut om, &mut py, 0),
+            "first message is a key exchange"
+        );
+        let backup = da.dir.path().join("backup.db");
+        let out = omemod(
+            &["backup", &path_str(&backup), "--db", &path_str(&da.db)],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!round(&mut om, &mut py, 1));
+        drop(om);
+        da.stop();
+        let out = omemod(
+            &["restore", &path_str(&backup), "--db", &path_str(&da.db)],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        da.spawn();
+        let mut om = da.client();
+        let status = om.ok("status", json!({}));
+        assert_eq!(
+            status["rollback"]["sessions_to_rebuild"], 1,
+            "{ns}: {status}"
+        );
+        assert!(
+            round(&mut om, &mut py, 2),
+            "{ns}: the repair is a key exchange"
+        );
+        assert!(!round(&mut om, &mut py, 3), "{ns}: and happens once");
+    }
+}
