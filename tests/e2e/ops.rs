@@ -348,15 +348,28 @@ fn backup_taken_under_load_restores_to_a_working_daemon() {
         a.ok("fingerprint.get", json!({}))["fingerprint"],
         fingerprint
     );
-    // The restored sessions are older than bob's (the load went on after the snapshot): a new
-    // key exchange from alice makes them work again, both ways.
-    let bob_device = b.ok("fingerprint.get", json!({}))["device_id"].clone();
-    let kex = a.ok(
-        "session.replace",
-        json!({"jid": "bob@example.org", "namespace": OMEMO2, "device_id": bob_device}),
+    // The restored sessions are older than bob's (the load went on after the snapshot): the
+    // daemon noticed, and once the client hands over bob's current bundle, alice's next message
+    // is a key exchange on a new session that makes them work again, both ways.
+    assert_eq!(
+        a.ok("status", json!({}))["rollback"]["sessions_to_rebuild"],
+        1
     );
+    let fresh = b.bundle(OMEMO2);
+    a.ok(
+        "bundle.update",
+        json!({"jid": "bob@example.org", "namespace": OMEMO2, "device_id": fresh["device_id"], "xml": fresh["xml"]}),
+    );
+    let kex = a.ok(
+        "encrypt",
+        json!({"to": ["bob@example.org"], "body": "rebuilt", "namespaces": [OMEMO2]}),
+    );
+    assert_eq!(kex["devices"][0]["kex"], true, "{kex}");
     let kex = kex["messages"][0]["xml"].as_str().expect("xml").to_owned();
-    b.decrypt("alice@example.org", &kex).expect("key exchange");
+    assert_eq!(
+        b.decrypt("alice@example.org", &kex).expect("key exchange")["body"],
+        "rebuilt"
+    );
     let y = b.encrypt_xml(&["alice@example.org"], Some("after restore"), OMEMO2);
     assert_eq!(
         a.decrypt("bob@example.org", &y).expect("decrypt")["body"],
@@ -890,7 +903,20 @@ fn a_restored_older_database_is_reported_and_its_sessions_rebuilt_by_key_exchang
     );
     assert_eq!(r["sessions_to_rebuild"], 1, "{status}");
     // Repair: alice's next message to bob starts a new session (a key exchange) instead of
-    // reusing her rolled-back chain, which bob would refuse as already seen.
+    // reusing her rolled-back chain, which bob would refuse as already seen. It needs a bundle
+    // fetched after the rollback was found (the stored one may offer a consumed prekey).
+    let m = a.ok(
+        "encrypt",
+        json!({"to": ["bob@example.org"], "body": "too early", "namespaces": [OMEMO2]}),
+    );
+    assert_eq!(m["devices"][0]["status"], "no_bundle", "{m}");
+    assert_eq!(m["devices"][0]["action"]["type"], "fetch_bundle", "{m}");
+    assert_eq!(m["messages"], json!([]), "{m}");
+    let fresh = b.bundle(OMEMO2);
+    a.ok(
+        "bundle.update",
+        json!({"jid": "bob@example.org", "namespace": OMEMO2, "device_id": fresh["device_id"], "xml": fresh["xml"]}),
+    );
     let m = a.ok(
         "encrypt",
         json!({"to": ["bob@example.org"], "body": "after the restore", "namespaces": [OMEMO2]}),
@@ -1240,6 +1266,20 @@ fn rolled_back_sessions_are_repaired_against_python_omemo() {
         assert_eq!(
             status["rollback"]["sessions_to_rebuild"], 1,
             "{ns}: {status}"
+        );
+        // The rebuild waits for a bundle fetched after the rollback was found.
+        let r = om.ok(
+            "encrypt",
+            json!({"to": [PY], "body": "early", "namespaces": [ns]}),
+        );
+        assert_eq!(
+            r["devices"][0]["action"]["type"], "fetch_bundle",
+            "{ns}: {r}"
+        );
+        let bundle = py.bundle(ns);
+        om.ok(
+            "bundle.update",
+            json!({"jid": PY, "namespace": ns, "device_id": py.device_id, "xml": bundle}),
         );
         assert!(
             round(&mut om, &mut py, 2),

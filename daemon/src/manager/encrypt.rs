@@ -325,8 +325,13 @@ impl Manager {
 
         for (i, (addr, guard)) in guards.iter().enumerate() {
             // After a rollback the stored session may be behind the peer's: start a new one.
-            let force_new = targets.iter().any(|t| &t.addr == addr && t.force_new)
-                || (guard.session.is_some() && self.rebuilds.contains(addr));
+            let rebuild = guard
+                .session
+                .is_some()
+                .then(|| self.rebuilds.requested_at(addr))
+                .flatten();
+            let force_new =
+                targets.iter().any(|t| &t.addr == addr && t.force_new) || rebuild.is_some();
             let (mut session, fresh) = match (&guard.session, force_new) {
                 (Some(s), false) => (s.clone(), false),
                 _ => {
@@ -338,7 +343,13 @@ impl Manager {
                                 addr,
                                 DeviceStatus::NoBundle,
                                 false,
-                                Some("no session and no bundle".into()),
+                                Some(if rebuild.is_some() {
+                                    "the session must be rebuilt after a rollback: fetch a \
+                                     fresh bundle"
+                                        .into()
+                                } else {
+                                    "no session and no bundle".into()
+                                }),
                                 Some(Action::FetchBundle {
                                     jid: addr.jid.clone(),
                                     namespace: addr.namespace,

@@ -2,21 +2,28 @@
 //! [`crate::storage::generation`]): their ratchet state may be older than the peer's, so the next
 //! message to each device starts a new session (a key exchange) instead. Once per device: the
 //! pending row goes in the transaction that stores the new session.
+//!
+//! The new session needs a bundle fetched after the rollback was found: the stored one may offer
+//! a one-time prekey the peer already consumed (for the session being replaced), which the peer
+//! would refuse. So the stored bundles of those devices are dropped when the rebuilds are
+//! requested (they are a cache of what the peer publishes), and until the client hands over a
+//! fresh one the device is reported `no_bundle` with a `fetch_bundle` action.
 
 use crate::storage::{self, DeviceAddr, Namespace};
 use rusqlite::{params, Connection};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 /// The devices whose next message starts a new session.
 #[derive(Debug, Default)]
-pub struct Pending(Mutex<HashSet<DeviceAddr>>);
+pub struct Pending(Mutex<HashMap<DeviceAddr, i64>>);
 
 impl Pending {
     /// From the database.
     pub fn load(conn: &Connection) -> storage::Result<Pending> {
-        let mut stmt =
-            conn.prepare("SELECT account_id, jid, namespace, device_id FROM session_rebuilds")?;
+        let mut stmt = conn.prepare(
+            "SELECT account_id, jid, namespace, device_id, requested_at FROM session_rebuilds",
+        )?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
@@ -24,27 +31,37 @@ impl Pending {
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
                     r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut set = HashSet::new();
-        for (account_id, jid, ns, device_id) in rows {
+        let mut set = HashMap::new();
+        for (account_id, jid, ns, device_id, requested_at) in rows {
             let (Some(namespace), Ok(device_id)) =
                 (Namespace::from_namespace(&ns), u32::try_from(device_id))
             else {
                 continue;
             };
-            set.insert(DeviceAddr::new(account_id, &jid, namespace, device_id));
+            set.insert(
+                DeviceAddr::new(account_id, &jid, namespace, device_id),
+                requested_at,
+            );
         }
         Ok(Pending(Mutex::new(set)))
     }
 
     /// Whether the device's next message must start a new session.
     pub fn contains(&self, addr: &DeviceAddr) -> bool {
+        self.requested_at(addr).is_some()
+    }
+
+    /// When the device's rebuild was requested: its bundle must be fetched after that.
+    pub fn requested_at(&self, addr: &DeviceAddr) -> Option<i64> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(addr)
+            .get(addr)
+            .copied()
     }
 
     /// After the new session was committed.
@@ -66,13 +83,20 @@ impl Pending {
     }
 }
 
-/// Marks every stored session for a rebuild; returns how many.
+/// Marks every stored session for a rebuild and drops those devices' stored bundles; returns how
+/// many sessions.
 pub fn request_all(conn: &Connection, now: i64) -> storage::Result<usize> {
-    Ok(conn.execute(
+    let n = conn.execute(
         "INSERT OR IGNORE INTO session_rebuilds (account_id, jid, namespace, device_id, requested_at) \
          SELECT account_id, jid, namespace, device_id, ?1 FROM sessions",
         [now],
-    )?)
+    )?;
+    conn.execute(
+        "DELETE FROM bundles WHERE (account_id, jid, namespace, device_id) IN \
+         (SELECT account_id, jid, namespace, device_id FROM session_rebuilds)",
+        [],
+    )?;
+    Ok(n)
 }
 
 /// Removes the device's pending rebuild (inside the transaction storing its new session).
