@@ -178,8 +178,8 @@ pub enum TrustDecision {
 /// Options of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The SQLite database [default: $STATE_DIRECTORY/omemod.db under systemd, else
-    /// $XDG_STATE_HOME/omemod/omemod.db].
+    /// The SQLite database [default: `db` of the config file, else $STATE_DIRECTORY/omemod.db
+    /// under systemd, else $XDG_STATE_HOME/omemod/omemod.db].
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
     /// `full` survives power loss; `normal` survives a process crash but may lose the last commits
