@@ -34,7 +34,8 @@ impl Manager {
         namespace: Version,
         list_xml: &str,
     ) -> Result<DevicelistUpdate> {
-        check_bare_jid(jid)?;
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         let acct = self.account(account)?;
         let owned = list_xml.to_owned();
         let entries = crate::bounds::parse_off_thread(owned.len(), move || {

@@ -214,9 +214,9 @@ impl Manager {
         let acct = self.account(account)?;
         let mut jids: Vec<String> = Vec::new();
         for j in &req.to {
-            check_bare_jid(j)?;
-            if !jids.contains(j) {
-                jids.push(j.clone());
+            let j = check_bare_jid(j)?;
+            if !jids.contains(&j) {
+                jids.push(j);
             }
         }
         if jids.is_empty() {
@@ -320,7 +320,8 @@ impl Manager {
         device_id: u32,
         force_new: bool,
     ) -> Result<EncryptOutcome> {
-        check_bare_jid(jid)?;
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         let acct = self.account(account)?;
         let addr = Self::addr(&acct, jid, namespace, device_id);
         if force_new {
@@ -356,7 +357,14 @@ impl Manager {
         let mut new_trust: Vec<TrustRow> = Vec::new();
 
         for (i, (addr, guard)) in guards.iter().enumerate() {
-            let force_new = targets.iter().any(|t| &t.addr == addr && t.force_new);
+            // After a rollback the stored session may be behind the peer's: start a new one.
+            let rebuild = guard
+                .session
+                .is_some()
+                .then(|| self.pending_rebuilds.requested_at(addr))
+                .flatten();
+            let force_new =
+                targets.iter().any(|t| &t.addr == addr && t.force_new) || rebuild.is_some();
             let (mut session, fresh) = match (&guard.session, force_new) {
                 (Some(s), false) => (s.clone(), None),
                 _ => {
@@ -368,7 +376,13 @@ impl Manager {
                                 addr,
                                 DeviceStatus::NoBundle,
                                 false,
-                                Some("no session and no bundle".into()),
+                                Some(if rebuild.is_some() {
+                                    "the session must be rebuilt after a rollback: fetch a \
+                                     fresh bundle"
+                                        .into()
+                                } else {
+                                    "no session and no bundle".into()
+                                }),
                                 Some(Action::FetchBundle {
                                     jid: addr.jid.clone(),
                                     namespace: addr.namespace,
@@ -465,6 +479,14 @@ impl Manager {
 
         if !updates.is_empty() || !new_trust.is_empty() {
             let now = storage::now();
+            // Before the fresh sessions are taken out below.
+            let rebuilt: Vec<DeviceAddr> = updates
+                .iter()
+                .filter(|(i, _, _, fresh)| {
+                    fresh.is_some() && self.pending_rebuilds.contains(&guards[*i].0)
+                })
+                .map(|(i, ..)| guards[*i].0.clone())
+                .collect();
             let rows: Vec<(session_store::SessionRow, Option<(Session, Fresh)>)> = updates
                 .iter_mut()
                 .map(|(i, s, meta, fresh)| {
@@ -475,6 +497,7 @@ impl Manager {
                 })
                 .collect();
             let trust_rows = new_trust.clone();
+            let rebuilt_in_tx = rebuilt.clone();
             self.store
                 .write(move |tx| {
                     for (row, fresh) in &rows {
@@ -501,12 +524,18 @@ impl Manager {
                             super::sessions::replace_skipped(tx, &addr, s, now)?;
                         }
                     }
+                    for addr in &rebuilt_in_tx {
+                        super::rebuild::clear(tx, addr)?;
+                    }
                     for t in &trust_rows {
                         trust_store::set(tx, t)?;
                     }
                     Ok(())
                 })
                 .await?;
+            for addr in &rebuilt {
+                self.pending_rebuilds.done(addr);
+            }
         }
         for (i, session, meta, _) in updates {
             let g = &mut guards[i].1;

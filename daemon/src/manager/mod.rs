@@ -9,10 +9,12 @@ pub mod devicelist;
 pub mod directory;
 pub mod encrypt;
 pub mod error;
+pub mod lifecycle;
 pub mod limits;
 pub mod own_bundle;
 pub mod peer_bundle;
 pub mod pinning;
+pub mod rebuild;
 pub mod sessions;
 pub mod trust;
 
@@ -88,28 +90,22 @@ pub struct Manager {
     directories: Mutex<HashMap<i64, Directory>>,
     pub(crate) sessions: sessions::SessionTable,
     rebuilds: pinning::Rebuilds,
+    /// Devices whose next message starts a new session (after a rollback).
+    pub(crate) pending_rebuilds: rebuild::Pending,
 }
 
-/// Checks that `jid` looks like a bare JID (`local@domain` or `domain`, no resource).
-pub fn check_bare_jid(jid: &str) -> Result<()> {
-    let ok = !jid.is_empty()
-        && jid.len() <= 3071
-        && !jid.contains('/')
-        && !jid.chars().any(|c| c.is_whitespace() || c.is_control())
-        && jid.split('@').count() <= 2
-        && jid.rsplit('@').next().is_some_and(|d| !d.is_empty())
-        && !jid.starts_with('@');
-    if ok {
-        Ok(())
-    } else {
-        Err(ManagerError::InvalidJid(jid.to_owned()))
-    }
+/// Parses `jid` as a bare JID (`local@domain` or `domain`, no resource) and returns its
+/// normalised form (RFC 7622: the local part through nodeprep, the domain through IDNA and
+/// nameprep, so `Alice@Example.ORG` is `alice@example.org`). Everything omemod stores and
+/// compares is in this form.
+pub fn check_bare_jid(jid: &str) -> Result<String> {
+    storage::jids::normalise(jid).ok_or_else(|| ManagerError::InvalidJid(jid.to_owned()))
 }
 
 impl Manager {
     /// Loads every account, device list and trust decision.
     pub async fn open(store: Arc<Store>, events: EventBus) -> Result<Self> {
-        let (accounts, dirs) = store
+        let (accounts, dirs, pending_rebuilds) = store
             .read(|conn| {
                 let accounts = account::load_all(conn)?;
                 let mut dirs = HashMap::new();
@@ -118,7 +114,7 @@ impl Manager {
                     let trust = trust_store::list(conn, a.id, None)?;
                     dirs.insert(a.id, Directory::from_rows(devs, trust));
                 }
-                Ok((accounts, dirs))
+                Ok((accounts, dirs, rebuild::Pending::load(conn)?))
             })
             .await?;
         // Databases from before the per-namespace pools get theirs filled once (and a new
@@ -154,6 +150,7 @@ impl Manager {
             directories: Mutex::new(dirs),
             sessions: sessions::SessionTable::default(),
             rebuilds: pinning::Rebuilds::default(),
+            pending_rebuilds,
         })
     }
 
@@ -174,9 +171,9 @@ impl Manager {
     pub fn account(&self, jid: Option<&str>) -> Result<Arc<Account>> {
         let map = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
         match jid {
-            Some(j) => map
-                .get(j)
-                .cloned()
+            Some(j) => check_bare_jid(j)
+                .ok()
+                .and_then(|n| map.get(&n).cloned())
                 .ok_or_else(|| ManagerError::UnknownAccount(j.to_owned())),
             None => {
                 let mut it = map.values();
@@ -200,7 +197,8 @@ impl Manager {
         trust_mode: TrustMode,
         avoid: &[u32],
     ) -> Result<Arc<Account>> {
-        check_bare_jid(jid)?;
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         if self
             .accounts
             .read()

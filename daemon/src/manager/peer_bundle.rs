@@ -36,7 +36,8 @@ impl Manager {
         device_id: u32,
         bundle_xml: &str,
     ) -> Result<BundleUpdate> {
-        check_bare_jid(jid)?;
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         let acct = self.account(account)?;
         if device_id == 0 || device_id > protocol_core::consts::MAX_DEVICE_ID {
             return Err(ManagerError::InvalidParams(format!(

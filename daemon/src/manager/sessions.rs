@@ -91,6 +91,12 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
+    /// Drops every cached session of an account (after it was deleted).
+    pub fn forget_account(&self, account_id: i64) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.map.retain(|addr, _| addr.account_id != account_id);
+    }
+
     fn slot(&self, addr: &DeviceAddr) -> SharedSlot {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         slots.tick += 1;

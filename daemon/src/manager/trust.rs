@@ -81,6 +81,8 @@ impl Manager {
 
     /// Trust decisions, of one contact or all.
     pub fn trust_list(&self, account: Option<&str>, jid: Option<&str>) -> Result<Vec<TrustEntry>> {
+        let jid = jid.map(check_bare_jid).transpose()?;
+        let jid = jid.as_deref();
         let acct = self.account(account)?;
         let mut v: Vec<TrustEntry> = self.with_directory(acct.id, |d| {
             d.trust
@@ -101,7 +103,8 @@ impl Manager {
         fp: &str,
         level: TrustLevel,
     ) -> Result<TrustEntry> {
-        check_bare_jid(jid)?;
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         let acct = self.account(account)?;
         let key = parse_fingerprint(fp)?;
         let row = TrustRow {
@@ -128,6 +131,8 @@ impl Manager {
         account: Option<&str>,
         jid: Option<&str>,
     ) -> Result<Vec<DeviceEntry>> {
+        let jid = jid.map(check_bare_jid).transpose()?;
+        let jid = jid.as_deref();
         let acct = self.account(account)?;
         let mut v: Vec<DeviceEntry> = self.with_directory(acct.id, |d| {
             d.devices

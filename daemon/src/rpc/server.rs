@@ -55,6 +55,9 @@ pub enum ServeError {
     /// The session manager could not load its state.
     #[error("loading state: {0}")]
     Manager(#[from] crate::manager::ManagerError),
+    /// Another daemon uses the database (or its lock file is unusable).
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
 }
 
 /// How often signed prekeys are checked for rotation.
@@ -195,6 +198,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(io_err("cannot watch signals", Path::new("-")))?;
 
+    // One daemon per database: lock before opening, hold until the store is closed.
+    let mut db_lock = crate::lock::DbLock::acquire(&config.db, Some(&config.socket))?;
     // Open the database first: a daemon that cannot reach its state must not listen.
     let store = Arc::new(crate::storage::Store::open(
         &config.db,
@@ -204,7 +209,15 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         },
     )?);
     let bound = bind(&config)?;
+    if bound.path != config.socket {
+        db_lock.record(Some(&bound.path))?;
+    }
     let ctx = Arc::new(Ctx::new(config.clone(), bound.path.clone()));
+    // Before the manager loads its state: a rollback marks sessions for a rebuild.
+    let (keeper, rollback) = crate::rollback::Keeper::start(Arc::clone(&store)).await?;
+    if let Some(r) = rollback {
+        let _ = ctx.rollback.set(r);
+    }
     let manager =
         Arc::new(crate::manager::Manager::open(Arc::clone(&store), ctx.events.clone()).await?);
     let _ = ctx.manager.set(Arc::clone(&manager));
@@ -227,6 +240,19 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             }
         }
     });
+    let keeper = Arc::new(keeper);
+    let generations = {
+        let keeper = Arc::clone(&keeper);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::rollback::INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(e) = keeper.follow().await {
+                    tracing::warn!(error = %e, "recording the database generation failed");
+                }
+            }
+        })
+    };
     let module = crate::rpc::methods::build(Arc::clone(&ctx), config.enable_debug_methods)?;
     if config.enable_debug_methods {
         tracing::warn!("debug methods enabled: debug.sleep, debug.emit");
@@ -308,11 +334,16 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         connections.abort_all();
     }
     maintenance.abort();
+    generations.abort();
+    if let Err(e) = keeper.follow().await {
+        tracing::warn!(error = %e, "recording the database generation failed");
+    }
     // Checkpoint and close the database off the async threads.
     let closed = tokio::task::spawn_blocking(move || store.close()).await;
     if let Ok(Err(e)) = closed {
         tracing::warn!(error = %e, "closing the database failed");
     }
+    drop(db_lock);
     tracing::info!("stopped");
     Ok(())
 }

@@ -17,6 +17,7 @@ pub type Migration = (u32, &'static str);
 pub const MIGRATIONS: &[Migration] = &[
     (1, include_str!("../../../migrations/0001_init.sql")),
     (2, include_str!("../../../migrations/0002_trust.sql")),
+    (3, include_str!("../../../migrations/0003_generation.sql")),
 ];
 
 /// The schema version this binary writes.

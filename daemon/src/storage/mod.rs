@@ -17,13 +17,16 @@ pub mod checkpoint;
 pub mod device_state;
 pub mod devices;
 mod error;
+pub mod generation;
 pub mod identity;
+pub mod jids;
 pub mod migrations;
 pub mod prekeys;
 mod reader;
 pub mod sessions;
 pub mod signed_prekeys;
 pub mod skipped_keys;
+pub mod transfer;
 pub mod trust;
 mod types;
 pub mod writer;
@@ -280,6 +283,10 @@ impl Store {
         prepare_files(path)?;
         let mut conn = open_writer(path, &config)?;
         migrations::migrate(&mut conn, migrations::MIGRATIONS)?;
+        let report = jids::normalise_stored(&mut conn)?;
+        if report != jids::NormaliseReport::default() {
+            tracing::info!(?report, "stored JIDs normalised");
+        }
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let page_size = u64::try_from(page_size).unwrap_or(4096);
 
@@ -460,6 +467,19 @@ impl Store {
             reply: Reply::Blocking(tx),
         }))?;
         rx.recv().map_err(|_| StorageError::Closed)?
+    }
+
+    /// Checkpoints the whole WAL into the database and truncates it to zero bytes, on a
+    /// connection of its own (waits up to the busy timeout for readers). Used after deleting
+    /// secrets, whose old pages the WAL would otherwise keep until it is overwritten.
+    pub fn checkpoint_truncate(&self) -> Result<CheckpointResult> {
+        let conn = open_connection(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            &self.config,
+        )?;
+        conn.pragma_update(None, "synchronous", self.config.durability.pragma_value())?;
+        checkpoint::checkpoint(&conn, CheckpointMode::Truncate)
     }
 
     /// Clean shutdown: lets the writer finish every queued job, stops readers and the

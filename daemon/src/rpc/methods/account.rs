@@ -1,4 +1,4 @@
-//! `account.create`, `account.list`, `fingerprint.get`.
+//! `account.create`, `account.list`, `account.delete`, `fingerprint.get`.
 
 use std::sync::Arc;
 
@@ -92,6 +92,38 @@ impl Method for AccountList {
                 fingerprint: a.identity.fingerprint(),
             })
             .collect())
+    }
+}
+
+/// `account.delete`.
+pub struct AccountDelete;
+
+/// Params of `account.delete`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountDeleteParams {
+    /// The account's bare JID (required: a deletion never picks the only account by default).
+    pub jid: String,
+}
+
+impl Method for AccountDelete {
+    const NAME: &'static str = "account.delete";
+    const SUMMARY: &'static str =
+        "Deletes an account and every secret and row stored for it, for good.";
+    const DESCRIPTION: &'static str = "Identity, prekeys, sessions, skipped message keys, device \
+        lists, bundles and trust decisions go in one transaction; freed space is zeroed \
+        (secure_delete) and the WAL is checkpointed and truncated. Peers keep encrypting to the \
+        device until the client removes it from the published device lists.";
+    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::InvalidJid];
+    type Params = AccountDeleteParams;
+    type Result = crate::manager::lifecycle::DeletedAccount;
+
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: AccountDeleteParams,
+    ) -> Result<crate::manager::lifecycle::DeletedAccount, RpcError> {
+        Ok(ctx.manager()?.delete_account(&p.jid).await?)
     }
 }
 

@@ -86,13 +86,16 @@ impl Method for Decrypt {
                 ))
             }
         };
+        // Normalised here so that sessions and trust are found whatever the spelling.
+        let from = crate::manager::check_bare_jid(&p.from)?;
+        let to = p.to.as_deref().map(crate::manager::check_bare_jid).transpose()?;
         let conv = Conversation {
-            to: p.to,
+            to,
             group_chat: p.group_chat,
         };
         Ok(ctx
             .manager()?
-            .decrypt(p.account.as_deref(), &p.from, element, &conv)
+            .decrypt(p.account.as_deref(), &from, element, &conv)
             .await?)
     }
 }

@@ -26,6 +26,7 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
     registry.register::<subscription::Unsubscribe>()?;
     registry.register::<account::AccountCreate>()?;
     registry.register::<account::AccountList>()?;
+    registry.register::<account::AccountDelete>()?;
     registry.register::<account::FingerprintGet>()?;
     registry.register::<account::AccountRenewDeviceId>()?;
     registry.register::<bundle::BundleGet>()?;

@@ -33,7 +33,11 @@ pub struct TrustList;
 impl Method for TrustList {
     const NAME: &'static str = "trust.list";
     const SUMMARY: &'static str = "Trust decisions per (contact, identity key).";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
+    const ERRORS: &'static [ErrorKind] = &[
+        ErrorKind::UnknownAccount,
+        ErrorKind::AccountRequired,
+        ErrorKind::InvalidJid,
+    ];
     type Params = ListParams;
     type Result = Vec<TrustEntry>;
 
@@ -91,7 +95,11 @@ pub struct DevicesList;
 impl Method for DevicesList {
     const NAME: &'static str = "devices.list";
     const SUMMARY: &'static str = "Known devices (from device lists), active or not.";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
+    const ERRORS: &'static [ErrorKind] = &[
+        ErrorKind::UnknownAccount,
+        ErrorKind::AccountRequired,
+        ErrorKind::InvalidJid,
+    ];
     type Params = ListParams;
     type Result = Vec<DeviceEntry>;
 
