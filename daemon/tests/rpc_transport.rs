@@ -295,6 +295,8 @@ fn a_second_daemon_refuses_a_live_socket() {
     let out = Command::new(BIN)
         .args(["serve", "--socket"])
         .arg(&d.socket)
+        .arg("--db")
+        .arg(d.dir.0.join("second.db"))
         .env_remove("LISTEN_FDS")
         .output()
         .expect("run");
@@ -331,6 +333,8 @@ fn stale_socket_is_replaced() {
     let mut d2 = Command::new(BIN)
         .args(["serve", "--enable-debug-methods", "--socket"])
         .arg(&socket)
+        .arg("--db")
+        .arg(d.dir.0.join("omemod.db"))
         .env_remove("LISTEN_FDS")
         .stderr(Stdio::null())
         .spawn()

@@ -95,6 +95,11 @@ impl Daemon {
             .arg("--db")
             .arg(&self.db)
             .args(&self.extra)
+            // The user's own config file and systemd's directories must not leak into a test.
+            .env("XDG_CONFIG_HOME", self.db.parent().unwrap_or(&self.db))
+            .env_remove("OMEMOD_CONFIG")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("RUNTIME_DIRECTORY")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
