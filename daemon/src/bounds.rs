@@ -58,21 +58,63 @@ pub async fn parse_off_thread<T: Send + 'static>(
     tokio::task::spawn_blocking(parse).await.ok()
 }
 
-/// Bounds that `omemod serve` takes from the command line.
-#[derive(Debug, Clone, Copy, Args)]
-pub struct BoundsArgs {
+/// Bounds that `omemod serve` takes from the command line (each also a config-file key of the
+/// same name, with `_` for `-`; a flag overrides the file).
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct BoundsFlags {
     /// Most client connections at once; at the limit the longest-idle connection is closed to make
-    /// room (or, when all are busy, the new one is refused with `too_many_connections`).
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    /// room (or, when all are busy, the new one is refused with `too_many_connections`)
+    /// [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds a started request line may take to complete before the connection is closed
+    /// [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub partial_line_timeout: Option<u64>,
+    /// Seconds a client may leave a pending answer unread before it is disconnected [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub write_stall_timeout: Option<u64>,
+    /// Days after which a stored skipped message key (for a message that never arrived) is deleted
+    /// [default: 30].
+    #[arg(long, value_name = "DAYS")]
+    pub skipped_key_max_age: Option<u64>,
+}
+
+impl BoundsFlags {
+    /// The bounds in force: these flags, else the config file's keys, else the defaults.
+    pub fn resolve(self, file: &crate::config::FileConfig) -> BoundsArgs {
+        let d = BoundsArgs::default();
+        BoundsArgs {
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            partial_line_timeout: self
+                .partial_line_timeout
+                .or(file.partial_line_timeout)
+                .unwrap_or(d.partial_line_timeout),
+            write_stall_timeout: self
+                .write_stall_timeout
+                .or(file.write_stall_timeout)
+                .unwrap_or(d.write_stall_timeout),
+            skipped_key_max_age: self
+                .skipped_key_max_age
+                .or(file.skipped_key_max_age)
+                .unwrap_or(d.skipped_key_max_age),
+        }
+    }
+}
+
+/// The bounds `omemod serve` runs with.
+#[derive(Debug, Clone, Copy)]
+pub struct BoundsArgs {
+    /// `--max-connections`.
     pub max_connections: usize,
-    /// Seconds a started request line may take to complete before the connection is closed.
-    #[arg(long, default_value_t = DEFAULT_PARTIAL_LINE_TIMEOUT_SECS, value_name = "SECS")]
+    /// `--partial-line-timeout` (seconds).
     pub partial_line_timeout: u64,
-    /// Seconds a client may leave a pending answer unread before it is disconnected.
-    #[arg(long, default_value_t = DEFAULT_WRITE_STALL_TIMEOUT_SECS, value_name = "SECS")]
+    /// `--write-stall-timeout` (seconds).
     pub write_stall_timeout: u64,
-    /// Days after which a stored skipped message key (for a message that never arrived) is deleted.
-    #[arg(long, default_value_t = DEFAULT_SKIPPED_KEY_MAX_AGE_DAYS, value_name = "DAYS")]
+    /// `--skipped-key-max-age` (days).
     pub skipped_key_max_age: u64,
 }
 

@@ -198,7 +198,7 @@ pub struct ServeArgs {
     #[arg(long, hide = true)]
     pub enable_debug_methods: bool,
     #[command(flatten)]
-    pub bounds: crate::bounds::BoundsArgs,
+    pub bounds: crate::bounds::BoundsFlags,
 }
 
 /// Parses the command line and runs it.
@@ -409,7 +409,7 @@ fn serve_config(socket: PathBuf, args: ServeArgs, file: &config::FileConfig) -> 
             .unwrap_or(config::DEFAULT_MAX_IN_FLIGHT)
             .max(1),
         enable_debug_methods: args.enable_debug_methods,
-        bounds: args.bounds,
+        bounds: args.bounds.resolve(file),
     }
 }
 

@@ -72,6 +72,14 @@ pub struct FileConfig {
     pub max_response_bytes: Option<usize>,
     /// `--max-in-flight`.
     pub max_in_flight: Option<usize>,
+    /// `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// `--partial-line-timeout` (seconds).
+    pub partial_line_timeout: Option<u64>,
+    /// `--write-stall-timeout` (seconds).
+    pub write_stall_timeout: Option<u64>,
+    /// `--skipped-key-max-age` (days).
+    pub skipped_key_max_age: Option<u64>,
 }
 
 /// Why the config file could not be used.
@@ -219,6 +227,38 @@ mod tests {
         assert_eq!(
             FileConfig::parse("", Path::new("c.toml")).unwrap(),
             FileConfig::default()
+        );
+    }
+
+    #[test]
+    fn config_file_sets_the_bounds_and_flags_override_it() {
+        let c = FileConfig::parse(
+            "max_connections = 7\npartial_line_timeout = 8\nwrite_stall_timeout = 9\n\
+             skipped_key_max_age = 2\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let b = crate::bounds::BoundsFlags::default().resolve(&c);
+        assert_eq!(
+            (
+                b.max_connections,
+                b.partial_line_timeout,
+                b.write_stall_timeout,
+                b.skipped_key_max_age
+            ),
+            (7, 8, 9, 2)
+        );
+        let flags = crate::bounds::BoundsFlags {
+            max_connections: Some(70),
+            ..Default::default()
+        };
+        let b = flags.resolve(&c);
+        assert_eq!((b.max_connections, b.partial_line_timeout), (70, 8));
+        let d = crate::bounds::BoundsFlags::default().resolve(&FileConfig::default());
+        assert_eq!(
+            d.max_connections,
+            crate::bounds::DEFAULT_MAX_CONNECTIONS,
+            "defaults apply without file or flag"
         );
     }
 
