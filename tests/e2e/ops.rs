@@ -230,7 +230,8 @@ fn account_delete_leaves_no_secret_in_the_database_or_its_wal() {
     assert_eq!(list.as_array().map(Vec::len), Some(1));
     assert_eq!(list[0]["jid"], "carol@example.org");
     a.ok("bundle.get", json!({"namespace": OMEMO2}));
-    assert_eq!(secrets_of(&da.db, "carol@example.org").len(), 102);
+    // Identity, signed prekey, and a pool of 100 one-time prekeys per namespace.
+    assert_eq!(secrets_of(&da.db, "carol@example.org").len(), 2 + 2 * 100);
     a.err(
         "account.delete",
         json!({"jid": "alice@example.org"}),
