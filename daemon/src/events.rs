@@ -48,6 +48,14 @@ pub enum Cause {
     DevicelistUpdated,
     /// An identity key was seen for the first time.
     NewIdentity,
+    /// `account.renew_device_id` gave the account a new device id.
+    DeviceIdRenewed,
+    /// A key exchange carried another identity key than the one held for its device (it was
+    /// refused).
+    KeyExchange,
+    /// A fetched bundle (`bundle.update`) carried another identity key than the one held for
+    /// its device (it was set aside).
+    BundleUpdate,
     /// `debug.emit` (tests).
     Test,
 }
@@ -171,6 +179,25 @@ pub enum Event {
         /// The device's identity key fingerprint (hex), for display.
         fingerprint: String,
     },
+    /// A device showed another identity key than the one held for it (in a key exchange, which
+    /// was refused, or in a fetched bundle, which was set aside). `identity.accept` takes it.
+    IdentityChanged {
+        /// Our account's bare JID.
+        account: String,
+        /// Why.
+        cause: Cause,
+        /// The peer's bare JID.
+        peer: String,
+        /// The OMEMO namespace.
+        #[schemars(schema_with = "namespace_schema")]
+        namespace: Version,
+        /// The peer device.
+        device_id: u32,
+        /// Fingerprint of the identity held for the device.
+        old_fingerprint: String,
+        /// Fingerprint of the new identity.
+        new_fingerprint: String,
+    },
 }
 
 /// The `type` tags of [`Event`], used to filter subscriptions.
@@ -193,6 +220,8 @@ pub enum EventType {
     TrustDecisionNeeded,
     /// The marker a lagging subscriber gets (always sent, whatever the filter).
     EventsLost,
+    /// [`Event::IdentityChanged`].
+    IdentityChanged,
 }
 
 impl Event {
@@ -206,6 +235,7 @@ impl Event {
             Event::FetchDevicelist { .. } => EventType::FetchDevicelist,
             Event::DevicelistChanged { .. } => EventType::DevicelistChanged,
             Event::TrustDecisionNeeded { .. } => EventType::TrustDecisionNeeded,
+            Event::IdentityChanged { .. } => EventType::IdentityChanged,
         }
     }
 

@@ -297,6 +297,8 @@ fn a_second_daemon_refuses_a_live_socket() {
     let out = Command::new(BIN)
         .args(["serve", "--socket"])
         .arg(&d.socket)
+        .arg("--db")
+        .arg(d.dir.0.join("second.db"))
         .env_remove("LISTEN_FDS")
         .output()
         .expect("run");

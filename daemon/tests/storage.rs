@@ -316,14 +316,16 @@ fn identity_and_prekeys_round_trip() {
                     public_key: key(0x10 + i as u8),
                     created_at: 50,
                     used_at: None,
+                    namespace: None,
+                    used_by: None,
                 })
                 .collect();
             prekeys::insert_many(tx, &rows)?;
             assert_eq!(prekeys::get(tx, a, 2)?.as_ref(), Some(&rows[1]));
             assert_eq!(prekeys::count_live(tx, a)?, 3);
-            assert!(prekeys::mark_used(tx, a, 2, 60)?);
-            assert!(!prekeys::mark_used(tx, a, 2, 61)?, "already used");
-            assert!(!prekeys::mark_used(tx, a, 77, 61)?, "missing");
+            assert!(prekeys::mark_used(tx, a, 2, 60, &key(9))?);
+            assert!(!prekeys::mark_used(tx, a, 2, 61, &key(9))?, "already used");
+            assert!(!prekeys::mark_used(tx, a, 77, 61, &key(9))?, "missing");
             assert_eq!(prekeys::get(tx, a, 2)?.unwrap().used_at, Some(60));
             assert_eq!(prekeys::count_live(tx, a)?, 2);
             assert_eq!(
@@ -699,10 +701,12 @@ fn populate(store: &Store, a: i64) {
                     public_key: key(2),
                     created_at: t,
                     used_at: None,
+                    namespace: None,
+                    used_by: None,
                 })
                 .collect();
             prekeys::insert_many(tx, &rows)?;
-            prekeys::mark_used(tx, a, 1, t)?;
+            prekeys::mark_used(tx, a, 1, t, &key(9))?;
             for (id, created, retired) in [
                 (1, t - 10 * 86400, Some(t - 3 * 86400)),
                 (2, t - 3 * 86400 - 100, None),

@@ -102,11 +102,15 @@ impl Bundle {
             if !ids.insert(p.id) {
                 return Err(BundleError::DuplicatePreKeyId(p.id));
             }
-            if !conversion::is_canonical_u(&p.key) {
+            // A low-order prekey would make the key exchange's DH predictable (and encrypt to
+            // that device fail later): refuse the bundle now.
+            if !conversion::is_canonical_u(&p.key) || conversion::is_low_order_u(&p.key) {
                 return Err(BundleError::InvalidKey("one-time prekey"));
             }
         }
-        if !conversion::is_canonical_u(&self.signed_prekey) {
+        if !conversion::is_canonical_u(&self.signed_prekey)
+            || conversion::is_low_order_u(&self.signed_prekey)
+        {
             return Err(BundleError::InvalidKey("signed prekey"));
         }
         match self.version {

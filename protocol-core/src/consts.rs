@@ -32,3 +32,7 @@ pub const MAX_KEY_ELEMENT: usize = 4096;
 
 /// Ratchet keys of the peer's earlier chains remembered to recognise replays from them.
 pub const MAX_PREVIOUS_RATCHET_KEYS: usize = 5;
+
+/// The peer's earlier receiving chains kept (chain key and index), so that their late messages
+/// decrypt whatever previous-chain length the sender wrote; libsignal keeps 5 too.
+pub const MAX_PREVIOUS_RECEIVING_CHAINS: usize = 5;

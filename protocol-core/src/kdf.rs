@@ -28,9 +28,66 @@ pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// Constant-time check that `tag` equals the first `tag.len()` bytes of the HMAC of `parts`.
-pub fn verify_truncated_hmac(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
+/// Constant-time check that `tag` is exactly `len` bytes (the version's MAC length: 8 in 0.3,
+/// 16 in OMEMO 2) and equals the first `len` bytes of the HMAC of `parts`. An empty or short
+/// tag never verifies.
+pub fn verify_truncated_hmac(key: &[u8], parts: &[&[u8]], tag: &[u8], len: usize) -> bool {
     use subtle::ConstantTimeEq;
     let full = hmac_sha256(key, parts);
-    tag.len() <= full.len() && full[..tag.len()].ct_eq(tag).into()
+    if len == 0 || len > full.len() || tag.len() != len {
+        return false;
+    }
+    full[..len].ct_eq(tag).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_hmac_needs_the_exact_length() {
+        let key = [7u8; 32];
+        let full = hmac_sha256(&key, &[b"ad", b"message"]);
+        assert!(verify_truncated_hmac(
+            &key,
+            &[b"ad", b"message"],
+            &full[..8],
+            8
+        ));
+        assert!(verify_truncated_hmac(
+            &key,
+            &[b"ad", b"message"],
+            &full[..16],
+            16
+        ));
+        // Empty, short, long, or wrong.
+        assert!(!verify_truncated_hmac(&key, &[b"ad", b"message"], &[], 8));
+        assert!(!verify_truncated_hmac(&key, &[b"ad", b"message"], &[], 0));
+        assert!(!verify_truncated_hmac(
+            &key,
+            &[b"ad", b"message"],
+            &full[..4],
+            8
+        ));
+        assert!(!verify_truncated_hmac(
+            &key,
+            &[b"ad", b"message"],
+            &full[..16],
+            8
+        ));
+        assert!(!verify_truncated_hmac(
+            &key,
+            &[b"ad", b"message"],
+            &full[..],
+            33
+        ));
+        let mut bad = full;
+        bad[3] ^= 1;
+        assert!(!verify_truncated_hmac(
+            &key,
+            &[b"ad", b"message"],
+            &bad[..8],
+            8
+        ));
+    }
 }

@@ -16,7 +16,9 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 mod snapshot;
-pub use snapshot::{SessionSnapshot, SnapshotError, SESSION_SNAPSHOT_FORMAT};
+pub use snapshot::{
+    PreviousChainSnapshot, SessionSnapshot, SnapshotError, SESSION_SNAPSHOT_FORMAT,
+};
 
 /// Why a message could not be decrypted (or a session not built). A failed call leaves the
 /// session exactly as it was.
@@ -396,7 +398,16 @@ impl Session {
             Version::Twomemo => self.twomemo_ad().to_vec(),
         };
         // MAC first, in constant time; only then decrypt and unpad (pitfall 21).
-        if !kdf::verify_truncated_hmac(&keys.mac_key, &[&ad, &parsed.authenticated], &parsed.mac) {
+        let mac_len = match self.version {
+            Version::Oldmemo => oldmemo::MAC_LEN,
+            Version::Twomemo => twomemo::MAC_LEN,
+        };
+        if !kdf::verify_truncated_hmac(
+            &keys.mac_key,
+            &[&ad, &parsed.authenticated],
+            &parsed.mac,
+            mac_len,
+        ) {
             return Err(SessionError::AuthenticationFailed);
         }
         let plaintext = keys

@@ -252,11 +252,12 @@ fn bad_bundles_are_refused() {
         b.prekeys[0].id = 0;
         assert!(matches!(b.verify(), Err(BundleError::IdOutOfRange(..))));
         let mut b = p.bundle.clone();
-        b.prekeys[0].key = [0; 32]; // low order: the DH refuses it
+        b.prekeys[0].key = [0; 32]; // low order: the bundle is refused before any DH
+        assert_eq!(b.verify(), Err(BundleError::InvalidKey("one-time prekey")));
         assert!(matches!(
             Session::initiate(&me, &b, 3, &mut rng),
-            Err(SessionError::X3dh(X3dhError::InvalidKey(
-                KeyError::LowOrderPoint
+            Err(SessionError::X3dh(X3dhError::InvalidBundle(
+                BundleError::InvalidKey("one-time prekey")
             )))
         ));
         assert!(matches!(

@@ -377,6 +377,49 @@ fn too_deep() {
     assert!(matches!(err(&doc), XmlError::TooDeep { .. }));
 }
 
+/// One element with 37,500 attributes (260 KB) once cost seconds in quick-xml's duplicate check,
+/// which compares each attribute with all earlier ones; the parser stops at the cap instead.
+#[test]
+fn too_many_attributes_refused_at_the_cap() {
+    // Distinct short names (a, b, … zz, aaa, …) so that the document stays under the size cap.
+    let letters: Vec<char> = ('a'..='z').chain('A'..='Z').collect();
+    let name = |mut i: usize| {
+        let mut n = String::new();
+        loop {
+            n.push(letters[i % letters.len()]);
+            i /= letters.len();
+            if i == 0 {
+                return n;
+            }
+            i -= 1;
+        }
+    };
+    let attrs: String = (0..37_500).map(|i| format!(" {}=''", name(i))).collect();
+    let doc = format!("<encrypted xmlns='{TWO}'><header sid='1'{attrs}/></encrypted>");
+    assert!(doc.len() <= xml::MAX_XML_LEN, "{}", doc.len());
+    assert_eq!(
+        err(&doc),
+        XmlError::TooManyAttributes {
+            max: xml::MAX_ATTRIBUTES
+        }
+    );
+    // Namespace declarations count too.
+    let decls: String = (0..xml::MAX_ATTRIBUTES)
+        .map(|i| format!(" xmlns:p{i}='u{i}'"))
+        .collect();
+    let doc = format!("<encrypted xmlns='{TWO}'{decls}><header sid='1'/></encrypted>");
+    assert!(matches!(err(&doc), XmlError::TooManyAttributes { .. }));
+    // Up to the cap an element parses (unknown attributes are ignored).
+    let attrs: String = (0..xml::MAX_ATTRIBUTES - 1)
+        .map(|i| format!(" a{i}='1'"))
+        .collect();
+    let doc = format!("<encrypted xmlns='{TWO}'><header sid='1'{attrs}/></encrypted>");
+    assert!(!matches!(
+        Encrypted::from_xml(&doc),
+        Err(XmlError::TooManyAttributes { .. })
+    ));
+}
+
 #[test]
 fn errors_carry_no_content() {
     let secret = "c2VjcmV0c2VjcmV0";

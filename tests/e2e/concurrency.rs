@@ -105,8 +105,29 @@ fn only_prekey(xml: &str, keep: u32) -> String {
     format!("{}{}{}", &xml[..start], kept[0], &xml[end..])
 }
 
-/// `learner` learns `owner`'s (`jid`) device list and a bundle offering only prekey `keep`,
-/// so that initiators never pick the same one-time prekey.
+/// The id of the `n`-th (from 1, by id) one-time prekey of a `<bundle>`: each namespace has its
+/// own pool, so ids differ between namespaces.
+fn nth_prekey(xml: &str, n: u32) -> u32 {
+    let attr = if xml.contains("<pk ") {
+        "<pk id="
+    } else {
+        "<preKeyPublic preKeyId="
+    };
+    let mut ids: Vec<u32> = xml
+        .match_indices(attr)
+        .map(|(i, _)| {
+            let rest = &xml[i + attr.len() + 1..];
+            rest[..rest.find(['\'', '"']).unwrap()]
+                .parse()
+                .expect("prekey id")
+        })
+        .collect();
+    ids.sort_unstable();
+    ids[n as usize - 1]
+}
+
+/// `learner` learns `owner`'s (`jid`) device list and a bundle offering only its `keep`-th
+/// prekey, so that initiators never pick the same one-time prekey.
 fn learn_one_prekey(learner: &mut Client, jid: &str, owner: &mut Client, ns: &str, keep: u32) {
     let list = owner.devicelist(ns);
     learner.ok(
@@ -114,7 +135,8 @@ fn learn_one_prekey(learner: &mut Client, jid: &str, owner: &mut Client, ns: &st
         json!({"jid": jid, "namespace": ns, "xml": list["xml"]}),
     );
     let b = owner.bundle(ns);
-    let xml = only_prekey(b["xml"].as_str().unwrap(), keep);
+    let xml = b["xml"].as_str().unwrap();
+    let xml = only_prekey(xml, nth_prekey(xml, keep));
     let r = learner.ok(
         "bundle.update",
         json!({"jid": jid, "namespace": ns, "device_id": b["device_id"], "xml": xml}),
@@ -314,7 +336,8 @@ fn concurrent_traffic_on_different_sessions_and_mixed_calls() {
     let hub_fp = h.ok("fingerprint.get", json!({}))["fingerprint"].clone();
     let mut peers: Vec<(Daemon, u32)> = Vec::new();
     // Each session is started by one side (see `hub_first`) with a one-time prekey no other
-    // initiator uses: the hub's prekeys 1 + 2 * peer + namespace, each peer's prekey 1 + namespace.
+    // initiator uses: the hub's prekey number 1 + 2 * peer + namespace, each peer's number 1 +
+    // namespace (counted within that namespace's pool).
     for (pi, jid) in PEERS.iter().enumerate() {
         let d = Daemon::start();
         let mut p = d.client();
@@ -406,7 +429,8 @@ fn concurrent_traffic_on_different_sessions_and_mixed_calls() {
                 let body = format!("broadcast {j} in {ns}");
                 let r = hc.ok(
                     "encrypt",
-                    json!({"to": PEERS, "body": body, "namespaces": [ns]}),
+                    json!({"to": PEERS, "body": body, "namespaces": [ns],
+                           "sce_to": "room@muc.example.org"}),
                 );
                 let msgs = r["messages"].as_array().expect("messages");
                 assert_eq!(msgs.len(), 1, "{r}");

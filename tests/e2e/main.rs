@@ -320,3 +320,4 @@ fn own_device_missing_from_own_list() {
 }
 
 mod bad_input;
+mod trust;

@@ -55,6 +55,11 @@ fn content_xml_parses_on_its_own() {
     scenarios::content_xml_parses_on_its_own();
 }
 
+#[test]
+fn sce_checked_against_python() {
+    scenarios::sce_checked_against_python();
+}
+
 // ------------------------------------------------------------------------------------------------
 // Shared helpers
 // ------------------------------------------------------------------------------------------------

@@ -842,3 +842,51 @@ pub fn content_xml_parses_on_its_own() {
     assert_eq!(lines.next(), Some("{jabber:client}body"), "{content}");
     assert_eq!(lines.next(), Some("<b>bold</b> & more"), "{content}");
 }
+
+/// OMEMO 2 SCE affixes written by python-omemo's side are checked against the conversation the
+/// stanza arrived in: a room message replayed into another room, and a group chat message without
+/// `<to>`, are refused without moving the ratchet; the correctly delivered copy decrypts.
+pub fn sce_checked_against_python() {
+    let ns = OMEMO2;
+    let mut p = Pair::new(ns);
+    let room = "room@muc.example";
+    let r = p.py.ok(
+        json!({"cmd": "encrypt", "to": [OM_JID], "body": "to the room",
+                           "ns": [ns], "sce_to": room}),
+    );
+    let x = r["messages"][ns].as_str().expect("xml").to_owned();
+    p.om.c.err(
+        "decrypt",
+        json!({"from": PY_JID, "xml": x, "to": "other@muc.example", "group_chat": true}),
+        "sce_mismatch",
+    );
+    p.om.c.err(
+        "decrypt",
+        json!({"from": PY_JID, "xml": x, "to": OM_JID}),
+        "sce_mismatch",
+    );
+    let r = p.om.c.ok(
+        "decrypt",
+        json!({"from": PY_JID, "xml": x, "to": room, "group_chat": true}),
+    );
+    assert_eq!(r["body"], "to the room", "{r}");
+
+    let r =
+        p.py.ok(json!({"cmd": "encrypt", "to": [OM_JID], "body": "no to",
+                           "ns": [ns], "sce_to": null}));
+    let x = r["messages"][ns].as_str().expect("xml").to_owned();
+    p.om.c.err(
+        "decrypt",
+        json!({"from": PY_JID, "xml": x, "to": room, "group_chat": true}),
+        "sce_mismatch",
+    );
+    // Transition: a client that cannot tell the conversation gets it (1:1, `to` unknown).
+    let r = p.om.c.ok("decrypt", json!({"from": PY_JID, "xml": x}));
+    assert_eq!(r["body"], "no to", "{r}");
+
+    let x = p.py_send("one to one");
+    let r =
+        p.om.c
+            .ok("decrypt", json!({"from": PY_JID, "xml": x, "to": OM_JID}));
+    assert_eq!(r["body"], "one to one", "{r}");
+}

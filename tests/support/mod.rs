@@ -35,7 +35,10 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub db: PathBuf,
     child: Option<Child>,
-    extra: Vec<String>,
+    /// Extra `serve` arguments (used by the next `spawn`).
+    pub extra: Vec<String>,
+    /// A command the daemon runs under (e.g. `prlimit --nofile=…`), empty for none.
+    pub wrapper: Vec<String>,
 }
 
 impl Daemon {
@@ -53,6 +56,24 @@ impl Daemon {
             db,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            wrapper: Vec::new(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts the daemon under `wrapper` (a command that execs its arguments, like `prlimit`).
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("run/omemod.sock");
+        let db = dir.path().join("state/omemod.db");
+        let mut d = Daemon {
+            dir,
+            socket,
+            db,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
         };
         d.spawn();
         d
@@ -60,13 +81,25 @@ impl Daemon {
 
     /// Starts the process (again) on the same database and socket.
     pub fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_omemod"));
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_omemod"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_omemod")),
+        };
         cmd.arg("serve")
             .arg("--socket")
             .arg(&self.socket)
             .arg("--db")
             .arg(&self.db)
             .args(&self.extra)
+            // The user's own config file and systemd's directories must not leak into a test.
+            .env("XDG_CONFIG_HOME", self.db.parent().unwrap_or(&self.db))
+            .env_remove("OMEMOD_CONFIG")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("RUNTIME_DIRECTORY")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -140,6 +173,16 @@ impl Client {
     pub fn raw(&mut self, line: &str) -> Option<Value> {
         self.send_raw(line);
         self.read()
+    }
+
+    /// Bytes without a newline (a partial line).
+    pub fn send_raw_no_newline(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).expect("write");
+    }
+
+    /// The underlying socket.
+    pub fn stream(&self) -> &UnixStream {
+        &self.writer
     }
 
     pub fn send_raw(&mut self, line: &str) {

@@ -26,6 +26,11 @@ pub struct OwnPreKey {
     pub key_pair: KeyPair,
     /// Used by a key exchange during catch-up: no longer published, kept until catch-up ends.
     pub used: bool,
+    /// The pool it belongs to (`None`: made before the pools were split; no longer published).
+    pub namespace: Option<Version>,
+    /// The ephemeral key of the key exchange that used it during catch-up: only that one may
+    /// use it again.
+    pub used_by: Option<[u8; 32]>,
 }
 
 /// One of our signed prekeys.
@@ -50,11 +55,22 @@ pub struct OwnKeys {
     pub bundle_version: i64,
     /// Whether the client is replaying its archive.
     pub catchup: bool,
+    /// When catch-up began.
+    pub catchup_since: Option<i64>,
     /// Trust policy for new identity keys.
     pub trust_mode: TrustMode,
 }
 
 impl OwnKeys {
+    /// Whether catch-up is on at `now`: it ends by itself after
+    /// [`super::trust::CATCHUP_TIMEOUT_SECS`] even if the client never calls `catchup.end`.
+    pub fn catchup_active(&self, now: i64) -> bool {
+        self.catchup
+            && self
+                .catchup_since
+                .is_none_or(|since| now - since < super::trust::CATCHUP_TIMEOUT_SECS)
+    }
+
     /// The signed prekey in use.
     pub fn current_signed_prekey(&self) -> Option<&OwnSignedPreKey> {
         self.signed_prekeys
@@ -63,9 +79,26 @@ impl OwnKeys {
             .max_by_key(|s| s.key.id)
     }
 
-    /// Published (not used) prekeys.
-    pub fn live_prekeys(&self) -> impl Iterator<Item = (&u32, &OwnPreKey)> {
-        self.prekeys.iter().filter(|(_, p)| !p.used)
+    /// Published (not used) prekeys of one namespace's pool.
+    pub fn live_prekeys(&self, version: Version) -> impl Iterator<Item = (&u32, &OwnPreKey)> {
+        self.prekeys
+            .iter()
+            .filter(move |(_, p)| !p.used && p.namespace == Some(version))
+    }
+
+    /// Adds freshly stored prekeys.
+    pub fn add_prekeys(&mut self, rows: Vec<(prekeys::PreKeyRow, KeyPair)>) {
+        for (r, kp) in rows {
+            self.prekeys.insert(
+                r.id,
+                OwnPreKey {
+                    key_pair: kp,
+                    used: false,
+                    namespace: r.namespace,
+                    used_by: None,
+                },
+            );
+        }
     }
 
     /// Our bundle in `version`.
@@ -84,7 +117,7 @@ impl OwnKeys {
                 Version::Twomemo => spk.key.signature_twomemo,
             },
             prekeys: self
-                .live_prekeys()
+                .live_prekeys(version)
                 .map(|(id, p)| PreKeyPublic {
                     id: *id,
                     key: p.key_pair.public.0,
@@ -109,10 +142,32 @@ pub struct Account {
     pub keys: tokio::sync::Mutex<OwnKeys>,
 }
 
-/// Fresh prekey rows with ids from `ids`.
+/// Tops up each namespace's one-time prekey pool to [`PREKEY_POOL_SIZE`] (each namespace has
+/// its own keys, so a peer building sessions in both never gets the same one twice); returns
+/// the new keys.
+pub(crate) fn refill_prekey_pools(
+    tx: &rusqlite::Connection,
+    account_id: i64,
+    now: i64,
+) -> Result<Vec<(prekeys::PreKeyRow, KeyPair)>, storage::StorageError> {
+    let mut out = Vec::new();
+    for ns in Version::ALL {
+        let live = prekeys::count_live_in(tx, account_id, ns)?;
+        if live < PREKEY_POOL_SIZE {
+            let ids = accounts::take_prekey_ids(tx, account_id, PREKEY_POOL_SIZE - live)?;
+            let rows = new_prekey_rows(account_id, ids.map(wrap_prekey_id), ns, now);
+            prekeys::insert_many(tx, &rows.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>())?;
+            out.extend(rows);
+        }
+    }
+    Ok(out)
+}
+
+/// Fresh prekey rows of `namespace`'s pool with ids from `ids`.
 pub(crate) fn new_prekey_rows(
     account_id: i64,
     ids: impl Iterator<Item = u32>,
+    namespace: Version,
     now: i64,
 ) -> Vec<(prekeys::PreKeyRow, KeyPair)> {
     ids.map(|id| {
@@ -125,6 +180,8 @@ pub(crate) fn new_prekey_rows(
                 public_key: kp.public.0,
                 created_at: now,
                 used_at: None,
+                namespace: Some(namespace),
+                used_by: None,
             },
             kp,
         )
@@ -154,12 +211,39 @@ pub(crate) fn signed_prekey_row(
     }
 }
 
-/// Creates an account with a fresh identity, signed prekey and full prekey pool, in one
-/// transaction. `avoid` lists device ids already taken on our own device lists.
-pub async fn create(store: &Store, jid: &str, trust_mode: TrustMode) -> Result<Account> {
+/// Most ids `avoid` may list.
+pub const MAX_AVOIDED_DEVICE_IDS: usize = 10_000;
+
+/// A random device id in `1..=max` that is not in `avoid` (`None` if none was found).
+pub(crate) fn pick_device_id(rng: &mut impl Rng, avoid: &[u32], max: u32) -> Option<u32> {
+    // `avoid` is small against 2^31 ids: a few draws suffice; tiny ranges are for tests.
+    (0..1000)
+        .map(|_| rng.gen_range(1..=max))
+        .find(|id| !avoid.contains(id))
+}
+
+/// Creates an account with a fresh identity, signed prekey and full prekey pools, in one
+/// transaction. Its device id is none of `avoid` (the ids already on our own device lists).
+pub async fn create(
+    store: &Store,
+    jid: &str,
+    trust_mode: TrustMode,
+    avoid: &[u32],
+) -> Result<Account> {
+    if avoid.len() > MAX_AVOIDED_DEVICE_IDS {
+        return Err(ManagerError::InvalidParams(format!(
+            "`avoid` lists more than {MAX_AVOIDED_DEVICE_IDS} ids"
+        )));
+    }
+    if let Some(bad) = avoid.iter().find(|i| **i == 0 || **i > MAX_DEVICE_ID) {
+        return Err(ManagerError::InvalidParams(format!(
+            "device id {bad} in `avoid` is out of range"
+        )));
+    }
     let jid_owned = jid.to_owned();
     let identity = IdentityKeyPair::generate(&mut OsRng);
-    let device_id: u32 = OsRng.gen_range(1..=MAX_DEVICE_ID);
+    let device_id = pick_device_id(&mut OsRng, avoid, MAX_DEVICE_ID)
+        .ok_or_else(|| ManagerError::InvalidParams("no free device id found".into()))?;
     let id_bytes = identity.private_bytes();
     let spk = SignedPreKey::generate(1, &identity, &mut OsRng);
     let spk_row_src = spk.clone();
@@ -188,14 +272,21 @@ pub async fn create(store: &Store, jid: &str, trust_mode: TrustMode) -> Result<A
             let mut spk = spk_row_src;
             spk.id = spk_id;
             signed_prekeys::insert(tx, &signed_prekey_row(account_id, &spk, now))?;
-            let ids = accounts::take_prekey_ids(tx, account_id, PREKEY_POOL_SIZE)?;
-            let rows = new_prekey_rows(account_id, ids.map(wrap_prekey_id), now);
-            prekeys::insert_many(tx, &rows.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>())?;
+            let rows = refill_prekey_pools(tx, account_id, now)?;
             Ok(Some((account_id, rows)))
         })
         .await?
         .ok_or_else(|| ManagerError::AccountExists(jid.to_owned()))?;
     let mut signed = BTreeMap::new();
+    let mut keys = OwnKeys {
+        signed_prekeys: BTreeMap::new(),
+        prekeys: BTreeMap::new(),
+        bundle_version: 1,
+        catchup: false,
+        catchup_since: None,
+        trust_mode,
+    };
+    keys.add_prekeys(pool);
     signed.insert(
         spk.id,
         OwnSignedPreKey {
@@ -211,21 +302,7 @@ pub async fn create(store: &Store, jid: &str, trust_mode: TrustMode) -> Result<A
         identity,
         keys: tokio::sync::Mutex::new(OwnKeys {
             signed_prekeys: signed,
-            prekeys: pool
-                .into_iter()
-                .map(|(r, kp)| {
-                    (
-                        r.id,
-                        OwnPreKey {
-                            key_pair: kp,
-                            used: false,
-                        },
-                    )
-                })
-                .collect(),
-            bundle_version: 1,
-            catchup: false,
-            trust_mode,
+            ..keys
         }),
     })
 }
@@ -270,6 +347,8 @@ pub fn load_all(conn: &rusqlite::Connection) -> Result<Vec<Account>, storage::St
                             *p.private_key.expose(),
                         )),
                         used: p.used_at.is_some(),
+                        namespace: p.namespace,
+                        used_by: p.used_by,
                     },
                 )
             })
@@ -284,9 +363,23 @@ pub fn load_all(conn: &rusqlite::Connection) -> Result<Vec<Account>, storage::St
                 prekeys,
                 bundle_version: row.bundle_version,
                 catchup: row.catchup,
+                catchup_since: storage::device_state::catchup_since(conn, row.id)?,
                 trust_mode: row.trust_mode,
             }),
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_id_avoids_listed_ids() {
+        for _ in 0..50 {
+            assert_eq!(pick_device_id(&mut OsRng, &[1, 2], 3), Some(3));
+        }
+        assert_eq!(pick_device_id(&mut OsRng, &[1, 2, 3], 3), None);
+    }
 }

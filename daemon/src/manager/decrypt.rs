@@ -1,23 +1,42 @@
-//! Decryption of an `<encrypted>` element addressed to our device: key exchanges (which
-//! consume a one-time prekey), out-of-order messages, replays, then the payload.
+//! Decryption of an `<encrypted>` element addressed to our device, in named steps read top to
+//! bottom by [`Manager::decrypt`]:
+//!
+//! 1. **check** the element (the same rules for XML and JSON input) and **locate** every
+//!    `<key>` for our device;
+//! 2. **authenticate**: try each of those keys on the session candidates — the current session,
+//!    the previous ones ([`MAX_PREVIOUS_SESSIONS`]), or a new one built from a key exchange
+//!    (after identity pinning, the rebuild rate limit and the prekey rules) — on copies;
+//! 3. **judge**: trust of the sender's key, then the payload and its OMEMO 2 SCE envelope;
+//! 4. **commit** everything in one transaction;
+//! 5. let memory follow, and list the **follow-ups** (heartbeat, bundle, device list).
+//!
+//! Nothing is stored unless every step succeeds: a refused message changes nothing.
 
-use super::account::{new_prekey_rows, wrap_prekey_id, Account, OwnKeys};
-use super::sessions::{apply_skipped_changes, replace_skipped, session_row, SessionMeta};
+use super::account::{refill_prekey_pools, Account, OwnKeys};
+use super::sessions::{
+    apply_skipped_changes, replace_skipped, session_row, SessionMeta, SlotGuard,
+};
 use super::{check_bare_jid, Action, Manager, ManagerError, Result};
-use crate::events::Cause;
+use crate::events::{Cause, Event};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
-    self, accounts, devices, prekeys, sessions as session_store, trust as trust_store,
+    self, accounts, device_state, devices, prekeys, sessions as session_store,
+    trust as trust_store, DeviceAddr,
 };
-use protocol_core::consts::{HEARTBEAT_COUNTER, PREKEY_POOL_SIZE};
+use protocol_core::consts::{HEARTBEAT_COUNTER, MAX_DEVICE_ID};
 use protocol_core::double_ratchet::RatchetError;
+use protocol_core::keys::fingerprint;
 use protocol_core::payload;
 use protocol_core::sce::parse_envelope;
 use protocol_core::session::{Decrypted, KeyExchange, Session, SessionError};
-use protocol_core::xml::Encrypted;
+use protocol_core::xml::{Encrypted, KeyElement};
 use protocol_core::Version;
 use rand::rngs::OsRng;
 use serde::Serialize;
+
+/// Previous session states kept per device (libsignal keeps 40; a handful covers simultaneous
+/// first contact and a late message after a rebuild).
+pub const MAX_PREVIOUS_SESSIONS: usize = 5;
 
 /// The sender of a decrypted message.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -73,12 +92,24 @@ pub struct EnvelopeInfo {
     pub time: Option<String>,
 }
 
+/// Where a message was received, to check the OMEMO 2 SCE envelope against.
+#[derive(Debug, Clone, Default)]
+pub struct Conversation {
+    /// The stanza's bare `to`: our own JID in a 1:1 chat, the room's bare JID in a group chat.
+    /// `None`: not checked (clients that cannot tell; see docs/rpc.md).
+    pub to: Option<String>,
+    /// A group chat message: it must carry `<to>`.
+    pub group_chat: bool,
+}
+
 fn session_error(e: SessionError) -> ManagerError {
     match e {
         SessionError::Malformed(w) => ManagerError::InvalidMessage(w.to_string()),
         SessionError::AuthenticationFailed => ManagerError::AuthenticationFailed,
         SessionError::Ratchet(RatchetError::DuplicateMessage(_)) => ManagerError::DuplicateMessage,
-        SessionError::Ratchet(RatchetError::TooManySkipped(_)) => ManagerError::TooManySkipped,
+        SessionError::Ratchet(
+            RatchetError::TooManySkipped(_) | RatchetError::MessageKeyDropped(_),
+        ) => ManagerError::TooManySkipped,
         SessionError::Ratchet(r) => ManagerError::InvalidMessage(r.to_string()),
         SessionError::X3dh(x) => ManagerError::InvalidMessage(x.to_string()),
         SessionError::InvalidKey(k) => ManagerError::InvalidMessage(k.to_string()),
@@ -90,216 +121,145 @@ fn session_error(e: SessionError) -> ManagerError {
 /// What a key exchange did to our prekeys.
 struct PreKeyUse {
     id: u32,
+    /// Kept hidden (catch-up) instead of deleted.
+    catchup: bool,
+    /// The key exchange's ephemeral key (a hidden prekey answers only it again).
+    ephemeral: [u8; 32],
+    /// The pool it came from.
+    namespace: Option<Version>,
+}
+
+/// Which session state decrypted the message.
+enum Origin {
+    /// The current session.
+    Current,
+    /// A previous state (row id): it is promoted, the current one archived.
+    Previous(i64),
+    /// A new session from a key exchange; the current one (if any) is archived.
+    New {
+        prekey: PreKeyUse,
+        /// It replaces a session (counted by the rebuild rate limit).
+        replaces: bool,
+        /// It consumes an identity the user accepted (`identity.accept`).
+        accepted_pin: bool,
+    },
+}
+
+/// A successful decryption of the ratchet layer, not yet committed.
+struct Attempt {
+    session: Session,
+    decrypted: Decrypted,
+    origin: Origin,
+    key_exchange: bool,
+}
+
+/// The account settings a decryption depends on.
+#[derive(Clone, Copy)]
+struct Mode {
+    trust: super::account::TrustMode,
     catchup: bool,
 }
 
+/// The decrypted payload.
+pub(super) struct Opened {
+    pub(super) body: Option<String>,
+    pub(super) content_xml: Option<String>,
+    pub(super) envelope: Option<EnvelopeInfo>,
+    pub(super) empty: bool,
+}
+
+/// What the commit changed, for memory and follow-ups.
+struct Committed {
+    refill: Vec<(prekeys::PreKeyRow, protocol_core::keys::KeyPair)>,
+    bundle_version: Option<i64>,
+    /// Namespaces whose published bundle changed.
+    bundles_changed: Vec<Version>,
+    heartbeat_deferred: bool,
+}
+
 impl Manager {
-    /// Decrypts an element received from `from` (bare JID).
+    /// Decrypts an element received from `from` (bare JID) in conversation `conv`.
     pub async fn decrypt(
         &self,
         account: Option<&str>,
         from: &str,
         element: Encrypted,
+        conv: &Conversation,
     ) -> Result<DecryptOutcome> {
         check_bare_jid(from)?;
-        let acct = self.account(account)?;
-        let ns = element.version;
-        let ours = element.keys.iter().find(|k| {
-            k.rid == acct.device_id
-                && (ns == Version::Oldmemo || k.jid.as_deref().is_none_or(|j| j == acct.jid))
-        });
-        let Some(key) = ours else {
-            let mut recipients: Vec<u32> = element.keys.iter().map(|k| k.rid).collect();
-            recipients.sort_unstable();
-            recipients.dedup();
-            return Err(ManagerError::NotForThisDevice { recipients });
-        };
-        if from == acct.jid && element.sid == acct.device_id {
-            return Err(ManagerError::InvalidMessage(
-                "message claims to come from this very device".into(),
-            ));
+        if let Some(to) = &conv.to {
+            check_bare_jid(to)?;
         }
-        let addr = Self::addr(&acct, from, ns, element.sid);
+        let acct = self.account(account)?;
+        check_element(&element)?;
+        let ours = our_keys(&acct, from, &element)?;
+        let addr = Self::addr(&acct, from, element.version, element.sid);
         let mut slot = self.sessions.lock(&self.store, &addr).await?;
-        let probe = super::redelivery::Probe::new(from, &element, key);
-        if let Some(again) = self.redeliver(&acct, from, &element, &probe).await? {
+        // Hook: before decrypting. An element decrypted before (under this session lock, so a
+        // concurrent first decryption has committed) is answered again without touching the
+        // ratchet, after the same trust and SCE checks (`redelivery.rs`).
+        let probe = match ours.first() {
+            Some(key) => super::redelivery::Probe::new(from, &element, key),
+            None => {
+                return Err(ManagerError::NotForThisDevice {
+                    recipients: Vec::new(),
+                })
+            }
+        };
+        if let Some(again) = self.redeliver(&acct, from, &element, &probe, conv).await? {
             return Ok(again);
         }
         // A new session consumes one of our prekeys: hold the account's keys from the lookup
         // until memory reflects the commit, so no two key exchanges get the same prekey.
         let mut own_keys = None;
+        let attempt = self
+            .authenticate(&acct, &addr, &slot, &ours, &mut own_keys)
+            .await?;
 
-        // Advance a copy of the session; nothing is stored unless everything succeeds.
-        let (mut session, decrypted, prekey_use, is_new, is_kex) = if key.kex {
-            let kex = KeyExchange::parse(ns, &key.data).map_err(session_error)?;
-            match slot.session.as_ref() {
-                Some(existing) if existing.matches_key_exchange(&kex) => {
-                    let mut s = existing.clone();
-                    let d = s
-                        .decrypt_key_exchange(&kex, &mut OsRng)
-                        .map_err(session_error)?;
-                    (s, d, None, false, true)
-                }
-                _ => {
-                    let keys = acct.keys.lock().await;
-                    let (s, d, used) = respond(&acct, &keys, &kex)?;
-                    own_keys = Some(keys);
-                    (s, d, Some(used), true, true)
-                }
-            }
-        } else {
-            let Some(existing) = slot.session.as_ref() else {
-                return Err(ManagerError::NoSession {
-                    jid: from.to_owned(),
-                    namespace: ns,
-                    device_id: element.sid,
-                });
-            };
-            let mut s = existing.clone();
-            let d = s.decrypt(&key.data, &mut OsRng).map_err(session_error)?;
-            (s, d, None, false, false)
-        };
-
-        let curve = *session.remote_curve25519();
-        let (mode, catchup) = match &own_keys {
-            Some(k) => (k.trust_mode, k.catchup),
-            None => {
-                let k = acct.keys.lock().await;
-                (k.trust_mode, k.catchup)
-            }
-        };
-        let (trust, new_trust) = self.trust_for_key(&acct, mode, from, &curve);
+        let mode = self.mode(&acct, own_keys.as_deref()).await;
+        let curve = *attempt.session.remote_curve25519();
+        let (trust, new_trust) = self.trust_for_key(&acct, mode.trust, from, &curve);
         if trust.level == TrustLevel::Distrusted {
             return Err(ManagerError::Distrusted);
         }
-        let opened = open_payload(&acct, ns, &element, &decrypted)?;
+        let opened = open_payload(element.version, &element, &attempt.decrypted)?;
+        check_envelope(&opened, from, conv)?;
 
-        // Commit: session, skipped keys, prekey use and refill, trust, last seen.
-        let mut meta = if is_new {
-            SessionMeta::default()
-        } else {
-            slot.meta.clone()
-        };
-        meta.messages_received += 1;
-        let now = storage::now();
-        let row = session_row(&addr, &session, &meta, now);
-        let changes = decrypted.skipped.clone();
-        let trust_row: Option<TrustRow> = new_trust.then(|| trust.clone());
-        let account_id = acct.id;
-        let fresh_session = is_new.then(|| session.clone());
-        let touch = self.with_directory(acct.id, |d| d.needs_touch(&addr, now));
-        let redelivery = self.redelivery_record(&acct, &probe, &decrypted, &curve, is_kex, now);
-        let (refill, version) = {
-            let prekey = prekey_use.as_ref().map(|p| (p.id, p.catchup));
-            let addr2 = addr.clone();
-            self.store
-                .write(move |tx| {
-                    session_store::upsert(tx, &row)?;
-                    match &fresh_session {
-                        Some(s) => replace_skipped(tx, &addr2, s, now)?,
-                        None => apply_skipped_changes(tx, &addr2, &changes, now)?,
-                    }
-                    if let Some(t) = &trust_row {
-                        trust_store::set(tx, t)?;
-                    }
-                    if touch {
-                        devices::touch_last_seen(tx, &addr2, now)?;
-                    }
-                    redelivery.write(tx)?;
-                    let mut refill = Vec::new();
-                    let mut version = None;
-                    if let Some((id, catchup)) = prekey {
-                        if catchup {
-                            prekeys::mark_used(tx, account_id, id, now)?;
-                        } else {
-                            prekeys::delete(tx, account_id, id)?;
-                        }
-                        let live = prekeys::count_live(tx, account_id)?;
-                        if live < PREKEY_POOL_SIZE {
-                            let ids =
-                                accounts::take_prekey_ids(tx, account_id, PREKEY_POOL_SIZE - live)?;
-                            refill = new_prekey_rows(account_id, ids.map(wrap_prekey_id), now);
-                            prekeys::insert_many(
-                                tx,
-                                &refill.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(),
-                            )?;
-                        }
-                        version = Some(accounts::bump_bundle_version(tx, account_id)?);
-                    }
-                    Ok((refill, version))
-                })
-                .await?
-        };
-
-        // Committed: now memory may follow.
+        let heartbeat = attempt.key_exchange || attempt.decrypted.n >= HEARTBEAT_COUNTER;
+        let mut committed = self
+            .commit(
+                &acct,
+                &addr,
+                &slot,
+                &attempt,
+                mode,
+                new_trust.then_some(&trust),
+                heartbeat,
+                &probe,
+            )
+            .await?;
         self.redelivery_committed(&probe);
-        if touch {
-            self.with_directory(acct.id, |d| d.touched(&addr, now));
-        }
-        session = slot_update(&mut slot, session, meta);
+
+        self.remember(
+            &addr,
+            &mut slot,
+            own_keys.as_deref_mut(),
+            &attempt,
+            &mut committed,
+        );
         drop(slot);
-        let mut actions = Vec::new();
-        if let (Some(used), Some(v), Some(keys)) = (&prekey_use, version, own_keys.as_mut()) {
-            if used.catchup {
-                if let Some(p) = keys.prekeys.get_mut(&used.id) {
-                    p.used = true;
-                }
-            } else {
-                keys.prekeys.remove(&used.id);
-            }
-            for (r, kp) in refill {
-                keys.prekeys.insert(
-                    r.id,
-                    super::account::OwnPreKey {
-                        key_pair: kp,
-                        used: false,
-                    },
-                );
-            }
-            keys.bundle_version = v;
-        }
         drop(own_keys);
-        if version.is_some() {
-            for namespace in Version::ALL {
-                let a = Action::PublishBundle { namespace };
-                self.push_action(&acct, &mut actions, Cause::PrekeyUsed, a);
-            }
-        }
         if new_trust {
-            self.remember_trust(&acct, vec![trust.clone()], ns, element.sid);
+            self.remember_trust(&acct, vec![trust.clone()], addr.namespace, addr.device_id);
         }
-        // A new session is answered with an empty message so the peer stops sending key
-        // exchanges; a long one-sided chain gets a heartbeat. During catch-up both wait.
-        let heartbeat = (is_new && is_kex) || decrypted.n >= HEARTBEAT_COUNTER;
-        if heartbeat {
-            if catchup {
-                self.defer_heartbeat(&acct, addr.clone());
-            } else {
-                let a = Action::SendHeartbeat {
-                    jid: from.to_owned(),
-                    namespace: ns,
-                    device_id: element.sid,
-                };
-                let cause = if is_new && is_kex {
-                    Cause::NewSession
-                } else {
-                    Cause::LongChain
-                };
-                self.push_action(&acct, &mut actions, cause, a);
-            }
+        if matches!(attempt.origin, Origin::New { .. }) {
+            // Key exchanges from devices the contact never listed must not pile up.
+            self.bound_unlisted_sessions(&acct, &addr).await;
         }
-        if !self.with_directory(acct.id, |d| d.active(from, ns).contains(&element.sid)) {
-            let a = Action::FetchDevicelist {
-                jid: from.to_owned(),
-                namespace: ns,
-                node: ns.devicelist_node().to_owned(),
-            };
-            self.push_action(&acct, &mut actions, Cause::UnknownDevice, a);
-        }
-        let _ = session;
-        tracing::debug!(account = %acct.jid, peer = from, device = element.sid, %ns, kex = is_kex, "decrypted");
+        let actions = self.follow_ups(&acct, &addr, &committed, heartbeat, attempt.key_exchange);
+        tracing::debug!(account = %acct.jid, peer = from, device = element.sid, ns = %addr.namespace, kex = attempt.key_exchange, "decrypted");
         Ok(DecryptOutcome {
-            namespace: ns.namespace().to_owned(),
+            namespace: addr.namespace.namespace().to_owned(),
             sender: Sender {
                 jid: from.to_owned(),
                 device_id: element.sid,
@@ -310,19 +270,486 @@ impl Manager {
             content_xml: opened.content_xml,
             envelope: opened.envelope,
             empty: opened.empty,
-            key_exchange: is_kex,
+            key_exchange: attempt.key_exchange,
             actions,
             redelivered: false,
             first_decrypted_at: None,
         })
     }
+
+    /// Step 2: tries every key for our device (0.3 may carry several: device ids of different
+    /// JIDs collide in group chats) until one decrypts. Errors of the first key win.
+    async fn authenticate<'k>(
+        &self,
+        acct: &'k Account,
+        addr: &DeviceAddr,
+        slot: &SlotGuard,
+        ours: &[&KeyElement],
+        own_keys: &mut Option<tokio::sync::MutexGuard<'k, OwnKeys>>,
+    ) -> Result<Attempt> {
+        let mut first_error = None;
+        for key in ours {
+            let tried = if key.kex {
+                self.try_key_exchange(acct, addr, slot, &key.data, own_keys)
+                    .await
+            } else {
+                self.try_message(addr, slot, &key.data).await
+            };
+            match tried {
+                Ok(a) => return Ok(a),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or(ManagerError::NotForThisDevice {
+            recipients: Vec::new(),
+        }))
+    }
+
+    /// A normal message: the current session, then the previous ones.
+    async fn try_message(
+        &self,
+        addr: &DeviceAddr,
+        slot: &SlotGuard,
+        data: &[u8],
+    ) -> Result<Attempt> {
+        let current_error = match slot.session.as_ref() {
+            Some(current) => {
+                let mut s = current.clone();
+                match s.decrypt(data, &mut OsRng) {
+                    Ok(d) => {
+                        return Ok(Attempt {
+                            session: s,
+                            decrypted: d,
+                            origin: Origin::Current,
+                            key_exchange: false,
+                        })
+                    }
+                    // A replay is a replay: no older state makes it new.
+                    Err(e @ SessionError::Ratchet(RatchetError::DuplicateMessage(_))) => {
+                        return Err(session_error(e))
+                    }
+                    Err(e) => Some(session_error(e)),
+                }
+            }
+            None => None,
+        };
+        for (id, mut s) in self.previous_sessions(addr).await? {
+            if let Ok(d) = s.decrypt(data, &mut OsRng) {
+                return Ok(Attempt {
+                    session: s,
+                    decrypted: d,
+                    origin: Origin::Previous(id),
+                    key_exchange: false,
+                });
+            }
+        }
+        Err(current_error.unwrap_or_else(|| ManagerError::NoSession {
+            jid: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+        }))
+    }
+
+    /// A key exchange: the session it built (current or previous), else a new session after
+    /// identity pinning and the rebuild rate limit.
+    async fn try_key_exchange<'k>(
+        &self,
+        acct: &'k Account,
+        addr: &DeviceAddr,
+        slot: &SlotGuard,
+        data: &[u8],
+        own_keys: &mut Option<tokio::sync::MutexGuard<'k, OwnKeys>>,
+    ) -> Result<Attempt> {
+        let kex = KeyExchange::parse(addr.namespace, data).map_err(session_error)?;
+        if let Some(current) = slot
+            .session
+            .as_ref()
+            .filter(|s| s.matches_key_exchange(&kex))
+        {
+            let mut s = current.clone();
+            let d = s
+                .decrypt_key_exchange(&kex, &mut OsRng)
+                .map_err(session_error)?;
+            return Ok(Attempt {
+                session: s,
+                decrypted: d,
+                origin: Origin::Current,
+                key_exchange: true,
+            });
+        }
+        for (id, mut s) in self.previous_sessions(addr).await? {
+            if s.matches_key_exchange(&kex) {
+                let d = s
+                    .decrypt_key_exchange(&kex, &mut OsRng)
+                    .map_err(session_error)?;
+                return Ok(Attempt {
+                    session: s,
+                    decrypted: d,
+                    origin: Origin::Previous(id),
+                    key_exchange: true,
+                });
+            }
+        }
+        let new_identity = kex
+            .identity
+            .curve25519()
+            .map_err(|e| ManagerError::InvalidMessage(e.to_string()))?;
+        let pin = self.pinned_identity(addr, slot.session.as_ref()).await?;
+        if let Some(pinned) = pin.identity.filter(|k| *k != new_identity) {
+            return Err(self.identity_changed(acct, addr, &pinned, &new_identity));
+        }
+        let replaces = slot.session.is_some();
+        if replaces {
+            self.check_rebuild_allowed(addr)?;
+        }
+        if own_keys.is_none() {
+            *own_keys = Some(acct.keys.lock().await);
+        }
+        let keys = own_keys
+            .as_deref()
+            .ok_or_else(|| ManagerError::BrokenSession("account keys unavailable".into()))?;
+        let (session, decrypted, prekey) = respond(acct, keys, &kex, slot.session.is_none())?;
+        Ok(Attempt {
+            session,
+            decrypted,
+            origin: Origin::New {
+                prekey,
+                replaces,
+                accepted_pin: pin.accepted,
+            },
+            key_exchange: true,
+        })
+    }
+
+    /// The previous session states of a device, newest first (unreadable ones skipped).
+    async fn previous_sessions(&self, addr: &DeviceAddr) -> Result<Vec<(i64, Session)>> {
+        let a = addr.clone();
+        let rows = self
+            .store
+            .read(move |conn| device_state::previous_sessions(conn, &a))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Session::from_bytes(r.state.expose(), Vec::new())
+                    .ok()
+                    .map(|s| (r.id, s))
+            })
+            .collect())
+    }
+
+    /// The account's trust mode and whether catch-up is on (it ends by itself after
+    /// [`super::trust::CATCHUP_TIMEOUT_SECS`]).
+    async fn mode(&self, acct: &Account, held: Option<&OwnKeys>) -> Mode {
+        let read = |k: &OwnKeys| Mode {
+            trust: k.trust_mode,
+            catchup: k.catchup_active(storage::now()),
+        };
+        match held {
+            Some(k) => read(k),
+            None => read(&*acct.keys.lock().await),
+        }
+    }
+
+    /// Step 4: one transaction with every change.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &self,
+        acct: &Account,
+        addr: &DeviceAddr,
+        slot: &SlotGuard,
+        attempt: &Attempt,
+        mode: Mode,
+        new_trust: Option<&TrustRow>,
+        heartbeat: bool,
+        probe: &super::redelivery::Probe,
+    ) -> Result<Committed> {
+        let now = storage::now();
+        let redelivery = self.redelivery_record(
+            acct,
+            probe,
+            &attempt.decrypted,
+            attempt.session.remote_curve25519(),
+            attempt.key_exchange,
+            now,
+        );
+        let mut meta = match attempt.origin {
+            Origin::Current => slot.meta.clone(),
+            _ => SessionMeta::default(),
+        };
+        meta.messages_received += 1;
+        let row = session_row(addr, &attempt.session, &meta, now);
+        let changes = attempt.decrypted.skipped.clone();
+        let whole = (!matches!(attempt.origin, Origin::Current)).then(|| attempt.session.clone());
+        // The session we move away from is kept as a previous state.
+        let archive = match attempt.origin {
+            Origin::Current => None,
+            _ => slot.session.as_ref().map(|s| s.to_bytes(true)),
+        };
+        let promoted = match attempt.origin {
+            Origin::Previous(id) => Some(id),
+            _ => None,
+        };
+        let (prekey, accepted_pin) = match &attempt.origin {
+            Origin::New {
+                prekey,
+                accepted_pin,
+                ..
+            } => (
+                Some((prekey.id, prekey.catchup, prekey.ephemeral)),
+                *accepted_pin,
+            ),
+            _ => (None, false),
+        };
+        let prekey_ns = match &attempt.origin {
+            Origin::New { prekey, .. } => prekey.namespace,
+            _ => None,
+        };
+        let trust_row = new_trust.cloned();
+        let touch = self.with_directory(acct.id, |d| d.needs_touch(addr, now));
+        let defer = heartbeat && mode.catchup;
+        let account_id = acct.id;
+        let a = addr.clone();
+        let (refill, bundle_version) = self
+            .store
+            .write(move |tx| {
+                if let Some(state) = &archive {
+                    device_state::push_previous_session(tx, &a, state, now, MAX_PREVIOUS_SESSIONS)?;
+                }
+                if let Some(id) = promoted {
+                    device_state::delete_previous_session(tx, id)?;
+                }
+                session_store::upsert(tx, &row)?;
+                match &whole {
+                    Some(s) => replace_skipped(tx, &a, s, now)?,
+                    None => apply_skipped_changes(tx, &a, &changes, now)?,
+                }
+                if accepted_pin {
+                    device_state::delete_identity_change(tx, &a)?;
+                }
+                if let Some(t) = &trust_row {
+                    trust_store::set(tx, t)?;
+                }
+                if touch {
+                    devices::touch_last_seen(tx, &a, now)?;
+                }
+                if defer {
+                    device_state::defer_heartbeat(tx, &a, now)?;
+                }
+                // Hook: inside the commit transaction: what a redelivery will need.
+                redelivery.write(tx)?;
+                let mut refill = Vec::new();
+                let mut version = None;
+                if let Some((id, catchup, ephemeral)) = prekey {
+                    if catchup {
+                        prekeys::mark_used(tx, account_id, id, now, &ephemeral)?;
+                    } else {
+                        prekeys::delete(tx, account_id, id)?;
+                    }
+                    refill = refill_prekey_pools(tx, account_id, now)?;
+                    version = Some(accounts::bump_bundle_version(tx, account_id)?);
+                }
+                Ok((refill, version))
+            })
+            .await?;
+        if touch {
+            self.with_directory(acct.id, |d| d.touched(addr, now));
+        }
+        let mut bundles_changed: Vec<Version> = refill
+            .iter()
+            .filter_map(|(r, _)| r.namespace)
+            .chain(prekey_ns)
+            .collect();
+        bundles_changed.sort();
+        bundles_changed.dedup();
+        Ok(Committed {
+            refill,
+            bundle_version,
+            bundles_changed,
+            heartbeat_deferred: defer,
+        })
+    }
+
+    /// Step 5a: memory follows the commit.
+    fn remember(
+        &self,
+        addr: &DeviceAddr,
+        slot: &mut SlotGuard,
+        own_keys: Option<&mut OwnKeys>,
+        attempt: &Attempt,
+        committed: &mut Committed,
+    ) {
+        slot.session = Some(attempt.session.clone());
+        slot.meta = match attempt.origin {
+            Origin::Current => {
+                let mut m = slot.meta.clone();
+                m.messages_received += 1;
+                m
+            }
+            _ => SessionMeta {
+                created_at: storage::now(),
+                messages_sent: 0,
+                messages_received: 1,
+            },
+        };
+        if let Origin::New {
+            prekey, replaces, ..
+        } = &attempt.origin
+        {
+            if *replaces {
+                self.record_rebuild(addr);
+            }
+            if let Some(keys) = own_keys {
+                if prekey.catchup {
+                    if let Some(p) = keys.prekeys.get_mut(&prekey.id) {
+                        p.used = true;
+                        p.used_by = Some(prekey.ephemeral);
+                    }
+                } else {
+                    keys.prekeys.remove(&prekey.id);
+                }
+                keys.add_prekeys(std::mem::take(&mut committed.refill));
+                if let Some(v) = committed.bundle_version {
+                    keys.bundle_version = v;
+                }
+            }
+        }
+    }
+
+    /// Step 5b: what the client should do now (each also announced as an event).
+    fn follow_ups(
+        &self,
+        acct: &Account,
+        addr: &DeviceAddr,
+        committed: &Committed,
+        heartbeat: bool,
+        key_exchange: bool,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for namespace in &committed.bundles_changed {
+            let a = Action::PublishBundle {
+                namespace: *namespace,
+            };
+            self.push_action(acct, &mut actions, Cause::PrekeyUsed, a);
+        }
+        // Every key exchange is answered (the peer keeps sending them until it hears from
+        // us, and an answer may be lost); a long one-sided chain gets a heartbeat. During
+        // catch-up they wait (persisted) until it ends.
+        if heartbeat && !committed.heartbeat_deferred {
+            let a = Action::SendHeartbeat {
+                jid: addr.jid.clone(),
+                namespace: addr.namespace,
+                device_id: addr.device_id,
+            };
+            let cause = if key_exchange {
+                Cause::NewSession
+            } else {
+                Cause::LongChain
+            };
+            self.push_action(acct, &mut actions, cause, a);
+        }
+        if !self.with_directory(acct.id, |d| {
+            d.active(&addr.jid, addr.namespace)
+                .contains(&addr.device_id)
+        }) {
+            let a = Action::FetchDevicelist {
+                jid: addr.jid.clone(),
+                namespace: addr.namespace,
+                node: addr.namespace.devicelist_node().to_owned(),
+            };
+            self.push_action(acct, &mut actions, Cause::UnknownDevice, a);
+        }
+        actions
+    }
+
+    /// Raises `identity_changed` and builds the refusal.
+    fn identity_changed(
+        &self,
+        acct: &Account,
+        addr: &DeviceAddr,
+        old: &[u8; 32],
+        new: &[u8; 32],
+    ) -> ManagerError {
+        let (old_fingerprint, new_fingerprint) = (fingerprint(old), fingerprint(new));
+        tracing::warn!(account = %acct.jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "key exchange with a changed identity refused");
+        self.emit(Event::IdentityChanged {
+            account: acct.jid.clone(),
+            cause: Cause::KeyExchange,
+            peer: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+            old_fingerprint: old_fingerprint.clone(),
+            new_fingerprint: new_fingerprint.clone(),
+        });
+        ManagerError::IdentityChanged {
+            jid: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+            old_fingerprint,
+            new_fingerprint,
+        }
+    }
 }
 
-/// Builds a session from a key exchange with our own prekeys.
+/// Step 1a: the rules the XML parser enforces, for elements given as JSON too.
+fn check_element(element: &Encrypted) -> Result<()> {
+    let bad = |why: String| Err(ManagerError::InvalidMessage(why));
+    if element.sid == 0 || element.sid > MAX_DEVICE_ID {
+        return bad(format!("sender device id {} out of range", element.sid));
+    }
+    if element.keys.len() > protocol_core::xml::MAX_KEYS {
+        return bad("too many <key> elements".into());
+    }
+    for k in &element.keys {
+        if k.rid == 0 || k.rid > MAX_DEVICE_ID {
+            return bad(format!("recipient device id {} out of range", k.rid));
+        }
+        if element.version == Version::Twomemo
+            && k.jid.as_deref().is_none_or(|j| j.trim().is_empty())
+        {
+            return bad("OMEMO 2 <key> without the JID of its <keys>".into());
+        }
+    }
+    if element.version == Version::Oldmemo && element.payload.is_some() && element.iv.is_none() {
+        return bad("OMEMO 0.3 message without <iv>".into());
+    }
+    Ok(())
+}
+
+/// Step 1b: every `<key>` addressed to our device.
+fn our_keys<'e>(acct: &Account, from: &str, element: &'e Encrypted) -> Result<Vec<&'e KeyElement>> {
+    let ours: Vec<&KeyElement> = element
+        .keys
+        .iter()
+        .filter(|k| {
+            k.rid == acct.device_id
+                && (element.version == Version::Oldmemo || k.jid.as_deref() == Some(&acct.jid))
+        })
+        .collect();
+    if ours.is_empty() {
+        let mut recipients: Vec<u32> = element.keys.iter().map(|k| k.rid).collect();
+        recipients.sort_unstable();
+        recipients.dedup();
+        return Err(ManagerError::NotForThisDevice { recipients });
+    }
+    if from == acct.jid && element.sid == acct.device_id {
+        return Err(ManagerError::InvalidMessage(
+            "message claims to come from this very device".into(),
+        ));
+    }
+    Ok(ours)
+}
+
+/// Builds a session from a key exchange with our own prekeys. A prekey hidden during
+/// catch-up answers only the key exchange that used it, and only while no newer session
+/// exists (`no_session`).
 fn respond(
     acct: &Account,
     keys: &OwnKeys,
     kex: &KeyExchange,
+    no_session: bool,
 ) -> Result<(Session, Decrypted, PreKeyUse)> {
     let spk = keys
         .signed_prekeys
@@ -334,17 +761,19 @@ fn respond(
                 kex.info.signed_pre_key_id
             ))
         })?;
-    let opk = keys
+    let ephemeral = kex.info.ephemeral.0;
+    let prekey = keys
         .prekeys
         .get(&kex.info.pre_key_id)
-        .map(|p| p.key_pair.private.clone())
-        .ok_or_else(|| {
-            ManagerError::BrokenSession(format!(
-                "key exchange uses one-time prekey {} which is already used or unknown",
-                kex.info.pre_key_id
-            ))
-        })?;
-    let catchup = keys.catchup;
+        .filter(|p| !p.used || (p.used_by == Some(ephemeral) && no_session));
+    let namespace = prekey.and_then(|p| p.namespace);
+    let opk = prekey.map(|p| p.key_pair.private.clone()).ok_or_else(|| {
+        ManagerError::BrokenSession(format!(
+            "key exchange uses one-time prekey {} which is already used or unknown",
+            kex.info.pre_key_id
+        ))
+    })?;
+    let catchup = keys.catchup_active(storage::now());
     let (s, d) =
         Session::respond(&acct.identity, kex, &spk, &opk, &mut OsRng).map_err(session_error)?;
     Ok((
@@ -353,33 +782,13 @@ fn respond(
         PreKeyUse {
             id: kex.info.pre_key_id,
             catchup,
+            ephemeral,
+            namespace,
         },
     ))
 }
 
-fn slot_update(
-    slot: &mut super::sessions::SlotGuard,
-    session: Session,
-    meta: SessionMeta,
-) -> Session {
-    slot.session = Some(session.clone());
-    slot.meta = meta;
-    session
-}
-
-pub(super) struct Opened {
-    pub(super) body: Option<String>,
-    pub(super) content_xml: Option<String>,
-    pub(super) envelope: Option<EnvelopeInfo>,
-    pub(super) empty: bool,
-}
-
-pub(super) fn open_payload(
-    acct: &Account,
-    ns: Version,
-    element: &Encrypted,
-    d: &Decrypted,
-) -> Result<Opened> {
+pub(super) fn open_payload(ns: Version, element: &Encrypted, d: &Decrypted) -> Result<Opened> {
     let Some(ct) = element.payload.as_ref().filter(|p| !p.is_empty()) else {
         return Ok(Opened {
             body: None,
@@ -411,7 +820,6 @@ pub(super) fn open_payload(
                 .map_err(|_| ManagerError::InvalidMessage("envelope is not UTF-8".into()))?;
             let env = parse_envelope(text)
                 .map_err(|e| ManagerError::InvalidMessage(format!("SCE envelope: {e}")))?;
-            let _ = acct;
             Ok(Opened {
                 body: env.body.clone(),
                 content_xml: Some(env.content_xml.clone()),
@@ -423,5 +831,139 @@ pub(super) fn open_payload(
                 empty: false,
             })
         }
+    }
+}
+
+fn same_jid(a: &str, b: &str) -> bool {
+    a.trim().eq_ignore_ascii_case(b.trim())
+}
+
+/// Step 3b: the OMEMO 2 SCE envelope must name the sender the session authenticated and the
+/// conversation the stanza arrived in; otherwise the server moved it (checked before the
+/// commit, so the correctly delivered copy still decrypts). 0.3 has no envelope.
+pub(super) fn check_envelope(opened: &Opened, from: &str, conv: &Conversation) -> Result<()> {
+    let Some(env) = &opened.envelope else {
+        return Ok(());
+    };
+    match env.from.as_deref() {
+        Some(f) if same_jid(f, from) => {}
+        Some(f) => {
+            return Err(ManagerError::SceMismatch(format!(
+                "<from> is {f}, the sender is {from}"
+            )))
+        }
+        None => return Err(ManagerError::SceMismatch("no <from>".into())),
+    }
+    match (env.to.as_deref(), conv.to.as_deref()) {
+        (Some(t), Some(expected)) if !same_jid(t, expected) => Err(ManagerError::SceMismatch(
+            format!("<to> is {t}, the message arrived at {expected}"),
+        )),
+        (None, Some(expected)) if conv.group_chat => Err(ManagerError::SceMismatch(format!(
+            "group chat message without <to> (arrived at {expected})"
+        ))),
+        (None, None) if conv.group_chat => Err(ManagerError::SceMismatch(
+            "group chat message without <to>".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opened(from: Option<&str>, to: Option<&str>) -> Opened {
+        Opened {
+            body: Some("hi".into()),
+            content_xml: None,
+            envelope: Some(EnvelopeInfo {
+                from: from.map(str::to_owned),
+                to: to.map(str::to_owned),
+                time: None,
+            }),
+            empty: false,
+        }
+    }
+
+    fn conv(to: Option<&str>, group_chat: bool) -> Conversation {
+        Conversation {
+            to: to.map(str::to_owned),
+            group_chat,
+        }
+    }
+
+    fn refused(r: Result<()>) -> bool {
+        matches!(r, Err(ManagerError::SceMismatch(_)))
+    }
+
+    #[test]
+    fn envelope_checks() {
+        let room = "room@muc.example";
+        let ok = opened(Some("b@x"), Some(room));
+        assert!(check_envelope(&ok, "b@x", &conv(Some(room), true)).is_ok());
+        assert!(check_envelope(&ok, "B@X", &conv(Some("ROOM@muc.example"), true)).is_ok());
+        assert!(check_envelope(&ok, "b@x", &conv(None, false)).is_ok());
+        assert!(refused(check_envelope(&ok, "c@x", &conv(Some(room), true))));
+        assert!(refused(check_envelope(
+            &ok,
+            "b@x",
+            &conv(Some("other@muc.example"), true)
+        )));
+        // Group chat without <to>, with or without a known conversation.
+        let no_to = opened(Some("b@x"), None);
+        assert!(refused(check_envelope(
+            &no_to,
+            "b@x",
+            &conv(Some(room), true)
+        )));
+        assert!(refused(check_envelope(&no_to, "b@x", &conv(None, true))));
+        // 1:1 without <to>: nothing to compare (transition).
+        assert!(check_envelope(&no_to, "b@x", &conv(Some("a@x"), false)).is_ok());
+        // No <from>: refused.
+        assert!(refused(check_envelope(
+            &opened(None, Some(room)),
+            "b@x",
+            &conv(None, false)
+        )));
+        // 0.3 and empty messages carry no envelope.
+        let none = Opened {
+            body: None,
+            content_xml: None,
+            envelope: None,
+            empty: true,
+        };
+        assert!(check_envelope(&none, "b@x", &conv(Some(room), true)).is_ok());
+    }
+
+    fn element(version: Version, sid: u32, jid: Option<&str>, rid: u32) -> Encrypted {
+        Encrypted {
+            version,
+            sid,
+            keys: vec![KeyElement {
+                jid: jid.map(str::to_owned),
+                rid,
+                kex: false,
+                data: vec![1, 2, 3],
+            }],
+            iv: Some(vec![0; 12]),
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn element_checks_match_the_xml_parser() {
+        let bad = |e: &Encrypted| matches!(check_element(e), Err(ManagerError::InvalidMessage(_)));
+        assert!(check_element(&element(Version::Twomemo, 5, Some("a@x"), 7)).is_ok());
+        assert!(check_element(&element(Version::Oldmemo, 5, None, 7)).is_ok());
+        assert!(bad(&element(Version::Twomemo, 0, Some("a@x"), 7)));
+        assert!(bad(&element(Version::Oldmemo, 0, None, 7)));
+        assert!(bad(&element(Version::Oldmemo, 1 << 31, None, 7)));
+        assert!(bad(&element(Version::Oldmemo, 5, None, 0)));
+        assert!(bad(&element(Version::Twomemo, 5, None, 7)));
+        assert!(bad(&element(Version::Twomemo, 5, Some(" "), 7)));
+        let mut no_iv = element(Version::Oldmemo, 5, None, 7);
+        no_iv.iv = None;
+        no_iv.payload = Some(vec![1]);
+        assert!(bad(&no_iv));
     }
 }

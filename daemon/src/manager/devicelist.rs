@@ -34,10 +34,17 @@ impl Manager {
         namespace: Version,
         list_xml: &str,
     ) -> Result<DevicelistUpdate> {
-        check_bare_jid(jid)?;
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         let acct = self.account(account)?;
-        let entries = xml::devicelist_from_xml(namespace, list_xml)
-            .map_err(|e| ManagerError::InvalidMessage(format!("device list: {e}")))?;
+        let owned = list_xml.to_owned();
+        let entries = crate::bounds::parse_off_thread(owned.len(), move || {
+            xml::devicelist_from_xml(namespace, &owned)
+        })
+        .await
+        .ok_or_else(|| ManagerError::InvalidMessage("device list: the parser failed".into()))?
+        .map_err(|e| ManagerError::InvalidMessage(format!("device list: {e}")))?;
+        crate::bounds::check_devicelist_len(entries.len())?;
         let own = jid == acct.jid;
         // Labels need a valid signature (XEP-0384 0.9); we can check ours only when the
         // signer is known: our own device.

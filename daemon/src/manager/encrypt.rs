@@ -5,7 +5,9 @@ use super::account::Account;
 use super::sessions::{session_row, SessionMeta};
 use super::{check_bare_jid, Action, Manager, ManagerError, Result};
 use crate::storage::trust::{TrustLevel, TrustRow};
-use crate::storage::{self, sessions as session_store, trust as trust_store, DeviceAddr};
+use crate::storage::{
+    self, device_state, sessions as session_store, trust as trust_store, DeviceAddr,
+};
 use protocol_core::payload;
 use protocol_core::sce::{build_envelope, EnvelopeOptions};
 use protocol_core::session::Session;
@@ -98,6 +100,15 @@ pub struct EncryptRequest {
 struct Target {
     addr: DeviceAddr,
     force_new: bool,
+}
+
+/// What building a new session from a stored bundle changes besides the session.
+struct Fresh {
+    /// The stored bundle without the one-time prekey we used.
+    bundle_xml: String,
+    prekey_count: u32,
+    /// The session it replaces, kept as a previous state.
+    archive: Option<Zeroizing<Vec<u8>>>,
 }
 
 /// Payload and per-device key material of one namespace.
@@ -207,9 +218,9 @@ impl Manager {
         let acct = self.account(account)?;
         let mut jids: Vec<String> = Vec::new();
         for j in &req.to {
-            check_bare_jid(j)?;
-            if !jids.contains(j) {
-                jids.push(j.clone());
+            let j = check_bare_jid(j)?;
+            if !jids.contains(&j) {
+                jids.push(j);
             }
         }
         if jids.is_empty() {
@@ -219,6 +230,20 @@ impl Manager {
         }
         if req.namespaces.is_empty() {
             return Err(ManagerError::InvalidParams("`namespaces` is empty".into()));
+        }
+        if let Some(to) = &req.sce_to {
+            check_bare_jid(to)?;
+        }
+        // With several recipients the conversation is ambiguous: the receivers check `<to>`.
+        if req.sce_to.is_none()
+            && jids.len() > 1
+            && req.body.is_some()
+            && req.namespaces.contains(&Version::Twomemo)
+        {
+            return Err(ManagerError::InvalidParams(
+                "`sce_to` is required with several recipients (the room's bare JID in a group chat)"
+                    .into(),
+            ));
         }
         let sce_to = req
             .sce_to
@@ -344,16 +369,25 @@ impl Manager {
         device_id: u32,
         force_new: bool,
     ) -> Result<EncryptOutcome> {
-        check_bare_jid(jid)?;
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         let acct = self.account(account)?;
+        let addr = Self::addr(&acct, jid, namespace, device_id);
+        if force_new {
+            self.check_rebuild_allowed(&addr)?;
+        }
         let t = Target {
-            addr: Self::addr(&acct, jid, namespace, device_id),
+            addr: addr.clone(),
             force_new,
         };
         let out = self
             .encrypt_to(&acct, vec![t], None, None, Vec::new(), None)
             .await?;
-        single_device(out, jid, namespace, device_id)
+        let out = single_device(out, jid, namespace, device_id)?;
+        if force_new {
+            self.record_rebuild(&addr);
+        }
+        Ok(out)
     }
 
     async fn encrypt_to(
@@ -371,14 +405,21 @@ impl Manager {
         let mut reports = Vec::new();
         let mut payloads: BTreeMap<Version, NsPayload> = BTreeMap::new();
         let mut keys: BTreeMap<Version, Vec<KeyElement>> = BTreeMap::new();
-        // (index into guards, new session, new meta, new?) to commit.
-        let mut updates: Vec<(usize, Session, SessionMeta, bool)> = Vec::new();
+        // (index into guards, new session, new meta, what a new session changes) to commit.
+        let mut updates: Vec<(usize, Session, SessionMeta, Option<Fresh>)> = Vec::new();
         let mut new_trust: Vec<TrustRow> = Vec::new();
 
         for (i, (addr, guard)) in guards.iter().enumerate() {
-            let force_new = targets.iter().any(|t| &t.addr == addr && t.force_new);
+            // After a rollback the stored session may be behind the peer's: start a new one.
+            let rebuild = guard
+                .session
+                .is_some()
+                .then(|| self.pending_rebuilds.requested_at(addr))
+                .flatten();
+            let force_new =
+                targets.iter().any(|t| &t.addr == addr && t.force_new) || rebuild.is_some();
             let (mut session, fresh) = match (&guard.session, force_new) {
-                (Some(s), false) => (s.clone(), false),
+                (Some(s), false) => (s.clone(), None),
                 _ => {
                     let bundle = match self.stored_bundle(addr).await {
                         Ok(Some(b)) => b,
@@ -388,7 +429,13 @@ impl Manager {
                                 addr,
                                 DeviceStatus::NoBundle,
                                 false,
-                                Some("no session and no bundle".into()),
+                                Some(if rebuild.is_some() {
+                                    "the session must be rebuilt after a rollback: fetch a \
+                                     fresh bundle"
+                                        .into()
+                                } else {
+                                    "no session and no bundle".into()
+                                }),
                                 Some(Action::FetchBundle {
                                     jid: addr.jid.clone(),
                                     namespace: addr.namespace,
@@ -405,11 +452,33 @@ impl Manager {
                         }
                     };
                     let Some(pk) = bundle.prekeys.choose(&mut OsRng).map(|p| p.id) else {
-                        reports.push(failed(addr, "bundle has no prekeys"));
+                        // Every prekey of the stored bundle was used (by us): a fresh copy is needed.
+                        let (node, item_id) = addr.namespace.bundle_node(addr.device_id);
+                        reports.push(report(
+                            addr,
+                            DeviceStatus::NoBundle,
+                            false,
+                            Some("every one-time prekey of the stored bundle is used".into()),
+                            Some(Action::FetchBundle {
+                                jid: addr.jid.clone(),
+                                namespace: addr.namespace,
+                                device_id: addr.device_id,
+                                node,
+                                item_id,
+                            }),
+                        ));
                         continue;
                     };
+                    // The stored bundle forgets the prekey we take, so no rebuild reuses it.
+                    let mut rest = bundle.clone();
+                    rest.prekeys.retain(|p| p.id != pk);
+                    let fresh = Fresh {
+                        bundle_xml: protocol_core::xml::bundle_to_xml(&rest),
+                        prekey_count: u32::try_from(rest.prekeys.len()).unwrap_or(u32::MAX),
+                        archive: guard.session.as_ref().map(|s| s.to_bytes(true)),
+                    };
                     match Session::initiate(&acct.identity, &bundle, pk, &mut OsRng) {
-                        Ok(s) => (s, true),
+                        Ok(s) => (s, Some(fresh)),
                         Err(e) => {
                             reports.push(failed(addr, e.to_string()));
                             continue;
@@ -449,7 +518,7 @@ impl Manager {
                         data: k.data,
                     });
                     reports.push(report(addr, DeviceStatus::Encrypted, k.kex, None, None));
-                    let mut meta = if fresh {
+                    let mut meta = if fresh.is_some() {
                         SessionMeta::default()
                     } else {
                         guard.meta.clone()
@@ -494,23 +563,53 @@ impl Manager {
         };
         if !updates.is_empty() || !new_trust.is_empty() || stored.is_some() {
             let now = storage::now();
-            let rows: Vec<(session_store::SessionRow, Option<Session>)> = updates
+            // Before the fresh sessions are taken out below.
+            let rebuilt: Vec<DeviceAddr> = updates
                 .iter()
+                .filter(|(i, _, _, fresh)| {
+                    fresh.is_some() && self.pending_rebuilds.contains(&guards[*i].0)
+                })
+                .map(|(i, ..)| guards[*i].0.clone())
+                .collect();
+            let rows: Vec<(session_store::SessionRow, Option<(Session, Fresh)>)> = updates
+                .iter_mut()
                 .map(|(i, s, meta, fresh)| {
                     (
                         session_row(&guards[*i].0, s, meta, now),
-                        fresh.then(|| s.clone()),
+                        fresh.take().map(|f| (s.clone(), f)),
                     )
                 })
                 .collect();
             let trust_rows = new_trust.clone();
+            let rebuilt_in_tx = rebuilt.clone();
             self.store
                 .write(move |tx| {
                     for (row, fresh) in &rows {
-                        session_store::upsert(tx, row)?;
-                        if let Some(s) = fresh {
-                            super::sessions::replace_skipped(tx, &row.addr(), s, now)?;
+                        let addr = row.addr();
+                        if let Some((_, f)) = fresh {
+                            if let Some(old) = &f.archive {
+                                device_state::push_previous_session(
+                                    tx,
+                                    &addr,
+                                    old,
+                                    now,
+                                    super::decrypt::MAX_PREVIOUS_SESSIONS,
+                                )?;
+                            }
+                            device_state::set_bundle_xml(
+                                tx,
+                                &addr,
+                                f.bundle_xml.as_bytes(),
+                                f.prekey_count,
+                            )?;
                         }
+                        session_store::upsert(tx, row)?;
+                        if let Some((s, _)) = fresh {
+                            super::sessions::replace_skipped(tx, &addr, s, now)?;
+                        }
+                    }
+                    for addr in &rebuilt_in_tx {
+                        super::rebuild::clear(tx, addr)?;
                     }
                     for t in &trust_rows {
                         trust_store::set(tx, t)?;
@@ -521,6 +620,9 @@ impl Manager {
                     Ok(())
                 })
                 .await?;
+            for addr in &rebuilt {
+                self.pending_rebuilds.done(addr);
+            }
         }
         for (i, session, meta, _) in updates {
             let g = &mut guards[i].1;

@@ -86,9 +86,40 @@ pub enum ManagerError {
     /// An `encrypt` idempotency key reused for another request.
     #[error("idempotency key {0:?} was used for a different request")]
     IdempotencyKeyReused(String),
+    /// A key exchange carries another identity than the one held for the device.
+    #[error("identity of device {device_id} of {jid} in {namespace} changed from {old_fingerprint} to {new_fingerprint}: refused until accepted with identity.accept")]
+    IdentityChanged {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// Fingerprint held for the device.
+        old_fingerprint: String,
+        /// Fingerprint in the key exchange.
+        new_fingerprint: String,
+    },
+    /// Too many session replacements for one device.
+    #[error("session of this device was replaced too often; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until a replacement is allowed again.
+        retry_after_secs: i64,
+    },
+    /// The OMEMO 2 SCE envelope does not match where the message came from or arrived.
+    #[error("SCE envelope mismatch: {0}")]
+    SceMismatch(String),
     /// Bad parameters that the schema could not catch.
     #[error("invalid params: {0}")]
     InvalidParams(String),
+    /// A device list names more devices than a contact may have.
+    #[error("device list names {count} devices; at most {max} are accepted")]
+    TooManyDevices {
+        /// Devices in the list.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),

@@ -4,13 +4,18 @@
 
 pub mod account;
 pub mod decrypt;
+pub mod device_id;
 pub mod devicelist;
 pub mod directory;
 pub mod encrypt;
 pub mod error;
+pub mod lifecycle;
+pub mod limits;
 pub mod own_bundle;
 pub mod peer_bundle;
+pub mod pinning;
 pub mod plan;
+pub mod rebuild;
 pub mod redelivery;
 pub mod sessions;
 pub mod trust;
@@ -88,30 +93,24 @@ pub struct Manager {
     accounts: RwLock<HashMap<String, Arc<Account>>>,
     directories: Mutex<HashMap<i64, Directory>>,
     pub(crate) sessions: sessions::SessionTable,
-    deferred: trust::Deferred,
     pub(crate) redelivery: redelivery::State,
+    rebuilds: pinning::Rebuilds,
+    /// Devices whose next message starts a new session (after a rollback).
+    pub(crate) pending_rebuilds: rebuild::Pending,
 }
 
-/// Checks that `jid` looks like a bare JID (`local@domain` or `domain`, no resource).
-pub fn check_bare_jid(jid: &str) -> Result<()> {
-    let ok = !jid.is_empty()
-        && jid.len() <= 3071
-        && !jid.contains('/')
-        && !jid.chars().any(|c| c.is_whitespace() || c.is_control())
-        && jid.split('@').count() <= 2
-        && jid.rsplit('@').next().is_some_and(|d| !d.is_empty())
-        && !jid.starts_with('@');
-    if ok {
-        Ok(())
-    } else {
-        Err(ManagerError::InvalidJid(jid.to_owned()))
-    }
+/// Parses `jid` as a bare JID (`local@domain` or `domain`, no resource) and returns its
+/// normalised form (RFC 7622: the local part through nodeprep, the domain through IDNA and
+/// nameprep, so `Alice@Example.ORG` is `alice@example.org`). Everything omemod stores and
+/// compares is in this form.
+pub fn check_bare_jid(jid: &str) -> Result<String> {
+    storage::jids::normalise(jid).ok_or_else(|| ManagerError::InvalidJid(jid.to_owned()))
 }
 
 impl Manager {
     /// Loads every account, device list and trust decision.
     pub async fn open(store: Arc<Store>, events: EventBus) -> Result<Self> {
-        let (accounts, dirs) = store
+        let (accounts, dirs, pending_rebuilds) = store
             .read(|conn| {
                 let accounts = account::load_all(conn)?;
                 let mut dirs = HashMap::new();
@@ -120,7 +119,7 @@ impl Manager {
                     let trust = trust_store::list(conn, a.id, None)?;
                     dirs.insert(a.id, Directory::from_rows(devs, trust));
                 }
-                Ok((accounts, dirs))
+                Ok((accounts, dirs, rebuild::Pending::load(conn)?))
             })
             .await?;
         let redelivery = redelivery::State::default();
@@ -129,6 +128,27 @@ impl Manager {
                 .read(crate::storage::redelivery::digest_prefixes)
                 .await?,
         );
+        // Databases from before the per-namespace pools get theirs filled once (and a new
+        // bundle to publish).
+        for a in &accounts {
+            let id = a.id;
+            let now = storage::now();
+            let (fresh, version) = store
+                .write(move |tx| {
+                    let rows = account::refill_prekey_pools(tx, id, now)?;
+                    let version = match rows.is_empty() {
+                        true => None,
+                        false => Some(storage::accounts::bump_bundle_version(tx, id)?),
+                    };
+                    Ok((rows, version))
+                })
+                .await?;
+            if let Some(v) = version {
+                let mut keys = a.keys.lock().await;
+                keys.add_prekeys(fresh);
+                keys.bundle_version = v;
+            }
+        }
         Ok(Self {
             store,
             events,
@@ -140,8 +160,9 @@ impl Manager {
             ),
             directories: Mutex::new(dirs),
             sessions: sessions::SessionTable::default(),
-            deferred: trust::Deferred::default(),
             redelivery,
+            rebuilds: pinning::Rebuilds::default(),
+            pending_rebuilds,
         })
     }
 
@@ -162,9 +183,9 @@ impl Manager {
     pub fn account(&self, jid: Option<&str>) -> Result<Arc<Account>> {
         let map = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
         match jid {
-            Some(j) => map
-                .get(j)
-                .cloned()
+            Some(j) => check_bare_jid(j)
+                .ok()
+                .and_then(|n| map.get(&n).cloned())
                 .ok_or_else(|| ManagerError::UnknownAccount(j.to_owned())),
             None => {
                 let mut it = map.values();
@@ -182,8 +203,14 @@ impl Manager {
     }
 
     /// Creates an account (own JID, new device id and identity).
-    pub async fn create_account(&self, jid: &str, trust_mode: TrustMode) -> Result<Arc<Account>> {
-        check_bare_jid(jid)?;
+    pub async fn create_account(
+        &self,
+        jid: &str,
+        trust_mode: TrustMode,
+        avoid: &[u32],
+    ) -> Result<Arc<Account>> {
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         if self
             .accounts
             .read()
@@ -192,7 +219,7 @@ impl Manager {
         {
             return Err(ManagerError::AccountExists(jid.to_owned()));
         }
-        let acct = Arc::new(account::create(&self.store, jid, trust_mode).await?);
+        let acct = Arc::new(account::create(&self.store, jid, trust_mode, avoid).await?);
         self.directories
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -17,6 +17,13 @@ pub struct BundleUpdate {
     pub trust: String,
     /// One-time prekeys it offers.
     pub prekey_count: u32,
+    /// The bundle carries another identity than the one held for this device (a reinstall,
+    /// or an attack): it was set aside, nothing changed, and an `identity_changed` event was
+    /// raised. `identity.accept` with `fingerprint` takes it.
+    pub identity_changed: bool,
+    /// The fingerprint held for the device, when `identity_changed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_fingerprint: Option<String>,
 }
 
 impl Manager {
@@ -29,26 +36,46 @@ impl Manager {
         device_id: u32,
         bundle_xml: &str,
     ) -> Result<BundleUpdate> {
-        check_bare_jid(jid)?;
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         let acct = self.account(account)?;
         if device_id == 0 || device_id > protocol_core::consts::MAX_DEVICE_ID {
             return Err(ManagerError::InvalidParams(format!(
                 "device id {device_id} out of range"
             )));
         }
-        let bundle: Bundle = xml::bundle_from_xml(namespace, bundle_xml)
-            .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
-        bundle.verify().map_err(|e| match e {
-            protocol_core::bundle::BundleError::InvalidSignature => {
-                ManagerError::InvalidSignature(e.to_string())
-            }
-            _ => ManagerError::InvalidBundle(e.to_string()),
-        })?;
+        let owned = bundle_xml.to_owned();
+        let bundle: Bundle = crate::bounds::parse_off_thread(owned.len(), move || {
+            let bundle = xml::bundle_from_xml(namespace, &owned)
+                .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
+            bundle.verify().map_err(|e| match e {
+                protocol_core::bundle::BundleError::InvalidSignature => {
+                    ManagerError::InvalidSignature(e.to_string())
+                }
+                _ => ManagerError::InvalidBundle(e.to_string()),
+            })?;
+            Ok(bundle)
+        })
+        .await
+        .unwrap_or_else(|| Err(ManagerError::InvalidBundle("the parser failed".into())))?;
         let curve = RemoteIdentity::from_transported(namespace, bundle.identity_key)
             .curve25519()
             .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
         let mode = acct.keys.lock().await.trust_mode;
         let (trust, new_trust) = self.trust_for_key(&acct, mode, jid, &curve);
+        let addr = Self::addr(&acct, jid, namespace, device_id);
+        if let Some(old) = self
+            .set_aside_changed_bundle(&addr, &acct.jid, curve, bundle_xml)
+            .await?
+        {
+            return Ok(BundleUpdate {
+                fingerprint: trust.fingerprint,
+                trust: trust.level.as_str().to_owned(),
+                prekey_count: u32::try_from(bundle.prekeys.len()).unwrap_or(u32::MAX),
+                identity_changed: true,
+                old_fingerprint: Some(protocol_core::keys::fingerprint(&old)),
+            });
+        }
         let row = bundles::BundleRow {
             account_id: acct.id,
             jid: jid.to_owned(),
@@ -77,6 +104,8 @@ impl Manager {
             fingerprint: trust.fingerprint,
             trust: trust.level.as_str().to_owned(),
             prekey_count: u32::try_from(bundle.prekeys.len()).unwrap_or(u32::MAX),
+            identity_changed: false,
+            old_fingerprint: None,
         })
     }
 

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::account::Account;
-use super::decrypt::{open_payload, DecryptOutcome, Sender};
+use super::decrypt::{check_envelope, open_payload, Conversation, DecryptOutcome, Sender};
 use super::encrypt::{EncryptOutcome, EncryptRequest};
 use super::{Manager, ManagerError, Result};
 use crate::storage::redelivery::{
@@ -79,26 +79,54 @@ impl RedeliveryConfig {
     }
 }
 
-/// `serve` options of this module.
-#[derive(Debug, Clone, clap::Args)]
+/// `serve` options of this module (each also a config-file key of the same name, with `_` for
+/// `-`; a flag overrides the file).
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
 pub struct RedeliveryArgs {
     /// How long a decrypted message stays readable again by other processes and retries (its
     /// key material is kept that long): seconds, or a number with s, m, h or d. 0 turns
-    /// redelivery off.
-    #[arg(long, default_value = "7d", value_parser = parse_duration, value_name = "DURATION")]
-    pub redelivery_retention: u64,
-    /// Most messages kept for redelivery (and most `encrypt` answers kept for retries).
-    #[arg(long, default_value_t = DEFAULT_MAX_ENTRIES, value_name = "N")]
-    pub redelivery_max_entries: u64,
+    /// redelivery off [default: 7d].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub redelivery_retention: Option<u64>,
+    /// Most messages kept for redelivery (and most `encrypt` answers kept for retries)
+    /// [default: 50000].
+    #[arg(long, value_name = "N")]
+    pub redelivery_max_entries: Option<u64>,
 }
 
 impl RedeliveryArgs {
-    /// The configuration these options describe.
-    pub fn config(&self) -> RedeliveryConfig {
+    /// The configuration in force: these flags, else the config file's keys, else the defaults.
+    pub fn resolve(self, file: &crate::config::FileConfig) -> RedeliveryConfig {
+        let d = RedeliveryConfig::default();
         RedeliveryConfig {
-            retention_secs: self.redelivery_retention,
-            max_entries: self.redelivery_max_entries,
+            retention_secs: self
+                .redelivery_retention
+                .or(file.redelivery_retention)
+                .unwrap_or(d.retention_secs),
+            max_entries: self
+                .redelivery_max_entries
+                .or(file.redelivery_max_entries)
+                .unwrap_or(d.max_entries),
         }
+    }
+}
+
+/// A config-file duration: seconds as a number, or a string as the flag takes it (`"7d"`).
+pub fn deserialize_duration<'de, D>(d: D) -> std::result::Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Secs(u64),
+        Text(String),
+    }
+    match <Given as serde::Deserialize>::deserialize(d)? {
+        Given::Secs(n) => Ok(Some(n)),
+        Given::Text(t) => parse_duration(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }
 
@@ -332,13 +360,15 @@ impl Manager {
 
     /// Before decrypting (session lock held): the answer for an element decrypted before,
     /// `Err(DuplicateMessage)` for a known element that cannot (or must not) be opened again,
-    /// `None` for a new one.
+    /// `Err(Distrusted)`/`Err(SceMismatch)` as for a first decryption (`conv` is this
+    /// request's conversation), `None` for a new one.
     pub(crate) async fn redeliver(
         &self,
         acct: &Account,
         from: &str,
         element: &Encrypted,
         probe: &Probe,
+        conv: &Conversation,
     ) -> Result<Option<DecryptOutcome>> {
         let Some(row_id) = self.redelivery.find(&probe.digest) else {
             return Ok(None);
@@ -382,7 +412,9 @@ impl Manager {
         };
         // An empty message has no key material stored; its payload digest proves the element
         // is still empty.
-        let opened = open_payload(acct, element.version, element, &d)?;
+        let opened = open_payload(element.version, element, &d)?;
+        // The copy may have been moved into another conversation than the first one.
+        check_envelope(&opened, from, conv)?;
         tracing::debug!(account = %acct.jid, peer = from, device = element.sid, "redelivered");
         Ok(Some(DecryptOutcome {
             namespace: element.version.namespace().to_owned(),

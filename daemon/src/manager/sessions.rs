@@ -32,19 +32,99 @@ pub struct SessionMeta {
     pub messages_received: u64,
 }
 
-/// A locked slot.
-pub type SlotGuard = OwnedMutexGuard<Slot>;
+/// Most idle slots kept in memory. Above it, idle slots are dropped oldest first (their
+/// sessions are reloaded from the database on next use); slots in use are never dropped.
+pub const MAX_CACHED_SESSIONS: usize = 10_000;
+
+type SharedSlot = Arc<tokio::sync::Mutex<Slot>>;
+
+#[derive(Debug, Default)]
+struct Slots {
+    map: HashMap<DeviceAddr, (SharedSlot, u64)>,
+    /// Counts uses; each entry remembers the tick of its last use (for eviction order).
+    tick: u64,
+}
+
+/// A locked slot. Dropping it unlocks the slot and, when the slot holds no session and nobody
+/// else waits for it, removes it from the table: a decrypt that finds no session leaves nothing.
+#[derive(Debug)]
+pub struct SlotGuard {
+    guard: OwnedMutexGuard<Slot>,
+    addr: DeviceAddr,
+    table: Arc<Mutex<Slots>>,
+}
+
+impl std::ops::Deref for SlotGuard {
+    type Target = Slot;
+    fn deref(&self) -> &Slot {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for SlotGuard {
+    fn deref_mut(&mut self) -> &mut Slot {
+        &mut self.guard
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if self.guard.session.is_some() {
+            return;
+        }
+        let mut slots = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let ours = OwnedMutexGuard::mutex(&self.guard);
+        // Others clone the Arc only under the table lock, so a count of 2 (the table's and our
+        // guard's) means nobody waits for this slot: removing it cannot split one lock in two.
+        if let Some((entry, _)) = slots.map.get(&self.addr) {
+            if Arc::ptr_eq(entry, ours) && Arc::strong_count(ours) == 2 {
+                slots.map.remove(&self.addr);
+            }
+        }
+    }
+}
 
 /// The table of slots.
 #[derive(Debug, Default)]
 pub struct SessionTable {
-    slots: Mutex<HashMap<DeviceAddr, Arc<tokio::sync::Mutex<Slot>>>>,
+    slots: Arc<Mutex<Slots>>,
 }
 
 impl SessionTable {
-    fn slot(&self, addr: &DeviceAddr) -> Arc<tokio::sync::Mutex<Slot>> {
-        let mut map = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(addr.clone()).or_default().clone()
+    /// Drops every cached session of an account (after it was deleted).
+    pub fn forget_account(&self, account_id: i64) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.map.retain(|addr, _| addr.account_id != account_id);
+    }
+
+    fn slot(&self, addr: &DeviceAddr) -> SharedSlot {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.tick += 1;
+        let tick = slots.tick;
+        if let Some((slot, used)) = slots.map.get_mut(addr) {
+            *used = tick;
+            return slot.clone();
+        }
+        if slots.map.len() >= MAX_CACHED_SESSIONS {
+            evict_idle(&mut slots.map, MAX_CACHED_SESSIONS * 3 / 4);
+        }
+        let slot = SharedSlot::default();
+        slots.map.insert(addr.clone(), (slot.clone(), tick));
+        slot
+    }
+
+    /// Slots currently in memory.
+    pub fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .len()
+    }
+
+    /// Whether no slot is in memory.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Locks one slot and makes sure it is loaded.
@@ -53,7 +133,11 @@ impl SessionTable {
         store: &Store,
         addr: &DeviceAddr,
     ) -> Result<SlotGuard, storage::StorageError> {
-        let mut guard = self.slot(addr).lock_owned().await;
+        let mut guard = SlotGuard {
+            guard: self.slot(addr).lock_owned().await,
+            addr: addr.clone(),
+            table: Arc::clone(&self.slots),
+        };
         if !guard.loaded {
             let a = addr.clone();
             let loaded = store
@@ -93,6 +177,20 @@ impl SessionTable {
         Ok(guard)
     }
 
+    /// Drops the cached copy of a session whose stored rows changed outside a request (expired
+    /// skipped keys, an evicted session): waits for the slot's lock, so a request in progress
+    /// finishes first, and the next one reloads from the database.
+    pub async fn invalidate(&self, addr: &DeviceAddr) {
+        let mut guard = SlotGuard {
+            guard: self.slot(addr).lock_owned().await,
+            addr: addr.clone(),
+            table: Arc::clone(&self.slots),
+        };
+        guard.loaded = false;
+        guard.session = None;
+        guard.meta = SessionMeta::default();
+    }
+
     /// Locks several slots, always in the same (sorted) order so two callers never deadlock.
     pub async fn lock_many(
         &self,
@@ -115,6 +213,24 @@ impl SessionTable {
             out.push((a, g));
         }
         Ok(out)
+    }
+}
+
+/// Drops idle slots (nobody holds or waits for them), least recently used first, until at
+/// most `keep` remain. Runs once per `MAX_CACHED_SESSIONS / 4` new slots at most.
+fn evict_idle(map: &mut HashMap<DeviceAddr, (SharedSlot, u64)>, keep: usize) {
+    let mut idle: Vec<(u64, DeviceAddr)> = map
+        .iter()
+        .filter(|(_, (slot, _))| Arc::strong_count(slot) == 1)
+        .map(|(addr, (_, used))| (*used, addr.clone()))
+        .collect();
+    let excess = map.len().saturating_sub(keep);
+    if idle.len() > excess {
+        idle.select_nth_unstable_by_key(excess, |(used, _)| *used);
+        idle.truncate(excess);
+    }
+    for (_, addr) in idle {
+        map.remove(&addr);
     }
 }
 
@@ -206,4 +322,88 @@ pub fn replace_skipped(
         insert_skipped(conn, addr, k, now)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Durability;
+    use protocol_core::Version;
+    use std::time::Duration;
+
+    fn store(dir: &tempfile::TempDir) -> Store {
+        Store::open(&dir.path().join("t.db"), Durability::Normal).unwrap()
+    }
+
+    fn addr(device: u32) -> DeviceAddr {
+        DeviceAddr::new(1, "bob@example.org", Version::Twomemo, device)
+    }
+
+    #[tokio::test]
+    async fn slots_without_a_session_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let table = SessionTable::default();
+        for device in 1..=1_000 {
+            let g = table.lock(&store, &addr(device)).await.unwrap();
+            assert!(g.session.is_none());
+            assert_eq!(table.len(), 1);
+        }
+        assert!(table.is_empty());
+        let many: Vec<DeviceAddr> = (1..=50).map(addr).collect();
+        let guards = table.lock_many(&store, &many).await.unwrap();
+        assert_eq!(table.len(), 50);
+        drop(guards);
+        assert!(table.is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_session_still_serialises_and_waiters_keep_the_slot() {
+        use tokio::sync::oneshot;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(store(&dir));
+        let table = Arc::new(SessionTable::default());
+        let first = table.lock(&store, &addr(7)).await.unwrap();
+        let (acquired_tx, acquired_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let (t, s) = (Arc::clone(&table), Arc::clone(&store));
+        let second = tokio::spawn(async move {
+            let g = t.lock(&s, &addr(7)).await.unwrap();
+            let _ = acquired_tx.send(());
+            let _ = release_rx.await;
+            drop(g);
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!second.is_finished(), "second lock must wait for the first");
+        // The waiter holds the slot: dropping the first guard must not remove it, or a third
+        // caller would get a fresh, separate lock for the same session.
+        drop(first);
+        acquired_rx.await.unwrap();
+        assert_eq!(table.len(), 1);
+        let (t, s) = (Arc::clone(&table), Arc::clone(&store));
+        let third = tokio::spawn(async move { drop(t.lock(&s, &addr(7)).await.unwrap()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!third.is_finished(), "third lock must wait for the second");
+        release_tx.send(()).unwrap();
+        second.await.unwrap();
+        third.await.unwrap();
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn eviction_drops_idle_slots_oldest_first_and_keeps_held_ones() {
+        let mut map = HashMap::new();
+        for d in 1..=10u32 {
+            map.insert(addr(d), (SharedSlot::default(), u64::from(d)));
+        }
+        // Device 1 is the oldest but in use.
+        let held = map[&addr(1)].0.clone();
+        evict_idle(&mut map, 5);
+        assert_eq!(map.len(), 5);
+        assert!(map.contains_key(&addr(1)));
+        for d in 7..=10 {
+            assert!(map.contains_key(&addr(d)), "recent slot {d} evicted");
+        }
+        drop(held);
+    }
 }

@@ -1,12 +1,14 @@
 //! Trust decisions, device overviews, fingerprints, and catch-up mode.
 
-use super::{check_bare_jid, Action, Manager, ManagerError, Result};
+use super::{check_bare_jid, Account, Action, Manager, ManagerError, Result};
 use crate::storage::trust::{TrustLevel, TrustRow, TrustSource};
-use crate::storage::{self, accounts, prekeys, trust as trust_store, DeviceAddr};
+use crate::storage::{self, accounts, device_state, prekeys, trust as trust_store};
 use protocol_core::keys::fingerprint;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, PoisonError};
+
+/// Catch-up ends by itself this long after `catchup.begin` (a client that crashes or forgets
+/// `catchup.end` must not keep used prekeys and hold heartbeats forever).
+pub const CATCHUP_TIMEOUT_SECS: i64 = 60 * 60;
 
 /// One trust decision.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -52,14 +54,7 @@ pub struct DeviceEntry {
     pub last_seen: Option<i64>,
 }
 
-/// A session whose heartbeat waits: (peer JID, namespace, device id).
-type DeferredHeartbeat = (String, String, u32);
-
-/// Heartbeats deferred while catching up, per account.
-#[derive(Debug, Default)]
-pub struct Deferred(Mutex<HashMap<i64, BTreeSet<DeferredHeartbeat>>>);
-
-fn parse_fingerprint(s: &str) -> Result<[u8; 32]> {
+pub(crate) fn parse_fingerprint(s: &str) -> Result<[u8; 32]> {
     let hex: String = s.chars().filter(|c| !c.is_whitespace()).collect();
     let bytes = hex::decode(&hex)
         .map_err(|_| ManagerError::InvalidParams("fingerprint must be 64 hex digits".into()))?;
@@ -85,6 +80,8 @@ impl Manager {
 
     /// Trust decisions, of one contact or all.
     pub fn trust_list(&self, account: Option<&str>, jid: Option<&str>) -> Result<Vec<TrustEntry>> {
+        let jid = jid.map(check_bare_jid).transpose()?;
+        let jid = jid.as_deref();
         let acct = self.account(account)?;
         let mut v: Vec<TrustEntry> = self.with_directory(acct.id, |d| {
             d.trust
@@ -105,7 +102,8 @@ impl Manager {
         fp: &str,
         level: TrustLevel,
     ) -> Result<TrustEntry> {
-        check_bare_jid(jid)?;
+        let jid = check_bare_jid(jid)?;
+        let jid = jid.as_str();
         let acct = self.account(account)?;
         let key = parse_fingerprint(fp)?;
         let row = TrustRow {
@@ -132,6 +130,8 @@ impl Manager {
         account: Option<&str>,
         jid: Option<&str>,
     ) -> Result<Vec<DeviceEntry>> {
+        let jid = jid.map(check_bare_jid).transpose()?;
+        let jid = jid.as_deref();
         let acct = self.account(account)?;
         let mut v: Vec<DeviceEntry> = self.with_directory(acct.id, |d| {
             d.devices
@@ -154,29 +154,21 @@ impl Manager {
         Ok(v)
     }
 
-    pub(crate) fn defer_heartbeat(&self, acct: &super::account::Account, addr: DeviceAddr) {
-        let mut map = self
-            .deferred
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.entry(acct.id).or_default().insert((
-            addr.jid,
-            addr.namespace.namespace().to_owned(),
-            addr.device_id,
-        ));
-    }
-
     /// Enters catch-up mode (the client replays its archive): used prekeys are kept until it
-    /// ends, and heartbeats wait.
+    /// ends, and heartbeats wait (persisted). It ends after [`CATCHUP_TIMEOUT_SECS`] at most.
     pub async fn catchup_begin(&self, account: Option<&str>) -> Result<()> {
         let acct = self.account(account)?;
         let mut keys = acct.keys.lock().await;
         let id = acct.id;
+        let now = storage::now();
         self.store
-            .write(move |tx| accounts::set_catchup(tx, id, true))
+            .write(move |tx| {
+                accounts::set_catchup(tx, id, true)?;
+                device_state::set_catchup_since(tx, id, Some(now))
+            })
             .await?;
         keys.catchup = true;
+        keys.catchup_since = Some(now);
         Ok(())
     }
 
@@ -184,36 +176,57 @@ impl Manager {
     /// send now (one per session).
     pub async fn catchup_end(&self, account: Option<&str>) -> Result<Vec<Action>> {
         let acct = self.account(account)?;
+        let mut actions = Vec::new();
+        for a in self.end_catchup(&acct).await? {
+            self.push_action(&acct, &mut actions, crate::events::Cause::CatchupEnded, a);
+        }
+        Ok(actions)
+    }
+
+    /// [`Self::catchup_end`] without the events: the heartbeats due.
+    async fn end_catchup(&self, acct: &Account) -> Result<Vec<Action>> {
         let mut keys = acct.keys.lock().await;
         let id = acct.id;
-        self.store
+        let pending = self
+            .store
             .write(move |tx| {
                 accounts::set_catchup(tx, id, false)?;
+                device_state::set_catchup_since(tx, id, None)?;
                 prekeys::delete_used(tx, id)?;
-                Ok(())
+                device_state::take_deferred_heartbeats(tx, id)
             })
             .await?;
         keys.catchup = false;
+        keys.catchup_since = None;
         keys.prekeys.retain(|_, p| !p.used);
         drop(keys);
-        let pending = self
-            .deferred
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&acct.id)
-            .unwrap_or_default();
-        let mut actions = Vec::new();
-        for (jid, ns, device_id) in pending {
-            if let Some(namespace) = protocol_core::Version::from_namespace(&ns) {
-                let a = Action::SendHeartbeat {
-                    jid,
-                    namespace,
-                    device_id,
-                };
-                self.push_action(&acct, &mut actions, crate::events::Cause::CatchupEnded, a);
+        Ok(pending
+            .into_iter()
+            .map(|a| Action::SendHeartbeat {
+                jid: a.jid,
+                namespace: a.namespace,
+                device_id: a.device_id,
+            })
+            .collect())
+    }
+
+    /// Ends every catch-up older than [`CATCHUP_TIMEOUT_SECS`]; the heartbeats it held are
+    /// announced as events. Run by the maintenance timer.
+    pub async fn expire_catchups(&self, now: i64) -> Result<()> {
+        for acct in self.accounts() {
+            let expired = {
+                let keys = acct.keys.lock().await;
+                keys.catchup && !keys.catchup_active(now)
+            };
+            if !expired {
+                continue;
+            }
+            tracing::info!(jid = %acct.jid, "catch-up timed out; ending it");
+            // No call answers these: each goes to one subscriber as a duty.
+            for a in self.end_catchup(&acct).await? {
+                self.announce_duty(&acct, crate::events::Cause::CatchupEnded, &a);
             }
         }
-        Ok(actions)
+        Ok(())
     }
 }

@@ -2,17 +2,21 @@
 //! as its own task (at most `max_in_flight` at once), and write answers and events through one
 //! writer task.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::rpc::ctx::{ClientGuard, Conn, Ctx};
 use crate::rpc::dispatch::{error_line, Dispatcher};
 use crate::rpc::error::{ErrorKind, RpcError};
 
-/// Lines queued for the writer before senders wait.
+/// Event and error lines queued for the writer before senders wait (answers are bounded in
+/// bytes instead, see [`Limits::max_queued_bytes`]).
 const OUT_QUEUE: usize = 256;
 
 /// What [`LineReader::next_line`] found.
@@ -29,20 +33,47 @@ pub enum Line {
 pub struct LineReader<R> {
     inner: R,
     max: usize,
+    /// How long a line may take from its first byte to its `\n`.
+    partial_timeout: Option<Duration>,
 }
 
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
     /// Lines of at most `max` bytes from `inner`.
     pub fn new(inner: R, max: usize) -> Self {
-        Self { inner, max }
+        Self {
+            inner,
+            max,
+            partial_timeout: None,
+        }
+    }
+
+    /// Fails a line (with `TimedOut`) that is not complete `timeout` after its first byte, so a
+    /// client trickling bytes cannot hold a connection forever. Waiting between lines is not
+    /// limited: an idle connection is not a partial line.
+    pub fn with_partial_timeout(mut self, timeout: Duration) -> Self {
+        self.partial_timeout = Some(timeout);
+        self
     }
 
     /// The next line; `None` at end of input. A last line without `\n` still counts.
     pub async fn next_line(&mut self) -> std::io::Result<Option<Line>> {
         let mut buf = Vec::new();
         let mut too_long = false;
+        let mut deadline: Option<Instant> = None;
         loop {
-            let avail = self.inner.fill_buf().await?;
+            let avail = match (deadline, self.partial_timeout) {
+                (Some(d), Some(_)) => match tokio::time::timeout_at(d, self.inner.fill_buf()).await
+                {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "request line not completed in time",
+                        ))
+                    }
+                },
+                _ => self.inner.fill_buf().await?,
+            };
             if avail.is_empty() {
                 return Ok(match (too_long, buf.is_empty()) {
                     (true, _) => Some(Line::TooLong),
@@ -64,6 +95,9 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                 }
             }
             self.inner.consume(consumed);
+            if deadline.is_none() && !done {
+                deadline = self.partial_timeout.map(|t| Instant::now() + t);
+            }
             if done {
                 if too_long {
                     return Ok(Some(Line::TooLong));
@@ -92,7 +126,62 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Requests running at once.
     pub max_in_flight: usize,
+    /// Bytes of answers waiting to be written; while they are used up, no request is read.
+    pub max_queued_bytes: usize,
+    /// How long a request line may take from its first byte to its end.
+    pub partial_line_timeout: Duration,
+    /// How long a pending answer may stay unread before the client is disconnected.
+    pub write_stall_timeout: Duration,
 }
+
+/// What the server knows of a connection, to pick one to close when at `--max-connections`.
+#[derive(Debug)]
+pub struct Activity {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last line read or answer written.
+    last_ms: AtomicU64,
+    /// Requests running.
+    busy: AtomicUsize,
+    /// Asked to close already (so the next new connection picks another one).
+    evicted: AtomicBool,
+    evict: Notify,
+}
+
+impl Activity {
+    /// A fresh record (active now).
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the connection has been idle; `None` while a request runs.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.busy.load(Ordering::Relaxed) > 0 || self.evicted.load(Ordering::Relaxed) {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(self.epoch.elapsed().saturating_sub(last))
+    }
+
+    /// Asks the connection to close (it answers `too_many_connections` first).
+    pub fn evict(&self) {
+        self.evicted.store(true, Ordering::Relaxed);
+        self.evict.notify_one();
+    }
+}
+
+/// An answer with the queue space it holds until written.
+type Answer = (String, OwnedSemaphorePermit);
 
 /// Serves one accepted connection until the client closes it or `shutdown` turns true.
 pub async fn serve_connection(
@@ -101,6 +190,7 @@ pub async fn serve_connection(
     ctx: Arc<Ctx>,
     dispatcher: Arc<Dispatcher>,
     limits: Limits,
+    activity: Arc<Activity>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let our_uid = crate::config::current_uid();
@@ -129,28 +219,77 @@ pub async fn serve_connection(
 
     let (read_half, write_half) = stream.into_split();
     let (out_tx, out_rx) = mpsc::channel::<String>(OUT_QUEUE);
-    let writer = tokio::spawn(write_lines(write_half, out_rx, conn_id));
+    // Unbounded in lines, bounded in bytes by `queue` (each answer holds its size in permits).
+    let (ans_tx, ans_rx) = mpsc::unbounded_channel::<Answer>();
+    let queue_bytes = limits.max_queued_bytes.clamp(1, u32::MAX as usize);
+    let queue = Arc::new(Semaphore::new(queue_bytes));
+    let (dead_tx, mut dead) = watch::channel(false);
+    let writer = tokio::spawn(write_lines(
+        write_half,
+        ans_rx,
+        out_rx,
+        conn_id,
+        limits.write_stall_timeout,
+        Arc::clone(&activity),
+        dead_tx,
+    ));
     let conn = Conn::new(conn_id, peer_pid, out_tx.clone());
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let mut reader = LineReader::new(
         BufReader::with_capacity(64 * 1024, read_half),
         limits.max_request_bytes,
-    );
+    )
+    .with_partial_timeout(limits.partial_line_timeout);
 
     loop {
+        // Backpressure: while the client leaves a full queue of answers unread, read nothing.
+        if queue.available_permits() == 0 {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = dead.wait_for(|d| *d) => break,
+                _ = queue.acquire() => {}
+            }
+        }
         let line = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = dead.wait_for(|d| *d) => break,
+            () = activity.evict.notified() => {
+                tracing::info!(conn = conn_id, "closing the longest idle connection: --max-connections reached");
+                let err = RpcError::new(
+                    ErrorKind::TooManyConnections,
+                    "closed to make room for a new connection (this one was the longest idle)",
+                );
+                let _ = out_tx.try_send(error_line(None, &err));
+                break;
+            }
             line = reader.next_line() => line,
         };
         let line = match line {
             Ok(Some(line)) => line,
             Ok(None) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                tracing::info!(
+                    conn = conn_id,
+                    "request line not completed in time; closing"
+                );
+                let err = RpcError::new(
+                    ErrorKind::LineTimeout,
+                    format!(
+                        "request line not completed within {} s; closing",
+                        limits.partial_line_timeout.as_secs()
+                    ),
+                );
+                let _ = out_tx.try_send(error_line(None, &err));
+                break;
+            }
             Err(e) => {
                 tracing::debug!(conn = conn_id, error = %e, "read failed");
                 break;
             }
         };
+        activity.touch();
         let text = match line {
             Line::TooLong => {
                 let err = RpcError::new(
@@ -190,13 +329,20 @@ pub async fn serve_connection(
             },
         };
         let dispatcher = Arc::clone(&dispatcher);
-        let out = out_tx.clone();
+        let out = ans_tx.clone();
+        let queue = Arc::clone(&queue);
         let req_conn = conn.for_request();
+        let activity = Arc::clone(&activity);
+        activity.busy.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             if let Some(answer) = dispatcher.handle_line(&text, &req_conn).await {
-                let _ = out.send(answer).await;
+                let size = u32::try_from(answer.len().clamp(1, queue_bytes)).unwrap_or(u32::MAX);
+                if let Ok(space) = queue.acquire_many_owned(size).await {
+                    let _ = out.send((answer, space));
+                }
             }
             req_conn.answer_queued();
+            activity.busy.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
@@ -207,31 +353,62 @@ pub async fn serve_connection(
     conn.close();
     drop(conn);
     drop(out_tx);
+    drop(ans_tx);
     let _ = writer.await;
     tracing::debug!(conn = conn_id, "client disconnected");
 }
 
 async fn write_lines(
     half: tokio::net::unix::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<String>,
+    mut answers: mpsc::UnboundedReceiver<Answer>,
+    mut events: mpsc::Receiver<String>,
     conn_id: u64,
+    stall: Duration,
+    activity: Arc<Activity>,
+    dead: watch::Sender<bool>,
 ) {
     let mut w = BufWriter::new(half);
-    while let Some(line) = rx.recv().await {
-        let res = async {
+    loop {
+        // Answers first: a `subscribe` answer is queued before its first event can be.
+        let (line, space) = tokio::select! {
+            biased;
+            Some((line, space)) = answers.recv() => (line, Some(space)),
+            Some(line) = events.recv() => (line, None),
+            else => break,
+        };
+        let write = async {
             w.write_all(line.as_bytes()).await?;
             w.write_all(b"\n").await?;
-            if rx.is_empty() {
+            if answers.is_empty() && events.is_empty() {
                 w.flush().await?;
             }
             std::io::Result::Ok(())
-        }
-        .await;
+        };
+        let res = match tokio::time::timeout(stall, write).await {
+            Ok(res) => res,
+            Err(_) => {
+                tracing::warn!(
+                    conn = conn_id,
+                    stall_s = stall.as_secs(),
+                    "client reads none of its answers; disconnecting"
+                );
+                Err(std::io::ErrorKind::TimedOut.into())
+            }
+        };
+        drop(space);
+        activity.touch();
         if let Err(e) = res {
             tracing::debug!(conn = conn_id, error = %e, "write failed");
+            let _ = dead.send(true);
+            drop(w);
             // Keep draining so that senders never wait on a dead client.
-            while rx.recv().await.is_some() {}
-            return;
+            loop {
+                tokio::select! {
+                    Some(_) = answers.recv() => {}
+                    Some(_) = events.recv() => {}
+                    else => return,
+                }
+            }
         }
     }
     let _ = w.flush().await;

@@ -34,6 +34,8 @@ pub struct Ctx {
     pub openrpc: OnceLock<Value>,
     /// The session manager (set once the database is open; absent for `omemod openrpc`).
     pub manager: OnceLock<Arc<crate::manager::Manager>>,
+    /// Set when the database was found older than its generation file at start.
+    pub rollback: OnceLock<crate::storage::generation::Rollback>,
 }
 
 impl Ctx {
@@ -47,6 +49,7 @@ impl Ctx {
             clients: AtomicUsize::new(0),
             openrpc: OnceLock::new(),
             manager: OnceLock::new(),
+            rollback: OnceLock::new(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! real connection id, a [`Conn`] in its extensions, and jsonrpsee's response size check.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures_util::future::join_all;
@@ -105,6 +106,15 @@ fn parse_call(raw: &RawValue) -> Result<Call<'_>, (Option<Id<'static>>, RpcError
     Ok(Call { id, method, params })
 }
 
+/// Takes `n` from `budget` if it has that much left.
+fn take(budget: &AtomicUsize, n: usize) -> bool {
+    budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            left.checked_sub(n)
+        })
+        .is_ok()
+}
+
 impl Dispatcher {
     /// A dispatcher over `methods`.
     pub fn new(methods: impl Into<Methods>, max_response_bytes: usize) -> Self {
@@ -148,7 +158,35 @@ impl Dispatcher {
                 )),
             ));
         }
-        let answers = join_all(items.iter().map(|raw| self.handle_one(raw, conn))).await;
+        // The response limit holds for the batch's whole line. Each answer due first reserves
+        // room for a `response_too_large` error with its id; as it completes, an answer larger
+        // than that takes the difference from the rest of the budget, or is replaced by the error.
+        let err = self.batch_too_large();
+        let fallbacks: Vec<Option<String>> = items
+            .iter()
+            .map(|raw| match parse_call(raw) {
+                Ok(Call { id: None, .. }) => None,
+                Ok(Call { id, .. }) | Err((id, _)) => Some(error_line(id.as_ref(), &err)),
+            })
+            .collect();
+        let reserved: usize = fallbacks.iter().flatten().map(|f| f.len() + 1).sum();
+        let Some(left) = self.max_response_bytes.checked_sub(reserved + 2) else {
+            return Some(error_line(None, &err));
+        };
+        let budget = AtomicUsize::new(left);
+        let answers = join_all(items.iter().zip(fallbacks).map(|(raw, fallback)| {
+            let budget = &budget;
+            async move {
+                let room = fallback.as_ref().map_or(0, String::len);
+                let limit = budget.load(Ordering::Relaxed) + room;
+                let answer = self.handle_one_within(raw, conn, limit).await?;
+                if answer.len() <= room || take(budget, answer.len() - room) {
+                    return Some(answer);
+                }
+                fallback
+            }
+        }))
+        .await;
         let answers: Vec<String> = answers.into_iter().flatten().collect();
         if answers.is_empty() {
             return None;
@@ -156,7 +194,28 @@ impl Dispatcher {
         Some(format!("[{}]", answers.join(",")))
     }
 
+    fn batch_too_large(&self) -> RpcError {
+        RpcError::new(
+            ErrorKind::ResponseTooLarge,
+            format!(
+                "the batch's answers together exceed {} bytes",
+                self.max_response_bytes
+            ),
+        )
+        .with_data(serde_json::json!({"max_bytes": self.max_response_bytes}))
+    }
+
     async fn handle_one(&self, raw: &RawValue, conn: &Conn) -> Option<String> {
+        self.handle_one_within(raw, conn, self.max_response_bytes)
+            .await
+    }
+
+    async fn handle_one_within(
+        &self,
+        raw: &RawValue,
+        conn: &Conn,
+        max_response_bytes: usize,
+    ) -> Option<String> {
         let call = match parse_call(raw) {
             Ok(call) => call,
             Err((id, err)) => return Some(error_line(id.as_ref(), &err)),
@@ -181,9 +240,9 @@ impl Dispatcher {
         let conn_id = ConnectionId(usize::try_from(conn.id()).unwrap_or(usize::MAX));
         let response: MethodResponse = match callback {
             MethodCallback::Async(cb) => {
-                (cb)(id.clone(), params, conn_id, self.max_response_bytes, ext).await
+                (cb)(id.clone(), params, conn_id, max_response_bytes, ext).await
             }
-            MethodCallback::Sync(cb) => (cb)(id.clone(), params, self.max_response_bytes, ext),
+            MethodCallback::Sync(cb) => (cb)(id.clone(), params, max_response_bytes, ext),
             MethodCallback::Subscription(_) | MethodCallback::Unsubscription(_) => {
                 let err =
                     RpcError::internal("jsonrpsee subscriptions are not served; use `subscribe`");
@@ -205,8 +264,9 @@ impl Dispatcher {
         if code == Some(JSONRPSEE_OVERSIZED_RESPONSE) {
             let err = RpcError::new(
                 ErrorKind::ResponseTooLarge,
-                format!("the response exceeds {} bytes", self.max_response_bytes),
-            );
+                format!("the response exceeds {max_response_bytes} bytes"),
+            )
+            .with_data(serde_json::json!({"max_bytes": max_response_bytes}));
             return Some(error_line(Some(&id), &err));
         }
         Some(response.into_json().get().to_owned())
@@ -224,6 +284,41 @@ mod tests {
         let d = Dispatcher::new(module, 1 << 20);
         let out = d.handle_line(line, &Conn::detached()).await?;
         serde_json::from_str(&out).ok()
+    }
+
+    #[tokio::test]
+    async fn a_batch_answer_never_exceeds_the_response_limit() {
+        let ctx = test_ctx();
+        let module = crate::rpc::methods::build(ctx, true).unwrap();
+        let one = Dispatcher::new(module.clone(), 1 << 24)
+            .handle_line(
+                r#"{"jsonrpc":"2.0","id":1,"method":"rpc.discover"}"#,
+                &Conn::detached(),
+            )
+            .await
+            .unwrap();
+        // A limit that one answer fits but three do not (the issue: 3 × 47 kB under 100 kB).
+        let limit = one.len() * 2 + 1_000;
+        let d = Dispatcher::new(module, limit);
+        let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"rpc.discover"},{"jsonrpc":"2.0","id":2,"method":"rpc.discover"},{"jsonrpc":"2.0","id":3,"method":"rpc.discover"}]"#;
+        let line = d.handle_line(batch, &Conn::detached()).await.unwrap();
+        assert!(line.len() <= limit, "{} > {limit}", line.len());
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let answers = v.as_array().unwrap();
+        assert_eq!(answers.len(), 3);
+        let ok = answers.iter().filter(|a| a["result"].is_object()).count();
+        let refused: Vec<&Value> = answers
+            .iter()
+            .filter(|a| a["error"]["data"]["kind"] == "response_too_large")
+            .collect();
+        assert_eq!((ok, refused.len()), (2, 1), "{v:#}");
+        assert!(refused[0]["id"].is_u64());
+        // A limit too small even for the error answers: one error object for the whole batch.
+        let tiny = Dispatcher::new(crate::rpc::methods::build(test_ctx(), true).unwrap(), 300);
+        let line = tiny.handle_line(batch, &Conn::detached()).await.unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["error"]["data"]["kind"], "response_too_large", "{v}");
+        assert!(line.len() <= 300, "{}", line.len());
     }
 
     #[tokio::test]

@@ -42,6 +42,11 @@ pub enum ErrorKind {
     TooManySubscriptions,
     /// `unsubscribe` named a subscription this connection does not have.
     UnknownSubscription,
+    /// The daemon has `--max-connections` busy connections; this one was refused, or it was the
+    /// longest idle and was closed to make room.
+    TooManyConnections,
+    /// A request line was not completed within `--partial-line-timeout`; the connection is closed.
+    LineTimeout,
 
     // --- accounts (1000s) ---
     /// No account with that JID.
@@ -80,16 +85,26 @@ pub enum ErrorKind {
     BrokenSession,
     /// An `idempotency_key` was used before for a different request.
     IdempotencyKeyReused,
+    /// Too many session replacements for one device; retry after `data.retry_after_secs`.
+    RateLimited,
+    /// The OMEMO 2 SCE envelope names another sender or conversation than the stanza.
+    SceMismatch,
 
     // --- trust (1300s) ---
     /// The device is not (yet) trusted.
     Untrusted,
     /// The device is explicitly distrusted.
     Distrusted,
+    /// A key exchange carries another identity than the one held for the device.
+    IdentityChanged,
 
     // --- storage (1400s) ---
     /// The database failed.
     StorageError,
+
+    // --- bounds (1500s) ---
+    /// A device list has more devices than a contact may have.
+    TooManyDevices,
 }
 
 impl ErrorKind {
@@ -105,6 +120,8 @@ impl ErrorKind {
         ErrorKind::Unauthorized,
         ErrorKind::TooManySubscriptions,
         ErrorKind::UnknownSubscription,
+        ErrorKind::TooManyConnections,
+        ErrorKind::LineTimeout,
         ErrorKind::UnknownAccount,
         ErrorKind::AccountExists,
         ErrorKind::AccountRequired,
@@ -121,9 +138,13 @@ impl ErrorKind {
         ErrorKind::TooManySkipped,
         ErrorKind::BrokenSession,
         ErrorKind::IdempotencyKeyReused,
+        ErrorKind::RateLimited,
+        ErrorKind::SceMismatch,
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
+        ErrorKind::IdentityChanged,
         ErrorKind::StorageError,
+        ErrorKind::TooManyDevices,
     ];
 
     /// The JSON-RPC `error.code`.
@@ -139,6 +160,8 @@ impl ErrorKind {
             ErrorKind::Unauthorized => -32003,
             ErrorKind::TooManySubscriptions => -32004,
             ErrorKind::UnknownSubscription => -32005,
+            ErrorKind::TooManyConnections => -32006,
+            ErrorKind::LineTimeout => -32007,
             ErrorKind::UnknownAccount => 1001,
             ErrorKind::AccountExists => 1002,
             ErrorKind::AccountRequired => 1003,
@@ -155,9 +178,13 @@ impl ErrorKind {
             ErrorKind::TooManySkipped => 1206,
             ErrorKind::BrokenSession => 1207,
             ErrorKind::IdempotencyKeyReused => 1220,
+            ErrorKind::RateLimited => 1208,
+            ErrorKind::SceMismatch => 1209,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
+            ErrorKind::IdentityChanged => 1303,
             ErrorKind::StorageError => 1401,
+            ErrorKind::TooManyDevices => 1500,
         }
     }
 
@@ -174,6 +201,8 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::TooManySubscriptions => "too_many_subscriptions",
             ErrorKind::UnknownSubscription => "unknown_subscription",
+            ErrorKind::TooManyConnections => "too_many_connections",
+            ErrorKind::LineTimeout => "line_timeout",
             ErrorKind::UnknownAccount => "unknown_account",
             ErrorKind::AccountExists => "account_exists",
             ErrorKind::AccountRequired => "account_required",
@@ -190,9 +219,13 @@ impl ErrorKind {
             ErrorKind::TooManySkipped => "too_many_skipped",
             ErrorKind::BrokenSession => "broken_session",
             ErrorKind::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::SceMismatch => "sce_mismatch",
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
+            ErrorKind::IdentityChanged => "identity_changed",
             ErrorKind::StorageError => "storage_error",
+            ErrorKind::TooManyDevices => "too_many_devices",
         }
     }
 
@@ -209,6 +242,8 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "unauthorized: peer uid differs from the daemon's",
             ErrorKind::TooManySubscriptions => "too many subscriptions on this connection",
             ErrorKind::UnknownSubscription => "unknown subscription",
+            ErrorKind::TooManyConnections => "too many connections",
+            ErrorKind::LineTimeout => "request line not completed in time",
             ErrorKind::UnknownAccount => "unknown account",
             ErrorKind::AccountExists => "account already exists",
             ErrorKind::AccountRequired => "several accounts exist; name one",
@@ -225,9 +260,13 @@ impl ErrorKind {
             ErrorKind::TooManySkipped => "too many skipped messages",
             ErrorKind::BrokenSession => "broken session",
             ErrorKind::IdempotencyKeyReused => "idempotency key used for another request",
+            ErrorKind::RateLimited => "too many session replacements; retry later",
+            ErrorKind::SceMismatch => "SCE envelope does not match the stanza",
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",
+            ErrorKind::IdentityChanged => "identity key of the device changed",
             ErrorKind::StorageError => "storage error",
+            ErrorKind::TooManyDevices => "too many devices in the list",
         }
     }
 }

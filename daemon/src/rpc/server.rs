@@ -1,8 +1,9 @@
 //! The listening socket and the daemon's lifetime: bind (or take systemd's socket), accept,
 //! shut down cleanly on SIGTERM/SIGINT.
 
+use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,10 +12,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{current_uid, ServeConfig, SHUTDOWN_GRACE};
-use crate::rpc::connection::{serve_connection, Limits};
+use crate::config::{ServeConfig, SHUTDOWN_GRACE};
+use crate::rpc::connection::{serve_connection, Activity, Limits};
 use crate::rpc::ctx::Ctx;
+use crate::rpc::dispatch::error_line;
 use crate::rpc::dispatch::Dispatcher;
+use crate::rpc::error::{ErrorKind, RpcError};
 use crate::rpc::registry::RegistryError;
 use crate::systemd;
 
@@ -27,16 +30,9 @@ pub enum ServeError {
     /// Something that is not a socket is in the way.
     #[error("{0} exists and is not a socket; refusing to remove it")]
     NotASocket(PathBuf),
-    /// The socket directory is not private to us.
-    #[error("socket directory {path} is owned by uid {owner}, not by us (uid {us})")]
-    ForeignDirectory {
-        /// The directory.
-        path: PathBuf,
-        /// Its owner.
-        owner: u32,
-        /// Our uid.
-        us: u32,
-    },
+    /// The socket's directory is not safe to use.
+    #[error(transparent)]
+    Trust(#[from] crate::socket_trust::TrustError),
     /// The socket path has no parent directory.
     #[error("socket path {0} has no directory")]
     NoDirectory(PathBuf),
@@ -59,6 +55,9 @@ pub enum ServeError {
     /// The session manager could not load its state.
     #[error("loading state: {0}")]
     Manager(#[from] crate::manager::ManagerError),
+    /// Another daemon uses the database (or its lock file is unusable).
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
 }
 
 /// How often signed prekeys are checked for rotation.
@@ -80,29 +79,10 @@ struct Bound {
     ours: Option<(u64, u64)>,
 }
 
-/// Creates `dir` (mode 0700) or checks that an existing one is ours, and makes it 0700.
+/// Creates `dir` (mode 0700) or checks that an existing one is ours, private and not a
+/// symlink; an existing directory's mode is never changed (`socket_trust`).
 fn prepare_directory(dir: &Path) -> Result<(), ServeError> {
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        Ok(()) => {}
-        Err(e) => return Err(io_err("cannot create directory", dir)(e)),
-    }
-    let meta = std::fs::metadata(dir).map_err(io_err("cannot inspect directory", dir))?;
-    let us = current_uid();
-    if meta.uid() != us {
-        return Err(ServeError::ForeignDirectory {
-            path: dir.to_path_buf(),
-            owner: meta.uid(),
-            us,
-        });
-    }
-    if meta.permissions().mode() & 0o777 != 0o700 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io_err("cannot make directory private", dir))?;
-    }
+    crate::socket_trust::prepare_private_dir(dir)?;
     Ok(())
 }
 
@@ -177,6 +157,37 @@ fn remove_socket(path: &Path, ours: (u64, u64)) {
     }
 }
 
+/// Repeated accept failures are logged at most this often.
+const ACCEPT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// At `--max-connections`: asks the longest idle connection (no request running) to close.
+/// `false` when every connection is busy.
+fn make_room(live: &HashMap<tokio::task::Id, Arc<Activity>>) -> bool {
+    let idlest = live
+        .values()
+        .filter_map(|a| a.idle_for().map(|idle| (idle, a)))
+        .max_by_key(|(idle, _)| *idle);
+    match idlest {
+        Some((_, activity)) => {
+            activity.evict();
+            true
+        }
+        None => false,
+    }
+}
+
+/// Answers a connection over the limit with `too_many_connections` and closes it.
+fn refuse_connection(stream: &tokio::net::UnixStream, max: usize) {
+    tracing::warn!(max, "connection refused: every connection is busy");
+    let err = RpcError::new(
+        ErrorKind::TooManyConnections,
+        format!("the daemon serves at most {max} connections and all are busy"),
+    )
+    .with_data(serde_json::json!({"max": max}));
+    // A fresh socket's buffer takes one short line without blocking.
+    let _ = stream.try_write((error_line(None, &err) + "\n").as_bytes());
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Every file we create (socket, database) is private to us.
@@ -187,6 +198,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(io_err("cannot watch signals", Path::new("-")))?;
 
+    // One daemon per database: lock before opening, hold until the store is closed.
+    let mut db_lock = crate::lock::DbLock::acquire(&config.db, Some(&config.socket))?;
     // Open the database first: a daemon that cannot reach its state must not listen.
     let store = Arc::new(crate::storage::Store::open(
         &config.db,
@@ -196,11 +209,20 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         },
     )?);
     let bound = bind(&config)?;
+    if bound.path != config.socket {
+        db_lock.record(Some(&bound.path))?;
+    }
     let ctx = Arc::new(Ctx::new(config.clone(), bound.path.clone()));
+    // Before the manager loads its state: a rollback marks sessions for a rebuild.
+    let (keeper, rollback) = crate::rollback::Keeper::start(Arc::clone(&store)).await?;
+    if let Some(r) = rollback {
+        let _ = ctx.rollback.set(r);
+    }
     let manager =
         Arc::new(crate::manager::Manager::open(Arc::clone(&store), ctx.events.clone()).await?);
     let _ = ctx.manager.set(Arc::clone(&manager));
     manager.set_redelivery_config(config.redelivery);
+    let skipped_key_max_age = config.bounds.skipped_key_max_age_secs();
     let maintenance = tokio::spawn(async move {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         loop {
@@ -211,8 +233,30 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             if let Err(e) = manager.prune_redelivery(crate::storage::now()).await {
                 tracing::warn!(error = %e, "pruning the redelivery store failed");
             }
+            if let Err(e) = manager
+                .prune_expired(crate::storage::now(), skipped_key_max_age)
+                .await
+            {
+                tracing::warn!(error = %e, "expiring old rows failed");
+            }
+            if let Err(e) = manager.expire_catchups(crate::storage::now()).await {
+                tracing::warn!(error = %e, "ending timed-out catch-up failed");
+            }
         }
     });
+    let keeper = Arc::new(keeper);
+    let generations = {
+        let keeper = Arc::clone(&keeper);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::rollback::INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(e) = keeper.follow().await {
+                    tracing::warn!(error = %e, "recording the database generation failed");
+                }
+            }
+        })
+    };
     let module = crate::rpc::methods::build(Arc::clone(&ctx), config.enable_debug_methods)?;
     if config.enable_debug_methods {
         tracing::warn!("debug methods enabled: debug.sleep, debug.emit, debug.kill_after_commit");
@@ -221,9 +265,18 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let limits = Limits {
         max_request_bytes: config.max_request_bytes,
         max_in_flight: config.max_in_flight,
+        max_queued_bytes: config
+            .max_response_bytes
+            .max(crate::bounds::MIN_QUEUED_ANSWER_BYTES),
+        partial_line_timeout: config.bounds.partial_line(),
+        write_stall_timeout: config.bounds.write_stall(),
     };
+    let max_connections = crate::bounds::raise_nofile_limit(config.bounds.max_connections);
+    let accept_ceiling = max_connections + crate::bounds::eviction_slack(max_connections);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let mut live: HashMap<tokio::task::Id, Arc<Activity>> = HashMap::new();
+    let mut accept_log = crate::bounds::RateLimitedLog::new(ACCEPT_LOG_EVERY);
     let mut next_conn: u64 = 1;
 
     tracing::info!(socket = %bound.path.display(), pid = std::process::id(), version = env!("CARGO_PKG_VERSION"), "listening");
@@ -233,18 +286,34 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = bound.listener.accept() => match accepted {
+            Some(done) = connections.join_next_with_id(), if !connections.is_empty() => {
+                let task = match done {
+                    Ok((task, ())) => task,
+                    Err(e) => e.id(),
+                };
+                live.remove(&task);
+            }
+            accepted = bound.listener.accept(), if live.len() < accept_ceiling => match accepted {
                 Ok((stream, _)) => {
+                    if live.len() >= max_connections && !make_room(&live) {
+                        refuse_connection(&stream, max_connections);
+                        continue;
+                    }
                     let id = next_conn;
                     next_conn += 1;
-                    connections.spawn(serve_connection(
-                        stream, id, Arc::clone(&ctx), Arc::clone(&dispatcher), limits, stop_rx.clone(),
+                    let activity = Activity::new();
+                    let handle = connections.spawn(serve_connection(
+                        stream, id, Arc::clone(&ctx), Arc::clone(&dispatcher), limits,
+                        Arc::clone(&activity), stop_rx.clone(),
                     ));
+                    live.insert(handle.id(), activity);
                 }
                 Err(e) => {
-                    // EMFILE and the like: back off briefly rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and the like: back off briefly rather than spin, and say so once
+                    // in a while rather than on every attempt.
+                    if let Some(held_back) = accept_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, held_back, connections = live.len(), "accept failed");
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
@@ -269,11 +338,16 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         connections.abort_all();
     }
     maintenance.abort();
+    generations.abort();
+    if let Err(e) = keeper.follow().await {
+        tracing::warn!(error = %e, "recording the database generation failed");
+    }
     // Checkpoint and close the database off the async threads.
     let closed = tokio::task::spawn_blocking(move || store.close()).await;
     if let Ok(Err(e)) = closed {
         tracing::warn!(error = %e, "closing the database failed");
     }
+    drop(db_lock);
     tracing::info!("stopped");
     Ok(())
 }

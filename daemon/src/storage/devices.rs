@@ -138,7 +138,41 @@ pub fn replace_list(
             change.deactivated.push(device_id);
         }
     }
+    prune_dropped(conn, account_id, jid, ns, now)?;
     Ok(change)
+}
+
+/// Deletes devices of `jid` in `ns` that dropped out of its list more than
+/// `DROPPED_DEVICE_RETENTION_SECS` ago, and beyond the `MAX_INACTIVE_DEVICES_PER_LIST` dropped
+/// most recently, so that the rows of a contact (and the work of each update) stay bounded
+/// however often its list churns. Returns how many were deleted.
+pub fn prune_dropped(
+    conn: &Connection,
+    account_id: i64,
+    jid: &str,
+    ns: Namespace,
+    now: i64,
+) -> Result<usize> {
+    let cutoff = now.saturating_sub(crate::bounds::DROPPED_DEVICE_RETENTION_SECS);
+    let keep = i64::try_from(crate::bounds::MAX_INACTIVE_DEVICES_PER_LIST).unwrap_or(i64::MAX);
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM devices WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND active = 0 \
+             AND (list_updated_at < ?4 OR device_id IN ( \
+               SELECT device_id FROM devices \
+               WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND active = 0 \
+               ORDER BY list_updated_at DESC, device_id DESC LIMIT -1 OFFSET ?5))",
+        )?
+        .execute(params![account_id, jid, ns.namespace(), cutoff, keep])?;
+    Ok(n)
+}
+
+/// Deletes, for every contact, devices that dropped out of their list before `cutoff`.
+pub fn prune_dropped_before(conn: &Connection, cutoff: i64) -> Result<usize> {
+    let n = conn
+        .prepare_cached("DELETE FROM devices WHERE active = 0 AND list_updated_at < ?1")?
+        .execute([cutoff])?;
+    Ok(n)
 }
 
 /// Every known device of `jid` in `ns` (active or not), by device id.

@@ -51,6 +51,21 @@ pub enum StorageError {
     #[error("invalid migration list: {0}")]
     InvalidMigrationList(String),
 
+    /// Two accounts are stored under spellings of one JID: they are two identities and cannot be
+    /// merged automatically.
+    #[error(
+        "accounts {spellings:?} are one JID ({normalised}) stored as two accounts with two \
+         identities; omemod cannot merge them. Keep one: export the other \
+         (`omemod account export`) if needed, then delete it with sqlite3 \
+         (PRAGMA foreign_keys=ON; DELETE FROM accounts WHERE jid = '…') while omemod is stopped"
+    )]
+    JidCollision {
+        /// The JID both spellings normalise to.
+        normalised: String,
+        /// The stored spellings.
+        spellings: Vec<String>,
+    },
+
     /// A pragma did not take the value we set (e.g. WAL refused by the file system).
     #[error("PRAGMA {pragma} is {actual:?}, expected {expected:?}")]
     Pragma {

@@ -14,9 +14,12 @@
 pub mod accounts;
 pub mod bundles;
 pub mod checkpoint;
+pub mod device_state;
 pub mod devices;
 mod error;
+pub mod generation;
 pub mod identity;
+pub mod jids;
 pub mod migrations;
 pub mod prekeys;
 mod reader;
@@ -24,13 +27,14 @@ pub mod redelivery;
 pub mod sessions;
 pub mod signed_prekeys;
 pub mod skipped_keys;
+pub mod transfer;
 pub mod trust;
 mod types;
 pub mod writer;
 
-use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::fs::{OpenOptions, Permissions};
 use std::future::Future;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, Sender};
@@ -91,6 +95,8 @@ pub struct StoreConfig {
     pub checkpoint_pages: u64,
     /// How long a connection waits for a lock held by another process.
     pub busy_timeout: Duration,
+    /// How long checkpoints may stay incomplete (an outside reader) before a warning is logged.
+    pub checkpoint_stall_warning: Duration,
 }
 
 impl Default for StoreConfig {
@@ -101,6 +107,7 @@ impl Default for StoreConfig {
             checkpoint_interval: Duration::from_secs(5),
             checkpoint_pages: 1000,
             busy_timeout: Duration::from_secs(5),
+            checkpoint_stall_warning: Duration::from_secs(30),
         }
     }
 }
@@ -150,27 +157,19 @@ fn io_err<'a>(
 /// Creates the directory (0700) and the database file (0600) if missing; tightens a database
 /// file (and its -wal/-shm) readable by others; warns about a directory open to others.
 fn prepare_files(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.exists() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io_err("creating directory", &dir))?;
-        // The umask may have taken bits away, never added; make sure it is exactly 0700.
-        std::fs::set_permissions(&dir, Permissions::from_mode(0o700))
-            .map_err(io_err("setting permissions of", &dir))?;
-    } else {
-        let mode = std::fs::metadata(&dir)
-            .map_err(io_err("inspecting", &dir))?
-            .permissions()
-            .mode();
+    // No symlink at the database, its -wal/-shm or its directory; the directory is ours and
+    // closed to others (created 0700 when missing).
+    crate::socket_trust::check_database_path(path).map_err(|e| StorageError::Io {
+        action: "checking",
+        path: path.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let dir = crate::socket_trust::parent_of(path);
+    if let Ok(meta) = std::fs::metadata(&dir) {
+        let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777),
-                "database directory is accessible to other users");
+                "database directory is readable by other users");
         }
     }
     let file = OpenOptions::new()
@@ -179,6 +178,7 @@ fn prepare_files(path: &Path) -> Result<()> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
         .map_err(io_err("opening", path))?;
     let meta = file.metadata().map_err(io_err("inspecting", path))?;
@@ -210,7 +210,7 @@ fn prepare_files(path: &Path) -> Result<()> {
 }
 
 fn open_connection(path: &Path, flags: OpenFlags, config: &StoreConfig) -> Result<Connection> {
-    let conn = Connection::open_with_flags(path, flags)?;
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NOFOLLOW)?;
     conn.busy_timeout(config.busy_timeout)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
@@ -284,6 +284,10 @@ impl Store {
         prepare_files(path)?;
         let mut conn = open_writer(path, &config)?;
         migrations::migrate(&mut conn, migrations::MIGRATIONS)?;
+        let report = jids::normalise_stored(&mut conn)?;
+        if report != jids::NormaliseReport::default() {
+            tracing::info!(?report, "stored JIDs normalised");
+        }
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let page_size = u64::try_from(page_size).unwrap_or(4096);
 
@@ -325,9 +329,14 @@ impl Store {
         };
         let interval = config.checkpoint_interval;
         let stats = Arc::clone(&checkpoint_stats);
+        let watch = checkpoint::StallWatch {
+            wal_path: signal.wal_path.clone(),
+            after: config.checkpoint_stall_warning,
+            min_bytes: signal.threshold_bytes,
+        };
         let checkpointer = std::thread::Builder::new()
             .name("omemod-checkpoint".into())
-            .spawn(move || checkpoint::run(ckpt_conn, wake_rx, dirty, interval, stats))
+            .spawn(move || checkpoint::run(ckpt_conn, wake_rx, dirty, interval, stats, watch))
             .map_err(spawn_err)?;
 
         let (write_tx, write_rx) = mpsc::channel::<Box<dyn WriteJob>>();
@@ -459,6 +468,19 @@ impl Store {
             reply: Reply::Blocking(tx),
         }))?;
         rx.recv().map_err(|_| StorageError::Closed)?
+    }
+
+    /// Checkpoints the whole WAL into the database and truncates it to zero bytes, on a
+    /// connection of its own (waits up to the busy timeout for readers). Used after deleting
+    /// secrets, whose old pages the WAL would otherwise keep until it is overwritten.
+    pub fn checkpoint_truncate(&self) -> Result<CheckpointResult> {
+        let conn = open_connection(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            &self.config,
+        )?;
+        conn.pragma_update(None, "synchronous", self.config.durability.pragma_value())?;
+        checkpoint::checkpoint(&conn, CheckpointMode::Truncate)
     }
 
     /// Clean shutdown: lets the writer finish every queued job, stops readers and the

@@ -7,7 +7,7 @@
 use rusqlite::{params, Connection, Row};
 
 use super::error::Result;
-use super::types::{blob32, id_param, int, opt_int, secret32, u32_col, SecretKey};
+use super::types::{blob32, id_param, int, opt_int, secret32, u32_col, Namespace, SecretKey};
 
 const T: &str = "prekeys";
 
@@ -26,6 +26,10 @@ pub struct PreKeyRow {
     pub created_at: i64,
     /// When a key exchange used it (during catch-up); `None` = live.
     pub used_at: Option<i64>,
+    /// The pool (namespace) it belongs to; `None` for keys made before pools were split.
+    pub namespace: Option<Namespace>,
+    /// The initiator's ephemeral key of the key exchange that used it during catch-up.
+    pub used_by: Option<[u8; 32]>,
 }
 
 /// The public half of a live prekey, for the bundle.
@@ -45,14 +49,20 @@ fn from_row(r: &Row<'_>) -> Result<PreKeyRow> {
         public_key: blob32(r, T, "public_key")?,
         created_at: int(r, T, "created_at")?,
         used_at: opt_int(r, T, "used_at")?,
+        namespace: r
+            .get::<_, Option<String>>("namespace")?
+            .and_then(|n| Namespace::from_namespace(&n)),
+        used_by: r
+            .get::<_, Option<Vec<u8>>>("used_by")?
+            .and_then(|v| v.try_into().ok()),
     })
 }
 
 /// Stores prekeys (ids must be new).
 pub fn insert_many(conn: &Connection, rows: &[PreKeyRow]) -> Result<()> {
     let mut st = conn.prepare_cached(
-        "INSERT INTO prekeys (account_id, id, private_key, public_key, created_at, used_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO prekeys (account_id, id, private_key, public_key, created_at, used_at, namespace) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for row in rows {
         st.execute(params![
@@ -61,7 +71,8 @@ pub fn insert_many(conn: &Connection, rows: &[PreKeyRow]) -> Result<()> {
             &row.private_key.expose()[..],
             &row.public_key[..],
             row.created_at,
-            row.used_at
+            row.used_at,
+            row.namespace.map(|n| n.namespace())
         ])?;
     }
     Ok(())
@@ -70,7 +81,7 @@ pub fn insert_many(conn: &Connection, rows: &[PreKeyRow]) -> Result<()> {
 /// One prekey, live or used.
 pub fn get(conn: &Connection, account_id: i64, id: u32) -> Result<Option<PreKeyRow>> {
     let mut st = conn.prepare_cached(
-        "SELECT account_id, id, private_key, public_key, created_at, used_at \
+        "SELECT account_id, id, private_key, public_key, created_at, used_at, namespace, used_by \
          FROM prekeys WHERE account_id = ?1 AND id = ?2",
     )?;
     let mut rows = st.query(params![account_id, id_param(id)])?;
@@ -80,7 +91,7 @@ pub fn get(conn: &Connection, account_id: i64, id: u32) -> Result<Option<PreKeyR
 /// Every prekey of the account, live and used, by id.
 pub fn list(conn: &Connection, account_id: i64) -> Result<Vec<PreKeyRow>> {
     let mut st = conn.prepare_cached(
-        "SELECT account_id, id, private_key, public_key, created_at, used_at \
+        "SELECT account_id, id, private_key, public_key, created_at, used_at, namespace, used_by \
          FROM prekeys WHERE account_id = ?1 ORDER BY id",
     )?;
     let mut rows = st.query([account_id])?;
@@ -91,13 +102,21 @@ pub fn list(conn: &Connection, account_id: i64) -> Result<Vec<PreKeyRow>> {
     Ok(out)
 }
 
-/// Marks a live prekey used at `now`. Returns false if it does not exist or was already used.
-pub fn mark_used(conn: &Connection, account_id: i64, id: u32, now: i64) -> Result<bool> {
+/// Marks a live prekey used at `now` by the key exchange with ephemeral key `by`. Returns
+/// false if it does not exist or was already used.
+pub fn mark_used(
+    conn: &Connection,
+    account_id: i64,
+    id: u32,
+    now: i64,
+    by: &[u8; 32],
+) -> Result<bool> {
     let n = conn
         .prepare_cached(
-            "UPDATE prekeys SET used_at = ?3 WHERE account_id = ?1 AND id = ?2 AND used_at IS NULL",
+            "UPDATE prekeys SET used_at = ?3, used_by = ?4 \
+             WHERE account_id = ?1 AND id = ?2 AND used_at IS NULL",
         )?
-        .execute(params![account_id, id_param(id), now])?;
+        .execute(params![account_id, id_param(id), now, &by[..]])?;
     Ok(n > 0)
 }
 
@@ -132,10 +151,20 @@ pub fn list_live_public(conn: &Connection, account_id: i64) -> Result<Vec<Public
     Ok(out)
 }
 
-/// How many live prekeys the account has.
+/// How many live prekeys the account has (both pools, and keys from before the split).
 pub fn count_live(conn: &Connection, account_id: i64) -> Result<u32> {
     let n: i64 = conn
         .prepare_cached("SELECT count(*) FROM prekeys WHERE account_id = ?1 AND used_at IS NULL")?
         .query_row([account_id], |r| r.get(0))?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// How many live prekeys one namespace's pool has.
+pub fn count_live_in(conn: &Connection, account_id: i64, namespace: Namespace) -> Result<u32> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM prekeys WHERE account_id = ?1 AND namespace = ?2 AND used_at IS NULL",
+        )?
+        .query_row(params![account_id, namespace.namespace()], |r| r.get(0))?;
     Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }

@@ -58,6 +58,9 @@ impl Daemon {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("NOTIFY_SOCKET")
+            // The user's own config file must not leak into a test.
+            .env("XDG_CONFIG_HOME", &dir.0)
+            .env_remove("OMEMOD_CONFIG")
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -10,7 +10,7 @@ pub mod message_key;
 pub mod root_key;
 pub mod skipped_keys;
 
-use crate::consts::{MAX_PREVIOUS_RATCHET_KEYS, MAX_SKIP};
+use crate::consts::{MAX_PREVIOUS_RATCHET_KEYS, MAX_PREVIOUS_RECEIVING_CHAINS, MAX_SKIP};
 use crate::keys::{KeyError, KeyPair, PrivateKey, PublicKey};
 use crate::Version;
 use chain_key::ChainKey;
@@ -25,10 +25,14 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RatchetError {
-    /// The message is older than the receiving chain and its key is not stored: a replay
-    /// or a duplicate.
+    /// The message's key was already used: a replay or a duplicate. Only said when certain.
     #[error("duplicate message (chain index {0} already used)")]
     DuplicateMessage(u32),
+    /// The message's key is no longer kept and it cannot be told whether it was ever used: it
+    /// was skipped and then dropped to stay within [`crate::consts::MAX_SKIPPED_KEYS_PER_SESSION`],
+    /// or its chain is older than those kept (or than a snapshot from before chains were kept).
+    #[error("message key no longer kept (chain index {0})")]
+    MessageKeyDropped(u32),
     /// The message would make us skip more than [`MAX_SKIP`] message keys.
     #[error("message skips {0} message keys, more than the limit")]
     TooManySkipped(u64),
@@ -65,6 +69,37 @@ pub(crate) struct Chains {
     pub(crate) previous_sending_length: u32,
     /// Ratchet keys of the peer's earlier chains, to tell a replay from garbage.
     pub(crate) previous_remote: VecDeque<PublicKey>,
+    /// Keys below this index of the current receiving chain may have been dropped from the
+    /// skipped-key store (so a miss there is not proof of a duplicate).
+    pub(crate) receiving_dropped_below: u32,
+    /// The peer's earlier receiving chains, newest last, so that their late messages decrypt
+    /// whatever `pn` the sender wrote (libsignal writes the last index, not the count).
+    pub(crate) previous_receiving: VecDeque<PreviousChain>,
+}
+
+/// A receiving chain that is no longer the current one.
+#[derive(Clone, Debug)]
+pub(crate) struct PreviousChain {
+    pub(crate) ratchet_key: PublicKey,
+    pub(crate) chain: ChainKey,
+    /// As [`Chains::receiving_dropped_below`].
+    pub(crate) dropped_below: u32,
+}
+
+impl Chains {
+    /// Records that the skipped key (`ratchet_key`, `n`) was dropped from the store.
+    fn note_dropped(&mut self, ratchet_key: &[u8; 32], n: u32) {
+        let below = n.saturating_add(1);
+        if self.remote_ratchet.is_some_and(|k| &k.0 == ratchet_key) {
+            self.receiving_dropped_below = self.receiving_dropped_below.max(below);
+        } else if let Some(p) = self
+            .previous_receiving
+            .iter_mut()
+            .find(|p| &p.ratchet_key.0 == ratchet_key)
+        {
+            p.dropped_below = p.dropped_below.max(below);
+        }
+    }
 }
 
 /// A Double Ratchet session state.
@@ -83,6 +118,31 @@ pub struct PendingDecrypt {
     next: Option<Chains>,
     used: Option<([u8; 32], u32)>,
     added: Vec<SkippedKey>,
+}
+
+/// Advances `chain` to message `n` (storing the keys skipped on the way) and returns its key.
+fn advance_to(
+    chain: &mut ChainKey,
+    n: u32,
+    dropped_below: u32,
+    ratchet_key: &PublicKey,
+    out: &mut Vec<SkippedKey>,
+) -> Result<MessageKey, RatchetError> {
+    if n < chain.index() {
+        return Err(if n < dropped_below {
+            RatchetError::MessageKeyDropped(n)
+        } else {
+            RatchetError::DuplicateMessage(n)
+        });
+    }
+    let gap = u64::from(n - chain.index());
+    if gap > u64::from(MAX_SKIP) {
+        return Err(RatchetError::TooManySkipped(gap));
+    }
+    skip_keys(chain, n, ratchet_key, out);
+    let message_key = chain.message_key();
+    *chain = chain.next();
+    Ok(message_key)
 }
 
 fn skip_keys(chain: &mut ChainKey, until: u32, ratchet_key: &PublicKey, out: &mut Vec<SkippedKey>) {
@@ -118,6 +178,8 @@ impl DoubleRatchet {
                 receiving: None,
                 previous_sending_length: 0,
                 previous_remote: VecDeque::new(),
+                receiving_dropped_below: 0,
+                previous_receiving: VecDeque::new(),
             },
             skipped: SkippedKeys::default(),
         })
@@ -140,6 +202,8 @@ impl DoubleRatchet {
                 receiving: None,
                 previous_sending_length: 0,
                 previous_remote: VecDeque::new(),
+                receiving_dropped_below: 0,
+                previous_receiving: VecDeque::new(),
             },
             skipped: SkippedKeys::default(),
         }
@@ -199,31 +263,47 @@ impl DoubleRatchet {
         }
         let mut next = self.chains.clone();
         let mut added = Vec::new();
-        if next.remote_ratchet == Some(dh) {
+        let message_key = if next.remote_ratchet == Some(dh) {
+            let dropped_below = next.receiving_dropped_below;
             let chain = next
                 .receiving
                 .as_mut()
                 .ok_or(RatchetError::NoReceivingChain)?;
-            if header.n < chain.index() {
-                return Err(RatchetError::DuplicateMessage(header.n));
-            }
-            let gap = u64::from(header.n - chain.index());
-            if gap > u64::from(MAX_SKIP) {
-                return Err(RatchetError::TooManySkipped(gap));
-            }
-            skip_keys(chain, header.n, &dh, &mut added);
+            advance_to(chain, header.n, dropped_below, &dh, &mut added)?
+        } else if let Some(prev) = next
+            .previous_receiving
+            .iter_mut()
+            .find(|p| p.ratchet_key == dh)
+        {
+            advance_to(
+                &mut prev.chain,
+                header.n,
+                prev.dropped_below,
+                &dh,
+                &mut added,
+            )?
         } else {
             if next.previous_remote.contains(&dh) {
-                return Err(RatchetError::DuplicateMessage(header.n));
+                // An earlier chain we no longer hold: a replay cannot be told from a late message.
+                return Err(RatchetError::MessageKeyDropped(header.n));
             }
             if header.n > MAX_SKIP {
                 return Err(RatchetError::TooManySkipped(u64::from(header.n)));
             }
-            // Keys left in the old receiving chain; like python-doubleratchet, a previous
-            // chain too far behind is abandoned rather than refused.
-            if let (Some(chain), Some(old)) = (next.receiving.as_mut(), next.remote_ratchet) {
+            // Keys left in the old receiving chain up to `pn`; like python-doubleratchet, a
+            // previous chain too far behind is not expanded. The chain itself is kept (bounded),
+            // so messages past `pn` (libsignal's convention) still decrypt later.
+            if let (Some(mut chain), Some(old)) = (next.receiving.take(), next.remote_ratchet) {
                 if header.pn > chain.index() && header.pn - chain.index() <= MAX_SKIP {
-                    skip_keys(chain, header.pn, &old, &mut added);
+                    skip_keys(&mut chain, header.pn, &old, &mut added);
+                }
+                next.previous_receiving.push_back(PreviousChain {
+                    ratchet_key: old,
+                    chain,
+                    dropped_below: next.receiving_dropped_below,
+                });
+                while next.previous_receiving.len() > MAX_PREVIOUS_RECEIVING_CHAINS {
+                    next.previous_receiving.pop_front();
                 }
             }
             let dh_recv = next.own_ratchet.private.diffie_hellman(&dh)?;
@@ -241,14 +321,11 @@ impl DoubleRatchet {
             next.root_key = rk;
             next.own_ratchet = own;
             next.sending = Some(sending);
-            skip_keys(&mut receiving, header.n, &dh, &mut added);
+            next.receiving_dropped_below = 0;
+            let message_key = advance_to(&mut receiving, header.n, 0, &dh, &mut added)?;
             next.receiving = Some(receiving);
-        }
-        let Some(chain) = next.receiving.as_mut() else {
-            return Err(RatchetError::NoReceivingChain);
+            message_key
         };
-        let message_key = chain.message_key();
-        *chain = chain.next();
         Ok(PendingDecrypt {
             message_key,
             next: Some(next),
@@ -262,6 +339,150 @@ impl DoubleRatchet {
         if let Some(next) = pending.next {
             self.chains = next;
         }
-        self.skipped.apply(pending.used, pending.added)
+        let changes = self.skipped.apply(pending.used, pending.added);
+        for (ratchet_key, n) in &changes.evicted {
+            self.chains.note_dropped(ratchet_key, *n);
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consts::MAX_SKIPPED_KEYS_PER_SESSION;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    /// A sender and a receiver right after X3DH.
+    fn pair(version: Version, rng: &mut StdRng) -> (DoubleRatchet, DoubleRatchet) {
+        let sk = [7u8; 32];
+        let bob_spk = KeyPair::generate(rng);
+        let alice =
+            DoubleRatchet::initiate(version, &sk, bob_spk.public, KeyPair::generate(rng)).unwrap();
+        let bob = DoubleRatchet::respond(version, &sk, bob_spk);
+        (alice, bob)
+    }
+
+    /// libsignal (libsignal-protocol-c/-java, libomemo-c) writes `pn` as the index of the last
+    /// message of the previous chain (`max(count - 1, 0)`), python-omemo and omemod as the count.
+    fn libsignal_pn(mut h: Header) -> Header {
+        h.pn = h.pn.saturating_sub(1);
+        h
+    }
+
+    /// The receiver decrypts `(h, mk)`: the key it derives must be the sender's.
+    fn recv(
+        r: &mut DoubleRatchet,
+        h: &Header,
+        mk: &MessageKey,
+        rng: &mut StdRng,
+    ) -> Result<(), RatchetError> {
+        let p = r.prepare_decrypt(h, rng)?;
+        assert_eq!(
+            p.message_key.as_bytes(),
+            mk.as_bytes(),
+            "wrong key for n={}",
+            h.n
+        );
+        r.commit(p);
+        Ok(())
+    }
+
+    #[test]
+    fn last_message_of_a_chain_arrives_after_the_next_chain_libsignal_pn() {
+        for version in [Version::Oldmemo, Version::Twomemo] {
+            for chain_len in [1u32, 2, 3, 7] {
+                let mut rng = StdRng::seed_from_u64(u64::from(chain_len));
+                let (mut alice, mut bob) = pair(version, &mut rng);
+                // Chain 1 (alice): all delivered but the last.
+                let c1: Vec<_> = (0..chain_len.max(2))
+                    .map(|_| alice.encrypt().unwrap())
+                    .collect();
+                let (last, rest) = c1.split_last().unwrap();
+                for (h, mk) in rest {
+                    recv(&mut bob, &libsignal_pn(*h), mk, &mut rng).unwrap();
+                }
+                // The ratchet turns: bob answers, alice starts chain 2.
+                let (h, mk) = bob.encrypt().unwrap();
+                recv(&mut alice, &h, &mk, &mut rng).unwrap();
+                let c2: Vec<_> = (0..chain_len).map(|_| alice.encrypt().unwrap()).collect();
+                // The first message of chain 2, then the late last message of chain 1.
+                recv(&mut bob, &libsignal_pn(c2[0].0), &c2[0].1, &mut rng).unwrap();
+                recv(&mut bob, &libsignal_pn(last.0), &last.1, &mut rng).unwrap_or_else(|e| {
+                    panic!(
+                        "{version:?}, chain of {}: late last message refused: {e}",
+                        c1.len()
+                    )
+                });
+                for (h, mk) in &c2[1..] {
+                    recv(&mut bob, &libsignal_pn(*h), mk, &mut rng).unwrap();
+                }
+                // Replays are duplicates, from either chain.
+                for (h, mk) in [last, &c1[0], &c2[0]] {
+                    assert_eq!(
+                        recv(&mut bob, &libsignal_pn(*h), mk, &mut rng).err(),
+                        Some(RatchetError::DuplicateMessage(h.n))
+                    );
+                }
+            }
+        }
+    }
+
+    /// Late messages of a previous chain beyond its `pn` (whatever the sender claimed) decrypt,
+    /// and so do those of a chain several turns back.
+    #[test]
+    fn late_messages_of_older_chains_decrypt() {
+        for version in [Version::Oldmemo, Version::Twomemo] {
+            let mut rng = StdRng::seed_from_u64(11);
+            let (mut alice, mut bob) = pair(version, &mut rng);
+            let mut late = Vec::new();
+            for _turn in 0..4 {
+                let first = alice.encrypt().unwrap();
+                recv(&mut bob, &libsignal_pn(first.0), &first.1, &mut rng).unwrap();
+                late.push(alice.encrypt().unwrap());
+                late.push(alice.encrypt().unwrap());
+                let (h, mk) = bob.encrypt().unwrap();
+                recv(&mut alice, &h, &mk, &mut rng).unwrap();
+            }
+            let (h, mk) = alice.encrypt().unwrap();
+            recv(&mut bob, &libsignal_pn(h), &mk, &mut rng).unwrap();
+            for (h, mk) in late.iter().rev() {
+                recv(&mut bob, &libsignal_pn(*h), mk, &mut rng).unwrap();
+            }
+        }
+    }
+
+    /// A message whose skipped key was dropped to stay within the store's bound was never
+    /// decrypted: it must not be called a duplicate.
+    #[test]
+    fn dropped_skipped_key_is_not_a_duplicate() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let (mut alice, mut bob) = pair(Version::Twomemo, &mut rng);
+        let per_chain = (MAX_SKIPPED_KEYS_PER_SESSION as u32) * 3 / 5;
+        let mut chains = Vec::new();
+        for _ in 0..2 {
+            let c: Vec<_> = (0..=per_chain).map(|_| alice.encrypt().unwrap()).collect();
+            let (h, mk) = c.last().unwrap();
+            recv(&mut bob, h, mk, &mut rng).unwrap();
+            let (h, mk) = bob.encrypt().unwrap();
+            recv(&mut alice, &h, &mk, &mut rng).unwrap();
+            chains.push(c);
+        }
+        assert_eq!(bob.skipped_keys().len(), MAX_SKIPPED_KEYS_PER_SESSION);
+        // The oldest keys (chain 1, from n = 0) were dropped; later ones are kept.
+        let (h, mk) = &chains[0][0];
+        let err = recv(&mut bob, h, mk, &mut rng).unwrap_err();
+        assert!(
+            !matches!(err, RatchetError::DuplicateMessage(_)),
+            "a message never decrypted was called a duplicate: {err}"
+        );
+        assert_eq!(err, RatchetError::MessageKeyDropped(0));
+        let (h, mk) = &chains[0][per_chain as usize - 1];
+        recv(&mut bob, h, mk, &mut rng).unwrap();
+        assert_eq!(
+            recv(&mut bob, h, mk, &mut rng).err(),
+            Some(RatchetError::DuplicateMessage(h.n))
+        );
     }
 }

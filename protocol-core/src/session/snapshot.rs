@@ -5,10 +5,11 @@
 //! message touches one row, not the whole store) and handed back to [`Session::from_snapshot`].
 
 use super::{KeyExchangeInfo, Role, Session};
+use crate::consts::MAX_PREVIOUS_RECEIVING_CHAINS;
 use crate::double_ratchet::chain_key::ChainKey;
 use crate::double_ratchet::root_key::RootKey;
 use crate::double_ratchet::skipped_keys::{SkippedKey, SkippedKeys};
-use crate::double_ratchet::{Chains, DoubleRatchet};
+use crate::double_ratchet::{Chains, DoubleRatchet, PreviousChain};
 use crate::keys::{KeyPair, PrivateKey, PublicKey};
 use crate::x3dh::RemoteIdentity;
 use crate::Version;
@@ -47,6 +48,24 @@ pub struct SkippedKeySnapshot {
     /// Message key.
     #[prost(bytes = "vec", tag = "3")]
     pub message_key: Vec<u8>,
+}
+
+/// The serialized form of an earlier receiving chain.
+#[derive(Clone, PartialEq, Message, Zeroize, ZeroizeOnDrop)]
+#[prost(skip_debug)]
+pub struct PreviousChainSnapshot {
+    /// The peer's ratchet key of that chain.
+    #[prost(bytes = "vec", tag = "1")]
+    pub ratchet_key: Vec<u8>,
+    /// Chain key.
+    #[prost(bytes = "vec", tag = "2")]
+    pub chain_key: Vec<u8>,
+    /// Index of the chain key.
+    #[prost(uint32, tag = "3")]
+    pub index: u32,
+    /// Keys below this index may have been dropped from the skipped-key store.
+    #[prost(uint32, tag = "4")]
+    pub dropped_below: u32,
 }
 
 /// The serialized form of a [`Session`].
@@ -95,6 +114,12 @@ pub struct SessionSnapshot {
     /// Only when the caller asked for a self-contained snapshot.
     #[prost(message, repeated, tag = "19")]
     pub skipped: Vec<SkippedKeySnapshot>,
+    /// Added after the first release (absent = 0): see `receiving_dropped_below` in the ratchet.
+    #[prost(uint32, tag = "20")]
+    pub receiving_dropped_below: u32,
+    /// Added after the first release (absent = none kept), oldest first.
+    #[prost(message, repeated, tag = "21")]
+    pub previous_receiving: Vec<PreviousChainSnapshot>,
 }
 
 fn arr(v: &[u8], field: &'static str) -> Result<[u8; 32], SnapshotError> {
@@ -130,6 +155,17 @@ impl Session {
             receiving_index: c.receiving.as_ref().map_or(0, ChainKey::index),
             previous_sending_length: c.previous_sending_length,
             previous_remote: c.previous_remote.iter().map(|k| k.0.to_vec()).collect(),
+            receiving_dropped_below: c.receiving_dropped_below,
+            previous_receiving: c
+                .previous_receiving
+                .iter()
+                .map(|p| PreviousChainSnapshot {
+                    ratchet_key: p.ratchet_key.0.to_vec(),
+                    chain_key: p.chain.as_bytes().to_vec(),
+                    index: p.chain.index(),
+                    dropped_below: p.dropped_below,
+                })
+                .collect(),
             skipped: if include_skipped {
                 self.ratchet
                     .skipped_keys()
@@ -212,6 +248,29 @@ impl Session {
                 .iter()
                 .map(|k| arr(k, "previous_remote").map(PublicKey))
                 .collect::<Result<_, _>>()?,
+            receiving_dropped_below: s.receiving_dropped_below,
+            previous_receiving: s
+                .previous_receiving
+                .iter()
+                .skip(
+                    s.previous_receiving
+                        .len()
+                        .saturating_sub(MAX_PREVIOUS_RECEIVING_CHAINS),
+                )
+                .map(|p| {
+                    Ok(PreviousChain {
+                        ratchet_key: PublicKey(arr(
+                            &p.ratchet_key,
+                            "previous_receiving.ratchet_key",
+                        )?),
+                        chain: ChainKey::new(
+                            arr(&p.chain_key, "previous_receiving.chain_key")?,
+                            p.index,
+                        ),
+                        dropped_below: p.dropped_below,
+                    })
+                })
+                .collect::<Result<_, SnapshotError>>()?,
         };
         let remote_identity =
             RemoteIdentity::from_transported(version, arr(&s.remote_identity, "remote_identity")?);
@@ -241,6 +300,12 @@ impl Session {
 impl std::fmt::Debug for SessionSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SessionSnapshot {{ format: {}, .. }}", self.format)
+    }
+}
+
+impl std::fmt::Debug for PreviousChainSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreviousChainSnapshot {{ index: {}, .. }}", self.index)
     }
 }
 

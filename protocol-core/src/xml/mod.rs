@@ -10,6 +10,8 @@ pub mod devicelist;
 pub mod encrypted;
 pub(crate) mod tree;
 
+pub use tree::MAX_ATTRIBUTES;
+
 pub use bundle::{bundle_from_xml, bundle_to_xml};
 pub use devicelist::{devicelist_from_xml, devicelist_to_xml, DeviceListEntry};
 pub use encrypted::{Encrypted, KeyElement};
@@ -40,6 +42,12 @@ pub enum XmlError {
     #[error("XML elements nested deeper than {max} levels")]
     TooDeep {
         /// Deepest accepted nesting.
+        max: usize,
+    },
+    /// An element carries more attributes than any OMEMO element needs.
+    #[error("XML element with more than {max} attributes")]
+    TooManyAttributes {
+        /// Most attributes accepted on one element.
         max: usize,
     },
     /// The document is not well-formed XML.

@@ -11,6 +11,9 @@ use std::ops::Range;
 
 /// Deepest element nesting accepted (OMEMO documents use 4 levels).
 const MAX_DEPTH: usize = 32;
+/// Most attributes (namespace declarations included) on one element. OMEMO elements carry at
+/// most four; the cap keeps quick-xml's duplicate-attribute check (quadratic in the count) cheap.
+pub const MAX_ATTRIBUTES: usize = 64;
 
 /// One element with resolved namespace.
 #[derive(Debug, Clone)]
@@ -109,7 +112,12 @@ fn start_element(reader: &NsReader<&[u8]>, start: &BytesStart<'_>) -> Result<Ele
     let ns = namespace(reader, resolved)?;
     let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
     let mut attrs = Vec::new();
-    for attr in start.attributes() {
+    for (i, attr) in start.attributes().enumerate() {
+        if i >= MAX_ATTRIBUTES {
+            return Err(XmlError::TooManyAttributes {
+                max: MAX_ATTRIBUTES,
+            });
+        }
         let attr = attr.map_err(|e| syntax(reader, e))?;
         if attr.key.as_namespace_binding().is_some() || attr.key.prefix().is_some() {
             continue;

@@ -1,4 +1,4 @@
-//! `account.create`, `account.list`, `fingerprint.get`.
+//! `account.create`, `account.list`, `account.delete`, `fingerprint.get`.
 
 use std::sync::Arc;
 
@@ -22,6 +22,10 @@ pub struct AccountCreateParams {
     /// Trust policy for new keys: `btbv` (blind trust before verification, default), `tofu`, `manual`.
     #[serde(default)]
     pub trust_mode: Option<String>,
+    /// Device ids the new device must not take: those on our own device lists (fetch them
+    /// first), so two of our devices never share an id.
+    #[serde(default)]
+    pub avoid: Vec<u32>,
 }
 
 /// An account.
@@ -63,7 +67,7 @@ impl Method for AccountCreate {
             })?,
         };
         let m = ctx.manager()?;
-        let a = m.create_account(&p.jid, mode).await?;
+        let a = m.create_account(&p.jid, mode, &p.avoid).await?;
         Ok(AccountInfo {
             jid: a.jid.clone(),
             device_id: a.device_id,
@@ -97,6 +101,38 @@ impl Method for AccountList {
     }
 }
 
+/// `account.delete`.
+pub struct AccountDelete;
+
+/// Params of `account.delete`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountDeleteParams {
+    /// The account's bare JID (required: a deletion never picks the only account by default).
+    pub jid: String,
+}
+
+impl Method for AccountDelete {
+    const NAME: &'static str = "account.delete";
+    const SUMMARY: &'static str =
+        "Deletes an account and every secret and row stored for it, for good.";
+    const DESCRIPTION: &'static str = "Identity, prekeys, sessions, skipped message keys, device \
+        lists, bundles and trust decisions go in one transaction; freed space is zeroed \
+        (secure_delete) and the WAL is checkpointed and truncated. Peers keep encrypting to the \
+        device until the client removes it from the published device lists.";
+    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::InvalidJid];
+    type Params = AccountDeleteParams;
+    type Result = crate::manager::lifecycle::DeletedAccount;
+
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: AccountDeleteParams,
+    ) -> Result<crate::manager::lifecycle::DeletedAccount, RpcError> {
+        Ok(ctx.manager()?.delete_account(&p.jid).await?)
+    }
+}
+
 /// `fingerprint.get`.
 pub struct FingerprintGet;
 
@@ -123,6 +159,59 @@ impl Method for FingerprintGet {
             device_id,
             fingerprint,
             actions: Vec::new(),
+        })
+    }
+}
+
+/// `account.renew_device_id`.
+pub struct AccountRenewDeviceId;
+
+/// Params of `account.renew_device_id`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewDeviceIdParams {
+    /// Our bare JID; may be left out when the daemon has one account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Device ids not to take besides those already on our device lists.
+    #[serde(default)]
+    pub avoid: Vec<u32>,
+}
+
+/// Result of `account.renew_device_id`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RenewedDeviceId {
+    /// Bare JID.
+    pub jid: String,
+    /// The new device id.
+    pub device_id: u32,
+    /// Our fingerprint (unchanged).
+    pub fingerprint: String,
+    /// Publish both device lists and bundles now.
+    pub actions: Vec<crate::manager::Action>,
+}
+
+impl Method for AccountRenewDeviceId {
+    const NAME: &'static str = "account.renew_device_id";
+    const SUMMARY: &'static str = "Gives our device a new id (the way out when another of our devices has the same id); identity, sessions and trust stay.";
+    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
+    type Params = RenewDeviceIdParams;
+    type Result = RenewedDeviceId;
+
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: RenewDeviceIdParams,
+    ) -> Result<RenewedDeviceId, RpcError> {
+        let (a, actions) = ctx
+            .manager()?
+            .renew_device_id(p.account.as_deref(), &p.avoid)
+            .await?;
+        Ok(RenewedDeviceId {
+            jid: a.jid.clone(),
+            device_id: a.device_id,
+            fingerprint: a.identity.fingerprint(),
+            actions,
         })
     }
 }

@@ -137,6 +137,7 @@ impl Method for DevicelistUpdateMethod {
         ErrorKind::AccountRequired,
         ErrorKind::InvalidJid,
         ErrorKind::InvalidMessage,
+        ErrorKind::TooManyDevices,
     ];
     type Params = DevicelistUpdateParams;
     type Result = DevicelistUpdate;

@@ -57,7 +57,26 @@ impl From<ManagerError> for RpcError {
             ManagerError::IdempotencyKeyReused(_) => {
                 RpcError::new(ErrorKind::IdempotencyKeyReused, message)
             }
+            ManagerError::IdentityChanged {
+                jid,
+                namespace,
+                device_id,
+                old_fingerprint,
+                new_fingerprint,
+            } => RpcError::new(ErrorKind::IdentityChanged, message).with_data(json!({
+                "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
+                "old_fingerprint": old_fingerprint, "new_fingerprint": new_fingerprint,
+            })),
+            ManagerError::RateLimited { retry_after_secs } => {
+                RpcError::new(ErrorKind::RateLimited, message)
+                    .with_data(json!({"retry_after_secs": retry_after_secs}))
+            }
+            ManagerError::SceMismatch(_) => RpcError::new(ErrorKind::SceMismatch, message),
             ManagerError::InvalidParams(_) => RpcError::invalid_params(message),
+            ManagerError::TooManyDevices { count, max } => {
+                RpcError::new(ErrorKind::TooManyDevices, message)
+                    .with_data(json!({"count": count, "max": max}))
+            }
             ManagerError::Storage(ref s) => {
                 tracing::error!(error = %s, "storage failure");
                 RpcError::new(ErrorKind::StorageError, message)

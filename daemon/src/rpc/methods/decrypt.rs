@@ -6,7 +6,7 @@ use protocol_core::xml::Encrypted;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::manager::decrypt::DecryptOutcome;
+use crate::manager::decrypt::{Conversation, DecryptOutcome};
 use crate::rpc::ctx::{Conn, Ctx};
 use crate::rpc::error::{ErrorKind, RpcError};
 use crate::rpc::registry::Method;
@@ -30,6 +30,14 @@ pub struct DecryptParams {
     #[serde(default)]
     #[schemars(with = "Option<serde_json::Value>")]
     pub element: Option<Encrypted>,
+    /// The stanza's bare `to`: our own bare JID in a 1:1 chat, the room's bare JID in a group
+    /// chat. OMEMO 2: the SCE `<to>` must equal it (`sce_mismatch` otherwise). Left out: not
+    /// checked (0.3 has no envelope; see docs/rpc.md for clients that cannot know it).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// A group chat message (`type='groupchat'`): OMEMO 2 messages must then carry `<to>`.
+    #[serde(default)]
+    pub group_chat: bool,
 }
 
 impl Method for Decrypt {
@@ -47,6 +55,9 @@ impl Method for Decrypt {
         ErrorKind::TooManySkipped,
         ErrorKind::BrokenSession,
         ErrorKind::Distrusted,
+        ErrorKind::IdentityChanged,
+        ErrorKind::RateLimited,
+        ErrorKind::SceMismatch,
     ];
     type Params = DecryptParams;
     type Result = DecryptOutcome;
@@ -57,12 +68,17 @@ impl Method for Decrypt {
         p: DecryptParams,
     ) -> Result<DecryptOutcome, RpcError> {
         let element = match (p.xml, p.element) {
-            (Some(xml), None) => Encrypted::from_xml(&xml).map_err(|e| {
-                RpcError::new(
-                    ErrorKind::InvalidMessage,
-                    format!("invalid <encrypted>: {e}"),
-                )
-            })?,
+            (Some(xml), None) => {
+                crate::bounds::parse_off_thread(xml.len(), move || Encrypted::from_xml(&xml))
+                    .await
+                    .ok_or_else(|| RpcError::internal("the XML parser failed"))?
+                    .map_err(|e| {
+                        RpcError::new(
+                            ErrorKind::InvalidMessage,
+                            format!("invalid <encrypted>: {e}"),
+                        )
+                    })?
+            }
             (None, Some(e)) => e,
             _ => {
                 return Err(RpcError::invalid_params(
@@ -70,9 +86,19 @@ impl Method for Decrypt {
                 ))
             }
         };
+        // Normalised here so that sessions and trust are found whatever the spelling.
+        let from = crate::manager::check_bare_jid(&p.from)?;
+        let to =
+            p.to.as_deref()
+                .map(crate::manager::check_bare_jid)
+                .transpose()?;
+        let conv = Conversation {
+            to,
+            group_chat: p.group_chat,
+        };
         Ok(ctx
             .manager()?
-            .decrypt(p.account.as_deref(), &p.from, element)
+            .decrypt(p.account.as_deref(), &from, element, &conv)
             .await?)
     }
 }

@@ -33,8 +33,8 @@ pub struct EncryptParams {
     /// Encrypt a device in every namespace it is listed in, not only its preferred one.
     #[serde(default)]
     pub all_namespaces: bool,
-    /// OMEMO 2 SCE `<to>`; defaults to the recipient when there is one (set it to the room
-    /// JID in group chats).
+    /// OMEMO 2 SCE `<to>`; defaults to the recipient when there is one. Required with a body
+    /// and several recipients (set it to the room's bare JID in group chats).
     #[serde(default)]
     pub sce_to: Option<String>,
     /// A key of the client's choosing (1 to 256 bytes, unique per message): a retry with the
@@ -127,6 +127,7 @@ impl Method for SessionReplace {
         ErrorKind::InvalidJid,
         ErrorKind::NoBundle,
         ErrorKind::BrokenSession,
+        ErrorKind::RateLimited,
     ];
     type Params = DeviceParams;
     type Result = EncryptOutcome;

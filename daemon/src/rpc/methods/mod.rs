@@ -27,7 +27,9 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
     registry.register::<subscription::Unsubscribe>()?;
     registry.register::<account::AccountCreate>()?;
     registry.register::<account::AccountList>()?;
+    registry.register::<account::AccountDelete>()?;
     registry.register::<account::FingerprintGet>()?;
+    registry.register::<account::AccountRenewDeviceId>()?;
     registry.register::<bundle::BundleGet>()?;
     registry.register::<bundle::BundleUpdate>()?;
     registry.register::<bundle::DevicelistGet>()?;
@@ -42,6 +44,7 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
     registry.register::<trust::DevicesList>()?;
     registry.register::<trust::CatchupBegin>()?;
     registry.register::<trust::CatchupEnd>()?;
+    registry.register::<trust::IdentityAccept>()?;
     if debug {
         registry.register::<debug::Sleep>()?;
         registry.register::<debug::Emit>()?;

@@ -31,6 +31,9 @@ pub struct StatusResult {
     pub durability: Durability,
     /// Connected clients, including the caller.
     pub clients: usize,
+    /// Set when the database was found older than the last state this machine saw (a restored
+    /// backup or snapshot): sessions may need a new key exchange (`session.replace`).
+    pub rollback: Option<crate::storage::generation::Rollback>,
 }
 
 impl Method for Status {
@@ -49,6 +52,7 @@ impl Method for Status {
             db: ctx.config.db.clone(),
             durability: ctx.config.durability,
             clients: ctx.client_count(),
+            rollback: ctx.rollback.get().cloned(),
         })
     }
 }

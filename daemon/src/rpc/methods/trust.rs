@@ -6,6 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::account::AccountParams;
+use super::params::Namespace;
+use crate::manager::pinning::IdentityAccepted;
 use crate::manager::trust::{DeviceEntry, TrustEntry};
 use crate::manager::Action;
 use crate::rpc::ctx::{Conn, Ctx};
@@ -31,7 +33,11 @@ pub struct TrustList;
 impl Method for TrustList {
     const NAME: &'static str = "trust.list";
     const SUMMARY: &'static str = "Trust decisions per (contact, identity key).";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
+    const ERRORS: &'static [ErrorKind] = &[
+        ErrorKind::UnknownAccount,
+        ErrorKind::AccountRequired,
+        ErrorKind::InvalidJid,
+    ];
     type Params = ListParams;
     type Result = Vec<TrustEntry>;
 
@@ -89,7 +95,11 @@ pub struct DevicesList;
 impl Method for DevicesList {
     const NAME: &'static str = "devices.list";
     const SUMMARY: &'static str = "Known devices (from device lists), active or not.";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
+    const ERRORS: &'static [ErrorKind] = &[
+        ErrorKind::UnknownAccount,
+        ErrorKind::AccountRequired,
+        ErrorKind::InvalidJid,
+    ];
     type Params = ListParams;
     type Result = Vec<DeviceEntry>;
 
@@ -144,5 +154,55 @@ impl Method for CatchupEnd {
             catchup: false,
             actions,
         })
+    }
+}
+
+/// `identity.accept`.
+pub struct IdentityAccept;
+
+/// Params of `identity.accept`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityAcceptParams {
+    /// Our bare JID; may be left out when the daemon has one account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Owner of the device.
+    pub jid: String,
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Device id.
+    pub device_id: u32,
+    /// The new identity's fingerprint (from the `identity_changed` event or error).
+    pub fingerprint: String,
+}
+
+impl Method for IdentityAccept {
+    const NAME: &'static str = "identity.accept";
+    const SUMMARY: &'static str = "Accepts a new identity key for a device after identity_changed: drops the old session and pins the new key, which then goes through trust like any new key.";
+    const ERRORS: &'static [ErrorKind] = &[
+        ErrorKind::UnknownAccount,
+        ErrorKind::AccountRequired,
+        ErrorKind::InvalidJid,
+        ErrorKind::InvalidBundle,
+    ];
+    type Params = IdentityAcceptParams;
+    type Result = IdentityAccepted;
+
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: IdentityAcceptParams,
+    ) -> Result<IdentityAccepted, RpcError> {
+        Ok(ctx
+            .manager()?
+            .identity_accept(
+                p.account.as_deref(),
+                &p.jid,
+                p.namespace.0,
+                p.device_id,
+                &p.fingerprint,
+            )
+            .await?)
     }
 }

@@ -1,4 +1,4 @@
--- Issue 8: one device, many processes.
+-- omemod schema, version 4 (branch `shared`, issue 8): one device, many processes.
 --
 -- redelivery: for each decrypted message, the key material our ratchet recovered for it, so
 -- that the same <encrypted> element can be opened again (by another client process, or on a

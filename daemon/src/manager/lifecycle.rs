@@ -1,0 +1,61 @@
+//! Account lifecycle beyond creation: deleting an account for good.
+
+use super::{Manager, ManagerError, Result};
+use crate::storage::{self, transfer};
+use std::sync::PoisonError;
+
+/// What `account.delete` removed.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct DeletedAccount {
+    /// The account's (normalised) JID.
+    pub jid: String,
+    /// Its device id, now gone.
+    pub device_id: u32,
+    /// Rows deleted, every table together.
+    pub rows: usize,
+    /// Whether the WAL could be emptied at once (it is at the next checkpoint otherwise).
+    pub wal_truncated: bool,
+}
+
+impl Manager {
+    /// Deletes the account `jid` and everything stored for it (identity, prekeys, sessions,
+    /// skipped keys, device lists, bundles, trust), in one transaction. The database runs with
+    /// `secure_delete`, so the freed space is zeroed; the WAL, which still holds the old pages,
+    /// is then checkpointed and truncated.
+    pub async fn delete_account(&self, jid: &str) -> Result<DeletedAccount> {
+        let jid = super::check_bare_jid(jid)?;
+        let acct = self.account(Some(&jid))?;
+        // Own-key operations (rotation, bundle) of this account finish first.
+        let _keys = acct.keys.lock().await;
+        let id = acct.id;
+        let rows = self
+            .store
+            .write(move |tx| transfer::delete_account_rows(tx, id))
+            .await?;
+        self.accounts
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&acct.jid);
+        self.directories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        self.sessions.forget_account(id);
+        let store = std::sync::Arc::clone(&self.store);
+        let wal_truncated = tokio::task::spawn_blocking(move || store.checkpoint_truncate())
+            .await
+            .map_err(|_| ManagerError::Storage(storage::StorageError::Closed))?
+            .map(|r| !r.busy)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "checkpoint after account deletion failed");
+                false
+            });
+        tracing::info!(jid = %acct.jid, rows, wal_truncated, "account deleted");
+        Ok(DeletedAccount {
+            jid: acct.jid.clone(),
+            device_id: acct.device_id,
+            rows,
+            wal_truncated,
+        })
+    }
+}

@@ -1,0 +1,308 @@
+//! Identity pinning and the session rebuild rate limit.
+//!
+//! A remote device keeps the identity we hold for it — its session's, else its stored
+//! bundle's, else one the user accepted — until the user accepts another with
+//! `identity.accept`. A key exchange or a fetched bundle with another identity is refused
+//! (key exchange) or set aside (bundle), and raises `identity_changed`; nothing else changes.
+//!
+//! Replacing an existing session (an incoming key exchange for a new session, or
+//! `session.replace`) is limited per device to [`SESSION_REBUILD_LIMIT`] in
+//! [`SESSION_REBUILD_WINDOW_SECS`], so neither a remote party nor a looping client can force
+//! endless resets (each one also costs the peer a one-time prekey).
+
+use super::sessions::SessionMeta;
+use super::trust::parse_fingerprint;
+use super::{check_bare_jid, Action, Manager, ManagerError, Result};
+use crate::events::Event;
+use crate::storage::{
+    self, bundles, device_state, sessions as session_store, trust as trust_store, DeviceAddr,
+};
+use protocol_core::bundle::Bundle;
+use protocol_core::keys::fingerprint;
+use protocol_core::session::Session;
+use protocol_core::x3dh::RemoteIdentity;
+use protocol_core::xml;
+use protocol_core::Version;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+
+/// Session replacements allowed per device within [`SESSION_REBUILD_WINDOW_SECS`].
+pub const SESSION_REBUILD_LIMIT: usize = 3;
+/// The window of the rebuild rate limit (seconds).
+pub const SESSION_REBUILD_WINDOW_SECS: i64 = 10 * 60;
+
+/// Recent session replacements per device (in memory: a restart forgets them, which only a
+/// local user can cause).
+#[derive(Debug, Default)]
+pub struct Rebuilds(Mutex<HashMap<DeviceAddr, VecDeque<i64>>>);
+
+/// The identity a device is pinned to.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Pin {
+    /// Curve25519 u; `None`: nothing held yet (first contact).
+    pub identity: Option<[u8; 32]>,
+    /// It is an identity the user accepted, with no session or bundle yet.
+    pub accepted: bool,
+}
+
+/// Result of `identity.accept`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct IdentityAccepted {
+    /// Fingerprint now pinned for the device.
+    pub fingerprint: String,
+    /// Trust level of that key (new keys go through the account's trust mode).
+    pub trust: String,
+    /// The old session was dropped: the next message to the device is a key exchange.
+    pub session_dropped: bool,
+    /// The bundle that carried the new identity (set aside by `bundle.update`) is now the
+    /// device's bundle.
+    pub bundle_installed: bool,
+    /// Follow-ups (fetch the bundle when none with the new identity is known).
+    pub actions: Vec<Action>,
+}
+
+fn curve_of(namespace: Version, bundle: &Bundle) -> Result<[u8; 32]> {
+    RemoteIdentity::from_transported(namespace, bundle.identity_key)
+        .curve25519()
+        .map_err(|e| ManagerError::InvalidBundle(e.to_string()))
+}
+
+impl Manager {
+    /// The identity `addr` is pinned to; `session` is its current session, if any.
+    pub(crate) async fn pinned_identity(
+        &self,
+        addr: &DeviceAddr,
+        session: Option<&Session>,
+    ) -> Result<Pin> {
+        if let Some(s) = session {
+            return Ok(Pin {
+                identity: Some(*s.remote_curve25519()),
+                accepted: false,
+            });
+        }
+        let a = addr.clone();
+        let (bundle, change) = self
+            .store
+            .read(move |c| Ok((bundles::get(c, &a)?, device_state::identity_change(c, &a)?)))
+            .await?;
+        if let Some(b) = bundle {
+            return Ok(Pin {
+                identity: Some(b.identity_curve25519),
+                accepted: false,
+            });
+        }
+        Ok(match change.filter(|c| c.accepted_at.is_some()) {
+            Some(c) => Pin {
+                identity: Some(c.new_identity),
+                accepted: true,
+            },
+            None => Pin::default(),
+        })
+    }
+
+    /// Refuses a session replacement beyond the rate limit.
+    pub(crate) fn check_rebuild_allowed(&self, addr: &DeviceAddr) -> Result<()> {
+        let now = storage::now();
+        let mut map = self
+            .rebuilds
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(times) = map.get_mut(addr) else {
+            return Ok(());
+        };
+        while times
+            .front()
+            .is_some_and(|t| now - t >= SESSION_REBUILD_WINDOW_SECS)
+        {
+            times.pop_front();
+        }
+        if times.len() >= SESSION_REBUILD_LIMIT {
+            let retry_after = times.front().map_or(SESSION_REBUILD_WINDOW_SECS, |t| {
+                SESSION_REBUILD_WINDOW_SECS - (now - t)
+            });
+            return Err(ManagerError::RateLimited {
+                retry_after_secs: retry_after.max(1),
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts a session replacement (after it was committed).
+    pub(crate) fn record_rebuild(&self, addr: &DeviceAddr) {
+        let mut map = self
+            .rebuilds
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let times = map.entry(addr.clone()).or_default();
+        times.push_back(storage::now());
+        while times.len() > SESSION_REBUILD_LIMIT {
+            times.pop_front();
+        }
+    }
+
+    /// `bundle.update` for a device pinned to another identity: the bundle is set aside until
+    /// the user accepts it, and `identity_changed` is raised. Returns the old identity when
+    /// that happened.
+    pub(crate) async fn set_aside_changed_bundle(
+        &self,
+        addr: &DeviceAddr,
+        account_jid: &str,
+        new_identity: [u8; 32],
+        bundle_xml: &str,
+    ) -> Result<Option<[u8; 32]>> {
+        let slot = self.sessions.lock(&self.store, addr).await?;
+        let pin = self.pinned_identity(addr, slot.session.as_ref()).await?;
+        let Some(old) = pin.identity.filter(|k| *k != new_identity) else {
+            return Ok(None);
+        };
+        let row = device_state::IdentityChangeRow {
+            addr: addr.clone(),
+            old_identity: Some(old),
+            new_identity,
+            bundle: Some(bundle_xml.as_bytes().to_vec()),
+            seen_at: storage::now(),
+            accepted_at: None,
+        };
+        self.store
+            .write(move |tx| device_state::set_identity_change(tx, &row))
+            .await?;
+        drop(slot);
+        tracing::warn!(account = account_jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "bundle with a changed identity set aside");
+        self.emit(Event::IdentityChanged {
+            account: account_jid.to_owned(),
+            cause: crate::events::Cause::BundleUpdate,
+            peer: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+            old_fingerprint: fingerprint(&old),
+            new_fingerprint: fingerprint(&new_identity),
+        });
+        Ok(Some(old))
+    }
+
+    /// The user accepts `fp` as the new identity of a device: its old session, previous
+    /// states and old bundle are dropped, and the device is pinned to the new identity. A
+    /// bundle set aside with that identity becomes the device's bundle, so the next message
+    /// to it is a key exchange.
+    pub async fn identity_accept(
+        &self,
+        account: Option<&str>,
+        jid: &str,
+        namespace: Version,
+        device_id: u32,
+        fp: &str,
+    ) -> Result<IdentityAccepted> {
+        check_bare_jid(jid)?;
+        let acct = self.account(account)?;
+        let key = parse_fingerprint(fp)?;
+        let addr = Self::addr(&acct, jid, namespace, device_id);
+        let mut slot = self.sessions.lock(&self.store, &addr).await?;
+        let pin = self.pinned_identity(&addr, slot.session.as_ref()).await?;
+        let a = addr.clone();
+        let change = self
+            .store
+            .read(move |c| device_state::identity_change(c, &a))
+            .await?;
+        let pending_bundle = match change.and_then(|c| c.bundle.filter(|_| c.new_identity == key)) {
+            Some(b) => {
+                let text = String::from_utf8(b).map_err(|_| {
+                    ManagerError::InvalidBundle("stored bundle is not UTF-8".into())
+                })?;
+                let bundle = xml::bundle_from_xml(namespace, &text)
+                    .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
+                Some((text, bundle))
+            }
+            None => None,
+        };
+        let mode = acct.keys.lock().await.trust_mode;
+        let (trust, new_trust) = self.trust_for_key(&acct, mode, jid, &key);
+        let mut actions = Vec::new();
+        if pin.identity == Some(key) {
+            return Ok(IdentityAccepted {
+                fingerprint: trust.fingerprint.clone(),
+                trust: trust.level.as_str().to_owned(),
+                session_dropped: false,
+                bundle_installed: false,
+                actions,
+            });
+        }
+        let now = storage::now();
+        let bundle_row = match &pending_bundle {
+            Some((text, b)) => Some(bundles::BundleRow {
+                account_id: acct.id,
+                jid: jid.to_owned(),
+                namespace,
+                device_id,
+                identity_key: b.identity_key,
+                identity_curve25519: curve_of(namespace, b)?,
+                bundle: text.as_bytes().to_vec(),
+                prekey_count: u32::try_from(b.prekeys.len()).unwrap_or(u32::MAX),
+                fetched_at: now,
+            }),
+            None => None,
+        };
+        let bundle_installed = bundle_row.is_some();
+        let session_dropped = slot.session.is_some();
+        let trust_row = new_trust.then(|| trust.clone());
+        let a = addr.clone();
+        self.store
+            .write(move |tx| {
+                session_store::delete(tx, &a)?;
+                device_state::delete_previous_sessions(tx, &a)?;
+                match &bundle_row {
+                    Some(b) => {
+                        bundles::upsert(tx, b)?;
+                        device_state::delete_identity_change(tx, &a)?;
+                    }
+                    None => {
+                        if bundles::get(tx, &a)?.is_some_and(|b| b.identity_curve25519 != key) {
+                            bundles::delete(tx, &a)?;
+                        }
+                        device_state::set_identity_change(
+                            tx,
+                            &device_state::IdentityChangeRow {
+                                addr: a.clone(),
+                                old_identity: pin.identity,
+                                new_identity: key,
+                                bundle: None,
+                                seen_at: now,
+                                accepted_at: Some(now),
+                            },
+                        )?;
+                    }
+                }
+                if let Some(t) = &trust_row {
+                    trust_store::set(tx, t)?;
+                }
+                Ok(())
+            })
+            .await?;
+        slot.session = None;
+        slot.meta = SessionMeta::default();
+        drop(slot);
+        if new_trust {
+            self.remember_trust(&acct, vec![trust.clone()], namespace, device_id);
+        }
+        if !bundle_installed {
+            let (node, item_id) = namespace.bundle_node(device_id);
+            actions.push(Action::FetchBundle {
+                jid: jid.to_owned(),
+                namespace,
+                device_id,
+                node,
+                item_id,
+            });
+        }
+        tracing::info!(account = %acct.jid, peer = jid, device = device_id, ns = %namespace, "new identity accepted");
+        Ok(IdentityAccepted {
+            fingerprint: trust.fingerprint.clone(),
+            trust: trust.level.as_str().to_owned(),
+            session_dropped,
+            bundle_installed,
+            actions,
+        })
+    }
+}

@@ -1,0 +1,431 @@
+//! JIDs in their normalised form (RFC 7622), and the start-up step that brings rows stored under
+//! other spellings (written by versions that did not normalise) to it.
+//!
+//! The step runs at every open, inside one transaction, and only touches the distinct JIDs that
+//! are not normalised, so it costs one `SELECT DISTINCT` per table on an up-to-date file. Two
+//! accounts whose JIDs are one JID cannot be merged (two identities, two device ids): the open is
+//! refused with [`StorageError::JidCollision`] naming them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::error::{Result, StorageError};
+
+/// Longest JID accepted (RFC 7622: three parts of at most 1023 bytes, plus separators).
+pub const MAX_JID_BYTES: usize = 3071;
+
+/// The normalised form of a bare JID (`local@domain` or `domain`): nodeprep on the local part,
+/// IDNA and nameprep on the domain. `None` if `jid` is not a valid bare JID.
+pub fn normalise(jid: &str) -> Option<String> {
+    // The crate would accept a resource in other entry points; bare only, and no blanks at all.
+    if jid.is_empty()
+        || jid.len() > MAX_JID_BYTES
+        || jid.contains('/')
+        || jid.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return None;
+    }
+    jid::BareJid::new(jid).ok().map(jid::BareJid::into_inner)
+}
+
+/// Which of two rows under one key survives a merge: the column that says which one is newer.
+fn newest_column(table: &str) -> Option<&'static str> {
+    match table {
+        "devices" => Some("list_updated_at"),
+        "bundles" => Some("fetched_at"),
+        "sessions" => Some("updated_at"),
+        "trust" => Some("decided_at"),
+        _ => None,
+    }
+}
+
+/// What the normalisation changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NormaliseReport {
+    /// Account JIDs rewritten.
+    pub accounts: usize,
+    /// Rows moved to the normalised spelling.
+    pub rows_moved: usize,
+    /// Rows dropped because the same key existed under the normalised spelling (older copy).
+    pub rows_merged: usize,
+    /// Distinct JIDs left alone because they are not valid JIDs.
+    pub invalid: usize,
+}
+
+fn columns(conn: &Connection, table: &str) -> Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info(\"{table}\")"))?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(5)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Brings every stored JID to its normalised form, in one transaction.
+pub fn normalise_stored(conn: &mut Connection) -> Result<NormaliseReport> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // A session's skipped keys follow it by (account_id, jid, …): moving both within the
+    // transaction briefly breaks the reference.
+    tx.pragma_update(None, "defer_foreign_keys", "ON")?;
+    let mut report = NormaliseReport::default();
+
+    // Accounts first: a collision stops everything.
+    let accounts: Vec<(i64, String)> = {
+        let mut stmt = tx.prepare("SELECT id, jid FROM accounts ORDER BY id")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows
+    };
+    let mut by_norm: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, jid) in &accounts {
+        let n = normalise(jid).unwrap_or_else(|| jid.clone());
+        by_norm.entry(n).or_default().push(jid.clone());
+    }
+    if let Some((n, spellings)) = by_norm.into_iter().find(|(_, v)| v.len() > 1) {
+        return Err(StorageError::JidCollision {
+            normalised: n,
+            spellings,
+        });
+    }
+    for (id, jid) in &accounts {
+        match normalise(jid) {
+            Some(n) if n != *jid => {
+                tx.execute("UPDATE accounts SET jid = ?1 WHERE id = ?2", params![n, id])?;
+                report.accounts += 1;
+            }
+            Some(_) => {}
+            None => report.invalid += 1,
+        }
+    }
+
+    let tables: Vec<String> = {
+        let mut stmt = tx.prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+             AND name <> 'accounts' ORDER BY name",
+        )?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows
+    };
+    for table in tables {
+        let cols = columns(&tx, &table)?;
+        if !cols.iter().any(|(c, _)| c == "jid") || !cols.iter().any(|(c, _)| c == "account_id") {
+            continue;
+        }
+        // skipped_keys move with their session (below).
+        if table == "skipped_keys" {
+            continue;
+        }
+        let key: Vec<&str> = cols
+            .iter()
+            .filter(|(c, pk)| *pk > 0 && c != "jid")
+            .map(|(c, _)| c.as_str())
+            .collect();
+        let keyed = cols.iter().any(|(c, pk)| c == "jid" && *pk > 0);
+        let distinct: Vec<String> = {
+            let mut stmt = tx.prepare(&format!("SELECT DISTINCT jid FROM \"{table}\""))?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        let mut renames: HashMap<String, String> = HashMap::new();
+        for jid in distinct {
+            match normalise(&jid) {
+                Some(n) if n != jid => {
+                    renames.insert(jid, n);
+                }
+                Some(_) => {}
+                None => report.invalid += 1,
+            }
+        }
+        for (old, new) in renames {
+            if keyed {
+                merge_keyed(&tx, &table, &key, &old, &new, &mut report)?;
+            } else {
+                report.rows_moved += tx.execute(
+                    &format!("UPDATE \"{table}\" SET jid = ?1 WHERE jid = ?2"),
+                    params![new, old],
+                )?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(report)
+}
+
+/// Moves the rows of `table` stored under `old` to `new`, row by row; where `new` already has a
+/// row with the same key, the newer of the two survives (a distrust decision always does).
+fn merge_keyed(
+    conn: &Connection,
+    table: &str,
+    key: &[&str],
+    old: &str,
+    new: &str,
+    report: &mut NormaliseReport,
+) -> Result<()> {
+    let newest = newest_column(table);
+    let key_list = key.join(", ");
+    let select = format!(
+        "SELECT rowid, {key_list}{} FROM \"{table}\" WHERE jid = ?1",
+        newest.map(|c| format!(", {c}")).unwrap_or_default()
+    );
+    let rows: Vec<(i64, Vec<rusqlite::types::Value>, Option<i64>)> = {
+        let mut stmt = conn.prepare(&select)?;
+        let rows = stmt
+            .query_map([old], |r| {
+                let rowid: i64 = r.get(0)?;
+                let mut k = Vec::with_capacity(key.len());
+                for i in 0..key.len() {
+                    k.push(r.get::<_, rusqlite::types::Value>(i + 1)?);
+                }
+                let when = match newest {
+                    Some(_) => r.get::<_, Option<i64>>(key.len() + 1)?,
+                    None => None,
+                };
+                Ok((rowid, k, when))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows
+    };
+    let cond: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} IS ?{}", i + 2))
+        .collect();
+    let find = format!(
+        "SELECT rowid{} FROM \"{table}\" WHERE jid = ?1 AND {}",
+        newest.map(|c| format!(", {c}")).unwrap_or_default(),
+        cond.join(" AND ")
+    );
+    for (rowid, k, when) in rows {
+        let mut args: Vec<rusqlite::types::Value> = vec![new.to_owned().into()];
+        args.extend(k.iter().cloned());
+        let existing: Option<(i64, Option<i64>)> = conn
+            .query_row(&find, rusqlite::params_from_iter(args.iter()), |r| {
+                Ok((
+                    r.get(0)?,
+                    match newest {
+                        Some(_) => r.get(1)?,
+                        None => None,
+                    },
+                ))
+            })
+            .optional()?;
+        let old_wins = match existing {
+            None => true,
+            Some((other, other_when)) => {
+                let old_wins = if table == "trust" {
+                    let level = |id: i64| -> rusqlite::Result<String> {
+                        conn.query_row("SELECT level FROM trust WHERE rowid = ?1", [id], |r| {
+                            r.get(0)
+                        })
+                    };
+                    let (a, b) = (level(rowid)?, level(other)?);
+                    match (a == "distrusted", b == "distrusted") {
+                        (true, false) => true,
+                        (false, true) => false,
+                        _ => when > other_when,
+                    }
+                } else {
+                    when > other_when
+                };
+                let loser = if old_wins { other } else { rowid };
+                // A deleted session's skipped keys go with it (cascades are never deferred).
+                conn.execute(
+                    &format!("DELETE FROM \"{table}\" WHERE rowid = ?1"),
+                    [loser],
+                )?;
+                report.rows_merged += 1;
+                old_wins
+            }
+        };
+        if old_wins {
+            if table == "sessions" {
+                move_skipped(conn, rowid, old, new)?;
+            }
+            conn.execute(
+                &format!("UPDATE \"{table}\" SET jid = ?1 WHERE rowid = ?2"),
+                params![new, rowid],
+            )?;
+            report.rows_moved += 1;
+        }
+    }
+    Ok(())
+}
+
+fn move_skipped(conn: &Connection, session_rowid: i64, old: &str, new: &str) -> Result<()> {
+    let (account_id, namespace, device_id): (i64, String, i64) = conn.query_row(
+        "SELECT account_id, namespace, device_id FROM sessions WHERE rowid = ?1",
+        [session_rowid],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    conn.execute(
+        "UPDATE skipped_keys SET jid = ?1 \
+         WHERE account_id = ?2 AND jid = ?3 AND namespace = ?4 AND device_id = ?5",
+        params![new, account_id, old, namespace, device_id],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_case_and_rejects_non_bare() {
+        assert_eq!(
+            normalise("Alice@Example.ORG").as_deref(),
+            Some("alice@example.org")
+        );
+        assert_eq!(normalise("example.org.").as_deref(), Some("example.org"));
+        assert_eq!(
+            normalise("ÄLICE@exämple.org").as_deref(),
+            Some("älice@exämple.org")
+        );
+        for bad in [
+            "",
+            "@example.org",
+            "a@b@c",
+            "a@b/c",
+            "a b@c",
+            "a@",
+            "a\u{7}@b",
+        ] {
+            assert_eq!(normalise(bad), None, "{bad:?}");
+        }
+        assert_eq!(normalise(&"a".repeat(MAX_JID_BYTES + 1)), None);
+    }
+
+    fn db() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        crate::storage::migrations::migrate(&mut conn, crate::storage::migrations::MIGRATIONS)
+            .unwrap();
+        conn
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn rows_under_other_spellings_are_merged_into_one_peer() {
+        let mut conn = db();
+        let k = [7u8; 32];
+        conn.execute_batch(
+            "INSERT INTO accounts (id, jid, device_id, created_at) VALUES (1, 'Alice@Example.ORG', 5, 0);",
+        )
+        .unwrap();
+        let dev = "INSERT INTO devices (account_id, jid, namespace, device_id, active, first_seen, list_updated_at) \
+                   VALUES (1, ?1, 'urn:xmpp:omemo:2', 9, ?2, 0, ?3)";
+        conn.execute(dev, params!["Bob@Example.net", 0, 10])
+            .unwrap();
+        conn.execute(dev, params!["bob@example.net", 1, 20])
+            .unwrap();
+        conn.execute(dev, params!["BOB@EXAMPLE.NET", 1, 5]).unwrap();
+        conn.execute(
+            "INSERT INTO sessions (account_id, jid, namespace, device_id, state, state_format, identity_key, \
+             initiated_by, confirmed, created_at, updated_at) \
+             VALUES (1, 'BOB@example.net', 'urn:xmpp:omemo:2', 9, x'01', 1, ?1, 'us', 1, 0, 0)",
+            [&k[..]],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO skipped_keys (account_id, jid, namespace, device_id, ratchet_key, n, message_key, created_at) \
+             VALUES (1, 'BOB@example.net', 'urn:xmpp:omemo:2', 9, ?1, 3, ?1, 0)",
+            [&k[..]],
+        )
+        .unwrap();
+        let trust = "INSERT INTO trust (account_id, jid, identity_key, fingerprint, level, source, decided_at) \
+                     VALUES (1, ?1, ?2, 'f', ?3, 'manual', ?4)";
+        conn.execute(trust, params!["Bob@Example.net", &k[..], "distrusted", 1])
+            .unwrap();
+        conn.execute(trust, params!["bob@example.net", &k[..], "trusted", 2])
+            .unwrap();
+
+        let report = normalise_stored(&mut conn).unwrap();
+        assert_eq!(report.accounts, 1);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM accounts WHERE jid = 'alice@example.org'"
+            ),
+            1
+        );
+        // One device row: the newest list's.
+        assert_eq!(count(&conn, "SELECT count(*) FROM devices"), 1);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT list_updated_at FROM devices WHERE jid = 'bob@example.net'"
+            ),
+            20
+        );
+        // The session moved with its skipped key.
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM sessions WHERE jid = 'bob@example.net'"
+            ),
+            1
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM skipped_keys WHERE jid = 'bob@example.net'"
+            ),
+            1
+        );
+        // One trust decision, and a distrust wins over a later trust.
+        assert_eq!(count(&conn, "SELECT count(*) FROM trust"), 1);
+        let level: String = conn
+            .query_row(
+                "SELECT level FROM trust WHERE jid = 'bob@example.net'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(level, "distrusted");
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM pragma_foreign_key_check"),
+            0
+        );
+        // Idempotent.
+        assert_eq!(
+            normalise_stored(&mut conn).unwrap(),
+            NormaliseReport::default()
+        );
+    }
+
+    #[test]
+    fn two_accounts_under_one_jid_are_refused_and_nothing_changes() {
+        let mut conn = db();
+        conn.execute_batch(
+            "INSERT INTO accounts (id, jid, device_id, created_at) VALUES (1, 'alice@example.org', 5, 0);
+             INSERT INTO accounts (id, jid, device_id, created_at) VALUES (2, 'Alice@example.org', 6, 0);
+             INSERT INTO devices (account_id, jid, namespace, device_id, active, first_seen, list_updated_at)
+                 VALUES (1, 'Bob@example.net', 'urn:xmpp:omemo:2', 9, 1, 0, 0);",
+        )
+        .unwrap();
+        match normalise_stored(&mut conn) {
+            Err(StorageError::JidCollision {
+                normalised,
+                spellings,
+            }) => {
+                assert_eq!(normalised, "alice@example.org");
+                assert_eq!(spellings.len(), 2);
+            }
+            other => panic!("expected a collision, got {other:?}"),
+        }
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM devices WHERE jid = 'Bob@example.net'"
+            ),
+            1
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! End-to-end test on a real XMPP server: the example client `client-examples/xmpp-bot/`
+//! (slixmpp, OMEMO entirely by omemod over its socket) chats with an independent stack
+//! (slixmpp-omemo / python-omemo from PyPI) through a private prosody on 127.0.0.1.
+//!
+//! Each test runs one scenario of `tests/xmpp/driver.py` in one namespace; the driver starts its
+//! own prosody (config and data in a temp dir), registers the accounts, starts the omemod daemons
+//! (this crate's binary) and fails when a message does not arrive decrypted. The Python side runs
+//! in `.venv-xmpp` (`scripts/setup-python-xmpp`, pinned in `tests/xmpp/requirements.txt`).
+//!
+//! Needs `prosody` and `prosodyctl` on PATH (Debian package `prosody`; `.ci/run` installs it).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The scenarios share two CPU cores with everything else: run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+const TIMEOUT: Duration = Duration::from_secs(420);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The venv's python: `OMEMOD_XMPP_PYTHON`, else built (once) by `scripts/setup-python-xmpp`.
+fn python() -> PathBuf {
+    let r = PYTHON.get_or_init(|| {
+        if let Ok(p) = std::env::var("OMEMOD_XMPP_PYTHON") {
+            return Ok(PathBuf::from(p));
+        }
+        let out = Command::new(repo().join("scripts/setup-python-xmpp"))
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("scripts/setup-python-xmpp: {e}"))?;
+        if !out.status.success() {
+            return Err("scripts/setup-python-xmpp failed".into());
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout.lines().last().unwrap_or_default().trim().to_string();
+        Ok(PathBuf::from(last))
+    });
+    match r {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn run(scenario: &str, namespace: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for tool in ["prosody", "prosodyctl"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "{tool} not found: the XMPP end-to-end test needs prosody (Debian: apt-get install prosody)"
+        );
+    }
+    let mut child = Command::new(python())
+        .arg(repo().join("tests/xmpp/driver.py"))
+        .arg(scenario)
+        .arg(namespace)
+        .env("OMEMOD_BIN", env!("CARGO_BIN_EXE_omemod"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the XMPP test driver");
+    // Drain both pipes in threads so that a chatty driver never blocks on a full pipe.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for the driver") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = t_out.join().unwrap_or_default();
+    let stderr = t_err.join().unwrap_or_default();
+    match status {
+        Some(s) if s.success() && stdout.contains(&format!("ok {scenario} {namespace}")) => {}
+        Some(s) => panic!("{scenario} {namespace}: driver exited with {s}\n{stdout}\n{stderr}"),
+        None => panic!("{scenario} {namespace}: timed out after {TIMEOUT:?}\n{stdout}\n{stderr}"),
+    }
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod omemo2 {
+            $( #[test] fn $name() { super::run(stringify!($name), "omemo2"); } )*
+        }
+        mod oldmemo {
+            $( #[test] fn $name() { super::run(stringify!($name), "oldmemo"); } )*
+        }
+    };
+}
+
+// chat: first contact from the example client, several messages each way, empty messages.
+// restart_archive: first contact from python-omemo, omemod restarted mid-chat, the archive (MAM)
+//   read by the example client after it was offline.
+// two_processes: two processes (resources) of the example client on one omemod.
+// group: a members-only, non-anonymous room: two example clients (two omemods) and python-omemo.
+scenarios!(chat, restart_archive, two_processes, group);
