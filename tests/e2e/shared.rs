@@ -635,3 +635,58 @@ fn expired_key_material_is_gone_from_the_files() {
         "duplicate_message",
     );
 }
+
+/// A redelivery passes the checks of a first decryption against its own request: an OMEMO 2
+/// copy that was decrypted in its room, then moved by the server into another room or into a
+/// 1:1 chat, is refused with `sce_mismatch` (no plaintext), while the copy in the right room is
+/// still redelivered; once the sender is distrusted, redeliveries are refused too.
+#[test]
+fn a_redelivered_copy_is_checked_like_a_first_one() {
+    let (_da, db, mut a, mut b1) = pair(&[]);
+    let mut b2 = db.client();
+    let room = "room@muc.example.org";
+    let r = a.ok(
+        "encrypt",
+        json!({"to": [BOB], "body": "to the room", "namespaces": [OMEMO2], "sce_to": room}),
+    );
+    let x = r["messages"][0]["xml"].as_str().expect("xml").to_owned();
+    let here = json!({"from": ALICE, "xml": x, "to": room, "group_chat": true});
+    let first = b1.ok("decrypt", here.clone());
+    assert_eq!(body(&first), "to the room");
+    assert_eq!(first["redelivered"], false, "{first}");
+    for moved in [
+        json!({"from": ALICE, "xml": x, "to": "other@muc.example.org", "group_chat": true}),
+        json!({"from": ALICE, "xml": x, "to": BOB}),
+        json!({"from": ALICE, "xml": x, "to": BOB, "group_chat": false}),
+    ] {
+        let e = b2.err("decrypt", moved.clone(), "sce_mismatch");
+        assert!(!e.to_string().contains("to the room"), "{moved}: {e}");
+    }
+    // The refusals changed nothing: the right copy is still redelivered, to either process.
+    assert_redelivery(&first, &b2.ok("decrypt", here.clone()));
+    assert_redelivery(&first, &b1.ok("decrypt", here.clone()));
+    // A 1:1 message read in the 1:1 chat, then moved into a room.
+    let y = a.encrypt_xml(&[BOB], Some("just us"), OMEMO2);
+    let first = b1.ok("decrypt", json!({"from": ALICE, "xml": y, "to": BOB}));
+    assert_eq!(body(&first), "just us");
+    b2.err(
+        "decrypt",
+        json!({"from": ALICE, "xml": y, "to": room, "group_chat": true}),
+        "sce_mismatch",
+    );
+    // Distrusted since the first decryption: no redelivery either.
+    let fp = first["sender"]["fingerprint"]
+        .as_str()
+        .expect("fp")
+        .to_owned();
+    b1.ok(
+        "trust.set",
+        json!({"jid": ALICE, "fingerprint": fp, "level": "distrusted"}),
+    );
+    b2.err(
+        "decrypt",
+        json!({"from": ALICE, "xml": y, "to": BOB}),
+        "distrusted",
+    );
+    b1.err("decrypt", here, "distrusted");
+}

@@ -462,7 +462,8 @@ fn replayed_old_key_exchange_during_catchup_is_refused() {
     let mut p = pair(&[ns]);
     p.b.ok("catchup.begin", json!({}));
     let m1 = p.a.encrypt_xml(&[BOB], Some("old"), ns);
-    assert_eq!(body(&p.b.decrypt(ALICE, &m1).unwrap()), "old");
+    let first = p.b.decrypt(ALICE, &m1).unwrap();
+    assert_eq!(body(&first), "old");
     // alice starts over; bob takes the new session.
     let r = p.a.ok(
         "session.replace",
@@ -470,12 +471,11 @@ fn replayed_old_key_exchange_during_catchup_is_refused() {
     );
     let m2 = r["messages"][0]["xml"].as_str().unwrap().to_owned();
     p.b.decrypt(ALICE, &m2).unwrap();
-    // The old key exchange replayed: it must not take the session back.
-    p.b.err(
-        "decrypt",
-        json!({"from": ALICE, "xml": m1}),
-        "duplicate_message",
-    );
+    // The old key exchange replayed: it must not take the session back. Since issue 8 an exact
+    // copy is a redelivery (the ratchet is not touched); the session check below shows the
+    // new session stayed.
+    let again = p.b.decrypt(ALICE, &m1).unwrap();
+    assert_redelivery(&first, &again);
     let m3 = p.a.encrypt_xml(&[BOB], Some("new"), ns);
     assert_eq!(body(&p.b.decrypt(ALICE, &m3).unwrap()), "new");
     let y = p.b.encrypt_xml(&[ALICE], Some("reply"), ns);
