@@ -387,9 +387,13 @@ fn one_heartbeat_per_need_with_three_processes() {
             assert_eq!(hb[0]["cause"], "new_session", "{}", hb[0]);
             assert_eq!(hb[0]["account"], BOB, "{}", hb[0]);
             assert_eq!(hb[0]["jid"], ALICE, "{}", hb[0]);
+            // Each namespace has its own prekey pool (issue 9): only the bundle of the
+            // namespace whose prekey was used changes.
             let pb = of_type(&events, "publish_bundle");
-            assert_eq!(pb.len(), 2, "one per namespace: {events:?}");
-            assert!(pb.iter().all(|e| e["cause"] == "prekey_used"), "{events:?}");
+            assert_eq!(pb.len(), 1, "only this namespace's bundle: {events:?}");
+            assert_eq!(pb[0]["namespace"], ns, "{events:?}");
+            assert_eq!(pb[0]["cause"], "prekey_used", "{events:?}");
+            assert_eq!(pb[0]["in_answer"], true, "{events:?}");
             assert!(events
                 .iter()
                 .all(|e| e["account"] == BOB && e["cause"].is_string()));
