@@ -319,6 +319,37 @@ mod tests {
     }
 
     #[test]
+    fn every_serve_flag_is_a_config_key() {
+        use clap::CommandFactory;
+        let cli = crate::cli::Cli::command();
+        let serve = cli
+            .get_subcommands()
+            .find(|c| c.get_name() == "serve")
+            .expect("serve");
+        let mut n = 0;
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            // Global flags, and the hidden test switch.
+            if ["config", "help", "enable-debug-methods"].contains(&long) {
+                continue;
+            }
+            let key = long.replace('-', "_");
+            let value = match key.as_str() {
+                "socket" | "db" => "\"/x\"",
+                "durability" => "\"full\"",
+                _ => "1",
+            };
+            let text = format!("{key} = {value}\n");
+            assert!(
+                FileConfig::parse(&text, Path::new("c.toml")).is_ok(),
+                "--{long} has no config key {key}"
+            );
+            n += 1;
+        }
+        assert!(n >= 11, "only {n} serve flags found");
+    }
+
+    #[test]
     fn config_file_errors_name_the_file_and_the_problem() {
         for (text, needle) in [
             ("durabilty = \"full\"", "durabilty"),
