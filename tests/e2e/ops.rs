@@ -154,6 +154,7 @@ fn secrets_of(db: &Path, jid: &str) -> Vec<Vec<u8>> {
         "SELECT private_key FROM prekeys WHERE account_id = ?1",
         "SELECT state FROM sessions WHERE account_id = ?1",
         "SELECT message_key FROM skipped_keys WHERE account_id = ?1",
+        "SELECT key_material FROM redelivery WHERE account_id = ?1 AND key_material IS NOT NULL",
     ] {
         let mut stmt = conn.prepare(sql).expect("prepare");
         let rows = stmt

@@ -111,6 +111,7 @@ fn identity_swap(ns: &str, verified: bool) {
     assert_eq!(e["data"]["new_fingerprint"], m_fp.as_str(), "{e}");
     let ev = next_event(&mut events, "identity_changed");
     assert_eq!(ev["account"], ALICE);
+    assert_eq!(ev["cause"], "key_exchange", "{ev}");
     assert_eq!(ev["peer"], BOB);
     assert_eq!(ev["namespace"], ns);
     assert_eq!(ev["device_id"], p.b_id);
@@ -181,6 +182,8 @@ fn reinstalled_device_bundle_is_flagged_then_gets_a_key_exchange() {
     assert_eq!(r["fingerprint"], n_fp.as_str(), "{r}");
     let ev = next_event(&mut events, "identity_changed");
     assert_eq!(ev["new_fingerprint"], n_fp.as_str());
+    assert_eq!(ev["cause"], "bundle_update", "{ev}");
+    assert_eq!(ev["account"], ALICE, "{ev}");
     // Until accepted, alice keeps the old session.
     let m = p.a.ok(
         "encrypt",
