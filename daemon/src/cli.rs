@@ -198,6 +198,8 @@ pub struct ServeArgs {
     #[arg(long, hide = true)]
     pub enable_debug_methods: bool,
     #[command(flatten)]
+    pub redelivery: crate::manager::redelivery::RedeliveryArgs,
+    #[command(flatten)]
     pub bounds: crate::bounds::BoundsFlags,
 }
 
@@ -409,6 +411,7 @@ fn serve_config(socket: PathBuf, args: ServeArgs, file: &config::FileConfig) -> 
             .unwrap_or(config::DEFAULT_MAX_IN_FLIGHT)
             .max(1),
         enable_debug_methods: args.enable_debug_methods,
+        redelivery: args.redelivery.resolve(file),
         bounds: args.bounds.resolve(file),
     }
 }
@@ -447,6 +450,7 @@ fn openrpc(socket: PathBuf) -> ExitCode {
         max_response_bytes: config::DEFAULT_MAX_RESPONSE_BYTES,
         max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
         enable_debug_methods: false,
+        redelivery: Default::default(),
         bounds: crate::bounds::BoundsArgs::default(),
     };
     let ctx = Arc::new(crate::rpc::ctx::Ctx::new(config, socket));

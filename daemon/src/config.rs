@@ -51,6 +51,8 @@ pub struct ServeConfig {
     pub max_in_flight: usize,
     /// Register the `debug.*` methods (tests only).
     pub enable_debug_methods: bool,
+    /// What is kept for redelivery and retries.
+    pub redelivery: crate::manager::redelivery::RedeliveryConfig,
     /// Connection and resource bounds (`crate::bounds`).
     pub bounds: crate::bounds::BoundsArgs,
 }
@@ -80,6 +82,14 @@ pub struct FileConfig {
     pub write_stall_timeout: Option<u64>,
     /// `--skipped-key-max-age` (days).
     pub skipped_key_max_age: Option<u64>,
+    /// `--redelivery-retention`: seconds, or a string with a unit (`"7d"`).
+    #[serde(
+        default,
+        deserialize_with = "crate::manager::redelivery::deserialize_duration"
+    )]
+    pub redelivery_retention: Option<u64>,
+    /// `--redelivery-max-entries`.
+    pub redelivery_max_entries: Option<u64>,
 }
 
 /// Why the config file could not be used.
@@ -260,6 +270,83 @@ mod tests {
             crate::bounds::DEFAULT_MAX_CONNECTIONS,
             "defaults apply without file or flag"
         );
+    }
+
+    #[test]
+    fn config_file_sets_redelivery_and_flags_override_it() {
+        use crate::manager::redelivery::{RedeliveryArgs, DEFAULT_MAX_ENTRIES};
+        let c = FileConfig::parse(
+            "redelivery_retention = \"2h\"\nredelivery_max_entries = 300\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let r = RedeliveryArgs::default().resolve(&c);
+        assert_eq!((r.retention_secs, r.max_entries), (7200, 300));
+        let secs = FileConfig::parse("redelivery_retention = 90\n", Path::new("c.toml")).unwrap();
+        assert_eq!(
+            RedeliveryArgs::default().resolve(&secs).retention_secs,
+            90,
+            "a bare number is seconds"
+        );
+        let flags = RedeliveryArgs {
+            redelivery_retention: Some(0),
+            ..Default::default()
+        };
+        let r = flags.resolve(&c);
+        assert_eq!((r.retention_secs, r.max_entries), (0, 300));
+        let d = RedeliveryArgs::default().resolve(&FileConfig::default());
+        assert_eq!(
+            (d.retention_secs, d.max_entries),
+            (7 * 24 * 3600, DEFAULT_MAX_ENTRIES),
+            "defaults apply without file or flag"
+        );
+        for (text, needle) in [
+            ("redelivery_retention = \"7w\"", "7w"),
+            ("redelivery_retention = -1", "redelivery_retention"),
+            (
+                "redelivery_max_entries = \"many\"",
+                "redelivery_max_entries",
+            ),
+        ] {
+            match FileConfig::parse(text, Path::new("c.toml")) {
+                Err(e @ ConfigError::Parse { .. }) => {
+                    let m = e.to_string();
+                    assert!(m.contains("c.toml") && m.contains(needle), "{text}: {m}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_serve_flag_is_a_config_key() {
+        use clap::CommandFactory;
+        let cli = crate::cli::Cli::command();
+        let serve = cli
+            .get_subcommands()
+            .find(|c| c.get_name() == "serve")
+            .expect("serve");
+        let mut n = 0;
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            // Global flags, and the hidden test switch.
+            if ["config", "help", "enable-debug-methods"].contains(&long) {
+                continue;
+            }
+            let key = long.replace('-', "_");
+            let value = match key.as_str() {
+                "socket" | "db" => "\"/x\"",
+                "durability" => "\"full\"",
+                _ => "1",
+            };
+            let text = format!("{key} = {value}\n");
+            assert!(
+                FileConfig::parse(&text, Path::new("c.toml")).is_ok(),
+                "--{long} has no config key {key}"
+            );
+            n += 1;
+        }
+        assert!(n >= 11, "only {n} serve flags found");
     }
 
     #[test]

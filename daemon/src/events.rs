@@ -5,34 +5,156 @@
 //! [`EVENT_BUS_CAPACITY`] events behind loses the oldest ones and its client gets an `events_lost`
 //! notification instead of stalling the daemon.
 
+use crate::manager::Action;
 use protocol_core::version::Version;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::broadcast;
 
 /// How many events the bus keeps for slow subscribers before they lag.
 pub const EVENT_BUS_CAPACITY: usize = 1024;
 
+/// Why an event (or action) came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The account was just created.
+    AccountCreated,
+    /// A key exchange used one of our one-time prekeys (the bundle lost it and was refilled).
+    PrekeyUsed,
+    /// Our signed prekey was rotated (hourly maintenance; no call caused it).
+    SignedPrekeyRotated,
+    /// A key exchange built a new session: the peer needs an empty message to stop sending
+    /// key exchanges.
+    NewSession,
+    /// The peer sent many messages without an answer from us.
+    LongChain,
+    /// Catch-up ended: heartbeats deferred meanwhile are due.
+    CatchupEnded,
+    /// A message came from a device not on its owner's device list.
+    UnknownDevice,
+    /// A recipient has no known device in a namespace.
+    NoDevicelist,
+    /// A device has no session and no stored bundle.
+    NoBundle,
+    /// A device list (`devicelist.update`) added devices.
+    NewDevice,
+    /// Our own device list lacks this device.
+    OwnDeviceMissing,
+    /// A device list was updated with different contents.
+    DevicelistUpdated,
+    /// An identity key was seen for the first time.
+    NewIdentity,
+    /// `account.renew_device_id` gave the account a new device id.
+    DeviceIdRenewed,
+    /// A key exchange carried another identity key than the one held for its device (it was
+    /// refused).
+    KeyExchange,
+    /// A fetched bundle (`bundle.update`) carried another identity key than the one held for
+    /// its device (it was set aside).
+    BundleUpdate,
+    /// `debug.emit` (tests).
+    Test,
+}
+
 /// Something that happened, which a client may want to react to. Serialized with a `type` tag:
-/// `{"type": "bundle_changed", "account": …, …}`.
+/// `{"type": "publish_bundle", "account": …, "cause": …, …}`. The types named like an action
+/// (`publish_bundle`, `publish_devicelist`, `send_heartbeat`, `fetch_bundle`,
+/// `fetch_devicelist`) carry that action's fields; `in_answer` tells whether the same action was
+/// returned to the call that caused it (then that caller performs it, and other subscribers only
+/// take note).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum Event {
-    /// Our own bundle for `account` changed and should be published by the client.
-    BundleChanged {
+    /// Our bundle changed and should be published.
+    PublishBundle {
         /// Our account's bare JID.
         account: String,
+        /// Why.
+        cause: Cause,
+        /// Also in the `actions` of the answer to the call that caused it.
+        in_answer: bool,
         /// The OMEMO namespace the bundle belongs to.
         #[schemars(schema_with = "namespace_schema")]
         namespace: Version,
         /// Our device id.
         device_id: u32,
     },
-    /// A device list (ours when `peer` equals `account`) changed.
+    /// Our device list should be published again.
+    PublishDevicelist {
+        /// Our account's bare JID.
+        account: String,
+        /// Why.
+        cause: Cause,
+        /// Also in the `actions` of the answer to the call that caused it.
+        in_answer: bool,
+        /// The OMEMO namespace of the list.
+        #[schemars(schema_with = "namespace_schema")]
+        namespace: Version,
+    },
+    /// A session needs an empty (heartbeat) message.
+    SendHeartbeat {
+        /// Our account's bare JID.
+        account: String,
+        /// Why.
+        cause: Cause,
+        /// Also in the `actions` of the answer to the call that caused it.
+        in_answer: bool,
+        /// The peer's bare JID.
+        jid: String,
+        /// The OMEMO namespace of the session.
+        #[schemars(schema_with = "namespace_schema")]
+        namespace: Version,
+        /// The peer device.
+        device_id: u32,
+    },
+    /// A device's bundle should be fetched and passed to `bundle.update`.
+    FetchBundle {
+        /// Our account's bare JID.
+        account: String,
+        /// Why.
+        cause: Cause,
+        /// Also in the `actions` of the answer to the call that caused it.
+        in_answer: bool,
+        /// The device owner's bare JID.
+        jid: String,
+        /// The OMEMO namespace.
+        #[schemars(schema_with = "namespace_schema")]
+        namespace: Version,
+        /// The device.
+        device_id: u32,
+        /// PubSub node.
+        node: String,
+        /// Item id.
+        item_id: String,
+    },
+    /// A device list should be fetched and passed to `devicelist.update`.
+    FetchDevicelist {
+        /// Our account's bare JID.
+        account: String,
+        /// Why.
+        cause: Cause,
+        /// Also in the `actions` of the answer to the call that caused it.
+        in_answer: bool,
+        /// Whose list.
+        jid: String,
+        /// The OMEMO namespace.
+        #[schemars(schema_with = "namespace_schema")]
+        namespace: Version,
+        /// PubSub node.
+        node: String,
+    },
+    /// A device list (ours when `peer` equals `account`) changed: sent only when its contents
+    /// did.
     DevicelistChanged {
         /// Our account's bare JID.
         account: String,
+        /// Why.
+        cause: Cause,
         /// Whose device list changed.
         peer: String,
         /// The OMEMO namespace of the list.
@@ -41,22 +163,12 @@ pub enum Event {
         /// The device ids now on the list.
         device_ids: Vec<u32>,
     },
-    /// A session needs an empty (heartbeat) message so the peer can advance its ratchet.
-    HeartbeatDue {
-        /// Our account's bare JID.
-        account: String,
-        /// The peer's bare JID.
-        peer: String,
-        /// The OMEMO namespace of the session.
-        #[schemars(schema_with = "namespace_schema")]
-        namespace: Version,
-        /// The peer device.
-        device_id: u32,
-    },
-    /// A new peer device appeared whose trust the user must decide.
+    /// A new peer identity appeared whose trust the user must decide.
     TrustDecisionNeeded {
         /// Our account's bare JID.
         account: String,
+        /// Why.
+        cause: Cause,
         /// The peer's bare JID.
         peer: String,
         /// The OMEMO namespace the device was seen in.
@@ -72,6 +184,8 @@ pub enum Event {
     IdentityChanged {
         /// Our account's bare JID.
         account: String,
+        /// Why.
+        cause: Cause,
         /// The peer's bare JID.
         peer: String,
         /// The OMEMO namespace.
@@ -90,14 +204,22 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
-    /// [`Event::BundleChanged`].
-    BundleChanged,
+    /// [`Event::PublishBundle`].
+    PublishBundle,
+    /// [`Event::PublishDevicelist`].
+    PublishDevicelist,
+    /// [`Event::SendHeartbeat`].
+    SendHeartbeat,
+    /// [`Event::FetchBundle`].
+    FetchBundle,
+    /// [`Event::FetchDevicelist`].
+    FetchDevicelist,
     /// [`Event::DevicelistChanged`].
     DevicelistChanged,
-    /// [`Event::HeartbeatDue`].
-    HeartbeatDue,
     /// [`Event::TrustDecisionNeeded`].
     TrustDecisionNeeded,
+    /// The marker a lagging subscriber gets (always sent, whatever the filter).
+    EventsLost,
     /// [`Event::IdentityChanged`].
     IdentityChanged,
 }
@@ -106,12 +228,104 @@ impl Event {
     /// This event's type tag.
     pub fn event_type(&self) -> EventType {
         match self {
-            Event::BundleChanged { .. } => EventType::BundleChanged,
+            Event::PublishBundle { .. } => EventType::PublishBundle,
+            Event::PublishDevicelist { .. } => EventType::PublishDevicelist,
+            Event::SendHeartbeat { .. } => EventType::SendHeartbeat,
+            Event::FetchBundle { .. } => EventType::FetchBundle,
+            Event::FetchDevicelist { .. } => EventType::FetchDevicelist,
             Event::DevicelistChanged { .. } => EventType::DevicelistChanged,
-            Event::HeartbeatDue { .. } => EventType::HeartbeatDue,
             Event::TrustDecisionNeeded { .. } => EventType::TrustDecisionNeeded,
             Event::IdentityChanged { .. } => EventType::IdentityChanged,
         }
+    }
+
+    /// The event announcing `action` of `account` (whose device is `own_device`).
+    pub fn for_action(
+        account: &str,
+        own_device: u32,
+        cause: Cause,
+        in_answer: bool,
+        action: &Action,
+    ) -> Event {
+        let account = account.to_owned();
+        match action.clone() {
+            Action::PublishBundle { namespace } => Event::PublishBundle {
+                account,
+                cause,
+                in_answer,
+                namespace,
+                device_id: own_device,
+            },
+            Action::PublishDevicelist { namespace } => Event::PublishDevicelist {
+                account,
+                cause,
+                in_answer,
+                namespace,
+            },
+            Action::SendHeartbeat {
+                jid,
+                namespace,
+                device_id,
+            } => Event::SendHeartbeat {
+                account,
+                cause,
+                in_answer,
+                jid,
+                namespace,
+                device_id,
+            },
+            Action::FetchBundle {
+                jid,
+                namespace,
+                device_id,
+                node,
+                item_id,
+            } => Event::FetchBundle {
+                account,
+                cause,
+                in_answer,
+                jid,
+                namespace,
+                device_id,
+                node,
+                item_id,
+            },
+            Action::FetchDevicelist {
+                jid,
+                namespace,
+                node,
+            } => Event::FetchDevicelist {
+                account,
+                cause,
+                in_answer,
+                jid,
+                namespace,
+                node,
+            },
+        }
+    }
+
+    /// A duty no call's answer carries: exactly one subscriber gets it.
+    pub fn is_unanswered_duty(&self) -> bool {
+        matches!(
+            self,
+            Event::PublishBundle {
+                in_answer: false,
+                ..
+            } | Event::PublishDevicelist {
+                in_answer: false,
+                ..
+            } | Event::SendHeartbeat {
+                in_answer: false,
+                ..
+            } | Event::FetchBundle {
+                in_answer: false,
+                ..
+            } | Event::FetchDevicelist {
+                in_answer: false,
+                ..
+            }
+        )
     }
 }
 
@@ -123,10 +337,32 @@ pub fn namespace_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// Live subscriptions, in subscription order, with their type filters: an unanswered duty goes
+/// to the oldest one that wants its type.
+type Registry = Arc<Mutex<BTreeMap<u64, Option<HashSet<EventType>>>>>;
+
 /// A cheap-to-clone handle on the daemon's event broadcast channel.
 #[derive(Debug, Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
+    subs: Registry,
+    next: Arc<AtomicU64>,
+}
+
+/// A subscription's place in the duty order; dropping it (the subscription ends) leaves it.
+#[derive(Debug)]
+pub struct DutyTicket {
+    key: u64,
+    subs: Registry,
+}
+
+impl Drop for DutyTicket {
+    fn drop(&mut self) {
+        self.subs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
 }
 
 impl EventBus {
@@ -138,7 +374,11 @@ impl EventBus {
     /// A bus with a given capacity (at least 1).
     pub fn with_capacity(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        Self { tx }
+        Self {
+            tx,
+            subs: Registry::default(),
+            next: Arc::new(AtomicU64::new(1)),
+        }
     }
 
     /// Sends an event to every current receiver; never blocks. Returns how many receivers there were.
@@ -150,6 +390,28 @@ impl EventBus {
     /// A new receiver that sees events emitted from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+
+    /// Enters a subscription (with its filter) into the duty order.
+    pub fn register(&self, types: Option<HashSet<EventType>>) -> DutyTicket {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.subs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, types);
+        DutyTicket {
+            key,
+            subs: Arc::clone(&self.subs),
+        }
+    }
+
+    /// Whether the subscription holding `ticket` is the one that performs unanswered duties
+    /// of type `t`: the oldest live subscription that wants `t`.
+    pub fn is_duty_holder(&self, ticket: &DutyTicket, t: EventType) -> bool {
+        let subs = self.subs.lock().unwrap_or_else(PoisonError::into_inner);
+        subs.iter()
+            .find(|(_, types)| types.as_ref().is_none_or(|s| s.contains(&t)))
+            .is_some_and(|(k, _)| *k == ticket.key)
     }
 }
 
@@ -165,21 +427,60 @@ mod tests {
 
     #[test]
     fn event_wire_shape() {
-        let e = Event::HeartbeatDue {
-            account: "a@example.org".into(),
-            peer: "b@example.org".into(),
+        let action = Action::SendHeartbeat {
+            jid: "b@example.org".into(),
             namespace: Version::Twomemo,
             device_id: 42,
         };
+        let e = Event::for_action("a@example.org", 7, Cause::NewSession, true, &action);
         let v = serde_json::to_value(&e).ok();
         assert_eq!(
             v,
             Some(
-                serde_json::json!({"type": "heartbeat_due", "account": "a@example.org",
-                "peer": "b@example.org", "namespace": "urn:xmpp:omemo:2", "device_id": 42})
+                serde_json::json!({"type": "send_heartbeat", "account": "a@example.org",
+                "cause": "new_session", "in_answer": true, "jid": "b@example.org",
+                "namespace": "urn:xmpp:omemo:2", "device_id": 42})
             )
         );
+        // Event and action share the type name.
+        let a = serde_json::to_value(&action).ok();
+        assert_eq!(
+            a.map(|a| a["type"].clone()),
+            Some(serde_json::json!("send_heartbeat"))
+        );
         let t = serde_json::to_value(e.event_type()).ok();
-        assert_eq!(t, Some(serde_json::json!("heartbeat_due")));
+        assert_eq!(t, Some(serde_json::json!("send_heartbeat")));
+        assert!(!e.is_unanswered_duty());
+        let own = Event::for_action(
+            "a@example.org",
+            7,
+            Cause::SignedPrekeyRotated,
+            false,
+            &Action::PublishBundle {
+                namespace: Version::Oldmemo,
+            },
+        );
+        assert!(own.is_unanswered_duty());
+        assert_eq!(
+            serde_json::to_value(&own)
+                .ok()
+                .map(|v| v["device_id"].clone()),
+            Some(serde_json::json!(7))
+        );
+    }
+
+    #[test]
+    fn the_oldest_matching_subscription_holds_the_duties() {
+        let bus = EventBus::new();
+        let only_trust = bus.register(Some([EventType::TrustDecisionNeeded].into()));
+        let first = bus.register(None);
+        let second = bus.register(Some([EventType::PublishBundle].into()));
+        let t = EventType::PublishBundle;
+        assert!(!bus.is_duty_holder(&only_trust, t));
+        assert!(bus.is_duty_holder(&first, t));
+        assert!(!bus.is_duty_holder(&second, t));
+        drop(first);
+        assert!(bus.is_duty_holder(&second, t));
+        assert!(bus.is_duty_holder(&only_trust, EventType::TrustDecisionNeeded));
     }
 }

@@ -176,14 +176,16 @@ fn many_concurrent_connections() {
     }
 }
 
+// `in_answer: true`: announced to every subscriber (a duty without an answer would go to one).
 fn heartbeat() -> Value {
-    json!({"type": "heartbeat_due", "account": "me@example.org", "peer": "you@example.org",
+    json!({"type": "send_heartbeat", "account": "me@example.org", "cause": "test",
+           "in_answer": true, "jid": "you@example.org",
            "namespace": "urn:xmpp:omemo:2", "device_id": 1234})
 }
 
 fn bundle_changed() -> Value {
-    json!({"type": "bundle_changed", "account": "me@example.org",
-           "namespace": "eu.siacs.conversations.axolotl", "device_id": 5})
+    json!({"type": "publish_bundle", "account": "me@example.org", "cause": "test",
+           "in_answer": true, "namespace": "eu.siacs.conversations.axolotl", "device_id": 5})
 }
 
 #[test]
@@ -197,7 +199,7 @@ fn events_reach_only_subscribers() {
     let sub_all = v["result"]["subscription"]
         .as_u64()
         .expect("subscription id");
-    let v = hb_only.call("subscribe", json!({"types": ["heartbeat_due"]}));
+    let v = hb_only.call("subscribe", json!({"types": ["send_heartbeat"]}));
     let sub_hb = v["result"]["subscription"]
         .as_u64()
         .expect("subscription id");
@@ -267,7 +269,7 @@ fn a_lagging_subscriber_gets_events_lost() {
         assert_eq!(v["params"]["subscription"], sub);
         match v["params"]["event"]["type"].as_str() {
             Some("events_lost") => lost += v["params"]["event"]["missed"].as_u64().expect("missed"),
-            Some("heartbeat_due") => got += 1,
+            Some("send_heartbeat") => got += 1,
             other => panic!("unexpected event {other:?}"),
         }
     }
@@ -330,11 +332,13 @@ fn stale_socket_is_replaced() {
     d.child.kill().expect("kill");
     d.child.wait().expect("wait");
     assert!(socket.exists());
+    // Its own database next to the socket, not the user's default one.
+    let db2 = socket.with_file_name("second.db");
     let mut d2 = Command::new(BIN)
         .args(["serve", "--enable-debug-methods", "--socket"])
         .arg(&socket)
         .arg("--db")
-        .arg(d.dir.0.join("omemod.db"))
+        .arg(&db2)
         .env_remove("LISTEN_FDS")
         .stderr(Stdio::null())
         .spawn()

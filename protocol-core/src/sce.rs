@@ -106,7 +106,8 @@ pub fn build_envelope(
 pub struct Envelope {
     /// Text of the first `<body>` in `<content>`, if any.
     pub body: Option<String>,
-    /// Raw inner XML of `<content>`, as received.
+    /// The children of `<content>` as standalone XML: every top-level element declares its
+    /// namespace (`xmlns='…'`), element prefixes are resolved away, so it parses on its own.
     pub content_xml: String,
     /// `<from jid>`.
     pub from: Option<String>,
@@ -149,10 +150,7 @@ pub fn parse_envelope(xml: &str) -> Result<Envelope, SceError> {
         .iter()
         .find(|c| c.name == "body" && matches!(c.ns.as_deref(), Some(CLIENT_NS) | Some(SCE_NS)))
         .map(|b| b.text.clone());
-    let content_xml = xml
-        .get(content.inner.clone())
-        .unwrap_or_default()
-        .to_owned();
+    let content_xml = standalone_content(xml)?;
     Ok(Envelope {
         body,
         content_xml,
@@ -160,4 +158,119 @@ pub fn parse_envelope(xml: &str) -> Result<Envelope, SceError> {
         to: affix(&root, "to", "jid")?,
         time: affix(&root, "time", "stamp")?,
     })
+}
+
+/// Re-serializes the children of the envelope's first `<content>` so that they carry their own
+/// namespace declarations: the sender may have declared prefixes (`xmlns:ns1='jabber:client'`)
+/// on `<envelope>`, which a bare copy of the inner XML would lose. Text, CDATA and element order
+/// are kept; comments and processing instructions are dropped.
+fn standalone_content(xml: &str) -> Result<String, XmlError> {
+    use quick_xml::events::Event;
+    use quick_xml::name::ResolveResult;
+
+    fn uri(r: ResolveResult<'_>) -> Option<String> {
+        match r {
+            ResolveResult::Bound(ns) => Some(String::from_utf8_lossy(ns.as_ref()).into_owned()),
+            _ => None,
+        }
+    }
+    let syntax = |e: &dyn std::fmt::Display| XmlError::Syntax {
+        position: 0,
+        reason: e.to_string(),
+    };
+    let mut reader = quick_xml::NsReader::from_str(xml);
+    reader.config_mut().expand_empty_elements = true;
+    let mut out = String::new();
+    let mut depth = 0usize;
+    // While inside <content>: the namespace each open output element is in.
+    let mut open: Vec<Option<String>> = Vec::new();
+    let mut inside = false;
+    let mut done = false;
+    loop {
+        let (resolved, event) = reader.read_resolved_event().map_err(|e| syntax(&e))?;
+        let ns = uri(resolved);
+        match event {
+            Event::Start(start) => {
+                depth += 1;
+                if !inside {
+                    if depth == 2
+                        && !done
+                        && ns.as_deref() == Some(SCE_NS)
+                        && start.local_name().as_ref() == b"content"
+                    {
+                        inside = true;
+                    }
+                    continue;
+                }
+                let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
+                out.push('<');
+                out.push_str(&name);
+                let parent = open.last().cloned();
+                if open.is_empty() || parent.as_ref() != Some(&ns) {
+                    match &ns {
+                        Some(u) => {
+                            out.push_str(" xmlns='");
+                            out.push_str(&escape_attr(u));
+                            out.push('\'');
+                        }
+                        // Undeclare an inherited default namespace.
+                        None if parent.flatten().is_some() => out.push_str(" xmlns=''"),
+                        None => {}
+                    }
+                }
+                let mut extra = 0;
+                for attr in start.attributes() {
+                    let attr = attr.map_err(|e| syntax(&e))?;
+                    if attr.key.as_namespace_binding().is_some() {
+                        continue;
+                    }
+                    let value = attr.unescape_value().map_err(|e| syntax(&e))?;
+                    let local =
+                        String::from_utf8_lossy(attr.key.local_name().as_ref()).into_owned();
+                    let prefix = attr.key.prefix().map(|p| p.as_ref().to_vec());
+                    match prefix.as_deref() {
+                        None => out.push_str(&format!(" {local}='{}'", escape_attr(&value))),
+                        Some(b"xml") => {
+                            out.push_str(&format!(" xml:{local}='{}'", escape_attr(&value)))
+                        }
+                        Some(_) => {
+                            let (r, _) = reader.resolve_attribute(attr.key);
+                            let Some(u) = uri(r) else { continue };
+                            extra += 1;
+                            out.push_str(&format!(
+                                " xmlns:a{extra}='{}' a{extra}:{local}='{}'",
+                                escape_attr(&u),
+                                escape_attr(&value)
+                            ));
+                        }
+                    }
+                }
+                out.push('>');
+                open.push(ns);
+            }
+            Event::End(end) => {
+                depth = depth.saturating_sub(1);
+                if !inside {
+                    continue;
+                }
+                if open.pop().is_none() {
+                    inside = false; // </content>
+                    done = true;
+                    continue;
+                }
+                out.push_str("</");
+                out.push_str(&String::from_utf8_lossy(end.local_name().as_ref()));
+                out.push('>');
+            }
+            Event::Text(t) if inside => {
+                out.push_str(&escape_text(&t.unescape().map_err(|e| syntax(&e))?));
+            }
+            Event::CData(c) if inside => {
+                out.push_str(&escape_text(&c.decode().map_err(|e| syntax(&e))?));
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    Ok(out)
 }

@@ -794,3 +794,93 @@ proptest! {
         run_all(&mutated);
     }
 }
+
+/// Parses `fragment` (the children of a wrapper element without any declaration) with a
+/// namespace-aware reader; returns (namespace, local name) of every element. Fails on an
+/// undeclared prefix or malformed XML.
+fn standalone_elements(fragment: &str) -> Result<Vec<(Option<String>, String)>, String> {
+    use quick_xml::events::Event;
+    use quick_xml::name::ResolveResult;
+    let doc = format!("<wrapper>{fragment}</wrapper>");
+    let mut r = quick_xml::NsReader::from_str(&doc);
+    r.config_mut().check_end_names = true;
+    let mut out = Vec::new();
+    loop {
+        match r.read_resolved_event().map_err(|e| e.to_string())? {
+            (ns, Event::Start(s)) | (ns, Event::Empty(s)) => {
+                let ns = match ns {
+                    ResolveResult::Bound(n) => Some(String::from_utf8_lossy(n.as_ref()).into()),
+                    ResolveResult::Unbound => None,
+                    ResolveResult::Unknown(p) => {
+                        return Err(format!(
+                            "undeclared prefix {:?}",
+                            String::from_utf8_lossy(&p)
+                        ))
+                    }
+                };
+                for a in s.attributes() {
+                    let a = a.map_err(|e| e.to_string())?;
+                    if let (ResolveResult::Unknown(p), _) = r.resolve_attribute(a.key) {
+                        return Err(format!("undeclared attribute prefix {p:?}"));
+                    }
+                }
+                out.push((ns, String::from_utf8_lossy(s.local_name().as_ref()).into()));
+            }
+            (_, Event::Eof) => return Ok(out),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn content_xml_stands_alone_with_its_namespaces() {
+    // Prefixes declared on <envelope>, as python's ElementTree writes them.
+    let env = "<envelope xmlns='urn:xmpp:sce:1' xmlns:ns1='jabber:client' xmlns:x='urn:example'>\
+        <content><ns1:body>hi &amp; <![CDATA[<b>]]></ns1:body>\
+        <x:thing x:attr='v' plain='p' xml:lang='en'><inner/>tail<y xmlns=''/></x:thing>\
+        <!-- dropped --></content><rpad/><from jid='a@b'/></envelope>";
+    let e = sce::parse_envelope(env).expect("valid");
+    assert_eq!(e.body.as_deref(), Some("hi & <b>"));
+    let c = &e.content_xml;
+    // The copy of the raw inner XML would not parse on its own.
+    assert!(standalone_elements("<ns1:body>hi</ns1:body>").is_err());
+    let els = standalone_elements(c).unwrap_or_else(|err| panic!("{err}: {c}"));
+    let names: Vec<(Option<&str>, &str)> = els
+        .iter()
+        .map(|(n, l)| (n.as_deref(), l.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (None, "wrapper"),
+            (Some("jabber:client"), "body"),
+            (Some("urn:example"), "thing"),
+            // Unprefixed: the default namespace in scope, the SCE one.
+            (Some("urn:xmpp:sce:1"), "inner"),
+            (None, "y"),
+        ],
+        "{c}"
+    );
+    assert!(
+        c.contains("a1:attr='v'") && c.contains("plain='p'") && c.contains("xml:lang='en'"),
+        "{c}"
+    );
+    assert!(c.contains("hi &amp; &lt;b"), "{c}");
+    assert!(
+        c.contains("</inner>tail<y"),
+        "mixed content keeps its order: {c}"
+    );
+    assert!(!c.contains("dropped"), "{c}");
+    // Default-namespace senders (omemod itself) give the same form.
+    let ours = "<envelope xmlns='urn:xmpp:sce:1'><content><body xmlns='jabber:client'>x</body></content><rpad/></envelope>";
+    assert_eq!(
+        sce::parse_envelope(ours).expect("ok").content_xml,
+        "<body xmlns='jabber:client'>x</body>"
+    );
+    // An unqualified child of <content> is in the SCE namespace and says so.
+    let plain = "<envelope xmlns='urn:xmpp:sce:1'><content><body>x</body></content></envelope>";
+    assert_eq!(
+        sce::parse_envelope(plain).expect("ok").content_xml,
+        "<body xmlns='urn:xmpp:sce:1'>x</body>"
+    );
+}

@@ -2,10 +2,10 @@
 //! while a client streams requests to it, restarted on the same database, and every
 //! acknowledged operation must have held:
 //!
-//! - an answered decrypt never decrypts again (`duplicate_message`): its ratchet step was
-//!   committed before the answer;
-//! - a decrypt in flight at the kill decrypts at most once afterwards (with the right body), and
-//!   one never sent decrypts exactly once;
+//! - an answered decrypt never decrypts anew: its ratchet step (and the key material for
+//!   redelivery) was committed before the answer, so it comes back as a redelivery;
+//! - a decrypt in flight at the kill is never lost: it decrypts afterwards (with the right
+//!   body), fresh or as a redelivery, and one never sent decrypts;
 //! - an answered encrypt produced a message the peer can decrypt, and the sender's session was
 //!   not rolled back (its later messages still decrypt, nothing is reused);
 //! - a one-time prekey is consumed if and only if the session built from it was committed, the
@@ -35,10 +35,6 @@ const BOB: &str = "bob@example.org";
 
 fn seed() -> u64 {
     support::seed(0xc0ffee)
-}
-
-fn kind(e: &Value) -> &str {
-    e["data"]["kind"].as_str().unwrap_or("<no kind>")
 }
 
 /// A client connection that survives the daemon dying under it: `call` gives `None` when
@@ -253,10 +249,23 @@ fn expect_body(c: &mut Client, account: Option<&str>, from: &str, sid: u32, xml:
     assert_eq!(r["sender"]["device_id"], json!(sid), "{r}");
 }
 
-fn expect_duplicate(c: &mut Client, account: Option<&str>, from: &str, xml: &str, what: &str) {
+/// Decrypts a message decrypted before: a redelivery of the same body (the ratchet step and the
+/// key material were committed together), never a second first decryption.
+fn expect_redelivered(
+    c: &mut Client,
+    account: Option<&str>,
+    from: &str,
+    xml: &str,
+    body: &str,
+    what: &str,
+) {
     match call_as(c, account, "decrypt", json!({"from": from, "xml": xml})) {
-        Ok(v) => panic!("{what} decrypted again after the restart: {v}"),
-        Err(e) => assert_eq!(kind(&e), "duplicate_message", "{what}: {e}"),
+        Ok(v) => {
+            assert_eq!(v["redelivered"], true, "{what} decrypted anew: {v}");
+            assert_eq!(v["body"], json!(body), "{what}: {v}");
+            assert_eq!(v["actions"], json!([]), "{what}: {v}");
+        }
+        Err(e) => panic!("{what} lost after the restart: {e}"),
     }
 }
 
@@ -422,15 +431,16 @@ fn sigkill_during_encrypt_and_decrypt_streams() {
                     assert_eq!(r["body"], json!(incoming[*i].0), "{r}");
                     assert_eq!(r["sender"]["device_id"], json!(pid), "{r}");
                     // It was answered: its ratchet step must be on disk.
-                    expect_duplicate(&mut vc, None, pj, &incoming[*i].1, "acknowledged decrypt");
+                    let (b, x) = &incoming[*i];
+                    expect_redelivered(&mut vc, None, pj, x, b, "acknowledged decrypt");
                     seen[*i] = true;
                     acked_decrypts += 1;
                 }
                 (Some(i), Outcome::InFlight) => {
-                    // Committed (duplicate now) or not (decrypts now, correctly): not both.
+                    // Committed (a redelivery now) or not (decrypts now): never lost.
                     match vc.decrypt(pj, &incoming[*i].1) {
                         Ok(r) => assert_eq!(r["body"], json!(incoming[*i].0), "{r}"),
-                        Err(e) => assert_eq!(kind(&e), "duplicate_message", "{e}"),
+                        Err(e) => panic!("in-flight decrypt #{i} lost: {e}"),
                     }
                     seen[*i] = true;
                 }
@@ -447,16 +457,16 @@ fn sigkill_during_encrypt_and_decrypt_streams() {
         for i in rest {
             expect_body(&mut vc, None, pj, pid, &incoming[i].1, &incoming[i].0);
         }
-        for (_, xml) in &incoming {
-            expect_duplicate(&mut vc, None, pj, xml, "a message already decrypted");
+        for (body, xml) in &incoming {
+            expect_redelivered(&mut vc, None, pj, xml, body, "a message already decrypted");
         }
         // (c): the peer decrypts every acknowledged encrypt (any order), exactly once.
         sent_enc.shuffle(&mut rng);
         for (body, xml) in &sent_enc {
             expect_body(&mut pc, None, vj, vid, xml, body);
         }
-        for (_, xml) in &sent_enc {
-            expect_duplicate(&mut pc, None, vj, xml, "an acknowledged encrypt");
+        for (body, xml) in &sent_enc {
+            expect_redelivered(&mut pc, None, vj, xml, body, "an acknowledged encrypt");
         }
         // (c), (d): nothing rolled back on the victim: its new messages decrypt (a reused chain
         // position would be refused as a duplicate), and the session works both ways.
@@ -707,11 +717,18 @@ fn sigkill_during_key_exchanges_and_bundle_changes() {
                         let r = r.as_ref().unwrap_or_else(|e| panic!("{jid} #{k}: {e}"));
                         assert_eq!(r["body"], json!(body), "{r}");
                         assert_eq!(r["key_exchange"], json!(true), "{r}");
-                        expect_duplicate(&mut b, None, jid, xml, "acknowledged key exchange");
+                        expect_redelivered(
+                            &mut b,
+                            None,
+                            jid,
+                            xml,
+                            body,
+                            "acknowledged key exchange",
+                        );
                     }
                     Outcome::InFlight if consumed[i] => match b.decrypt(jid, xml) {
                         Ok(r) => assert_eq!(r["body"], json!(body), "{r}"),
-                        Err(e) => assert_eq!(kind(&e), "duplicate_message", "{e}"),
+                        Err(e) => panic!("{jid} #{k}: in-flight key exchange lost: {e}"),
                     },
                     // Never sent, or in flight while its prekey is still offered (so no
                     // session with this peer was committed): decrypts now, once.
@@ -728,8 +745,8 @@ fn sigkill_during_key_exchanges_and_bundle_changes() {
                     },
                 }
             }
-            for (_, xml) in msgs {
-                expect_duplicate(&mut b, None, jid, xml, "a decrypted key exchange");
+            for (body, xml) in msgs {
+                expect_redelivered(&mut b, None, jid, xml, body, "a decrypted key exchange");
             }
             // Both ways: bob answers (no key exchange of his own), the peer writes again.
             let body = format!("bob answers {jid}");

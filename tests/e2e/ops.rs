@@ -154,6 +154,7 @@ fn secrets_of(db: &Path, jid: &str) -> Vec<Vec<u8>> {
         "SELECT private_key FROM prekeys WHERE account_id = ?1",
         "SELECT state FROM sessions WHERE account_id = ?1",
         "SELECT message_key FROM skipped_keys WHERE account_id = ?1",
+        "SELECT key_material FROM redelivery WHERE account_id = ?1 AND key_material IS NOT NULL",
     ] {
         let mut stmt = conn.prepare(sql).expect("prepare");
         let rows = stmt
@@ -1288,4 +1289,70 @@ fn rolled_back_sessions_are_repaired_against_python_omemo() {
         );
         assert!(!round(&mut om, &mut py, 3), "{ns}: and happens once");
     }
+}
+
+/// An exported account imports into a database that already holds another account with rows in
+/// the tables keyed by a row id (`redelivery`, `previous_sessions`): the imported rows get new
+/// ids, and what the moved account decrypted before the move is still redelivered after it.
+#[test]
+fn import_next_to_another_account_keeps_redelivery() {
+    let mut da = Daemon::start();
+    let mut db = Daemon::start();
+    let (mut a, mut b) = (da.client(), db.client());
+    a.create_account("alice@example.org");
+    b.create_account("bob@example.org");
+    a.learn("bob@example.org", &mut b, &[OMEMO2]);
+    b.learn("alice@example.org", &mut a, &[OMEMO2]);
+    // Both databases now hold redelivery rows with the same ids.
+    let x = a.encrypt_xml(&["bob@example.org"], Some("to bob"), OMEMO2);
+    let to_bob = b.decrypt("alice@example.org", &x).expect("decrypt");
+    let y = b.encrypt_xml(&["alice@example.org"], Some("to alice"), OMEMO2);
+    let to_alice = a.decrypt("bob@example.org", &y).expect("decrypt");
+    let file = da.dir.path().join("alice.json");
+    let out = omemod(
+        &[
+            "account",
+            "export",
+            "--account",
+            "alice@example.org",
+            &path_str(&file),
+            "--db",
+            &path_str(&da.db),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    da.stop();
+    db.stop();
+    let out = omemod(
+        &[
+            "account",
+            "import",
+            &path_str(&file),
+            "--db",
+            &path_str(&db.db),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    db.spawn();
+    let mut n = db.client();
+    let again = n.ok(
+        "decrypt",
+        json!({"account": "alice@example.org", "from": "bob@example.org", "xml": y}),
+    );
+    assert_redelivery(&to_alice, &again);
+    let again = n.ok(
+        "decrypt",
+        json!({"account": "bob@example.org", "from": "alice@example.org", "xml": x}),
+    );
+    assert_redelivery(&to_bob, &again);
 }

@@ -38,7 +38,7 @@ per_namespace!(
     session_initiated_by_python,
     out_of_order_python_to_omemod,
     out_of_order_omemod_to_python,
-    replay_rejected_by_omemod,
+    replay_redelivered_by_omemod,
     heartbeat_from_omemod_after_key_exchange,
     empty_message_from_python_after_key_exchange,
     two_python_devices_and_one_omemod_device,
@@ -48,6 +48,11 @@ per_namespace!(
 #[test]
 fn both_namespaces_in_one_stanza() {
     scenarios::both_namespaces_in_one_stanza();
+}
+
+#[test]
+fn content_xml_parses_on_its_own() {
+    scenarios::content_xml_parses_on_its_own();
 }
 
 #[test]
@@ -544,6 +549,17 @@ fn heartbeat_actions(r: &Value) -> Vec<Value> {
 }
 
 /// omemod decrypting `xml` must fail with `kind`.
+/// An element omemod decrypted before: a redelivery (same answer, no actions).
+fn om_redelivers(om: &mut Om, from: &str, xml: &str, what: &str) {
+    match om.c.decrypt(from, xml) {
+        Ok(v) => {
+            assert_eq!(v["redelivered"], true, "{what} decrypted anew: {v}");
+            assert_eq!(v["actions"], serde_json::json!([]), "{what}: {v}");
+        }
+        Err(e) => panic!("omemod refused {what}: {e}"),
+    }
+}
+
 fn om_rejects(om: &mut Om, from: &str, xml: &str, kind: &str, what: &str) {
     match om.c.decrypt(from, xml) {
         Ok(v) => panic!("omemod accepted {what}, expected {kind}: {v}"),

@@ -368,3 +368,30 @@ impl Drop for PyPeer {
 pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
+
+/// Checks that `again` is the redelivery of the first answer `first`: same content and sender,
+/// marked `redelivered` with the first decryption's time, and no follow-up actions.
+pub fn assert_redelivery(first: &Value, again: &Value) {
+    assert_eq!(again["redelivered"], true, "{again}");
+    assert!(
+        again["first_decrypted_at"].as_i64().is_some_and(|t| t > 0),
+        "{again}"
+    );
+    assert_eq!(again["actions"], json!([]), "{again}");
+    for k in [
+        "namespace",
+        "body",
+        "content_xml",
+        "envelope",
+        "empty",
+        "key_exchange",
+    ] {
+        assert_eq!(first[k], again[k], "{k}: {first} vs {again}");
+    }
+    assert_eq!(first["sender"]["jid"], again["sender"]["jid"]);
+    assert_eq!(first["sender"]["device_id"], again["sender"]["device_id"]);
+    assert_eq!(
+        first["sender"]["fingerprint"],
+        again["sender"]["fingerprint"]
+    );
+}

@@ -17,7 +17,7 @@ use super::sessions::{
     apply_skipped_changes, replace_skipped, session_row, SessionMeta, SlotGuard,
 };
 use super::{check_bare_jid, Action, Manager, ManagerError, Result};
-use crate::events::Event;
+use crate::events::{Cause, Event};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
     self, accounts, device_state, devices, prekeys, sessions as session_store,
@@ -73,6 +73,12 @@ pub struct DecryptOutcome {
     pub key_exchange: bool,
     /// Follow-up actions.
     pub actions: Vec<Action>,
+    /// Whether this element was decrypted before (by any client): the same result again, with
+    /// no follow-up actions and no ratchet change.
+    pub redelivered: bool,
+    /// When `redelivered`: unix seconds of the first decryption.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_decrypted_at: Option<i64>,
 }
 
 /// SCE affix elements of an OMEMO 2 message.
@@ -155,11 +161,11 @@ struct Mode {
 }
 
 /// The decrypted payload.
-struct Opened {
-    body: Option<String>,
-    content_xml: Option<String>,
-    envelope: Option<EnvelopeInfo>,
-    empty: bool,
+pub(super) struct Opened {
+    pub(super) body: Option<String>,
+    pub(super) content_xml: Option<String>,
+    pub(super) envelope: Option<EnvelopeInfo>,
+    pub(super) empty: bool,
 }
 
 /// What the commit changed, for memory and follow-ups.
@@ -188,9 +194,21 @@ impl Manager {
         check_element(&element)?;
         let ours = our_keys(&acct, from, &element)?;
         let addr = Self::addr(&acct, from, element.version, element.sid);
-        // Hook: before decrypting (e.g. a redelivery check) goes here.
-
         let mut slot = self.sessions.lock(&self.store, &addr).await?;
+        // Hook: before decrypting. An element decrypted before (under this session lock, so a
+        // concurrent first decryption has committed) is answered again without touching the
+        // ratchet, after the same trust and SCE checks (`redelivery.rs`).
+        let probe = match ours.first() {
+            Some(key) => super::redelivery::Probe::new(from, &element, key),
+            None => {
+                return Err(ManagerError::NotForThisDevice {
+                    recipients: Vec::new(),
+                })
+            }
+        };
+        if let Some(again) = self.redeliver(&acct, from, &element, &probe, conv).await? {
+            return Ok(again);
+        }
         // A new session consumes one of our prekeys: hold the account's keys from the lookup
         // until memory reflects the commit, so no two key exchanges get the same prekey.
         let mut own_keys = None;
@@ -217,8 +235,10 @@ impl Manager {
                 mode,
                 new_trust.then_some(&trust),
                 heartbeat,
+                &probe,
             )
             .await?;
+        self.redelivery_committed(&probe);
 
         self.remember(
             &addr,
@@ -236,7 +256,7 @@ impl Manager {
             // Key exchanges from devices the contact never listed must not pile up.
             self.bound_unlisted_sessions(&acct, &addr).await;
         }
-        let actions = self.follow_ups(&acct, &addr, &committed, heartbeat);
+        let actions = self.follow_ups(&acct, &addr, &committed, heartbeat, attempt.key_exchange);
         tracing::debug!(account = %acct.jid, peer = from, device = element.sid, ns = %addr.namespace, kex = attempt.key_exchange, "decrypted");
         Ok(DecryptOutcome {
             namespace: addr.namespace.namespace().to_owned(),
@@ -252,6 +272,8 @@ impl Manager {
             empty: opened.empty,
             key_exchange: attempt.key_exchange,
             actions,
+            redelivered: false,
+            first_decrypted_at: None,
         })
     }
 
@@ -442,8 +464,17 @@ impl Manager {
         mode: Mode,
         new_trust: Option<&TrustRow>,
         heartbeat: bool,
+        probe: &super::redelivery::Probe,
     ) -> Result<Committed> {
         let now = storage::now();
+        let redelivery = self.redelivery_record(
+            acct,
+            probe,
+            &attempt.decrypted,
+            attempt.session.remote_curve25519(),
+            attempt.key_exchange,
+            now,
+        );
         let mut meta = match attempt.origin {
             Origin::Current => slot.meta.clone(),
             _ => SessionMeta::default(),
@@ -507,7 +538,8 @@ impl Manager {
                 if defer {
                     device_state::defer_heartbeat(tx, &a, now)?;
                 }
-                // Hook: inside the commit transaction (e.g. recording a redelivery) goes here.
+                // Hook: inside the commit transaction: what a redelivery will need.
+                redelivery.write(tx)?;
                 let mut refill = Vec::new();
                 let mut version = None;
                 if let Some((id, catchup, ephemeral)) = prekey {
@@ -586,50 +618,48 @@ impl Manager {
         }
     }
 
-    /// Step 5b: what the client should do now.
+    /// Step 5b: what the client should do now (each also announced as an event).
     fn follow_ups(
         &self,
         acct: &Account,
         addr: &DeviceAddr,
         committed: &Committed,
         heartbeat: bool,
+        key_exchange: bool,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         for namespace in &committed.bundles_changed {
-            actions.push(Action::PublishBundle {
+            let a = Action::PublishBundle {
                 namespace: *namespace,
-            });
-            self.emit(Event::BundleChanged {
-                account: acct.jid.clone(),
-                namespace: *namespace,
-                device_id: acct.device_id,
-            });
+            };
+            self.push_action(acct, &mut actions, Cause::PrekeyUsed, a);
         }
         // Every key exchange is answered (the peer keeps sending them until it hears from
         // us, and an answer may be lost); a long one-sided chain gets a heartbeat. During
         // catch-up they wait (persisted) until it ends.
         if heartbeat && !committed.heartbeat_deferred {
-            actions.push(Action::SendHeartbeat {
+            let a = Action::SendHeartbeat {
                 jid: addr.jid.clone(),
                 namespace: addr.namespace,
                 device_id: addr.device_id,
-            });
-            self.emit(Event::HeartbeatDue {
-                account: acct.jid.clone(),
-                peer: addr.jid.clone(),
-                namespace: addr.namespace,
-                device_id: addr.device_id,
-            });
+            };
+            let cause = if key_exchange {
+                Cause::NewSession
+            } else {
+                Cause::LongChain
+            };
+            self.push_action(acct, &mut actions, cause, a);
         }
         if !self.with_directory(acct.id, |d| {
             d.active(&addr.jid, addr.namespace)
                 .contains(&addr.device_id)
         }) {
-            actions.push(Action::FetchDevicelist {
+            let a = Action::FetchDevicelist {
                 jid: addr.jid.clone(),
                 namespace: addr.namespace,
                 node: addr.namespace.devicelist_node().to_owned(),
-            });
+            };
+            self.push_action(acct, &mut actions, Cause::UnknownDevice, a);
         }
         actions
     }
@@ -646,6 +676,7 @@ impl Manager {
         tracing::warn!(account = %acct.jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "key exchange with a changed identity refused");
         self.emit(Event::IdentityChanged {
             account: acct.jid.clone(),
+            cause: Cause::KeyExchange,
             peer: addr.jid.clone(),
             namespace: addr.namespace,
             device_id: addr.device_id,
@@ -757,7 +788,7 @@ fn respond(
     ))
 }
 
-fn open_payload(ns: Version, element: &Encrypted, d: &Decrypted) -> Result<Opened> {
+pub(super) fn open_payload(ns: Version, element: &Encrypted, d: &Decrypted) -> Result<Opened> {
     let Some(ct) = element.payload.as_ref().filter(|p| !p.is_empty()) else {
         return Ok(Opened {
             body: None,
@@ -810,7 +841,7 @@ fn same_jid(a: &str, b: &str) -> bool {
 /// Step 3b: the OMEMO 2 SCE envelope must name the sender the session authenticated and the
 /// conversation the stanza arrived in; otherwise the server moved it (checked before the
 /// commit, so the correctly delivered copy still decrypts). 0.3 has no envelope.
-fn check_envelope(opened: &Opened, from: &str, conv: &Conversation) -> Result<()> {
+pub(super) fn check_envelope(opened: &Opened, from: &str, conv: &Conversation) -> Result<()> {
     let Some(env) = &opened.envelope else {
         return Ok(());
     };

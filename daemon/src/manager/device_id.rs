@@ -3,7 +3,7 @@
 
 use super::account::{pick_device_id, Account, OwnKeys, MAX_AVOIDED_DEVICE_IDS};
 use super::{Action, Manager, ManagerError, Result};
-use crate::events::Event;
+use crate::events::Cause;
 use crate::storage::{accounts, device_state};
 use protocol_core::consts::MAX_DEVICE_ID;
 use protocol_core::Version;
@@ -63,13 +63,12 @@ impl Manager {
         tracing::warn!(jid = %fresh.jid, old = old.device_id, new = new_id, "device id renewed");
         let mut actions = Vec::new();
         for namespace in Version::ALL {
-            actions.push(Action::PublishDevicelist { namespace });
-            actions.push(Action::PublishBundle { namespace });
-            self.emit(Event::BundleChanged {
-                account: fresh.jid.clone(),
-                namespace,
-                device_id: new_id,
-            });
+            for a in [
+                Action::PublishDevicelist { namespace },
+                Action::PublishBundle { namespace },
+            ] {
+                self.push_action(&fresh, &mut actions, Cause::DeviceIdRenewed, a);
+            }
         }
         Ok((fresh, actions))
     }

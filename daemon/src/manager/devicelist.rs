@@ -1,7 +1,7 @@
 //! Device lists received from PEP (any JID, our own included).
 
 use super::{check_bare_jid, Action, Manager, ManagerError, Result};
-use crate::events::Event;
+use crate::events::{Cause, Event};
 use crate::storage::{self, devices};
 use protocol_core::keys::xeddsa;
 use protocol_core::xml::{self, DeviceListEntry};
@@ -81,14 +81,36 @@ impl Manager {
         let own_device_missing = own && !device_ids.contains(&acct.device_id);
         let mut actions = Vec::new();
         if own_device_missing {
-            actions.push(Action::PublishDevicelist { namespace });
+            let a = Action::PublishDevicelist { namespace };
+            self.push_action(&acct, &mut actions, Cause::OwnDeviceMissing, a);
         }
-        self.emit(Event::DevicelistChanged {
-            account: acct.jid.clone(),
-            peer: jid.to_owned(),
-            namespace,
-            device_ids: device_ids.clone(),
-        });
+        // New devices need their bundles before anything can be encrypted to them.
+        for &device_id in change.added.iter().chain(&change.reactivated) {
+            if own && device_id == acct.device_id {
+                continue;
+            }
+            let (node, item_id) = namespace.bundle_node(device_id);
+            let a = Action::FetchBundle {
+                jid: jid.to_owned(),
+                namespace,
+                device_id,
+                node,
+                item_id,
+            };
+            self.push_action(&acct, &mut actions, Cause::NewDevice, a);
+        }
+        let changed = !(change.added.is_empty()
+            && change.reactivated.is_empty()
+            && change.deactivated.is_empty());
+        if changed {
+            self.emit(Event::DevicelistChanged {
+                account: acct.jid.clone(),
+                cause: Cause::DevicelistUpdated,
+                peer: jid.to_owned(),
+                namespace,
+                device_ids: device_ids.clone(),
+            });
+        }
         tracing::debug!(account = %acct.jid, peer = jid, %namespace, devices = device_ids.len(), "device list updated");
         Ok(DevicelistUpdate {
             device_ids,

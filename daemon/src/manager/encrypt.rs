@@ -20,7 +20,9 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 /// What happened for one device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceStatus {
     /// A key for it is in the message.
@@ -34,7 +36,7 @@ pub enum DeviceStatus {
 }
 
 /// The per-device report.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema, serde::Deserialize)]
 pub struct DeviceReport {
     /// Owner's bare JID.
     pub jid: String,
@@ -55,7 +57,7 @@ pub struct DeviceReport {
 }
 
 /// One `<encrypted>` element.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema, serde::Deserialize)]
 pub struct EncryptedMessage {
     /// Its namespace.
     pub namespace: String,
@@ -67,7 +69,7 @@ pub struct EncryptedMessage {
 }
 
 /// Result of an encryption.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema, serde::Deserialize)]
 pub struct EncryptOutcome {
     /// One element per namespace that has at least one key.
     pub messages: Vec<EncryptedMessage>,
@@ -91,6 +93,8 @@ pub struct EncryptRequest {
     pub one_namespace_per_device: bool,
     /// The SCE `<to>` (OMEMO 2); defaults to the recipient when there is exactly one.
     pub sce_to: Option<String>,
+    /// A client-chosen key: a retry with the same key gets the same answer.
+    pub idempotency_key: Option<String>,
 }
 
 struct Target {
@@ -245,7 +249,59 @@ impl Manager {
             .sce_to
             .clone()
             .or_else(|| (jids.len() == 1).then(|| jids[0].clone()));
-        let mut all = jids.clone();
+        let (addrs, actions) =
+            self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device);
+        let targets = addrs
+            .into_iter()
+            .map(|addr| Target {
+                addr,
+                force_new: false,
+            })
+            .collect();
+        let Some(key) = req.idempotency_key.as_deref() else {
+            return self
+                .encrypt_to(
+                    &acct,
+                    targets,
+                    req.body.as_deref(),
+                    sce_to.as_deref(),
+                    actions,
+                    None,
+                )
+                .await;
+        };
+        // One idempotent encrypt at a time, so two copies of a request cannot both miss.
+        let _serial = self.redelivery.encrypt_lock.lock().await;
+        let digest = super::redelivery::request_digest(&req);
+        if let Some(out) = self.stored_encrypt(&acct, key, &digest).await? {
+            return Ok(out);
+        }
+        let keep = self
+            .redelivery
+            .config()
+            .enabled()
+            .then(|| (key.to_owned(), digest));
+        self.encrypt_to(
+            &acct,
+            targets,
+            req.body.as_deref(),
+            sce_to.as_deref(),
+            actions,
+            keep,
+        )
+        .await
+    }
+
+    /// The devices an encryption to `jids` (and our own other devices) covers, and the device
+    /// lists to fetch first (recipients with no known device in a namespace).
+    pub(crate) fn select_targets(
+        &self,
+        acct: &Account,
+        jids: &[String],
+        namespaces: &[Version],
+        one_namespace_per_device: bool,
+    ) -> (Vec<DeviceAddr>, Vec<Action>) {
+        let mut all = jids.to_vec();
         if !all.contains(&acct.jid) {
             all.push(acct.jid.clone());
         }
@@ -254,7 +310,7 @@ impl Manager {
         self.with_directory(acct.id, |d| {
             for jid in &all {
                 let mut seen: Vec<u32> = Vec::new();
-                for ns in &req.namespaces {
+                for ns in namespaces {
                     let active = d.active(jid, *ns);
                     if active.is_empty() && *jid != acct.jid {
                         actions.push(Action::FetchDevicelist {
@@ -267,23 +323,16 @@ impl Manager {
                         if *jid == acct.jid && id == acct.device_id {
                             continue;
                         }
-                        if req.one_namespace_per_device && seen.contains(&id) {
+                        if one_namespace_per_device && seen.contains(&id) {
                             continue;
                         }
                         seen.push(id);
-                        targets.push(Target {
-                            addr: Self::addr(&acct, jid, *ns, id),
-                            force_new: false,
-                        });
+                        targets.push(Self::addr(acct, jid, *ns, id));
                     }
                 }
             }
         });
-        let mut out = self
-            .encrypt_to(&acct, targets, req.body.as_deref(), sce_to.as_deref())
-            .await?;
-        out.actions = actions;
-        Ok(out)
+        (targets, actions)
     }
 
     /// An empty message to one device (session completion, heartbeat).
@@ -331,7 +380,9 @@ impl Manager {
             addr: addr.clone(),
             force_new,
         };
-        let out = self.encrypt_to(&acct, vec![t], None, None).await?;
+        let out = self
+            .encrypt_to(&acct, vec![t], None, None, Vec::new(), None)
+            .await?;
         let out = single_device(out, jid, namespace, device_id)?;
         if force_new {
             self.record_rebuild(&addr);
@@ -345,6 +396,8 @@ impl Manager {
         targets: Vec<Target>,
         body: Option<&str>,
         sce_to: Option<&str>,
+        mut actions: Vec<Action>,
+        idempotency: Option<(String, [u8; 32])>,
     ) -> Result<EncryptOutcome> {
         let addrs: Vec<DeviceAddr> = targets.iter().map(|t| t.addr.clone()).collect();
         let mut guards = self.sessions.lock_many(&self.store, &addrs).await?;
@@ -477,7 +530,38 @@ impl Manager {
             }
         }
 
-        if !updates.is_empty() || !new_trust.is_empty() {
+        let messages = keys
+            .into_iter()
+            .map(|(ns, keys)| {
+                let p = payloads.remove(&ns);
+                let element = Encrypted {
+                    version: ns,
+                    sid: acct.device_id,
+                    keys,
+                    iv: p.as_ref().and_then(|p| p.iv.clone()),
+                    payload: p.and_then(|p| p.payload),
+                };
+                EncryptedMessage {
+                    namespace: ns.namespace().to_owned(),
+                    xml: element.to_xml(),
+                    element,
+                }
+            })
+            .collect();
+        // Fetches for devices without a bundle go into `actions` as well.
+        actions.extend(reports.iter().filter_map(|d| d.action.clone()));
+        let out = EncryptOutcome {
+            messages,
+            devices: reports,
+            actions,
+        };
+        let stored = match idempotency {
+            Some((key, digest)) => {
+                Some(super::redelivery::encrypt_record(acct, key, digest, &out)?)
+            }
+            None => None,
+        };
+        if !updates.is_empty() || !new_trust.is_empty() || stored.is_some() {
             let now = storage::now();
             // Before the fresh sessions are taken out below.
             let rebuilt: Vec<DeviceAddr> = updates
@@ -530,6 +614,9 @@ impl Manager {
                     for t in &trust_rows {
                         trust_store::set(tx, t)?;
                     }
+                    if let Some(r) = &stored {
+                        crate::storage::redelivery::put_encrypt_result(tx, r)?;
+                    }
                     Ok(())
                 })
                 .await?;
@@ -547,28 +634,6 @@ impl Manager {
             self.remember_trust(acct, new_trust, first.addr.namespace, first.addr.device_id);
         }
 
-        let messages = keys
-            .into_iter()
-            .map(|(ns, keys)| {
-                let p = payloads.remove(&ns);
-                let element = Encrypted {
-                    version: ns,
-                    sid: acct.device_id,
-                    keys,
-                    iv: p.as_ref().and_then(|p| p.iv.clone()),
-                    payload: p.and_then(|p| p.payload),
-                };
-                EncryptedMessage {
-                    namespace: ns.namespace().to_owned(),
-                    xml: element.to_xml(),
-                    element,
-                }
-            })
-            .collect();
-        Ok(EncryptOutcome {
-            messages,
-            devices: reports,
-            actions: Vec::new(),
-        })
+        Ok(out)
     }
 }

@@ -83,6 +83,9 @@ pub enum ManagerError {
     /// The sender's identity key is distrusted.
     #[error("sender's identity key is distrusted")]
     Distrusted,
+    /// An `encrypt` idempotency key reused for another request.
+    #[error("idempotency key {0:?} was used for a different request")]
+    IdempotencyKeyReused(String),
     /// A key exchange carries another identity than the one held for the device.
     #[error("identity of device {device_id} of {jid} in {namespace} changed from {old_fingerprint} to {new_fingerprint}: refused until accepted with identity.accept")]
     IdentityChanged {

@@ -14,11 +14,13 @@ pub mod limits;
 pub mod own_bundle;
 pub mod peer_bundle;
 pub mod pinning;
+pub mod plan;
 pub mod rebuild;
+pub mod redelivery;
 pub mod sessions;
 pub mod trust;
 
-use crate::events::{Event, EventBus};
+use crate::events::{Cause, Event, EventBus};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{self, devices, trust as trust_store, DeviceAddr, Store};
 use account::{Account, TrustMode};
@@ -30,7 +32,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// What a client should do after a call (also pushed as events to subscribers).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Action {
     /// Publish our bundle in `namespace` again (`bundle.get` gives it).
@@ -89,6 +93,7 @@ pub struct Manager {
     accounts: RwLock<HashMap<String, Arc<Account>>>,
     directories: Mutex<HashMap<i64, Directory>>,
     pub(crate) sessions: sessions::SessionTable,
+    pub(crate) redelivery: redelivery::State,
     rebuilds: pinning::Rebuilds,
     /// Devices whose next message starts a new session (after a rollback).
     pub(crate) pending_rebuilds: rebuild::Pending,
@@ -117,6 +122,12 @@ impl Manager {
                 Ok((accounts, dirs, rebuild::Pending::load(conn)?))
             })
             .await?;
+        let redelivery = redelivery::State::default();
+        redelivery.load(
+            store
+                .read(crate::storage::redelivery::digest_prefixes)
+                .await?,
+        );
         // Databases from before the per-namespace pools get theirs filled once (and a new
         // bundle to publish).
         for a in &accounts {
@@ -149,6 +160,7 @@ impl Manager {
             ),
             directories: Mutex::new(dirs),
             sessions: sessions::SessionTable::default(),
+            redelivery,
             rebuilds: pinning::Rebuilds::default(),
             pending_rebuilds,
         })
@@ -217,14 +229,65 @@ impl Manager {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(jid.to_owned(), acct.clone());
         tracing::info!(jid, device_id = acct.device_id, fingerprint = %acct.identity.fingerprint(), "account created");
-        for namespace in Version::ALL {
-            self.emit(Event::BundleChanged {
-                account: jid.to_owned(),
-                namespace,
-                device_id: acct.device_id,
-            });
-        }
         Ok(acct)
+    }
+
+    /// What a new account must do first (`account.create` answers with it): fetch its own
+    /// published device lists (to keep the user's other devices on them) and publish its
+    /// bundles. Announced as events too.
+    pub fn first_actions(&self, acct: &Account) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for namespace in Version::ALL {
+            self.push_action(
+                acct,
+                &mut actions,
+                Cause::AccountCreated,
+                Action::FetchDevicelist {
+                    jid: acct.jid.clone(),
+                    namespace,
+                    node: namespace.devicelist_node().to_owned(),
+                },
+            );
+        }
+        for namespace in Version::ALL {
+            self.push_action(
+                acct,
+                &mut actions,
+                Cause::AccountCreated,
+                Action::PublishBundle { namespace },
+            );
+        }
+        actions
+    }
+
+    /// Adds `action` to the answer being built and announces it to subscribers (as done by
+    /// the caller).
+    pub(crate) fn push_action(
+        &self,
+        acct: &Account,
+        actions: &mut Vec<Action>,
+        cause: Cause,
+        action: Action,
+    ) {
+        self.emit(Event::for_action(
+            &acct.jid,
+            acct.device_id,
+            cause,
+            true,
+            &action,
+        ));
+        actions.push(action);
+    }
+
+    /// Announces a duty that no answer carries: one subscriber performs it.
+    pub(crate) fn announce_duty(&self, acct: &Account, cause: Cause, action: &Action) {
+        self.emit(Event::for_action(
+            &acct.jid,
+            acct.device_id,
+            cause,
+            false,
+            action,
+        ));
     }
 
     /// Runs `f` on the account's directory.
@@ -284,6 +347,7 @@ impl Manager {
             if row.level == TrustLevel::Undecided {
                 self.emit(Event::TrustDecisionNeeded {
                     account: acct.jid.clone(),
+                    cause: Cause::NewIdentity,
                     peer: row.jid.clone(),
                     namespace,
                     device_id,

@@ -5,7 +5,6 @@ use super::account::{
     signed_prekey_row, OwnSignedPreKey, SIGNED_PREKEY_GRACE_SECS, SIGNED_PREKEY_ROTATION_SECS,
 };
 use super::{Manager, Result};
-use crate::events::Event;
 use crate::storage::{accounts, signed_prekeys};
 use protocol_core::keys::identity::SignedPreKey;
 use protocol_core::xml::{self, DeviceListEntry};
@@ -157,11 +156,8 @@ impl Manager {
                 );
                 keys.bundle_version = v;
                 for namespace in Version::ALL {
-                    self.emit(Event::BundleChanged {
-                        account: acct.jid.clone(),
-                        namespace,
-                        device_id: acct.device_id,
-                    });
+                    let a = super::Action::PublishBundle { namespace };
+                    self.announce_duty(&acct, crate::events::Cause::SignedPrekeyRotated, &a);
                 }
                 changed.push(acct.jid.clone());
             }

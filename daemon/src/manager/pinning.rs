@@ -173,6 +173,7 @@ impl Manager {
         tracing::warn!(account = account_jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "bundle with a changed identity set aside");
         self.emit(Event::IdentityChanged {
             account: account_jid.to_owned(),
+            cause: crate::events::Cause::BundleUpdate,
             peer: addr.jid.clone(),
             namespace: addr.namespace,
             device_id: addr.device_id,

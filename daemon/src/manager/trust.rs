@@ -1,7 +1,6 @@
 //! Trust decisions, device overviews, fingerprints, and catch-up mode.
 
-use super::{check_bare_jid, Action, Manager, ManagerError, Result};
-use crate::events::Event;
+use super::{check_bare_jid, Account, Action, Manager, ManagerError, Result};
 use crate::storage::trust::{TrustLevel, TrustRow, TrustSource};
 use crate::storage::{self, accounts, device_state, prekeys, trust as trust_store};
 use protocol_core::keys::fingerprint;
@@ -177,6 +176,15 @@ impl Manager {
     /// send now (one per session).
     pub async fn catchup_end(&self, account: Option<&str>) -> Result<Vec<Action>> {
         let acct = self.account(account)?;
+        let mut actions = Vec::new();
+        for a in self.end_catchup(&acct).await? {
+            self.push_action(&acct, &mut actions, crate::events::Cause::CatchupEnded, a);
+        }
+        Ok(actions)
+    }
+
+    /// [`Self::catchup_end`] without the events: the heartbeats due.
+    async fn end_catchup(&self, acct: &Account) -> Result<Vec<Action>> {
         let mut keys = acct.keys.lock().await;
         let id = acct.id;
         let pending = self
@@ -214,20 +222,9 @@ impl Manager {
                 continue;
             }
             tracing::info!(jid = %acct.jid, "catch-up timed out; ending it");
-            for a in self.catchup_end(Some(&acct.jid)).await? {
-                if let Action::SendHeartbeat {
-                    jid,
-                    namespace,
-                    device_id,
-                } = a
-                {
-                    self.emit(Event::HeartbeatDue {
-                        account: acct.jid.clone(),
-                        peer: jid,
-                        namespace,
-                        device_id,
-                    });
-                }
+            // No call answers these: each goes to one subscriber as a duty.
+            for a in self.end_catchup(&acct).await? {
+                self.announce_duty(&acct, crate::events::Cause::CatchupEnded, &a);
             }
         }
         Ok(())

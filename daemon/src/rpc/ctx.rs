@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::{ServeConfig, MAX_SUBSCRIPTIONS_PER_CONNECTION};
-use crate::events::{Event, EventBus, EventType};
+use crate::events::{DutyTicket, Event, EventBus, EventType};
 use crate::rpc::error::{ErrorKind, RpcError};
 
 /// Daemon-wide state shared by every request.
@@ -189,12 +189,20 @@ impl Conn {
         subs.next_id += 1;
         // Subscribe to the bus now, so that no event emitted after this call is missed.
         let rx = bus.subscribe();
+        let ticket = bus.register(types.clone());
         let (start_tx, start_rx) = oneshot::channel();
         match self.starters.lock() {
             Ok(mut s) => s.push(start_tx),
             Err(poisoned) => poisoned.into_inner().push(start_tx),
         }
-        let task = tokio::spawn(forward_events(id, rx, types, out, start_rx));
+        let task = tokio::spawn(forward_events(
+            id,
+            rx,
+            types,
+            out,
+            start_rx,
+            (bus.clone(), ticket),
+        ));
         subs.tasks.insert(id, task);
         tracing::debug!(conn = self.shared.id, peer_pid = ?self.shared.peer_pid, subscription = id, "subscribed");
         Ok(id)
@@ -243,6 +251,7 @@ async fn forward_events(
     types: Option<HashSet<EventType>>,
     out: mpsc::Sender<String>,
     start: oneshot::Receiver<()>,
+    (bus, ticket): (EventBus, DutyTicket),
 ) {
     // Wait until the subscribe answer is queued; a dropped sender means it never will be.
     if start.await.is_err() {
@@ -255,6 +264,10 @@ async fn forward_events(
                     .as_ref()
                     .is_some_and(|t| !t.contains(&event.event_type()))
                 {
+                    continue;
+                }
+                // A duty no answer carries is performed by one subscriber, not by all.
+                if event.is_unanswered_duty() && !bus.is_duty_holder(&ticket, event.event_type()) {
                     continue;
                 }
                 match serde_json::to_value(&event) {

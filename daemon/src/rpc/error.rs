@@ -83,6 +83,8 @@ pub enum ErrorKind {
     TooManySkipped,
     /// The session cannot continue; it must be rebuilt.
     BrokenSession,
+    /// An `idempotency_key` was used before for a different request.
+    IdempotencyKeyReused,
     /// Too many session replacements for one device; retry after `data.retry_after_secs`.
     RateLimited,
     /// The OMEMO 2 SCE envelope names another sender or conversation than the stanza.
@@ -135,6 +137,7 @@ impl ErrorKind {
         ErrorKind::AuthenticationFailed,
         ErrorKind::TooManySkipped,
         ErrorKind::BrokenSession,
+        ErrorKind::IdempotencyKeyReused,
         ErrorKind::RateLimited,
         ErrorKind::SceMismatch,
         ErrorKind::Untrusted,
@@ -174,6 +177,7 @@ impl ErrorKind {
             ErrorKind::AuthenticationFailed => 1205,
             ErrorKind::TooManySkipped => 1206,
             ErrorKind::BrokenSession => 1207,
+            ErrorKind::IdempotencyKeyReused => 1220,
             ErrorKind::RateLimited => 1208,
             ErrorKind::SceMismatch => 1209,
             ErrorKind::Untrusted => 1301,
@@ -214,6 +218,7 @@ impl ErrorKind {
             ErrorKind::AuthenticationFailed => "authentication_failed",
             ErrorKind::TooManySkipped => "too_many_skipped",
             ErrorKind::BrokenSession => "broken_session",
+            ErrorKind::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::SceMismatch => "sce_mismatch",
             ErrorKind::Untrusted => "untrusted",
@@ -254,6 +259,7 @@ impl ErrorKind {
             ErrorKind::AuthenticationFailed => "message authentication failed",
             ErrorKind::TooManySkipped => "too many skipped messages",
             ErrorKind::BrokenSession => "broken session",
+            ErrorKind::IdempotencyKeyReused => "idempotency key used for another request",
             ErrorKind::RateLimited => "too many session replacements; retry later",
             ErrorKind::SceMismatch => "SCE envelope does not match the stanza",
             ErrorKind::Untrusted => "device not trusted",

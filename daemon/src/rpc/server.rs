@@ -221,6 +221,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let manager =
         Arc::new(crate::manager::Manager::open(Arc::clone(&store), ctx.events.clone()).await?);
     let _ = ctx.manager.set(Arc::clone(&manager));
+    manager.set_redelivery_config(config.redelivery);
     let skipped_key_max_age = config.bounds.skipped_key_max_age_secs();
     let maintenance = tokio::spawn(async move {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
@@ -228,6 +229,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             tick.tick().await;
             if let Err(e) = manager.rotate_signed_prekeys(crate::storage::now()).await {
                 tracing::warn!(error = %e, "signed prekey rotation failed");
+            }
+            if let Err(e) = manager.prune_redelivery(crate::storage::now()).await {
+                tracing::warn!(error = %e, "pruning the redelivery store failed");
             }
             if let Err(e) = manager
                 .prune_expired(crate::storage::now(), skipped_key_max_age)
@@ -255,7 +259,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     };
     let module = crate::rpc::methods::build(Arc::clone(&ctx), config.enable_debug_methods)?;
     if config.enable_debug_methods {
-        tracing::warn!("debug methods enabled: debug.sleep, debug.emit");
+        tracing::warn!("debug methods enabled: debug.sleep, debug.emit, debug.kill_after_commit");
     }
     let dispatcher = Arc::new(Dispatcher::new(module, config.max_response_bytes));
     let limits = Limits {

@@ -19,6 +19,7 @@ pub fn test_ctx() -> Arc<Ctx> {
         max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         enable_debug_methods: true,
+        redelivery: Default::default(),
         bounds: crate::bounds::BoundsArgs::default(),
     };
     let socket = config.socket.clone();

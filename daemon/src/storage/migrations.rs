@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[Migration] = &[
     (1, include_str!("../../../migrations/0001_init.sql")),
     (2, include_str!("../../../migrations/0002_trust.sql")),
     (3, include_str!("../../../migrations/0003_generation.sql")),
+    (4, include_str!("../../../migrations/0004_redelivery.sql")),
 ];
 
 /// The schema version this binary writes.

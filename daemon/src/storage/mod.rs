@@ -23,6 +23,7 @@ pub mod jids;
 pub mod migrations;
 pub mod prekeys;
 mod reader;
+pub mod redelivery;
 pub mod sessions;
 pub mod signed_prekeys;
 pub mod skipped_keys;

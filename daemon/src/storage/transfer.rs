@@ -409,6 +409,19 @@ fn insert_row(
     Ok(())
 }
 
+/// Whether `table`'s primary key is an `id INTEGER` column alone (an alias of the row id, which
+/// nothing else refers to outside its account's rows).
+fn has_rowid_alias(tx: &Connection, table: &str) -> Result<bool> {
+    let (id_pk, pks): (i64, i64) = tx.query_row(
+        "SELECT COALESCE(SUM(name = 'id' AND pk = 1 AND upper(type) = 'INTEGER'), 0), \
+                COALESCE(SUM(pk > 0), 0) \
+         FROM pragma_table_info(?1)",
+        [table],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(id_pk == 1 && pks == 1)
+}
+
 /// Inserts an exported account into the database (inside the caller's transaction). Refuses a
 /// document of another format, a newer schema, or a JID that already has an account. Returns the
 /// account's JID.
@@ -462,11 +475,20 @@ pub fn import_account(tx: &Connection, doc: &Value) -> Result<String> {
                 format!("table {table} is not in this database's schema"),
             ));
         }
+        // A row id of another database may be taken here by another account's row: such rows
+        // get new ids, in the exported order (which keeps their age order).
+        let renumber = has_rowid_alias(tx, table)?;
         for row in t["rows"].as_array().into_iter().flatten() {
             let row = row
                 .as_object()
                 .ok_or_else(|| bad("export", "row is not an object"))?;
-            insert_row(tx, table, row, Some(id))?;
+            if renumber {
+                let mut row = row.clone();
+                row.remove("id");
+                insert_row(tx, table, &row, Some(id))?;
+            } else {
+                insert_row(tx, table, row, Some(id))?;
+            }
         }
     }
     Ok(jid)

@@ -37,6 +37,11 @@ pub struct AccountInfo {
     pub device_id: u32,
     /// Our fingerprint.
     pub fingerprint: String,
+    /// `account.create` only: what to do first — fetch our own published device lists and hand
+    /// them to `devicelist.update` (before publishing ours, or the user's other devices are
+    /// wiped from it), then publish our bundles.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<crate::manager::Action>,
 }
 
 impl Method for AccountCreate {
@@ -44,7 +49,8 @@ impl Method for AccountCreate {
     const SUMMARY: &'static str =
         "Creates an account: a new OMEMO device (id, identity key, prekeys) for our bare JID.";
     const DESCRIPTION: &'static str =
-        "Publish its device lists and bundles next (devicelist.get, bundle.get).";
+        "Then do its `actions`: fetch our own published device lists and pass them to devicelist.update \
+         (which says whether to publish ours: publish_devicelist), then publish the bundles (bundle.get).";
     const ERRORS: &'static [ErrorKind] = &[ErrorKind::AccountExists, ErrorKind::InvalidJid];
     type Params = AccountCreateParams;
     type Result = AccountInfo;
@@ -60,14 +66,13 @@ impl Method for AccountCreate {
                 RpcError::invalid_params("trust_mode must be btbv, tofu or manual")
             })?,
         };
-        let a = ctx
-            .manager()?
-            .create_account(&p.jid, mode, &p.avoid)
-            .await?;
+        let m = ctx.manager()?;
+        let a = m.create_account(&p.jid, mode, &p.avoid).await?;
         Ok(AccountInfo {
             jid: a.jid.clone(),
             device_id: a.device_id,
             fingerprint: a.identity.fingerprint(),
+            actions: m.first_actions(&a),
         })
     }
 }
@@ -90,6 +95,7 @@ impl Method for AccountList {
                 jid: a.jid.clone(),
                 device_id: a.device_id,
                 fingerprint: a.identity.fingerprint(),
+                actions: Vec::new(),
             })
             .collect())
     }
@@ -152,6 +158,7 @@ impl Method for FingerprintGet {
             jid,
             device_id,
             fingerprint,
+            actions: Vec::new(),
         })
     }
 }

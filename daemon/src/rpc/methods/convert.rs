@@ -54,6 +54,9 @@ impl From<ManagerError> for RpcError {
             ManagerError::BrokenSession(_) => RpcError::new(ErrorKind::BrokenSession, message),
             ManagerError::Untrusted => RpcError::new(ErrorKind::Untrusted, message),
             ManagerError::Distrusted => RpcError::new(ErrorKind::Distrusted, message),
+            ManagerError::IdempotencyKeyReused(_) => {
+                RpcError::new(ErrorKind::IdempotencyKeyReused, message)
+            }
             ManagerError::IdentityChanged {
                 jid,
                 namespace,

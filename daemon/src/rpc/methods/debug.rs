@@ -79,3 +79,23 @@ impl Method for Emit {
         })
     }
 }
+
+/// `debug.kill_after_commit`.
+pub struct KillAfterCommit;
+
+impl Method for KillAfterCommit {
+    const NAME: &'static str = "debug.kill_after_commit";
+    const SUMMARY: &'static str =
+        "Test only: the next decrypt SIGKILLs the daemon right after its commit, before answering.";
+    type Params = crate::rpc::registry::NoParams;
+    type Result = bool;
+
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        _p: crate::rpc::registry::NoParams,
+    ) -> Result<bool, RpcError> {
+        ctx.manager()?.kill_after_next_commit();
+        Ok(true)
+    }
+}

@@ -88,7 +88,10 @@ impl Method for Decrypt {
         };
         // Normalised here so that sessions and trust are found whatever the spelling.
         let from = crate::manager::check_bare_jid(&p.from)?;
-        let to = p.to.as_deref().map(crate::manager::check_bare_jid).transpose()?;
+        let to =
+            p.to.as_deref()
+                .map(crate::manager::check_bare_jid)
+                .transpose()?;
         let conv = Conversation {
             to,
             group_chat: p.group_chat,

@@ -37,6 +37,11 @@ pub struct EncryptParams {
     /// and several recipients (set it to the room's bare JID in group chats).
     #[serde(default)]
     pub sce_to: Option<String>,
+    /// A key of the client's choosing (1 to 256 bytes, unique per message): a retry with the
+    /// same key and the same params returns the first answer (the same ciphertext) instead of
+    /// encrypting again. Kept as long as redelivery data (`--redelivery-retention`).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 impl Method for Encrypt {
@@ -47,6 +52,7 @@ impl Method for Encrypt {
         ErrorKind::UnknownAccount,
         ErrorKind::AccountRequired,
         ErrorKind::InvalidJid,
+        ErrorKind::IdempotencyKeyReused,
     ];
     type Params = EncryptParams;
     type Result = EncryptOutcome;
@@ -66,6 +72,7 @@ impl Method for Encrypt {
             namespaces,
             one_namespace_per_device: !p.all_namespaces,
             sce_to: p.sce_to,
+            idempotency_key: p.idempotency_key,
         };
         Ok(ctx.manager()?.encrypt(p.account.as_deref(), req).await?)
     }

@@ -14,6 +14,7 @@ pub mod decrypt;
 pub mod discover;
 pub mod encrypt;
 pub mod params;
+pub mod plan;
 pub mod status;
 pub mod subscription;
 pub mod trust;
@@ -34,6 +35,7 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
     registry.register::<bundle::DevicelistGet>()?;
     registry.register::<bundle::DevicelistUpdateMethod>()?;
     registry.register::<encrypt::Encrypt>()?;
+    registry.register::<plan::EncryptPlanMethod>()?;
     registry.register::<encrypt::Heartbeat>()?;
     registry.register::<encrypt::SessionReplace>()?;
     registry.register::<decrypt::Decrypt>()?;
@@ -46,6 +48,7 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
     if debug {
         registry.register::<debug::Sleep>()?;
         registry.register::<debug::Emit>()?;
+        registry.register::<debug::KillAfterCommit>()?;
     }
     Ok(())
 }

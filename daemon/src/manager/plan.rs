@@ -1,0 +1,140 @@
+//! `encrypt.plan`: what an `encrypt` to some JIDs would cover, and what to fetch first —
+//! read only: no ratchet moves, nothing is written, no event is sent.
+
+use super::encrypt::EncryptRequest;
+use super::{check_bare_jid, Action, Manager, ManagerError, Result};
+use crate::storage::{bundles, sessions as session_store, DeviceAddr};
+use serde::Serialize;
+
+/// How a device would be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanStatus {
+    /// There is a session: a normal message.
+    Session,
+    /// No session, but a stored bundle: a key exchange.
+    Bundle,
+    /// Neither: fetch its bundle first (see `action`).
+    NoBundle,
+}
+
+/// One device of the plan.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct PlannedDevice {
+    /// Owner's bare JID.
+    pub jid: String,
+    /// Device id.
+    pub device_id: u32,
+    /// Namespace.
+    pub namespace: String,
+    /// How it would be reached.
+    pub status: PlanStatus,
+    /// Trust of its identity key when known (trusted, undecided, distrusted): a body is only
+    /// encrypted for trusted devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust: Option<String>,
+    /// What to do first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+}
+
+/// The plan.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct EncryptPlan {
+    /// Every device an `encrypt` with these params would cover now.
+    pub devices: Vec<PlannedDevice>,
+    /// What to fetch first: device lists of recipients with no known device, bundles of
+    /// devices with neither session nor bundle.
+    pub actions: Vec<Action>,
+    /// Whether nothing needs fetching.
+    pub ready: bool,
+}
+
+/// The identity key a device's session, else its stored bundle, has (none: neither exists).
+type KnownKeys = (Option<[u8; 32]>, Option<[u8; 32]>);
+
+impl Manager {
+    /// The plan of an `encrypt` with `req` (its body and idempotency key are ignored).
+    pub async fn encrypt_plan(
+        &self,
+        account: Option<&str>,
+        req: &EncryptRequest,
+    ) -> Result<EncryptPlan> {
+        let acct = self.account(account)?;
+        let mut jids: Vec<String> = Vec::new();
+        for j in &req.to {
+            check_bare_jid(j)?;
+            if !jids.contains(j) {
+                jids.push(j.clone());
+            }
+        }
+        if jids.is_empty() {
+            return Err(ManagerError::InvalidParams(
+                "`to` names no recipient".into(),
+            ));
+        }
+        if req.namespaces.is_empty() {
+            return Err(ManagerError::InvalidParams("`namespaces` is empty".into()));
+        }
+        let (addrs, mut actions) =
+            self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device);
+        let lookup = addrs.clone();
+        // (session identity key, bundle identity key) per device, in one read.
+        let found: Vec<KnownKeys> = self
+            .store
+            .read(move |c| {
+                lookup
+                    .iter()
+                    .map(|a: &DeviceAddr| {
+                        let s = session_store::get(c, a)?.map(|r| r.identity_key);
+                        let b = match s {
+                            Some(_) => None,
+                            None => bundles::get(c, a)?.map(|r| r.identity_curve25519),
+                        };
+                        Ok((s, b))
+                    })
+                    .collect()
+            })
+            .await?;
+        let mode = acct.keys.lock().await.trust_mode;
+        let mut devices = Vec::with_capacity(addrs.len());
+        for (addr, (session, bundle)) in addrs.into_iter().zip(found) {
+            let (status, key) = match (session, bundle) {
+                (Some(k), _) => (PlanStatus::Session, Some(k)),
+                (None, Some(k)) => (PlanStatus::Bundle, Some(k)),
+                (None, None) => (PlanStatus::NoBundle, None),
+            };
+            // The level a first sight would get is reported, not stored.
+            let trust = key.map(|k| {
+                let (row, _) = self.trust_for_key(&acct, mode, &addr.jid, &k);
+                row.level.as_str().to_owned()
+            });
+            let action = (status == PlanStatus::NoBundle).then(|| {
+                let (node, item_id) = addr.namespace.bundle_node(addr.device_id);
+                Action::FetchBundle {
+                    jid: addr.jid.clone(),
+                    namespace: addr.namespace,
+                    device_id: addr.device_id,
+                    node,
+                    item_id,
+                }
+            });
+            if let Some(a) = &action {
+                actions.push(a.clone());
+            }
+            devices.push(PlannedDevice {
+                jid: addr.jid.clone(),
+                device_id: addr.device_id,
+                namespace: addr.namespace.namespace().to_owned(),
+                status,
+                trust,
+                action,
+            });
+        }
+        Ok(EncryptPlan {
+            ready: actions.is_empty(),
+            devices,
+            actions,
+        })
+    }
+}

@@ -1,0 +1,637 @@
+//! Redelivery: the same `<encrypted>` element decrypted again — by another client process of
+//! the user, or by a client retrying after a lost answer — gets the same answer, marked
+//! `redelivered`, without touching the ratchet.
+//!
+//! The first decryption stores, in the transaction that advances the ratchet, the key material
+//! the ratchet recovered for our key element (never the plaintext), keyed by a digest of
+//! (namespace, sender, sender device, our key element). A second decryption finds it and opens
+//! the payload again; a different payload under the same key element is refused. Only a digest
+//! is kept longer, so an old replay is reported as a replay. Everything is bounded by
+//! [`RedeliveryConfig`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use protocol_core::session::Decrypted;
+use protocol_core::xml::{Encrypted, KeyElement};
+use rusqlite::Connection;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::account::Account;
+use super::decrypt::{check_envelope, open_payload, Conversation, DecryptOutcome, Sender};
+use super::encrypt::{EncryptOutcome, EncryptRequest};
+use super::{Manager, ManagerError, Result};
+use crate::storage::redelivery::{
+    self as store, Bounds, EncryptResultRow, Pruned, RedeliveryRow, Seen,
+};
+use crate::storage::trust::TrustLevel;
+
+/// Default retention of key material: 7 days, Prosody's default archive (MAM) expiry, so a
+/// client reading the server archive finds every archived message still readable.
+pub const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
+/// Default cap on remembered messages (key material rows; as many `encrypt` answers).
+pub const DEFAULT_MAX_ENTRIES: u64 = 50_000;
+/// Digests (no key material) are kept 90 days, for replay reports.
+pub const DIGEST_RETENTION_SECS: i64 = 90 * 24 * 3600;
+/// At most this many digests.
+pub const MAX_DIGESTS: i64 = 200_000;
+/// Records between two inline prunes (besides the hourly maintenance one).
+const PRUNE_EVERY: u64 = 256;
+
+/// Bounds of what is kept for redelivery and retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedeliveryConfig {
+    /// Seconds to keep key material and `encrypt` answers; 0 turns redelivery off.
+    pub retention_secs: u64,
+    /// Most messages kept (and most `encrypt` answers).
+    pub max_entries: u64,
+}
+
+impl Default for RedeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retention_secs: DEFAULT_RETENTION_SECS,
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+impl RedeliveryConfig {
+    /// Whether key material is kept at all.
+    pub fn enabled(&self) -> bool {
+        self.retention_secs > 0 && self.max_entries > 0
+    }
+
+    pub(crate) fn bounds(&self) -> Bounds {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Bounds {
+            retention_secs: if self.enabled() {
+                clamp(self.retention_secs)
+            } else {
+                0
+            },
+            max_rows: clamp(self.max_entries),
+            digest_retention_secs: DIGEST_RETENTION_SECS.max(clamp(self.retention_secs)),
+            max_digests: MAX_DIGESTS.max(clamp(self.max_entries)),
+        }
+    }
+}
+
+/// `serve` options of this module (each also a config-file key of the same name, with `_` for
+/// `-`; a flag overrides the file).
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct RedeliveryArgs {
+    /// How long a decrypted message stays readable again by other processes and retries (its
+    /// key material is kept that long): seconds, or a number with s, m, h or d. 0 turns
+    /// redelivery off [default: 7d].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub redelivery_retention: Option<u64>,
+    /// Most messages kept for redelivery (and most `encrypt` answers kept for retries)
+    /// [default: 50000].
+    #[arg(long, value_name = "N")]
+    pub redelivery_max_entries: Option<u64>,
+}
+
+impl RedeliveryArgs {
+    /// The configuration in force: these flags, else the config file's keys, else the defaults.
+    pub fn resolve(self, file: &crate::config::FileConfig) -> RedeliveryConfig {
+        let d = RedeliveryConfig::default();
+        RedeliveryConfig {
+            retention_secs: self
+                .redelivery_retention
+                .or(file.redelivery_retention)
+                .unwrap_or(d.retention_secs),
+            max_entries: self
+                .redelivery_max_entries
+                .or(file.redelivery_max_entries)
+                .unwrap_or(d.max_entries),
+        }
+    }
+}
+
+/// A config-file duration: seconds as a number, or a string as the flag takes it (`"7d"`).
+pub fn deserialize_duration<'de, D>(d: D) -> std::result::Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Secs(u64),
+        Text(String),
+    }
+    match <Given as serde::Deserialize>::deserialize(d)? {
+        Given::Secs(n) => Ok(Some(n)),
+        Given::Text(t) => parse_duration(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses `90`, `90s`, `15m`, `12h`, `7d` into seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with an optional unit s, m, h or d"))?;
+    let mul = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{s:?}: too large"))
+}
+
+/// The manager's redelivery state.
+#[derive(Debug, Default)]
+pub struct State {
+    config: RwLock<RedeliveryConfig>,
+    /// Where each remembered message is: a decrypt looks in the database only on a hit, so the
+    /// common case costs no read. False hits are harmless (the row's digest is checked); there
+    /// are no misses, since an entry is added after its commit and before the session lock is
+    /// released.
+    filter: Mutex<Filter>,
+    records: AtomicU64,
+    /// Where the next prune starts ([`Pruned::key_frontier`]); moved only after a committed
+    /// maintenance prune, so a rolled-back one cannot skip rows.
+    key_frontier: AtomicI64,
+    /// Serializes `encrypt` calls that carry an idempotency key.
+    pub(crate) encrypt_lock: tokio::sync::Mutex<()>,
+    /// Tests only (`debug.kill_after_commit`): SIGKILL ourselves right after the next decrypt
+    /// commit, before its answer.
+    kill_after_commit: std::sync::atomic::AtomicBool,
+}
+
+/// Digest prefix → row id of every remembered message (the table has no index on the digest),
+/// and while the filter is being rebuilt from the database, what was added meanwhile (so the
+/// rebuild loses nothing).
+#[derive(Debug, Default)]
+struct Filter {
+    set: HashMap<u64, i64>,
+    during_rebuild: Option<Vec<(u64, i64)>>,
+}
+
+impl State {
+    /// The configuration.
+    pub fn config(&self) -> RedeliveryConfig {
+        *self.config.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The row that may hold `digest`.
+    fn find(&self, digest: &[u8; 32]) -> Option<i64> {
+        self.filter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set
+            .get(&store::prefix(digest))
+            .copied()
+    }
+
+    fn insert(&self, prefix: u64, id: i64) {
+        let mut f = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
+        f.set.insert(prefix, id);
+        if let Some(log) = f.during_rebuild.as_mut() {
+            log.push((prefix, id));
+        }
+    }
+
+    /// Fills the filter (from [`store::digest_prefixes`]).
+    pub(crate) fn load(&self, prefixes: Vec<(u64, i64)>) {
+        let mut f = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
+        f.set.extend(prefixes);
+    }
+
+    /// Call before reading the prefixes for [`State::finish_rebuild`].
+    fn start_rebuild(&self) {
+        self.filter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .during_rebuild = Some(Vec::new());
+    }
+
+    /// Replaces the filter by what the database holds now (pruned entries leave it), keeping
+    /// whatever was committed while it was read.
+    fn finish_rebuild(&self, prefixes: Option<Vec<(u64, i64)>>) {
+        let mut f = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
+        let added = f.during_rebuild.take().unwrap_or_default();
+        if let Some(p) = prefixes {
+            f.set = p.into_iter().chain(added).collect();
+        }
+    }
+}
+
+/// Identifies one received element for our device.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    digest: [u8; 32],
+    payload_digest: [u8; 32],
+    empty: bool,
+    /// The row id, once recorded.
+    id: Arc<AtomicI64>,
+}
+
+/// Longest accepted `idempotency_key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// Digest of everything that shapes an `encrypt` answer, so a key reused for another request
+/// is noticed.
+pub fn request_digest(req: &EncryptRequest) -> [u8; 32] {
+    let mut h = Sha256::new();
+    put(&mut h, b"omemod encrypt v1");
+    h.update((req.to.len() as u64).to_be_bytes());
+    for j in &req.to {
+        put(&mut h, j.as_bytes());
+    }
+    match &req.body {
+        Some(b) => {
+            h.update([1]);
+            put(&mut h, b.as_bytes());
+        }
+        None => h.update([0]),
+    }
+    h.update((req.namespaces.len() as u64).to_be_bytes());
+    for ns in &req.namespaces {
+        put(&mut h, ns.namespace().as_bytes());
+    }
+    h.update([u8::from(req.one_namespace_per_device)]);
+    match &req.sce_to {
+        Some(t) => {
+            h.update([1]);
+            put(&mut h, t.as_bytes());
+        }
+        None => h.update([0]),
+    }
+    h.finalize().into()
+}
+
+/// The row that keeps an `encrypt` answer for its idempotency key.
+pub(crate) fn encrypt_record(
+    acct: &Account,
+    key: String,
+    request_digest: [u8; 32],
+    out: &EncryptOutcome,
+) -> Result<EncryptResultRow> {
+    let result = serde_json::to_string(out)
+        .map_err(|e| ManagerError::InvalidParams(format!("cannot keep the answer: {e}")))?;
+    Ok(EncryptResultRow {
+        account_id: acct.id,
+        idempotency_key: key,
+        request_digest,
+        result,
+        created_at: crate::storage::now(),
+    })
+}
+
+fn put(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_be_bytes());
+    h.update(bytes);
+}
+
+impl Probe {
+    /// Digests of `element` as sent by `from`, with `key` our key element in it.
+    pub fn new(from: &str, element: &Encrypted, key: &KeyElement) -> Self {
+        let mut h = Sha256::new();
+        put(&mut h, b"omemod redelivery v1");
+        put(&mut h, element.version.namespace().as_bytes());
+        put(&mut h, from.as_bytes());
+        h.update(element.sid.to_be_bytes());
+        h.update([u8::from(key.kex)]);
+        put(&mut h, &key.data);
+        let digest = h.finalize().into();
+        let mut p = Sha256::new();
+        put(&mut p, b"omemod payload v1");
+        for part in [&element.iv, &element.payload] {
+            match part {
+                Some(b) => {
+                    p.update([1]);
+                    put(&mut p, b);
+                }
+                None => p.update([0]),
+            }
+        }
+        Self {
+            digest,
+            payload_digest: p.finalize().into(),
+            empty: element.payload.as_ref().is_none_or(|p| p.is_empty()),
+            id: Arc::new(AtomicI64::new(0)),
+        }
+    }
+}
+
+/// What the decryption commit writes for redelivery.
+#[derive(Debug)]
+pub struct Record {
+    row: RedeliveryRow,
+    id: Arc<AtomicI64>,
+    keep_key: bool,
+    prune: Option<(Bounds, i64)>,
+}
+
+impl Record {
+    /// Writes it (inside the decryption's transaction).
+    pub fn write(&self, conn: &Connection) -> crate::storage::Result<()> {
+        let id = store::record(conn, &self.row, self.keep_key)?;
+        self.id.store(id, Ordering::Relaxed);
+        if let Some((b, from)) = self.prune {
+            store::prune(conn, self.row.created_at, b, from)?;
+        }
+        Ok(())
+    }
+}
+
+impl Manager {
+    /// Sets the bounds (at start-up).
+    pub fn set_redelivery_config(&self, config: RedeliveryConfig) {
+        *self
+            .redelivery
+            .config
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = config;
+    }
+
+    /// Before decrypting (session lock held): the answer for an element decrypted before,
+    /// `Err(DuplicateMessage)` for a known element that cannot (or must not) be opened again,
+    /// `Err(Distrusted)`/`Err(SceMismatch)` as for a first decryption (`conv` is this
+    /// request's conversation), `None` for a new one.
+    pub(crate) async fn redeliver(
+        &self,
+        acct: &Account,
+        from: &str,
+        element: &Encrypted,
+        probe: &Probe,
+        conv: &Conversation,
+    ) -> Result<Option<DecryptOutcome>> {
+        let Some(row_id) = self.redelivery.find(&probe.digest) else {
+            return Ok(None);
+        };
+        let (id, digest) = (acct.id, probe.digest);
+        let seen = self
+            .store
+            .read(move |c| store::lookup(c, row_id, id, &digest))
+            .await?;
+        let row = match seen {
+            Seen::No => return Ok(None),
+            Seen::DigestOnly => return Err(ManagerError::DuplicateMessage),
+            Seen::Redeliverable(row) => row,
+        };
+        let config = self.redelivery.config();
+        let window = i64::try_from(config.retention_secs).unwrap_or(i64::MAX);
+        // Past the window (not pruned yet), or kept before redelivery was turned off.
+        if !config.enabled() || row.created_at < crate::storage::now().saturating_sub(window) {
+            return Err(ManagerError::DuplicateMessage);
+        }
+        // Same key element, another payload: a reused message key (tampering, or a replay
+        // dressed as a new message). Never open it.
+        if row.payload_digest != probe.payload_digest {
+            return Err(ManagerError::DuplicateMessage);
+        }
+        let (trust, _) = {
+            let mode = acct.keys.lock().await.trust_mode;
+            self.trust_for_key(acct, mode, from, &row.identity_key)
+        };
+        if trust.level == TrustLevel::Distrusted {
+            return Err(ManagerError::Distrusted);
+        }
+        let material = row
+            .key_material
+            .clone()
+            .unwrap_or_else(|| Zeroizing::new(Vec::new()));
+        let d = Decrypted {
+            plaintext: material,
+            n: 0,
+            skipped: Default::default(),
+        };
+        // An empty message has no key material stored; its payload digest proves the element
+        // is still empty.
+        let opened = open_payload(element.version, element, &d)?;
+        // The copy may have been moved into another conversation than the first one.
+        check_envelope(&opened, from, conv)?;
+        tracing::debug!(account = %acct.jid, peer = from, device = element.sid, "redelivered");
+        Ok(Some(DecryptOutcome {
+            namespace: element.version.namespace().to_owned(),
+            sender: Sender {
+                jid: from.to_owned(),
+                device_id: element.sid,
+                fingerprint: trust.fingerprint.clone(),
+                trust: trust.level.as_str().to_owned(),
+            },
+            body: opened.body,
+            content_xml: opened.content_xml,
+            envelope: opened.envelope,
+            empty: opened.empty,
+            key_exchange: row.key_exchange,
+            // The duties were handed out with the first answer.
+            actions: Vec::new(),
+            redelivered: true,
+            first_decrypted_at: Some(row.created_at),
+        }))
+    }
+
+    /// What the decryption's commit must write so this element can be redelivered.
+    pub(crate) fn redelivery_record(
+        &self,
+        acct: &Account,
+        probe: &Probe,
+        decrypted: &Decrypted,
+        identity_key: &[u8; 32],
+        key_exchange: bool,
+        now: i64,
+    ) -> Record {
+        let config = self.redelivery.config();
+        let n = self.redelivery.records.fetch_add(1, Ordering::Relaxed);
+        Record {
+            row: RedeliveryRow {
+                account_id: acct.id,
+                digest: probe.digest,
+                payload_digest: probe.payload_digest,
+                key_material: (!probe.empty).then(|| decrypted.plaintext.clone()),
+                identity_key: *identity_key,
+                key_exchange,
+                created_at: now,
+            },
+            id: Arc::clone(&probe.id),
+            keep_key: config.enabled(),
+            prune: (n % PRUNE_EVERY == PRUNE_EVERY - 1).then(|| {
+                let from = self.redelivery.key_frontier.load(Ordering::Relaxed);
+                (config.bounds(), from)
+            }),
+        }
+    }
+
+    /// The answer kept for an `encrypt` idempotency key, if any and still within the window;
+    /// `Err(IdempotencyKeyReused)` if the key was used for another request.
+    pub(crate) async fn stored_encrypt(
+        &self,
+        acct: &Account,
+        key: &str,
+        digest: &[u8; 32],
+    ) -> Result<Option<EncryptOutcome>> {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(ManagerError::InvalidParams(format!(
+                "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+            )));
+        }
+        let config = self.redelivery.config();
+        if !config.enabled() {
+            return Ok(None);
+        }
+        let (id, k) = (acct.id, key.to_owned());
+        let Some(row) = self
+            .store
+            .read(move |c| store::get_encrypt_result(c, id, &k))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let window = i64::try_from(config.retention_secs).unwrap_or(i64::MAX);
+        if row.created_at < crate::storage::now().saturating_sub(window) {
+            // Expired: as if never seen (the prune deletes it soon).
+            return Ok(None);
+        }
+        if row.request_digest != *digest {
+            return Err(ManagerError::IdempotencyKeyReused(key.to_owned()));
+        }
+        let out: EncryptOutcome = serde_json::from_str(&row.result).map_err(|e| {
+            ManagerError::Storage(crate::storage::StorageError::BadData {
+                table: "encrypt_results",
+                column: "result",
+                reason: e.to_string(),
+            })
+        })?;
+        Ok(Some(out))
+    }
+
+    /// Tests only: the next decrypt dies right after its commit (see `debug.kill_after_commit`).
+    pub fn kill_after_next_commit(&self) {
+        self.redelivery
+            .kill_after_commit
+            .store(true, Ordering::SeqCst);
+    }
+
+    /// After the commit, before the session lock is released.
+    pub(crate) fn redelivery_committed(&self, probe: &Probe) {
+        if self.redelivery.kill_after_commit.load(Ordering::Relaxed) {
+            let me = rustix::process::getpid();
+            let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
+        }
+        let id = probe.id.load(Ordering::Relaxed);
+        self.redelivery.insert(store::prefix(&probe.digest), id);
+    }
+
+    /// Deletes what the bounds no longer allow, then empties the WAL so that deleted key
+    /// material does not linger there. Run at start-up and by the hourly maintenance.
+    pub async fn prune_redelivery(&self, now: i64) -> Result<Pruned> {
+        let bounds = self.redelivery.config().bounds();
+        let from = self.redelivery.key_frontier.load(Ordering::Relaxed);
+        let pruned = self
+            .store
+            .write(move |tx| store::prune(tx, now, bounds, from))
+            .await?;
+        self.redelivery
+            .key_frontier
+            .store(pruned.key_frontier, Ordering::Relaxed);
+        if pruned.redelivery + pruned.encrypt_results > 0 {
+            let store = std::sync::Arc::clone(&self.store);
+            let r = tokio::task::spawn_blocking(move || store.truncate_wal()).await;
+            match r {
+                Ok(Ok(c)) if c.busy => tracing::warn!("WAL truncation was blocked by a reader"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "WAL truncation failed"),
+                _ => {}
+            }
+        }
+        // Forget pruned digests, so the filter stays as small as the tables.
+        self.redelivery.start_rebuild();
+        let prefixes = self.store.read(store::digest_prefixes).await;
+        self.redelivery
+            .finish_rebuild(prefixes.as_ref().ok().cloned());
+        prefixes?;
+        tracing::debug!(?pruned, "redelivery store pruned");
+        Ok(pruned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_rebuild_keeps_what_was_added_meanwhile() {
+        let s = State::default();
+        s.load(vec![(1, 1), (2, 2), (3, 3)]);
+        s.start_rebuild();
+        s.insert(9, 9); // committed while the database was being read
+        s.finish_rebuild(Some(vec![(3, 3), (4, 4)]));
+        let mut v: Vec<(u64, i64)> = s.filter.lock().unwrap().set.clone().into_iter().collect();
+        v.sort_unstable();
+        assert_eq!(v, [(3, 3), (4, 4), (9, 9)]);
+        // A failed read keeps the old filter.
+        s.start_rebuild();
+        s.finish_rebuild(None);
+        assert!(s.filter.lock().unwrap().set.contains_key(&9));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0"), Ok(0));
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        assert_eq!(parse_duration("12h"), Ok(43_200));
+        assert_eq!(parse_duration("7d"), Ok(DEFAULT_RETENTION_SECS));
+        for bad in ["", "d", "7w", "-1", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn zero_turns_key_material_off_but_keeps_digests() {
+        let off = RedeliveryConfig {
+            retention_secs: 0,
+            max_entries: 10,
+        };
+        assert!(!off.enabled());
+        let b = off.bounds();
+        assert_eq!(b.retention_secs, 0);
+        assert_eq!(b.digest_retention_secs, DIGEST_RETENTION_SECS);
+        assert!(RedeliveryConfig::default().enabled());
+    }
+
+    #[test]
+    fn probe_binds_sender_device_key_and_payload() {
+        let el = |sid, data: &[u8], payload: Option<&[u8]>| Encrypted {
+            version: protocol_core::Version::Twomemo,
+            sid,
+            keys: vec![KeyElement {
+                jid: None,
+                rid: 1,
+                kex: false,
+                data: data.to_vec(),
+            }],
+            iv: None,
+            payload: payload.map(<[u8]>::to_vec),
+        };
+        let p = |from, e: &Encrypted| Probe::new(from, e, &e.keys[0]);
+        let base = el(5, b"key", Some(b"ct"));
+        let a = p("a@x", &base);
+        assert_eq!(a.digest, p("a@x", &base).digest);
+        assert_ne!(a.digest, p("b@x", &base).digest);
+        assert_ne!(a.digest, p("a@x", &el(6, b"key", Some(b"ct"))).digest);
+        assert_ne!(a.digest, p("a@x", &el(5, b"kez", Some(b"ct"))).digest);
+        let other = p("a@x", &el(5, b"key", Some(b"cu")));
+        assert_eq!(a.digest, other.digest);
+        assert_ne!(a.payload_digest, other.payload_digest);
+        assert_ne!(
+            a.payload_digest,
+            p("a@x", &el(5, b"key", None)).payload_digest
+        );
+    }
+}

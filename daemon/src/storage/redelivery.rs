@@ -1,0 +1,453 @@
+//! `redelivery`, `encrypt_results`: what lets a message be decrypted again and an `encrypt` be
+//! retried (issue 8). Both are bounded by age and by row count ([`prune`]).
+
+use rusqlite::{params, Connection, OptionalExtension};
+use zeroize::Zeroizing;
+
+use super::error::{Result, StorageError};
+
+/// A decrypted message, as remembered for redelivery.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedeliveryRow {
+    /// Our account.
+    pub account_id: i64,
+    /// Digest of (namespace, sender, sender device, our key element).
+    pub digest: [u8; 32],
+    /// Digest of (iv, payload).
+    pub payload_digest: [u8; 32],
+    /// The key material the ratchet gave for our key element; `None` for an empty message.
+    pub key_material: Option<Zeroizing<Vec<u8>>>,
+    /// The sender's Curve25519 identity key.
+    pub identity_key: [u8; 32],
+    /// Whether it was a key exchange.
+    pub key_exchange: bool,
+    /// Unix seconds of the first decryption.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for RedeliveryRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedeliveryRow")
+            .field("account_id", &self.account_id)
+            .field("digest", &hex::encode(self.digest))
+            .field("key_material", &self.key_material.as_ref().map(|k| k.len()))
+            .field("key_exchange", &self.key_exchange)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What is known about a digest.
+#[derive(Debug)]
+pub enum Seen {
+    /// Never decrypted (or forgotten).
+    No,
+    /// Decrypted once; only its digest is left.
+    DigestOnly,
+    /// Decrypted recently; it can be opened again.
+    Redeliverable(Box<RedeliveryRow>),
+}
+
+/// Stores a decrypted message: always its digest, and what reopens it when `keep_key` is set.
+/// Returns the row id (the caller must not record the same digest twice).
+pub fn record(conn: &Connection, row: &RedeliveryRow, keep_key: bool) -> Result<i64> {
+    fn keep(keep_key: bool, v: Option<&[u8]>) -> Option<&[u8]> {
+        v.filter(|_| keep_key)
+    }
+    conn.prepare_cached(
+        "INSERT INTO redelivery (account_id, digest, created_at, payload_digest, key_material, \
+         identity_key, key_exchange) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        row.account_id,
+        &row.digest[..],
+        row.created_at,
+        keep(keep_key, Some(&row.payload_digest[..])),
+        keep(keep_key, row.key_material.as_ref().map(|k| &k[..])),
+        keep(keep_key, Some(&row.identity_key[..])),
+        keep_key.then_some(row.key_exchange),
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn blob32(table: &'static str, column: &'static str, b: &[u8]) -> Result<[u8; 32]> {
+    b.try_into().map_err(|_| StorageError::BadData {
+        table,
+        column,
+        reason: format!("expected 32 bytes, found {}", b.len()),
+    })
+}
+
+/// Looks a digest up in row `id` (found through the in-memory filter).
+pub fn lookup(conn: &Connection, id: i64, account_id: i64, digest: &[u8; 32]) -> Result<Seen> {
+    type Cols = (
+        Option<Vec<u8>>,
+        Option<Zeroizing<Vec<u8>>>,
+        Option<Vec<u8>>,
+        Option<bool>,
+        i64,
+    );
+    let row: Option<Cols> = conn
+        .prepare_cached(
+            "SELECT payload_digest, key_material, identity_key, key_exchange, created_at \
+             FROM redelivery WHERE id = ?1 AND account_id = ?2 AND digest = ?3",
+        )?
+        .query_row(params![id, account_id, &digest[..]], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, Option<Vec<u8>>>(1)?.map(Zeroizing::new),
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        })
+        .optional()?;
+    Ok(match row {
+        None => Seen::No,
+        Some((Some(pd), km, Some(ik), Some(kex), at)) => {
+            Seen::Redeliverable(Box::new(RedeliveryRow {
+                account_id,
+                digest: *digest,
+                payload_digest: blob32("redelivery", "payload_digest", &pd)?,
+                key_material: km,
+                identity_key: blob32("redelivery", "identity_key", &ik)?,
+                key_exchange: kex,
+                created_at: at,
+            }))
+        }
+        Some(_) => Seen::DigestOnly,
+    })
+}
+
+/// (first 8 bytes of the digest, row id) of every remembered message, to fill the in-memory
+/// filter.
+pub fn digest_prefixes(conn: &Connection) -> Result<Vec<(u64, i64)>> {
+    let mut out = Vec::new();
+    let mut st = conn.prepare("SELECT digest, id FROM redelivery")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let b: Vec<u8> = r.get(0)?;
+        out.push((prefix(&blob32("redelivery", "digest", &b)?), r.get(1)?));
+    }
+    Ok(out)
+}
+
+/// The filter key of a digest.
+pub fn prefix(digest: &[u8; 32]) -> u64 {
+    let mut p = [0u8; 8];
+    p.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(p)
+}
+
+/// A stored `encrypt` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptResultRow {
+    /// Our account.
+    pub account_id: i64,
+    /// The client's key.
+    pub idempotency_key: String,
+    /// Digest of the request it answered.
+    pub request_digest: [u8; 32],
+    /// The answer, as JSON.
+    pub result: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Stores an `encrypt` answer (keeps an existing one).
+pub fn put_encrypt_result(conn: &Connection, row: &EncryptResultRow) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO encrypt_results (account_id, idempotency_key, request_digest, result, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![
+        row.account_id,
+        row.idempotency_key,
+        &row.request_digest[..],
+        row.result,
+        row.created_at
+    ])?;
+    Ok(())
+}
+
+/// The stored answer for an idempotency key.
+pub fn get_encrypt_result(
+    conn: &Connection,
+    account_id: i64,
+    key: &str,
+) -> Result<Option<EncryptResultRow>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT request_digest, result, created_at FROM encrypt_results \
+             WHERE account_id = ?1 AND idempotency_key = ?2",
+        )?
+        .query_row(params![account_id, key], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .optional()?;
+    row.map(|(d, result, created_at)| {
+        Ok(EncryptResultRow {
+            account_id,
+            idempotency_key: key.to_owned(),
+            request_digest: blob32("encrypt_results", "request_digest", &d)?,
+            result,
+            created_at,
+        })
+    })
+    .transpose()
+}
+
+/// Limits of [`prune`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Keep key material and encrypt answers this many seconds (0: none at all).
+    pub retention_secs: i64,
+    /// At most this many messages with key material, and as many encrypt answers.
+    pub max_rows: i64,
+    /// Keep digests this many seconds.
+    pub digest_retention_secs: i64,
+    /// At most this many digests.
+    pub max_digests: i64,
+}
+
+/// What [`prune`] deleted or erased.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Messages whose key material was erased (their digest stays).
+    pub redelivery: usize,
+    /// Digests deleted.
+    pub digests: usize,
+    /// Encrypt answers deleted.
+    pub encrypt_results: usize,
+    /// Rows below this id hold no key material any more: where the next prune starts.
+    pub key_frontier: i64,
+}
+
+impl Pruned {
+    /// Whether anything was deleted.
+    pub fn any(&self) -> bool {
+        self.redelivery + self.digests + self.encrypt_results > 0
+    }
+}
+
+/// The first `redelivery` id at or after `from` created at `cutoff` or later (or one past the
+/// last). Walks from `from` in id order, so it costs as many rows as lie before the answer: the
+/// rows about to be pruned. (Ids grow with time; a clock set back only makes a prune early or
+/// late by the jump.)
+fn first_since(conn: &Connection, from: i64, cutoff: i64) -> Result<i64> {
+    let id: Option<i64> = conn
+        .prepare_cached(
+            "SELECT id FROM redelivery WHERE id >= ?1 AND created_at >= ?2 ORDER BY id LIMIT 1",
+        )?
+        .query_row([from, cutoff], |r| r.get(0))
+        .optional()?;
+    match id {
+        Some(id) => Ok(id),
+        None => Ok(conn
+            .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM redelivery")?
+            .query_row([], |r| r.get(0))?),
+    }
+}
+
+/// Erases key material older than the window or beyond the cap, deletes digests older than
+/// theirs or beyond their cap, and old encrypt answers. `key_frontier` is the previous
+/// [`Pruned::key_frontier`] (0 when unknown: the first prune walks every row once).
+pub fn prune(conn: &Connection, now: i64, b: Bounds, key_frontier: i64) -> Result<Pruned> {
+    let end: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM redelivery")?
+        .query_row([], |r| r.get(0))?;
+    let cap_from = |cap: i64| end.saturating_sub(cap.max(0));
+    // Digests.
+    let cut = first_since(conn, 0, now.saturating_sub(b.digest_retention_secs.max(0)))?
+        .max(cap_from(b.max_digests));
+    let digests = conn
+        .prepare_cached("DELETE FROM redelivery WHERE id < ?1")?
+        .execute([cut])?;
+    // Key material: rows below the cut keep only their digest.
+    let keep_secs = b.retention_secs.max(0);
+    let key_cut = if keep_secs == 0 {
+        end
+    } else {
+        first_since(conn, key_frontier, now.saturating_sub(keep_secs))?.max(cap_from(b.max_rows))
+    };
+    let erased = conn
+        .prepare_cached(
+            "UPDATE redelivery SET payload_digest = NULL, key_material = NULL, identity_key = NULL, \
+             key_exchange = NULL WHERE id >= ?1 AND id < ?2 AND payload_digest IS NOT NULL",
+        )?
+        .execute([key_frontier.min(key_cut), key_cut])?;
+    // Encrypt answers (rare; an index on created_at serves them).
+    let cutoff = now.saturating_sub(keep_secs);
+    let cap = if keep_secs == 0 { 0 } else { b.max_rows.max(0) };
+    let mut encrypt_results = conn
+        .prepare_cached("DELETE FROM encrypt_results WHERE created_at < ?1")?
+        .execute([cutoff])?;
+    encrypt_results += conn
+        .prepare_cached(
+            "DELETE FROM encrypt_results WHERE id <= (SELECT max(id) FROM encrypt_results) - ?1",
+        )?
+        .execute([cap])?;
+    Ok(Pruned {
+        redelivery: erased,
+        digests,
+        encrypt_results,
+        key_frontier: key_cut,
+    })
+}
+
+/// Row counts: (messages with key material, digests, encrypt answers).
+pub fn counts(conn: &Connection) -> Result<(i64, i64, i64)> {
+    let c = |sql: &str| -> Result<i64> { Ok(conn.query_row(sql, [], |r| r.get(0))?) };
+    Ok((
+        c("SELECT count(*) FROM redelivery WHERE payload_digest IS NOT NULL")?,
+        c("SELECT count(*) FROM redelivery")?,
+        c("SELECT count(*) FROM encrypt_results")?,
+    ))
+}
+
+impl super::Store {
+    /// Checkpoints with `TRUNCATE` on a connection of its own, so that deleted key material
+    /// does not linger in the WAL file. Blocks (waits for readers up to the busy timeout).
+    pub fn truncate_wal(&self) -> Result<super::CheckpointResult> {
+        let conn = super::open_connection(
+            self.path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            self.config(),
+        )?;
+        super::checkpoint::checkpoint(&conn, super::CheckpointMode::Truncate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::migrations::migrate(&mut c, super::super::migrations::MIGRATIONS).unwrap();
+        c.execute(
+            "INSERT INTO accounts (id, jid, device_id, created_at) VALUES (1, 'a@x', 7, 0)",
+            [],
+        )
+        .unwrap();
+        c
+    }
+
+    fn row(i: u8, at: i64) -> RedeliveryRow {
+        RedeliveryRow {
+            account_id: 1,
+            digest: [i; 32],
+            payload_digest: [i ^ 0xff; 32],
+            key_material: Some(Zeroizing::new(vec![i; 48])),
+            identity_key: [9; 32],
+            key_exchange: i.is_multiple_of(2),
+            created_at: at,
+        }
+    }
+
+    const B: Bounds = Bounds {
+        retention_secs: 100,
+        max_rows: 3,
+        digest_retention_secs: 1000,
+        max_digests: 5,
+    };
+
+    #[test]
+    fn record_lookup_and_digest_only() {
+        let c = db();
+        let id1 = record(&c, &row(1, 10), true).unwrap();
+        let id2 = record(&c, &row(2, 10), false).unwrap();
+        match lookup(&c, id1, 1, &[1; 32]).unwrap() {
+            Seen::Redeliverable(r) => assert_eq!(*r, row(1, 10)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            lookup(&c, id2, 1, &[2; 32]).unwrap(),
+            Seen::DigestOnly
+        ));
+        // The row must hold that very digest, of that account.
+        assert!(matches!(lookup(&c, id1, 1, &[2; 32]).unwrap(), Seen::No));
+        assert!(matches!(lookup(&c, id1, 2, &[1; 32]).unwrap(), Seen::No));
+        assert!(matches!(lookup(&c, 99, 1, &[1; 32]).unwrap(), Seen::No));
+        let mut p = digest_prefixes(&c).unwrap();
+        p.sort_unstable();
+        assert_eq!(p, [(prefix(&[1; 32]), id1), (prefix(&[2; 32]), id2)]);
+    }
+
+    #[test]
+    fn prune_by_age_and_by_count() {
+        let c = db();
+        let mut ids = std::collections::HashMap::new();
+        for i in 0..8u8 {
+            ids.insert(i, record(&c, &row(i, i64::from(i) * 100), true).unwrap());
+        }
+        // now = 800: retention 100 keeps created_at >= 700 (one row); digests: the 5 newest.
+        let p = prune(&c, 800, B, 0).unwrap();
+        assert_eq!(counts(&c).unwrap(), (1, 5, 0));
+        assert_eq!(p.redelivery, 4); // of the 5 digests left, 4 lose their key material
+        assert_eq!(p.digests, 3);
+        assert_eq!(p.key_frontier, 8);
+        assert!(matches!(
+            lookup(&c, ids[&7], 1, &[7; 32]).unwrap(),
+            Seen::Redeliverable(_)
+        ));
+        assert!(matches!(
+            lookup(&c, ids[&6], 1, &[6; 32]).unwrap(),
+            Seen::DigestOnly
+        ));
+        assert!(matches!(
+            lookup(&c, ids[&2], 1, &[2; 32]).unwrap(),
+            Seen::No
+        ));
+        // Count cap with everything fresh.
+        for i in 10..20u8 {
+            ids.insert(i, record(&c, &row(i, 800), true).unwrap());
+        }
+        let p = prune(&c, 800, B, p.key_frontier).unwrap();
+        assert_eq!(counts(&c).unwrap(), (3, 5, 0));
+        assert!(matches!(
+            lookup(&c, ids[&19], 1, &[19; 32]).unwrap(),
+            Seen::Redeliverable(_)
+        ));
+        assert!(matches!(
+            lookup(&c, ids[&16], 1, &[16; 32]).unwrap(),
+            Seen::DigestOnly
+        ));
+        // Nothing new: nothing to do.
+        assert_eq!(prune(&c, 800, B, p.key_frontier).unwrap().redelivery, 0);
+        // Retention 0 keeps no key material at all.
+        let off = Bounds {
+            retention_secs: 0,
+            ..B
+        };
+        prune(&c, 800, off, 0).unwrap();
+        assert_eq!(counts(&c).unwrap(), (0, 5, 0));
+    }
+
+    #[test]
+    fn encrypt_results_roundtrip() {
+        let c = db();
+        let r = EncryptResultRow {
+            account_id: 1,
+            idempotency_key: "k1".into(),
+            request_digest: [4; 32],
+            result: "{}".into(),
+            created_at: 5,
+        };
+        put_encrypt_result(&c, &r).unwrap();
+        put_encrypt_result(
+            &c,
+            &EncryptResultRow {
+                result: "other".into(),
+                ..r.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(get_encrypt_result(&c, 1, "k1").unwrap(), Some(r));
+        assert_eq!(get_encrypt_result(&c, 1, "k2").unwrap(), None);
+    }
+}
