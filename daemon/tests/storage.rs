@@ -1252,7 +1252,10 @@ fn normal_commits_on_the_waiting_thread_full_on_the_writer() {
                 Ok(std::thread::current().id())
             })
             .unwrap();
-        assert_eq!(ran_on, here, "{durability:?}: write_blocking commits on its thread");
+        assert_eq!(
+            ran_on, here,
+            "{durability:?}: write_blocking commits on its thread"
+        );
         let ran_on = rt.block_on(store.write(move |tx| {
             insert_device(tx, a, 1)?;
             Ok(std::thread::current().id())
