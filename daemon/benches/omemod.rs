@@ -1364,11 +1364,14 @@ fn py_key(op: &str, dur: &str) -> &'static str {
 }
 
 fn floor_sum(r: &Report, op: &str, dur: &str) -> Option<f64> {
-    Some(
-        r.p50(&format!("floor.rpc_status.{dur}"))?
-            + r.p50(&format!("floor.sqlite_commit.{dur}"))?
-            + x25519_count(op) * r.p50("floor.x25519")?,
-    )
+    let n = x25519_count(op);
+    // X25519 is measured by the floor section only; operations without DH steps don't need it.
+    let dh = if n > 0.0 {
+        n * r.p50("floor.x25519")?
+    } else {
+        0.0
+    };
+    Some(rpc_floor(r, dur)? + dh)
 }
 
 /// This run's floor of one RPC round trip with a commit: empty RPC + one SQLite commit.
