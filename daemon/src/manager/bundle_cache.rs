@@ -109,7 +109,9 @@ pub struct CacheStats {
 
 enum Slot {
     /// Changed by a job whose result is not published (yet): counts as absent.
-    Pending { gen: u64 },
+    Pending {
+        gen: u64,
+    },
     Ready(Arc<VerifiedBundle>),
 }
 
@@ -284,8 +286,7 @@ impl BundleCache {
     /// invalidated or evicted since `ticket` was taken, or `addr` has an entry already.
     pub fn fill(&self, addr: &DeviceAddr, bundle: VerifiedBundle, ticket: LoadTicket) -> bool {
         let mut g = self.lock();
-        if g.gen != ticket.0 || g.entries.contains_key(addr) || bundle.weight() > self.max_weight
-        {
+        if g.gen != ticket.0 || g.entries.contains_key(addr) || bundle.weight() > self.max_weight {
             g.stats.refused += 1;
             return false;
         }
@@ -395,7 +396,12 @@ mod tests {
                 Err(BundleCheckError::Invalid(BundleError::NoPreKeys))
             ));
         }
-        for bad in ["", "<bundle/>", "not xml at all <", "<bundle xmlns='urn:xmpp:omemo:2'>"] {
+        for bad in [
+            "",
+            "<bundle/>",
+            "not xml at all <",
+            "<bundle xmlns='urn:xmpp:omemo:2'>",
+        ] {
             assert!(matches!(
                 VerifiedBundle::parse(Version::Twomemo, bad),
                 Err(BundleCheckError::Xml(_))
@@ -429,7 +435,10 @@ mod tests {
         let t2 = c.invalidate(&a); // job 2, committed after job 1
         let newer = verified(2);
         assert!(c.publish(&a, newer.clone(), t2));
-        assert!(!c.publish(&a, verified(3), t1), "older job must not overwrite");
+        assert!(
+            !c.publish(&a, verified(3), t1),
+            "older job must not overwrite"
+        );
         assert_eq!(c.get(&a).as_deref(), Some(&newer));
         // Published before the later job ran: the later job's invalidation removes it.
         let t3 = c.invalidate(&a);
@@ -446,10 +455,16 @@ mod tests {
         // The reader takes its ticket, then a job changes the bundle before the fill.
         let lt = c.load_ticket();
         let wt = c.invalidate(&a);
-        assert!(!c.fill(&a, verified(2), lt), "the row read may be the old one");
+        assert!(
+            !c.fill(&a, verified(2), lt),
+            "the row read may be the old one"
+        );
         // The job ran before the ticket but has not committed: the entry is pending.
         let lt = c.load_ticket();
-        assert!(!c.fill(&a, verified(2), lt), "pending: the read may predate the commit");
+        assert!(
+            !c.fill(&a, verified(2), lt),
+            "pending: the read may predate the commit"
+        );
         let committed = verified(5);
         assert!(c.publish(&a, committed.clone(), wt));
         // A late fill never replaces a published bundle.
@@ -468,12 +483,16 @@ mod tests {
     fn an_eviction_during_a_load_refuses_the_fill() {
         let c = BundleCache::new(1, 1000);
         let (a, b) = (addr(1), addr(2));
-        let wt = c.invalidate(&a); // job changing a, not committed yet
-        let lt = c.load_ticket(); // reader of a: may read a's old row
+        // A job changing a has run, not committed yet; a reader of a may read a's old row.
+        let wt = c.invalidate(&a);
+        let lt = c.load_ticket();
         // A reader of b fills, which evicts a's pending entry (1 entry max).
         let ltb = c.load_ticket();
         assert!(c.fill(&b, verified(1), ltb));
-        assert!(!c.fill(&a, verified(1), lt), "a's pending entry was evicted");
+        assert!(
+            !c.fill(&a, verified(1), lt),
+            "a's pending entry was evicted"
+        );
         assert!(!c.publish(&a, verified(1), wt), "evicted: publish refused");
         assert!(c.get(&a).is_none());
     }
@@ -522,7 +541,10 @@ mod tests {
         c.invalidate_account(1);
         assert!(c.get(&mine).is_none());
         assert!(c.get(&other).is_some());
-        assert!(!c.fill(&mine, verified(1), lt), "a load racing the deletion");
+        assert!(
+            !c.fill(&mine, verified(1), lt),
+            "a load racing the deletion"
+        );
     }
 
     #[test]
