@@ -13,6 +13,10 @@
 //!    RPC round trip (`status`);
 //! 5. memory and start-up with 10,000 sessions, database size per session.
 //!
+//! Every RPC figure is also given as a ratio to the same run's floor (empty RPC round trip + one
+//! SQLite commit of the same durability, + N × X25519 for operations with DH steps), so figures
+//! taken on a busy machine stay comparable; issue 13's targets are such ratios.
+//!
 //! Then prints the ratios and PASS/MISS against the targets, and a Markdown report (written to
 //! `$OMEMOD_BENCH_MD` when set). Peers are simulated in-process with protocol-core: they build real
 //! `<encrypted>` elements, device lists and bundles, so the daemon does exactly what it does with
@@ -21,6 +25,9 @@
 //! Environment: `OMEMOD_BENCH_QUICK=1` (smoke run, ~1 min), `OMEMOD_BENCH_SCALE=F` (multiply the
 //! iteration counts), `OMEMOD_BENCH_ONLY=floor,core,rpc,python,memory` (sections),
 //! `OMEMOD_BENCH_NS=twomemo|oldmemo`, `OMEMOD_BENCH_DURABILITY=normal|full` (narrow the RPC part),
+//! `OMEMOD_BENCH_OPS=decrypt,decrypt_dh,encrypt,throughput,fanout100,session_active,session_passive`
+//! (operations of the RPC part; the same list may be given as arguments:
+//! `cargo bench -p omemod --bench omemod -- decrypt encrypt throughput`),
 //! `OMEMOD_BENCH_SESSIONS=N` (sessions of the memory test, default 10000), `OMEMOD_BENCH_BIN`
 //! (the omemod binary), `OMEMOD_PYTHON` (python of the venv), `OMEMOD_BENCH_MD` (Markdown output).
 //! No timed assertions: this is a benchmark; it fails only if an operation itself fails.
@@ -68,6 +75,7 @@ struct Cfg {
     quick: bool,
     scale: f64,
     only: Option<Vec<String>>,
+    ops: Option<Vec<String>>,
     sessions: usize,
     namespaces: Vec<Version>,
     durabilities: Vec<&'static str>,
@@ -86,6 +94,16 @@ impl Cfg {
             .ok()
             .filter(|s| !s.is_empty())
             .map(|s| s.split(',').map(|x| x.trim().to_owned()).collect());
+        // Operations: OMEMOD_BENCH_OPS, or the harness's free arguments (`cargo bench -- a b`).
+        let args: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with('-'))
+            .collect();
+        let ops = std::env::var("OMEMOD_BENCH_OPS")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.split(',').map(|x| x.trim().to_owned()).collect())
+            .or_else(|| (!args.is_empty()).then_some(args));
         let sessions = std::env::var("OMEMOD_BENCH_SESSIONS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -110,6 +128,7 @@ impl Cfg {
             quick,
             scale,
             only,
+            ops,
             sessions,
             namespaces,
             durabilities,
@@ -122,6 +141,13 @@ impl Cfg {
     fn n(&self, full: usize, quick: usize) -> usize {
         let base = if self.quick { quick } else { full };
         ((base as f64 * self.scale) as usize).max(3)
+    }
+
+    /// Whether an operation of the RPC part is measured.
+    fn op(&self, name: &str) -> bool {
+        self.ops
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|x| x == name))
     }
 
     fn section(&self, name: &str) -> bool {
@@ -728,8 +754,15 @@ fn bench_floor(cfg: &Cfg, r: &mut Report) {
             xeddsa::ed25519_verify(id.ed25519(), msg, &sig).unwrap();
         }),
     );
-    let dir = tempfile::tempdir().expect("tempdir");
     for &d in &cfg.durabilities {
+        commit_floor(cfg, r, d);
+    }
+}
+
+/// One small SQLite commit (WAL) with the given durability, through rusqlite.
+fn commit_floor(cfg: &Cfg, r: &mut Report, d: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
         let c = rusqlite::Connection::open(dir.path().join(format!("floor-{d}.db"))).unwrap();
         c.execute_batch(&format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={d};
@@ -884,6 +917,12 @@ fn bench_rpc(cfg: &Cfg, r: &mut Report, durability: &str) {
         }
     }
     r.fig(&format!("floor.rpc_status.{durability}"), fig(&v));
+    // The ratios need this run's commit floor even when the floor section is skipped.
+    if r.p50(&format!("floor.sqlite_commit.{durability}"))
+        .is_none()
+    {
+        commit_floor(cfg, r, durability);
+    }
 
     let mut dev_ids = 10u32;
     let mut next_dev = || {
@@ -898,166 +937,182 @@ fn bench_rpc(cfg: &Cfg, r: &mut Report, durability: &str) {
         let mut p = established_peer(&mut c, &pj, next_dev(), ns);
 
         // decrypt, same chain.
-        let n = cfg.n(2000, 200);
-        let lines: Vec<String> = (0..n + 50)
-            .map(|_| {
-                let x = p.encrypt_to(std::slice::from_ref(&me), BODY, ME);
-                c.decrypt_line(&pj, &x)
-            })
-            .collect();
-        let mut v = Vec::with_capacity(n);
-        for (i, l) in lines.iter().enumerate() {
-            let (dt, res) = c.timed(l);
-            if i == 0 {
-                check_body(&res);
+        if cfg.op("decrypt") {
+            let n = cfg.n(2000, 200);
+            let lines: Vec<String> = (0..n + 50)
+                .map(|_| {
+                    let x = p.encrypt_to(std::slice::from_ref(&me), BODY, ME);
+                    c.decrypt_line(&pj, &x)
+                })
+                .collect();
+            let mut v = Vec::with_capacity(n);
+            for (i, l) in lines.iter().enumerate() {
+                let (dt, res) = c.timed(l);
+                if i == 0 {
+                    check_body(&res);
+                }
+                if i >= 50 {
+                    v.push(dt);
+                }
             }
-            if i >= 50 {
-                v.push(dt);
-            }
+            r.fig(&key("decrypt"), fig(&v));
         }
-        r.fig(&key("decrypt"), fig(&v));
 
         // decrypt with a DH step (ping-pong; only the decrypt is timed).
-        let mut v = Vec::new();
-        for _ in 0..cfg.n(500, 60) {
-            let back = c.encrypt_xml(&pj, ns);
-            p.receive(ME, &back);
-            let x = p.encrypt_to(std::slice::from_ref(&me), BODY, ME);
-            let l = c.decrypt_line(&pj, &x);
-            let (dt, res) = c.timed(&l);
-            check_body(&res);
-            v.push(dt);
+        if cfg.op("decrypt_dh") {
+            let mut v = Vec::new();
+            for _ in 0..cfg.n(500, 60) {
+                let back = c.encrypt_xml(&pj, ns);
+                p.receive(ME, &back);
+                let x = p.encrypt_to(std::slice::from_ref(&me), BODY, ME);
+                let l = c.decrypt_line(&pj, &x);
+                let (dt, res) = c.timed(&l);
+                check_body(&res);
+                v.push(dt);
+            }
+            r.fig(&key("decrypt_dh"), fig(&v));
         }
-        r.fig(&key("decrypt_dh"), fig(&v));
 
         // encrypt, one device (the peer does not read these; its chain just grows).
-        let n = cfg.n(2000, 200);
-        let mut v = Vec::with_capacity(n);
-        for i in 0..n + 50 {
-            let l = c.encrypt_line(&pj, ns);
-            let (dt, res) = c.timed(&l);
-            if i == 0 {
-                assert_eq!(res["devices"][0]["status"], "encrypted", "{res}");
+        if cfg.op("encrypt") {
+            let n = cfg.n(2000, 200);
+            let mut v = Vec::with_capacity(n);
+            for i in 0..n + 50 {
+                let l = c.encrypt_line(&pj, ns);
+                let (dt, res) = c.timed(&l);
+                if i == 0 {
+                    assert_eq!(res["devices"][0]["status"], "encrypted", "{res}");
+                }
+                if i >= 50 {
+                    v.push(dt);
+                }
             }
-            if i >= 50 {
-                v.push(dt);
-            }
+            r.fig(&key("encrypt"), fig(&v));
         }
-        r.fig(&key("encrypt"), fig(&v));
 
         // throughput: 1 and 8 clients, each decrypting messages of its own session.
-        let per1 = cfg.n(3000, 300);
-        let per8 = cfg.n(1500, 150);
-        let mut peers: Vec<Device> = (0..8)
-            .map(|i| established_peer(&mut c, &format!("tp{i}-{t}@bench.example"), next_dev(), ns))
-            .collect();
-        let mut per_client: Vec<Vec<String>> = Vec::new();
-        for (i, p) in peers.iter_mut().enumerate() {
-            let k = if i == 0 { per1 + per8 } else { per8 };
-            per_client.push(
-                (0..k)
-                    .map(|_| {
-                        let x = p.encrypt_to(std::slice::from_ref(&me), BODY, ME);
-                        c.decrypt_line(&p.jid, &x)
-                    })
-                    .collect(),
-            );
-        }
-        let first: Vec<String> = per_client[0].drain(..per1).collect();
-        let (rate1, _) = run_clients(&d, vec![first]);
-        r.rate(&key("throughput_1"), rate1);
-        let (rate8, lat8) = run_clients(&d, per_client);
-        r.rate(&key("throughput_8"), rate8);
-        r.fig(&key("decrypt_under_8"), lat8);
-
-        // fan-out: one JID with 100 devices, sessions established and confirmed.
-        let fj = format!("fan-{t}@bench.example");
-        let base = next_dev() * 1000;
-        let mut fans: Vec<Device> = (0..100)
-            .map(|i| Device::new(&fj, base + i, ns, 5, 0))
-            .collect();
-        c.learn(&fans.iter().collect::<Vec<_>>());
-        let l = c.encrypt_line(&fj, ns);
-        let (dt, res) = c.timed(&l);
-        r.fig(&key("fanout100_first"), fig(&[dt]));
-        let first = res["messages"][0]["xml"].as_str().expect("xml").to_owned();
-        let mut answers = Vec::new();
-        for f in fans.iter_mut() {
-            assert_eq!(f.receive(ME, &first).as_deref(), Some(BODY));
-            let back = f.encrypt_to(std::slice::from_ref(&me), BODY, ME);
-            answers.push(("decrypt", json!({"from": fj, "xml": back})));
-        }
-        c.batch(answers);
-        let n = cfg.n(300, 30);
-        let mut v = Vec::with_capacity(n);
-        for i in 0..n + 5 {
-            let l = c.encrypt_line(&fj, ns);
-            let (dt, res) = c.timed(&l);
-            if i == 0 {
-                let keys = Encrypted::from_xml(res["messages"][0]["xml"].as_str().unwrap())
-                    .unwrap()
-                    .keys;
-                assert_eq!(keys.len(), 100);
-                assert!(
-                    keys.iter().all(|k| !k.kex),
-                    "fan-out sessions not confirmed"
+        if cfg.op("throughput") {
+            let per1 = cfg.n(3000, 300);
+            let per8 = cfg.n(1500, 150);
+            let mut peers: Vec<Device> = (0..8)
+                .map(|i| {
+                    established_peer(&mut c, &format!("tp{i}-{t}@bench.example"), next_dev(), ns)
+                })
+                .collect();
+            let mut per_client: Vec<Vec<String>> = Vec::new();
+            for (i, p) in peers.iter_mut().enumerate() {
+                let k = if i == 0 { per1 + per8 } else { per8 };
+                per_client.push(
+                    (0..k)
+                        .map(|_| {
+                            let x = p.encrypt_to(std::slice::from_ref(&me), BODY, ME);
+                            c.decrypt_line(&p.jid, &x)
+                        })
+                        .collect(),
                 );
             }
-            if i >= 5 {
-                v.push(dt);
-            }
+            let first: Vec<String> = per_client[0].drain(..per1).collect();
+            let (rate1, _) = run_clients(&d, vec![first]);
+            r.rate(&key("throughput_1"), rate1);
+            let (rate8, lat8) = run_clients(&d, per_client);
+            r.rate(&key("throughput_8"), rate8);
+            r.fig(&key("decrypt_under_8"), lat8);
         }
-        r.fig(&key("fanout100"), fig(&v));
+
+        // fan-out: one JID with 100 devices, sessions established and confirmed.
+        if cfg.op("fanout100") {
+            let fj = format!("fan-{t}@bench.example");
+            let base = next_dev() * 1000;
+            let mut fans: Vec<Device> = (0..100)
+                .map(|i| Device::new(&fj, base + i, ns, 5, 0))
+                .collect();
+            c.learn(&fans.iter().collect::<Vec<_>>());
+            let l = c.encrypt_line(&fj, ns);
+            let (dt, res) = c.timed(&l);
+            r.fig(&key("fanout100_first"), fig(&[dt]));
+            let first = res["messages"][0]["xml"].as_str().expect("xml").to_owned();
+            let mut answers = Vec::new();
+            for f in fans.iter_mut() {
+                assert_eq!(f.receive(ME, &first).as_deref(), Some(BODY));
+                let back = f.encrypt_to(std::slice::from_ref(&me), BODY, ME);
+                answers.push(("decrypt", json!({"from": fj, "xml": back})));
+            }
+            c.batch(answers);
+            let n = cfg.n(300, 30);
+            let mut v = Vec::with_capacity(n);
+            for i in 0..n + 5 {
+                let l = c.encrypt_line(&fj, ns);
+                let (dt, res) = c.timed(&l);
+                if i == 0 {
+                    let keys = Encrypted::from_xml(res["messages"][0]["xml"].as_str().unwrap())
+                        .unwrap()
+                        .keys;
+                    assert_eq!(keys.len(), 100);
+                    assert!(
+                        keys.iter().all(|k| !k.kex),
+                        "fan-out sessions not confirmed"
+                    );
+                }
+                if i >= 5 {
+                    v.push(dt);
+                }
+            }
+            r.fig(&key("fanout100"), fig(&v));
+        }
 
         // session creation, active: first encrypt to a fresh device whose bundle is stored
         // (a 100-prekey bundle; device list and bundle ingested untimed).
-        let n = cfg.n(400, 40);
-        let mut v = Vec::with_capacity(n);
-        for i in 0..n + 10 {
-            let aj = format!("act{i}-{t}@bench.example");
-            let fresh = Device::new(&aj, next_dev(), ns, 1, 99);
-            c.learn(&[&fresh]);
-            let l = c.encrypt_line(&aj, ns);
-            let (dt, res) = c.timed(&l);
-            assert_eq!(res["devices"][0]["kex"], true, "{res}");
-            if i >= 10 {
-                v.push(dt);
+        if cfg.op("session_active") {
+            let n = cfg.n(400, 40);
+            let mut v = Vec::with_capacity(n);
+            for i in 0..n + 10 {
+                let aj = format!("act{i}-{t}@bench.example");
+                let fresh = Device::new(&aj, next_dev(), ns, 1, 99);
+                c.learn(&[&fresh]);
+                let l = c.encrypt_line(&aj, ns);
+                let (dt, res) = c.timed(&l);
+                assert_eq!(res["devices"][0]["kex"], true, "{res}");
+                if i >= 10 {
+                    v.push(dt);
+                }
             }
+            r.fig(&key("session_active"), fig(&v));
         }
-        r.fig(&key("session_active"), fig(&v));
 
         // session creation, passive: decrypt of a first message (key exchange). Each uses one of
         // our prekeys (which the daemon replaces), so messages are made in rounds of distinct
         // prekeys of the current bundle.
-        let n = cfg.n(400, 40);
-        let mut v = Vec::with_capacity(n);
-        let mut i = 0usize;
-        while v.len() < n {
-            let mine = c.own_bundle(ns);
-            let round: Vec<(String, String)> = mine
-                .prekeys
-                .iter()
-                .take(50.min(n - v.len() + usize::from(i == 0) * 5))
-                .map(|pk| {
-                    i += 1;
-                    let pj = format!("pas{i}-{t}@bench.example");
-                    let mut x = Device::new(&pj, 77, ns, 0, 0);
-                    x.initiate(ME, me_dev, &mine, pk.id);
-                    let m = x.encrypt_to(std::slice::from_ref(&me), BODY, ME);
-                    let l = c.decrypt_line(&pj, &m);
-                    (pj, l)
-                })
-                .collect();
-            for (j, (_, l)) in round.iter().enumerate() {
-                let (dt, res) = c.timed(l);
-                check_body(&res);
-                assert_eq!(res["key_exchange"], true);
-                if !(i <= 55 && j < 5) {
-                    v.push(dt);
+        if cfg.op("session_passive") {
+            let n = cfg.n(400, 40);
+            let mut v = Vec::with_capacity(n);
+            let mut i = 0usize;
+            while v.len() < n {
+                let mine = c.own_bundle(ns);
+                let round: Vec<(String, String)> = mine
+                    .prekeys
+                    .iter()
+                    .take(50.min(n - v.len() + usize::from(i == 0) * 5))
+                    .map(|pk| {
+                        i += 1;
+                        let pj = format!("pas{i}-{t}@bench.example");
+                        let mut x = Device::new(&pj, 77, ns, 0, 0);
+                        x.initiate(ME, me_dev, &mine, pk.id);
+                        let m = x.encrypt_to(std::slice::from_ref(&me), BODY, ME);
+                        let l = c.decrypt_line(&pj, &m);
+                        (pj, l)
+                    })
+                    .collect();
+                for (j, (_, l)) in round.iter().enumerate() {
+                    let (dt, res) = c.timed(l);
+                    check_body(&res);
+                    assert_eq!(res["key_exchange"], true);
+                    if !(i <= 55 && j < 5) {
+                        v.push(dt);
+                    }
                 }
             }
+            r.fig(&key("session_passive"), fig(&v));
         }
-        r.fig(&key("session_passive"), fig(&v));
     }
 }
 
@@ -1309,11 +1364,48 @@ fn py_key(op: &str, dur: &str) -> &'static str {
 }
 
 fn floor_sum(r: &Report, op: &str, dur: &str) -> Option<f64> {
+    let n = x25519_count(op);
+    // X25519 is measured by the floor section only; operations without DH steps don't need it.
+    let dh = if n > 0.0 {
+        n * r.p50("floor.x25519")?
+    } else {
+        0.0
+    };
+    Some(rpc_floor(r, dur)? + dh)
+}
+
+/// This run's floor of one RPC round trip with a commit: empty RPC + one SQLite commit.
+fn rpc_floor(r: &Report, dur: &str) -> Option<f64> {
     Some(
         r.p50(&format!("floor.rpc_status.{dur}"))?
-            + r.p50(&format!("floor.sqlite_commit.{dur}"))?
-            + x25519_count(op) * r.p50("floor.x25519")?,
+            + r.p50(&format!("floor.sqlite_commit.{dur}"))?,
     )
+}
+
+/// The floor of an RPC figure `rpc.<durability>.<ns>.<op>` (see [`floor_sum`]); figures of
+/// decrypts under load use the decrypt floor.
+fn fig_floor(r: &Report, key: &str) -> Option<f64> {
+    let mut parts = key.split('.');
+    let (Some("rpc"), Some(d), Some(_), Some(op)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let op = if op == "decrypt_under_8" {
+        "decrypt"
+    } else {
+        op
+    };
+    floor_sum(r, op, d)
+}
+
+/// Every RPC latency figure with its floor and both percentiles as ratios to it.
+fn floor_rows(r: &Report) -> Vec<(String, Fig, f64)> {
+    r.figs
+        .iter()
+        .filter(|(k, _)| k.starts_with("rpc."))
+        .filter_map(|(k, f)| Some((k.clone(), *f, fig_floor(r, k)?)))
+        .collect()
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -1483,6 +1575,118 @@ fn targets(r: &Report, cfg: &Cfg) -> Vec<Target> {
     out
 }
 
+/// `a / b` must stay at most `limit`.
+fn at_most(out: &mut Vec<Target>, what: String, a: Option<f64>, b: Option<f64>, limit: f64) {
+    let x = match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    out.push(Target {
+        what,
+        value: x.map(|x| format!("{x:.2}×")).unwrap_or_else(|| "–".into()),
+        goal: format!("≤ {limit}×"),
+        pass: x.map(|x| x <= limit),
+    });
+}
+
+/// `a / b` must reach at least `limit`.
+fn at_least(out: &mut Vec<Target>, what: String, a: Option<f64>, b: Option<f64>, limit: f64) {
+    let x = match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    out.push(Target {
+        what,
+        value: x.map(|x| format!("{x:.2}×")).unwrap_or_else(|| "–".into()),
+        goal: format!("≥ {limit}×"),
+        pass: x.map(|x| x >= limit),
+    });
+}
+
+/// Issue 13's targets: ratios within this run, so that they hold on any machine.
+fn targets_issue13(r: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    for ns in NS_ALL {
+        let t = ns_tag(ns);
+        for (d, limit) in [("normal", 1.5), ("full", 1.15)] {
+            for op in ["decrypt", "encrypt"] {
+                at_most(
+                    &mut out,
+                    format!("{op} p50 ÷ floor, {d}, {t}"),
+                    r.p50(&format!("rpc.{d}.{t}.{op}")),
+                    floor_sum(r, op, d),
+                    limit,
+                );
+            }
+        }
+    }
+    for ns in NS_ALL {
+        let t = ns_tag(ns);
+        at_most(
+            &mut out,
+            format!("fan-out 100 p50 ÷ protocol-core fan-out, normal, {t}"),
+            r.p50(&format!("rpc.normal.{t}.fanout100")),
+            r.p50(&format!("core.{t}.fanout100")),
+            2.5,
+        );
+        at_least(
+            &mut out,
+            format!("fan-out 100, normal, {t}: python-omemo ÷ omemod"),
+            r.p50(&format!("py.{t}.fanout100")),
+            r.p50(&format!("rpc.normal.{t}.fanout100")),
+            50.0,
+        );
+        for (d, limit) in [("normal", 12.0), ("full", 10.0)] {
+            at_least(
+                &mut out,
+                format!("session from a bundle, committed, {d}, {t}: python-omemo ÷ omemod"),
+                r.p50(&format!("py.{t}.session_active")),
+                r.p50(&format!("rpc.{d}.{t}.session_active")),
+                limit,
+            );
+        }
+    }
+    for ns in NS_ALL {
+        let t = ns_tag(ns);
+        // Within one run "no regression under NORMAL" can only mean: 8 clients are not slower
+        // than 1; the comparison with earlier builds is the report's before/after.
+        for (d, limit) in [("full", 4.0), ("normal", 1.0)] {
+            at_least(
+                &mut out,
+                format!("8 clients ÷ 1 client throughput, {d}, {t}"),
+                r.rates.get(&format!("rpc.{d}.{t}.throughput_8")).copied(),
+                r.rates.get(&format!("rpc.{d}.{t}.throughput_1")).copied(),
+                limit,
+            );
+        }
+    }
+    let sessions = r.values.get("mem.sessions").copied();
+    let full_size = sessions.is_some_and(|s| s >= 10_000.0);
+    let rss = [
+        "mem.rss_hot_mib (all sessions cached)",
+        "mem.rss_warm_mib (after restart, all loaded)",
+    ]
+    .iter()
+    .filter_map(|k| r.values.get(*k).copied())
+    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    out.push(Target {
+        what: "RSS with 10,000 sessions loaded (max of hot / after restart)".into(),
+        value: rss
+            .map(|v| format!("{v:.1} MiB"))
+            .unwrap_or_else(|| "–".into()),
+        goal: "< 32 MiB".into(),
+        pass: rss.filter(|_| full_size).map(|v| v < 32.0),
+    });
+    let st = r.p50("mem.startup");
+    out.push(Target {
+        what: "start-up with 10,000 sessions".into(),
+        value: opt_us(st),
+        goal: "< 100 ms".into(),
+        pass: st.filter(|_| full_size).map(|v| v < 100_000.0),
+    });
+    out
+}
+
 fn pass_str(p: Option<bool>) -> &'static str {
     match p {
         Some(true) => "PASS",
@@ -1638,9 +1842,63 @@ fn summarize(r: &Report, cfg: &Cfg) -> String {
         let _ = writeln!(md);
     }
 
+    let rows = floor_rows(r);
+    if !rows.is_empty() {
+        let _ = writeln!(md, "## RPC figures ÷ this run's floor\n");
+        let _ = writeln!(
+            md,
+            "Floor of a committed RPC = empty RPC round trip + one small SQLite commit of the same \
+             durability (measured in this run), + N × X25519 for operations with DH steps (see \
+             above). A ratio of 1.00 would be an answer as fast as an empty request plus a commit.\n"
+        );
+        for d in DURABILITIES {
+            if let Some(f) = rpc_floor(r, d) {
+                let _ = writeln!(
+                    md,
+                    "- {d}: empty RPC {} + commit {} = **{}**",
+                    opt_us(r.p50(&format!("floor.rpc_status.{d}"))),
+                    opt_us(r.p50(&format!("floor.sqlite_commit.{d}"))),
+                    us(f)
+                );
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\n| figure | p50 | p99 | floor | p50 ÷ floor | p99 ÷ floor |\n|---|---|---|---|---|---|"
+        );
+        for (k, f, floor) in &rows {
+            let _ = writeln!(
+                md,
+                "| {k} | {} | {} | {} | {:.2} | {:.2} |",
+                us(f.p50),
+                us(f.p99),
+                us(*floor),
+                f.p50 / floor,
+                f.p99 / floor
+            );
+        }
+        let _ = writeln!(md);
+    }
+
     let _ = writeln!(
         md,
-        "## Targets\n\n| target | measured | goal | |\n|---|---|---|---|"
+        "## Targets of issue 13 (ratios within this run)\n\n| target | measured | goal | |\n|---|---|---|---|"
+    );
+    for t in targets_issue13(r) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            t.what,
+            t.value,
+            t.goal,
+            pass_str(t.pass)
+        );
+    }
+    let _ = writeln!(md);
+
+    let _ = writeln!(
+        md,
+        "## Targets of issue 5\n\n| target | measured | goal | |\n|---|---|---|---|"
     );
     for t in targets(r, cfg) {
         let _ = writeln!(
@@ -1717,7 +1975,37 @@ fn main() {
             }
         }
     }
-    println!("\n== targets ==");
+    println!("\n== RPC figures ÷ this run's floor ==");
+    for d in DURABILITIES {
+        if let Some(f) = rpc_floor(&r, d) {
+            println!(
+                "  floor {d:<6} = empty RPC {} + commit {} = {}",
+                opt_us(r.p50(&format!("floor.rpc_status.{d}"))),
+                opt_us(r.p50(&format!("floor.sqlite_commit.{d}"))),
+                us(f)
+            );
+        }
+    }
+    for (k, f, floor) in floor_rows(&r) {
+        println!(
+            "  {k:<44} p50 {:>10} ÷floor {:>6.2}   p99 {:>10} ÷floor {:>6.2}",
+            us(f.p50),
+            f.p50 / floor,
+            us(f.p99),
+            f.p99 / floor
+        );
+    }
+    println!("\n== targets of issue 13 (ratios within this run) ==");
+    for t in targets_issue13(&r) {
+        println!(
+            "  [{}] {:<62} {:>12}  (goal {})",
+            pass_str(t.pass),
+            t.what,
+            t.value,
+            t.goal
+        );
+    }
+    println!("\n== targets of issue 5 ==");
     for t in targets(&r, &cfg) {
         println!(
             "  [{}] {:<62} {:>12}  (goal {})",

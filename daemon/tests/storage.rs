@@ -1011,9 +1011,18 @@ fn bad_data_gives_typed_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_are_durable() {
+    concurrent_writes_are_durable_under(Durability::Full).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_durable_normal() {
+    concurrent_writes_are_durable_under(Durability::Normal).await;
+}
+
+async fn concurrent_writes_are_durable_under(durability: Durability) {
     let dir = tmp();
     let path = db_path(&dir);
-    let store = Arc::new(Store::open(&path, Durability::Full).unwrap());
+    let store = Arc::new(Store::open(&path, durability).unwrap());
     let a = store
         .write(|tx| accounts::insert(tx, "alice@example.org", 1, TrustMode::Btbv, 0))
         .await
@@ -1057,7 +1066,7 @@ async fn concurrent_writes_are_durable() {
         .unwrap();
     drop(store);
 
-    let store = Store::open(&path, Durability::Full).unwrap();
+    let store = Store::open(&path, durability).unwrap();
     let n = store
         .read(move |c| {
             let mut total = 0;
@@ -1109,9 +1118,18 @@ fn insert_device(tx: &rusqlite::Transaction<'_>, a: i64, id: u32) -> Result<(), 
 
 #[tokio::test]
 async fn failing_job_rolls_back_only_its_savepoint() {
+    failing_job_rolls_back_only_its_savepoint_under(Durability::Full).await;
+}
+
+#[tokio::test]
+async fn failing_job_rolls_back_only_its_savepoint_normal() {
+    failing_job_rolls_back_only_its_savepoint_under(Durability::Normal).await;
+}
+
+async fn failing_job_rolls_back_only_its_savepoint_under(durability: Durability) {
     let dir = tmp();
     let path = db_path(&dir);
-    let store = Store::open(&path, Durability::Full).unwrap();
+    let store = Store::open(&path, durability).unwrap();
     let a = make_account(&store, "alice@example.org", 1);
     let release = block_writer(&store);
     let ok1 = store.write(move |tx| insert_device(tx, a, 1));
@@ -1169,9 +1187,18 @@ async fn failing_job_rolls_back_only_its_savepoint() {
 
 #[tokio::test]
 async fn result_is_delivered_after_commit() {
+    result_is_delivered_after_commit_under(Durability::Full).await;
+}
+
+#[tokio::test]
+async fn result_is_delivered_after_commit_normal() {
+    result_is_delivered_after_commit_under(Durability::Normal).await;
+}
+
+async fn result_is_delivered_after_commit_under(durability: Durability) {
     let dir = tmp();
     let path = db_path(&dir);
-    let store = Store::open(&path, Durability::Full).unwrap();
+    let store = Store::open(&path, durability).unwrap();
     let a = make_account(&store, "alice@example.org", 1);
     // An independent connection, as another process would see the file.
     let observer = raw(&path);
@@ -1206,6 +1233,135 @@ async fn result_is_delivered_after_commit() {
         .await
         .unwrap();
     assert_eq!(seen, 21);
+    store.close().unwrap();
+}
+
+/// Where a write job runs: under NORMAL the waiting caller commits on its own thread (no
+/// hand-off to the writer thread and back); under FULL async callers leave the fsync to the
+/// writer thread, so a single-threaded runtime keeps serving meanwhile.
+#[test]
+fn normal_commits_on_the_waiting_thread_full_on_the_writer() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for durability in [Durability::Normal, Durability::Full] {
+        let dir = tmp();
+        let store = Store::open(&db_path(&dir), durability).unwrap();
+        let a = make_account(&store, "alice@example.org", 1);
+        let here = std::thread::current().id();
+        // A blocking caller leads on its own thread under both.
+        let ran_on = store
+            .write_blocking(move |tx| {
+                insert_device(tx, a, 2)?;
+                Ok(std::thread::current().id())
+            })
+            .unwrap();
+        assert_eq!(
+            ran_on, here,
+            "{durability:?}: write_blocking commits on its thread"
+        );
+        let ran_on = rt.block_on(store.write(move |tx| {
+            insert_device(tx, a, 1)?;
+            Ok(std::thread::current().id())
+        }));
+        let ran_on = ran_on.unwrap();
+        let inline = store
+            .writer_stats()
+            .inline_batches
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match durability {
+            Durability::Normal => {
+                assert_eq!(ran_on, here, "NORMAL: the request's own thread commits");
+                assert!(inline >= 1);
+            }
+            Durability::Full => assert_ne!(ran_on, here, "FULL: the writer thread commits"),
+        }
+        store.close().unwrap();
+    }
+}
+
+/// On the daemon's single runtime thread, requests ready at the same time share one commit
+/// under NORMAL too: the leader yields once before committing.
+#[test]
+fn normal_concurrent_requests_share_commits_on_one_runtime_thread() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dir = tmp();
+    let path = db_path(&dir);
+    let store = Arc::new(Store::open(&path, Durability::Normal).unwrap());
+    let a = make_account(&store, "alice@example.org", 1);
+    let before = store
+        .writer_stats()
+        .batches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for task in 0..8u32 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..50u32 {
+                    let id = task * 1000 + i + 1;
+                    store
+                        .write(move |tx| insert_device(tx, a, id))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let stats = store.writer_stats();
+    let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(
+        batches <= 400 / 4,
+        "8 concurrent requests share commits: {batches} batches for 400 jobs"
+    );
+    assert!(stats.max_batch.load(std::sync::atomic::Ordering::Relaxed) >= 8);
+    Arc::try_unwrap(store).unwrap().close().unwrap();
+    let n: i64 = raw(&path)
+        .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 400);
+}
+
+/// A request cancelled while it holds the right to lead the next batch (it yields first) must
+/// not strand the queued jobs: the writer thread takes over.
+#[test]
+fn cancelled_leader_hands_its_batch_to_the_writer() {
+    let dir = tmp();
+    let path = db_path(&dir);
+    let store = Arc::new(Store::open(&path, Durability::Normal).unwrap());
+    let a = make_account(&store, "alice@example.org", 1);
+    use std::future::Future as _;
+    let mut fut = Box::pin(store.write(move |tx| insert_device(tx, a, 1)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // Outside a runtime `yield_now` wakes at once; either way the first poll stops at the
+    // yield, holding the leadership.
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    drop(fut);
+    // The writer thread commits the orphaned job; a later writer is not blocked.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let st = Arc::clone(&store);
+    std::thread::spawn(move || {
+        let r = st.write_blocking(move |tx| insert_device(tx, a, 2));
+        let _ = done_tx.send(r);
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a later write completes")
+        .unwrap();
+    let ids = store
+        .read_blocking(move |c| {
+            Ok(devices::list_all(c, a)?
+                .into_iter()
+                .map(|d| d.device_id)
+                .collect::<Vec<_>>())
+        })
+        .unwrap();
+    assert_eq!(ids, vec![1, 2]);
     store.close().unwrap();
 }
 
@@ -1278,9 +1434,18 @@ fn checkpointer_runs_and_close_truncates_wal() {
 
 #[tokio::test]
 async fn batch_failure_reaches_every_job_and_writer_recovers() {
+    batch_failure_reaches_every_job_and_writer_recovers_under(Durability::Full).await;
+}
+
+#[tokio::test]
+async fn batch_failure_reaches_every_job_and_writer_recovers_normal() {
+    batch_failure_reaches_every_job_and_writer_recovers_under(Durability::Normal).await;
+}
+
+async fn batch_failure_reaches_every_job_and_writer_recovers_under(durability: Durability) {
     let dir = tmp();
     let path = db_path(&dir);
-    let store = Store::open(&path, Durability::Full).unwrap();
+    let store = Store::open(&path, durability).unwrap();
     let a = make_account(&store, "alice@example.org", 1);
     let release = block_writer(&store);
     let first = store.write(move |tx| insert_device(tx, a, 1));

@@ -333,11 +333,22 @@ fn only_prekey(xml: &str, keep: u32) -> String {
 /// namespace starts with no session, so the kill can hit the key exchange.
 #[test]
 fn sigkill_during_encrypt_and_decrypt_streams() {
+    encrypt_and_decrypt_streams(&[]);
+}
+
+/// The same under `--durability normal`, where the waiting request itself leads the commit
+/// (no writer thread on the path): an acknowledged answer still means committed.
+#[test]
+fn sigkill_during_encrypt_and_decrypt_streams_normal() {
+    encrypt_and_decrypt_streams(&["--durability", "normal"]);
+}
+
+fn encrypt_and_decrypt_streams(extra: &[&str]) {
     const ROUNDS: usize = 20;
     const MSGS: usize = 24;
     let t0 = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed());
-    let mut ds = [Daemon::start(), Daemon::start()];
+    let mut ds = [Daemon::start_with(extra), Daemon::start_with(extra)];
     let jids = [ALICE, BOB];
     let mut ids = [0u32; 2];
     {
@@ -515,14 +526,24 @@ fn sigkill_during_encrypt_and_decrypt_streams() {
 /// prekey each key exchange consumes is known.
 #[test]
 fn sigkill_during_key_exchanges_and_bundle_changes() {
+    key_exchanges_and_bundle_changes(&[]);
+}
+
+/// The same under `--durability normal`.
+#[test]
+fn sigkill_during_key_exchanges_and_bundle_changes_normal() {
+    key_exchanges_and_bundle_changes(&["--durability", "normal"]);
+}
+
+fn key_exchanges_and_bundle_changes(extra: &[&str]) {
     const ROUNDS: usize = 16;
     const KEX_PEERS: usize = 4; // per round: send bob their first messages
     const NEW_PEERS: usize = 2; // per round: bob learns them and starts a session
     const KEX_MSGS: usize = 3;
     let t0 = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed() ^ 0x5eed);
-    let mut bob = Daemon::start();
-    let crowd = Daemon::start();
+    let mut bob = Daemon::start_with(extra);
+    let crowd = Daemon::start_with(extra);
     let mut b = bob.client();
     let bid = b.create_account(BOB);
     let mut cc = crowd.client();

@@ -3,6 +3,7 @@
 //! commit one transaction, then update memory and reply.
 
 pub mod account;
+pub mod bundle_cache;
 pub mod decrypt;
 pub mod device_id;
 pub mod devicelist;

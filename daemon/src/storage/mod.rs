@@ -1,9 +1,10 @@
 //! omemod's persistent state: one SQLite file per user.
 //!
 //! * [`Store`] opens the file (creating it 0600 in a 0700 directory), applies the embedded
-//!   [`migrations`], and runs three kinds of threads: one group-commit **writer** that owns the
-//!   only write connection ([`Store::write`]), a few **readers** with read-only WAL connections
-//!   ([`Store::read`]), and a **checkpointer** that keeps the WAL short off the request path.
+//!   [`migrations`], and shares the only write connection through a group commit
+//!   ([`Store::write`], see [`writer`]: led by a waiting caller, or by the **writer** thread), a
+//!   few **readers** with read-only WAL connections ([`Store::read`]), and a **checkpointer**
+//!   that keeps the WAL short off the request path.
 //! * The table modules ([`accounts`], [`identity`], [`prekeys`], [`signed_prekeys`],
 //!   [`devices`], [`bundles`], [`sessions`], [`skipped_keys`], [`trust`]) are typed access
 //!   functions taking a `&rusqlite::Connection` (a `Transaction` derefs to one), meant to be
@@ -50,7 +51,7 @@ pub use types::{format_fingerprint, now, DeviceAddr, Namespace, SecretBlob, Secr
 pub use writer::WriterStats;
 
 use reader::{ReadJob, TypedRead};
-use writer::{CheckpointSignal, Reply, TypedJob, WriteJob};
+use writer::{CheckpointSignal, Reply, TypedJob};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -127,7 +128,7 @@ struct Threads {
 pub struct Store {
     path: PathBuf,
     config: StoreConfig,
-    writer: RwLock<Option<Sender<Box<dyn WriteJob>>>>,
+    writer: Arc<writer::Shared>,
     readers: RwLock<Option<Sender<Box<dyn ReadJob>>>>,
     threads: Mutex<Threads>,
     writer_stats: Arc<WriterStats>,
@@ -339,11 +340,18 @@ impl Store {
             .spawn(move || checkpoint::run(ckpt_conn, wake_rx, dirty, interval, stats, watch))
             .map_err(spawn_err)?;
 
-        let (write_tx, write_rx) = mpsc::channel::<Box<dyn WriteJob>>();
-        let stats = Arc::clone(&writer_stats);
+        // Under NORMAL a commit is cheaper than a hand-off to another thread and back, so a
+        // waiting request leads it; under FULL the fsync is better spent off the runtime.
+        let shared = writer::Shared::new(
+            conn,
+            signal,
+            Arc::clone(&writer_stats),
+            config.durability == Durability::Normal,
+        );
+        let for_thread = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("omemod-writer".into())
-            .spawn(move || writer::run(conn, write_rx, stats, signal))
+            .spawn(move || writer::run(for_thread))
             .map_err(spawn_err)?;
 
         let (read_tx, read_rx) = mpsc::channel::<Box<dyn ReadJob>>();
@@ -362,7 +370,7 @@ impl Store {
         Ok(Store {
             path: path.to_owned(),
             config,
-            writer: RwLock::new(Some(write_tx)),
+            writer: shared,
             readers: RwLock::new(Some(read_tx)),
             threads: Mutex::new(Threads {
                 writer: Some(writer),
@@ -394,14 +402,6 @@ impl Store {
         &self.checkpoint_stats
     }
 
-    fn enqueue_write(&self, job: Box<dyn WriteJob>) -> Result<()> {
-        let guard = self.writer.read().unwrap_or_else(PoisonError::into_inner);
-        match guard.as_ref() {
-            Some(tx) => tx.send(job).map_err(|_| StorageError::Closed),
-            None => Err(StorageError::Closed),
-        }
-    }
-
     fn enqueue_read(&self, job: Box<dyn ReadJob>) -> Result<()> {
         let guard = self.readers.read().unwrap_or_else(PoisonError::into_inner);
         match guard.as_ref() {
@@ -414,29 +414,38 @@ impl Store {
     /// batch holding it is committed. If `f` fails only its own changes are rolled back.
     ///
     /// The job is queued when `write` is called, not when the future is first polled, so
-    /// jobs run in call order. Dropping the future does not cancel the job.
+    /// jobs run in call order. Dropping the future does not cancel the job. Under
+    /// [`Durability::Normal`] the future may run the batch (its own job and those queued with
+    /// it) on the polling thread, after yielding once so concurrent requests join it.
     pub fn write<T, F>(&self, f: F) -> impl Future<Output = Result<T>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let queued = self.enqueue_write(Box::new(TypedJob::new(f, Reply::Async(tx))));
+        let queued = self
+            .writer
+            .push_async(Box::new(TypedJob::new(f, Reply::Async(tx))));
+        let pending = writer::Pending::new(&self.writer);
         async move {
             queued?;
-            rx.await.map_err(|_| StorageError::Closed)?
+            writer::wait_async(pending, rx).await
         }
     }
 
-    /// [`Store::write`] for threads outside async code (CLI, tests). Blocks the thread.
+    /// [`Store::write`] for threads outside async code (CLI, tests). Blocks the thread, which
+    /// runs the batch itself when no other batch is under way.
     pub fn write_blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.enqueue_write(Box::new(TypedJob::new(f, Reply::Blocking(tx))))?;
-        rx.recv().map_err(|_| StorageError::Closed)?
+        writer::write_blocking(
+            &self.writer,
+            Box::new(TypedJob::new(f, Reply::Blocking(tx))),
+            rx,
+        )
     }
 
     /// Runs `f` on a read-only connection of the pool; it sees the last committed state.
@@ -488,10 +497,7 @@ impl Store {
     /// from `spawn_blocking` in async code). Later calls to `write`/`read` return
     /// [`StorageError::Closed`]; calling `close` again is a no-op.
     pub fn close(&self) -> Result<()> {
-        self.writer
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        self.writer.close();
         self.readers
             .write()
             .unwrap_or_else(PoisonError::into_inner)

@@ -1,16 +1,29 @@
-//! The group-commit writer: one OS thread owns the only write connection.
+//! Group commit on the one write connection, led by whoever is waiting.
 //!
-//! The thread blocks for the first job, then drains every job already queued (up to
+//! Jobs go into one queue in call order. A *leader* takes every queued job (up to
 //! [`MAX_BATCH`]) and runs them in ONE transaction, each inside its own SAVEPOINT. A job that
 //! fails (or panics) rolls back only its savepoint and gets its own error. After COMMIT
 //! succeeded every job gets its result; if COMMIT fails every job gets the batch error.
-//! Concurrent requests therefore share one fsync.
+//! Concurrent requests therefore share one commit.
+//!
+//! Who leads depends on the durability:
+//! * `NORMAL` (a commit is a WAL append, ~10 µs, no fsync): the first waiting request leads on
+//!   its own thread. An async request first yields once, so every request the runtime can
+//!   already run joins the batch; there is no hand-off to another thread and back.
+//! * `FULL` (a commit waits for an fsync): async requests hand the batch to the writer thread,
+//!   so the single runtime thread keeps reading and preparing the next batch during the fsync.
+//! * Blocking callers (CLI, tests) lead on their own thread under both.
+//!
+//! The writer thread also leads whenever jobs are queued and nobody else will: a leader hands
+//! over after one batch if more arrived meanwhile, a dropped future never leaves its job
+//! behind, and `close` waits for the queue to drain.
 
+use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
@@ -101,6 +114,8 @@ pub struct WriterStats {
     pub jobs: AtomicU64,
     /// Largest batch so far.
     pub max_batch: AtomicU64,
+    /// Batches led by a waiting caller on its own thread (the rest ran on the writer thread).
+    pub inline_batches: AtomicU64,
 }
 
 /// What the writer tells the checkpointer.
@@ -115,51 +130,307 @@ pub(crate) struct CheckpointSignal {
     pub threshold_bytes: u64,
 }
 
-pub(crate) fn run(
-    mut conn: Connection,
-    jobs: Receiver<Box<dyn WriteJob>>,
-    stats: Arc<WriterStats>,
+/// The write connection and what goes with it; only the current leader locks it.
+struct Conn {
+    conn: Connection,
     signal: CheckpointSignal,
-) {
-    let mut last_reported_len = 0u64;
-    while let Ok(first) = jobs.recv() {
-        let mut batch = Vec::with_capacity(16);
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+    last_reported_len: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Box<dyn WriteJob>>,
+    /// Someone is running (or about to run) a batch; jobs queued now are theirs.
+    leading: bool,
+    /// No new jobs; the writer thread exits once the queue is empty and nobody leads.
+    closed: bool,
+    /// The writer thread is waiting on `Shared::wake`.
+    writer_idle: bool,
+    /// The writer thread should lead: queued jobs have nobody else to run them. Without it
+    /// the writer leaves jobs alone, so it never takes one from a request about to lead.
+    want_writer: bool,
+}
+
+/// Shared by the store, its futures and the writer thread.
+pub(crate) struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    conn: Mutex<Option<Conn>>,
+    stats: Arc<WriterStats>,
+    /// Async callers lead on their own thread (NORMAL); otherwise the writer thread does.
+    async_inline: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn new(
+        conn: Connection,
+        signal: CheckpointSignal,
+        stats: Arc<WriterStats>,
+        async_inline: bool,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            conn: Mutex::new(Some(Conn {
+                conn,
+                signal,
+                last_reported_len: 0,
+            })),
+            stats,
+            async_inline,
+        })
+    }
+
+    /// Hands queued jobs nobody leads to the writer thread (waking it if it sleeps); after
+    /// `close` also wakes it to exit.
+    fn kick(&self, q: &mut Queue) {
+        if !q.leading && (!q.jobs.is_empty() || q.closed) {
+            q.want_writer = true;
+            if q.writer_idle {
+                self.wake.notify_one();
             }
         }
+    }
+
+    /// Queues a job. With `lead`, returns whether the caller became the leader (and must
+    /// then call [`Shared::lead_once`] or drop a [`Leadership`]).
+    fn push(&self, job: Box<dyn WriteJob>, lead: bool) -> Result<bool> {
+        let mut q = lock(&self.queue);
+        if q.closed {
+            return Err(StorageError::Closed);
+        }
+        q.jobs.push(job);
+        if lead && !q.leading {
+            q.leading = true;
+            return Ok(true);
+        }
+        self.kick(&mut q);
+        Ok(false)
+    }
+
+    /// Queues an async job: under FULL the writer thread takes it; under NORMAL the future
+    /// leads when first polled.
+    pub(crate) fn push_async(&self, job: Box<dyn WriteJob>) -> Result<()> {
+        let mut q = lock(&self.queue);
+        if q.closed {
+            return Err(StorageError::Closed);
+        }
+        q.jobs.push(job);
+        if !self.async_inline {
+            self.kick(&mut q);
+        }
+        Ok(())
+    }
+
+    /// Becomes the leader if jobs are waiting and nobody leads.
+    fn try_lead(self: &Arc<Self>) -> Option<Leadership> {
+        let mut q = lock(&self.queue);
+        if q.leading || q.jobs.is_empty() {
+            return None;
+        }
+        q.leading = true;
+        Some(Leadership {
+            shared: Some(Arc::clone(self)),
+        })
+    }
+
+    /// Runs one batch as the leader, then gives up leadership; if jobs arrived meanwhile the
+    /// writer thread takes over, so this caller is not held up by later requests.
+    fn lead_once(&self, inline: bool) {
+        let batch = self.take_batch();
+        if !batch.is_empty() {
+            self.commit(batch, inline);
+        }
+        let mut q = lock(&self.queue);
+        q.leading = false;
+        self.kick(&mut q);
+    }
+
+    fn take_batch(&self) -> Vec<Box<dyn WriteJob>> {
+        let mut q = lock(&self.queue);
+        if q.jobs.len() <= MAX_BATCH {
+            mem::take(&mut q.jobs)
+        } else {
+            q.jobs.drain(..MAX_BATCH).collect()
+        }
+    }
+
+    /// Runs `batch` in one transaction and delivers every result after COMMIT returned.
+    fn commit(&self, batch: Vec<Box<dyn WriteJob>>, inline: bool) {
         let n = batch.len() as u64;
-        let (batch, failure) = run_batch(&mut conn, batch);
-        // Counters first, so they are current by the time a caller sees its result.
-        stats.jobs.fetch_add(n, Ordering::Relaxed);
-        stats.max_batch.fetch_max(n, Ordering::Relaxed);
-        if failure.is_none() {
-            stats.batches.fetch_add(1, Ordering::Relaxed);
-            signal.dirty.store(true, Ordering::Release);
-            // A stat() is cheap; the checkpoint itself runs on the checkpointer's thread.
-            // The file only grows when the log outgrows every earlier log, so "grew past the
-            // threshold since the last report" is what triggers an early checkpoint; the
-            // periodic timer handles the rest.
-            if let Ok(meta) = std::fs::metadata(&signal.wal_path) {
-                let len = meta.len();
-                if len > signal.threshold_bytes && len > last_reported_len {
-                    last_reported_len = len;
-                    // Full: a request is already pending. Disconnected: shutting down.
-                    let _ = signal.wake.try_send(());
-                }
+        let mut guard = lock(&self.conn);
+        let Some(c) = guard.as_mut() else {
+            drop(guard);
+            for job in batch {
+                job.finish(None); // never ran: Closed
             }
+            return;
+        };
+        let (batch, failure) = run_batch(&mut c.conn, batch);
+        // Counters first, so they are current by the time a caller sees its result.
+        self.stats.jobs.fetch_add(n, Ordering::Relaxed);
+        self.stats.max_batch.fetch_max(n, Ordering::Relaxed);
+        if failure.is_none() {
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            if inline {
+                self.stats.inline_batches.fetch_add(1, Ordering::Relaxed);
+            }
+            c.after_commit();
         }
+        drop(guard);
         // Only now, after COMMIT returned, does anyone learn the outcome.
         for job in batch {
             job.finish(failure.as_ref());
         }
     }
-    tracing::debug!("storage writer stopped");
+
+    /// Stops accepting jobs and wakes the writer thread so it drains the queue and exits.
+    pub(crate) fn close(&self) {
+        let mut q = lock(&self.queue);
+        q.closed = true;
+        if q.writer_idle {
+            self.wake.notify_one();
+        }
+    }
 }
 
+impl Conn {
+    fn after_commit(&mut self) {
+        self.signal.dirty.store(true, Ordering::Release);
+        // A stat() is cheap; the checkpoint itself runs on the checkpointer's thread.
+        // The file only grows when the log outgrows every earlier log, so "grew past the
+        // threshold since the last report" is what triggers an early checkpoint; the
+        // periodic timer handles the rest.
+        if let Ok(meta) = std::fs::metadata(&self.signal.wal_path) {
+            let len = meta.len();
+            if len > self.signal.threshold_bytes && len > self.last_reported_len {
+                self.last_reported_len = len;
+                // Full: a request is already pending. Disconnected: shutting down.
+                let _ = self.signal.wake.try_send(());
+            }
+        }
+    }
+}
+
+/// The right to run the next batch. Dropping it unused (a cancelled future) hands the queue
+/// to the writer thread.
+struct Leadership {
+    shared: Option<Arc<Shared>>,
+}
+
+impl Leadership {
+    fn run(mut self, inline: bool) {
+        if let Some(s) = self.shared.take() {
+            s.lead_once(inline);
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        if let Some(s) = self.shared.take() {
+            let mut q = lock(&s.queue);
+            q.leading = false;
+            s.kick(&mut q);
+        }
+    }
+}
+
+/// Set while an async write has not got its result; if the future is dropped its job may still
+/// be queued with nobody to lead, so the writer thread is woken.
+pub(crate) struct Pending {
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Pending {
+    /// Made when the job is queued, so that a future dropped before its first poll counts.
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        Self {
+            shared: Arc::clone(shared),
+            done: false,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut q = lock(&self.shared.queue);
+            self.shared.kick(&mut q);
+        }
+    }
+}
+
+/// Waits for an async job queued with [`Shared::push_async`], leading its batch when that is
+/// the cheaper path.
+pub(crate) async fn wait_async<T>(
+    mut pending: Pending,
+    rx: tokio::sync::oneshot::Receiver<Result<T>>,
+) -> Result<T> {
+    let shared = Arc::clone(&pending.shared);
+    if shared.async_inline {
+        if let Some(leadership) = shared.try_lead() {
+            // Let every task the runtime can already run (other requests, after an I/O poll)
+            // queue its job first, so they share this commit.
+            tokio::task::yield_now().await;
+            leadership.run(true);
+        }
+    }
+    let r = rx.await.map_err(|_| StorageError::Closed);
+    pending.done = true;
+    r?
+}
+
+/// Queues a job and waits for it on this thread, leading its batch if nobody else does.
+pub(crate) fn write_blocking<T>(
+    shared: &Arc<Shared>,
+    job: Box<dyn WriteJob>,
+    rx: std::sync::mpsc::Receiver<Result<T>>,
+) -> Result<T> {
+    if shared.push(job, true)? {
+        Leadership {
+            shared: Some(Arc::clone(shared)),
+        }
+        .run(true);
+    }
+    rx.recv().map_err(|_| StorageError::Closed)?
+}
+
+/// The writer thread: leads whenever jobs wait and nobody else leads; exits after `close`
+/// once the queue is empty, dropping the connection.
+pub(crate) fn run(shared: Arc<Shared>) {
+    let mut q = lock(&shared.queue);
+    loop {
+        if !q.leading && !q.jobs.is_empty() && (q.want_writer || q.closed) {
+            q.leading = true;
+            q.want_writer = false;
+            drop(q);
+            let batch = shared.take_batch();
+            shared.commit(batch, false);
+            q = lock(&shared.queue);
+            q.leading = false;
+            // Jobs queued during the batch wait for a leader that already was busy: us.
+            if !q.jobs.is_empty() {
+                q.want_writer = true;
+            }
+            continue;
+        }
+        if q.closed && q.jobs.is_empty() && !q.leading {
+            break;
+        }
+        q.writer_idle = true;
+        q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+        q.writer_idle = false;
+    }
+    drop(q);
+    drop(lock(&shared.conn).take());
+    tracing::debug!("storage writer stopped");
+}
 /// Runs one batch in one transaction. Returns the jobs (results not yet delivered) and, if the
 /// batch was not committed, why.
 fn run_batch(
