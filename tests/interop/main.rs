@@ -43,6 +43,7 @@ per_namespace!(
     empty_message_from_python_after_key_exchange,
     two_python_devices_and_one_omemod_device,
     heartbeat_after_long_one_sided_chain,
+    empty_text_from_omemod,
 );
 
 #[test]

@@ -890,3 +890,36 @@ pub fn sce_checked_against_python() {
             .ok("decrypt", json!({"from": PY_JID, "xml": x, "to": OM_JID}));
     assert_eq!(r["body"], "one to one", "{r}");
 }
+
+/// An empty text from omemod reaches python-omemo. OMEMO 0.3 cannot carry an empty body (an
+/// empty `<payload/>` is unreadable to python-omemo and the libsignal family), so there it goes
+/// out as an empty message; OMEMO 2's envelope carries the empty `<body/>`.
+pub fn empty_text_from_omemod(ns: &'static str) {
+    let mut p = Pair::new(ns);
+    let (first, _) = p.om_send("first");
+    p.py_recv(&first, "first");
+    let (x, _) = p.om_send("");
+    if ns == OLDMEMO {
+        assert!(
+            !x.contains("<payload"),
+            "an empty 0.3 body must not become an empty <payload/>: {x}"
+        );
+    }
+    let r =
+        p.py.cmd(json!({"cmd": "decrypt", "from": OM_JID, "xml": x}));
+    assert_eq!(
+        r["ok"],
+        true,
+        "python-omemo could not read omemod's empty text in {}: {r}\nmessage: {x}",
+        short(ns)
+    );
+    if ns == OLDMEMO {
+        assert_eq!(r["empty"], true, "{r}");
+    } else {
+        assert_eq!(r["empty"], false, "{r}");
+        assert!(r["body"].as_str().unwrap_or_default().is_empty(), "{r}");
+    }
+    // The conversation goes on.
+    let (y, _) = p.om_send("after the empty text");
+    p.py_recv(&y, "after the empty text");
+}

@@ -120,7 +120,9 @@ struct NsPayload {
 
 fn payload_for(acct: &Account, ns: Version, body: Option<&str>, sce_to: Option<&str>) -> NsPayload {
     match (ns, body) {
-        (Version::Oldmemo, Some(b)) => {
+        // 0.3 cannot carry an empty text: an empty <payload/> is unreadable to python-omemo
+        // and the libsignal family, so it goes out as an empty (key transport) message.
+        (Version::Oldmemo, Some(b)) if !b.is_empty() => {
             let p = payload::oldmemo::encrypt(b.as_bytes(), &mut OsRng);
             NsPayload {
                 key_material: Zeroizing::new(p.key_material.to_vec()),
@@ -128,7 +130,7 @@ fn payload_for(acct: &Account, ns: Version, body: Option<&str>, sce_to: Option<&
                 payload: Some(p.ciphertext),
             }
         }
-        (Version::Oldmemo, None) => {
+        (Version::Oldmemo, _) => {
             let (km, iv) = payload::oldmemo::key_transport(&mut OsRng);
             NsPayload {
                 key_material: Zeroizing::new(km.to_vec()),
