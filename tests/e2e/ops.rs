@@ -541,6 +541,10 @@ fn systemd_unit_sandbox_lets_the_daemon_write_its_state() {
         bwrap.is_ok_and(|o| o.status.success()),
         "bwrap not found: install bubblewrap (Debian package bubblewrap; .ci/run does)"
     );
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
     for layout in [".local/state/omemod", ".config/omemod"] {
         let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
         let home = root.path().join("home");
@@ -572,6 +576,10 @@ fn systemd_unit_sandbox_lets_the_daemon_write_its_state() {
                     "--proc",
                     "/proc",
                 ])
+                // The build tree (the binary, this test's root) stays visible when it lies
+                // under /tmp, which the sandbox replaces with an empty tmpfs.
+                .arg("--ro-bind")
+                .args([&target, &target])
                 .arg("--bind")
                 .args([&state, &state])
                 .arg("--bind")
