@@ -16,12 +16,45 @@ pub fn is_canonical_u(u: &[u8; 32]) -> bool {
     !(high_all_ones && u[0] >= 0xed)
 }
 
+/// The u-coordinates of every point of small order on Curve25519 and its twist (0, 1, the two
+/// order-8 points, p − 1), and the non-canonical encodings p and p + 1 of 0 and 1; bit 255 is
+/// ignored, as X25519 ignores it.
+const LOW_ORDER_U: [[u8; 32]; 7] = {
+    let mut t = [[0u8; 32]; 7];
+    t[1][0] = 1;
+    t[2] = [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ];
+    t[3] = [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ];
+    let mut i = 4;
+    while i < 7 {
+        // p − 1, p, p + 1: 0xec / 0xed / 0xee, then 30 × 0xff, then 0x7f.
+        let mut k = 1;
+        while k < 31 {
+            t[i][k] = 0xff;
+            k += 1;
+        }
+        t[i][0] = 0xec + (i as u8 - 4);
+        t[i][31] = 0x7f;
+        i += 1;
+    }
+    t
+};
+
 /// Whether the X25519 public key `u` has small order (on the curve or its twist): a
-/// Diffie-Hellman with it gives a predictable (all-zero) result. `8·P` is the identity for
-/// exactly these points; the Montgomery ladder maps the identity to u = 0.
+/// Diffie-Hellman with it gives a predictable (all-zero) result. A table lookup: bundles carry
+/// up to 100 prekeys and are checked on every session creation, so a ladder per key (`8·P`)
+/// cost milliseconds there.
 pub fn is_low_order_u(u: &[u8; 32]) -> bool {
-    let eight = curve25519_dalek::Scalar::from(8u8);
-    (MontgomeryPoint(*u) * eight).0 == [0u8; 32]
+    let mut masked = *u;
+    masked[31] &= 0x7f;
+    LOW_ORDER_U.contains(&masked)
 }
 
 /// Edwards → Montgomery: `u = (1 + y) / (1 − y)`. Rejects non-canonical encodings, points
@@ -80,5 +113,39 @@ mod tests {
         assert!(!is_low_order_u(&x25519_dalek::X25519_BASEPOINT_BYTES));
         let random = x25519_dalek::x25519([7u8; 32], x25519_dalek::X25519_BASEPOINT_BYTES);
         assert!(!is_low_order_u(&random));
+    }
+
+    /// The table agrees with the definition: `8·P` is the identity (u = 0 after the ladder).
+    #[test]
+    fn low_order_table_matches_the_ladder() {
+        let by_ladder =
+            |u: &[u8; 32]| (MontgomeryPoint(*u) * curve25519_dalek::Scalar::from(8u8)).0 == [0; 32];
+        let mut cases: Vec<[u8; 32]> = LOW_ORDER_U.to_vec();
+        for t in LOW_ORDER_U {
+            let mut high = t;
+            high[31] |= 0x80;
+            cases.push(high);
+        }
+        let mut seed = [0u8; 32];
+        for i in 0..2000u32 {
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            // Random points (curve and twist alike) and raw random strings.
+            cases.push(x25519_dalek::x25519(
+                seed,
+                x25519_dalek::X25519_BASEPOINT_BYTES,
+            ));
+            let mut raw = [0u8; 32];
+            for (j, b) in raw.iter_mut().enumerate() {
+                *b = (i as u8)
+                    .wrapping_mul(31)
+                    .wrapping_add(j as u8)
+                    .wrapping_mul(197);
+            }
+            cases.push(raw);
+        }
+        for u in &cases {
+            assert_eq!(is_low_order_u(u), by_ladder(u), "{u:02x?}");
+        }
+        assert_eq!(cases.iter().filter(|u| is_low_order_u(u)).count(), 14);
     }
 }
