@@ -81,6 +81,35 @@ pub struct DecryptOutcome {
     pub first_decrypted_at: Option<i64>,
 }
 
+impl DecryptOutcome {
+    /// The answer for `element` from `from`, opened, with no actions and not a redelivery.
+    pub(super) fn new(
+        element: &Encrypted,
+        from: &str,
+        trust: &TrustRow,
+        opened: Opened,
+        key_exchange: bool,
+    ) -> Self {
+        Self {
+            namespace: element.version.namespace().to_owned(),
+            sender: Sender {
+                jid: from.to_owned(),
+                device_id: element.sid,
+                fingerprint: trust.fingerprint.clone(),
+                trust: trust.level.as_str().to_owned(),
+            },
+            body: opened.body,
+            content_xml: opened.content_xml,
+            envelope: opened.envelope,
+            empty: opened.empty,
+            key_exchange,
+            actions: Vec::new(),
+            redelivered: false,
+            first_decrypted_at: None,
+        }
+    }
+}
+
 /// SCE affix elements of an OMEMO 2 message.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct EnvelopeInfo {
@@ -259,21 +288,8 @@ impl Manager {
         let actions = self.follow_ups(&acct, &addr, &committed, heartbeat, attempt.key_exchange);
         tracing::debug!(account = %acct.jid, peer = from, device = element.sid, ns = %addr.namespace, kex = attempt.key_exchange, "decrypted");
         Ok(DecryptOutcome {
-            namespace: addr.namespace.namespace().to_owned(),
-            sender: Sender {
-                jid: from.to_owned(),
-                device_id: element.sid,
-                fingerprint: trust.fingerprint.clone(),
-                trust: trust.level.as_str().to_owned(),
-            },
-            body: opened.body,
-            content_xml: opened.content_xml,
-            envelope: opened.envelope,
-            empty: opened.empty,
-            key_exchange: attempt.key_exchange,
             actions,
-            redelivered: false,
-            first_decrypted_at: None,
+            ..DecryptOutcome::new(&element, from, &trust, opened, attempt.key_exchange)
         })
     }
 

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::account::Account;
-use super::decrypt::{check_envelope, open_payload, Conversation, DecryptOutcome, Sender};
+use super::decrypt::{check_envelope, open_payload, Conversation, DecryptOutcome};
 use super::encrypt::{EncryptOutcome, EncryptRequest};
 use super::{Manager, ManagerError, Result};
 use crate::storage::redelivery::{
@@ -417,22 +417,10 @@ impl Manager {
         check_envelope(&opened, from, conv)?;
         tracing::debug!(account = %acct.jid, peer = from, device = element.sid, "redelivered");
         Ok(Some(DecryptOutcome {
-            namespace: element.version.namespace().to_owned(),
-            sender: Sender {
-                jid: from.to_owned(),
-                device_id: element.sid,
-                fingerprint: trust.fingerprint.clone(),
-                trust: trust.level.as_str().to_owned(),
-            },
-            body: opened.body,
-            content_xml: opened.content_xml,
-            envelope: opened.envelope,
-            empty: opened.empty,
-            key_exchange: row.key_exchange,
-            // The duties were handed out with the first answer.
-            actions: Vec::new(),
+            // The duties were handed out with the first answer: no actions.
             redelivered: true,
             first_decrypted_at: Some(row.created_at),
+            ..DecryptOutcome::new(element, from, &trust, opened, row.key_exchange)
         }))
     }
 
