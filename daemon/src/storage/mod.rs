@@ -144,7 +144,8 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn io_err<'a>(
+/// Maps an I/O error on `path` to [`StorageError::Io`].
+pub(crate) fn io_err<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> StorageError + 'a {

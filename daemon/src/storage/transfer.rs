@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::{json, Map, Value};
 
 use super::error::{Result, StorageError};
-use super::migrations;
+use super::{io_err, migrations};
 
 /// The `format` field of an account export.
 pub const EXPORT_FORMAT: &str = "omemod-account-export";
@@ -26,17 +26,6 @@ fn bad(what: &'static str, reason: impl Into<String>) -> StorageError {
     StorageError::InvalidInput {
         what,
         reason: reason.into(),
-    }
-}
-
-fn io_err<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
-    move |source| StorageError::Io {
-        action,
-        path: path.to_owned(),
-        source,
     }
 }
 
