@@ -152,5 +152,69 @@ fn protocol(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, primitives, protocol);
+/// The wire and payload layers of a received message, apart from the ratchet: parsing the
+/// `<encrypted>` element, opening the payload and (OMEMO 2) parsing the SCE envelope.
+fn wire(c: &mut Criterion) {
+    use protocol_core::payload;
+    use protocol_core::sce::{build_envelope, parse_envelope, EnvelopeOptions};
+    use protocol_core::xml::{Encrypted, KeyElement};
+    let mut rng = StdRng::seed_from_u64(9);
+    let body = "Hello, this is a benchmark message of moderate length. \u{1F600}";
+    for version in [Version::Oldmemo, Version::Twomemo] {
+        let name = match version {
+            Version::Oldmemo => "oldmemo",
+            Version::Twomemo => "twomemo",
+        };
+        let s = setup(version, &mut rng);
+        let (mut a, _) = established(&s, &mut rng);
+        let (km, iv, ct) = match version {
+            Version::Oldmemo => {
+                let p = payload::oldmemo::encrypt(body.as_bytes(), &mut rng);
+                (p.key_material.to_vec(), Some(p.iv.to_vec()), p.ciphertext)
+            }
+            Version::Twomemo => {
+                let opts = EnvelopeOptions {
+                    from: "alice@example.org",
+                    to: Some("bob@example.org"),
+                    time: None,
+                };
+                let env = build_envelope(body, &opts, &mut rng);
+                let p = payload::twomemo::encrypt(env.as_bytes(), &mut rng);
+                (p.key_material.to_vec(), None, p.ciphertext)
+            }
+        };
+        let key = a.encrypt(&km).unwrap();
+        let element = Encrypted {
+            version,
+            sid: 1,
+            keys: vec![KeyElement {
+                jid: (version == Version::Twomemo).then(|| "bob@example.org".to_owned()),
+                rid: 2,
+                kex: key.kex,
+                data: key.data,
+            }],
+            iv: iv.clone(),
+            payload: Some(ct.clone()),
+        };
+        let xml = element.to_xml();
+        c.bench_function(&format!("{name}/element_from_xml"), |b| {
+            b.iter(|| black_box(Encrypted::from_xml(&xml).unwrap()))
+        });
+        c.bench_function(&format!("{name}/payload_decrypt"), |b| match version {
+            Version::Oldmemo => b.iter(|| {
+                black_box(payload::oldmemo::decrypt(&km, iv.as_deref().unwrap(), &ct).unwrap())
+            }),
+            Version::Twomemo => b.iter(|| black_box(payload::twomemo::decrypt(&km, &ct).unwrap())),
+        });
+        if version == Version::Twomemo {
+            let pt = payload::twomemo::decrypt(&km, &ct).unwrap();
+            let text = std::str::from_utf8(&pt).unwrap().to_owned();
+            c.bench_function(&format!("{name}/sce_parse_envelope"), |b| {
+                b.iter(|| black_box(parse_envelope(&text).unwrap()))
+            });
+        }
+    }
+}
+
+criterion_group!(benches, primitives, protocol, wire);
 criterion_main!(benches);
