@@ -1101,7 +1101,7 @@ fn block_writer(store: &Store) -> std::sync::mpsc::Sender<()> {
     release_tx
 }
 
-fn insert_device(tx: &rusqlite::Transaction<'_>, a: i64, id: u32) -> Result<(), StorageError> {
+fn insert_device(tx: &rusqlite::Connection, a: i64, id: u32) -> Result<(), StorageError> {
     devices::replace_list(
         tx,
         a,

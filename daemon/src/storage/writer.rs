@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::Connection;
 
 use super::error::{Result, StorageError};
 
@@ -57,7 +57,7 @@ impl<T> Reply<T> {
 /// A type-erased write job.
 pub(crate) trait WriteJob: Send {
     /// Runs the closure inside the open transaction; `true` if it succeeded.
-    fn run(&mut self, tx: &Transaction<'_>) -> bool;
+    fn run(&mut self, conn: &Connection) -> bool;
     /// Delivers the result. `batch_error` is set if the batch as a whole was not committed.
     fn finish(self: Box<Self>, batch_error: Option<&Arc<rusqlite::Error>>);
 }
@@ -81,13 +81,13 @@ impl<T, F> TypedJob<T, F> {
 impl<T, F> WriteJob for TypedJob<T, F>
 where
     T: Send,
-    F: FnOnce(&Transaction<'_>) -> Result<T> + Send,
+    F: FnOnce(&Connection) -> Result<T> + Send,
 {
-    fn run(&mut self, tx: &Transaction<'_>) -> bool {
+    fn run(&mut self, conn: &Connection) -> bool {
         let Some(f) = self.f.take() else {
             return false;
         };
-        let r = catch_unwind(AssertUnwindSafe(|| f(tx))).unwrap_or(Err(StorageError::JobPanicked));
+        let r = catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or(Err(StorageError::JobPanicked));
         let ok = r.is_ok();
         self.result = Some(r);
         ok
@@ -135,7 +135,12 @@ struct Conn {
     conn: Connection,
     signal: CheckpointSignal,
     last_reported_len: u64,
+    /// Commits so far (for [`STAT_EVERY`]).
+    commits: u64,
 }
+
+/// Commits between two looks at the size of the WAL file.
+const STAT_EVERY: u64 = 16;
 
 #[derive(Default)]
 struct Queue {
@@ -179,6 +184,7 @@ impl Shared {
                 conn,
                 signal,
                 last_reported_len: 0,
+                commits: 0,
             })),
             stats,
             async_inline,
@@ -301,10 +307,15 @@ impl Shared {
 impl Conn {
     fn after_commit(&mut self) {
         self.signal.dirty.store(true, Ordering::Release);
-        // A stat() is cheap; the checkpoint itself runs on the checkpointer's thread.
-        // The file only grows when the log outgrows every earlier log, so "grew past the
-        // threshold since the last report" is what triggers an early checkpoint; the
-        // periodic timer handles the rest.
+        // The checkpoint itself runs on the checkpointer's thread. The file only grows when
+        // the log outgrows every earlier log, so "grew past the threshold since the last
+        // report" is what triggers an early checkpoint; the periodic timer handles the rest.
+        // A stat() per commit was a visible share of a small commit: look every
+        // STAT_EVERY commits (the log overshoots by at most that many commits' pages).
+        self.commits = self.commits.wrapping_add(1);
+        if self.commits % STAT_EVERY != 0 {
+            return;
+        }
         if let Ok(meta) = std::fs::metadata(&self.signal.wal_path) {
             let len = meta.len();
             if len > self.signal.threshold_bytes && len > self.last_reported_len {
@@ -431,63 +442,69 @@ pub(crate) fn run(shared: Arc<Shared>) {
     drop(lock(&shared.conn).take());
     tracing::debug!("storage writer stopped");
 }
+/// Runs a transaction-control statement through the statement cache: parsing `BEGIN`,
+/// `SAVEPOINT`, `RELEASE` and `COMMIT` anew for every batch was a measurable share of a commit.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// Rolls back whatever is still open after a failure (SQLite may have rolled back already).
+fn roll_back(conn: &Connection) {
+    if !conn.is_autocommit() {
+        if let Err(e) = control(conn, "ROLLBACK") {
+            tracing::error!(error = %e, "rollback failed");
+        }
+    }
+}
+
 /// Runs one batch in one transaction. Returns the jobs (results not yet delivered) and, if the
 /// batch was not committed, why.
 fn run_batch(
     conn: &mut Connection,
     mut batch: Vec<Box<dyn WriteJob>>,
 ) -> (Vec<Box<dyn WriteJob>>, Option<Arc<rusqlite::Error>>) {
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot begin write transaction");
-            return (batch, Some(Arc::new(e)));
-        }
-    };
+    let conn = &*conn;
+    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+        tracing::error!(error = %e, "cannot begin write transaction");
+        roll_back(conn);
+        return (batch, Some(Arc::new(e)));
+    }
     // A batch of one needs no savepoint: the transaction is the job's own.
-    if let [job] = batch.as_mut_slice() {
-        let outcome = if job.run(&tx) {
-            tx.commit()
+    let outcome = if let [job] = batch.as_mut_slice() {
+        if job.run(conn) {
+            control(conn, "COMMIT")
         } else {
-            drop(tx); // rolls back; the job reports its own error
-            Ok(())
-        };
-        return match outcome {
-            Ok(()) => (batch, None),
-            Err(e) => {
-                tracing::error!(error = %e, "write batch failed");
-                (batch, Some(Arc::new(e)))
+            roll_back(conn); // the job reports its own error
+            return (batch, None);
+        }
+    } else {
+        let mut broken: Option<rusqlite::Error> = None;
+        for job in batch.iter_mut() {
+            if let Err(e) = control(conn, "SAVEPOINT omemod_job") {
+                broken = Some(e);
+                break;
             }
-        };
-    }
-    let mut broken: Option<rusqlite::Error> = None;
-    for job in batch.iter_mut() {
-        if let Err(e) = tx.execute_batch("SAVEPOINT omemod_job") {
-            broken = Some(e);
-            break;
+            let end = if job.run(conn) {
+                control(conn, "RELEASE omemod_job")
+            } else {
+                control(conn, "ROLLBACK TO omemod_job")
+                    .and_then(|()| control(conn, "RELEASE omemod_job"))
+            };
+            if let Err(e) = end {
+                // E.g. SQLite already rolled the whole transaction back (disk full).
+                broken = Some(e);
+                break;
+            }
         }
-        let ok = job.run(&tx);
-        let end = if ok {
-            tx.execute_batch("RELEASE omemod_job")
-        } else {
-            tx.execute_batch("ROLLBACK TO omemod_job; RELEASE omemod_job")
-        };
-        if let Err(e) = end {
-            // E.g. SQLite already rolled the whole transaction back (disk full).
-            broken = Some(e);
-            break;
+        match broken {
+            Some(e) => Err(e),
+            None => control(conn, "COMMIT"),
         }
-    }
-    let outcome = match broken {
-        Some(e) => {
-            drop(tx); // rolls back
-            Err(e)
-        }
-        None => tx.commit(),
     };
     match outcome {
         Ok(()) => (batch, None),
         Err(e) => {
+            roll_back(conn);
             tracing::error!(error = %e, "write batch failed");
             (batch, Some(Arc::new(e)))
         }
