@@ -81,6 +81,9 @@ struct Cfg {
     durabilities: Vec<&'static str>,
     repo: PathBuf,
     bin: PathBuf,
+    /// The same code built without redelivery (`bench-baseline-no-redelivery`), for issue 8's
+    /// A/B comparison; scripts/bench builds it.
+    baseline: Option<PathBuf>,
 }
 
 impl Cfg {
@@ -124,6 +127,9 @@ impl Cfg {
         let bin = std::env::var_os("OMEMOD_BENCH_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_omemod")));
+        let baseline = std::env::var_os("OMEMOD_BENCH_BASELINE_BIN")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
         Cfg {
             quick,
             scale,
@@ -134,6 +140,7 @@ impl Cfg {
             durabilities,
             repo,
             bin,
+            baseline,
         }
     }
 
@@ -440,6 +447,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(cfg: &Cfg, durability: &str) -> Self {
+        Self::start_bin(&cfg.bin, durability)
+    }
+
+    fn start_bin(bin: &std::path::Path, durability: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("omemod-bench-")
             .tempdir()
@@ -449,7 +460,7 @@ impl Daemon {
             db: dir.path().join("state/omemod.db"),
             dir,
             durability: durability.to_owned(),
-            bin: cfg.bin.clone(),
+            bin: bin.to_owned(),
             child: None,
         };
         d.spawn();
@@ -1116,6 +1127,72 @@ fn bench_rpc(cfg: &Cfg, r: &mut Report, durability: &str) {
     }
 }
 
+/// Issue 8: decrypt p50 with redelivery against the same code built without it, in one run.
+/// Both daemons run side by side and are measured in alternating blocks, so that the machine's
+/// drift hits both alike.
+fn bench_redelivery_ab(cfg: &Cfg, r: &mut Report, durability: &str) {
+    let Some(base) = cfg.baseline.as_deref() else {
+        return;
+    };
+    println!(
+        "\n== redelivery A/B: this build vs {} ({durability}) ==",
+        base.display()
+    );
+    let with = Daemon::start(cfg, durability);
+    let without = Daemon::start_bin(base, durability);
+    let mut clients = [with.client(), without.client()];
+    let mut me = Vec::new();
+    for c in clients.iter_mut() {
+        c.ok("account.create", json!({"jid": ME}));
+        let dev = c.ok("account.list", json!({}))[0]["device_id"]
+            .as_u64()
+            .expect("device id") as u32;
+        me.push((ME.to_owned(), dev));
+    }
+    for &ns in &cfg.namespaces {
+        let t = ns_tag(ns);
+        let pj = format!("ab-{t}@bench.example");
+        let blocks = cfg.n(10, 3);
+        let per_block = cfg.n(200, 50);
+        let mut queued: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+        for (i, c) in clients.iter_mut().enumerate() {
+            let mut p = established_peer(c, &pj, 40 + i as u32, ns);
+            let lines: Vec<String> = (0..blocks * per_block + 50)
+                .map(|_| {
+                    let x = p.encrypt_to(std::slice::from_ref(&me[i]), BODY, ME);
+                    c.decrypt_line(&pj, &x)
+                })
+                .collect();
+            // Warm-up, untimed.
+            for l in &lines[..50] {
+                c.round_trip(l);
+            }
+            queued[i] = lines[50..].to_vec();
+        }
+        let mut times: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+        for b in 0..blocks {
+            for i in [b % 2, 1 - b % 2] {
+                for l in &queued[i][b * per_block..(b + 1) * per_block] {
+                    let (dt, res) = clients[i].timed(l);
+                    if times[i].is_empty() {
+                        check_body(&res);
+                    }
+                    times[i].push(dt);
+                }
+            }
+        }
+        let [on, off] = times;
+        r.fig(
+            &format!("ab.{durability}.{t}.decrypt_with_redelivery"),
+            fig(&on),
+        );
+        r.fig(
+            &format!("ab.{durability}.{t}.decrypt_without_redelivery"),
+            fig(&off),
+        );
+    }
+}
+
 /// One thread per client, each with its own connection, sending its lines one after another.
 /// Returns (decrypts per second over the wall time, latency of all calls).
 fn run_clients(d: &Daemon, per_client: Vec<Vec<String>>) -> (f64, Fig) {
@@ -1544,6 +1621,18 @@ fn targets(r: &Report, cfg: &Cfg) -> Vec<Target> {
             });
         }
     }
+    for ns in NS_ALL {
+        let t = ns_tag(ns);
+        for d in DURABILITIES {
+            at_most(
+                &mut out,
+                format!("issue 8: decrypt p50 with ÷ without redelivery, {d}, {t}"),
+                r.p50(&format!("ab.{d}.{t}.decrypt_with_redelivery")),
+                r.p50(&format!("ab.{d}.{t}.decrypt_without_redelivery")),
+                1.10,
+            );
+        }
+    }
     let sessions = r.values.get("mem.sessions").copied();
     let full_size = sessions.is_some_and(|s| s >= 10_000.0);
     let rss = [
@@ -1948,6 +2037,9 @@ fn main() {
     if cfg.section("rpc") {
         for &d in &cfg.durabilities {
             bench_rpc(&cfg, &mut r, d);
+            if cfg.op("redelivery_ab") {
+                bench_redelivery_ab(&cfg, &mut r, d);
+            }
         }
     }
     if cfg.section("python") {

@@ -87,7 +87,8 @@ where
         let Some(f) = self.f.take() else {
             return false;
         };
-        let r = catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or(Err(StorageError::JobPanicked));
+        let r =
+            catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or(Err(StorageError::JobPanicked));
         let ok = r.is_ok();
         self.result = Some(r);
         ok
