@@ -55,7 +55,8 @@ fn weight(b: &VerifiedBundle) -> usize {
 
 /// Held by the code around a write job that changes or deletes bundles, from before the job is
 /// queued until its outcome is known (see [`BundleCache::write_ticket`]). While any is held, no
-/// load fills the cache. Dropping it ends it.
+/// load fills the cache. Dropping it ends it: not before the job's outcome is known (requests run
+/// to completion on their own tasks), or a load could fill a row the job is about to replace.
 #[must_use]
 pub struct WriteTicket {
     inner: Arc<Mutex<Inner>>,
