@@ -137,9 +137,63 @@ impl Bundle {
         }
     }
 
+    /// Verifies the bundle and keeps the proof: see [`VerifiedBundle`].
+    pub fn into_verified(self) -> Result<VerifiedBundle, BundleError> {
+        VerifiedBundle::verify(self)
+    }
+
     /// For OMEMO 0.3 bundles: the Edwards sign bit of the identity key (bit 63.7 of the
     /// signature), which python-omemo uses to recover the Ed25519 form.
     pub fn oldmemo_identity_sign_bit(&self) -> u8 {
         self.signed_prekey_signature[63] >> 7
+    }
+}
+
+/// A bundle whose ids, keys and signed-prekey signature were checked ([`Bundle::verify`]), with
+/// its identity key in Montgomery form. Only verification makes one, so X3DH can start from it
+/// without checking (and converting) again; a caller that keeps bundles (parsed once, used for
+/// many sessions) pays for one signature check per bundle, not per session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedBundle {
+    bundle: Bundle,
+    identity_curve25519: [u8; 32],
+}
+
+impl VerifiedBundle {
+    /// Verifies `bundle`.
+    pub fn verify(bundle: Bundle) -> Result<Self, BundleError> {
+        bundle.verify()?;
+        let identity_curve25519 =
+            crate::x3dh::RemoteIdentity::from_transported(bundle.version, bundle.identity_key)
+                .curve25519()
+                .map_err(|_| BundleError::InvalidKey("identity"))?;
+        Ok(Self {
+            bundle,
+            identity_curve25519,
+        })
+    }
+
+    /// The bundle.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// The identity key as a Curve25519 u-coordinate (DH, fingerprints, trust).
+    pub fn identity_curve25519(&self) -> &[u8; 32] {
+        &self.identity_curve25519
+    }
+
+    /// The same bundle without the one-time prekey `id` (one we used, which must not be used
+    /// again). Removing a prekey keeps everything that was verified true, but the result may
+    /// offer no prekey at all.
+    pub fn without_prekey(&self, id: u32) -> Self {
+        let mut rest = self.clone();
+        rest.bundle.prekeys.retain(|p| p.id != id);
+        rest
+    }
+
+    /// Gives the bundle back.
+    pub fn into_bundle(self) -> Bundle {
+        self.bundle
     }
 }

@@ -4,7 +4,7 @@
 //! The key material a session carries is small (the payload key and tag); the payload itself
 //! is encrypted separately (see [`crate::payload`]).
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, VerifiedBundle};
 use crate::double_ratchet::skipped_keys::{SkippedKey, SkippedKeyChanges};
 use crate::double_ratchet::{DoubleRatchet, Header, RatchetError};
 use crate::keys::{IdentityKeyPair, KeyError, KeyPair, PrivateKey, PublicKey};
@@ -189,30 +189,44 @@ struct Parsed {
 
 impl Session {
     /// Builds a session from a peer's bundle (we are the initiator). `pre_key_id` picks the
-    /// bundle's one-time prekey (choose it at random among the bundle's).
+    /// bundle's one-time prekey (choose it at random among the bundle's). The bundle is
+    /// verified first.
     pub fn initiate(
         own: &IdentityKeyPair,
         bundle: &Bundle,
         pre_key_id: u32,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Self, SessionError> {
-        let version = bundle.version;
+        let verified = VerifiedBundle::verify(bundle.clone()).map_err(X3dhError::from)?;
+        Self::initiate_verified(own, &verified, pre_key_id, rng)
+    }
+
+    /// [`Self::initiate`] from a bundle verified before: no second signature check.
+    pub fn initiate_verified(
+        own: &IdentityKeyPair,
+        bundle: &VerifiedBundle,
+        pre_key_id: u32,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Self, SessionError> {
+        let version = bundle.bundle().version;
         let ephemeral = KeyPair::generate(rng);
-        let x = x3dh::active(own, bundle, pre_key_id, &ephemeral)?;
+        let x = x3dh::active_verified(own, bundle, pre_key_id, &ephemeral)?;
         let ratchet = DoubleRatchet::initiate(
             version,
             &x.secret.sk,
             x.signed_pre_key,
             KeyPair::generate(rng),
         )?;
-        let remote_identity = RemoteIdentity::from_transported(version, bundle.identity_key);
         Ok(Self {
             version,
             ratchet,
             role: Role::Initiator,
             own_identity: own_transported(version, own),
-            remote_curve: remote_identity.curve25519()?,
-            remote_identity,
+            remote_curve: *bundle.identity_curve25519(),
+            remote_identity: RemoteIdentity::from_transported(
+                version,
+                bundle.bundle().identity_key,
+            ),
             key_exchange: KeyExchangeInfo {
                 pre_key_id: x.pre_key_id,
                 signed_pre_key_id: x.signed_pre_key_id,

@@ -3,7 +3,7 @@
 //! `ikm = 0xFF×32 ‖ DH(IK_A, SPK_B) ‖ DH(EK_A, IK_B) ‖ DH(EK_A, SPK_B) ‖ DH(EK_A, OPK_B)`,
 //! `SK = HKDF(ikm, salt = 0×32, info)`. The one-time prekey is mandatory in OMEMO.
 
-use crate::bundle::{Bundle, BundleError};
+use crate::bundle::{Bundle, BundleError, VerifiedBundle};
 use crate::keys::conversion::ed25519_to_curve25519;
 use crate::keys::{IdentityKeyPair, KeyError, KeyPair, PrivateKey, PublicKey};
 use crate::{kdf, Version};
@@ -105,14 +105,41 @@ pub fn active(
     ephemeral: &KeyPair,
 ) -> Result<ActiveResult, X3dhError> {
     bundle.verify()?;
+    let ik_b =
+        RemoteIdentity::from_transported(bundle.version, bundle.identity_key).curve25519()?;
+    agree(own, bundle, &ik_b, pre_key_id, ephemeral)
+}
+
+/// [`active`] from a bundle verified before (not verified again).
+pub fn active_verified(
+    own: &IdentityKeyPair,
+    bundle: &VerifiedBundle,
+    pre_key_id: u32,
+    ephemeral: &KeyPair,
+) -> Result<ActiveResult, X3dhError> {
+    agree(
+        own,
+        bundle.bundle(),
+        bundle.identity_curve25519(),
+        pre_key_id,
+        ephemeral,
+    )
+}
+
+/// The initiator's agreement with a verified `bundle` whose identity is `ik_b` (Montgomery).
+fn agree(
+    own: &IdentityKeyPair,
+    bundle: &Bundle,
+    ik_b: &[u8; 32],
+    pre_key_id: u32,
+    ephemeral: &KeyPair,
+) -> Result<ActiveResult, X3dhError> {
     let opk = bundle
         .prekeys
         .iter()
         .find(|p| p.id == pre_key_id)
         .ok_or(X3dhError::UnknownPreKey(pre_key_id))?;
-    let ik_b = PublicKey(
-        RemoteIdentity::from_transported(bundle.version, bundle.identity_key).curve25519()?,
-    );
+    let ik_b = PublicKey(*ik_b);
     let spk_b = PublicKey(bundle.signed_prekey);
     let dh1 = own.private().diffie_hellman(&spk_b)?;
     let dh2 = ephemeral.private.diffie_hellman(&ik_b)?;

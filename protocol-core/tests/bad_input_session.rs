@@ -1,6 +1,6 @@
 //! Hostile input to sessions and bundles: each gets its typed error and changes nothing.
 
-use protocol_core::bundle::{Bundle, BundleError, PreKeyPublic};
+use protocol_core::bundle::{Bundle, BundleError, PreKeyPublic, VerifiedBundle};
 use protocol_core::double_ratchet::RatchetError;
 use protocol_core::keys::identity::SignedPreKey;
 use protocol_core::keys::{IdentityKeyPair, KeyError, KeyPair};
@@ -308,5 +308,42 @@ fn debug_output_never_shows_secrets() {
             );
         }
         assert!(dbg.contains("redacted"));
+    }
+}
+
+#[test]
+fn a_verified_bundle_is_made_only_by_verifying_and_starts_the_same_session() {
+    for v in both() {
+        let p = pair(v);
+        let mut b = p.bundle.clone();
+        b.signed_prekey_signature[5] ^= 1;
+        assert_eq!(
+            VerifiedBundle::verify(b),
+            Err(BundleError::InvalidSignature)
+        );
+        let mut b = p.bundle.clone();
+        b.prekeys[0].key = [0; 32];
+        assert!(VerifiedBundle::verify(b).is_err());
+
+        let verified = VerifiedBundle::verify(p.bundle.clone()).unwrap();
+        let me = IdentityKeyPair::generate(&mut StdRng::seed_from_u64(2));
+        let mut plain =
+            Session::initiate(&me, &p.bundle, 3, &mut StdRng::seed_from_u64(5)).unwrap();
+        let mut fast =
+            Session::initiate_verified(&me, &verified, 3, &mut StdRng::seed_from_u64(5)).unwrap();
+        assert_eq!(plain.remote_curve25519(), fast.remote_curve25519());
+        assert_eq!(plain.remote_identity(), fast.remote_identity());
+        assert_eq!(
+            plain.encrypt(&[9; 32]).unwrap(),
+            fast.encrypt(&[9; 32]).unwrap()
+        );
+        // Taking a prekey out keeps the rest verified; the last one leaves none to use.
+        let rest = verified.without_prekey(3);
+        assert!(rest.bundle().prekeys.is_empty());
+        assert_eq!(rest.identity_curve25519(), verified.identity_curve25519());
+        assert!(matches!(
+            Session::initiate_verified(&me, &rest, 3, &mut StdRng::seed_from_u64(5)),
+            Err(SessionError::X3dh(X3dhError::UnknownPreKey(3)))
+        ));
     }
 }

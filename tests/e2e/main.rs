@@ -320,4 +320,5 @@ fn own_device_missing_from_own_list() {
 }
 
 mod bad_input;
+mod bundles;
 mod trust;

@@ -1,18 +1,19 @@
 //! A bounded in-memory cache of peer bundles that were parsed and verified, so that starting a
-//! session from a stored bundle needs no database read, no XML and no second signature check
-//! beyond the one X3DH itself does.
+//! session from a stored bundle needs no database read, no XML and no second signature check.
 //!
-//! Only [`VerifiedBundle`]s go in, and the type can only be made by parsing and verifying. The
-//! cache must never hold a bundle other than the committed one, although a bundle changes in a
-//! write job (ordered by commit) while it is loaded on a reader (in parallel). Hence tickets:
+//! Only [`VerifiedBundle`]s go in, and the type can only be made by verifying. The cache must
+//! never hold a bundle other than the committed one, although a bundle changes in a write job
+//! (ordered by commit) while it is loaded on a reader (in parallel). Hence tickets:
 //!
-//! * a writer that changes or deletes a device's bundle calls [`BundleCache::invalidate`]
-//!   **inside its write job** (so in commit order); the entry becomes *pending* and the call
-//!   returns a [`WriteTicket`]. After COMMIT it may [`BundleCache::publish`] the new bundle,
-//!   which succeeds only if no later job invalidated the same device since.
+//! * code that queues a job changing or deleting bundles first takes a [`WriteTicket`]
+//!   ([`BundleCache::write_ticket`]); **inside the job** (so in commit order) it invalidates
+//!   each device it changes, whose entry becomes *pending* (absent). After COMMIT it may
+//!   [`BundleCache::publish`] the new bundle, which succeeds only if no later job invalidated
+//!   the same device since. Then it drops the ticket.
 //! * a reader takes a [`LoadTicket`] ([`BundleCache::load_ticket`]) **before** reading the row,
-//!   then [`BundleCache::fill`]s the parsed bundle; that succeeds only if nothing at all was
-//!   invalidated or evicted since and the device has no entry (pending or not).
+//!   then [`BundleCache::fill`]s the parsed bundle; that succeeds only if no write ticket was
+//!   held when the load ticket was taken (so no change was uncommitted when the row was read),
+//!   none was taken, nothing was invalidated or evicted since, and no bundle is cached for it.
 //!
 //! A refused `publish`/`fill` only costs a later cache miss. Memory is bounded by entries and
 //! by the one-time prekeys they hold (a bundle may carry up to 1000); the least recently used
@@ -21,12 +22,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use protocol_core::bundle::{Bundle, BundleError};
-use protocol_core::x3dh::RemoteIdentity;
+use protocol_core::bundle::BundleError;
 use protocol_core::xml::{self, XmlError};
 use protocol_core::Version;
 
 use crate::storage::DeviceAddr;
+
+pub use protocol_core::bundle::VerifiedBundle;
 
 /// Why a bundle cannot be cached (or used).
 #[derive(Debug, thiserror::Error)]
@@ -37,62 +39,96 @@ pub enum BundleCheckError {
     /// Parsed, but ids, keys or the signature are wrong.
     #[error("invalid bundle: {0}")]
     Invalid(#[from] BundleError),
-    /// The identity key is not a usable curve point.
-    #[error("invalid bundle: identity key: {0}")]
-    IdentityKey(String),
 }
 
-/// A bundle whose ids, keys and signed-prekey signature were checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedBundle {
-    bundle: Bundle,
-    identity_curve25519: [u8; 32],
+/// Parses a bundle element of `namespace` and verifies it.
+pub fn parse(namespace: Version, bundle_xml: &str) -> Result<VerifiedBundle, BundleCheckError> {
+    Ok(VerifiedBundle::verify(xml::bundle_from_xml(
+        namespace, bundle_xml,
+    )?)?)
 }
 
-impl VerifiedBundle {
-    /// Verifies a parsed bundle.
-    pub fn verify(bundle: Bundle) -> Result<Self, BundleCheckError> {
-        bundle.verify()?;
-        let identity_curve25519 =
-            RemoteIdentity::from_transported(bundle.version, bundle.identity_key)
-                .curve25519()
-                .map_err(|e| BundleCheckError::IdentityKey(e.to_string()))?;
-        Ok(Self {
-            bundle,
-            identity_curve25519,
-        })
-    }
+/// What an entry counts against the prekey budget.
+fn weight(b: &VerifiedBundle) -> usize {
+    1 + b.bundle().prekeys.len()
+}
 
-    /// Parses a bundle element of `namespace` and verifies it.
-    pub fn parse(namespace: Version, bundle_xml: &str) -> Result<Self, BundleCheckError> {
-        Self::verify(xml::bundle_from_xml(namespace, bundle_xml)?)
-    }
+/// Held by the code around a write job that changes or deletes bundles, from before the job is
+/// queued until its outcome is known (see [`BundleCache::write_ticket`]). While any is held, no
+/// load fills the cache. Dropping it ends it: not before the job's outcome is known (requests run
+/// to completion on their own tasks), or a load could fill a row the job is about to replace.
+#[must_use]
+pub struct WriteTicket {
+    inner: Arc<Mutex<Inner>>,
+    id: u64,
+}
 
-    /// The bundle.
-    pub fn bundle(&self) -> &Bundle {
-        &self.bundle
-    }
-
-    /// The identity key as a Curve25519 point (the form trust decisions use).
-    pub fn identity_curve25519(&self) -> &[u8; 32] {
-        &self.identity_curve25519
-    }
-
-    /// What the entry counts against the prekey budget.
-    fn weight(&self) -> usize {
-        1 + self.bundle.prekeys.len()
+impl std::fmt::Debug for WriteTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("WriteTicket").field(&self.id).finish()
     }
 }
 
-/// Proof that a write job invalidated a device's entry (see [`BundleCache::publish`]).
+impl WriteTicket {
+    /// What the job itself calls (it runs on the writer thread).
+    pub fn invalidator(&self) -> Invalidator {
+        Invalidator {
+            inner: Arc::clone(&self.inner),
+            id: self.id,
+        }
+    }
+}
+
+impl Drop for WriteTicket {
+    fn drop(&mut self) {
+        lock(&self.inner).outstanding -= 1;
+    }
+}
+
+/// Invalidates entries from inside a write job, in commit order (see [`WriteTicket`]).
+#[derive(Clone)]
+pub struct Invalidator {
+    inner: Arc<Mutex<Inner>>,
+    id: u64,
+}
+
+impl std::fmt::Debug for Invalidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Invalidator").field(&self.id).finish()
+    }
+}
+
+impl Invalidator {
+    /// Call inside the job that changes or deletes `addr`'s bundle: drops what is cached for
+    /// it until [`BundleCache::publish`] with the same ticket.
+    pub fn invalidate(&self, addr: &DeviceAddr) {
+        let mut g = lock(&self.inner);
+        g.gen += 1;
+        g.put(addr.clone(), Slot::Pending { ticket: self.id });
+        g.evict();
+    }
+
+    /// Call inside the job that deletes an account: drops every entry of it.
+    pub fn invalidate_account(&self, account_id: i64) {
+        let mut g = lock(&self.inner);
+        g.gen += 1;
+        let gone: Vec<DeviceAddr> = g
+            .entries
+            .keys()
+            .filter(|a| a.account_id == account_id)
+            .cloned()
+            .collect();
+        for a in &gone {
+            g.remove(a);
+        }
+    }
+}
+
+/// The cache's state before a row was read (see [`BundleCache::fill`]); `None` when a write
+/// job was under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
-pub struct WriteTicket(u64);
-
-/// The cache's state before a row was read (see [`BundleCache::fill`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub struct LoadTicket(u64);
+pub struct LoadTicket(Option<u64>);
 
 /// Counters, for tests and diagnostics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +146,7 @@ pub struct CacheStats {
 enum Slot {
     /// Changed by a job whose result is not published (yet): counts as absent.
     Pending {
-        gen: u64,
+        ticket: u64,
     },
     Ready(Arc<VerifiedBundle>),
 }
@@ -121,18 +157,25 @@ struct Entry {
     used: u64,
 }
 
-#[derive(Default)]
 struct Inner {
     entries: HashMap<DeviceAddr, Entry>,
     /// Least recently used first.
     lru: BTreeMap<u64, DeviceAddr>,
-    /// Bumped by every invalidation and eviction; tickets are taken from it.
+    /// Bumped by every ticket, invalidation and eviction; load tickets are taken from it.
     gen: u64,
+    /// Write tickets held.
+    outstanding: usize,
     /// Use counter for `lru`.
     clock: u64,
     /// Prekeys (plus one per entry) of the ready entries.
     weight: usize,
+    max_entries: usize,
+    max_weight: usize,
     stats: CacheStats,
+}
+
+fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Inner {
@@ -150,7 +193,7 @@ impl Inner {
         let e = self.entries.remove(addr)?;
         self.lru.remove(&e.used);
         if let Slot::Ready(b) = &e.slot {
-            self.weight -= b.weight();
+            self.weight -= weight(b);
         }
         Some(e)
     }
@@ -158,7 +201,7 @@ impl Inner {
     fn put(&mut self, addr: DeviceAddr, slot: Slot) {
         self.remove(&addr);
         if let Slot::Ready(b) = &slot {
-            self.weight += b.weight();
+            self.weight += weight(b);
         }
         self.clock += 1;
         self.lru.insert(self.clock, addr.clone());
@@ -171,35 +214,35 @@ impl Inner {
         );
     }
 
-    fn evict(&mut self, max_entries: usize, max_weight: usize) {
-        while self.entries.len() > max_entries || self.weight > max_weight {
+    /// Drops the least recently used entries until both bounds hold. Dropping a pending entry
+    /// is safe: its job's `publish` is then refused, and loads are refused while it runs.
+    fn evict(&mut self) {
+        while self.entries.len() > self.max_entries || self.weight > self.max_weight {
             let Some((_, addr)) = self.lru.pop_first() else {
                 break;
             };
             if let Some(e) = self.entries.remove(&addr) {
                 if let Slot::Ready(b) = &e.slot {
-                    self.weight -= b.weight();
+                    self.weight -= weight(b);
                 }
             }
-            // A loader that read the row before a pending entry was evicted must not fill.
             self.gen += 1;
             self.stats.evictions += 1;
         }
     }
 }
 
-/// The cache. Share it (`Arc`); all methods take `&self` and never block for long.
+/// The cache. All methods take `&self` and never block for long.
 pub struct BundleCache {
-    inner: Mutex<Inner>,
-    max_entries: usize,
-    max_weight: usize,
+    inner: Arc<Mutex<Inner>>,
 }
 
 impl std::fmt::Debug for BundleCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = self.lock();
         f.debug_struct("BundleCache")
-            .field("max_entries", &self.max_entries)
-            .field("max_weight", &self.max_weight)
+            .field("max_entries", &g.max_entries)
+            .field("max_weight", &g.max_weight)
             .finish_non_exhaustive()
     }
 }
@@ -220,14 +263,22 @@ impl BundleCache {
     /// in all (a bundle larger than that is simply not kept).
     pub fn new(max_entries: usize, max_prekeys: usize) -> Self {
         Self {
-            inner: Mutex::new(Inner::default()),
-            max_entries,
-            max_weight: max_prekeys,
+            inner: Arc::new(Mutex::new(Inner {
+                entries: HashMap::new(),
+                lru: BTreeMap::new(),
+                gen: 0,
+                outstanding: 0,
+                clock: 0,
+                weight: 0,
+                max_entries,
+                max_weight: max_prekeys,
+                stats: CacheStats::default(),
+            })),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner)
     }
 
     /// The verified bundle of `addr`, if cached.
@@ -246,69 +297,70 @@ impl BundleCache {
         found
     }
 
-    /// Call inside the write job that changes or deletes `addr`'s bundle: drops what is cached
-    /// for it. Pass the ticket to [`Self::publish`] after COMMIT.
-    pub fn invalidate(&self, addr: &DeviceAddr) -> WriteTicket {
+    /// Take before queuing a write job that changes or deletes bundles; the job invalidates
+    /// through [`WriteTicket::invalidator`], the caller publishes with it after COMMIT, and
+    /// drops it when done (committed or not).
+    pub fn write_ticket(&self) -> WriteTicket {
         let mut g = self.lock();
         g.gen += 1;
-        let gen = g.gen;
-        g.put(addr.clone(), Slot::Pending { gen });
-        g.evict(self.max_entries, self.max_weight);
-        WriteTicket(gen)
+        g.outstanding += 1;
+        WriteTicket {
+            inner: Arc::clone(&self.inner),
+            id: g.gen,
+        }
     }
 
     /// Caches the bundle a committed job stored for `addr`. Refused (returns false) if another
     /// job invalidated `addr` after that one, or its entry was evicted meanwhile.
-    pub fn publish(&self, addr: &DeviceAddr, bundle: VerifiedBundle, ticket: WriteTicket) -> bool {
+    pub fn publish(
+        &self,
+        addr: &DeviceAddr,
+        bundle: impl Into<Arc<VerifiedBundle>>,
+        ticket: &WriteTicket,
+    ) -> bool {
+        let bundle = bundle.into();
         let mut g = self.lock();
         let ours = matches!(
             g.entries.get(addr).map(|e| &e.slot),
-            Some(Slot::Pending { gen }) if *gen == ticket.0
+            Some(Slot::Pending { ticket: t }) if *t == ticket.id
         );
-        if !ours || bundle.weight() > self.max_weight {
+        if !ours || weight(&bundle) > g.max_weight {
             if ours {
                 g.remove(addr);
             }
             g.stats.refused += 1;
             return false;
         }
-        g.put(addr.clone(), Slot::Ready(Arc::new(bundle)));
-        g.evict(self.max_entries, self.max_weight);
+        g.put(addr.clone(), Slot::Ready(bundle));
+        g.evict();
         true
     }
 
     /// Take before reading a bundle row for [`Self::fill`].
     pub fn load_ticket(&self) -> LoadTicket {
-        LoadTicket(self.lock().gen)
+        let g = self.lock();
+        LoadTicket((g.outstanding == 0).then_some(g.gen))
     }
 
-    /// Caches a bundle read from the database. Refused (returns false) if anything was
-    /// invalidated or evicted since `ticket` was taken, or `addr` has an entry already.
-    pub fn fill(&self, addr: &DeviceAddr, bundle: VerifiedBundle, ticket: LoadTicket) -> bool {
+    /// Caches a bundle read from the database. Refused (returns false) if a write job was under
+    /// way when `ticket` was taken, anything was invalidated, evicted or begun since, or `addr`
+    /// has a bundle cached already. So the row read is the committed one, still current.
+    pub fn fill(
+        &self,
+        addr: &DeviceAddr,
+        bundle: impl Into<Arc<VerifiedBundle>>,
+        ticket: LoadTicket,
+    ) -> bool {
+        let bundle = bundle.into();
         let mut g = self.lock();
-        if g.gen != ticket.0 || g.entries.contains_key(addr) || bundle.weight() > self.max_weight {
+        let ready = matches!(g.entries.get(addr).map(|e| &e.slot), Some(Slot::Ready(_)));
+        if ticket.0 != Some(g.gen) || ready || weight(&bundle) > g.max_weight {
             g.stats.refused += 1;
             return false;
         }
-        g.put(addr.clone(), Slot::Ready(Arc::new(bundle)));
-        g.evict(self.max_entries, self.max_weight);
+        g.put(addr.clone(), Slot::Ready(bundle));
+        g.evict();
         true
-    }
-
-    /// Drops every entry of an account (e.g. after it was deleted). Call inside the deleting
-    /// job, like [`Self::invalidate`].
-    pub fn invalidate_account(&self, account_id: i64) {
-        let mut g = self.lock();
-        g.gen += 1;
-        let gone: Vec<DeviceAddr> = g
-            .entries
-            .keys()
-            .filter(|a| a.account_id == account_id)
-            .cloned()
-            .collect();
-        for a in &gone {
-            g.remove(a);
-        }
     }
 
     /// Bundles cached and usable.
@@ -334,9 +386,11 @@ impl BundleCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol_core::bundle::Bundle;
     use protocol_core::bundle::PreKeyPublic;
     use protocol_core::keys::identity::SignedPreKey;
     use protocol_core::keys::{IdentityKeyPair, KeyPair};
+    use protocol_core::x3dh::RemoteIdentity;
     use protocol_core::xml::bundle_to_xml;
     use rand::rngs::OsRng;
 
@@ -376,7 +430,7 @@ mod tests {
     fn parse_verifies_both_namespaces_and_rejects_bad_input_typed() {
         for version in [Version::Twomemo, Version::Oldmemo] {
             let b = signed_bundle(version, 3);
-            let v = VerifiedBundle::parse(version, &bundle_to_xml(&b)).unwrap();
+            let v = parse(version, &bundle_to_xml(&b)).unwrap();
             assert_eq!(v.bundle(), &b);
             let expected = RemoteIdentity::from_transported(version, b.identity_key)
                 .curve25519()
@@ -386,14 +440,14 @@ mod tests {
             let mut forged = b.clone();
             forged.signed_prekey_signature[5] ^= 1;
             assert!(matches!(
-                VerifiedBundle::parse(version, &bundle_to_xml(&forged)),
+                parse(version, &bundle_to_xml(&forged)),
                 Err(BundleCheckError::Invalid(BundleError::InvalidSignature))
             ));
             let mut empty = b.clone();
             empty.prekeys.clear();
             assert!(matches!(
                 VerifiedBundle::verify(empty),
-                Err(BundleCheckError::Invalid(BundleError::NoPreKeys))
+                Err(BundleError::NoPreKeys)
             ));
         }
         for bad in [
@@ -403,13 +457,20 @@ mod tests {
             "<bundle xmlns='urn:xmpp:omemo:2'>",
         ] {
             assert!(matches!(
-                VerifiedBundle::parse(Version::Twomemo, bad),
+                parse(Version::Twomemo, bad),
                 Err(BundleCheckError::Xml(_))
             ));
         }
         // The other namespace's element is refused too.
         let b = signed_bundle(Version::Oldmemo, 2);
-        assert!(VerifiedBundle::parse(Version::Twomemo, &bundle_to_xml(&b)).is_err());
+        assert!(parse(Version::Twomemo, &bundle_to_xml(&b)).is_err());
+    }
+
+    /// A committed write job of `c` storing `b` for `a`.
+    fn store(c: &BundleCache, a: &DeviceAddr, b: VerifiedBundle) -> bool {
+        let t = c.write_ticket();
+        t.invalidator().invalidate(a);
+        c.publish(a, b, &t)
     }
 
     #[test]
@@ -417,10 +478,12 @@ mod tests {
         let c = BundleCache::default();
         let a = addr(7);
         assert!(c.get(&a).is_none());
-        let t = c.invalidate(&a);
+        let t = c.write_ticket();
+        t.invalidator().invalidate(&a);
         assert!(c.get(&a).is_none(), "pending counts as absent");
         let v = verified(4);
-        assert!(c.publish(&a, v.clone(), t));
+        assert!(c.publish(&a, v.clone(), &t));
+        drop(t);
         assert_eq!(c.get(&a).as_deref(), Some(&v));
         assert_eq!(c.len(), 1);
         let s = c.stats();
@@ -431,20 +494,24 @@ mod tests {
     fn a_later_job_wins_over_an_earlier_publish() {
         let c = BundleCache::default();
         let a = addr(7);
-        let t1 = c.invalidate(&a); // job 1 (older bundle)
-        let t2 = c.invalidate(&a); // job 2, committed after job 1
+        // Tickets may be taken in any order; what counts is the order of the invalidations.
+        let t2 = c.write_ticket();
+        let t1 = c.write_ticket();
+        t1.invalidator().invalidate(&a); // job 1 (older bundle)
+        t2.invalidator().invalidate(&a); // job 2, committed after job 1
         let newer = verified(2);
-        assert!(c.publish(&a, newer.clone(), t2));
+        assert!(c.publish(&a, newer.clone(), &t2));
         assert!(
-            !c.publish(&a, verified(3), t1),
+            !c.publish(&a, verified(3), &t1),
             "older job must not overwrite"
         );
         assert_eq!(c.get(&a).as_deref(), Some(&newer));
         // Published before the later job ran: the later job's invalidation removes it.
-        let t3 = c.invalidate(&a);
+        let t3 = c.write_ticket();
+        t3.invalidator().invalidate(&a);
         assert!(c.get(&a).is_none());
         let newest = verified(1);
-        assert!(c.publish(&a, newest.clone(), t3));
+        assert!(c.publish(&a, newest.clone(), &t3));
         assert_eq!(c.get(&a).as_deref(), Some(&newest));
     }
 
@@ -454,20 +521,23 @@ mod tests {
         let a = addr(7);
         // The reader takes its ticket, then a job changes the bundle before the fill.
         let lt = c.load_ticket();
-        let wt = c.invalidate(&a);
+        let wt = c.write_ticket();
+        wt.invalidator().invalidate(&a);
         assert!(
             !c.fill(&a, verified(2), lt),
             "the row read may be the old one"
         );
-        // The job ran before the ticket but has not committed: the entry is pending.
+        // The job ran but has not committed: the entry is pending.
         let lt = c.load_ticket();
         assert!(
             !c.fill(&a, verified(2), lt),
             "pending: the read may predate the commit"
         );
         let committed = verified(5);
-        assert!(c.publish(&a, committed.clone(), wt));
+        assert!(c.publish(&a, committed.clone(), &wt));
+        drop(wt);
         // A late fill never replaces a published bundle.
+        let lt = c.load_ticket();
         assert!(!c.fill(&a, verified(2), lt));
         assert_eq!(c.get(&a).as_deref(), Some(&committed));
         // A quiet load of another device is cached.
@@ -480,30 +550,55 @@ mod tests {
     }
 
     #[test]
-    fn an_eviction_during_a_load_refuses_the_fill() {
+    fn no_fill_while_a_write_ticket_is_held_even_before_its_job_ran() {
+        let c = BundleCache::default();
+        let a = addr(1);
+        let wt = c.write_ticket(); // queued, not run: the reader sees no pending entry
+        let lt = c.load_ticket();
+        assert!(!c.fill(&a, verified(1), lt));
+        drop(wt);
+        let lt = c.load_ticket();
+        assert!(c.fill(&a, verified(1), lt));
+    }
+
+    #[test]
+    fn an_eviction_of_a_pending_entry_refuses_its_publish_and_every_load() {
         let c = BundleCache::new(1, 1000);
         let (a, b) = (addr(1), addr(2));
-        // A job changing a has run, not committed yet; a reader of a may read a's old row.
-        let wt = c.invalidate(&a);
+        // A job changing a has run, not committed yet.
+        let wt = c.write_ticket();
+        wt.invalidator().invalidate(&a);
+        // A job storing b evicts a's pending entry (1 entry max).
+        assert!(store(&c, &b, verified(1)));
+        // A reader of a now sees no entry at all, and may read a's old row: refused.
         let lt = c.load_ticket();
-        // A reader of b fills, which evicts a's pending entry (1 entry max).
-        let ltb = c.load_ticket();
-        assert!(c.fill(&b, verified(1), ltb));
-        assert!(
-            !c.fill(&a, verified(1), lt),
-            "a's pending entry was evicted"
-        );
-        assert!(!c.publish(&a, verified(1), wt), "evicted: publish refused");
+        assert!(!c.fill(&a, verified(1), lt));
+        assert!(!c.publish(&a, verified(1), &wt), "evicted: publish refused");
         assert!(c.get(&a).is_none());
+    }
+
+    #[test]
+    fn a_failed_job_leaves_the_device_uncached_then_loadable() {
+        let c = BundleCache::default();
+        let a = addr(3);
+        assert!(store(&c, &a, verified(2)));
+        let wt = c.write_ticket();
+        wt.invalidator().invalidate(&a);
+        drop(wt); // the job failed: nothing published
+        assert!(
+            c.get(&a).is_none(),
+            "what was cached may not be the row now"
+        );
+        let lt = c.load_ticket();
+        let row = verified(2);
+        assert!(c.fill(&a, row.clone(), lt));
+        assert_eq!(c.get(&a).as_deref(), Some(&row));
     }
 
     #[test]
     fn bounded_by_entries_and_prekeys_lru_first() {
         let c = BundleCache::new(3, 100);
-        let put = |d: u32, n: u32| {
-            let t = c.invalidate(&addr(d));
-            assert!(c.publish(&addr(d), verified(n), t));
-        };
+        let put = |d: u32, n: u32| assert!(store(&c, &addr(d), verified(n)));
         put(1, 10);
         put(2, 10);
         put(3, 10);
@@ -515,17 +610,21 @@ mod tests {
         // 3 × 11 + 80 > 100: the least recently used go until it fits.
         put(5, 79);
         assert!(c.get(&addr(5)).is_some());
-        let weight: usize = [1, 3, 4, 5]
+        let total: usize = [1, 3, 4, 5]
             .iter()
             .filter_map(|d| c.get(&addr(*d)))
-            .map(|b| b.weight())
+            .map(|b| weight(&b))
             .sum();
-        assert!(weight <= 100, "{weight}");
+        assert!(total <= 100, "{total}");
         assert!(c.stats().evictions >= 2);
         // A bundle larger than the whole budget is not kept.
-        let t = c.invalidate(&addr(6));
-        assert!(!c.publish(&addr(6), verified(150), t));
+        assert!(!store(&c, &addr(6), verified(150)));
         assert!(c.get(&addr(6)).is_none());
+        // Many devices: never more than the bounds.
+        for d in 10..200 {
+            put(d, 1);
+        }
+        assert!(c.lock().entries.len() <= 3 && c.len() <= 3);
     }
 
     #[test]
@@ -534,13 +633,17 @@ mod tests {
         let mine = addr(1);
         let other = DeviceAddr::new(2, "bob@example.net", Version::Twomemo, 1);
         for a in [&mine, &other] {
-            let t = c.invalidate(a);
-            assert!(c.publish(a, verified(1), t));
+            assert!(store(&c, a, verified(1)));
         }
+        // A job of account 1 that ran before the deletion must not publish after it.
+        let late = c.write_ticket();
+        late.invalidator().invalidate(&mine);
         let lt = c.load_ticket();
-        c.invalidate_account(1);
+        let del = c.write_ticket();
+        del.invalidator().invalidate_account(1);
         assert!(c.get(&mine).is_none());
         assert!(c.get(&other).is_some());
+        assert!(!c.publish(&mine, verified(1), &late));
         assert!(
             !c.fill(&mine, verified(1), lt),
             "a load racing the deletion"
@@ -550,8 +653,7 @@ mod tests {
     #[test]
     fn debug_shows_no_keys() {
         let c = BundleCache::default();
-        let t = c.invalidate(&addr(1));
-        assert!(c.publish(&addr(1), verified(1), t));
+        assert!(store(&c, &addr(1), verified(1)));
         let s = format!("{c:?}");
         assert!(s.contains("BundleCache") && !s.contains("bob@"), "{s}");
     }

@@ -2,6 +2,8 @@
 //! the namespaces those devices support; sessions are built lazily from stored bundles.
 
 use super::account::Account;
+use super::bundle_cache::VerifiedBundle;
+use super::peer_bundle::StoredBundle;
 use super::sessions::{session_row, SessionMeta};
 use super::{check_bare_jid, Action, Manager, ManagerError, Result};
 use crate::storage::trust::{TrustLevel, TrustRow};
@@ -107,6 +109,8 @@ struct Fresh {
     /// The stored bundle without the one-time prekey we used.
     bundle_xml: String,
     prekey_count: u32,
+    /// The same, to cache after COMMIT.
+    rest: VerifiedBundle,
     /// The session it replaces, kept as a previous state.
     archive: Option<Zeroizing<Vec<u8>>>,
 }
@@ -423,9 +427,30 @@ impl Manager {
             let (mut session, fresh) = match (&guard.session, force_new) {
                 (Some(s), false) => (s.clone(), None),
                 _ => {
+                    let spent = |addr: &DeviceAddr| {
+                        // Every prekey of the stored bundle was used (by us): a fresh copy is needed.
+                        let (node, item_id) = addr.namespace.bundle_node(addr.device_id);
+                        report(
+                            addr,
+                            DeviceStatus::NoBundle,
+                            false,
+                            Some("every one-time prekey of the stored bundle is used".into()),
+                            Some(Action::FetchBundle {
+                                jid: addr.jid.clone(),
+                                namespace: addr.namespace,
+                                device_id: addr.device_id,
+                                node,
+                                item_id,
+                            }),
+                        )
+                    };
                     let bundle = match self.stored_bundle(addr).await {
-                        Ok(Some(b)) => b,
-                        Ok(None) => {
+                        Ok(StoredBundle::Usable(b)) => b,
+                        Ok(StoredBundle::Spent) => {
+                            reports.push(spent(addr));
+                            continue;
+                        }
+                        Ok(StoredBundle::Missing) => {
                             let (node, item_id) = addr.namespace.bundle_node(addr.device_id);
                             reports.push(report(
                                 addr,
@@ -453,33 +478,20 @@ impl Manager {
                             continue;
                         }
                     };
-                    let Some(pk) = bundle.prekeys.choose(&mut OsRng).map(|p| p.id) else {
-                        // Every prekey of the stored bundle was used (by us): a fresh copy is needed.
-                        let (node, item_id) = addr.namespace.bundle_node(addr.device_id);
-                        reports.push(report(
-                            addr,
-                            DeviceStatus::NoBundle,
-                            false,
-                            Some("every one-time prekey of the stored bundle is used".into()),
-                            Some(Action::FetchBundle {
-                                jid: addr.jid.clone(),
-                                namespace: addr.namespace,
-                                device_id: addr.device_id,
-                                node,
-                                item_id,
-                            }),
-                        ));
+                    let Some(pk) = bundle.bundle().prekeys.choose(&mut OsRng).map(|p| p.id) else {
+                        reports.push(spent(addr));
                         continue;
                     };
                     // The stored bundle forgets the prekey we take, so no rebuild reuses it.
-                    let mut rest = bundle.clone();
-                    rest.prekeys.retain(|p| p.id != pk);
+                    let rest = bundle.without_prekey(pk);
                     let fresh = Fresh {
-                        bundle_xml: protocol_core::xml::bundle_to_xml(&rest),
-                        prekey_count: u32::try_from(rest.prekeys.len()).unwrap_or(u32::MAX),
+                        bundle_xml: protocol_core::xml::bundle_to_xml(rest.bundle()),
+                        prekey_count: u32::try_from(rest.bundle().prekeys.len())
+                            .unwrap_or(u32::MAX),
+                        rest,
                         archive: guard.session.as_ref().map(|s| s.to_bytes(true)),
                     };
-                    match Session::initiate(&acct.identity, &bundle, pk, &mut OsRng) {
+                    match Session::initiate_verified(&acct.identity, &bundle, pk, &mut OsRng) {
                         Ok(s) => (s, Some(fresh)),
                         Err(e) => {
                             reports.push(failed(addr, e.to_string()));
@@ -584,6 +596,14 @@ impl Manager {
                 .collect();
             let trust_rows = new_trust.clone();
             let rebuilt_in_tx = rebuilt.clone();
+            // The stored bundles that lose a prekey, cached after COMMIT; the ticket is held
+            // until then.
+            let rests: Vec<(DeviceAddr, VerifiedBundle)> = rows
+                .iter()
+                .filter_map(|(row, f)| f.as_ref().map(|(_, f)| (row.addr(), f.rest.clone())))
+                .collect();
+            let bundle_ticket = (!rests.is_empty()).then(|| self.bundles.write_ticket());
+            let cache = bundle_ticket.as_ref().map(|t| t.invalidator());
             self.store
                 .write(move |tx| {
                     for (row, fresh) in &rows {
@@ -597,6 +617,9 @@ impl Manager {
                                     now,
                                     super::decrypt::MAX_PREVIOUS_SESSIONS,
                                 )?;
+                            }
+                            if let Some(c) = &cache {
+                                c.invalidate(&addr);
                             }
                             device_state::set_bundle_xml(
                                 tx,
@@ -622,6 +645,12 @@ impl Manager {
                     Ok(())
                 })
                 .await?;
+            if let Some(t) = &bundle_ticket {
+                for (addr, rest) in rests {
+                    self.bundles.publish(&addr, rest, t);
+                }
+            }
+            drop(bundle_ticket);
             for addr in &rebuilt {
                 self.pending_rebuilds.done(addr);
             }

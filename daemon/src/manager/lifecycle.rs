@@ -28,10 +28,16 @@ impl Manager {
         // Own-key operations (rotation, bundle) of this account finish first.
         let _keys = acct.keys.lock().await;
         let id = acct.id;
+        let ticket = self.bundles.write_ticket();
+        let cache = ticket.invalidator();
         let rows = self
             .store
-            .write(move |tx| transfer::delete_account_rows(tx, id))
+            .write(move |tx| {
+                cache.invalidate_account(id);
+                transfer::delete_account_rows(tx, id)
+            })
             .await?;
+        drop(ticket);
         self.accounts
             .write()
             .unwrap_or_else(PoisonError::into_inner)

@@ -98,6 +98,8 @@ pub struct Manager {
     rebuilds: pinning::Rebuilds,
     /// Devices whose next message starts a new session (after a rollback).
     pub(crate) pending_rebuilds: rebuild::Pending,
+    /// Peer bundles parsed and verified, as committed.
+    pub(crate) bundles: bundle_cache::BundleCache,
 }
 
 /// Parses `jid` as a bare JID (`local@domain` or `domain`, no resource) and returns its
@@ -164,6 +166,7 @@ impl Manager {
             redelivery,
             rebuilds: pinning::Rebuilds::default(),
             pending_rebuilds,
+            bundles: bundle_cache::BundleCache::default(),
         })
     }
 

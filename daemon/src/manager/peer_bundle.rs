@@ -1,12 +1,13 @@
 //! Bundles of other devices, fetched by the client and handed to us.
 
+use super::bundle_cache::{self, BundleCheckError, VerifiedBundle};
 use super::{check_bare_jid, Manager, ManagerError, Result};
 use crate::storage::{self, bundles, trust as trust_store};
-use protocol_core::bundle::Bundle;
-use protocol_core::x3dh::RemoteIdentity;
+use protocol_core::bundle::BundleError;
 use protocol_core::xml;
 use protocol_core::Version;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// What we learnt from a bundle.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -45,22 +46,19 @@ impl Manager {
             )));
         }
         let owned = bundle_xml.to_owned();
-        let bundle: Bundle = crate::bounds::parse_off_thread(owned.len(), move || {
-            let bundle = xml::bundle_from_xml(namespace, &owned)
-                .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
-            bundle.verify().map_err(|e| match e {
-                protocol_core::bundle::BundleError::InvalidSignature => {
+        let verified: VerifiedBundle = crate::bounds::parse_off_thread(owned.len(), move || {
+            bundle_cache::parse(namespace, &owned).map_err(|e| match e {
+                BundleCheckError::Xml(e) => ManagerError::InvalidBundle(e.to_string()),
+                BundleCheckError::Invalid(e @ BundleError::InvalidSignature) => {
                     ManagerError::InvalidSignature(e.to_string())
                 }
-                _ => ManagerError::InvalidBundle(e.to_string()),
-            })?;
-            Ok(bundle)
+                BundleCheckError::Invalid(e) => ManagerError::InvalidBundle(e.to_string()),
+            })
         })
         .await
         .unwrap_or_else(|| Err(ManagerError::InvalidBundle("the parser failed".into())))?;
-        let curve = RemoteIdentity::from_transported(namespace, bundle.identity_key)
-            .curve25519()
-            .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
+        let bundle = verified.bundle();
+        let curve = *verified.identity_curve25519();
         let mode = acct.keys.lock().await.trust_mode;
         let (trust, new_trust) = self.trust_for_key(&acct, mode, jid, &curve);
         let addr = Self::addr(&acct, jid, namespace, device_id);
@@ -88,8 +86,13 @@ impl Manager {
             fetched_at: storage::now(),
         };
         let trust_row = trust.clone();
+        let prekey_count = row.prekey_count;
+        let ticket = self.bundles.write_ticket();
+        let cache = ticket.invalidator();
+        let a = addr.clone();
         self.store
             .write(move |tx| {
+                cache.invalidate(&a);
                 bundles::upsert(tx, &row)?;
                 if new_trust {
                     trust_store::set(tx, &trust_row)?;
@@ -97,28 +100,63 @@ impl Manager {
                 Ok(())
             })
             .await?;
+        self.bundles.publish(&addr, verified, &ticket);
+        drop(ticket);
         if new_trust {
             self.remember_trust(&acct, vec![trust.clone()], namespace, device_id);
         }
         Ok(BundleUpdate {
             fingerprint: trust.fingerprint,
             trust: trust.level.as_str().to_owned(),
-            prekey_count: u32::try_from(bundle.prekeys.len()).unwrap_or(u32::MAX),
+            prekey_count,
             identity_changed: false,
             old_fingerprint: None,
         })
     }
 
-    /// The stored bundle of a device, parsed.
-    pub(crate) async fn stored_bundle(&self, addr: &storage::DeviceAddr) -> Result<Option<Bundle>> {
+    /// The stored bundle of a device, parsed and verified: from the cache, else from the
+    /// database (then cached).
+    pub(crate) async fn stored_bundle(&self, addr: &storage::DeviceAddr) -> Result<StoredBundle> {
+        if let Some(b) = self.bundles.get(addr) {
+            return Ok(StoredBundle::Usable(b));
+        }
+        // Taken before the read: a change committed meanwhile makes the fill a no-op.
+        let ticket = self.bundles.load_ticket();
         let a = addr.clone();
-        let row = self.store.read(move |conn| bundles::get(conn, &a)).await?;
-        row.map(|r| {
-            let text = String::from_utf8(r.bundle)
-                .map_err(|_| ManagerError::InvalidBundle("stored bundle is not UTF-8".into()))?;
-            xml::bundle_from_xml(addr.namespace, &text)
+        let Some(row) = self.store.read(move |conn| bundles::get(conn, &a)).await? else {
+            return Ok(StoredBundle::Missing);
+        };
+        let text = String::from_utf8(row.bundle)
+            .map_err(|_| ManagerError::InvalidBundle("stored bundle is not UTF-8".into()))?;
+        let namespace = addr.namespace;
+        let parsed = crate::bounds::parse_off_thread(text.len(), move || {
+            let bundle = xml::bundle_from_xml(namespace, &text)
+                .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
+            if bundle.prekeys.is_empty() {
+                return Ok(None);
+            }
+            VerifiedBundle::verify(bundle)
+                .map(Some)
                 .map_err(|e| ManagerError::InvalidBundle(e.to_string()))
         })
-        .transpose()
+        .await
+        .unwrap_or_else(|| Err(ManagerError::InvalidBundle("the parser failed".into())))?;
+        let Some(verified) = parsed else {
+            return Ok(StoredBundle::Spent);
+        };
+        let verified = Arc::new(verified);
+        self.bundles.fill(addr, Arc::clone(&verified), ticket);
+        Ok(StoredBundle::Usable(verified))
     }
+}
+
+/// What is stored for a device to start a session from.
+#[derive(Debug)]
+pub(crate) enum StoredBundle {
+    /// No bundle.
+    Missing,
+    /// A bundle whose one-time prekeys we all used.
+    Spent,
+    /// A bundle (the cache's, or one just read).
+    Usable(Arc<VerifiedBundle>),
 }

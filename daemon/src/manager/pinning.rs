@@ -10,6 +10,7 @@
 //! [`SESSION_REBUILD_WINDOW_SECS`], so neither a remote party nor a looping client can force
 //! endless resets (each one also costs the peer a one-time prekey).
 
+use super::bundle_cache::VerifiedBundle;
 use super::sessions::SessionMeta;
 use super::trust::parse_fingerprint;
 use super::{check_bare_jid, Action, Manager, ManagerError, Result};
@@ -248,8 +249,12 @@ impl Manager {
         let session_dropped = slot.session.is_some();
         let trust_row = new_trust.then(|| trust.clone());
         let a = addr.clone();
+        // The device's bundle is replaced or dropped: the cache follows in commit order.
+        let ticket = self.bundles.write_ticket();
+        let cache = ticket.invalidator();
         self.store
             .write(move |tx| {
+                cache.invalidate(&a);
                 session_store::delete(tx, &a)?;
                 device_state::delete_previous_sessions(tx, &a)?;
                 match &bundle_row {
@@ -280,6 +285,10 @@ impl Manager {
                 Ok(())
             })
             .await?;
+        if let Some(Ok(b)) = pending_bundle.map(|(_, b)| VerifiedBundle::verify(b)) {
+            self.bundles.publish(&addr, b, &ticket);
+        }
+        drop(ticket);
         slot.session = None;
         slot.meta = SessionMeta::default();
         drop(slot);
