@@ -314,7 +314,7 @@ impl Conn {
         // A stat() per commit was a visible share of a small commit: look every
         // STAT_EVERY commits (the log overshoots by at most that many commits' pages).
         self.commits = self.commits.wrapping_add(1);
-        if self.commits % STAT_EVERY != 0 {
+        if !self.commits.is_multiple_of(STAT_EVERY) {
             return;
         }
         if let Ok(meta) = std::fs::metadata(&self.signal.wal_path) {
