@@ -5,6 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use zeroize::Zeroizing;
 
 use super::error::{Result, StorageError};
+use super::types::{id_param, DeviceAddr};
 
 /// A decrypted message, as remembered for redelivery.
 #[derive(Clone, PartialEq, Eq)]
@@ -119,8 +120,8 @@ pub fn lookup(conn: &Connection, id: i64, account_id: i64, digest: &[u8; 32]) ->
     })
 }
 
-/// (first 8 bytes of the digest, row id) of every remembered message, to fill the in-memory
-/// filter.
+/// (first 8 bytes of the digest, row id or [`PENDING`]) of every remembered message, to fill
+/// the in-memory filter.
 pub fn digest_prefixes(conn: &Connection) -> Result<Vec<(u64, i64)>> {
     let mut out = Vec::new();
     let mut st = conn.prepare("SELECT digest, id FROM redelivery")?;
@@ -129,6 +130,7 @@ pub fn digest_prefixes(conn: &Connection) -> Result<Vec<(u64, i64)>> {
         let b: Vec<u8> = r.get(0)?;
         out.push((prefix(&blob32("redelivery", "digest", &b)?), r.get(1)?));
     }
+    pending_prefixes(conn, &mut out)?;
     Ok(out)
 }
 
@@ -137,6 +139,239 @@ pub fn prefix(digest: &[u8; 32]) -> u64 {
     let mut p = [0u8; 8];
     p.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(p)
+}
+
+/// Records that wait in their session's row (`sessions.redelivery_pending`) before moving to
+/// the `redelivery` table together: the session row is written by every decryption anyway, so
+/// a record there costs no second page.
+pub const PENDING_MAX: usize = 8;
+/// Filter location of a record that waits in its session's row.
+pub const PENDING: i64 = 0;
+const PENDING_FORMAT: u8 = 1;
+const FLAG_KEX: u8 = 1;
+const FLAG_KEPT: u8 = 2;
+/// Longest key material accepted in a pending record (OMEMO uses 32 or 48 bytes).
+const MAX_PENDING_KEY: usize = 1024;
+
+/// A record waiting in a session row: the row and whether its key material is kept.
+type Pending = (RedeliveryRow, bool);
+
+fn encode_pending(records: &[Pending]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(1 + records.len() * 160));
+    out.push(PENDING_FORMAT);
+    for (r, keep) in records {
+        out.extend_from_slice(&r.digest);
+        out.extend_from_slice(&r.payload_digest);
+        out.extend_from_slice(&r.identity_key);
+        let km = r.key_material.as_ref().filter(|_| *keep);
+        out.push(u8::from(r.key_exchange) * FLAG_KEX + u8::from(*keep) * FLAG_KEPT);
+        out.extend_from_slice(&r.created_at.to_be_bytes());
+        let km: &[u8] = km.map_or(&[], |k| &k[..]);
+        // Bounded by MAX_PENDING_KEY on the way in (`append_pending`).
+        out.extend_from_slice(&(km.len() as u16).to_be_bytes());
+        out.extend_from_slice(km);
+    }
+    out
+}
+
+fn decode_pending(account_id: i64, b: &[u8]) -> Result<Vec<Pending>> {
+    let bad = |reason: &str| StorageError::BadData {
+        table: "sessions",
+        column: "redelivery_pending",
+        reason: reason.to_owned(),
+    };
+    let (&format, mut rest) = b.split_first().ok_or_else(|| bad("empty"))?;
+    if format != PENDING_FORMAT {
+        return Err(bad(&format!("unknown format {format}")));
+    }
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        if rest.len() < 32 * 3 + 1 + 8 + 2 || out.len() >= PENDING_MAX * 2 {
+            return Err(bad("truncated or too long"));
+        }
+        let take32 = |r: &[u8]| -> [u8; 32] {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(&r[..32]);
+            a
+        };
+        let digest = take32(rest);
+        let payload_digest = take32(&rest[32..]);
+        let identity_key = take32(&rest[64..]);
+        let flags = rest[96];
+        let mut at = [0u8; 8];
+        at.copy_from_slice(&rest[97..105]);
+        let len = usize::from(u16::from_be_bytes([rest[105], rest[106]]));
+        rest = &rest[107..];
+        if rest.len() < len {
+            return Err(bad("truncated key material"));
+        }
+        let (km, tail) = rest.split_at(len);
+        rest = tail;
+        let keep = flags & FLAG_KEPT != 0;
+        out.push((
+            RedeliveryRow {
+                account_id,
+                digest,
+                payload_digest,
+                key_material: (len > 0).then(|| Zeroizing::new(km.to_vec())),
+                identity_key,
+                key_exchange: flags & FLAG_KEX != 0,
+                created_at: i64::from_be_bytes(at),
+            },
+            keep,
+        ));
+    }
+    Ok(out)
+}
+
+const ADDR_WHERE: &str = "account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4";
+
+fn read_pending(conn: &Connection, addr: &DeviceAddr) -> Result<Option<Vec<Pending>>> {
+    let blob: Option<Option<Zeroizing<Vec<u8>>>> = conn
+        .prepare_cached(&format!(
+            "SELECT redelivery_pending FROM sessions WHERE {ADDR_WHERE}"
+        ))?
+        .query_row(
+            params![
+                addr.account_id,
+                addr.jid,
+                addr.namespace.namespace(),
+                id_param(addr.device_id)
+            ],
+            |r| Ok(r.get::<_, Option<Vec<u8>>>(0)?.map(Zeroizing::new)),
+        )
+        .optional()?;
+    match blob {
+        None => Ok(None),
+        Some(None) => Ok(Some(Vec::new())),
+        Some(Some(b)) => decode_pending(addr.account_id, &b).map(Some),
+    }
+}
+
+fn write_pending(conn: &Connection, addr: &DeviceAddr, records: &[Pending]) -> Result<()> {
+    let blob = (!records.is_empty()).then(|| encode_pending(records));
+    conn.prepare_cached(&format!(
+        "UPDATE sessions SET redelivery_pending = ?5 WHERE {ADDR_WHERE}"
+    ))?
+    .execute(params![
+        addr.account_id,
+        addr.jid,
+        addr.namespace.namespace(),
+        id_param(addr.device_id),
+        blob.as_ref().map(|b| &b[..])
+    ])?;
+    Ok(())
+}
+
+/// Moves records to the table; returns their (filter prefix, row id).
+fn move_to_table(conn: &Connection, records: &[Pending]) -> Result<Vec<(u64, i64)>> {
+    records
+        .iter()
+        .map(|(r, keep)| Ok((prefix(&r.digest), record(conn, r, *keep)?)))
+        .collect()
+}
+
+/// Stores a decrypted message of the session at `addr` (whose row the caller has just written):
+/// in the session's row while fewer than [`PENDING_MAX`] wait there, else all of them go to the
+/// table. Returns the filter entries to set after COMMIT ([`PENDING`] for a waiting record).
+pub fn append_pending(
+    conn: &Connection,
+    addr: &DeviceAddr,
+    row: &RedeliveryRow,
+    keep_key: bool,
+) -> Result<Vec<(u64, i64)>> {
+    let too_long = row
+        .key_material
+        .as_ref()
+        .is_some_and(|k| k.len() > MAX_PENDING_KEY);
+    let Some(mut waiting) = read_pending(conn, addr)?.filter(|_| !too_long) else {
+        // No session row (or an odd record): straight to the table.
+        return Ok(vec![(prefix(&row.digest), record(conn, row, keep_key)?)]);
+    };
+    waiting.push((row.clone(), keep_key));
+    if waiting.len() < PENDING_MAX {
+        write_pending(conn, addr, &waiting)?;
+        return Ok(vec![(prefix(&row.digest), PENDING)]);
+    }
+    let moved = move_to_table(conn, &waiting)?;
+    write_pending(conn, addr, &[])?;
+    Ok(moved)
+}
+
+/// Looks a digest up among the records waiting in the session row of `addr`.
+pub fn lookup_pending(conn: &Connection, addr: &DeviceAddr, digest: &[u8; 32]) -> Result<Seen> {
+    let waiting = read_pending(conn, addr)?.unwrap_or_default();
+    Ok(
+        match waiting.into_iter().find(|(r, _)| r.digest == *digest) {
+            None => Seen::No,
+            Some((r, true)) => Seen::Redeliverable(Box::new(r)),
+            Some((_, false)) => Seen::DigestOnly,
+        },
+    )
+}
+
+/// Finds a digest anywhere in the table (no index: a scan). Only for the rare case that a
+/// waiting record moved since the in-memory filter was last told.
+pub fn lookup_anywhere(conn: &Connection, account_id: i64, digest: &[u8; 32]) -> Result<Seen> {
+    let id: Option<i64> = conn
+        .prepare_cached("SELECT id FROM redelivery WHERE account_id = ?1 AND digest = ?2")?
+        .query_row(params![account_id, &digest[..]], |r| r.get(0))
+        .optional()?;
+    match id {
+        Some(id) => lookup(conn, id, account_id, digest),
+        None => Ok(Seen::No),
+    }
+}
+
+/// Moves the waiting records of one session (`Some`) or of every session (`None`) to the
+/// table. Returns how many moved.
+pub fn flush_pending(conn: &Connection, addr: Option<&DeviceAddr>) -> Result<usize> {
+    if let Some(a) = addr {
+        let waiting = read_pending(conn, a)?.unwrap_or_default();
+        if !waiting.is_empty() {
+            move_to_table(conn, &waiting)?;
+            write_pending(conn, a, &[])?;
+        }
+        return Ok(waiting.len());
+    }
+    let rows: Vec<(i64, i64, Zeroizing<Vec<u8>>)> = {
+        let mut st = conn.prepare(
+            "SELECT rowid, account_id, redelivery_pending FROM sessions \
+             WHERE redelivery_pending IS NOT NULL",
+        )?;
+        let it = st.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                Zeroizing::new(r.get::<_, Vec<u8>>(2)?),
+            ))
+        })?;
+        it.collect::<rusqlite::Result<_>>()?
+    };
+    let mut n = 0;
+    for (rowid, account_id, blob) in rows {
+        let waiting = decode_pending(account_id, &blob)?;
+        move_to_table(conn, &waiting)?;
+        conn.prepare_cached("UPDATE sessions SET redelivery_pending = NULL WHERE rowid = ?1")?
+            .execute([rowid])?;
+        n += waiting.len();
+    }
+    Ok(n)
+}
+
+/// (filter prefix, [`PENDING`]) of every record waiting in a session row.
+fn pending_prefixes(conn: &Connection, out: &mut Vec<(u64, i64)>) -> Result<()> {
+    let mut st = conn.prepare(
+        "SELECT account_id, redelivery_pending FROM sessions WHERE redelivery_pending IS NOT NULL",
+    )?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let blob = Zeroizing::new(r.get::<_, Vec<u8>>(1)?);
+        for (rec, _) in decode_pending(r.get(0)?, &blob)? {
+            out.push((prefix(&rec.digest), PENDING));
+        }
+    }
+    Ok(())
 }
 
 /// A stored `encrypt` answer.
@@ -426,6 +661,111 @@ mod tests {
         };
         prune(&c, 800, off, 0).unwrap();
         assert_eq!(counts(&c).unwrap(), (0, 5, 0));
+    }
+
+    fn session(c: &Connection, device_id: u32) -> DeviceAddr {
+        c.execute(
+            "INSERT INTO sessions (account_id, jid, namespace, device_id, state, state_format, \
+             identity_key, initiated_by, confirmed, created_at, updated_at) \
+             VALUES (1, 'b@x', 'urn:xmpp:omemo:2', ?1, x'00', 1, zeroblob(32), 'us', 1, 0, 0)",
+            [device_id],
+        )
+        .unwrap();
+        DeviceAddr {
+            account_id: 1,
+            jid: "b@x".into(),
+            namespace: crate::storage::Namespace::Twomemo,
+            device_id,
+        }
+    }
+
+    #[test]
+    fn records_wait_in_the_session_row_then_move_together() {
+        let c = db();
+        let a = session(&c, 5);
+        let table = |c: &Connection| counts(c).unwrap().1;
+        for i in 0..PENDING_MAX as u8 - 1 {
+            let set = append_pending(&c, &a, &row(i, 10), i != 3).unwrap();
+            assert_eq!(set, [(prefix(&[i; 32]), PENDING)]);
+        }
+        assert_eq!(table(&c), 0, "nothing in the table yet");
+        match lookup_pending(&c, &a, &[2; 32]).unwrap() {
+            Seen::Redeliverable(r) => assert_eq!(*r, row(2, 10)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            lookup_pending(&c, &a, &[3; 32]).unwrap(),
+            Seen::DigestOnly
+        ));
+        assert!(matches!(
+            lookup_pending(&c, &a, &[99; 32]).unwrap(),
+            Seen::No
+        ));
+        let mut p = digest_prefixes(&c).unwrap();
+        p.sort_unstable();
+        assert_eq!(p.len(), PENDING_MAX - 1);
+        assert!(p.iter().all(|(_, id)| *id == PENDING));
+        // The PENDING_MAX-th moves all of them, with their row ids.
+        let last = PENDING_MAX as u8 - 1;
+        let set = append_pending(&c, &a, &row(last, 10), true).unwrap();
+        assert_eq!(set.len(), PENDING_MAX);
+        assert_eq!(table(&c), PENDING_MAX as i64);
+        assert!(matches!(
+            lookup_pending(&c, &a, &[2; 32]).unwrap(),
+            Seen::No
+        ));
+        for (i, (pre, id)) in set.iter().enumerate() {
+            let d = [i as u8; 32];
+            assert_eq!(*pre, prefix(&d));
+            let seen = lookup(&c, *id, 1, &d).unwrap();
+            if i == 3 {
+                assert!(matches!(seen, Seen::DigestOnly));
+            } else {
+                assert!(matches!(seen, Seen::Redeliverable(r) if *r == row(i as u8, 10)));
+            }
+        }
+        assert!(matches!(
+            lookup_anywhere(&c, 1, &[2; 32]).unwrap(),
+            Seen::Redeliverable(_)
+        ));
+    }
+
+    #[test]
+    fn waiting_records_survive_a_flush_and_their_session() {
+        let c = db();
+        let (a, b) = (session(&c, 5), session(&c, 6));
+        append_pending(&c, &a, &row(1, 10), true).unwrap();
+        append_pending(&c, &b, &row(2, 10), true).unwrap();
+        assert_eq!(flush_pending(&c, None).unwrap(), 2);
+        assert_eq!(counts(&c).unwrap().1, 2);
+        assert!(matches!(
+            lookup_anywhere(&c, 1, &[1; 32]).unwrap(),
+            Seen::Redeliverable(_)
+        ));
+        // Deleting a session moves its waiting records first.
+        append_pending(&c, &a, &row(3, 10), true).unwrap();
+        assert!(crate::storage::sessions::delete(&c, &a).unwrap());
+        assert!(matches!(
+            lookup_anywhere(&c, 1, &[3; 32]).unwrap(),
+            Seen::Redeliverable(_)
+        ));
+        // No session row: straight to the table.
+        let gone = append_pending(&c, &a, &row(4, 10), true).unwrap();
+        assert!(gone[0].1 > 0);
+    }
+
+    #[test]
+    fn a_damaged_waiting_column_is_bad_data() {
+        let c = db();
+        let a = session(&c, 5);
+        for bad in [&b""[..], &[2u8][..], &[1u8, 0, 0][..]] {
+            c.execute("UPDATE sessions SET redelivery_pending = ?1", [bad])
+                .unwrap();
+            assert!(matches!(
+                lookup_pending(&c, &a, &[1; 32]),
+                Err(StorageError::BadData { .. })
+            ));
+        }
     }
 
     #[test]
