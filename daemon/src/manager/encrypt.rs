@@ -573,42 +573,43 @@ impl Manager {
                 })
                 .map(|(i, ..)| guards[*i].0.clone())
                 .collect();
-            let rows: Vec<(session_store::SessionRow, Option<(Session, Fresh)>)> = updates
+            let rows: Vec<session_store::SessionRow> = updates
+                .iter()
+                .map(|(i, s, meta, _)| session_row(&guards[*i].0, s, meta, now))
+                .collect();
+            // New sessions also replace the stored bundle, archive the old session and set
+            // their skipped keys: (index into `rows`, session, what it changes).
+            let fresh: Vec<(usize, Session, Fresh)> = updates
                 .iter_mut()
-                .map(|(i, s, meta, fresh)| {
-                    (
-                        session_row(&guards[*i].0, s, meta, now),
-                        fresh.take().map(|f| (s.clone(), f)),
-                    )
-                })
+                .enumerate()
+                .filter_map(|(k, (_, s, _, fresh))| fresh.take().map(|f| (k, s.clone(), f)))
                 .collect();
             let trust_rows = new_trust.clone();
             let rebuilt_in_tx = rebuilt.clone();
             self.store
                 .write(move |tx| {
-                    for (row, fresh) in &rows {
-                        let addr = row.addr();
-                        if let Some((_, f)) = fresh {
-                            if let Some(old) = &f.archive {
-                                device_state::push_previous_session(
-                                    tx,
-                                    &addr,
-                                    old,
-                                    now,
-                                    super::decrypt::MAX_PREVIOUS_SESSIONS,
-                                )?;
-                            }
-                            device_state::set_bundle_xml(
+                    for (k, _, f) in &fresh {
+                        let addr = rows[*k].addr();
+                        if let Some(old) = &f.archive {
+                            device_state::push_previous_session(
                                 tx,
                                 &addr,
-                                f.bundle_xml.as_bytes(),
-                                f.prekey_count,
+                                old,
+                                now,
+                                super::decrypt::MAX_PREVIOUS_SESSIONS,
                             )?;
                         }
-                        session_store::upsert(tx, row)?;
-                        if let Some((s, _)) = fresh {
-                            super::sessions::replace_skipped(tx, &addr, s, now)?;
-                        }
+                        device_state::set_bundle_xml(
+                            tx,
+                            &addr,
+                            f.bundle_xml.as_bytes(),
+                            f.prekey_count,
+                        )?;
+                    }
+                    session_store::upsert_many(tx, &rows)?;
+                    // After the rows they belong to exist.
+                    for (k, s, _) in &fresh {
+                        super::sessions::replace_skipped(tx, &rows[*k].addr(), s, now)?;
                     }
                     for addr in &rebuilt_in_tx {
                         super::rebuild::clear(tx, addr)?;

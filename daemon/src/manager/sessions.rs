@@ -247,7 +247,7 @@ pub fn session_row(
         jid: addr.jid.clone(),
         namespace: addr.namespace,
         device_id: addr.device_id,
-        state: SecretBlob::new(session.to_bytes(false).to_vec()),
+        state: SecretBlob::from_zeroizing(session.to_bytes(false)),
         state_format: SESSION_SNAPSHOT_FORMAT,
         identity_key: identity,
         initiated_by: match session.role() {
