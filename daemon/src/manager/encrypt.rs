@@ -56,16 +56,19 @@ pub struct DeviceReport {
     pub action: Option<Action>,
 }
 
-/// One `<encrypted>` element.
+/// One `<encrypted>` element, in both forms unless the client asked for one (`forms`).
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema, serde::Deserialize)]
 pub struct EncryptedMessage {
     /// Its namespace.
     pub namespace: String,
-    /// The element as XML.
-    pub xml: String,
-    /// The same element as structured JSON.
-    #[schemars(with = "serde_json::Value")]
-    pub element: Encrypted,
+    /// The element as XML (left out only when `forms` does not name `xml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xml: Option<String>,
+    /// The same element as structured JSON (left out only when `forms` does not name
+    /// `element`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub element: Option<Encrypted>,
 }
 
 /// Result of an encryption.
@@ -403,6 +406,7 @@ impl Manager {
     ) -> Result<EncryptOutcome> {
         let addrs: Vec<DeviceAddr> = targets.iter().map(|t| t.addr.clone()).collect();
         let mut guards = self.sessions.lock_many(&self.store, &addrs).await?;
+        let any_forced = targets.iter().any(|t| t.force_new);
         let mode = acct.keys.lock().await.trust_mode;
         let mut reports = Vec::new();
         let mut payloads: BTreeMap<Version, NsPayload> = BTreeMap::new();
@@ -418,8 +422,8 @@ impl Manager {
                 .is_some()
                 .then(|| self.pending_rebuilds.requested_at(addr))
                 .flatten();
-            let force_new =
-                targets.iter().any(|t| &t.addr == addr && t.force_new) || rebuild.is_some();
+            let force_new = rebuild.is_some()
+                || (any_forced && targets.iter().any(|t| &t.addr == addr && t.force_new));
             let (mut session, fresh) = match (&guard.session, force_new) {
                 (Some(s), false) => (s.clone(), None),
                 _ => {
@@ -545,8 +549,8 @@ impl Manager {
                 };
                 EncryptedMessage {
                     namespace: ns.namespace().to_owned(),
-                    xml: element.to_xml(),
-                    element,
+                    xml: Some(element.to_xml()),
+                    element: Some(element),
                 }
             })
             .collect();
