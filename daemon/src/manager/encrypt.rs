@@ -493,21 +493,22 @@ impl Manager {
                 }
             };
             let curve = *session.remote_curve25519();
-            let (trust, is_new) = self.trust_for_key(acct, mode, &addr.jid, &curve);
-            if is_new
-                && !new_trust
+            let (level, new_row) = self.trust_level_for_key(acct, mode, &addr.jid, &curve);
+            if let Some(trust) = new_row {
+                if !new_trust
                     .iter()
                     .any(|t| t.jid == trust.jid && t.identity_key == trust.identity_key)
-            {
-                new_trust.push(trust.clone());
+                {
+                    new_trust.push(trust);
+                }
             }
             // Empty messages are exempt: they carry no content.
-            if body.is_some() && trust.level != TrustLevel::Trusted {
+            if body.is_some() && level != TrustLevel::Trusted {
                 reports.push(report(
                     addr,
                     DeviceStatus::Untrusted,
                     false,
-                    Some(format!("identity key is {}", trust.level.as_str())),
+                    Some(format!("identity key is {}", level.as_str())),
                     None,
                 ));
                 continue;
