@@ -192,5 +192,25 @@ fn direct_snapshot_encoding_equals_prost() {
         same(&alice, "initiator after three turns");
         same(&bob, "responder after three turns");
         assert!(alice.skipped_key_count() + bob.skipped_key_count() > 0);
+
+        // A prepared encryption changes nothing until committed, is what `encrypt` would
+        // have sent, and `to_bytes_after` is the state after its commit.
+        let before = alice.to_bytes(true);
+        let mut twin = alice.clone();
+        let (key, pending) = alice.prepare_encrypt(&[9; 32]).unwrap();
+        assert_eq!(alice.to_bytes(true), before);
+        assert_eq!(twin.encrypt(&[9; 32]).unwrap(), key);
+        let after = alice.to_bytes_after(&pending, true);
+        assert_eq!(after, twin.to_bytes(true));
+        assert!(alice.commit_encrypt(pending));
+        assert_eq!(alice.to_bytes(true), after);
+        let d = bob.decrypt(&key.data, &mut rng).unwrap();
+        assert_eq!(&d.plaintext[..], &[9; 32]);
+        // One prepared before another encryption is stale: refused, nothing changes.
+        let (_, stale) = alice.prepare_encrypt(&[1; 32]).unwrap();
+        alice.encrypt(&[2; 32]).unwrap();
+        let now = alice.to_bytes(true);
+        assert!(!alice.commit_encrypt(stale));
+        assert_eq!(alice.to_bytes(true), now);
     }
 }

@@ -4,7 +4,7 @@
 //! Skipped message keys are normally stored beside the snapshot (one row each, so a late
 //! message touches one row, not the whole store) and handed back to [`Session::from_snapshot`].
 
-use super::{KeyExchangeInfo, Role, Session};
+use super::{KeyExchangeInfo, PendingEncrypt, Role, Session};
 use crate::consts::MAX_PREVIOUS_RECEIVING_CHAINS;
 use crate::double_ratchet::chain_key::ChainKey;
 use crate::double_ratchet::root_key::RootKey;
@@ -187,6 +187,19 @@ impl Session {
     /// cost an allocation per field). The buffer is sized up front, so no reallocation leaves
     /// a copy of the secrets behind.
     pub fn to_bytes(&self, include_skipped: bool) -> Zeroizing<Vec<u8>> {
+        self.encode(include_skipped, self.ratchet.chains.sending.as_ref())
+    }
+
+    /// [`Self::to_bytes`] of the session as it will be once `pending` is committed.
+    pub fn to_bytes_after(
+        &self,
+        pending: &PendingEncrypt,
+        include_skipped: bool,
+    ) -> Zeroizing<Vec<u8>> {
+        self.encode(include_skipped, Some(pending.next_sending()))
+    }
+
+    fn encode(&self, include_skipped: bool, sending: Option<&ChainKey>) -> Zeroizing<Vec<u8>> {
         let c = &self.ratchet.chains;
         let skipped = if include_skipped {
             self.ratchet.skipped_keys().len()
@@ -231,10 +244,10 @@ impl Session {
         if let Some(k) = &c.remote_ratchet {
             bytes_field(out, 12, &k.0);
         }
-        if let Some(k) = &c.sending {
+        if let Some(k) = sending {
             bytes_field(out, 13, k.as_bytes());
         }
-        uint32(out, 14, c.sending.as_ref().map_or(0, ChainKey::index));
+        uint32(out, 14, sending.map_or(0, ChainKey::index));
         if let Some(k) = &c.receiving {
             bytes_field(out, 15, k.as_bytes());
         }
