@@ -2,7 +2,7 @@
 //! the namespaces those devices support; sessions are built lazily from stored bundles.
 
 use super::account::Account;
-use super::sessions::{session_row, SessionMeta};
+use super::sessions::{session_row, session_row_with_state, SessionMeta};
 use super::{check_bare_jid, Action, Manager, ManagerError, Result};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
@@ -10,7 +10,7 @@ use crate::storage::{
 };
 use protocol_core::payload;
 use protocol_core::sce::{build_envelope, EnvelopeOptions};
-use protocol_core::session::Session;
+use protocol_core::session::{PendingEncrypt, Session};
 use protocol_core::xml::{Encrypted, KeyElement};
 use protocol_core::Version;
 use rand::rngs::OsRng;
@@ -112,6 +112,15 @@ struct Fresh {
     prekey_count: u32,
     /// The session it replaces, kept as a previous state.
     archive: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// How one device's session moves on in an encryption.
+enum Step {
+    /// The cached session, stepped only once the new state is committed.
+    Existing(PendingEncrypt),
+    /// A new session from a stored bundle (and what it changes besides, until handed to the
+    /// transaction).
+    Fresh(Session, Option<Fresh>),
 }
 
 /// Payload and per-device key material of one namespace.
@@ -411,8 +420,8 @@ impl Manager {
         let mut reports = Vec::new();
         let mut payloads: BTreeMap<Version, NsPayload> = BTreeMap::new();
         let mut keys: BTreeMap<Version, Vec<KeyElement>> = BTreeMap::new();
-        // (index into guards, new session, new meta, what a new session changes) to commit.
-        let mut updates: Vec<(usize, Session, SessionMeta, Option<Fresh>)> = Vec::new();
+        // (index into guards, the session's step, new meta) to commit.
+        let mut updates: Vec<(usize, Step, SessionMeta)> = Vec::new();
         let mut new_trust: Vec<TrustRow> = Vec::new();
 
         for (i, (addr, guard)) in guards.iter().enumerate() {
@@ -424,8 +433,8 @@ impl Manager {
                 .flatten();
             let force_new = rebuild.is_some()
                 || (any_forced && targets.iter().any(|t| &t.addr == addr && t.force_new));
-            let (mut session, fresh) = match (&guard.session, force_new) {
-                (Some(s), false) => (s.clone(), None),
+            let built = match (&guard.session, force_new) {
+                (Some(_), false) => None,
                 _ => {
                     let bundle = match self.stored_bundle(addr).await {
                         Ok(Some(b)) => b,
@@ -484,13 +493,18 @@ impl Manager {
                         archive: guard.session.as_ref().map(|s| s.to_bytes(true)),
                     };
                     match Session::initiate(&acct.identity, &bundle, pk, &mut OsRng) {
-                        Ok(s) => (s, Some(fresh)),
+                        Ok(s) => Some((s, fresh)),
                         Err(e) => {
                             reports.push(failed(addr, e.to_string()));
                             continue;
                         }
                     }
                 }
+            };
+            let Some(session) = built.as_ref().map(|(s, _)| s).or(guard.session.as_ref()) else {
+                // Not reached: without a stored session one was built above.
+                reports.push(failed(addr, "no session"));
+                continue;
             };
             let curve = *session.remote_curve25519();
             let (level, new_row) = self.trust_level_for_key(acct, mode, &addr.jid, &curve);
@@ -516,8 +530,18 @@ impl Manager {
             let p = payloads
                 .entry(addr.namespace)
                 .or_insert_with(|| payload_for(acct, addr.namespace, body, sce_to));
-            match session.encrypt(&p.key_material) {
-                Ok(k) => {
+            // An existing session is only stepped once its new state is committed; a new one
+            // is ours until then.
+            let encrypted = match built {
+                Some((mut s, f)) => s
+                    .encrypt(&p.key_material)
+                    .map(|k| (k, Step::Fresh(s, Some(f)))),
+                None => session
+                    .prepare_encrypt(&p.key_material)
+                    .map(|(k, pending)| (k, Step::Existing(pending))),
+            };
+            match encrypted {
+                Ok((k, step)) => {
                     keys.entry(addr.namespace).or_default().push(KeyElement {
                         jid: (addr.namespace == Version::Twomemo).then(|| addr.jid.clone()),
                         rid: addr.device_id,
@@ -525,13 +549,12 @@ impl Manager {
                         data: k.data,
                     });
                     reports.push(report(addr, DeviceStatus::Encrypted, k.kex, None, None));
-                    let mut meta = if fresh.is_some() {
-                        SessionMeta::default()
-                    } else {
-                        guard.meta.clone()
+                    let mut meta = match step {
+                        Step::Fresh(..) => SessionMeta::default(),
+                        Step::Existing(_) => guard.meta.clone(),
                     };
                     meta.messages_sent += 1;
-                    updates.push((i, session, meta, fresh));
+                    updates.push((i, step, meta));
                 }
                 Err(e) => reports.push(failed(addr, e.to_string())),
             }
@@ -570,25 +593,38 @@ impl Manager {
         };
         if !updates.is_empty() || !new_trust.is_empty() || stored.is_some() {
             let now = storage::now();
-            // Before the fresh sessions are taken out below.
             let rebuilt: Vec<DeviceAddr> = updates
                 .iter()
-                .filter(|(i, _, _, fresh)| {
-                    fresh.is_some() && self.pending_rebuilds.contains(&guards[*i].0)
+                .filter(|(i, step, _)| {
+                    matches!(step, Step::Fresh(..)) && self.pending_rebuilds.contains(&guards[*i].0)
                 })
                 .map(|(i, ..)| guards[*i].0.clone())
                 .collect();
-            let rows: Vec<session_store::SessionRow> = updates
-                .iter()
-                .map(|(i, s, meta, _)| session_row(&guards[*i].0, s, meta, now))
-                .collect();
+            let mut rows: Vec<session_store::SessionRow> = Vec::with_capacity(updates.len());
             // New sessions also replace the stored bundle, archive the old session and set
             // their skipped keys: (index into `rows`, session, what it changes).
-            let fresh: Vec<(usize, Session, Fresh)> = updates
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(k, (_, s, _, fresh))| fresh.take().map(|f| (k, s.clone(), f)))
-                .collect();
+            let mut fresh: Vec<(usize, Session, Fresh)> = Vec::new();
+            for (k, (i, step, meta)) in updates.iter_mut().enumerate() {
+                let (addr, guard) = &guards[*i];
+                match step {
+                    Step::Existing(pending) => {
+                        // The step was prepared from this session: it is there.
+                        let Some(s) = guard.session.as_ref() else {
+                            return Err(ManagerError::BrokenSession(
+                                "the session went away during the encryption".into(),
+                            ));
+                        };
+                        let state = s.to_bytes_after(pending, false);
+                        rows.push(session_row_with_state(addr, s, state, meta, now));
+                    }
+                    Step::Fresh(s, f) => {
+                        rows.push(session_row(addr, s, meta, now));
+                        if let Some(f) = f.take() {
+                            fresh.push((k, s.clone(), f));
+                        }
+                    }
+                }
+            }
             let trust_rows = new_trust.clone();
             let rebuilt_in_tx = rebuilt.clone();
             self.store
@@ -632,9 +668,24 @@ impl Manager {
                 self.pending_rebuilds.done(addr);
             }
         }
-        for (i, session, meta, _) in updates {
+        for (i, step, meta) in updates {
             let g = &mut guards[i].1;
-            g.session = Some(session);
+            match step {
+                Step::Existing(pending) => {
+                    let applied = g
+                        .session
+                        .as_mut()
+                        .is_some_and(|s| s.commit_encrypt(pending));
+                    if !applied {
+                        // Not reached under the slot's lock; should it be, memory must not
+                        // differ from the disk: reload from the database on next use.
+                        g.session = None;
+                        g.loaded = false;
+                        continue;
+                    }
+                }
+                Step::Fresh(s, _) => g.session = Some(s),
+            }
             g.meta = meta;
         }
         drop(guards);

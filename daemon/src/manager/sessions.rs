@@ -264,13 +264,25 @@ pub fn session_row(
     meta: &SessionMeta,
     now: i64,
 ) -> sessions::SessionRow {
+    session_row_with_state(addr, session, session.to_bytes(false), meta, now)
+}
+
+/// [`session_row`] with `state` as the snapshot: `session` after a prepared encryption
+/// ([`Session::to_bytes_after`]), which changes no other column.
+pub fn session_row_with_state(
+    addr: &DeviceAddr,
+    session: &Session,
+    state: zeroize::Zeroizing<Vec<u8>>,
+    meta: &SessionMeta,
+    now: i64,
+) -> sessions::SessionRow {
     let identity = *session.remote_curve25519();
     sessions::SessionRow {
         account_id: addr.account_id,
         jid: addr.jid.clone(),
         namespace: addr.namespace,
         device_id: addr.device_id,
-        state: SecretBlob::from_zeroizing(session.to_bytes(false)),
+        state: SecretBlob::from_zeroizing(state),
         state_format: SESSION_SNAPSHOT_FORMAT,
         identity_key: identity,
         initiated_by: match session.role() {
