@@ -619,6 +619,39 @@ fn encrypt_forms_choose_what_comes_back() {
     }
 }
 
+/// An encrypt whose transaction fails changes no session in memory: the next message takes
+/// the chain index the failed one would have had, so the receiver skips none.
+#[test]
+fn a_failed_encrypt_leaves_the_session_as_stored() {
+    let mut p = pair(&BOTH);
+    for ns in BOTH {
+        let m = p.a.encrypt_xml(&[BOB], Some("one"), ns);
+        let r = p.b.ok("decrypt", json!({"from": ALICE, "xml": m}));
+        assert_eq!(body(&r), "one");
+        let conn = rusqlite::Connection::open(&p.da.db).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER fail_encrypt BEFORE UPDATE ON sessions \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+        p.a.err(
+            "encrypt",
+            json!({"to": [BOB], "body": "lost", "namespaces": [ns]}),
+            "storage_error",
+        );
+        conn.execute_batch("DROP TRIGGER fail_encrypt").unwrap();
+        drop(conn);
+        let m = p.a.encrypt_xml(&[BOB], Some("two"), ns);
+        let r = p.b.ok("decrypt", json!({"from": ALICE, "xml": m}));
+        assert_eq!(body(&r), "two");
+        let skipped: i64 = rusqlite::Connection::open(&p.db.db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM skipped_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(skipped, 0, "{ns}: the failed encrypt moved the chain on");
+    }
+}
+
 #[test]
 fn every_matching_key_is_tried_in_oldmemo() {
     let mut p = pair(&[OLDMEMO]);
