@@ -120,7 +120,7 @@ enum Step {
     Existing(PendingEncrypt),
     /// A new session from a stored bundle (and what it changes besides, until handed to the
     /// transaction).
-    Fresh(Session, Option<Fresh>),
+    Fresh(Box<Session>, Option<Fresh>),
 }
 
 /// Payload and per-device key material of one namespace.
@@ -535,7 +535,7 @@ impl Manager {
             let encrypted = match built {
                 Some((mut s, f)) => s
                     .encrypt(&p.key_material)
-                    .map(|k| (k, Step::Fresh(s, Some(f)))),
+                    .map(|k| (k, Step::Fresh(Box::new(s), Some(f)))),
                 None => session
                     .prepare_encrypt(&p.key_material)
                     .map(|(k, pending)| (k, Step::Existing(pending))),
@@ -620,7 +620,7 @@ impl Manager {
                     Step::Fresh(s, f) => {
                         rows.push(session_row(addr, s, meta, now));
                         if let Some(f) = f.take() {
-                            fresh.push((k, s.clone(), f));
+                            fresh.push((k, (**s).clone(), f));
                         }
                     }
                 }
@@ -684,7 +684,7 @@ impl Manager {
                         continue;
                     }
                 }
-                Step::Fresh(s, _) => g.session = Some(s),
+                Step::Fresh(s, _) => g.session = Some(*s),
             }
             g.meta = meta;
         }
