@@ -617,6 +617,104 @@ fn sessions_skipped_keys_and_trust_round_trip() {
     store.close().unwrap();
 }
 
+/// `sessions::upsert_many` (one statement per chunk of rows) leaves exactly what one
+/// `sessions::upsert` per row leaves, on inserts and on updates (`created_at` kept or
+/// replaced as the identity dictates, a row given twice ends as the later one), and the rows
+/// read back the same after the database is closed and reopened.
+#[test]
+fn upsert_many_equals_single_upserts_across_restart() {
+    let dirs = [tmp(), tmp()];
+    let stores: Vec<Store> = dirs
+        .iter()
+        .map(|d| Store::open(&db_path(d), Durability::Normal).unwrap())
+        .collect();
+    let a = make_account(&stores[0], "alice@example.org", 9);
+    assert_eq!(make_account(&stores[1], "alice@example.org", 9), a);
+    // 150 rows: chunks of 64, 64, 16, 4 and 2.
+    let first: Vec<SessionRow> = (0..150u32)
+        .map(|i| {
+            let jid = format!("peer{}@example.net", i % 7);
+            let ns = if i % 2 == 0 { TWO } else { OLD };
+            let mut s = session(a, &jid, ns, 1000 + i, 100);
+            s.state = SecretBlob::new(vec![i as u8; 200 + i as usize]);
+            s
+        })
+        .collect();
+    // Updates: a new identity (created_at replaced), the same one (created_at kept), new
+    // counters and flags; new rows; one address twice.
+    let mut second: Vec<SessionRow> = first
+        .iter()
+        .step_by(3)
+        .enumerate()
+        .map(|(k, s)| {
+            let mut s = s.clone();
+            s.state = SecretBlob::new(vec![0xEE; 50 + k]);
+            s.created_at = 500;
+            s.updated_at = 600;
+            s.confirmed = k % 2 == 0;
+            s.messages_sent = k as u64 * 3;
+            s.messages_received = (1 << 40) + k as u64;
+            if k % 4 == 0 {
+                s.identity_key = key(0xC1);
+            }
+            if k % 5 == 0 {
+                s.initiated_by = Initiator::Them;
+            }
+            s
+        })
+        .collect();
+    second.extend((0..37u32).map(|i| session(a, "new@example.net", TWO, i, 700)));
+    let mut again = second[3].clone();
+    again.state = SecretBlob::new(vec![0x11; 9]);
+    again.messages_sent = 77;
+    second.push(again);
+    for batch in [first, second] {
+        let b = batch.clone();
+        stores[0]
+            .write_blocking(move |tx| sessions::upsert_many(tx, &b))
+            .unwrap();
+        stores[1]
+            .write_blocking(move |tx| {
+                for s in &batch {
+                    sessions::upsert(tx, s)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    // A bad row fails the call.
+    let mut bad = vec![session(a, "x@example.net", TWO, 1, 1); 3];
+    bad[2].device_id = 2;
+    bad[2].messages_sent = u64::MAX;
+    assert!(matches!(
+        stores[0].write_blocking(move |tx| sessions::upsert_many(tx, &bad)),
+        Err(StorageError::InvalidInput { .. })
+    ));
+    for s in stores {
+        s.close().unwrap();
+    }
+    let rows: Vec<Vec<SessionRow>> = dirs
+        .iter()
+        .map(|d| {
+            let store = Store::open(&db_path(d), Durability::Normal).unwrap();
+            let rows = store
+                .write_blocking(move |tx| sessions::list(tx, a))
+                .unwrap();
+            store.close().unwrap();
+            rows
+        })
+        .collect();
+    assert_eq!(rows[0].len(), 150 + 37);
+    assert_eq!(rows[0], rows[1]);
+    let twice = rows[0]
+        .iter()
+        .find(|r| r.messages_sent == 77)
+        .expect("the later copy of a row given twice");
+    assert_eq!(twice.state.expose(), &[0x11; 9]);
+    let created: Vec<i64> = rows[0].iter().map(|r| r.created_at).collect();
+    assert!(created.contains(&100) && created.contains(&500) && created.contains(&700));
+}
+
 #[test]
 fn secrets_are_redacted_in_debug() {
     let row = IdentityRow {

@@ -5,6 +5,8 @@
 //! is encrypted separately (see [`crate::payload`]).
 
 use crate::bundle::{Bundle, VerifiedBundle};
+use crate::double_ratchet::chain_key::ChainKey;
+use crate::double_ratchet::message_key::MessageKey;
 use crate::double_ratchet::skipped_keys::{SkippedKey, SkippedKeyChanges};
 use crate::double_ratchet::{DoubleRatchet, Header, RatchetError};
 use crate::keys::{IdentityKeyPair, KeyError, KeyPair, PrivateKey, PublicKey};
@@ -155,6 +157,28 @@ pub struct EncryptedKey {
     pub data: Vec<u8>,
     /// Whether it is a key exchange (`prekey='true'` / `kex='true'`).
     pub kex: bool,
+}
+
+/// The chain step of an encryption prepared by [`Session::prepare_encrypt`], not yet applied.
+pub struct PendingEncrypt {
+    next_sending: ChainKey,
+}
+
+impl PendingEncrypt {
+    pub(crate) fn next_sending(&self) -> &ChainKey {
+        &self.next_sending
+    }
+}
+
+impl std::fmt::Debug for PendingEncrypt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { next_sending } = self;
+        write!(
+            f,
+            "PendingEncrypt {{ index: {}, .. }}",
+            next_sending.index()
+        )
+    }
 }
 
 /// A session with one remote device.
@@ -311,7 +335,33 @@ impl Session {
     /// Encrypts key material for the peer. While an initiated session is unconfirmed the
     /// result is wrapped in the key exchange.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<EncryptedKey, SessionError> {
-        let (header, mk) = self.ratchet.encrypt()?;
+        let (key, pending) = self.prepare_encrypt(plaintext)?;
+        self.ratchet.commit_encrypt(pending.next_sending);
+        Ok(key)
+    }
+
+    /// [`Self::encrypt`] without changing the session: the caller stores the state after it
+    /// ([`Self::to_bytes_after`]) and then applies it with [`Self::commit_encrypt`], so a
+    /// failed store leaves the session as stored without a copy of it to roll back to.
+    /// Prepare at most one encryption at a time: a second one would reuse the message key.
+    pub fn prepare_encrypt(
+        &self,
+        plaintext: &[u8],
+    ) -> Result<(EncryptedKey, PendingEncrypt), SessionError> {
+        let (header, mk, next_sending) = self.ratchet.prepare_encrypt()?;
+        Ok((
+            self.seal(&header, mk, plaintext),
+            PendingEncrypt { next_sending },
+        ))
+    }
+
+    /// Applies a prepared encryption. Returns false (and changes nothing) unless the session
+    /// is still where it was when `pending` was prepared.
+    pub fn commit_encrypt(&mut self, pending: PendingEncrypt) -> bool {
+        self.ratchet.commit_encrypt(pending.next_sending)
+    }
+
+    fn seal(&self, header: &Header, mk: MessageKey, plaintext: &[u8]) -> EncryptedKey {
         let keys = mk.expand(self.version);
         let ciphertext = keys.encrypt(plaintext);
         let kex = self.role == Role::Initiator && !self.confirmed;
@@ -367,7 +417,7 @@ impl Session {
                 }
             }
         };
-        Ok(EncryptedKey { data, kex })
+        EncryptedKey { data, kex }
     }
 
     fn parse_oldmemo(bytes: &[u8]) -> Result<Parsed, SessionError> {

@@ -3,7 +3,7 @@
 use protocol_core::keys::identity::SignedPreKey;
 use protocol_core::keys::snapshot::{prekey_from_snapshot, prekey_to_snapshot};
 use protocol_core::keys::{IdentityKeyPair, KeyPair};
-use protocol_core::session::{Session, SnapshotError};
+use protocol_core::session::{KeyExchange, Session, SnapshotError};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -116,5 +116,101 @@ fn snapshot_from_before_previous_chains_were_kept_still_loads() {
         }
         let again = Session::from_bytes(&bob.to_bytes(true), Vec::new()).unwrap();
         assert_eq!(again.to_bytes(true), bob.to_bytes(true), "{name}");
+    }
+}
+
+/// `Session::to_bytes` writes the snapshot directly; it must equal prost's encoding of
+/// `Session::snapshot` in every state, including multi-byte indexes, earlier chains and
+/// skipped keys, and load back to the same session.
+#[test]
+fn direct_snapshot_encoding_equals_prost() {
+    use prost::Message;
+    use protocol_core::bundle::{Bundle, PreKeyPublic};
+    use protocol_core::Version;
+
+    let same = |s: &Session, what: &str| {
+        for skipped in [false, true] {
+            let direct = s.to_bytes(skipped);
+            assert_eq!(
+                &direct[..],
+                &s.snapshot(skipped).encode_to_vec()[..],
+                "{what}, skipped keys included: {skipped}"
+            );
+        }
+        let again = Session::from_bytes(&s.to_bytes(true), Vec::new()).unwrap();
+        assert_eq!(again.to_bytes(true), s.to_bytes(true), "{what}");
+    };
+    for version in [Version::Oldmemo, Version::Twomemo] {
+        let mut rng = StdRng::seed_from_u64(21);
+        let alice_id = IdentityKeyPair::generate(&mut rng);
+        let bob_id = IdentityKeyPair::generate(&mut rng);
+        let spk = SignedPreKey::generate(300, &bob_id, &mut rng);
+        let opk = KeyPair::generate(&mut rng);
+        let bundle = Bundle {
+            version,
+            identity_key: match version {
+                Version::Oldmemo => *bob_id.curve25519(),
+                Version::Twomemo => *bob_id.ed25519(),
+            },
+            signed_prekey_id: 300,
+            signed_prekey: spk.key_pair.public.0,
+            signed_prekey_signature: match version {
+                Version::Oldmemo => spk.signature_oldmemo,
+                Version::Twomemo => spk.signature_twomemo,
+            },
+            prekeys: vec![PreKeyPublic {
+                id: 70_000,
+                key: opk.public.0,
+            }],
+        };
+        let mut alice = Session::initiate(&alice_id, &bundle, 70_000, &mut rng).unwrap();
+        same(&alice, "fresh initiator");
+        let first = alice.encrypt(&[1; 32]).unwrap();
+        let kex = KeyExchange::parse(version, &first.data).unwrap();
+        let (mut bob, _) =
+            Session::respond(&bob_id, &kex, &spk.key_pair, &opk.private, &mut rng).unwrap();
+        same(&bob, "fresh responder");
+        // Indexes of one, two and three varint bytes, with skipped keys from each turn.
+        let mut held = Vec::new();
+        for (turn, count) in [(0u8, 3usize), (1, 200), (2, 17_000)] {
+            let (from, to) = if turn % 2 == 0 {
+                (&mut bob, &mut alice)
+            } else {
+                (&mut alice, &mut bob)
+            };
+            for i in 0..count {
+                let m = from.encrypt(&[turn; 32]).unwrap();
+                // Keep the first one back: the receiver stores its key as skipped. Deliver
+                // the next few hundred (within the skip limit), drop the rest.
+                if i == 0 {
+                    held.push(m);
+                } else if i <= 300 {
+                    to.decrypt(&m.data, &mut rng).unwrap();
+                }
+            }
+        }
+        same(&alice, "initiator after three turns");
+        same(&bob, "responder after three turns");
+        assert!(alice.skipped_key_count() + bob.skipped_key_count() > 0);
+
+        // A prepared encryption changes nothing until committed, is what `encrypt` would
+        // have sent, and `to_bytes_after` is the state after its commit.
+        let before = alice.to_bytes(true);
+        let mut twin = alice.clone();
+        let (key, pending) = alice.prepare_encrypt(&[9; 32]).unwrap();
+        assert_eq!(alice.to_bytes(true), before);
+        assert_eq!(twin.encrypt(&[9; 32]).unwrap(), key);
+        let after = alice.to_bytes_after(&pending, true);
+        assert_eq!(after, twin.to_bytes(true));
+        assert!(alice.commit_encrypt(pending));
+        assert_eq!(alice.to_bytes(true), after);
+        let d = bob.decrypt(&key.data, &mut rng).unwrap();
+        assert_eq!(&d.plaintext[..], &[9; 32]);
+        // One prepared before another encryption is stale: refused, nothing changes.
+        let (_, stale) = alice.prepare_encrypt(&[1; 32]).unwrap();
+        alice.encrypt(&[2; 32]).unwrap();
+        let now = alice.to_bytes(true);
+        assert!(!alice.commit_encrypt(stale));
+        assert_eq!(alice.to_bytes(true), now);
     }
 }

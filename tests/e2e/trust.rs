@@ -564,6 +564,94 @@ fn json_element_gets_the_xml_checks() {
     assert_eq!(body(&r), "json");
 }
 
+/// `forms` picks what `encrypt` returns of each element: by default both the XML and the JSON
+/// element; `["xml"]` or `["element"]` only that one, which decrypts as usual; a retry under an
+/// idempotency key may ask for the other form of the same message.
+#[test]
+fn encrypt_forms_choose_what_comes_back() {
+    let mut p = pair(&BOTH);
+    for ns in BOTH {
+        let enc = |forms: Option<Value>, key: Option<&str>| {
+            let mut params = json!({"to": [BOB], "body": "forms", "namespaces": [ns]});
+            if let Some(f) = forms {
+                params["forms"] = f;
+            }
+            if let Some(k) = key {
+                params["idempotency_key"] = json!(k);
+            }
+            params
+        };
+        let both = p.a.ok("encrypt", enc(None, None));
+        let m = &both["messages"][0];
+        assert!(m["xml"].is_string() && m["element"].is_object(), "{both}");
+        let both =
+            p.a.ok("encrypt", enc(Some(json!(["element", "xml"])), None));
+        let m = &both["messages"][0];
+        assert!(m["xml"].is_string() && m["element"].is_object(), "{both}");
+
+        let key = format!("forms-{ns}");
+        let xml_only = p.a.ok("encrypt", enc(Some(json!(["xml"])), Some(&key)));
+        let m = &xml_only["messages"][0];
+        assert!(m.get("element").is_none(), "{xml_only}");
+        assert_eq!(m["namespace"], ns);
+        assert_eq!(xml_only["devices"].as_array().map(Vec::len), Some(1));
+        let r = p.b.ok("decrypt", json!({"from": ALICE, "xml": m["xml"]}));
+        assert_eq!(body(&r), "forms");
+
+        // The same message again, as an element this time.
+        let element_only = p.a.ok("encrypt", enc(Some(json!(["element"])), Some(&key)));
+        let m = &element_only["messages"][0];
+        assert!(m.get("xml").is_none(), "{element_only}");
+        let r =
+            p.b.ok("decrypt", json!({"from": ALICE, "element": m["element"]}));
+        assert_eq!(body(&r), "forms");
+        assert_eq!(r["redelivered"], json!(true), "{r}");
+
+        let fresh = p.a.ok("encrypt", enc(Some(json!(["element"])), None));
+        let r = p.b.ok(
+            "decrypt",
+            json!({"from": ALICE, "element": fresh["messages"][0]["element"]}),
+        );
+        assert_eq!(body(&r), "forms");
+        for bad in [json!([]), json!(["html"]), json!("xml")] {
+            p.a.err("encrypt", enc(Some(bad), None), "invalid_params");
+        }
+    }
+}
+
+/// An encrypt whose transaction fails changes no session in memory: the next message takes
+/// the chain index the failed one would have had, so the receiver skips none.
+#[test]
+fn a_failed_encrypt_leaves_the_session_as_stored() {
+    let mut p = pair(&BOTH);
+    for ns in BOTH {
+        let m = p.a.encrypt_xml(&[BOB], Some("one"), ns);
+        let r = p.b.ok("decrypt", json!({"from": ALICE, "xml": m}));
+        assert_eq!(body(&r), "one");
+        let conn = rusqlite::Connection::open(&p.da.db).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER fail_encrypt BEFORE UPDATE ON sessions \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+        p.a.err(
+            "encrypt",
+            json!({"to": [BOB], "body": "lost", "namespaces": [ns]}),
+            "storage_error",
+        );
+        conn.execute_batch("DROP TRIGGER fail_encrypt").unwrap();
+        drop(conn);
+        let m = p.a.encrypt_xml(&[BOB], Some("two"), ns);
+        let r = p.b.ok("decrypt", json!({"from": ALICE, "xml": m}));
+        assert_eq!(body(&r), "two");
+        let skipped: i64 = rusqlite::Connection::open(&p.db.db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM skipped_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(skipped, 0, "{ns}: the failed encrypt moved the chain on");
+    }
+}
+
 #[test]
 fn every_matching_key_is_tried_in_oldmemo() {
     let mut p = pair(&[OLDMEMO]);

@@ -4,7 +4,7 @@
 use super::account::Account;
 use super::bundle_cache::VerifiedBundle;
 use super::peer_bundle::StoredBundle;
-use super::sessions::{session_row, SessionMeta};
+use super::sessions::{session_row, session_row_with_state, SessionMeta};
 use super::{check_bare_jid, Action, Manager, ManagerError, Result};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
@@ -12,7 +12,7 @@ use crate::storage::{
 };
 use protocol_core::payload;
 use protocol_core::sce::{build_envelope, EnvelopeOptions};
-use protocol_core::session::Session;
+use protocol_core::session::{PendingEncrypt, Session};
 use protocol_core::xml::{Encrypted, KeyElement};
 use protocol_core::Version;
 use rand::rngs::OsRng;
@@ -58,16 +58,19 @@ pub struct DeviceReport {
     pub action: Option<Action>,
 }
 
-/// One `<encrypted>` element.
+/// One `<encrypted>` element, in both forms unless the client asked for one (`forms`).
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema, serde::Deserialize)]
 pub struct EncryptedMessage {
     /// Its namespace.
     pub namespace: String,
-    /// The element as XML.
-    pub xml: String,
-    /// The same element as structured JSON.
-    #[schemars(with = "serde_json::Value")]
-    pub element: Encrypted,
+    /// The element as XML (left out only when `forms` does not name `xml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xml: Option<String>,
+    /// The same element as structured JSON (left out only when `forms` does not name
+    /// `element`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub element: Option<Encrypted>,
 }
 
 /// Result of an encryption.
@@ -113,6 +116,15 @@ struct Fresh {
     rest: VerifiedBundle,
     /// The session it replaces, kept as a previous state.
     archive: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// How one device's session moves on in an encryption.
+enum Step {
+    /// The cached session, stepped only once the new state is committed.
+    Existing(PendingEncrypt),
+    /// A new session from a stored bundle (and what it changes besides, until handed to the
+    /// transaction).
+    Fresh(Box<Session>, Option<Box<Fresh>>),
 }
 
 /// Payload and per-device key material of one namespace.
@@ -407,12 +419,13 @@ impl Manager {
     ) -> Result<EncryptOutcome> {
         let addrs: Vec<DeviceAddr> = targets.iter().map(|t| t.addr.clone()).collect();
         let mut guards = self.sessions.lock_many(&self.store, &addrs).await?;
+        let any_forced = targets.iter().any(|t| t.force_new);
         let mode = acct.keys.lock().await.trust_mode;
         let mut reports = Vec::new();
         let mut payloads: BTreeMap<Version, NsPayload> = BTreeMap::new();
         let mut keys: BTreeMap<Version, Vec<KeyElement>> = BTreeMap::new();
-        // (index into guards, new session, new meta, what a new session changes) to commit.
-        let mut updates: Vec<(usize, Session, SessionMeta, Option<Fresh>)> = Vec::new();
+        // (index into guards, the session's step, new meta) to commit.
+        let mut updates: Vec<(usize, Step, SessionMeta)> = Vec::new();
         let mut new_trust: Vec<TrustRow> = Vec::new();
 
         for (i, (addr, guard)) in guards.iter().enumerate() {
@@ -422,10 +435,10 @@ impl Manager {
                 .is_some()
                 .then(|| self.pending_rebuilds.requested_at(addr))
                 .flatten();
-            let force_new =
-                targets.iter().any(|t| &t.addr == addr && t.force_new) || rebuild.is_some();
-            let (mut session, fresh) = match (&guard.session, force_new) {
-                (Some(s), false) => (s.clone(), None),
+            let force_new = rebuild.is_some()
+                || (any_forced && targets.iter().any(|t| &t.addr == addr && t.force_new));
+            let built = match (&guard.session, force_new) {
+                (Some(_), false) => None,
                 _ => {
                     let spent = |addr: &DeviceAddr| {
                         // Every prekey of the stored bundle was used (by us): a fresh copy is needed.
@@ -492,7 +505,7 @@ impl Manager {
                         archive: guard.session.as_ref().map(|s| s.to_bytes(true)),
                     };
                     match Session::initiate_verified(&acct.identity, &bundle, pk, &mut OsRng) {
-                        Ok(s) => (s, Some(fresh)),
+                        Ok(s) => Some((s, fresh)),
                         Err(e) => {
                             reports.push(failed(addr, e.to_string()));
                             continue;
@@ -500,22 +513,28 @@ impl Manager {
                     }
                 }
             };
+            let Some(session) = built.as_ref().map(|(s, _)| s).or(guard.session.as_ref()) else {
+                // Not reached: without a stored session one was built above.
+                reports.push(failed(addr, "no session"));
+                continue;
+            };
             let curve = *session.remote_curve25519();
-            let (trust, is_new) = self.trust_for_key(acct, mode, &addr.jid, &curve);
-            if is_new
-                && !new_trust
+            let (level, new_row) = self.trust_level_for_key(acct, mode, &addr.jid, &curve);
+            if let Some(trust) = new_row {
+                if !new_trust
                     .iter()
                     .any(|t| t.jid == trust.jid && t.identity_key == trust.identity_key)
-            {
-                new_trust.push(trust.clone());
+                {
+                    new_trust.push(trust);
+                }
             }
             // Empty messages are exempt: they carry no content.
-            if body.is_some() && trust.level != TrustLevel::Trusted {
+            if body.is_some() && level != TrustLevel::Trusted {
                 reports.push(report(
                     addr,
                     DeviceStatus::Untrusted,
                     false,
-                    Some(format!("identity key is {}", trust.level.as_str())),
+                    Some(format!("identity key is {}", level.as_str())),
                     None,
                 ));
                 continue;
@@ -523,8 +542,18 @@ impl Manager {
             let p = payloads
                 .entry(addr.namespace)
                 .or_insert_with(|| payload_for(acct, addr.namespace, body, sce_to));
-            match session.encrypt(&p.key_material) {
-                Ok(k) => {
+            // An existing session is only stepped once its new state is committed; a new one
+            // is ours until then.
+            let encrypted = match built {
+                Some((mut s, f)) => s
+                    .encrypt(&p.key_material)
+                    .map(|k| (k, Step::Fresh(Box::new(s), Some(Box::new(f))))),
+                None => session
+                    .prepare_encrypt(&p.key_material)
+                    .map(|(k, pending)| (k, Step::Existing(pending))),
+            };
+            match encrypted {
+                Ok((k, step)) => {
                     keys.entry(addr.namespace).or_default().push(KeyElement {
                         jid: (addr.namespace == Version::Twomemo).then(|| addr.jid.clone()),
                         rid: addr.device_id,
@@ -532,13 +561,12 @@ impl Manager {
                         data: k.data,
                     });
                     reports.push(report(addr, DeviceStatus::Encrypted, k.kex, None, None));
-                    let mut meta = if fresh.is_some() {
-                        SessionMeta::default()
-                    } else {
-                        guard.meta.clone()
+                    let mut meta = match step {
+                        Step::Fresh(..) => SessionMeta::default(),
+                        Step::Existing(_) => guard.meta.clone(),
                     };
                     meta.messages_sent += 1;
-                    updates.push((i, session, meta, fresh));
+                    updates.push((i, step, meta));
                 }
                 Err(e) => reports.push(failed(addr, e.to_string())),
             }
@@ -557,8 +585,8 @@ impl Manager {
                 };
                 EncryptedMessage {
                     namespace: ns.namespace().to_owned(),
-                    xml: element.to_xml(),
-                    element,
+                    xml: Some(element.to_xml()),
+                    element: Some(element),
                 }
             })
             .collect();
@@ -577,61 +605,75 @@ impl Manager {
         };
         if !updates.is_empty() || !new_trust.is_empty() || stored.is_some() {
             let now = storage::now();
-            // Before the fresh sessions are taken out below.
             let rebuilt: Vec<DeviceAddr> = updates
                 .iter()
-                .filter(|(i, _, _, fresh)| {
-                    fresh.is_some() && self.pending_rebuilds.contains(&guards[*i].0)
+                .filter(|(i, step, _)| {
+                    matches!(step, Step::Fresh(..)) && self.pending_rebuilds.contains(&guards[*i].0)
                 })
                 .map(|(i, ..)| guards[*i].0.clone())
                 .collect();
-            let rows: Vec<(session_store::SessionRow, Option<(Session, Fresh)>)> = updates
-                .iter_mut()
-                .map(|(i, s, meta, fresh)| {
-                    (
-                        session_row(&guards[*i].0, s, meta, now),
-                        fresh.take().map(|f| (s.clone(), f)),
-                    )
-                })
-                .collect();
+            let mut rows: Vec<session_store::SessionRow> = Vec::with_capacity(updates.len());
+            // New sessions also replace the stored bundle, archive the old session and set
+            // their skipped keys: (index into `rows`, session, what it changes).
+            let mut fresh: Vec<(usize, Session, Fresh)> = Vec::new();
+            for (k, (i, step, meta)) in updates.iter_mut().enumerate() {
+                let (addr, guard) = &guards[*i];
+                match step {
+                    Step::Existing(pending) => {
+                        // The step was prepared from this session: it is there.
+                        let Some(s) = guard.session.as_ref() else {
+                            return Err(ManagerError::BrokenSession(
+                                "the session went away during the encryption".into(),
+                            ));
+                        };
+                        let state = s.to_bytes_after(pending, false);
+                        rows.push(session_row_with_state(addr, s, state, meta, now));
+                    }
+                    Step::Fresh(s, f) => {
+                        rows.push(session_row(addr, s, meta, now));
+                        if let Some(f) = f.take() {
+                            fresh.push((k, (**s).clone(), *f));
+                        }
+                    }
+                }
+            }
             let trust_rows = new_trust.clone();
             let rebuilt_in_tx = rebuilt.clone();
             // The stored bundles that lose a prekey, cached after COMMIT; the ticket is held
             // until then.
-            let rests: Vec<(DeviceAddr, VerifiedBundle)> = rows
+            let rests: Vec<(DeviceAddr, VerifiedBundle)> = fresh
                 .iter()
-                .filter_map(|(row, f)| f.as_ref().map(|(_, f)| (row.addr(), f.rest.clone())))
+                .map(|(k, _, f)| (rows[*k].addr(), f.rest.clone()))
                 .collect();
             let bundle_ticket = (!rests.is_empty()).then(|| self.bundles.write_ticket());
             let cache = bundle_ticket.as_ref().map(|t| t.invalidator());
             self.store
                 .write(move |tx| {
-                    for (row, fresh) in &rows {
-                        let addr = row.addr();
-                        if let Some((_, f)) = fresh {
-                            if let Some(old) = &f.archive {
-                                device_state::push_previous_session(
-                                    tx,
-                                    &addr,
-                                    old,
-                                    now,
-                                    super::decrypt::MAX_PREVIOUS_SESSIONS,
-                                )?;
-                            }
-                            if let Some(c) = &cache {
-                                c.invalidate(&addr);
-                            }
-                            device_state::set_bundle_xml(
+                    for (k, _, f) in &fresh {
+                        let addr = rows[*k].addr();
+                        if let Some(old) = &f.archive {
+                            device_state::push_previous_session(
                                 tx,
                                 &addr,
-                                f.bundle_xml.as_bytes(),
-                                f.prekey_count,
+                                old,
+                                now,
+                                super::decrypt::MAX_PREVIOUS_SESSIONS,
                             )?;
                         }
-                        session_store::upsert(tx, row)?;
-                        if let Some((s, _)) = fresh {
-                            super::sessions::replace_skipped(tx, &addr, s, now)?;
+                        if let Some(c) = &cache {
+                            c.invalidate(&addr);
                         }
+                        device_state::set_bundle_xml(
+                            tx,
+                            &addr,
+                            f.bundle_xml.as_bytes(),
+                            f.prekey_count,
+                        )?;
+                    }
+                    session_store::upsert_many(tx, &rows)?;
+                    // After the rows they belong to exist.
+                    for (k, s, _) in &fresh {
+                        super::sessions::replace_skipped(tx, &rows[*k].addr(), s, now)?;
                     }
                     for addr in &rebuilt_in_tx {
                         super::rebuild::clear(tx, addr)?;
@@ -655,9 +697,24 @@ impl Manager {
                 self.pending_rebuilds.done(addr);
             }
         }
-        for (i, session, meta, _) in updates {
+        for (i, step, meta) in updates {
             let g = &mut guards[i].1;
-            g.session = Some(session);
+            match step {
+                Step::Existing(pending) => {
+                    let applied = g
+                        .session
+                        .as_mut()
+                        .is_some_and(|s| s.commit_encrypt(pending));
+                    if !applied {
+                        // Not reached under the slot's lock; should it be, memory must not
+                        // differ from the disk: reload from the database on next use.
+                        g.session = None;
+                        g.loaded = false;
+                        continue;
+                    }
+                }
+                Step::Fresh(s, _) => g.session = Some(*s),
+            }
             g.meta = meta;
         }
         drop(guards);

@@ -339,6 +339,26 @@ impl Manager {
         })
     }
 
+    /// The trust level of a key, and the row to store when the key is new (as
+    /// [`Self::trust_for_key`], without copying the row of a known key: a fan-out asks for a
+    /// hundred).
+    pub(crate) fn trust_level_for_key(
+        &self,
+        acct: &Account,
+        mode: TrustMode,
+        jid: &str,
+        curve_key: &[u8; 32],
+    ) -> (TrustLevel, Option<TrustRow>) {
+        let known = self.with_directory(acct.id, |d| d.trust_of(jid, curve_key).map(|r| r.level));
+        match known {
+            Some(level) => (level, None),
+            None => {
+                let (row, _) = self.trust_for_key(acct, mode, jid, curve_key);
+                (row.level, Some(row))
+            }
+        }
+    }
+
     /// Records trust rows that were just committed.
     pub(crate) fn remember_trust(
         &self,

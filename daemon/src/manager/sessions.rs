@@ -99,12 +99,23 @@ impl SessionTable {
 
     fn slot(&self, addr: &DeviceAddr) -> SharedSlot {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::slot_in(&mut slots, addr)
+    }
+
+    /// The slots of `addrs`, under one lock of the table (a fan-out takes a hundred).
+    fn slots_of(&self, addrs: &[DeviceAddr]) -> Vec<SharedSlot> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        addrs.iter().map(|a| Self::slot_in(&mut slots, a)).collect()
+    }
+
+    fn slot_in(slots: &mut Slots, addr: &DeviceAddr) -> SharedSlot {
         slots.tick += 1;
         let tick = slots.tick;
         if let Some((slot, used)) = slots.map.get_mut(addr) {
             *used = tick;
             return slot.clone();
         }
+        // Slots already handed out in this call are held (count > 1): never evicted.
         if slots.map.len() >= MAX_CACHED_SESSIONS {
             evict_idle(&mut slots.map, MAX_CACHED_SESSIONS * 3 / 4);
         }
@@ -133,12 +144,23 @@ impl SessionTable {
         store: &Store,
         addr: &DeviceAddr,
     ) -> Result<SlotGuard, storage::StorageError> {
+        self.lock_slot(store, addr.clone(), self.slot(addr)).await
+    }
+
+    /// Locks `slot` (the slot of `addr`) and makes sure it is loaded.
+    async fn lock_slot(
+        &self,
+        store: &Store,
+        addr: DeviceAddr,
+        slot: SharedSlot,
+    ) -> Result<SlotGuard, storage::StorageError> {
         let mut guard = SlotGuard {
-            guard: self.slot(addr).lock_owned().await,
-            addr: addr.clone(),
+            guard: slot.lock_owned().await,
+            addr,
             table: Arc::clone(&self.slots),
         };
         if !guard.loaded {
+            let addr = guard.addr.clone();
             let a = addr.clone();
             let loaded = store
                 .read(move |conn| {
@@ -207,9 +229,10 @@ impl SessionTable {
             ))
         });
         sorted.dedup();
+        let slots = self.slots_of(&sorted);
         let mut out = Vec::with_capacity(sorted.len());
-        for a in sorted {
-            let g = self.lock(store, &a).await?;
+        for (a, slot) in sorted.into_iter().zip(slots) {
+            let g = self.lock_slot(store, a.clone(), slot).await?;
             out.push((a, g));
         }
         Ok(out)
@@ -241,13 +264,25 @@ pub fn session_row(
     meta: &SessionMeta,
     now: i64,
 ) -> sessions::SessionRow {
+    session_row_with_state(addr, session, session.to_bytes(false), meta, now)
+}
+
+/// [`session_row`] with `state` as the snapshot: `session` after a prepared encryption
+/// ([`Session::to_bytes_after`]), which changes no other column.
+pub fn session_row_with_state(
+    addr: &DeviceAddr,
+    session: &Session,
+    state: zeroize::Zeroizing<Vec<u8>>,
+    meta: &SessionMeta,
+    now: i64,
+) -> sessions::SessionRow {
     let identity = *session.remote_curve25519();
     sessions::SessionRow {
         account_id: addr.account_id,
         jid: addr.jid.clone(),
         namespace: addr.namespace,
         device_id: addr.device_id,
-        state: SecretBlob::new(session.to_bytes(false).to_vec()),
+        state: SecretBlob::from_zeroizing(state),
         state_format: SESSION_SNAPSHOT_FORMAT,
         identity_key: identity,
         initiated_by: match session.role() {

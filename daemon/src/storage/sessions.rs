@@ -1,5 +1,7 @@
 //! `sessions`: Double Ratchet sessions, one per remote device and namespace.
 
+use std::sync::OnceLock;
+
 use rusqlite::{params, Connection, Row};
 
 use super::error::Result;
@@ -103,35 +105,81 @@ fn from_row(r: &Row<'_>) -> Result<SessionRow> {
     })
 }
 
+const UPSERT_TAIL: &str = " ON CONFLICT (account_id, jid, namespace, device_id) DO UPDATE SET \
+    state = excluded.state, state_format = excluded.state_format, \
+    created_at = CASE WHEN identity_key = excluded.identity_key AND initiated_by = excluded.initiated_by \
+                      THEN created_at ELSE excluded.created_at END, \
+    identity_key = excluded.identity_key, initiated_by = excluded.initiated_by, \
+    confirmed = excluded.confirmed, updated_at = excluded.updated_at, \
+    messages_sent = excluded.messages_sent, messages_received = excluded.messages_received";
+
+/// Parameters per row.
+const ROW_PARAMS: usize = 13;
+
+/// Most rows of one multi-row statement. Chunks are powers of two up to it, so at most 7
+/// statement texts reach the connection's statement cache.
+const MAX_ROWS_PER_STATEMENT: usize = 64;
+
+/// `INSERT … VALUES (…), … ON CONFLICT …` for `n` rows (`n` a power of two up to
+/// [`MAX_ROWS_PER_STATEMENT`]), built once per size.
+fn upsert_sql(n: usize) -> &'static str {
+    const SIZES: usize = MAX_ROWS_PER_STATEMENT.ilog2() as usize + 1;
+    static SQL: [OnceLock<String>; SIZES] = [const { OnceLock::new() }; SIZES];
+    let k = (n.ilog2() as usize).min(SIZES - 1);
+    SQL[k].get_or_init(|| {
+        let row = format!("({})", vec!["?"; ROW_PARAMS].join(", "));
+        let values = vec![row.as_str(); 1 << k].join(", ");
+        format!("INSERT INTO sessions ({COLUMNS}) VALUES {values}{UPSERT_TAIL}")
+    })
+}
+
+/// Binds the row's 13 values from parameter `first` on.
+fn bind_row(st: &mut rusqlite::Statement<'_>, first: usize, row: &SessionRow) -> Result<()> {
+    st.raw_bind_parameter(first, row.account_id)?;
+    st.raw_bind_parameter(first + 1, row.jid.as_str())?;
+    st.raw_bind_parameter(first + 2, row.namespace.namespace())?;
+    st.raw_bind_parameter(first + 3, id_param(row.device_id))?;
+    st.raw_bind_parameter(first + 4, row.state.expose())?;
+    st.raw_bind_parameter(first + 5, id_param(row.state_format))?;
+    st.raw_bind_parameter(first + 6, &row.identity_key[..])?;
+    st.raw_bind_parameter(first + 7, row.initiated_by.as_str())?;
+    st.raw_bind_parameter(first + 8, row.confirmed)?;
+    st.raw_bind_parameter(first + 9, row.created_at)?;
+    st.raw_bind_parameter(first + 10, row.updated_at)?;
+    st.raw_bind_parameter(
+        first + 11,
+        counter_param("messages_sent", row.messages_sent)?,
+    )?;
+    st.raw_bind_parameter(
+        first + 12,
+        counter_param("messages_received", row.messages_received)?,
+    )?;
+    Ok(())
+}
+
 /// Stores a session, replacing the one of the same device (its `created_at` is kept only if
 /// the identity key is unchanged). Skipped message keys of the device are kept; delete them
 /// with [`super::skipped_keys::delete_for_session`] if they no longer apply.
 pub fn upsert(conn: &Connection, row: &SessionRow) -> Result<()> {
-    conn.prepare_cached(&format!(
-        "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
-         ON CONFLICT (account_id, jid, namespace, device_id) DO UPDATE SET \
-           state = excluded.state, state_format = excluded.state_format, \
-           created_at = CASE WHEN identity_key = excluded.identity_key AND initiated_by = excluded.initiated_by \
-                             THEN created_at ELSE excluded.created_at END, \
-           identity_key = excluded.identity_key, initiated_by = excluded.initiated_by, \
-           confirmed = excluded.confirmed, updated_at = excluded.updated_at, \
-           messages_sent = excluded.messages_sent, messages_received = excluded.messages_received"
-    ))?
-    .execute(params![
-        row.account_id,
-        row.jid,
-        row.namespace.namespace(),
-        id_param(row.device_id),
-        row.state.expose(),
-        id_param(row.state_format),
-        &row.identity_key[..],
-        row.initiated_by.as_str(),
-        row.confirmed,
-        row.created_at,
-        row.updated_at,
-        counter_param("messages_sent", row.messages_sent)?,
-        counter_param("messages_received", row.messages_received)?
-    ])?;
+    upsert_many(conn, std::slice::from_ref(row))
+}
+
+/// [`upsert`] for several rows, in a few multi-row statements instead of one per row (a
+/// fan-out stores a hundred sessions at once). Rows are written in order, so the result is
+/// that of calling [`upsert`] on each.
+pub fn upsert_many(conn: &Connection, rows: &[SessionRow]) -> Result<()> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        // The largest power of two that fits, capped.
+        let n = MAX_ROWS_PER_STATEMENT.min(1 << rest.len().ilog2());
+        let (chunk, tail) = rest.split_at(n);
+        let mut st = conn.prepare_cached(upsert_sql(n))?;
+        for (i, row) in chunk.iter().enumerate() {
+            bind_row(&mut st, i * ROW_PARAMS + 1, row)?;
+        }
+        st.raw_execute()?;
+        rest = tail;
+    }
     Ok(())
 }
 

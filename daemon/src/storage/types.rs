@@ -60,6 +60,11 @@ impl SecretBlob {
         Self(Zeroizing::new(bytes))
     }
 
+    /// Takes over a buffer that already zeroes itself (no copy).
+    pub fn from_zeroizing(bytes: Zeroizing<Vec<u8>>) -> Self {
+        Self(bytes)
+    }
+
     /// The secret bytes.
     pub fn expose(&self) -> &[u8] {
         &self.0

@@ -231,19 +231,36 @@ impl DoubleRatchet {
 
     /// Advances the sending chain: the header and message key of the next message.
     pub fn encrypt(&mut self) -> Result<(Header, MessageKey), RatchetError> {
+        let (header, mk, next) = self.prepare_encrypt()?;
+        self.chains.sending = Some(next);
+        Ok((header, mk))
+    }
+
+    /// The header and message key of the next message and the sending chain after it,
+    /// without changing `self`.
+    pub(crate) fn prepare_encrypt(&self) -> Result<(Header, MessageKey, ChainKey), RatchetError> {
         let chain = self
             .chains
             .sending
-            .as_mut()
+            .as_ref()
             .ok_or(RatchetError::NoSendingChain)?;
-        let mk = chain.message_key();
         let header = Header {
             ratchet_key: self.chains.own_ratchet.public,
             n: chain.index(),
             pn: self.chains.previous_sending_length,
         };
-        *chain = chain.next();
-        Ok((header, mk))
+        Ok((header, chain.message_key(), chain.next()))
+    }
+
+    /// Sets the sending chain to `next` if it is the step after the current one.
+    pub(crate) fn commit_encrypt(&mut self, next: ChainKey) -> bool {
+        match &self.chains.sending {
+            Some(c) if c.index().checked_add(1) == Some(next.index()) => {
+                self.chains.sending = Some(next);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Derives the key for a received message without changing `self`.

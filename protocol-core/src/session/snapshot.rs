@@ -4,7 +4,7 @@
 //! Skipped message keys are normally stored beside the snapshot (one row each, so a late
 //! message touches one row, not the whole store) and handed back to [`Session::from_snapshot`].
 
-use super::{KeyExchangeInfo, Role, Session};
+use super::{KeyExchangeInfo, PendingEncrypt, Role, Session};
 use crate::consts::MAX_PREVIOUS_RECEIVING_CHAINS;
 use crate::double_ratchet::chain_key::ChainKey;
 use crate::double_ratchet::root_key::RootKey;
@@ -182,9 +182,104 @@ impl Session {
         }
     }
 
-    /// The snapshot as bytes.
+    /// The snapshot as bytes: the encoding of [`Self::snapshot`], written straight from the
+    /// session (a fan-out stores a hundred snapshots per message; building the message first
+    /// cost an allocation per field). The buffer is sized up front, so no reallocation leaves
+    /// a copy of the secrets behind.
     pub fn to_bytes(&self, include_skipped: bool) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(self.snapshot(include_skipped).encode_to_vec())
+        self.encode(include_skipped, self.ratchet.chains.sending.as_ref())
+    }
+
+    /// [`Self::to_bytes`] of the session as it will be once `pending` is committed.
+    pub fn to_bytes_after(
+        &self,
+        pending: &PendingEncrypt,
+        include_skipped: bool,
+    ) -> Zeroizing<Vec<u8>> {
+        self.encode(include_skipped, Some(pending.next_sending()))
+    }
+
+    fn encode(&self, include_skipped: bool, sending: Option<&ChainKey>) -> Zeroizing<Vec<u8>> {
+        let c = &self.ratchet.chains;
+        let skipped = if include_skipped {
+            self.ratchet.skipped_keys().len()
+        } else {
+            0
+        };
+        let mut w = Zeroizing::new(Vec::with_capacity(encoded_len_bound(
+            c.previous_remote.len(),
+            c.previous_receiving.len(),
+            skipped,
+        )));
+        let out = &mut *w;
+        uint32(out, 1, SESSION_SNAPSHOT_FORMAT);
+        uint32(
+            out,
+            2,
+            match self.version {
+                Version::Oldmemo => 0,
+                Version::Twomemo => 1,
+            },
+        );
+        uint32(
+            out,
+            3,
+            match self.role {
+                Role::Initiator => 0,
+                Role::Responder => 1,
+            },
+        );
+        bytes_field(out, 4, &self.own_identity);
+        bytes_field(out, 5, &self.remote_identity.transported());
+        uint32(out, 6, self.key_exchange.pre_key_id);
+        uint32(out, 7, self.key_exchange.signed_pre_key_id);
+        bytes_field(out, 8, &self.key_exchange.ephemeral.0);
+        if self.confirmed {
+            key(out, 9, VARINT);
+            out.push(1);
+        }
+        bytes_field(out, 10, c.root_key.as_bytes());
+        bytes_field(out, 11, c.own_ratchet.private.as_bytes());
+        // Optional fields go out when present, even if empty; ours never are.
+        if let Some(k) = &c.remote_ratchet {
+            bytes_field(out, 12, &k.0);
+        }
+        if let Some(k) = sending {
+            bytes_field(out, 13, k.as_bytes());
+        }
+        uint32(out, 14, sending.map_or(0, ChainKey::index));
+        if let Some(k) = &c.receiving {
+            bytes_field(out, 15, k.as_bytes());
+        }
+        uint32(out, 16, c.receiving.as_ref().map_or(0, ChainKey::index));
+        uint32(out, 17, c.previous_sending_length);
+        for k in &c.previous_remote {
+            bytes_field(out, 18, &k.0);
+        }
+        if include_skipped {
+            for k in self.ratchet.skipped_keys().iter() {
+                let body = field_len(32) + uint32_len(k.n) + field_len(32);
+                key(out, 19, LENGTH_DELIMITED);
+                varint(out, body as u64);
+                bytes_field(out, 1, &k.ratchet_key);
+                uint32(out, 2, k.n);
+                bytes_field(out, 3, &k.message_key);
+            }
+        }
+        uint32(out, 20, c.receiving_dropped_below);
+        for p in &c.previous_receiving {
+            let body = field_len(32)
+                + field_len(32)
+                + uint32_len(p.chain.index())
+                + uint32_len(p.dropped_below);
+            key(out, 21, LENGTH_DELIMITED);
+            varint(out, body as u64);
+            bytes_field(out, 1, &p.ratchet_key.0);
+            bytes_field(out, 2, p.chain.as_bytes());
+            uint32(out, 3, p.chain.index());
+            uint32(out, 4, p.dropped_below);
+        }
+        w
     }
 
     /// Loads a session from snapshot bytes plus any skipped keys stored beside it.
@@ -295,6 +390,75 @@ impl Session {
             confirmed: s.confirmed,
         })
     }
+}
+
+// Protobuf encoding as prost writes it for `SessionSnapshot` (fields in tag order; a scalar
+// or a plain `bytes` field equal to its default is left out), so `to_bytes` can skip the
+// intermediate message.
+const VARINT: u8 = 0;
+const LENGTH_DELIMITED: u8 = 2;
+
+fn key(out: &mut Vec<u8>, tag: u8, wire_type: u8) {
+    // Fields from 16 on take a two-byte key.
+    varint(out, u64::from(tag) << 3 | u64::from(wire_type));
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint_len(v: u64) -> usize {
+    // One byte per started 7 bits, at least one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn uint32(out: &mut Vec<u8>, tag: u8, v: u32) {
+    if v != 0 {
+        key(out, tag, VARINT);
+        varint(out, u64::from(v));
+    }
+}
+
+/// Length of a `uint32` field as [`uint32`] writes it.
+fn uint32_len(v: u32) -> usize {
+    if v == 0 {
+        0
+    } else {
+        1 + varint_len(u64::from(v))
+    }
+}
+
+fn bytes_field(out: &mut Vec<u8>, tag: u8, v: &[u8]) {
+    key(out, tag, LENGTH_DELIMITED);
+    varint(out, v.len() as u64);
+    out.extend_from_slice(v);
+}
+
+/// Length of a non-empty `bytes` field of `n` bytes (n < 128) with a field number below 16,
+/// as in the nested messages.
+const fn field_len(n: usize) -> usize {
+    2 + n
+}
+
+/// An upper bound of the encoded length: every key two bytes, every scalar at its longest (a
+/// 5-byte varint), every key 32 bytes.
+fn encoded_len_bound(previous_remote: usize, previous_receiving: usize, skipped: usize) -> usize {
+    const SCALAR: usize = 2 + 5;
+    const KEY: usize = 2 + 1 + 32;
+    // format, version, role, prekey ids, confirmed, indexes, pn, dropped_below
+    let scalars = 10 * SCALAR;
+    // identities, ephemeral, root key, own ratchet, remote ratchet, chain keys
+    let keys = 8 * KEY;
+    let nested = |body: usize| 2 + 2 + body;
+    scalars
+        + keys
+        + previous_remote * KEY
+        + previous_receiving * nested(2 * KEY + 2 * SCALAR)
+        + skipped * nested(2 * KEY + SCALAR)
 }
 
 impl std::fmt::Debug for SessionSnapshot {
