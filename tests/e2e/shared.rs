@@ -580,7 +580,7 @@ fn expired_key_material_is_gone_from_the_files() {
             .expect("open db")
     };
     // The record waits in the session's row first (format in migrations/0005): the key
-    // material's length is at bytes 105..107 of the first slot, the bytes follow.
+    // material's length is at bytes 106..108 of the column, the bytes follow.
     let pending: Vec<u8> = open()
         .query_row(
             "SELECT redelivery_pending FROM sessions WHERE redelivery_pending IS NOT NULL",
@@ -588,8 +588,8 @@ fn expired_key_material_is_gone_from_the_files() {
             |r| r.get(0),
         )
         .expect("one waiting record");
-    let len = usize::from(u16::from_be_bytes([pending[105], pending[106]]));
-    let key = pending[107..107 + len].to_vec();
+    let len = usize::from(u16::from_be_bytes([pending[106], pending[107]]));
+    let key = pending[108..108 + len].to_vec();
     assert!(key.len() >= 32);
     let wal = {
         let mut p = db.db.as_os_str().to_owned();
