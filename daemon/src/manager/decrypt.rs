@@ -20,7 +20,8 @@ use super::{check_bare_jid, Action, Manager, ManagerError, Result};
 use crate::events::{Cause, Event};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
-    self, accounts, device_state, devices, prekeys, trust as trust_store, DeviceAddr,
+    self, accounts, device_state, devices, prekeys, sessions as session_store,
+    trust as trust_store, DeviceAddr,
 };
 use protocol_core::consts::{HEARTBEAT_COUNTER, MAX_DEVICE_ID};
 use protocol_core::double_ratchet::RatchetError;
@@ -537,8 +538,7 @@ impl Manager {
                 if let Some(id) = promoted {
                     device_state::delete_previous_session(tx, id)?;
                 }
-                // The session row, and with it what a redelivery will need.
-                redelivery.write_with_session(tx, &row)?;
+                session_store::upsert(tx, &row)?;
                 match &whole {
                     Some(s) => replace_skipped(tx, &a, s, now)?,
                     None => apply_skipped_changes(tx, &a, &changes, now)?,
@@ -555,6 +555,8 @@ impl Manager {
                 if defer {
                     device_state::defer_heartbeat(tx, &a, now)?;
                 }
+                // Hook: inside the commit transaction: what a redelivery will need.
+                redelivery.write(tx)?;
                 let mut refill = Vec::new();
                 let mut version = None;
                 if let Some((id, catchup, ephemeral)) = prekey {

@@ -348,28 +348,12 @@ pub struct Record {
 }
 
 impl Record {
-    /// Writes the decryption's session row and this record with it (inside the decryption's
-    /// transaction): one statement appends the record to the row (see
-    /// `storage::redelivery::settle_pending`).
-    pub fn write_with_session(
-        &self,
-        conn: &Connection,
-        session: &crate::storage::sessions::SessionRow,
-    ) -> crate::storage::Result<()> {
-        use crate::storage::sessions as session_store;
+    /// Writes it (inside the decryption's transaction).
+    pub fn write(&self, conn: &Connection) -> crate::storage::Result<()> {
         if cfg!(feature = "bench-baseline-no-redelivery") {
-            return session_store::upsert(conn, session);
+            return Ok(());
         }
-        let len = if store::fits_pending(&self.row) {
-            let rec = store::encode_record(&self.row, self.keep_key);
-            Some(session_store::upsert_appending_pending(
-                conn, session, &rec,
-            )?)
-        } else {
-            session_store::upsert(conn, session)?;
-            None
-        };
-        let set = store::settle_pending(conn, &self.addr, &self.row, self.keep_key, len)?;
+        let set = store::append_pending(conn, &self.addr, &self.row, self.keep_key)?;
         *self.recorded.lock().unwrap_or_else(PoisonError::into_inner) = set;
         if let Some((b, from)) = self.prune {
             store::prune(conn, self.row.created_at, b, from)?;

@@ -151,8 +151,6 @@ const PENDING_MAX_RECORDS: usize = 64;
 /// Filter location of a record that waits in its session's row.
 pub const PENDING: i64 = 0;
 const PENDING_FORMAT: u8 = 1;
-/// [`PENDING_FORMAT`] as the hex of an SQL blob literal.
-pub(crate) const PENDING_START: &str = "01";
 const FLAG_KEX: u8 = 1;
 const FLAG_KEPT: u8 = 2;
 /// Longest key material accepted in a pending record (OMEMO uses 32 or 48 bytes).
@@ -162,7 +160,7 @@ const MAX_PENDING_KEY: usize = 1024;
 type Pending = (RedeliveryRow, bool);
 
 /// One record as appended to the column (after its format byte).
-pub(crate) fn encode_record(r: &RedeliveryRow, keep: bool) -> Zeroizing<Vec<u8>> {
+fn encode_record(r: &RedeliveryRow, keep: bool) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::with_capacity(160));
     encode_into(&mut out, r, keep);
     out
@@ -290,53 +288,33 @@ fn move_to_table(conn: &Connection, records: &[Pending]) -> Result<Vec<(u64, i64
         .collect()
 }
 
-/// Longest key material that waits in a session row; longer goes to the table at once.
-pub(crate) fn fits_pending(row: &RedeliveryRow) -> bool {
-    row.key_material
-        .as_ref()
-        .is_none_or(|k| k.len() <= MAX_PENDING_KEY)
-}
-
-/// After a record was appended to the session row of `addr` (which now holds `len` bytes of
-/// waiting records; `None`: there is no such row): moves every waiting record to the table once
-/// the column reaches [`PENDING_FLUSH_BYTES`]. Returns the filter entries to set after COMMIT
-/// ([`PENDING`] for a waiting record).
-pub fn settle_pending(
-    conn: &Connection,
-    addr: &DeviceAddr,
-    row: &RedeliveryRow,
-    keep_key: bool,
-    len: Option<i64>,
-) -> Result<Vec<(u64, i64)>> {
-    match len {
-        None => Ok(vec![(prefix(&row.digest), record(conn, row, keep_key)?)]),
-        Some(n) if n < PENDING_FLUSH_BYTES => Ok(vec![(prefix(&row.digest), PENDING)]),
-        Some(_) => {
-            let waiting = read_pending(conn, addr)?.unwrap_or_default();
-            let moved = move_to_table(conn, &waiting)?;
-            write_pending(conn, addr, &[])?;
-            Ok(moved)
-        }
-    }
-}
-
-/// Stores a decrypted message of the session at `addr` whose row exists already: appended to
-/// that row (see [`settle_pending`]). A decryption does this in its session upsert instead
-/// (`sessions::upsert_appending_pending`).
+/// Stores a decrypted message of the session at `addr` (whose row the caller has just written):
+/// appended to the session's row (one statement, no read), and once that column reaches
+/// [`PENDING_FLUSH_BYTES`] every waiting record goes to the table. Returns the filter entries to
+/// set after COMMIT ([`PENDING`] for a waiting record).
 pub fn append_pending(
     conn: &Connection,
     addr: &DeviceAddr,
     row: &RedeliveryRow,
     keep_key: bool,
 ) -> Result<Vec<(u64, i64)>> {
-    if !fits_pending(row) {
-        return settle_pending(conn, addr, row, keep_key, None);
+    let direct = |conn: &Connection| -> Result<Vec<(u64, i64)>> {
+        Ok(vec![(prefix(&row.digest), record(conn, row, keep_key)?)])
+    };
+    if row
+        .key_material
+        .as_ref()
+        .is_some_and(|k| k.len() > MAX_PENDING_KEY)
+    {
+        return direct(conn);
     }
     let rec = encode_record(row, keep_key);
     let len: Option<i64> = conn
         .prepare_cached(&format!(
+            // `||` makes text of its operands (byte for byte: it counts bytes, not up to a
+            // NUL); the cast keeps the column a BLOB, whose length() is in bytes.
             "UPDATE sessions SET redelivery_pending = \
-             CAST(coalesce(redelivery_pending, x'{PENDING_START}') || ?5 AS BLOB) \
+             CAST(coalesce(redelivery_pending, x'{PENDING_FORMAT:02x}') || ?5 AS BLOB) \
              WHERE {ADDR_WHERE} RETURNING length(redelivery_pending)"
         ))?
         .query_row(
@@ -350,7 +328,17 @@ pub fn append_pending(
             |r| r.get(0),
         )
         .optional()?;
-    settle_pending(conn, addr, row, keep_key, len)
+    match len {
+        // No session row: straight to the table.
+        None => direct(conn),
+        Some(n) if n < PENDING_FLUSH_BYTES => Ok(vec![(prefix(&row.digest), PENDING)]),
+        Some(_) => {
+            let waiting = read_pending(conn, addr)?.unwrap_or_default();
+            let moved = move_to_table(conn, &waiting)?;
+            write_pending(conn, addr, &[])?;
+            Ok(moved)
+        }
+    }
 }
 
 /// Looks a digest up among the records waiting in the session row of `addr`.
@@ -808,57 +796,6 @@ mod tests {
         // No session row: straight to the table.
         let gone = append_pending(&c, &a, &row(4, 10), true).unwrap();
         assert!(gone[0].1 > 0);
-    }
-
-    #[test]
-    fn a_decryption_writes_its_session_row_and_record_in_one_statement() {
-        use crate::storage::sessions::{self, Initiator, SessionRow};
-        use crate::storage::types::SecretBlob;
-        let c = db();
-        let mut s = SessionRow {
-            account_id: 1,
-            jid: "c@x".into(),
-            namespace: crate::storage::Namespace::Oldmemo,
-            device_id: 9,
-            state: SecretBlob::new(vec![7; 300]),
-            state_format: 1,
-            identity_key: [3; 32],
-            initiated_by: Initiator::Them,
-            confirmed: true,
-            created_at: 1,
-            updated_at: 1,
-            messages_sent: 0,
-            messages_received: 1,
-        };
-        let a = s.addr();
-        // A new row, then an update of it: the records accumulate, the session is the last one.
-        let n1 =
-            sessions::upsert_appending_pending(&c, &s, &encode_record(&row(0, 5), true)).unwrap();
-        s.state = SecretBlob::new(vec![8; 310]);
-        s.messages_received = 2;
-        let n2 =
-            sessions::upsert_appending_pending(&c, &s, &encode_record(&row(1, 6), false)).unwrap();
-        assert!(n2 > n1 && n1 > 100, "{n1} {n2}");
-        assert_eq!(sessions::get(&c, &a).unwrap(), Some(s));
-        assert!(
-            matches!(lookup_pending(&c, &a, &[0; 32]).unwrap(), Seen::Redeliverable(r) if *r == row(0, 5))
-        );
-        assert!(matches!(
-            lookup_pending(&c, &a, &[1; 32]).unwrap(),
-            Seen::DigestOnly
-        ));
-        // Below the threshold nothing moves; at it, everything does.
-        assert_eq!(
-            settle_pending(&c, &a, &row(1, 6), false, Some(n2)).unwrap(),
-            [(prefix(&[1; 32]), PENDING)]
-        );
-        assert_eq!(
-            settle_pending(&c, &a, &row(1, 6), false, Some(PENDING_FLUSH_BYTES))
-                .unwrap()
-                .len(),
-            2
-        );
-        assert_eq!(counts(&c).unwrap(), (1, 2, 0));
     }
 
     #[test]

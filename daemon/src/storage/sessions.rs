@@ -164,38 +164,6 @@ pub fn upsert(conn: &Connection, row: &SessionRow) -> Result<()> {
     upsert_many(conn, std::slice::from_ref(row))
 }
 
-/// [`upsert`] that also appends `record` (one encoded redelivery record, see
-/// [`super::redelivery::append_pending`]) to the row's `redelivery_pending`, in the same
-/// statement: a decryption writes its session row once. Returns the column's new length.
-pub fn upsert_appending_pending(conn: &Connection, row: &SessionRow, record: &[u8]) -> Result<i64> {
-    static SQL: OnceLock<String> = OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        let params = (1..=ROW_PARAMS)
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let start = super::redelivery::PENDING_START;
-        // `||` makes text of its operands (byte for byte); the cast keeps the column a BLOB,
-        // whose length() counts bytes.
-        format!(
-            "INSERT INTO sessions ({COLUMNS}, redelivery_pending) VALUES ({params}, \
-             CAST(x'{start}' || ?{p} AS BLOB)){UPSERT_TAIL}, redelivery_pending = \
-             CAST(coalesce(redelivery_pending, x'{start}') || ?{p} AS BLOB) \
-             RETURNING length(redelivery_pending)",
-            p = ROW_PARAMS + 1
-        )
-    });
-    let mut st = conn.prepare_cached(sql)?;
-    bind_row(&mut st, 1, row)?;
-    st.raw_bind_parameter(ROW_PARAMS + 1, record)?;
-    let mut rows = st.raw_query();
-    let len = match rows.next()? {
-        Some(r) => r.get(0)?,
-        None => 0,
-    };
-    Ok(len)
-}
-
 /// [`upsert`] for several rows, in a few multi-row statements instead of one per row (a
 /// fan-out stores a hundred sessions at once). Rows are written in order, so the result is
 /// that of calling [`upsert`] on each.
