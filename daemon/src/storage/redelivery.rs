@@ -141,13 +141,10 @@ pub fn prefix(digest: &[u8; 32]) -> u64 {
     u64::from_le_bytes(p)
 }
 
-/// Records wait in their session's row (`sessions.redelivery_pending`) before moving to the
-/// `redelivery` table together: the session row is written by every decryption anyway, so a
-/// record there costs no second page. They move once the column reaches this many bytes: at
-/// the 8th message with key material (a record is 108 bytes plus its key material).
-pub const PENDING_FLUSH_BYTES: i64 = 1100;
-/// Most records a pending column may hold (a sanity bound on reading it back).
-const PENDING_MAX_RECORDS: usize = 64;
+/// Records that wait in their session's row (`sessions.redelivery_pending`) before moving to
+/// the `redelivery` table together: the session row is written by every decryption anyway, so
+/// a record there costs no second page.
+pub const PENDING_MAX: usize = 8;
 /// Filter location of a record that waits in its session's row.
 pub const PENDING: i64 = 0;
 const PENDING_FORMAT: u8 = 1;
@@ -159,36 +156,22 @@ const MAX_PENDING_KEY: usize = 1024;
 /// A record waiting in a session row: the row and whether its key material is kept.
 type Pending = (RedeliveryRow, bool);
 
-/// One record as appended to the column (after its format byte).
-fn encode_record(r: &RedeliveryRow, keep: bool) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(160));
-    encode_into(&mut out, r, keep);
-    out
-}
-
 fn encode_pending(records: &[Pending]) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::with_capacity(1 + records.len() * 160));
     out.push(PENDING_FORMAT);
     for (r, keep) in records {
-        encode_into(&mut out, r, *keep);
+        out.extend_from_slice(&r.digest);
+        out.extend_from_slice(&r.payload_digest);
+        out.extend_from_slice(&r.identity_key);
+        let km = r.key_material.as_ref().filter(|_| *keep);
+        out.push(u8::from(r.key_exchange) * FLAG_KEX + u8::from(*keep) * FLAG_KEPT);
+        out.extend_from_slice(&r.created_at.to_be_bytes());
+        let km: &[u8] = km.map_or(&[], |k| &k[..]);
+        // Bounded by MAX_PENDING_KEY on the way in (`append_pending`).
+        out.extend_from_slice(&(km.len() as u16).to_be_bytes());
+        out.extend_from_slice(km);
     }
     out
-}
-
-fn encode_into(out: &mut Vec<u8>, r: &RedeliveryRow, keep: bool) {
-    out.extend_from_slice(&r.digest);
-    out.extend_from_slice(&r.payload_digest);
-    out.extend_from_slice(&r.identity_key);
-    out.push(u8::from(r.key_exchange) * FLAG_KEX + u8::from(keep) * FLAG_KEPT);
-    out.extend_from_slice(&r.created_at.to_be_bytes());
-    let km: &[u8] = r
-        .key_material
-        .as_ref()
-        .filter(|_| keep)
-        .map_or(&[], |k| &k[..]);
-    // At most MAX_PENDING_KEY bytes (`append_pending` sends longer ones to the table).
-    out.extend_from_slice(&(km.len() as u16).to_be_bytes());
-    out.extend_from_slice(km);
 }
 
 fn decode_pending(account_id: i64, b: &[u8]) -> Result<Vec<Pending>> {
@@ -203,7 +186,7 @@ fn decode_pending(account_id: i64, b: &[u8]) -> Result<Vec<Pending>> {
     }
     let mut out = Vec::new();
     while !rest.is_empty() {
-        if rest.len() < 32 * 3 + 1 + 8 + 2 || out.len() >= PENDING_MAX_RECORDS {
+        if rest.len() < 32 * 3 + 1 + 8 + 2 || out.len() >= PENDING_MAX * 2 {
             return Err(bad("truncated or too long"));
         }
         let take32 = |r: &[u8]| -> [u8; 32] {
@@ -289,56 +272,30 @@ fn move_to_table(conn: &Connection, records: &[Pending]) -> Result<Vec<(u64, i64
 }
 
 /// Stores a decrypted message of the session at `addr` (whose row the caller has just written):
-/// appended to the session's row (one statement, no read), and once that column reaches
-/// [`PENDING_FLUSH_BYTES`] every waiting record goes to the table. Returns the filter entries to
-/// set after COMMIT ([`PENDING`] for a waiting record).
+/// in the session's row while fewer than [`PENDING_MAX`] wait there, else all of them go to the
+/// table. Returns the filter entries to set after COMMIT ([`PENDING`] for a waiting record).
 pub fn append_pending(
     conn: &Connection,
     addr: &DeviceAddr,
     row: &RedeliveryRow,
     keep_key: bool,
 ) -> Result<Vec<(u64, i64)>> {
-    let direct = |conn: &Connection| -> Result<Vec<(u64, i64)>> {
-        Ok(vec![(prefix(&row.digest), record(conn, row, keep_key)?)])
-    };
-    if row
+    let too_long = row
         .key_material
         .as_ref()
-        .is_some_and(|k| k.len() > MAX_PENDING_KEY)
-    {
-        return direct(conn);
+        .is_some_and(|k| k.len() > MAX_PENDING_KEY);
+    let Some(mut waiting) = read_pending(conn, addr)?.filter(|_| !too_long) else {
+        // No session row (or an odd record): straight to the table.
+        return Ok(vec![(prefix(&row.digest), record(conn, row, keep_key)?)]);
+    };
+    waiting.push((row.clone(), keep_key));
+    if waiting.len() < PENDING_MAX {
+        write_pending(conn, addr, &waiting)?;
+        return Ok(vec![(prefix(&row.digest), PENDING)]);
     }
-    let rec = encode_record(row, keep_key);
-    let len: Option<i64> = conn
-        .prepare_cached(&format!(
-            // `||` makes text of its operands (byte for byte: it counts bytes, not up to a
-            // NUL); the cast keeps the column a BLOB, whose length() is in bytes.
-            "UPDATE sessions SET redelivery_pending = \
-             CAST(coalesce(redelivery_pending, x'{PENDING_FORMAT:02x}') || ?5 AS BLOB) \
-             WHERE {ADDR_WHERE} RETURNING length(redelivery_pending)"
-        ))?
-        .query_row(
-            params![
-                addr.account_id,
-                addr.jid,
-                addr.namespace.namespace(),
-                id_param(addr.device_id),
-                &rec[..]
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match len {
-        // No session row: straight to the table.
-        None => direct(conn),
-        Some(n) if n < PENDING_FLUSH_BYTES => Ok(vec![(prefix(&row.digest), PENDING)]),
-        Some(_) => {
-            let waiting = read_pending(conn, addr)?.unwrap_or_default();
-            let moved = move_to_table(conn, &waiting)?;
-            write_pending(conn, addr, &[])?;
-            Ok(moved)
-        }
-    }
+    let moved = move_to_table(conn, &waiting)?;
+    write_pending(conn, addr, &[])?;
+    Ok(moved)
 }
 
 /// Looks a digest up among the records waiting in the session row of `addr`.
@@ -727,7 +684,6 @@ mod tests {
         let c = db();
         let a = session(&c, 5);
         let table = |c: &Connection| counts(c).unwrap().1;
-        const PENDING_MAX: usize = 8; // 48-byte key material: the 8th reaches the threshold
         for i in 0..PENDING_MAX as u8 - 1 {
             let set = append_pending(&c, &a, &row(i, 10), i != 3).unwrap();
             assert_eq!(set, [(prefix(&[i; 32]), PENDING)]);
