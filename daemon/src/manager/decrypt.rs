@@ -485,7 +485,6 @@ impl Manager {
         let now = storage::now();
         let redelivery = self.redelivery_record(
             acct,
-            addr,
             probe,
             &attempt.decrypted,
             attempt.session.remote_curve25519(),

@@ -27,7 +27,6 @@ use crate::storage::redelivery::{
     self as store, Bounds, EncryptResultRow, Pruned, RedeliveryRow, Seen,
 };
 use crate::storage::trust::TrustLevel;
-use crate::storage::DeviceAddr;
 
 /// Default retention of key material: 7 days, Prosody's default archive (MAM) expiry, so a
 /// client reading the server archive finds every archived message still readable.
@@ -236,8 +235,8 @@ pub struct Probe {
     digest: [u8; 32],
     payload_digest: [u8; 32],
     empty: bool,
-    /// Filter entries to set once recorded (prefix, row id or `store::PENDING`).
-    recorded: Arc<Mutex<Vec<(u64, i64)>>>,
+    /// The row id, once recorded.
+    id: Arc<AtomicI64>,
 }
 
 /// Longest accepted `idempotency_key`, in bytes.
@@ -305,7 +304,7 @@ impl Probe {
                 digest: [0; 32],
                 payload_digest: [0; 32],
                 empty: true,
-                recorded: Arc::default(),
+                id: Arc::new(AtomicI64::new(0)),
             };
         }
         let mut h = Sha256::new();
@@ -331,7 +330,7 @@ impl Probe {
             digest,
             payload_digest: p.finalize().into(),
             empty: element.payload.as_ref().is_none_or(|p| p.is_empty()),
-            recorded: Arc::default(),
+            id: Arc::new(AtomicI64::new(0)),
         }
     }
 }
@@ -340,9 +339,7 @@ impl Probe {
 #[derive(Debug)]
 pub struct Record {
     row: RedeliveryRow,
-    /// The session the message came through: its row keeps the record for a while.
-    addr: DeviceAddr,
-    recorded: Arc<Mutex<Vec<(u64, i64)>>>,
+    id: Arc<AtomicI64>,
     keep_key: bool,
     prune: Option<(Bounds, i64)>,
 }
@@ -353,8 +350,8 @@ impl Record {
         if cfg!(feature = "bench-baseline-no-redelivery") {
             return Ok(());
         }
-        let set = store::append_pending(conn, &self.addr, &self.row, self.keep_key)?;
-        *self.recorded.lock().unwrap_or_else(PoisonError::into_inner) = set;
+        let id = store::record(conn, &self.row, self.keep_key)?;
+        self.id.store(id, Ordering::Relaxed);
         if let Some((b, from)) = self.prune {
             store::prune(conn, self.row.created_at, b, from)?;
         }
@@ -391,22 +388,9 @@ impl Manager {
             return Ok(None);
         };
         let (id, digest) = (acct.id, probe.digest);
-        let addr = Self::addr(acct, from, element.version, element.sid);
         let seen = self
             .store
-            .read(move |c| {
-                let seen = if row_id == store::PENDING {
-                    store::lookup_pending(c, &addr, &digest)?
-                } else {
-                    store::lookup(c, row_id, id, &digest)?
-                };
-                match seen {
-                    // Moved to the table since the filter was told (maintenance, a deleted
-                    // session): rare, so a scan is fine.
-                    store::Seen::No => store::lookup_anywhere(c, id, &digest),
-                    seen => Ok(seen),
-                }
-            })
+            .read(move |c| store::lookup(c, row_id, id, &digest))
             .await?;
         let row = match seen {
             Seen::No => return Ok(None),
@@ -455,11 +439,9 @@ impl Manager {
     }
 
     /// What the decryption's commit must write so this element can be redelivered.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn redelivery_record(
         &self,
         acct: &Account,
-        addr: &DeviceAddr,
         probe: &Probe,
         decrypted: &Decrypted,
         identity_key: &[u8; 32],
@@ -478,8 +460,7 @@ impl Manager {
                 key_exchange,
                 created_at: now,
             },
-            addr: addr.clone(),
-            recorded: Arc::clone(&probe.recorded),
+            id: Arc::clone(&probe.id),
             keep_key: config.enabled(),
             prune: (n % PRUNE_EVERY == PRUNE_EVERY - 1).then(|| {
                 let from = self.redelivery.key_frontier.load(Ordering::Relaxed);
@@ -544,15 +525,8 @@ impl Manager {
             let me = rustix::process::getpid();
             let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
         }
-        let set = std::mem::take(
-            &mut *probe
-                .recorded
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        for (prefix, id) in set {
-            self.redelivery.insert(prefix, id);
-        }
+        let id = probe.id.load(Ordering::Relaxed);
+        self.redelivery.insert(store::prefix(&probe.digest), id);
     }
 
     /// Deletes what the bounds no longer allow, then empties the WAL so that deleted key
@@ -562,12 +536,7 @@ impl Manager {
         let from = self.redelivery.key_frontier.load(Ordering::Relaxed);
         let pruned = self
             .store
-            .write(move |tx| {
-                // Records waiting in session rows join the table, so the window and the caps
-                // reach them too (a record waits there at most until the next maintenance).
-                store::flush_pending(tx, None)?;
-                store::prune(tx, now, bounds, from)
-            })
+            .write(move |tx| store::prune(tx, now, bounds, from))
             .await?;
         self.redelivery
             .key_frontier

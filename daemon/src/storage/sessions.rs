@@ -190,8 +190,6 @@ pub fn get(conn: &Connection, addr: &DeviceAddr) -> Result<Option<SessionRow>> {
 
 /// Deletes a session and its skipped message keys. Returns whether it existed.
 pub fn delete(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
-    // Its waiting redelivery records outlive it (issue 8: a message stays readable).
-    super::redelivery::flush_pending(conn, Some(addr))?;
     let n = conn
         .prepare_cached(
             "DELETE FROM sessions WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4",
