@@ -700,6 +700,13 @@ impl Client {
         r["messages"][0]["xml"].as_str().expect("xml").to_owned()
     }
 
+    /// Our account's device id.
+    fn own_device(&mut self) -> u32 {
+        self.ok("account.list", json!({}))[0]["device_id"]
+            .as_u64()
+            .expect("device id") as u32
+    }
+
     fn decrypt_line(&mut self, from: &str, xml: &str) -> String {
         self.line("decrypt", json!({"from": from, "xml": xml}))
     }
@@ -715,9 +722,7 @@ fn established_peer(c: &mut Client, jid: &str, dev: u32, ns: Version) -> Device 
     let mut p = Device::new(jid, dev, ns, 1, 0);
     let mine = &c.own_bundle(ns); // current: earlier key exchanges used some prekeys
     c.learn(&[&p]);
-    let me_dev = c.ok("account.list", json!({}))[0]["device_id"]
-        .as_u64()
-        .expect("device id") as u32;
+    let me_dev = c.own_device();
     let pk = pick_prekey(mine, &mut p.rng);
     p.initiate(ME, me_dev, mine, pk);
     let first = p.encrypt_to(&[(ME.to_owned(), me_dev)], BODY, ME);
@@ -914,9 +919,7 @@ fn bench_rpc(cfg: &Cfg, r: &mut Report, durability: &str) {
     let d = Daemon::start(cfg, durability);
     let mut c = d.client();
     c.ok("account.create", json!({"jid": ME}));
-    let me_dev = c.ok("account.list", json!({}))[0]["device_id"]
-        .as_u64()
-        .unwrap() as u32;
+    let me_dev = c.own_device();
     let me = (ME.to_owned(), me_dev);
 
     let status = c.line("status", json!({}));
@@ -1144,10 +1147,7 @@ fn bench_redelivery_ab(cfg: &Cfg, r: &mut Report, durability: &str) {
     let mut me = Vec::new();
     for c in clients.iter_mut() {
         c.ok("account.create", json!({"jid": ME}));
-        let dev = c.ok("account.list", json!({}))[0]["device_id"]
-            .as_u64()
-            .expect("device id") as u32;
-        me.push((ME.to_owned(), dev));
+        me.push((ME.to_owned(), c.own_device()));
     }
     for &ns in &cfg.namespaces {
         let t = ns_tag(ns);

@@ -19,6 +19,7 @@ use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// What happened for one device.
@@ -111,9 +112,8 @@ struct Target {
 struct Fresh {
     /// The stored bundle without the one-time prekey we used.
     bundle_xml: String,
-    prekey_count: u32,
     /// The same, to cache after COMMIT.
-    rest: VerifiedBundle,
+    rest: Arc<VerifiedBundle>,
     /// The session it replaces, kept as a previous state.
     archive: Option<Zeroizing<Vec<u8>>>,
 }
@@ -499,9 +499,7 @@ impl Manager {
                     let rest = bundle.without_prekey(pk);
                     let fresh = Fresh {
                         bundle_xml: protocol_core::xml::bundle_to_xml(rest.bundle()),
-                        prekey_count: u32::try_from(rest.bundle().prekeys.len())
-                            .unwrap_or(u32::MAX),
-                        rest,
+                        rest: Arc::new(rest),
                         archive: guard.session.as_ref().map(|s| s.to_bytes(true)),
                     };
                     match Session::initiate_verified(&acct.identity, &bundle, pk, &mut OsRng) {
@@ -641,9 +639,9 @@ impl Manager {
             let rebuilt_in_tx = rebuilt.clone();
             // The stored bundles that lose a prekey, cached after COMMIT; the ticket is held
             // until then.
-            let rests: Vec<(DeviceAddr, VerifiedBundle)> = fresh
+            let rests: Vec<(DeviceAddr, Arc<VerifiedBundle>)> = fresh
                 .iter()
-                .map(|(k, _, f)| (rows[*k].addr(), f.rest.clone()))
+                .map(|(k, _, f)| (rows[*k].addr(), Arc::clone(&f.rest)))
                 .collect();
             let bundle_ticket = (!rests.is_empty()).then(|| self.bundles.write_ticket());
             let cache = bundle_ticket.as_ref().map(|t| t.invalidator());
@@ -667,7 +665,7 @@ impl Manager {
                             tx,
                             &addr,
                             f.bundle_xml.as_bytes(),
-                            f.prekey_count,
+                            u32::try_from(f.rest.bundle().prekeys.len()).unwrap_or(u32::MAX),
                         )?;
                     }
                     session_store::upsert_many(tx, &rows)?;

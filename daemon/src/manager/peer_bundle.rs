@@ -4,7 +4,6 @@ use super::bundle_cache::{self, BundleCheckError, VerifiedBundle};
 use super::{check_bare_jid, Manager, ManagerError, Result};
 use crate::storage::{self, bundles, trust as trust_store};
 use protocol_core::bundle::BundleError;
-use protocol_core::xml;
 use protocol_core::Version;
 use serde::Serialize;
 use std::sync::Arc;
@@ -129,21 +128,15 @@ impl Manager {
         let text = String::from_utf8(row.bundle)
             .map_err(|_| ManagerError::InvalidBundle("stored bundle is not UTF-8".into()))?;
         let namespace = addr.namespace;
-        let parsed = crate::bounds::parse_off_thread(text.len(), move || {
-            let bundle = xml::bundle_from_xml(namespace, &text)
-                .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
-            if bundle.prekeys.is_empty() {
-                return Ok(None);
-            }
-            VerifiedBundle::verify(bundle)
-                .map(Some)
+        let verified = crate::bounds::parse_off_thread(text.len(), move || {
+            bundle_cache::parse(namespace, &text)
                 .map_err(|e| ManagerError::InvalidBundle(e.to_string()))
         })
         .await
         .unwrap_or_else(|| Err(ManagerError::InvalidBundle("the parser failed".into())))?;
-        let Some(verified) = parsed else {
+        if verified.bundle().prekeys.is_empty() {
             return Ok(StoredBundle::Spent);
-        };
+        }
         let verified = Arc::new(verified);
         self.bundles.fill(addr, Arc::clone(&verified), ticket);
         Ok(StoredBundle::Usable(verified))
