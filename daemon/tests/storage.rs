@@ -2,6 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1464,6 +1465,50 @@ fn cancelled_leader_hands_its_batch_to_the_writer() {
 }
 
 // ---- checkpoints and shutdown ----------------------------------------------------------------
+
+/// Under a steady stream of commits a background checkpoint never finds the log idle, so SQLite
+/// never starts the WAL over: it grew for as long as the stream lasted, and every append walked a
+/// longer wal-index hash chain (one entry per earlier frame of the same page). The writer now
+/// finishes such a checkpoint between two commits of its own.
+#[test]
+fn wal_starts_over_under_a_steady_stream_of_commits() {
+    let dir = tmp();
+    let path = db_path(&dir);
+    let config = StoreConfig {
+        durability: Durability::Normal,
+        checkpoint_pages: 100,
+        ..StoreConfig::default()
+    };
+    let store = Store::open_with(&path, config).unwrap();
+    let a = make_account(&store, "alice@example.org", 1);
+    let commits = 6_000u32;
+    for i in 0..commits {
+        // One changed row: one WAL frame per commit, always the same page.
+        store
+            .write_blocking(move |tx| {
+                sessions::upsert(
+                    tx,
+                    &SessionRow {
+                        state: SecretBlob::new(i.to_le_bytes().repeat(64)),
+                        ..session(a, "x@example.net", TWO, 1, 0)
+                    },
+                )
+            })
+            .unwrap();
+    }
+    let frame = 4096 + 24;
+    let wal = std::fs::metadata(format!("{}-wal", path.display()))
+        .unwrap()
+        .len();
+    // The log starts over about every 150 frames (1.5 x checkpoint_pages).
+    assert!(
+        wal < 300 * frame,
+        "WAL of {} frames after {commits} one-frame commits",
+        wal / frame
+    );
+    assert!(store.writer_stats().checkpoints.load(Ordering::Relaxed) > 0);
+    store.close().unwrap();
+}
 
 #[test]
 fn checkpointer_runs_and_close_truncates_wal() {

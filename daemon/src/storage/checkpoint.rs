@@ -1,9 +1,11 @@
 //! Background WAL checkpoints, off the request path.
 //!
-//! The writer runs with `wal_autocheckpoint=0`, so it never stalls a batch copying pages back
-//! into the database file. This thread, with its own connection, runs
-//! `PRAGMA wal_checkpoint(PASSIVE)` when the writer reports that the WAL grew past the
-//! threshold, or every `interval` if anything was committed since the last checkpoint.
+//! The writer runs with `wal_autocheckpoint=0`, so a commit never copies pages back into the
+//! database file. This thread, with its own connection, runs `PRAGMA wal_checkpoint(PASSIVE)`
+//! when the writer reports that the log grew past the threshold, or every `interval` if
+//! anything was committed since the last checkpoint. Under a steady stream of commits such a
+//! checkpoint never catches up (commits land while it copies), so the writer finishes it
+//! itself once the log is half a threshold longer (`writer::Conn::finish_checkpoint`).
 //! `Store::close` finishes with `wal_checkpoint(TRUNCATE)`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -92,7 +92,8 @@ pub struct StoreConfig {
     pub readers: usize,
     /// Checkpoint at least this often when something was committed.
     pub checkpoint_interval: Duration,
-    /// WAL size, in pages, above which the writer asks for an early checkpoint.
+    /// WAL size, in pages, above which the writer asks for an early checkpoint (and at one and
+    /// a half times which it checkpoints itself); the WAL file is cut back to it on restart.
     pub checkpoint_pages: u64,
     /// How long a connection waits for a lock held by another process.
     pub busy_timeout: Duration,
@@ -115,8 +116,6 @@ impl Default for StoreConfig {
 
 /// Most prepared statements cached per connection.
 const STATEMENT_CACHE: usize = 128;
-/// WAL size kept after a checkpoint reset (bytes); larger WAL files are truncated to this.
-const JOURNAL_SIZE_LIMIT: i64 = 8 * 1024 * 1024;
 
 struct Threads {
     writer: Option<JoinHandle<()>>,
@@ -265,8 +264,25 @@ fn open_writer(path: &Path, config: &StoreConfig) -> Result<Connection> {
     // Overwrite deleted content (used prekeys, consumed message keys) instead of leaving it
     // in free pages.
     conn.pragma_update(None, "secure_delete", "ON")?;
-    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    // Cut the WAL file back to the checkpoint threshold whenever the log starts over, so that
+    // the file's growth tells the writer how long the log is (`writer::Conn::after_commit`).
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let limit = wal_bytes(
+        config.checkpoint_pages,
+        u64::try_from(page_size).unwrap_or(4096),
+    );
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        i64::try_from(limit).unwrap_or(i64::MAX),
+    )?;
     Ok(conn)
+}
+
+/// Size of a WAL file holding `pages` frames: its header, then a 24-byte header and a page per
+/// frame.
+fn wal_bytes(pages: u64, page_size: u64) -> u64 {
+    32 + pages.saturating_mul(page_size + 24)
 }
 
 impl Store {
@@ -320,8 +336,7 @@ impl Store {
             dirty: Arc::clone(&dirty),
             wake: wake_tx,
             wal_path: PathBuf::from(wal_path),
-            // WAL header + frames of (24-byte header + page).
-            threshold_bytes: 32 + config.checkpoint_pages.saturating_mul(page_size + 24),
+            threshold_bytes: wal_bytes(config.checkpoint_pages, page_size),
         };
 
         let spawn_err = |source| StorageError::Io {

@@ -117,6 +117,8 @@ pub struct WriterStats {
     pub max_batch: AtomicU64,
     /// Batches led by a waiting caller on its own thread (the rest ran on the writer thread).
     pub inline_batches: AtomicU64,
+    /// Checkpoints the writer ran itself (the log outgrew the threshold by half).
+    pub checkpoints: AtomicU64,
 }
 
 /// What the writer tells the checkpointer.
@@ -135,7 +137,8 @@ pub(crate) struct CheckpointSignal {
 struct Conn {
     conn: Connection,
     signal: CheckpointSignal,
-    last_reported_len: u64,
+    /// WAL file size at the last look.
+    last_len: u64,
     /// Commits so far (for [`STAT_EVERY`]).
     commits: u64,
 }
@@ -184,7 +187,7 @@ impl Shared {
             conn: Mutex::new(Some(Conn {
                 conn,
                 signal,
-                last_reported_len: 0,
+                last_len: 0,
                 commits: 0,
             })),
             stats,
@@ -281,17 +284,24 @@ impl Shared {
         // Counters first, so they are current by the time a caller sees its result.
         self.stats.jobs.fetch_add(n, Ordering::Relaxed);
         self.stats.max_batch.fetch_max(n, Ordering::Relaxed);
+        let mut checkpoint = false;
         if failure.is_none() {
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
             if inline {
                 self.stats.inline_batches.fetch_add(1, Ordering::Relaxed);
             }
-            c.after_commit();
+            checkpoint = c.after_commit();
         }
-        drop(guard);
+        // The next batch waits for a checkpoint, this one's answers do not.
+        let keep = checkpoint.then_some(guard);
         // Only now, after COMMIT returned, does anyone learn the outcome.
         for job in batch {
             job.finish(failure.as_ref());
+        }
+        if let Some(mut guard) = keep {
+            if let Some(c) = guard.as_mut() {
+                c.finish_checkpoint(&self.stats);
+            }
         }
     }
 
@@ -306,24 +316,45 @@ impl Shared {
 }
 
 impl Conn {
-    fn after_commit(&mut self) {
+    /// Returns whether the writer should checkpoint ([`Conn::finish_checkpoint`]).
+    fn after_commit(&mut self) -> bool {
         self.signal.dirty.store(true, Ordering::Release);
-        // The checkpoint itself runs on the checkpointer's thread. The file only grows when
-        // the log outgrows every earlier log, so "grew past the threshold since the last
-        // report" is what triggers an early checkpoint; the periodic timer handles the rest.
-        // A stat() per commit was a visible share of a small commit: look every
-        // STAT_EVERY commits (the log overshoots by at most that many commits' pages).
+        // A stat() per commit was a visible share of a small commit: look every STAT_EVERY
+        // commits (the log overshoots by at most that many commits' pages).
         self.commits = self.commits.wrapping_add(1);
         if !self.commits.is_multiple_of(STAT_EVERY) {
-            return;
+            return false;
         }
-        if let Ok(meta) = std::fs::metadata(&self.signal.wal_path) {
-            let len = meta.len();
-            if len > self.signal.threshold_bytes && len > self.last_reported_len {
-                self.last_reported_len = len;
-                // Full: a request is already pending. Disconnected: shutting down.
-                let _ = self.signal.wake.try_send(());
+        let Ok(len) = std::fs::metadata(&self.signal.wal_path).map(|m| m.len()) else {
+            return false;
+        };
+        let before = std::mem::replace(&mut self.last_len, len);
+        // When the log starts over, SQLite cuts the file back to the threshold
+        // (`journal_size_limit`) and rewrites it from the start; the file grows only once the
+        // log is longer than the file, and then the log is as long as the file.
+        let threshold = self.signal.threshold_bytes;
+        if before <= threshold && len > threshold {
+            // The checkpoint itself runs on the checkpointer's thread. Full: a request is
+            // already pending. Disconnected: shutting down.
+            let _ = self.signal.wake.try_send(());
+        }
+        // Half a threshold later the checkpointer has not got the log started over.
+        len > before && len > threshold.saturating_add(threshold / 2)
+    }
+
+    /// SQLite starts the log over only when a transaction begins with every frame copied into
+    /// the database. A checkpoint on another thread never sees that while commits keep coming
+    /// (they land while it copies), so under a steady stream of commits the WAL grew for as
+    /// long as the stream lasted, and every append walked a longer wal-index hash chain (one
+    /// entry per earlier frame of the same page). The writer copies the rest itself, between
+    /// two of its commits: what the checkpointer left, and, under NORMAL, two fsyncs.
+    fn finish_checkpoint(&mut self, stats: &WriterStats) {
+        match super::checkpoint::checkpoint(&self.conn, super::CheckpointMode::Passive) {
+            Ok(r) => {
+                stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(?r, "checkpoint by the writer");
             }
+            Err(e) => tracing::warn!(error = %e, "checkpoint by the writer failed"),
         }
     }
 }
