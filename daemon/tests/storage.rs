@@ -1500,9 +1500,10 @@ fn wal_starts_over_under_a_steady_stream_of_commits() {
     let wal = std::fs::metadata(format!("{}-wal", path.display()))
         .unwrap()
         .len();
-    // The log starts over about every 150 frames (1.5 x checkpoint_pages).
+    // The log starts over about every 150 frames (1.5 x checkpoint_pages), later if an fsync
+    // of the checkpointer's holds the checkpoint lock meanwhile; before, it never did.
     assert!(
-        wal < 300 * frame,
+        wal < u64::from(commits / 4) * frame,
         "WAL of {} frames after {commits} one-frame commits",
         wal / frame
     );
