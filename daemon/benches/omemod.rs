@@ -307,20 +307,7 @@ impl Device {
                 .iter()
                 .map(|(id, k)| PreKeyPublic { id: *id, key: *k }),
         );
-        Bundle {
-            version: self.version,
-            identity_key: match self.version {
-                Version::Oldmemo => *self.identity.curve25519(),
-                Version::Twomemo => *self.identity.ed25519(),
-            },
-            signed_prekey_id: self.spk.id,
-            signed_prekey: self.spk.key_pair.public.0,
-            signed_prekey_signature: match self.version {
-                Version::Oldmemo => self.spk.signature_oldmemo,
-                Version::Twomemo => self.spk.signature_twomemo,
-            },
-            prekeys,
-        }
+        Bundle::from_keys(self.version, &self.identity, &self.spk, prekeys)
     }
 
     fn bundle_xml(&self) -> String {

@@ -24,23 +24,15 @@ fn setup(version: Version, rng: &mut StdRng) -> Setup {
     let bob_id = IdentityKeyPair::generate(rng);
     let spk = SignedPreKey::generate(1, &bob_id, rng);
     let opk = KeyPair::generate(rng);
-    let bundle = Bundle {
+    let bundle = Bundle::from_keys(
         version,
-        identity_key: match version {
-            Version::Oldmemo => *bob_id.curve25519(),
-            Version::Twomemo => *bob_id.ed25519(),
-        },
-        signed_prekey_id: 1,
-        signed_prekey: spk.key_pair.public.0,
-        signed_prekey_signature: match version {
-            Version::Oldmemo => spk.signature_oldmemo,
-            Version::Twomemo => spk.signature_twomemo,
-        },
-        prekeys: vec![PreKeyPublic {
+        &bob_id,
+        &spk,
+        vec![PreKeyPublic {
             id: 1,
             key: opk.public.0,
         }],
-    };
+    );
     Setup {
         alice_id,
         bob_id,

@@ -3,6 +3,8 @@
 //! `identity_key` holds the form the version transports: the Curve25519 u-coordinate in 0.3
 //! (without its 0x05 type byte), the Ed25519 point in OMEMO 2.
 
+use crate::keys::identity::SignedPreKey;
+use crate::keys::IdentityKeyPair;
 use crate::Version;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +33,31 @@ pub struct Bundle {
     pub signed_prekey_signature: [u8; 64],
     /// One-time prekeys.
     pub prekeys: Vec<PreKeyPublic>,
+}
+
+impl Bundle {
+    /// The bundle `identity` publishes in `version` with signed prekey `spk` and the one-time
+    /// `prekeys`: the identity key in the form that version transports, the signature in its
+    /// flavour.
+    pub fn from_keys(
+        version: Version,
+        identity: &IdentityKeyPair,
+        spk: &SignedPreKey,
+        prekeys: Vec<PreKeyPublic>,
+    ) -> Self {
+        let (identity_key, signed_prekey_signature) = match version {
+            Version::Oldmemo => (*identity.curve25519(), spk.signature_oldmemo),
+            Version::Twomemo => (*identity.ed25519(), spk.signature_twomemo),
+        };
+        Self {
+            version,
+            identity_key,
+            signed_prekey_id: spk.id,
+            signed_prekey: spk.key_pair.public.0,
+            signed_prekey_signature,
+            prekeys,
+        }
+    }
 }
 
 mod serde_bytes64 {
@@ -135,11 +162,6 @@ impl Bundle {
                 .map_err(|_| BundleError::InvalidSignature)
             }
         }
-    }
-
-    /// Verifies the bundle and keeps the proof: see [`VerifiedBundle`].
-    pub fn into_verified(self) -> Result<VerifiedBundle, BundleError> {
-        VerifiedBundle::verify(self)
     }
 
     /// For OMEMO 0.3 bundles: the Edwards sign bit of the identity key (bit 63.7 of the

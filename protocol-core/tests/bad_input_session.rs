@@ -19,23 +19,15 @@ struct Pair {
 }
 
 fn bundle_for(version: Version, id: &IdentityKeyPair, spk: &SignedPreKey, opk: &KeyPair) -> Bundle {
-    Bundle {
+    Bundle::from_keys(
         version,
-        identity_key: match version {
-            Version::Oldmemo => *id.curve25519(),
-            Version::Twomemo => *id.ed25519(),
-        },
-        signed_prekey_id: spk.id,
-        signed_prekey: spk.key_pair.public.0,
-        signed_prekey_signature: match version {
-            Version::Oldmemo => spk.signature_oldmemo,
-            Version::Twomemo => spk.signature_twomemo,
-        },
-        prekeys: vec![PreKeyPublic {
+        id,
+        spk,
+        vec![PreKeyPublic {
             id: 3,
             key: opk.public.0,
         }],
-    }
+    )
 }
 
 fn pair(version: Version) -> Pair {

@@ -38,23 +38,15 @@ fn conversation(version: Version, seed: u64, ops: Vec<(u8, u16)>) {
     let bob_id = IdentityKeyPair::generate(&mut rng);
     let spk = SignedPreKey::generate(1, &bob_id, &mut rng);
     let opk = KeyPair::generate(&mut rng);
-    let bundle = Bundle {
+    let bundle = Bundle::from_keys(
         version,
-        identity_key: match version {
-            Version::Oldmemo => *bob_id.curve25519(),
-            Version::Twomemo => *bob_id.ed25519(),
-        },
-        signed_prekey_id: 1,
-        signed_prekey: spk.key_pair.public.0,
-        signed_prekey_signature: match version {
-            Version::Oldmemo => spk.signature_oldmemo,
-            Version::Twomemo => spk.signature_twomemo,
-        },
-        prekeys: vec![PreKeyPublic {
+        &bob_id,
+        &spk,
+        vec![PreKeyPublic {
             id: 7,
             key: opk.public.0,
         }],
-    };
+    );
     let mut alice = Some(Session::initiate(&alice_id, &bundle, 7, &mut rng).unwrap());
     let mut bob: Option<Session> = None;
     let mut wire: Vec<Wire> = Vec::new();

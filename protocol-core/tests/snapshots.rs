@@ -146,23 +146,15 @@ fn direct_snapshot_encoding_equals_prost() {
         let bob_id = IdentityKeyPair::generate(&mut rng);
         let spk = SignedPreKey::generate(300, &bob_id, &mut rng);
         let opk = KeyPair::generate(&mut rng);
-        let bundle = Bundle {
+        let bundle = Bundle::from_keys(
             version,
-            identity_key: match version {
-                Version::Oldmemo => *bob_id.curve25519(),
-                Version::Twomemo => *bob_id.ed25519(),
-            },
-            signed_prekey_id: 300,
-            signed_prekey: spk.key_pair.public.0,
-            signed_prekey_signature: match version {
-                Version::Oldmemo => spk.signature_oldmemo,
-                Version::Twomemo => spk.signature_twomemo,
-            },
-            prekeys: vec![PreKeyPublic {
+            &bob_id,
+            &spk,
+            vec![PreKeyPublic {
                 id: 70_000,
                 key: opk.public.0,
             }],
-        };
+        );
         let mut alice = Session::initiate(&alice_id, &bundle, 70_000, &mut rng).unwrap();
         same(&alice, "fresh initiator");
         let first = alice.encrypt(&[1; 32]).unwrap();

@@ -24,26 +24,17 @@ fn version(ns: &str) -> Version {
 fn bundle(identity: &IdentityKeyPair, ns: &str, ids: &[u32]) -> String {
     let v = version(ns);
     let spk = SignedPreKey::generate(1, identity, &mut OsRng);
-    bundle_to_xml(&Bundle {
-        version: v,
-        identity_key: match v {
-            Version::Oldmemo => *identity.curve25519(),
-            Version::Twomemo => *identity.ed25519(),
-        },
-        signed_prekey_id: spk.id,
-        signed_prekey: spk.key_pair.public.0,
-        signed_prekey_signature: match v {
-            Version::Oldmemo => spk.signature_oldmemo,
-            Version::Twomemo => spk.signature_twomemo,
-        },
-        prekeys: ids
-            .iter()
+    bundle_to_xml(&Bundle::from_keys(
+        v,
+        identity,
+        &spk,
+        ids.iter()
             .map(|&id| PreKeyPublic {
                 id,
                 key: KeyPair::generate(&mut OsRng).public.0,
             })
             .collect(),
-    })
+    ))
 }
 
 fn update(c: &mut Client, ns: &str, device: u32, xml: &str) -> Value {

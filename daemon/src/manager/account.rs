@@ -104,26 +104,17 @@ impl OwnKeys {
     /// Our bundle in `version`.
     pub fn bundle(&self, version: Version, identity: &IdentityKeyPair) -> Option<Bundle> {
         let spk = self.current_signed_prekey()?;
-        Some(Bundle {
+        Some(Bundle::from_keys(
             version,
-            identity_key: match version {
-                Version::Oldmemo => *identity.curve25519(),
-                Version::Twomemo => *identity.ed25519(),
-            },
-            signed_prekey_id: spk.key.id,
-            signed_prekey: spk.key.key_pair.public.0,
-            signed_prekey_signature: match version {
-                Version::Oldmemo => spk.key.signature_oldmemo,
-                Version::Twomemo => spk.key.signature_twomemo,
-            },
-            prekeys: self
-                .live_prekeys(version)
+            identity,
+            &spk.key,
+            self.live_prekeys(version)
                 .map(|(id, p)| PreKeyPublic {
                     id: *id,
                     key: p.key_pair.public.0,
                 })
                 .collect(),
-        })
+        ))
     }
 }
 

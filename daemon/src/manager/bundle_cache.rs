@@ -397,25 +397,17 @@ mod tests {
     fn signed_bundle(version: Version, prekeys: u32) -> Bundle {
         let identity = IdentityKeyPair::generate(&mut OsRng);
         let spk = SignedPreKey::generate(1, &identity, &mut OsRng);
-        Bundle {
+        Bundle::from_keys(
             version,
-            identity_key: match version {
-                Version::Oldmemo => *identity.curve25519(),
-                Version::Twomemo => *identity.ed25519(),
-            },
-            signed_prekey_id: spk.id,
-            signed_prekey: spk.key_pair.public.0,
-            signed_prekey_signature: match version {
-                Version::Oldmemo => spk.signature_oldmemo,
-                Version::Twomemo => spk.signature_twomemo,
-            },
-            prekeys: (1..=prekeys)
+            &identity,
+            &spk,
+            (1..=prekeys)
                 .map(|id| PreKeyPublic {
                     id,
                     key: KeyPair::generate(&mut OsRng).public.0,
                 })
                 .collect(),
-        }
+        )
     }
 
     fn verified(prekeys: u32) -> VerifiedBundle {

@@ -89,14 +89,7 @@ impl Manager {
             if own && device_id == acct.device_id {
                 continue;
             }
-            let (node, item_id) = namespace.bundle_node(device_id);
-            let a = Action::FetchBundle {
-                jid: jid.to_owned(),
-                namespace,
-                device_id,
-                node,
-                item_id,
-            };
+            let a = Action::fetch_bundle(jid, namespace, device_id);
             self.push_action(&acct, &mut actions, Cause::NewDevice, a);
         }
         let changed = !(change.added.is_empty()

@@ -440,49 +440,37 @@ impl Manager {
             let built = match (&guard.session, force_new) {
                 (Some(_), false) => None,
                 _ => {
-                    let spent = |addr: &DeviceAddr| {
-                        // Every prekey of the stored bundle was used (by us): a fresh copy is needed.
-                        let (node, item_id) = addr.namespace.bundle_node(addr.device_id);
+                    // No usable bundle: the client fetches a fresh one.
+                    let no_bundle = |addr: &DeviceAddr, why: &str| {
                         report(
                             addr,
                             DeviceStatus::NoBundle,
                             false,
-                            Some("every one-time prekey of the stored bundle is used".into()),
-                            Some(Action::FetchBundle {
-                                jid: addr.jid.clone(),
-                                namespace: addr.namespace,
-                                device_id: addr.device_id,
-                                node,
-                                item_id,
-                            }),
+                            Some(why.to_owned()),
+                            Some(Action::fetch_bundle(
+                                &addr.jid,
+                                addr.namespace,
+                                addr.device_id,
+                            )),
                         )
                     };
+                    // Every prekey of the stored bundle was used (by us).
+                    const SPENT: &str = "every one-time prekey of the stored bundle is used";
                     let bundle = match self.stored_bundle(addr).await {
                         Ok(StoredBundle::Usable(b)) => b,
                         Ok(StoredBundle::Spent) => {
-                            reports.push(spent(addr));
+                            reports.push(no_bundle(addr, SPENT));
                             continue;
                         }
                         Ok(StoredBundle::Missing) => {
-                            let (node, item_id) = addr.namespace.bundle_node(addr.device_id);
-                            reports.push(report(
+                            reports.push(no_bundle(
                                 addr,
-                                DeviceStatus::NoBundle,
-                                false,
-                                Some(if rebuild.is_some() {
+                                if rebuild.is_some() {
                                     "the session must be rebuilt after a rollback: fetch a \
                                      fresh bundle"
-                                        .into()
                                 } else {
-                                    "no session and no bundle".into()
-                                }),
-                                Some(Action::FetchBundle {
-                                    jid: addr.jid.clone(),
-                                    namespace: addr.namespace,
-                                    device_id: addr.device_id,
-                                    node,
-                                    item_id,
-                                }),
+                                    "no session and no bundle"
+                                },
                             ));
                             continue;
                         }
@@ -492,7 +480,7 @@ impl Manager {
                         }
                     };
                     let Some(pk) = bundle.bundle().prekeys.choose(&mut OsRng).map(|p| p.id) else {
-                        reports.push(spent(addr));
+                        reports.push(no_bundle(addr, SPENT));
                         continue;
                     };
                     // The stored bundle forgets the prekey we take, so no rebuild reuses it.

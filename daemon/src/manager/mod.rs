@@ -86,6 +86,20 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// Fetch the bundle of `jid`'s device `device_id` in `namespace`, from its PubSub node.
+    pub fn fetch_bundle(jid: &str, namespace: Version, device_id: u32) -> Self {
+        let (node, item_id) = namespace.bundle_node(device_id);
+        Action::FetchBundle {
+            jid: jid.to_owned(),
+            namespace,
+            device_id,
+            node,
+            item_id,
+        }
+    }
+}
+
 /// The session manager.
 #[derive(Debug)]
 pub struct Manager {

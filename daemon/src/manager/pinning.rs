@@ -296,14 +296,7 @@ impl Manager {
             self.remember_trust(&acct, vec![trust.clone()], namespace, device_id);
         }
         if !bundle_installed {
-            let (node, item_id) = namespace.bundle_node(device_id);
-            actions.push(Action::FetchBundle {
-                jid: jid.to_owned(),
-                namespace,
-                device_id,
-                node,
-                item_id,
-            });
+            actions.push(Action::fetch_bundle(jid, namespace, device_id));
         }
         tracing::info!(account = %acct.jid, peer = jid, device = device_id, ns = %namespace, "new identity accepted");
         Ok(IdentityAccepted {

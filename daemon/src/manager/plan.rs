@@ -109,16 +109,8 @@ impl Manager {
                 let (row, _) = self.trust_for_key(&acct, mode, &addr.jid, &k);
                 row.level.as_str().to_owned()
             });
-            let action = (status == PlanStatus::NoBundle).then(|| {
-                let (node, item_id) = addr.namespace.bundle_node(addr.device_id);
-                Action::FetchBundle {
-                    jid: addr.jid.clone(),
-                    namespace: addr.namespace,
-                    device_id: addr.device_id,
-                    node,
-                    item_id,
-                }
-            });
+            let action = (status == PlanStatus::NoBundle)
+                .then(|| Action::fetch_bundle(&addr.jid, addr.namespace, addr.device_id));
             if let Some(a) = &action {
                 actions.push(a.clone());
             }

@@ -264,18 +264,6 @@ fn open_writer(path: &Path, config: &StoreConfig) -> Result<Connection> {
     // Overwrite deleted content (used prekeys, consumed message keys) instead of leaving it
     // in free pages.
     conn.pragma_update(None, "secure_delete", "ON")?;
-    // Cut the WAL file back to the checkpoint threshold whenever the log starts over, so that
-    // the file's growth tells the writer how long the log is (`writer::Conn::after_commit`).
-    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    let limit = wal_bytes(
-        config.checkpoint_pages,
-        u64::try_from(page_size).unwrap_or(4096),
-    );
-    conn.pragma_update(
-        None,
-        "journal_size_limit",
-        i64::try_from(limit).unwrap_or(i64::MAX),
-    )?;
     Ok(conn)
 }
 
@@ -308,6 +296,15 @@ impl Store {
         }
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let page_size = u64::try_from(page_size).unwrap_or(4096);
+        let threshold_bytes = wal_bytes(config.checkpoint_pages, page_size);
+        // Cut the WAL file back to the checkpoint threshold whenever the log starts over, so
+        // that the file's growth tells the writer how long the log is
+        // (`writer::Conn::after_commit`).
+        conn.pragma_update(
+            None,
+            "journal_size_limit",
+            i64::try_from(threshold_bytes).unwrap_or(i64::MAX),
+        )?;
 
         let mut readers_conns = Vec::with_capacity(config.readers.max(1));
         for _ in 0..config.readers.max(1) {
@@ -336,7 +333,7 @@ impl Store {
             dirty: Arc::clone(&dirty),
             wake: wake_tx,
             wal_path: PathBuf::from(wal_path),
-            threshold_bytes: wal_bytes(config.checkpoint_pages, page_size),
+            threshold_bytes,
         };
 
         let spawn_err = |source| StorageError::Io {
