@@ -186,7 +186,7 @@ impl VerifiedBundle {
     pub fn verify(bundle: Bundle) -> Result<Self, BundleError> {
         bundle.verify()?;
         let identity_curve25519 =
-            crate::x3dh::RemoteIdentity::from_transported(bundle.version, bundle.identity_key)
+            crate::keys::RemoteIdentity::from_transported(bundle.version, bundle.identity_key)
                 .curve25519()
                 .map_err(|_| BundleError::InvalidKey("identity"))?;
         Ok(Self {

@@ -15,6 +15,7 @@
 pub mod bundle;
 pub mod consts;
 pub mod double_ratchet;
+pub mod error;
 pub mod kdf;
 pub mod keys;
 pub mod payload;

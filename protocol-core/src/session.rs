@@ -9,18 +9,17 @@ use crate::double_ratchet::chain_key::ChainKey;
 use crate::double_ratchet::message_key::MessageKey;
 use crate::double_ratchet::skipped_keys::{SkippedKey, SkippedKeyChanges};
 use crate::double_ratchet::{DoubleRatchet, Header, RatchetError};
-use crate::keys::{IdentityKeyPair, KeyError, KeyPair, PrivateKey, PublicKey};
+use crate::keys::{IdentityKeyPair, KeyError, KeyPair, PrivateKey, PublicKey, RemoteIdentity};
 use crate::wire::{oldmemo, twomemo, WireError};
-use crate::x3dh::{self, RemoteIdentity, X3dhError};
+use crate::x3dh::{self, X3dhError};
 use crate::{kdf, Version};
 use rand_core::CryptoRngCore;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
 mod snapshot;
-pub use snapshot::{
-    PreviousChainSnapshot, SessionSnapshot, SnapshotError, SESSION_SNAPSHOT_FORMAT,
-};
+pub use crate::error::SnapshotError;
+pub use snapshot::{PreviousChainSnapshot, SessionSnapshot, SESSION_SNAPSHOT_FORMAT};
 
 /// Why a message could not be decrypted (or a session not built). A failed call leaves the
 /// session exactly as it was.

@@ -4,11 +4,13 @@
 //! `SK = HKDF(ikm, salt = 0×32, info)`. The one-time prekey is mandatory in OMEMO.
 
 use crate::bundle::{Bundle, BundleError, VerifiedBundle};
-use crate::keys::conversion::ed25519_to_curve25519;
 use crate::keys::{IdentityKeyPair, KeyError, KeyPair, PrivateKey, PublicKey};
 use crate::{kdf, Version};
 use thiserror::Error;
 use zeroize::Zeroizing;
+
+// The peer's identity is a key type; X3DH's callers have always found it here too.
+pub use crate::keys::RemoteIdentity;
 
 /// Errors of the key agreement.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -23,40 +25,6 @@ pub enum X3dhError {
     /// A key taking part is invalid or of low order.
     #[error("invalid key: {0}")]
     InvalidKey(#[from] KeyError),
-}
-
-/// The identity key of a peer in the form its version transports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RemoteIdentity {
-    /// OMEMO 0.3: Curve25519 u.
-    Curve25519([u8; 32]),
-    /// OMEMO 2: Ed25519 point (sign bit as published).
-    Ed25519([u8; 32]),
-}
-
-impl RemoteIdentity {
-    /// The identity as its version transports it.
-    pub fn from_transported(version: Version, key: [u8; 32]) -> Self {
-        match version {
-            Version::Oldmemo => RemoteIdentity::Curve25519(key),
-            Version::Twomemo => RemoteIdentity::Ed25519(key),
-        }
-    }
-
-    /// The 32 transported bytes.
-    pub fn transported(&self) -> [u8; 32] {
-        match self {
-            RemoteIdentity::Curve25519(k) | RemoteIdentity::Ed25519(k) => *k,
-        }
-    }
-
-    /// Its Montgomery form (for DH and fingerprints).
-    pub fn curve25519(&self) -> Result<[u8; 32], KeyError> {
-        match self {
-            RemoteIdentity::Curve25519(k) => Ok(*k),
-            RemoteIdentity::Ed25519(k) => ed25519_to_curve25519(k),
-        }
-    }
 }
 
 /// What both sides of a session need from X3DH.

@@ -1,12 +1,17 @@
 //! Key types: X25519 key pairs (signed prekeys, one-time prekeys, ephemeral and ratchet keys)
 //! and the identity key pair that serves both versions.
+//!
+//! * [`conversion`]: Montgomery ↔ Edwards, canonical and low-order checks.
+//! * [`identity`]: our identity key pair, signed prekeys, a peer's identity key.
+//! * [`snapshot`]: storage forms of our own keys.
+//! * [`xeddsa`]: the two signature flavours (libsignal XEdDSA, Ed25519).
 
 pub mod conversion;
 pub mod identity;
 pub mod snapshot;
 pub mod xeddsa;
 
-pub use identity::IdentityKeyPair;
+pub use identity::{IdentityKeyPair, RemoteIdentity};
 
 use rand_core::CryptoRngCore;
 use thiserror::Error;

@@ -10,30 +10,15 @@ use crate::double_ratchet::chain_key::ChainKey;
 use crate::double_ratchet::root_key::RootKey;
 use crate::double_ratchet::skipped_keys::{SkippedKey, SkippedKeys};
 use crate::double_ratchet::{Chains, DoubleRatchet, PreviousChain};
+use crate::error::SnapshotError;
+use crate::keys::RemoteIdentity;
 use crate::keys::{KeyPair, PrivateKey, PublicKey};
-use crate::x3dh::RemoteIdentity;
 use crate::Version;
 use prost::Message;
-use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Current snapshot format number.
 pub const SESSION_SNAPSHOT_FORMAT: u32 = 1;
-
-/// Why a stored snapshot could not be loaded.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SnapshotError {
-    /// Not a valid protobuf.
-    #[error("snapshot is not valid protobuf")]
-    Decode,
-    /// Written by a newer release.
-    #[error("snapshot format {0} is newer than this release understands")]
-    UnknownFormat(u32),
-    /// A field has an impossible value.
-    #[error("snapshot field `{0}` is invalid")]
-    Invalid(&'static str),
-}
 
 /// The serialized form of a skipped message key.
 #[derive(Clone, PartialEq, Message, Zeroize, ZeroizeOnDrop)]
