@@ -3,6 +3,7 @@
 //! `identity_key` holds the form the version transports: the Curve25519 u-coordinate in 0.3
 //! (without its 0x05 type byte), the Ed25519 point in OMEMO 2.
 
+use crate::error::ErrorCause;
 use crate::keys::identity::SignedPreKey;
 use crate::keys::IdentityKeyPair;
 use crate::Version;
@@ -96,6 +97,13 @@ pub enum BundleError {
     /// Too many one-time prekeys.
     #[error("bundle has {0} one-time prekeys, more than allowed")]
     TooManyPreKeys(usize),
+}
+
+impl BundleError {
+    /// Whom the error is due to: the peer published an unusable bundle.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::PeerMisbehaved
+    }
 }
 
 /// Most one-time prekeys accepted in a received bundle.

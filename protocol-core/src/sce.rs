@@ -7,6 +7,7 @@
 //! </envelope>
 //! ```
 
+use crate::error::ErrorCause;
 use crate::xml::tree;
 use crate::xml::{escape_attr, escape_text, XmlError};
 use rand_core::{CryptoRng, RngCore};
@@ -48,6 +49,16 @@ pub enum SceError {
         /// Name of the attribute.
         attribute: &'static str,
     },
+}
+
+impl SceError {
+    /// Whom the error is due to: the sender's envelope.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            SceError::Xml(e) => e.cause(),
+            _ => ErrorCause::PeerMisbehaved,
+        }
+    }
 }
 
 /// Affix values for [`build_envelope`].

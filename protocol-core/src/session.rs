@@ -9,6 +9,7 @@ use crate::double_ratchet::chain_key::ChainKey;
 use crate::double_ratchet::message_key::MessageKey;
 use crate::double_ratchet::skipped_keys::{SkippedKey, SkippedKeyChanges};
 use crate::double_ratchet::{DoubleRatchet, Header, RatchetError};
+use crate::error::ErrorCause;
 use crate::keys::{IdentityKeyPair, KeyError, KeyPair, PrivateKey, PublicKey, RemoteIdentity};
 use crate::wire::{oldmemo, twomemo, WireError};
 use crate::x3dh::{self, X3dhError};
@@ -44,6 +45,21 @@ pub enum SessionError {
     /// The key exchange carries no one-time prekey, which OMEMO requires.
     #[error("key exchange without a one-time prekey")]
     MissingPreKey,
+}
+
+impl SessionError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            SessionError::Malformed(e) => e.cause(),
+            SessionError::AuthenticationFailed | SessionError::MissingPreKey => {
+                ErrorCause::PeerMisbehaved
+            }
+            SessionError::Ratchet(e) => e.cause(),
+            SessionError::X3dh(e) => e.cause(),
+            SessionError::InvalidKey(e) => e.cause(),
+        }
+    }
 }
 
 /// Who started the session.

@@ -4,6 +4,7 @@
 //! `SK = HKDF(ikm, salt = 0×32, info)`. The one-time prekey is mandatory in OMEMO.
 
 use crate::bundle::{Bundle, BundleError, VerifiedBundle};
+use crate::error::ErrorCause;
 use crate::keys::{IdentityKeyPair, KeyError, KeyPair, PrivateKey, PublicKey};
 use crate::{kdf, Version};
 use thiserror::Error;
@@ -25,6 +26,18 @@ pub enum X3dhError {
     /// A key taking part is invalid or of low order.
     #[error("invalid key: {0}")]
     InvalidKey(#[from] KeyError),
+}
+
+impl X3dhError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            X3dhError::InvalidBundle(e) => e.cause(),
+            // The caller picked a prekey the bundle does not offer.
+            X3dhError::UnknownPreKey(_) => ErrorCause::LocalState,
+            X3dhError::InvalidKey(e) => e.cause(),
+        }
+    }
 }
 
 /// What both sides of a session need from X3DH.

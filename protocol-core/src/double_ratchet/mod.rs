@@ -11,6 +11,7 @@ pub mod root_key;
 pub mod skipped_keys;
 
 use crate::consts::{MAX_PREVIOUS_RATCHET_KEYS, MAX_PREVIOUS_RECEIVING_CHAINS, MAX_SKIP};
+use crate::error::ErrorCause;
 use crate::keys::{KeyError, KeyPair, PrivateKey, PublicKey};
 use crate::Version;
 use chain_key::ChainKey;
@@ -45,6 +46,21 @@ pub enum RatchetError {
     /// The sender's ratchet key is invalid (e.g. of low order).
     #[error("invalid ratchet key: {0}")]
     InvalidKey(#[from] KeyError),
+}
+
+impl RatchetError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            RatchetError::DuplicateMessage(_)
+            | RatchetError::TooManySkipped(_)
+            | RatchetError::NoReceivingChain => ErrorCause::PeerMisbehaved,
+            RatchetError::MessageKeyDropped(_) | RatchetError::NoSendingChain => {
+                ErrorCause::LocalState
+            }
+            RatchetError::InvalidKey(e) => e.cause(),
+        }
+    }
 }
 
 /// The header of a ratchet message.

@@ -13,6 +13,7 @@ pub mod xeddsa;
 
 pub use identity::{IdentityKeyPair, RemoteIdentity};
 
+use crate::error::ErrorCause;
 use rand_core::CryptoRngCore;
 use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -44,6 +45,14 @@ pub enum KeyError {
     /// A signature did not verify.
     #[error("invalid signature")]
     InvalidSignature,
+}
+
+impl KeyError {
+    /// Whom the error is due to: keys come from the peer (bundles, messages), so a bad one is
+    /// the peer's.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::PeerMisbehaved
+    }
 }
 
 /// Clamps a 32-byte X25519 scalar as RFC 7748 and libsignal do.

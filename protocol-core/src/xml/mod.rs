@@ -16,6 +16,7 @@ pub use bundle::{bundle_from_xml, bundle_to_xml};
 pub use devicelist::{devicelist_from_xml, devicelist_to_xml, DeviceListEntry};
 pub use encrypted::{Encrypted, KeyElement};
 
+use crate::error::ErrorCause;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
@@ -160,6 +161,17 @@ pub enum XmlError {
         /// Largest accepted count.
         max: usize,
     },
+}
+
+impl XmlError {
+    /// Whom the error is due to: a namespace we do not speak (another version, an unknown
+    /// SCE version), else a malformed document.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            XmlError::WrongNamespace { .. } => ErrorCause::Incompatible,
+            _ => ErrorCause::PeerMisbehaved,
+        }
+    }
 }
 
 /// Standard alphabet; padding optional on input (some senders strip it).
