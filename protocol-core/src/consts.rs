@@ -36,3 +36,8 @@ pub const MAX_PREVIOUS_RATCHET_KEYS: usize = 5;
 /// The peer's earlier receiving chains kept (chain key and index), so that their late messages
 /// decrypt whatever previous-chain length the sender wrote; libsignal keeps 5 too.
 pub const MAX_PREVIOUS_RECEIVING_CHAINS: usize = 5;
+
+/// Previous session states kept per device beside the current one, tried in order when it
+/// cannot decrypt (libsignal keeps 40; a handful covers simultaneous first contact and a late
+/// message after a rebuild).
+pub const MAX_PREVIOUS_SESSIONS: usize = 5;

@@ -3,6 +3,9 @@
 //!
 //! The key material a session carries is small (the payload key and tag); the payload itself
 //! is encrypted separately (see [`crate::payload`]).
+//!
+//! * `record`: [`SessionRecord`], a device's current session state and its previous ones.
+//! * `snapshot`: the storage form ([`SessionSnapshot`]) and its encoding.
 
 use crate::bundle::{Bundle, VerifiedBundle};
 use crate::double_ratchet::chain_key::ChainKey;
@@ -18,8 +21,10 @@ use rand_core::CryptoRngCore;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+mod record;
 mod snapshot;
 pub use crate::error::SnapshotError;
+pub use record::{RecordDecrypted, SessionRecord, StateIndex};
 pub use snapshot::{PreviousChainSnapshot, SessionSnapshot, SESSION_SNAPSHOT_FORMAT};
 
 /// Why a message could not be decrypted (or a session not built). A failed call leaves the
@@ -45,6 +50,10 @@ pub enum SessionError {
     /// The key exchange carries no one-time prekey, which OMEMO requires.
     #[error("key exchange without a one-time prekey")]
     MissingPreKey,
+    /// No session state decrypted the message and there is no current session to blame
+    /// ([`SessionRecord::decrypt`] without any state).
+    #[error("no session")]
+    NoSession,
 }
 
 impl SessionError {
@@ -58,6 +67,7 @@ impl SessionError {
             SessionError::Ratchet(e) => e.cause(),
             SessionError::X3dh(e) => e.cause(),
             SessionError::InvalidKey(e) => e.cause(),
+            SessionError::NoSession => ErrorCause::LocalState,
         }
     }
 }
