@@ -185,9 +185,9 @@ fn standalone_content(xml: &str) -> Result<String, XmlError> {
             _ => None,
         }
     }
-    let syntax = |e: &dyn std::fmt::Display| XmlError::Syntax {
+    let syntax = |e: quick_xml::Error| XmlError::Syntax {
         position: 0,
-        reason: e.to_string(),
+        reason: tree::describe(e),
     };
     let mut reader = quick_xml::NsReader::from_str(xml);
     reader.config_mut().expand_empty_elements = true;
@@ -198,7 +198,7 @@ fn standalone_content(xml: &str) -> Result<String, XmlError> {
     let mut inside = false;
     let mut done = false;
     loop {
-        let (resolved, event) = reader.read_resolved_event().map_err(|e| syntax(&e))?;
+        let (resolved, event) = reader.read_resolved_event().map_err(|e| syntax(e.into()))?;
         let ns = uri(resolved);
         match event {
             Event::Start(start) => {
@@ -231,11 +231,11 @@ fn standalone_content(xml: &str) -> Result<String, XmlError> {
                 }
                 let mut extra = 0;
                 for attr in start.attributes() {
-                    let attr = attr.map_err(|e| syntax(&e))?;
+                    let attr = attr.map_err(|e| syntax(e.into()))?;
                     if attr.key.as_namespace_binding().is_some() {
                         continue;
                     }
-                    let value = attr.unescape_value().map_err(|e| syntax(&e))?;
+                    let value = attr.unescape_value().map_err(|e| syntax(e.into()))?;
                     let local =
                         String::from_utf8_lossy(attr.key.local_name().as_ref()).into_owned();
                     let prefix = attr.key.prefix().map(|p| p.as_ref().to_vec());
@@ -274,10 +274,10 @@ fn standalone_content(xml: &str) -> Result<String, XmlError> {
                 out.push('>');
             }
             Event::Text(t) if inside => {
-                out.push_str(&escape_text(&t.unescape().map_err(|e| syntax(&e))?));
+                out.push_str(&escape_text(&t.unescape().map_err(|e| syntax(e.into()))?));
             }
             Event::CData(c) if inside => {
-                out.push_str(&escape_text(&c.decode().map_err(|e| syntax(&e))?));
+                out.push_str(&escape_text(&c.decode().map_err(|e| syntax(e.into()))?));
             }
             Event::Eof => break,
             _ => {}

@@ -428,6 +428,28 @@ fn errors_carry_no_content() {
     assert!(!format!("{e} {e:?}").contains(secret));
 }
 
+#[test]
+fn envelope_errors_quote_no_plaintext() {
+    // A decrypted envelope is plaintext: a parse error must not repeat any of it.
+    let secret = "hunter2";
+    let bodies = [
+        "hi &hunter2; there</body>",
+        "hi there</bodyhunter2>",
+        "hi <hunter2 there</body>",
+        "hi &#xhunter2; there</body>",
+    ];
+    for body in bodies {
+        let env = format!(
+            "<envelope xmlns='urn:xmpp:sce:1'><content><body xmlns='jabber:client'>{body}</content></envelope>"
+        );
+        let e = sce::parse_envelope(&env).unwrap_err();
+        assert!(!format!("{e} {e:?}").contains(secret), "{body}: {e}");
+    }
+    let attr = "<envelope xmlns='urn:xmpp:sce:1'><content><b xmlns='u' a='&hunter2;'/></content></envelope>";
+    let e = sce::parse_envelope(attr).unwrap_err();
+    assert!(!format!("{e} {e:?}").contains(secret), "{e}");
+}
+
 // ---- bundles --------------------------------------------------------------------------------
 
 fn bundle_vector(file: &str) -> String {

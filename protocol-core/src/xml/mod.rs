@@ -56,8 +56,8 @@ pub enum XmlError {
     Syntax {
         /// Byte offset where the problem was detected.
         position: u64,
-        /// What is wrong.
-        reason: String,
+        /// What kind of problem it is (never quoting the document).
+        reason: &'static str,
     },
     /// The document uses an XML feature that is refused (e.g. a DTD).
     #[error("unsupported XML construct: {what}")]
