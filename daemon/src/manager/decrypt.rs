@@ -4,7 +4,7 @@
 //! 1. **check** the element (the same rules for XML and JSON input) and **locate** every
 //!    `<key>` for our device;
 //! 2. **authenticate**: try each of those keys on the session candidates — the current session,
-//!    the previous ones ([`MAX_PREVIOUS_SESSIONS`]), or a new one built from a key exchange
+//!    the previous ones (protocol-core's [`SessionRecord`]), or a new one built from a key exchange
 //!    (after identity pinning, the rebuild rate limit and the prekey rules) — on copies;
 //! 3. **judge**: trust of the sender's key, then the payload and its OMEMO 2 SCE envelope;
 //! 4. **commit** everything in one transaction;
@@ -23,20 +23,18 @@ use crate::storage::{
     self, accounts, device_state, devices, prekeys, sessions as session_store,
     trust as trust_store, DeviceAddr,
 };
-use protocol_core::consts::{HEARTBEAT_COUNTER, MAX_DEVICE_ID};
+use protocol_core::consts::{HEARTBEAT_COUNTER, MAX_DEVICE_ID, MAX_PREVIOUS_SESSIONS};
 use protocol_core::double_ratchet::RatchetError;
 use protocol_core::keys::fingerprint;
 use protocol_core::payload;
 use protocol_core::sce::parse_envelope;
-use protocol_core::session::{Decrypted, KeyExchange, Session, SessionError};
+use protocol_core::session::{
+    Decrypted, KeyExchange, RecordDecrypted, Session, SessionError, SessionRecord, StateIndex,
+};
 use protocol_core::xml::{Encrypted, KeyElement};
 use protocol_core::Version;
 use rand::rngs::OsRng;
 use serde::Serialize;
-
-/// Previous session states kept per device (libsignal keeps 40; a handful covers simultaneous
-/// first contact and a late message after a rebuild).
-pub const MAX_PREVIOUS_SESSIONS: usize = 5;
 
 /// The sender of a decrypted message.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -145,6 +143,26 @@ fn session_error(e: SessionError) -> ManagerError {
         SessionError::MissingPreKey => ManagerError::InvalidMessage(e.to_string()),
         other => ManagerError::InvalidMessage(other.to_string()),
     }
+}
+
+/// The attempt a session record's lookup made: `ids` are the row ids of its previous states.
+fn attempt(
+    record: SessionRecord,
+    found: RecordDecrypted,
+    ids: &[i64],
+    key_exchange: bool,
+) -> Result<Attempt> {
+    let lost = || ManagerError::BrokenSession("the session record lost its state".into());
+    let origin = match found.from {
+        StateIndex::Current => Origin::Current,
+        StateIndex::Previous(i) => Origin::Previous(ids.get(i).copied().ok_or_else(lost)?),
+    };
+    Ok(Attempt {
+        session: record.into_current().ok_or_else(lost)?,
+        decrypted: found.decrypted,
+        origin,
+        key_exchange,
+    })
 }
 
 /// What a key exchange did to our prekeys.
@@ -323,49 +341,32 @@ impl Manager {
         }))
     }
 
-    /// A normal message: the current session, then the previous ones.
+    /// A normal message: the session record's lookup (the current state, then the previous
+    /// ones), the previous states read only when the current one cannot decrypt.
     async fn try_message(
         &self,
         addr: &DeviceAddr,
         slot: &SlotGuard,
         data: &[u8],
     ) -> Result<Attempt> {
-        let current_error = match slot.session.as_ref() {
-            Some(current) => {
-                let mut s = current.clone();
-                match s.decrypt(data, &mut OsRng) {
-                    Ok(d) => {
-                        return Ok(Attempt {
-                            session: s,
-                            decrypted: d,
-                            origin: Origin::Current,
-                            key_exchange: false,
-                        })
-                    }
-                    // A replay is a replay: no older state makes it new.
-                    Err(e @ SessionError::Ratchet(RatchetError::DuplicateMessage(_))) => {
-                        return Err(session_error(e))
-                    }
-                    Err(e) => Some(session_error(e)),
-                }
+        let mut record = SessionRecord::new(slot.session.clone());
+        let mut ids = Vec::new();
+        let found = match record.decrypt(data, &mut OsRng) {
+            Err(e) if SessionRecord::previous_may_decrypt(&e) => {
+                ids = self.load_previous(addr, &mut record).await?;
+                record.decrypt_previous(data, &mut OsRng).ok_or(e)
             }
-            None => None,
+            found => found,
         };
-        for (id, mut s) in self.previous_sessions(addr).await? {
-            if let Ok(d) = s.decrypt(data, &mut OsRng) {
-                return Ok(Attempt {
-                    session: s,
-                    decrypted: d,
-                    origin: Origin::Previous(id),
-                    key_exchange: false,
-                });
-            }
+        match found {
+            Ok(found) => attempt(record, found, &ids, false),
+            Err(SessionError::NoSession) => Err(ManagerError::NoSession {
+                jid: addr.jid.clone(),
+                namespace: addr.namespace,
+                device_id: addr.device_id,
+            }),
+            Err(e) => Err(session_error(e)),
         }
-        Err(current_error.unwrap_or_else(|| ManagerError::NoSession {
-            jid: addr.jid.clone(),
-            namespace: addr.namespace,
-            device_id: addr.device_id,
-        }))
     }
 
     /// A key exchange: the session it built (current or previous), else a new session after
@@ -379,34 +380,15 @@ impl Manager {
         own_keys: &mut Option<tokio::sync::MutexGuard<'k, OwnKeys>>,
     ) -> Result<Attempt> {
         let kex = KeyExchange::parse(addr.namespace, data).map_err(session_error)?;
-        if let Some(current) = slot
-            .session
-            .as_ref()
-            .filter(|s| s.matches_key_exchange(&kex))
-        {
-            let mut s = current.clone();
-            let d = s
-                .decrypt_key_exchange(&kex, &mut OsRng)
-                .map_err(session_error)?;
-            return Ok(Attempt {
-                session: s,
-                decrypted: d,
-                origin: Origin::Current,
-                key_exchange: true,
-            });
+        let mut record = SessionRecord::new(slot.session.clone());
+        let mut ids = Vec::new();
+        let mut found = record.decrypt_key_exchange(&kex, &mut OsRng);
+        if found.is_none() {
+            ids = self.load_previous(addr, &mut record).await?;
+            found = record.decrypt_key_exchange(&kex, &mut OsRng);
         }
-        for (id, mut s) in self.previous_sessions(addr).await? {
-            if s.matches_key_exchange(&kex) {
-                let d = s
-                    .decrypt_key_exchange(&kex, &mut OsRng)
-                    .map_err(session_error)?;
-                return Ok(Attempt {
-                    session: s,
-                    decrypted: d,
-                    origin: Origin::Previous(id),
-                    key_exchange: true,
-                });
-            }
+        if let Some(found) = found {
+            return attempt(record, found.map_err(session_error)?, &ids, true);
         }
         let new_identity = kex
             .identity
@@ -439,21 +421,28 @@ impl Manager {
         })
     }
 
-    /// The previous session states of a device, newest first (unreadable ones skipped).
-    async fn previous_sessions(&self, addr: &DeviceAddr) -> Result<Vec<(i64, Session)>> {
+    /// Gives `record` the previous session states of a device, newest first (unreadable ones
+    /// skipped); returns their row ids in the same order.
+    async fn load_previous(
+        &self,
+        addr: &DeviceAddr,
+        record: &mut SessionRecord,
+    ) -> Result<Vec<i64>> {
         let a = addr.clone();
         let rows = self
             .store
             .read(move |conn| device_state::previous_sessions(conn, &a))
             .await?;
-        Ok(rows
+        let (ids, states): (Vec<i64>, Vec<Session>) = rows
             .into_iter()
             .filter_map(|r| {
                 Session::from_bytes(r.state.expose(), Vec::new())
                     .ok()
                     .map(|s| (r.id, s))
             })
-            .collect())
+            .unzip();
+        record.set_previous(states);
+        Ok(ids)
     }
 
     /// The account's trust mode and whether catch-up is on (it ends by itself after
@@ -531,11 +520,13 @@ impl Manager {
         let (refill, bundle_version) = self
             .store
             .write(move |tx| {
-                if let Some(state) = &archive {
-                    device_state::push_previous_session(tx, &a, state, now, MAX_PREVIOUS_SESSIONS)?;
-                }
+                // As the record promotes: the promoted state leaves the previous ones before
+                // the current one joins them, the oldest beyond the bound dropped.
                 if let Some(id) = promoted {
                     device_state::delete_previous_session(tx, id)?;
+                }
+                if let Some(state) = &archive {
+                    device_state::push_previous_session(tx, &a, state, now, MAX_PREVIOUS_SESSIONS)?;
                 }
                 session_store::upsert(tx, &row)?;
                 match &whole {

@@ -643,7 +643,7 @@ impl Manager {
                                 &addr,
                                 old,
                                 now,
-                                super::decrypt::MAX_PREVIOUS_SESSIONS,
+                                protocol_core::consts::MAX_PREVIOUS_SESSIONS,
                             )?;
                         }
                         if let Some(c) = &cache {
