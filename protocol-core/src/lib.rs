@@ -19,6 +19,7 @@ pub mod error;
 pub mod kdf;
 pub mod keys;
 pub mod payload;
+pub mod plaintext;
 pub mod sce;
 pub mod session;
 pub mod version;
@@ -26,4 +27,5 @@ pub mod wire;
 pub mod x3dh;
 pub mod xml;
 
+pub use plaintext::Plaintext;
 pub use version::Version;

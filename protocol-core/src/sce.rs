@@ -8,6 +8,7 @@
 //! ```
 
 use crate::error::ErrorCause;
+use crate::plaintext::Plaintext;
 use crate::xml::tree;
 use crate::xml::{escape_attr, escape_text, XmlError};
 use rand_core::{CryptoRng, RngCore};
@@ -77,7 +78,7 @@ pub fn build_envelope(
     body: &str,
     opts: &EnvelopeOptions<'_>,
     rng: &mut (impl RngCore + CryptoRng),
-) -> String {
+) -> Plaintext {
     // Multiply-shift maps a u32 onto 0..=200; the tiny bias is irrelevant for padding length.
     let range = (MAX_RPAD_LEN as u64) + 1;
     let len = ((u64::from(rng.next_u32()) * range) >> 32) as usize;
@@ -108,7 +109,7 @@ pub fn build_envelope(
         out.push_str("'/>");
     }
     out.push_str("</envelope>");
-    out
+    Plaintext::from(out)
 }
 
 /// A parsed envelope. Affixes are returned unchecked: the caller compares `from`/`to` with the
@@ -116,10 +117,10 @@ pub fn build_envelope(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// Text of the first `<body>` in `<content>`, if any.
-    pub body: Option<String>,
+    pub body: Option<Plaintext>,
     /// The children of `<content>` as standalone XML: every top-level element declares its
     /// namespace (`xmlns='…'`), element prefixes are resolved away, so it parses on its own.
-    pub content_xml: String,
+    pub content_xml: Plaintext,
     /// `<from jid>`.
     pub from: Option<String>,
     /// `<to jid>`.
@@ -160,8 +161,8 @@ pub fn parse_envelope(xml: &str) -> Result<Envelope, SceError> {
         .children
         .iter()
         .find(|c| c.name == "body" && matches!(c.ns.as_deref(), Some(CLIENT_NS) | Some(SCE_NS)))
-        .map(|b| b.text.clone());
-    let content_xml = standalone_content(xml)?;
+        .map(|b| Plaintext::from(b.text.as_str()));
+    let content_xml = Plaintext::from(standalone_content(xml)?);
     Ok(Envelope {
         body,
         content_xml,

@@ -863,7 +863,7 @@ fn content_xml_stands_alone_with_its_namespaces() {
         <!-- dropped --></content><rpad/><from jid='a@b'/></envelope>";
     let e = sce::parse_envelope(env).expect("valid");
     assert_eq!(e.body.as_deref(), Some("hi & <b>"));
-    let c = &e.content_xml;
+    let c = e.content_xml.as_str();
     // The copy of the raw inner XML would not parse on its own.
     assert!(standalone_elements("<ns1:body>hi</ns1:body>").is_err());
     let els = standalone_elements(c).unwrap_or_else(|err| panic!("{err}: {c}"));

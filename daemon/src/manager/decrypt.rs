@@ -32,7 +32,7 @@ use protocol_core::session::{
     Decrypted, KeyExchange, RecordDecrypted, Session, SessionError, SessionRecord, StateIndex,
 };
 use protocol_core::xml::{Encrypted, KeyElement};
-use protocol_core::Version;
+use protocol_core::{Plaintext, Version};
 use rand::rngs::OsRng;
 use serde::Serialize;
 
@@ -58,10 +58,12 @@ pub struct DecryptOutcome {
     pub sender: Sender,
     /// The body text; absent for an empty (key transport / heartbeat) message.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub body: Option<Plaintext>,
     /// OMEMO 2: the decrypted SCE `<content>` (inner XML), for elements other than the body.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub content_xml: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub content_xml: Option<Plaintext>,
     /// OMEMO 2: the envelope's `<from>`, `<to>` and `<time>`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub envelope: Option<EnvelopeInfo>,
@@ -209,8 +211,8 @@ struct Mode {
 
 /// The decrypted payload.
 pub(super) struct Opened {
-    pub(super) body: Option<String>,
-    pub(super) content_xml: Option<String>,
+    pub(super) body: Option<Plaintext>,
+    pub(super) content_xml: Option<Plaintext>,
     pub(super) envelope: Option<EnvelopeInfo>,
     pub(super) empty: bool,
 }
@@ -811,7 +813,7 @@ pub(super) fn open_payload(ns: Version, element: &Encrypted, d: &Decrypted) -> R
             })?;
             let pt = payload::oldmemo::decrypt(&d.plaintext, iv, ct)
                 .map_err(|_| ManagerError::AuthenticationFailed)?;
-            let body = String::from_utf8(pt.to_vec())
+            let body = Plaintext::from_utf8(&pt)
                 .map_err(|_| ManagerError::InvalidMessage("body is not UTF-8".into()))?;
             Ok(Opened {
                 body: Some(body),
@@ -828,12 +830,12 @@ pub(super) fn open_payload(ns: Version, element: &Encrypted, d: &Decrypted) -> R
             let env = parse_envelope(text)
                 .map_err(|e| ManagerError::InvalidMessage(format!("SCE envelope: {e}")))?;
             Ok(Opened {
-                body: env.body.clone(),
-                content_xml: Some(env.content_xml.clone()),
+                body: env.body,
+                content_xml: Some(env.content_xml),
                 envelope: Some(EnvelopeInfo {
-                    from: env.from.clone(),
-                    to: env.to.clone(),
-                    time: env.time.clone(),
+                    from: env.from,
+                    to: env.to,
+                    time: env.time,
                 }),
                 empty: false,
             })
@@ -940,6 +942,38 @@ mod tests {
             empty: true,
         };
         assert!(check_envelope(&none, "b@x", &conv(Some(room), true)).is_ok());
+    }
+
+    #[test]
+    fn the_outcome_keeps_its_json_and_shows_no_content_in_debug() {
+        let content = "<body xmlns='jabber:client'>attack at dawn</body>";
+        let outcome = DecryptOutcome {
+            namespace: Version::Twomemo.namespace().to_owned(),
+            sender: Sender {
+                jid: "b@x".into(),
+                device_id: 7,
+                fingerprint: "f".into(),
+                trust: "trusted".into(),
+            },
+            body: Some("attack at dawn".into()),
+            content_xml: Some(content.into()),
+            envelope: None,
+            empty: false,
+            key_exchange: false,
+            actions: Vec::new(),
+            redelivered: false,
+            first_decrypted_at: None,
+        };
+        let debug = format!("{outcome:?}");
+        assert!(!debug.contains("attack"), "{debug}");
+        let json = serde_json::to_value(&outcome).unwrap();
+        assert_eq!(json["body"], "attack at dawn");
+        assert_eq!(json["content_xml"], content);
+        let schema = serde_json::to_value(schemars::schema_for!(DecryptOutcome)).unwrap();
+        assert_eq!(
+            schema["properties"]["body"]["type"],
+            serde_json::json!(["string", "null"])
+        );
     }
 
     fn element(version: Version, sid: u32, jid: Option<&str>, rid: u32) -> Encrypted {
