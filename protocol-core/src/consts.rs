@@ -11,9 +11,6 @@ pub const MAX_SKIPPED_KEYS_PER_SESSION: usize = 1000;
 /// Size of the one-time prekey pool of a bundle (XEP-0384: SHOULD about 100).
 pub const PREKEY_POOL_SIZE: u32 = 100;
 
-/// Fewest one-time prekeys a received bundle must have to be used (XEP-0384 0.3: MUST ≥ 20).
-pub const MIN_BUNDLE_PREKEYS: usize = 1;
-
 /// Highest one-time / signed prekey id allowed in OMEMO 0.3 (0xFFFFFF means "no prekey").
 pub const OLDMEMO_MAX_PREKEY_ID: u32 = 0x00FF_FFFE;
 

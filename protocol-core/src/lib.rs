@@ -4,6 +4,29 @@
 //!
 //! Sans-I/O: every operation is a pure function or a method on a plain state value. The caller
 //! (the `omemod` daemon) loads state, advances it here, and persists the result.
+//!
+//! Modules, each using only those listed before it:
+//!
+//! * [`consts`]: every limit of the protocol core.
+//! * [`version`]: the two versions ([`Version`]) and the constants that tell them apart.
+//! * [`error`]: [`error::ErrorCause`], and the storage-form error keys and sessions share.
+//! * [`plaintext`]: [`Plaintext`], message text in the clear.
+//! * [`kdf`]: HKDF and HMAC.
+//! * [`keys`]: key pairs, identities, XEdDSA, their storage forms.
+//! * [`bundle`]: published bundles and their verification.
+//! * [`x3dh`]: the key agreement.
+//! * [`double_ratchet`]: the Double Ratchet.
+//! * [`wire`]: the binary forms of `<key>` contents.
+//! * [`payload`]: encryption of the message body.
+//! * [`session`]: sessions (X3DH, ratchet and wire together), session records, snapshots.
+//! * [`xml`]: the XML forms of messages, bundles and device lists.
+//! * [`sce`]: the OMEMO 2 SCE envelope.
+//!
+//! Errors, one enum per operation family, each with `cause()`: [`keys::KeyError`],
+//! [`bundle::BundleError`], [`x3dh::X3dhError`], [`double_ratchet::RatchetError`],
+//! [`session::SessionError`] (initiation and decryption), [`wire::WireError`],
+//! [`payload::PayloadError`], [`xml::XmlError`], [`sce::SceError`],
+//! [`error::SnapshotError`].
 #![forbid(unsafe_code)]
 // Untrusted input must never panic the protocol or the daemon: no unwrap/expect/panic outside tests.
 #![cfg_attr(

@@ -4,6 +4,11 @@
 //! derives the message key and the would-be next state without touching `self`; the caller
 //! authenticates and decrypts the message with that key and only then calls
 //! [`DoubleRatchet::commit`].
+//!
+//! * [`root_key`]: the root chain (`KDF_RK`).
+//! * [`chain_key`]: sending and receiving chains (`KDF_CK`).
+//! * [`message_key`]: message keys and the encryption of the key material they carry.
+//! * [`skipped_keys`]: the bounded store of skipped message keys.
 
 pub mod chain_key;
 pub mod message_key;

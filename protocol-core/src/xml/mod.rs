@@ -4,6 +4,11 @@
 //! Parsing goes through a bounded element tree with namespace resolution (default namespaces
 //! and prefixes both work); serialization writes escaped XML with single-quoted attributes.
 //! The structs also derive serde (bytes as standard base64 strings) for the daemon's JSON form.
+//!
+//! * [`encrypted`]: the `<encrypted>` message element.
+//! * [`bundle`]: bundles of both versions.
+//! * [`devicelist`]: device lists of both versions.
+//! * `tree`: the bounded element tree every parser reads into.
 
 pub mod bundle;
 pub mod devicelist;
