@@ -291,11 +291,6 @@ impl Session {
             1 => Role::Responder,
             _ => return Err(SnapshotError::Invalid("role")),
         };
-        let chain = |k: &Option<Vec<u8>>, i: u32, f| -> Result<Option<ChainKey>, SnapshotError> {
-            k.as_ref()
-                .map(|k| Ok(ChainKey::new(arr(k, f)?, i)))
-                .transpose()
-        };
         let mut all_skipped = Vec::with_capacity(s.skipped.len() + skipped.len());
         for k in &s.skipped {
             all_skipped.push(SkippedKey {
@@ -305,53 +300,7 @@ impl Session {
             });
         }
         all_skipped.extend(skipped);
-        let chains = Chains {
-            root_key: RootKey(arr(&s.root_key, "root_key")?),
-            own_ratchet: KeyPair::from_private(PrivateKey::from_bytes(arr(
-                &s.own_ratchet_private,
-                "own_ratchet_private",
-            )?)),
-            remote_ratchet: s
-                .remote_ratchet
-                .as_ref()
-                .map(|k| arr(k, "remote_ratchet").map(PublicKey))
-                .transpose()?,
-            sending: chain(&s.sending_chain_key, s.sending_index, "sending_chain_key")?,
-            receiving: chain(
-                &s.receiving_chain_key,
-                s.receiving_index,
-                "receiving_chain_key",
-            )?,
-            previous_sending_length: s.previous_sending_length,
-            previous_remote: s
-                .previous_remote
-                .iter()
-                .map(|k| arr(k, "previous_remote").map(PublicKey))
-                .collect::<Result<_, _>>()?,
-            receiving_dropped_below: s.receiving_dropped_below,
-            previous_receiving: s
-                .previous_receiving
-                .iter()
-                .skip(
-                    s.previous_receiving
-                        .len()
-                        .saturating_sub(MAX_PREVIOUS_RECEIVING_CHAINS),
-                )
-                .map(|p| {
-                    Ok(PreviousChain {
-                        ratchet_key: PublicKey(arr(
-                            &p.ratchet_key,
-                            "previous_receiving.ratchet_key",
-                        )?),
-                        chain: ChainKey::new(
-                            arr(&p.chain_key, "previous_receiving.chain_key")?,
-                            p.index,
-                        ),
-                        dropped_below: p.dropped_below,
-                    })
-                })
-                .collect::<Result<_, SnapshotError>>()?,
-        };
+        let chains = chains(s)?;
         let remote_identity =
             RemoteIdentity::from_transported(version, arr(&s.remote_identity, "remote_identity")?);
         Ok(Session {
@@ -375,6 +324,59 @@ impl Session {
             confirmed: s.confirmed,
         })
     }
+}
+
+/// The ratchet's chain state of a snapshot.
+fn chains(s: &SessionSnapshot) -> Result<Chains, SnapshotError> {
+    let chain = |k: &Option<Vec<u8>>, i: u32, f| -> Result<Option<ChainKey>, SnapshotError> {
+        k.as_ref()
+            .map(|k| Ok(ChainKey::new(arr(k, f)?, i)))
+            .transpose()
+    };
+    // Only the newest are kept (a snapshot may come from a release that kept more).
+    let older = s
+        .previous_receiving
+        .len()
+        .saturating_sub(MAX_PREVIOUS_RECEIVING_CHAINS);
+    Ok(Chains {
+        root_key: RootKey(arr(&s.root_key, "root_key")?),
+        own_ratchet: KeyPair::from_private(PrivateKey::from_bytes(arr(
+            &s.own_ratchet_private,
+            "own_ratchet_private",
+        )?)),
+        remote_ratchet: s
+            .remote_ratchet
+            .as_ref()
+            .map(|k| arr(k, "remote_ratchet").map(PublicKey))
+            .transpose()?,
+        sending: chain(&s.sending_chain_key, s.sending_index, "sending_chain_key")?,
+        receiving: chain(
+            &s.receiving_chain_key,
+            s.receiving_index,
+            "receiving_chain_key",
+        )?,
+        previous_sending_length: s.previous_sending_length,
+        previous_remote: s
+            .previous_remote
+            .iter()
+            .map(|k| arr(k, "previous_remote").map(PublicKey))
+            .collect::<Result<_, _>>()?,
+        receiving_dropped_below: s.receiving_dropped_below,
+        previous_receiving: s
+            .previous_receiving
+            .iter()
+            .skip(older)
+            .map(previous_chain)
+            .collect::<Result<_, SnapshotError>>()?,
+    })
+}
+
+fn previous_chain(p: &PreviousChainSnapshot) -> Result<PreviousChain, SnapshotError> {
+    Ok(PreviousChain {
+        ratchet_key: PublicKey(arr(&p.ratchet_key, "previous_receiving.ratchet_key")?),
+        chain: ChainKey::new(arr(&p.chain_key, "previous_receiving.chain_key")?, p.index),
+        dropped_below: p.dropped_below,
+    })
 }
 
 // Protobuf encoding as prost writes it for `SessionSnapshot` (fields in tag order; a scalar
