@@ -34,6 +34,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 #![deny(missing_debug_implementations)]
+// Every public item, error variant included, says what it is.
+#![deny(missing_docs)]
 
 pub mod bundle;
 pub mod consts;

@@ -66,34 +66,49 @@ pub struct SessionSnapshot {
     /// 0 = initiator, 1 = responder.
     #[prost(uint32, tag = "3")]
     pub role: u32,
+    /// Our identity key as this version transports it.
     #[prost(bytes = "vec", tag = "4")]
     pub own_identity: Vec<u8>,
+    /// The peer's identity key as this version transports it.
     #[prost(bytes = "vec", tag = "5")]
     pub remote_identity: Vec<u8>,
+    /// The key exchange's one-time prekey id.
     #[prost(uint32, tag = "6")]
     pub pre_key_id: u32,
+    /// The key exchange's signed prekey id.
     #[prost(uint32, tag = "7")]
     pub signed_pre_key_id: u32,
+    /// The key exchange's ephemeral key.
     #[prost(bytes = "vec", tag = "8")]
     pub ephemeral: Vec<u8>,
+    /// Whether the peer has answered.
     #[prost(bool, tag = "9")]
     pub confirmed: bool,
+    /// Root key.
     #[prost(bytes = "vec", tag = "10")]
     pub root_key: Vec<u8>,
+    /// Our current ratchet private key.
     #[prost(bytes = "vec", tag = "11")]
     pub own_ratchet_private: Vec<u8>,
+    /// The peer's current ratchet key, once known.
     #[prost(bytes = "vec", optional, tag = "12")]
     pub remote_ratchet: Option<Vec<u8>>,
+    /// Sending chain key, once we can send.
     #[prost(bytes = "vec", optional, tag = "13")]
     pub sending_chain_key: Option<Vec<u8>>,
+    /// Index of the sending chain key.
     #[prost(uint32, tag = "14")]
     pub sending_index: u32,
+    /// Receiving chain key, once a message arrived.
     #[prost(bytes = "vec", optional, tag = "15")]
     pub receiving_chain_key: Option<Vec<u8>>,
+    /// Index of the receiving chain key.
     #[prost(uint32, tag = "16")]
     pub receiving_index: u32,
+    /// Length of our previous sending chain (`pn`).
     #[prost(uint32, tag = "17")]
     pub previous_sending_length: u32,
+    /// Ratchet keys of the peer's earlier chains, oldest first.
     #[prost(bytes = "vec", repeated, tag = "18")]
     pub previous_remote: Vec<Vec<u8>>,
     /// Only when the caller asked for a self-contained snapshot.
