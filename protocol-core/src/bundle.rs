@@ -3,6 +3,7 @@
 //! `identity_key` holds the form the version transports: the Curve25519 u-coordinate in 0.3
 //! (without its 0x05 type byte), the Ed25519 point in OMEMO 2.
 
+use crate::error::ErrorCause;
 use crate::keys::identity::SignedPreKey;
 use crate::keys::IdentityKeyPair;
 use crate::Version;
@@ -98,6 +99,13 @@ pub enum BundleError {
     TooManyPreKeys(usize),
 }
 
+impl BundleError {
+    /// Whom the error is due to: the peer published an unusable bundle.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::PeerMisbehaved
+    }
+}
+
 /// Most one-time prekeys accepted in a received bundle.
 pub const MAX_BUNDLE_PREKEYS: usize = 1000;
 
@@ -186,7 +194,7 @@ impl VerifiedBundle {
     pub fn verify(bundle: Bundle) -> Result<Self, BundleError> {
         bundle.verify()?;
         let identity_curve25519 =
-            crate::x3dh::RemoteIdentity::from_transported(bundle.version, bundle.identity_key)
+            crate::keys::RemoteIdentity::from_transported(bundle.version, bundle.identity_key)
                 .curve25519()
                 .map_err(|_| BundleError::InvalidKey("identity"))?;
         Ok(Self {

@@ -11,9 +11,6 @@ pub const MAX_SKIPPED_KEYS_PER_SESSION: usize = 1000;
 /// Size of the one-time prekey pool of a bundle (XEP-0384: SHOULD about 100).
 pub const PREKEY_POOL_SIZE: u32 = 100;
 
-/// Fewest one-time prekeys a received bundle must have to be used (XEP-0384 0.3: MUST ≥ 20).
-pub const MIN_BUNDLE_PREKEYS: usize = 1;
-
 /// Highest one-time / signed prekey id allowed in OMEMO 0.3 (0xFFFFFF means "no prekey").
 pub const OLDMEMO_MAX_PREKEY_ID: u32 = 0x00FF_FFFE;
 
@@ -36,3 +33,8 @@ pub const MAX_PREVIOUS_RATCHET_KEYS: usize = 5;
 /// The peer's earlier receiving chains kept (chain key and index), so that their late messages
 /// decrypt whatever previous-chain length the sender wrote; libsignal keeps 5 too.
 pub const MAX_PREVIOUS_RECEIVING_CHAINS: usize = 5;
+
+/// Previous session states kept per device beside the current one, tried in order when it
+/// cannot decrypt (libsignal keeps 40; a handful covers simultaneous first contact and a late
+/// message after a rebuild).
+pub const MAX_PREVIOUS_SESSIONS: usize = 5;

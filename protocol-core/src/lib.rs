@@ -4,6 +4,29 @@
 //!
 //! Sans-I/O: every operation is a pure function or a method on a plain state value. The caller
 //! (the `omemod` daemon) loads state, advances it here, and persists the result.
+//!
+//! Modules, each using only those listed before it:
+//!
+//! * [`consts`]: every limit of the protocol core.
+//! * [`version`]: the two versions ([`Version`]) and the constants that tell them apart.
+//! * [`error`]: [`error::ErrorCause`], and the storage-form error keys and sessions share.
+//! * [`plaintext`]: [`Plaintext`], message text in the clear.
+//! * [`kdf`]: HKDF and HMAC.
+//! * [`keys`]: key pairs, identities, XEdDSA, their storage forms.
+//! * [`bundle`]: published bundles and their verification.
+//! * [`x3dh`]: the key agreement.
+//! * [`double_ratchet`]: the Double Ratchet.
+//! * [`wire`]: the binary forms of `<key>` contents.
+//! * [`payload`]: encryption of the message body.
+//! * [`session`]: sessions (X3DH, ratchet and wire together), session records, snapshots.
+//! * [`xml`]: the XML forms of messages, bundles and device lists.
+//! * [`sce`]: the OMEMO 2 SCE envelope.
+//!
+//! Errors, one enum per operation family, each with `cause()`: [`keys::KeyError`],
+//! [`bundle::BundleError`], [`x3dh::X3dhError`], [`double_ratchet::RatchetError`],
+//! [`session::SessionError`] (initiation and decryption), [`wire::WireError`],
+//! [`payload::PayloadError`], [`xml::XmlError`], [`sce::SceError`],
+//! [`error::SnapshotError`].
 #![forbid(unsafe_code)]
 // Untrusted input must never panic the protocol or the daemon: no unwrap/expect/panic outside tests.
 #![cfg_attr(
@@ -11,13 +34,17 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 #![deny(missing_debug_implementations)]
+// Every public item, error variant included, says what it is.
+#![deny(missing_docs)]
 
 pub mod bundle;
 pub mod consts;
 pub mod double_ratchet;
+pub mod error;
 pub mod kdf;
 pub mod keys;
 pub mod payload;
+pub mod plaintext;
 pub mod sce;
 pub mod session;
 pub mod version;
@@ -25,4 +52,5 @@ pub mod wire;
 pub mod x3dh;
 pub mod xml;
 
+pub use plaintext::Plaintext;
 pub use version::Version;

@@ -7,8 +7,13 @@
 //! </envelope>
 //! ```
 
+use crate::error::ErrorCause;
+use crate::plaintext::Plaintext;
 use crate::xml::tree;
 use crate::xml::{escape_attr, escape_text, XmlError};
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
+use quick_xml::NsReader;
 use rand_core::{CryptoRng, RngCore};
 
 /// SCE namespace.
@@ -50,6 +55,16 @@ pub enum SceError {
     },
 }
 
+impl SceError {
+    /// Whom the error is due to: the sender's envelope.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            SceError::Xml(e) => e.cause(),
+            _ => ErrorCause::PeerMisbehaved,
+        }
+    }
+}
+
 /// Affix values for [`build_envelope`].
 #[derive(Debug, Clone, Copy)]
 pub struct EnvelopeOptions<'a> {
@@ -66,7 +81,7 @@ pub fn build_envelope(
     body: &str,
     opts: &EnvelopeOptions<'_>,
     rng: &mut (impl RngCore + CryptoRng),
-) -> String {
+) -> Plaintext {
     // Multiply-shift maps a u32 onto 0..=200; the tiny bias is irrelevant for padding length.
     let range = (MAX_RPAD_LEN as u64) + 1;
     let len = ((u64::from(rng.next_u32()) * range) >> 32) as usize;
@@ -97,7 +112,7 @@ pub fn build_envelope(
         out.push_str("'/>");
     }
     out.push_str("</envelope>");
-    out
+    Plaintext::from(out)
 }
 
 /// A parsed envelope. Affixes are returned unchecked: the caller compares `from`/`to` with the
@@ -105,10 +120,10 @@ pub fn build_envelope(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// Text of the first `<body>` in `<content>`, if any.
-    pub body: Option<String>,
+    pub body: Option<Plaintext>,
     /// The children of `<content>` as standalone XML: every top-level element declares its
     /// namespace (`xmlns='…'`), element prefixes are resolved away, so it parses on its own.
-    pub content_xml: String,
+    pub content_xml: Plaintext,
     /// `<from jid>`.
     pub from: Option<String>,
     /// `<to jid>`.
@@ -149,8 +164,8 @@ pub fn parse_envelope(xml: &str) -> Result<Envelope, SceError> {
         .children
         .iter()
         .find(|c| c.name == "body" && matches!(c.ns.as_deref(), Some(CLIENT_NS) | Some(SCE_NS)))
-        .map(|b| b.text.clone());
-    let content_xml = standalone_content(xml)?;
+        .map(|b| Plaintext::from(b.text.as_str()));
+    let content_xml = Plaintext::from(standalone_content(xml)?);
     Ok(Envelope {
         body,
         content_xml,
@@ -165,20 +180,7 @@ pub fn parse_envelope(xml: &str) -> Result<Envelope, SceError> {
 /// on `<envelope>`, which a bare copy of the inner XML would lose. Text, CDATA and element order
 /// are kept; comments and processing instructions are dropped.
 fn standalone_content(xml: &str) -> Result<String, XmlError> {
-    use quick_xml::events::Event;
-    use quick_xml::name::ResolveResult;
-
-    fn uri(r: ResolveResult<'_>) -> Option<String> {
-        match r {
-            ResolveResult::Bound(ns) => Some(String::from_utf8_lossy(ns.as_ref()).into_owned()),
-            _ => None,
-        }
-    }
-    let syntax = |e: &dyn std::fmt::Display| XmlError::Syntax {
-        position: 0,
-        reason: e.to_string(),
-    };
-    let mut reader = quick_xml::NsReader::from_str(xml);
+    let mut reader = NsReader::from_str(xml);
     reader.config_mut().expand_empty_elements = true;
     let mut out = String::new();
     let mut depth = 0usize;
@@ -187,66 +189,21 @@ fn standalone_content(xml: &str) -> Result<String, XmlError> {
     let mut inside = false;
     let mut done = false;
     loop {
-        let (resolved, event) = reader.read_resolved_event().map_err(|e| syntax(&e))?;
+        let (resolved, event) = reader.read_resolved_event().map_err(syntax)?;
         let ns = uri(resolved);
         match event {
             Event::Start(start) => {
                 depth += 1;
-                if !inside {
-                    if depth == 2
-                        && !done
-                        && ns.as_deref() == Some(SCE_NS)
-                        && start.local_name().as_ref() == b"content"
-                    {
-                        inside = true;
-                    }
-                    continue;
+                if inside {
+                    write_start(&mut out, &reader, &start, &ns, open.last())?;
+                    open.push(ns);
+                } else if depth == 2
+                    && !done
+                    && ns.as_deref() == Some(SCE_NS)
+                    && start.local_name().as_ref() == b"content"
+                {
+                    inside = true;
                 }
-                let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
-                out.push('<');
-                out.push_str(&name);
-                let parent = open.last().cloned();
-                if open.is_empty() || parent.as_ref() != Some(&ns) {
-                    match &ns {
-                        Some(u) => {
-                            out.push_str(" xmlns='");
-                            out.push_str(&escape_attr(u));
-                            out.push('\'');
-                        }
-                        // Undeclare an inherited default namespace.
-                        None if parent.flatten().is_some() => out.push_str(" xmlns=''"),
-                        None => {}
-                    }
-                }
-                let mut extra = 0;
-                for attr in start.attributes() {
-                    let attr = attr.map_err(|e| syntax(&e))?;
-                    if attr.key.as_namespace_binding().is_some() {
-                        continue;
-                    }
-                    let value = attr.unescape_value().map_err(|e| syntax(&e))?;
-                    let local =
-                        String::from_utf8_lossy(attr.key.local_name().as_ref()).into_owned();
-                    let prefix = attr.key.prefix().map(|p| p.as_ref().to_vec());
-                    match prefix.as_deref() {
-                        None => out.push_str(&format!(" {local}='{}'", escape_attr(&value))),
-                        Some(b"xml") => {
-                            out.push_str(&format!(" xml:{local}='{}'", escape_attr(&value)))
-                        }
-                        Some(_) => {
-                            let (r, _) = reader.resolve_attribute(attr.key);
-                            let Some(u) = uri(r) else { continue };
-                            extra += 1;
-                            out.push_str(&format!(
-                                " xmlns:a{extra}='{}' a{extra}:{local}='{}'",
-                                escape_attr(&u),
-                                escape_attr(&value)
-                            ));
-                        }
-                    }
-                }
-                out.push('>');
-                open.push(ns);
             }
             Event::End(end) => {
                 depth = depth.saturating_sub(1);
@@ -263,14 +220,79 @@ fn standalone_content(xml: &str) -> Result<String, XmlError> {
                 out.push('>');
             }
             Event::Text(t) if inside => {
-                out.push_str(&escape_text(&t.unescape().map_err(|e| syntax(&e))?));
+                out.push_str(&escape_text(&t.unescape().map_err(syntax)?));
             }
             Event::CData(c) if inside => {
-                out.push_str(&escape_text(&c.decode().map_err(|e| syntax(&e))?));
+                out.push_str(&escape_text(&c.decode().map_err(syntax)?));
             }
             Event::Eof => break,
             _ => {}
         }
     }
     Ok(out)
+}
+
+/// Writes the start tag of an element inside `<content>`: its namespace declared unless its
+/// parent's (`parent`, `None` at the top) is the same, and its attributes with theirs.
+fn write_start(
+    out: &mut String,
+    reader: &NsReader<&[u8]>,
+    start: &BytesStart<'_>,
+    ns: &Option<String>,
+    parent: Option<&Option<String>>,
+) -> Result<(), XmlError> {
+    out.push('<');
+    out.push_str(&String::from_utf8_lossy(start.local_name().as_ref()));
+    if parent != Some(ns) {
+        match ns {
+            Some(u) => {
+                out.push_str(" xmlns='");
+                out.push_str(&escape_attr(u));
+                out.push('\'');
+            }
+            // Undeclare an inherited default namespace.
+            None if parent.is_some_and(Option::is_some) => out.push_str(" xmlns=''"),
+            None => {}
+        }
+    }
+    let mut extra = 0;
+    for attr in start.attributes() {
+        let attr = attr.map_err(syntax)?;
+        if attr.key.as_namespace_binding().is_some() {
+            continue;
+        }
+        let value = attr.unescape_value().map_err(syntax)?;
+        let local = String::from_utf8_lossy(attr.key.local_name().as_ref()).into_owned();
+        match attr.key.prefix().map(|p| p.as_ref().to_vec()).as_deref() {
+            None => out.push_str(&format!(" {local}='{}'", escape_attr(&value))),
+            Some(b"xml") => out.push_str(&format!(" xml:{local}='{}'", escape_attr(&value))),
+            Some(_) => {
+                let (r, _) = reader.resolve_attribute(attr.key);
+                let Some(u) = uri(r) else { continue };
+                extra += 1;
+                out.push_str(&format!(
+                    " xmlns:a{extra}='{}' a{extra}:{local}='{}'",
+                    escape_attr(&u),
+                    escape_attr(&value)
+                ));
+            }
+        }
+    }
+    out.push('>');
+    Ok(())
+}
+
+fn uri(r: ResolveResult<'_>) -> Option<String> {
+    match r {
+        ResolveResult::Bound(ns) => Some(String::from_utf8_lossy(ns.as_ref()).into_owned()),
+        _ => None,
+    }
+}
+
+/// A syntax error in the envelope (the tree parse before found none, so no position is kept).
+fn syntax(e: impl Into<quick_xml::Error>) -> XmlError {
+    XmlError::Syntax {
+        position: 0,
+        reason: tree::describe(e),
+    }
 }

@@ -3,24 +3,29 @@
 //!
 //! The key material a session carries is small (the payload key and tag); the payload itself
 //! is encrypted separately (see [`crate::payload`]).
+//!
+//! * `record`: [`SessionRecord`], a device's current session state and its previous ones.
+//! * `snapshot`: the storage form ([`SessionSnapshot`]) and its encoding.
 
 use crate::bundle::{Bundle, VerifiedBundle};
 use crate::double_ratchet::chain_key::ChainKey;
 use crate::double_ratchet::message_key::MessageKey;
 use crate::double_ratchet::skipped_keys::{SkippedKey, SkippedKeyChanges};
 use crate::double_ratchet::{DoubleRatchet, Header, RatchetError};
-use crate::keys::{IdentityKeyPair, KeyError, KeyPair, PrivateKey, PublicKey};
+use crate::error::ErrorCause;
+use crate::keys::{IdentityKeyPair, KeyError, KeyPair, PrivateKey, PublicKey, RemoteIdentity};
 use crate::wire::{oldmemo, twomemo, WireError};
-use crate::x3dh::{self, RemoteIdentity, X3dhError};
+use crate::x3dh::{self, X3dhError};
 use crate::{kdf, Version};
 use rand_core::CryptoRngCore;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+mod record;
 mod snapshot;
-pub use snapshot::{
-    PreviousChainSnapshot, SessionSnapshot, SnapshotError, SESSION_SNAPSHOT_FORMAT,
-};
+pub use crate::error::SnapshotError;
+pub use record::{RecordDecrypted, SessionRecord, StateIndex};
+pub use snapshot::{PreviousChainSnapshot, SessionSnapshot, SESSION_SNAPSHOT_FORMAT};
 
 /// Why a message could not be decrypted (or a session not built). A failed call leaves the
 /// session exactly as it was.
@@ -45,6 +50,26 @@ pub enum SessionError {
     /// The key exchange carries no one-time prekey, which OMEMO requires.
     #[error("key exchange without a one-time prekey")]
     MissingPreKey,
+    /// No session state decrypted the message and there is no current session to blame
+    /// ([`SessionRecord::decrypt`] without any state).
+    #[error("no session")]
+    NoSession,
+}
+
+impl SessionError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            SessionError::Malformed(e) => e.cause(),
+            SessionError::AuthenticationFailed | SessionError::MissingPreKey => {
+                ErrorCause::PeerMisbehaved
+            }
+            SessionError::Ratchet(e) => e.cause(),
+            SessionError::X3dh(e) => e.cause(),
+            SessionError::InvalidKey(e) => e.cause(),
+            SessionError::NoSession => ErrorCause::LocalState,
+        }
+    }
 }
 
 /// Who started the session.

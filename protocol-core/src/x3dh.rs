@@ -4,11 +4,14 @@
 //! `SK = HKDF(ikm, salt = 0×32, info)`. The one-time prekey is mandatory in OMEMO.
 
 use crate::bundle::{Bundle, BundleError, VerifiedBundle};
-use crate::keys::conversion::ed25519_to_curve25519;
+use crate::error::ErrorCause;
 use crate::keys::{IdentityKeyPair, KeyError, KeyPair, PrivateKey, PublicKey};
 use crate::{kdf, Version};
 use thiserror::Error;
 use zeroize::Zeroizing;
+
+// The peer's identity is a key type; X3DH's callers have always found it here too.
+pub use crate::keys::RemoteIdentity;
 
 /// Errors of the key agreement.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -25,36 +28,14 @@ pub enum X3dhError {
     InvalidKey(#[from] KeyError),
 }
 
-/// The identity key of a peer in the form its version transports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RemoteIdentity {
-    /// OMEMO 0.3: Curve25519 u.
-    Curve25519([u8; 32]),
-    /// OMEMO 2: Ed25519 point (sign bit as published).
-    Ed25519([u8; 32]),
-}
-
-impl RemoteIdentity {
-    /// The identity as its version transports it.
-    pub fn from_transported(version: Version, key: [u8; 32]) -> Self {
-        match version {
-            Version::Oldmemo => RemoteIdentity::Curve25519(key),
-            Version::Twomemo => RemoteIdentity::Ed25519(key),
-        }
-    }
-
-    /// The 32 transported bytes.
-    pub fn transported(&self) -> [u8; 32] {
+impl X3dhError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
         match self {
-            RemoteIdentity::Curve25519(k) | RemoteIdentity::Ed25519(k) => *k,
-        }
-    }
-
-    /// Its Montgomery form (for DH and fingerprints).
-    pub fn curve25519(&self) -> Result<[u8; 32], KeyError> {
-        match self {
-            RemoteIdentity::Curve25519(k) => Ok(*k),
-            RemoteIdentity::Ed25519(k) => ed25519_to_curve25519(k),
+            X3dhError::InvalidBundle(e) => e.cause(),
+            // The caller picked a prekey the bundle does not offer.
+            X3dhError::UnknownPreKey(_) => ErrorCause::LocalState,
+            X3dhError::InvalidKey(e) => e.cause(),
         }
     }
 }

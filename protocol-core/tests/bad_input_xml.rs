@@ -428,6 +428,28 @@ fn errors_carry_no_content() {
     assert!(!format!("{e} {e:?}").contains(secret));
 }
 
+#[test]
+fn envelope_errors_quote_no_plaintext() {
+    // A decrypted envelope is plaintext: a parse error must not repeat any of it.
+    let secret = "hunter2";
+    let bodies = [
+        "hi &hunter2; there</body>",
+        "hi there</bodyhunter2>",
+        "hi <hunter2 there</body>",
+        "hi &#xhunter2; there</body>",
+    ];
+    for body in bodies {
+        let env = format!(
+            "<envelope xmlns='urn:xmpp:sce:1'><content><body xmlns='jabber:client'>{body}</content></envelope>"
+        );
+        let e = sce::parse_envelope(&env).unwrap_err();
+        assert!(!format!("{e} {e:?}").contains(secret), "{body}: {e}");
+    }
+    let attr = "<envelope xmlns='urn:xmpp:sce:1'><content><b xmlns='u' a='&hunter2;'/></content></envelope>";
+    let e = sce::parse_envelope(attr).unwrap_err();
+    assert!(!format!("{e} {e:?}").contains(secret), "{e}");
+}
+
 // ---- bundles --------------------------------------------------------------------------------
 
 fn bundle_vector(file: &str) -> String {
@@ -841,7 +863,7 @@ fn content_xml_stands_alone_with_its_namespaces() {
         <!-- dropped --></content><rpad/><from jid='a@b'/></envelope>";
     let e = sce::parse_envelope(env).expect("valid");
     assert_eq!(e.body.as_deref(), Some("hi & <b>"));
-    let c = &e.content_xml;
+    let c = e.content_xml.as_str();
     // The copy of the raw inner XML would not parse on its own.
     assert!(standalone_elements("<ns1:body>hi</ns1:body>").is_err());
     let els = standalone_elements(c).unwrap_or_else(|err| panic!("{err}: {c}"));

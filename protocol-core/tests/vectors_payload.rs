@@ -243,7 +243,9 @@ fn twomemo_session_payloads_and_envelopes() {
         let env = sce::parse_envelope(text).unwrap_or_else(|e| panic!("message {i}: {e}"));
         let body = env.body.clone().expect("body present");
         assert!(!body.is_empty());
-        assert!(env.content_xml.contains(&format!(">{body}</body>")));
+        assert!(env
+            .content_xml
+            .contains(&format!(">{}</body>", body.as_str())));
         assert!(env.content_xml.starts_with("<body"));
         if let Some(from) = &env.from {
             let sender = m["sender"].as_str().expect("sender");

@@ -4,7 +4,7 @@
 //! 1. **check** the element (the same rules for XML and JSON input) and **locate** every
 //!    `<key>` for our device;
 //! 2. **authenticate**: try each of those keys on the session candidates — the current session,
-//!    the previous ones ([`MAX_PREVIOUS_SESSIONS`]), or a new one built from a key exchange
+//!    the previous ones (protocol-core's [`SessionRecord`]), or a new one built from a key exchange
 //!    (after identity pinning, the rebuild rate limit and the prekey rules) — on copies;
 //! 3. **judge**: trust of the sender's key, then the payload and its OMEMO 2 SCE envelope;
 //! 4. **commit** everything in one transaction;
@@ -23,20 +23,18 @@ use crate::storage::{
     self, accounts, device_state, devices, prekeys, sessions as session_store,
     trust as trust_store, DeviceAddr,
 };
-use protocol_core::consts::{HEARTBEAT_COUNTER, MAX_DEVICE_ID};
+use protocol_core::consts::{HEARTBEAT_COUNTER, MAX_DEVICE_ID, MAX_PREVIOUS_SESSIONS};
 use protocol_core::double_ratchet::RatchetError;
 use protocol_core::keys::fingerprint;
 use protocol_core::payload;
 use protocol_core::sce::parse_envelope;
-use protocol_core::session::{Decrypted, KeyExchange, Session, SessionError};
+use protocol_core::session::{
+    Decrypted, KeyExchange, RecordDecrypted, Session, SessionError, SessionRecord, StateIndex,
+};
 use protocol_core::xml::{Encrypted, KeyElement};
-use protocol_core::Version;
+use protocol_core::{Plaintext, Version};
 use rand::rngs::OsRng;
 use serde::Serialize;
-
-/// Previous session states kept per device (libsignal keeps 40; a handful covers simultaneous
-/// first contact and a late message after a rebuild).
-pub const MAX_PREVIOUS_SESSIONS: usize = 5;
 
 /// The sender of a decrypted message.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -60,10 +58,12 @@ pub struct DecryptOutcome {
     pub sender: Sender,
     /// The body text; absent for an empty (key transport / heartbeat) message.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub body: Option<Plaintext>,
     /// OMEMO 2: the decrypted SCE `<content>` (inner XML), for elements other than the body.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub content_xml: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub content_xml: Option<Plaintext>,
     /// OMEMO 2: the envelope's `<from>`, `<to>` and `<time>`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub envelope: Option<EnvelopeInfo>,
@@ -147,6 +147,26 @@ fn session_error(e: SessionError) -> ManagerError {
     }
 }
 
+/// The attempt a session record's lookup made: `ids` are the row ids of its previous states.
+fn attempt(
+    record: SessionRecord,
+    found: RecordDecrypted,
+    ids: &[i64],
+    key_exchange: bool,
+) -> Result<Attempt> {
+    let lost = || ManagerError::BrokenSession("the session record lost its state".into());
+    let origin = match found.from {
+        StateIndex::Current => Origin::Current,
+        StateIndex::Previous(i) => Origin::Previous(ids.get(i).copied().ok_or_else(lost)?),
+    };
+    Ok(Attempt {
+        session: record.into_current().ok_or_else(lost)?,
+        decrypted: found.decrypted,
+        origin,
+        key_exchange,
+    })
+}
+
 /// What a key exchange did to our prekeys.
 struct PreKeyUse {
     id: u32,
@@ -191,8 +211,8 @@ struct Mode {
 
 /// The decrypted payload.
 pub(super) struct Opened {
-    pub(super) body: Option<String>,
-    pub(super) content_xml: Option<String>,
+    pub(super) body: Option<Plaintext>,
+    pub(super) content_xml: Option<Plaintext>,
     pub(super) envelope: Option<EnvelopeInfo>,
     pub(super) empty: bool,
 }
@@ -323,49 +343,32 @@ impl Manager {
         }))
     }
 
-    /// A normal message: the current session, then the previous ones.
+    /// A normal message: the session record's lookup (the current state, then the previous
+    /// ones), the previous states read only when the current one cannot decrypt.
     async fn try_message(
         &self,
         addr: &DeviceAddr,
         slot: &SlotGuard,
         data: &[u8],
     ) -> Result<Attempt> {
-        let current_error = match slot.session.as_ref() {
-            Some(current) => {
-                let mut s = current.clone();
-                match s.decrypt(data, &mut OsRng) {
-                    Ok(d) => {
-                        return Ok(Attempt {
-                            session: s,
-                            decrypted: d,
-                            origin: Origin::Current,
-                            key_exchange: false,
-                        })
-                    }
-                    // A replay is a replay: no older state makes it new.
-                    Err(e @ SessionError::Ratchet(RatchetError::DuplicateMessage(_))) => {
-                        return Err(session_error(e))
-                    }
-                    Err(e) => Some(session_error(e)),
-                }
+        let mut record = SessionRecord::new(slot.session.clone());
+        let mut ids = Vec::new();
+        let found = match record.decrypt(data, &mut OsRng) {
+            Err(e) if SessionRecord::previous_may_decrypt(&e) => {
+                ids = self.load_previous(addr, &mut record).await?;
+                record.decrypt_previous(data, &mut OsRng).ok_or(e)
             }
-            None => None,
+            found => found,
         };
-        for (id, mut s) in self.previous_sessions(addr).await? {
-            if let Ok(d) = s.decrypt(data, &mut OsRng) {
-                return Ok(Attempt {
-                    session: s,
-                    decrypted: d,
-                    origin: Origin::Previous(id),
-                    key_exchange: false,
-                });
-            }
+        match found {
+            Ok(found) => attempt(record, found, &ids, false),
+            Err(SessionError::NoSession) => Err(ManagerError::NoSession {
+                jid: addr.jid.clone(),
+                namespace: addr.namespace,
+                device_id: addr.device_id,
+            }),
+            Err(e) => Err(session_error(e)),
         }
-        Err(current_error.unwrap_or_else(|| ManagerError::NoSession {
-            jid: addr.jid.clone(),
-            namespace: addr.namespace,
-            device_id: addr.device_id,
-        }))
     }
 
     /// A key exchange: the session it built (current or previous), else a new session after
@@ -379,34 +382,15 @@ impl Manager {
         own_keys: &mut Option<tokio::sync::MutexGuard<'k, OwnKeys>>,
     ) -> Result<Attempt> {
         let kex = KeyExchange::parse(addr.namespace, data).map_err(session_error)?;
-        if let Some(current) = slot
-            .session
-            .as_ref()
-            .filter(|s| s.matches_key_exchange(&kex))
-        {
-            let mut s = current.clone();
-            let d = s
-                .decrypt_key_exchange(&kex, &mut OsRng)
-                .map_err(session_error)?;
-            return Ok(Attempt {
-                session: s,
-                decrypted: d,
-                origin: Origin::Current,
-                key_exchange: true,
-            });
+        let mut record = SessionRecord::new(slot.session.clone());
+        let mut ids = Vec::new();
+        let mut found = record.decrypt_key_exchange(&kex, &mut OsRng);
+        if found.is_none() {
+            ids = self.load_previous(addr, &mut record).await?;
+            found = record.decrypt_key_exchange(&kex, &mut OsRng);
         }
-        for (id, mut s) in self.previous_sessions(addr).await? {
-            if s.matches_key_exchange(&kex) {
-                let d = s
-                    .decrypt_key_exchange(&kex, &mut OsRng)
-                    .map_err(session_error)?;
-                return Ok(Attempt {
-                    session: s,
-                    decrypted: d,
-                    origin: Origin::Previous(id),
-                    key_exchange: true,
-                });
-            }
+        if let Some(found) = found {
+            return attempt(record, found.map_err(session_error)?, &ids, true);
         }
         let new_identity = kex
             .identity
@@ -439,21 +423,28 @@ impl Manager {
         })
     }
 
-    /// The previous session states of a device, newest first (unreadable ones skipped).
-    async fn previous_sessions(&self, addr: &DeviceAddr) -> Result<Vec<(i64, Session)>> {
+    /// Gives `record` the previous session states of a device, newest first (unreadable ones
+    /// skipped); returns their row ids in the same order.
+    async fn load_previous(
+        &self,
+        addr: &DeviceAddr,
+        record: &mut SessionRecord,
+    ) -> Result<Vec<i64>> {
         let a = addr.clone();
         let rows = self
             .store
             .read(move |conn| device_state::previous_sessions(conn, &a))
             .await?;
-        Ok(rows
+        let (ids, states): (Vec<i64>, Vec<Session>) = rows
             .into_iter()
             .filter_map(|r| {
                 Session::from_bytes(r.state.expose(), Vec::new())
                     .ok()
                     .map(|s| (r.id, s))
             })
-            .collect())
+            .unzip();
+        record.set_previous(states);
+        Ok(ids)
     }
 
     /// The account's trust mode and whether catch-up is on (it ends by itself after
@@ -531,11 +522,13 @@ impl Manager {
         let (refill, bundle_version) = self
             .store
             .write(move |tx| {
-                if let Some(state) = &archive {
-                    device_state::push_previous_session(tx, &a, state, now, MAX_PREVIOUS_SESSIONS)?;
-                }
+                // As the record promotes: the promoted state leaves the previous ones before
+                // the current one joins them, the oldest beyond the bound dropped.
                 if let Some(id) = promoted {
                     device_state::delete_previous_session(tx, id)?;
+                }
+                if let Some(state) = &archive {
+                    device_state::push_previous_session(tx, &a, state, now, MAX_PREVIOUS_SESSIONS)?;
                 }
                 session_store::upsert(tx, &row)?;
                 match &whole {
@@ -820,7 +813,7 @@ pub(super) fn open_payload(ns: Version, element: &Encrypted, d: &Decrypted) -> R
             })?;
             let pt = payload::oldmemo::decrypt(&d.plaintext, iv, ct)
                 .map_err(|_| ManagerError::AuthenticationFailed)?;
-            let body = String::from_utf8(pt.to_vec())
+            let body = Plaintext::from_utf8(&pt)
                 .map_err(|_| ManagerError::InvalidMessage("body is not UTF-8".into()))?;
             Ok(Opened {
                 body: Some(body),
@@ -837,12 +830,12 @@ pub(super) fn open_payload(ns: Version, element: &Encrypted, d: &Decrypted) -> R
             let env = parse_envelope(text)
                 .map_err(|e| ManagerError::InvalidMessage(format!("SCE envelope: {e}")))?;
             Ok(Opened {
-                body: env.body.clone(),
-                content_xml: Some(env.content_xml.clone()),
+                body: env.body,
+                content_xml: Some(env.content_xml),
                 envelope: Some(EnvelopeInfo {
-                    from: env.from.clone(),
-                    to: env.to.clone(),
-                    time: env.time.clone(),
+                    from: env.from,
+                    to: env.to,
+                    time: env.time,
                 }),
                 empty: false,
             })
@@ -949,6 +942,38 @@ mod tests {
             empty: true,
         };
         assert!(check_envelope(&none, "b@x", &conv(Some(room), true)).is_ok());
+    }
+
+    #[test]
+    fn the_outcome_keeps_its_json_and_shows_no_content_in_debug() {
+        let content = "<body xmlns='jabber:client'>attack at dawn</body>";
+        let outcome = DecryptOutcome {
+            namespace: Version::Twomemo.namespace().to_owned(),
+            sender: Sender {
+                jid: "b@x".into(),
+                device_id: 7,
+                fingerprint: "f".into(),
+                trust: "trusted".into(),
+            },
+            body: Some("attack at dawn".into()),
+            content_xml: Some(content.into()),
+            envelope: None,
+            empty: false,
+            key_exchange: false,
+            actions: Vec::new(),
+            redelivered: false,
+            first_decrypted_at: None,
+        };
+        let debug = format!("{outcome:?}");
+        assert!(!debug.contains("attack"), "{debug}");
+        let json = serde_json::to_value(&outcome).unwrap();
+        assert_eq!(json["body"], "attack at dawn");
+        assert_eq!(json["content_xml"], content);
+        let schema = serde_json::to_value(schemars::schema_for!(DecryptOutcome)).unwrap();
+        assert_eq!(
+            schema["properties"]["body"]["type"],
+            serde_json::json!(["string", "null"])
+        );
     }
 
     fn element(version: Version, sid: u32, jid: Option<&str>, rid: u32) -> Encrypted {

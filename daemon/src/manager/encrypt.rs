@@ -14,7 +14,7 @@ use protocol_core::payload;
 use protocol_core::sce::{build_envelope, EnvelopeOptions};
 use protocol_core::session::{PendingEncrypt, Session};
 use protocol_core::xml::{Encrypted, KeyElement};
-use protocol_core::Version;
+use protocol_core::{Plaintext, Version};
 use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
@@ -91,7 +91,7 @@ pub struct EncryptRequest {
     /// Recipient bare JIDs (our own other devices are always added).
     pub to: Vec<String>,
     /// The body; `None` builds an empty (key transport) message.
-    pub body: Option<String>,
+    pub body: Option<Plaintext>,
     /// Namespaces in order of preference.
     pub namespaces: Vec<Version>,
     /// Encrypt each device in its first supported namespace only (python-omemo's rule); when
@@ -643,7 +643,7 @@ impl Manager {
                                 &addr,
                                 old,
                                 now,
-                                super::decrypt::MAX_PREVIOUS_SESSIONS,
+                                protocol_core::consts::MAX_PREVIOUS_SESSIONS,
                             )?;
                         }
                         if let Some(c) = &cache {

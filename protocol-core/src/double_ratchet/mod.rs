@@ -4,6 +4,11 @@
 //! derives the message key and the would-be next state without touching `self`; the caller
 //! authenticates and decrypts the message with that key and only then calls
 //! [`DoubleRatchet::commit`].
+//!
+//! * [`root_key`]: the root chain (`KDF_RK`).
+//! * [`chain_key`]: sending and receiving chains (`KDF_CK`).
+//! * [`message_key`]: message keys and the encryption of the key material they carry.
+//! * [`skipped_keys`]: the bounded store of skipped message keys.
 
 pub mod chain_key;
 pub mod message_key;
@@ -11,6 +16,7 @@ pub mod root_key;
 pub mod skipped_keys;
 
 use crate::consts::{MAX_PREVIOUS_RATCHET_KEYS, MAX_PREVIOUS_RECEIVING_CHAINS, MAX_SKIP};
+use crate::error::ErrorCause;
 use crate::keys::{KeyError, KeyPair, PrivateKey, PublicKey};
 use crate::Version;
 use chain_key::ChainKey;
@@ -45,6 +51,21 @@ pub enum RatchetError {
     /// The sender's ratchet key is invalid (e.g. of low order).
     #[error("invalid ratchet key: {0}")]
     InvalidKey(#[from] KeyError),
+}
+
+impl RatchetError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            RatchetError::DuplicateMessage(_)
+            | RatchetError::TooManySkipped(_)
+            | RatchetError::NoReceivingChain => ErrorCause::PeerMisbehaved,
+            RatchetError::MessageKeyDropped(_) | RatchetError::NoSendingChain => {
+                ErrorCause::LocalState
+            }
+            RatchetError::InvalidKey(e) => e.cause(),
+        }
+    }
 }
 
 /// The header of a ratchet message.

@@ -5,9 +5,13 @@
 //! signs libsignal-style; OMEMO 2 publishes the Edwards key `A = k·B` with its real sign bit
 //! and signs Ed25519-style. The 0.3 signature carries A's sign bit in bit 63.7, so a peer that
 //! converts our 0.3 key to Edwards gets exactly our OMEMO 2 `<ik>`.
+//!
+//! A peer's identity key is kept as its version transports it ([`RemoteIdentity`]).
 
+use super::conversion::ed25519_to_curve25519;
 use super::xeddsa::{self, Nonce};
-use super::{fingerprint, KeyPair, PrivateKey, PublicKey};
+use super::{fingerprint, KeyError, KeyPair, PrivateKey, PublicKey};
+use crate::Version;
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
@@ -132,6 +136,40 @@ impl SignedPreKey {
             key_pair,
             signature_oldmemo,
             signature_twomemo,
+        }
+    }
+}
+
+/// The identity key of a peer in the form its version transports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RemoteIdentity {
+    /// OMEMO 0.3: Curve25519 u.
+    Curve25519([u8; 32]),
+    /// OMEMO 2: Ed25519 point (sign bit as published).
+    Ed25519([u8; 32]),
+}
+
+impl RemoteIdentity {
+    /// The identity as its version transports it.
+    pub fn from_transported(version: Version, key: [u8; 32]) -> Self {
+        match version {
+            Version::Oldmemo => RemoteIdentity::Curve25519(key),
+            Version::Twomemo => RemoteIdentity::Ed25519(key),
+        }
+    }
+
+    /// The 32 transported bytes.
+    pub fn transported(&self) -> [u8; 32] {
+        match self {
+            RemoteIdentity::Curve25519(k) | RemoteIdentity::Ed25519(k) => *k,
+        }
+    }
+
+    /// Its Montgomery form (for DH and fingerprints).
+    pub fn curve25519(&self) -> Result<[u8; 32], KeyError> {
+        match self {
+            RemoteIdentity::Curve25519(k) => Ok(*k),
+            RemoteIdentity::Ed25519(k) => ed25519_to_curve25519(k),
         }
     }
 }

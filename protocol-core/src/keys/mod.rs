@@ -1,13 +1,19 @@
 //! Key types: X25519 key pairs (signed prekeys, one-time prekeys, ephemeral and ratchet keys)
 //! and the identity key pair that serves both versions.
+//!
+//! * [`conversion`]: Montgomery ↔ Edwards, canonical and low-order checks.
+//! * [`identity`]: our identity key pair, signed prekeys, a peer's identity key.
+//! * [`snapshot`]: storage forms of our own keys.
+//! * [`xeddsa`]: the two signature flavours (libsignal XEdDSA, Ed25519).
 
 pub mod conversion;
 pub mod identity;
 pub mod snapshot;
 pub mod xeddsa;
 
-pub use identity::IdentityKeyPair;
+pub use identity::{IdentityKeyPair, RemoteIdentity};
 
+use crate::error::ErrorCause;
 use rand_core::CryptoRngCore;
 use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -39,6 +45,14 @@ pub enum KeyError {
     /// A signature did not verify.
     #[error("invalid signature")]
     InvalidSignature,
+}
+
+impl KeyError {
+    /// Whom the error is due to: keys come from the peer (bundles, messages), so a bad one is
+    /// the peer's.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::PeerMisbehaved
+    }
 }
 
 /// Clamps a 32-byte X25519 scalar as RFC 7748 and libsignal do.

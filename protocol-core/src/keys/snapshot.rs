@@ -3,7 +3,7 @@
 
 use super::identity::SignedPreKey;
 use super::{IdentityKeyPair, KeyPair, PrivateKey};
-use crate::session::SnapshotError;
+use crate::error::SnapshotError;
 use prost::Message;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 

@@ -6,6 +6,8 @@
 pub mod oldmemo;
 pub mod twomemo;
 
+use crate::error::ErrorCause;
+
 /// Why a payload could not be decrypted.
 ///
 /// Messages carry lengths only, never key material or plaintext.
@@ -39,4 +41,11 @@ pub enum PayloadError {
     /// OMEMO 2: the PKCS#7 padding is invalid (only reachable after a valid HMAC).
     #[error("invalid PKCS#7 padding")]
     BadPadding,
+}
+
+impl PayloadError {
+    /// Whom the error is due to: the sender's payload does not authenticate or is malformed.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::PeerMisbehaved
+    }
 }

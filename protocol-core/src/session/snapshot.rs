@@ -10,30 +10,15 @@ use crate::double_ratchet::chain_key::ChainKey;
 use crate::double_ratchet::root_key::RootKey;
 use crate::double_ratchet::skipped_keys::{SkippedKey, SkippedKeys};
 use crate::double_ratchet::{Chains, DoubleRatchet, PreviousChain};
+use crate::error::SnapshotError;
+use crate::keys::RemoteIdentity;
 use crate::keys::{KeyPair, PrivateKey, PublicKey};
-use crate::x3dh::RemoteIdentity;
 use crate::Version;
 use prost::Message;
-use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Current snapshot format number.
 pub const SESSION_SNAPSHOT_FORMAT: u32 = 1;
-
-/// Why a stored snapshot could not be loaded.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SnapshotError {
-    /// Not a valid protobuf.
-    #[error("snapshot is not valid protobuf")]
-    Decode,
-    /// Written by a newer release.
-    #[error("snapshot format {0} is newer than this release understands")]
-    UnknownFormat(u32),
-    /// A field has an impossible value.
-    #[error("snapshot field `{0}` is invalid")]
-    Invalid(&'static str),
-}
 
 /// The serialized form of a skipped message key.
 #[derive(Clone, PartialEq, Message, Zeroize, ZeroizeOnDrop)]
@@ -81,34 +66,49 @@ pub struct SessionSnapshot {
     /// 0 = initiator, 1 = responder.
     #[prost(uint32, tag = "3")]
     pub role: u32,
+    /// Our identity key as this version transports it.
     #[prost(bytes = "vec", tag = "4")]
     pub own_identity: Vec<u8>,
+    /// The peer's identity key as this version transports it.
     #[prost(bytes = "vec", tag = "5")]
     pub remote_identity: Vec<u8>,
+    /// The key exchange's one-time prekey id.
     #[prost(uint32, tag = "6")]
     pub pre_key_id: u32,
+    /// The key exchange's signed prekey id.
     #[prost(uint32, tag = "7")]
     pub signed_pre_key_id: u32,
+    /// The key exchange's ephemeral key.
     #[prost(bytes = "vec", tag = "8")]
     pub ephemeral: Vec<u8>,
+    /// Whether the peer has answered.
     #[prost(bool, tag = "9")]
     pub confirmed: bool,
+    /// Root key.
     #[prost(bytes = "vec", tag = "10")]
     pub root_key: Vec<u8>,
+    /// Our current ratchet private key.
     #[prost(bytes = "vec", tag = "11")]
     pub own_ratchet_private: Vec<u8>,
+    /// The peer's current ratchet key, once known.
     #[prost(bytes = "vec", optional, tag = "12")]
     pub remote_ratchet: Option<Vec<u8>>,
+    /// Sending chain key, once we can send.
     #[prost(bytes = "vec", optional, tag = "13")]
     pub sending_chain_key: Option<Vec<u8>>,
+    /// Index of the sending chain key.
     #[prost(uint32, tag = "14")]
     pub sending_index: u32,
+    /// Receiving chain key, once a message arrived.
     #[prost(bytes = "vec", optional, tag = "15")]
     pub receiving_chain_key: Option<Vec<u8>>,
+    /// Index of the receiving chain key.
     #[prost(uint32, tag = "16")]
     pub receiving_index: u32,
+    /// Length of our previous sending chain (`pn`).
     #[prost(uint32, tag = "17")]
     pub previous_sending_length: u32,
+    /// Ratchet keys of the peer's earlier chains, oldest first.
     #[prost(bytes = "vec", repeated, tag = "18")]
     pub previous_remote: Vec<Vec<u8>>,
     /// Only when the caller asked for a self-contained snapshot.
@@ -306,11 +306,6 @@ impl Session {
             1 => Role::Responder,
             _ => return Err(SnapshotError::Invalid("role")),
         };
-        let chain = |k: &Option<Vec<u8>>, i: u32, f| -> Result<Option<ChainKey>, SnapshotError> {
-            k.as_ref()
-                .map(|k| Ok(ChainKey::new(arr(k, f)?, i)))
-                .transpose()
-        };
         let mut all_skipped = Vec::with_capacity(s.skipped.len() + skipped.len());
         for k in &s.skipped {
             all_skipped.push(SkippedKey {
@@ -320,53 +315,7 @@ impl Session {
             });
         }
         all_skipped.extend(skipped);
-        let chains = Chains {
-            root_key: RootKey(arr(&s.root_key, "root_key")?),
-            own_ratchet: KeyPair::from_private(PrivateKey::from_bytes(arr(
-                &s.own_ratchet_private,
-                "own_ratchet_private",
-            )?)),
-            remote_ratchet: s
-                .remote_ratchet
-                .as_ref()
-                .map(|k| arr(k, "remote_ratchet").map(PublicKey))
-                .transpose()?,
-            sending: chain(&s.sending_chain_key, s.sending_index, "sending_chain_key")?,
-            receiving: chain(
-                &s.receiving_chain_key,
-                s.receiving_index,
-                "receiving_chain_key",
-            )?,
-            previous_sending_length: s.previous_sending_length,
-            previous_remote: s
-                .previous_remote
-                .iter()
-                .map(|k| arr(k, "previous_remote").map(PublicKey))
-                .collect::<Result<_, _>>()?,
-            receiving_dropped_below: s.receiving_dropped_below,
-            previous_receiving: s
-                .previous_receiving
-                .iter()
-                .skip(
-                    s.previous_receiving
-                        .len()
-                        .saturating_sub(MAX_PREVIOUS_RECEIVING_CHAINS),
-                )
-                .map(|p| {
-                    Ok(PreviousChain {
-                        ratchet_key: PublicKey(arr(
-                            &p.ratchet_key,
-                            "previous_receiving.ratchet_key",
-                        )?),
-                        chain: ChainKey::new(
-                            arr(&p.chain_key, "previous_receiving.chain_key")?,
-                            p.index,
-                        ),
-                        dropped_below: p.dropped_below,
-                    })
-                })
-                .collect::<Result<_, SnapshotError>>()?,
-        };
+        let chains = chains(s)?;
         let remote_identity =
             RemoteIdentity::from_transported(version, arr(&s.remote_identity, "remote_identity")?);
         Ok(Session {
@@ -390,6 +339,59 @@ impl Session {
             confirmed: s.confirmed,
         })
     }
+}
+
+/// The ratchet's chain state of a snapshot.
+fn chains(s: &SessionSnapshot) -> Result<Chains, SnapshotError> {
+    let chain = |k: &Option<Vec<u8>>, i: u32, f| -> Result<Option<ChainKey>, SnapshotError> {
+        k.as_ref()
+            .map(|k| Ok(ChainKey::new(arr(k, f)?, i)))
+            .transpose()
+    };
+    // Only the newest are kept (a snapshot may come from a release that kept more).
+    let older = s
+        .previous_receiving
+        .len()
+        .saturating_sub(MAX_PREVIOUS_RECEIVING_CHAINS);
+    Ok(Chains {
+        root_key: RootKey(arr(&s.root_key, "root_key")?),
+        own_ratchet: KeyPair::from_private(PrivateKey::from_bytes(arr(
+            &s.own_ratchet_private,
+            "own_ratchet_private",
+        )?)),
+        remote_ratchet: s
+            .remote_ratchet
+            .as_ref()
+            .map(|k| arr(k, "remote_ratchet").map(PublicKey))
+            .transpose()?,
+        sending: chain(&s.sending_chain_key, s.sending_index, "sending_chain_key")?,
+        receiving: chain(
+            &s.receiving_chain_key,
+            s.receiving_index,
+            "receiving_chain_key",
+        )?,
+        previous_sending_length: s.previous_sending_length,
+        previous_remote: s
+            .previous_remote
+            .iter()
+            .map(|k| arr(k, "previous_remote").map(PublicKey))
+            .collect::<Result<_, _>>()?,
+        receiving_dropped_below: s.receiving_dropped_below,
+        previous_receiving: s
+            .previous_receiving
+            .iter()
+            .skip(older)
+            .map(previous_chain)
+            .collect::<Result<_, SnapshotError>>()?,
+    })
+}
+
+fn previous_chain(p: &PreviousChainSnapshot) -> Result<PreviousChain, SnapshotError> {
+    Ok(PreviousChain {
+        ratchet_key: PublicKey(arr(&p.ratchet_key, "previous_receiving.ratchet_key")?),
+        chain: ChainKey::new(arr(&p.chain_key, "previous_receiving.chain_key")?, p.index),
+        dropped_below: p.dropped_below,
+    })
 }
 
 // Protobuf encoding as prost writes it for `SessionSnapshot` (fields in tag order; a scalar

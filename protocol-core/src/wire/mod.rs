@@ -9,6 +9,8 @@
 pub mod oldmemo;
 pub mod twomemo;
 
+use crate::error::ErrorCause;
+
 /// Why a binary key element could not be parsed.
 ///
 /// Messages name fields and lengths only; they never contain key or ciphertext bytes.
@@ -91,6 +93,16 @@ pub enum WireError {
         /// Largest accepted length.
         max: usize,
     },
+}
+
+impl WireError {
+    /// Whom the error is due to: a version byte we do not speak, else malformed input.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            WireError::BadVersion { .. } => ErrorCause::Incompatible,
+            _ => ErrorCause::PeerMisbehaved,
+        }
+    }
 }
 
 /// Checks the overall input length shared by every parser.

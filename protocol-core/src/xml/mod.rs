@@ -4,6 +4,11 @@
 //! Parsing goes through a bounded element tree with namespace resolution (default namespaces
 //! and prefixes both work); serialization writes escaped XML with single-quoted attributes.
 //! The structs also derive serde (bytes as standard base64 strings) for the daemon's JSON form.
+//!
+//! * [`encrypted`]: the `<encrypted>` message element.
+//! * [`bundle`]: bundles of both versions.
+//! * [`devicelist`]: device lists of both versions.
+//! * `tree`: the bounded element tree every parser reads into.
 
 pub mod bundle;
 pub mod devicelist;
@@ -16,6 +21,7 @@ pub use bundle::{bundle_from_xml, bundle_to_xml};
 pub use devicelist::{devicelist_from_xml, devicelist_to_xml, DeviceListEntry};
 pub use encrypted::{Encrypted, KeyElement};
 
+use crate::error::ErrorCause;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
@@ -55,8 +61,8 @@ pub enum XmlError {
     Syntax {
         /// Byte offset where the problem was detected.
         position: u64,
-        /// What is wrong.
-        reason: String,
+        /// What kind of problem it is (never quoting the document).
+        reason: &'static str,
     },
     /// The document uses an XML feature that is refused (e.g. a DTD).
     #[error("unsupported XML construct: {what}")]
@@ -160,6 +166,17 @@ pub enum XmlError {
         /// Largest accepted count.
         max: usize,
     },
+}
+
+impl XmlError {
+    /// Whom the error is due to: a namespace we do not speak (another version, an unknown
+    /// SCE version), else a malformed document.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            XmlError::WrongNamespace { .. } => ErrorCause::Incompatible,
+            _ => ErrorCause::PeerMisbehaved,
+        }
+    }
 }
 
 /// Standard alphabet; padding optional on input (some senders strip it).

@@ -85,10 +85,24 @@ impl Element {
     }
 }
 
-fn syntax(reader: &NsReader<&[u8]>, err: impl std::fmt::Display) -> XmlError {
+fn syntax(reader: &NsReader<&[u8]>, reason: &'static str) -> XmlError {
     XmlError::Syntax {
         position: reader.error_position().max(reader.buffer_position()),
-        reason: err.to_string(),
+        reason,
+    }
+}
+
+/// What kind of error quick-xml found, without its message: that quotes the document (names,
+/// entity text), which in a decrypted SCE envelope is the plaintext.
+pub(crate) fn describe(err: impl Into<quick_xml::Error>) -> &'static str {
+    match err.into() {
+        quick_xml::Error::Io(_) => "read error",
+        quick_xml::Error::Syntax(_) => "syntax error",
+        quick_xml::Error::IllFormed(_) => "ill-formed document",
+        quick_xml::Error::InvalidAttr(_) => "invalid attribute",
+        quick_xml::Error::Encoding(_) => "invalid encoding",
+        quick_xml::Error::Escape(_) => "invalid character or entity reference",
+        quick_xml::Error::Namespace(_) => "invalid namespace",
     }
 }
 
@@ -118,14 +132,14 @@ fn start_element(reader: &NsReader<&[u8]>, start: &BytesStart<'_>) -> Result<Ele
                 max: MAX_ATTRIBUTES,
             });
         }
-        let attr = attr.map_err(|e| syntax(reader, e))?;
+        let attr = attr.map_err(|e| syntax(reader, describe(e)))?;
         if attr.key.as_namespace_binding().is_some() || attr.key.prefix().is_some() {
             continue;
         }
         let key = String::from_utf8_lossy(attr.key.local_name().as_ref()).into_owned();
         let value = attr
             .unescape_value()
-            .map_err(|e| syntax(reader, e))?
+            .map_err(|e| syntax(reader, describe(e)))?
             .into_owned();
         attrs.push((key, value));
     }
@@ -161,7 +175,7 @@ pub(crate) fn parse(xml: &str, max_len: usize) -> Result<Element, XmlError> {
         let before = pos(&reader);
         let event = match reader.read_event() {
             Ok(event) => event,
-            Err(e) => return Err(syntax(&reader, e)),
+            Err(e) => return Err(syntax(&reader, describe(e))),
         };
         match event {
             Event::Start(start) => {
@@ -187,7 +201,7 @@ pub(crate) fn parse(xml: &str, max_len: usize) -> Result<Element, XmlError> {
                 }
             }
             Event::Text(text) => {
-                let text = text.unescape().map_err(|e| syntax(&reader, e))?;
+                let text = text.unescape().map_err(|e| syntax(&reader, describe(e)))?;
                 match stack.last_mut() {
                     Some(parent) => parent.text.push_str(&text),
                     None if text.trim().is_empty() => {}
@@ -195,7 +209,7 @@ pub(crate) fn parse(xml: &str, max_len: usize) -> Result<Element, XmlError> {
                 }
             }
             Event::CData(data) => {
-                let data = data.decode().map_err(|e| syntax(&reader, e))?;
+                let data = data.decode().map_err(|e| syntax(&reader, describe(e)))?;
                 match stack.last_mut() {
                     Some(parent) => parent.text.push_str(&data),
                     None => return Err(syntax(&reader, "CDATA outside the root element")),

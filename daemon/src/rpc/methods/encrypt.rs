@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use protocol_core::Version;
+use protocol_core::{Plaintext, Version};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -26,7 +26,8 @@ pub struct EncryptParams {
     pub to: Vec<String>,
     /// The message body. Left out: an empty (key transport) message.
     #[serde(default)]
-    pub body: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub body: Option<Plaintext>,
     /// Namespaces in order of preference (default: OMEMO 2, then 0.3).
     #[serde(default)]
     pub namespaces: Option<Vec<Namespace>>,
@@ -176,5 +177,34 @@ impl Method for SessionReplace {
             .manager()?
             .replace_session(p.account.as_deref(), &p.jid, p.namespace.0, p.device_id)
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_stays_a_string_and_out_of_debug() {
+        let json = serde_json::json!({"to": ["b@x"], "body": "attack at dawn"});
+        let p: EncryptParams = serde_json::from_value(json).unwrap();
+        assert_eq!(p.body.as_deref(), Some("attack at dawn"));
+        let debug = format!("{p:?}");
+        assert!(!debug.contains("attack"), "{debug}");
+        let schema = serde_json::to_value(schemars::schema_for!(EncryptParams)).unwrap();
+        assert_eq!(
+            schema["properties"]["body"]["type"],
+            serde_json::json!(["string", "null"])
+        );
+        let req = EncryptRequest {
+            to: p.to,
+            body: p.body,
+            namespaces: Version::ALL.to_vec(),
+            one_namespace_per_device: true,
+            sce_to: None,
+            idempotency_key: None,
+        };
+        let debug = format!("{req:?}");
+        assert!(!debug.contains("attack"), "{debug}");
     }
 }
