@@ -522,10 +522,18 @@ fn catchup_ends_by_itself() {
     let m1 = p.a.encrypt_xml(&[BOB], Some("live again"), ns);
     let r = b.decrypt(ALICE, &m1).unwrap();
     assert!(has_action(&r, "send_heartbeat"), "{r}");
+    // The first maintenance pass runs beside the first requests, not before them: wait for it.
     let conn = rusqlite::Connection::open(&p.db.db).unwrap();
-    let catchup: i64 = conn
-        .query_row("SELECT catchup FROM accounts", [], |r| r.get(0))
-        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let catchup = loop {
+        let catchup: i64 = conn
+            .query_row("SELECT catchup FROM accounts", [], |r| r.get(0))
+            .unwrap();
+        if catchup == 0 || std::time::Instant::now() > deadline {
+            break catchup;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(catchup, 0, "the maintenance pass ended catch-up");
 }
 
