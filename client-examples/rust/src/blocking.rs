@@ -76,9 +76,10 @@ impl Client {
     pub fn block_on<T>(&self, call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
         match self.timeout {
             None => self.runtime.block_on(call),
+            // The timer is made inside the runtime: it needs its time driver.
             Some(t) => self
                 .runtime
-                .block_on(tokio::time::timeout(t, call))
+                .block_on(async { tokio::time::timeout(t, call).await })
                 .unwrap_or(Err(Error::TimedOut(t))),
         }
     }
@@ -108,8 +109,28 @@ impl Client {
     pub fn next_event(&mut self, wait: Duration) -> Option<Pushed> {
         let events = self.events.as_mut()?;
         self.runtime
-            .block_on(tokio::time::timeout(wait, events.recv()))
+            .block_on(async { tokio::time::timeout(wait, events.recv()).await })
             .ok()
             .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_call_without_an_answer_times_out_and_waiting_for_no_event_ends() {
+        let dir = crate::tests::private_dir("blocking");
+        let sock = dir.join("s.sock");
+        // Connections wait in the backlog: connected, never answered.
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let mut c = Client::connect(&sock).unwrap();
+        c.set_timeout(Some(Duration::from_millis(100)));
+        let r = c.call("status", json!({}));
+        assert!(matches!(r, Err(Error::TimedOut(_))), "{r:?}");
+        assert!(c.next_event(Duration::from_millis(50)).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -90,3 +90,18 @@ pub fn default_socket_path() -> PathBuf {
         PathBuf::from(format!("/tmp/omemod-{uid}/omemod.sock"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    /// A fresh directory of ours, mode 0700, for a socket.
+    pub(crate) fn private_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("omemod-client-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        dir
+    }
+}

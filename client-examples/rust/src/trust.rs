@@ -220,16 +220,9 @@ pub fn check_peer(path: &Path, socket: impl AsFd) -> Result<(), TrustError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::private_dir;
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::os::unix::net::{UnixListener, UnixStream};
-
-    fn private_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("omemod-client-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        dir
-    }
 
     #[test]
     fn a_socket_of_ours_in_a_private_directory_passes() {
