@@ -39,6 +39,15 @@ pub struct Client {
     runtime: Runtime,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("inner", &self.inner)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
     /// Connects after the same checks as [`crate::Client::connect`].
     pub fn connect(path: &Path) -> Result<Client, Error> {

@@ -42,6 +42,14 @@ pub struct Client {
     account: Option<String>,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
     /// Connects, after checking that nobody else could have put the socket there (they would
     /// read every plaintext we send, [`trust`]): the socket and its directory must be ours and

@@ -57,6 +57,7 @@ impl Pushed {
 /// [`Event::Other`], never an error.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(from = "Value")]
+#[non_exhaustive]
 pub enum Event {
     PublishBundle {
         namespace: String,
