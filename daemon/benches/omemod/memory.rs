@@ -26,6 +26,12 @@ fn encrypt_to_jid(c: &Client, j: usize) -> serde_json::Value {
     )
 }
 
+/// The daemon's RSS once it has settled (300 ms after the last request).
+fn settled_rss(r: &mut Report, d: &Daemon, key: &str) {
+    std::thread::sleep(Duration::from_millis(300));
+    r.value(key, d.rss_kib() / 1024.0, "MiB");
+}
+
 pub fn bench_memory(cfg: &Cfg, r: &mut Report) {
     let total = if cfg.quick {
         cfg.sessions.min(2000)
@@ -39,8 +45,7 @@ pub fn bench_memory(cfg: &Cfg, r: &mut Report) {
     let mut d = Daemon::start(cfg, "normal");
     let c = d.client();
     c.ok("account.create", json!({"jid": ME}));
-    std::thread::sleep(Duration::from_millis(300));
-    r.value("mem.rss_idle_mib", d.rss_kib() / 1024.0, "MiB");
+    settled_rss(r, &d, "mem.rss_idle_mib");
     let db_empty = d.db_used_bytes();
     ingest(r, &c, total, jids);
     let db_bundles = d.db_used_bytes();
@@ -104,12 +109,7 @@ fn create_sessions(r: &mut Report, d: &Daemon, c: &Client, total: usize, jids: u
         t0.elapsed().as_secs_f64() * 1e6 / total as f64,
         "µs",
     );
-    std::thread::sleep(Duration::from_millis(300));
-    r.value(
-        "mem.rss_hot_mib (all sessions cached)",
-        d.rss_kib() / 1024.0,
-        "MiB",
-    );
+    settled_rss(r, d, "mem.rss_hot_mib (all sessions cached)");
 }
 
 /// Start-up on the full database, then every session loaded again.
@@ -135,10 +135,5 @@ fn restart(cfg: &Cfg, r: &mut Report, d: &mut Daemon, jids: usize) {
         t0.elapsed().as_secs_f64(),
         "s",
     );
-    std::thread::sleep(Duration::from_millis(300));
-    r.value(
-        "mem.rss_warm_mib (after restart, all loaded)",
-        d.rss_kib() / 1024.0,
-        "MiB",
-    );
+    settled_rss(r, d, "mem.rss_warm_mib (after restart, all loaded)");
 }

@@ -54,31 +54,29 @@ pub fn print(r: &Report, cfg: &Cfg) {
             f.p99 / floor
         );
     }
-    println!("\n== targets of issue 13 (ratios within this run) ==");
-    for t in targets_issue13(r) {
-        println!(
-            "  [{}] {:<62} {:>12}  (goal {})",
-            pass_str(t.pass),
-            t.what,
-            t.value,
-            t.goal
-        );
-    }
-    println!("\n== targets of issue 5 ==");
-    for t in targets(r) {
-        println!(
-            "  [{}] {:<62} {:>12}  (goal {})",
-            pass_str(t.pass),
-            t.what,
-            t.value,
-            t.goal
-        );
-    }
+    print_targets(
+        "targets of issue 13 (ratios within this run)",
+        targets_issue13(r),
+    );
+    print_targets("targets of issue 5", targets(r));
     println!("\n== Markdown ==\n\n{md}");
     if let Some(p) = std::env::var_os("OMEMOD_BENCH_MD").filter(|p| !p.is_empty()) {
         let p = Path::new(&p);
         std::fs::write(p, &md).expect("write Markdown report");
         println!("(written to {})", p.display());
+    }
+}
+
+fn print_targets(title: &str, targets: Vec<Target>) {
+    println!("\n== {title} ==");
+    for t in targets {
+        println!(
+            "  [{}] {:<62} {:>12}  (goal {})",
+            pass_str(t.pass),
+            t.what,
+            t.value,
+            t.goal
+        );
     }
 }
 

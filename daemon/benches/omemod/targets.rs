@@ -267,20 +267,22 @@ fn memory_targets(
 
 /// `a / b` must stay at most `limit`.
 fn at_most(out: &mut Vec<Target>, what: String, a: Option<f64>, b: Option<f64>, limit: f64) {
-    let x = match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
-    out.push(Target {
-        what,
-        value: x.map(|x| format!("{x:.2}×")).unwrap_or_else(|| "–".into()),
-        goal: format!("≤ {limit}×"),
-        pass: x.map(|x| x <= limit),
-    });
+    ratio_target(out, what, (a, b), ("≤", limit), |x| x <= limit);
 }
 
 /// `a / b` must reach at least `limit`.
 fn at_least(out: &mut Vec<Target>, what: String, a: Option<f64>, b: Option<f64>, limit: f64) {
+    ratio_target(out, what, (a, b), ("≥", limit), |x| x >= limit);
+}
+
+/// The target `a / b` `sign` `limit`, met when `pass` holds for the ratio.
+fn ratio_target(
+    out: &mut Vec<Target>,
+    what: String,
+    (a, b): (Option<f64>, Option<f64>),
+    (sign, limit): (&str, f64),
+    pass: impl Fn(f64) -> bool,
+) {
     let x = match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
@@ -288,8 +290,8 @@ fn at_least(out: &mut Vec<Target>, what: String, a: Option<f64>, b: Option<f64>,
     out.push(Target {
         what,
         value: x.map(|x| format!("{x:.2}×")).unwrap_or_else(|| "–".into()),
-        goal: format!("≥ {limit}×"),
-        pass: x.map(|x| x >= limit),
+        goal: format!("{sign} {limit}×"),
+        pass: x.map(pass),
     });
 }
 
