@@ -1,13 +1,15 @@
 //! The `omemod` command line: `serve` runs the daemon; the other commands are clients that send
-//! one JSON-RPC request to a running daemon.
+//! one JSON-RPC request to a running daemon through omemod-client (its blocking client).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
+
+use omemod_client::Error as ClientError;
 
 use crate::config::{self, Durability, ServeConfig};
 
@@ -151,13 +153,9 @@ impl DbArg {
         if let Some(db) = &self.db {
             return db.clone();
         }
-        call_raw(socket, "status", json!({}))
+        request(socket, "status", json!({}))
             .ok()
-            .and_then(|v| {
-                v.pointer("/result/db")
-                    .and_then(Value::as_str)
-                    .map(PathBuf::from)
-            })
+            .and_then(|v| v.get("db").and_then(Value::as_str).map(PathBuf::from))
             .or_else(|| file_db.map(std::path::Path::to_path_buf))
             .unwrap_or_else(config::default_db_path)
     }
@@ -518,26 +516,8 @@ fn call(socket: &std::path::Path, method: &str, params: Value) -> ExitCode {
 }
 
 fn call_with(socket: &std::path::Path, method: &str, params: Value, cli: bool) -> ExitCode {
-    match call_raw(socket, method, params) {
-        Ok(answer) => {
-            if let Some(err) = answer.get("error") {
-                let kind = err
-                    .pointer("/data/kind")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?");
-                let message = err.get("message").and_then(Value::as_str).unwrap_or("");
-                let reworded = cli.then(|| cli_message(kind, message)).flatten();
-                let message = reworded.as_deref().unwrap_or(message);
-                let code = err.get("code").cloned().unwrap_or(Value::Null);
-                eprintln!("omemod: {method}: {message} ({kind}, code {code})");
-                if let Some(data) = err.get("data") {
-                    if data.as_object().is_some_and(|o| o.len() > 1) {
-                        eprintln!("{}", serde_json::to_string_pretty(data).unwrap_or_default());
-                    }
-                }
-                return ExitCode::from(1);
-            }
-            let result = answer.get("result").cloned().unwrap_or(Value::Null);
+    match request(socket, method, params) {
+        Ok(result) => {
             // A closed stdout (`| head`) is not an error of the call.
             let mut out = std::io::stdout().lock();
             let _ = writeln!(
@@ -547,36 +527,35 @@ fn call_with(socket: &std::path::Path, method: &str, params: Value, cli: bool) -
             );
             ExitCode::SUCCESS
         }
-        Err(msg) => {
-            eprintln!("omemod: {msg}");
+        Err(ClientError::Rpc(e)) => {
+            let reworded = cli.then(|| cli_message(&e.kind, &e.message)).flatten();
+            let message = reworded.as_deref().unwrap_or(&e.message);
+            eprintln!("omemod: {method}: {message} ({}, code {})", e.kind, e.code);
+            if e.data.as_object().is_some_and(|o| o.len() > 1) {
+                eprintln!(
+                    "{}",
+                    serde_json::to_string_pretty(&e.data).unwrap_or_default()
+                );
+            }
+            ExitCode::from(1)
+        }
+        Err(e @ ClientError::Trust(_)) => {
+            eprintln!("omemod: {e}; not connecting (is `omemod serve` running?)");
+            ExitCode::from(2)
+        }
+        Err(e @ ClientError::Connect { .. }) => {
+            eprintln!("omemod: {e} (is `omemod serve` running?)");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("omemod: {e}");
             ExitCode::from(2)
         }
     }
 }
 
-fn call_raw(socket: &std::path::Path, method: &str, params: Value) -> Result<Value, String> {
-    let mut stream = crate::socket_trust::connect(socket)?;
-    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let mut line = request.to_string();
-    line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .map_err(|e| format!("cannot send: {e}"))?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut answer = String::new();
-        let n = reader
-            .read_line(&mut answer)
-            .map_err(|e| format!("cannot read: {e}"))?;
-        if n == 0 {
-            return Err("the daemon closed the connection without answering".into());
-        }
-        let v: Value = serde_json::from_str(&answer).map_err(|e| format!("bad answer: {e}"))?;
-        // Our answer carries id 1; an error with id null (e.g. unauthorized) is also for us.
-        if v.get("id") == Some(&json!(1))
-            || (v.get("id") == Some(&Value::Null) && v.get("error").is_some())
-        {
-            return Ok(v);
-        }
-    }
+/// One request to the daemon at `socket` on a connection of its own (after omemod-client's
+/// checks that the socket and the daemon are ours): its result, or why not.
+fn request(socket: &std::path::Path, method: &str, params: Value) -> Result<Value, ClientError> {
+    omemod_client::blocking::Client::connect(socket)?.call(method, params)
 }

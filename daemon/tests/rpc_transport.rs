@@ -7,13 +7,13 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{kind, Client, Daemon, BIN};
+use common::{kind, rpc_error, Daemon, Wire, BIN};
 use serde_json::{json, Value};
 
 #[test]
 fn malformed_json_then_the_connection_still_serves() {
     let d = Daemon::start(&[]);
-    let mut c = d.connect();
+    let mut c = d.wire();
     c.send_line(r#"{"jsonrpc": "2.0", "id": 1, "method": "#);
     let v = c.recv();
     assert_eq!(v["error"]["code"], -32700);
@@ -21,24 +21,25 @@ fn malformed_json_then_the_connection_still_serves() {
     assert_eq!(kind(&v), "parse_error");
     c.send_raw(b"\xff\xfe\n");
     assert_eq!(c.recv()["error"]["code"], -32700);
-    let v = c.call("status", json!({}));
+    let v = c.next_answer("status", json!({}));
     assert!(v["result"]["version"].is_string(), "{v}");
 }
 
 #[test]
 fn unknown_method_and_wrong_params() {
     let d = Daemon::start(&[]);
-    let mut c = d.connect();
-    let v = c.call("no.such_method", json!({}));
-    assert_eq!(v["error"]["code"], -32601);
-    assert_eq!(kind(&v), "method_not_found");
-    let v = c.call("debug.sleep", json!({"ms": "soon"}));
-    assert_eq!(v["error"]["code"], -32602);
-    assert_eq!(kind(&v), "invalid_params");
-    let v = c.call("debug.sleep", json!({}));
-    assert_eq!(kind(&v), "invalid_params");
-    let v = c.call("status", json!({"unexpected": 1}));
-    assert_eq!(kind(&v), "invalid_params");
+    let c = d.client();
+    let e = rpc_error(c.call("no.such_method", json!({})));
+    assert_eq!(e.code, -32601);
+    assert_eq!(e.kind, "method_not_found");
+    let e = rpc_error(c.call("debug.sleep", json!({"ms": "soon"})));
+    assert_eq!(e.code, -32602);
+    assert_eq!(e.kind, "invalid_params");
+    let e = rpc_error(c.call("debug.sleep", json!({})));
+    assert_eq!(e.kind, "invalid_params");
+    let e = rpc_error(c.call("status", json!({"unexpected": 1})));
+    assert_eq!(e.kind, "invalid_params");
+    let mut c = d.wire();
     // Positional params are refused: params are always a by-name object.
     c.send_line(r#"{"jsonrpc":"2.0","id":7,"method":"debug.sleep","params":[1]}"#);
     let v = c.recv();
@@ -57,7 +58,7 @@ fn unknown_method_and_wrong_params() {
 #[test]
 fn oversized_line_is_refused_and_the_connection_goes_on() {
     let d = Daemon::start(&["--max-request-bytes", "4096"]);
-    let mut c = d.connect();
+    let mut c = d.wire();
     let big = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"status","params":{{"pad":"{}"}}}}"#,
         "x".repeat(100_000)
@@ -67,14 +68,14 @@ fn oversized_line_is_refused_and_the_connection_goes_on() {
     assert_eq!(v["error"]["code"], -32001);
     assert_eq!(kind(&v), "request_too_large");
     assert_eq!(v["id"], Value::Null);
-    let v = c.call("status", json!({}));
+    let v = c.next_answer("status", json!({}));
     assert!(v["result"].is_object(), "{v}");
 }
 
 #[test]
 fn batches() {
     let d = Daemon::start(&[]);
-    let mut c = d.connect();
+    let mut c = d.wire();
     c.send_line(
         r#"[{"jsonrpc":"2.0","id":1,"method":"status"},
             {"jsonrpc":"2.0","method":"status"},
@@ -109,25 +110,25 @@ fn batches() {
     // A batch of notifications gets no answer at all.
     c.send_line(r#"[{"jsonrpc":"2.0","method":"status"},{"jsonrpc":"2.0","method":"debug.sleep","params":{"ms":1}}]"#);
     c.expect_silence(Duration::from_millis(300));
-    assert!(c.call("status", json!({}))["result"].is_object());
+    assert!(c.next_answer("status", json!({}))["result"].is_object());
 }
 
 #[test]
 fn notifications_are_not_answered() {
     let d = Daemon::start(&[]);
-    let mut c = d.connect();
+    let mut c = d.wire();
     c.send_line(r#"{"jsonrpc":"2.0","method":"status"}"#);
     c.send_line(r#"{"jsonrpc":"2.0","method":"no.such_method"}"#);
     c.expect_silence(Duration::from_millis(300));
     // The next line is the answer to this request, not to the notifications.
-    let v = c.call("status", json!({}));
+    let v = c.next_answer("status", json!({}));
     assert!(v["result"].is_object());
 }
 
 #[test]
 fn answers_come_out_of_order() {
     let d = Daemon::start(&[]);
-    let mut c = d.connect();
+    let mut c = d.wire();
     let slow = c.request("debug.sleep", json!({"ms": 300}));
     let fast = c.request("status", json!({}));
     let first = c.recv();
@@ -144,7 +145,7 @@ fn many_concurrent_connections() {
         .map(|t| {
             let socket = d.socket.clone();
             std::thread::spawn(move || {
-                let mut c = Client::connect(&socket);
+                let mut c = Wire::connect(&socket);
                 // Pipeline all 50, then read all 50 (in any order).
                 // id -> the `slept_ms` expected (None for `status`).
                 let mut ids = std::collections::HashMap::new();
@@ -191,22 +192,22 @@ fn bundle_changed() -> Value {
 #[test]
 fn events_reach_only_subscribers() {
     let d = Daemon::start(&[]);
-    let mut all = d.connect();
-    let mut hb_only = d.connect();
-    let mut none = d.connect();
+    let mut all = d.wire();
+    let mut hb_only = d.wire();
+    let mut none = d.wire();
 
-    let v = all.call("subscribe", json!({}));
+    let v = all.next_answer("subscribe", json!({}));
     let sub_all = v["result"]["subscription"]
         .as_u64()
         .expect("subscription id");
-    let v = hb_only.call("subscribe", json!({"types": ["send_heartbeat"]}));
+    let v = hb_only.next_answer("subscribe", json!({"types": ["send_heartbeat"]}));
     let sub_hb = v["result"]["subscription"]
         .as_u64()
         .expect("subscription id");
-    let v = none.call("subscribe", json!({"types": ["no_such_type"]}));
+    let v = none.next_answer("subscribe", json!({"types": ["no_such_type"]}));
     assert_eq!(kind(&v), "invalid_params");
 
-    let v = none.call("debug.emit", json!({"event": bundle_changed()}));
+    let v = none.next_answer("debug.emit", json!({"event": bundle_changed()}));
     assert_eq!(v["result"]["receivers"], 2, "{v}");
     let ev = all.recv();
     assert_eq!(
@@ -214,7 +215,7 @@ fn events_reach_only_subscribers() {
         json!({"jsonrpc":"2.0","method":"event","params":{"subscription":sub_all,"event":bundle_changed()}})
     );
 
-    none.call("debug.emit", json!({"event": heartbeat()}));
+    none.next_answer("debug.emit", json!({"event": heartbeat()}));
     assert_eq!(all.recv()["params"]["event"], heartbeat());
     let ev = hb_only.recv();
     assert_eq!(
@@ -223,15 +224,15 @@ fn events_reach_only_subscribers() {
     );
 
     // Unsubscribe: no more events; a second unsubscribe is an error.
-    let v = all.call("unsubscribe", json!({"subscription": sub_all}));
+    let v = all.next_answer("unsubscribe", json!({"subscription": sub_all}));
     assert_eq!(v["result"]["unsubscribed"], true);
-    let v = all.call("unsubscribe", json!({"subscription": sub_all}));
+    let v = all.next_answer("unsubscribe", json!({"subscription": sub_all}));
     assert_eq!(kind(&v), "unknown_subscription");
     // A subscription id of another connection is unknown here.
-    let v = none.call("unsubscribe", json!({"subscription": sub_hb}));
+    let v = none.next_answer("unsubscribe", json!({"subscription": sub_hb}));
     assert_eq!(kind(&v), "unknown_subscription");
 
-    none.call("debug.emit", json!({"event": heartbeat()}));
+    none.next_answer("debug.emit", json!({"event": heartbeat()}));
     assert_eq!(hb_only.recv()["params"]["event"], heartbeat());
     all.expect_silence(Duration::from_millis(300));
     none.expect_silence(Duration::from_millis(100));
@@ -239,27 +240,26 @@ fn events_reach_only_subscribers() {
     // A subscription ends with its connection.
     drop(hb_only);
     std::thread::sleep(Duration::from_millis(200));
-    let v = none.call("debug.emit", json!({"event": heartbeat()}));
+    let v = none.next_answer("debug.emit", json!({"event": heartbeat()}));
     assert_eq!(v["result"]["receivers"], 0, "{v}");
 }
 
 #[test]
 fn a_lagging_subscriber_gets_events_lost() {
     let d = Daemon::start(&[]);
-    let mut slow = d.connect();
-    let sub = slow.call("subscribe", json!({}))["result"]["subscription"].clone();
-    let mut fast = d.connect();
+    let mut slow = d.wire();
+    let sub = slow.next_answer("subscribe", json!({}))["result"]["subscription"].clone();
+    let fast = d.client();
     // 5000 events while `slow` reads nothing: more than the socket, the queue and the bus hold.
-    for round in 0..20 {
-        let batch: Vec<Value> = (0..250)
-            .map(|i| json!({"jsonrpc":"2.0","id": round * 1000 + i,"method":"debug.emit","params":{"event": heartbeat()}}))
-            .collect();
-        fast.send(&Value::Array(batch));
-        let answer = fast.recv();
-        assert_eq!(answer.as_array().map(Vec::len), Some(250));
+    let emits: Vec<(&str, Value)> = (0..250)
+        .map(|_| ("debug.emit", json!({"event": heartbeat()})))
+        .collect();
+    for _ in 0..20 {
+        let answers = fast.batch(&emits).expect("batch");
+        assert_eq!(answers.len(), 250);
     }
     // The daemon kept serving others meanwhile.
-    assert!(fast.call("status", json!({}))["result"].is_object());
+    assert!(fast.call("status", json!({})).expect("status").is_object());
     let mut lost = 0;
     let mut got = 0;
     slow.writer
@@ -305,13 +305,17 @@ fn a_second_daemon_refuses_a_live_socket() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"));
     // The first daemon still serves.
-    assert!(d.connect().call("status", json!({}))["result"].is_object());
+    assert!(d
+        .client()
+        .call("status", json!({}))
+        .expect("status")
+        .is_object());
 }
 
 #[test]
 fn sigterm_exits_cleanly_and_removes_the_socket() {
     let mut d = Daemon::start(&[]);
-    let mut c = d.connect();
+    let mut c = d.wire();
     // An in-flight request is allowed to finish.
     let id = c.request("debug.sleep", json!({"ms": 500}));
     std::thread::sleep(Duration::from_millis(100));
@@ -437,8 +441,11 @@ fn openrpc_lists_every_method() {
 
     // rpc.discover over the socket returns the same methods (plus the debug ones here).
     let d = Daemon::start(&[]);
-    let v = d.connect().call("rpc.discover", json!({}));
-    let served: Vec<&str> = v["result"]["methods"]
+    let v = d
+        .client()
+        .call("rpc.discover", json!({}))
+        .expect("rpc.discover");
+    let served: Vec<&str> = v["methods"]
         .as_array()
         .expect("methods")
         .iter()
@@ -511,5 +518,9 @@ sys.stdout.write(data.decode())
     // The socket file belongs to the daemon's uid.
     assert_eq!(std::fs::metadata(&d.socket).expect("socket").uid(), 0);
     // Our own uid is still served.
-    assert!(d.connect().call("status", json!({}))["result"].is_object());
+    assert!(d
+        .client()
+        .call("status", json!({}))
+        .expect("status")
+        .is_object());
 }

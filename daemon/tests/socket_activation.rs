@@ -1,9 +1,6 @@
 //! systemd socket activation: a listening socket handed over in `LISTEN_FDS` is used as is,
 //! and left in place on shutdown (it belongs to systemd).
 
-use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,23 +25,18 @@ fn serves_a_socket_handed_over_by_systemd() {
         .spawn()
         .expect("systemd-socket-activate (package systemd) is needed for this test");
     let deadline = Instant::now() + Duration::from_secs(20);
-    let stream = loop {
-        if let Ok(s) = UnixStream::connect(&sock) {
-            break s;
+    let mut client = loop {
+        if let Ok(c) = omemod_client::blocking::Client::connect(&sock) {
+            break c;
         }
         assert!(Instant::now() < deadline, "activator did not listen");
         std::thread::sleep(Duration::from_millis(20));
     };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut w = stream.try_clone().unwrap();
-    writeln!(w, r#"{{"jsonrpc":"2.0","id":1,"method":"status"}}"#).unwrap();
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(v["id"], 1, "{v}");
-    assert!(v["result"]["pid"].as_u64().is_some(), "{v}");
+    client.set_timeout(Some(Duration::from_secs(20)));
+    let v = client
+        .call("status", serde_json::json!({}))
+        .expect("status");
+    assert!(v["pid"].as_u64().is_some(), "{v}");
     // It did not create its own socket.
     assert!(!dir.path().join("not-used.sock").exists());
     // The database was created at the given path, private.

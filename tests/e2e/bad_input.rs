@@ -10,13 +10,25 @@ fn served(c: &mut Client) {
     assert!(c.call("status", json!({})).is_ok(), "daemon still serving");
 }
 
+/// The same on a raw connection: a `status` request answered with a result.
+fn served_on_the_wire(w: &mut Wire) {
+    let r = w
+        .raw(r#"{"jsonrpc":"2.0","id":"served","method":"status"}"#)
+        .expect("answer");
+    assert_eq!(r["id"], "served", "{r}");
+    assert!(
+        r.get("error").is_none() && r["result"].is_object(),
+        "daemon still serving: {r}"
+    );
+}
+
 #[test]
 fn malformed_requests() {
     let d = Daemon::start();
-    let mut c = d.client();
+    let mut c = d.wire();
     let r = c.raw("{not json").unwrap();
     assert_eq!(r["error"]["code"], -32700);
-    served(&mut c);
+    served_on_the_wire(&mut c);
     let r = c
         .raw(r#"{"jsonrpc":"2.0","id":1,"method":"no.such.method"}"#)
         .unwrap();
@@ -35,7 +47,7 @@ fn malformed_requests() {
     );
     let r = c.raw(&big).unwrap();
     assert_eq!(r["error"]["data"]["kind"], "request_too_large");
-    served(&mut c);
+    served_on_the_wire(&mut c);
 }
 
 #[test]

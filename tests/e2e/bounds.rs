@@ -27,8 +27,8 @@ fn no_session_flood(c: &mut Client, me: u32, count: usize, seed: &mut u64) {
     let mut sent = 0;
     while sent < count {
         let n = BATCH.min(count - sent);
-        let batch: Vec<Value> = (0..n)
-            .map(|i| {
+        let batch: Vec<(&str, Value)> = (0..n)
+            .map(|_| {
                 // xorshift: device ids spread over the whole id space.
                 *seed ^= *seed << 13;
                 *seed ^= *seed >> 7;
@@ -37,16 +37,16 @@ fn no_session_flood(c: &mut Client, me: u32, count: usize, seed: &mut u64) {
                 let xml = format!(
                     "<encrypted xmlns='{OMEMO2}'><header sid='{sid}'><keys jid='{ALICE}'><key rid='{me}'>AAECAwQF</key></keys></header></encrypted>"
                 );
-                json!({"jsonrpc": "2.0", "id": i, "method": "decrypt", "params": {"from": EVE, "xml": xml}})
+                ("decrypt", json!({"from": EVE, "xml": xml}))
             })
             .collect();
-        let reply = c
-            .raw(&Value::Array(batch).to_string())
-            .expect("batch answer");
-        let answers = reply.as_array().expect("batch array");
+        let answers = c.batch(&batch);
         assert_eq!(answers.len(), n);
         for a in answers {
-            assert_eq!(a["error"]["data"]["kind"], "no_session", "{a}");
+            match a {
+                Err(e) => assert_eq!(e["data"]["kind"], "no_session", "{e}"),
+                Ok(v) => panic!("decrypt without a session succeeded: {v}"),
+            }
         }
         sent += n;
     }
@@ -126,7 +126,7 @@ fn idle_connections_beyond_the_limit_evict_the_oldest_and_new_clients_are_served
     // 200 connections, 50 closing, the database and the listener: far from 1,024.
     assert!(peak < 300, "{peak} descriptors open at the peak");
     // The first connections were evicted and told why.
-    let mut first = Client::from_stream(idle.swap_remove(0));
+    let mut first = Wire::from_stream(idle.swap_remove(0));
     let notice = first.read().expect("eviction notice");
     assert_eq!(
         notice["error"]["data"]["kind"], "too_many_connections",
@@ -134,8 +134,11 @@ fn idle_connections_beyond_the_limit_evict_the_oldest_and_new_clients_are_served
     );
     assert!(first.read().is_none(), "evicted connection must be closed");
     // The newest ones still work.
-    let mut last = Client::from_stream(idle.pop().expect("last"));
-    assert!(last.call("status", json!({})).is_ok());
+    let mut last = Wire::from_stream(idle.pop().expect("last"));
+    let v = last
+        .raw(r#"{"jsonrpc":"2.0","id":1,"method":"status"}"#)
+        .expect("answer");
+    assert!(v["id"] == 1 && v.get("error").is_none(), "{v}");
 }
 
 /// A request line trickled in and never finished is cut off after `--partial-line-timeout`, while
@@ -144,7 +147,7 @@ fn idle_connections_beyond_the_limit_evict_the_oldest_and_new_clients_are_served
 fn partial_lines_time_out_but_idle_connections_stay() {
     let d = Daemon::start_with(&["--partial-line-timeout", "1"]);
     let mut idle = d.client();
-    let mut slow = d.client();
+    let mut slow = d.wire();
     slow.send_raw_no_newline(r#"{"jsonrpc":"2.0","id":1,"meth"#);
     std::thread::sleep(std::time::Duration::from_millis(2_500));
     let v = slow.read().expect("timeout notice");
@@ -168,7 +171,9 @@ fn a_client_that_never_reads_is_bounded_then_disconnected() {
         .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "rpc.discover"}))
         .collect();
     let line = Value::Array(batch).to_string();
-    let mut raw: &std::os::unix::net::UnixStream = c.stream();
+    // A connection of its own that never reads.
+    let never_reads = d.wire();
+    let mut raw: &std::os::unix::net::UnixStream = never_reads.stream();
     raw.set_nonblocking(true).expect("nonblocking");
     let text = format!("{line}\n").repeat(400).into_bytes();
     let mut written = 0usize;
@@ -652,8 +657,8 @@ fn a_full_disk_gives_storage_error_and_the_daemon_recovers() {
 #[test]
 fn attribute_bombs_are_refused_and_parsed_off_the_answering_thread() {
     let d = Daemon::start();
-    let mut heavy = d.client();
-    let me = heavy.create_account(ALICE);
+    let me = d.client().create_account(ALICE);
+    let mut heavy = d.wire();
     let mut light = d.client();
     let attrs: String = (0..37_500u32)
         .map(|i| format!(" a{}=''", i % 1_000_000))

@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 use std::time::Instant;
-use support::{assert_redelivery, Client, Daemon, BOTH, OLDMEMO, OMEMO2};
+use support::{assert_redelivery, Client, Daemon, Wire, BOTH, OLDMEMO, OMEMO2};
 
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
@@ -525,7 +525,7 @@ fn concurrent_traffic_on_different_sessions_and_mixed_calls() {
 }
 
 /// Reads one answer per expected id; panics on EOF, a missing or repeated id.
-fn read_answers(c: &mut Client, ids: &HashSet<Value>) -> HashMap<String, Value> {
+fn read_answers(c: &mut Wire, ids: &HashSet<Value>) -> HashMap<String, Value> {
     let mut got: HashMap<String, Value> = HashMap::new();
     while got.len() < ids.len() {
         let v = c
@@ -561,7 +561,7 @@ fn pipelined_requests_on_one_connection() {
     }
 
     // Answers really come out of order: a slow request first, a fast one after it.
-    let mut p = bob.client();
+    let mut p = bob.wire();
     p.send_raw(&request(&json!("slow"), "debug.sleep", json!({"ms": 800})));
     p.send_raw(&request(&json!("fast"), "status", json!({})));
     let first = p.read().expect("answer");
@@ -725,7 +725,7 @@ fn pipelined_requests_on_one_connection() {
     let writer_stream = std::os::unix::net::UnixStream::connect(&bob.socket).expect("connect");
     // One connection: the writer thread owns a clone of the same stream the reader reads.
     let reader_stream = writer_stream.try_clone().expect("clone");
-    let mut reader = Client::from_stream(reader_stream);
+    let mut reader = Wire::from_stream(reader_stream);
     let to_write: Vec<String> = lines2.iter().map(|(_, l)| l.clone()).collect();
     let writer = thread::spawn(move || {
         use std::io::Write;

@@ -21,9 +21,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
@@ -40,43 +38,21 @@ fn seed() -> u64 {
 /// A client connection that survives the daemon dying under it: `call` gives `None` when
 /// the connection broke before the answer arrived (the request was not acknowledged).
 struct Conn {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    next_id: u64,
+    conn: omemod_client::blocking::Client,
 }
 
 impl Conn {
     fn connect(socket: &Path) -> Conn {
-        let s = UnixStream::connect(socket).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Conn {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-            next_id: 1,
-        }
+        let mut conn = omemod_client::blocking::Client::connect(socket).expect("connect");
+        conn.set_timeout(Some(Duration::from_secs(30)));
+        Conn { conn }
     }
 
     fn call(&mut self, method: &str, params: &Value) -> Option<Result<Value, Value>> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut line =
-            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
-        line.push('\n');
-        if self.writer.write_all(line.as_bytes()).is_err() {
-            return None;
-        }
-        let mut buf = String::new();
-        match self.reader.read_line(&mut buf) {
-            Ok(0) => None,
-            Ok(_) => {
-                let v: Value = serde_json::from_str(&buf).expect("reply is JSON");
-                assert_eq!(v["id"], json!(id), "{v}");
-                Some(match v.get("error") {
-                    Some(e) => Err(e.clone()),
-                    None => Ok(v["result"].clone()),
-                })
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+        match self.conn.call(method, params.clone()) {
+            Ok(v) => Some(Ok(v)),
+            Err(omemod_client::Error::Rpc(e)) => Some(Err(support::error_object(&e))),
+            Err(omemod_client::Error::TimedOut(_)) => {
                 panic!("no answer to {method} within 30 s (daemon hung?)")
             }
             Err(_) => None,

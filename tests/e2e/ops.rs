@@ -633,8 +633,7 @@ fn systemd_unit_sandbox_lets_the_daemon_write_its_state() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut c =
-            Client::from_stream(std::os::unix::net::UnixStream::connect(&socket).expect("connect"));
+        let mut c = Client::connect(&socket);
         c.create_account("alice@example.org");
         let status = c.ok("status", json!({}));
         let db = state.join("omemod.db");
@@ -690,8 +689,7 @@ fn decrypt_at_trace_level_logs_no_body_no_key_and_no_colours() {
         assert!(Instant::now() < deadline, "omemod did not come up");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut a =
-        Client::from_stream(std::os::unix::net::UnixStream::connect(&socket).expect("connect"));
+    let mut a = Client::connect(&socket);
     let db = Daemon::start();
     let mut b = db.client();
     a.create_account("alice@example.org");

@@ -8,7 +8,7 @@ mod support;
 
 use protocol_core::xml::Encrypted;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 use support::*;
@@ -268,13 +268,14 @@ fn sigkill_after_commit_loses_nothing() {
         let xml = a.encrypt_xml(&[BOB], Some(&text), ns);
         let mut c = db.client();
         c.ok("debug.kill_after_commit", json!({}));
-        let mut s = UnixStream::connect(&db.socket).expect("connect");
-        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "decrypt",
-            "params": {"from": ALICE, "xml": xml}});
-        writeln!(s, "{req}").expect("send");
-        let mut line = String::new();
-        let n = BufReader::new(&s).read_line(&mut line).unwrap_or(0);
-        assert_eq!(n, 0, "round {round}: answered before dying: {line}");
+        let mut dying = db.client();
+        let r = dying
+            .connection()
+            .call("decrypt", json!({"from": ALICE, "xml": xml}));
+        assert!(
+            matches!(r, Err(omemod_client::Error::Closed)),
+            "round {round}: answered before dying: {r:?}"
+        );
         db.kill(); // reap it
         db.spawn();
         let mut c = db.client();
@@ -301,43 +302,28 @@ fn sigkill_after_commit_loses_nothing() {
 
 /// A connection that only listens to events.
 struct Listener {
-    reader: BufReader<UnixStream>,
+    c: Client,
 }
 
 impl Listener {
     fn new(d: &Daemon, types: Option<&[&str]>) -> Self {
-        let mut s = UnixStream::connect(&d.socket).expect("connect");
+        let mut c = d.client();
         let params = match types {
             Some(t) => json!({"types": t}),
             None => json!({}),
         };
-        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": params});
-        writeln!(s, "{req}").expect("subscribe");
-        let mut reader = BufReader::new(s);
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("answer");
-        let v: Value = serde_json::from_str(&line).expect("json");
-        assert!(v["result"]["subscription"].is_u64(), "{v}");
-        Listener { reader }
+        let v = c.ok("subscribe", params);
+        assert!(v["subscription"].is_u64(), "{v}");
+        Listener { c }
     }
 
     /// Every event that arrives until none came for `quiet`.
     fn drain(&mut self, quiet: Duration) -> Vec<Value> {
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(quiet))
-            .expect("timeout");
         let mut out = Vec::new();
-        loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return out,
-                Ok(_) => {
-                    let v: Value = serde_json::from_str(&line).expect("json");
-                    out.push(v["params"]["event"].clone());
-                }
-            }
+        while let Some(pushed) = self.c.connection().next_event(quiet) {
+            out.push(pushed.raw);
         }
+        out
     }
 }
 

@@ -72,12 +72,12 @@ fn reinstalled(jid: &str, device_id: u32) -> (Daemon, Client) {
     (d, c)
 }
 
-/// Reads notifications from `c` until one of `kind` arrives.
+/// Reads events pushed to `c` until one of `kind` arrives.
 fn next_event(c: &mut Client, kind: &str) -> Value {
     loop {
-        let n = c.read().expect("event");
-        if n["method"] == "event" && n["params"]["event"]["type"] == kind {
-            return n["params"]["event"].clone();
+        let e = c.event().expect("event");
+        if e["type"] == kind {
+            return e;
         }
     }
 }

@@ -1,7 +1,10 @@
 //! Test harness shared by the end-to-end and interop tests: real `omemod` daemons (own
-//! database and socket each) driven over their socket, and the python-omemo peer.
+//! database and socket each) driven over their socket through omemod-client ([`Client`]), raw
+//! sockets for the tests of the framing itself ([`Wire`]), and the python-omemo peer.
 #![allow(dead_code)]
 
+use omemod_client::blocking::Client as Connection;
+use omemod_client::RpcError;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -108,8 +111,7 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(s) = UnixStream::connect(&self.socket) {
-                let mut c = Client::from_stream(s);
+            if let Ok(c) = Connection::connect(&self.socket) {
                 if c.call("status", json!({})).is_ok() {
                     return;
                 }
@@ -120,7 +122,12 @@ impl Daemon {
     }
 
     pub fn client(&self) -> Client {
-        Client::from_stream(UnixStream::connect(&self.socket).expect("connect"))
+        Client::connect(&self.socket)
+    }
+
+    /// A raw connection, for tests of the framing.
+    pub fn wire(&self) -> Wire {
+        Wire::connect(&self.socket)
     }
 
     /// SIGKILL, no cleanup.
@@ -152,63 +159,57 @@ impl Drop for Daemon {
     }
 }
 
-/// A line-protocol JSON-RPC client.
+/// A connection through omemod-client, with the tests' shorthands. Answers are the daemon's
+/// JSON: `Ok(result)` or `Err(error object)`; anything else (the connection broke, no answer
+/// within 60 s) fails the test.
 pub struct Client {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    next_id: u64,
+    conn: Connection,
+}
+
+/// The JSON-RPC error object of an error answer.
+pub fn error_object(e: &RpcError) -> Value {
+    json!({"code": e.code, "message": e.message, "data": e.data})
 }
 
 impl Client {
-    pub fn from_stream(s: UnixStream) -> Self {
-        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
-        Client {
-            reader: BufReader::new(s.try_clone().expect("clone")),
-            writer: s,
-            next_id: 1,
-        }
+    pub fn connect(socket: &Path) -> Self {
+        let mut conn = Connection::connect(socket)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
+        conn.set_timeout(Some(Duration::from_secs(60)));
+        Client { conn }
     }
 
-    /// Sends one raw line and reads one line back (`None` on EOF).
-    pub fn raw(&mut self, line: &str) -> Option<Value> {
-        self.send_raw(line);
-        self.read()
-    }
-
-    /// Bytes without a newline (a partial line).
-    pub fn send_raw_no_newline(&mut self, text: &str) {
-        self.writer.write_all(text.as_bytes()).expect("write");
-    }
-
-    /// The underlying socket.
-    pub fn stream(&self) -> &UnixStream {
-        &self.writer
-    }
-
-    pub fn send_raw(&mut self, line: &str) {
-        self.writer.write_all(line.as_bytes()).expect("write");
-        self.writer.write_all(b"\n").expect("write");
-    }
-
-    pub fn read(&mut self) -> Option<Value> {
-        let mut buf = String::new();
-        match self.reader.read_line(&mut buf) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(serde_json::from_str(&buf).expect("reply is JSON")),
-        }
+    /// The omemod-client connection itself.
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     /// Calls a method: `Ok(result)` or `Err(error object)`.
     pub fn call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let reply = self.raw(&req.to_string()).expect("connection closed");
-        assert_eq!(reply["id"], json!(id), "reply to another request: {reply}");
-        match reply.get("error") {
-            Some(e) => Err(e.clone()),
-            None => Ok(reply["result"].clone()),
+        match self.conn.call(method, params) {
+            Ok(v) => Ok(v),
+            Err(omemod_client::Error::Rpc(e)) => Err(error_object(&e)),
+            Err(e) => panic!("{method}: {e}"),
         }
+    }
+
+    /// Calls in one JSON-RPC batch: each answer, in the order of `calls`.
+    pub fn batch(&mut self, calls: &[(&str, Value)]) -> Vec<Result<Value, Value>> {
+        let answers = self
+            .conn
+            .batch(calls)
+            .unwrap_or_else(|e| panic!("batch: {e}"));
+        answers
+            .into_iter()
+            .map(|a| a.map_err(|e| error_object(&e)))
+            .collect()
+    }
+
+    /// The next event object pushed to this connection (after `subscribe`), waiting at most 60 s.
+    pub fn event(&mut self) -> Option<Value> {
+        self.conn
+            .next_event(Duration::from_secs(60))
+            .map(|pushed| pushed.raw)
     }
 
     /// Calls and expects success.
@@ -275,6 +276,57 @@ impl Client {
 
     pub fn decrypt(&mut self, from: &str, xml: &str) -> Result<Value, Value> {
         self.call("decrypt", json!({"from": from, "xml": xml}))
+    }
+}
+
+/// A raw socket to a daemon, for the tests of the framing itself (bytes that are not JSON-RPC,
+/// partial lines, pipelining by hand): what goes out is exactly what the test writes, and what
+/// comes back is read line by line.
+pub struct Wire {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Wire {
+    pub fn connect(socket: &Path) -> Self {
+        Self::from_stream(UnixStream::connect(socket).expect("connect"))
+    }
+
+    pub fn from_stream(s: UnixStream) -> Self {
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        Wire {
+            reader: BufReader::new(s.try_clone().expect("clone")),
+            writer: s,
+        }
+    }
+
+    /// Sends one raw line and reads one line back (`None` on EOF).
+    pub fn raw(&mut self, line: &str) -> Option<Value> {
+        self.send_raw(line);
+        self.read()
+    }
+
+    /// Bytes without a newline (a partial line).
+    pub fn send_raw_no_newline(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).expect("write");
+    }
+
+    /// The underlying socket.
+    pub fn stream(&self) -> &UnixStream {
+        &self.writer
+    }
+
+    pub fn send_raw(&mut self, line: &str) {
+        self.writer.write_all(line.as_bytes()).expect("write");
+        self.writer.write_all(b"\n").expect("write");
+    }
+
+    pub fn read(&mut self) -> Option<Value> {
+        let mut buf = String::new();
+        match self.reader.read_line(&mut buf) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&buf).expect("reply is JSON")),
+        }
     }
 }
 

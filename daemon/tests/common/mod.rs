@@ -1,4 +1,5 @@
-//! Starts the real `omemod` binary on a private socket and talks to it line by line.
+//! Starts the real `omemod` binary on a private socket, and talks to it through omemod-client
+//! ([`Daemon::client`]) or, for the tests of the transport itself, line by line ([`Wire`]).
 
 #![allow(dead_code)] // Each test file uses a different part of this helper.
 
@@ -9,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use omemod_client::blocking::Client;
 use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_omemod");
@@ -87,8 +89,16 @@ impl Daemon {
         std::fs::read_to_string(self.dir.0.join("daemon.log")).unwrap_or_default()
     }
 
-    pub fn connect(&self) -> Client {
-        Client::connect(&self.socket)
+    /// A connection through omemod-client (answers within 10 s).
+    pub fn client(&self) -> Client {
+        let mut c = Client::connect(&self.socket).expect("connect");
+        c.set_timeout(Some(Duration::from_secs(10)));
+        c
+    }
+
+    /// A raw connection, for the tests of the framing.
+    pub fn wire(&self) -> Wire {
+        Wire::connect(&self.socket)
     }
 
     /// Sends SIGTERM and waits (at most 10 s) for the exit status.
@@ -121,20 +131,21 @@ impl Drop for Daemon {
     }
 }
 
-/// A line-protocol client.
-pub struct Client {
+/// A raw connection for the tests of the transport itself: the test writes the bytes and
+/// reads the lines, so that it sees exactly what is on the wire (order, ids, notifications).
+pub struct Wire {
     pub writer: UnixStream,
     pub reader: BufReader<UnixStream>,
     next_id: u64,
 }
 
-impl Client {
+impl Wire {
     pub fn connect(path: &Path) -> Self {
         let s = UnixStream::connect(path).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         let reader = BufReader::new(s.try_clone().expect("clone"));
-        Client {
+        Wire {
             writer: s,
             reader,
             next_id: 1000,
@@ -178,6 +189,7 @@ impl Client {
         assert_eq!(got, None, "expected no line");
     }
 
+    /// Writes a request line with a fresh numeric id; returns the id.
     pub fn request(&mut self, method: &str, params: Value) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
@@ -185,27 +197,20 @@ impl Client {
         id
     }
 
-    /// Sends a request and reads lines until its answer; other lines are returned too.
-    pub fn call_collect(&mut self, method: &str, params: Value) -> (Value, Vec<Value>) {
+    /// Writes a request; the next line on the wire must be its answer (nothing before it).
+    pub fn next_answer(&mut self, method: &str, params: Value) -> Value {
         let id = self.request(method, params);
-        let mut others = Vec::new();
-        loop {
-            let v = self.recv();
-            if v["id"] == json!(id) {
-                return (v, others);
-            }
-            others.push(v);
-        }
+        let v = self.recv();
+        assert_eq!(v["id"], json!(id), "the next line is not the answer: {v}");
+        v
     }
+}
 
-    /// Sends a request and returns its answer, failing on any other line.
-    pub fn call(&mut self, method: &str, params: Value) -> Value {
-        let (answer, others) = self.call_collect(method, params);
-        assert!(
-            others.is_empty(),
-            "unexpected lines before the answer: {others:?}"
-        );
-        answer
+/// The daemon's error answer to a call through omemod-client.
+pub fn rpc_error(r: Result<Value, omemod_client::Error>) -> omemod_client::RpcError {
+    match r {
+        Err(omemod_client::Error::Rpc(e)) => e,
+        other => panic!("expected an error answer, got {other:?}"),
     }
 }
 

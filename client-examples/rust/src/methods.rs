@@ -1,0 +1,124 @@
+//! The typed requests and results of [`crate::Client`]'s methods (docs/rpc.md names every
+//! field). Fields a daemon may add later are ignored; those older daemons lack have defaults.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::event::Event;
+
+/// `status`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub socket: String,
+    pub uptime_secs: u64,
+}
+
+/// One of our accounts (`account.list`, `fingerprint.get`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Account {
+    pub jid: String,
+    pub device_id: u32,
+    pub fingerprint: String,
+}
+
+/// Something to publish to PEP: the item's XML, its node and id, and the publish options.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Publishable {
+    pub namespace: String,
+    pub xml: String,
+    pub node: String,
+    pub item_id: String,
+    pub publish_options: BTreeMap<String, String>,
+}
+
+/// `encrypt`'s result.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EncryptOutcome {
+    /// One `<encrypted>` element per namespace used.
+    pub messages: Vec<EncryptedMessage>,
+    /// What happened for each device.
+    pub devices: Vec<DeviceReport>,
+    pub actions: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EncryptedMessage {
+    pub namespace: String,
+    pub xml: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceReport {
+    pub jid: String,
+    pub device_id: u32,
+    pub namespace: String,
+    /// `encrypted`, `untrusted`, `no_bundle`, …
+    pub status: String,
+    #[serde(default)]
+    pub kex: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What to encrypt.
+#[derive(Debug, Clone)]
+pub struct EncryptRequest<'a> {
+    /// Recipients' bare JIDs (in a group chat: every member's real JID).
+    pub to: &'a [&'a str],
+    pub body: &'a str,
+    /// Limits and orders the namespaces (default: OMEMO 2, then 0.3).
+    pub namespaces: Option<&'a [&'a str]>,
+    /// The SCE `<to>`: the room's bare JID in a group chat.
+    pub sce_to: Option<&'a str>,
+}
+
+/// What to decrypt.
+#[derive(Debug, Clone)]
+pub struct DecryptRequest<'a> {
+    /// The sender's bare JID (in a group chat: the occupant's real JID).
+    pub from: &'a str,
+    /// The `<encrypted>` element.
+    pub xml: &'a str,
+    /// Where the stanza was addressed: our bare JID, or the room's.
+    pub to: &'a str,
+    pub group_chat: bool,
+}
+
+/// `decrypt`'s result.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DecryptOutcome {
+    pub namespace: String,
+    pub sender: Sender,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub envelope: Option<Envelope>,
+    pub empty: bool,
+    pub key_exchange: bool,
+    /// Decrypted before (e.g. read again from the archive): show, but do not notify again.
+    /// Older daemons do not say (false).
+    #[serde(default)]
+    pub redelivered: bool,
+    #[serde(default)]
+    pub first_decrypted_at: Option<u64>,
+    pub actions: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Sender {
+    pub jid: String,
+    pub device_id: u32,
+    pub fingerprint: String,
+    pub trust: String,
+}
+
+/// The OMEMO 2 SCE envelope's affixes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Envelope {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub time: Option<String>,
+}
