@@ -16,7 +16,8 @@ use super::account::{refill_prekey_pools, Account, OwnKeys};
 use super::sessions::{
     apply_skipped_changes, replace_skipped, session_row, SessionMeta, SlotGuard,
 };
-use super::{check_bare_jid, Action, Manager, ManagerError, Result};
+use super::{check_bare_jid, Manager, ManagerError, Result};
+use crate::events::Action;
 use crate::events::{Cause, Event};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{

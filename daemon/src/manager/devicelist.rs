@@ -1,6 +1,8 @@
 //! Device lists received from PEP (any JID, our own included).
 
-use super::{check_bare_jid, Action, Manager, ManagerError, Result};
+use super::{check_bare_jid, Manager, ManagerError, Result};
+use crate::bounds::MAX_DEVICES_PER_LIST;
+use crate::events::Action;
 use crate::events::{Cause, Event};
 use crate::storage::{self, devices};
 use protocol_core::keys::xeddsa;
@@ -44,7 +46,7 @@ impl Manager {
         .await
         .ok_or_else(|| ManagerError::InvalidMessage("device list: the parser failed".into()))?
         .map_err(|e| ManagerError::InvalidMessage(format!("device list: {e}")))?;
-        crate::bounds::check_devicelist_len(entries.len())?;
+        check_devicelist_len(entries.len())?;
         let own = jid == acct.jid;
         // Labels need a valid signature (XEP-0384 0.9); we can check ours only when the
         // signer is known: our own device.
@@ -114,4 +116,15 @@ impl Manager {
             actions,
         })
     }
+}
+
+/// Refuses a device list longer than [`MAX_DEVICES_PER_LIST`].
+fn check_devicelist_len(count: usize) -> Result<()> {
+    if count > MAX_DEVICES_PER_LIST {
+        return Err(ManagerError::TooManyDevices {
+            count,
+            max: MAX_DEVICES_PER_LIST,
+        });
+    }
+    Ok(())
 }

@@ -5,7 +5,8 @@ use super::account::Account;
 use super::bundle_cache::VerifiedBundle;
 use super::peer_bundle::StoredBundle;
 use super::sessions::{session_row, session_row_with_state, SessionMeta};
-use super::{check_bare_jid, Action, Manager, ManagerError, Result};
+use super::{check_bare_jid, Manager, ManagerError, Result};
+use crate::events::Action;
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
     self, device_state, sessions as session_store, trust as trust_store, DeviceAddr,

@@ -21,7 +21,7 @@ pub mod redelivery;
 pub mod sessions;
 pub mod trust;
 
-use crate::events::{Cause, Event, EventBus};
+use crate::events::{Action, Cause, Event, EventBus};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{self, devices, trust as trust_store, DeviceAddr, Store};
 use account::{Account, TrustMode};
@@ -31,74 +31,6 @@ use protocol_core::keys::fingerprint;
 use protocol_core::Version;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-
-/// What a client should do after a call (also pushed as events to subscribers).
-#[derive(
-    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
-)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Action {
-    /// Publish our bundle in `namespace` again (`bundle.get` gives it).
-    PublishBundle {
-        /// Namespace.
-        #[schemars(with = "String")]
-        namespace: Version,
-    },
-    /// Publish our device list in `namespace` again (`devicelist.get` gives it).
-    PublishDevicelist {
-        /// Namespace.
-        #[schemars(with = "String")]
-        namespace: Version,
-    },
-    /// Send an empty message to this device (`heartbeat` builds it).
-    SendHeartbeat {
-        /// Peer JID.
-        jid: String,
-        /// Namespace.
-        #[schemars(with = "String")]
-        namespace: Version,
-        /// Device id.
-        device_id: u32,
-    },
-    /// Fetch this device's bundle and pass it to `bundle.update`.
-    FetchBundle {
-        /// Peer JID.
-        jid: String,
-        /// Namespace.
-        #[schemars(with = "String")]
-        namespace: Version,
-        /// Device id.
-        device_id: u32,
-        /// PubSub node.
-        node: String,
-        /// Item id.
-        item_id: String,
-    },
-    /// Fetch this JID's device list and pass it to `devicelist.update`.
-    FetchDevicelist {
-        /// Peer JID.
-        jid: String,
-        /// Namespace.
-        #[schemars(with = "String")]
-        namespace: Version,
-        /// PubSub node.
-        node: String,
-    },
-}
-
-impl Action {
-    /// Fetch the bundle of `jid`'s device `device_id` in `namespace`, from its PubSub node.
-    pub fn fetch_bundle(jid: &str, namespace: Version, device_id: u32) -> Self {
-        let (node, item_id) = namespace.bundle_node(device_id);
-        Action::FetchBundle {
-            jid: jid.to_owned(),
-            namespace,
-            device_id,
-            node,
-            item_id,
-        }
-    }
-}
 
 /// The session manager.
 #[derive(Debug)]
