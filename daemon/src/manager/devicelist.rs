@@ -2,8 +2,7 @@
 
 use super::{check_bare_jid, Manager, ManagerError, Result};
 use crate::bounds::MAX_DEVICES_PER_LIST;
-use crate::events::Action;
-use crate::events::{Cause, Event};
+use crate::events::{Action, Cause, Event};
 use crate::storage::{self, devices};
 use protocol_core::keys::xeddsa;
 use protocol_core::xml::{self, DeviceListEntry};

@@ -660,10 +660,15 @@ impl Manager {
                     session_store::upsert_many(tx, &rows)?;
                     // After the rows they belong to exist.
                     for (k, s, _) in &fresh {
-                        super::sessions::replace_skipped(tx, &rows[*k].addr(), s, now)?;
+                        crate::storage::skipped_keys::replace_for_session(
+                            tx,
+                            &rows[*k].addr(),
+                            s.skipped_keys(),
+                            now,
+                        )?;
                     }
                     for addr in &rebuilt_in_tx {
-                        super::rebuild::clear(tx, addr)?;
+                        crate::storage::rebuilds::clear(tx, addr)?;
                     }
                     for t in &trust_rows {
                         trust_store::set(tx, t)?;

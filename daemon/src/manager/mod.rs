@@ -68,7 +68,7 @@ impl Manager {
                     let trust = trust_store::list(conn, a.id, None)?;
                     dirs.insert(a.id, Directory::from_rows(devs, trust));
                 }
-                Ok((accounts, dirs, rebuild::Pending::load(conn)?))
+                Ok((accounts, dirs, storage::rebuilds::list(conn)?))
             })
             .await?;
         let redelivery = redelivery::State::default();
@@ -111,7 +111,7 @@ impl Manager {
             sessions: sessions::SessionTable::default(),
             redelivery,
             rebuilds: pinning::Rebuilds::default(),
-            pending_rebuilds,
+            pending_rebuilds: rebuild::Pending::new(pending_rebuilds),
             bundles: bundle_cache::BundleCache::default(),
         })
     }

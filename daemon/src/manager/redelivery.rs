@@ -11,11 +11,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use protocol_core::session::Decrypted;
 use protocol_core::xml::{Encrypted, KeyElement};
-use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -25,7 +24,7 @@ use super::encrypt::{EncryptOutcome, EncryptRequest};
 use super::{Manager, ManagerError, Result};
 use crate::config::RedeliveryConfig;
 use crate::storage::redelivery::{
-    self as store, Bounds, EncryptResultRow, Pruned, RedeliveryRow, Seen,
+    self as store, Bounds, EncryptResultRow, Pruned, Record, RedeliveryRow, Seen,
 };
 use crate::storage::trust::TrustLevel;
 
@@ -135,8 +134,6 @@ pub struct Probe {
     digest: [u8; 32],
     payload_digest: [u8; 32],
     empty: bool,
-    /// The row id, once recorded.
-    id: Arc<AtomicI64>,
 }
 
 /// Longest accepted `idempotency_key`, in bytes.
@@ -204,7 +201,6 @@ impl Probe {
                 digest: [0; 32],
                 payload_digest: [0; 32],
                 empty: true,
-                id: Arc::new(AtomicI64::new(0)),
             };
         }
         let mut h = Sha256::new();
@@ -230,32 +226,7 @@ impl Probe {
             digest,
             payload_digest: p.finalize().into(),
             empty: element.payload.as_ref().is_none_or(|p| p.is_empty()),
-            id: Arc::new(AtomicI64::new(0)),
         }
-    }
-}
-
-/// What the decryption commit writes for redelivery.
-#[derive(Debug)]
-pub struct Record {
-    row: RedeliveryRow,
-    id: Arc<AtomicI64>,
-    keep_key: bool,
-    prune: Option<(Bounds, i64)>,
-}
-
-impl Record {
-    /// Writes it (inside the decryption's transaction).
-    pub fn write(&self, conn: &Connection) -> crate::storage::Result<()> {
-        if cfg!(feature = "bench-baseline-no-redelivery") {
-            return Ok(());
-        }
-        let id = store::record(conn, &self.row, self.keep_key)?;
-        self.id.store(id, Ordering::Relaxed);
-        if let Some((b, from)) = self.prune {
-            store::prune(conn, self.row.created_at, b, from)?;
-        }
-        Ok(())
     }
 }
 
@@ -338,7 +309,8 @@ impl Manager {
         }))
     }
 
-    /// What the decryption's commit must write so this element can be redelivered.
+    /// What the decryption's commit must write so this element can be redelivered (nothing in
+    /// the benchmark baseline).
     pub(crate) fn redelivery_record(
         &self,
         acct: &Account,
@@ -347,10 +319,13 @@ impl Manager {
         identity_key: &[u8; 32],
         key_exchange: bool,
         now: i64,
-    ) -> Record {
+    ) -> Option<Record> {
+        if cfg!(feature = "bench-baseline-no-redelivery") {
+            return None;
+        }
         let config = self.redelivery.config();
         let n = self.redelivery.records.fetch_add(1, Ordering::Relaxed);
-        Record {
+        Some(Record {
             row: RedeliveryRow {
                 account_id: acct.id,
                 digest: probe.digest,
@@ -360,13 +335,12 @@ impl Manager {
                 key_exchange,
                 created_at: now,
             },
-            id: Arc::clone(&probe.id),
             keep_key: config.enabled(),
             prune: (n % PRUNE_EVERY == PRUNE_EVERY - 1).then(|| {
                 let from = self.redelivery.key_frontier.load(Ordering::Relaxed);
                 (store_bounds(&config), from)
             }),
-        }
+        })
     }
 
     /// The answer kept for an `encrypt` idempotency key, if any and still within the window;
@@ -419,14 +393,16 @@ impl Manager {
             .store(true, Ordering::SeqCst);
     }
 
-    /// After the commit, before the session lock is released.
-    pub(crate) fn redelivery_committed(&self, probe: &Probe) {
+    /// After the commit (which wrote row `id` for the element), before the session lock is
+    /// released.
+    pub(crate) fn redelivery_committed(&self, probe: &Probe, id: Option<i64>) {
         if self.redelivery.kill_after_commit.load(Ordering::Relaxed) {
             let me = rustix::process::getpid();
             let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
         }
-        let id = probe.id.load(Ordering::Relaxed);
-        self.redelivery.insert(store::prefix(&probe.digest), id);
+        if let Some(id) = id {
+            self.redelivery.insert(store::prefix(&probe.digest), id);
+        }
     }
 
     /// Deletes what the bounds no longer allow, then empties the WAL so that deleted key

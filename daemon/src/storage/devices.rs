@@ -244,3 +244,20 @@ pub fn delete(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
         .execute(params![addr.account_id, addr.jid, addr.namespace.namespace(), id_param(addr.device_id)])?;
     Ok(n > 0)
 }
+
+/// Forgets a device that is on no list (its messages created the row). Returns whether it was
+/// deleted (a listed device is kept).
+pub fn delete_inactive(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM devices WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 \
+             AND device_id = ?4 AND active = 0",
+        )?
+        .execute(params![
+            addr.account_id,
+            addr.jid,
+            addr.namespace.namespace(),
+            id_param(addr.device_id)
+        ])?;
+    Ok(n > 0)
+}

@@ -24,6 +24,7 @@ pub mod jids;
 pub mod migrations;
 pub mod prekeys;
 mod reader;
+pub mod rebuilds;
 pub mod redelivery;
 pub mod sessions;
 pub mod signed_prekeys;

@@ -78,6 +78,31 @@ pub fn insert_many(conn: &Connection, rows: &[PreKeyRow]) -> Result<()> {
     Ok(())
 }
 
+/// Tops up each namespace's pool of live one-time prekeys to `size` (each namespace has its own
+/// keys, so a peer building sessions in both never gets the same one twice): `make` turns fresh
+/// ids into rows (and whatever goes with them), which are stored and returned.
+pub fn refill_pools<K>(
+    conn: &Connection,
+    account_id: i64,
+    size: u32,
+    mut make: impl FnMut(std::ops::Range<u32>, Namespace) -> Vec<(PreKeyRow, K)>,
+) -> Result<Vec<(PreKeyRow, K)>> {
+    let mut out = Vec::new();
+    for ns in Namespace::ALL {
+        let live = count_live_in(conn, account_id, ns)?;
+        if live < size {
+            let ids = super::accounts::take_prekey_ids(conn, account_id, size - live)?;
+            let rows = make(ids, ns);
+            insert_many(
+                conn,
+                &rows.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(),
+            )?;
+            out.extend(rows);
+        }
+    }
+    Ok(out)
+}
+
 /// One prekey, live or used.
 pub fn get(conn: &Connection, account_id: i64, id: u32) -> Result<Option<PreKeyRow>> {
     let mut st = conn.prepare_cached(

@@ -1,5 +1,6 @@
 //! `skipped_keys`: message keys of skipped messages, per session (deleted with it).
 
+use protocol_core::double_ratchet::skipped_keys::{SkippedKey, SkippedKeyChanges};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::Result;
@@ -40,6 +41,59 @@ pub fn insert(conn: &Connection, row: &SkippedKeyRow) -> Result<bool> {
             row.created_at
         ])?;
     Ok(n > 0)
+}
+
+/// Mirrors a decryption's skipped-key changes (keys used, evicted and added).
+pub fn apply_changes(
+    conn: &Connection,
+    addr: &DeviceAddr,
+    changes: &SkippedKeyChanges,
+    now: i64,
+) -> Result<()> {
+    if let Some((rk, n)) = changes.used {
+        take(conn, addr, &rk, n)?;
+    }
+    for (rk, n) in &changes.evicted {
+        take(conn, addr, rk, *n)?;
+    }
+    for k in &changes.added {
+        if changes
+            .evicted
+            .iter()
+            .any(|(rk, n)| *n == k.n && *rk == k.ratchet_key)
+        {
+            continue;
+        }
+        insert_key(conn, addr, k, now)?;
+    }
+    Ok(())
+}
+
+fn insert_key(conn: &Connection, addr: &DeviceAddr, k: &SkippedKey, now: i64) -> Result<bool> {
+    insert(
+        conn,
+        &SkippedKeyRow {
+            addr: addr.clone(),
+            ratchet_key: k.ratchet_key,
+            n: k.n,
+            message_key: SecretKey::new(k.message_key),
+            created_at: now,
+        },
+    )
+}
+
+/// Replaces every stored skipped key of a (new) session by `keys`.
+pub fn replace_for_session<'k>(
+    conn: &Connection,
+    addr: &DeviceAddr,
+    keys: impl IntoIterator<Item = &'k SkippedKey>,
+    now: i64,
+) -> Result<()> {
+    delete_for_session(conn, addr)?;
+    for k in keys {
+        insert_key(conn, addr, k, now)?;
+    }
+    Ok(())
 }
 
 /// Removes and returns the key of message `n` of the chain `ratchet_key` (a key is used once).
@@ -161,4 +215,34 @@ pub fn delete_older_than(conn: &Connection, cutoff: i64) -> Result<usize> {
     Ok(conn
         .prepare_cached("DELETE FROM skipped_keys WHERE created_at < ?1")?
         .execute([cutoff])?)
+}
+
+/// The sessions that hold skipped keys created before `cutoff` (rows with an unknown namespace
+/// are skipped).
+pub fn sessions_with_keys_before(conn: &Connection, cutoff: i64) -> Result<Vec<DeviceAddr>> {
+    let mut st = conn.prepare_cached(
+        "SELECT DISTINCT account_id, jid, namespace, device_id FROM skipped_keys WHERE created_at < ?1",
+    )?;
+    let rows = st.query_map(params![cutoff], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (account_id, jid, ns, device) = row?;
+        let Some(ns) = super::Namespace::from_namespace(&ns) else {
+            continue;
+        };
+        out.push(DeviceAddr::new(
+            account_id,
+            jid,
+            ns,
+            u32::try_from(device).unwrap_or(0),
+        ));
+    }
+    Ok(out)
 }

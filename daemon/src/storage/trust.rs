@@ -166,3 +166,18 @@ pub fn delete(
         .execute(params![account_id, jid, &identity_key[..]])?;
     Ok(n > 0)
 }
+
+/// Whether a session or a stored bundle of `jid` still uses `identity_key`.
+pub fn key_in_use(
+    conn: &Connection,
+    account_id: i64,
+    jid: &str,
+    identity_key: &[u8; 32],
+) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM sessions WHERE account_id = ?1 AND jid = ?2 AND identity_key = ?3) \
+             OR EXISTS (SELECT 1 FROM bundles WHERE account_id = ?1 AND jid = ?2 AND identity_curve25519 = ?3)",
+        )?
+        .query_row(params![account_id, jid, &identity_key[..]], |r| r.get(0))?)
+}
