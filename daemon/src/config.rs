@@ -274,25 +274,24 @@ where
     }
 }
 
-/// Parses `90`, `90s`, `15m`, `12h`, `7d` into seconds.
+/// Parses a duration into seconds: a bare number is seconds; otherwise numbers with the units
+/// docs/rpc.md names, s, m, h and d (`7d`, `1h 30m`), read by humantime. Its other units are
+/// refused: a month or a year is no whole number of days, and a retention below a second means
+/// nothing.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number with an optional unit s, m, h or d"))?;
-    let mul = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
-    };
-    n.checked_mul(mul)
-        .ok_or_else(|| format!("{s:?}: too large"))
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map_err(|_| format!("{s:?}: too large"));
+    }
+    let unit = s
+        .split(|c: char| c.is_ascii_digit() || c.is_whitespace())
+        .find(|u| !u.is_empty() && !matches!(*u, "s" | "m" | "h" | "d"));
+    if let Some(unit) = unit {
+        return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)"));
+    }
+    humantime::parse_duration(s)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("{s:?}: {e} (expected a number with an optional unit s, m, h or d)"))
 }
 
 /// Why the config file could not be used.
@@ -527,7 +526,8 @@ mod tests {
         assert_eq!(parse_duration("15m"), Ok(900));
         assert_eq!(parse_duration("12h"), Ok(43_200));
         assert_eq!(parse_duration("7d"), Ok(DEFAULT_REDELIVERY_RETENTION_SECS));
-        for bad in ["", "d", "7w", "-1", "1.5h", "99999999999999999999d"] {
+        assert_eq!(parse_duration("1h 30m"), Ok(5400));
+        for bad in ["", "d", "7w", "5ms", "-1", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
