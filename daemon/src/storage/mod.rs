@@ -274,6 +274,53 @@ fn wal_bytes(pages: u64, page_size: u64) -> u64 {
     32 + pages.saturating_mul(page_size + 24)
 }
 
+/// Cuts the WAL file back to the checkpoint threshold whenever the log starts over, so that the
+/// file's growth tells the writer how long the log is (`writer::Conn::after_commit`). Returns
+/// the threshold in bytes.
+fn limit_wal(conn: &Connection, config: &StoreConfig) -> Result<u64> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let page_size = u64::try_from(page_size).unwrap_or(4096);
+    let threshold_bytes = wal_bytes(config.checkpoint_pages, page_size);
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        i64::try_from(threshold_bytes).unwrap_or(i64::MAX),
+    )?;
+    Ok(threshold_bytes)
+}
+
+/// Starts a storage thread.
+fn spawn<T: Send + 'static>(
+    path: &Path,
+    name: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(io_err("spawning storage thread for", path))
+}
+
+/// Starts one reader thread per connection, all taking jobs from one queue.
+fn spawn_readers(
+    path: &Path,
+    conns: Vec<Connection>,
+) -> Result<(Sender<Box<dyn ReadJob>>, Vec<JoinHandle<()>>)> {
+    let (read_tx, read_rx) = mpsc::channel::<Box<dyn ReadJob>>();
+    let read_rx = Arc::new(Mutex::new(read_rx));
+    let threads = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let rx = Arc::clone(&read_rx);
+            spawn(path, format!("omemod-reader-{i}"), move || {
+                reader::run(c, rx)
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((read_tx, threads))
+}
+
 impl Store {
     /// Opens (or creates) the database at `path` with default tuning.
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
@@ -295,27 +342,16 @@ impl Store {
         if report != jids::NormaliseReport::default() {
             tracing::info!(?report, "stored JIDs normalised");
         }
-        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let page_size = u64::try_from(page_size).unwrap_or(4096);
-        let threshold_bytes = wal_bytes(config.checkpoint_pages, page_size);
-        // Cut the WAL file back to the checkpoint threshold whenever the log starts over, so
-        // that the file's growth tells the writer how long the log is
-        // (`writer::Conn::after_commit`).
-        conn.pragma_update(
-            None,
-            "journal_size_limit",
-            i64::try_from(threshold_bytes).unwrap_or(i64::MAX),
-        )?;
-
-        let mut readers_conns = Vec::with_capacity(config.readers.max(1));
-        for _ in 0..config.readers.max(1) {
-            let c = open_connection(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                &config,
-            )?;
-            readers_conns.push(c);
-        }
+        let threshold_bytes = limit_wal(&conn, &config)?;
+        let readers_conns = (0..config.readers.max(1))
+            .map(|_| {
+                open_connection(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    &config,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         let ckpt_conn = open_connection(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -336,12 +372,6 @@ impl Store {
             wal_path: PathBuf::from(wal_path),
             threshold_bytes,
         };
-
-        let spawn_err = |source| StorageError::Io {
-            action: "spawning storage thread for",
-            path: path.to_owned(),
-            source,
-        };
         let interval = config.checkpoint_interval;
         let stats = Arc::clone(&checkpoint_stats);
         let watch = checkpoint::StallWatch {
@@ -349,10 +379,9 @@ impl Store {
             after: config.checkpoint_stall_warning,
             min_bytes: signal.threshold_bytes,
         };
-        let checkpointer = std::thread::Builder::new()
-            .name("omemod-checkpoint".into())
-            .spawn(move || checkpoint::run(ckpt_conn, wake_rx, dirty, interval, stats, watch))
-            .map_err(spawn_err)?;
+        let checkpointer = spawn(path, "omemod-checkpoint".into(), move || {
+            checkpoint::run(ckpt_conn, wake_rx, dirty, interval, stats, watch)
+        })?;
 
         // Under NORMAL a commit is cheaper than a hand-off to another thread and back, so a
         // waiting request leads it; under FULL the fsync is better spent off the runtime.
@@ -363,22 +392,10 @@ impl Store {
             config.durability == Durability::Normal,
         );
         let for_thread = Arc::clone(&shared);
-        let writer = std::thread::Builder::new()
-            .name("omemod-writer".into())
-            .spawn(move || writer::run(for_thread))
-            .map_err(spawn_err)?;
-
-        let (read_tx, read_rx) = mpsc::channel::<Box<dyn ReadJob>>();
-        let read_rx = Arc::new(Mutex::new(read_rx));
-        let mut reader_threads = Vec::with_capacity(readers_conns.len());
-        for (i, c) in readers_conns.into_iter().enumerate() {
-            let rx = Arc::clone(&read_rx);
-            let h = std::thread::Builder::new()
-                .name(format!("omemod-reader-{i}"))
-                .spawn(move || reader::run(c, rx))
-                .map_err(spawn_err)?;
-            reader_threads.push(h);
-        }
+        let writer = spawn(path, "omemod-writer".into(), move || {
+            writer::run(for_thread)
+        })?;
+        let (read_tx, reader_threads) = spawn_readers(path, readers_conns)?;
 
         tracing::info!(path = %path.display(), durability = ?config.durability, "storage opened");
         Ok(Store {
