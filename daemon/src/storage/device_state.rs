@@ -107,18 +107,16 @@ pub struct PreviousSessionRow {
 /// The previous session states of a device, newest first.
 pub fn previous_sessions(conn: &Connection, addr: &DeviceAddr) -> Result<Vec<PreviousSessionRow>> {
     let (a, j, n, d) = addr_params(addr);
-    let mut st = conn.prepare_cached(&format!(
+    conn.prepare_cached(&format!(
         "SELECT id, state FROM previous_sessions WHERE {WHERE_ADDR} ORDER BY id DESC"
-    ))?;
-    let mut rows = st.query(params![a, j, n, d])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(PreviousSessionRow {
+    ))?
+    .query_and_then(params![a, j, n, d], |r| -> Result<_> {
+        Ok(PreviousSessionRow {
             id: int(r, "previous_sessions", "id")?,
             state: secret_blob(r, "previous_sessions", "state")?,
-        });
-    }
-    Ok(out)
+        })
+    })?
+    .collect()
 }
 
 /// Archives a session state, keeping only the newest `keep` of the device.
@@ -177,17 +175,17 @@ pub fn take_deferred_heartbeats(conn: &Connection, account_id: i64) -> Result<Ve
         "SELECT account_id, jid, namespace, device_id FROM deferred_heartbeats \
          WHERE account_id = ?1 ORDER BY jid, namespace, device_id",
     )?;
-    let mut rows = st.query([account_id])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        const T: &str = "deferred_heartbeats";
-        out.push(DeviceAddr::new(
-            int(r, T, "account_id")?,
-            text(r, T, "jid")?,
-            namespace(r, T, "namespace")?,
-            u32_col(r, T, "device_id")?,
-        ));
-    }
+    let out: Vec<_> = st
+        .query_and_then([account_id], |r| -> Result<_> {
+            const T: &str = "deferred_heartbeats";
+            Ok(DeviceAddr::new(
+                int(r, T, "account_id")?,
+                text(r, T, "jid")?,
+                namespace(r, T, "namespace")?,
+                u32_col(r, T, "device_id")?,
+            ))
+        })?
+        .collect::<Result<_>>()?;
     conn.prepare_cached("DELETE FROM deferred_heartbeats WHERE account_id = ?1")?
         .execute([account_id])?;
     Ok(out)

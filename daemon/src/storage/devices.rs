@@ -182,28 +182,20 @@ pub fn list(
     jid: &str,
     ns: Namespace,
 ) -> Result<Vec<DeviceRow>> {
-    let mut st = conn.prepare_cached(&format!(
+    conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM devices WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 ORDER BY device_id"
-    ))?;
-    let rows = st.query(params![account_id, jid, ns.namespace()])?;
-    collect(rows)
+    ))?
+        .query_and_then(params![account_id, jid, ns.namespace()], from_row)?
+        .collect()
 }
 
 /// Every known device of the account, by jid, namespace and device id.
 pub fn list_all(conn: &Connection, account_id: i64) -> Result<Vec<DeviceRow>> {
-    let mut st = conn.prepare_cached(&format!(
+    conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM devices WHERE account_id = ?1 ORDER BY jid, namespace, device_id"
-    ))?;
-    let rows = st.query([account_id])?;
-    collect(rows)
-}
-
-fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<DeviceRow>> {
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(from_row(r)?);
-    }
-    Ok(out)
+    ))?
+    .query_and_then([account_id], from_row)?
+    .collect()
 }
 
 /// One device.

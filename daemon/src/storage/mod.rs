@@ -129,7 +129,7 @@ pub struct Store {
     path: PathBuf,
     config: StoreConfig,
     writer: Arc<writer::Shared>,
-    readers: RwLock<Option<Sender<Box<dyn ReadJob>>>>,
+    readers: RwLock<Option<ReadQueue>>,
     threads: Mutex<Threads>,
     writer_stats: Arc<WriterStats>,
     checkpoint_stats: Arc<CheckpointStats>,
@@ -301,11 +301,14 @@ fn spawn<T: Send + 'static>(
         .map_err(io_err("spawning storage thread for", path))
 }
 
+/// Where read jobs are queued for the reader threads.
+type ReadQueue = Sender<Box<dyn ReadJob>>;
+
 /// Starts one reader thread per connection, all taking jobs from one queue.
 fn spawn_readers(
     path: &Path,
     conns: Vec<Connection>,
-) -> Result<(Sender<Box<dyn ReadJob>>, Vec<JoinHandle<()>>)> {
+) -> Result<(ReadQueue, Vec<JoinHandle<()>>)> {
     let (read_tx, read_rx) = mpsc::channel::<Box<dyn ReadJob>>();
     let read_rx = Arc::new(Mutex::new(read_rx));
     let threads = conns

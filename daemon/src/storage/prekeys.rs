@@ -115,16 +115,12 @@ pub fn get(conn: &Connection, account_id: i64, id: u32) -> Result<Option<PreKeyR
 
 /// Every prekey of the account, live and used, by id.
 pub fn list(conn: &Connection, account_id: i64) -> Result<Vec<PreKeyRow>> {
-    let mut st = conn.prepare_cached(
+    conn.prepare_cached(
         "SELECT account_id, id, private_key, public_key, created_at, used_at, namespace, used_by \
          FROM prekeys WHERE account_id = ?1 ORDER BY id",
-    )?;
-    let mut rows = st.query([account_id])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(from_row(r)?);
-    }
-    Ok(out)
+    )?
+    .query_and_then([account_id], from_row)?
+    .collect()
 }
 
 /// Marks a live prekey used at `now` by the key exchange with ephemeral key `by`. Returns
@@ -162,18 +158,16 @@ pub fn delete_used(conn: &Connection, account_id: i64) -> Result<usize> {
 
 /// Public halves of the live prekeys, by id, for the bundle.
 pub fn list_live_public(conn: &Connection, account_id: i64) -> Result<Vec<PublicPreKey>> {
-    let mut st = conn.prepare_cached(
+    conn.prepare_cached(
         "SELECT id, public_key FROM prekeys WHERE account_id = ?1 AND used_at IS NULL ORDER BY id",
-    )?;
-    let mut rows = st.query([account_id])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(PublicPreKey {
+    )?
+    .query_and_then([account_id], |r| -> Result<_> {
+        Ok(PublicPreKey {
             id: u32_col(r, T, "id")?,
             public_key: blob32(r, T, "public_key")?,
-        });
-    }
-    Ok(out)
+        })
+    })?
+    .collect()
 }
 
 /// How many live prekeys the account has (both pools, and keys from before the split).

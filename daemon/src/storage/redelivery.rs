@@ -145,14 +145,12 @@ pub fn lookup(conn: &Connection, id: i64, account_id: i64, digest: &[u8; 32]) ->
 /// (first 8 bytes of the digest, row id) of every remembered message, to fill the in-memory
 /// filter.
 pub fn digest_prefixes(conn: &Connection) -> Result<Vec<(u64, i64)>> {
-    let mut out = Vec::new();
-    let mut st = conn.prepare("SELECT digest, id FROM redelivery")?;
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        let b: Vec<u8> = r.get(0)?;
-        out.push((prefix(&blob32("redelivery", "digest", &b)?), r.get(1)?));
-    }
-    Ok(out)
+    conn.prepare("SELECT digest, id FROM redelivery")?
+        .query_and_then([], |r| {
+            let b: Vec<u8> = r.get(0)?;
+            Ok((prefix(&blob32("redelivery", "digest", &b)?), r.get(1)?))
+        })?
+        .collect()
 }
 
 /// The filter key of a digest.

@@ -223,26 +223,18 @@ pub fn delete_unlisted(conn: &Connection, addr: &DeviceAddr) -> Result<Option<([
 
 /// Every session of the account, by jid, namespace and device id.
 pub fn list(conn: &Connection, account_id: i64) -> Result<Vec<SessionRow>> {
-    let mut st = conn.prepare_cached(&format!(
+    conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM sessions WHERE account_id = ?1 ORDER BY jid, namespace, device_id"
-    ))?;
-    let rows = st.query([account_id])?;
-    collect(rows)
+    ))?
+    .query_and_then([account_id], from_row)?
+    .collect()
 }
 
 /// The sessions with every device of one JID (both namespaces).
 pub fn list_for_jid(conn: &Connection, account_id: i64, jid: &str) -> Result<Vec<SessionRow>> {
-    let mut st = conn.prepare_cached(&format!(
+    conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM sessions WHERE account_id = ?1 AND jid = ?2 ORDER BY namespace, device_id"
-    ))?;
-    let rows = st.query(params![account_id, jid])?;
-    collect(rows)
-}
-
-fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<SessionRow>> {
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(from_row(r)?);
-    }
-    Ok(out)
+    ))?
+        .query_and_then(params![account_id, jid], from_row)?
+        .collect()
 }

@@ -136,38 +136,40 @@ pub fn take(
 
 /// Every skipped key of a session, oldest first.
 pub fn list(conn: &Connection, addr: &DeviceAddr) -> Result<Vec<SkippedKeyRow>> {
-    let mut st = conn.prepare_cached(
+    conn.prepare_cached(
         "SELECT ratchet_key, n, message_key, created_at FROM skipped_keys \
          WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4 \
          ORDER BY created_at, rowid",
-    )?;
-    let mut rows = st.query(params![
-        addr.account_id,
-        addr.jid,
-        addr.namespace.namespace(),
-        id_param(addr.device_id)
-    ])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let bad = |column: &'static str, len: usize| super::StorageError::BadData {
-            table: "skipped_keys",
-            column,
-            reason: format!("expected 32 bytes, found {len}"),
-        };
-        let rk: Vec<u8> = r.get(0)?;
-        let mk = zeroize::Zeroizing::new(r.get::<_, Vec<u8>>(2)?);
-        out.push(SkippedKeyRow {
-            addr: addr.clone(),
-            ratchet_key: rk
-                .as_slice()
-                .try_into()
-                .map_err(|_| bad("ratchet_key", rk.len()))?,
-            n: u32::try_from(r.get::<_, i64>(1)?).map_err(|_| bad("n", 0))?,
-            message_key: SecretKey::from_slice(&mk).ok_or_else(|| bad("message_key", mk.len()))?,
-            created_at: r.get(3)?,
-        });
-    }
-    Ok(out)
+    )?
+    .query_and_then(
+        params![
+            addr.account_id,
+            addr.jid,
+            addr.namespace.namespace(),
+            id_param(addr.device_id)
+        ],
+        |r| -> Result<_> {
+            let bad = |column: &'static str, len: usize| super::StorageError::BadData {
+                table: "skipped_keys",
+                column,
+                reason: format!("expected 32 bytes, found {len}"),
+            };
+            let rk: Vec<u8> = r.get(0)?;
+            let mk = zeroize::Zeroizing::new(r.get::<_, Vec<u8>>(2)?);
+            Ok(SkippedKeyRow {
+                addr: addr.clone(),
+                ratchet_key: rk
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("ratchet_key", rk.len()))?,
+                n: u32::try_from(r.get::<_, i64>(1)?).map_err(|_| bad("n", 0))?,
+                message_key: SecretKey::from_slice(&mk)
+                    .ok_or_else(|| bad("message_key", mk.len()))?,
+                created_at: r.get(3)?,
+            })
+        },
+    )?
+    .collect()
 }
 
 /// Deletes every skipped key of a session. Returns how many.
