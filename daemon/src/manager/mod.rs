@@ -1,6 +1,25 @@
 //! The session manager: the bookkeeping around protocol-core. Every operation follows one
 //! path — resolve the account, lock what it touches, advance state in protocol-core on copies,
-//! commit one transaction, then update memory and reply.
+//! commit one transaction (through named storage functions), then update memory and reply.
+//!
+//! - [`account`]: our own device per account: identity, prekeys, creation.
+//! - [`lifecycle`]: deleting an account.
+//! - [`device_id`]: taking a new device id after a collision.
+//! - [`own_bundle`]: what we publish: our bundles and device lists.
+//! - [`devicelist`]: device lists received from PEP.
+//! - [`peer_bundle`]: bundles of other devices handed to us.
+//! - [`bundle_cache`]: peer bundles parsed and verified, in memory.
+//! - [`directory`]: device lists and trust decisions per account, in memory.
+//! - [`sessions`]: the session table, one lock per remote device.
+//! - [`encrypt`]: encryption to every device of a set of JIDs.
+//! - [`plan`]: `encrypt.plan`: what an `encrypt` would cover.
+//! - [`decrypt`]: decryption of an element addressed to our device.
+//! - [`redelivery`]: answering the same element again without touching the ratchet.
+//! - [`rebuild`]: sessions to rebuild after a rollback.
+//! - [`pinning`]: identity pinning and the session rebuild rate limit.
+//! - [`trust`]: trust decisions, device overviews, fingerprints, catch-up mode.
+//! - [`limits`]: bounds on what unconfirmed remote input can make us store.
+//! - [`error`]: [`ManagerError`], what the manager can refuse.
 
 pub mod account;
 pub mod bundle_cache;

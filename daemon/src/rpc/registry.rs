@@ -28,7 +28,7 @@ pub const OPENRPC_VERSION: &str = "1.3.2";
 ///     const SUMMARY: &'static str = "Daemon version, uptime and clients.";
 ///     type Params = NoParams;
 ///     type Result = StatusResult;
-///     async fn call(ctx: Arc<Ctx>, _conn: Conn, _p: NoParams) -> Result<StatusResult, RpcError> { … }
+///     async fn call(ctx: Arc<Ctx>, _conn: Conn, _p: NoParams) -> Result<StatusResult, RpcError> { /* … */ }
 /// }
 /// // in rpc::methods::register_all:
 /// registry.register::<Status>()?;

@@ -1,14 +1,34 @@
-//! omemod's persistent state: one SQLite file per user.
+//! omemod's persistent state: one SQLite file per user. Every SQL statement of omemod is in
+//! this module; it imports nothing of the crate above it.
 //!
-//! * [`Store`] opens the file (creating it 0600 in a 0700 directory), applies the embedded
-//!   [`migrations`], and shares the only write connection through a group commit
-//!   ([`Store::write`], see [`writer`]: led by a waiting caller, or by the **writer** thread), a
-//!   few **readers** with read-only WAL connections ([`Store::read`]), and a **checkpointer**
-//!   that keeps the WAL short off the request path.
-//! * The table modules ([`accounts`], [`identity`], [`prekeys`], [`signed_prekeys`],
-//!   [`devices`], [`bundles`], [`sessions`], [`skipped_keys`], [`trust`]) are typed access
-//!   functions taking a `&rusqlite::Connection` (a `Transaction` derefs to one), meant to be
-//!   called inside `write`/`read` closures.
+//! [`Store`] opens the file (creating it 0600 in a 0700 directory), applies the embedded
+//! migrations, and shares the only write connection through a group commit ([`Store::write`]:
+//! led by a waiting caller, or by the **writer** thread), a few **readers** with read-only WAL
+//! connections ([`Store::read`]), and a **checkpointer** that keeps the WAL short off the
+//! request path. The table modules are typed access functions taking a `&rusqlite::Connection`
+//! (a transaction derefs to one), meant to be called inside `write`/`read` closures.
+//!
+//! - [`accounts`]: the local accounts, one own device each.
+//! - [`identity`]: our identity key pair per account.
+//! - [`prekeys`]: our one-time prekeys, and refilling their pools.
+//! - [`signed_prekeys`]: our signed prekeys.
+//! - [`devices`]: device lists of contacts and of our own account.
+//! - [`bundles`]: the latest bundle fetched for each remote device.
+//! - [`sessions`]: Double Ratchet sessions, one per remote device and namespace.
+//! - [`skipped_keys`]: message keys of skipped messages, per session.
+//! - [`device_state`]: identity changes, previous session states, deferred heartbeats.
+//! - [`trust`]: trust decisions per contact JID and identity key.
+//! - [`rebuilds`]: sessions to rebuild after a rollback.
+//! - [`redelivery`]: what lets a message be decrypted again and an `encrypt` be retried.
+//! - [`generation`]: the generation counter that detects a rolled-back database.
+//! - [`jids`]: normalised JIDs, and bringing stored ones to that form.
+//! - [`migrations`]: the numbered schema migrations.
+//! - [`transfer`]: account deletion, backups, restores and exports.
+//! - [`writer`]: the group commit on the one write connection.
+//! - `reader`: the read-only connection pool.
+//! - [`checkpoint`]: background WAL checkpoints.
+//! - `error`: [`StorageError`].
+//! - `types`: secret wrappers, device addresses, column decoding.
 //!
 //! The schema is documented for humans in `docs/schema.md`.
 
@@ -305,10 +325,7 @@ fn spawn<T: Send + 'static>(
 type ReadQueue = Sender<Box<dyn ReadJob>>;
 
 /// Starts one reader thread per connection, all taking jobs from one queue.
-fn spawn_readers(
-    path: &Path,
-    conns: Vec<Connection>,
-) -> Result<(ReadQueue, Vec<JoinHandle<()>>)> {
+fn spawn_readers(path: &Path, conns: Vec<Connection>) -> Result<(ReadQueue, Vec<JoinHandle<()>>)> {
     let (read_tx, read_rx) = mpsc::channel::<Box<dyn ReadJob>>();
     let read_rx = Arc::new(Mutex::new(read_rx));
     let threads = conns

@@ -1,5 +1,16 @@
-//! The RPC methods, one file per domain. To add a method: implement [`Method`] in
-//! `methods/<domain>.rs` and add one `registry.register::<YourMethod>()?` line below.
+//! The RPC methods, one file per domain. To add a method: implement
+//! [`Method`](crate::rpc::registry::Method) in `methods/<domain>.rs` and add one
+//! `registry.register::<YourMethod>()?` line below.
+//!
+//! - [`status`], [`discover`]: the daemon itself and its OpenRPC document.
+//! - [`subscription`]: `subscribe` / `unsubscribe`.
+//! - [`account`]: accounts and fingerprints.
+//! - [`bundle`]: bundles and device lists.
+//! - [`encrypt`], [`plan`], [`decrypt`]: messages.
+//! - [`trust`]: trust, devices, catch-up, identity changes.
+//! - [`debug`]: test-only methods.
+//! - [`params`]: param fragments shared by several methods.
+//! - `convert`: session-manager errors to RPC error kinds.
 
 use std::sync::Arc;
 
