@@ -4,10 +4,10 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::error::Result;
-use super::types::{blob32, id_param, int, namespace, opt_int, secret_blob, text, u32_col};
+use super::types::{
+    addr_params, blob32, id_param, int, namespace, opt_int, secret_blob, text, u32_col, WHERE_ADDR,
+};
 use super::{DeviceAddr, SecretBlob};
-
-const WHERE_ADDR: &str = "account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4";
 
 /// One row of `identity_changes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,15 +42,6 @@ fn change_from_row(r: &Row<'_>) -> Result<IdentityChangeRow> {
         seen_at: int(r, T, "seen_at")?,
         accepted_at: opt_int(r, T, "accepted_at")?,
     })
-}
-
-fn addr_params(addr: &DeviceAddr) -> (i64, &str, &'static str, i64) {
-    (
-        addr.account_id,
-        addr.jid.as_str(),
-        addr.namespace.namespace(),
-        id_param(addr.device_id),
-    )
 }
 
 /// The identity change recorded for a device.

@@ -6,7 +6,8 @@ use rusqlite::{params, Connection, Row};
 
 use super::error::Result;
 use super::types::{
-    bool_col, id_param, int, namespace, opt_int, opt_text, text, u32_col, DeviceAddr, Namespace,
+    addr_params, bool_col, id_param, int, namespace, opt_int, opt_text, text, u32_col, DeviceAddr,
+    Namespace, WHERE_ADDR,
 };
 
 const T: &str = "devices";
@@ -240,16 +241,11 @@ pub fn delete(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
 /// Forgets a device that is on no list (its messages created the row). Returns whether it was
 /// deleted (a listed device is kept).
 pub fn delete_inactive(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
-    let n = conn
-        .prepare_cached(
-            "DELETE FROM devices WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 \
-             AND device_id = ?4 AND active = 0",
-        )?
-        .execute(params![
-            addr.account_id,
-            addr.jid,
-            addr.namespace.namespace(),
-            id_param(addr.device_id)
-        ])?;
-    Ok(n > 0)
+    let (a, j, n, d) = addr_params(addr);
+    let deleted = conn
+        .prepare_cached(&format!(
+            "DELETE FROM devices WHERE {WHERE_ADDR} AND active = 0"
+        ))?
+        .execute(params![a, j, n, d])?;
+    Ok(deleted > 0)
 }

@@ -5,37 +5,21 @@
 use rusqlite::{params, Connection};
 
 use super::error::Result;
-use super::types::{id_param, DeviceAddr, Namespace};
+use super::types::{addr_columns, addr_params, DeviceAddr, WHERE_ADDR};
 
 /// Every pending rebuild, with the time it was requested (rows with an unknown namespace or a
 /// device id out of range are skipped).
 pub fn list(conn: &Connection) -> Result<Vec<(DeviceAddr, i64)>> {
-    let mut st = conn.prepare_cached(
-        "SELECT account_id, jid, namespace, device_id, requested_at FROM session_rebuilds",
-    )?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, i64>(4)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (account_id, jid, ns, device_id, requested_at) = row?;
-        let (Some(namespace), Ok(device_id)) =
-            (Namespace::from_namespace(&ns), u32::try_from(device_id))
-        else {
-            continue;
-        };
-        out.push((
-            DeviceAddr::new(account_id, &jid, namespace, device_id),
-            requested_at,
-        ));
-    }
-    Ok(out)
+    let rows: Vec<_> = conn
+        .prepare_cached(
+            "SELECT account_id, jid, namespace, device_id, requested_at FROM session_rebuilds",
+        )?
+        .query_map([], |r| Ok((addr_columns(r)?, r.get::<_, i64>(4)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(addr, at)| Some((addr?, at)))
+        .collect())
 }
 
 /// Marks every stored session for a rebuild and drops those devices' stored bundles (they may
@@ -56,15 +40,8 @@ pub fn request_all(conn: &Connection, now: i64) -> Result<usize> {
 
 /// Removes the device's pending rebuild (inside the transaction storing its new session).
 pub fn clear(conn: &Connection, addr: &DeviceAddr) -> Result<()> {
-    conn.prepare_cached(
-        "DELETE FROM session_rebuilds \
-         WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4",
-    )?
-    .execute(params![
-        addr.account_id,
-        addr.jid,
-        addr.namespace.namespace(),
-        id_param(addr.device_id)
-    ])?;
+    let (a, j, n, d) = addr_params(addr);
+    conn.prepare_cached(&format!("DELETE FROM session_rebuilds WHERE {WHERE_ADDR}"))?
+        .execute(params![a, j, n, d])?;
     Ok(())
 }

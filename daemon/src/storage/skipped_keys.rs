@@ -4,7 +4,7 @@ use protocol_core::double_ratchet::skipped_keys::{SkippedKey, SkippedKeyChanges}
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::Result;
-use super::types::{id_param, DeviceAddr, SecretKey};
+use super::types::{addr_columns, id_param, DeviceAddr, SecretKey};
 
 /// One skipped message key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,31 +220,13 @@ pub fn delete_older_than(conn: &Connection, cutoff: i64) -> Result<usize> {
 }
 
 /// The sessions that hold skipped keys created before `cutoff` (rows with an unknown namespace
-/// are skipped).
+/// or a device id out of range are skipped).
 pub fn sessions_with_keys_before(conn: &Connection, cutoff: i64) -> Result<Vec<DeviceAddr>> {
-    let mut st = conn.prepare_cached(
-        "SELECT DISTINCT account_id, jid, namespace, device_id FROM skipped_keys WHERE created_at < ?1",
-    )?;
-    let rows = st.query_map(params![cutoff], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (account_id, jid, ns, device) = row?;
-        let Some(ns) = super::Namespace::from_namespace(&ns) else {
-            continue;
-        };
-        out.push(DeviceAddr::new(
-            account_id,
-            jid,
-            ns,
-            u32::try_from(device).unwrap_or(0),
-        ));
-    }
-    Ok(out)
+    let rows: Vec<_> = conn
+        .prepare_cached(
+            "SELECT DISTINCT account_id, jid, namespace, device_id FROM skipped_keys WHERE created_at < ?1",
+        )?
+        .query_map(params![cutoff], addr_columns)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows.into_iter().flatten().collect())
 }
