@@ -196,9 +196,9 @@ pub struct ServeArgs {
     #[arg(long, hide = true)]
     pub enable_debug_methods: bool,
     #[command(flatten)]
-    pub redelivery: crate::manager::redelivery::RedeliveryArgs,
+    pub redelivery: crate::config::RedeliveryArgs,
     #[command(flatten)]
-    pub bounds: crate::bounds::BoundsFlags,
+    pub bounds: crate::config::BoundsFlags,
 }
 
 /// Parses the command line and runs it.
@@ -449,7 +449,7 @@ fn openrpc(socket: PathBuf) -> ExitCode {
         max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
         enable_debug_methods: false,
         redelivery: Default::default(),
-        bounds: crate::bounds::BoundsArgs::default(),
+        bounds: crate::config::BoundsArgs::default(),
     };
     let ctx = Arc::new(crate::rpc::ctx::Ctx::new(config, socket));
     if let Err(e) = crate::rpc::methods::build(Arc::clone(&ctx), false) {

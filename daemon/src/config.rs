@@ -1,7 +1,9 @@
-//! Paths and settings of the daemon: where the socket and the database live, and the limits of the
-//! RPC transport. Defaults follow the XDG base directory spec.
+//! Paths and settings of the daemon: where the socket and the database live, the limits of the
+//! RPC transport, and every `serve` flag with its config-file key (bounds, redelivery). Defaults
+//! follow the XDG base directory spec. It imports nothing of the crate, so every module may use it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::ValueEnum;
 use schemars::JsonSchema;
@@ -52,9 +54,9 @@ pub struct ServeConfig {
     /// Register the `debug.*` methods (tests only).
     pub enable_debug_methods: bool,
     /// What is kept for redelivery and retries.
-    pub redelivery: crate::manager::redelivery::RedeliveryConfig,
-    /// Connection and resource bounds (`crate::bounds`).
-    pub bounds: crate::bounds::BoundsArgs,
+    pub redelivery: RedeliveryConfig,
+    /// Connection and resource bounds.
+    pub bounds: BoundsArgs,
 }
 
 /// The config file: every `serve` setting, and the socket the other commands use. Command-line
@@ -83,13 +85,213 @@ pub struct FileConfig {
     /// `--skipped-key-max-age` (days).
     pub skipped_key_max_age: Option<u64>,
     /// `--redelivery-retention`: seconds, or a string with a unit (`"7d"`).
-    #[serde(
-        default,
-        deserialize_with = "crate::manager::redelivery::deserialize_duration"
-    )]
+    #[serde(default, deserialize_with = "deserialize_duration")]
     pub redelivery_retention: Option<u64>,
     /// `--redelivery-max-entries`.
     pub redelivery_max_entries: Option<u64>,
+}
+
+/// Default `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Default `--partial-line-timeout` (seconds): a request line must be complete this long after its
+/// first byte arrived (slowloris).
+pub const DEFAULT_PARTIAL_LINE_TIMEOUT_SECS: u64 = 30;
+/// Default `--write-stall-timeout` (seconds): a client that reads nothing of a pending answer for
+/// this long is disconnected.
+pub const DEFAULT_WRITE_STALL_TIMEOUT_SECS: u64 = 60;
+/// Default `--skipped-key-max-age` (days).
+pub const DEFAULT_SKIPPED_KEY_MAX_AGE_DAYS: u64 = 30;
+
+/// Bounds that `omemod serve` takes from the command line (each also a config-file key of the
+/// same name, with `_` for `-`; a flag overrides the file). docs/rpc.md "Limits" lists every
+/// bound with its default and what happens when it is reached.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct BoundsFlags {
+    /// Most client connections at once; at the limit the longest-idle connection is closed to make
+    /// room (or, when all are busy, the new one is refused with `too_many_connections`)
+    /// [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds a started request line may take to complete before the connection is closed
+    /// [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub partial_line_timeout: Option<u64>,
+    /// Seconds a client may leave a pending answer unread before it is disconnected [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub write_stall_timeout: Option<u64>,
+    /// Days after which a stored skipped message key (for a message that never arrived) is deleted
+    /// [default: 30].
+    #[arg(long, value_name = "DAYS")]
+    pub skipped_key_max_age: Option<u64>,
+}
+
+impl BoundsFlags {
+    /// The bounds in force: these flags, else the config file's keys, else the defaults.
+    pub fn resolve(self, file: &FileConfig) -> BoundsArgs {
+        let d = BoundsArgs::default();
+        BoundsArgs {
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            partial_line_timeout: self
+                .partial_line_timeout
+                .or(file.partial_line_timeout)
+                .unwrap_or(d.partial_line_timeout),
+            write_stall_timeout: self
+                .write_stall_timeout
+                .or(file.write_stall_timeout)
+                .unwrap_or(d.write_stall_timeout),
+            skipped_key_max_age: self
+                .skipped_key_max_age
+                .or(file.skipped_key_max_age)
+                .unwrap_or(d.skipped_key_max_age),
+        }
+    }
+}
+
+/// The bounds `omemod serve` runs with.
+#[derive(Debug, Clone, Copy)]
+pub struct BoundsArgs {
+    /// `--max-connections`.
+    pub max_connections: usize,
+    /// `--partial-line-timeout` (seconds).
+    pub partial_line_timeout: u64,
+    /// `--write-stall-timeout` (seconds).
+    pub write_stall_timeout: u64,
+    /// `--skipped-key-max-age` (days).
+    pub skipped_key_max_age: u64,
+}
+
+impl Default for BoundsArgs {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            partial_line_timeout: DEFAULT_PARTIAL_LINE_TIMEOUT_SECS,
+            write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT_SECS,
+            skipped_key_max_age: DEFAULT_SKIPPED_KEY_MAX_AGE_DAYS,
+        }
+    }
+}
+
+impl BoundsArgs {
+    /// The partial-line timeout.
+    pub fn partial_line(&self) -> Duration {
+        Duration::from_secs(self.partial_line_timeout.max(1))
+    }
+
+    /// The skipped-key age limit, in seconds.
+    pub fn skipped_key_max_age_secs(&self) -> i64 {
+        i64::try_from(self.skipped_key_max_age.saturating_mul(86_400)).unwrap_or(i64::MAX)
+    }
+
+    /// The write-stall timeout.
+    pub fn write_stall(&self) -> Duration {
+        Duration::from_secs(self.write_stall_timeout.max(1))
+    }
+}
+
+/// Default retention of redelivery key material: 7 days, Prosody's default archive (MAM)
+/// expiry, so a client reading the server archive finds every archived message still readable.
+pub const DEFAULT_REDELIVERY_RETENTION_SECS: u64 = 7 * 24 * 3600;
+/// Default cap on messages remembered for redelivery (key material rows; as many `encrypt`
+/// answers).
+pub const DEFAULT_REDELIVERY_MAX_ENTRIES: u64 = 50_000;
+
+/// Bounds of what is kept for redelivery and retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedeliveryConfig {
+    /// Seconds to keep key material and `encrypt` answers; 0 turns redelivery off.
+    pub retention_secs: u64,
+    /// Most messages kept (and most `encrypt` answers).
+    pub max_entries: u64,
+}
+
+impl Default for RedeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retention_secs: DEFAULT_REDELIVERY_RETENTION_SECS,
+            max_entries: DEFAULT_REDELIVERY_MAX_ENTRIES,
+        }
+    }
+}
+
+impl RedeliveryConfig {
+    /// Whether key material is kept at all.
+    pub fn enabled(&self) -> bool {
+        self.retention_secs > 0 && self.max_entries > 0
+    }
+}
+
+/// The redelivery flags of `omemod serve` (each also a config-file key of the same name, with
+/// `_` for `-`; a flag overrides the file).
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct RedeliveryArgs {
+    /// How long a decrypted message stays readable again by other processes and retries (its
+    /// key material is kept that long): seconds, or a number with s, m, h or d. 0 turns
+    /// redelivery off [default: 7d].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub redelivery_retention: Option<u64>,
+    /// Most messages kept for redelivery (and most `encrypt` answers kept for retries)
+    /// [default: 50000].
+    #[arg(long, value_name = "N")]
+    pub redelivery_max_entries: Option<u64>,
+}
+
+impl RedeliveryArgs {
+    /// The configuration in force: these flags, else the config file's keys, else the defaults.
+    pub fn resolve(self, file: &FileConfig) -> RedeliveryConfig {
+        let d = RedeliveryConfig::default();
+        RedeliveryConfig {
+            retention_secs: self
+                .redelivery_retention
+                .or(file.redelivery_retention)
+                .unwrap_or(d.retention_secs),
+            max_entries: self
+                .redelivery_max_entries
+                .or(file.redelivery_max_entries)
+                .unwrap_or(d.max_entries),
+        }
+    }
+}
+
+/// A config-file duration: seconds as a number, or a string as the flag takes it (`"7d"`).
+fn deserialize_duration<'de, D>(d: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Secs(u64),
+        Text(String),
+    }
+    match Given::deserialize(d)? {
+        Given::Secs(n) => Ok(Some(n)),
+        Given::Text(t) => parse_duration(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses a duration into seconds: a bare number is seconds; otherwise numbers with the units
+/// docs/rpc.md names, s, m, h and d (`7d`, `1h 30m`), read by humantime. Its other units are
+/// refused: a month or a year is no whole number of days, and a retention below a second means
+/// nothing.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map_err(|_| format!("{s:?}: too large"));
+    }
+    let unit = s
+        .split(|c: char| c.is_ascii_digit() || c.is_whitespace())
+        .find(|u| !u.is_empty() && !matches!(*u, "s" | "m" | "h" | "d"));
+    if let Some(unit) = unit {
+        return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)"));
+    }
+    humantime::parse_duration(s)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("{s:?}: {e} (expected a number with an optional unit s, m, h or d)"))
 }
 
 /// Why the config file could not be used.
@@ -248,7 +450,7 @@ mod tests {
             Path::new("c.toml"),
         )
         .unwrap();
-        let b = crate::bounds::BoundsFlags::default().resolve(&c);
+        let b = BoundsFlags::default().resolve(&c);
         assert_eq!(
             (
                 b.max_connections,
@@ -258,23 +460,21 @@ mod tests {
             ),
             (7, 8, 9, 2)
         );
-        let flags = crate::bounds::BoundsFlags {
+        let flags = BoundsFlags {
             max_connections: Some(70),
             ..Default::default()
         };
         let b = flags.resolve(&c);
         assert_eq!((b.max_connections, b.partial_line_timeout), (70, 8));
-        let d = crate::bounds::BoundsFlags::default().resolve(&FileConfig::default());
+        let d = BoundsFlags::default().resolve(&FileConfig::default());
         assert_eq!(
-            d.max_connections,
-            crate::bounds::DEFAULT_MAX_CONNECTIONS,
+            d.max_connections, DEFAULT_MAX_CONNECTIONS,
             "defaults apply without file or flag"
         );
     }
 
     #[test]
     fn config_file_sets_redelivery_and_flags_override_it() {
-        use crate::manager::redelivery::{RedeliveryArgs, DEFAULT_MAX_ENTRIES};
         let c = FileConfig::parse(
             "redelivery_retention = \"2h\"\nredelivery_max_entries = 300\n",
             Path::new("c.toml"),
@@ -297,7 +497,7 @@ mod tests {
         let d = RedeliveryArgs::default().resolve(&FileConfig::default());
         assert_eq!(
             (d.retention_secs, d.max_entries),
-            (7 * 24 * 3600, DEFAULT_MAX_ENTRIES),
+            (7 * 24 * 3600, DEFAULT_REDELIVERY_MAX_ENTRIES),
             "defaults apply without file or flag"
         );
         for (text, needle) in [
@@ -315,6 +515,20 @@ mod tests {
                 }
                 other => panic!("{text}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0"), Ok(0));
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        assert_eq!(parse_duration("12h"), Ok(43_200));
+        assert_eq!(parse_duration("7d"), Ok(DEFAULT_REDELIVERY_RETENTION_SECS));
+        assert_eq!(parse_duration("1h 30m"), Ok(5400));
+        for bad in ["", "d", "7w", "5ms", "-1", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 

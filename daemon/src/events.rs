@@ -1,11 +1,12 @@
-//! Events the daemon pushes to subscribed clients, and the bus that carries them.
+//! What a client should do after a call ([`Action`]), the events the daemon pushes to subscribed
+//! clients ([`Event`]), and the bus that carries them. The session manager produces both and the
+//! RPC layer carries them; this module imports neither.
 //!
 //! Producers (the session manager) call [`EventBus::emit`]; it never blocks. Each subscription on
 //! each connection reads the bus through its own receiver; a receiver that falls more than
 //! [`EVENT_BUS_CAPACITY`] events behind loses the oldest ones and its client gets an `events_lost`
 //! notification instead of stalling the daemon.
 
-use crate::manager::Action;
 use protocol_core::version::Version;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,74 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::broadcast;
+
+/// What a client should do after a call (also pushed as events to subscribers).
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Action {
+    /// Publish our bundle in `namespace` again (`bundle.get` gives it).
+    PublishBundle {
+        /// Namespace.
+        #[schemars(with = "String")]
+        namespace: Version,
+    },
+    /// Publish our device list in `namespace` again (`devicelist.get` gives it).
+    PublishDevicelist {
+        /// Namespace.
+        #[schemars(with = "String")]
+        namespace: Version,
+    },
+    /// Send an empty message to this device (`heartbeat` builds it).
+    SendHeartbeat {
+        /// Peer JID.
+        jid: String,
+        /// Namespace.
+        #[schemars(with = "String")]
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+    },
+    /// Fetch this device's bundle and pass it to `bundle.update`.
+    FetchBundle {
+        /// Peer JID.
+        jid: String,
+        /// Namespace.
+        #[schemars(with = "String")]
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// PubSub node.
+        node: String,
+        /// Item id.
+        item_id: String,
+    },
+    /// Fetch this JID's device list and pass it to `devicelist.update`.
+    FetchDevicelist {
+        /// Peer JID.
+        jid: String,
+        /// Namespace.
+        #[schemars(with = "String")]
+        namespace: Version,
+        /// PubSub node.
+        node: String,
+    },
+}
+
+impl Action {
+    /// Fetch the bundle of `jid`'s device `device_id` in `namespace`, from its PubSub node.
+    pub fn fetch_bundle(jid: &str, namespace: Version, device_id: u32) -> Self {
+        let (node, item_id) = namespace.bundle_node(device_id);
+        Action::FetchBundle {
+            jid: jid.to_owned(),
+            namespace,
+            device_id,
+            node,
+            item_id,
+        }
+    }
+}
 
 /// How many events the bus keeps for slow subscribers before they lag.
 pub const EVENT_BUS_CAPACITY: usize = 1024;

@@ -1,7 +1,6 @@
 //! Where logs go: journald (with its priorities) when stderr is connected to the journal, else
-//! stderr as text, with colours only on a terminal. Secrets never reach a log at any level; the
-//! RPC library's own trace output (which would include params and results: bodies, keys) is
-//! capped whatever `RUST_LOG` says.
+//! stderr as text, with colours only on a terminal. Secrets never reach a log at any level: no
+//! dependency logs request contents, and omemod logs no params or results.
 
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
@@ -10,21 +9,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Targets whose detailed levels log request and response contents.
-const CAPPED: &[&str] = &[
-    "jsonrpsee=info",
-    "jsonrpsee_core=info",
-    "jsonrpsee_server=info",
-];
-
 fn filter(default: &str) -> EnvFilter {
-    let mut f = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    for d in CAPPED {
-        if let Ok(d) = d.parse() {
-            f = f.add_directive(d);
-        }
-    }
-    f
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
 }
 
 /// Whether stderr is the journal stream systemd connected us to (`$JOURNAL_STREAM` is

@@ -47,7 +47,7 @@ impl Keeper {
         let (g, marked) = keeper
             .store
             .write(move |tx| {
-                let marked = crate::manager::rebuild::request_all(tx, now)?;
+                let marked = crate::storage::rebuilds::request_all(tx, now)?;
                 Ok((generation::bump(tx, floor)?, marked))
             })
             .await?;

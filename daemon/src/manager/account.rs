@@ -133,25 +133,16 @@ pub struct Account {
     pub keys: tokio::sync::Mutex<OwnKeys>,
 }
 
-/// Tops up each namespace's one-time prekey pool to [`PREKEY_POOL_SIZE`] (each namespace has
-/// its own keys, so a peer building sessions in both never gets the same one twice); returns
-/// the new keys.
+/// Tops up each namespace's one-time prekey pool to [`PREKEY_POOL_SIZE`] with fresh keys
+/// ([`prekeys::refill_pools`]); returns the new keys.
 pub(crate) fn refill_prekey_pools(
     tx: &rusqlite::Connection,
     account_id: i64,
     now: i64,
 ) -> Result<Vec<(prekeys::PreKeyRow, KeyPair)>, storage::StorageError> {
-    let mut out = Vec::new();
-    for ns in Version::ALL {
-        let live = prekeys::count_live_in(tx, account_id, ns)?;
-        if live < PREKEY_POOL_SIZE {
-            let ids = accounts::take_prekey_ids(tx, account_id, PREKEY_POOL_SIZE - live)?;
-            let rows = new_prekey_rows(account_id, ids.map(wrap_prekey_id), ns, now);
-            prekeys::insert_many(tx, &rows.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>())?;
-            out.extend(rows);
-        }
-    }
-    Ok(out)
+    prekeys::refill_pools(tx, account_id, PREKEY_POOL_SIZE, |ids, ns| {
+        new_prekey_rows(account_id, ids.map(wrap_prekey_id), ns, now)
+    })
 }
 
 /// Fresh prekey rows of `namespace`'s pool with ids from `ids`.

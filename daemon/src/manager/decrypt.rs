@@ -13,14 +13,12 @@
 //! Nothing is stored unless every step succeeds: a refused message changes nothing.
 
 use super::account::{refill_prekey_pools, Account, OwnKeys};
-use super::sessions::{
-    apply_skipped_changes, replace_skipped, session_row, SessionMeta, SlotGuard,
-};
-use super::{check_bare_jid, Action, Manager, ManagerError, Result};
-use crate::events::{Cause, Event};
+use super::sessions::{session_row, SessionMeta, SlotGuard};
+use super::{check_bare_jid, Manager, ManagerError, Result};
+use crate::events::{Action, Cause, Event};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
-    self, accounts, device_state, devices, prekeys, sessions as session_store,
+    self, accounts, device_state, devices, prekeys, sessions as session_store, skipped_keys,
     trust as trust_store, DeviceAddr,
 };
 use protocol_core::consts::{HEARTBEAT_COUNTER, MAX_DEVICE_ID, MAX_PREVIOUS_SESSIONS};
@@ -224,6 +222,8 @@ struct Committed {
     /// Namespaces whose published bundle changed.
     bundles_changed: Vec<Version>,
     heartbeat_deferred: bool,
+    /// The redelivery row written for the element.
+    redelivery_id: Option<i64>,
 }
 
 impl Manager {
@@ -244,7 +244,7 @@ impl Manager {
         let ours = our_keys(&acct, from, &element)?;
         let addr = Self::addr(&acct, from, element.version, element.sid);
         let mut slot = self.sessions.lock(&self.store, &addr).await?;
-        // Hook: before decrypting. An element decrypted before (under this session lock, so a
+        // An element decrypted before (under this session lock, so a
         // concurrent first decryption has committed) is answered again without touching the
         // ratchet, after the same trust and SCE checks (`redelivery.rs`).
         let probe = match ours.first() {
@@ -287,7 +287,7 @@ impl Manager {
                 &probe,
             )
             .await?;
-        self.redelivery_committed(&probe);
+        self.redelivery_committed(&probe, committed.redelivery_id);
 
         self.remember(
             &addr,
@@ -519,7 +519,7 @@ impl Manager {
         let defer = heartbeat && mode.catchup;
         let account_id = acct.id;
         let a = addr.clone();
-        let (refill, bundle_version) = self
+        let (refill, bundle_version, redelivery_id) = self
             .store
             .write(move |tx| {
                 // As the record promotes: the promoted state leaves the previous ones before
@@ -532,8 +532,8 @@ impl Manager {
                 }
                 session_store::upsert(tx, &row)?;
                 match &whole {
-                    Some(s) => replace_skipped(tx, &a, s, now)?,
-                    None => apply_skipped_changes(tx, &a, &changes, now)?,
+                    Some(s) => skipped_keys::replace_for_session(tx, &a, s.skipped_keys(), now)?,
+                    None => skipped_keys::apply_changes(tx, &a, &changes, now)?,
                 }
                 if accepted_pin {
                     device_state::delete_identity_change(tx, &a)?;
@@ -547,8 +547,8 @@ impl Manager {
                 if defer {
                     device_state::defer_heartbeat(tx, &a, now)?;
                 }
-                // Hook: inside the commit transaction: what a redelivery will need.
-                redelivery.write(tx)?;
+                // What a redelivery will need.
+                let redelivery_id = redelivery.as_ref().map(|r| r.write(tx)).transpose()?;
                 let mut refill = Vec::new();
                 let mut version = None;
                 if let Some((id, catchup, ephemeral)) = prekey {
@@ -560,7 +560,7 @@ impl Manager {
                     refill = refill_prekey_pools(tx, account_id, now)?;
                     version = Some(accounts::bump_bundle_version(tx, account_id)?);
                 }
-                Ok((refill, version))
+                Ok((refill, version, redelivery_id))
             })
             .await?;
         if touch {
@@ -578,6 +578,7 @@ impl Manager {
             bundle_version,
             bundles_changed,
             heartbeat_deferred: defer,
+            redelivery_id,
         })
     }
 

@@ -2,7 +2,8 @@
 //! sessions and trust), avoiding the ids on our own device lists.
 
 use super::account::{pick_device_id, Account, OwnKeys, MAX_AVOIDED_DEVICE_IDS};
-use super::{Action, Manager, ManagerError, Result};
+use super::{Manager, ManagerError, Result};
+use crate::events::Action;
 use crate::events::Cause;
 use crate::storage::{accounts, device_state};
 use protocol_core::consts::MAX_DEVICE_ID;

@@ -1,7 +1,9 @@
 //! Device lists received from PEP (any JID, our own included).
 
-use super::{check_bare_jid, Action, Manager, ManagerError, Result};
-use crate::events::{Cause, Event};
+use super::account::Account;
+use super::{check_bare_jid, Manager, ManagerError, Result};
+use crate::bounds::MAX_DEVICES_PER_LIST;
+use crate::events::{Action, Cause, Event};
 use crate::storage::{self, devices};
 use protocol_core::keys::xeddsa;
 use protocol_core::xml::{self, DeviceListEntry};
@@ -37,33 +39,9 @@ impl Manager {
         let jid = check_bare_jid(jid)?;
         let jid = jid.as_str();
         let acct = self.account(account)?;
-        let owned = list_xml.to_owned();
-        let entries = crate::bounds::parse_off_thread(owned.len(), move || {
-            xml::devicelist_from_xml(namespace, &owned)
-        })
-        .await
-        .ok_or_else(|| ManagerError::InvalidMessage("device list: the parser failed".into()))?
-        .map_err(|e| ManagerError::InvalidMessage(format!("device list: {e}")))?;
-        crate::bounds::check_devicelist_len(entries.len())?;
+        let entries = parse_devicelist(namespace, list_xml).await?;
         let own = jid == acct.jid;
-        // Labels need a valid signature (XEP-0384 0.9); we can check ours only when the
-        // signer is known: our own device.
-        let stored: Vec<devices::DeviceListEntry> = entries
-            .iter()
-            .map(|e: &DeviceListEntry| devices::DeviceListEntry {
-                device_id: e.id,
-                label: e.label.clone().filter(|l| {
-                    own && e.id == acct.device_id
-                        && e.labelsig
-                            .as_deref()
-                            .and_then(|s| <[u8; 64]>::try_from(s).ok())
-                            .is_some_and(|sig| {
-                                xeddsa::ed25519_verify(acct.identity.ed25519(), l.as_bytes(), &sig)
-                                    .is_ok()
-                            })
-                }),
-            })
-            .collect();
+        let stored = entries_to_store(&acct, own, &entries);
         let account_id = acct.id;
         let jid_owned = jid.to_owned();
         let now = storage::now();
@@ -114,4 +92,54 @@ impl Manager {
             actions,
         })
     }
+}
+
+/// Parses a device list (a large one off the runtime thread) and refuses one longer than
+/// [`MAX_DEVICES_PER_LIST`].
+async fn parse_devicelist(namespace: Version, list_xml: &str) -> Result<Vec<DeviceListEntry>> {
+    let owned = list_xml.to_owned();
+    let entries = crate::bounds::parse_off_thread(owned.len(), move || {
+        xml::devicelist_from_xml(namespace, &owned)
+    })
+    .await
+    .ok_or_else(|| ManagerError::InvalidMessage("device list: the parser failed".into()))?
+    .map_err(|e| ManagerError::InvalidMessage(format!("device list: {e}")))?;
+    check_devicelist_len(entries.len())?;
+    Ok(entries)
+}
+
+/// The entries as stored. Labels need a valid signature (XEP-0384 0.9); we can check one only
+/// when the signer is known: our own device, on our `own` list.
+fn entries_to_store(
+    acct: &Account,
+    own: bool,
+    entries: &[DeviceListEntry],
+) -> Vec<devices::DeviceListEntry> {
+    entries
+        .iter()
+        .map(|e| devices::DeviceListEntry {
+            device_id: e.id,
+            label: e.label.clone().filter(|l| {
+                own && e.id == acct.device_id
+                    && e.labelsig
+                        .as_deref()
+                        .and_then(|s| <[u8; 64]>::try_from(s).ok())
+                        .is_some_and(|sig| {
+                            xeddsa::ed25519_verify(acct.identity.ed25519(), l.as_bytes(), &sig)
+                                .is_ok()
+                        })
+            }),
+        })
+        .collect()
+}
+
+/// Refuses a device list longer than [`MAX_DEVICES_PER_LIST`].
+fn check_devicelist_len(count: usize) -> Result<()> {
+    if count > MAX_DEVICES_PER_LIST {
+        return Err(ManagerError::TooManyDevices {
+            count,
+            max: MAX_DEVICES_PER_LIST,
+        });
+    }
+    Ok(())
 }

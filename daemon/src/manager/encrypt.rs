@@ -5,7 +5,8 @@ use super::account::Account;
 use super::bundle_cache::VerifiedBundle;
 use super::peer_bundle::StoredBundle;
 use super::sessions::{session_row, session_row_with_state, SessionMeta};
-use super::{check_bare_jid, Action, Manager, ManagerError, Result};
+use super::{check_bare_jid, Manager, ManagerError, Result};
+use crate::events::Action;
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
     self, device_state, sessions as session_store, trust as trust_store, DeviceAddr,
@@ -659,10 +660,15 @@ impl Manager {
                     session_store::upsert_many(tx, &rows)?;
                     // After the rows they belong to exist.
                     for (k, s, _) in &fresh {
-                        super::sessions::replace_skipped(tx, &rows[*k].addr(), s, now)?;
+                        crate::storage::skipped_keys::replace_for_session(
+                            tx,
+                            &rows[*k].addr(),
+                            s.skipped_keys(),
+                            now,
+                        )?;
                     }
                     for addr in &rebuilt_in_tx {
-                        super::rebuild::clear(tx, addr)?;
+                        crate::storage::rebuilds::clear(tx, addr)?;
                     }
                     for t in &trust_rows {
                         trust_store::set(tx, t)?;

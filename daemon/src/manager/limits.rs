@@ -4,11 +4,7 @@
 
 use super::account::Account;
 use super::Manager;
-use crate::storage::trust::TrustSource;
-use crate::storage::{
-    self, device_state, devices, sessions as session_store, trust as trust_store, DeviceAddr,
-};
-use rusqlite::params;
+use crate::storage::{devices, sessions as session_store, skipped_keys, DeviceAddr};
 
 /// Most sessions per contact JID with devices that are not in its device list. A key exchange
 /// from yet another unlisted device evicts the one of them used least recently.
@@ -66,31 +62,8 @@ impl Manager {
             .write(move |tx| {
                 let mut keys = Vec::new();
                 for a in &addrs {
-                    let Some(row) = session_store::get(tx, a)? else {
-                        continue;
-                    };
-                    session_store::delete(tx, a)?;
-                    // Its earlier states would let the same unlisted device come back.
-                    device_state::delete_previous_sessions(tx, a)?;
-                    // The device row its messages created (never listed): gone with it.
-                    tx.prepare_cached(
-                        "DELETE FROM devices WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 \
-                         AND device_id = ?4 AND active = 0",
-                    )?
-                    .execute(params![
-                        a.account_id,
-                        a.jid,
-                        a.namespace.namespace(),
-                        i64::from(a.device_id)
-                    ])?;
-                    if key_unused(tx, a.account_id, &a.jid, &row.identity_key)? {
-                        let manual = trust_store::get(tx, a.account_id, &a.jid, &row.identity_key)?
-                            .is_some_and(|t| t.source == TrustSource::Manual);
-                        if !manual
-                            && trust_store::delete(tx, a.account_id, &a.jid, &row.identity_key)?
-                        {
-                            keys.push(row.identity_key);
-                        }
+                    if let Some((key, true)) = session_store::delete_unlisted(tx, a)? {
+                        keys.push(key);
                     }
                 }
                 Ok(keys)
@@ -129,29 +102,16 @@ impl Manager {
         let (affected, pruned) = self
             .store
             .write(move |tx| {
-                let mut st = tx.prepare_cached(
-                    "SELECT DISTINCT account_id, jid, namespace, device_id FROM skipped_keys WHERE created_at < ?1",
-                )?;
-                let mut rows = st.query(params![key_cutoff])?;
-                let mut affected = Vec::new();
-                while let Some(r) = rows.next()? {
-                    let ns: String = r.get(2)?;
-                    let Some(ns) = storage::Namespace::from_namespace(&ns) else {
-                        continue;
-                    };
-                    let device: i64 = r.get(3)?;
-                    affected.push(DeviceAddr::new(
-                        r.get(0)?,
-                        r.get::<_, String>(1)?,
-                        ns,
-                        u32::try_from(device).unwrap_or(0),
-                    ));
-                }
-                drop(rows);
-                drop(st);
-                let skipped_keys = storage::skipped_keys::delete_older_than(tx, key_cutoff)?;
+                let affected = skipped_keys::sessions_with_keys_before(tx, key_cutoff)?;
+                let skipped_keys = skipped_keys::delete_older_than(tx, key_cutoff)?;
                 let devices = devices::prune_dropped_before(tx, device_cutoff)?;
-                Ok((affected, Pruned { skipped_keys, devices }))
+                Ok((
+                    affected,
+                    Pruned {
+                        skipped_keys,
+                        devices,
+                    },
+                ))
             })
             .await?;
         for addr in &affected {
@@ -175,20 +135,4 @@ impl Manager {
         }
         Ok(pruned)
     }
-}
-
-/// Whether no session or stored bundle of `jid` still uses `identity_key`.
-fn key_unused(
-    conn: &rusqlite::Connection,
-    account_id: i64,
-    jid: &str,
-    identity_key: &[u8; 32],
-) -> crate::storage::Result<bool> {
-    let used: bool = conn
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM sessions WHERE account_id = ?1 AND jid = ?2 AND identity_key = ?3) \
-             OR EXISTS (SELECT 1 FROM bundles WHERE account_id = ?1 AND jid = ?2 AND identity_curve25519 = ?3)",
-        )?
-        .query_row(params![account_id, jid, &identity_key[..]], |r| r.get(0))?;
-    Ok(!used)
 }

@@ -1,6 +1,25 @@
 //! The session manager: the bookkeeping around protocol-core. Every operation follows one
 //! path — resolve the account, lock what it touches, advance state in protocol-core on copies,
-//! commit one transaction, then update memory and reply.
+//! commit one transaction (through named storage functions), then update memory and reply.
+//!
+//! - [`account`]: our own device per account: identity, prekeys, creation.
+//! - [`lifecycle`]: deleting an account.
+//! - [`device_id`]: taking a new device id after a collision.
+//! - [`own_bundle`]: what we publish: our bundles and device lists.
+//! - [`devicelist`]: device lists received from PEP.
+//! - [`peer_bundle`]: bundles of other devices handed to us.
+//! - [`bundle_cache`]: peer bundles parsed and verified, in memory.
+//! - [`directory`]: device lists and trust decisions per account, in memory.
+//! - [`sessions`]: the session table, one lock per remote device.
+//! - [`encrypt`]: encryption to every device of a set of JIDs.
+//! - [`plan`]: `encrypt.plan`: what an `encrypt` would cover.
+//! - [`decrypt`]: decryption of an element addressed to our device.
+//! - [`redelivery`]: answering the same element again without touching the ratchet.
+//! - [`rebuild`]: sessions to rebuild after a rollback.
+//! - [`pinning`]: identity pinning and the session rebuild rate limit.
+//! - [`trust`]: trust decisions, device overviews, fingerprints, catch-up mode.
+//! - [`limits`]: bounds on what unconfirmed remote input can make us store.
+//! - [`error`]: [`ManagerError`], what the manager can refuse.
 
 pub mod account;
 pub mod bundle_cache;
@@ -21,7 +40,7 @@ pub mod redelivery;
 pub mod sessions;
 pub mod trust;
 
-use crate::events::{Cause, Event, EventBus};
+use crate::events::{Action, Cause, Event, EventBus};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{self, devices, trust as trust_store, DeviceAddr, Store};
 use account::{Account, TrustMode};
@@ -31,74 +50,6 @@ use protocol_core::keys::fingerprint;
 use protocol_core::Version;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-
-/// What a client should do after a call (also pushed as events to subscribers).
-#[derive(
-    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
-)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Action {
-    /// Publish our bundle in `namespace` again (`bundle.get` gives it).
-    PublishBundle {
-        /// Namespace.
-        #[schemars(with = "String")]
-        namespace: Version,
-    },
-    /// Publish our device list in `namespace` again (`devicelist.get` gives it).
-    PublishDevicelist {
-        /// Namespace.
-        #[schemars(with = "String")]
-        namespace: Version,
-    },
-    /// Send an empty message to this device (`heartbeat` builds it).
-    SendHeartbeat {
-        /// Peer JID.
-        jid: String,
-        /// Namespace.
-        #[schemars(with = "String")]
-        namespace: Version,
-        /// Device id.
-        device_id: u32,
-    },
-    /// Fetch this device's bundle and pass it to `bundle.update`.
-    FetchBundle {
-        /// Peer JID.
-        jid: String,
-        /// Namespace.
-        #[schemars(with = "String")]
-        namespace: Version,
-        /// Device id.
-        device_id: u32,
-        /// PubSub node.
-        node: String,
-        /// Item id.
-        item_id: String,
-    },
-    /// Fetch this JID's device list and pass it to `devicelist.update`.
-    FetchDevicelist {
-        /// Peer JID.
-        jid: String,
-        /// Namespace.
-        #[schemars(with = "String")]
-        namespace: Version,
-        /// PubSub node.
-        node: String,
-    },
-}
-
-impl Action {
-    /// Fetch the bundle of `jid`'s device `device_id` in `namespace`, from its PubSub node.
-    pub fn fetch_bundle(jid: &str, namespace: Version, device_id: u32) -> Self {
-        let (node, item_id) = namespace.bundle_node(device_id);
-        Action::FetchBundle {
-            jid: jid.to_owned(),
-            namespace,
-            device_id,
-            node,
-            item_id,
-        }
-    }
-}
 
 /// The session manager.
 #[derive(Debug)]
@@ -136,7 +87,7 @@ impl Manager {
                     let trust = trust_store::list(conn, a.id, None)?;
                     dirs.insert(a.id, Directory::from_rows(devs, trust));
                 }
-                Ok((accounts, dirs, rebuild::Pending::load(conn)?))
+                Ok((accounts, dirs, storage::rebuilds::list(conn)?))
             })
             .await?;
         let redelivery = redelivery::State::default();
@@ -179,7 +130,7 @@ impl Manager {
             sessions: sessions::SessionTable::default(),
             redelivery,
             rebuilds: pinning::Rebuilds::default(),
-            pending_rebuilds,
+            pending_rebuilds: rebuild::Pending::new(pending_rebuilds),
             bundles: bundle_cache::BundleCache::default(),
         })
     }

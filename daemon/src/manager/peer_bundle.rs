@@ -2,6 +2,7 @@
 
 use super::bundle_cache::{self, BundleCheckError, VerifiedBundle};
 use super::{check_bare_jid, Manager, ManagerError, Result};
+use crate::storage::trust::TrustRow;
 use crate::storage::{self, bundles, trust as trust_store};
 use protocol_core::bundle::BundleError;
 use protocol_core::Version;
@@ -44,18 +45,7 @@ impl Manager {
                 "device id {device_id} out of range"
             )));
         }
-        let owned = bundle_xml.to_owned();
-        let verified: VerifiedBundle = crate::bounds::parse_off_thread(owned.len(), move || {
-            bundle_cache::parse(namespace, &owned).map_err(|e| match e {
-                BundleCheckError::Xml(e) => ManagerError::InvalidBundle(e.to_string()),
-                BundleCheckError::Invalid(e @ BundleError::InvalidSignature) => {
-                    ManagerError::InvalidSignature(e.to_string())
-                }
-                BundleCheckError::Invalid(e) => ManagerError::InvalidBundle(e.to_string()),
-            })
-        })
-        .await
-        .unwrap_or_else(|| Err(ManagerError::InvalidBundle("the parser failed".into())))?;
+        let verified = parse_received(namespace, bundle_xml).await?;
         let bundle = verified.bundle();
         let curve = *verified.identity_curve25519();
         let mode = acct.keys.lock().await.trust_mode;
@@ -65,13 +55,8 @@ impl Manager {
             .set_aside_changed_bundle(&addr, &acct.jid, curve, bundle_xml)
             .await?
         {
-            return Ok(BundleUpdate {
-                fingerprint: trust.fingerprint,
-                trust: trust.level.as_str().to_owned(),
-                prekey_count: u32::try_from(bundle.prekeys.len()).unwrap_or(u32::MAX),
-                identity_changed: true,
-                old_fingerprint: Some(protocol_core::keys::fingerprint(&old)),
-            });
+            let prekey_count = u32::try_from(bundle.prekeys.len()).unwrap_or(u32::MAX);
+            return Ok(BundleUpdate::new(&trust, prekey_count, Some(&old)));
         }
         let row = bundles::BundleRow {
             account_id: acct.id,
@@ -104,13 +89,7 @@ impl Manager {
         if new_trust {
             self.remember_trust(&acct, vec![trust.clone()], namespace, device_id);
         }
-        Ok(BundleUpdate {
-            fingerprint: trust.fingerprint,
-            trust: trust.level.as_str().to_owned(),
-            prekey_count,
-            identity_changed: false,
-            old_fingerprint: None,
-        })
+        Ok(BundleUpdate::new(&trust, prekey_count, None))
     }
 
     /// The stored bundle of a device, parsed and verified: from the cache, else from the
@@ -140,6 +119,36 @@ impl Manager {
         let verified = Arc::new(verified);
         self.bundles.fill(addr, Arc::clone(&verified), ticket);
         Ok(StoredBundle::Usable(verified))
+    }
+}
+
+/// Parses and verifies a bundle a client fetched (a large one off the runtime thread).
+async fn parse_received(namespace: Version, bundle_xml: &str) -> Result<VerifiedBundle> {
+    let owned = bundle_xml.to_owned();
+    crate::bounds::parse_off_thread(owned.len(), move || {
+        bundle_cache::parse(namespace, &owned).map_err(|e| match e {
+            BundleCheckError::Xml(e) => ManagerError::InvalidBundle(e.to_string()),
+            BundleCheckError::Invalid(e @ BundleError::InvalidSignature) => {
+                ManagerError::InvalidSignature(e.to_string())
+            }
+            BundleCheckError::Invalid(e) => ManagerError::InvalidBundle(e.to_string()),
+        })
+    })
+    .await
+    .unwrap_or_else(|| Err(ManagerError::InvalidBundle("the parser failed".into())))
+}
+
+impl BundleUpdate {
+    /// The answer for a bundle whose key has `trust`; `old` is the identity key held for the
+    /// device when the bundle carried another one (and was set aside).
+    fn new(trust: &TrustRow, prekey_count: u32, old: Option<&[u8; 32]>) -> Self {
+        Self {
+            fingerprint: trust.fingerprint.clone(),
+            trust: trust.level.as_str().to_owned(),
+            prekey_count,
+            identity_changed: old.is_some(),
+            old_fingerprint: old.map(protocol_core::keys::fingerprint),
+        }
     }
 }
 

@@ -13,7 +13,8 @@
 use super::bundle_cache::VerifiedBundle;
 use super::sessions::SessionMeta;
 use super::trust::parse_fingerprint;
-use super::{check_bare_jid, Action, Manager, ManagerError, Result};
+use super::{check_bare_jid, Manager, ManagerError, Result};
+use crate::events::Action;
 use crate::events::Event;
 use crate::storage::{
     self, bundles, device_state, sessions as session_store, trust as trust_store, DeviceAddr,

@@ -2,7 +2,8 @@
 //! read only: no ratchet moves, nothing is written, no event is sent.
 
 use super::encrypt::EncryptRequest;
-use super::{check_bare_jid, Action, Manager, ManagerError, Result};
+use super::{check_bare_jid, Manager, ManagerError, Result};
+use crate::events::Action;
 use crate::storage::{bundles, sessions as session_store, DeviceAddr};
 use serde::Serialize;
 

@@ -7,10 +7,12 @@
 //! a one-time prekey the peer already consumed (for the session being replaced), which the peer
 //! would refuse. So the stored bundles of those devices are dropped when the rebuilds are
 //! requested (they are a cache of what the peer publishes), and until the client hands over a
-//! fresh one the device is reported `no_bundle` with a `fetch_bundle` action.
+//! fresh one the device is reported `no_bundle` with a `fetch_bundle` action. The rows are
+//! [`crate::storage::rebuilds`]; this module keeps them in memory.
 
-use crate::storage::{self, DeviceAddr, Namespace};
-use rusqlite::{params, Connection};
+#[cfg(doc)]
+use crate::storage::rebuilds;
+use crate::storage::DeviceAddr;
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
@@ -19,35 +21,9 @@ use std::sync::{Mutex, PoisonError};
 pub struct Pending(Mutex<HashMap<DeviceAddr, i64>>);
 
 impl Pending {
-    /// From the database.
-    pub fn load(conn: &Connection) -> storage::Result<Pending> {
-        let mut stmt = conn.prepare(
-            "SELECT account_id, jid, namespace, device_id, requested_at FROM session_rebuilds",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut set = HashMap::new();
-        for (account_id, jid, ns, device_id, requested_at) in rows {
-            let (Some(namespace), Ok(device_id)) =
-                (Namespace::from_namespace(&ns), u32::try_from(device_id))
-            else {
-                continue;
-            };
-            set.insert(
-                DeviceAddr::new(account_id, &jid, namespace, device_id),
-                requested_at,
-            );
-        }
-        Ok(Pending(Mutex::new(set)))
+    /// The rebuilds stored ([`rebuilds::list`]).
+    pub fn new(stored: Vec<(DeviceAddr, i64)>) -> Pending {
+        Pending(Mutex::new(stored.into_iter().collect()))
     }
 
     /// Whether the device's next message must start a new session.
@@ -81,35 +57,4 @@ impl Pending {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Marks every stored session for a rebuild and drops those devices' stored bundles; returns how
-/// many sessions.
-pub fn request_all(conn: &Connection, now: i64) -> storage::Result<usize> {
-    let n = conn.execute(
-        "INSERT OR IGNORE INTO session_rebuilds (account_id, jid, namespace, device_id, requested_at) \
-         SELECT account_id, jid, namespace, device_id, ?1 FROM sessions",
-        [now],
-    )?;
-    conn.execute(
-        "DELETE FROM bundles WHERE (account_id, jid, namespace, device_id) IN \
-         (SELECT account_id, jid, namespace, device_id FROM session_rebuilds)",
-        [],
-    )?;
-    Ok(n)
-}
-
-/// Removes the device's pending rebuild (inside the transaction storing its new session).
-pub fn clear(conn: &Connection, addr: &DeviceAddr) -> storage::Result<()> {
-    conn.execute(
-        "DELETE FROM session_rebuilds \
-         WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4",
-        params![
-            addr.account_id,
-            addr.jid,
-            addr.namespace.namespace(),
-            addr.device_id
-        ],
-    )?;
-    Ok(())
 }

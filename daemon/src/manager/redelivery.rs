@@ -7,15 +7,14 @@
 //! (namespace, sender, sender device, our key element). A second decryption finds it and opens
 //! the payload again; a different payload under the same key element is refused. Only a digest
 //! is kept longer, so an old replay is reported as a replay. Everything is bounded by
-//! [`RedeliveryConfig`].
+//! [`RedeliveryConfig`] (`--redelivery-retention`, `--redelivery-max-entries`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use protocol_core::session::Decrypted;
 use protocol_core::xml::{Encrypted, KeyElement};
-use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -23,16 +22,12 @@ use super::account::Account;
 use super::decrypt::{check_envelope, open_payload, Conversation, DecryptOutcome};
 use super::encrypt::{EncryptOutcome, EncryptRequest};
 use super::{Manager, ManagerError, Result};
+use crate::config::RedeliveryConfig;
 use crate::storage::redelivery::{
-    self as store, Bounds, EncryptResultRow, Pruned, RedeliveryRow, Seen,
+    self as store, Bounds, EncryptResultRow, Pruned, Record, RedeliveryRow, Seen,
 };
 use crate::storage::trust::TrustLevel;
 
-/// Default retention of key material: 7 days, Prosody's default archive (MAM) expiry, so a
-/// client reading the server archive finds every archived message still readable.
-pub const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
-/// Default cap on remembered messages (key material rows; as many `encrypt` answers).
-pub const DEFAULT_MAX_ENTRIES: u64 = 50_000;
 /// Digests (no key material) are kept 90 days, for replay reports.
 pub const DIGEST_RETENTION_SECS: i64 = 90 * 24 * 3600;
 /// At most this many digests.
@@ -40,115 +35,19 @@ pub const MAX_DIGESTS: i64 = 200_000;
 /// Records between two inline prunes (besides the hourly maintenance one).
 const PRUNE_EVERY: u64 = 256;
 
-/// Bounds of what is kept for redelivery and retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RedeliveryConfig {
-    /// Seconds to keep key material and `encrypt` answers; 0 turns redelivery off.
-    pub retention_secs: u64,
-    /// Most messages kept (and most `encrypt` answers).
-    pub max_entries: u64,
-}
-
-impl Default for RedeliveryConfig {
-    fn default() -> Self {
-        Self {
-            retention_secs: DEFAULT_RETENTION_SECS,
-            max_entries: DEFAULT_MAX_ENTRIES,
-        }
+/// The storage bounds for `config`: digests outlive key material (replay reports).
+pub(crate) fn store_bounds(config: &RedeliveryConfig) -> Bounds {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    Bounds {
+        retention_secs: if config.enabled() {
+            clamp(config.retention_secs)
+        } else {
+            0
+        },
+        max_rows: clamp(config.max_entries),
+        digest_retention_secs: DIGEST_RETENTION_SECS.max(clamp(config.retention_secs)),
+        max_digests: MAX_DIGESTS.max(clamp(config.max_entries)),
     }
-}
-
-impl RedeliveryConfig {
-    /// Whether key material is kept at all.
-    pub fn enabled(&self) -> bool {
-        self.retention_secs > 0 && self.max_entries > 0
-    }
-
-    pub(crate) fn bounds(&self) -> Bounds {
-        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        Bounds {
-            retention_secs: if self.enabled() {
-                clamp(self.retention_secs)
-            } else {
-                0
-            },
-            max_rows: clamp(self.max_entries),
-            digest_retention_secs: DIGEST_RETENTION_SECS.max(clamp(self.retention_secs)),
-            max_digests: MAX_DIGESTS.max(clamp(self.max_entries)),
-        }
-    }
-}
-
-/// `serve` options of this module (each also a config-file key of the same name, with `_` for
-/// `-`; a flag overrides the file).
-#[derive(Debug, Clone, Copy, Default, clap::Args)]
-pub struct RedeliveryArgs {
-    /// How long a decrypted message stays readable again by other processes and retries (its
-    /// key material is kept that long): seconds, or a number with s, m, h or d. 0 turns
-    /// redelivery off [default: 7d].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub redelivery_retention: Option<u64>,
-    /// Most messages kept for redelivery (and most `encrypt` answers kept for retries)
-    /// [default: 50000].
-    #[arg(long, value_name = "N")]
-    pub redelivery_max_entries: Option<u64>,
-}
-
-impl RedeliveryArgs {
-    /// The configuration in force: these flags, else the config file's keys, else the defaults.
-    pub fn resolve(self, file: &crate::config::FileConfig) -> RedeliveryConfig {
-        let d = RedeliveryConfig::default();
-        RedeliveryConfig {
-            retention_secs: self
-                .redelivery_retention
-                .or(file.redelivery_retention)
-                .unwrap_or(d.retention_secs),
-            max_entries: self
-                .redelivery_max_entries
-                .or(file.redelivery_max_entries)
-                .unwrap_or(d.max_entries),
-        }
-    }
-}
-
-/// A config-file duration: seconds as a number, or a string as the flag takes it (`"7d"`).
-pub fn deserialize_duration<'de, D>(d: D) -> std::result::Result<Option<u64>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Given {
-        Secs(u64),
-        Text(String),
-    }
-    match <Given as serde::Deserialize>::deserialize(d)? {
-        Given::Secs(n) => Ok(Some(n)),
-        Given::Text(t) => parse_duration(&t)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
-}
-
-/// Parses `90`, `90s`, `15m`, `12h`, `7d` into seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number with an optional unit s, m, h or d"))?;
-    let mul = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
-    };
-    n.checked_mul(mul)
-        .ok_or_else(|| format!("{s:?}: too large"))
 }
 
 /// The manager's redelivery state.
@@ -235,8 +134,6 @@ pub struct Probe {
     digest: [u8; 32],
     payload_digest: [u8; 32],
     empty: bool,
-    /// The row id, once recorded.
-    id: Arc<AtomicI64>,
 }
 
 /// Longest accepted `idempotency_key`, in bytes.
@@ -304,7 +201,6 @@ impl Probe {
                 digest: [0; 32],
                 payload_digest: [0; 32],
                 empty: true,
-                id: Arc::new(AtomicI64::new(0)),
             };
         }
         let mut h = Sha256::new();
@@ -330,32 +226,7 @@ impl Probe {
             digest,
             payload_digest: p.finalize().into(),
             empty: element.payload.as_ref().is_none_or(|p| p.is_empty()),
-            id: Arc::new(AtomicI64::new(0)),
         }
-    }
-}
-
-/// What the decryption commit writes for redelivery.
-#[derive(Debug)]
-pub struct Record {
-    row: RedeliveryRow,
-    id: Arc<AtomicI64>,
-    keep_key: bool,
-    prune: Option<(Bounds, i64)>,
-}
-
-impl Record {
-    /// Writes it (inside the decryption's transaction).
-    pub fn write(&self, conn: &Connection) -> crate::storage::Result<()> {
-        if cfg!(feature = "bench-baseline-no-redelivery") {
-            return Ok(());
-        }
-        let id = store::record(conn, &self.row, self.keep_key)?;
-        self.id.store(id, Ordering::Relaxed);
-        if let Some((b, from)) = self.prune {
-            store::prune(conn, self.row.created_at, b, from)?;
-        }
-        Ok(())
     }
 }
 
@@ -438,7 +309,8 @@ impl Manager {
         }))
     }
 
-    /// What the decryption's commit must write so this element can be redelivered.
+    /// What the decryption's commit must write so this element can be redelivered (nothing in
+    /// the benchmark baseline).
     pub(crate) fn redelivery_record(
         &self,
         acct: &Account,
@@ -447,10 +319,13 @@ impl Manager {
         identity_key: &[u8; 32],
         key_exchange: bool,
         now: i64,
-    ) -> Record {
+    ) -> Option<Record> {
+        if cfg!(feature = "bench-baseline-no-redelivery") {
+            return None;
+        }
         let config = self.redelivery.config();
         let n = self.redelivery.records.fetch_add(1, Ordering::Relaxed);
-        Record {
+        Some(Record {
             row: RedeliveryRow {
                 account_id: acct.id,
                 digest: probe.digest,
@@ -460,13 +335,12 @@ impl Manager {
                 key_exchange,
                 created_at: now,
             },
-            id: Arc::clone(&probe.id),
             keep_key: config.enabled(),
             prune: (n % PRUNE_EVERY == PRUNE_EVERY - 1).then(|| {
                 let from = self.redelivery.key_frontier.load(Ordering::Relaxed);
-                (config.bounds(), from)
+                (store_bounds(&config), from)
             }),
-        }
+        })
     }
 
     /// The answer kept for an `encrypt` idempotency key, if any and still within the window;
@@ -519,20 +393,22 @@ impl Manager {
             .store(true, Ordering::SeqCst);
     }
 
-    /// After the commit, before the session lock is released.
-    pub(crate) fn redelivery_committed(&self, probe: &Probe) {
+    /// After the commit (which wrote row `id` for the element), before the session lock is
+    /// released.
+    pub(crate) fn redelivery_committed(&self, probe: &Probe, id: Option<i64>) {
         if self.redelivery.kill_after_commit.load(Ordering::Relaxed) {
             let me = rustix::process::getpid();
             let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
         }
-        let id = probe.id.load(Ordering::Relaxed);
-        self.redelivery.insert(store::prefix(&probe.digest), id);
+        if let Some(id) = id {
+            self.redelivery.insert(store::prefix(&probe.digest), id);
+        }
     }
 
     /// Deletes what the bounds no longer allow, then empties the WAL so that deleted key
     /// material does not linger there. Run at start-up and by the hourly maintenance.
     pub async fn prune_redelivery(&self, now: i64) -> Result<Pruned> {
-        let bounds = self.redelivery.config().bounds();
+        let bounds = store_bounds(&self.redelivery.config());
         let from = self.redelivery.key_frontier.load(Ordering::Relaxed);
         let pruned = self
             .store
@@ -582,26 +458,13 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("0"), Ok(0));
-        assert_eq!(parse_duration("90"), Ok(90));
-        assert_eq!(parse_duration("90s"), Ok(90));
-        assert_eq!(parse_duration("15m"), Ok(900));
-        assert_eq!(parse_duration("12h"), Ok(43_200));
-        assert_eq!(parse_duration("7d"), Ok(DEFAULT_RETENTION_SECS));
-        for bad in ["", "d", "7w", "-1", "1.5h", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn zero_turns_key_material_off_but_keeps_digests() {
         let off = RedeliveryConfig {
             retention_secs: 0,
             max_entries: 10,
         };
         assert!(!off.enabled());
-        let b = off.bounds();
+        let b = store_bounds(&off);
         assert_eq!(b.retention_secs, 0);
         assert_eq!(b.digest_retention_secs, DIGEST_RETENTION_SECS);
         assert!(RedeliveryConfig::default().enabled());

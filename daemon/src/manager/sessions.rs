@@ -3,8 +3,8 @@
 //! loaded lazily from SQLite and kept in memory; the cached copy is replaced only after the
 //! transaction holding its new state has committed, so memory never runs ahead of the disk.
 
-use crate::storage::{self, sessions, skipped_keys, DeviceAddr, SecretBlob, SecretKey, Store};
-use protocol_core::double_ratchet::skipped_keys::{SkippedKey, SkippedKeyChanges};
+use crate::storage::{self, sessions, skipped_keys, DeviceAddr, SecretBlob, Store};
+use protocol_core::double_ratchet::skipped_keys::SkippedKey;
 use protocol_core::session::{Role, Session, SESSION_SNAPSHOT_FORMAT};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -299,64 +299,6 @@ pub fn session_row_with_state(
         messages_sent: meta.messages_sent,
         messages_received: meta.messages_received,
     }
-}
-
-/// Mirrors a decryption's skipped-key changes into `skipped_keys`.
-pub fn apply_skipped_changes(
-    conn: &rusqlite::Connection,
-    addr: &DeviceAddr,
-    changes: &SkippedKeyChanges,
-    now: i64,
-) -> Result<(), storage::StorageError> {
-    if let Some((rk, n)) = changes.used {
-        skipped_keys::take(conn, addr, &rk, n)?;
-    }
-    for (rk, n) in &changes.evicted {
-        skipped_keys::take(conn, addr, rk, *n)?;
-    }
-    for k in &changes.added {
-        if changes
-            .evicted
-            .iter()
-            .any(|(rk, n)| *n == k.n && *rk == k.ratchet_key)
-        {
-            continue;
-        }
-        insert_skipped(conn, addr, k, now)?;
-    }
-    Ok(())
-}
-
-fn insert_skipped(
-    conn: &rusqlite::Connection,
-    addr: &DeviceAddr,
-    k: &SkippedKey,
-    now: i64,
-) -> Result<bool, storage::StorageError> {
-    skipped_keys::insert(
-        conn,
-        &skipped_keys::SkippedKeyRow {
-            addr: addr.clone(),
-            ratchet_key: k.ratchet_key,
-            n: k.n,
-            message_key: SecretKey::new(k.message_key),
-            created_at: now,
-        },
-    )
-}
-
-/// Replaces every stored skipped key of a (new) session.
-pub fn replace_skipped(
-    conn: &rusqlite::Connection,
-    addr: &DeviceAddr,
-    session: &Session,
-    now: i64,
-) -> Result<(), storage::StorageError> {
-    skipped_keys::delete_for_session(conn, addr)?;
-    for k in session.skipped_keys() {
-        insert_skipped(conn, addr, k, now)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

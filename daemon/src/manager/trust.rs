@@ -1,6 +1,7 @@
 //! Trust decisions, device overviews, fingerprints, and catch-up mode.
 
-use super::{check_bare_jid, Account, Action, Manager, ManagerError, Result};
+use super::{check_bare_jid, Account, Manager, ManagerError, Result};
+use crate::events::Action;
 use crate::storage::trust::{TrustLevel, TrustRow, TrustSource};
 use crate::storage::{self, accounts, device_state, prekeys, trust as trust_store};
 use protocol_core::keys::fingerprint;

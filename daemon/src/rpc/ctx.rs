@@ -14,10 +14,8 @@ use crate::config::{ServeConfig, MAX_SUBSCRIPTIONS_PER_CONNECTION};
 use crate::events::{DutyTicket, Event, EventBus, EventType};
 use crate::rpc::error::{ErrorKind, RpcError};
 
-/// Daemon-wide state shared by every request.
-///
-/// To add state (the session manager, the storage handle), add a `pub` field here and fill it in
-/// [`Ctx::new`]'s callers (`rpc::server::serve`); methods then reach it as `ctx.field`.
+/// Daemon-wide state shared by every request: methods reach the session manager through
+/// [`Ctx::manager`], and the rest as fields. `rpc::server::serve` fills it.
 #[derive(Debug)]
 pub struct Ctx {
     /// Events pushed to subscribed clients.
@@ -87,8 +85,8 @@ impl Drop for ClientGuard {
 
 /// The connection a request came in on: its identity and its subscriptions.
 ///
-/// Cheap to clone. The transport puts one into each call's `Extensions`; calls made without a
-/// connection (unit tests, `RpcModule::call`) get a detached one that cannot push events.
+/// Cheap to clone. The transport hands one to each call; calls made without a connection (unit
+/// tests) get a detached one that cannot push events.
 #[derive(Debug, Clone)]
 pub struct Conn {
     shared: Arc<ConnShared>,

@@ -1,43 +1,52 @@
 //! From one request line to its answer line: JSON-RPC 2.0 framing (single requests, batches,
-//! notifications, error objects) around calls into the jsonrpsee method table.
-//!
-//! We look the method up in [`Methods`] and invoke its callback directly rather than through
-//! `RpcModule::raw_json_request`, because that helper always passes connection 0 and empty
-//! `Extensions` (so `subscribe` could not know its connection), requires an `id` (no notifications),
-//! re-parses the request, and sets no response size limit. Calling the callback gives each call the
-//! real connection id, a [`Conn`] in its extensions, and jsonrpsee's response size check.
+//! notifications, error objects, the response size limit) around calls into the
+//! [`MethodTable`]. Each call gets the [`Conn`] it came in on.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures_util::future::join_all;
-use jsonrpsee::types::{Id, Params};
-use jsonrpsee::{ConnectionId, Extensions, MethodCallback, MethodResponse, Methods};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::MAX_BATCH_LEN;
 use crate::rpc::ctx::Conn;
 use crate::rpc::error::{ErrorKind, RpcError};
-
-/// jsonrpsee's code for "response exceeded the limit", which we translate to `response_too_large`.
-const JSONRPSEE_OVERSIZED_RESPONSE: i32 = -32008;
+use crate::rpc::registry::MethodTable;
 
 /// Turns request lines into answer lines.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
-    methods: Methods,
+    methods: MethodTable,
     max_response_bytes: usize,
 }
 
+/// A request id: a string, a non-negative integer or `null`, echoed in its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Id {
+    /// `"id": null`.
+    Null,
+    /// A number.
+    Number(u64),
+    /// A string.
+    Str(String),
+}
+
 /// An error answer with the given id (`null` when unknown).
-pub fn error_line(id: Option<&Id<'_>>, err: &RpcError) -> String {
+pub fn error_line(id: Option<&Id>, err: &RpcError) -> String {
     let id = id.map_or(Value::Null, |id| {
         serde_json::to_value(id).unwrap_or(Value::Null)
     });
     serde_json::json!({"jsonrpc": "2.0", "id": id, "error": err.to_json()}).to_string()
+}
+
+/// A result answer: `result` is the serialized result.
+fn result_line(id: &Id, result: &str) -> String {
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "null".to_owned());
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#)
 }
 
 /// The fields of a request, each kept raw so that we can tell what is wrong with it.
@@ -61,7 +70,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 /// A well-formed request.
 struct Call<'a> {
     /// `None` for a notification.
-    id: Option<Id<'static>>,
+    id: Option<Id>,
     method: Cow<'a, str>,
     params: Option<&'a str>,
 }
@@ -71,15 +80,15 @@ fn invalid_request(message: &str) -> RpcError {
 }
 
 /// Validates one request object. On error, returns the id if one could be read.
-fn parse_call(raw: &RawValue) -> Result<Call<'_>, (Option<Id<'static>>, RpcError)> {
+fn parse_call(raw: &RawValue) -> Result<Call<'_>, (Option<Id>, RpcError)> {
     let env: Envelope<'_> = match serde_json::from_str(raw.get()) {
         Ok(env) => env,
         Err(_) => return Err((None, invalid_request("a request must be a JSON object"))),
     };
     let id = match env.id {
         None => None,
-        Some(raw_id) => match serde_json::from_str::<Id<'_>>(raw_id.get()) {
-            Ok(id) => Some(id.into_owned()),
+        Some(raw_id) => match serde_json::from_str::<Id>(raw_id.get()) {
+            Ok(id) => Some(id),
             Err(_) => {
                 return Err((
                     None,
@@ -117,9 +126,9 @@ fn take(budget: &AtomicUsize, n: usize) -> bool {
 
 impl Dispatcher {
     /// A dispatcher over `methods`.
-    pub fn new(methods: impl Into<Methods>, max_response_bytes: usize) -> Self {
+    pub fn new(methods: MethodTable, max_response_bytes: usize) -> Self {
         Self {
-            methods: methods.into(),
+            methods,
             max_response_bytes,
         }
     }
@@ -223,7 +232,7 @@ impl Dispatcher {
         let started = Instant::now();
         let notification = call.id.is_none();
         let id = call.id.unwrap_or(Id::Null);
-        let Some(callback) = self.methods.method(&call.method) else {
+        let Some(running) = self.methods.call(&call.method, conn.clone(), call.params) else {
             tracing::debug!(conn = conn.id(), method = %call.method, "method not found");
             if notification {
                 return None;
@@ -234,34 +243,23 @@ impl Dispatcher {
             );
             return Some(error_line(Some(&id), &err));
         };
-        let params = Params::new(call.params).into_owned();
-        let mut ext = Extensions::new();
-        ext.insert(conn.clone());
-        let conn_id = ConnectionId(usize::try_from(conn.id()).unwrap_or(usize::MAX));
-        let response: MethodResponse = match callback {
-            MethodCallback::Async(cb) => {
-                (cb)(id.clone(), params, conn_id, max_response_bytes, ext).await
-            }
-            MethodCallback::Sync(cb) => (cb)(id.clone(), params, max_response_bytes, ext),
-            MethodCallback::Subscription(_) | MethodCallback::Unsubscription(_) => {
-                let err =
-                    RpcError::internal("jsonrpsee subscriptions are not served; use `subscribe`");
-                return (!notification).then(|| error_line(Some(&id), &err));
-            }
-        };
-        let code = response.as_error_code();
+        let outcome = running.await;
         // Params and results are never logged: they may hold plaintext or key material.
         tracing::debug!(
             conn = conn.id(),
             method = %call.method,
-            error_code = code,
+            error_code = outcome.as_ref().err().map(|e| e.kind.code()),
             elapsed_us = started.elapsed().as_micros() as u64,
             "request"
         );
         if notification {
             return None;
         }
-        if code == Some(JSONRPSEE_OVERSIZED_RESPONSE) {
+        let answer = match outcome {
+            Ok(result) => result_line(&id, &result),
+            Err(err) => error_line(Some(&id), &err),
+        };
+        if answer.len() > max_response_bytes {
             let err = RpcError::new(
                 ErrorKind::ResponseTooLarge,
                 format!("the response exceeds {max_response_bytes} bytes"),
@@ -269,9 +267,7 @@ impl Dispatcher {
             .with_data(serde_json::json!({"max_bytes": max_response_bytes}));
             return Some(error_line(Some(&id), &err));
         }
-        // Take the answer's buffer over rather than copy it (a fan-out's is tens of kB).
-        let json: Box<str> = response.into_json().into();
-        Some(json.into_string())
+        Some(answer)
     }
 }
 

@@ -10,7 +10,6 @@
 //! The session manager maps its own errors onto these kinds; adding a kind means adding a variant
 //! here, to [`ErrorKind::ALL`], and a row in `docs/rpc.md`.
 
-use jsonrpsee::types::ErrorObjectOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -355,13 +354,6 @@ impl RpcError {
 impl From<ErrorKind> for RpcError {
     fn from(kind: ErrorKind) -> Self {
         Self::new(kind, kind.default_message())
-    }
-}
-
-impl From<RpcError> for ErrorObjectOwned {
-    fn from(e: RpcError) -> Self {
-        let data = e.data_object();
-        ErrorObjectOwned::owned(e.kind.code(), e.message, Some(data))
     }
 }
 

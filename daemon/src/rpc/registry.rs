@@ -1,12 +1,12 @@
 //! The method registry: a method's name, params, result, errors and documentation are declared
-//! together by implementing [`Method`]; [`Registry::register`] adds it both to the jsonrpsee
-//! [`RpcModule`] that the transport dispatches through and to the OpenRPC document.
+//! together by implementing [`Method`]; [`Registry::register`] adds it both to the
+//! [`MethodTable`] that the transport dispatches through and to the OpenRPC document.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use jsonrpsee::types::{ErrorObjectOwned, Params};
-use jsonrpsee::{Extensions, RpcModule};
 use schemars::generate::{Contract, SchemaSettings};
 use schemars::{JsonSchema, SchemaGenerator};
 use serde::de::DeserializeOwned;
@@ -28,7 +28,7 @@ pub const OPENRPC_VERSION: &str = "1.3.2";
 ///     const SUMMARY: &'static str = "Daemon version, uptime and clients.";
 ///     type Params = NoParams;
 ///     type Result = StatusResult;
-///     async fn call(ctx: Arc<Ctx>, _conn: Conn, _p: NoParams) -> Result<StatusResult, RpcError> { … }
+///     async fn call(ctx: Arc<Ctx>, _conn: Conn, _p: NoParams) -> Result<StatusResult, RpcError> { /* … */ }
 /// }
 /// // in rpc::methods::register_all:
 /// registry.register::<Status>()?;
@@ -45,8 +45,8 @@ pub trait Method: Send + Sync + 'static {
 
     /// The by-name params object. Derive `Deserialize` (with `deny_unknown_fields`) and `JsonSchema`.
     type Params: DeserializeOwned + JsonSchema + Send + 'static;
-    /// The result. Derive `Serialize`, `Clone` and `JsonSchema`.
-    type Result: Serialize + Clone + JsonSchema + Send + 'static;
+    /// The result. Derive `Serialize` and `JsonSchema`.
+    type Result: Serialize + JsonSchema + Send + 'static;
 
     /// Runs the method. Write it as `async fn call(…)` in the impl.
     fn call(
@@ -81,9 +81,59 @@ struct MethodDoc {
     errors: &'static [ErrorKind],
 }
 
-/// Collects methods into a jsonrpsee module and their OpenRPC entries.
+/// A running call: the serialized result, or the error to answer.
+pub type CallFuture = Pin<Box<dyn Future<Output = Result<String, RpcError>> + Send>>;
+
+/// Parses the params and starts the method.
+type Handler = Box<dyn Fn(Arc<Ctx>, Conn, Option<&str>) -> CallFuture + Send + Sync>;
+
+/// Every registered method by name, with the context their calls see. Cheap to clone.
+#[derive(Clone)]
+pub struct MethodTable {
+    ctx: Arc<Ctx>,
+    methods: Arc<HashMap<&'static str, Handler>>,
+}
+
+impl std::fmt::Debug for MethodTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MethodTable")
+            .field("methods", &self.methods.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MethodTable {
+    /// Starts a call of `name` on `conn` with the raw params object (`None` when absent);
+    /// `None` when there is no such method.
+    pub fn call(&self, name: &str, conn: Conn, params: Option<&str>) -> Option<CallFuture> {
+        let handler = self.methods.get(name)?;
+        Some(handler(Arc::clone(&self.ctx), conn, params))
+    }
+
+    /// The names of every method.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.methods.keys().copied()
+    }
+}
+
+/// The handler of `M`: params are parsed before the call starts, the result serialized once.
+fn handler<M: Method>() -> Handler {
+    Box::new(
+        |ctx, conn, params| match parse_params::<M::Params>(params) {
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+            Ok(p) => Box::pin(async move {
+                let result = M::call(ctx, conn, p).await?;
+                serde_json::to_string(&result)
+                    .map_err(|e| RpcError::internal(format!("cannot serialize the result: {e}")))
+            }),
+        },
+    )
+}
+
+/// Collects methods into a [`MethodTable`] and their OpenRPC entries.
 pub struct Registry {
-    module: RpcModule<Ctx>,
+    ctx: Arc<Ctx>,
+    methods: HashMap<&'static str, Handler>,
     docs: Vec<MethodDoc>,
     params_gen: SchemaGenerator,
     result_gen: SchemaGenerator,
@@ -124,29 +174,22 @@ impl Registry {
     /// An empty registry whose methods will see `ctx`.
     pub fn new(ctx: Arc<Ctx>) -> Self {
         Self {
-            module: RpcModule::from_arc(ctx),
+            ctx,
+            methods: HashMap::new(),
             docs: Vec::new(),
             params_gen: generator(Contract::Deserialize),
             result_gen: generator(Contract::Serialize),
         }
     }
 
-    /// Adds `M` to the module and the OpenRPC document.
+    /// Adds `M` to the method table and the OpenRPC document.
     pub fn register<M: Method>(&mut self) -> Result<(), RegistryError> {
         if !valid_method_name(M::NAME) {
             return Err(RegistryError::BadName(M::NAME));
         }
-        self.module
-            .register_async_method(
-                M::NAME,
-                |params: Params<'static>, ctx: Arc<Ctx>, ext: Extensions| async move {
-                    let conn = ext.get::<Conn>().cloned().unwrap_or_else(Conn::detached);
-                    let p = parse_params::<M::Params>(params.as_str())
-                        .map_err(ErrorObjectOwned::from)?;
-                    M::call(ctx, conn, p).await.map_err(ErrorObjectOwned::from)
-                },
-            )
-            .map_err(|_| RegistryError::Duplicate(M::NAME))?;
+        if self.methods.insert(M::NAME, handler::<M>()).is_some() {
+            return Err(RegistryError::Duplicate(M::NAME));
+        }
         let params = M::Params::json_schema(&mut self.params_gen).to_value();
         let result = M::Result::json_schema(&mut self.result_gen).to_value();
         self.docs.push(MethodDoc {
@@ -160,10 +203,14 @@ impl Registry {
         Ok(())
     }
 
-    /// The module and the OpenRPC document.
-    pub fn finish(mut self) -> (RpcModule<Ctx>, Value) {
+    /// The method table and the OpenRPC document.
+    pub fn finish(mut self) -> (MethodTable, Value) {
         let doc = self.openrpc_document();
-        (self.module, doc)
+        let table = MethodTable {
+            ctx: self.ctx,
+            methods: Arc::new(self.methods),
+        };
+        (table, doc)
     }
 
     fn openrpc_document(&mut self) -> Value {

@@ -8,17 +8,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::{ServeConfig, SHUTDOWN_GRACE};
-use crate::rpc::connection::{serve_connection, Activity, Limits};
+use crate::manager::Manager;
+use crate::rpc::connection::{serve_connection, Activity, Limits, Service};
 use crate::rpc::ctx::Ctx;
 use crate::rpc::dispatch::error_line;
 use crate::rpc::dispatch::Dispatcher;
 use crate::rpc::error::{ErrorKind, RpcError};
 use crate::rpc::registry::RegistryError;
+use crate::storage::Store;
 use crate::systemd;
 
 /// Why the daemon could not start.
@@ -188,15 +190,34 @@ fn refuse_connection(stream: &tokio::net::UnixStream, max: usize) {
     let _ = stream.try_write((error_line(None, &err) + "\n").as_bytes());
 }
 
+/// SIGTERM and SIGINT, either of which stops the daemon.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn watch() -> Result<Self, ServeError> {
+        let watch = |kind| signal(kind).map_err(io_err("cannot watch signals", Path::new("-")));
+        Ok(Self {
+            term: watch(SignalKind::terminate())?,
+            int: watch(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Every file we create (socket, database) is private to us.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(io_err("cannot watch signals", Path::new("-")))?;
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(io_err("cannot watch signals", Path::new("-")))?;
+    let mut signals = Signals::watch()?;
 
     // One daemon per database: lock before opening, hold until the store is closed.
     let mut db_lock = crate::lock::DbLock::acquire(&config.db, Some(&config.socket))?;
@@ -213,109 +234,21 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         db_lock.record(Some(&bound.path))?;
     }
     let ctx = Arc::new(Ctx::new(config.clone(), bound.path.clone()));
-    // Before the manager loads its state: a rollback marks sessions for a rebuild.
-    let (keeper, rollback) = crate::rollback::Keeper::start(Arc::clone(&store)).await?;
-    if let Some(r) = rollback {
-        let _ = ctx.rollback.set(r);
-    }
-    let manager =
-        Arc::new(crate::manager::Manager::open(Arc::clone(&store), ctx.events.clone()).await?);
-    let _ = ctx.manager.set(Arc::clone(&manager));
-    manager.set_redelivery_config(config.redelivery);
-    let skipped_key_max_age = config.bounds.skipped_key_max_age_secs();
-    let maintenance = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
-        loop {
-            tick.tick().await;
-            if let Err(e) = manager.rotate_signed_prekeys(crate::storage::now()).await {
-                tracing::warn!(error = %e, "signed prekey rotation failed");
-            }
-            if let Err(e) = manager.prune_redelivery(crate::storage::now()).await {
-                tracing::warn!(error = %e, "pruning the redelivery store failed");
-            }
-            if let Err(e) = manager
-                .prune_expired(crate::storage::now(), skipped_key_max_age)
-                .await
-            {
-                tracing::warn!(error = %e, "expiring old rows failed");
-            }
-            if let Err(e) = manager.expire_catchups(crate::storage::now()).await {
-                tracing::warn!(error = %e, "ending timed-out catch-up failed");
-            }
-        }
-    });
-    let keeper = Arc::new(keeper);
-    let generations = {
-        let keeper = Arc::clone(&keeper);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(crate::rollback::INTERVAL);
-            loop {
-                tick.tick().await;
-                if let Err(e) = keeper.follow().await {
-                    tracing::warn!(error = %e, "recording the database generation failed");
-                }
-            }
-        })
-    };
-    let module = crate::rpc::methods::build(Arc::clone(&ctx), config.enable_debug_methods)?;
-    if config.enable_debug_methods {
-        tracing::warn!("debug methods enabled: debug.sleep, debug.emit, debug.kill_after_commit");
-    }
-    let dispatcher = Arc::new(Dispatcher::new(module, config.max_response_bytes));
-    let limits = Limits {
-        max_request_bytes: config.max_request_bytes,
-        max_in_flight: config.max_in_flight,
-        max_queued_bytes: config
-            .max_response_bytes
-            .max(crate::bounds::MIN_QUEUED_ANSWER_BYTES),
-        partial_line_timeout: config.bounds.partial_line(),
-        write_stall_timeout: config.bounds.write_stall(),
-    };
-    let max_connections = crate::bounds::raise_nofile_limit(config.bounds.max_connections);
-    let accept_ceiling = max_connections + crate::bounds::eviction_slack(max_connections);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    let mut live: HashMap<tokio::task::Id, Arc<Activity>> = HashMap::new();
-    let mut accept_log = crate::bounds::RateLimitedLog::new(ACCEPT_LOG_EVERY);
-    let mut next_conn: u64 = 1;
+    let background = Background::start(&ctx, &store).await?;
+    let service = Arc::new(service(ctx, &config)?);
+    let mut connections = Connections::new(config.bounds.max_connections);
 
     tracing::info!(socket = %bound.path.display(), pid = std::process::id(), version = env!("CARGO_PKG_VERSION"), "listening");
     systemd::notify_ready();
-
     loop {
         tokio::select! {
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            Some(done) = connections.join_next_with_id(), if !connections.is_empty() => {
-                let task = match done {
-                    Ok((task, ())) => task,
-                    Err(e) => e.id(),
-                };
-                live.remove(&task);
+            () = signals.recv() => break,
+            Some(done) = connections.set.join_next_with_id(), if !connections.set.is_empty() => {
+                connections.finished(done);
             }
-            accepted = bound.listener.accept(), if live.len() < accept_ceiling => match accepted {
-                Ok((stream, _)) => {
-                    if live.len() >= max_connections && !make_room(&live) {
-                        refuse_connection(&stream, max_connections);
-                        continue;
-                    }
-                    let id = next_conn;
-                    next_conn += 1;
-                    let activity = Activity::new();
-                    let handle = connections.spawn(serve_connection(
-                        stream, id, Arc::clone(&ctx), Arc::clone(&dispatcher), limits,
-                        Arc::clone(&activity), stop_rx.clone(),
-                    ));
-                    live.insert(handle.id(), activity);
-                }
-                Err(e) => {
-                    // EMFILE and the like: back off briefly rather than spin, and say so once
-                    // in a while rather than on every attempt.
-                    if let Some(held_back) = accept_log.allow(std::time::Instant::now()) {
-                        tracing::warn!(error = %e, held_back, connections = live.len(), "accept failed");
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+            accepted = bound.listener.accept(), if connections.may_accept() => match accepted {
+                Ok((stream, _)) => connections.start(stream, &service),
+                Err(e) => connections.accept_failed(&e).await,
             },
         }
     }
@@ -325,23 +258,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     if let Some(ours) = bound.ours {
         remove_socket(&bound.path, ours);
     }
-    let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            remaining = connections.len(),
-            "in-flight requests did not finish in time; abandoning them"
-        );
-        connections.abort_all();
-    }
-    maintenance.abort();
-    generations.abort();
-    if let Err(e) = keeper.follow().await {
-        tracing::warn!(error = %e, "recording the database generation failed");
-    }
+    connections.stop().await;
+    background.stop().await;
     // Checkpoint and close the database off the async threads.
     let closed = tokio::task::spawn_blocking(move || store.close()).await;
     if let Ok(Err(e)) = closed {
@@ -350,4 +268,183 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     drop(db_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The methods, the dispatcher and the connection limits, as `config` says.
+fn service(ctx: Arc<Ctx>, config: &ServeConfig) -> Result<Service, ServeError> {
+    let methods = crate::rpc::methods::build(Arc::clone(&ctx), config.enable_debug_methods)?;
+    if config.enable_debug_methods {
+        tracing::warn!("debug methods enabled: debug.sleep, debug.emit, debug.kill_after_commit");
+    }
+    Ok(Service {
+        ctx,
+        dispatcher: Dispatcher::new(methods, config.max_response_bytes),
+        limits: Limits {
+            max_request_bytes: config.max_request_bytes,
+            max_in_flight: config.max_in_flight,
+            max_queued_bytes: config
+                .max_response_bytes
+                .max(crate::bounds::MIN_QUEUED_ANSWER_BYTES),
+            partial_line_timeout: config.bounds.partial_line(),
+            write_stall_timeout: config.bounds.write_stall(),
+        },
+    })
+}
+
+/// The session manager and the tasks that run beside the requests: hourly maintenance, and the
+/// generation keeper.
+struct Background {
+    keeper: Arc<crate::rollback::Keeper>,
+    maintenance: JoinHandle<()>,
+    generations: JoinHandle<()>,
+}
+
+impl Background {
+    /// Checks for a rollback, loads the manager into `ctx` and starts the tasks.
+    async fn start(ctx: &Ctx, store: &Arc<Store>) -> Result<Self, ServeError> {
+        // Before the manager loads its state: a rollback marks sessions for a rebuild.
+        let (keeper, rollback) = crate::rollback::Keeper::start(Arc::clone(store)).await?;
+        if let Some(r) = rollback {
+            let _ = ctx.rollback.set(r);
+        }
+        let manager = Arc::new(Manager::open(Arc::clone(store), ctx.events.clone()).await?);
+        let _ = ctx.manager.set(Arc::clone(&manager));
+        manager.set_redelivery_config(ctx.config.redelivery);
+        let skipped_key_max_age = ctx.config.bounds.skipped_key_max_age_secs();
+        let keeper = Arc::new(keeper);
+        Ok(Self {
+            maintenance: tokio::spawn(maintain(manager, skipped_key_max_age)),
+            generations: tokio::spawn(follow_generations(Arc::clone(&keeper))),
+            keeper,
+        })
+    }
+
+    /// Stops the tasks and records the last generation.
+    async fn stop(self) {
+        self.maintenance.abort();
+        self.generations.abort();
+        if let Err(e) = self.keeper.follow().await {
+            tracing::warn!(error = %e, "recording the database generation failed");
+        }
+    }
+}
+
+/// Hourly: rotates signed prekeys, prunes the redelivery store, expires old rows, ends
+/// timed-out catch-ups.
+async fn maintain(manager: Arc<Manager>, skipped_key_max_age: i64) {
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    loop {
+        tick.tick().await;
+        if let Err(e) = manager.rotate_signed_prekeys(crate::storage::now()).await {
+            tracing::warn!(error = %e, "signed prekey rotation failed");
+        }
+        if let Err(e) = manager.prune_redelivery(crate::storage::now()).await {
+            tracing::warn!(error = %e, "pruning the redelivery store failed");
+        }
+        if let Err(e) = manager
+            .prune_expired(crate::storage::now(), skipped_key_max_age)
+            .await
+        {
+            tracing::warn!(error = %e, "expiring old rows failed");
+        }
+        if let Err(e) = manager.expire_catchups(crate::storage::now()).await {
+            tracing::warn!(error = %e, "ending timed-out catch-up failed");
+        }
+    }
+}
+
+/// Keeps the generation counter following the database while it changes.
+async fn follow_generations(keeper: Arc<crate::rollback::Keeper>) {
+    let mut tick = tokio::time::interval(crate::rollback::INTERVAL);
+    loop {
+        tick.tick().await;
+        if let Err(e) = keeper.follow().await {
+            tracing::warn!(error = %e, "recording the database generation failed");
+        }
+    }
+}
+
+/// The connections being served, and what bounds them (`--max-connections`).
+struct Connections {
+    set: JoinSet<()>,
+    live: HashMap<tokio::task::Id, Arc<Activity>>,
+    /// Connections served at once (fewer than asked when the open-file limit is low).
+    max: usize,
+    /// Connections open at once, counting evicted ones still closing.
+    ceiling: usize,
+    accept_log: crate::bounds::RateLimitedLog,
+    next_id: u64,
+    stop: watch::Sender<bool>,
+}
+
+impl Connections {
+    fn new(max_connections: usize) -> Self {
+        let max = crate::bounds::raise_nofile_limit(max_connections);
+        Self {
+            set: JoinSet::new(),
+            live: HashMap::new(),
+            max,
+            ceiling: max + crate::bounds::eviction_slack(max),
+            accept_log: crate::bounds::RateLimitedLog::new(ACCEPT_LOG_EVERY),
+            next_id: 1,
+            stop: watch::channel(false).0,
+        }
+    }
+
+    /// Whether to accept: beyond the ceiling, new clients wait in the listen backlog.
+    fn may_accept(&self) -> bool {
+        self.live.len() < self.ceiling
+    }
+
+    /// Serves a new connection, first making room at the limit (or refusing it).
+    fn start(&mut self, stream: tokio::net::UnixStream, service: &Arc<Service>) {
+        if self.live.len() >= self.max && !make_room(&self.live) {
+            refuse_connection(&stream, self.max);
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let activity = Activity::new();
+        let handle = self.set.spawn(serve_connection(
+            stream,
+            id,
+            Arc::clone(service),
+            Arc::clone(&activity),
+            self.stop.subscribe(),
+        ));
+        self.live.insert(handle.id(), activity);
+    }
+
+    fn finished(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let task = match done {
+            Ok((task, ())) => task,
+            Err(e) => e.id(),
+        };
+        self.live.remove(&task);
+    }
+
+    /// EMFILE and the like: backs off briefly rather than spin, and says so once in a while
+    /// rather than on every attempt.
+    async fn accept_failed(&mut self, e: &io::Error) {
+        if let Some(held_back) = self.accept_log.allow(std::time::Instant::now()) {
+            tracing::warn!(error = %e, held_back, connections = self.live.len(), "accept failed");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    /// Asks every connection to close and waits for their requests, up to [`SHUTDOWN_GRACE`].
+    async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.set.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = self.set.len(),
+                "in-flight requests did not finish in time; abandoning them"
+            );
+            self.set.abort_all();
+        }
+    }
 }

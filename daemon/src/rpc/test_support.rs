@@ -20,7 +20,7 @@ pub fn test_ctx() -> Arc<Ctx> {
         max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         enable_debug_methods: true,
         redelivery: Default::default(),
-        bounds: crate::bounds::BoundsArgs::default(),
+        bounds: crate::config::BoundsArgs::default(),
     };
     let socket = config.socket.clone();
     Arc::new(Ctx::new(config, socket))

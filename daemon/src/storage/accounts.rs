@@ -112,13 +112,9 @@ pub fn get_by_jid(conn: &Connection, jid: &str) -> Result<Option<AccountRow>> {
 
 /// All accounts, by id.
 pub fn list(conn: &Connection) -> Result<Vec<AccountRow>> {
-    let mut st = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM accounts ORDER BY id"))?;
-    let mut rows = st.query([])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(from_row(r)?);
-    }
-    Ok(out)
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM accounts ORDER BY id"))?
+        .query_and_then([], from_row)?
+        .collect()
 }
 
 /// Starts or ends catch-up mode.

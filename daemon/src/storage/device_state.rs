@@ -4,10 +4,10 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::error::Result;
-use super::types::{blob32, id_param, int, namespace, opt_int, secret_blob, text, u32_col};
+use super::types::{
+    addr_params, blob32, id_param, int, namespace, opt_int, secret_blob, text, u32_col, WHERE_ADDR,
+};
 use super::{DeviceAddr, SecretBlob};
-
-const WHERE_ADDR: &str = "account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4";
 
 /// One row of `identity_changes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,15 +42,6 @@ fn change_from_row(r: &Row<'_>) -> Result<IdentityChangeRow> {
         seen_at: int(r, T, "seen_at")?,
         accepted_at: opt_int(r, T, "accepted_at")?,
     })
-}
-
-fn addr_params(addr: &DeviceAddr) -> (i64, &str, &'static str, i64) {
-    (
-        addr.account_id,
-        addr.jid.as_str(),
-        addr.namespace.namespace(),
-        id_param(addr.device_id),
-    )
 }
 
 /// The identity change recorded for a device.
@@ -107,18 +98,16 @@ pub struct PreviousSessionRow {
 /// The previous session states of a device, newest first.
 pub fn previous_sessions(conn: &Connection, addr: &DeviceAddr) -> Result<Vec<PreviousSessionRow>> {
     let (a, j, n, d) = addr_params(addr);
-    let mut st = conn.prepare_cached(&format!(
+    conn.prepare_cached(&format!(
         "SELECT id, state FROM previous_sessions WHERE {WHERE_ADDR} ORDER BY id DESC"
-    ))?;
-    let mut rows = st.query(params![a, j, n, d])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(PreviousSessionRow {
+    ))?
+    .query_and_then(params![a, j, n, d], |r| -> Result<_> {
+        Ok(PreviousSessionRow {
             id: int(r, "previous_sessions", "id")?,
             state: secret_blob(r, "previous_sessions", "state")?,
-        });
-    }
-    Ok(out)
+        })
+    })?
+    .collect()
 }
 
 /// Archives a session state, keeping only the newest `keep` of the device.
@@ -177,17 +166,17 @@ pub fn take_deferred_heartbeats(conn: &Connection, account_id: i64) -> Result<Ve
         "SELECT account_id, jid, namespace, device_id FROM deferred_heartbeats \
          WHERE account_id = ?1 ORDER BY jid, namespace, device_id",
     )?;
-    let mut rows = st.query([account_id])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        const T: &str = "deferred_heartbeats";
-        out.push(DeviceAddr::new(
-            int(r, T, "account_id")?,
-            text(r, T, "jid")?,
-            namespace(r, T, "namespace")?,
-            u32_col(r, T, "device_id")?,
-        ));
-    }
+    let out: Vec<_> = st
+        .query_and_then([account_id], |r| -> Result<_> {
+            const T: &str = "deferred_heartbeats";
+            Ok(DeviceAddr::new(
+                int(r, T, "account_id")?,
+                text(r, T, "jid")?,
+                namespace(r, T, "namespace")?,
+                u32_col(r, T, "device_id")?,
+            ))
+        })?
+        .collect::<Result<_>>()?;
     conn.prepare_cached("DELETE FROM deferred_heartbeats WHERE account_id = ?1")?
         .execute([account_id])?;
     Ok(out)

@@ -6,7 +6,8 @@ use rusqlite::{params, Connection, Row};
 
 use super::error::Result;
 use super::types::{
-    bool_col, id_param, int, namespace, opt_int, opt_text, text, u32_col, DeviceAddr, Namespace,
+    addr_params, bool_col, id_param, int, namespace, opt_int, opt_text, text, u32_col, DeviceAddr,
+    Namespace, WHERE_ADDR,
 };
 
 const T: &str = "devices";
@@ -182,28 +183,20 @@ pub fn list(
     jid: &str,
     ns: Namespace,
 ) -> Result<Vec<DeviceRow>> {
-    let mut st = conn.prepare_cached(&format!(
+    conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM devices WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 ORDER BY device_id"
-    ))?;
-    let rows = st.query(params![account_id, jid, ns.namespace()])?;
-    collect(rows)
+    ))?
+        .query_and_then(params![account_id, jid, ns.namespace()], from_row)?
+        .collect()
 }
 
 /// Every known device of the account, by jid, namespace and device id.
 pub fn list_all(conn: &Connection, account_id: i64) -> Result<Vec<DeviceRow>> {
-    let mut st = conn.prepare_cached(&format!(
+    conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM devices WHERE account_id = ?1 ORDER BY jid, namespace, device_id"
-    ))?;
-    let rows = st.query([account_id])?;
-    collect(rows)
-}
-
-fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<DeviceRow>> {
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(from_row(r)?);
-    }
-    Ok(out)
+    ))?
+    .query_and_then([account_id], from_row)?
+    .collect()
 }
 
 /// One device.
@@ -243,4 +236,16 @@ pub fn delete(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
         .prepare_cached("DELETE FROM devices WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4")?
         .execute(params![addr.account_id, addr.jid, addr.namespace.namespace(), id_param(addr.device_id)])?;
     Ok(n > 0)
+}
+
+/// Forgets a device that is on no list (its messages created the row). Returns whether it was
+/// deleted (a listed device is kept).
+pub fn delete_inactive(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
+    let (a, j, n, d) = addr_params(addr);
+    let deleted = conn
+        .prepare_cached(&format!(
+            "DELETE FROM devices WHERE {WHERE_ADDR} AND active = 0"
+        ))?
+        .execute(params![a, j, n, d])?;
+    Ok(deleted > 0)
 }

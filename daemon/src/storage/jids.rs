@@ -68,15 +68,28 @@ pub fn normalise_stored(conn: &mut Connection) -> Result<NormaliseReport> {
     // transaction briefly breaks the reference.
     tx.pragma_update(None, "defer_foreign_keys", "ON")?;
     let mut report = NormaliseReport::default();
-
     // Accounts first: a collision stops everything.
-    let accounts: Vec<(i64, String)> = {
-        let mut stmt = tx.prepare("SELECT id, jid FROM accounts ORDER BY id")?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows
-    };
+    normalise_accounts(&tx, &mut report)?;
+    let tables: Vec<String> = tx
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+             AND name <> 'accounts' ORDER BY name",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for table in tables {
+        normalise_table(&tx, &table, &mut report)?;
+    }
+    tx.commit()?;
+    Ok(report)
+}
+
+/// Rewrites account JIDs; refuses two accounts whose JIDs are one.
+fn normalise_accounts(tx: &Connection, report: &mut NormaliseReport) -> Result<()> {
+    let accounts: Vec<(i64, String)> = tx
+        .prepare("SELECT id, jid FROM accounts ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
     let mut by_norm: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (_, jid) in &accounts {
         let n = normalise(jid).unwrap_or_else(|| jid.clone());
@@ -98,62 +111,77 @@ pub fn normalise_stored(conn: &mut Connection) -> Result<NormaliseReport> {
             None => report.invalid += 1,
         }
     }
+    Ok(())
+}
 
-    let tables: Vec<String> = {
-        let mut stmt = tx.prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
-             AND name <> 'accounts' ORDER BY name",
-        )?;
-        let rows = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows
-    };
-    for table in tables {
-        let cols = columns(&tx, &table)?;
-        if !cols.iter().any(|(c, _)| c == "jid") || !cols.iter().any(|(c, _)| c == "account_id") {
-            continue;
-        }
-        // skipped_keys move with their session (below).
-        if table == "skipped_keys" {
-            continue;
-        }
-        let key: Vec<&str> = cols
-            .iter()
-            .filter(|(c, pk)| *pk > 0 && c != "jid")
-            .map(|(c, _)| c.as_str())
-            .collect();
-        let keyed = cols.iter().any(|(c, pk)| c == "jid" && *pk > 0);
-        let distinct: Vec<String> = {
-            let mut stmt = tx.prepare(&format!("SELECT DISTINCT jid FROM \"{table}\""))?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
-        };
-        let mut renames: HashMap<String, String> = HashMap::new();
-        for jid in distinct {
-            match normalise(&jid) {
-                Some(n) if n != jid => {
-                    renames.insert(jid, n);
-                }
-                Some(_) => {}
-                None => report.invalid += 1,
+/// Moves the rows of one table with an `(account_id, jid)` to the normalised spellings.
+fn normalise_table(tx: &Connection, table: &str, report: &mut NormaliseReport) -> Result<()> {
+    let cols = columns(tx, table)?;
+    if !cols.iter().any(|(c, _)| c == "jid") || !cols.iter().any(|(c, _)| c == "account_id") {
+        return Ok(());
+    }
+    // skipped_keys move with their session (`merge_keyed`).
+    if table == "skipped_keys" {
+        return Ok(());
+    }
+    let key: Vec<&str> = cols
+        .iter()
+        .filter(|(c, pk)| *pk > 0 && c != "jid")
+        .map(|(c, _)| c.as_str())
+        .collect();
+    let keyed = cols.iter().any(|(c, pk)| c == "jid" && *pk > 0);
+    let distinct: Vec<String> = tx
+        .prepare(&format!("SELECT DISTINCT jid FROM \"{table}\""))?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut renames: HashMap<String, String> = HashMap::new();
+    for jid in distinct {
+        match normalise(&jid) {
+            Some(n) if n != jid => {
+                renames.insert(jid, n);
             }
-        }
-        for (old, new) in renames {
-            if keyed {
-                merge_keyed(&tx, &table, &key, &old, &new, &mut report)?;
-            } else {
-                report.rows_moved += tx.execute(
-                    &format!("UPDATE \"{table}\" SET jid = ?1 WHERE jid = ?2"),
-                    params![new, old],
-                )?;
-            }
+            Some(_) => {}
+            None => report.invalid += 1,
         }
     }
-    tx.commit()?;
-    Ok(report)
+    for (old, new) in renames {
+        if keyed {
+            merge_keyed(tx, table, &key, &old, &new, report)?;
+        } else {
+            report.rows_moved += tx.execute(
+                &format!("UPDATE \"{table}\" SET jid = ?1 WHERE jid = ?2"),
+                params![new, old],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A row of a keyed table: its rowid, its key (without `jid`) and its [`newest_column`].
+type KeyedRow = (i64, Vec<rusqlite::types::Value>, Option<i64>);
+
+/// The rows of `table` stored under `jid`.
+fn keyed_rows(conn: &Connection, table: &str, key: &[&str], jid: &str) -> Result<Vec<KeyedRow>> {
+    let newest = newest_column(table);
+    let select = format!(
+        "SELECT rowid, {}{} FROM \"{table}\" WHERE jid = ?1",
+        key.join(", "),
+        newest.map(|c| format!(", {c}")).unwrap_or_default()
+    );
+    let rows = conn
+        .prepare(&select)?
+        .query_map([jid], |r| {
+            let k = (0..key.len())
+                .map(|i| r.get::<_, rusqlite::types::Value>(i + 1))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let when = match newest {
+                Some(_) => r.get::<_, Option<i64>>(key.len() + 1)?,
+                None => None,
+            };
+            Ok((r.get(0)?, k, when))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
 }
 
 /// Moves the rows of `table` stored under `old` to `new`, row by row; where `new` already has a
@@ -167,29 +195,6 @@ fn merge_keyed(
     report: &mut NormaliseReport,
 ) -> Result<()> {
     let newest = newest_column(table);
-    let key_list = key.join(", ");
-    let select = format!(
-        "SELECT rowid, {key_list}{} FROM \"{table}\" WHERE jid = ?1",
-        newest.map(|c| format!(", {c}")).unwrap_or_default()
-    );
-    let rows: Vec<(i64, Vec<rusqlite::types::Value>, Option<i64>)> = {
-        let mut stmt = conn.prepare(&select)?;
-        let rows = stmt
-            .query_map([old], |r| {
-                let rowid: i64 = r.get(0)?;
-                let mut k = Vec::with_capacity(key.len());
-                for i in 0..key.len() {
-                    k.push(r.get::<_, rusqlite::types::Value>(i + 1)?);
-                }
-                let when = match newest {
-                    Some(_) => r.get::<_, Option<i64>>(key.len() + 1)?,
-                    None => None,
-                };
-                Ok((rowid, k, when))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows
-    };
     let cond: Vec<String> = key
         .iter()
         .enumerate()
@@ -200,39 +205,19 @@ fn merge_keyed(
         newest.map(|c| format!(", {c}")).unwrap_or_default(),
         cond.join(" AND ")
     );
-    for (rowid, k, when) in rows {
+    for (rowid, k, when) in keyed_rows(conn, table, key, old)? {
         let mut args: Vec<rusqlite::types::Value> = vec![new.to_owned().into()];
-        args.extend(k.iter().cloned());
+        args.extend(k);
         let existing: Option<(i64, Option<i64>)> = conn
             .query_row(&find, rusqlite::params_from_iter(args.iter()), |r| {
-                Ok((
-                    r.get(0)?,
-                    match newest {
-                        Some(_) => r.get(1)?,
-                        None => None,
-                    },
-                ))
+                Ok((r.get(0)?, newest.map(|_| r.get(1)).transpose()?.flatten()))
             })
             .optional()?;
         let old_wins = match existing {
             None => true,
-            Some((other, other_when)) => {
-                let old_wins = if table == "trust" {
-                    let level = |id: i64| -> rusqlite::Result<String> {
-                        conn.query_row("SELECT level FROM trust WHERE rowid = ?1", [id], |r| {
-                            r.get(0)
-                        })
-                    };
-                    let (a, b) = (level(rowid)?, level(other)?);
-                    match (a == "distrusted", b == "distrusted") {
-                        (true, false) => true,
-                        (false, true) => false,
-                        _ => when > other_when,
-                    }
-                } else {
-                    when > other_when
-                };
-                let loser = if old_wins { other } else { rowid };
+            Some(other) => {
+                let old_wins = survives(conn, table, (rowid, when), other)?;
+                let loser = if old_wins { other.0 } else { rowid };
                 // A deleted session's skipped keys go with it (cascades are never deferred).
                 conn.execute(
                     &format!("DELETE FROM \"{table}\" WHERE rowid = ?1"),
@@ -254,6 +239,30 @@ fn merge_keyed(
         }
     }
     Ok(())
+}
+
+/// Whether row `a` survives over row `b` (both `(rowid, newest)`) holding the same key: the
+/// newer one does, but a distrust decision always wins.
+fn survives(
+    conn: &Connection,
+    table: &str,
+    (a, a_when): (i64, Option<i64>),
+    (b, b_when): (i64, Option<i64>),
+) -> Result<bool> {
+    if table != "trust" {
+        return Ok(a_when > b_when);
+    }
+    let distrusted = |id: i64| -> rusqlite::Result<bool> {
+        conn.query_row("SELECT level FROM trust WHERE rowid = ?1", [id], |r| {
+            r.get::<_, String>(0)
+        })
+        .map(|level| level == "distrusted")
+    };
+    Ok(match (distrusted(a)?, distrusted(b)?) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => a_when > b_when,
+    })
 }
 
 fn move_skipped(conn: &Connection, session_rowid: i64, old: &str, new: &str) -> Result<()> {

@@ -1,14 +1,34 @@
-//! omemod's persistent state: one SQLite file per user.
+//! omemod's persistent state: one SQLite file per user. Every SQL statement of omemod is in
+//! this module; it imports nothing of the crate above it.
 //!
-//! * [`Store`] opens the file (creating it 0600 in a 0700 directory), applies the embedded
-//!   [`migrations`], and shares the only write connection through a group commit
-//!   ([`Store::write`], see [`writer`]: led by a waiting caller, or by the **writer** thread), a
-//!   few **readers** with read-only WAL connections ([`Store::read`]), and a **checkpointer**
-//!   that keeps the WAL short off the request path.
-//! * The table modules ([`accounts`], [`identity`], [`prekeys`], [`signed_prekeys`],
-//!   [`devices`], [`bundles`], [`sessions`], [`skipped_keys`], [`trust`]) are typed access
-//!   functions taking a `&rusqlite::Connection` (a `Transaction` derefs to one), meant to be
-//!   called inside `write`/`read` closures.
+//! [`Store`] opens the file (creating it 0600 in a 0700 directory), applies the embedded
+//! migrations, and shares the only write connection through a group commit ([`Store::write`]:
+//! led by a waiting caller, or by the **writer** thread), a few **readers** with read-only WAL
+//! connections ([`Store::read`]), and a **checkpointer** that keeps the WAL short off the
+//! request path. The table modules are typed access functions taking a `&rusqlite::Connection`
+//! (a transaction derefs to one), meant to be called inside `write`/`read` closures.
+//!
+//! - [`accounts`]: the local accounts, one own device each.
+//! - [`identity`]: our identity key pair per account.
+//! - [`prekeys`]: our one-time prekeys, and refilling their pools.
+//! - [`signed_prekeys`]: our signed prekeys.
+//! - [`devices`]: device lists of contacts and of our own account.
+//! - [`bundles`]: the latest bundle fetched for each remote device.
+//! - [`sessions`]: Double Ratchet sessions, one per remote device and namespace.
+//! - [`skipped_keys`]: message keys of skipped messages, per session.
+//! - [`device_state`]: identity changes, previous session states, deferred heartbeats.
+//! - [`trust`]: trust decisions per contact JID and identity key.
+//! - [`rebuilds`]: sessions to rebuild after a rollback.
+//! - [`redelivery`]: what lets a message be decrypted again and an `encrypt` be retried.
+//! - [`generation`]: the generation counter that detects a rolled-back database.
+//! - [`jids`]: normalised JIDs, and bringing stored ones to that form.
+//! - [`migrations`]: the numbered schema migrations.
+//! - [`transfer`]: account deletion, backups, restores and exports.
+//! - [`writer`]: the group commit on the one write connection.
+//! - `reader`: the read-only connection pool.
+//! - [`checkpoint`]: background WAL checkpoints.
+//! - `error`: [`StorageError`].
+//! - `types`: secret wrappers, device addresses, column decoding.
 //!
 //! The schema is documented for humans in `docs/schema.md`.
 
@@ -24,6 +44,7 @@ pub mod jids;
 pub mod migrations;
 pub mod prekeys;
 mod reader;
+pub mod rebuilds;
 pub mod redelivery;
 pub mod sessions;
 pub mod signed_prekeys;
@@ -128,7 +149,7 @@ pub struct Store {
     path: PathBuf,
     config: StoreConfig,
     writer: Arc<writer::Shared>,
-    readers: RwLock<Option<Sender<Box<dyn ReadJob>>>>,
+    readers: RwLock<Option<ReadQueue>>,
     threads: Mutex<Threads>,
     writer_stats: Arc<WriterStats>,
     checkpoint_stats: Arc<CheckpointStats>,
@@ -273,6 +294,53 @@ fn wal_bytes(pages: u64, page_size: u64) -> u64 {
     32 + pages.saturating_mul(page_size + 24)
 }
 
+/// Cuts the WAL file back to the checkpoint threshold whenever the log starts over, so that the
+/// file's growth tells the writer how long the log is (`writer::Conn::after_commit`). Returns
+/// the threshold in bytes.
+fn limit_wal(conn: &Connection, config: &StoreConfig) -> Result<u64> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let page_size = u64::try_from(page_size).unwrap_or(4096);
+    let threshold_bytes = wal_bytes(config.checkpoint_pages, page_size);
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        i64::try_from(threshold_bytes).unwrap_or(i64::MAX),
+    )?;
+    Ok(threshold_bytes)
+}
+
+/// Starts a storage thread.
+fn spawn<T: Send + 'static>(
+    path: &Path,
+    name: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(io_err("spawning storage thread for", path))
+}
+
+/// Where read jobs are queued for the reader threads.
+type ReadQueue = Sender<Box<dyn ReadJob>>;
+
+/// Starts one reader thread per connection, all taking jobs from one queue.
+fn spawn_readers(path: &Path, conns: Vec<Connection>) -> Result<(ReadQueue, Vec<JoinHandle<()>>)> {
+    let (read_tx, read_rx) = mpsc::channel::<Box<dyn ReadJob>>();
+    let read_rx = Arc::new(Mutex::new(read_rx));
+    let threads = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let rx = Arc::clone(&read_rx);
+            spawn(path, format!("omemod-reader-{i}"), move || {
+                reader::run(c, rx)
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((read_tx, threads))
+}
+
 impl Store {
     /// Opens (or creates) the database at `path` with default tuning.
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
@@ -294,27 +362,16 @@ impl Store {
         if report != jids::NormaliseReport::default() {
             tracing::info!(?report, "stored JIDs normalised");
         }
-        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let page_size = u64::try_from(page_size).unwrap_or(4096);
-        let threshold_bytes = wal_bytes(config.checkpoint_pages, page_size);
-        // Cut the WAL file back to the checkpoint threshold whenever the log starts over, so
-        // that the file's growth tells the writer how long the log is
-        // (`writer::Conn::after_commit`).
-        conn.pragma_update(
-            None,
-            "journal_size_limit",
-            i64::try_from(threshold_bytes).unwrap_or(i64::MAX),
-        )?;
-
-        let mut readers_conns = Vec::with_capacity(config.readers.max(1));
-        for _ in 0..config.readers.max(1) {
-            let c = open_connection(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                &config,
-            )?;
-            readers_conns.push(c);
-        }
+        let threshold_bytes = limit_wal(&conn, &config)?;
+        let readers_conns = (0..config.readers.max(1))
+            .map(|_| {
+                open_connection(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    &config,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         let ckpt_conn = open_connection(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -335,12 +392,6 @@ impl Store {
             wal_path: PathBuf::from(wal_path),
             threshold_bytes,
         };
-
-        let spawn_err = |source| StorageError::Io {
-            action: "spawning storage thread for",
-            path: path.to_owned(),
-            source,
-        };
         let interval = config.checkpoint_interval;
         let stats = Arc::clone(&checkpoint_stats);
         let watch = checkpoint::StallWatch {
@@ -348,10 +399,9 @@ impl Store {
             after: config.checkpoint_stall_warning,
             min_bytes: signal.threshold_bytes,
         };
-        let checkpointer = std::thread::Builder::new()
-            .name("omemod-checkpoint".into())
-            .spawn(move || checkpoint::run(ckpt_conn, wake_rx, dirty, interval, stats, watch))
-            .map_err(spawn_err)?;
+        let checkpointer = spawn(path, "omemod-checkpoint".into(), move || {
+            checkpoint::run(ckpt_conn, wake_rx, dirty, interval, stats, watch)
+        })?;
 
         // Under NORMAL a commit is cheaper than a hand-off to another thread and back, so a
         // waiting request leads it; under FULL the fsync is better spent off the runtime.
@@ -362,22 +412,10 @@ impl Store {
             config.durability == Durability::Normal,
         );
         let for_thread = Arc::clone(&shared);
-        let writer = std::thread::Builder::new()
-            .name("omemod-writer".into())
-            .spawn(move || writer::run(for_thread))
-            .map_err(spawn_err)?;
-
-        let (read_tx, read_rx) = mpsc::channel::<Box<dyn ReadJob>>();
-        let read_rx = Arc::new(Mutex::new(read_rx));
-        let mut reader_threads = Vec::with_capacity(readers_conns.len());
-        for (i, c) in readers_conns.into_iter().enumerate() {
-            let rx = Arc::clone(&read_rx);
-            let h = std::thread::Builder::new()
-                .name(format!("omemod-reader-{i}"))
-                .spawn(move || reader::run(c, rx))
-                .map_err(spawn_err)?;
-            reader_threads.push(h);
-        }
+        let writer = spawn(path, "omemod-writer".into(), move || {
+            writer::run(for_thread)
+        })?;
+        let (read_tx, reader_threads) = spawn_readers(path, readers_conns)?;
 
         tracing::info!(path = %path.display(), durability = ?config.durability, "storage opened");
         Ok(Store {

@@ -78,6 +78,31 @@ pub fn insert_many(conn: &Connection, rows: &[PreKeyRow]) -> Result<()> {
     Ok(())
 }
 
+/// Tops up each namespace's pool of live one-time prekeys to `size` (each namespace has its own
+/// keys, so a peer building sessions in both never gets the same one twice): `make` turns fresh
+/// ids into rows (and whatever goes with them), which are stored and returned.
+pub fn refill_pools<K>(
+    conn: &Connection,
+    account_id: i64,
+    size: u32,
+    mut make: impl FnMut(std::ops::Range<u32>, Namespace) -> Vec<(PreKeyRow, K)>,
+) -> Result<Vec<(PreKeyRow, K)>> {
+    let mut out = Vec::new();
+    for ns in Namespace::ALL {
+        let live = count_live_in(conn, account_id, ns)?;
+        if live < size {
+            let ids = super::accounts::take_prekey_ids(conn, account_id, size - live)?;
+            let rows = make(ids, ns);
+            insert_many(
+                conn,
+                &rows.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(),
+            )?;
+            out.extend(rows);
+        }
+    }
+    Ok(out)
+}
+
 /// One prekey, live or used.
 pub fn get(conn: &Connection, account_id: i64, id: u32) -> Result<Option<PreKeyRow>> {
     let mut st = conn.prepare_cached(
@@ -90,16 +115,12 @@ pub fn get(conn: &Connection, account_id: i64, id: u32) -> Result<Option<PreKeyR
 
 /// Every prekey of the account, live and used, by id.
 pub fn list(conn: &Connection, account_id: i64) -> Result<Vec<PreKeyRow>> {
-    let mut st = conn.prepare_cached(
+    conn.prepare_cached(
         "SELECT account_id, id, private_key, public_key, created_at, used_at, namespace, used_by \
          FROM prekeys WHERE account_id = ?1 ORDER BY id",
-    )?;
-    let mut rows = st.query([account_id])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(from_row(r)?);
-    }
-    Ok(out)
+    )?
+    .query_and_then([account_id], from_row)?
+    .collect()
 }
 
 /// Marks a live prekey used at `now` by the key exchange with ephemeral key `by`. Returns
@@ -137,18 +158,16 @@ pub fn delete_used(conn: &Connection, account_id: i64) -> Result<usize> {
 
 /// Public halves of the live prekeys, by id, for the bundle.
 pub fn list_live_public(conn: &Connection, account_id: i64) -> Result<Vec<PublicPreKey>> {
-    let mut st = conn.prepare_cached(
+    conn.prepare_cached(
         "SELECT id, public_key FROM prekeys WHERE account_id = ?1 AND used_at IS NULL ORDER BY id",
-    )?;
-    let mut rows = st.query([account_id])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(PublicPreKey {
+    )?
+    .query_and_then([account_id], |r| -> Result<_> {
+        Ok(PublicPreKey {
             id: u32_col(r, T, "id")?,
             public_key: blob32(r, T, "public_key")?,
-        });
-    }
-    Ok(out)
+        })
+    })?
+    .collect()
 }
 
 /// How many live prekeys the account has (both pools, and keys from before the split).

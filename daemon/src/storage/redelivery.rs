@@ -70,6 +70,29 @@ pub fn record(conn: &Connection, row: &RedeliveryRow, keep_key: bool) -> Result<
     Ok(conn.last_insert_rowid())
 }
 
+/// What a decryption's commit writes so that the element can be redelivered: its row, and
+/// now and then a prune (every few hundred records, besides the hourly one).
+#[derive(Debug)]
+pub struct Record {
+    /// The row.
+    pub row: RedeliveryRow,
+    /// Whether key material is kept (redelivery on), else only the digest.
+    pub keep_key: bool,
+    /// Bounds and key frontier of a prune to run in the same transaction.
+    pub prune: Option<(Bounds, i64)>,
+}
+
+impl Record {
+    /// Writes the row (and runs the prune); returns the row id.
+    pub fn write(&self, conn: &Connection) -> Result<i64> {
+        let id = record(conn, &self.row, self.keep_key)?;
+        if let Some((b, from)) = self.prune {
+            prune(conn, self.row.created_at, b, from)?;
+        }
+        Ok(id)
+    }
+}
+
 fn blob32(table: &'static str, column: &'static str, b: &[u8]) -> Result<[u8; 32]> {
     b.try_into().map_err(|_| StorageError::BadData {
         table,
@@ -122,14 +145,12 @@ pub fn lookup(conn: &Connection, id: i64, account_id: i64, digest: &[u8; 32]) ->
 /// (first 8 bytes of the digest, row id) of every remembered message, to fill the in-memory
 /// filter.
 pub fn digest_prefixes(conn: &Connection) -> Result<Vec<(u64, i64)>> {
-    let mut out = Vec::new();
-    let mut st = conn.prepare("SELECT digest, id FROM redelivery")?;
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        let b: Vec<u8> = r.get(0)?;
-        out.push((prefix(&blob32("redelivery", "digest", &b)?), r.get(1)?));
-    }
-    Ok(out)
+    conn.prepare("SELECT digest, id FROM redelivery")?
+        .query_and_then([], |r| {
+            let b: Vec<u8> = r.get(0)?;
+            Ok((prefix(&blob32("redelivery", "digest", &b)?), r.get(1)?))
+        })?
+        .collect()
 }
 
 /// The filter key of a digest.

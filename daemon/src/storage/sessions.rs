@@ -198,28 +198,43 @@ pub fn delete(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
     Ok(n > 0)
 }
 
+/// Forgets the session of a device that its owner does not list, with what it brought in: its
+/// skipped keys and previous states, the device row its messages created, and the trust row of
+/// its identity key unless the user decided it or another session or bundle uses the key.
+/// Returns `None` if there was no session, else whether that trust row was deleted, with the key.
+pub fn delete_unlisted(conn: &Connection, addr: &DeviceAddr) -> Result<Option<([u8; 32], bool)>> {
+    let Some(row) = get(conn, addr)? else {
+        return Ok(None);
+    };
+    delete(conn, addr)?;
+    // Its earlier states would let the same unlisted device come back.
+    super::device_state::delete_previous_sessions(conn, addr)?;
+    super::devices::delete_inactive(conn, addr)?;
+    let key = row.identity_key;
+    let (account_id, jid) = (addr.account_id, addr.jid.as_str());
+    let mut forgotten = false;
+    if !super::trust::key_in_use(conn, account_id, jid, &key)? {
+        let manual = super::trust::get(conn, account_id, jid, &key)?
+            .is_some_and(|t| t.source == super::trust::TrustSource::Manual);
+        forgotten = !manual && super::trust::delete(conn, account_id, jid, &key)?;
+    }
+    Ok(Some((key, forgotten)))
+}
+
 /// Every session of the account, by jid, namespace and device id.
 pub fn list(conn: &Connection, account_id: i64) -> Result<Vec<SessionRow>> {
-    let mut st = conn.prepare_cached(&format!(
+    conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM sessions WHERE account_id = ?1 ORDER BY jid, namespace, device_id"
-    ))?;
-    let rows = st.query([account_id])?;
-    collect(rows)
+    ))?
+    .query_and_then([account_id], from_row)?
+    .collect()
 }
 
 /// The sessions with every device of one JID (both namespaces).
 pub fn list_for_jid(conn: &Connection, account_id: i64, jid: &str) -> Result<Vec<SessionRow>> {
-    let mut st = conn.prepare_cached(&format!(
+    conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM sessions WHERE account_id = ?1 AND jid = ?2 ORDER BY namespace, device_id"
-    ))?;
-    let rows = st.query(params![account_id, jid])?;
-    collect(rows)
-}
-
-fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<SessionRow>> {
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(from_row(r)?);
-    }
-    Ok(out)
+    ))?
+        .query_and_then(params![account_id, jid], from_row)?
+        .collect()
 }

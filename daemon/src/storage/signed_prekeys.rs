@@ -85,15 +85,11 @@ pub fn get(conn: &Connection, account_id: i64, id: u32) -> Result<Option<SignedP
 
 /// All signed prekeys of the account, by id.
 pub fn list(conn: &Connection, account_id: i64) -> Result<Vec<SignedPreKeyRow>> {
-    let mut st = conn.prepare_cached(&format!(
+    conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM signed_prekeys WHERE account_id = ?1 ORDER BY id"
-    ))?;
-    let mut rows = st.query([account_id])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(from_row(r)?);
-    }
-    Ok(out)
+    ))?
+    .query_and_then([account_id], from_row)?
+    .collect()
 }
 
 /// Marks a signed prekey retired at `now` (keeps an earlier retirement time).

@@ -1,9 +1,10 @@
 //! `skipped_keys`: message keys of skipped messages, per session (deleted with it).
 
+use protocol_core::double_ratchet::skipped_keys::{SkippedKey, SkippedKeyChanges};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::Result;
-use super::types::{id_param, DeviceAddr, SecretKey};
+use super::types::{addr_columns, id_param, DeviceAddr, SecretKey};
 
 /// One skipped message key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,59 @@ pub fn insert(conn: &Connection, row: &SkippedKeyRow) -> Result<bool> {
             row.created_at
         ])?;
     Ok(n > 0)
+}
+
+/// Mirrors a decryption's skipped-key changes (keys used, evicted and added).
+pub fn apply_changes(
+    conn: &Connection,
+    addr: &DeviceAddr,
+    changes: &SkippedKeyChanges,
+    now: i64,
+) -> Result<()> {
+    if let Some((rk, n)) = changes.used {
+        take(conn, addr, &rk, n)?;
+    }
+    for (rk, n) in &changes.evicted {
+        take(conn, addr, rk, *n)?;
+    }
+    for k in &changes.added {
+        if changes
+            .evicted
+            .iter()
+            .any(|(rk, n)| *n == k.n && *rk == k.ratchet_key)
+        {
+            continue;
+        }
+        insert_key(conn, addr, k, now)?;
+    }
+    Ok(())
+}
+
+fn insert_key(conn: &Connection, addr: &DeviceAddr, k: &SkippedKey, now: i64) -> Result<bool> {
+    insert(
+        conn,
+        &SkippedKeyRow {
+            addr: addr.clone(),
+            ratchet_key: k.ratchet_key,
+            n: k.n,
+            message_key: SecretKey::new(k.message_key),
+            created_at: now,
+        },
+    )
+}
+
+/// Replaces every stored skipped key of a (new) session by `keys`.
+pub fn replace_for_session<'k>(
+    conn: &Connection,
+    addr: &DeviceAddr,
+    keys: impl IntoIterator<Item = &'k SkippedKey>,
+    now: i64,
+) -> Result<()> {
+    delete_for_session(conn, addr)?;
+    for k in keys {
+        insert_key(conn, addr, k, now)?;
+    }
+    Ok(())
 }
 
 /// Removes and returns the key of message `n` of the chain `ratchet_key` (a key is used once).
@@ -82,38 +136,40 @@ pub fn take(
 
 /// Every skipped key of a session, oldest first.
 pub fn list(conn: &Connection, addr: &DeviceAddr) -> Result<Vec<SkippedKeyRow>> {
-    let mut st = conn.prepare_cached(
+    conn.prepare_cached(
         "SELECT ratchet_key, n, message_key, created_at FROM skipped_keys \
          WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4 \
          ORDER BY created_at, rowid",
-    )?;
-    let mut rows = st.query(params![
-        addr.account_id,
-        addr.jid,
-        addr.namespace.namespace(),
-        id_param(addr.device_id)
-    ])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let bad = |column: &'static str, len: usize| super::StorageError::BadData {
-            table: "skipped_keys",
-            column,
-            reason: format!("expected 32 bytes, found {len}"),
-        };
-        let rk: Vec<u8> = r.get(0)?;
-        let mk = zeroize::Zeroizing::new(r.get::<_, Vec<u8>>(2)?);
-        out.push(SkippedKeyRow {
-            addr: addr.clone(),
-            ratchet_key: rk
-                .as_slice()
-                .try_into()
-                .map_err(|_| bad("ratchet_key", rk.len()))?,
-            n: u32::try_from(r.get::<_, i64>(1)?).map_err(|_| bad("n", 0))?,
-            message_key: SecretKey::from_slice(&mk).ok_or_else(|| bad("message_key", mk.len()))?,
-            created_at: r.get(3)?,
-        });
-    }
-    Ok(out)
+    )?
+    .query_and_then(
+        params![
+            addr.account_id,
+            addr.jid,
+            addr.namespace.namespace(),
+            id_param(addr.device_id)
+        ],
+        |r| -> Result<_> {
+            let bad = |column: &'static str, len: usize| super::StorageError::BadData {
+                table: "skipped_keys",
+                column,
+                reason: format!("expected 32 bytes, found {len}"),
+            };
+            let rk: Vec<u8> = r.get(0)?;
+            let mk = zeroize::Zeroizing::new(r.get::<_, Vec<u8>>(2)?);
+            Ok(SkippedKeyRow {
+                addr: addr.clone(),
+                ratchet_key: rk
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("ratchet_key", rk.len()))?,
+                n: u32::try_from(r.get::<_, i64>(1)?).map_err(|_| bad("n", 0))?,
+                message_key: SecretKey::from_slice(&mk)
+                    .ok_or_else(|| bad("message_key", mk.len()))?,
+                created_at: r.get(3)?,
+            })
+        },
+    )?
+    .collect()
 }
 
 /// Deletes every skipped key of a session. Returns how many.
@@ -161,4 +217,16 @@ pub fn delete_older_than(conn: &Connection, cutoff: i64) -> Result<usize> {
     Ok(conn
         .prepare_cached("DELETE FROM skipped_keys WHERE created_at < ?1")?
         .execute([cutoff])?)
+}
+
+/// The sessions that hold skipped keys created before `cutoff` (rows with an unknown namespace
+/// or a device id out of range are skipped).
+pub fn sessions_with_keys_before(conn: &Connection, cutoff: i64) -> Result<Vec<DeviceAddr>> {
+    let rows: Vec<_> = conn
+        .prepare_cached(
+            "SELECT DISTINCT account_id, jid, namespace, device_id FROM skipped_keys WHERE created_at < ?1",
+        )?
+        .query_map(params![cutoff], addr_columns)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows.into_iter().flatten().collect())
 }

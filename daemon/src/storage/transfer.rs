@@ -287,16 +287,16 @@ fn from_json(v: &Value) -> Result<SqlValue> {
 fn rows_of(conn: &Connection, sql: &str, id: i64) -> Result<Vec<Map<String, Value>>> {
     let mut stmt = conn.prepare(sql)?;
     let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
-    let mut rows = stmt.query([id])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let mut m = Map::new();
-        for (i, name) in names.iter().enumerate() {
-            m.insert(name.clone(), to_json(r.get::<_, SqlValue>(i)?));
-        }
-        out.push(m);
-    }
-    Ok(out)
+    let rows = stmt
+        .query_and_then([id], |r| -> Result<_> {
+            let mut m = Map::new();
+            for (i, name) in names.iter().enumerate() {
+                m.insert(name.clone(), to_json(r.get::<_, SqlValue>(i)?));
+            }
+            Ok(m)
+        })?
+        .collect();
+    rows
 }
 
 /// Every row of the account `jid` as one JSON document (secrets included: treat the file as

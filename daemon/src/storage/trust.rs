@@ -140,16 +140,12 @@ pub fn set(conn: &Connection, row: &TrustRow) -> Result<()> {
 
 /// Decisions of the account, for one JID or all, by jid then time.
 pub fn list(conn: &Connection, account_id: i64, jid: Option<&str>) -> Result<Vec<TrustRow>> {
-    let mut st = conn.prepare_cached(&format!(
+    conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM trust WHERE account_id = ?1 AND (?2 IS NULL OR jid = ?2) \
          ORDER BY jid, decided_at, identity_key"
-    ))?;
-    let mut rows = st.query(params![account_id, jid])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(from_row(r)?);
-    }
-    Ok(out)
+    ))?
+    .query_and_then(params![account_id, jid], from_row)?
+    .collect()
 }
 
 /// Forgets a decision. Returns whether there was one.
@@ -165,4 +161,19 @@ pub fn delete(
         )?
         .execute(params![account_id, jid, &identity_key[..]])?;
     Ok(n > 0)
+}
+
+/// Whether a session or a stored bundle of `jid` still uses `identity_key`.
+pub fn key_in_use(
+    conn: &Connection,
+    account_id: i64,
+    jid: &str,
+    identity_key: &[u8; 32],
+) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM sessions WHERE account_id = ?1 AND jid = ?2 AND identity_key = ?3) \
+             OR EXISTS (SELECT 1 FROM bundles WHERE account_id = ?1 AND jid = ?2 AND identity_curve25519 = ?3)",
+        )?
+        .query_row(params![account_id, jid, &identity_key[..]], |r| r.get(0))?)
 }

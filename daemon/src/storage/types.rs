@@ -119,6 +119,38 @@ impl DeviceAddr {
 }
 
 /// The row of `table` (columns `columns`) that belongs to one device, if any. Every per-device
+/// The condition that selects one device's rows, with [`addr_params`] as `?1` to `?4`.
+pub(crate) const WHERE_ADDR: &str =
+    "account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4";
+
+/// A device address as the parameters of [`WHERE_ADDR`].
+pub(crate) fn addr_params(addr: &DeviceAddr) -> (i64, &str, &'static str, i64) {
+    (
+        addr.account_id,
+        addr.jid.as_str(),
+        addr.namespace.namespace(),
+        id_param(addr.device_id),
+    )
+}
+
+/// The device address in the first four columns (`account_id, jid, namespace, device_id`);
+/// `None` for an unknown namespace or a device id out of range.
+pub(crate) fn addr_columns(r: &Row<'_>) -> rusqlite::Result<Option<DeviceAddr>> {
+    let ns: String = r.get(2)?;
+    let device_id: i64 = r.get(3)?;
+    Ok(
+        match (Namespace::from_namespace(&ns), u32::try_from(device_id)) {
+            (Some(namespace), Ok(device_id)) => Some(DeviceAddr::new(
+                r.get(0)?,
+                r.get::<_, String>(1)?,
+                namespace,
+                device_id,
+            )),
+            _ => None,
+        },
+    )
+}
+
 /// table is keyed by (account_id, jid, namespace, device_id).
 pub(crate) fn get_by_addr<T>(
     conn: &rusqlite::Connection,

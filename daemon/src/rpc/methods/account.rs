@@ -41,7 +41,7 @@ pub struct AccountInfo {
     /// them to `devicelist.update` (before publishing ours, or the user's other devices are
     /// wiped from it), then publish our bundles.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub actions: Vec<crate::manager::Action>,
+    pub actions: Vec<crate::events::Action>,
 }
 
 impl Method for AccountCreate {
@@ -188,7 +188,7 @@ pub struct RenewedDeviceId {
     /// Our fingerprint (unchanged).
     pub fingerprint: String,
     /// Publish both device lists and bundles now.
-    pub actions: Vec<crate::manager::Action>,
+    pub actions: Vec<crate::events::Action>,
 }
 
 impl Method for AccountRenewDeviceId {

@@ -1,10 +1,21 @@
-//! The RPC methods, one file per domain. To add a method: implement [`Method`] in
-//! `methods/<domain>.rs` and add one `registry.register::<YourMethod>()?` line below.
+//! The RPC methods, one file per domain. To add a method: implement
+//! [`Method`](crate::rpc::registry::Method) in `methods/<domain>.rs` and add one
+//! `registry.register::<YourMethod>()?` line below.
+//!
+//! - [`status`], [`discover`]: the daemon itself and its OpenRPC document.
+//! - [`subscription`]: `subscribe` / `unsubscribe`.
+//! - [`account`]: accounts and fingerprints.
+//! - [`bundle`]: bundles and device lists.
+//! - [`encrypt`], [`plan`], [`decrypt`]: messages.
+//! - [`trust`]: trust, devices, catch-up, identity changes.
+//! - [`debug`]: test-only methods.
+//! - [`params`]: param fragments shared by several methods.
+//! - `convert`: session-manager errors to RPC error kinds.
 
 use std::sync::Arc;
 
 use crate::rpc::ctx::Ctx;
-use crate::rpc::registry::{Registry, RegistryError};
+use crate::rpc::registry::{MethodTable, Registry, RegistryError};
 
 pub mod account;
 pub mod bundle;
@@ -53,13 +64,13 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
     Ok(())
 }
 
-/// Builds the module and the OpenRPC document, and stores the document in `ctx`.
-pub fn build(ctx: Arc<Ctx>, debug: bool) -> Result<jsonrpsee::RpcModule<Ctx>, RegistryError> {
+/// Builds the method table and the OpenRPC document, and stores the document in `ctx`.
+pub fn build(ctx: Arc<Ctx>, debug: bool) -> Result<MethodTable, RegistryError> {
     let mut registry = Registry::new(Arc::clone(&ctx));
     register_all(&mut registry, debug)?;
-    let (module, doc) = registry.finish();
+    let (table, doc) = registry.finish();
     let _ = ctx.openrpc.set(doc);
-    Ok(module)
+    Ok(table)
 }
 
 #[cfg(test)]
@@ -73,9 +84,7 @@ mod tests {
         for debug in [false, true] {
             let ctx = test_ctx();
             let module = build(Arc::clone(&ctx), debug).ok();
-            let module = module
-                .as_ref()
-                .map(|m| m.method_names().collect::<BTreeSet<_>>());
+            let module = module.as_ref().map(|m| m.names().collect::<BTreeSet<_>>());
             let doc = ctx.openrpc.get().cloned().unwrap_or_default();
             let documented: BTreeSet<&str> = doc["methods"]
                 .as_array()
@@ -99,12 +108,16 @@ mod tests {
         let Some(module) = module else {
             panic!("build failed")
         };
-        let req = r#"{"jsonrpc":"2.0","id":1,"method":"status"}"#;
-        let answer = module.raw_json_request(req, 1).await.ok();
-        let v: serde_json::Value = answer
-            .and_then(|(raw, _)| serde_json::from_str(raw.get()).ok())
+        let call = module.call("status", crate::rpc::ctx::Conn::detached(), None);
+        let Some(call) = call else {
+            panic!("no status method")
+        };
+        let v: serde_json::Value = call
+            .await
+            .ok()
+            .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_default();
-        assert_eq!(v["result"]["version"], env!("CARGO_PKG_VERSION"));
-        assert_eq!(v["result"]["clients"], 0);
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(v["clients"], 0);
     }
 }

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::account::AccountParams;
 use super::params::Namespace;
+use crate::events::Action;
 use crate::manager::pinning::IdentityAccepted;
 use crate::manager::trust::{DeviceEntry, TrustEntry};
-use crate::manager::Action;
 use crate::rpc::ctx::{Conn, Ctx};
 use crate::rpc::error::{ErrorKind, RpcError};
 use crate::rpc::registry::Method;
