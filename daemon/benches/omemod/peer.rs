@@ -177,7 +177,7 @@ impl Device {
             Version::Twomemo => {
                 let pt = payload::twomemo::decrypt(&d.plaintext, ct).expect("payload");
                 let env = parse_envelope(std::str::from_utf8(&pt).expect("utf-8")).expect("sce");
-                env.body
+                env.body.map(|b| b.as_str().to_owned())
             }
         }
     }
