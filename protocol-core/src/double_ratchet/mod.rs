@@ -29,7 +29,6 @@ use thiserror::Error;
 
 /// Errors of the ratchet itself (the wire layer adds its own).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum RatchetError {
     /// The message's key was already used: a replay or a duplicate. Only said when certain.
     #[error("duplicate message (chain index {0} already used)")]
