@@ -15,7 +15,9 @@
 use super::account::{refill_prekey_pools, Account, OwnKeys};
 use super::error::RateLimited;
 use super::sessions::{session_row, SessionMeta, SlotGuard};
-use super::{check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, Manager, StorageError};
+use super::{
+    check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyTrust, Manager, StorageError,
+};
 use crate::events::{Action, Cause, Event};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
@@ -499,12 +501,11 @@ struct Received<'a> {
     conv: &'a Conversation,
 }
 
-/// What step 3 found: the account's mode, the trust of the sender's key (with whether its row
-/// is new), the opened payload, and whether a heartbeat is due.
+/// What step 3 found: the account's mode, the trust of the sender's key, the opened payload,
+/// and whether a heartbeat is due.
 struct Verdict {
     mode: Mode,
-    trust: TrustRow,
-    new_trust: bool,
+    trust: KeyTrust,
     opened: Opened,
     heartbeat: bool,
 }
@@ -577,7 +578,7 @@ impl Manager {
             .after_commit(&acct, &addr, &attempt, &verdict, &committed)
             .await;
         tracing::debug!(account = %acct.jid, peer = from, device = element.sid, ns = %addr.namespace, kex = attempt.key_exchange, "decrypted");
-        let trust = &verdict.trust;
+        let trust = &verdict.trust.row;
         Ok(DecryptOutcome {
             actions,
             ..DecryptOutcome::new(&element, from, trust, verdict.opened, attempt.key_exchange)
@@ -595,8 +596,8 @@ impl Manager {
     ) -> Result<Verdict, DecryptError> {
         let mode = self.mode(acct, held).await;
         let curve = *attempt.session.remote_curve25519();
-        let (trust, new_trust) = self.trust_for_key(acct, mode.trust, received.from, &curve);
-        if trust.level == TrustLevel::Distrusted {
+        let trust = self.trust_for_key(acct, mode.trust, received.from, &curve);
+        if trust.row.level == TrustLevel::Distrusted {
             return Err(DecryptError::Distrusted);
         }
         let element = received.element;
@@ -605,7 +606,6 @@ impl Manager {
         Ok(Verdict {
             mode,
             trust,
-            new_trust,
             opened,
             heartbeat: attempt.key_exchange || attempt.decrypted.n >= HEARTBEAT_COUNTER,
         })
@@ -621,8 +621,8 @@ impl Manager {
         verdict: &Verdict,
         committed: &Committed,
     ) -> Vec<Action> {
-        if verdict.new_trust {
-            let row = vec![verdict.trust.clone()];
+        if verdict.trust.new {
+            let row = vec![verdict.trust.row.clone()];
             self.remember_trust(acct, row, addr.namespace, addr.device_id);
         }
         if matches!(attempt.origin, Origin::New { .. }) {
@@ -802,7 +802,7 @@ impl Manager {
                 now,
             ),
             defer_heartbeat: verdict.heartbeat && verdict.mode.catchup,
-            trust: verdict.new_trust.then(|| verdict.trust.clone()),
+            trust: verdict.trust.new.then(|| verdict.trust.row.clone()),
             touch,
             ..DecryptWrite::of(acct.id, slot, attempt, now)
         };

@@ -12,7 +12,9 @@ use super::bundle_cache::{VerifiedBundle, WriteTicket};
 use super::error::{RateLimited, RecipientsError};
 use super::peer_bundle::StoredBundle;
 use super::sessions::{session_row, session_row_with_state, SessionMeta, SlotGuard};
-use super::{check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, Manager, StorageError};
+use super::{
+    check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyLevel, Manager, StorageError,
+};
 use crate::events::Action;
 use crate::storage::redelivery::EncryptResultRow;
 use crate::storage::trust::{TrustLevel, TrustRow};
@@ -559,7 +561,9 @@ impl Manager {
         namespace: Version,
         device_id: u32,
     ) -> Result<EncryptOutcome, HeartbeatError> {
-        let (acct, addr) = self.device_of(account, jid, namespace, device_id)?;
+        let jid = check_bare_jid(jid)?;
+        let acct = self.account(account)?;
+        let addr = Self::addr(&acct, &jid, namespace, device_id);
         self.empty_message(&acct, addr, false).await
     }
 
@@ -572,25 +576,13 @@ impl Manager {
         namespace: Version,
         device_id: u32,
     ) -> Result<EncryptOutcome, ReplaceSessionError> {
-        let (acct, addr) = self.device_of(account, jid, namespace, device_id)?;
+        let jid = check_bare_jid(jid).map_err(HeartbeatError::from)?;
+        let acct = self.account(account).map_err(HeartbeatError::from)?;
+        let addr = Self::addr(&acct, &jid, namespace, device_id);
         self.check_rebuild_allowed(&addr)?;
         let out = self.empty_message(&acct, addr.clone(), true).await?;
         self.record_rebuild(&addr);
         Ok(out)
-    }
-
-    /// The account and the device a one-device call names.
-    fn device_of(
-        &self,
-        account: Option<&str>,
-        jid: &str,
-        namespace: Version,
-        device_id: u32,
-    ) -> Result<(Arc<Account>, DeviceAddr), HeartbeatError> {
-        let jid = check_bare_jid(jid)?;
-        let acct = self.account(account)?;
-        let addr = Self::addr(&acct, &jid, namespace, device_id);
-        Ok((acct, addr))
     }
 
     /// An empty message to one device, on a new session if `force_new`.
@@ -650,8 +642,10 @@ impl Manager {
             Some(k) => Some(super::redelivery::encrypt_record(acct, k, &out)?),
             None => None,
         };
-        let new_trust = fanout.new_trust;
-        let committed = self.commit_encryption(steps, &new_trust, stored).await?;
+        let (new_trust, now) = (fanout.new_trust, fanout.now);
+        let committed = self
+            .commit_encryption(steps, &new_trust, stored, now)
+            .await?;
         self.remember_encryption(&mut slots, committed);
         drop(slots);
         if let Some(first) = job.devices.first() {
@@ -753,12 +747,14 @@ impl Manager {
     }
 
     /// Commits every prepared step in one transaction (with the new trust rows and the answer
-    /// kept for an idempotency key), and hands the steps back for "remember".
+    /// kept for an idempotency key) at `now`, the time their rows carry, and hands the steps
+    /// back for "remember".
     async fn commit_encryption(
         &self,
         steps: Vec<DeviceStep>,
         new_trust: &[TrustRow],
         stored: Option<EncryptResultRow>,
+        now: i64,
     ) -> Result<Committed, StorageError> {
         let any_sent = steps.iter().any(|s| s.sent.is_some());
         if !any_sent && new_trust.is_empty() && stored.is_none() {
@@ -773,7 +769,6 @@ impl Manager {
         let bundle_ticket = any_new.then(|| self.bundles.write_ticket());
         let cache = bundle_ticket.as_ref().map(|t| t.invalidator());
         let trust_rows = new_trust.to_vec();
-        let now = storage::now();
         let steps = self
             .store
             .write(move |tx| {
@@ -912,15 +907,17 @@ impl NewSession {
 impl Fanout<'_> {
     /// The trust level of a device's key; a key seen for the first time gets its row.
     fn trust_level(&mut self, manager: &Manager, jid: &str, curve: &[u8; 32]) -> TrustLevel {
-        let (level, new_row) = manager.trust_level_for_key(self.acct, self.trust_mode, jid, curve);
-        if let Some(row) = new_row {
-            if !self
-                .new_trust
-                .iter()
-                .any(|t| t.jid == row.jid && t.identity_key == row.identity_key)
-            {
-                self.new_trust.push(row);
-            }
+        let row = match manager.trust_level_for_key(self.acct, self.trust_mode, jid, curve) {
+            KeyLevel::Known(level) => return level,
+            KeyLevel::New(row) => row,
+        };
+        let level = row.level;
+        if !self
+            .new_trust
+            .iter()
+            .any(|t| t.jid == row.jid && t.identity_key == row.identity_key)
+        {
+            self.new_trust.push(row);
         }
         level
     }

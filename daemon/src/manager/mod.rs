@@ -53,6 +53,20 @@ use protocol_core::Version;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+/// The trust row of a key, and whether it is new (seen for the first time: to be stored).
+#[derive(Debug, Clone)]
+pub(crate) struct KeyTrust {
+    pub(crate) row: TrustRow,
+    pub(crate) new: bool,
+}
+
+/// The trust level of a key, or the row of a key seen for the first time (to be stored).
+#[derive(Debug)]
+pub(crate) enum KeyLevel {
+    Known(TrustLevel),
+    New(TrustRow),
+}
+
 /// The session manager.
 #[derive(Debug)]
 pub struct Manager {
@@ -276,31 +290,32 @@ impl Manager {
         self.events.emit(event);
     }
 
-    /// The trust row for a key seen now; `Some(new row)` if it must be stored (first sight).
+    /// The trust row for a key seen now, new (to be stored) at first sight.
     pub(crate) fn trust_for_key(
         &self,
         acct: &Account,
         mode: TrustMode,
         jid: &str,
         curve_key: &[u8; 32],
-    ) -> (TrustRow, bool) {
+    ) -> KeyTrust {
         self.with_directory(acct.id, |d| {
             if let Some(row) = d.trust_of(jid, curve_key) {
-                return (row.clone(), false);
+                return KeyTrust {
+                    row: row.clone(),
+                    new: false,
+                };
             }
             let (level, source) = d.decide_new(mode, jid);
-            (
-                TrustRow {
-                    account_id: acct.id,
-                    jid: jid.to_owned(),
-                    identity_key: *curve_key,
-                    fingerprint: fingerprint(curve_key),
-                    level,
-                    source,
-                    decided_at: storage::now(),
-                },
-                true,
-            )
+            let row = TrustRow {
+                account_id: acct.id,
+                jid: jid.to_owned(),
+                identity_key: *curve_key,
+                fingerprint: fingerprint(curve_key),
+                level,
+                source,
+                decided_at: storage::now(),
+            };
+            KeyTrust { row, new: true }
         })
     }
 
@@ -313,14 +328,11 @@ impl Manager {
         mode: TrustMode,
         jid: &str,
         curve_key: &[u8; 32],
-    ) -> (TrustLevel, Option<TrustRow>) {
+    ) -> KeyLevel {
         let known = self.with_directory(acct.id, |d| d.trust_of(jid, curve_key).map(|r| r.level));
         match known {
-            Some(level) => (level, None),
-            None => {
-                let (row, _) = self.trust_for_key(acct, mode, jid, curve_key);
-                (row.level, Some(row))
-            }
+            Some(level) => KeyLevel::Known(level),
+            None => KeyLevel::New(self.trust_for_key(acct, mode, jid, curve_key).row),
         }
     }
 

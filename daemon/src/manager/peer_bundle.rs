@@ -1,7 +1,9 @@
 //! Bundles of other devices, fetched by the client and handed to us.
 
 use super::bundle_cache::{self, BundleCheckError, VerifiedBundle};
-use super::{check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, Manager, StorageError};
+use super::{
+    check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyTrust, Manager, StorageError,
+};
 use crate::storage::trust::TrustRow;
 use crate::storage::{self, bundles, trust as trust_store};
 use protocol_core::bundle::BundleError;
@@ -130,7 +132,10 @@ impl Manager {
         let bundle = verified.bundle();
         let curve = *verified.identity_curve25519();
         let mode = acct.keys.lock().await.trust_mode;
-        let (trust, new_trust) = self.trust_for_key(&acct, mode, jid, &curve);
+        let KeyTrust {
+            row: trust,
+            new: new_trust,
+        } = self.trust_for_key(&acct, mode, jid, &curve);
         let addr = Self::addr(&acct, jid, namespace, device_id);
         if let Some(old) = self
             .set_aside_changed_bundle(&addr, &acct.jid, curve, bundle_xml)

@@ -16,7 +16,9 @@ use super::error::{InvalidFingerprint, RateLimited};
 use super::peer_bundle::StoredBundleError;
 use super::sessions::SessionMeta;
 use super::trust::parse_fingerprint;
-use super::{check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, Manager, StorageError};
+use super::{
+    check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyTrust, Manager, StorageError,
+};
 use crate::events::Action;
 use crate::events::Event;
 use crate::storage::trust::TrustRow;
@@ -252,7 +254,10 @@ impl Manager {
         let pin = self.pinned_identity(&addr, slot.session.as_ref()).await?;
         let set_aside = self.set_aside_bundle(&addr, key).await?;
         let mode = acct.keys.lock().await.trust_mode;
-        let (trust, new_trust) = self.trust_for_key(&acct, mode, jid, &key);
+        let KeyTrust {
+            row: trust,
+            new: new_trust,
+        } = self.trust_for_key(&acct, mode, jid, &key);
         if pin.identity == Some(key) {
             return Ok(IdentityAccepted::unchanged(&trust));
         }

@@ -120,8 +120,8 @@ impl Manager {
             };
             // The level a first sight would get is reported, not stored.
             let trust = key.map(|k| {
-                let (row, _) = self.trust_for_key(&acct, mode, &addr.jid, &k);
-                row.level.as_str().to_owned()
+                let t = self.trust_for_key(&acct, mode, &addr.jid, &k);
+                t.row.level.as_str().to_owned()
             });
             let action = (status == PlanStatus::NoBundle)
                 .then(|| Action::fetch_bundle(&addr.jid, addr.namespace, addr.device_id));

@@ -281,10 +281,8 @@ impl Manager {
         if row.payload_digest != probe.payload_digest {
             return Err(DecryptError::DuplicateMessage);
         }
-        let (trust, _) = {
-            let mode = acct.keys.lock().await.trust_mode;
-            self.trust_for_key(acct, mode, from, &row.identity_key)
-        };
+        let mode = acct.keys.lock().await.trust_mode;
+        let trust = self.trust_for_key(acct, mode, from, &row.identity_key).row;
         if trust.level == TrustLevel::Distrusted {
             return Err(DecryptError::Distrusted);
         }
