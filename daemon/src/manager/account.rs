@@ -272,9 +272,10 @@ pub async fn create(
         identity,
     };
     let now = storage::now();
-    let (account_id, spk, pool) = store_new_account(store, jid, &device, trust_mode, now)
+    let stored = store_new_account(store, jid, &device, trust_mode, now)
         .await?
         .ok_or_else(|| CreateAccountError::Exists(jid.to_owned()))?;
+    let spk = stored.signed_prekey;
     let mut keys = OwnKeys {
         signed_prekeys: BTreeMap::new(),
         prekeys: BTreeMap::new(),
@@ -283,7 +284,7 @@ pub async fn create(
         catchup_since: None,
         trust_mode,
     };
-    keys.add_prekeys(pool);
+    keys.add_prekeys(stored.prekeys);
     keys.signed_prekeys.insert(
         spk.id,
         OwnSignedPreKey {
@@ -293,7 +294,7 @@ pub async fn create(
         },
     );
     Ok(Account {
-        id: account_id,
+        id: stored.id,
         jid: jid.to_owned(),
         device_id: device.device_id,
         identity: device.identity,
@@ -301,16 +302,23 @@ pub async fn create(
     })
 }
 
+/// A new account as stored.
+struct StoredAccount {
+    id: i64,
+    /// With the id the account's counter gave it.
+    signed_prekey: SignedPreKey,
+    prekeys: Vec<(prekeys::PreKeyRow, KeyPair)>,
+}
+
 /// Stores a new account (row, identity, signed prekey, prekey pools) in one transaction;
-/// `None` if the JID has an account already. Returns its id, its signed prekey with the id
-/// it was given, and the prekeys.
+/// `None` if the JID has an account already.
 async fn store_new_account(
     store: &Store,
     jid: &str,
     device: &NewDevice,
     trust_mode: TrustMode,
     now: i64,
-) -> Result<Option<(i64, SignedPreKey, Vec<(prekeys::PreKeyRow, KeyPair)>)>, StorageError> {
+) -> Result<Option<StoredAccount>, StorageError> {
     let jid = jid.to_owned();
     let device_id = device.device_id;
     // The account id is known only in the transaction.
@@ -333,8 +341,12 @@ async fn store_new_account(
             identity::insert(tx, &identity_row)?;
             spk.id = accounts::take_signed_prekey_id(tx, account_id)?;
             signed_prekeys::insert(tx, &signed_prekey_row(account_id, &spk, now))?;
-            let rows = refill_prekey_pools(tx, account_id, now)?;
-            Ok(Some((account_id, spk, rows)))
+            let prekeys = refill_prekey_pools(tx, account_id, now)?;
+            Ok(Some(StoredAccount {
+                id: account_id,
+                signed_prekey: spk,
+                prekeys,
+            }))
         })
         .await
 }
