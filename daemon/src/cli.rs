@@ -206,23 +206,8 @@ pub fn run() -> ExitCode {
     // Whatever a command creates (database, backup, export, socket) is private to us.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
-    match cli.command {
-        Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "omemod", &mut std::io::stdout());
-            return ExitCode::SUCCESS;
-        }
-        Command::Man => {
-            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            return match man.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("omemod: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        _ => {}
+    if let Some(code) = print_generated(&cli.command) {
+        return code;
     }
     let file = match config::FileConfig::load(cli.config.as_deref()) {
         Ok(f) => f,
@@ -268,23 +253,52 @@ pub fn run() -> ExitCode {
             jid,
             fingerprint,
             decision,
-        } => match (fingerprint, decision) {
-            (Some(fingerprint), Some(decision)) => {
-                let level = match decision {
-                    TrustDecision::Trusted => "trusted",
-                    TrustDecision::Distrusted => "distrusted",
-                    TrustDecision::Undecided => "undecided",
-                };
-                let params = json!({"jid": jid, "fingerprint": fingerprint, "level": level});
-                call_cli(socket, "trust.set", with_account(params, account))
-            }
-            _ => call_cli(
-                socket,
-                "trust.list",
-                with_account(json!({"jid": jid}), account),
-            ),
-        },
+        } => trust_command(socket, account, jid, fingerprint.zip(decision)),
     }
+}
+
+/// `completions` and `man`, which print what clap generates and need no config: their exit
+/// code, `None` for every other command.
+fn print_generated(command: &Command) -> Option<ExitCode> {
+    match command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "omemod", &mut std::io::stdout());
+            Some(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            Some(match man.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("omemod: {e}");
+                    ExitCode::FAILURE
+                }
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `trust`: records the decision about the key with `fingerprint`, or lists the decisions
+/// about the contact when none is given.
+fn trust_command(
+    socket: &std::path::Path,
+    account: Option<String>,
+    jid: String,
+    decision: Option<(String, TrustDecision)>,
+) -> ExitCode {
+    let Some((fingerprint, decision)) = decision else {
+        let params = with_account(json!({"jid": jid}), account);
+        return call_cli(socket, "trust.list", params);
+    };
+    let level = match decision {
+        TrustDecision::Trusted => "trusted",
+        TrustDecision::Distrusted => "distrusted",
+        TrustDecision::Undecided => "undecided",
+    };
+    let params = json!({"jid": jid, "fingerprint": fingerprint, "level": level});
+    call_cli(socket, "trust.set", with_account(params, account))
 }
 
 fn account_command(

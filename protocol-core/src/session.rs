@@ -30,7 +30,6 @@ pub use snapshot::{PreviousChainSnapshot, SessionSnapshot, SESSION_SNAPSHOT_FORM
 /// Why a message could not be decrypted (or a session not built). A failed call leaves the
 /// session exactly as it was.
 #[derive(Debug, Error)]
-#[non_exhaustive]
 pub enum SessionError {
     /// The bytes are not a well-formed message of this version.
     #[error("malformed message: {0}")]

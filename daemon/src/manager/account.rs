@@ -1,7 +1,7 @@
 //! Our own device per account: identity, signed prekeys, the one-time prekey pool, and the
 //! bundle we publish from them.
 
-use super::error::{ManagerError, Result};
+use super::error::{DeviceIdError, ErrorCause, InvalidJid, StorageError};
 use crate::storage::{self, accounts, identity, prekeys, signed_prekeys, SecretKey, Store};
 use protocol_core::bundle::{Bundle, PreKeyPublic};
 use protocol_core::consts::{MAX_DEVICE_ID, OLDMEMO_MAX_PREKEY_ID, PREKEY_POOL_SIZE};
@@ -139,7 +139,7 @@ pub(crate) fn refill_prekey_pools(
     tx: &rusqlite::Connection,
     account_id: i64,
     now: i64,
-) -> Result<Vec<(prekeys::PreKeyRow, KeyPair)>, storage::StorageError> {
+) -> Result<Vec<(prekeys::PreKeyRow, KeyPair)>, StorageError> {
     prekeys::refill_pools(tx, account_id, PREKEY_POOL_SIZE, |ids, ns| {
         new_prekey_rows(account_id, ids.map(wrap_prekey_id), ns, now)
     })
@@ -204,6 +204,56 @@ pub(crate) fn pick_device_id(rng: &mut impl Rng, avoid: &[u32], max: u32) -> Opt
         .find(|id| !avoid.contains(id))
 }
 
+/// Why `account.create` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateAccountError {
+    /// The JID is not a bare JID.
+    #[error(transparent)]
+    Jid(#[from] InvalidJid),
+    /// An account with this JID exists already.
+    #[error("account {0} already exists")]
+    Exists(String),
+    /// `avoid` is unusable.
+    #[error(transparent)]
+    DeviceId(#[from] DeviceIdError),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl CreateAccountError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            CreateAccountError::Jid(e) => e.cause(),
+            CreateAccountError::Exists(_) => ErrorCause::Request,
+            CreateAccountError::DeviceId(e) => e.cause(),
+            CreateAccountError::Storage(e) => e.cause(),
+        }
+    }
+}
+
+/// Refuses an `avoid` list that is too long or names something that is not a device id.
+pub(crate) fn check_avoided(avoid: &[u32]) -> Result<(), DeviceIdError> {
+    if avoid.len() > MAX_AVOIDED_DEVICE_IDS {
+        return Err(DeviceIdError::TooManyAvoided {
+            max: MAX_AVOIDED_DEVICE_IDS,
+        });
+    }
+    match avoid.iter().find(|i| **i == 0 || **i > MAX_DEVICE_ID) {
+        Some(bad) => Err(DeviceIdError::AvoidedOutOfRange(*bad)),
+        None => Ok(()),
+    }
+}
+
+/// A new device's keys, made before the transaction that stores them.
+struct NewDevice {
+    device_id: u32,
+    identity: IdentityKeyPair,
+    /// Its id is the one the account's counter hands out in the transaction.
+    signed_prekey: SignedPreKey,
+}
+
 /// Creates an account with a fresh identity, signed prekey and full prekey pools, in one
 /// transaction. Its device id is none of `avoid` (the ids already on our own device lists).
 pub async fn create(
@@ -211,55 +261,21 @@ pub async fn create(
     jid: &str,
     trust_mode: TrustMode,
     avoid: &[u32],
-) -> Result<Account> {
-    if avoid.len() > MAX_AVOIDED_DEVICE_IDS {
-        return Err(ManagerError::InvalidParams(format!(
-            "`avoid` lists more than {MAX_AVOIDED_DEVICE_IDS} ids"
-        )));
-    }
-    if let Some(bad) = avoid.iter().find(|i| **i == 0 || **i > MAX_DEVICE_ID) {
-        return Err(ManagerError::InvalidParams(format!(
-            "device id {bad} in `avoid` is out of range"
-        )));
-    }
-    let jid_owned = jid.to_owned();
+) -> Result<Account, CreateAccountError> {
+    check_avoided(avoid)?;
+    let device_id =
+        pick_device_id(&mut OsRng, avoid, MAX_DEVICE_ID).ok_or(DeviceIdError::NoneFree)?;
     let identity = IdentityKeyPair::generate(&mut OsRng);
-    let device_id = pick_device_id(&mut OsRng, avoid, MAX_DEVICE_ID)
-        .ok_or_else(|| ManagerError::InvalidParams("no free device id found".into()))?;
-    let id_bytes = identity.private_bytes();
-    let spk = SignedPreKey::generate(1, &identity, &mut OsRng);
-    let spk_row_src = spk.clone();
+    let device = NewDevice {
+        device_id,
+        signed_prekey: SignedPreKey::generate(1, &identity, &mut OsRng),
+        identity,
+    };
     let now = storage::now();
-    let curve = *identity.curve25519();
-    let ed = *identity.ed25519();
-    let fingerprint = identity.fingerprint();
-    let (account_id, pool) = store
-        .write(move |tx| {
-            if accounts::get_by_jid(tx, &jid_owned)?.is_some() {
-                return Ok(None);
-            }
-            let account_id = accounts::insert(tx, &jid_owned, device_id, trust_mode, now)?;
-            identity::insert(
-                tx,
-                &identity::IdentityRow {
-                    account_id,
-                    private_key: SecretKey::new(*id_bytes),
-                    curve25519_public: curve,
-                    ed25519_public: ed,
-                    fingerprint,
-                    created_at: now,
-                },
-            )?;
-            let spk_id = accounts::take_signed_prekey_id(tx, account_id)?;
-            let mut spk = spk_row_src;
-            spk.id = spk_id;
-            signed_prekeys::insert(tx, &signed_prekey_row(account_id, &spk, now))?;
-            let rows = refill_prekey_pools(tx, account_id, now)?;
-            Ok(Some((account_id, rows)))
-        })
+    let stored = store_new_account(store, jid, &device, trust_mode, now)
         .await?
-        .ok_or_else(|| ManagerError::AccountExists(jid.to_owned()))?;
-    let mut signed = BTreeMap::new();
+        .ok_or_else(|| CreateAccountError::Exists(jid.to_owned()))?;
+    let spk = stored.signed_prekey;
     let mut keys = OwnKeys {
         signed_prekeys: BTreeMap::new(),
         prekeys: BTreeMap::new(),
@@ -268,8 +284,8 @@ pub async fn create(
         catchup_since: None,
         trust_mode,
     };
-    keys.add_prekeys(pool);
-    signed.insert(
+    keys.add_prekeys(stored.prekeys);
+    keys.signed_prekeys.insert(
         spk.id,
         OwnSignedPreKey {
             key: spk,
@@ -278,19 +294,65 @@ pub async fn create(
         },
     );
     Ok(Account {
-        id: account_id,
+        id: stored.id,
         jid: jid.to_owned(),
-        device_id,
-        identity,
-        keys: tokio::sync::Mutex::new(OwnKeys {
-            signed_prekeys: signed,
-            ..keys
-        }),
+        device_id: device.device_id,
+        identity: device.identity,
+        keys: tokio::sync::Mutex::new(keys),
     })
 }
 
+/// A new account as stored.
+struct StoredAccount {
+    id: i64,
+    /// With the id the account's counter gave it.
+    signed_prekey: SignedPreKey,
+    prekeys: Vec<(prekeys::PreKeyRow, KeyPair)>,
+}
+
+/// Stores a new account (row, identity, signed prekey, prekey pools) in one transaction;
+/// `None` if the JID has an account already.
+async fn store_new_account(
+    store: &Store,
+    jid: &str,
+    device: &NewDevice,
+    trust_mode: TrustMode,
+    now: i64,
+) -> Result<Option<StoredAccount>, StorageError> {
+    let jid = jid.to_owned();
+    let device_id = device.device_id;
+    // The account id is known only in the transaction.
+    let mut identity_row = identity::IdentityRow {
+        account_id: 0,
+        private_key: SecretKey::new(*device.identity.private_bytes()),
+        curve25519_public: *device.identity.curve25519(),
+        ed25519_public: *device.identity.ed25519(),
+        fingerprint: device.identity.fingerprint(),
+        created_at: now,
+    };
+    let mut spk = device.signed_prekey.clone();
+    store
+        .write(move |tx| {
+            if accounts::get_by_jid(tx, &jid)?.is_some() {
+                return Ok(None);
+            }
+            let account_id = accounts::insert(tx, &jid, device_id, trust_mode, now)?;
+            identity_row.account_id = account_id;
+            identity::insert(tx, &identity_row)?;
+            spk.id = accounts::take_signed_prekey_id(tx, account_id)?;
+            signed_prekeys::insert(tx, &signed_prekey_row(account_id, &spk, now))?;
+            let prekeys = refill_prekey_pools(tx, account_id, now)?;
+            Ok(Some(StoredAccount {
+                id: account_id,
+                signed_prekey: spk,
+                prekeys,
+            }))
+        })
+        .await
+}
+
 /// Loads every account with its keys.
-pub fn load_all(conn: &rusqlite::Connection) -> Result<Vec<Account>, storage::StorageError> {
+pub fn load_all(conn: &rusqlite::Connection) -> Result<Vec<Account>, StorageError> {
     let mut out = Vec::new();
     for row in accounts::list(conn)? {
         let Some(id_row) = identity::get(conn, row.id)? else {

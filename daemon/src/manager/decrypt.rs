@@ -13,8 +13,11 @@
 //! Nothing is stored unless every step succeeds: a refused message changes nothing.
 
 use super::account::{refill_prekey_pools, Account, OwnKeys};
+use super::error::RateLimited;
 use super::sessions::{session_row, SessionMeta, SlotGuard};
-use super::{check_bare_jid, Manager, ManagerError, Result};
+use super::{
+    check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyTrust, Manager, StorageError,
+};
 use crate::events::{Action, Cause, Event};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
@@ -22,17 +25,19 @@ use crate::storage::{
     trust as trust_store, DeviceAddr,
 };
 use protocol_core::consts::{HEARTBEAT_COUNTER, MAX_DEVICE_ID, MAX_PREVIOUS_SESSIONS};
+use protocol_core::double_ratchet::skipped_keys::SkippedKeyChanges;
 use protocol_core::double_ratchet::RatchetError;
 use protocol_core::keys::fingerprint;
-use protocol_core::payload;
-use protocol_core::sce::parse_envelope;
+use protocol_core::payload::{self, PayloadError};
+use protocol_core::sce::{parse_envelope, SceError};
 use protocol_core::session::{
     Decrypted, KeyExchange, RecordDecrypted, Session, SessionError, SessionRecord, StateIndex,
 };
-use protocol_core::xml::{Encrypted, KeyElement};
+use protocol_core::xml::{Encrypted, KeyElement, XmlError};
 use protocol_core::{Plaintext, Version};
 use rand::rngs::OsRng;
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 /// The sender of a decrypted message.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -129,19 +134,161 @@ pub struct Conversation {
     pub group_chat: bool,
 }
 
-fn session_error(e: SessionError) -> ManagerError {
+/// Why `decrypt` failed. A refused message changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum DecryptError {
+    /// The sender or the conversation is not a bare JID.
+    #[error(transparent)]
+    Jid(#[from] InvalidJid),
+    /// No account to decrypt for.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// The element given as XML is not a well-formed `<encrypted>` of its namespace.
+    #[error("invalid <encrypted>: {0}")]
+    Unreadable(#[source] XmlError),
+    /// The element breaks a rule of XEP-0384 (as the XML parser enforces it for elements given
+    /// as JSON), or claims to come from this very device.
+    #[error("invalid message: {0}")]
+    InvalidElement(String),
+    /// No `<key>` of the element is for our device.
+    #[error("message is not encrypted for this device (it is for {})", device_list(.recipients))]
+    NotForThisDevice {
+        /// The device ids it was encrypted for.
+        recipients: Vec<u32>,
+    },
+    /// Our key is not a message of its version, or a key or the key agreement in it is
+    /// invalid (protocol-core says whose fault).
+    #[error("invalid message: {0}")]
+    Malformed(#[source] SessionError),
+    /// The payload is not valid UTF-8 where text is due.
+    #[error("invalid message: the {0} is not UTF-8")]
+    NotUtf8(&'static str),
+    /// The decrypted OMEMO 2 SCE envelope is malformed.
+    #[error("invalid message: SCE envelope: {0}")]
+    InvalidEnvelope(#[source] SceError),
+    /// The key's MAC does not verify.
+    #[error("message authentication failed")]
+    AuthenticationFailed,
+    /// The payload does not authenticate (or is malformed).
+    #[error("message authentication failed: {0}")]
+    Payload(#[source] PayloadError),
+    /// Already decrypted once: a replay, or a duplicate that cannot be answered again.
+    #[error("duplicate message: already decrypted")]
+    DuplicateMessage,
+    /// The message is too far ahead of its chain, or its key is no longer kept.
+    #[error("{0}")]
+    TooManySkipped(#[source] RatchetError),
+    /// A normal message from a device we have no session with.
+    #[error("no session with device {device_id} of {jid} in {namespace}")]
+    NoSession {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+    },
+    /// A key exchange for a signed prekey we do not have (any longer).
+    #[error("broken session: key exchange uses unknown signed prekey {0}")]
+    UnknownSignedPreKey(u32),
+    /// A key exchange for a one-time prekey that is used or that we do not have.
+    #[error(
+        "broken session: key exchange uses one-time prekey {0} which is already used or unknown"
+    )]
+    PreKeyUnavailable(u32),
+    /// Our own state went missing in the middle of the decryption (not reached).
+    #[error("broken session: {0}")]
+    LostState(&'static str),
+    /// The sender's identity key is distrusted.
+    #[error("sender's identity key is distrusted")]
+    Distrusted,
+    /// A key exchange carries another identity than the one held for the device.
+    #[error("identity of device {device_id} of {jid} in {namespace} changed from {old_fingerprint} to {new_fingerprint}: refused until accepted with identity.accept")]
+    IdentityChanged {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// Fingerprint held for the device.
+        old_fingerprint: String,
+        /// Fingerprint in the key exchange.
+        new_fingerprint: String,
+    },
+    /// The key exchange would replace the session once too often.
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
+    /// The OMEMO 2 SCE envelope does not match where the message came from or arrived.
+    #[error("SCE envelope mismatch: {0}")]
+    SceMismatch(String),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl DecryptError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        use DecryptError as E;
+        match self {
+            E::Jid(e) => e.cause(),
+            E::Account(e) => e.cause(),
+            E::Unreadable(e) => e.cause(),
+            E::Malformed(e) => e.cause(),
+            E::InvalidEnvelope(e) => e.cause(),
+            E::Payload(e) => e.cause(),
+            E::TooManySkipped(e) => e.cause(),
+            E::RateLimited(e) => e.cause(),
+            E::Storage(e) => e.cause(),
+            E::InvalidElement(_)
+            | E::NotUtf8(_)
+            | E::AuthenticationFailed
+            | E::DuplicateMessage
+            | E::SceMismatch(_) => ErrorCause::PeerMisbehaved,
+            // The sender did not know our device: our device list has not reached it.
+            E::NotForThisDevice { .. } => ErrorCause::LocalState,
+            E::NoSession { .. }
+            | E::UnknownSignedPreKey(_)
+            | E::PreKeyUnavailable(_)
+            | E::LostState(_) => ErrorCause::LocalState,
+            E::Distrusted | E::IdentityChanged { .. } => ErrorCause::Policy,
+        }
+    }
+}
+
+/// `1, 2, 3` as "devices 1, 2, 3"; none as "no device".
+fn device_list(ids: &[u32]) -> String {
+    if ids.is_empty() {
+        return "no device".to_owned();
+    }
+    let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+    format!("devices {}", ids.join(", "))
+}
+
+/// What a session refusing a message from `addr` means for the decryption: every
+/// protocol-core failure by name, its cause kept.
+fn refused(e: SessionError, addr: &DeviceAddr) -> DecryptError {
     match e {
-        SessionError::Malformed(w) => ManagerError::InvalidMessage(w.to_string()),
-        SessionError::AuthenticationFailed => ManagerError::AuthenticationFailed,
-        SessionError::Ratchet(RatchetError::DuplicateMessage(_)) => ManagerError::DuplicateMessage,
+        SessionError::AuthenticationFailed => DecryptError::AuthenticationFailed,
+        SessionError::Ratchet(RatchetError::DuplicateMessage(_)) => DecryptError::DuplicateMessage,
         SessionError::Ratchet(
-            RatchetError::TooManySkipped(_) | RatchetError::MessageKeyDropped(_),
-        ) => ManagerError::TooManySkipped,
-        SessionError::Ratchet(r) => ManagerError::InvalidMessage(r.to_string()),
-        SessionError::X3dh(x) => ManagerError::InvalidMessage(x.to_string()),
-        SessionError::InvalidKey(k) => ManagerError::InvalidMessage(k.to_string()),
-        SessionError::MissingPreKey => ManagerError::InvalidMessage(e.to_string()),
-        other => ManagerError::InvalidMessage(other.to_string()),
+            r @ (RatchetError::TooManySkipped(_) | RatchetError::MessageKeyDropped(_)),
+        ) => DecryptError::TooManySkipped(r),
+        SessionError::NoSession => DecryptError::NoSession {
+            jid: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+        },
+        e @ (SessionError::Malformed(_)
+        | SessionError::X3dh(_)
+        | SessionError::InvalidKey(_)
+        | SessionError::MissingPreKey
+        | SessionError::Ratchet(
+            RatchetError::NoSendingChain
+            | RatchetError::NoReceivingChain
+            | RatchetError::InvalidKey(_),
+        )) => DecryptError::Malformed(e),
     }
 }
 
@@ -151,8 +298,8 @@ fn attempt(
     found: RecordDecrypted,
     ids: &[i64],
     key_exchange: bool,
-) -> Result<Attempt> {
-    let lost = || ManagerError::BrokenSession("the session record lost its state".into());
+) -> Result<Attempt, DecryptError> {
+    let lost = || DecryptError::LostState("the session record lost its state");
     let origin = match found.from {
         StateIndex::Current => Origin::Current,
         StateIndex::Previous(i) => Origin::Previous(ids.get(i).copied().ok_or_else(lost)?),
@@ -166,6 +313,7 @@ fn attempt(
 }
 
 /// What a key exchange did to our prekeys.
+#[derive(Clone)]
 struct PreKeyUse {
     id: u32,
     /// Kept hidden (catch-up) instead of deleted.
@@ -215,6 +363,153 @@ pub(super) struct Opened {
     pub(super) empty: bool,
 }
 
+/// What a decryption's transaction writes, owned (it runs on the writer thread).
+struct DecryptWrite {
+    account_id: i64,
+    addr: DeviceAddr,
+    now: i64,
+    row: session_store::SessionRow,
+    skipped: SkippedWrite,
+    /// The session moved away from, kept as a previous state.
+    archive: Option<Zeroizing<Vec<u8>>>,
+    /// The previous state (row id) that decrypted, promoted to current.
+    promoted: Option<i64>,
+    /// The prekey a new session consumed.
+    prekey: Option<PreKeyUse>,
+    /// The identity change the user accepted is used up.
+    accepted_pin: bool,
+    trust: Option<TrustRow>,
+    /// `last_seen` is due an update.
+    touch: bool,
+    defer_heartbeat: bool,
+    redelivery: Option<crate::storage::redelivery::Record>,
+}
+
+/// How the session's skipped keys change.
+enum SkippedWrite {
+    /// The current session: the keys it used and added.
+    Apply(SkippedKeyChanges),
+    /// A promoted or new session: its keys replace the stored ones.
+    Replace(Box<Session>),
+}
+
+/// What the transaction made: prekeys refilled, the bundle version, the redelivery row.
+struct Written {
+    refill: Vec<(prekeys::PreKeyRow, protocol_core::keys::KeyPair)>,
+    bundle_version: Option<i64>,
+    redelivery_id: Option<i64>,
+}
+
+impl DecryptWrite {
+    /// The session's part of the transaction (the rest is set by the caller).
+    fn of(account_id: i64, slot: &SlotGuard, attempt: &Attempt, now: i64) -> Self {
+        let current = matches!(attempt.origin, Origin::Current);
+        let mut meta = if current {
+            slot.meta.clone()
+        } else {
+            SessionMeta::default()
+        };
+        meta.messages_received += 1;
+        let (prekey, accepted_pin) = match &attempt.origin {
+            Origin::New {
+                prekey,
+                accepted_pin,
+                ..
+            } => (Some(prekey.clone()), *accepted_pin),
+            _ => (None, false),
+        };
+        DecryptWrite {
+            account_id,
+            addr: slot.addr().clone(),
+            now,
+            row: session_row(slot.addr(), &attempt.session, &meta, now),
+            skipped: if current {
+                SkippedWrite::Apply(attempt.decrypted.skipped.clone())
+            } else {
+                SkippedWrite::Replace(Box::new(attempt.session.clone()))
+            },
+            archive: (!current)
+                .then(|| slot.session.as_ref().map(|s| s.to_bytes(true)))
+                .flatten(),
+            promoted: match attempt.origin {
+                Origin::Previous(id) => Some(id),
+                _ => None,
+            },
+            prekey,
+            accepted_pin,
+            trust: None,
+            touch: false,
+            defer_heartbeat: false,
+            redelivery: None,
+        }
+    }
+
+    /// Runs in the transaction.
+    fn run(self, tx: &rusqlite::Connection) -> Result<Written, StorageError> {
+        let (a, now) = (&self.addr, self.now);
+        // As the record promotes: the promoted state leaves the previous ones before the
+        // current one joins them, the oldest beyond the bound dropped.
+        if let Some(id) = self.promoted {
+            device_state::delete_previous_session(tx, id)?;
+        }
+        if let Some(state) = &self.archive {
+            device_state::push_previous_session(tx, a, state, now, MAX_PREVIOUS_SESSIONS)?;
+        }
+        session_store::upsert(tx, &self.row)?;
+        match &self.skipped {
+            SkippedWrite::Replace(s) => {
+                skipped_keys::replace_for_session(tx, a, s.skipped_keys(), now)?
+            }
+            SkippedWrite::Apply(changes) => skipped_keys::apply_changes(tx, a, changes, now)?,
+        }
+        if self.accepted_pin {
+            device_state::delete_identity_change(tx, a)?;
+        }
+        if let Some(t) = &self.trust {
+            trust_store::set(tx, t)?;
+        }
+        if self.touch {
+            devices::touch_last_seen(tx, a, now)?;
+        }
+        if self.defer_heartbeat {
+            device_state::defer_heartbeat(tx, a, now)?;
+        }
+        // What a redelivery will need.
+        let redelivery_id = self.redelivery.as_ref().map(|r| r.write(tx)).transpose()?;
+        let mut written = Written {
+            refill: Vec::new(),
+            bundle_version: None,
+            redelivery_id,
+        };
+        if let Some(p) = &self.prekey {
+            if p.catchup {
+                prekeys::mark_used(tx, self.account_id, p.id, now, &p.ephemeral)?;
+            } else {
+                prekeys::delete(tx, self.account_id, p.id)?;
+            }
+            written.refill = refill_prekey_pools(tx, self.account_id, now)?;
+            written.bundle_version = Some(accounts::bump_bundle_version(tx, self.account_id)?);
+        }
+        Ok(written)
+    }
+}
+
+/// The element being decrypted, where it came from and where it arrived.
+struct Received<'a> {
+    from: &'a str,
+    element: &'a Encrypted,
+    conv: &'a Conversation,
+}
+
+/// What step 3 found: the account's mode, the trust of the sender's key, the opened payload,
+/// and whether a heartbeat is due.
+struct Verdict {
+    mode: Mode,
+    trust: KeyTrust,
+    opened: Opened,
+    heartbeat: bool,
+}
+
 /// What the commit changed, for memory and follow-ups.
 struct Committed {
     refill: Vec<(prekeys::PreKeyRow, protocol_core::keys::KeyPair)>,
@@ -234,7 +529,7 @@ impl Manager {
         from: &str,
         element: Encrypted,
         conv: &Conversation,
-    ) -> Result<DecryptOutcome> {
+    ) -> Result<DecryptOutcome, DecryptError> {
         check_bare_jid(from)?;
         if let Some(to) = &conv.to {
             check_bare_jid(to)?;
@@ -250,7 +545,7 @@ impl Manager {
         let probe = match ours.first() {
             Some(key) => super::redelivery::Probe::new(from, &element, key),
             None => {
-                return Err(ManagerError::NotForThisDevice {
+                return Err(DecryptError::NotForThisDevice {
                     recipients: Vec::new(),
                 })
             }
@@ -264,53 +559,83 @@ impl Manager {
         let attempt = self
             .authenticate(&acct, &addr, &slot, &ours, &mut own_keys)
             .await?;
-
-        let mode = self.mode(&acct, own_keys.as_deref()).await;
-        let curve = *attempt.session.remote_curve25519();
-        let (trust, new_trust) = self.trust_for_key(&acct, mode.trust, from, &curve);
-        if trust.level == TrustLevel::Distrusted {
-            return Err(ManagerError::Distrusted);
-        }
-        let opened = open_payload(element.version, &element, &attempt.decrypted)?;
-        check_envelope(&opened, from, conv)?;
-
-        let heartbeat = attempt.key_exchange || attempt.decrypted.n >= HEARTBEAT_COUNTER;
+        let received = Received {
+            from,
+            element: &element,
+            conv,
+        };
+        let verdict = self
+            .judge(&acct, &received, &attempt, own_keys.as_deref())
+            .await?;
         let mut committed = self
-            .commit(
-                &acct,
-                &addr,
-                &slot,
-                &attempt,
-                mode,
-                new_trust.then_some(&trust),
-                heartbeat,
-                &probe,
-            )
+            .commit(&acct, &slot, &attempt, &verdict, &probe)
             .await?;
         self.redelivery_committed(&probe, committed.redelivery_id);
-
-        self.remember(
-            &addr,
-            &mut slot,
-            own_keys.as_deref_mut(),
-            &attempt,
-            &mut committed,
-        );
+        self.remember(&mut slot, own_keys.as_deref_mut(), &attempt, &mut committed);
         drop(slot);
         drop(own_keys);
-        if new_trust {
-            self.remember_trust(&acct, vec![trust.clone()], addr.namespace, addr.device_id);
+        let actions = self
+            .after_commit(&acct, &addr, &attempt, &verdict, &committed)
+            .await;
+        tracing::debug!(account = %acct.jid, peer = from, device = element.sid, ns = %addr.namespace, kex = attempt.key_exchange, "decrypted");
+        let trust = &verdict.trust.row;
+        Ok(DecryptOutcome {
+            actions,
+            ..DecryptOutcome::new(&element, from, trust, verdict.opened, attempt.key_exchange)
+        })
+    }
+
+    /// Step 3: the sender's key must not be distrusted, the payload must open, and its OMEMO 2
+    /// SCE envelope must match the conversation.
+    async fn judge(
+        &self,
+        acct: &Account,
+        received: &Received<'_>,
+        attempt: &Attempt,
+        held: Option<&OwnKeys>,
+    ) -> Result<Verdict, DecryptError> {
+        let mode = self.mode(acct, held).await;
+        let curve = *attempt.session.remote_curve25519();
+        let trust = self.trust_for_key(acct, mode.trust, received.from, &curve);
+        if trust.row.level == TrustLevel::Distrusted {
+            return Err(DecryptError::Distrusted);
+        }
+        let element = received.element;
+        let opened = open_payload(element.version, element, &attempt.decrypted)?;
+        check_envelope(&opened, received.from, received.conv)?;
+        Ok(Verdict {
+            mode,
+            trust,
+            opened,
+            heartbeat: attempt.key_exchange || attempt.decrypted.n >= HEARTBEAT_COUNTER,
+        })
+    }
+
+    /// Step 5b, once the session is unlocked: new trust rows, the bound on sessions with
+    /// unlisted devices, and the follow-ups.
+    async fn after_commit(
+        &self,
+        acct: &Account,
+        addr: &DeviceAddr,
+        attempt: &Attempt,
+        verdict: &Verdict,
+        committed: &Committed,
+    ) -> Vec<Action> {
+        if verdict.trust.new {
+            let row = vec![verdict.trust.row.clone()];
+            self.remember_trust(acct, row, addr.namespace, addr.device_id);
         }
         if matches!(attempt.origin, Origin::New { .. }) {
             // Key exchanges from devices the contact never listed must not pile up.
-            self.bound_unlisted_sessions(&acct, &addr).await;
+            self.bound_unlisted_sessions(acct, addr).await;
         }
-        let actions = self.follow_ups(&acct, &addr, &committed, heartbeat, attempt.key_exchange);
-        tracing::debug!(account = %acct.jid, peer = from, device = element.sid, ns = %addr.namespace, kex = attempt.key_exchange, "decrypted");
-        Ok(DecryptOutcome {
-            actions,
-            ..DecryptOutcome::new(&element, from, &trust, opened, attempt.key_exchange)
-        })
+        self.follow_ups(
+            acct,
+            addr,
+            committed,
+            verdict.heartbeat,
+            attempt.key_exchange,
+        )
     }
 
     /// Step 2: tries every key for our device (0.3 may carry several: device ids of different
@@ -322,7 +647,7 @@ impl Manager {
         slot: &SlotGuard,
         ours: &[&KeyElement],
         own_keys: &mut Option<tokio::sync::MutexGuard<'k, OwnKeys>>,
-    ) -> Result<Attempt> {
+    ) -> Result<Attempt, DecryptError> {
         let mut first_error = None;
         for key in ours {
             let tried = if key.kex {
@@ -338,7 +663,7 @@ impl Manager {
                 }
             }
         }
-        Err(first_error.unwrap_or(ManagerError::NotForThisDevice {
+        Err(first_error.unwrap_or(DecryptError::NotForThisDevice {
             recipients: Vec::new(),
         }))
     }
@@ -350,7 +675,7 @@ impl Manager {
         addr: &DeviceAddr,
         slot: &SlotGuard,
         data: &[u8],
-    ) -> Result<Attempt> {
+    ) -> Result<Attempt, DecryptError> {
         let mut record = SessionRecord::new(slot.session.clone());
         let mut ids = Vec::new();
         let found = match record.decrypt(data, &mut OsRng) {
@@ -362,12 +687,7 @@ impl Manager {
         };
         match found {
             Ok(found) => attempt(record, found, &ids, false),
-            Err(SessionError::NoSession) => Err(ManagerError::NoSession {
-                jid: addr.jid.clone(),
-                namespace: addr.namespace,
-                device_id: addr.device_id,
-            }),
-            Err(e) => Err(session_error(e)),
+            Err(e) => Err(refused(e, addr)),
         }
     }
 
@@ -380,8 +700,8 @@ impl Manager {
         slot: &SlotGuard,
         data: &[u8],
         own_keys: &mut Option<tokio::sync::MutexGuard<'k, OwnKeys>>,
-    ) -> Result<Attempt> {
-        let kex = KeyExchange::parse(addr.namespace, data).map_err(session_error)?;
+    ) -> Result<Attempt, DecryptError> {
+        let kex = KeyExchange::parse(addr.namespace, data).map_err(|e| refused(e, addr))?;
         let mut record = SessionRecord::new(slot.session.clone());
         let mut ids = Vec::new();
         let mut found = record.decrypt_key_exchange(&kex, &mut OsRng);
@@ -390,12 +710,12 @@ impl Manager {
             found = record.decrypt_key_exchange(&kex, &mut OsRng);
         }
         if let Some(found) = found {
-            return attempt(record, found.map_err(session_error)?, &ids, true);
+            return attempt(record, found.map_err(|e| refused(e, addr))?, &ids, true);
         }
         let new_identity = kex
             .identity
             .curve25519()
-            .map_err(|e| ManagerError::InvalidMessage(e.to_string()))?;
+            .map_err(|e| refused(SessionError::InvalidKey(e), addr))?;
         let pin = self.pinned_identity(addr, slot.session.as_ref()).await?;
         if let Some(pinned) = pin.identity.filter(|k| *k != new_identity) {
             return Err(self.identity_changed(acct, addr, &pinned, &new_identity));
@@ -409,13 +729,13 @@ impl Manager {
         }
         let keys = own_keys
             .as_deref()
-            .ok_or_else(|| ManagerError::BrokenSession("account keys unavailable".into()))?;
-        let (session, decrypted, prekey) = respond(acct, keys, &kex, slot.session.is_none())?;
+            .ok_or(DecryptError::LostState("account keys unavailable"))?;
+        let responded = respond(acct, keys, &kex, slot)?;
         Ok(Attempt {
-            session,
-            decrypted,
+            session: responded.session,
+            decrypted: responded.decrypted,
             origin: Origin::New {
-                prekey,
+                prekey: responded.prekey,
                 replaces,
                 accepted_pin: pin.accepted,
             },
@@ -429,7 +749,7 @@ impl Manager {
         &self,
         addr: &DeviceAddr,
         record: &mut SessionRecord,
-    ) -> Result<Vec<i64>> {
+    ) -> Result<Vec<i64>, StorageError> {
         let a = addr.clone();
         let rows = self
             .store
@@ -461,112 +781,39 @@ impl Manager {
     }
 
     /// Step 4: one transaction with every change.
-    #[allow(clippy::too_many_arguments)]
     async fn commit(
         &self,
         acct: &Account,
-        addr: &DeviceAddr,
         slot: &SlotGuard,
         attempt: &Attempt,
-        mode: Mode,
-        new_trust: Option<&TrustRow>,
-        heartbeat: bool,
+        verdict: &Verdict,
         probe: &super::redelivery::Probe,
-    ) -> Result<Committed> {
+    ) -> Result<Committed, DecryptError> {
         let now = storage::now();
-        let redelivery = self.redelivery_record(
-            acct,
-            probe,
-            &attempt.decrypted,
-            attempt.session.remote_curve25519(),
-            attempt.key_exchange,
-            now,
-        );
-        let mut meta = match attempt.origin {
-            Origin::Current => slot.meta.clone(),
-            _ => SessionMeta::default(),
-        };
-        meta.messages_received += 1;
-        let row = session_row(addr, &attempt.session, &meta, now);
-        let changes = attempt.decrypted.skipped.clone();
-        let whole = (!matches!(attempt.origin, Origin::Current)).then(|| attempt.session.clone());
-        // The session we move away from is kept as a previous state.
-        let archive = match attempt.origin {
-            Origin::Current => None,
-            _ => slot.session.as_ref().map(|s| s.to_bytes(true)),
-        };
-        let promoted = match attempt.origin {
-            Origin::Previous(id) => Some(id),
-            _ => None,
-        };
-        let (prekey, accepted_pin) = match &attempt.origin {
-            Origin::New {
-                prekey,
-                accepted_pin,
-                ..
-            } => (
-                Some((prekey.id, prekey.catchup, prekey.ephemeral)),
-                *accepted_pin,
-            ),
-            _ => (None, false),
-        };
-        let prekey_ns = match &attempt.origin {
-            Origin::New { prekey, .. } => prekey.namespace,
-            _ => None,
-        };
-        let trust_row = new_trust.cloned();
+        let addr = slot.addr();
         let touch = self.with_directory(acct.id, |d| d.needs_touch(addr, now));
-        let defer = heartbeat && mode.catchup;
-        let account_id = acct.id;
-        let a = addr.clone();
-        let (refill, bundle_version, redelivery_id) = self
-            .store
-            .write(move |tx| {
-                // As the record promotes: the promoted state leaves the previous ones before
-                // the current one joins them, the oldest beyond the bound dropped.
-                if let Some(id) = promoted {
-                    device_state::delete_previous_session(tx, id)?;
-                }
-                if let Some(state) = &archive {
-                    device_state::push_previous_session(tx, &a, state, now, MAX_PREVIOUS_SESSIONS)?;
-                }
-                session_store::upsert(tx, &row)?;
-                match &whole {
-                    Some(s) => skipped_keys::replace_for_session(tx, &a, s.skipped_keys(), now)?,
-                    None => skipped_keys::apply_changes(tx, &a, &changes, now)?,
-                }
-                if accepted_pin {
-                    device_state::delete_identity_change(tx, &a)?;
-                }
-                if let Some(t) = &trust_row {
-                    trust_store::set(tx, t)?;
-                }
-                if touch {
-                    devices::touch_last_seen(tx, &a, now)?;
-                }
-                if defer {
-                    device_state::defer_heartbeat(tx, &a, now)?;
-                }
-                // What a redelivery will need.
-                let redelivery_id = redelivery.as_ref().map(|r| r.write(tx)).transpose()?;
-                let mut refill = Vec::new();
-                let mut version = None;
-                if let Some((id, catchup, ephemeral)) = prekey {
-                    if catchup {
-                        prekeys::mark_used(tx, account_id, id, now, &ephemeral)?;
-                    } else {
-                        prekeys::delete(tx, account_id, id)?;
-                    }
-                    refill = refill_prekey_pools(tx, account_id, now)?;
-                    version = Some(accounts::bump_bundle_version(tx, account_id)?);
-                }
-                Ok((refill, version, redelivery_id))
-            })
-            .await?;
+        let write = DecryptWrite {
+            redelivery: self.redelivery_record(
+                acct,
+                probe,
+                &attempt.decrypted,
+                attempt.session.remote_curve25519(),
+                attempt.key_exchange,
+                now,
+            ),
+            defer_heartbeat: verdict.heartbeat && verdict.mode.catchup,
+            trust: verdict.trust.new.then(|| verdict.trust.row.clone()),
+            touch,
+            ..DecryptWrite::of(acct.id, slot, attempt, now)
+        };
+        let defer = write.defer_heartbeat;
+        let prekey_ns = write.prekey.as_ref().and_then(|p| p.namespace);
+        let written = self.store.write(move |tx| write.run(tx)).await?;
         if touch {
             self.with_directory(acct.id, |d| d.touched(addr, now));
         }
-        let mut bundles_changed: Vec<Version> = refill
+        let mut bundles_changed: Vec<Version> = written
+            .refill
             .iter()
             .filter_map(|(r, _)| r.namespace)
             .chain(prekey_ns)
@@ -574,18 +821,17 @@ impl Manager {
         bundles_changed.sort();
         bundles_changed.dedup();
         Ok(Committed {
-            refill,
-            bundle_version,
+            refill: written.refill,
+            bundle_version: written.bundle_version,
             bundles_changed,
             heartbeat_deferred: defer,
-            redelivery_id,
+            redelivery_id: written.redelivery_id,
         })
     }
 
     /// Step 5a: memory follows the commit.
     fn remember(
         &self,
-        addr: &DeviceAddr,
         slot: &mut SlotGuard,
         own_keys: Option<&mut OwnKeys>,
         attempt: &Attempt,
@@ -609,7 +855,7 @@ impl Manager {
         } = &attempt.origin
         {
             if *replaces {
-                self.record_rebuild(addr);
+                self.record_rebuild(slot.addr());
             }
             if let Some(keys) = own_keys {
                 if prekey.catchup {
@@ -681,7 +927,7 @@ impl Manager {
         addr: &DeviceAddr,
         old: &[u8; 32],
         new: &[u8; 32],
-    ) -> ManagerError {
+    ) -> DecryptError {
         let (old_fingerprint, new_fingerprint) = (fingerprint(old), fingerprint(new));
         tracing::warn!(account = %acct.jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "key exchange with a changed identity refused");
         self.emit(Event::IdentityChanged {
@@ -693,7 +939,7 @@ impl Manager {
             old_fingerprint: old_fingerprint.clone(),
             new_fingerprint: new_fingerprint.clone(),
         });
-        ManagerError::IdentityChanged {
+        DecryptError::IdentityChanged {
             jid: addr.jid.clone(),
             namespace: addr.namespace,
             device_id: addr.device_id,
@@ -704,8 +950,8 @@ impl Manager {
 }
 
 /// Step 1a: the rules the XML parser enforces, for elements given as JSON too.
-fn check_element(element: &Encrypted) -> Result<()> {
-    let bad = |why: String| Err(ManagerError::InvalidMessage(why));
+fn check_element(element: &Encrypted) -> Result<(), DecryptError> {
+    let bad = |why: String| Err(DecryptError::InvalidElement(why));
     if element.sid == 0 || element.sid > MAX_DEVICE_ID {
         return bad(format!("sender device id {} out of range", element.sid));
     }
@@ -729,7 +975,11 @@ fn check_element(element: &Encrypted) -> Result<()> {
 }
 
 /// Step 1b: every `<key>` addressed to our device.
-fn our_keys<'e>(acct: &Account, from: &str, element: &'e Encrypted) -> Result<Vec<&'e KeyElement>> {
+fn our_keys<'e>(
+    acct: &Account,
+    from: &str,
+    element: &'e Encrypted,
+) -> Result<Vec<&'e KeyElement>, DecryptError> {
     let ours: Vec<&KeyElement> = element
         .keys
         .iter()
@@ -742,63 +992,70 @@ fn our_keys<'e>(acct: &Account, from: &str, element: &'e Encrypted) -> Result<Ve
         let mut recipients: Vec<u32> = element.keys.iter().map(|k| k.rid).collect();
         recipients.sort_unstable();
         recipients.dedup();
-        return Err(ManagerError::NotForThisDevice { recipients });
+        return Err(DecryptError::NotForThisDevice { recipients });
     }
     if from == acct.jid && element.sid == acct.device_id {
-        return Err(ManagerError::InvalidMessage(
+        return Err(DecryptError::InvalidElement(
             "message claims to come from this very device".into(),
         ));
     }
     Ok(ours)
 }
 
+/// A session built from a key exchange, with the decryption of its message and the prekey
+/// it used.
+struct Responded {
+    session: Session,
+    decrypted: Decrypted,
+    prekey: PreKeyUse,
+}
+
 /// Builds a session from a key exchange with our own prekeys. A prekey hidden during
 /// catch-up answers only the key exchange that used it, and only while no newer session
-/// exists (`no_session`).
+/// exists (`slot` has none).
 fn respond(
     acct: &Account,
     keys: &OwnKeys,
     kex: &KeyExchange,
-    no_session: bool,
-) -> Result<(Session, Decrypted, PreKeyUse)> {
+    slot: &SlotGuard,
+) -> Result<Responded, DecryptError> {
     let spk = keys
         .signed_prekeys
         .get(&kex.info.signed_pre_key_id)
         .map(|s| s.key.key_pair.clone())
-        .ok_or_else(|| {
-            ManagerError::BrokenSession(format!(
-                "key exchange uses unknown signed prekey {}",
-                kex.info.signed_pre_key_id
-            ))
-        })?;
+        .ok_or(DecryptError::UnknownSignedPreKey(
+            kex.info.signed_pre_key_id,
+        ))?;
     let ephemeral = kex.info.ephemeral.0;
+    let no_session = slot.session.is_none();
     let prekey = keys
         .prekeys
         .get(&kex.info.pre_key_id)
         .filter(|p| !p.used || (p.used_by == Some(ephemeral) && no_session));
     let namespace = prekey.and_then(|p| p.namespace);
-    let opk = prekey.map(|p| p.key_pair.private.clone()).ok_or_else(|| {
-        ManagerError::BrokenSession(format!(
-            "key exchange uses one-time prekey {} which is already used or unknown",
-            kex.info.pre_key_id
-        ))
-    })?;
+    let opk = prekey
+        .map(|p| p.key_pair.private.clone())
+        .ok_or(DecryptError::PreKeyUnavailable(kex.info.pre_key_id))?;
     let catchup = keys.catchup_active(storage::now());
-    let (s, d) =
-        Session::respond(&acct.identity, kex, &spk, &opk, &mut OsRng).map_err(session_error)?;
-    Ok((
-        s,
-        d,
-        PreKeyUse {
+    let (session, decrypted) = Session::respond(&acct.identity, kex, &spk, &opk, &mut OsRng)
+        .map_err(|e| refused(e, slot.addr()))?;
+    Ok(Responded {
+        session,
+        decrypted,
+        prekey: PreKeyUse {
             id: kex.info.pre_key_id,
             catchup,
             ephemeral,
             namespace,
         },
-    ))
+    })
 }
 
-pub(super) fn open_payload(ns: Version, element: &Encrypted, d: &Decrypted) -> Result<Opened> {
+pub(super) fn open_payload(
+    ns: Version,
+    element: &Encrypted,
+    d: &Decrypted,
+) -> Result<Opened, DecryptError> {
     let Some(ct) = element.payload.as_ref().filter(|p| !p.is_empty()) else {
         return Ok(Opened {
             body: None,
@@ -810,12 +1067,11 @@ pub(super) fn open_payload(ns: Version, element: &Encrypted, d: &Decrypted) -> R
     match ns {
         Version::Oldmemo => {
             let iv = element.iv.as_deref().ok_or_else(|| {
-                ManagerError::InvalidMessage("OMEMO 0.3 message without <iv>".into())
+                DecryptError::InvalidElement("OMEMO 0.3 message without <iv>".into())
             })?;
-            let pt = payload::oldmemo::decrypt(&d.plaintext, iv, ct)
-                .map_err(|_| ManagerError::AuthenticationFailed)?;
-            let body = Plaintext::from_utf8(&pt)
-                .map_err(|_| ManagerError::InvalidMessage("body is not UTF-8".into()))?;
+            let pt =
+                payload::oldmemo::decrypt(&d.plaintext, iv, ct).map_err(DecryptError::Payload)?;
+            let body = Plaintext::from_utf8(&pt).map_err(|_| DecryptError::NotUtf8("body"))?;
             Ok(Opened {
                 body: Some(body),
                 content_xml: None,
@@ -824,12 +1080,10 @@ pub(super) fn open_payload(ns: Version, element: &Encrypted, d: &Decrypted) -> R
             })
         }
         Version::Twomemo => {
-            let pt = payload::twomemo::decrypt(&d.plaintext, ct)
-                .map_err(|_| ManagerError::AuthenticationFailed)?;
-            let text = std::str::from_utf8(&pt)
-                .map_err(|_| ManagerError::InvalidMessage("envelope is not UTF-8".into()))?;
-            let env = parse_envelope(text)
-                .map_err(|e| ManagerError::InvalidMessage(format!("SCE envelope: {e}")))?;
+            let pt = payload::twomemo::decrypt(&d.plaintext, ct).map_err(DecryptError::Payload)?;
+            let text =
+                std::str::from_utf8(&pt).map_err(|_| DecryptError::NotUtf8("SCE envelope"))?;
+            let env = parse_envelope(text).map_err(DecryptError::InvalidEnvelope)?;
             Ok(Opened {
                 body: env.body,
                 content_xml: Some(env.content_xml),
@@ -851,27 +1105,31 @@ fn same_jid(a: &str, b: &str) -> bool {
 /// Step 3b: the OMEMO 2 SCE envelope must name the sender the session authenticated and the
 /// conversation the stanza arrived in; otherwise the server moved it (checked before the
 /// commit, so the correctly delivered copy still decrypts). 0.3 has no envelope.
-pub(super) fn check_envelope(opened: &Opened, from: &str, conv: &Conversation) -> Result<()> {
+pub(super) fn check_envelope(
+    opened: &Opened,
+    from: &str,
+    conv: &Conversation,
+) -> Result<(), DecryptError> {
     let Some(env) = &opened.envelope else {
         return Ok(());
     };
     match env.from.as_deref() {
         Some(f) if same_jid(f, from) => {}
         Some(f) => {
-            return Err(ManagerError::SceMismatch(format!(
+            return Err(DecryptError::SceMismatch(format!(
                 "<from> is {f}, the sender is {from}"
             )))
         }
-        None => return Err(ManagerError::SceMismatch("no <from>".into())),
+        None => return Err(DecryptError::SceMismatch("no <from>".into())),
     }
     match (env.to.as_deref(), conv.to.as_deref()) {
-        (Some(t), Some(expected)) if !same_jid(t, expected) => Err(ManagerError::SceMismatch(
+        (Some(t), Some(expected)) if !same_jid(t, expected) => Err(DecryptError::SceMismatch(
             format!("<to> is {t}, the message arrived at {expected}"),
         )),
-        (None, Some(expected)) if conv.group_chat => Err(ManagerError::SceMismatch(format!(
+        (None, Some(expected)) if conv.group_chat => Err(DecryptError::SceMismatch(format!(
             "group chat message without <to> (arrived at {expected})"
         ))),
-        (None, None) if conv.group_chat => Err(ManagerError::SceMismatch(
+        (None, None) if conv.group_chat => Err(DecryptError::SceMismatch(
             "group chat message without <to>".into(),
         )),
         _ => Ok(()),
@@ -902,8 +1160,8 @@ mod tests {
         }
     }
 
-    fn refused(r: Result<()>) -> bool {
-        matches!(r, Err(ManagerError::SceMismatch(_)))
+    fn refused(r: Result<(), DecryptError>) -> bool {
+        matches!(r, Err(DecryptError::SceMismatch(_)))
     }
 
     #[test]
@@ -994,7 +1252,7 @@ mod tests {
 
     #[test]
     fn element_checks_match_the_xml_parser() {
-        let bad = |e: &Encrypted| matches!(check_element(e), Err(ManagerError::InvalidMessage(_)));
+        let bad = |e: &Encrypted| matches!(check_element(e), Err(DecryptError::InvalidElement(_)));
         assert!(check_element(&element(Version::Twomemo, 5, Some("a@x"), 7)).is_ok());
         assert!(check_element(&element(Version::Oldmemo, 5, None, 7)).is_ok());
         assert!(bad(&element(Version::Twomemo, 0, Some("a@x"), 7)));

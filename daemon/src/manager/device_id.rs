@@ -1,8 +1,9 @@
 //! The way out of a device id collision: our device takes a new id (same identity, keys,
 //! sessions and trust), avoiding the ids on our own device lists.
 
-use super::account::{pick_device_id, Account, OwnKeys, MAX_AVOIDED_DEVICE_IDS};
-use super::{Manager, ManagerError, Result};
+use super::account::{check_avoided, pick_device_id, Account, OwnKeys};
+use super::error::DeviceIdError;
+use super::{AccountLookupError, ErrorCause, Manager, StorageError};
 use crate::events::Action;
 use crate::events::Cause;
 use crate::storage::{accounts, device_state};
@@ -11,6 +12,40 @@ use protocol_core::Version;
 use rand::rngs::OsRng;
 use std::sync::{Arc, PoisonError};
 
+/// Why `account.renew_device_id` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewDeviceIdError {
+    /// No account to renew.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// `avoid` is unusable.
+    #[error(transparent)]
+    DeviceId(#[from] DeviceIdError),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl RenewDeviceIdError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            RenewDeviceIdError::Account(e) => e.cause(),
+            RenewDeviceIdError::DeviceId(e) => e.cause(),
+            RenewDeviceIdError::Storage(e) => e.cause(),
+        }
+    }
+}
+
+/// Our device with its new id, and what to publish now.
+#[derive(Debug)]
+pub struct RenewedDevice {
+    /// The account, as it now is.
+    pub account: Arc<Account>,
+    /// Both device lists and bundles to publish.
+    pub actions: Vec<Action>,
+}
+
 impl Manager {
     /// Gives our device a new id, none of `avoid`, of our current one, or of the ids on our own
     /// device lists. Returns the account and what to publish (both device lists and bundles).
@@ -18,12 +53,8 @@ impl Manager {
         &self,
         account: Option<&str>,
         avoid: &[u32],
-    ) -> Result<(Arc<Account>, Vec<Action>)> {
-        if avoid.len() > MAX_AVOIDED_DEVICE_IDS {
-            return Err(ManagerError::InvalidParams(format!(
-                "`avoid` lists more than {MAX_AVOIDED_DEVICE_IDS} ids"
-            )));
-        }
+    ) -> Result<RenewedDevice, RenewDeviceIdError> {
+        check_avoided(avoid)?;
         let old = self.account(account)?;
         let mut keys = old.keys.lock().await;
         let mut taken: Vec<u32> = avoid.to_vec();
@@ -33,8 +64,8 @@ impl Manager {
                 taken.extend(d.active(&old.jid, ns));
             }
         });
-        let new_id = pick_device_id(&mut OsRng, &taken, MAX_DEVICE_ID)
-            .ok_or_else(|| ManagerError::InvalidParams("no free device id found".into()))?;
+        let new_id =
+            pick_device_id(&mut OsRng, &taken, MAX_DEVICE_ID).ok_or(DeviceIdError::NoneFree)?;
         let id = old.id;
         let version = self
             .store
@@ -71,7 +102,10 @@ impl Manager {
                 self.push_action(&fresh, &mut actions, Cause::DeviceIdRenewed, a);
             }
         }
-        Ok((fresh, actions))
+        Ok(RenewedDevice {
+            account: fresh,
+            actions,
+        })
     }
 
     fn replace_account(&self, acct: Arc<Account>) {

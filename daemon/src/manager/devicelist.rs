@@ -1,12 +1,12 @@
 //! Device lists received from PEP (any JID, our own included).
 
 use super::account::Account;
-use super::{check_bare_jid, Manager, ManagerError, Result};
+use super::{check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, Manager, StorageError};
 use crate::bounds::MAX_DEVICES_PER_LIST;
 use crate::events::{Action, Cause, Event};
 use crate::storage::{self, devices};
 use protocol_core::keys::xeddsa;
-use protocol_core::xml::{self, DeviceListEntry};
+use protocol_core::xml::{self, DeviceListEntry, XmlError};
 use protocol_core::Version;
 use serde::Serialize;
 
@@ -27,6 +27,48 @@ pub struct DevicelistUpdate {
     pub actions: Vec<Action>,
 }
 
+/// Why `devicelist.update` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DevicelistError {
+    /// The owner is not a bare JID.
+    #[error(transparent)]
+    Jid(#[from] InvalidJid),
+    /// No account to store it for.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// Not a well-formed device list of the namespace.
+    #[error("invalid message: device list: {0}")]
+    Malformed(#[source] XmlError),
+    /// The parser's thread failed.
+    #[error("invalid message: device list: the parser failed")]
+    ParserFailed,
+    /// The list names more devices than a contact may have.
+    #[error("device list names {count} devices; at most {max} are accepted")]
+    TooManyDevices {
+        /// Devices in the list.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl DevicelistError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            DevicelistError::Jid(e) => e.cause(),
+            DevicelistError::Account(e) => e.cause(),
+            DevicelistError::Malformed(e) => e.cause(),
+            DevicelistError::ParserFailed => ErrorCause::LocalState,
+            DevicelistError::TooManyDevices { .. } => ErrorCause::PeerMisbehaved,
+            DevicelistError::Storage(e) => e.cause(),
+        }
+    }
+}
+
 impl Manager {
     /// Ingests the device list of `jid` in `namespace` (as received from PEP).
     pub async fn update_devicelist(
@@ -35,7 +77,7 @@ impl Manager {
         jid: &str,
         namespace: Version,
         list_xml: &str,
-    ) -> Result<DevicelistUpdate> {
+    ) -> Result<DevicelistUpdate, DevicelistError> {
         let jid = check_bare_jid(jid)?;
         let jid = jid.as_str();
         let acct = self.account(account)?;
@@ -96,14 +138,17 @@ impl Manager {
 
 /// Parses a device list (a large one off the runtime thread) and refuses one longer than
 /// [`MAX_DEVICES_PER_LIST`].
-async fn parse_devicelist(namespace: Version, list_xml: &str) -> Result<Vec<DeviceListEntry>> {
+async fn parse_devicelist(
+    namespace: Version,
+    list_xml: &str,
+) -> Result<Vec<DeviceListEntry>, DevicelistError> {
     let owned = list_xml.to_owned();
     let entries = crate::bounds::parse_off_thread(owned.len(), move || {
         xml::devicelist_from_xml(namespace, &owned)
     })
     .await
-    .ok_or_else(|| ManagerError::InvalidMessage("device list: the parser failed".into()))?
-    .map_err(|e| ManagerError::InvalidMessage(format!("device list: {e}")))?;
+    .ok_or(DevicelistError::ParserFailed)?
+    .map_err(DevicelistError::Malformed)?;
     check_devicelist_len(entries.len())?;
     Ok(entries)
 }
@@ -134,9 +179,9 @@ fn entries_to_store(
 }
 
 /// Refuses a device list longer than [`MAX_DEVICES_PER_LIST`].
-fn check_devicelist_len(count: usize) -> Result<()> {
+fn check_devicelist_len(count: usize) -> Result<(), DevicelistError> {
     if count > MAX_DEVICES_PER_LIST {
-        return Err(ManagerError::TooManyDevices {
+        return Err(DevicelistError::TooManyDevices {
             count,
             max: MAX_DEVICES_PER_LIST,
         });

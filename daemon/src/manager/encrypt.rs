@@ -1,12 +1,22 @@
 //! Encryption to every active device of a set of JIDs (our own other devices included), in
 //! the namespaces those devices support; sessions are built lazily from stored bundles.
+//!
+//! [`Manager::encrypt`] checks the request and **chooses the targets**; `encrypt_to` then, in
+//! named steps, **prepares** one `DeviceStep` per device on copies (its session, new or
+//! cached, the trust of its key, its key and the row to store), builds the answer,
+//! **commits** every step in one transaction, and lets memory **remember** the commit. Nothing
+//! in memory changes before COMMIT, so a failed transaction leaves every session as stored.
 
-use super::account::Account;
-use super::bundle_cache::VerifiedBundle;
+use super::account::{Account, TrustMode};
+use super::bundle_cache::{VerifiedBundle, WriteTicket};
+use super::error::{RateLimited, RecipientsError};
 use super::peer_bundle::StoredBundle;
-use super::sessions::{session_row, session_row_with_state, SessionMeta};
-use super::{check_bare_jid, Manager, ManagerError, Result};
+use super::sessions::{session_row, session_row_with_state, SessionMeta, SlotGuard};
+use super::{
+    check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyLevel, Manager, StorageError,
+};
 use crate::events::Action;
+use crate::storage::redelivery::EncryptResultRow;
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
     self, device_state, sessions as session_store, trust as trust_store, DeviceAddr,
@@ -104,28 +114,148 @@ pub struct EncryptRequest {
     pub idempotency_key: Option<String>,
 }
 
-struct Target {
-    addr: DeviceAddr,
-    force_new: bool,
+/// Why `encrypt` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EncryptError {
+    /// No account to encrypt for.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// The recipients or namespaces are unusable.
+    #[error(transparent)]
+    Recipients(#[from] RecipientsError),
+    /// `sce_to` is not a bare JID.
+    #[error(transparent)]
+    SceTo(#[from] InvalidJid),
+    /// A body to several recipients in OMEMO 2 needs `sce_to`: the receivers check it.
+    #[error("`sce_to` is required with several recipients (the room's bare JID in a group chat)")]
+    SceToRequired,
+    /// The idempotency key is empty or too long.
+    #[error("idempotency_key must be 1 to {max} bytes")]
+    IdempotencyKeyLength {
+        /// The longest key accepted.
+        max: usize,
+    },
+    /// The idempotency key was used before for another request.
+    #[error("idempotency_key was used for a different request")]
+    IdempotencyKeyReused,
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
 }
 
-/// What building a new session from a stored bundle changes besides the session.
-struct Fresh {
-    /// The stored bundle without the one-time prekey we used.
-    bundle_xml: String,
-    /// The same, to cache after COMMIT.
-    rest: Arc<VerifiedBundle>,
-    /// The session it replaces, kept as a previous state.
-    archive: Option<Zeroizing<Vec<u8>>>,
+impl EncryptError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            EncryptError::Account(e) => e.cause(),
+            EncryptError::Recipients(e) => e.cause(),
+            EncryptError::SceTo(e) => e.cause(),
+            EncryptError::SceToRequired
+            | EncryptError::IdempotencyKeyLength { .. }
+            | EncryptError::IdempotencyKeyReused => ErrorCause::Request,
+            EncryptError::Storage(e) => e.cause(),
+        }
+    }
 }
 
-/// How one device's session moves on in an encryption.
-enum Step {
-    /// The cached session, stepped only once the new state is committed.
-    Existing(PendingEncrypt),
-    /// A new session from a stored bundle (and what it changes besides, until handed to the
-    /// transaction).
-    Fresh(Box<Session>, Option<Box<Fresh>>),
+/// Why `heartbeat` (an empty message to one device) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatError {
+    /// The owner is not a bare JID.
+    #[error(transparent)]
+    Jid(#[from] InvalidJid),
+    /// No account to send from.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// No session and no usable bundle: the bundle must be fetched.
+    #[error("no bundle of device {device_id} of {jid} in {namespace}: fetch it")]
+    NoBundle {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+    },
+    /// No message could be made for the device (the reason its report gave).
+    #[error("broken session: {0}")]
+    NotEncrypted(String),
+    /// The device got no report at all (not reached: one target gives one report).
+    #[error("unknown device {device_id} of {jid} in {namespace}")]
+    UnknownDevice {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+    },
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl HeartbeatError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            HeartbeatError::Jid(e) => e.cause(),
+            HeartbeatError::Account(e) => e.cause(),
+            HeartbeatError::NoBundle { .. }
+            | HeartbeatError::NotEncrypted(_)
+            | HeartbeatError::UnknownDevice { .. } => ErrorCause::LocalState,
+            HeartbeatError::Storage(e) => e.cause(),
+        }
+    }
+}
+
+/// Why `session.replace` failed: as a heartbeat, or the rebuild rate limit.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceSessionError {
+    /// The empty message that carries the new session failed.
+    #[error(transparent)]
+    Message(#[from] HeartbeatError),
+    /// The device's session was replaced too often.
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
+}
+
+impl ReplaceSessionError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            ReplaceSessionError::Message(e) => e.cause(),
+            ReplaceSessionError::RateLimited(e) => e.cause(),
+        }
+    }
+}
+
+/// The devices an encryption covers, and the device lists to fetch first.
+pub(crate) struct Targets {
+    /// Active devices of the recipients (our own other devices included).
+    pub(crate) devices: Vec<DeviceAddr>,
+    /// `fetch_devicelist` for each recipient with no known device in a namespace.
+    pub(crate) fetch: Vec<Action>,
+}
+
+/// An answer to keep for an idempotency key.
+pub(crate) struct Kept {
+    pub(crate) key: String,
+    /// [`super::redelivery::request_digest`] of the request.
+    pub(crate) digest: [u8; 32],
+}
+
+/// One encryption: the devices (each with whether its session must be new), the content,
+/// and what the answer carries besides.
+struct Job<'a> {
+    devices: Vec<DeviceAddr>,
+    /// Devices whose session is replaced by a new one (`session.replace`).
+    forced: Vec<DeviceAddr>,
+    body: Option<&'a str>,
+    sce_to: Option<&'a str>,
+    /// Device lists to fetch.
+    actions: Vec<Action>,
+    keep: Option<Kept>,
 }
 
 /// Payload and per-device key material of one namespace.
@@ -133,6 +263,78 @@ struct NsPayload {
     key_material: Zeroizing<Vec<u8>>,
     iv: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
+}
+
+/// What one encryption shares between its devices while they are prepared.
+struct Fanout<'a> {
+    acct: &'a Account,
+    trust_mode: TrustMode,
+    body: Option<&'a str>,
+    sce_to: Option<&'a str>,
+    /// Made for a namespace when its first device is prepared.
+    payloads: BTreeMap<Version, NsPayload>,
+    /// Trust rows of keys seen for the first time, once each.
+    new_trust: Vec<TrustRow>,
+    now: i64,
+}
+
+/// One device's part of an encryption: prepared on copies, written by the commit, applied to
+/// memory after COMMIT by "remember".
+struct DeviceStep {
+    /// Index of the device's slot among the locked ones.
+    slot: usize,
+    addr: DeviceAddr,
+    /// What the answer says about the device.
+    report: DeviceReport,
+    /// The key made for the device, when one was.
+    sent: Option<Sent>,
+}
+
+/// A key made for a device and the session change it needs stored.
+struct Sent {
+    key: KeyElement,
+    /// The session row after this encryption (its counters included).
+    row: session_store::SessionRow,
+    meta: SessionMeta,
+    change: SessionChange,
+}
+
+/// How a device's session moves on.
+enum SessionChange {
+    /// The cached session, stepped only once the new state is committed.
+    Existing(PendingEncrypt),
+    /// A new session from a stored bundle.
+    New(Box<NewSession>),
+}
+
+/// A new session from a stored bundle, and what it changes besides.
+struct NewSession {
+    session: Session,
+    /// The stored bundle without the one-time prekey it used (stored, then cached).
+    rest: Arc<VerifiedBundle>,
+    /// The same as XML.
+    rest_xml: String,
+    /// The session it replaces, kept as a previous state.
+    archive: Option<Zeroizing<Vec<u8>>>,
+    /// It is the rebuild a rollback asked for.
+    rebuilt: bool,
+}
+
+/// The session a device's key is made with.
+enum Source<'s> {
+    /// The cached one.
+    Cached(&'s Session),
+    /// A new one.
+    New(Box<NewSession>),
+}
+
+impl Source<'_> {
+    fn session(&self) -> &Session {
+        match self {
+            Source::Cached(s) => s,
+            Source::New(n) => &n.session,
+        }
+    }
 }
 
 fn payload_for(acct: &Account, ns: Version, body: Option<&str>, sce_to: Option<&str>) -> NsPayload {
@@ -198,33 +400,76 @@ fn report(
     }
 }
 
+fn failed(addr: &DeviceAddr, reason: impl Into<String>) -> DeviceReport {
+    report(addr, DeviceStatus::Failed, false, Some(reason.into()), None)
+}
+
+/// No usable bundle: the client fetches a fresh one.
+fn no_bundle(addr: &DeviceAddr, why: &str) -> DeviceReport {
+    let action = Action::fetch_bundle(&addr.jid, addr.namespace, addr.device_id);
+    report(
+        addr,
+        DeviceStatus::NoBundle,
+        false,
+        Some(why.to_owned()),
+        Some(action),
+    )
+}
+
 /// The outcome of a one-device call, or the error that explains why there is no message.
-fn single_device(
-    out: EncryptOutcome,
-    jid: &str,
-    namespace: Version,
-    device_id: u32,
-) -> Result<EncryptOutcome> {
+fn single_device(out: EncryptOutcome, addr: &DeviceAddr) -> Result<EncryptOutcome, HeartbeatError> {
+    let (jid, namespace, device_id) = (addr.jid.clone(), addr.namespace, addr.device_id);
     match out.devices.first() {
         Some(r) if r.status == DeviceStatus::Encrypted => Ok(out),
-        Some(r) if r.status == DeviceStatus::NoBundle => Err(ManagerError::NoBundle {
-            jid: jid.to_owned(),
+        Some(r) if r.status == DeviceStatus::NoBundle => Err(HeartbeatError::NoBundle {
+            jid,
             namespace,
             device_id,
         }),
-        Some(r) => Err(ManagerError::BrokenSession(
+        Some(r) => Err(HeartbeatError::NotEncrypted(
             r.reason.clone().unwrap_or_default(),
         )),
-        None => Err(ManagerError::UnknownDevice {
-            jid: jid.to_owned(),
+        None => Err(HeartbeatError::UnknownDevice {
+            jid,
             namespace,
             device_id,
         }),
     }
 }
 
-fn failed(addr: &DeviceAddr, reason: impl Into<String>) -> DeviceReport {
-    report(addr, DeviceStatus::Failed, false, Some(reason.into()), None)
+/// The recipients of `req`, normalised and without repeats, once they and its namespaces are
+/// checked.
+pub(crate) fn recipients(req: &EncryptRequest) -> Result<Vec<String>, RecipientsError> {
+    let mut jids: Vec<String> = Vec::new();
+    for j in &req.to {
+        let j = check_bare_jid(j)?;
+        if !jids.contains(&j) {
+            jids.push(j);
+        }
+    }
+    if jids.is_empty() {
+        return Err(RecipientsError::NoRecipient);
+    }
+    if req.namespaces.is_empty() {
+        return Err(RecipientsError::NoNamespace);
+    }
+    Ok(jids)
+}
+
+/// The OMEMO 2 SCE `<to>`: `sce_to`, else the only recipient. With several recipients the
+/// conversation is ambiguous (the receivers check `<to>`), so a body needs `sce_to`.
+fn sce_to(req: &EncryptRequest, jids: &[String]) -> Result<Option<String>, EncryptError> {
+    if let Some(to) = &req.sce_to {
+        check_bare_jid(to)?;
+        return Ok(Some(to.clone()));
+    }
+    match jids {
+        [only] => Ok(Some(only.clone())),
+        _ if req.body.is_some() && req.namespaces.contains(&Version::Twomemo) => {
+            Err(EncryptError::SceToRequired)
+        }
+        _ => Ok(None),
+    }
 }
 
 impl Manager {
@@ -233,61 +478,22 @@ impl Manager {
         &self,
         account: Option<&str>,
         req: EncryptRequest,
-    ) -> Result<EncryptOutcome> {
+    ) -> Result<EncryptOutcome, EncryptError> {
         let acct = self.account(account)?;
-        let mut jids: Vec<String> = Vec::new();
-        for j in &req.to {
-            let j = check_bare_jid(j)?;
-            if !jids.contains(&j) {
-                jids.push(j);
-            }
-        }
-        if jids.is_empty() {
-            return Err(ManagerError::InvalidParams(
-                "`to` names no recipient".into(),
-            ));
-        }
-        if req.namespaces.is_empty() {
-            return Err(ManagerError::InvalidParams("`namespaces` is empty".into()));
-        }
-        if let Some(to) = &req.sce_to {
-            check_bare_jid(to)?;
-        }
-        // With several recipients the conversation is ambiguous: the receivers check `<to>`.
-        if req.sce_to.is_none()
-            && jids.len() > 1
-            && req.body.is_some()
-            && req.namespaces.contains(&Version::Twomemo)
-        {
-            return Err(ManagerError::InvalidParams(
-                "`sce_to` is required with several recipients (the room's bare JID in a group chat)"
-                    .into(),
-            ));
-        }
-        let sce_to = req
-            .sce_to
-            .clone()
-            .or_else(|| (jids.len() == 1).then(|| jids[0].clone()));
-        let (addrs, actions) =
+        let jids = recipients(&req)?;
+        let sce_to = sce_to(&req, &jids)?;
+        let targets =
             self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device);
-        let targets = addrs
-            .into_iter()
-            .map(|addr| Target {
-                addr,
-                force_new: false,
-            })
-            .collect();
+        let mut job = Job {
+            devices: targets.devices,
+            forced: Vec::new(),
+            body: req.body.as_deref(),
+            sce_to: sce_to.as_deref(),
+            actions: targets.fetch,
+            keep: None,
+        };
         let Some(key) = req.idempotency_key.as_deref() else {
-            return self
-                .encrypt_to(
-                    &acct,
-                    targets,
-                    req.body.as_deref(),
-                    sce_to.as_deref(),
-                    actions,
-                    None,
-                )
-                .await;
+            return Ok(self.encrypt_to(&acct, job).await?);
         };
         // One idempotent encrypt at a time, so two copies of a request cannot both miss.
         let _serial = self.redelivery.encrypt_lock.lock().await;
@@ -295,20 +501,11 @@ impl Manager {
         if let Some(out) = self.stored_encrypt(&acct, key, &digest).await? {
             return Ok(out);
         }
-        let keep = self
-            .redelivery
-            .config()
-            .enabled()
-            .then(|| (key.to_owned(), digest));
-        self.encrypt_to(
-            &acct,
-            targets,
-            req.body.as_deref(),
-            sce_to.as_deref(),
-            actions,
-            keep,
-        )
-        .await
+        job.keep = self.redelivery.config().enabled().then(|| Kept {
+            key: key.to_owned(),
+            digest,
+        });
+        Ok(self.encrypt_to(&acct, job).await?)
     }
 
     /// The devices an encryption to `jids` (and our own other devices) covers, and the device
@@ -319,20 +516,22 @@ impl Manager {
         jids: &[String],
         namespaces: &[Version],
         one_namespace_per_device: bool,
-    ) -> (Vec<DeviceAddr>, Vec<Action>) {
+    ) -> Targets {
         let mut all = jids.to_vec();
         if !all.contains(&acct.jid) {
             all.push(acct.jid.clone());
         }
-        let mut targets = Vec::new();
-        let mut actions = Vec::new();
+        let mut targets = Targets {
+            devices: Vec::new(),
+            fetch: Vec::new(),
+        };
         self.with_directory(acct.id, |d| {
             for jid in &all {
                 let mut seen: Vec<u32> = Vec::new();
                 for ns in namespaces {
                     let active = d.active(jid, *ns);
                     if active.is_empty() && *jid != acct.jid {
-                        actions.push(Action::FetchDevicelist {
+                        targets.fetch.push(Action::FetchDevicelist {
                             jid: jid.clone(),
                             namespace: *ns,
                             node: ns.devicelist_node().to_owned(),
@@ -346,12 +545,12 @@ impl Manager {
                             continue;
                         }
                         seen.push(id);
-                        targets.push(Self::addr(acct, jid, *ns, id));
+                        targets.devices.push(Self::addr(acct, jid, *ns, id));
                     }
                 }
             }
         });
-        (targets, actions)
+        targets
     }
 
     /// An empty message to one device (session completion, heartbeat).
@@ -361,9 +560,11 @@ impl Manager {
         jid: &str,
         namespace: Version,
         device_id: u32,
-    ) -> Result<EncryptOutcome> {
-        self.empty_message(account, jid, namespace, device_id, false)
-            .await
+    ) -> Result<EncryptOutcome, HeartbeatError> {
+        let jid = check_bare_jid(jid)?;
+        let acct = self.account(account)?;
+        let addr = Self::addr(&acct, &jid, namespace, device_id);
+        self.empty_message(&acct, addr, false).await
     }
 
     /// Replaces the session with a device by a fresh key exchange from its stored bundle
@@ -374,346 +575,441 @@ impl Manager {
         jid: &str,
         namespace: Version,
         device_id: u32,
-    ) -> Result<EncryptOutcome> {
-        self.empty_message(account, jid, namespace, device_id, true)
-            .await
+    ) -> Result<EncryptOutcome, ReplaceSessionError> {
+        let jid = check_bare_jid(jid).map_err(HeartbeatError::from)?;
+        let acct = self.account(account).map_err(HeartbeatError::from)?;
+        let addr = Self::addr(&acct, &jid, namespace, device_id);
+        self.check_rebuild_allowed(&addr)?;
+        let out = self.empty_message(&acct, addr.clone(), true).await?;
+        self.record_rebuild(&addr);
+        Ok(out)
     }
 
     /// An empty message to one device, on a new session if `force_new`.
     async fn empty_message(
         &self,
-        account: Option<&str>,
-        jid: &str,
-        namespace: Version,
-        device_id: u32,
+        acct: &Account,
+        addr: DeviceAddr,
         force_new: bool,
-    ) -> Result<EncryptOutcome> {
-        let jid = check_bare_jid(jid)?;
-        let jid = jid.as_str();
-        let acct = self.account(account)?;
-        let addr = Self::addr(&acct, jid, namespace, device_id);
-        if force_new {
-            self.check_rebuild_allowed(&addr)?;
-        }
-        let t = Target {
-            addr: addr.clone(),
-            force_new,
+    ) -> Result<EncryptOutcome, HeartbeatError> {
+        let job = Job {
+            forced: if force_new {
+                vec![addr.clone()]
+            } else {
+                Vec::new()
+            },
+            devices: vec![addr.clone()],
+            body: None,
+            sce_to: None,
+            actions: Vec::new(),
+            keep: None,
         };
-        let out = self
-            .encrypt_to(&acct, vec![t], None, None, Vec::new(), None)
+        let out = self.encrypt_to(acct, job).await?;
+        single_device(out, &addr)
+    }
+
+    /// Encrypts to every device of `job`, in named steps: lock their sessions; **prepare** one
+    /// [`DeviceStep`] per device (a new session when it needs one, its trust, its key) on
+    /// copies; build the answer; **commit** every step in one transaction; **remember**: memory
+    /// follows the commit. A failed transaction leaves every session as stored.
+    async fn encrypt_to(
+        &self,
+        acct: &Account,
+        job: Job<'_>,
+    ) -> Result<EncryptOutcome, StorageError> {
+        let mut slots = self.sessions.lock_many(&self.store, &job.devices).await?;
+        let mut fanout = Fanout {
+            acct,
+            trust_mode: acct.keys.lock().await.trust_mode,
+            body: job.body,
+            sce_to: job.sce_to,
+            payloads: BTreeMap::new(),
+            new_trust: Vec::new(),
+            now: storage::now(),
+        };
+        let mut steps = Vec::with_capacity(slots.len());
+        for (i, slot) in slots.iter().enumerate() {
+            let forced = job.forced.contains(slot.addr());
+            steps.push(self.prepare_device(&mut fanout, i, slot, forced).await);
+        }
+        let out = outcome(
+            acct,
+            &steps,
+            std::mem::take(&mut fanout.payloads),
+            job.actions,
+        );
+        let stored = match job.keep {
+            Some(k) => Some(super::redelivery::encrypt_record(acct, k, &out)?),
+            None => None,
+        };
+        let (new_trust, now) = (fanout.new_trust, fanout.now);
+        let committed = self
+            .commit_encryption(steps, &new_trust, stored, now)
             .await?;
-        let out = single_device(out, jid, namespace, device_id)?;
-        if force_new {
-            self.record_rebuild(&addr);
+        self.remember_encryption(&mut slots, committed);
+        drop(slots);
+        if let Some(first) = job.devices.first() {
+            self.remember_trust(acct, new_trust, first.namespace, first.device_id);
         }
         Ok(out)
     }
 
-    async fn encrypt_to(
+    /// Prepares one device: its session (a new one from the stored bundle when there is none,
+    /// when `forced`, or after a rollback), the trust of its key, and its key, on copies.
+    async fn prepare_device(
+        &self,
+        fanout: &mut Fanout<'_>,
+        slot_index: usize,
+        slot: &SlotGuard,
+        forced: bool,
+    ) -> DeviceStep {
+        let addr = slot.addr();
+        let skipped = |report| DeviceStep {
+            slot: slot_index,
+            addr: addr.clone(),
+            report,
+            sent: None,
+        };
+        // After a rollback the stored session may be behind the peer's: start a new one.
+        let rebuild = slot
+            .session
+            .as_ref()
+            .and_then(|_| self.pending_rebuilds.requested_at(addr));
+        let source = match &slot.session {
+            Some(s) if !forced && rebuild.is_none() => Source::Cached(s),
+            _ => match self.new_session(fanout.acct, slot, rebuild.is_some()).await {
+                Ok(new) => Source::New(new),
+                Err(report) => return skipped(report),
+            },
+        };
+        let curve = *source.session().remote_curve25519();
+        let level = fanout.trust_level(self, &addr.jid, &curve);
+        // Empty messages are exempt: they carry no content.
+        if fanout.body.is_some() && level != TrustLevel::Trusted {
+            let why = format!("identity key is {}", level.as_str());
+            return skipped(report(
+                addr,
+                DeviceStatus::Untrusted,
+                false,
+                Some(why),
+                None,
+            ));
+        }
+        let now = fanout.now;
+        let p = fanout.payload(addr.namespace);
+        match make_key(source, addr, &slot.meta, &p.key_material, now) {
+            Ok(sent) => DeviceStep {
+                slot: slot_index,
+                addr: addr.clone(),
+                report: report(addr, DeviceStatus::Encrypted, sent.key.kex, None, None),
+                sent: Some(sent),
+            },
+            Err(e) => skipped(failed(addr, e.to_string())),
+        }
+    }
+
+    /// A new session with the device from its stored bundle, or the report that says why
+    /// there is none. The stored bundle forgets the prekey it takes, so no rebuild reuses it.
+    async fn new_session(
         &self,
         acct: &Account,
-        targets: Vec<Target>,
-        body: Option<&str>,
-        sce_to: Option<&str>,
-        mut actions: Vec<Action>,
-        idempotency: Option<(String, [u8; 32])>,
-    ) -> Result<EncryptOutcome> {
-        let addrs: Vec<DeviceAddr> = targets.iter().map(|t| t.addr.clone()).collect();
-        let mut guards = self.sessions.lock_many(&self.store, &addrs).await?;
-        let any_forced = targets.iter().any(|t| t.force_new);
-        let mode = acct.keys.lock().await.trust_mode;
-        let mut reports = Vec::new();
-        let mut payloads: BTreeMap<Version, NsPayload> = BTreeMap::new();
-        let mut keys: BTreeMap<Version, Vec<KeyElement>> = BTreeMap::new();
-        // (index into guards, the session's step, new meta) to commit.
-        let mut updates: Vec<(usize, Step, SessionMeta)> = Vec::new();
-        let mut new_trust: Vec<TrustRow> = Vec::new();
-
-        for (i, (addr, guard)) in guards.iter().enumerate() {
-            // After a rollback the stored session may be behind the peer's: start a new one.
-            let rebuild = guard
-                .session
-                .is_some()
-                .then(|| self.pending_rebuilds.requested_at(addr))
-                .flatten();
-            let force_new = rebuild.is_some()
-                || (any_forced && targets.iter().any(|t| &t.addr == addr && t.force_new));
-            let built = match (&guard.session, force_new) {
-                (Some(_), false) => None,
-                _ => {
-                    // No usable bundle: the client fetches a fresh one.
-                    let no_bundle = |addr: &DeviceAddr, why: &str| {
-                        report(
-                            addr,
-                            DeviceStatus::NoBundle,
-                            false,
-                            Some(why.to_owned()),
-                            Some(Action::fetch_bundle(
-                                &addr.jid,
-                                addr.namespace,
-                                addr.device_id,
-                            )),
-                        )
-                    };
-                    // Every prekey of the stored bundle was used (by us).
-                    const SPENT: &str = "every one-time prekey of the stored bundle is used";
-                    let bundle = match self.stored_bundle(addr).await {
-                        Ok(StoredBundle::Usable(b)) => b,
-                        Ok(StoredBundle::Spent) => {
-                            reports.push(no_bundle(addr, SPENT));
-                            continue;
-                        }
-                        Ok(StoredBundle::Missing) => {
-                            reports.push(no_bundle(
-                                addr,
-                                if rebuild.is_some() {
-                                    "the session must be rebuilt after a rollback: fetch a \
-                                     fresh bundle"
-                                } else {
-                                    "no session and no bundle"
-                                },
-                            ));
-                            continue;
-                        }
-                        Err(e) => {
-                            reports.push(failed(addr, e.to_string()));
-                            continue;
-                        }
-                    };
-                    let Some(pk) = bundle.bundle().prekeys.choose(&mut OsRng).map(|p| p.id) else {
-                        reports.push(no_bundle(addr, SPENT));
-                        continue;
-                    };
-                    // The stored bundle forgets the prekey we take, so no rebuild reuses it.
-                    let rest = bundle.without_prekey(pk);
-                    let fresh = Fresh {
-                        bundle_xml: protocol_core::xml::bundle_to_xml(rest.bundle()),
-                        rest: Arc::new(rest),
-                        archive: guard.session.as_ref().map(|s| s.to_bytes(true)),
-                    };
-                    match Session::initiate_verified(&acct.identity, &bundle, pk, &mut OsRng) {
-                        Ok(s) => Some((s, fresh)),
-                        Err(e) => {
-                            reports.push(failed(addr, e.to_string()));
-                            continue;
-                        }
-                    }
-                }
-            };
-            let Some(session) = built.as_ref().map(|(s, _)| s).or(guard.session.as_ref()) else {
-                // Not reached: without a stored session one was built above.
-                reports.push(failed(addr, "no session"));
-                continue;
-            };
-            let curve = *session.remote_curve25519();
-            let (level, new_row) = self.trust_level_for_key(acct, mode, &addr.jid, &curve);
-            if let Some(trust) = new_row {
-                if !new_trust
-                    .iter()
-                    .any(|t| t.jid == trust.jid && t.identity_key == trust.identity_key)
-                {
-                    new_trust.push(trust);
-                }
-            }
-            // Empty messages are exempt: they carry no content.
-            if body.is_some() && level != TrustLevel::Trusted {
-                reports.push(report(
+        slot: &SlotGuard,
+        after_rollback: bool,
+    ) -> Result<Box<NewSession>, DeviceReport> {
+        let addr = slot.addr();
+        // Every prekey of the stored bundle was used (by us).
+        const SPENT: &str = "every one-time prekey of the stored bundle is used";
+        let bundle = match self.stored_bundle(addr).await {
+            Ok(StoredBundle::Usable(b)) => b,
+            Ok(StoredBundle::Spent) => return Err(no_bundle(addr, SPENT)),
+            Ok(StoredBundle::Missing) if after_rollback => {
+                return Err(no_bundle(
                     addr,
-                    DeviceStatus::Untrusted,
-                    false,
-                    Some(format!("identity key is {}", level.as_str())),
-                    None,
-                ));
-                continue;
+                    "the session must be rebuilt after a rollback: fetch a fresh bundle",
+                ))
             }
-            let p = payloads
-                .entry(addr.namespace)
-                .or_insert_with(|| payload_for(acct, addr.namespace, body, sce_to));
-            // An existing session is only stepped once its new state is committed; a new one
-            // is ours until then.
-            let encrypted = match built {
-                Some((mut s, f)) => s
-                    .encrypt(&p.key_material)
-                    .map(|k| (k, Step::Fresh(Box::new(s), Some(Box::new(f))))),
-                None => session
-                    .prepare_encrypt(&p.key_material)
-                    .map(|(k, pending)| (k, Step::Existing(pending))),
-            };
-            match encrypted {
-                Ok((k, step)) => {
-                    keys.entry(addr.namespace).or_default().push(KeyElement {
-                        jid: (addr.namespace == Version::Twomemo).then(|| addr.jid.clone()),
-                        rid: addr.device_id,
-                        kex: k.kex,
-                        data: k.data,
-                    });
-                    reports.push(report(addr, DeviceStatus::Encrypted, k.kex, None, None));
-                    let mut meta = match step {
-                        Step::Fresh(..) => SessionMeta::default(),
-                        Step::Existing(_) => guard.meta.clone(),
-                    };
-                    meta.messages_sent += 1;
-                    updates.push((i, step, meta));
-                }
-                Err(e) => reports.push(failed(addr, e.to_string())),
-            }
-        }
+            Ok(StoredBundle::Missing) => return Err(no_bundle(addr, "no session and no bundle")),
+            Err(e) => return Err(failed(addr, e.to_string())),
+        };
+        let Some(pk) = bundle.bundle().prekeys.choose(&mut OsRng).map(|p| p.id) else {
+            return Err(no_bundle(addr, SPENT));
+        };
+        let session = Session::initiate_verified(&acct.identity, &bundle, pk, &mut OsRng)
+            .map_err(|e| failed(addr, e.to_string()))?;
+        let rest = bundle.without_prekey(pk);
+        Ok(Box::new(NewSession {
+            session,
+            rest_xml: protocol_core::xml::bundle_to_xml(rest.bundle()),
+            rest: Arc::new(rest),
+            archive: slot.session.as_ref().map(|s| s.to_bytes(true)),
+            rebuilt: self.pending_rebuilds.contains(addr),
+        }))
+    }
 
-        let messages = keys
-            .into_iter()
-            .map(|(ns, keys)| {
-                let p = payloads.remove(&ns);
-                let element = Encrypted {
-                    version: ns,
-                    sid: acct.device_id,
-                    keys,
-                    iv: p.as_ref().and_then(|p| p.iv.clone()),
-                    payload: p.and_then(|p| p.payload),
-                };
-                EncryptedMessage {
-                    namespace: ns.namespace().to_owned(),
-                    xml: Some(element.to_xml()),
-                    element: Some(element),
-                }
-            })
-            .collect();
-        // Fetches for devices without a bundle go into `actions` as well.
-        actions.extend(reports.iter().filter_map(|d| d.action.clone()));
-        let out = EncryptOutcome {
-            messages,
-            devices: reports,
-            actions,
-        };
-        let stored = match idempotency {
-            Some((key, digest)) => {
-                Some(super::redelivery::encrypt_record(acct, key, digest, &out)?)
-            }
-            None => None,
-        };
-        if !updates.is_empty() || !new_trust.is_empty() || stored.is_some() {
-            let now = storage::now();
-            let rebuilt: Vec<DeviceAddr> = updates
-                .iter()
-                .filter(|(i, step, _)| {
-                    matches!(step, Step::Fresh(..)) && self.pending_rebuilds.contains(&guards[*i].0)
-                })
-                .map(|(i, ..)| guards[*i].0.clone())
-                .collect();
-            let mut rows: Vec<session_store::SessionRow> = Vec::with_capacity(updates.len());
-            // New sessions also replace the stored bundle, archive the old session and set
-            // their skipped keys: (index into `rows`, session, what it changes).
-            let mut fresh: Vec<(usize, Session, Fresh)> = Vec::new();
-            for (k, (i, step, meta)) in updates.iter_mut().enumerate() {
-                let (addr, guard) = &guards[*i];
-                match step {
-                    Step::Existing(pending) => {
-                        // The step was prepared from this session: it is there.
-                        let Some(s) = guard.session.as_ref() else {
-                            return Err(ManagerError::BrokenSession(
-                                "the session went away during the encryption".into(),
-                            ));
-                        };
-                        let state = s.to_bytes_after(pending, false);
-                        rows.push(session_row_with_state(addr, s, state, meta, now));
-                    }
-                    Step::Fresh(s, f) => {
-                        rows.push(session_row(addr, s, meta, now));
-                        if let Some(f) = f.take() {
-                            fresh.push((k, (**s).clone(), *f));
-                        }
-                    }
-                }
-            }
-            let trust_rows = new_trust.clone();
-            let rebuilt_in_tx = rebuilt.clone();
-            // The stored bundles that lose a prekey, cached after COMMIT; the ticket is held
-            // until then.
-            let rests: Vec<(DeviceAddr, Arc<VerifiedBundle>)> = fresh
-                .iter()
-                .map(|(k, _, f)| (rows[*k].addr(), Arc::clone(&f.rest)))
-                .collect();
-            let bundle_ticket = (!rests.is_empty()).then(|| self.bundles.write_ticket());
-            let cache = bundle_ticket.as_ref().map(|t| t.invalidator());
-            self.store
-                .write(move |tx| {
-                    for (k, _, f) in &fresh {
-                        let addr = rows[*k].addr();
-                        if let Some(old) = &f.archive {
-                            device_state::push_previous_session(
-                                tx,
-                                &addr,
-                                old,
-                                now,
-                                protocol_core::consts::MAX_PREVIOUS_SESSIONS,
-                            )?;
-                        }
-                        if let Some(c) = &cache {
-                            c.invalidate(&addr);
-                        }
-                        device_state::set_bundle_xml(
-                            tx,
-                            &addr,
-                            f.bundle_xml.as_bytes(),
-                            u32::try_from(f.rest.bundle().prekeys.len()).unwrap_or(u32::MAX),
-                        )?;
-                    }
-                    session_store::upsert_many(tx, &rows)?;
-                    // After the rows they belong to exist.
-                    for (k, s, _) in &fresh {
-                        crate::storage::skipped_keys::replace_for_session(
-                            tx,
-                            &rows[*k].addr(),
-                            s.skipped_keys(),
-                            now,
-                        )?;
-                    }
-                    for addr in &rebuilt_in_tx {
-                        crate::storage::rebuilds::clear(tx, addr)?;
-                    }
-                    for t in &trust_rows {
-                        trust_store::set(tx, t)?;
-                    }
-                    if let Some(r) = &stored {
-                        crate::storage::redelivery::put_encrypt_result(tx, r)?;
-                    }
-                    Ok(())
-                })
-                .await?;
-            if let Some(t) = &bundle_ticket {
-                for (addr, rest) in rests {
-                    self.bundles.publish(&addr, rest, t);
-                }
-            }
-            drop(bundle_ticket);
-            for addr in &rebuilt {
-                self.pending_rebuilds.done(addr);
-            }
+    /// Commits every prepared step in one transaction (with the new trust rows and the answer
+    /// kept for an idempotency key) at `now`, the time their rows carry, and hands the steps
+    /// back for "remember".
+    async fn commit_encryption(
+        &self,
+        steps: Vec<DeviceStep>,
+        new_trust: &[TrustRow],
+        stored: Option<EncryptResultRow>,
+        now: i64,
+    ) -> Result<Committed, StorageError> {
+        let any_sent = steps.iter().any(|s| s.sent.is_some());
+        if !any_sent && new_trust.is_empty() && stored.is_none() {
+            return Ok(Committed {
+                steps,
+                bundle_ticket: None,
+            });
         }
-        for (i, step, meta) in updates {
-            let g = &mut guards[i].1;
-            match step {
-                Step::Existing(pending) => {
-                    let applied = g
+        let any_new = steps.iter().any(|s| s.new_session().is_some());
+        // The stored bundles that lose a prekey are cached after COMMIT; the ticket is held
+        // until then.
+        let bundle_ticket = any_new.then(|| self.bundles.write_ticket());
+        let cache = bundle_ticket.as_ref().map(|t| t.invalidator());
+        let trust_rows = new_trust.to_vec();
+        let steps = self
+            .store
+            .write(move |tx| {
+                for step in &steps {
+                    if let Some(new) = step.new_session() {
+                        if let Some(c) = &cache {
+                            c.invalidate(&step.addr);
+                        }
+                        new.store_bundle_and_archive(tx, &step.addr, now)?;
+                    }
+                }
+                let rows: Vec<&session_store::SessionRow> = steps
+                    .iter()
+                    .filter_map(|s| s.sent.as_ref().map(|s| &s.row))
+                    .collect();
+                session_store::upsert_many(tx, &rows)?;
+                // After the rows they belong to exist.
+                for step in &steps {
+                    if let Some(new) = step.new_session() {
+                        new.store_skipped_keys(tx, &step.addr, now)?;
+                    }
+                }
+                for t in &trust_rows {
+                    trust_store::set(tx, t)?;
+                }
+                if let Some(r) = &stored {
+                    crate::storage::redelivery::put_encrypt_result(tx, r)?;
+                }
+                Ok(steps)
+            })
+            .await?;
+        Ok(Committed {
+            steps,
+            bundle_ticket,
+        })
+    }
+
+    /// Memory follows the commit: the sessions step on (or become the new ones), the new
+    /// bundles are cached, and the rebuilds done are forgotten.
+    fn remember_encryption(&self, slots: &mut [SlotGuard], committed: Committed) {
+        for step in committed.steps {
+            let Some(sent) = step.sent else {
+                continue;
+            };
+            let slot = &mut slots[step.slot];
+            match sent.change {
+                SessionChange::Existing(pending) => {
+                    if !slot
                         .session
                         .as_mut()
-                        .is_some_and(|s| s.commit_encrypt(pending));
-                    if !applied {
+                        .is_some_and(|s| s.commit_encrypt(pending))
+                    {
                         // Not reached under the slot's lock; should it be, memory must not
                         // differ from the disk: reload from the database on next use.
-                        g.session = None;
-                        g.loaded = false;
+                        slot.session = None;
+                        slot.loaded = false;
                         continue;
                     }
                 }
-                Step::Fresh(s, _) => g.session = Some(*s),
+                SessionChange::New(new) => {
+                    if let Some(t) = &committed.bundle_ticket {
+                        self.bundles.publish(&step.addr, Arc::clone(&new.rest), t);
+                    }
+                    if new.rebuilt {
+                        self.pending_rebuilds.done(&step.addr);
+                    }
+                    slot.session = Some(new.session);
+                }
             }
-            g.meta = meta;
+            slot.meta = sent.meta;
         }
-        drop(guards);
-        if let Some(first) = targets.first() {
-            self.remember_trust(acct, new_trust, first.addr.namespace, first.addr.device_id);
-        }
+    }
+}
 
-        Ok(out)
+/// The steps after COMMIT, with the bundle cache's ticket held until the new bundles are
+/// cached.
+struct Committed {
+    steps: Vec<DeviceStep>,
+    bundle_ticket: Option<WriteTicket>,
+}
+
+impl DeviceStep {
+    /// The new session this step stores, if it makes one.
+    fn new_session(&self) -> Option<&NewSession> {
+        match &self.sent.as_ref()?.change {
+            SessionChange::New(new) => Some(new),
+            SessionChange::Existing(_) => None,
+        }
+    }
+}
+
+impl NewSession {
+    /// In the transaction: the session it replaces joins the previous ones, and the stored
+    /// bundle loses the prekey it used.
+    fn store_bundle_and_archive(
+        &self,
+        tx: &rusqlite::Connection,
+        addr: &DeviceAddr,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        if let Some(old) = &self.archive {
+            device_state::push_previous_session(
+                tx,
+                addr,
+                old,
+                now,
+                protocol_core::consts::MAX_PREVIOUS_SESSIONS,
+            )?;
+        }
+        let prekeys = u32::try_from(self.rest.bundle().prekeys.len()).unwrap_or(u32::MAX);
+        device_state::set_bundle_xml(tx, addr, self.rest_xml.as_bytes(), prekeys)?;
+        Ok(())
+    }
+
+    /// In the transaction, once its row exists: its skipped keys, and the end of the rebuild
+    /// it is.
+    fn store_skipped_keys(
+        &self,
+        tx: &rusqlite::Connection,
+        addr: &DeviceAddr,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        crate::storage::skipped_keys::replace_for_session(
+            tx,
+            addr,
+            self.session.skipped_keys(),
+            now,
+        )?;
+        if self.rebuilt {
+            crate::storage::rebuilds::clear(tx, addr)?;
+        }
+        Ok(())
+    }
+}
+
+impl Fanout<'_> {
+    /// The trust level of a device's key; a key seen for the first time gets its row.
+    fn trust_level(&mut self, manager: &Manager, jid: &str, curve: &[u8; 32]) -> TrustLevel {
+        let row = match manager.trust_level_for_key(self.acct, self.trust_mode, jid, curve) {
+            KeyLevel::Known(level) => return level,
+            KeyLevel::New(row) => row,
+        };
+        let level = row.level;
+        if !self
+            .new_trust
+            .iter()
+            .any(|t| t.jid == row.jid && t.identity_key == row.identity_key)
+        {
+            self.new_trust.push(row);
+        }
+        level
+    }
+
+    /// The payload of a namespace, made on first use.
+    fn payload(&mut self, namespace: Version) -> &NsPayload {
+        let (acct, body, sce_to) = (self.acct, self.body, self.sce_to);
+        self.payloads
+            .entry(namespace)
+            .or_insert_with(|| payload_for(acct, namespace, body, sce_to))
+    }
+}
+
+/// The key for a device from `source`, with the row its session needs stored. An existing
+/// session is only stepped once its new state is committed; a new one is ours until then.
+fn make_key(
+    source: Source<'_>,
+    addr: &DeviceAddr,
+    cached_meta: &SessionMeta,
+    key_material: &[u8],
+    now: i64,
+) -> Result<Sent, protocol_core::session::SessionError> {
+    let (k, row, meta, change) = match source {
+        Source::Cached(s) => {
+            let (k, pending) = s.prepare_encrypt(key_material)?;
+            let mut meta = cached_meta.clone();
+            meta.messages_sent += 1;
+            let state = s.to_bytes_after(&pending, false);
+            let row = session_row_with_state(addr, s, state, &meta, now);
+            (k, row, meta, SessionChange::Existing(pending))
+        }
+        Source::New(mut new) => {
+            let k = new.session.encrypt(key_material)?;
+            let meta = SessionMeta {
+                messages_sent: 1,
+                ..SessionMeta::default()
+            };
+            let row = session_row(addr, &new.session, &meta, now);
+            (k, row, meta, SessionChange::New(new))
+        }
+    };
+    Ok(Sent {
+        key: KeyElement {
+            jid: (addr.namespace == Version::Twomemo).then(|| addr.jid.clone()),
+            rid: addr.device_id,
+            kex: k.kex,
+            data: k.data,
+        },
+        row,
+        meta,
+        change,
+    })
+}
+
+/// The answer: one `<encrypted>` element per namespace that has a key, a report per device,
+/// and the fetches to do (device lists, then bundles of devices without one).
+fn outcome(
+    acct: &Account,
+    steps: &[DeviceStep],
+    mut payloads: BTreeMap<Version, NsPayload>,
+    mut actions: Vec<Action>,
+) -> EncryptOutcome {
+    let mut keys: BTreeMap<Version, Vec<KeyElement>> = BTreeMap::new();
+    for step in steps {
+        if let Some(sent) = &step.sent {
+            let ns = step.addr.namespace;
+            keys.entry(ns).or_default().push(sent.key.clone());
+        }
+    }
+    let messages = keys
+        .into_iter()
+        .map(|(ns, keys)| {
+            let p = payloads.remove(&ns);
+            let element = Encrypted {
+                version: ns,
+                sid: acct.device_id,
+                keys,
+                iv: p.as_ref().and_then(|p| p.iv.clone()),
+                payload: p.and_then(|p| p.payload),
+            };
+            EncryptedMessage {
+                namespace: ns.namespace().to_owned(),
+                xml: Some(element.to_xml()),
+                element: Some(element),
+            }
+        })
+        .collect();
+    let devices: Vec<DeviceReport> = steps.iter().map(|s| s.report.clone()).collect();
+    actions.extend(devices.iter().filter_map(|d| d.action.clone()));
+    EncryptOutcome {
+        messages,
+        devices,
+        actions,
     }
 }

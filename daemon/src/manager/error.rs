@@ -1,129 +1,138 @@
-//! What the session manager can refuse, by cause. The RPC layer maps each variant onto a
-//! stable error kind; messages never contain key material.
+//! What the session manager can refuse. Each operation family has its own error enum beside
+//! the operation, as vodozemac does:
+//!
+//! - `account`: [`CreateAccountError`](super::account::CreateAccountError);
+//!   `lifecycle`: [`DeleteAccountError`](super::lifecycle::DeleteAccountError);
+//!   `device_id`: [`RenewDeviceIdError`](super::device_id::RenewDeviceIdError);
+//! - `own_bundle`: [`OwnBundleError`](super::own_bundle::OwnBundleError);
+//!   `peer_bundle`: [`BundleUpdateError`](super::peer_bundle::BundleUpdateError),
+//!   [`StoredBundleError`](super::peer_bundle::StoredBundleError);
+//!   `devicelist`: [`DevicelistError`](super::devicelist::DevicelistError);
+//! - `encrypt`: [`EncryptError`](super::encrypt::EncryptError),
+//!   [`HeartbeatError`](super::encrypt::HeartbeatError),
+//!   [`ReplaceSessionError`](super::encrypt::ReplaceSessionError);
+//!   `plan`: [`PlanError`](super::plan::PlanError);
+//!   `decrypt`: [`DecryptError`](super::decrypt::DecryptError);
+//! - `trust`: [`ListError`](super::trust::ListError), [`TrustError`](super::trust::TrustError),
+//!   [`CatchupError`](super::trust::CatchupError);
+//!   `pinning`: [`IdentityError`](super::pinning::IdentityError).
+//!
+//! They nest the pieces this module holds, which several operations share: [`InvalidJid`],
+//! [`AccountLookupError`], [`RecipientsError`], [`DeviceIdError`], [`InvalidFingerprint`],
+//! [`RateLimited`], and storage's [`StorageError`]. Operations that only touch the database
+//! (maintenance, loading) return a [`StorageError`] as it is.
+//!
+//! Every error answers `cause()` with protocol-core's [`ErrorCause`]: the peer misbehaved, is
+//! incompatible, our local state failed or is missing, the client's request is invalid, or a
+//! policy (a trust decision, a limit) refuses it. Errors of protocol-core keep their own cause.
+//! Each variant's doc comment sits next to the message a client reads; messages never carry
+//! key material or plaintext. The RPC layer turns each variant into a stable error kind
+//! (`rpc::methods::convert`).
 
-use crate::storage::StorageError;
-use protocol_core::Version;
+pub use crate::storage::StorageError;
+pub use protocol_core::error::ErrorCause;
 
-/// A session-manager failure.
+/// A JID the request gives is not a bare JID.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ManagerError {
-    /// No account with that JID.
-    #[error("no account {0}")]
-    UnknownAccount(String),
-    /// `account.create` for a JID we already have.
-    #[error("account {0} already exists")]
-    AccountExists(String),
-    /// The request left the account out and there is not exactly one.
-    #[error("{0}")]
-    AccountRequired(&'static str),
-    /// Not a bare JID.
-    #[error("invalid bare JID {0:?}")]
-    InvalidJid(String),
-    /// A device we know nothing about.
-    #[error("unknown device {device_id} of {jid} in {namespace}")]
-    UnknownDevice {
-        /// Owner.
-        jid: String,
-        /// Namespace.
-        namespace: Version,
-        /// Device id.
-        device_id: u32,
-    },
-    /// We need a bundle we do not have.
-    #[error("no bundle of device {device_id} of {jid} in {namespace}: fetch it")]
-    NoBundle {
-        /// Owner.
-        jid: String,
-        /// Namespace.
-        namespace: Version,
-        /// Device id.
-        device_id: u32,
-    },
-    /// A received bundle is unusable.
-    #[error("invalid bundle: {0}")]
-    InvalidBundle(String),
-    /// A signature did not verify.
-    #[error("invalid signature: {0}")]
-    InvalidSignature(String),
-    /// Malformed input (XML, protobuf, base64, …).
-    #[error("invalid message: {0}")]
-    InvalidMessage(String),
-    /// The message has no key for our device.
-    #[error("message is not encrypted for this device (it is for devices {recipients:?})")]
-    NotForThisDevice {
-        /// The device ids it was encrypted for.
-        recipients: Vec<u32>,
-    },
-    /// Already decrypted once (a replay or a duplicate delivery).
-    #[error("duplicate message: already decrypted")]
-    DuplicateMessage,
-    /// A normal message from a device we have no session with.
-    #[error("no session with device {device_id} of {jid} in {namespace}")]
-    NoSession {
-        /// Owner.
-        jid: String,
-        /// Namespace.
-        namespace: Version,
-        /// Device id.
-        device_id: u32,
-    },
-    /// The MAC (or the payload's tag) did not verify.
-    #[error("message authentication failed")]
-    AuthenticationFailed,
-    /// The message is too far ahead of its chain.
-    #[error("message skips too many message keys")]
-    TooManySkipped,
-    /// The session cannot continue (e.g. a key exchange for a prekey we no longer have).
-    #[error("broken session: {0}")]
-    BrokenSession(String),
-    /// We refuse to encrypt content for a device the user has not trusted.
-    #[error("device is not trusted")]
-    Untrusted,
-    /// The sender's identity key is distrusted.
-    #[error("sender's identity key is distrusted")]
-    Distrusted,
-    /// An `encrypt` idempotency key reused for another request.
-    #[error("idempotency key {0:?} was used for a different request")]
-    IdempotencyKeyReused(String),
-    /// A key exchange carries another identity than the one held for the device.
-    #[error("identity of device {device_id} of {jid} in {namespace} changed from {old_fingerprint} to {new_fingerprint}: refused until accepted with identity.accept")]
-    IdentityChanged {
-        /// Owner.
-        jid: String,
-        /// Namespace.
-        namespace: Version,
-        /// Device id.
-        device_id: u32,
-        /// Fingerprint held for the device.
-        old_fingerprint: String,
-        /// Fingerprint in the key exchange.
-        new_fingerprint: String,
-    },
-    /// Too many session replacements for one device.
-    #[error("session of this device was replaced too often; retry in {retry_after_secs} s")]
-    RateLimited {
-        /// Seconds until a replacement is allowed again.
-        retry_after_secs: i64,
-    },
-    /// The OMEMO 2 SCE envelope does not match where the message came from or arrived.
-    #[error("SCE envelope mismatch: {0}")]
-    SceMismatch(String),
-    /// Bad parameters that the schema could not catch.
-    #[error("invalid params: {0}")]
-    InvalidParams(String),
-    /// A device list names more devices than a contact may have.
-    #[error("device list names {count} devices; at most {max} are accepted")]
-    TooManyDevices {
-        /// Devices in the list.
-        count: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The database failed.
-    #[error("storage: {0}")]
-    Storage(#[from] StorageError),
+#[error("not a valid bare JID: {0}")]
+pub struct InvalidJid(pub String);
+
+impl InvalidJid {
+    /// Always the request's.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::Request
+    }
 }
 
-/// Result of the manager.
-pub type Result<T, E = ManagerError> = std::result::Result<T, E>;
+/// No account to act for.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountLookupError {
+    /// The request names an account this daemon does not have.
+    #[error("no account {0}")]
+    Unknown(String),
+    /// The request names no account, and there is none.
+    #[error("no account yet: create one with account.create (or `omemod init --jid JID`)")]
+    NoneYet,
+    /// The request names no account, and there are several.
+    #[error("several accounts: name one with the `account` param")]
+    Several,
+}
+
+impl AccountLookupError {
+    /// Always the request's.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::Request
+    }
+}
+
+/// The recipients of an `encrypt` (or its plan) are not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipientsError {
+    /// A recipient is not a bare JID.
+    #[error(transparent)]
+    Jid(#[from] InvalidJid),
+    /// `to` is empty.
+    #[error("`to` names no recipient")]
+    NoRecipient,
+    /// `namespaces` is empty.
+    #[error("`namespaces` is empty")]
+    NoNamespace,
+}
+
+impl RecipientsError {
+    /// Always the request's.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::Request
+    }
+}
+
+/// The device ids a new device id must avoid leave none, or are not device ids.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceIdError {
+    /// `avoid` is longer than allowed.
+    #[error("`avoid` lists more than {max} ids")]
+    TooManyAvoided {
+        /// The most `avoid` may list.
+        max: usize,
+    },
+    /// An id in `avoid` is not a device id (1 to 2³¹−1).
+    #[error("device id {0} in `avoid` is out of range")]
+    AvoidedOutOfRange(u32),
+    /// No random draw found an id outside `avoid`.
+    #[error("no free device id found")]
+    NoneFree,
+}
+
+impl DeviceIdError {
+    /// Always the request's.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::Request
+    }
+}
+
+/// A fingerprint the request gives cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("fingerprint must be 64 hex digits")]
+pub struct InvalidFingerprint;
+
+impl InvalidFingerprint {
+    /// Always the request's.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::Request
+    }
+}
+
+/// A session replacement beyond the rate limit (`pinning`).
+#[derive(Debug, thiserror::Error)]
+#[error("session of this device was replaced too often; retry in {retry_after_secs} s")]
+pub struct RateLimited {
+    /// Seconds until a replacement is allowed again.
+    pub retry_after_secs: i64,
+}
+
+impl RateLimited {
+    /// A limit of ours.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::Policy
+    }
+}

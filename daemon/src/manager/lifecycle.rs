@@ -1,8 +1,33 @@
 //! Account lifecycle beyond creation: deleting an account for good.
 
-use super::{Manager, ManagerError, Result};
-use crate::storage::{self, transfer};
+use super::{ErrorCause, InvalidJid, Manager, StorageError};
+use crate::storage::transfer;
 use std::sync::PoisonError;
+
+/// Why `account.delete` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteAccountError {
+    /// The JID is not a bare JID.
+    #[error(transparent)]
+    Jid(#[from] InvalidJid),
+    /// No account has this JID.
+    #[error("no account {0}")]
+    Unknown(String),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl DeleteAccountError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            DeleteAccountError::Jid(e) => e.cause(),
+            DeleteAccountError::Unknown(_) => ErrorCause::Request,
+            DeleteAccountError::Storage(e) => e.cause(),
+        }
+    }
+}
 
 /// What `account.delete` removed.
 #[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
@@ -22,9 +47,11 @@ impl Manager {
     /// skipped keys, device lists, bundles, trust), in one transaction. The database runs with
     /// `secure_delete`, so the freed space is zeroed; the WAL, which still holds the old pages,
     /// is then checkpointed and truncated.
-    pub async fn delete_account(&self, jid: &str) -> Result<DeletedAccount> {
+    pub async fn delete_account(&self, jid: &str) -> Result<DeletedAccount, DeleteAccountError> {
         let jid = super::check_bare_jid(jid)?;
-        let acct = self.account(Some(&jid))?;
+        let acct = self
+            .account_named(&jid)
+            .ok_or(DeleteAccountError::Unknown(jid))?;
         // Own-key operations (rotation, bundle) of this account finish first.
         let _keys = acct.keys.lock().await;
         let id = acct.id;
@@ -50,7 +77,7 @@ impl Manager {
         let store = std::sync::Arc::clone(&self.store);
         let wal_truncated = tokio::task::spawn_blocking(move || store.checkpoint_truncate())
             .await
-            .map_err(|_| ManagerError::Storage(storage::StorageError::Closed))?
+            .map_err(|_| StorageError::Closed)?
             .map(|r| !r.busy)
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "checkpoint after account deletion failed");

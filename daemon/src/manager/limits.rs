@@ -3,7 +3,7 @@
 //! the periodic expiry of old skipped keys and long-dropped devices.
 
 use super::account::Account;
-use super::Manager;
+use super::{Manager, StorageError};
 use crate::storage::{devices, sessions as session_store, skipped_keys, DeviceAddr};
 
 /// Most sessions per contact JID with devices that are not in its device list. A key exchange
@@ -31,7 +31,7 @@ impl Manager {
         }
     }
 
-    async fn evict_unlisted(&self, acct: &Account, new: &DeviceAddr) -> super::Result<()> {
+    async fn evict_unlisted(&self, acct: &Account, new: &DeviceAddr) -> Result<(), StorageError> {
         let jid = new.jid.as_str();
         let (account_id, j) = (acct.id, jid.to_owned());
         let rows = self
@@ -70,7 +70,7 @@ impl Manager {
             })
             .await?;
         // Committed: memory follows.
-        for (_, g) in guards.iter_mut() {
+        for g in guards.iter_mut() {
             g.session = None;
             g.loaded = true;
         }
@@ -96,7 +96,11 @@ impl Manager {
     /// Deletes skipped message keys older than `skipped_key_max_age` seconds and devices dropped
     /// from their lists longer than `DROPPED_DEVICE_RETENTION_SECS` ago; cached sessions that
     /// lost keys are reloaded on next use. Runs off the request path (hourly maintenance).
-    pub async fn prune_expired(&self, now: i64, skipped_key_max_age: i64) -> super::Result<Pruned> {
+    pub async fn prune_expired(
+        &self,
+        now: i64,
+        skipped_key_max_age: i64,
+    ) -> Result<Pruned, StorageError> {
         let key_cutoff = now.saturating_sub(skipped_key_max_age);
         let device_cutoff = now.saturating_sub(crate::bounds::DROPPED_DEVICE_RETENTION_SECS);
         let (affected, pruned) = self

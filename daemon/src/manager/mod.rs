@@ -19,7 +19,8 @@
 //! - [`pinning`]: identity pinning and the session rebuild rate limit.
 //! - [`trust`]: trust decisions, device overviews, fingerprints, catch-up mode.
 //! - [`limits`]: bounds on what unconfirmed remote input can make us store.
-//! - [`error`]: [`ManagerError`], what the manager can refuse.
+//! - [`error`]: what the manager can refuse: the shared pieces of the per-operation error
+//!   enums, and where each enum is.
 
 pub mod account;
 pub mod bundle_cache;
@@ -43,13 +44,28 @@ pub mod trust;
 use crate::events::{Action, Cause, Event, EventBus};
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{self, devices, trust as trust_store, DeviceAddr, Store};
+use account::CreateAccountError;
 use account::{Account, TrustMode};
 use directory::Directory;
-pub use error::{ManagerError, Result};
+pub use error::{AccountLookupError, ErrorCause, InvalidJid, StorageError};
 use protocol_core::keys::fingerprint;
 use protocol_core::Version;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+/// The trust row of a key, and whether it is new (seen for the first time: to be stored).
+#[derive(Debug, Clone)]
+pub(crate) struct KeyTrust {
+    pub(crate) row: TrustRow,
+    pub(crate) new: bool,
+}
+
+/// The trust level of a key, or the row of a key seen for the first time (to be stored).
+#[derive(Debug)]
+pub(crate) enum KeyLevel {
+    Known(TrustLevel),
+    New(TrustRow),
+}
 
 /// The session manager.
 #[derive(Debug)]
@@ -71,13 +87,13 @@ pub struct Manager {
 /// normalised form (RFC 7622: the local part through nodeprep, the domain through IDNA and
 /// nameprep, so `Alice@Example.ORG` is `alice@example.org`). Everything omemod stores and
 /// compares is in this form.
-pub fn check_bare_jid(jid: &str) -> Result<String> {
-    storage::jids::normalise(jid).ok_or_else(|| ManagerError::InvalidJid(jid.to_owned()))
+pub fn check_bare_jid(jid: &str) -> Result<String, InvalidJid> {
+    storage::jids::normalise(jid).ok_or_else(|| InvalidJid(jid.to_owned()))
 }
 
 impl Manager {
     /// Loads every account, device list and trust decision.
-    pub async fn open(store: Arc<Store>, events: EventBus) -> Result<Self> {
+    pub async fn open(store: Arc<Store>, events: EventBus) -> Result<Self, StorageError> {
         let (accounts, dirs, pending_rebuilds) = store
             .read(|conn| {
                 let accounts = account::load_all(conn)?;
@@ -149,26 +165,24 @@ impl Manager {
     }
 
     /// The named account, or the only one when `jid` is `None`.
-    pub fn account(&self, jid: Option<&str>) -> Result<Arc<Account>> {
+    pub fn account(&self, jid: Option<&str>) -> Result<Arc<Account>, AccountLookupError> {
+        let Some(j) = jid else {
+            let map = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
+            let mut it = map.values();
+            return match (it.next(), it.next()) {
+                (Some(a), None) => Ok(a.clone()),
+                (None, _) => Err(AccountLookupError::NoneYet),
+                _ => Err(AccountLookupError::Several),
+            };
+        };
+        self.account_named(j)
+            .ok_or_else(|| AccountLookupError::Unknown(j.to_owned()))
+    }
+
+    /// The account of `jid` (in any spelling of it), if there is one.
+    pub fn account_named(&self, jid: &str) -> Option<Arc<Account>> {
         let map = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
-        match jid {
-            Some(j) => check_bare_jid(j)
-                .ok()
-                .and_then(|n| map.get(&n).cloned())
-                .ok_or_else(|| ManagerError::UnknownAccount(j.to_owned())),
-            None => {
-                let mut it = map.values();
-                match (it.next(), it.next()) {
-                    (Some(a), None) => Ok(a.clone()),
-                    (None, _) => Err(ManagerError::AccountRequired(
-                        "no account yet: create one with account.create (or `omemod init --jid JID`)",
-                    )),
-                    _ => Err(ManagerError::AccountRequired(
-                        "several accounts: name one with the `account` param",
-                    )),
-                }
-            }
-        }
+        check_bare_jid(jid).ok().and_then(|n| map.get(&n).cloned())
     }
 
     /// Creates an account (own JID, new device id and identity).
@@ -177,7 +191,7 @@ impl Manager {
         jid: &str,
         trust_mode: TrustMode,
         avoid: &[u32],
-    ) -> Result<Arc<Account>> {
+    ) -> Result<Arc<Account>, CreateAccountError> {
         let jid = check_bare_jid(jid)?;
         let jid = jid.as_str();
         if self
@@ -186,7 +200,7 @@ impl Manager {
             .unwrap_or_else(PoisonError::into_inner)
             .contains_key(jid)
         {
-            return Err(ManagerError::AccountExists(jid.to_owned()));
+            return Err(CreateAccountError::Exists(jid.to_owned()));
         }
         let acct = Arc::new(account::create(&self.store, jid, trust_mode, avoid).await?);
         self.directories
@@ -276,31 +290,32 @@ impl Manager {
         self.events.emit(event);
     }
 
-    /// The trust row for a key seen now; `Some(new row)` if it must be stored (first sight).
+    /// The trust row for a key seen now, new (to be stored) at first sight.
     pub(crate) fn trust_for_key(
         &self,
         acct: &Account,
         mode: TrustMode,
         jid: &str,
         curve_key: &[u8; 32],
-    ) -> (TrustRow, bool) {
+    ) -> KeyTrust {
         self.with_directory(acct.id, |d| {
             if let Some(row) = d.trust_of(jid, curve_key) {
-                return (row.clone(), false);
+                return KeyTrust {
+                    row: row.clone(),
+                    new: false,
+                };
             }
             let (level, source) = d.decide_new(mode, jid);
-            (
-                TrustRow {
-                    account_id: acct.id,
-                    jid: jid.to_owned(),
-                    identity_key: *curve_key,
-                    fingerprint: fingerprint(curve_key),
-                    level,
-                    source,
-                    decided_at: storage::now(),
-                },
-                true,
-            )
+            let row = TrustRow {
+                account_id: acct.id,
+                jid: jid.to_owned(),
+                identity_key: *curve_key,
+                fingerprint: fingerprint(curve_key),
+                level,
+                source,
+                decided_at: storage::now(),
+            };
+            KeyTrust { row, new: true }
         })
     }
 
@@ -313,14 +328,11 @@ impl Manager {
         mode: TrustMode,
         jid: &str,
         curve_key: &[u8; 32],
-    ) -> (TrustLevel, Option<TrustRow>) {
+    ) -> KeyLevel {
         let known = self.with_directory(acct.id, |d| d.trust_of(jid, curve_key).map(|r| r.level));
         match known {
-            Some(level) => (level, None),
-            None => {
-                let (row, _) = self.trust_for_key(acct, mode, jid, curve_key);
-                (row.level, Some(row))
-            }
+            Some(level) => KeyLevel::Known(level),
+            None => KeyLevel::New(self.trust_for_key(acct, mode, jid, curve_key).row),
         }
     }
 

@@ -4,7 +4,7 @@
 use super::account::{
     signed_prekey_row, OwnSignedPreKey, SIGNED_PREKEY_GRACE_SECS, SIGNED_PREKEY_ROTATION_SECS,
 };
-use super::{Manager, Result};
+use super::{AccountLookupError, ErrorCause, Manager, StorageError};
 use crate::storage::{accounts, signed_prekeys};
 use protocol_core::keys::identity::SignedPreKey;
 use protocol_core::xml::{self, DeviceListEntry};
@@ -33,6 +33,27 @@ pub struct Publication {
     pub bundle_version: Option<i64>,
 }
 
+/// Why `bundle.get` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnBundleError {
+    /// No account to publish for.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// The account has no current signed prekey (not reached: creation and rotation keep one).
+    #[error("broken session: account has no signed prekey")]
+    NoSignedPreKey,
+}
+
+impl OwnBundleError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            OwnBundleError::Account(e) => e.cause(),
+            OwnBundleError::NoSignedPreKey => ErrorCause::LocalState,
+        }
+    }
+}
+
 fn options(namespace: Version, bundle: bool) -> BTreeMap<String, String> {
     let mut o = BTreeMap::new();
     o.insert("pubsub#access_model".to_owned(), "open".to_owned());
@@ -49,12 +70,12 @@ impl Manager {
         &self,
         account: Option<&str>,
         namespace: Version,
-    ) -> Result<Publication> {
+    ) -> Result<Publication, OwnBundleError> {
         let acct = self.account(account)?;
         let keys = acct.keys.lock().await;
-        let bundle = keys.bundle(namespace, &acct.identity).ok_or_else(|| {
-            super::ManagerError::BrokenSession("account has no signed prekey".into())
-        })?;
+        let bundle = keys
+            .bundle(namespace, &acct.identity)
+            .ok_or(OwnBundleError::NoSignedPreKey)?;
         let (node, item_id) = namespace.bundle_node(acct.device_id);
         Ok(Publication {
             namespace: namespace.namespace().to_owned(),
@@ -68,7 +89,11 @@ impl Manager {
     }
 
     /// Our device list in `namespace`: the list as last seen, with our own device added.
-    pub fn own_devicelist(&self, account: Option<&str>, namespace: Version) -> Result<Publication> {
+    pub fn own_devicelist(
+        &self,
+        account: Option<&str>,
+        namespace: Version,
+    ) -> Result<Publication, AccountLookupError> {
         let acct = self.account(account)?;
         let mut ids = self.with_directory(acct.id, |d| d.active(&acct.jid, namespace));
         if !ids.contains(&acct.device_id) {
@@ -96,7 +121,7 @@ impl Manager {
 
     /// Rotates signed prekeys older than the rotation period and drops retired ones past their
     /// grace period. Returns the accounts whose bundle changed.
-    pub async fn rotate_signed_prekeys(&self, now: i64) -> Result<Vec<String>> {
+    pub async fn rotate_signed_prekeys(&self, now: i64) -> Result<Vec<String>, StorageError> {
         let mut changed = Vec::new();
         for acct in self.accounts() {
             let mut keys = acct.keys.lock().await;

@@ -1,10 +1,13 @@
 //! Bundles of other devices, fetched by the client and handed to us.
 
 use super::bundle_cache::{self, BundleCheckError, VerifiedBundle};
-use super::{check_bare_jid, Manager, ManagerError, Result};
+use super::{
+    check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyTrust, Manager, StorageError,
+};
 use crate::storage::trust::TrustRow;
 use crate::storage::{self, bundles, trust as trust_store};
 use protocol_core::bundle::BundleError;
+use protocol_core::xml::XmlError;
 use protocol_core::Version;
 use serde::Serialize;
 use std::sync::Arc;
@@ -27,6 +30,88 @@ pub struct BundleUpdate {
     pub old_fingerprint: Option<String>,
 }
 
+/// Why `bundle.update` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleUpdateError {
+    /// The owner is not a bare JID.
+    #[error(transparent)]
+    Jid(#[from] InvalidJid),
+    /// No account to store it for.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// The device id is not one (1 to 2³¹−1).
+    #[error("device id {0} out of range")]
+    DeviceIdOutOfRange(u32),
+    /// Not a well-formed bundle of the namespace.
+    #[error("invalid bundle: {0}")]
+    Malformed(#[source] XmlError),
+    /// The signed prekey's signature does not verify with the identity key.
+    #[error("invalid signature: {0}")]
+    InvalidSignature(#[source] BundleError),
+    /// Parsed, but an id or a key is invalid.
+    #[error("invalid bundle: {0}")]
+    Invalid(#[source] BundleError),
+    /// The parser's thread failed.
+    #[error("invalid bundle: the parser failed")]
+    ParserFailed,
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl BundleUpdateError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            BundleUpdateError::Jid(e) => e.cause(),
+            BundleUpdateError::Account(e) => e.cause(),
+            BundleUpdateError::DeviceIdOutOfRange(_) => ErrorCause::Request,
+            BundleUpdateError::Malformed(e) => e.cause(),
+            BundleUpdateError::InvalidSignature(e) | BundleUpdateError::Invalid(e) => e.cause(),
+            BundleUpdateError::ParserFailed => ErrorCause::LocalState,
+            BundleUpdateError::Storage(e) => e.cause(),
+        }
+    }
+}
+
+impl From<BundleCheckError> for BundleUpdateError {
+    fn from(e: BundleCheckError) -> Self {
+        match e {
+            BundleCheckError::Xml(e) => BundleUpdateError::Malformed(e),
+            BundleCheckError::Invalid(e @ BundleError::InvalidSignature) => {
+                BundleUpdateError::InvalidSignature(e)
+            }
+            // Every other verification failure, kept as the source.
+            BundleCheckError::Invalid(e) => BundleUpdateError::Invalid(e),
+        }
+    }
+}
+
+/// Why a stored bundle (a device's, or one set aside) cannot be used. The bundle was verified
+/// when it was stored, so it is our state that fails.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredBundleError {
+    /// The stored bytes are not text.
+    #[error("invalid bundle: stored bundle is not UTF-8")]
+    NotUtf8,
+    /// It no longer parses or verifies.
+    #[error("stored {0}")]
+    Invalid(#[from] BundleCheckError),
+    /// The parser's thread failed.
+    #[error("invalid bundle: the parser failed")]
+    ParserFailed,
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl StoredBundleError {
+    /// Our state, always.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::LocalState
+    }
+}
+
 impl Manager {
     /// Ingests (validates and stores) the bundle of `jid`'s device `device_id`.
     pub async fn update_bundle(
@@ -36,20 +121,21 @@ impl Manager {
         namespace: Version,
         device_id: u32,
         bundle_xml: &str,
-    ) -> Result<BundleUpdate> {
+    ) -> Result<BundleUpdate, BundleUpdateError> {
         let jid = check_bare_jid(jid)?;
         let jid = jid.as_str();
         let acct = self.account(account)?;
         if device_id == 0 || device_id > protocol_core::consts::MAX_DEVICE_ID {
-            return Err(ManagerError::InvalidParams(format!(
-                "device id {device_id} out of range"
-            )));
+            return Err(BundleUpdateError::DeviceIdOutOfRange(device_id));
         }
         let verified = parse_received(namespace, bundle_xml).await?;
         let bundle = verified.bundle();
         let curve = *verified.identity_curve25519();
         let mode = acct.keys.lock().await.trust_mode;
-        let (trust, new_trust) = self.trust_for_key(&acct, mode, jid, &curve);
+        let KeyTrust {
+            row: trust,
+            new: new_trust,
+        } = self.trust_for_key(&acct, mode, jid, &curve);
         let addr = Self::addr(&acct, jid, namespace, device_id);
         if let Some(old) = self
             .set_aside_changed_bundle(&addr, &acct.jid, curve, bundle_xml)
@@ -94,7 +180,10 @@ impl Manager {
 
     /// The stored bundle of a device, parsed and verified: from the cache, else from the
     /// database (then cached).
-    pub(crate) async fn stored_bundle(&self, addr: &storage::DeviceAddr) -> Result<StoredBundle> {
+    pub(crate) async fn stored_bundle(
+        &self,
+        addr: &storage::DeviceAddr,
+    ) -> Result<StoredBundle, StoredBundleError> {
         if let Some(b) = self.bundles.get(addr) {
             return Ok(StoredBundle::Usable(b));
         }
@@ -104,15 +193,13 @@ impl Manager {
         let Some(row) = self.store.read(move |conn| bundles::get(conn, &a)).await? else {
             return Ok(StoredBundle::Missing);
         };
-        let text = String::from_utf8(row.bundle)
-            .map_err(|_| ManagerError::InvalidBundle("stored bundle is not UTF-8".into()))?;
+        let text = String::from_utf8(row.bundle).map_err(|_| StoredBundleError::NotUtf8)?;
         let namespace = addr.namespace;
         let verified = crate::bounds::parse_off_thread(text.len(), move || {
             bundle_cache::parse(namespace, &text)
-                .map_err(|e| ManagerError::InvalidBundle(e.to_string()))
         })
         .await
-        .unwrap_or_else(|| Err(ManagerError::InvalidBundle("the parser failed".into())))?;
+        .ok_or(StoredBundleError::ParserFailed)??;
         if verified.bundle().prekeys.is_empty() {
             return Ok(StoredBundle::Spent);
         }
@@ -123,19 +210,18 @@ impl Manager {
 }
 
 /// Parses and verifies a bundle a client fetched (a large one off the runtime thread).
-async fn parse_received(namespace: Version, bundle_xml: &str) -> Result<VerifiedBundle> {
+async fn parse_received(
+    namespace: Version,
+    bundle_xml: &str,
+) -> Result<VerifiedBundle, BundleUpdateError> {
     let owned = bundle_xml.to_owned();
-    crate::bounds::parse_off_thread(owned.len(), move || {
-        bundle_cache::parse(namespace, &owned).map_err(|e| match e {
-            BundleCheckError::Xml(e) => ManagerError::InvalidBundle(e.to_string()),
-            BundleCheckError::Invalid(e @ BundleError::InvalidSignature) => {
-                ManagerError::InvalidSignature(e.to_string())
-            }
-            BundleCheckError::Invalid(e) => ManagerError::InvalidBundle(e.to_string()),
+    Ok(
+        crate::bounds::parse_off_thread(owned.len(), move || {
+            bundle_cache::parse(namespace, &owned)
         })
-    })
-    .await
-    .unwrap_or_else(|| Err(ManagerError::InvalidBundle("the parser failed".into())))
+        .await
+        .ok_or(BundleUpdateError::ParserFailed)??,
+    )
 }
 
 impl BundleUpdate {

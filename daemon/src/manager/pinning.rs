@@ -10,20 +10,23 @@
 //! [`SESSION_REBUILD_WINDOW_SECS`], so neither a remote party nor a looping client can force
 //! endless resets (each one also costs the peer a one-time prekey).
 
-use super::bundle_cache::VerifiedBundle;
+use super::account::Account;
+use super::bundle_cache::{self, VerifiedBundle};
+use super::error::{InvalidFingerprint, RateLimited};
+use super::peer_bundle::StoredBundleError;
 use super::sessions::SessionMeta;
 use super::trust::parse_fingerprint;
-use super::{check_bare_jid, Manager, ManagerError, Result};
+use super::{
+    check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyTrust, Manager, StorageError,
+};
 use crate::events::Action;
 use crate::events::Event;
+use crate::storage::trust::TrustRow;
 use crate::storage::{
     self, bundles, device_state, sessions as session_store, trust as trust_store, DeviceAddr,
 };
-use protocol_core::bundle::Bundle;
 use protocol_core::keys::fingerprint;
 use protocol_core::session::Session;
-use protocol_core::x3dh::RemoteIdentity;
-use protocol_core::xml;
 use protocol_core::Version;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -64,10 +67,56 @@ pub struct IdentityAccepted {
     pub actions: Vec<Action>,
 }
 
-fn curve_of(namespace: Version, bundle: &Bundle) -> Result<[u8; 32]> {
-    RemoteIdentity::from_transported(namespace, bundle.identity_key)
-        .curve25519()
-        .map_err(|e| ManagerError::InvalidBundle(e.to_string()))
+/// Why `identity.accept` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The owner is not a bare JID.
+    #[error(transparent)]
+    Jid(#[from] InvalidJid),
+    /// No account to accept for.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// The fingerprint cannot be read.
+    #[error(transparent)]
+    Fingerprint(#[from] InvalidFingerprint),
+    /// The bundle set aside with the new identity cannot be used.
+    #[error(transparent)]
+    SetAsideBundle(#[from] StoredBundleError),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl IdentityError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            IdentityError::Jid(e) => e.cause(),
+            IdentityError::Account(e) => e.cause(),
+            IdentityError::Fingerprint(e) => e.cause(),
+            IdentityError::SetAsideBundle(e) => e.cause(),
+            IdentityError::Storage(e) => e.cause(),
+        }
+    }
+}
+
+/// A bundle set aside by `bundle.update` for carrying the identity now accepted.
+struct SetAside {
+    xml: String,
+    bundle: VerifiedBundle,
+}
+
+impl IdentityAccepted {
+    /// The answer for the key of `trust`, nothing else changed.
+    fn unchanged(trust: &TrustRow) -> Self {
+        Self {
+            fingerprint: trust.fingerprint.clone(),
+            trust: trust.level.as_str().to_owned(),
+            session_dropped: false,
+            bundle_installed: false,
+            actions: Vec::new(),
+        }
+    }
 }
 
 impl Manager {
@@ -76,7 +125,7 @@ impl Manager {
         &self,
         addr: &DeviceAddr,
         session: Option<&Session>,
-    ) -> Result<Pin> {
+    ) -> Result<Pin, StorageError> {
         if let Some(s) = session {
             return Ok(Pin {
                 identity: Some(*s.remote_curve25519()),
@@ -104,7 +153,7 @@ impl Manager {
     }
 
     /// Refuses a session replacement beyond the rate limit.
-    pub(crate) fn check_rebuild_allowed(&self, addr: &DeviceAddr) -> Result<()> {
+    pub(crate) fn check_rebuild_allowed(&self, addr: &DeviceAddr) -> Result<(), RateLimited> {
         let now = storage::now();
         let mut map = self
             .rebuilds
@@ -124,7 +173,7 @@ impl Manager {
             let retry_after = times.front().map_or(SESSION_REBUILD_WINDOW_SECS, |t| {
                 SESSION_REBUILD_WINDOW_SECS - (now - t)
             });
-            return Err(ManagerError::RateLimited {
+            return Err(RateLimited {
                 retry_after_secs: retry_after.max(1),
             });
         }
@@ -154,7 +203,7 @@ impl Manager {
         account_jid: &str,
         new_identity: [u8; 32],
         bundle_xml: &str,
-    ) -> Result<Option<[u8; 32]>> {
+    ) -> Result<Option<[u8; 32]>, StorageError> {
         let slot = self.sessions.lock(&self.store, addr).await?;
         let pin = self.pinned_identity(addr, slot.session.as_ref()).await?;
         let Some(old) = pin.identity.filter(|k| *k != new_identity) else {
@@ -196,62 +245,99 @@ impl Manager {
         namespace: Version,
         device_id: u32,
         fp: &str,
-    ) -> Result<IdentityAccepted> {
+    ) -> Result<IdentityAccepted, IdentityError> {
         check_bare_jid(jid)?;
         let acct = self.account(account)?;
         let key = parse_fingerprint(fp)?;
         let addr = Self::addr(&acct, jid, namespace, device_id);
         let mut slot = self.sessions.lock(&self.store, &addr).await?;
         let pin = self.pinned_identity(&addr, slot.session.as_ref()).await?;
+        let set_aside = self.set_aside_bundle(&addr, key).await?;
+        let mode = acct.keys.lock().await.trust_mode;
+        let KeyTrust {
+            row: trust,
+            new: new_trust,
+        } = self.trust_for_key(&acct, mode, jid, &key);
+        if pin.identity == Some(key) {
+            return Ok(IdentityAccepted::unchanged(&trust));
+        }
+        let bundle_installed = set_aside.is_some();
+        let session_dropped = slot.session.is_some();
+        // The device's bundle is replaced or dropped: the cache follows in commit order.
+        let ticket = self.bundles.write_ticket();
+        let pinned = Pinned {
+            old: pin.identity,
+            new: key,
+            trust: new_trust.then(|| trust.clone()),
+        };
+        self.commit_accepted(&acct, &addr, pinned, set_aside.as_ref(), &ticket)
+            .await?;
+        if let Some(b) = set_aside {
+            self.bundles.publish(&addr, b.bundle, &ticket);
+        }
+        drop(ticket);
+        slot.session = None;
+        slot.meta = SessionMeta::default();
+        drop(slot);
+        if new_trust {
+            self.remember_trust(&acct, vec![trust.clone()], namespace, device_id);
+        }
+        tracing::info!(account = %acct.jid, peer = jid, device = device_id, ns = %namespace, "new identity accepted");
+        Ok(IdentityAccepted {
+            session_dropped,
+            bundle_installed,
+            actions: if bundle_installed {
+                Vec::new()
+            } else {
+                vec![Action::fetch_bundle(jid, namespace, device_id)]
+            },
+            ..IdentityAccepted::unchanged(&trust)
+        })
+    }
+
+    /// The bundle `bundle.update` set aside for `addr` if it carries `key`, parsed and verified.
+    async fn set_aside_bundle(
+        &self,
+        addr: &DeviceAddr,
+        key: [u8; 32],
+    ) -> Result<Option<SetAside>, IdentityError> {
         let a = addr.clone();
         let change = self
             .store
             .read(move |c| device_state::identity_change(c, &a))
             .await?;
-        let pending_bundle = match change.and_then(|c| c.bundle.filter(|_| c.new_identity == key)) {
-            Some(b) => {
-                let text = String::from_utf8(b).map_err(|_| {
-                    ManagerError::InvalidBundle("stored bundle is not UTF-8".into())
-                })?;
-                let bundle = xml::bundle_from_xml(namespace, &text)
-                    .map_err(|e| ManagerError::InvalidBundle(e.to_string()))?;
-                Some((text, bundle))
-            }
-            None => None,
+        let Some(bytes) = change.and_then(|c| c.bundle.filter(|_| c.new_identity == key)) else {
+            return Ok(None);
         };
-        let mode = acct.keys.lock().await.trust_mode;
-        let (trust, new_trust) = self.trust_for_key(&acct, mode, jid, &key);
-        let mut actions = Vec::new();
-        if pin.identity == Some(key) {
-            return Ok(IdentityAccepted {
-                fingerprint: trust.fingerprint.clone(),
-                trust: trust.level.as_str().to_owned(),
-                session_dropped: false,
-                bundle_installed: false,
-                actions,
-            });
-        }
+        let xml = String::from_utf8(bytes).map_err(|_| StoredBundleError::NotUtf8)?;
+        let bundle = bundle_cache::parse(addr.namespace, &xml).map_err(StoredBundleError::from)?;
+        Ok(Some(SetAside { xml, bundle }))
+    }
+
+    /// One transaction: the device's session and previous states go, and it is pinned to the
+    /// new identity — through the set-aside bundle, which becomes its bundle, or else through
+    /// an accepted identity change (an old bundle with another identity goes too).
+    async fn commit_accepted(
+        &self,
+        acct: &Account,
+        addr: &DeviceAddr,
+        pinned: Pinned,
+        set_aside: Option<&SetAside>,
+        ticket: &super::bundle_cache::WriteTicket,
+    ) -> Result<(), StorageError> {
         let now = storage::now();
-        let bundle_row = match &pending_bundle {
-            Some((text, b)) => Some(bundles::BundleRow {
-                account_id: acct.id,
-                jid: jid.to_owned(),
-                namespace,
-                device_id,
-                identity_key: b.identity_key,
-                identity_curve25519: curve_of(namespace, b)?,
-                bundle: text.as_bytes().to_vec(),
-                prekey_count: u32::try_from(b.prekeys.len()).unwrap_or(u32::MAX),
-                fetched_at: now,
-            }),
-            None => None,
-        };
-        let bundle_installed = bundle_row.is_some();
-        let session_dropped = slot.session.is_some();
-        let trust_row = new_trust.then(|| trust.clone());
+        let bundle_row = set_aside.map(|b| bundles::BundleRow {
+            account_id: acct.id,
+            jid: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+            identity_key: b.bundle.bundle().identity_key,
+            identity_curve25519: *b.bundle.identity_curve25519(),
+            bundle: b.xml.as_bytes().to_vec(),
+            prekey_count: u32::try_from(b.bundle.bundle().prekeys.len()).unwrap_or(u32::MAX),
+            fetched_at: now,
+        });
         let a = addr.clone();
-        // The device's bundle is replaced or dropped: the cache follows in commit order.
-        let ticket = self.bundles.write_ticket();
         let cache = ticket.invalidator();
         self.store
             .write(move |tx| {
@@ -264,15 +350,17 @@ impl Manager {
                         device_state::delete_identity_change(tx, &a)?;
                     }
                     None => {
-                        if bundles::get(tx, &a)?.is_some_and(|b| b.identity_curve25519 != key) {
+                        if bundles::get(tx, &a)?
+                            .is_some_and(|b| b.identity_curve25519 != pinned.new)
+                        {
                             bundles::delete(tx, &a)?;
                         }
                         device_state::set_identity_change(
                             tx,
                             &device_state::IdentityChangeRow {
                                 addr: a.clone(),
-                                old_identity: pin.identity,
-                                new_identity: key,
+                                old_identity: pinned.old,
+                                new_identity: pinned.new,
                                 bundle: None,
                                 seen_at: now,
                                 accepted_at: Some(now),
@@ -280,32 +368,19 @@ impl Manager {
                         )?;
                     }
                 }
-                if let Some(t) = &trust_row {
+                if let Some(t) = &pinned.trust {
                     trust_store::set(tx, t)?;
                 }
                 Ok(())
             })
-            .await?;
-        if let Some(Ok(b)) = pending_bundle.map(|(_, b)| VerifiedBundle::verify(b)) {
-            self.bundles.publish(&addr, b, &ticket);
-        }
-        drop(ticket);
-        slot.session = None;
-        slot.meta = SessionMeta::default();
-        drop(slot);
-        if new_trust {
-            self.remember_trust(&acct, vec![trust.clone()], namespace, device_id);
-        }
-        if !bundle_installed {
-            actions.push(Action::fetch_bundle(jid, namespace, device_id));
-        }
-        tracing::info!(account = %acct.jid, peer = jid, device = device_id, ns = %namespace, "new identity accepted");
-        Ok(IdentityAccepted {
-            fingerprint: trust.fingerprint.clone(),
-            trust: trust.level.as_str().to_owned(),
-            session_dropped,
-            bundle_installed,
-            actions,
-        })
+            .await
     }
+}
+
+/// What `identity.accept` pins: the identity held before (if any), the accepted one, and its
+/// trust row when the key is new.
+struct Pinned {
+    old: Option<[u8; 32]>,
+    new: [u8; 32],
+    trust: Option<TrustRow>,
 }

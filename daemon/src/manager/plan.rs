@@ -2,7 +2,8 @@
 //! read only: no ratchet moves, nothing is written, no event is sent.
 
 use super::encrypt::EncryptRequest;
-use super::{check_bare_jid, Manager, ManagerError, Result};
+use super::error::RecipientsError;
+use super::{AccountLookupError, ErrorCause, Manager, StorageError};
 use crate::events::Action;
 use crate::storage::{bundles, sessions as session_store, DeviceAddr};
 use serde::Serialize;
@@ -51,6 +52,31 @@ pub struct EncryptPlan {
     pub ready: bool,
 }
 
+/// Why `encrypt.plan` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// No account to plan for.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// The recipients or namespaces are unusable.
+    #[error(transparent)]
+    Recipients(#[from] RecipientsError),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl PlanError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            PlanError::Account(e) => e.cause(),
+            PlanError::Recipients(e) => e.cause(),
+            PlanError::Storage(e) => e.cause(),
+        }
+    }
+}
+
 /// The identity key a device's session, else its stored bundle, has (none: neither exists).
 type KnownKeys = (Option<[u8; 32]>, Option<[u8; 32]>);
 
@@ -60,25 +86,12 @@ impl Manager {
         &self,
         account: Option<&str>,
         req: &EncryptRequest,
-    ) -> Result<EncryptPlan> {
+    ) -> Result<EncryptPlan, PlanError> {
         let acct = self.account(account)?;
-        let mut jids: Vec<String> = Vec::new();
-        for j in &req.to {
-            check_bare_jid(j)?;
-            if !jids.contains(j) {
-                jids.push(j.clone());
-            }
-        }
-        if jids.is_empty() {
-            return Err(ManagerError::InvalidParams(
-                "`to` names no recipient".into(),
-            ));
-        }
-        if req.namespaces.is_empty() {
-            return Err(ManagerError::InvalidParams("`namespaces` is empty".into()));
-        }
-        let (addrs, mut actions) =
+        let jids = super::encrypt::recipients(req)?;
+        let targets =
             self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device);
+        let (addrs, mut actions) = (targets.devices, targets.fetch);
         let lookup = addrs.clone();
         // (session identity key, bundle identity key) per device, in one read.
         let found: Vec<KnownKeys> = self
@@ -107,8 +120,8 @@ impl Manager {
             };
             // The level a first sight would get is reported, not stored.
             let trust = key.map(|k| {
-                let (row, _) = self.trust_for_key(&acct, mode, &addr.jid, &k);
-                row.level.as_str().to_owned()
+                let t = self.trust_for_key(&acct, mode, &addr.jid, &k);
+                t.row.level.as_str().to_owned()
             });
             let action = (status == PlanStatus::NoBundle)
                 .then(|| Action::fetch_bundle(&addr.jid, addr.namespace, addr.device_id));

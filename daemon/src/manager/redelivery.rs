@@ -19,9 +19,10 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::account::Account;
+use super::decrypt::DecryptError;
 use super::decrypt::{check_envelope, open_payload, Conversation, DecryptOutcome};
-use super::encrypt::{EncryptOutcome, EncryptRequest};
-use super::{Manager, ManagerError, Result};
+use super::encrypt::{EncryptError, EncryptOutcome, EncryptRequest, Kept};
+use super::{Manager, StorageError};
 use crate::config::RedeliveryConfig;
 use crate::storage::redelivery::{
     self as store, Bounds, EncryptResultRow, Pruned, Record, RedeliveryRow, Seen,
@@ -173,16 +174,17 @@ pub fn request_digest(req: &EncryptRequest) -> [u8; 32] {
 /// The row that keeps an `encrypt` answer for its idempotency key.
 pub(crate) fn encrypt_record(
     acct: &Account,
-    key: String,
-    request_digest: [u8; 32],
+    kept: Kept,
     out: &EncryptOutcome,
-) -> Result<EncryptResultRow> {
-    let result = serde_json::to_string(out)
-        .map_err(|e| ManagerError::InvalidParams(format!("cannot keep the answer: {e}")))?;
+) -> Result<EncryptResultRow, StorageError> {
+    let result = serde_json::to_string(out).map_err(|e| StorageError::InvalidInput {
+        what: "the encrypt answer to keep",
+        reason: e.to_string(),
+    })?;
     Ok(EncryptResultRow {
         account_id: acct.id,
-        idempotency_key: key,
-        request_digest,
+        idempotency_key: kept.key,
+        request_digest: kept.digest,
         result,
         created_at: crate::storage::now(),
     })
@@ -251,7 +253,7 @@ impl Manager {
         element: &Encrypted,
         probe: &Probe,
         conv: &Conversation,
-    ) -> Result<Option<DecryptOutcome>> {
+    ) -> Result<Option<DecryptOutcome>, DecryptError> {
         if cfg!(feature = "bench-baseline-no-redelivery") {
             return Ok(None);
         }
@@ -265,26 +267,24 @@ impl Manager {
             .await?;
         let row = match seen {
             Seen::No => return Ok(None),
-            Seen::DigestOnly => return Err(ManagerError::DuplicateMessage),
+            Seen::DigestOnly => return Err(DecryptError::DuplicateMessage),
             Seen::Redeliverable(row) => row,
         };
         let config = self.redelivery.config();
         let window = i64::try_from(config.retention_secs).unwrap_or(i64::MAX);
         // Past the window (not pruned yet), or kept before redelivery was turned off.
         if !config.enabled() || row.created_at < crate::storage::now().saturating_sub(window) {
-            return Err(ManagerError::DuplicateMessage);
+            return Err(DecryptError::DuplicateMessage);
         }
         // Same key element, another payload: a reused message key (tampering, or a replay
         // dressed as a new message). Never open it.
         if row.payload_digest != probe.payload_digest {
-            return Err(ManagerError::DuplicateMessage);
+            return Err(DecryptError::DuplicateMessage);
         }
-        let (trust, _) = {
-            let mode = acct.keys.lock().await.trust_mode;
-            self.trust_for_key(acct, mode, from, &row.identity_key)
-        };
+        let mode = acct.keys.lock().await.trust_mode;
+        let trust = self.trust_for_key(acct, mode, from, &row.identity_key).row;
         if trust.level == TrustLevel::Distrusted {
-            return Err(ManagerError::Distrusted);
+            return Err(DecryptError::Distrusted);
         }
         let material = row
             .key_material
@@ -350,11 +350,11 @@ impl Manager {
         acct: &Account,
         key: &str,
         digest: &[u8; 32],
-    ) -> Result<Option<EncryptOutcome>> {
+    ) -> Result<Option<EncryptOutcome>, EncryptError> {
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-            return Err(ManagerError::InvalidParams(format!(
-                "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
-            )));
+            return Err(EncryptError::IdempotencyKeyLength {
+                max: MAX_IDEMPOTENCY_KEY,
+            });
         }
         let config = self.redelivery.config();
         if !config.enabled() {
@@ -374,15 +374,14 @@ impl Manager {
             return Ok(None);
         }
         if row.request_digest != *digest {
-            return Err(ManagerError::IdempotencyKeyReused(key.to_owned()));
+            return Err(EncryptError::IdempotencyKeyReused);
         }
-        let out: EncryptOutcome = serde_json::from_str(&row.result).map_err(|e| {
-            ManagerError::Storage(crate::storage::StorageError::BadData {
+        let out: EncryptOutcome =
+            serde_json::from_str(&row.result).map_err(|e| StorageError::BadData {
                 table: "encrypt_results",
                 column: "result",
                 reason: e.to_string(),
-            })
-        })?;
+            })?;
         Ok(Some(out))
     }
 
@@ -407,7 +406,7 @@ impl Manager {
 
     /// Deletes what the bounds no longer allow, then empties the WAL so that deleted key
     /// material does not linger there. Run at start-up and by the hourly maintenance.
-    pub async fn prune_redelivery(&self, now: i64) -> Result<Pruned> {
+    pub async fn prune_redelivery(&self, now: i64) -> Result<Pruned, StorageError> {
         let bounds = store_bounds(&self.redelivery.config());
         let from = self.redelivery.key_frontier.load(Ordering::Relaxed);
         let pruned = self

@@ -54,6 +54,13 @@ pub struct SlotGuard {
     table: Arc<Mutex<Slots>>,
 }
 
+impl SlotGuard {
+    /// The device whose slot this is.
+    pub fn addr(&self) -> &DeviceAddr {
+        &self.addr
+    }
+}
+
 impl std::ops::Deref for SlotGuard {
     type Target = Slot;
     fn deref(&self) -> &Slot {
@@ -213,12 +220,13 @@ impl SessionTable {
         guard.meta = SessionMeta::default();
     }
 
-    /// Locks several slots, always in the same (sorted) order so two callers never deadlock.
+    /// Locks several slots, always in the same (sorted) order so two callers never deadlock;
+    /// the guards come in that order, once per device.
     pub async fn lock_many(
         &self,
         store: &Store,
         addrs: &[DeviceAddr],
-    ) -> Result<Vec<(DeviceAddr, SlotGuard)>, storage::StorageError> {
+    ) -> Result<Vec<SlotGuard>, storage::StorageError> {
         let mut sorted: Vec<DeviceAddr> = addrs.to_vec();
         sorted.sort_by(|a, b| {
             (a.account_id, &a.jid, a.namespace, a.device_id).cmp(&(
@@ -232,8 +240,7 @@ impl SessionTable {
         let slots = self.slots_of(&sorted);
         let mut out = Vec::with_capacity(sorted.len());
         for (a, slot) in sorted.into_iter().zip(slots) {
-            let g = self.lock_slot(store, a.clone(), slot).await?;
-            out.push((a, g));
+            out.push(self.lock_slot(store, a, slot).await?);
         }
         Ok(out)
     }

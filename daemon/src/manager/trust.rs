@@ -1,6 +1,9 @@
 //! Trust decisions, device overviews, fingerprints, and catch-up mode.
 
-use super::{check_bare_jid, Account, Manager, ManagerError, Result};
+use super::error::InvalidFingerprint;
+use super::{
+    check_bare_jid, Account, AccountLookupError, ErrorCause, InvalidJid, Manager, StorageError,
+};
 use crate::events::Action;
 use crate::storage::trust::{TrustLevel, TrustRow, TrustSource};
 use crate::storage::{self, accounts, device_state, prekeys, trust as trust_store};
@@ -55,32 +58,95 @@ pub struct DeviceEntry {
     pub last_seen: Option<i64>,
 }
 
-pub(crate) fn parse_fingerprint(s: &str) -> Result<[u8; 32]> {
+/// Why `trust.list` or `devices.list` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// The contact is not a bare JID.
+    #[error(transparent)]
+    Jid(#[from] InvalidJid),
+    /// No account to list for.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+}
+
+impl ListError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            ListError::Jid(e) => e.cause(),
+            ListError::Account(e) => e.cause(),
+        }
+    }
+}
+
+/// Why `trust.set` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The contact is not a bare JID.
+    #[error(transparent)]
+    Jid(#[from] InvalidJid),
+    /// No account to decide for.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// The fingerprint cannot be read.
+    #[error(transparent)]
+    Fingerprint(#[from] InvalidFingerprint),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl TrustError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            TrustError::Jid(e) => e.cause(),
+            TrustError::Account(e) => e.cause(),
+            TrustError::Fingerprint(e) => e.cause(),
+            TrustError::Storage(e) => e.cause(),
+        }
+    }
+}
+
+/// Why `catchup.begin` or `catchup.end` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatchupError {
+    /// No account to catch up.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl CatchupError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            CatchupError::Account(e) => e.cause(),
+            CatchupError::Storage(e) => e.cause(),
+        }
+    }
+}
+
+/// A fingerprint as the user gives it: 64 hex digits, spaces allowed, a leading `05` accepted.
+pub(crate) fn parse_fingerprint(s: &str) -> Result<[u8; 32], InvalidFingerprint> {
     let hex: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    let bytes = hex::decode(&hex)
-        .map_err(|_| ManagerError::InvalidParams("fingerprint must be 64 hex digits".into()))?;
+    let bytes = hex::decode(&hex).map_err(|_| InvalidFingerprint)?;
     let bytes = match bytes.len() {
         33 if bytes[0] == 0x05 => bytes[1..].to_vec(),
         _ => bytes,
     };
-    bytes
-        .try_into()
-        .map_err(|_| ManagerError::InvalidParams("fingerprint must be 64 hex digits".into()))
+    bytes.try_into().map_err(|_| InvalidFingerprint)
 }
 
 impl Manager {
-    /// Our own fingerprint.
-    pub fn fingerprint(&self, account: Option<&str>) -> Result<(String, u32, String)> {
-        let acct = self.account(account)?;
-        Ok((
-            acct.jid.clone(),
-            acct.device_id,
-            acct.identity.fingerprint(),
-        ))
-    }
-
     /// Trust decisions, of one contact or all.
-    pub fn trust_list(&self, account: Option<&str>, jid: Option<&str>) -> Result<Vec<TrustEntry>> {
+    pub fn trust_list(
+        &self,
+        account: Option<&str>,
+        jid: Option<&str>,
+    ) -> Result<Vec<TrustEntry>, ListError> {
         let jid = jid.map(check_bare_jid).transpose()?;
         let jid = jid.as_deref();
         let acct = self.account(account)?;
@@ -102,7 +168,7 @@ impl Manager {
         jid: &str,
         fp: &str,
         level: TrustLevel,
-    ) -> Result<TrustEntry> {
+    ) -> Result<TrustEntry, TrustError> {
         let jid = check_bare_jid(jid)?;
         let jid = jid.as_str();
         let acct = self.account(account)?;
@@ -130,7 +196,7 @@ impl Manager {
         &self,
         account: Option<&str>,
         jid: Option<&str>,
-    ) -> Result<Vec<DeviceEntry>> {
+    ) -> Result<Vec<DeviceEntry>, ListError> {
         let jid = jid.map(check_bare_jid).transpose()?;
         let jid = jid.as_deref();
         let acct = self.account(account)?;
@@ -157,7 +223,7 @@ impl Manager {
 
     /// Enters catch-up mode (the client replays its archive): used prekeys are kept until it
     /// ends, and heartbeats wait (persisted). It ends after [`CATCHUP_TIMEOUT_SECS`] at most.
-    pub async fn catchup_begin(&self, account: Option<&str>) -> Result<()> {
+    pub async fn catchup_begin(&self, account: Option<&str>) -> Result<(), CatchupError> {
         let acct = self.account(account)?;
         let mut keys = acct.keys.lock().await;
         let id = acct.id;
@@ -175,7 +241,7 @@ impl Manager {
 
     /// Leaves catch-up mode: deletes the prekeys used meanwhile and returns the heartbeats to
     /// send now (one per session).
-    pub async fn catchup_end(&self, account: Option<&str>) -> Result<Vec<Action>> {
+    pub async fn catchup_end(&self, account: Option<&str>) -> Result<Vec<Action>, CatchupError> {
         let acct = self.account(account)?;
         let mut actions = Vec::new();
         for a in self.end_catchup(&acct).await? {
@@ -185,7 +251,7 @@ impl Manager {
     }
 
     /// [`Self::catchup_end`] without the events: the heartbeats due.
-    async fn end_catchup(&self, acct: &Account) -> Result<Vec<Action>> {
+    async fn end_catchup(&self, acct: &Account) -> Result<Vec<Action>, StorageError> {
         let mut keys = acct.keys.lock().await;
         let id = acct.id;
         let pending = self
@@ -213,7 +279,7 @@ impl Manager {
 
     /// Ends every catch-up older than [`CATCHUP_TIMEOUT_SECS`]; the heartbeats it held are
     /// announced as events. Run by the maintenance timer.
-    pub async fn expire_catchups(&self, now: i64) -> Result<()> {
+    pub async fn expire_catchups(&self, now: i64) -> Result<(), StorageError> {
         for acct in self.accounts() {
             let expired = {
                 let keys = acct.keys.lock().await;

@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ServeConfig, MAX_SUBSCRIPTIONS_PER_CONNECTION};
 use crate::events::{DutyTicket, Event, EventBus, EventType};
-use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::error::NoManager;
+use protocol_core::error::ErrorCause;
 
 /// Daemon-wide state shared by every request: methods reach the session manager through
 /// [`Ctx::manager`], and the rest as fields. `rpc::server::serve` fills it.
@@ -51,17 +52,41 @@ impl Ctx {
         }
     }
 
-    /// The session manager, or an `internal` error if the daemon runs without one.
-    pub fn manager(&self) -> Result<&crate::manager::Manager, RpcError> {
-        self.manager
-            .get()
-            .map(|m| m.as_ref())
-            .ok_or_else(|| RpcError::internal("no session manager"))
+    /// The session manager (a method answers `internal` if the daemon runs without one).
+    pub fn manager(&self) -> Result<&crate::manager::Manager, NoManager> {
+        self.manager.get().map(|m| m.as_ref()).ok_or(NoManager)
     }
 
     /// How many clients are connected.
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
+    }
+}
+
+/// Why `subscribe` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// The call has no connection (a unit test's detached one).
+    #[error("this call has no connection to push events to")]
+    NoConnection,
+    /// The connection is closing.
+    #[error("connection is closing")]
+    Closing,
+    /// The connection has as many subscriptions as it may.
+    #[error("too many subscriptions on this connection")]
+    TooMany {
+        /// The most a connection may have.
+        max: usize,
+    },
+}
+
+impl SubscribeError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            SubscribeError::NoConnection | SubscribeError::Closing => ErrorCause::LocalState,
+            SubscribeError::TooMany { .. } => ErrorCause::Policy,
+        }
     }
 }
 
@@ -167,21 +192,19 @@ impl Conn {
         &self,
         bus: &EventBus,
         types: Option<HashSet<EventType>>,
-    ) -> Result<u64, RpcError> {
+    ) -> Result<u64, SubscribeError> {
         let Some(out) = self.shared.out.clone() else {
-            return Err(RpcError::new(
-                ErrorKind::Internal,
-                "this call has no connection to push events to",
-            ));
+            return Err(SubscribeError::NoConnection);
         };
         let mut subs = lock(&self.shared.subs);
         if subs.closed {
-            return Err(RpcError::internal("connection is closing"));
+            return Err(SubscribeError::Closing);
         }
         subs.tasks.retain(|_, t| !t.is_finished());
         if subs.tasks.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
-            return Err(RpcError::from(ErrorKind::TooManySubscriptions)
-                .with_data(serde_json::json!({"max": MAX_SUBSCRIPTIONS_PER_CONNECTION})));
+            return Err(SubscribeError::TooMany {
+                max: MAX_SUBSCRIPTIONS_PER_CONNECTION,
+            });
         }
         let id = subs.next_id;
         subs.next_id += 1;

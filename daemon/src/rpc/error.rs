@@ -7,9 +7,16 @@
 //! - `1000 …`: domain errors, grouped by hundreds: 1000 accounts, 1100 devices/bundles,
 //!   1200 sessions/messages, 1300 trust, 1400 storage.
 //!
-//! The session manager maps its own errors onto these kinds; adding a kind means adding a variant
-//! here, to [`ErrorKind::ALL`], and a row in `docs/rpc.md`.
+//! Every error also says whom it is due to, as `error.data.cause` (protocol-core's
+//! [`ErrorCause`]): a kind has a usual cause ([`ErrorKind::cause`]), and a session-manager error
+//! gives its own (an invalid bundle we stored is our state, one just received the peer's).
+//!
+//! A method answers the errors of its operation's enum ([`MethodError`]: the kinds come from
+//! the enum's variants, `rpc::methods::convert`), and besides only the standard ones
+//! ([`CallError`]). Adding a kind means adding a variant here, to [`ErrorKind::ALL`], and a
+//! row in `docs/rpc.md`.
 
+use protocol_core::error::ErrorCause;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -228,6 +235,50 @@ impl ErrorKind {
         }
     }
 
+    /// Whom an error of this kind is usually due to; a session-manager error says its own.
+    /// `incompatible` is no kind's usual cause: a peer's unknown version or namespace is an
+    /// `invalid_message` (or `invalid_bundle`) whose cause says so.
+    pub const fn cause(self) -> ErrorCause {
+        use ErrorCause::{LocalState, PeerMisbehaved, Policy, Request};
+        match self {
+            ErrorKind::ParseError
+            | ErrorKind::InvalidRequest
+            | ErrorKind::MethodNotFound
+            | ErrorKind::InvalidParams
+            | ErrorKind::RequestTooLarge
+            | ErrorKind::ResponseTooLarge
+            | ErrorKind::UnknownSubscription
+            | ErrorKind::LineTimeout
+            | ErrorKind::UnknownAccount
+            | ErrorKind::AccountExists
+            | ErrorKind::AccountRequired
+            | ErrorKind::InvalidJid
+            | ErrorKind::IdempotencyKeyReused => Request,
+            ErrorKind::Internal
+            | ErrorKind::UnknownDevice
+            | ErrorKind::NoBundle
+            | ErrorKind::NoSession
+            | ErrorKind::NotForThisDevice
+            | ErrorKind::BrokenSession
+            | ErrorKind::StorageError => LocalState,
+            ErrorKind::InvalidBundle
+            | ErrorKind::InvalidSignature
+            | ErrorKind::DuplicateMessage
+            | ErrorKind::InvalidMessage
+            | ErrorKind::AuthenticationFailed
+            | ErrorKind::TooManySkipped
+            | ErrorKind::SceMismatch
+            | ErrorKind::TooManyDevices => PeerMisbehaved,
+            ErrorKind::Unauthorized
+            | ErrorKind::TooManySubscriptions
+            | ErrorKind::TooManyConnections
+            | ErrorKind::RateLimited
+            | ErrorKind::Untrusted
+            | ErrorKind::Distrusted
+            | ErrorKind::IdentityChanged => Policy,
+        }
+    }
+
     /// A short default message, used when the caller gives none and in the OpenRPC document.
     pub const fn default_message(self) -> &'static str {
         match self {
@@ -276,7 +327,8 @@ impl std::fmt::Display for ErrorKind {
     }
 }
 
-/// An error answered to a client: a kind, a human-readable message, and optional extra data.
+/// An error answered to a client: a kind, a human-readable message, whom it is due to, and
+/// optional extra data.
 ///
 /// The message is for people; it must never contain key material or plaintext.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -286,17 +338,20 @@ pub struct RpcError {
     pub kind: ErrorKind,
     /// Human-readable detail.
     pub message: String,
+    /// Whom it is due to (`error.data.cause`).
+    pub cause: ErrorCause,
     /// Extra structured data. An object's fields are merged into `error.data` next to `kind`;
     /// any other value is sent as `error.data.detail`.
     pub data: Option<Value>,
 }
 
 impl RpcError {
-    /// An error of `kind` with a message.
+    /// An error of `kind` with a message, due to the kind's usual cause.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
+            cause: kind.cause(),
             data: None,
         }
     }
@@ -305,6 +360,13 @@ impl RpcError {
     #[must_use]
     pub fn with_data(mut self, data: Value) -> Self {
         self.data = Some(data);
+        self
+    }
+
+    /// Says whom the error is due to, instead of the kind's usual cause.
+    #[must_use]
+    pub fn with_cause(mut self, cause: ErrorCause) -> Self {
+        self.cause = cause;
         self
     }
 
@@ -318,13 +380,13 @@ impl RpcError {
         Self::new(ErrorKind::Internal, message)
     }
 
-    /// The `error.data` object: `{"kind": …, …extra}`.
+    /// The `error.data` object: `{"kind": …, "cause": …, …extra}`.
     pub fn data_object(&self) -> Value {
         let mut obj = Map::new();
         match &self.data {
             Some(Value::Object(extra)) => {
                 for (k, v) in extra {
-                    if k != "kind" {
+                    if k != "kind" && k != "cause" {
                         obj.insert(k.clone(), v.clone());
                     }
                 }
@@ -334,6 +396,10 @@ impl RpcError {
             }
             None => {}
         }
+        obj.insert(
+            "cause".to_owned(),
+            Value::String(self.cause.name().to_owned()),
+        );
         obj.insert(
             "kind".to_owned(),
             Value::String(self.kind.kind().to_owned()),
@@ -354,6 +420,66 @@ impl RpcError {
 impl From<ErrorKind> for RpcError {
     fn from(kind: ErrorKind) -> Self {
         Self::new(kind, kind.default_message())
+    }
+}
+
+/// An error a method answers: it converts to an [`RpcError`] and lists every kind it can be
+/// answered with, from its variants (so a method's OpenRPC `errors` are what it returns).
+/// `rpc::methods::convert` implements it for the session manager's errors.
+pub trait MethodError: Send + 'static {
+    /// Every kind an error of this type is answered with, in variant order (repeats allowed).
+    fn kinds() -> Vec<ErrorKind>;
+    /// The answer.
+    fn into_rpc(self) -> RpcError;
+}
+
+/// A method that cannot fail besides the standard errors.
+impl MethodError for std::convert::Infallible {
+    fn kinds() -> Vec<ErrorKind> {
+        Vec::new()
+    }
+
+    fn into_rpc(self) -> RpcError {
+        match self {}
+    }
+}
+
+/// What a method call fails with: the method's own error, or a standard error that any method
+/// may answer (the OpenRPC document does not list those per method).
+#[derive(Debug)]
+pub enum CallError<E> {
+    /// The method's own error.
+    Method(E),
+    /// Params the schema let through but the method refuses (`invalid_params`).
+    InvalidParams(String),
+    /// A failure inside omemod (`internal`).
+    Internal(String),
+}
+
+impl<E: MethodError> CallError<E> {
+    /// The answer.
+    pub fn into_rpc(self) -> RpcError {
+        match self {
+            CallError::Method(e) => e.into_rpc(),
+            CallError::InvalidParams(m) => RpcError::invalid_params(m),
+            CallError::Internal(m) => RpcError::internal(m),
+        }
+    }
+}
+
+impl<E: MethodError> From<E> for CallError<E> {
+    fn from(e: E) -> Self {
+        CallError::Method(e)
+    }
+}
+
+/// The daemon runs without a session manager (only `omemod openrpc` does).
+#[derive(Debug)]
+pub struct NoManager;
+
+impl<E: MethodError> From<NoManager> for CallError<E> {
+    fn from(_: NoManager) -> Self {
+        CallError::Internal("no session manager".to_owned())
     }
 }
 
@@ -394,12 +520,19 @@ mod tests {
             .with_data(serde_json::json!({"device_id": 7, "kind": "spoof"}));
         assert_eq!(
             e.data_object(),
-            serde_json::json!({"kind": "no_session", "device_id": 7})
+            serde_json::json!({"kind": "no_session", "cause": "local_state", "device_id": 7})
         );
         let e = RpcError::new(ErrorKind::Internal, "x").with_data(serde_json::json!("why"));
         assert_eq!(
             e.data_object(),
-            serde_json::json!({"kind": "internal", "detail": "why"})
+            serde_json::json!({"kind": "internal", "cause": "local_state", "detail": "why"})
+        );
+        let e = RpcError::new(ErrorKind::InvalidBundle, "x")
+            .with_cause(ErrorCause::LocalState)
+            .with_data(serde_json::json!({"cause": "spoof"}));
+        assert_eq!(
+            e.data_object(),
+            serde_json::json!({"kind": "invalid_bundle", "cause": "local_state"})
         );
     }
 }

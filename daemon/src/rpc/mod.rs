@@ -7,7 +7,9 @@
 //!
 //! - [`registry`]: the [`Method`](registry::Method) trait and the registry that builds both the
 //!   [`MethodTable`](registry::MethodTable) and the OpenRPC document.
-//! - [`error`]: [`ErrorKind`](error::ErrorKind), every error code and kind a client can see.
+//! - [`error`]: [`ErrorKind`](error::ErrorKind), every error code and kind a client can see;
+//!   [`MethodError`](error::MethodError) and [`CallError`](error::CallError), what a method
+//!   answers with.
 //! - [`ctx`]: [`Ctx`](ctx::Ctx) (daemon-wide state) and [`Conn`](ctx::Conn) (the calling connection).
 //! - [`dispatch`]: one request line to one answer line (batches, notifications, errors).
 //! - [`connection`]: one client connection (peer check, size-limited lines, concurrency).

@@ -1,6 +1,7 @@
 //! The method registry: a method's name, params, result, errors and documentation are declared
 //! together by implementing [`Method`]; [`Registry::register`] adds it both to the
-//! [`MethodTable`] that the transport dispatches through and to the OpenRPC document.
+//! [`MethodTable`] that the transport dispatches through and to the OpenRPC document, whose
+//! per-method `errors` are the kinds of the method's error type.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::rpc::ctx::{Conn, Ctx};
-use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::error::{CallError, ErrorKind, MethodError, RpcError};
 
 /// The OpenRPC version of the generated document.
 pub const OPENRPC_VERSION: &str = "1.3.2";
@@ -28,7 +29,8 @@ pub const OPENRPC_VERSION: &str = "1.3.2";
 ///     const SUMMARY: &'static str = "Daemon version, uptime and clients.";
 ///     type Params = NoParams;
 ///     type Result = StatusResult;
-///     async fn call(ctx: Arc<Ctx>, _conn: Conn, _p: NoParams) -> Result<StatusResult, RpcError> { /* … */ }
+///     type Error = std::convert::Infallible;
+///     async fn call(ctx: Arc<Ctx>, _conn: Conn, _p: NoParams) -> Result<StatusResult, CallError<Infallible>> { /* … */ }
 /// }
 /// // in rpc::methods::register_all:
 /// registry.register::<Status>()?;
@@ -40,20 +42,21 @@ pub trait Method: Send + Sync + 'static {
     const SUMMARY: &'static str;
     /// Longer text for the OpenRPC `description` (may be empty).
     const DESCRIPTION: &'static str = "";
-    /// The domain errors this method can return (the standard ones are implied).
-    const ERRORS: &'static [ErrorKind] = &[];
 
     /// The by-name params object. Derive `Deserialize` (with `deny_unknown_fields`) and `JsonSchema`.
     type Params: DeserializeOwned + JsonSchema + Send + 'static;
     /// The result. Derive `Serialize` and `JsonSchema`.
     type Result: Serialize + JsonSchema + Send + 'static;
+    /// The errors it answers besides the standard ones: its operation's error enum (the
+    /// OpenRPC document lists that enum's kinds).
+    type Error: MethodError;
 
     /// Runs the method. Write it as `async fn call(…)` in the impl.
     fn call(
         ctx: Arc<Ctx>,
         conn: Conn,
         params: Self::Params,
-    ) -> impl Future<Output = Result<Self::Result, RpcError>> + Send;
+    ) -> impl Future<Output = Result<Self::Result, CallError<Self::Error>>> + Send;
 }
 
 /// Params of a method that takes none: `{}` or absent.
@@ -78,7 +81,7 @@ struct MethodDoc {
     description: &'static str,
     params: Value,
     result: Value,
-    errors: &'static [ErrorKind],
+    errors: Vec<ErrorKind>,
 }
 
 /// A running call: the serialized result, or the error to answer.
@@ -122,7 +125,7 @@ fn handler<M: Method>() -> Handler {
         |ctx, conn, params| match parse_params::<M::Params>(params) {
             Err(e) => Box::pin(std::future::ready(Err(e))),
             Ok(p) => Box::pin(async move {
-                let result = M::call(ctx, conn, p).await?;
+                let result = M::call(ctx, conn, p).await.map_err(CallError::into_rpc)?;
                 serde_json::to_string(&result)
                     .map_err(|e| RpcError::internal(format!("cannot serialize the result: {e}")))
             }),
@@ -198,7 +201,7 @@ impl Registry {
             description: M::DESCRIPTION,
             params,
             result,
-            errors: M::ERRORS,
+            errors: method_errors::<M::Error>(),
         });
         Ok(())
     }
@@ -225,7 +228,10 @@ impl Registry {
         let methods: Vec<Value> = docs.into_iter().map(method_entry).collect();
         let kinds: Vec<Value> = ErrorKind::ALL
             .iter()
-            .map(|k| json!({"code": k.code(), "kind": k.kind(), "message": k.default_message()}))
+            .map(|k| {
+                json!({"code": k.code(), "kind": k.kind(), "message": k.default_message(),
+                    "cause": k.cause().name()})
+            })
             .collect();
         json!({
             "openrpc": OPENRPC_VERSION,
@@ -233,7 +239,7 @@ impl Registry {
                 "title": "omemod",
                 "version": env!("CARGO_PKG_VERSION"),
                 "description": "OMEMO (XEP-0384) daemon: JSON-RPC 2.0, one JSON object per line on a Unix socket. \
-                    Every error carries data.kind; see x-error-kinds.",
+                    Every error carries data.kind and data.cause; see x-error-kinds (with each kind's usual cause).",
             },
             "methods": methods,
             "components": {"schemas": schemas},
@@ -253,6 +259,17 @@ impl Registry {
             }],
         })
     }
+}
+
+/// The kinds `E` is answered with, each once, in the order of its variants.
+pub fn method_errors<E: MethodError>() -> Vec<ErrorKind> {
+    let mut kinds = Vec::new();
+    for k in E::kinds() {
+        if !kinds.contains(&k) {
+            kinds.push(k);
+        }
+    }
+    kinds
 }
 
 fn method_entry(d: &MethodDoc) -> Value {

@@ -56,7 +56,7 @@ pub enum ServeError {
     Storage(#[from] crate::storage::StorageError),
     /// The session manager could not load its state.
     #[error("loading state: {0}")]
-    Manager(#[from] crate::manager::ManagerError),
+    Manager(#[source] crate::storage::StorageError),
     /// Another daemon uses the database (or its lock file is unusable).
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
@@ -307,7 +307,11 @@ impl Background {
         if let Some(r) = rollback {
             let _ = ctx.rollback.set(r);
         }
-        let manager = Arc::new(Manager::open(Arc::clone(store), ctx.events.clone()).await?);
+        let manager = Arc::new(
+            Manager::open(Arc::clone(store), ctx.events.clone())
+                .await
+                .map_err(ServeError::Manager)?,
+        );
         let _ = ctx.manager.set(Arc::clone(&manager));
         manager.set_redelivery_config(ctx.config.redelivery);
         let skipped_key_max_age = ctx.config.bounds.skipped_key_max_age_secs();

@@ -118,5 +118,12 @@ pub enum StorageError {
     Closed,
 }
 
+impl StorageError {
+    /// Whom the error is due to: the database is our own state, whatever failed in it.
+    pub fn cause(&self) -> protocol_core::error::ErrorCause {
+        protocol_core::error::ErrorCause::LocalState
+    }
+}
+
 /// Result alias of the storage layer.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

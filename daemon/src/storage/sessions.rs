@@ -167,7 +167,10 @@ pub fn upsert(conn: &Connection, row: &SessionRow) -> Result<()> {
 /// [`upsert`] for several rows, in a few multi-row statements instead of one per row (a
 /// fan-out stores a hundred sessions at once). Rows are written in order, so the result is
 /// that of calling [`upsert`] on each.
-pub fn upsert_many(conn: &Connection, rows: &[SessionRow]) -> Result<()> {
+pub fn upsert_many<R: std::borrow::Borrow<SessionRow>>(
+    conn: &Connection,
+    rows: &[R],
+) -> Result<()> {
     let mut rest = rows;
     while !rest.is_empty() {
         // The largest power of two that fits, capped.
@@ -175,7 +178,7 @@ pub fn upsert_many(conn: &Connection, rows: &[SessionRow]) -> Result<()> {
         let (chunk, tail) = rest.split_at(n);
         let mut st = conn.prepare_cached(upsert_sql(n))?;
         for (i, row) in chunk.iter().enumerate() {
-            bind_row(&mut st, i * ROW_PARAMS + 1, row)?;
+            bind_row(&mut st, i * ROW_PARAMS + 1, row.borrow())?;
         }
         st.raw_execute()?;
         rest = tail;

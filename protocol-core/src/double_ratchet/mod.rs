@@ -29,7 +29,6 @@ use thiserror::Error;
 
 /// Errors of the ratchet itself (the wire layer adds its own).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum RatchetError {
     /// The message's key was already used: a replay or a duplicate. Only said when certain.
     #[error("duplicate message (chain index {0} already used)")]
@@ -108,6 +107,62 @@ pub(crate) struct PreviousChain {
 }
 
 impl Chains {
+    /// The DH ratchet step for a message on a new chain of the peer's (ratchet key
+    /// `header.ratchet_key`): the current receiving chain becomes a previous one (with its keys
+    /// up to `header.pn` skipped), new receiving and sending chains are derived, and the new
+    /// receiving chain is advanced to the message, whose key is returned.
+    fn ratchet_step(
+        &mut self,
+        version: Version,
+        header: &Header,
+        rng: &mut impl CryptoRngCore,
+        added: &mut Vec<SkippedKey>,
+    ) -> Result<MessageKey, RatchetError> {
+        let dh = header.ratchet_key;
+        if self.previous_remote.contains(&dh) {
+            // An earlier chain we no longer hold: a replay cannot be told from a late message.
+            return Err(RatchetError::MessageKeyDropped(header.n));
+        }
+        if header.n > MAX_SKIP {
+            return Err(RatchetError::TooManySkipped(u64::from(header.n)));
+        }
+        // Keys left in the old receiving chain up to `pn`; like python-doubleratchet, a
+        // previous chain too far behind is not expanded. The chain itself is kept (bounded),
+        // so messages past `pn` (libsignal's convention) still decrypt later.
+        if let (Some(mut chain), Some(old)) = (self.receiving.take(), self.remote_ratchet) {
+            if header.pn > chain.index() && header.pn - chain.index() <= MAX_SKIP {
+                skip_keys(&mut chain, header.pn, &old, added);
+            }
+            self.previous_receiving.push_back(PreviousChain {
+                ratchet_key: old,
+                chain,
+                dropped_below: self.receiving_dropped_below,
+            });
+            while self.previous_receiving.len() > MAX_PREVIOUS_RECEIVING_CHAINS {
+                self.previous_receiving.pop_front();
+            }
+        }
+        let dh_recv = self.own_ratchet.private.diffie_hellman(&dh)?;
+        let (rk, mut receiving) = self.root_key.advance(version, &dh_recv);
+        let own = KeyPair::from_private(PrivateKey::generate(rng));
+        let dh_send = own.private.diffie_hellman(&dh)?;
+        let (rk, sending) = rk.advance(version, &dh_send);
+        self.previous_sending_length = self.sending.as_ref().map_or(0, ChainKey::index);
+        if let Some(old) = self.remote_ratchet.replace(dh) {
+            self.previous_remote.push_back(old);
+            while self.previous_remote.len() > MAX_PREVIOUS_RATCHET_KEYS {
+                self.previous_remote.pop_front();
+            }
+        }
+        self.root_key = rk;
+        self.own_ratchet = own;
+        self.sending = Some(sending);
+        self.receiving_dropped_below = 0;
+        let message_key = advance_to(&mut receiving, header.n, 0, &dh, added)?;
+        self.receiving = Some(receiving);
+        Ok(message_key)
+    }
+
     /// Records that the skipped key (`ratchet_key`, `n`) was dropped from the store.
     fn note_dropped(&mut self, ratchet_key: &[u8; 32], n: u32) {
         let below = n.saturating_add(1);
@@ -321,48 +376,7 @@ impl DoubleRatchet {
                 &mut added,
             )?
         } else {
-            if next.previous_remote.contains(&dh) {
-                // An earlier chain we no longer hold: a replay cannot be told from a late message.
-                return Err(RatchetError::MessageKeyDropped(header.n));
-            }
-            if header.n > MAX_SKIP {
-                return Err(RatchetError::TooManySkipped(u64::from(header.n)));
-            }
-            // Keys left in the old receiving chain up to `pn`; like python-doubleratchet, a
-            // previous chain too far behind is not expanded. The chain itself is kept (bounded),
-            // so messages past `pn` (libsignal's convention) still decrypt later.
-            if let (Some(mut chain), Some(old)) = (next.receiving.take(), next.remote_ratchet) {
-                if header.pn > chain.index() && header.pn - chain.index() <= MAX_SKIP {
-                    skip_keys(&mut chain, header.pn, &old, &mut added);
-                }
-                next.previous_receiving.push_back(PreviousChain {
-                    ratchet_key: old,
-                    chain,
-                    dropped_below: next.receiving_dropped_below,
-                });
-                while next.previous_receiving.len() > MAX_PREVIOUS_RECEIVING_CHAINS {
-                    next.previous_receiving.pop_front();
-                }
-            }
-            let dh_recv = next.own_ratchet.private.diffie_hellman(&dh)?;
-            let (rk, mut receiving) = next.root_key.advance(self.version, &dh_recv);
-            let own = KeyPair::from_private(PrivateKey::generate(rng));
-            let dh_send = own.private.diffie_hellman(&dh)?;
-            let (rk, sending) = rk.advance(self.version, &dh_send);
-            next.previous_sending_length = next.sending.as_ref().map_or(0, ChainKey::index);
-            if let Some(old) = next.remote_ratchet.replace(dh) {
-                next.previous_remote.push_back(old);
-                while next.previous_remote.len() > MAX_PREVIOUS_RATCHET_KEYS {
-                    next.previous_remote.pop_front();
-                }
-            }
-            next.root_key = rk;
-            next.own_ratchet = own;
-            next.sending = Some(sending);
-            next.receiving_dropped_below = 0;
-            let message_key = advance_to(&mut receiving, header.n, 0, &dh, &mut added)?;
-            next.receiving = Some(receiving);
-            message_key
+            next.ratchet_step(self.version, header, rng, &mut added)?
         };
         Ok(PendingDecrypt {
             message_key,

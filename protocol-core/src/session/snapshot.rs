@@ -199,6 +199,8 @@ impl Session {
         self.encode(include_skipped, Some(pending.next_sending()))
     }
 
+    /// The snapshot's protobuf, fields in number order: who and how (1–9), the chains (10–18),
+    /// the skipped keys (19), and what is kept of earlier receiving chains (20–21).
     fn encode(&self, include_skipped: bool, sending: Option<&ChainKey>) -> Zeroizing<Vec<u8>> {
         let c = &self.ratchet.chains;
         let skipped = if include_skipped {
@@ -212,6 +214,36 @@ impl Session {
             skipped,
         )));
         let out = &mut *w;
+        self.encode_parties(out);
+        encode_chains(out, c, sending);
+        if include_skipped {
+            for k in self.ratchet.skipped_keys().iter() {
+                let body = field_len(32) + uint32_len(k.n) + field_len(32);
+                key(out, 19, LENGTH_DELIMITED);
+                varint(out, body as u64);
+                bytes_field(out, 1, &k.ratchet_key);
+                uint32(out, 2, k.n);
+                bytes_field(out, 3, &k.message_key);
+            }
+        }
+        uint32(out, 20, c.receiving_dropped_below);
+        for p in &c.previous_receiving {
+            let body = field_len(32)
+                + field_len(32)
+                + uint32_len(p.chain.index())
+                + uint32_len(p.dropped_below);
+            key(out, 21, LENGTH_DELIMITED);
+            varint(out, body as u64);
+            bytes_field(out, 1, &p.ratchet_key.0);
+            bytes_field(out, 2, p.chain.as_bytes());
+            uint32(out, 3, p.chain.index());
+            uint32(out, 4, p.dropped_below);
+        }
+        w
+    }
+
+    /// Fields 1–9: format, version, role, both identities and the key exchange.
+    fn encode_parties(&self, out: &mut Vec<u8>) {
         uint32(out, 1, SESSION_SNAPSHOT_FORMAT);
         uint32(
             out,
@@ -238,48 +270,6 @@ impl Session {
             key(out, 9, VARINT);
             out.push(1);
         }
-        bytes_field(out, 10, c.root_key.as_bytes());
-        bytes_field(out, 11, c.own_ratchet.private.as_bytes());
-        // Optional fields go out when present, even if empty; ours never are.
-        if let Some(k) = &c.remote_ratchet {
-            bytes_field(out, 12, &k.0);
-        }
-        if let Some(k) = sending {
-            bytes_field(out, 13, k.as_bytes());
-        }
-        uint32(out, 14, sending.map_or(0, ChainKey::index));
-        if let Some(k) = &c.receiving {
-            bytes_field(out, 15, k.as_bytes());
-        }
-        uint32(out, 16, c.receiving.as_ref().map_or(0, ChainKey::index));
-        uint32(out, 17, c.previous_sending_length);
-        for k in &c.previous_remote {
-            bytes_field(out, 18, &k.0);
-        }
-        if include_skipped {
-            for k in self.ratchet.skipped_keys().iter() {
-                let body = field_len(32) + uint32_len(k.n) + field_len(32);
-                key(out, 19, LENGTH_DELIMITED);
-                varint(out, body as u64);
-                bytes_field(out, 1, &k.ratchet_key);
-                uint32(out, 2, k.n);
-                bytes_field(out, 3, &k.message_key);
-            }
-        }
-        uint32(out, 20, c.receiving_dropped_below);
-        for p in &c.previous_receiving {
-            let body = field_len(32)
-                + field_len(32)
-                + uint32_len(p.chain.index())
-                + uint32_len(p.dropped_below);
-            key(out, 21, LENGTH_DELIMITED);
-            varint(out, body as u64);
-            bytes_field(out, 1, &p.ratchet_key.0);
-            bytes_field(out, 2, p.chain.as_bytes());
-            uint32(out, 3, p.chain.index());
-            uint32(out, 4, p.dropped_below);
-        }
-        w
     }
 
     /// Loads a session from snapshot bytes plus any skipped keys stored beside it.
@@ -399,6 +389,30 @@ fn previous_chain(p: &PreviousChainSnapshot) -> Result<PreviousChain, SnapshotEr
 // intermediate message.
 const VARINT: u8 = 0;
 const LENGTH_DELIMITED: u8 = 2;
+
+/// Fields 10–18: the root key, our ratchet key, the peer's, the sending chain (`sending`, which
+/// may be the one after a prepared encryption), the receiving chain, and the peer's earlier
+/// ratchet keys.
+fn encode_chains(out: &mut Vec<u8>, c: &Chains, sending: Option<&ChainKey>) {
+    bytes_field(out, 10, c.root_key.as_bytes());
+    bytes_field(out, 11, c.own_ratchet.private.as_bytes());
+    // Optional fields go out when present, even if empty; ours never are.
+    if let Some(k) = &c.remote_ratchet {
+        bytes_field(out, 12, &k.0);
+    }
+    if let Some(k) = sending {
+        bytes_field(out, 13, k.as_bytes());
+    }
+    uint32(out, 14, sending.map_or(0, ChainKey::index));
+    if let Some(k) = &c.receiving {
+        bytes_field(out, 15, k.as_bytes());
+    }
+    uint32(out, 16, c.receiving.as_ref().map_or(0, ChainKey::index));
+    uint32(out, 17, c.previous_sending_length);
+    for k in &c.previous_remote {
+        bytes_field(out, 18, &k.0);
+    }
+}
 
 fn key(out: &mut Vec<u8>, tag: u8, wire_type: u8) {
     // Fields from 16 on take a two-byte key.

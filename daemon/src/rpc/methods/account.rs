@@ -5,10 +5,14 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::manager::account::TrustMode;
+use crate::manager::account::{CreateAccountError, TrustMode};
+use crate::manager::device_id::RenewDeviceIdError;
+use crate::manager::lifecycle::DeleteAccountError;
+use crate::manager::AccountLookupError;
 use crate::rpc::ctx::{Conn, Ctx};
-use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::error::CallError;
 use crate::rpc::registry::{Method, NoParams};
+use std::convert::Infallible;
 
 /// `account.create`.
 pub struct AccountCreate;
@@ -51,19 +55,19 @@ impl Method for AccountCreate {
     const DESCRIPTION: &'static str =
         "Then do its `actions`: fetch our own published device lists and pass them to devicelist.update \
          (which says whether to publish ours: publish_devicelist), then publish the bundles (bundle.get).";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::AccountExists, ErrorKind::InvalidJid];
     type Params = AccountCreateParams;
     type Result = AccountInfo;
+    type Error = CreateAccountError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: AccountCreateParams,
-    ) -> Result<AccountInfo, RpcError> {
+    ) -> Result<AccountInfo, CallError<CreateAccountError>> {
         let mode = match p.trust_mode.as_deref() {
             None => TrustMode::Btbv,
             Some(m) => TrustMode::parse(m).ok_or_else(|| {
-                RpcError::invalid_params("trust_mode must be btbv, tofu or manual")
+                CallError::InvalidParams("trust_mode must be btbv, tofu or manual".to_owned())
             })?,
         };
         let m = ctx.manager()?;
@@ -85,8 +89,13 @@ impl Method for AccountList {
     const SUMMARY: &'static str = "Every account of this daemon.";
     type Params = NoParams;
     type Result = Vec<AccountInfo>;
+    type Error = Infallible;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, _p: NoParams) -> Result<Vec<AccountInfo>, RpcError> {
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        _p: NoParams,
+    ) -> Result<Vec<AccountInfo>, CallError<Infallible>> {
         Ok(ctx
             .manager()?
             .accounts()
@@ -120,15 +129,15 @@ impl Method for AccountDelete {
         lists, bundles and trust decisions go in one transaction; freed space is zeroed \
         (secure_delete) and the WAL is checkpointed and truncated. Peers keep encrypting to the \
         device until the client removes it from the published device lists.";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::InvalidJid];
     type Params = AccountDeleteParams;
     type Result = crate::manager::lifecycle::DeletedAccount;
+    type Error = DeleteAccountError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: AccountDeleteParams,
-    ) -> Result<crate::manager::lifecycle::DeletedAccount, RpcError> {
+    ) -> Result<crate::manager::lifecycle::DeletedAccount, CallError<DeleteAccountError>> {
         Ok(ctx.manager()?.delete_account(&p.jid).await?)
     }
 }
@@ -148,16 +157,20 @@ pub struct AccountParams {
 impl Method for FingerprintGet {
     const NAME: &'static str = "fingerprint.get";
     const SUMMARY: &'static str = "Our own fingerprint (the same in both namespaces).";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
     type Params = AccountParams;
     type Result = AccountInfo;
+    type Error = AccountLookupError;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: AccountParams) -> Result<AccountInfo, RpcError> {
-        let (jid, device_id, fingerprint) = ctx.manager()?.fingerprint(p.account.as_deref())?;
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: AccountParams,
+    ) -> Result<AccountInfo, CallError<AccountLookupError>> {
+        let a = ctx.manager()?.account(p.account.as_deref())?;
         Ok(AccountInfo {
-            jid,
-            device_id,
-            fingerprint,
+            jid: a.jid.clone(),
+            device_id: a.device_id,
+            fingerprint: a.identity.fingerprint(),
             actions: Vec::new(),
         })
     }
@@ -194,24 +207,25 @@ pub struct RenewedDeviceId {
 impl Method for AccountRenewDeviceId {
     const NAME: &'static str = "account.renew_device_id";
     const SUMMARY: &'static str = "Gives our device a new id (the way out when another of our devices has the same id); identity, sessions and trust stay.";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
     type Params = RenewDeviceIdParams;
     type Result = RenewedDeviceId;
+    type Error = RenewDeviceIdError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: RenewDeviceIdParams,
-    ) -> Result<RenewedDeviceId, RpcError> {
-        let (a, actions) = ctx
+    ) -> Result<RenewedDeviceId, CallError<RenewDeviceIdError>> {
+        let renewed = ctx
             .manager()?
             .renew_device_id(p.account.as_deref(), &p.avoid)
             .await?;
+        let a = renewed.account;
         Ok(RenewedDeviceId {
             jid: a.jid.clone(),
             device_id: a.device_id,
             fingerprint: a.identity.fingerprint(),
-            actions,
+            actions: renewed.actions,
         })
     }
 }

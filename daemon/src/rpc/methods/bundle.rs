@@ -6,11 +6,12 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::params::Namespace;
-use crate::manager::devicelist::DevicelistUpdate;
-use crate::manager::own_bundle::Publication;
-use crate::manager::peer_bundle::BundleUpdate as BundleUpdated;
+use crate::manager::devicelist::{DevicelistError, DevicelistUpdate};
+use crate::manager::own_bundle::{OwnBundleError, Publication};
+use crate::manager::peer_bundle::{BundleUpdate as BundleUpdated, BundleUpdateError};
+use crate::manager::AccountLookupError;
 use crate::rpc::ctx::{Conn, Ctx};
-use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::error::CallError;
 use crate::rpc::registry::Method;
 
 /// Params naming an account and a namespace.
@@ -30,11 +31,15 @@ pub struct BundleGet;
 impl Method for BundleGet {
     const NAME: &'static str = "bundle.get";
     const SUMMARY: &'static str = "Our bundle in a namespace, with the PubSub node, item id and publish options to publish it with.";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
     type Params = OwnParams;
     type Result = Publication;
+    type Error = OwnBundleError;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: OwnParams) -> Result<Publication, RpcError> {
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: OwnParams,
+    ) -> Result<Publication, CallError<OwnBundleError>> {
         Ok(ctx
             .manager()?
             .own_bundle(p.account.as_deref(), p.namespace.0)
@@ -48,11 +53,15 @@ pub struct DevicelistGet;
 impl Method for DevicelistGet {
     const NAME: &'static str = "devicelist.get";
     const SUMMARY: &'static str = "Our device list in a namespace (as last received, with our device added), ready to publish.";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
     type Params = OwnParams;
     type Result = Publication;
+    type Error = AccountLookupError;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: OwnParams) -> Result<Publication, RpcError> {
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: OwnParams,
+    ) -> Result<Publication, CallError<AccountLookupError>> {
         Ok(ctx
             .manager()?
             .own_devicelist(p.account.as_deref(), p.namespace.0)?)
@@ -83,21 +92,15 @@ impl Method for BundleUpdate {
     const NAME: &'static str = "bundle.update";
     const SUMMARY: &'static str =
         "Stores a bundle the client fetched (validated: keys and signed prekey signature).";
-    const ERRORS: &'static [ErrorKind] = &[
-        ErrorKind::UnknownAccount,
-        ErrorKind::AccountRequired,
-        ErrorKind::InvalidJid,
-        ErrorKind::InvalidBundle,
-        ErrorKind::InvalidSignature,
-    ];
     type Params = BundleUpdateParams;
     type Result = BundleUpdated;
+    type Error = BundleUpdateError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: BundleUpdateParams,
-    ) -> Result<BundleUpdated, RpcError> {
+    ) -> Result<BundleUpdated, CallError<BundleUpdateError>> {
         Ok(ctx
             .manager()?
             .update_bundle(
@@ -132,21 +135,15 @@ pub struct DevicelistUpdateParams {
 impl Method for DevicelistUpdateMethod {
     const NAME: &'static str = "devicelist.update";
     const SUMMARY: &'static str = "Ingests a device list received from PEP; says when our own device is missing from our own list.";
-    const ERRORS: &'static [ErrorKind] = &[
-        ErrorKind::UnknownAccount,
-        ErrorKind::AccountRequired,
-        ErrorKind::InvalidJid,
-        ErrorKind::InvalidMessage,
-        ErrorKind::TooManyDevices,
-    ];
     type Params = DevicelistUpdateParams;
     type Result = DevicelistUpdate;
+    type Error = DevicelistError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: DevicelistUpdateParams,
-    ) -> Result<DevicelistUpdate, RpcError> {
+    ) -> Result<DevicelistUpdate, CallError<DevicelistError>> {
         Ok(ctx
             .manager()?
             .update_devicelist(p.account.as_deref(), &p.jid, p.namespace.0, &p.xml)

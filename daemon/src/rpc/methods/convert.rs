@@ -1,86 +1,358 @@
-//! Maps session-manager errors onto the stable RPC error kinds.
+//! The errors methods answer, as RPC error kinds: one table per error enum, from which both the
+//! answer ([`MethodError::into_rpc`]) and the list of kinds ([`MethodError::kinds`], the
+//! method's OpenRPC `errors`) are generated, so the two cannot disagree. The answer carries the
+//! error's own cause (`error.data.cause`).
 
-use crate::manager::ManagerError;
-use crate::rpc::error::{ErrorKind, RpcError};
-use serde_json::json;
+use crate::manager::account::CreateAccountError;
+use crate::manager::decrypt::DecryptError;
+use crate::manager::device_id::RenewDeviceIdError;
+use crate::manager::devicelist::DevicelistError;
+use crate::manager::encrypt::{EncryptError, HeartbeatError, ReplaceSessionError};
+use crate::manager::error::{
+    AccountLookupError, DeviceIdError, InvalidFingerprint, InvalidJid, RateLimited, RecipientsError,
+};
+use crate::manager::lifecycle::DeleteAccountError;
+use crate::manager::own_bundle::OwnBundleError;
+use crate::manager::peer_bundle::{BundleUpdateError, StoredBundleError};
+use crate::manager::pinning::IdentityError;
+use crate::manager::plan::PlanError;
+use crate::manager::trust::{CatchupError, ListError, TrustError};
+use crate::rpc::ctx::SubscribeError;
+use crate::rpc::error::{ErrorKind, MethodError, RpcError};
+use crate::rpc::methods::subscription::UnsubscribeError;
+use crate::storage::StorageError;
+use protocol_core::Version;
+use serde_json::{json, Value};
 
-impl From<ManagerError> for RpcError {
-    fn from(e: ManagerError) -> Self {
-        let message = e.to_string();
-        match e {
-            ManagerError::UnknownAccount(_) => RpcError::new(ErrorKind::UnknownAccount, message),
-            ManagerError::AccountExists(_) => RpcError::new(ErrorKind::AccountExists, message),
-            ManagerError::AccountRequired(_) => RpcError::new(ErrorKind::AccountRequired, message),
-            ManagerError::InvalidJid(_) => RpcError::new(ErrorKind::InvalidJid, message),
-            ManagerError::UnknownDevice {
-                jid,
-                namespace,
-                device_id,
-            } => RpcError::new(ErrorKind::UnknownDevice, message).with_data(
-                json!({"jid": jid, "namespace": namespace.namespace(), "device_id": device_id}),
-            ),
-            ManagerError::NoBundle {
-                jid,
-                namespace,
-                device_id,
-            } => {
-                let (node, item_id) = namespace.bundle_node(device_id);
-                RpcError::new(ErrorKind::NoBundle, message).with_data(json!({
-                    "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
-                    "node": node, "item_id": item_id,
-                }))
+/// Implements [`MethodError`] for an error type from one table of its variants. Each arm is a
+/// pattern and how it is answered: `[Kind]`, `[Kind, data]` (fields added to `error.data`), or
+/// `[via e: Type]` for a variant that nests an error `e` of another type, answered as that one
+/// is. The answer is one exhaustive match over the arms, and the kinds are read off the same
+/// arms: a variant cannot be answered with a kind its method does not list.
+macro_rules! answers {
+    (@kinds via $e:ident : $inner:ty) => {
+        <$inner as MethodError>::kinds()
+    };
+    (@kinds $kind:ident $(, $data:expr)?) => {
+        vec![ErrorKind::$kind]
+    };
+    (@answer $message:ident $cause:ident via $e:ident : $inner:ty) => {{
+        let _ = ($message, $cause);
+        <$inner as MethodError>::into_rpc($e)
+    }};
+    (@answer $message:ident $cause:ident $kind:ident) => {
+        RpcError::new(ErrorKind::$kind, $message).with_cause($cause)
+    };
+    (@answer $message:ident $cause:ident $kind:ident, $data:expr) => {
+        RpcError::new(ErrorKind::$kind, $message)
+            .with_cause($cause)
+            .with_data($data)
+    };
+    ($ty:ty { $($pat:pat => [$($how:tt)*]),+ $(,)? }) => {
+        impl MethodError for $ty {
+            fn kinds() -> Vec<ErrorKind> {
+                [$( answers!(@kinds $($how)*) ),+].concat()
             }
-            ManagerError::InvalidBundle(_) => RpcError::new(ErrorKind::InvalidBundle, message),
-            ManagerError::InvalidSignature(_) => {
-                RpcError::new(ErrorKind::InvalidSignature, message)
-            }
-            ManagerError::InvalidMessage(_) => RpcError::new(ErrorKind::InvalidMessage, message),
-            ManagerError::NotForThisDevice { recipients } => {
-                RpcError::new(ErrorKind::NotForThisDevice, message)
-                    .with_data(json!({"recipients": recipients}))
-            }
-            ManagerError::DuplicateMessage => RpcError::new(ErrorKind::DuplicateMessage, message),
-            ManagerError::NoSession {
-                jid,
-                namespace,
-                device_id,
-            } => RpcError::new(ErrorKind::NoSession, message).with_data(
-                json!({"jid": jid, "namespace": namespace.namespace(), "device_id": device_id}),
-            ),
-            ManagerError::AuthenticationFailed => {
-                RpcError::new(ErrorKind::AuthenticationFailed, message)
-            }
-            ManagerError::TooManySkipped => RpcError::new(ErrorKind::TooManySkipped, message),
-            ManagerError::BrokenSession(_) => RpcError::new(ErrorKind::BrokenSession, message),
-            ManagerError::Untrusted => RpcError::new(ErrorKind::Untrusted, message),
-            ManagerError::Distrusted => RpcError::new(ErrorKind::Distrusted, message),
-            ManagerError::IdempotencyKeyReused(_) => {
-                RpcError::new(ErrorKind::IdempotencyKeyReused, message)
-            }
-            ManagerError::IdentityChanged {
-                jid,
-                namespace,
-                device_id,
-                old_fingerprint,
-                new_fingerprint,
-            } => RpcError::new(ErrorKind::IdentityChanged, message).with_data(json!({
-                "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
-                "old_fingerprint": old_fingerprint, "new_fingerprint": new_fingerprint,
-            })),
-            ManagerError::RateLimited { retry_after_secs } => {
-                RpcError::new(ErrorKind::RateLimited, message)
-                    .with_data(json!({"retry_after_secs": retry_after_secs}))
-            }
-            ManagerError::SceMismatch(_) => RpcError::new(ErrorKind::SceMismatch, message),
-            ManagerError::InvalidParams(_) => RpcError::invalid_params(message),
-            ManagerError::TooManyDevices { count, max } => {
-                RpcError::new(ErrorKind::TooManyDevices, message)
-                    .with_data(json!({"count": count, "max": max}))
-            }
-            ManagerError::Storage(ref s) => {
-                tracing::error!(error = %s, "storage failure");
-                RpcError::new(ErrorKind::StorageError, message)
+
+            fn into_rpc(self) -> RpcError {
+                let (message, cause) = (self.to_string(), self.cause());
+                match self {
+                    $( $pat => answers!(@answer message cause $($how)*), )+
+                }
             }
         }
+    };
+}
+
+/// `error.data` naming a remote device.
+fn device(jid: &str, namespace: Version, device_id: u32) -> Value {
+    json!({"jid": jid, "namespace": namespace.namespace(), "device_id": device_id})
+}
+
+/// `error.data` of `no_bundle`: the device and where its bundle is published.
+fn bundle_location(jid: &str, namespace: Version, device_id: u32) -> Value {
+    let (node, item_id) = namespace.bundle_node(device_id);
+    json!({
+        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
+        "node": node, "item_id": item_id,
+    })
+}
+
+/// The database failed: logged here, where it is answered.
+impl MethodError for StorageError {
+    fn kinds() -> Vec<ErrorKind> {
+        vec![ErrorKind::StorageError]
+    }
+
+    fn into_rpc(self) -> RpcError {
+        tracing::error!(error = %self, "storage failure");
+        RpcError::new(ErrorKind::StorageError, format!("storage: {self}")).with_cause(self.cause())
+    }
+}
+
+answers!(InvalidJid {
+    InvalidJid(_) => [InvalidJid],
+});
+
+answers!(AccountLookupError {
+    AccountLookupError::Unknown(_) => [UnknownAccount],
+    AccountLookupError::NoneYet | AccountLookupError::Several => [AccountRequired],
+});
+
+answers!(RecipientsError {
+    RecipientsError::Jid(e) => [via e: InvalidJid],
+    RecipientsError::NoRecipient | RecipientsError::NoNamespace => [InvalidParams],
+});
+
+answers!(DeviceIdError {
+    DeviceIdError::TooManyAvoided { .. }
+    | DeviceIdError::AvoidedOutOfRange(_)
+    | DeviceIdError::NoneFree => [InvalidParams],
+});
+
+answers!(InvalidFingerprint {
+    InvalidFingerprint => [InvalidParams],
+});
+
+answers!(RateLimited {
+    RateLimited { retry_after_secs } => [RateLimited, json!({"retry_after_secs": retry_after_secs})],
+});
+
+answers!(CreateAccountError {
+    CreateAccountError::Jid(e) => [via e: InvalidJid],
+    CreateAccountError::Exists(_) => [AccountExists],
+    CreateAccountError::DeviceId(e) => [via e: DeviceIdError],
+    CreateAccountError::Storage(e) => [via e: StorageError],
+});
+
+answers!(DeleteAccountError {
+    DeleteAccountError::Jid(e) => [via e: InvalidJid],
+    DeleteAccountError::Unknown(_) => [UnknownAccount],
+    DeleteAccountError::Storage(e) => [via e: StorageError],
+});
+
+answers!(RenewDeviceIdError {
+    RenewDeviceIdError::Account(e) => [via e: AccountLookupError],
+    RenewDeviceIdError::DeviceId(e) => [via e: DeviceIdError],
+    RenewDeviceIdError::Storage(e) => [via e: StorageError],
+});
+
+answers!(OwnBundleError {
+    OwnBundleError::Account(e) => [via e: AccountLookupError],
+    OwnBundleError::NoSignedPreKey => [BrokenSession],
+});
+
+answers!(StoredBundleError {
+    StoredBundleError::NotUtf8
+    | StoredBundleError::Invalid(_)
+    | StoredBundleError::ParserFailed => [InvalidBundle],
+    StoredBundleError::Storage(e) => [via e: StorageError],
+});
+
+answers!(BundleUpdateError {
+    BundleUpdateError::Jid(e) => [via e: InvalidJid],
+    BundleUpdateError::Account(e) => [via e: AccountLookupError],
+    BundleUpdateError::DeviceIdOutOfRange(_) => [InvalidParams],
+    BundleUpdateError::Malformed(_)
+    | BundleUpdateError::Invalid(_)
+    | BundleUpdateError::ParserFailed => [InvalidBundle],
+    BundleUpdateError::InvalidSignature(_) => [InvalidSignature],
+    BundleUpdateError::Storage(e) => [via e: StorageError],
+});
+
+answers!(DevicelistError {
+    DevicelistError::Jid(e) => [via e: InvalidJid],
+    DevicelistError::Account(e) => [via e: AccountLookupError],
+    DevicelistError::Malformed(_) | DevicelistError::ParserFailed => [InvalidMessage],
+    DevicelistError::TooManyDevices { count, max } => [TooManyDevices, json!({"count": count, "max": max})],
+    DevicelistError::Storage(e) => [via e: StorageError],
+});
+
+answers!(EncryptError {
+    EncryptError::Account(e) => [via e: AccountLookupError],
+    EncryptError::Recipients(e) => [via e: RecipientsError],
+    EncryptError::SceTo(e) => [via e: InvalidJid],
+    EncryptError::SceToRequired | EncryptError::IdempotencyKeyLength { .. } => [InvalidParams],
+    EncryptError::IdempotencyKeyReused => [IdempotencyKeyReused],
+    EncryptError::Storage(e) => [via e: StorageError],
+});
+
+answers!(HeartbeatError {
+    HeartbeatError::Jid(e) => [via e: InvalidJid],
+    HeartbeatError::Account(e) => [via e: AccountLookupError],
+    HeartbeatError::NoBundle { jid, namespace, device_id } => [NoBundle, bundle_location(&jid, namespace, device_id)],
+    HeartbeatError::NotEncrypted(_) => [BrokenSession],
+    HeartbeatError::UnknownDevice { jid, namespace, device_id } => [UnknownDevice, device(&jid, namespace, device_id)],
+    HeartbeatError::Storage(e) => [via e: StorageError],
+});
+
+answers!(ReplaceSessionError {
+    ReplaceSessionError::Message(e) => [via e: HeartbeatError],
+    ReplaceSessionError::RateLimited(e) => [via e: RateLimited],
+});
+
+answers!(PlanError {
+    PlanError::Account(e) => [via e: AccountLookupError],
+    PlanError::Recipients(e) => [via e: RecipientsError],
+    PlanError::Storage(e) => [via e: StorageError],
+});
+
+answers!(DecryptError {
+    DecryptError::Jid(e) => [via e: InvalidJid],
+    DecryptError::Account(e) => [via e: AccountLookupError],
+    DecryptError::Unreadable(_)
+    | DecryptError::InvalidElement(_)
+    | DecryptError::Malformed(_)
+    | DecryptError::NotUtf8(_)
+    | DecryptError::InvalidEnvelope(_) => [InvalidMessage],
+    DecryptError::NotForThisDevice { recipients } => [NotForThisDevice, json!({"recipients": recipients})],
+    DecryptError::AuthenticationFailed | DecryptError::Payload(_) => [AuthenticationFailed],
+    DecryptError::DuplicateMessage => [DuplicateMessage],
+    DecryptError::TooManySkipped(_) => [TooManySkipped],
+    DecryptError::NoSession { jid, namespace, device_id } => [NoSession, device(&jid, namespace, device_id)],
+    DecryptError::UnknownSignedPreKey(_)
+    | DecryptError::PreKeyUnavailable(_)
+    | DecryptError::LostState(_) => [BrokenSession],
+    DecryptError::Distrusted => [Distrusted],
+    DecryptError::IdentityChanged { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, json!({
+        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
+        "old_fingerprint": old_fingerprint, "new_fingerprint": new_fingerprint,
+    })],
+    DecryptError::RateLimited(e) => [via e: RateLimited],
+    DecryptError::SceMismatch(_) => [SceMismatch],
+    DecryptError::Storage(e) => [via e: StorageError],
+});
+
+answers!(ListError {
+    ListError::Jid(e) => [via e: InvalidJid],
+    ListError::Account(e) => [via e: AccountLookupError],
+});
+
+answers!(TrustError {
+    TrustError::Jid(e) => [via e: InvalidJid],
+    TrustError::Account(e) => [via e: AccountLookupError],
+    TrustError::Fingerprint(e) => [via e: InvalidFingerprint],
+    TrustError::Storage(e) => [via e: StorageError],
+});
+
+answers!(CatchupError {
+    CatchupError::Account(e) => [via e: AccountLookupError],
+    CatchupError::Storage(e) => [via e: StorageError],
+});
+
+answers!(IdentityError {
+    IdentityError::Jid(e) => [via e: InvalidJid],
+    IdentityError::Account(e) => [via e: AccountLookupError],
+    IdentityError::Fingerprint(e) => [via e: InvalidFingerprint],
+    IdentityError::SetAsideBundle(e) => [via e: StoredBundleError],
+    IdentityError::Storage(e) => [via e: StorageError],
+});
+
+answers!(SubscribeError {
+    SubscribeError::NoConnection | SubscribeError::Closing => [Internal],
+    SubscribeError::TooMany { max } => [TooManySubscriptions, json!({"max": max})],
+});
+
+answers!(UnsubscribeError {
+    UnsubscribeError::Unknown { subscription } => [UnknownSubscription, json!({"subscription": subscription})],
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol_core::double_ratchet::RatchetError;
+    use protocol_core::session::SessionError;
+    use protocol_core::wire::WireError;
+
+    fn answer<E: MethodError>(e: E) -> (ErrorKind, Value) {
+        let r = e.into_rpc();
+        (r.kind, r.data_object())
+    }
+
+    #[test]
+    fn each_error_says_its_cause() {
+        let (kind, data) = answer(DecryptError::Malformed(SessionError::Malformed(
+            WireError::BadVersion { found: 9 },
+        )));
+        assert_eq!(kind, ErrorKind::InvalidMessage);
+        assert_eq!(data["cause"], "incompatible");
+        let (kind, data) = answer(DecryptError::AuthenticationFailed);
+        assert_eq!(kind, ErrorKind::AuthenticationFailed);
+        assert_eq!(data["cause"], "peer_misbehaved");
+        // The same kind, two causes: a message too far ahead is the peer's, a key we dropped ours.
+        let (kind, data) = answer(DecryptError::TooManySkipped(RatchetError::TooManySkipped(
+            9,
+        )));
+        assert_eq!(
+            (kind, &data["cause"]),
+            (ErrorKind::TooManySkipped, &json!("peer_misbehaved"))
+        );
+        let (kind, data) = answer(DecryptError::TooManySkipped(
+            RatchetError::MessageKeyDropped(3),
+        ));
+        assert_eq!(
+            (kind, &data["cause"]),
+            (ErrorKind::TooManySkipped, &json!("local_state"))
+        );
+        let (_, data) = answer(DecryptError::Distrusted);
+        assert_eq!(data["cause"], "policy");
+        let (kind, data) = answer(DecryptError::Account(AccountLookupError::Several));
+        assert_eq!(
+            (kind, &data["cause"]),
+            (ErrorKind::AccountRequired, &json!("request"))
+        );
+        let (kind, data) = answer(EncryptError::Storage(StorageError::Closed));
+        assert_eq!(
+            (kind, &data["cause"]),
+            (ErrorKind::StorageError, &json!("local_state"))
+        );
+    }
+
+    #[test]
+    fn nested_errors_keep_their_kind_and_data() {
+        let e = ReplaceSessionError::RateLimited(RateLimited {
+            retry_after_secs: 42,
+        });
+        let (kind, data) = answer(e);
+        assert_eq!(kind, ErrorKind::RateLimited);
+        assert_eq!(data["retry_after_secs"], 42);
+        assert_eq!(data["cause"], "policy");
+        let e = ReplaceSessionError::Message(HeartbeatError::NoBundle {
+            jid: "b@x".into(),
+            namespace: Version::Twomemo,
+            device_id: 7,
+        });
+        let (kind, data) = answer(e);
+        assert_eq!(kind, ErrorKind::NoBundle);
+        assert_eq!(data["item_id"], "7");
+        assert!(ReplaceSessionError::kinds().contains(&ErrorKind::NoBundle));
+        assert!(ReplaceSessionError::kinds().contains(&ErrorKind::RateLimited));
+    }
+
+    #[test]
+    fn messages_show_no_rust_debug_forms() {
+        let messages = [
+            InvalidJid("not a jid".into()).into_rpc().message,
+            DecryptError::NotForThisDevice {
+                recipients: vec![3, 4],
+            }
+            .into_rpc()
+            .message,
+            DecryptError::NotForThisDevice { recipients: vec![] }
+                .into_rpc()
+                .message,
+            EncryptError::IdempotencyKeyReused.into_rpc().message,
+        ];
+        for m in &messages {
+            assert!(
+                !m.contains('"') && !m.contains('[') && !m.contains("Some("),
+                "{m}"
+            );
+        }
+        assert!(
+            messages[1].ends_with("(it is for devices 3, 4)"),
+            "{}",
+            messages[1]
+        );
     }
 }

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
 use crate::rpc::ctx::{Conn, Ctx};
-use crate::rpc::error::RpcError;
+use crate::rpc::error::CallError;
 use crate::rpc::registry::Method;
+use std::convert::Infallible;
 
 /// Longest `debug.sleep` accepted.
 pub const MAX_SLEEP_MS: u64 = 60_000;
@@ -37,10 +38,15 @@ impl Method for Sleep {
     const SUMMARY: &'static str = "Test only: sleep, then answer.";
     type Params = SleepParams;
     type Result = SleepResult;
+    type Error = Infallible;
 
-    async fn call(_ctx: Arc<Ctx>, _conn: Conn, p: SleepParams) -> Result<SleepResult, RpcError> {
+    async fn call(
+        _ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: SleepParams,
+    ) -> Result<SleepResult, CallError<Infallible>> {
         if p.ms > MAX_SLEEP_MS {
-            return Err(RpcError::invalid_params(format!(
+            return Err(CallError::InvalidParams(format!(
                 "ms must be at most {MAX_SLEEP_MS}"
             )));
         }
@@ -72,8 +78,13 @@ impl Method for Emit {
     const SUMMARY: &'static str = "Test only: broadcast an event to all subscribers.";
     type Params = EmitParams;
     type Result = EmitResult;
+    type Error = Infallible;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: EmitParams) -> Result<EmitResult, RpcError> {
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: EmitParams,
+    ) -> Result<EmitResult, CallError<Infallible>> {
         Ok(EmitResult {
             receivers: ctx.events.emit(p.event),
         })
@@ -89,12 +100,13 @@ impl Method for KillAfterCommit {
         "Test only: the next decrypt SIGKILLs the daemon right after its commit, before answering.";
     type Params = crate::rpc::registry::NoParams;
     type Result = bool;
+    type Error = Infallible;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         _p: crate::rpc::registry::NoParams,
-    ) -> Result<bool, RpcError> {
+    ) -> Result<bool, CallError<Infallible>> {
         ctx.manager()?.kill_after_next_commit();
         Ok(true)
     }

@@ -6,9 +6,10 @@ use protocol_core::xml::Encrypted;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::manager::decrypt::{Conversation, DecryptOutcome};
+use crate::manager::check_bare_jid;
+use crate::manager::decrypt::{Conversation, DecryptError, DecryptOutcome};
 use crate::rpc::ctx::{Conn, Ctx};
-use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::error::CallError;
 use crate::rpc::registry::Method;
 
 /// `decrypt`.
@@ -43,55 +44,36 @@ pub struct DecryptParams {
 impl Method for Decrypt {
     const NAME: &'static str = "decrypt";
     const SUMMARY: &'static str = "Decrypts an <encrypted> element: body, sender device and its trust, and follow-up actions.";
-    const ERRORS: &'static [ErrorKind] = &[
-        ErrorKind::UnknownAccount,
-        ErrorKind::AccountRequired,
-        ErrorKind::InvalidJid,
-        ErrorKind::InvalidMessage,
-        ErrorKind::NotForThisDevice,
-        ErrorKind::DuplicateMessage,
-        ErrorKind::NoSession,
-        ErrorKind::AuthenticationFailed,
-        ErrorKind::TooManySkipped,
-        ErrorKind::BrokenSession,
-        ErrorKind::Distrusted,
-        ErrorKind::IdentityChanged,
-        ErrorKind::RateLimited,
-        ErrorKind::SceMismatch,
-    ];
     type Params = DecryptParams;
     type Result = DecryptOutcome;
+    type Error = DecryptError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: DecryptParams,
-    ) -> Result<DecryptOutcome, RpcError> {
+    ) -> Result<DecryptOutcome, CallError<DecryptError>> {
         let element = match (p.xml, p.element) {
             (Some(xml), None) => {
                 crate::bounds::parse_off_thread(xml.len(), move || Encrypted::from_xml(&xml))
                     .await
-                    .ok_or_else(|| RpcError::internal("the XML parser failed"))?
-                    .map_err(|e| {
-                        RpcError::new(
-                            ErrorKind::InvalidMessage,
-                            format!("invalid <encrypted>: {e}"),
-                        )
-                    })?
+                    .ok_or_else(|| CallError::Internal("the XML parser failed".to_owned()))?
+                    .map_err(DecryptError::Unreadable)?
             }
             (None, Some(e)) => e,
             _ => {
-                return Err(RpcError::invalid_params(
-                    "give exactly one of `xml` and `element`",
+                return Err(CallError::InvalidParams(
+                    "give exactly one of `xml` and `element`".to_owned(),
                 ))
             }
         };
         // Normalised here so that sessions and trust are found whatever the spelling.
-        let from = crate::manager::check_bare_jid(&p.from)?;
+        let from = check_bare_jid(&p.from).map_err(DecryptError::from)?;
         let to =
             p.to.as_deref()
-                .map(crate::manager::check_bare_jid)
-                .transpose()?;
+                .map(check_bare_jid)
+                .transpose()
+                .map_err(DecryptError::from)?;
         let conv = Conversation {
             to,
             group_chat: p.group_chat,

@@ -8,8 +8,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::rpc::ctx::{Conn, Ctx};
-use crate::rpc::error::RpcError;
+use crate::rpc::error::CallError;
 use crate::rpc::registry::{Method, NoParams};
+use std::convert::Infallible;
 
 /// `rpc.discover`.
 pub struct Discover;
@@ -39,16 +40,17 @@ impl Method for Discover {
         "The OpenRPC 1.x document of this daemon's methods, errors and notifications.";
     type Params = NoParams;
     type Result = OpenRpcDocument;
+    type Error = Infallible;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         _params: NoParams,
-    ) -> Result<OpenRpcDocument, RpcError> {
+    ) -> Result<OpenRpcDocument, CallError<Infallible>> {
         ctx.openrpc
             .get()
             .cloned()
             .map(OpenRpcDocument)
-            .ok_or_else(|| RpcError::internal("OpenRPC document not built"))
+            .ok_or_else(|| CallError::Internal("OpenRPC document not built".to_owned()))
     }
 }

@@ -7,9 +7,11 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::params::Namespace;
-use crate::manager::encrypt::{EncryptOutcome, EncryptRequest};
+use crate::manager::encrypt::{
+    EncryptError, EncryptOutcome, EncryptRequest, HeartbeatError, ReplaceSessionError,
+};
 use crate::rpc::ctx::{Conn, Ctx};
-use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::error::CallError;
 use crate::rpc::registry::Method;
 
 /// `encrypt`.
@@ -79,27 +81,22 @@ impl Method for Encrypt {
     const NAME: &'static str = "encrypt";
     const SUMMARY: &'static str = "Encrypts a body to every active device of some JIDs; one <encrypted> element per namespace, and a report per device.";
     const DESCRIPTION: &'static str = "Devices without a session and without a stored bundle are reported with status no_bundle and a fetch_bundle action; content is only encrypted for trusted devices.";
-    const ERRORS: &'static [ErrorKind] = &[
-        ErrorKind::UnknownAccount,
-        ErrorKind::AccountRequired,
-        ErrorKind::InvalidJid,
-        ErrorKind::IdempotencyKeyReused,
-    ];
     type Params = EncryptParams;
     type Result = EncryptOutcome;
+    type Error = EncryptError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: EncryptParams,
-    ) -> Result<EncryptOutcome, RpcError> {
+    ) -> Result<EncryptOutcome, CallError<EncryptError>> {
         let namespaces = p
             .namespaces
             .map(|v| v.into_iter().map(|n| n.0).collect())
             .unwrap_or_else(|| Version::ALL.to_vec());
         if p.forms.as_ref().is_some_and(Vec::is_empty) {
-            return Err(RpcError::invalid_params(
-                "`forms` names no form: give `xml`, `element` or both",
+            return Err(CallError::InvalidParams(
+                "`forms` names no form: give `xml`, `element` or both".to_owned(),
             ));
         }
         let req = EncryptRequest {
@@ -139,15 +136,15 @@ pub struct Heartbeat;
 impl Method for Heartbeat {
     const NAME: &'static str = "heartbeat";
     const SUMMARY: &'static str = "An empty OMEMO message to one device (completes a new session, or forwards a long one-sided ratchet).";
-    const ERRORS: &'static [ErrorKind] = &[
-        ErrorKind::UnknownAccount,
-        ErrorKind::AccountRequired,
-        ErrorKind::InvalidJid,
-    ];
     type Params = DeviceParams;
     type Result = EncryptOutcome;
+    type Error = HeartbeatError;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: DeviceParams) -> Result<EncryptOutcome, RpcError> {
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: DeviceParams,
+    ) -> Result<EncryptOutcome, CallError<HeartbeatError>> {
         Ok(ctx
             .manager()?
             .heartbeat(p.account.as_deref(), &p.jid, p.namespace.0, p.device_id)
@@ -161,18 +158,15 @@ pub struct SessionReplace;
 impl Method for SessionReplace {
     const NAME: &'static str = "session.replace";
     const SUMMARY: &'static str = "Replaces a broken session with a fresh key exchange from the stored bundle; returns the empty message that carries it.";
-    const ERRORS: &'static [ErrorKind] = &[
-        ErrorKind::UnknownAccount,
-        ErrorKind::AccountRequired,
-        ErrorKind::InvalidJid,
-        ErrorKind::NoBundle,
-        ErrorKind::BrokenSession,
-        ErrorKind::RateLimited,
-    ];
     type Params = DeviceParams;
     type Result = EncryptOutcome;
+    type Error = ReplaceSessionError;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: DeviceParams) -> Result<EncryptOutcome, RpcError> {
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: DeviceParams,
+    ) -> Result<EncryptOutcome, CallError<ReplaceSessionError>> {
         Ok(ctx
             .manager()?
             .replace_session(p.account.as_deref(), &p.jid, p.namespace.0, p.device_id)

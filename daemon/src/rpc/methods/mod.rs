@@ -10,7 +10,8 @@
 //! - [`trust`]: trust, devices, catch-up, identity changes.
 //! - [`debug`]: test-only methods.
 //! - [`params`]: param fragments shared by several methods.
-//! - `convert`: session-manager errors to RPC error kinds.
+//! - `convert`: the errors methods answer (the session manager's, per operation) as RPC error
+//!   kinds; the OpenRPC `errors` of each method come from there.
 
 use std::sync::Arc;
 
@@ -99,6 +100,111 @@ mod tests {
                 assert!(m["result"]["schema"].is_object(), "{m}");
             }
         }
+    }
+
+    /// The OpenRPC document of the production methods.
+    fn document() -> serde_json::Value {
+        let ctx = test_ctx();
+        assert!(build(Arc::clone(&ctx), false).is_ok());
+        ctx.openrpc.get().cloned().unwrap_or_default()
+    }
+
+    /// Each method's error kinds in the document.
+    fn listed(doc: &serde_json::Value) -> Vec<(String, Vec<String>)> {
+        let kinds = |m: &serde_json::Value| -> Vec<String> {
+            let errors = m["errors"].as_array().cloned().unwrap_or_default();
+            errors
+                .iter()
+                .map(|e| e["data"]["kind"].as_str().unwrap_or("").to_owned())
+                .collect()
+        };
+        doc["methods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| (m["name"].as_str().unwrap_or("").to_owned(), kinds(m)))
+            .collect()
+    }
+
+    /// docs/rpc.md's table of the errors of every method, as the document gives them.
+    fn errors_table(doc: &serde_json::Value) -> String {
+        let mut t = String::from("| method | errors |\n|---|---|\n");
+        for (name, kinds) in listed(doc) {
+            let kinds: Vec<String> = kinds.iter().map(|k| format!("`{k}`")).collect();
+            let kinds = if kinds.is_empty() {
+                "—".to_owned()
+            } else {
+                kinds.join(", ")
+            };
+            t.push_str(&format!("| `{name}` | {kinds} |\n"));
+        }
+        t
+    }
+
+    #[test]
+    fn the_listed_errors_are_those_of_each_methods_error_type() {
+        use crate::rpc::error::{ErrorKind, MethodError};
+        use crate::rpc::registry::method_errors;
+        fn kinds<E: MethodError>() -> Vec<String> {
+            method_errors::<E>()
+                .iter()
+                .map(|k| k.kind().to_owned())
+                .collect()
+        }
+        let doc = document();
+        let listed: std::collections::BTreeMap<String, Vec<String>> =
+            listed(&doc).into_iter().collect();
+        let of = |name: &str| listed.get(name).cloned().unwrap_or_default();
+        // What issue 18 found missing: heartbeat returns more than account lookups.
+        assert_eq!(
+            of("heartbeat"),
+            kinds::<crate::manager::encrypt::HeartbeatError>()
+        );
+        for k in [
+            "no_bundle",
+            "broken_session",
+            "unknown_device",
+            "storage_error",
+        ] {
+            assert!(
+                of("heartbeat").iter().any(|l| l == k),
+                "heartbeat lacks {k}"
+            );
+        }
+        assert_eq!(
+            of("decrypt"),
+            kinds::<crate::manager::decrypt::DecryptError>()
+        );
+        assert_eq!(of("status"), Vec::<String>::new());
+        // Every method that resolves an optional `account` can say it found none.
+        for m in doc["methods"].as_array().into_iter().flatten() {
+            let name = m["name"].as_str().unwrap_or("");
+            if m["x-params-schema"]["properties"].get("account").is_some() {
+                for k in ["unknown_account", "account_required"] {
+                    assert!(of(name).iter().any(|l| l == k), "{name} lacks {k}");
+                }
+            }
+            for k in of(name) {
+                assert!(ErrorKind::ALL.iter().any(|e| e.kind() == k), "{name}: {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn docs_list_the_errors_of_every_method() {
+        let table = errors_table(&document());
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/rpc.md");
+        let md = std::fs::read_to_string(path).unwrap_or_default();
+        let start = "<!-- errors per method: generated from the OpenRPC document -->\n";
+        let section = md
+            .split_once(start)
+            .and_then(|(_, rest)| rest.split_once("<!-- end -->"))
+            .map(|(table, _)| table);
+        assert_eq!(
+            section,
+            Some(table.as_str()),
+            "docs/rpc.md's errors per method differ from the OpenRPC document; the table is:\n{table}"
+        );
     }
 
     #[tokio::test]

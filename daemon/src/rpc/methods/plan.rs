@@ -8,9 +8,9 @@ use serde::Deserialize;
 
 use super::params::Namespace;
 use crate::manager::encrypt::EncryptRequest;
-use crate::manager::plan::EncryptPlan;
+use crate::manager::plan::{EncryptPlan, PlanError};
 use crate::rpc::ctx::{Conn, Ctx};
-use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::error::CallError;
 use crate::rpc::registry::Method;
 
 /// `encrypt.plan`.
@@ -37,19 +37,15 @@ impl Method for EncryptPlanMethod {
     const NAME: &'static str = "encrypt.plan";
     const SUMMARY: &'static str = "Which devices an encrypt with these params would cover, which lack a session or bundle, and what to fetch first; changes nothing.";
     const DESCRIPTION: &'static str = "Read only: no ratchet moves, nothing is stored, no event is sent; safe to call any number of times.";
-    const ERRORS: &'static [ErrorKind] = &[
-        ErrorKind::UnknownAccount,
-        ErrorKind::AccountRequired,
-        ErrorKind::InvalidJid,
-    ];
     type Params = EncryptPlanParams;
     type Result = EncryptPlan;
+    type Error = PlanError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: EncryptPlanParams,
-    ) -> Result<EncryptPlan, RpcError> {
+    ) -> Result<EncryptPlan, CallError<PlanError>> {
         let req = EncryptRequest {
             to: p.to,
             body: None,

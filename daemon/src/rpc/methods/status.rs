@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use crate::config::Durability;
 use crate::rpc::ctx::{Conn, Ctx};
-use crate::rpc::error::RpcError;
+use crate::rpc::error::CallError;
 use crate::rpc::registry::{Method, NoParams};
+use std::convert::Infallible;
 
 /// `status`.
 pub struct Status;
@@ -42,8 +43,13 @@ impl Method for Status {
         "The daemon's version, uptime, pid, socket path and connected clients.";
     type Params = NoParams;
     type Result = StatusResult;
+    type Error = Infallible;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, _params: NoParams) -> Result<StatusResult, RpcError> {
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        _params: NoParams,
+    ) -> Result<StatusResult, CallError<Infallible>> {
         Ok(StatusResult {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: ctx.started.elapsed().as_secs(),

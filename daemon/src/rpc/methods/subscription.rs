@@ -7,9 +7,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::events::EventType;
-use crate::rpc::ctx::{Conn, Ctx};
-use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::ctx::{Conn, Ctx, SubscribeError};
+use crate::rpc::error::CallError;
 use crate::rpc::registry::Method;
+use protocol_core::error::ErrorCause;
 
 /// `subscribe`.
 pub struct Subscribe;
@@ -37,15 +38,15 @@ impl Method for Subscribe {
         {\"subscription\":ID,\"event\":{\"type\":…}}}. No event of a subscription is sent before its answer. \
         A subscriber that falls behind gets {\"type\":\"events_lost\",\"missed\":N}. Subscriptions end with \
         the connection.";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::TooManySubscriptions];
     type Params = SubscribeParams;
     type Result = SubscribeResult;
+    type Error = SubscribeError;
 
     async fn call(
         ctx: Arc<Ctx>,
         conn: Conn,
         params: SubscribeParams,
-    ) -> Result<SubscribeResult, RpcError> {
+    ) -> Result<SubscribeResult, CallError<SubscribeError>> {
         let types = params.types.map(|t| t.into_iter().collect::<HashSet<_>>());
         let subscription = conn.subscribe(&ctx.events, types)?;
         Ok(SubscribeResult { subscription })
@@ -54,6 +55,24 @@ impl Method for Subscribe {
 
 /// `unsubscribe`.
 pub struct Unsubscribe;
+
+/// Why `unsubscribe` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsubscribeError {
+    /// This connection has no subscription with that id.
+    #[error("unknown subscription")]
+    Unknown {
+        /// The id given.
+        subscription: u64,
+    },
+}
+
+impl UnsubscribeError {
+    /// Always the request's.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::Request
+    }
+}
 
 /// Params of `unsubscribe`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -73,20 +92,22 @@ pub struct UnsubscribeResult {
 impl Method for Unsubscribe {
     const NAME: &'static str = "unsubscribe";
     const SUMMARY: &'static str = "End a subscription of this connection.";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownSubscription];
     type Params = UnsubscribeParams;
     type Result = UnsubscribeResult;
+    type Error = UnsubscribeError;
 
     async fn call(
         _ctx: Arc<Ctx>,
         conn: Conn,
         params: UnsubscribeParams,
-    ) -> Result<UnsubscribeResult, RpcError> {
+    ) -> Result<UnsubscribeResult, CallError<UnsubscribeError>> {
         if conn.unsubscribe(params.subscription) {
             Ok(UnsubscribeResult { unsubscribed: true })
         } else {
-            Err(RpcError::from(ErrorKind::UnknownSubscription)
-                .with_data(serde_json::json!({"subscription": params.subscription})))
+            Err(UnsubscribeError::Unknown {
+                subscription: params.subscription,
+            }
+            .into())
         }
     }
 }

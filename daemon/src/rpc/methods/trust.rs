@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::account::AccountParams;
 use super::params::Namespace;
 use crate::events::Action;
-use crate::manager::pinning::IdentityAccepted;
-use crate::manager::trust::{DeviceEntry, TrustEntry};
+use crate::manager::pinning::{IdentityAccepted, IdentityError};
+use crate::manager::trust::{CatchupError, DeviceEntry, ListError, TrustEntry, TrustError};
 use crate::rpc::ctx::{Conn, Ctx};
-use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::error::CallError;
 use crate::rpc::registry::Method;
 use crate::storage::trust::TrustLevel;
 
@@ -33,15 +33,15 @@ pub struct TrustList;
 impl Method for TrustList {
     const NAME: &'static str = "trust.list";
     const SUMMARY: &'static str = "Trust decisions per (contact, identity key).";
-    const ERRORS: &'static [ErrorKind] = &[
-        ErrorKind::UnknownAccount,
-        ErrorKind::AccountRequired,
-        ErrorKind::InvalidJid,
-    ];
     type Params = ListParams;
     type Result = Vec<TrustEntry>;
+    type Error = ListError;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: ListParams) -> Result<Vec<TrustEntry>, RpcError> {
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: ListParams,
+    ) -> Result<Vec<TrustEntry>, CallError<ListError>> {
         Ok(ctx
             .manager()?
             .trust_list(p.account.as_deref(), p.jid.as_deref())?)
@@ -70,17 +70,17 @@ impl Method for TrustSet {
     const NAME: &'static str = "trust.set";
     const SUMMARY: &'static str =
         "Records a manual trust decision about one identity key of a contact.";
-    const ERRORS: &'static [ErrorKind] = &[
-        ErrorKind::UnknownAccount,
-        ErrorKind::AccountRequired,
-        ErrorKind::InvalidJid,
-    ];
     type Params = TrustSetParams;
     type Result = TrustEntry;
+    type Error = TrustError;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: TrustSetParams) -> Result<TrustEntry, RpcError> {
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: TrustSetParams,
+    ) -> Result<TrustEntry, CallError<TrustError>> {
         let level = TrustLevel::parse(&p.level).ok_or_else(|| {
-            RpcError::invalid_params("level must be trusted, distrusted or undecided")
+            CallError::InvalidParams("level must be trusted, distrusted or undecided".to_owned())
         })?;
         Ok(ctx
             .manager()?
@@ -95,15 +95,15 @@ pub struct DevicesList;
 impl Method for DevicesList {
     const NAME: &'static str = "devices.list";
     const SUMMARY: &'static str = "Known devices (from device lists), active or not.";
-    const ERRORS: &'static [ErrorKind] = &[
-        ErrorKind::UnknownAccount,
-        ErrorKind::AccountRequired,
-        ErrorKind::InvalidJid,
-    ];
     type Params = ListParams;
     type Result = Vec<DeviceEntry>;
+    type Error = ListError;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: ListParams) -> Result<Vec<DeviceEntry>, RpcError> {
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: ListParams,
+    ) -> Result<Vec<DeviceEntry>, CallError<ListError>> {
         Ok(ctx
             .manager()?
             .devices_list(p.account.as_deref(), p.jid.as_deref())?)
@@ -125,11 +125,15 @@ pub struct CatchupBegin;
 impl Method for CatchupBegin {
     const NAME: &'static str = "catchup.begin";
     const SUMMARY: &'static str = "Enters catch-up mode while the client replays its archive: used prekeys are kept, heartbeats deferred.";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
     type Params = AccountParams;
     type Result = CatchupResult;
+    type Error = CatchupError;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: AccountParams) -> Result<CatchupResult, RpcError> {
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: AccountParams,
+    ) -> Result<CatchupResult, CallError<CatchupError>> {
         ctx.manager()?.catchup_begin(p.account.as_deref()).await?;
         Ok(CatchupResult {
             catchup: true,
@@ -144,11 +148,15 @@ pub struct CatchupEnd;
 impl Method for CatchupEnd {
     const NAME: &'static str = "catchup.end";
     const SUMMARY: &'static str = "Leaves catch-up mode: deletes prekeys used meanwhile and returns the deferred heartbeats (one per session).";
-    const ERRORS: &'static [ErrorKind] = &[ErrorKind::UnknownAccount, ErrorKind::AccountRequired];
     type Params = AccountParams;
     type Result = CatchupResult;
+    type Error = CatchupError;
 
-    async fn call(ctx: Arc<Ctx>, _conn: Conn, p: AccountParams) -> Result<CatchupResult, RpcError> {
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: AccountParams,
+    ) -> Result<CatchupResult, CallError<CatchupError>> {
         let actions = ctx.manager()?.catchup_end(p.account.as_deref()).await?;
         Ok(CatchupResult {
             catchup: false,
@@ -180,20 +188,15 @@ pub struct IdentityAcceptParams {
 impl Method for IdentityAccept {
     const NAME: &'static str = "identity.accept";
     const SUMMARY: &'static str = "Accepts a new identity key for a device after identity_changed: drops the old session and pins the new key, which then goes through trust like any new key.";
-    const ERRORS: &'static [ErrorKind] = &[
-        ErrorKind::UnknownAccount,
-        ErrorKind::AccountRequired,
-        ErrorKind::InvalidJid,
-        ErrorKind::InvalidBundle,
-    ];
     type Params = IdentityAcceptParams;
     type Result = IdentityAccepted;
+    type Error = IdentityError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: IdentityAcceptParams,
-    ) -> Result<IdentityAccepted, RpcError> {
+    ) -> Result<IdentityAccepted, CallError<IdentityError>> {
         Ok(ctx
             .manager()?
             .identity_accept(
