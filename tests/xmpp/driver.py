@@ -417,11 +417,39 @@ async def group(w: World, ns: str) -> None:
         await peer.wait_for(lambda r: r.body == f"alice again {i}" and r.sender == alice)
 
 
+async def carbons(w: World, ns: str) -> None:
+    """Carbons (XEP-0280): alice's example client sees the copies of messages another of her
+    devices (python-omemo) receives and sends, and decrypts both."""
+    alice, bob = w.user("alice"), w.user("bob")
+    bot = await w.bot("alice", alice, "desk", w.daemon("alice"))
+    phone = await w.peer(alice, resource="phone")
+    peer = await w.peer(bob)
+    await bot.send(f"/ns {NS_ARG[ns]}")
+    await bot.send(f"/to {bob}")
+    await bot.expect(lambda e: e["event"] == "target")
+    # Bob writes to alice's phone (its full JID): the example client gets a received carbon.
+    await peer.send_text(alice, "to your phone", ns, resource="phone")
+    r = await phone.wait_for(lambda r: r.body == "to your phone")
+    assert r.sender == bob and r.namespace == ns, r
+    e = await bot.expect_message(bob, "to your phone", ns)
+    assert e["carbon"] == "received", e
+    # Alice writes from her phone: the example client gets a sent carbon, encrypted for it as
+    # one of alice's other devices.
+    await phone.send_text(bob, "from my phone", ns)
+    await peer.wait_for(lambda r: r.body == "from my phone" and r.sender == alice)
+    e = await bot.expect_message(alice, "from my phone", ns)
+    assert e["carbon"] == "sent", e
+    # And the other way round: the phone reads what the example client sends, as alice's device.
+    await bot.say("from my desk")
+    await peer.wait_for(lambda r: r.body == "from my desk" and r.sender == alice)
+
+
 SCENARIOS = {
     "chat": chat,
     "restart_archive": restart_archive,
     "two_processes": two_processes,
     "group": group,
+    "carbons": carbons,
 }
 
 

@@ -1,6 +1,7 @@
 //! End-to-end test on a real XMPP server: the example client `client-examples/xmpp-bot/`
-//! (slixmpp, OMEMO entirely by omemod over its socket) chats with an independent stack
-//! (slixmpp-omemo / python-omemo from PyPI) through a private prosody on 127.0.0.1.
+//! (slixmpp with the `omemod` plugin of `client-examples/python`: OMEMO entirely by omemod over
+//! its socket) chats with an independent stack (slixmpp-omemo / python-omemo from PyPI) through
+//! a private prosody on 127.0.0.1.
 //!
 //! Each test runs one scenario of `tests/xmpp/driver.py` in one namespace; the driver starts its
 //! own prosody (config and data in a temp dir), registers the accounts, starts the omemod daemons
@@ -123,4 +124,6 @@ macro_rules! scenarios {
 //   read by the example client after it was offline.
 // two_processes: two processes (resources) of the example client on one omemod.
 // group: a members-only, non-anonymous room: two example clients (two omemods) and python-omemo.
-scenarios!(chat, restart_archive, two_processes, group);
+// carbons: the example client decrypts the carbons of what another device of its account
+//   (python-omemo) receives and sends.
+scenarios!(chat, restart_archive, two_processes, group, carbons);
