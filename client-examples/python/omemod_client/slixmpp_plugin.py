@@ -174,6 +174,11 @@ class XEP_0384_omemod(BasePlugin):
         "timeout": 60.0,
     }
 
+    # slixmpp may call post_init before plugin_init (while it enables the dependencies) and more
+    # than once: it runs once, after plugin_init.
+    _inited = False
+    _post_inited = False
+
     # ---- life cycle -----------------------------------------------------------------------------
 
     def plugin_init(self) -> None:
@@ -201,9 +206,12 @@ class XEP_0384_omemod(BasePlugin):
             event = f"omemod_devicelist_{'omemo2' if ns == OMEMO2 else 'oldmemo'}"
             self.xmpp.plugin["xep_0060"].map_node_event(node, event)
             self.xmpp.add_event_handler(event + "_publish", self._on_devicelist_event)
+        self._inited = True
 
     def post_init(self) -> None:
-        BasePlugin.post_init(self)
+        if not self._inited or self._post_inited:
+            return
+        self._post_inited = True
         # +notify for both device-list nodes in our disco features (and so in our caps): the
         # server then pushes our contacts' device lists, and ours.
         for node in DEVICELIST_NODE.values():
