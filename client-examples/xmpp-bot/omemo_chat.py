@@ -24,7 +24,7 @@ import os
 import stat
 import sys
 import threading
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, Optional, Set
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Run from the repository: the library next door, ahead of any installed copy.
@@ -36,7 +36,7 @@ from slixmpp import JID  # noqa: E402
 from slixmpp.exceptions import IqError, IqTimeout  # noqa: E402
 
 import omemod_client.slixmpp_plugin  # noqa: E402,F401  (registers the plugin "omemod")
-from omemod_client import NAMESPACES, OLDMEMO, OMEMO2, OmemodError, default_socket_path  # noqa: E402
+from omemod_client import OLDMEMO, OMEMO2, OmemodError, default_socket_path  # noqa: E402
 from omemod_client.slixmpp_plugin import (ArchivedMessage, Decryption, DecryptionFailure,  # noqa: E402
                                           NoRecipientDevice)
 
