@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """omemo-chat: a small XMPP chat client (slixmpp) whose OMEMO encryption is done by omemod.
 
-The client moves stanzas and PEP items; omemod (reached over its Unix socket with JSON-RPC 2.0,
-one object per line) owns the OMEMO device: it says what to publish, encrypts and decrypts, and
-tells us which bundles and device lists it needs (its "actions").
+The OMEMO part is the slixmpp plugin `omemod` (client-examples/python, `omemod_client.slixmpp_plugin`):
+it publishes our device lists and bundles, follows contacts' device lists, encrypts, decrypts
+(live messages, carbons, the archive) and does what omemod asks. This file is the chat around it:
+commands, output, the archive position, rooms.
 
 Run it against your own server:
 
@@ -23,177 +24,26 @@ import os
 import stat
 import sys
 import threading
-import time
-import xml.etree.ElementTree as ET
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Dict, Optional, Set
 
-import slixmpp
-from slixmpp import JID
-from slixmpp.exceptions import IqError, IqTimeout
-from slixmpp.plugins.xep_0004 import Form
-from slixmpp.xmlstream import tostring
-from slixmpp.xmlstream.handler import Callback
-from slixmpp.xmlstream.matcher import MatchXPath
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Run from the repository: the library next door, ahead of any installed copy.
+if os.path.isdir(os.path.join(HERE, "..", "python", "omemod_client")):
+    sys.path.insert(0, os.path.join(HERE, "..", "python"))
 
-OMEMO2 = "urn:xmpp:omemo:2"
-OLDMEMO = "eu.siacs.conversations.axolotl"
-NAMESPACES = (OMEMO2, OLDMEMO)
-DEVICELIST_NODE = {OMEMO2: "urn:xmpp:omemo:2:devices", OLDMEMO: "eu.siacs.conversations.axolotl.devicelist"}
-NODE_NAMESPACE = {node: ns for ns, node in DEVICELIST_NODE.items()}
+import slixmpp  # noqa: E402
+from slixmpp import JID  # noqa: E402
+from slixmpp.exceptions import IqError, IqTimeout  # noqa: E402
+
+import omemod_client.slixmpp_plugin  # noqa: E402,F401  (registers the plugin "omemod")
+from omemod_client import OLDMEMO, OMEMO2, OmemodError, default_socket_path  # noqa: E402
+from omemod_client.slixmpp_plugin import (ArchivedMessage, Decryption, DecryptionFailure,  # noqa: E402
+                                          NoRecipientDevice)
+
 SHORT = {"omemo2": [OMEMO2], "oldmemo": [OLDMEMO], "auto": None}
-FALLBACK = "I sent you an OMEMO encrypted message but your client doesn't seem to support that."
-EME = "urn:xmpp:eme:0"
-HINTS = "urn:xmpp:hints"
 STANZA_ID = "urn:xmpp:sid:0"
-ACTION_TYPES = ("publish_bundle", "publish_devicelist", "send_heartbeat", "fetch_bundle", "fetch_devicelist")
-RPC_TIMEOUT = 30.0
-IQ_TIMEOUT = 20
 
 log = logging.getLogger("omemo-chat")
-
-
-class RpcError(Exception):
-    """An error answer of omemod; switch on `kind` (the stable `data.kind`)."""
-
-    def __init__(self, error: Dict[str, Any]):
-        self.code = error.get("code")
-        self.data = error.get("data") or {}
-        self.kind = self.data.get("kind", "unknown")
-        super().__init__(f"{self.kind}: {error.get('message')}")
-
-
-class Omemod:
-    """A JSON-RPC line client for omemod that survives a daemon restart.
-
-    Answers may come out of order, so they are matched by id. When the connection drops, pending
-    calls fail, the client reconnects (bounded), subscribes again and retries each call once.
-    """
-
-    def __init__(self, path: str, account: str, on_event: Callable[[Dict[str, Any]], None]):
-        self.path = path
-        self.account = account
-        self.on_event = on_event
-        self.next_id = 1
-        self.pending: Dict[int, asyncio.Future] = {}
-        self.writer: Optional[asyncio.StreamWriter] = None
-        self.ready = asyncio.Event()
-        self.reconnecting: Optional[asyncio.Task] = None
-        self.closed = False
-        self.params: Dict[str, Set[str]] = {}
-
-    async def connect(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                reader, writer = await asyncio.open_unix_connection(self.path, limit=32 << 20)
-                break
-            except OSError as e:
-                if time.monotonic() > deadline:
-                    raise ConnectionError(f"cannot reach omemod at {self.path}: {e}") from e
-                await asyncio.sleep(0.2)
-        self.writer = writer
-        asyncio.ensure_future(self._read(reader))
-        self.ready.set()
-        # Events announce what to republish; answers to our own calls carry the other actions.
-        await self.call("subscribe", {}, with_account=False)
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                line = await reader.readline()
-            except (OSError, ValueError):
-                line = b""
-            if not line:
-                break
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(msg, dict) and msg.get("method") == "event":
-                event = (msg.get("params") or {}).get("event") or {}
-                try:
-                    self.on_event(event)
-                except Exception:  # an event handler bug must not kill the connection
-                    log.exception("event handler failed")
-                continue
-            fut = self.pending.pop(msg.get("id"), None) if isinstance(msg, dict) else None
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-        # Connection lost: fail what is pending and reconnect in the background.
-        self.ready.clear()
-        self.writer = None
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(ConnectionError("omemod connection lost"))
-        self.pending.clear()
-        if not self.closed and self.reconnecting is None:
-            self.reconnecting = asyncio.ensure_future(self._reconnect())
-
-    async def _reconnect(self) -> None:
-        try:
-            log.warning("omemod connection lost, reconnecting")
-            await self.connect(timeout=60.0)
-        except Exception as e:
-            log.error("omemod is gone: %s", e)
-        finally:
-            self.reconnecting = None
-
-    async def call(self, method: str, params: Dict[str, Any], with_account: bool = True) -> Any:
-        if with_account and self.account:
-            params = dict(params, account=self.account)
-        for attempt in (1, 2):
-            try:
-                await asyncio.wait_for(self.ready.wait(), 60.0)
-                assert self.writer is not None
-                rid = self.next_id
-                self.next_id += 1
-                fut = asyncio.get_running_loop().create_future()
-                self.pending[rid] = fut
-                req = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
-                self.writer.write(json.dumps(req).encode() + b"\n")
-                await self.writer.drain()
-                reply = await asyncio.wait_for(fut, RPC_TIMEOUT)
-            except (ConnectionError, OSError, AssertionError):
-                if attempt == 2:
-                    raise
-                await asyncio.sleep(0.2)
-                continue
-            if "error" in reply:
-                raise RpcError(reply["error"])
-            return reply.get("result")
-        raise ConnectionError("unreachable")
-
-    async def decrypt(self, sender: str, xml: str, to: str, group_chat: bool) -> Dict[str, Any]:
-        """`decrypt`, passing `to` / `group_chat` only if this omemod knows them (newer versions)."""
-        known = await self.params_of("decrypt")
-        params: Dict[str, Any] = {"from": sender, "xml": xml}
-        if "to" in known:
-            params["to"] = to
-        if "group_chat" in known:
-            params["group_chat"] = group_chat
-        try:
-            return await self.call("decrypt", params)
-        except RpcError as e:
-            if e.kind != "invalid_params" or ("to" not in params and "group_chat" not in params):
-                raise
-            self.params["decrypt"] = set()
-            return await self.call("decrypt", {"from": sender, "xml": xml})
-
-    async def params_of(self, method: str) -> Set[str]:
-        """The param names `method` accepts, from `rpc.discover` (once)."""
-        if not self.params:
-            try:
-                doc = await self.call("rpc.discover", {}, with_account=False)
-            except RpcError:
-                doc = {}
-            for m in doc.get("methods", []):
-                self.params[m.get("name")] = {p.get("name") for p in m.get("params", [])}
-        return self.params.get(method, set())
-
-    def close(self) -> None:
-        self.closed = True
-        if self.writer is not None:
-            self.writer.close()
 
 
 class Chat(slixmpp.ClientXMPP):
@@ -202,8 +52,6 @@ class Chat(slixmpp.ClientXMPP):
         self.args = args
         self.me = JID(args.jid).bare
         self.out = Output(args.json)
-        self.rpc = Omemod(args.socket, args.account or self.me, self.on_omemod_event)
-        self.namespaces: Optional[List[str]] = SHORT[args.namespace]
         self.target: Optional[str] = None
         self.rooms: Dict[str, str] = {}  # room bare JID -> our nick
         self.seen: Set[str] = set()  # archive ids already handled
@@ -212,70 +60,63 @@ class Chat(slixmpp.ClientXMPP):
         self.ready = False
         self.quitting = False
         self.failed = asyncio.Event()
-        for plugin in ("xep_0030", "xep_0004", "xep_0059", "xep_0060", "xep_0163", "xep_0115",
-                       "xep_0045", "xep_0297", "xep_0313", "xep_0334", "xep_0380", "xep_0199"):
+        for plugin in ("xep_0030", "xep_0004", "xep_0045", "xep_0199"):
             self.register_plugin(plugin)
+        self.register_plugin("omemod", {"socket": args.socket, "account": args.account or self.me,
+                                        "create_account": args.create_account,
+                                        "namespaces": SHORT[args.namespace]})
+        self.add_event_handler("omemo_initialized", self.on_omemo_ready)
+        self.add_event_handler("omemo_failed", self.on_omemo_failed)
+        self.add_event_handler("omemo_message", self.on_decrypted)
+        self.add_event_handler("omemo_empty_message", self.on_decrypted)
+        self.add_event_handler("omemo_decryption_failed", self.on_failure)
+        self.add_event_handler("omemo_identity_changed", lambda e: self.out.emit(
+            "identity_changed", f"! {e['peer']} device {e['device_id']} shows a new key {e['new_fingerprint']} "
+            f"(was {e['old_fingerprint']})", **e))
+        self.add_event_handler("omemo_trust_decision_needed", lambda e: self.out.emit(
+            "trust_decision_needed", f"! {e['peer']} device {e['device_id']} key {e['fingerprint']}: trust it?", **e))
         self.add_event_handler("session_start", self.on_session_start)
-        # slixmpp's "message" event needs a <body>; empty OMEMO messages (heartbeats) have none.
-        for ns in NAMESPACES:
-            self.register_handler(Callback(f"omemo {ns}", MatchXPath(f"{{jabber:client}}message/{{{ns}}}encrypted"),
-                                           self.on_encrypted))
         self.add_event_handler("message", self.on_plain)
-        self.add_event_handler("groupchat_presence", self.on_room_presence)
         self.add_event_handler("disconnected", self.on_disconnected)
         self.add_event_handler("failed_auth", lambda _: (self.out.error("login failed"), self.give_up()))
-        for ns, node in DEVICELIST_NODE.items():
-            self.plugin["xep_0060"].map_node_event(node, "devicelist_" + ns)
-            # +notify in our disco/caps: the server pushes contacts' device lists to us.
-            self.plugin["xep_0163"].add_interest(node)
-            self.add_event_handler("devicelist_" + ns + "_publish", self.on_devicelist_event)
         self.auto_authorize = True
         self.auto_subscribe = True
+
+    @property
+    def omemo(self) -> Any:
+        return self.plugin["omemod"]
 
     # ---- start-up ---------------------------------------------------------------------------
 
     async def on_session_start(self, _event: Any) -> None:
+        # The plugin does OMEMO's start-up by itself (and fires omemo_initialized).
+        self.send_presence()
+        await self.get_roster()
+
+    async def on_omemo_ready(self, _event: Any) -> None:
         try:
-            await self.start_up()
-        except Exception as e:
-            self.out.error(f"start-up failed: {e}")
-            log.debug("start-up failed", exc_info=True)
-            self.give_up()
+            await self.read_archive()
+            for room in list(self.rooms):
+                await self.join(room, self.rooms[room])
+        except (OmemodError, IqError, IqTimeout) as e:
+            self.out.error(f"start-up: {e}")
+        self.ready = True
+        self.out.emit("ready", f"online as {self.boundjid.full}, device {self.omemo.device_id}, "
+                      f"fingerprint {self.omemo.fingerprint}", jid=self.boundjid.full, device_id=self.omemo.device_id)
+
+    def on_omemo_failed(self, error: Exception) -> None:
+        self.out.error(f"start-up failed: {error}")
+        self.give_up()
 
     def give_up(self, *_args: Any) -> None:
         self.quitting = True
         self.failed.set()
         self.disconnect()
 
-    async def start_up(self) -> None:
-        self.send_presence()
-        await self.get_roster()
-        if self.rpc.writer is None:
-            await self.rpc.connect()
-        accounts = await self.rpc.call("account.list", {}, with_account=False)
-        if self.rpc.account not in [a["jid"] for a in accounts]:
-            if not self.args.create_account:
-                raise RuntimeError(f"omemod has no account {self.rpc.account}: run `omemod init --jid "
-                                   f"{self.rpc.account}` or pass --create-account")
-            await self.rpc.call("account.create", {"jid": self.rpc.account}, with_account=False)
-        # Our own device lists first, so that publishing ours keeps our other devices in them.
-        for ns in NAMESPACES:
-            await self.fetch_devicelist(self.me, ns)
-        for ns in NAMESPACES:
-            await self.publish("devicelist.get", ns)
-            await self.publish("bundle.get", ns)
-        await self.read_archive()
-        for room in list(self.rooms):
-            await self.join(room, self.rooms[room])
-        self.ready = True
-        fp = await self.rpc.call("fingerprint.get", {})
-        self.out.emit("ready", f"online as {self.boundjid.full}, device {fp['device_id']}, "
-                      f"fingerprint {fp['fingerprint']}", jid=self.boundjid.full, device_id=fp["device_id"])
-
     def on_disconnected(self, _event: Any) -> None:
         self.ready = False
         if not self.quitting:
-            # Connect again; session_start then republishes, rejoins rooms and reads the archive.
+            # Connect again; the plugin then republishes, and we rejoin rooms and read the archive.
             self.out.error("disconnected from the server, reconnecting in 5 s")
             asyncio.get_running_loop().call_later(5, self.connect_again)
 
@@ -283,309 +124,68 @@ class Chat(slixmpp.ClientXMPP):
         if not self.quitting:
             self.connect(self.args.host, self.args.port) if self.args.host else self.connect()
 
-    # ---- PEP: device lists and bundles ------------------------------------------------------
-
-    async def publish(self, method: str, ns: str) -> None:
-        """Publishes what `bundle.get` / `devicelist.get` returns, at the node and item it names."""
-        item = await self.rpc.call(method, {"namespace": ns})
-        form = Form()
-        form["type"] = "submit"
-        form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#publish-options")
-        for var, value in item["publish_options"].items():
-            form.add_field(var=var, value=value)
-        payload = ET.fromstring(item["xml"])
-        pubsub = self.plugin["xep_0060"]
-        try:
-            await pubsub.publish(self.me, item["node"], id=item["item_id"], payload=payload,
-                                 options=form, timeout=IQ_TIMEOUT)
-        except IqError as e:
-            # An existing node with other options: reconfigure it, then publish again.
-            if e.iq["error"]["condition"] != "conflict" and \
-                    e.iq.xml.find(".//{http://jabber.org/protocol/pubsub#errors}precondition-not-met") is None:
-                raise
-            config = Form()
-            config["type"] = "submit"
-            config.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#node_config")
-            for var, value in item["publish_options"].items():
-                config.add_field(var=var, value=value)
-            await pubsub.set_node_config(self.me, item["node"], config, timeout=IQ_TIMEOUT)
-            await pubsub.publish(self.me, item["node"], id=item["item_id"], payload=payload,
-                                 options=form, timeout=IQ_TIMEOUT)
-        log.info("published %s %s", item["node"], item["item_id"])
-
-    async def fetch_devicelist(self, jid: str, ns: str) -> None:
-        try:
-            iq = await self.plugin["xep_0060"].get_items(jid, DEVICELIST_NODE[ns], max_items=1, timeout=IQ_TIMEOUT)
-        except (IqError, IqTimeout) as e:
-            log.info("no %s device list for %s (%s)", ns, jid, e)
-            return
-        for item in iq["pubsub"]["items"]:
-            payload = item.xml[0] if len(item.xml) else None
-            if payload is not None:
-                await self.devicelist_update(jid, ns, payload)
-                return
-
-    async def devicelist_update(self, jid: str, ns: str, payload: ET.Element) -> None:
-        result = await self.rpc.call("devicelist.update", {"jid": jid, "namespace": ns, "xml": tostring(payload)})
-        await self.handle_actions(result.get("actions", []))
-
-    async def on_devicelist_event(self, msg: Any) -> None:
-        node = msg["pubsub_event"]["items"]["node"]
-        ns = NODE_NAMESPACE.get(node)
-        if ns is None:
-            return
-        for item in msg["pubsub_event"]["items"]:
-            if len(item.xml):
-                try:
-                    await self.devicelist_update(msg["from"].bare, ns, item.xml[0])
-                except Exception as e:
-                    self.out.error(f"device list of {msg['from'].bare}: {e}")
-
-    async def fetch_bundle(self, action: Dict[str, Any]) -> bool:
-        try:
-            iq = await self.plugin["xep_0060"].get_item(action["jid"], action["node"], action["item_id"], timeout=IQ_TIMEOUT)
-        except (IqError, IqTimeout) as e:
-            log.info("bundle %s/%s unavailable: %s", action["jid"], action["device_id"], e)
-            return False
-        for item in iq["pubsub"]["items"]:
-            if len(item.xml):
-                try:
-                    await self.rpc.call("bundle.update", {
-                        "jid": action["jid"], "namespace": action["namespace"],
-                        "device_id": action["device_id"], "xml": tostring(item.xml[0])})
-                    return True
-                except RpcError as e:
-                    self.out.error(f"bundle of {action['jid']}/{action['device_id']} refused: {e.kind}")
-        return False
-
-    async def handle_actions(self, actions: List[Dict[str, Any]]) -> bool:
-        """Does what omemod asks; returns whether a bundle or device list was fetched."""
-        fetched = False
-        done: Set[str] = set()
-        for a in actions:
-            key = json.dumps(a, sort_keys=True)
-            if key in done:
-                continue
-            done.add(key)
-            kind = a.get("type")
-            try:
-                if kind == "publish_bundle":
-                    await self.publish("bundle.get", a["namespace"])
-                elif kind == "publish_devicelist":
-                    await self.publish("devicelist.get", a["namespace"])
-                elif kind == "fetch_bundle":
-                    fetched |= await self.fetch_bundle(a)
-                elif kind == "fetch_devicelist":
-                    await self.fetch_devicelist(a["jid"], a["namespace"])
-                    fetched = True
-                elif kind == "send_heartbeat":
-                    hb = await self.rpc.call("heartbeat", {"jid": a["jid"], "namespace": a["namespace"],
-                                                            "device_id": a["device_id"]})
-                    self.send_encrypted(a["jid"], "chat", hb["messages"], None)
-                    log.info("sent a heartbeat to %s/%s", a["jid"], a["device_id"])
-                else:
-                    log.info("ignoring action %s", kind)
-            except (RpcError, IqError, IqTimeout) as e:
-                self.out.error(f"action {kind} failed: {e}")
-        return fetched
-
-    def on_omemod_event(self, event: Dict[str, Any]) -> None:
-        # A duty is done once. The process whose call caused it finds it in the call's answer
-        # (`actions`); the event then says `in_answer: true` and is only news. Duties no call caused
-        # (`in_answer: false`, e.g. after a signed prekey rotation) go to one subscriber, which does
-        # them. Older omemods send neither field nor the new names: republishing is idempotent,
-        # so every process does it (`bundle_changed`); their `heartbeat_due` goes with an answer.
-        kind = event.get("type")
-        in_answer = event.get("in_answer")
-        if kind in ACTION_TYPES:
-            if in_answer is False or (in_answer is None and kind in ("publish_bundle", "publish_devicelist")):
-                asyncio.ensure_future(self.handle_actions([event]))
-        elif kind == "bundle_changed":
-            asyncio.ensure_future(self.handle_actions([{"type": "publish_bundle", "namespace": event["namespace"]}]))
-        elif kind == "events_lost":
-            # Missed duties: republishing what omemod holds now covers the ones that matter.
-            log.warning("omemod dropped %s events", event.get("missed"))
-            asyncio.ensure_future(self.handle_actions(
-                [{"type": t, "namespace": ns} for ns in NAMESPACES for t in ("publish_devicelist", "publish_bundle")]))
-        else:
-            log.debug("event %s", kind)  # unknown and informational types are fine to ignore
-
-    # ---- sending ----------------------------------------------------------------------------
-
-    async def encrypt(self, recipients: List[str], body: Optional[str], sce_to: Optional[str],
-                      key: Optional[str] = None) -> Dict[str, Any]:
-        params: Dict[str, Any] = {"to": recipients}
-        if key and "idempotency_key" in await self.rpc.params_of("encrypt"):
-            # A retry after a lost answer (omemod restarted) then gets the same message back.
-            params["idempotency_key"] = key
-        if body is not None:
-            params["body"] = body
-        if self.namespaces:
-            params["namespaces"] = self.namespaces
-        if sce_to:
-            params["sce_to"] = sce_to
-        result = await self.rpc.call("encrypt", params)
-        asked: Set[str] = set()
-        for _ in range(3):  # device list, then bundles: at most a few rounds
-            wanted = [d["action"] for d in result.get("devices", []) if d.get("action")]
-            wanted += [a for a in result.get("actions", []) if a.get("type") in ("fetch_bundle", "fetch_devicelist")]
-            wanted = [a for a in wanted if json.dumps(a, sort_keys=True) not in asked]
-            asked.update(json.dumps(a, sort_keys=True) for a in wanted)
-            if not wanted or not await self.handle_actions(wanted):
-                break
-            # Fetched something new: encrypt again so that those devices are included.
-            if "idempotency_key" in params:
-                params["idempotency_key"] = f"{key}/{len(asked)}"  # another request: another key
-            result = await self.rpc.call("encrypt", params)
-        await self.handle_actions([a for a in result.get("actions", [])
-                                   if a.get("type") not in ("fetch_bundle", "fetch_devicelist")])
-        return result
-
-    def send_encrypted(self, to: str, mtype: str, messages: List[Dict[str, Any]], body: Optional[str],
-                       sid: Optional[str] = None) -> Any:
-        msg = self.make_message(mto=to, mtype=mtype)
-        if sid:
-            msg["id"] = sid
-        for m in messages:
-            msg.append(ET.fromstring(m["xml"]))
-            # XEP-0380: tell clients without OMEMO why there is nothing to read.
-            msg.append(ET.Element(f"{{{EME}}}encryption", {"namespace": m["namespace"],
-                                                           "name": "OMEMO" if m["namespace"] == OMEMO2 else "OMEMO (0.3)"}))
-        if body is not None:
-            msg["body"] = FALLBACK
-        msg.append(ET.Element(f"{{{HINTS}}}store"))
-        msg.send()
-        return msg
-
-    async def send_text(self, body: Optional[str]) -> None:
-        if self.target is None:
-            self.out.error("no recipient: use /to JID or /join ROOM")
-            return
-        target = self.target
-        sid = self.new_id()
-        occupants: List[str] = []
-        if target in self.rooms:
-            occupants = self.room_members(target)
-            if not occupants:
-                self.out.error(f"nobody else in {target}")
-                return
-            result = await self.encrypt(occupants, body, sce_to=target, key=sid)
-            mtype = "groupchat"
-        else:
-            result = await self.encrypt([target], body, sce_to=None, key=sid)
-            mtype = "chat"
-        recipients = occupants if target in self.rooms else [target]
-        devices = result.get("devices", [])
-        reached = [d for d in devices if d["status"] == "encrypted" and d["jid"] in recipients]
-        missed = [d for d in devices if d["status"] != "encrypted"]
-        if not result["messages"] or not reached:
-            reasons = "; ".join(f"{d['jid']}/{d['device_id']}: {d['status']}" for d in missed)
-            self.out.error(f"could not encrypt for {target}: {reasons or 'no devices'}")
-            return
-        if missed:
-            self.out.emit("warning", "! not encrypted for " + ", ".join(
-                f"{d['jid']}/{d['device_id']} ({d['status']})" for d in missed), devices=missed)
-        self.send_encrypted(target, mtype, result["messages"], body, sid)
-        self.out.emit("sent", f"-> {target}: {body if body is not None else '(empty OMEMO message)'}",
-                      to=target, body=body, namespaces=[m["namespace"] for m in result["messages"]],
-                      devices=len(reached))
-
     # ---- receiving --------------------------------------------------------------------------
 
-    def on_encrypted(self, msg: Any) -> None:
-        asyncio.ensure_future(self.on_message(msg))
-
-    async def on_plain(self, msg: Any) -> None:
-        if not any(msg.xml.find(f"{{{ns}}}encrypted") is not None for ns in NAMESPACES):
-            await self.on_message(msg)
-
-    async def on_message(self, msg: Any) -> None:
-        if msg["type"] not in ("chat", "normal", "groupchat"):
-            return
-        archive_id = self._archive_id(msg, msg["to"].bare if msg["type"] != "groupchat" else msg["from"].bare)
-        await self.receive(msg, archive_id, archived=False)
-        if archive_id and msg["type"] != "groupchat":
-            self._remember(archive_id)
-
-    def _archive_id(self, msg: Any, by: str) -> Optional[str]:
+    def archive_id(self, msg: Any) -> Optional[str]:
+        by = msg["from"].bare if msg["type"] == "groupchat" else self.me
         for sid in msg.xml.findall(f"{{{STANZA_ID}}}stanza-id"):
             if sid.get("by") == by:
                 return sid.get("id")
         return None
 
-    async def receive(self, msg: Any, archive_id: Optional[str], archived: bool) -> None:
-        if archive_id is not None:
-            if archive_id in self.seen:
-                return
-            self.seen.add(archive_id)
-        encrypted = {ns: msg.xml.find(f"{{{ns}}}encrypted") for ns in NAMESPACES}
-        encrypted = {ns: e for ns, e in encrypted.items() if e is not None}
-        group = msg["type"] == "groupchat"
-        room = msg["from"].bare if group else None
-        if group:
-            nick = msg["from"].resource
-            if nick == self.rooms.get(room):
-                return  # our own message reflected by the room: it was not encrypted for us
-            real = self.plugin["xep_0045"].get_jid_property(JID(room), nick, "jid")
-            if not real:
-                self.out.error(f"{room}/{nick}: no real JID (the room must be non-anonymous)")
-                return
-            sender = JID(real).bare
-            to = room
+    def first_time(self, msg: Any, archive_id: Optional[str]) -> bool:
+        """False for a message already shown (live and again from the archive)."""
+        if archive_id is None:
+            return True
+        if archive_id in self.seen:
+            return False
+        self.seen.add(archive_id)
+        if msg["type"] != "groupchat":
+            self._remember(archive_id)
+        return True
+
+    def on_decrypted(self, d: Decryption) -> None:
+        if d.archived or self.first_time(d.stanza, self.archive_id(d.stanza)):
+            self.show(d)
+
+    def show(self, d: Decryption) -> None:
+        if d.own:
+            return  # our own message, reflected by the room
+        if d.empty:
+            self.out.emit("empty", f"{d.sender}: (empty OMEMO message)", sender=d.sender, room=d.room,
+                          namespace=d.namespace, device_id=d.device_id, archived=d.archived)
+            return
+        where = f"{d.room} " if d.room else ""
+        self.out.emit("message", f"{where}{d.sender} [{d.trust}]: {d.body}", sender=d.sender, body=d.body,
+                      room=d.room, namespace=d.namespace, device_id=d.device_id, trust=d.trust,
+                      archived=d.archived, redelivered=d.redelivered, carbon=d.carbon)
+
+    def on_failure(self, f: DecryptionFailure) -> None:
+        if not self.first_time(f.stanza, self.archive_id(f.stanza)):
+            return
+        self.show_failure(f.sender or "?", f.kind, f.stanza, f.room, f.archived)
+
+    def show_failure(self, sender: str, kind: str, stanza: Any, room: Optional[str], archived: bool) -> None:
+        if sender == self.me and kind == "not_for_this_device":
+            # Sent by this very device (from another process on the same omemod, seen again as
+            # a carbon or in the archive): it was never encrypted for us.
+            log.info("our own message %s, not readable here", stanza["id"])
+        elif kind == "duplicate_message":
+            # Decrypted before: by us (archive and live copy) or by another process sharing
+            # this device (an omemod without redelivery support cannot give the text again).
+            self.out.emit("duplicate", f"{sender}: message {stanza['id']} was decrypted before", sender=sender,
+                          room=room, archived=archived, id=stanza["id"])
         else:
-            sender = msg["from"].bare
-            to = self.me
-            if sender == self.me:
-                return  # our own sent message (archive or carbon); not encrypted for this device
-        if not encrypted:
-            if msg["body"]:
-                self.out.emit("plain", f"{msg['from']} (NOT ENCRYPTED): {msg['body']}", sender=sender,
-                              body=msg["body"], room=room, archived=archived)
-            return
-        result = None
-        error: Optional[RpcError] = None
-        # OMEMO 2 first; a stanza may carry both versions, for different devices.
-        for ns in (OMEMO2, OLDMEMO):
-            if ns not in encrypted:
-                continue
-            try:
-                result = await self.rpc.decrypt(sender, tostring(encrypted[ns]), to, group)
-                break
-            except RpcError as e:
-                error = e
-        if result is None:
-            assert error is not None
-            if error.kind == "duplicate_message":
-                # Decrypted before: by us (archive and live copy) or by another process sharing
-                # this device (an omemod without redelivery support cannot give the text again).
-                self.out.emit("duplicate", f"{sender}: message {msg['id']} was decrypted before", sender=sender,
-                              room=room, archived=archived, id=msg["id"])
+            self.out.emit("undecryptable", f"{sender}: cannot decrypt ({kind})", sender=sender, kind=kind,
+                          room=room, archived=archived)
+
+    def on_plain(self, msg: Any) -> None:
+        if msg["type"] in ("chat", "normal", "groupchat") and msg["body"] and not self.omemo.is_encrypted(msg):
+            if msg["type"] == "groupchat" and msg["from"].resource == self.rooms.get(msg["from"].bare):
                 return
-            self.out.emit("undecryptable", f"{sender}: cannot decrypt ({error.kind})", sender=sender,
-                          kind=error.kind, room=room, archived=archived)
-            return
-        envelope = result.get("envelope")
-        if envelope:
-            # SCE affixes: the envelope must name the real sender and this conversation.
-            if envelope.get("from") and JID(envelope["from"]).bare != sender:
-                self.out.error(f"dropped: SCE <from> {envelope['from']} is not {sender}")
-                return
-            if envelope.get("to") and JID(envelope["to"]).bare != to:
-                self.out.error(f"dropped: SCE <to> {envelope['to']} is not {to}")
-                return
-        device = result.get("sender", {})
-        await self.handle_actions(result.get("actions", []))
-        if result.get("empty"):
-            self.out.emit("empty", f"{sender}: (empty OMEMO message)", sender=sender, room=room,
-                          namespace=result.get("namespace"), device_id=device.get("device_id"), archived=archived)
-            return
-        body = result.get("body")
-        if body is None:
-            body = ""
-        where = f"{room} " if room else ""
-        self.out.emit("message", f"{where}{sender} [{device.get('trust')}]: {body}", sender=sender, body=body,
-                      room=room, namespace=result.get("namespace"), device_id=device.get("device_id"),
-                      trust=device.get("trust"), archived=archived, redelivered=bool(result.get("redelivered")))
+            if self.first_time(msg, self.archive_id(msg)):
+                self.out.emit("plain", f"{msg['from']} (NOT ENCRYPTED): {msg['body']}", sender=msg["from"].bare,
+                              body=msg["body"], archived=False)
 
     # ---- archive (XEP-0313) -----------------------------------------------------------------
 
@@ -593,29 +193,25 @@ class Chat(slixmpp.ClientXMPP):
         """Reads the messages archived since the last one we saw (nothing on a first run)."""
         if self.last_archive_id is None:
             return
-        begun = False
-        try:
-            await self.rpc.call("catchup.begin", {})
-            begun = True
-        except RpcError as e:
-            log.info("catchup.begin: %s", e.kind)
         count = 0
         try:
-            async for forwarded in self.plugin["xep_0313"].iterate(rsm={"after": self.last_archive_id, "max": 50}):
-                result = forwarded["mam_result"]
-                inner = result["forwarded"]["stanza"]
-                await self.receive(inner, result["id"], archived=True)
-                self._remember(result["id"])
+            async for item in self.omemo.archive(after=self.last_archive_id):
+                self.show_archived(item)
                 count += 1
-                if count >= 1000:
-                    break
         except (IqError, IqTimeout) as e:
             self.out.error(f"archive query failed: {e}")
-        finally:
-            if begun:
-                end = await self.rpc.call("catchup.end", {})
-                await self.handle_actions(end.get("actions", []))
         self.out.emit("archive", f"read {count} archived messages", count=count)
+
+    def show_archived(self, item: ArchivedMessage) -> None:
+        if item.archive_id in self.seen:
+            return
+        self.seen.add(item.archive_id)
+        if item.decryption is not None:
+            self.show(item.decryption)
+        elif item.error is not None:
+            kind = getattr(item.error, "kind", type(item.error).__name__)
+            self.show_failure(item.stanza["from"].bare, kind, item.stanza, None, True)
+        self._remember(item.archive_id)
 
     def _load_state(self) -> Optional[str]:
         if not self.state_file:
@@ -637,65 +233,60 @@ class Chat(slixmpp.ClientXMPP):
     # ---- group chat (XEP-0045, members-only and non-anonymous) ------------------------------
 
     async def join(self, room: str, nick: str) -> None:
-        await self.plugin["xep_0045"].join_muc_wait(JID(room), nick, maxstanzas=0, timeout=IQ_TIMEOUT)
+        await self.plugin["xep_0045"].join_muc_wait(JID(room), nick, maxstanzas=0, timeout=20)
         self.rooms[room] = nick
-        # Everyone's device lists, also of members who are not our contacts.
-        for jid in self.room_members(room):
-            for ns in NAMESPACES:
-                await self.fetch_devicelist(jid, ns)
-        self.out.emit("joined", f"joined {room} as {nick}", room=room, members=self.room_members(room))
+        members = await self.omemo.learn_room(room)
+        self.out.emit("joined", f"joined {room} as {nick}", room=room, members=members)
 
-    async def on_room_presence(self, pres: Any) -> None:
-        # A new occupant: learn their devices before the next message to the room.
-        room, nick = pres["from"].bare, pres["from"].resource
-        if room not in self.rooms or nick == self.rooms[room] or pres["type"] == "unavailable":
+    # ---- sending ----------------------------------------------------------------------------
+
+    async def send_text(self, body: Optional[str]) -> None:
+        if self.target is None:
+            self.out.error("no recipient: use /to JID or /join ROOM")
             return
-        real = pres["muc"]["jid"]
-        if real and real.bare != self.me:
-            for ns in NAMESPACES:
-                await self.fetch_devicelist(real.bare, ns)
-
-    def room_members(self, room: str) -> List[str]:
-        muc = self.plugin["xep_0045"]
-        jids = set()
-        for nick in muc.get_roster(JID(room)) or []:
-            real = muc.get_jid_property(JID(room), nick, "jid")
-            if real and JID(real).bare != self.me:
-                jids.add(JID(real).bare)
-        return sorted(jids)
+        mtype = "groupchat" if self.target in self.rooms else "chat"
+        try:
+            sent = await self.omemo.send_message(self.target, body, mtype)
+        except NoRecipientDevice as e:
+            self.out.error(f"could not encrypt for {self.target}: {e}")
+            return
+        if sent.missed:
+            self.out.emit("warning", "! not encrypted for " + ", ".join(
+                f"{d['jid']}/{d['device_id']} ({d['status']})" for d in sent.missed), devices=sent.missed)
+        self.out.emit("sent", f"-> {self.target}: {body if body is not None else '(empty OMEMO message)'}",
+                      to=self.target, body=body, namespaces=sent.namespaces, devices=len(sent.reached))
 
     # ---- the line-based user interface ------------------------------------------------------
 
     async def command(self, line: str) -> bool:
         """Runs one input line; returns False on /quit."""
-        if line.startswith("/"):
-            cmd, _, arg = line.partition(" ")
-            arg = arg.strip()
-            if cmd == "/quit":
-                return False
-            if cmd == "/to" and arg:
-                self.target = JID(arg).bare
-                self.send_presence_subscription(pto=self.target)
-                for ns in NAMESPACES:
-                    await self.fetch_devicelist(self.target, ns)
-                self.out.emit("target", f"now talking to {self.target}", to=self.target)
-            elif cmd == "/join" and arg:
-                room, _, nick = arg.partition(" ")
-                await self.join(JID(room).bare, nick or self.boundjid.user + "-" + self.boundjid.resource)
-                self.target = JID(room).bare
-            elif cmd == "/ns" and arg in SHORT:
-                self.namespaces = SHORT[arg]
-                self.out.emit("namespace", f"encrypting with {arg}", namespace=arg)
-            elif cmd == "/empty":
-                await self.send_text(None)
-            elif cmd == "/say":
-                await self.send_text(arg)  # also sends an empty text: "/say"
-            elif cmd == "/archive":
-                await self.read_archive()
-            else:
-                self.out.info(HELP)
+        if not line.startswith("/"):
+            await self.send_text(line)
             return True
-        await self.send_text(line)
+        cmd, _, arg = line.partition(" ")
+        arg = arg.strip()
+        if cmd == "/quit":
+            return False
+        if cmd == "/to" and arg:
+            self.target = JID(arg).bare
+            self.send_presence_subscription(pto=self.target)
+            await self.omemo.refresh_device_lists([self.target], force_download=True)
+            self.out.emit("target", f"now talking to {self.target}", to=self.target)
+        elif cmd == "/join" and arg:
+            room, _, nick = arg.partition(" ")
+            await self.join(JID(room).bare, nick or self.boundjid.user + "-" + self.boundjid.resource)
+            self.target = JID(room).bare
+        elif cmd == "/ns" and arg in SHORT:
+            self.omemo.namespaces = SHORT[arg]
+            self.out.emit("namespace", f"encrypting with {arg}", namespace=arg)
+        elif cmd == "/empty":
+            await self.send_text(None)
+        elif cmd == "/say":
+            await self.send_text(arg)  # also sends an empty text: "/say"
+        elif cmd == "/archive":
+            await self.read_archive()
+        else:
+            self.out.info(HELP)
         return True
 
 
@@ -747,7 +338,6 @@ async def read_lines(chat: Chat) -> int:
         await asyncio.wait({read, failed}, return_when=asyncio.FIRST_COMPLETED)
         if failed.done():
             read.cancel()
-            chat.rpc.close()
             return 1
         raw = read.result()
         if not raw:
@@ -763,22 +353,11 @@ async def read_lines(chat: Chat) -> int:
         try:
             if not await chat.command(line):
                 break
-        except (RpcError, IqError, IqTimeout, ConnectionError) as e:
+        except (OmemodError, IqError, IqTimeout, ConnectionError) as e:
             chat.out.error(f"{line.split(' ')[0]}: {e}")
     chat.quitting = True
-    chat.rpc.close()
     chat.disconnect()
     return 0
-
-
-def default_socket() -> str:
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "omemod", "omemod.sock")
-    uid = os.getuid()
-    if os.path.isdir(f"/run/user/{uid}"):
-        return f"/run/user/{uid}/omemod/omemod.sock"
-    return f"/tmp/omemod-{uid}/omemod.sock"
 
 
 def main() -> int:
@@ -799,7 +378,7 @@ omemod: they share the OMEMO device.
 """ + HELP)
     parser.add_argument("--jid", required=True, help="your JID (bare, or with a resource)")
     parser.add_argument("--resource", help="resource to bind (default: the one in --jid, else random)")
-    parser.add_argument("--socket", default=default_socket(), help="omemod's socket (default: %(default)s)")
+    parser.add_argument("--socket", default=default_socket_path(), help="omemod's socket (default: %(default)s)")
     parser.add_argument("--account", help="the omemod account (default: the bare JID)")
     parser.add_argument("--create-account", action="store_true", help="create the omemod account if missing")
     parser.add_argument("--password-env", default="OMEMO_CHAT_PASSWORD",

@@ -1,10 +1,12 @@
 //! The client examples (client-examples/: Python, Node, Rust, shell) run as a user would run them,
 //! against real daemons: alice's example encrypts to bob in each namespace, bob's decrypts, each
 //! shows what to publish and prints events; with two accounts and no `--account` each says how to
-//! choose, on an empty daemon how to create one; none creates an account.
+//! choose, on an empty daemon how to create one; none creates an account. The Python library the
+//! Python example is written on is installed with pip into a fresh venv, where its own test suite
+//! runs (`python_library`).
 //!
-//! Needs `python3`, `node`, `bash` with `jq` and `socat` on PATH (`.ci/run` installs them); the
-//! Rust example is built here with cargo.
+//! Needs `python3` (with venv), `node`, `bash` with `jq` and `socat` on PATH (`.ci/run` installs
+//! them), and the Python package index for pip; the Rust example is built here with cargo.
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -94,7 +96,7 @@ fn example(name: &'static str) -> Example {
     let (program, args) = match name {
         "python" => (
             on_path("python3", "python3"),
-            vec![dir.join("python_client.py").into()],
+            vec![dir.join("python/python_client.py").into()],
         ),
         "node" => (
             on_path("node", "Node.js (Debian: nodejs)"),
@@ -153,18 +155,7 @@ impl Example {
             .write_all(input.unwrap_or("").as_bytes())
             .expect("write stdin");
         drop(stdin);
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || tx.send(child.wait_with_output()));
-        let out = match rx.recv_timeout(TIMEOUT) {
-            Ok(out) => out.expect("wait"),
-            Err(_) => {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-                panic!("{}: no answer within {TIMEOUT:?}: {cmd:?}", self.name);
-            }
-        };
+        let out = finish(child, TIMEOUT, &format!("{}: {cmd:?}", self.name));
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -539,4 +530,109 @@ fn shell_example() {
 #[test]
 fn rust_example_cli() {
     exercise("rust");
+}
+
+/// Waits for `child` to end and collects its output; kills it and fails the test after `limit`.
+fn finish(child: std::process::Child, limit: Duration, what: &str) -> std::process::Output {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{what}: no end within {limit:?}");
+        }
+    }
+}
+
+/// Runs `cmd` to its end and fails the test, with its output, unless it succeeds. Returns
+/// stdout and stderr together.
+fn checked(mut cmd: Command, what: &str, limit: Duration) -> String {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: start: {e}"));
+    let out = finish(child, limit, what);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
+
+/// Copies a source tree, leaving out what builds and runs leave in it.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name();
+        let name_s = name.to_string_lossy();
+        if name_s == "build" || name_s == "__pycache__" || name_s.ends_with(".egg-info") {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&path, &to.join(&name));
+        } else {
+            std::fs::copy(&path, to.join(&name)).expect("copy");
+        }
+    }
+}
+
+/// The Python client library (client-examples/python) as a user gets it: installed with pip
+/// into a fresh venv (from a copy of the repository's directory, so that pip's build leaves
+/// nothing in the tree), then its own test suite run against this omemod — every method, each
+/// error kind's exception, reconnects by the retry rules, redelivery of a lost answer — with the
+/// installed copy, not the source tree, on the import path. pip needs the Python package index
+/// (setuptools for the build).
+#[test]
+fn python_library() {
+    let python = on_path("python3", "python3 with venv (Debian: python3-venv)");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("omemod-client");
+    copy_tree(&repo().join("client-examples/python"), &src);
+    let venv = tmp.path().join("venv");
+    let mut cmd = Command::new(&python);
+    cmd.args(["-m", "venv"]).arg(&venv);
+    checked(cmd, "python3 -m venv", TIMEOUT);
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "-q",
+    ])
+    .arg(&src);
+    checked(
+        cmd,
+        "pip install client-examples/python",
+        Duration::from_secs(300),
+    );
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.args(["-m", "unittest", "discover", "-v", "-s"])
+        .arg(src.join("tests"))
+        .current_dir(tmp.path())
+        .env("OMEMOD_BIN", env!("CARGO_BIN_EXE_omemod"))
+        .env("OMEMOD_CLIENT_INSTALLED_IN", &venv)
+        .env_remove("OMEMOD_SOCKET")
+        .env_remove("PYTHONPATH");
+    let out = checked(cmd, "the library's test suite", Duration::from_secs(300));
+    // Nothing skipped: also not the test that the installed copy is the one imported.
+    assert!(
+        out.contains("test_the_installed_package_is_the_one_tested") && !out.contains("skipped"),
+        "the library's suite skipped tests:\n{out}"
+    );
 }

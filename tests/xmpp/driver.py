@@ -26,6 +26,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import server  # noqa: E402
+from poezio_term import Poezio, as_user, install_plugin, poezio_python  # noqa: E402
 from refpeer import OLDMEMO, OMEMO2, RefPeer  # noqa: E402
 from slixmpp.xmlstream import tostring  # noqa: E402
 
@@ -40,16 +41,17 @@ log = logging.getLogger("driver")
 class Omemod:
     """One omemod daemon with its own database and socket."""
 
-    def __init__(self, workdir: str, name: str):
+    def __init__(self, workdir: str, name: str, prefix: Optional[List[str]] = None):
         self.dir = os.path.join(workdir, "omemod-" + name)
         os.makedirs(self.dir, exist_ok=True)
         self.socket = os.path.join(self.dir, "run", "omemod.sock")
         self.db = os.path.join(self.dir, "omemod.db")
+        self.prefix = prefix or []  # e.g. poezio_term.as_user(): the same uid as its client
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self) -> None:
         binary = os.environ["OMEMOD_BIN"]
-        self.proc = subprocess.Popen([binary, "serve", "--socket", self.socket, "--db", self.db],
+        self.proc = subprocess.Popen([*self.prefix, binary, "serve", "--socket", self.socket, "--db", self.db],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      env=dict(os.environ, RUST_LOG="warn"), start_new_session=True)
         deadline = time.monotonic() + 20
@@ -180,18 +182,19 @@ class Bot:
 class World:
     """prosody, the daemons, the example-client processes and the python-omemo peer of one scenario."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = False) -> None:
         self.workdir = tempfile.mkdtemp(prefix="omemod-xmpp-")
-        self.prosody = server.Prosody(self.workdir)
+        self.prosody = server.Prosody(self.workdir, tls=tls)
         self.daemons: List[Omemod] = []
         self.bots: List[Bot] = []
         self.peers: List[RefPeer] = []
+        self.terminals: List[Poezio] = []
 
     def user(self, name: str) -> str:
         return self.prosody.register(name, PASSWORD)
 
-    def daemon(self, name: str) -> Omemod:
-        d = Omemod(self.workdir, name)
+    def daemon(self, name: str, prefix: Optional[List[str]] = None) -> Omemod:
+        d = Omemod(self.workdir, name, prefix)
         d.start()
         self.daemons.append(d)
         return d
@@ -215,6 +218,8 @@ class World:
                 await b.stop()
             except Exception as e:  # cleanup goes on
                 log.warning("stopping %s: %s", b.name, e)
+        for t in self.terminals:
+            t.stop()
         for p in self.peers:
             p.disconnect()
         await asyncio.sleep(0.3)
@@ -417,16 +422,77 @@ async def group(w: World, ns: str) -> None:
         await peer.wait_for(lambda r: r.body == f"alice again {i}" and r.sender == alice)
 
 
+async def carbons(w: World, ns: str) -> None:
+    """Carbons (XEP-0280): alice's example client sees the copies of messages another of her
+    devices (python-omemo) receives and sends, and decrypts both."""
+    alice, bob = w.user("alice"), w.user("bob")
+    bot = await w.bot("alice", alice, "desk", w.daemon("alice"))
+    phone = await w.peer(alice, resource="phone")
+    peer = await w.peer(bob)
+    await bot.send(f"/ns {NS_ARG[ns]}")
+    await bot.send(f"/to {bob}")
+    await bot.expect(lambda e: e["event"] == "target")
+    # Bob writes to alice's phone (its full JID): the example client gets a received carbon.
+    await peer.send_text(alice, "to your phone", ns, resource="phone")
+    r = await phone.wait_for(lambda r: r.body == "to your phone")
+    assert r.sender == bob and r.namespace == ns, r
+    e = await bot.expect_message(bob, "to your phone", ns)
+    assert e["carbon"] == "received", e
+    # Alice writes from her phone: the example client gets a sent carbon, encrypted for it as
+    # one of alice's other devices.
+    await phone.send_text(bob, "from my phone", ns)
+    await peer.wait_for(lambda r: r.body == "from my phone" and r.sender == alice)
+    e = await bot.expect_message(alice, "from my phone", ns)
+    assert e["carbon"] == "sent", e
+    # And the other way round: the phone reads what the example client sends, as alice's device.
+    await bot.say("from my desk")
+    await peer.wait_for(lambda r: r.body == "from my desk" and r.sender == alice)
+
+
+async def poezio(w: World, ns: str) -> None:
+    """poezio with the omemod plugin (installed into its venv with pip), driven in a terminal,
+    and python-omemo: messages both ways, decrypted on poezio's screen."""
+    alice, bob = w.user("alice"), w.user("bob")
+    python = poezio_python()
+    install_plugin(python, w.workdir)
+    daemon = w.daemon("alice", prefix=as_user())
+    term = Poezio(w.workdir, "alice", alice, PASSWORD, w.prosody.port, daemon.socket,
+                  NS_ARG[ns], python)
+    w.terminals.append(term)
+    term.start()
+    await term.wait_log("Event triggered: omemo_initialized", timeout=60)
+    await term.wait_screen("OMEMO by omemod: device")
+    peer = await w.peer(bob)
+    await term.type(f"/message {bob}")
+    term.in_roster = False
+    await term.type("/omemo")
+    await term.wait_screen(f"omemo encryption enabled for {bob}")
+    await term.type("hello from poezio ✓")
+    r = await peer.wait_for(lambda r: r.body == "hello from poezio ✓")
+    assert r.sender == alice and r.namespace == ns, r
+    for i in range(2):
+        await peer.send_text(alice, f"hello poezio {i} <&>", ns)
+        await term.wait_screen(f"hello poezio {i} <&>")
+    await term.type("and back again")
+    r = await peer.wait_for(lambda r: r.body == "and back again")
+    assert r.namespace == ns, r
+    screen = term.screen()
+    log.info("poezio's screen:\n%s", screen)
+    assert "could not decrypt" not in screen and "OMEMO encrypted" not in screen, screen
+
+
 SCENARIOS = {
     "chat": chat,
     "restart_archive": restart_archive,
     "two_processes": two_processes,
     "group": group,
+    "carbons": carbons,
+    "poezio": poezio,
 }
 
 
 async def run(name: str, ns: str, keep: bool) -> None:
-    w = World()
+    w = World(tls=name == "poezio")  # poezio logs in only over TLS
     try:
         w.prosody.start()
         await asyncio.wait_for(SCENARIOS[name](w, ns), 300)
@@ -434,6 +500,9 @@ async def run(name: str, ns: str, keep: bool) -> None:
         print("--- prosody log ---\n" + w.prosody.log_tail(), file=sys.stderr)
         for b in w.bots:
             print(f"--- {b.name} stderr ---\n{b.stderr_tail()}", file=sys.stderr)
+        for t in w.terminals:
+            print(f"--- poezio {t.name} screen ---\n{t.screen()}\n--- its debug log ---\n{t.tail()}",
+                  file=sys.stderr)
         raise
     finally:
         await w.close(keep)

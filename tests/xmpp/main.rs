@@ -1,13 +1,19 @@
 //! End-to-end test on a real XMPP server: the example client `client-examples/xmpp-bot/`
-//! (slixmpp, OMEMO entirely by omemod over its socket) chats with an independent stack
-//! (slixmpp-omemo / python-omemo from PyPI) through a private prosody on 127.0.0.1.
+//! (slixmpp with the `omemod` plugin of `client-examples/python`: OMEMO entirely by omemod over
+//! its socket) chats with an independent stack (slixmpp-omemo / python-omemo from PyPI) through
+//! a private prosody on 127.0.0.1.
 //!
 //! Each test runs one scenario of `tests/xmpp/driver.py` in one namespace; the driver starts its
 //! own prosody (config and data in a temp dir), registers the accounts, starts the omemod daemons
 //! (this crate's binary) and fails when a message does not arrive decrypted. The Python side runs
 //! in `.venv-xmpp` (`scripts/setup-python-xmpp`, pinned in `tests/xmpp/requirements.txt`).
 //!
-//! Needs `prosody` and `prosodyctl` on PATH (Debian package `prosody`; `.ci/run` installs it).
+//! The `poezio` scenarios run the console client poezio (its own venv, `scripts/setup-python-poezio`,
+//! pinned in `tests/xmpp/poezio-requirements.txt`) with the omemod plugin in a tmux terminal.
+//!
+//! Needs `prosody` and `prosodyctl` on PATH (Debian package `prosody`), and for poezio `tmux`,
+//! `openssl` and what building poezio needs (`gcc`, `pkg-config`, `python3-dev`); `.ci/run`
+//! installs them.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -18,6 +24,7 @@ use std::time::{Duration, Instant};
 /// The scenarios share two CPU cores with everything else: run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+static POEZIO_PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 const TIMEOUT: Duration = Duration::from_secs(420);
 
@@ -25,18 +32,18 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The venv's python: `OMEMOD_XMPP_PYTHON`, else built (once) by `scripts/setup-python-xmpp`.
-fn python() -> PathBuf {
-    let r = PYTHON.get_or_init(|| {
-        if let Ok(p) = std::env::var("OMEMOD_XMPP_PYTHON") {
+/// A venv's python: `$var`, else built (once) by `scripts/<setup>`, which prints it last.
+fn venv_python(cell: &OnceLock<Result<PathBuf, String>>, var: &str, setup: &str) -> PathBuf {
+    let r = cell.get_or_init(|| {
+        if let Ok(p) = std::env::var(var) {
             return Ok(PathBuf::from(p));
         }
-        let out = Command::new(repo().join("scripts/setup-python-xmpp"))
+        let out = Command::new(repo().join("scripts").join(setup))
             .stderr(Stdio::inherit())
             .output()
-            .map_err(|e| format!("scripts/setup-python-xmpp: {e}"))?;
+            .map_err(|e| format!("scripts/{setup}: {e}"))?;
         if !out.status.success() {
-            return Err("scripts/setup-python-xmpp failed".into());
+            return Err(format!("scripts/{setup} failed"));
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
         let last = stdout.lines().last().unwrap_or_default().trim().to_string();
@@ -48,22 +55,43 @@ fn python() -> PathBuf {
     }
 }
 
+/// Fails with the package to install when `tool` is not on PATH.
+fn require(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} not found: the XMPP end-to-end test needs it (Debian: apt-get install {package})"
+    );
+}
+
 fn run(scenario: &str, namespace: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for tool in ["prosody", "prosodyctl"] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(
-            found,
-            "{tool} not found: the XMPP end-to-end test needs prosody (Debian: apt-get install prosody)"
+    require("prosody", "prosody");
+    require("prosodyctl", "prosody");
+    let mut driver = Command::new(venv_python(
+        &PYTHON,
+        "OMEMOD_XMPP_PYTHON",
+        "setup-python-xmpp",
+    ));
+    if scenario == "poezio" {
+        require("tmux", "tmux");
+        require("openssl", "openssl");
+        driver.env(
+            "OMEMOD_POEZIO_PYTHON",
+            venv_python(
+                &POEZIO_PYTHON,
+                "OMEMOD_POEZIO_PYTHON",
+                "setup-python-poezio",
+            ),
         );
     }
-    let mut child = Command::new(python())
+    let mut child = driver
         .arg(repo().join("tests/xmpp/driver.py"))
         .arg(scenario)
         .arg(namespace)
@@ -123,4 +151,7 @@ macro_rules! scenarios {
 //   read by the example client after it was offline.
 // two_processes: two processes (resources) of the example client on one omemod.
 // group: a members-only, non-anonymous room: two example clients (two omemods) and python-omemo.
-scenarios!(chat, restart_archive, two_processes, group);
+// carbons: the example client decrypts the carbons of what another device of its account
+//   (python-omemo) receives and sends.
+// poezio: the console client poezio with the omemod plugin, driven in tmux, and python-omemo.
+scenarios!(chat, restart_archive, two_processes, group, carbons, poezio);

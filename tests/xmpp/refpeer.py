@@ -152,8 +152,10 @@ class RefPeer(ClientXMPP):
 
     # ---- sending ----------------------------------------------------------------------------
 
-    async def send_text(self, to: str, body: str, namespace: str, room: Optional[str] = None) -> str:
-        """Encrypts `body` in `namespace` for `to` (a bare JID) or, in `room`, for every occupant."""
+    async def send_text(self, to: str, body: str, namespace: str, room: Optional[str] = None,
+                        resource: Optional[str] = None) -> str:
+        """Encrypts `body` in `namespace` for `to` (a bare JID) or, in `room`, for every occupant;
+        sent to `to`'s `resource` when given (then the other resources get a carbon)."""
         recipients = self.room_members(room) if room else [to]
         await self.omemo.refresh_device_lists({JID(j) for j in recipients}, force_download=True)
         if namespace == OMEMO2:
@@ -165,7 +167,8 @@ class RefPeer(ClientXMPP):
                                             backend_priority_order=[namespace])
         if errors:
             log.warning("encryption errors: %s", errors)
-        msg = self.make_message(mto=room or to, mtype="groupchat" if room else "chat")
+        msg = self.make_message(mto=room or (f"{to}/{resource}" if resource else to),
+                                mtype="groupchat" if room else "chat")
         for m in messages:
             ser = twomemo.etree.serialize_message(m) if m.namespace == OMEMO2 else oldmemo.etree.serialize_message(m)
             msg.append(ser)

@@ -34,16 +34,16 @@ limits = {{ c2s = {{ rate = "10mb/s" }} }}
 -- no mod_offline: a message sent while we are away must come from the archive (MAM)
 modules_enabled = {{
   "roster", "saslauth", "disco", "carbons", "pep", "private", "vcard", "version", "ping",
-  "register", "mam", "posix", "blocklist"
+  "register", "mam", "posix", "blocklist"{tls_module}
 }}
-modules_disabled = {{ "offline", "s2s", "tls" }}
+modules_disabled = {{ {disabled} }}
 archive_expires_after = "1d"
 default_archive_policy = true
 max_archive_query_results = 200
 pep_max_items = 1000
 
 VirtualHost "{domain}"
-
+{vhost_ssl}
 Component "{muc}" "muc"
   modules_enabled = {{ "muc_mam" }}
   restrict_room_creation = false
@@ -58,17 +58,36 @@ def free_port() -> int:
 
 
 class Prosody:
-    def __init__(self, workdir: str, log_level: str = "warn"):
+    """`tls`: offer STARTTLS with a self-signed certificate for localhost (made with openssl), still
+    without requiring it, so that clients that insist on TLS (poezio) and the plaintext test
+    clients can both log in."""
+
+    def __init__(self, workdir: str, log_level: str = "warn", tls: bool = False):
         self.dir = os.path.join(workdir, "prosody")
         os.makedirs(os.path.join(self.dir, "data"), exist_ok=True)
         self.port = free_port()
         self.config = os.path.join(self.dir, "prosody.cfg.lua")
-        with open(self.config, "w", encoding="utf-8") as f:
-            f.write(CONFIG.format(dir=self.dir, port=self.port, domain=DOMAIN, muc=MUC, log_level=log_level))
-        self.proc: Optional[subprocess.Popen] = None
-        for tool in ("prosody", "prosodyctl"):
+        for tool in ("prosody", "prosodyctl") + (("openssl",) if tls else ()):
             if shutil.which(tool) is None:
-                raise RuntimeError(f"{tool} not found: install prosody (Debian: apt-get install prosody)")
+                raise RuntimeError(f"{tool} not found: install it (Debian: apt-get install {tool})")
+        vhost_ssl = ""
+        if tls:
+            crt, key = self.certificate()
+            vhost_ssl = f'  ssl = {{ certificate = "{crt}", key = "{key}" }}\n'
+        with open(self.config, "w", encoding="utf-8") as f:
+            f.write(CONFIG.format(dir=self.dir, port=self.port, domain=DOMAIN, muc=MUC, log_level=log_level,
+                                  disabled='"offline", "s2s"' + ("" if tls else ', "tls"'),
+                                  tls_module=', "tls"' if tls else "", vhost_ssl=vhost_ssl))
+        self.proc: Optional[subprocess.Popen] = None
+
+    def certificate(self) -> "tuple[str, str]":
+        """A self-signed certificate for the test domains, valid two days."""
+        crt, key = os.path.join(self.dir, f"{DOMAIN}.crt"), os.path.join(self.dir, f"{DOMAIN}.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", f"/CN={DOMAIN}", "-addext", f"subjectAltName=DNS:{DOMAIN},DNS:{MUC}",
+                        "-keyout", key, "-out", crt], check=True, timeout=60,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return crt, key
 
     def register(self, user: str, password: str) -> str:
         subprocess.run(["prosodyctl", "--config", self.config, "register", user, DOMAIN, password],

@@ -1,0 +1,115 @@
+"""Exceptions: one class per error kind omemod answers with, and the connection's own failures.
+
+Switch on the class (or on `kind`, the stable `data.kind` string); `message` is for people. An
+error kind this library does not know yet arrives as a plain `RpcError` with its `kind` set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Type
+
+
+class OmemodError(Exception):
+    """Everything this library raises."""
+
+
+class SocketNotTrusted(OmemodError, PermissionError):
+    """The socket, its directory or the daemon behind it is not ours: another local user could
+    read what we send. Never retried."""
+
+
+class DaemonUnavailable(OmemodError, ConnectionError):
+    """No daemon answers on the socket (within the reconnect window)."""
+
+
+class ConnectionLost(OmemodError, ConnectionError):
+    """The connection broke before the answer came, for a call that is not safe to repeat
+    (docs/rpc.md, "Retry rules"): it may or may not have happened."""
+
+    def __init__(self, method: str):
+        super().__init__(f"{method}: the connection to omemod broke before the answer; "
+                         "the call may or may not have taken effect")
+        self.method = method
+
+
+class CallTimeout(OmemodError, TimeoutError):
+    """No answer within the call's timeout."""
+
+
+class RpcError(OmemodError):
+    """An error answer. `kind` is `data.kind`; `cause` is `data.cause` when the daemon says what
+    kind of failure it was (peer, local state, …); `data` holds the rest (e.g. `retry_after_secs`)."""
+
+    kind: str = "unknown"
+    code: Optional[int] = None
+
+    def __init__(self, method: str, error: Mapping[str, Any]):
+        data = error.get("data")
+        self.method = method
+        self.code = error.get("code", type(self).code)
+        self.message: str = str(error.get("message", ""))
+        self.data: Dict[str, Any] = dict(data) if isinstance(data, Mapping) else {}
+        self.kind = str(self.data.get("kind", type(self).kind))
+        cause = self.data.get("cause")
+        self.cause: Optional[str] = str(cause) if cause is not None else None
+        super().__init__(f"{method}: {self.message} ({self.kind})")
+
+
+def _kind(kind: str, code: int, doc: str) -> Type[RpcError]:
+    name = "".join(part.capitalize() for part in kind.split("_"))
+    return type(name, (RpcError,), {"kind": kind, "code": code, "__doc__": doc, "__module__": __name__})
+
+
+# The table of docs/rpc.md ("Errors"), in its order. A test compares it with the daemon's
+# `x-error-kinds`, so a kind added there must be added here.
+ParseError = _kind("parse_error", -32700, "The line is not valid JSON.")
+InvalidRequest = _kind("invalid_request", -32600, "Not a JSON-RPC 2.0 request.")
+MethodNotFound = _kind("method_not_found", -32601, "No such method (an older daemon?).")
+InvalidParams = _kind("invalid_params", -32602, "The params do not match the method's schema.")
+Internal = _kind("internal", -32603, "A bug or unexpected failure in omemod.")
+RequestTooLarge = _kind("request_too_large", -32001, "The request line is over the daemon's limit.")
+ResponseTooLarge = _kind("response_too_large", -32002, "The answer would exceed the response limit.")
+Unauthorized = _kind("unauthorized", -32003, "The daemon runs as another user.")
+TooManySubscriptions = _kind("too_many_subscriptions", -32004, "32 subscriptions on this connection.")
+UnknownSubscription = _kind("unknown_subscription", -32005, "No such subscription on this connection.")
+TooManyConnections = _kind("too_many_connections", -32006, "The daemon is at its connection limit.")
+LineTimeout = _kind("line_timeout", -32007, "A request line was not completed in time.")
+UnknownAccount = _kind("unknown_account", 1001, "No account with that JID.")
+AccountExists = _kind("account_exists", 1002, "An account with that JID exists.")
+AccountRequired = _kind("account_required", 1003, "Several accounts exist: name one.")
+InvalidJid = _kind("invalid_jid", 1004, "Not a valid bare JID.")
+UnknownDevice = _kind("unknown_device", 1101, "The peer device is not known.")
+NoBundle = _kind("no_bundle", 1102, "No bundle stored for the device.")
+InvalidBundle = _kind("invalid_bundle", 1103, "The bundle is malformed.")
+InvalidSignature = _kind("invalid_signature", 1104, "The signed pre-key signature does not verify.")
+NoSession = _kind("no_session", 1201, "No session with the device.")
+NotForThisDevice = _kind("not_for_this_device", 1202, "The message has no key for our device.")
+DuplicateMessage = _kind("duplicate_message", 1203, "Already decrypted and not redeliverable (a replay).")
+InvalidMessage = _kind("invalid_message", 1204, "Malformed message.")
+AuthenticationFailed = _kind("authentication_failed", 1205, "Bad MAC or tag.")
+TooManySkipped = _kind("too_many_skipped", 1206, "The message skips too many keys, or its key was dropped.")
+BrokenSession = _kind("broken_session", 1207, "The session cannot continue and must be rebuilt.")
+RateLimited = _kind("rate_limited", 1208, "Session replaced too often (`data['retry_after_secs']`).")
+SceMismatch = _kind("sce_mismatch", 1209, "OMEMO 2: the envelope names another sender or conversation.")
+IdempotencyKeyReused = _kind("idempotency_key_reused", 1220, "`idempotency_key` used for another request.")
+Untrusted = _kind("untrusted", 1301, "The device is not (yet) trusted.")
+Distrusted = _kind("distrusted", 1302, "The device is explicitly distrusted.")
+IdentityChanged = _kind("identity_changed", 1303, "Another identity key than the one held for the device.")
+StorageError = _kind("storage_error", 1401, "The database failed.")
+TooManyDevices = _kind("too_many_devices", 1500, "A device list names more devices than allowed.")
+
+ERROR_CLASSES: Dict[str, Type[RpcError]] = {
+    cls.kind: cls for cls in RpcError.__subclasses__() if cls.__module__ == __name__
+}
+"""`data.kind` → exception class."""
+
+
+def error_from(method: str, error: Mapping[str, Any]) -> RpcError:
+    """The exception for an error object of the daemon."""
+    data = error.get("data")
+    kind = data.get("kind") if isinstance(data, Mapping) else None
+    return ERROR_CLASSES.get(str(kind), RpcError)(method, error)
+
+
+__all__ = ["OmemodError", "SocketNotTrusted", "DaemonUnavailable", "ConnectionLost", "CallTimeout",
+           "RpcError", "ERROR_CLASSES", "error_from"] + [cls.__name__ for cls in ERROR_CLASSES.values()]

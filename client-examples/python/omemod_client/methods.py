@@ -1,0 +1,205 @@
+"""Every method of omemod as a typed coroutine, declared by its signature.
+
+A method is a stub: `@rpc(name, retry=…)`, the signature (the params, by their JSON names; `from_`
+is `from`) and a docstring. The decorator makes it a call: arguments left at None are not sent,
+and `account` defaults to the client's. `retry` is docs/rpc.md's "safe to retry" for that method
+(a function of the params where it depends on them). Adding a method to the daemon means adding
+one stub here; `tests/test_methods.py` compares this set, and each method's params, with the
+daemon's `rpc.discover`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Sequence, TypeVar, Union,
+                    cast)
+
+from .types import (Account, BundleUpdated, Catchup, Decrypted, DeletedAccount, DeviceEntry,
+                    DevicelistUpdated, Encrypted, IdentityAccepted, Plan, Publication,
+                    RenewedDeviceId, Status, TrustEntry)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+Retry = Union[bool, Callable[[Dict[str, Any]], bool]]
+
+_RPC_NAME = "__omemod_method__"
+
+
+def rpc(name: str, *, retry: Retry = False) -> Callable[[F], F]:
+    """Turns a stub into the call of omemod's method `name`."""
+
+    def wrap(stub: F) -> F:
+        sig = inspect.signature(stub)
+        takes_account = "account" in sig.parameters
+
+        @functools.wraps(stub)
+        async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            bound = sig.bind(self, *args, **kwargs)
+            params = {k.rstrip("_"): v for k, v in list(bound.arguments.items())[1:] if v is not None}
+            if takes_account and "account" not in params and self.account is not None:
+                params["account"] = self.account
+            again = retry(params) if callable(retry) else retry
+            return await self.call(name, params, retry=again)
+
+        setattr(method, _RPC_NAME, name)
+        return cast(F, method)
+
+    return wrap
+
+
+def declared(name: str) -> Callable[[F], F]:
+    """Marks a method written by hand (subscriptions) as the call of `name`."""
+
+    def wrap(f: F) -> F:
+        setattr(f, _RPC_NAME, name)
+        return f
+
+    return wrap
+
+
+def rpc_methods(cls: type) -> Dict[str, Callable[..., Any]]:
+    """omemod's method name → the function of `cls` that calls it."""
+    found = {}
+    for attr in dir(cls):
+        f = getattr(cls, attr)
+        name = getattr(f, _RPC_NAME, None)
+        if name is not None:
+            found[name] = f
+    return found
+
+
+def rpc_params(f: Callable[..., Any]) -> List[str]:
+    """The JSON param names a method stub sends."""
+    return [p.rstrip("_") for p in list(inspect.signature(f).parameters)[1:]]
+
+
+def _with_key(params: Dict[str, Any]) -> bool:
+    return "idempotency_key" in params
+
+
+class Methods:
+    """omemod's methods. Mixed into `Client`, which provides `call` and `account`."""
+
+    account: Optional[str]
+
+    if TYPE_CHECKING:
+        async def call(self, method: str, params: Optional[Dict[str, Any]] = None, *,
+                       retry: bool = False, timeout: Optional[float] = None) -> Any: ...
+
+    # ---- the daemon --------------------------------------------------------------------------
+
+    @rpc("status", retry=True)
+    async def status(self) -> Status:
+        """The daemon: version, pid, socket, database, durability, clients, rollback."""
+
+    @rpc("rpc.discover", retry=True)
+    async def rpc_discover(self) -> Dict[str, Any]:
+        """The OpenRPC document: every method, its params, result and errors."""
+
+    # ---- accounts ----------------------------------------------------------------------------
+
+    @rpc("account.create")
+    async def account_create(self, jid: str, *, trust_mode: Optional[str] = None,
+                             avoid: Optional[Sequence[int]] = None) -> Account:
+        """A new OMEMO device for `jid` (only when the user asks for one). `avoid`: the device
+        ids on our own published lists. Its `actions` say what to fetch and publish first."""
+
+    @rpc("account.list", retry=True)
+    async def account_list(self) -> List[Account]:
+        """Every account of the daemon."""
+
+    @rpc("account.renew_device_id")
+    async def account_renew_device_id(self, *, avoid: Optional[Sequence[int]] = None,
+                                      account: Optional[str] = None) -> RenewedDeviceId:
+        """A new device id for our device (after a collision); publish as `actions` say."""
+
+    @rpc("account.delete")
+    async def account_delete(self, jid: str) -> DeletedAccount:
+        """Deletes the account `jid` and every secret of it, for good."""
+
+    @rpc("fingerprint.get", retry=True)
+    async def fingerprint_get(self, *, account: Optional[str] = None) -> Account:
+        """Our JID, device id and fingerprint."""
+
+    # ---- publishing and following device lists and bundles ------------------------------------
+
+    @rpc("bundle.get", retry=True)
+    async def bundle_get(self, namespace: str, *, account: Optional[str] = None) -> Publication:
+        """Our bundle in `namespace`, with the PEP node, item and publish options."""
+
+    @rpc("devicelist.get", retry=True)
+    async def devicelist_get(self, namespace: str, *, account: Optional[str] = None) -> Publication:
+        """Our device list as last received plus our device, ready to publish."""
+
+    @rpc("devicelist.update", retry=True)
+    async def devicelist_update(self, jid: str, namespace: str, xml: str, *,
+                                account: Optional[str] = None) -> DevicelistUpdated:
+        """A device list seen on PEP (`<devices/>` or `<list/>`), of a contact or our own."""
+
+    @rpc("bundle.update", retry=True)
+    async def bundle_update(self, jid: str, device_id: int, namespace: str, xml: str, *,
+                            account: Optional[str] = None) -> BundleUpdated:
+        """A bundle fetched from PEP (validated before it is stored)."""
+
+    @rpc("devices.list", retry=True)
+    async def devices_list(self, *, jid: Optional[str] = None,
+                           account: Optional[str] = None) -> List[DeviceEntry]:
+        """Known devices (of `jid`, or everyone's)."""
+
+    # ---- messages ----------------------------------------------------------------------------
+
+    @rpc("encrypt", retry=_with_key)
+    async def encrypt(self, to: Sequence[str], body: Optional[str] = None, *,
+                      namespaces: Optional[Sequence[str]] = None, all_namespaces: Optional[bool] = None,
+                      sce_to: Optional[str] = None, idempotency_key: Optional[str] = None,
+                      forms: Optional[Sequence[str]] = None, account: Optional[str] = None) -> Encrypted:
+        """`<encrypted>` elements for every device of `to` (and our other devices); no `body`:
+        an empty message. In a group chat `sce_to` is the room. With an `idempotency_key` (the
+        stanza id) a repeated call returns the first answer, so it is retried after a reconnect."""
+
+    @rpc("encrypt.plan", retry=True)
+    async def encrypt_plan(self, to: Sequence[str], *, namespaces: Optional[Sequence[str]] = None,
+                           all_namespaces: Optional[bool] = None, account: Optional[str] = None) -> Plan:
+        """Which devices `encrypt` would cover now and what to fetch first; changes nothing."""
+
+    @rpc("decrypt", retry=True)
+    async def decrypt(self, from_: str, xml: Optional[str] = None, *, element: Optional[Dict[str, Any]] = None,
+                      to: Optional[str] = None, group_chat: Optional[bool] = None,
+                      account: Optional[str] = None) -> Decrypted:
+        """An `<encrypted>` element from `from_` (bare JID; a room occupant's real JID). `to`:
+        the stanza's bare `to` (us, or the room), `group_chat` for `type='groupchat'`."""
+
+    @rpc("heartbeat", retry=True)
+    async def heartbeat(self, jid: str, namespace: str, device_id: int, *,
+                        account: Optional[str] = None) -> Encrypted:
+        """An empty message for one device (the `send_heartbeat` action)."""
+
+    @rpc("session.replace")
+    async def session_replace(self, jid: str, namespace: str, device_id: int, *,
+                              account: Optional[str] = None) -> Encrypted:
+        """A new session with the device, as an empty key-exchange message to send."""
+
+    @rpc("catchup.begin", retry=True)
+    async def catchup_begin(self, *, account: Optional[str] = None) -> Catchup:
+        """Before reading the archive (MAM) after being offline."""
+
+    @rpc("catchup.end", retry=True)
+    async def catchup_end(self, *, account: Optional[str] = None) -> Catchup:
+        """After the archive's last page: the deferred heartbeats come as `actions`."""
+
+    # ---- trust -------------------------------------------------------------------------------
+
+    @rpc("trust.list", retry=True)
+    async def trust_list(self, *, jid: Optional[str] = None,
+                         account: Optional[str] = None) -> List[TrustEntry]:
+        """Trust decisions (of `jid`, or everyone's)."""
+
+    @rpc("trust.set", retry=True)
+    async def trust_set(self, jid: str, fingerprint: str, level: str, *,
+                        account: Optional[str] = None) -> TrustEntry:
+        """`level`: `trusted`, `undecided` or `distrusted`."""
+
+    @rpc("identity.accept")
+    async def identity_accept(self, jid: str, namespace: str, device_id: int, fingerprint: str, *,
+                              account: Optional[str] = None) -> IdentityAccepted:
+        """The user accepts a device's new identity key (from an `identity_changed`)."""
