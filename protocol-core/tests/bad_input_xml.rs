@@ -757,6 +757,33 @@ fn sce_rules() {
     assert_eq!(env.body, None);
 }
 
+/// XEP-0420 0.5: a long `<rpad>` (longer than we write) and an XEP-0082 `<time>` in any
+/// position are accepted; server-processed elements inside `<content>` are dropped.
+#[test]
+fn sce_0_5_envelopes() {
+    let rpad = "r".repeat(400);
+    let text = format!(
+        "<envelope xmlns='urn:xmpp:sce:1'><time stamp='2026-07-01T14:34:56.789+02:00'/>\
+         <content><store xmlns='urn:xmpp:hints'/><body xmlns='jabber:client'>hi</body>\
+         <stanza-id xmlns='urn:xmpp:sid:0' id='x' by='y'/>\
+         <encryption xmlns='urn:xmpp:eme:0' namespace='urn:xmpp:omemo:2'/>\
+         <addresses xmlns='http://jabber.org/protocol/address'><address type='to' jid='z'/></addresses>\
+         <reply xmlns='urn:xmpp:reply:0' id='1'/></content>\
+         <rpad>{rpad}</rpad><from jid='a@b'/></envelope>"
+    );
+    let env = sce::parse_envelope(&text).expect("a 400-character rpad is accepted");
+    assert_eq!(env.body.as_deref(), Some("hi"));
+    assert_eq!(env.time.as_deref(), Some("2026-07-01T14:34:56.789+02:00"));
+    assert_eq!(
+        env.time.as_deref().and_then(protocol_core::datetime::parse),
+        Some(1_782_909_296)
+    );
+    assert_eq!(
+        env.content_xml,
+        "<body xmlns='jabber:client'>hi</body><reply xmlns='urn:xmpp:reply:0' id='1'></reply>"
+    );
+}
+
 // ---- random garbage -----------------------------------------------------------------------
 
 fn run_all(text: &str) {
