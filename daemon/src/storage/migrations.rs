@@ -19,6 +19,8 @@ pub const MIGRATIONS: &[Migration] = &[
     (2, include_str!("../../../migrations/0002_trust.sql")),
     (3, include_str!("../../../migrations/0003_generation.sql")),
     (4, include_str!("../../../migrations/0004_redelivery.sql")),
+    // Numbered 0008 on its branch (issue 21); versions stay consecutive here.
+    (5, include_str!("../../../migrations/0008_labels.sql")),
 ];
 
 /// The schema version this binary writes.
