@@ -428,3 +428,57 @@ fn encrypt_refuses_what_no_omemod_could_decrypt() {
         assert_eq!(r["key_exchange"], true, "{ns}");
     }
 }
+
+/// `omemod link`, `omemod verify` and `omemod label` on the command line.
+#[test]
+fn the_command_line_shows_links_as_qr_codes_and_applies_them() {
+    let mut t = two(&[OMEMO2]);
+    let run = |d: &Daemon, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_omemod"))
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .env("XDG_CONFIG_HOME", d.dir.path())
+            .env_remove("OMEMOD_CONFIG")
+            .output()
+            .expect("run omemod")
+    };
+    let link = t.a.ok("link.get", json!({}))["link"]
+        .as_str()
+        .expect("link")
+        .to_owned();
+    let out = run(&t._da, &["link"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(text.contains(&link), "{text}");
+    assert!(
+        text.contains('▀') || text.contains('▄') || text.contains('█'),
+        "no QR code: {text}"
+    );
+    assert!(text.contains("Gajim: "), "{text}");
+    let out = run(&t._da, &["link", "--no-qr"]);
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(text.starts_with(&link) && !text.contains('▀'), "{text}");
+
+    let fp = link.rsplit('=').next().expect("key").to_owned();
+    let unknown = if t.a_id == 4242 { 4243 } else { 4242 };
+    let wrong = format!("xmpp:{ALICE}?omemo-sid-{unknown}={fp}");
+    let out = run(&t._db, &["verify", &wrong]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("link_unknown_device"),
+        "{out:?}"
+    );
+    let out = run(&t._db, &["verify", &link]);
+    assert!(out.status.success(), "{out:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r["newly_verified"], 1, "{r}");
+
+    let out = run(&t._da, &["label", "Work laptop"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(t.a.devicelist(OMEMO2)["xml"]
+        .as_str()
+        .unwrap()
+        .contains("label='Work laptop'"));
+    let _ = (t.a_id, t.b_id, &mut t.b);
+}
