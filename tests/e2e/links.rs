@@ -2,39 +2,11 @@
 //! SCE 0.5 envelopes, and an `encrypt` that never produces an element `decrypt` refuses.
 
 use super::support::*;
+use super::trust::pair as two;
 use serde_json::{json, Value};
 
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
-
-/// Two daemons that know each other in `namespaces`.
-struct Two {
-    _da: Daemon,
-    _db: Daemon,
-    a: Client,
-    b: Client,
-    a_id: u32,
-    b_id: u32,
-}
-
-fn two(namespaces: &[&str]) -> Two {
-    let da = Daemon::start();
-    let db = Daemon::start();
-    let mut a = da.client();
-    let mut b = db.client();
-    let a_id = a.create_account(ALICE);
-    let b_id = b.create_account(BOB);
-    a.learn(BOB, &mut b, namespaces);
-    b.learn(ALICE, &mut a, namespaces);
-    Two {
-        _da: da,
-        _db: db,
-        a,
-        b,
-        a_id,
-        b_id,
-    }
-}
 
 /// The fingerprint as 64 hex digits.
 fn hex(fp: &Value) -> String {
@@ -179,7 +151,6 @@ fn applying_a_link_verifies_exactly_the_named_keys() {
     let x = t.a.encrypt_xml(&[BOB], Some("verified"), OMEMO2);
     let m = t.b.decrypt(ALICE, &x).expect("decrypts");
     assert_eq!(m["sender"]["trust"], "trusted", "{m}");
-    let _ = t.b_id;
 }
 
 /// A verified other device of ours is in our link, so that a contact who scans it verifies it
@@ -192,18 +163,8 @@ fn our_link_names_our_other_verified_devices() {
     let mut other = d2.client();
     let id1 = one.create_account(ALICE);
     let id2 = other.create_account(ALICE);
-    // Our own list names both devices; the second device's bundle is known.
-    let list =
-        format!("<devices xmlns='{OMEMO2}'><device id='{id1}'/><device id='{id2}'/></devices>");
-    one.ok(
-        "devicelist.update",
-        json!({"jid": ALICE, "namespace": OMEMO2, "xml": list}),
-    );
-    let b = other.bundle(OMEMO2);
-    one.ok(
-        "bundle.update",
-        json!({"jid": ALICE, "namespace": OMEMO2, "device_id": id2, "xml": b["xml"]}),
-    );
+    // Our own list names the other device (as that device publishes it), and its bundle.
+    one.learn(ALICE, &mut other, &[OMEMO2]);
     let link = one.ok("link.get", json!({}));
     assert_eq!(link["devices"].as_array().map(Vec::len), Some(1), "{link}");
     // Verify the other device with its own link: now ours names both, ours first.
@@ -231,6 +192,20 @@ fn device_entry(c: &mut Client, jid: &str, ns: &str, id: u32) -> Value {
         .unwrap_or_else(|| panic!("no {jid}/{id} in {ns}: {r}"))
 }
 
+/// Hands Alice's OMEMO 2 device list `xml` to `c`; returns the answer.
+fn alice_list(c: &mut Client, xml: &str) -> Value {
+    c.ok(
+        "devicelist.update",
+        json!({"jid": ALICE, "namespace": OMEMO2, "xml": xml}),
+    )
+}
+
+/// (`label`, `label_status`) of Alice's device `id` as `c` lists it.
+fn label_of(c: &mut Client, id: u32) -> (Value, Value) {
+    let e = device_entry(c, ALICE, OMEMO2, id);
+    (e["label"].clone(), e["label_status"].clone())
+}
+
 /// Alice names her device; its signed label reaches Bob through her OMEMO 2 list and is shown;
 /// a forged or unsigned label is not; 0.3 lists never carry one.
 #[test]
@@ -250,80 +225,50 @@ fn signed_labels_travel_in_the_omemo_2_list_only() {
     );
     let old = t.a.devicelist(OLDMEMO)["xml"].as_str().unwrap().to_owned();
     assert!(!old.contains("label"), "a 0.3 list with a label: {old}");
+    let null = Value::Null;
 
     // Bob reads the list: the label is verified against the key of Alice's bundle.
-    t.b.ok(
-        "devicelist.update",
-        json!({"jid": ALICE, "namespace": OMEMO2, "xml": two}),
-    );
-    let e = device_entry(&mut t.b, ALICE, OMEMO2, t.a_id);
+    alice_list(&mut t.b, &two);
     assert_eq!(
-        (&e["label"], &e["label_status"]),
-        (&json!("Laptop 💻"), &json!("verified")),
-        "{e}"
+        label_of(&mut t.b, t.a_id),
+        (json!("Laptop 💻"), json!("verified"))
     );
-
     // The same signature on another text: ignored and said so.
-    let forged = two.replace("Laptop 💻", "Bank");
-    t.b.ok(
-        "devicelist.update",
-        json!({"jid": ALICE, "namespace": OMEMO2, "xml": forged}),
-    );
-    let e = device_entry(&mut t.b, ALICE, OMEMO2, t.a_id);
+    alice_list(&mut t.b, &two.replace("Laptop 💻", "Bank"));
     assert_eq!(
-        (&e["label"], &e["label_status"]),
-        (&Value::Null, &json!("bad_signature")),
-        "{e}"
+        label_of(&mut t.b, t.a_id),
+        (null.clone(), json!("bad_signature"))
     );
     // No signature at all (QXmpp writes such labels).
-    let unsigned = format!(
-        "<devices xmlns='{OMEMO2}'><device id='{}' label='Bank'/></devices>",
-        t.a_id
+    let id = t.a_id;
+    alice_list(
+        &mut t.b,
+        &format!("<devices xmlns='{OMEMO2}'><device id='{id}' label='Bank'/></devices>"),
     );
-    t.b.ok(
-        "devicelist.update",
-        json!({"jid": ALICE, "namespace": OMEMO2, "xml": unsigned}),
-    );
-    let e = device_entry(&mut t.b, ALICE, OMEMO2, t.a_id);
-    assert_eq!(
-        (&e["label"], &e["label_status"]),
-        (&Value::Null, &json!("unsigned")),
-        "{e}"
-    );
+    assert_eq!(label_of(&mut t.b, id), (null.clone(), json!("unsigned")));
     // A device whose key is not known yet: not shown until its bundle arrives.
-    let stranger = format!("<devices xmlns='{OMEMO2}'><device id='{}'/><device id='77' label='x' labelsig='{}'/></devices>", t.a_id, "A".repeat(86) + "==");
-    t.b.ok(
-        "devicelist.update",
-        json!({"jid": ALICE, "namespace": OMEMO2, "xml": stranger}),
+    let sig = "A".repeat(86) + "==";
+    alice_list(
+        &mut t.b,
+        &format!("<devices xmlns='{OMEMO2}'><device id='{id}'/><device id='77' label='x' labelsig='{sig}'/></devices>"),
     );
-    let e = device_entry(&mut t.b, ALICE, OMEMO2, 77);
-    assert_eq!(
-        (&e["label"], &e["label_status"]),
-        (&Value::Null, &json!("unknown_key")),
-        "{e}"
-    );
+    assert_eq!(label_of(&mut t.b, 77), (null, json!("unknown_key")));
 
     // Alice's own list as the server holds it without her label: she is told to republish;
     // with it, not. Her other devices' labels stay in what she publishes.
-    let plain = format!("<devices xmlns='{OMEMO2}'><device id='{}'/><device id='5' label='Phone' labelsig='{}'/></devices>", t.a_id, "Q".repeat(85) + "A==");
-    let r = t.a.ok(
-        "devicelist.update",
-        json!({"jid": ALICE, "namespace": OMEMO2, "xml": plain}),
-    );
+    let sig = "Q".repeat(85) + "A==";
+    let plain = format!("<devices xmlns='{OMEMO2}'><device id='{id}'/><device id='5' label='Phone' labelsig='{sig}'/></devices>");
+    let r = alice_list(&mut t.a, &plain);
     assert_eq!(r["actions"][0]["type"], "publish_devicelist", "{r}");
     let mine = t.a.devicelist(OMEMO2)["xml"].as_str().unwrap().to_owned();
     assert!(
         mine.contains("label='Phone'") && mine.contains("label='Laptop 💻'"),
         "{mine}"
     );
-    let r = t.a.ok(
-        "devicelist.update",
-        json!({"jid": ALICE, "namespace": OMEMO2, "xml": mine}),
-    );
+    let r = alice_list(&mut t.a, &mine);
     assert_eq!(r["actions"], json!([]), "{r}");
     // Her own label is shown to her, verified with her own key.
-    let e = device_entry(&mut t.a, ALICE, OMEMO2, t.a_id);
-    assert_eq!(e["label_status"], "verified", "{e}");
+    assert_eq!(label_of(&mut t.a, id).1, "verified");
 
     // Too long (54 code points) or with a line break: refused, nothing changes.
     let e = t.a.err(
@@ -352,7 +297,6 @@ fn signed_labels_travel_in_the_omemo_2_list_only() {
         .as_str()
         .unwrap()
         .contains("Laptop"));
-    let _ = t.b_id;
 }
 
 /// XEP-0420 0.5: omemod's envelope carries an XEP-0082 `<time>`; `sent_at` checks it.
@@ -447,7 +391,7 @@ fn the_command_line_shows_links_as_qr_codes_and_applies_them() {
         .as_str()
         .expect("link")
         .to_owned();
-    let out = run(&t._da, &["link"]);
+    let out = run(&t.da, &["link"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).expect("utf-8");
     assert!(text.contains(&link), "{text}");
@@ -456,29 +400,28 @@ fn the_command_line_shows_links_as_qr_codes_and_applies_them() {
         "no QR code: {text}"
     );
     assert!(text.contains("Gajim: "), "{text}");
-    let out = run(&t._da, &["link", "--no-qr"]);
+    let out = run(&t.da, &["link", "--no-qr"]);
     let text = String::from_utf8(out.stdout).expect("utf-8");
     assert!(text.starts_with(&link) && !text.contains('▀'), "{text}");
 
     let fp = link.rsplit('=').next().expect("key").to_owned();
     let unknown = if t.a_id == 4242 { 4243 } else { 4242 };
     let wrong = format!("xmpp:{ALICE}?omemo-sid-{unknown}={fp}");
-    let out = run(&t._db, &["verify", &wrong]);
+    let out = run(&t.db, &["verify", &wrong]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("link_unknown_device"),
         "{out:?}"
     );
-    let out = run(&t._db, &["verify", &link]);
+    let out = run(&t.db, &["verify", &link]);
     assert!(out.status.success(), "{out:?}");
     let r: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(r["newly_verified"], 1, "{r}");
 
-    let out = run(&t._da, &["label", "Work laptop"]);
+    let out = run(&t.da, &["label", "Work laptop"]);
     assert!(out.status.success(), "{out:?}");
     assert!(t.a.devicelist(OMEMO2)["xml"]
         .as_str()
         .unwrap()
         .contains("label='Work laptop'"));
-    let _ = (t.a_id, t.b_id, &mut t.b);
 }
