@@ -696,6 +696,29 @@ fn devicelist_rules() {
     );
 }
 
+/// Lists with and without labels, and with attributes of later versions, keep parsing (labels
+/// are checked by the daemon, not here); a 0.3 list's label is dropped.
+#[test]
+fn devicelists_with_labels_and_unknown_attributes_parse() {
+    let sig = "A".repeat(86) + "==";
+    let two = format!(
+        "<devices xmlns='{}'><device id='1' label='Phone' labelsig='{sig}' future='x'/>\
+         <device id='2' label='unsigned'/><device id='3' xmlns:q='urn:q' q:v='1'/></devices>",
+        Version::Twomemo.namespace()
+    );
+    let parsed = xml::devicelist_from_xml(Version::Twomemo, &two).expect("parses");
+    assert_eq!(parsed.len(), 3);
+    assert_eq!(parsed[0].labelsig.as_ref().map(Vec::len), Some(64));
+    assert_eq!(parsed[1].label.as_deref(), Some("unsigned"));
+    assert_eq!(parsed[1].labelsig, None);
+    let old = format!(
+        "<list xmlns='{}'><device id='1' label='Phone' future='x'/></list>",
+        Version::Oldmemo.namespace()
+    );
+    let parsed = xml::devicelist_from_xml(Version::Oldmemo, &old).expect("parses");
+    assert_eq!((parsed[0].id, parsed[0].label.clone()), (1, None));
+}
+
 #[test]
 fn devicelist_label_escaping_round_trips() {
     let entries = vec![xml::DeviceListEntry {
