@@ -57,6 +57,35 @@ pub enum Command {
         #[arg(long)]
         account: Option<String>,
     },
+    /// Show our verification link as a QR code for a contact to scan (Conversations, Gajim,
+    /// Monal and omemod read it), with our fingerprint as those clients display it (calls
+    /// `link.get`).
+    Link {
+        /// The account, when there are several.
+        #[arg(long)]
+        account: Option<String>,
+        /// Print the link and fingerprints only, no QR code.
+        #[arg(long)]
+        no_qr: bool,
+    },
+    /// Verify a contact by the link their client shows as a QR code (`xmpp:…?omemo-sid-…`):
+    /// every key it names becomes trusted, or none if one differs (calls `link.verify`).
+    Verify {
+        /// The account, when there are several.
+        #[arg(long)]
+        account: Option<String>,
+        /// The scanned link.
+        link: String,
+    },
+    /// Name this device for our other devices and contacts ("Laptop"); published signed in the
+    /// OMEMO 2 device list, which the client must publish again (calls `account.set_label`).
+    Label {
+        /// The account, when there are several.
+        #[arg(long)]
+        account: Option<String>,
+        /// The label (at most 53 characters); left out: remove it.
+        label: Option<String>,
+    },
     /// Manage accounts: list, delete, export one for another machine, import it there.
     #[command(subcommand)]
     Account(AccountCommand),
@@ -244,6 +273,17 @@ pub fn run() -> ExitCode {
             call_cli(socket, "fingerprint.get", with_account(json!({}), account))
         }
         Command::Account(cmd) => account_command(socket, cmd, &db_path),
+        Command::Link { account, no_qr } => link_command(socket, account, !no_qr),
+        Command::Verify { account, link } => call_cli(
+            socket,
+            "link.verify",
+            with_account(json!({"link": link}), account),
+        ),
+        Command::Label { account, label } => call_cli(
+            socket,
+            "account.set_label",
+            with_account(json!({"label": label}), account),
+        ),
         Command::Backup { file, db } => {
             offline(crate::storage::transfer::backup(&db_path(&db), &file))
         }
@@ -299,6 +339,64 @@ fn trust_command(
     };
     let params = json!({"jid": jid, "fingerprint": fingerprint, "level": level});
     call_cli(socket, "trust.set", with_account(params, account))
+}
+
+/// `link`: our verification link, drawn as a QR code (unless `qr` is false), and our
+/// fingerprint as Conversations, Dino and Gajim display it.
+fn link_command(socket: &std::path::Path, account: Option<String>, qr: bool) -> ExitCode {
+    let link = omemod_client::blocking::Client::connect(socket).and_then(|mut c| {
+        c.set_account(account);
+        c.block_on(c.get_ref().link())
+    });
+    let link = match link {
+        Ok(l) => l,
+        Err(e) => return report_error("link.get", e, true),
+    };
+    let mut out = std::io::stdout().lock();
+    if qr {
+        match qr_code(&link.link) {
+            Some(code) => {
+                let _ = writeln!(out, "{code}");
+            }
+            None => eprintln!("omemod: the link is too long for a QR code; share it as text"),
+        }
+    }
+    let _ = writeln!(out, "{}\n", link.link);
+    let _ = writeln!(
+        out,
+        "{} (device {}):",
+        link.jid,
+        link.devices.first().map_or(0, |d| d.device_id)
+    );
+    let f = &link.fingerprints;
+    let _ = writeln!(out, "  Conversations: {}", f.conversations);
+    let _ = writeln!(
+        out,
+        "  Dino:  {}",
+        f.dino.replace('\u{a0}', " ").replace('\n', "\n         ")
+    );
+    let _ = writeln!(out, "  Gajim: {}", f.gajim.replace('\n', "\n         "));
+    for d in link.devices.iter().skip(1) {
+        let _ = writeln!(
+            out,
+            "also our verified device {}: {}",
+            d.device_id, d.fingerprint
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `text` as a QR code of half-height block characters, light modules drawn (for terminals
+/// with a dark background), with its quiet zone; `None` if it does not fit in a QR code.
+fn qr_code(text: &str) -> Option<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<Dense1x2>()
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .build(),
+    )
 }
 
 fn account_command(
@@ -541,7 +639,15 @@ fn call_with(socket: &std::path::Path, method: &str, params: Value, cli: bool) -
             );
             ExitCode::SUCCESS
         }
-        Err(ClientError::Rpc(e)) => {
+        Err(e) => report_error(method, e, cli),
+    }
+}
+
+/// Prints why `method` failed: exit code 1 on an error answer, 2 when the daemon cannot be
+/// reached. `cli`: errors about params are worded with the command's flags.
+fn report_error(method: &str, e: ClientError, cli: bool) -> ExitCode {
+    match e {
+        ClientError::Rpc(e) => {
             let reworded = cli.then(|| cli_message(&e.kind, &e.message)).flatten();
             let message = reworded.as_deref().unwrap_or(&e.message);
             eprintln!("omemod: {method}: {message} ({}, code {})", e.kind, e.code);
@@ -553,15 +659,15 @@ fn call_with(socket: &std::path::Path, method: &str, params: Value, cli: bool) -
             }
             ExitCode::from(1)
         }
-        Err(e @ ClientError::Trust(_)) => {
+        e @ ClientError::Trust(_) => {
             eprintln!("omemod: {e}; not connecting (is `omemod serve` running?)");
             ExitCode::from(2)
         }
-        Err(e @ ClientError::Connect { .. }) => {
+        e @ ClientError::Connect { .. } => {
             eprintln!("omemod: {e} (is `omemod serve` running?)");
             ExitCode::from(2)
         }
-        Err(e) => {
+        e => {
             eprintln!("omemod: {e}");
             ExitCode::from(2)
         }

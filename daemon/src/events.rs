@@ -119,6 +119,9 @@ pub enum Cause {
     NewIdentity,
     /// `account.renew_device_id` gave the account a new device id.
     DeviceIdRenewed,
+    /// Our device's label changed (`account.set_label`), or our published OMEMO 2 device list
+    /// carries another label for it: the list is to be published again.
+    LabelChanged,
     /// A key exchange carried another identity key than the one held for its device (it was
     /// refused).
     KeyExchange,

@@ -399,6 +399,7 @@ fn devices_and_bundles_round_trip() {
             let e = |id: u32, label: Option<&str>| DeviceListEntry {
                 device_id: id,
                 label: label.map(str::to_owned),
+                labelsig: None,
             };
             let ch =
                 devices::replace_list(tx, a, bob, TWO, &[e(1, Some("phone")), e(2, None)], 100)?;
@@ -829,6 +830,7 @@ fn populate(store: &Store, a: i64) {
             let e = |id: u32, label: Option<&str>| DeviceListEntry {
                 device_id: id,
                 label: label.map(str::to_owned),
+                labelsig: None,
             };
             devices::replace_list(
                 tx,
@@ -1134,7 +1136,7 @@ async fn concurrent_writes_are_durable_under(durability: Durability) {
                 let jid = format!("contact{task}@example.net");
                 store
                     .write(move |tx| {
-                        let e = DeviceListEntry { device_id: i + 1, label: None };
+                        let e = DeviceListEntry { device_id: i + 1, label: None, labelsig: None };
                         tx.execute(
                             "INSERT INTO devices (account_id, jid, namespace, device_id, active, first_seen, list_updated_at) \
                              VALUES (?1, ?2, ?3, ?4, 1, 0, 0)",
@@ -1209,6 +1211,7 @@ fn insert_device(tx: &rusqlite::Connection, a: i64, id: u32) -> Result<(), Stora
         &[DeviceListEntry {
             device_id: id,
             label: None,
+            labelsig: None,
         }],
         1,
     )?;

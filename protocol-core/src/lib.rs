@@ -20,13 +20,16 @@
 //! * [`payload`]: encryption of the message body.
 //! * [`session`]: sessions (X3DH, ratchet and wire together), session records, snapshots.
 //! * [`xml`]: the XML forms of messages, bundles and device lists.
+//! * [`datetime`]: XEP-0082 DateTime, the form of SCE's `<time>`.
 //! * [`sce`]: the OMEMO 2 SCE envelope.
+//! * [`verification`]: fingerprints as clients display them, and the `xmpp:` URIs (QR codes)
+//!   that carry a JID's keys.
 //!
 //! Errors, one enum per operation family, each with `cause()`: [`keys::KeyError`],
 //! [`bundle::BundleError`], [`x3dh::X3dhError`], [`double_ratchet::RatchetError`],
 //! [`session::SessionError`] (initiation and decryption), [`wire::WireError`],
 //! [`payload::PayloadError`], [`xml::XmlError`], [`sce::SceError`],
-//! [`error::SnapshotError`].
+//! [`verification::UriError`], [`error::SnapshotError`].
 #![forbid(unsafe_code)]
 // Untrusted input must never panic the protocol or the daemon: no unwrap/expect/panic outside tests.
 #![cfg_attr(
@@ -39,6 +42,7 @@
 
 pub mod bundle;
 pub mod consts;
+pub mod datetime;
 pub mod double_ratchet;
 pub mod error;
 pub mod kdf;
@@ -47,6 +51,7 @@ pub mod payload;
 pub mod plaintext;
 pub mod sce;
 pub mod session;
+pub mod verification;
 pub mod version;
 pub mod wire;
 pub mod x3dh;

@@ -1,4 +1,5 @@
-//! XEP-0420 Stanza Content Encryption envelope, as profiled by OMEMO 2 (OMEMO.md §3.7).
+//! XEP-0420 Stanza Content Encryption envelope (version 0.5), as profiled by OMEMO 2
+//! (OMEMO.md §3.7).
 //!
 //! ```xml
 //! <envelope xmlns='urn:xmpp:sce:1'>
@@ -6,6 +7,11 @@
 //!   <rpad>…</rpad><time stamp='…'/><from jid='…'/><to jid='…'/>
 //! </envelope>
 //! ```
+//!
+//! What we write: the envelope padded to [`MIN_PADDED_LEN`] first, then 0 to [`MAX_RPAD_LEN`]
+//! random characters on top; `<time>` in XEP-0082 form ([`crate::datetime`]). What we accept:
+//! any `<rpad>` (longer ones too, as 0.5 demands) and the affixes in any order; elements that
+//! only servers process (hints, stanza ids, addresses, EME) are dropped from `<content>`.
 
 use crate::error::ErrorCause;
 use crate::plaintext::Plaintext;
@@ -22,8 +28,23 @@ pub const SCE_NS: &str = "urn:xmpp:sce:1";
 pub const CLIENT_NS: &str = "jabber:client";
 /// Largest envelope accepted by [`parse_envelope`].
 pub const MAX_ENVELOPE_LEN: usize = 256 * 1024;
-/// Longest random `<rpad>` produced by [`build_envelope`].
+/// Most random characters [`build_envelope`] adds to `<rpad>` on top of the padding to
+/// [`MIN_PADDED_LEN`] (XEP-0420 0.5: "between 0 and 200").
 pub const MAX_RPAD_LEN: usize = 200;
+/// Bytes every envelope [`build_envelope`] writes is first padded to, so that short messages
+/// (most chat lines) all have one length; XEP-0420 0.5 asks for a fixed minimum and leaves the
+/// number open. 512 hides texts up to about 300 characters at a cost of at most 712 bytes.
+pub const MIN_PADDED_LEN: usize = 512;
+
+/// Namespaces of elements that only servers process: found inside `<content>` they are
+/// dropped (XEP-0420 0.5 §receiving): XEP-0334 hints, XEP-0359 stanza ids, XEP-0033
+/// addresses, XEP-0380 EME.
+pub const SERVER_PROCESSED: [&str; 4] = [
+    "urn:xmpp:hints",
+    "urn:xmpp:sid:0",
+    "http://jabber.org/protocol/address",
+    "urn:xmpp:eme:0",
+];
 
 /// Characters used for `<rpad>`: need no escaping, 64 of them so a byte maps without bias.
 const RPAD_ALPHABET: &[u8; 64] =
@@ -76,42 +97,48 @@ pub struct EnvelopeOptions<'a> {
     pub time: Option<&'a str>,
 }
 
-/// Builds the envelope around a plain-text body, with a random `<rpad>` of 0 … 200 characters.
+/// Builds the envelope around a plain-text body: padded to [`MIN_PADDED_LEN`] bytes, then a
+/// random 0 … [`MAX_RPAD_LEN`] characters more.
 pub fn build_envelope(
     body: &str,
     opts: &EnvelopeOptions<'_>,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Plaintext {
+    let mut head = String::with_capacity(body.len() + 100);
+    head.push_str("<envelope xmlns='urn:xmpp:sce:1'><content><body xmlns='jabber:client'>");
+    head.push_str(&escape_text(body));
+    head.push_str("</body></content><rpad>");
+    let mut tail = String::from("</rpad>");
+    if let Some(time) = opts.time {
+        tail.push_str("<time stamp='");
+        tail.push_str(&escape_attr(time));
+        tail.push_str("'/>");
+    }
+    tail.push_str("<from jid='");
+    tail.push_str(&escape_attr(opts.from));
+    tail.push_str("'/>");
+    if let Some(to) = opts.to {
+        tail.push_str("<to jid='");
+        tail.push_str(&escape_attr(to));
+        tail.push_str("'/>");
+    }
+    tail.push_str("</envelope>");
+
     // Multiply-shift maps a u32 onto 0..=200; the tiny bias is irrelevant for padding length.
     let range = (MAX_RPAD_LEN as u64) + 1;
-    let len = ((u64::from(rng.next_u32()) * range) >> 32) as usize;
+    let random_len = ((u64::from(rng.next_u32()) * range) >> 32) as usize;
+    let len = MIN_PADDED_LEN.saturating_sub(head.len() + tail.len()) + random_len;
     let mut random = vec![0u8; len];
     rng.fill_bytes(&mut random);
-    let rpad: String = random
-        .iter()
-        .map(|b| char::from(RPAD_ALPHABET[usize::from(b & 63)]))
-        .collect();
 
-    let mut out = String::with_capacity(body.len() + len + 200);
-    out.push_str("<envelope xmlns='urn:xmpp:sce:1'><content><body xmlns='jabber:client'>");
-    out.push_str(&escape_text(body));
-    out.push_str("</body></content><rpad>");
-    out.push_str(&rpad);
-    out.push_str("</rpad>");
-    if let Some(time) = opts.time {
-        out.push_str("<time stamp='");
-        out.push_str(&escape_attr(time));
-        out.push_str("'/>");
-    }
-    out.push_str("<from jid='");
-    out.push_str(&escape_attr(opts.from));
-    out.push_str("'/>");
-    if let Some(to) = opts.to {
-        out.push_str("<to jid='");
-        out.push_str(&escape_attr(to));
-        out.push_str("'/>");
-    }
-    out.push_str("</envelope>");
+    let mut out = head;
+    out.reserve(len + tail.len());
+    out.extend(
+        random
+            .iter()
+            .map(|b| char::from(RPAD_ALPHABET[usize::from(b & 63)])),
+    );
+    out.push_str(&tail);
     Plaintext::from(out)
 }
 
@@ -188,13 +215,24 @@ fn standalone_content(xml: &str) -> Result<String, XmlError> {
     let mut open: Vec<Option<String>> = Vec::new();
     let mut inside = false;
     let mut done = false;
+    // Inside a dropped (server-processed) element: the depth it started at.
+    let mut dropped: Option<usize> = None;
     loop {
         let (resolved, event) = reader.read_resolved_event().map_err(syntax)?;
         let ns = uri(resolved);
         match event {
             Event::Start(start) => {
                 depth += 1;
+                if dropped.is_some() {
+                    continue;
+                }
                 if inside {
+                    if open.is_empty()
+                        && ns.as_deref().is_some_and(|n| SERVER_PROCESSED.contains(&n))
+                    {
+                        dropped = Some(depth);
+                        continue;
+                    }
                     write_start(&mut out, &reader, &start, &ns, open.last())?;
                     open.push(ns);
                 } else if depth == 2
@@ -207,6 +245,12 @@ fn standalone_content(xml: &str) -> Result<String, XmlError> {
             }
             Event::End(end) => {
                 depth = depth.saturating_sub(1);
+                if let Some(d) = dropped {
+                    if depth < d {
+                        dropped = None;
+                    }
+                    continue;
+                }
                 if !inside {
                     continue;
                 }
@@ -219,10 +263,10 @@ fn standalone_content(xml: &str) -> Result<String, XmlError> {
                 out.push_str(&String::from_utf8_lossy(end.local_name().as_ref()));
                 out.push('>');
             }
-            Event::Text(t) if inside => {
+            Event::Text(t) if inside && dropped.is_none() => {
                 out.push_str(&escape_text(&t.unescape().map_err(syntax)?));
             }
-            Event::CData(c) if inside => {
+            Event::CData(c) if inside && dropped.is_none() => {
                 out.push_str(&escape_text(&c.decode().map_err(syntax)?));
             }
             Event::Eof => break,

@@ -696,6 +696,29 @@ fn devicelist_rules() {
     );
 }
 
+/// Lists with and without labels, and with attributes of later versions, keep parsing (labels
+/// are checked by the daemon, not here); a 0.3 list's label is dropped.
+#[test]
+fn devicelists_with_labels_and_unknown_attributes_parse() {
+    let sig = "A".repeat(86) + "==";
+    let two = format!(
+        "<devices xmlns='{}'><device id='1' label='Phone' labelsig='{sig}' future='x'/>\
+         <device id='2' label='unsigned'/><device id='3' xmlns:q='urn:q' q:v='1'/></devices>",
+        Version::Twomemo.namespace()
+    );
+    let parsed = xml::devicelist_from_xml(Version::Twomemo, &two).expect("parses");
+    assert_eq!(parsed.len(), 3);
+    assert_eq!(parsed[0].labelsig.as_ref().map(Vec::len), Some(64));
+    assert_eq!(parsed[1].label.as_deref(), Some("unsigned"));
+    assert_eq!(parsed[1].labelsig, None);
+    let old = format!(
+        "<list xmlns='{}'><device id='1' label='Phone' future='x'/></list>",
+        Version::Oldmemo.namespace()
+    );
+    let parsed = xml::devicelist_from_xml(Version::Oldmemo, &old).expect("parses");
+    assert_eq!((parsed[0].id, parsed[0].label.clone()), (1, None));
+}
+
 #[test]
 fn devicelist_label_escaping_round_trips() {
     let entries = vec![xml::DeviceListEntry {
@@ -755,6 +778,33 @@ fn sce_rules() {
     // Content without a body (e.g. only an opt-out) is fine.
     let env = sce::parse_envelope("<envelope xmlns='urn:xmpp:sce:1'><content><opt-out xmlns='urn:xmpp:omemo:2'/></content></envelope>").expect("ok");
     assert_eq!(env.body, None);
+}
+
+/// XEP-0420 0.5: a long `<rpad>` (longer than we write) and an XEP-0082 `<time>` in any
+/// position are accepted; server-processed elements inside `<content>` are dropped.
+#[test]
+fn sce_0_5_envelopes() {
+    let rpad = "r".repeat(400);
+    let text = format!(
+        "<envelope xmlns='urn:xmpp:sce:1'><time stamp='2026-07-01T14:34:56.789+02:00'/>\
+         <content><store xmlns='urn:xmpp:hints'/><body xmlns='jabber:client'>hi</body>\
+         <stanza-id xmlns='urn:xmpp:sid:0' id='x' by='y'/>\
+         <encryption xmlns='urn:xmpp:eme:0' namespace='urn:xmpp:omemo:2'/>\
+         <addresses xmlns='http://jabber.org/protocol/address'><address type='to' jid='z'/></addresses>\
+         <reply xmlns='urn:xmpp:reply:0' id='1'/></content>\
+         <rpad>{rpad}</rpad><from jid='a@b'/></envelope>"
+    );
+    let env = sce::parse_envelope(&text).expect("a 400-character rpad is accepted");
+    assert_eq!(env.body.as_deref(), Some("hi"));
+    assert_eq!(env.time.as_deref(), Some("2026-07-01T14:34:56.789+02:00"));
+    assert_eq!(
+        env.time.as_deref().and_then(protocol_core::datetime::parse),
+        Some(1_782_909_296)
+    );
+    assert_eq!(
+        env.content_xml,
+        "<body xmlns='jabber:client'>hi</body><reply xmlns='urn:xmpp:reply:0' id='1'></reply>"
+    );
 }
 
 // ---- random garbage -----------------------------------------------------------------------

@@ -277,10 +277,27 @@ fn sce_build_parse_round_trip() {
         let rpad_start = xml.find("<rpad>").expect("rpad") + 6;
         let rpad_end = xml.find("</rpad>").expect("rpad end");
         let rpad_len = rpad_end - rpad_start;
-        assert!(rpad_len <= 200);
+        // XEP-0420 0.5: padded to a minimum first, then at most 200 random characters.
+        let fill = sce::MIN_PADDED_LEN.saturating_sub(xml.len() - rpad_len);
+        assert!(rpad_len >= fill, "{rpad_len} < {fill}");
+        assert!(rpad_len - fill <= sce::MAX_RPAD_LEN);
+        assert!(xml.len() >= sce::MIN_PADDED_LEN);
         lengths.insert(rpad_len);
     }
     assert!(lengths.len() > 10, "rpad length must vary");
+
+    // A body longer than the minimum gets only the random part.
+    let long = "x".repeat(2 * sce::MIN_PADDED_LEN);
+    let opts = sce::EnvelopeOptions {
+        from: "alice@example.org",
+        to: None,
+        time: None,
+    };
+    for _ in 0..20 {
+        let xml = sce::build_envelope(&long, &opts, &mut rng);
+        let rpad = xml.find("</rpad>").expect("rpad end") - xml.find("<rpad>").expect("rpad") - 6;
+        assert!(rpad <= sce::MAX_RPAD_LEN, "{rpad}");
+    }
 
     let opts = sce::EnvelopeOptions {
         from: "bob@example.org",

@@ -9,16 +9,17 @@ const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
 const CAROL: &str = "carol@example.org";
 
-struct Pair {
-    da: Daemon,
-    db: Daemon,
-    a: Client,
-    b: Client,
-    a_id: u32,
-    b_id: u32,
+/// Alice and Bob on two daemons that know each other (also used by `links`).
+pub(crate) struct Pair {
+    pub(crate) da: Daemon,
+    pub(crate) db: Daemon,
+    pub(crate) a: Client,
+    pub(crate) b: Client,
+    pub(crate) a_id: u32,
+    pub(crate) b_id: u32,
 }
 
-fn pair(namespaces: &[&str]) -> Pair {
+pub(crate) fn pair(namespaces: &[&str]) -> Pair {
     let da = Daemon::start();
     let db = Daemon::start();
     let mut a = da.client();

@@ -61,6 +61,16 @@ fn sce_checked_against_python() {
     scenarios::sce_checked_against_python();
 }
 
+#[test]
+fn sce_0_5_envelopes_with_python() {
+    scenarios::sce_0_5_envelopes_with_python();
+}
+
+#[test]
+fn labels_both_ways() {
+    scenarios::labels_both_ways();
+}
+
 // ------------------------------------------------------------------------------------------------
 // Shared helpers
 // ------------------------------------------------------------------------------------------------

@@ -340,15 +340,25 @@ class PeerSessionManager(omemo.SessionManager):
 # SCE envelope (OMEMO 2 plaintext)
 # --------------------------------------------------------------------------------------------------
 
-def build_sce_envelope(body: str, from_jid: str, to_jid: Optional[str]) -> bytes:
-    """XEP-0420 envelope as XEP-0384 (OMEMO 2) wants it: <content><body/></content>, <rpad>, <from>."""
+def build_sce_envelope(
+    body: str,
+    from_jid: str,
+    to_jid: Optional[str],
+    rpad_len: Optional[int] = None,
+    time: Optional[str] = None,
+) -> bytes:
+    """XEP-0420 envelope as XEP-0384 (OMEMO 2) wants it: <content><body/></content>, <rpad>, <from>;
+    `<time stamp>` (XEP-0082) first when given, and `rpad_len` padding characters instead of 0..200."""
     envelope = ET.Element(f"{{{SCE_NS}}}envelope")
+    if time is not None:
+        ET.SubElement(envelope, f"{{{SCE_NS}}}time", attrib={"stamp": time})
     content = ET.SubElement(envelope, f"{{{SCE_NS}}}content")
     ET.SubElement(content, f"{{{CLIENT_NS}}}body").text = body
     # Random-length (0..200) random padding, as XEP-0384 §SCE Profile asks.
     alphabet = string.ascii_letters + string.digits
+    length = secrets.randbelow(201) if rpad_len is None else rpad_len
     ET.SubElement(envelope, f"{{{SCE_NS}}}rpad").text = "".join(
-        secrets.choice(alphabet) for _ in range(secrets.randbelow(201))
+        secrets.choice(alphabet) for _ in range(length)
     )
     ET.SubElement(envelope, f"{{{SCE_NS}}}from", attrib={"jid": from_jid})
     if to_jid is not None:
@@ -432,6 +442,7 @@ class Peer:
             "after_history_sync": self.cmd_after_history_sync,
             "devices": self.cmd_devices,
             "set_trust": self.cmd_set_trust,
+            "set_label": self.cmd_set_label,
         }
 
     def need_sm(self) -> PeerSessionManager:
@@ -532,9 +543,11 @@ class Peer:
         sce_to: Optional[str] = to[0] if len(to) == 1 else None
         if "sce_to" in cmd:
             sce_to = None if cmd["sce_to"] is None else field(cmd, "sce_to", str)
+        rpad_len = field(cmd, "rpad_len", int, None)
+        time = field(cmd, "time", str, None)
         plaintext = {
             OLD_NS: body.encode("utf-8"),
-            TWO_NS: build_sce_envelope(body, CTX.own_jid, sce_to),
+            TWO_NS: build_sce_envelope(body, CTX.own_jid, sce_to, rpad_len, time),
         }
         messages, errors = await sm.encrypt(frozenset(to), plaintext, backend_priority_order=list(order))
         out: Dict[str, str] = {}
@@ -629,6 +642,19 @@ class Peer:
             raise omemo.SenderNotFound(f"device {jid}/{device_id} not known")
         await sm.set_trust(jid, device.identity_key, level)
         return {}
+
+    async def cmd_set_label(self, cmd: Dict[str, Any]) -> Dict[str, Any]:
+        """Labels our device in the OMEMO 2 list only, as SessionManager.set_own_label would: that
+        method also asks oldmemo to sign, which raises NotImplementedError (0.3 has no labels)."""
+        self.need_sm()
+        label = field(cmd, "label", str)
+        device_list = await PeerSessionManager._download_device_list(TWO_NS, CTX.own_jid)
+        device_list[self.device_id] = omemo.SignedLabel(
+            label=label, signature=await self.backends[TWO_NS].sign_own_label(label)
+        )
+        await PeerSessionManager._upload_device_list(TWO_NS, device_list)
+        assert CTX.pep is not None
+        return {"xml": CTX.pep.get_device_list(TWO_NS, CTX.own_jid)}
 
     async def handle(self, line: str) -> Dict[str, Any]:
         try:

@@ -923,3 +923,104 @@ pub fn empty_text_from_omemod(ns: &'static str) {
     let (y, _) = p.om_send("after the empty text");
     p.py_recv(&y, "after the empty text");
 }
+
+/// XEP-0420 0.5 against python-omemo: its envelope with a 400-character `<rpad>` (longer than
+/// the 0–200 omemod writes: must not be rejected) and an XEP-0082 `<time>` with a zone offset
+/// and milliseconds decrypts, and `sent_at` checks that time; omemod's own envelope is padded
+/// to the minimum and carries an XEP-0082 UTC `<time>` that python-omemo's side reads.
+pub fn sce_0_5_envelopes_with_python() {
+    let ns = OMEMO2;
+    let mut p = Pair::new(ns);
+    let stamp = "2026-07-01T14:34:56.789+02:00";
+    let r =
+        p.py.ok(json!({"cmd": "encrypt", "to": [OM_JID], "body": "padded",
+                           "ns": [ns], "rpad_len": 400, "time": stamp}));
+    let x = r["messages"][ns].as_str().expect("xml").to_owned();
+    // Sent at 12:34:56Z: an hour later is too far off, and nothing moved.
+    p.om.c.err(
+        "decrypt",
+        json!({"from": PY_JID, "xml": x, "to": OM_JID, "sent_at": "2026-07-01T13:40:00Z"}),
+        "sce_mismatch",
+    );
+    let r = p.om.c.ok(
+        "decrypt",
+        json!({"from": PY_JID, "xml": x, "to": OM_JID, "sent_at": "2026-07-01T12:40:00Z"}),
+    );
+    assert_eq!(r["body"], "padded", "{r}");
+    assert_eq!(r["envelope"]["time"], stamp, "{r}");
+
+    let (x, _) = p.om_send("ok");
+    let r = p.py_recv(&x, "ok");
+    let time = r["sce_time"].as_str().expect("omemod writes <time>");
+    assert!(
+        time.len() == 20 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "not XEP-0082 UTC: {time}"
+    );
+    assert_eq!(r["sce_rpad"], true, "{r}");
+    let envelope = r["envelope"].as_str().expect("envelope");
+    assert!(
+        envelope.len() >= 512,
+        "padded to 512 bytes first: {envelope}"
+    );
+}
+
+/// The label of one device as omemod's `devices.list` shows it: (label, label_status).
+fn om_label(om: &mut Om, jid: &str, dev: u32) -> (serde_json::Value, serde_json::Value) {
+    let r = om.c.ok("devices.list", json!({"jid": jid}));
+    let d = r
+        .as_array()
+        .expect("devices")
+        .iter()
+        .find(|d| d["namespace"] == OMEMO2 && d["device_id"] == dev)
+        .cloned()
+        .unwrap_or_else(|| panic!("omemod does not list {jid}/{dev}: {r}"));
+    (d["label"].clone(), d["label_status"].clone())
+}
+
+/// Signed device labels (XEP-0384 0.9) both ways: python-omemo's signed label is shown by
+/// omemod, omemod's is verified and shown by python-omemo; a forged `labelsig` is ignored by
+/// both. omemod's 0.3 list, which python-omemo's schema refuses with a label, carries none.
+pub fn labels_both_ways() {
+    let mut om = Om::start(OM_JID);
+    let mut py = PyPeer::start(PY_JID);
+
+    // python-omemo → omemod.
+    let r = py.ok(json!({"cmd": "set_label", "label": "Python phone 🐍"}));
+    let list = r["xml"].as_str().expect("xml").to_owned();
+    assert!(list.contains("labelsig="), "{list}");
+    om_learns_py(&mut om, &mut py, OMEMO2);
+    assert_eq!(
+        om_label(&mut om, PY_JID, py.device_id),
+        (json!("Python phone 🐍"), json!("verified"))
+    );
+    let forged = list.replace("Python phone 🐍", "Bank support");
+    om.c.ok(
+        "devicelist.update",
+        json!({"jid": PY_JID, "namespace": OMEMO2, "xml": forged}),
+    );
+    assert_eq!(
+        om_label(&mut om, PY_JID, py.device_id),
+        (serde_json::Value::Null, json!("bad_signature"))
+    );
+
+    // omemod → python-omemo (its bundle first: python-omemo checks labels of devices whose
+    // identity key it has).
+    let r =
+        om.c.ok("account.set_label", json!({"label": "omemod laptop"}));
+    assert_eq!(r["actions"][0]["type"], "publish_devicelist", "{r}");
+    py_learns_om_bundle(&mut py, &mut om, OMEMO2);
+    py_learns_om(&mut py, &mut om, OMEMO2);
+    assert_eq!(
+        py_device_info(&mut py, OM_JID, om.dev)["label"],
+        "omemod laptop"
+    );
+    py_learns_om(&mut py, &mut om, OLDMEMO);
+    // A forged label on omemod's device: python-omemo ignores it and keeps the signed one.
+    let ours = om.c.devicelist(OMEMO2)["xml"].as_str().unwrap().to_owned();
+    let forged = ours.replace("omemod laptop", "Bank support");
+    py.ok(json!({"cmd": "add_devicelist", "jid": OM_JID, "ns": OMEMO2, "xml": forged}));
+    assert_eq!(
+        py_device_info(&mut py, OM_JID, om.dev)["label"],
+        "omemod laptop"
+    );
+}

@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 use crate::connection::Connection;
 use crate::event::Pushed;
 use crate::methods::{
-    Account, DecryptOutcome, DecryptRequest, EncryptOutcome, EncryptRequest, Publishable, Status,
+    Account, DecryptOutcome, DecryptRequest, EncryptOutcome, EncryptRequest, LabelSet,
+    LinkVerified, OwnLink, Publishable, Status,
 };
 use crate::{trust, Error, RpcError};
 
@@ -242,6 +243,25 @@ impl Client {
             }
             other => other,
         }
+    }
+
+    /// Our verification link, to show as a QR code, and our fingerprint as other clients
+    /// display it.
+    pub async fn link(&self) -> Result<OwnLink, Error> {
+        self.call_as("link.get", self.with_account(json!({}))).await
+    }
+
+    /// Applies a scanned verification link: all its keys become verified, or none (the error
+    /// then says, key by key, what did not match).
+    pub async fn verify_link(&self, link: &str) -> Result<LinkVerified, Error> {
+        let p = self.with_account(json!({"link": link}));
+        self.call_as("link.verify", p).await
+    }
+
+    /// Names our device (`None` removes the label); then publish the OMEMO 2 device list.
+    pub async fn set_label(&self, label: Option<&str>) -> Result<LabelSet, Error> {
+        let p = self.with_account(json!({"label": label}));
+        self.call_as("account.set_label", p).await
     }
 
     /// Subscribes this connection to every event type (unknown types included, so that a newer

@@ -62,7 +62,8 @@ pub use error::{Error, RpcError};
 pub use event::{Event, Pushed};
 pub use methods::{
     Account, DecryptOutcome, DecryptRequest, DeviceReport, EncryptOutcome, EncryptRequest,
-    EncryptedMessage, Envelope, Publishable, Sender, Status,
+    EncryptedMessage, Envelope, Fingerprints, LabelSet, LinkKey, LinkVerified, LinkedDevice,
+    OwnLink, Publishable, Sender, Status,
 };
 pub use trust::current_uid;
 

@@ -122,3 +122,65 @@ pub struct Envelope {
     pub to: Option<String>,
     pub time: Option<String>,
 }
+
+/// A fingerprint as the other clients display it (`link.get`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Fingerprints {
+    /// 64 lowercase hex digits, as the links carry it.
+    pub hex: String,
+    /// Conversations (and omemod): lowercase, groups of 8.
+    pub conversations: String,
+    /// Dino: lowercase, two lines, groups of 8 joined by no-break spaces and a space.
+    pub dino: String,
+    /// Gajim: uppercase, groups of 8, 4 a line.
+    pub gajim: String,
+}
+
+/// A device a verification link names.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LinkedDevice {
+    pub device_id: u32,
+    pub fingerprint: String,
+}
+
+/// `link.get`: our verification link (`xmpp:<jid>?omemo-sid-<id>=<key>;…`), to show as a QR
+/// code.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OwnLink {
+    pub jid: String,
+    pub link: String,
+    /// Ours first, then our other devices the user verified.
+    pub devices: Vec<LinkedDevice>,
+    pub fingerprints: Fingerprints,
+}
+
+/// One key of an applied link, compared with the key held for its device.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LinkKey {
+    /// `None`: the link names a key without a device (Conversations' `omemo=`).
+    pub device_id: Option<u32>,
+    pub fingerprint: String,
+    /// `matches`, `mismatch` or `unknown_device`.
+    pub status: String,
+    /// On a mismatch: the key held for the device.
+    #[serde(default)]
+    pub held_fingerprint: Option<String>,
+}
+
+/// `link.verify`: every key of the link matched and is now verified. (Otherwise the call
+/// fails with `link_mismatch` or `link_unknown_device`, its `data.keys` the same reports, and
+/// nothing is trusted.)
+#[derive(Debug, Clone, Deserialize)]
+pub struct LinkVerified {
+    pub jid: String,
+    pub keys: Vec<LinkKey>,
+    pub newly_verified: usize,
+}
+
+/// `account.set_label`: our device's label now; publish the OMEMO 2 device list as `actions`
+/// say.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LabelSet {
+    pub label: Option<String>,
+    pub actions: Vec<Event>,
+}

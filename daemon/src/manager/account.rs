@@ -59,6 +59,8 @@ pub struct OwnKeys {
     pub catchup_since: Option<i64>,
     /// Trust policy for new identity keys.
     pub trust_mode: TrustMode,
+    /// Our device's label, signed (published in the OMEMO 2 device list).
+    pub label: Option<super::labels::OwnLabel>,
 }
 
 impl OwnKeys {
@@ -283,6 +285,7 @@ pub async fn create(
         catchup: false,
         catchup_since: None,
         trust_mode,
+        label: None,
     };
     keys.add_prekeys(stored.prekeys);
     keys.signed_prekeys.insert(
@@ -409,6 +412,8 @@ pub fn load_all(conn: &rusqlite::Connection) -> Result<Vec<Account>, StorageErro
                 catchup: row.catchup,
                 catchup_since: storage::device_state::catchup_since(conn, row.id)?,
                 trust_mode: row.trust_mode,
+                label: accounts::label(conn, row.id)?
+                    .map(|(text, signature)| super::labels::OwnLabel { text, signature }),
             }),
         });
     }

@@ -132,7 +132,16 @@ pub struct Conversation {
     pub to: Option<String>,
     /// A group chat message: it must carry `<to>`.
     pub group_chat: bool,
+    /// When the stanza was sent (unix seconds: its XEP-0203 delay stamp, else when it
+    /// arrived). OMEMO 2: an envelope `<time>` must lie within [`SCE_TIME_MARGIN_SECS`] of it.
+    /// `None`: not checked.
+    pub sent_at: Option<i64>,
 }
+
+/// How far an SCE `<time>` may lie from the stanza's sending time (XEP-0420 0.5 asks for "a
+/// reasonable margin" and names none): clocks of devices without time sync drift by minutes,
+/// and a server's delay stamp is the time it stored the message, not the sender's.
+pub const SCE_TIME_MARGIN_SECS: i64 = 15 * 60;
 
 /// Why `decrypt` failed. A refused message changes nothing.
 #[derive(Debug, thiserror::Error)]
@@ -1122,6 +1131,7 @@ pub(super) fn check_envelope(
         }
         None => return Err(DecryptError::SceMismatch("no <from>".into())),
     }
+    check_time(env.time.as_deref(), conv.sent_at)?;
     match (env.to.as_deref(), conv.to.as_deref()) {
         (Some(t), Some(expected)) if !same_jid(t, expected) => Err(DecryptError::SceMismatch(
             format!("<to> is {t}, the message arrived at {expected}"),
@@ -1134,6 +1144,25 @@ pub(super) fn check_envelope(
         )),
         _ => Ok(()),
     }
+}
+
+/// The envelope's `<time>` against the stanza's sending time, when both are known.
+fn check_time(time: Option<&str>, sent_at: Option<i64>) -> Result<(), DecryptError> {
+    let (Some(time), Some(sent_at)) = (time, sent_at) else {
+        return Ok(());
+    };
+    let Some(t) = protocol_core::datetime::parse(time) else {
+        return Err(DecryptError::SceMismatch(format!(
+            "<time> {time} is not an XEP-0082 DateTime"
+        )));
+    };
+    if (t - sent_at).abs() > SCE_TIME_MARGIN_SECS {
+        return Err(DecryptError::SceMismatch(format!(
+            "<time> {time} is {} s away from when the stanza was sent (at most {SCE_TIME_MARGIN_SECS} s)",
+            (t - sent_at).abs()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1157,6 +1186,7 @@ mod tests {
         Conversation {
             to: to.map(str::to_owned),
             group_chat,
+            sent_at: None,
         }
     }
 
@@ -1201,6 +1231,43 @@ mod tests {
             empty: true,
         };
         assert!(check_envelope(&none, "b@x", &conv(Some(room), true)).is_ok());
+    }
+
+    #[test]
+    fn envelope_time_is_checked_against_the_sending_time() {
+        let mut with_time = opened(Some("b@x"), Some("a@x"));
+        if let Some(env) = with_time.envelope.as_mut() {
+            env.time = Some("2026-07-01T14:34:56.789+02:00".to_owned());
+        }
+        let sent = |t: Option<i64>| Conversation {
+            sent_at: t,
+            ..conv(Some("a@x"), false)
+        };
+        let at = 1_782_909_296;
+        for ok in [
+            None,
+            Some(at),
+            Some(at - SCE_TIME_MARGIN_SECS),
+            Some(at + SCE_TIME_MARGIN_SECS),
+        ] {
+            assert!(
+                check_envelope(&with_time, "b@x", &sent(ok)).is_ok(),
+                "{ok:?}"
+            );
+        }
+        for off in [Some(at - SCE_TIME_MARGIN_SECS - 1), Some(at + 3600)] {
+            assert!(
+                refused(check_envelope(&with_time, "b@x", &sent(off))),
+                "{off:?}"
+            );
+        }
+        // No <time> (it is optional), or a stamp that is no DateTime.
+        assert!(check_envelope(&opened(Some("b@x"), None), "b@x", &sent(Some(0))).is_ok());
+        if let Some(env) = with_time.envelope.as_mut() {
+            env.time = Some("yesterday".to_owned());
+        }
+        assert!(check_envelope(&with_time, "b@x", &sent(None)).is_ok());
+        assert!(refused(check_envelope(&with_time, "b@x", &sent(Some(at)))));
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl Manager {
                 catchup: keys.catchup,
                 catchup_since: keys.catchup_since,
                 trust_mode: keys.trust_mode,
+                label: keys.label.take(),
             }),
         });
         self.replace_account(fresh.clone());

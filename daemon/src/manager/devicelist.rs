@@ -1,11 +1,10 @@
 //! Device lists received from PEP (any JID, our own included).
 
-use super::account::Account;
+use super::labels::OwnLabel;
 use super::{check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, Manager, StorageError};
 use crate::bounds::MAX_DEVICES_PER_LIST;
 use crate::events::{Action, Cause, Event};
 use crate::storage::{self, devices};
-use protocol_core::keys::xeddsa;
 use protocol_core::xml::{self, DeviceListEntry, XmlError};
 use protocol_core::Version;
 use serde::Serialize;
@@ -83,7 +82,7 @@ impl Manager {
         let acct = self.account(account)?;
         let entries = parse_devicelist(namespace, list_xml).await?;
         let own = jid == acct.jid;
-        let stored = entries_to_store(&acct, own, &entries);
+        let stored = entries_to_store(&entries);
         let account_id = acct.id;
         let jid_owned = jid.to_owned();
         let now = storage::now();
@@ -103,6 +102,12 @@ impl Manager {
         if own_device_missing {
             let a = Action::PublishDevicelist { namespace };
             self.push_action(&acct, &mut actions, Cause::OwnDeviceMissing, a);
+        } else if own && namespace == Version::Twomemo {
+            let label = acct.keys.lock().await.label.clone();
+            if own_label_differs(label.as_ref(), acct.device_id, &entries) {
+                let a = Action::PublishDevicelist { namespace };
+                self.push_action(&acct, &mut actions, Cause::LabelChanged, a);
+            }
         }
         // New devices need their bundles before anything can be encrypted to them.
         for &device_id in change.added.iter().chain(&change.reactivated) {
@@ -153,29 +158,30 @@ async fn parse_devicelist(
     Ok(entries)
 }
 
-/// The entries as stored. Labels need a valid signature (XEP-0384 0.9); we can check one only
-/// when the signer is known: our own device, on our `own` list.
-fn entries_to_store(
-    acct: &Account,
-    own: bool,
-    entries: &[DeviceListEntry],
-) -> Vec<devices::DeviceListEntry> {
+/// The entries as stored: labels and their signatures as listed (OMEMO 2 only; they are checked
+/// whenever they are shown, `manager::labels`).
+fn entries_to_store(entries: &[DeviceListEntry]) -> Vec<devices::DeviceListEntry> {
     entries
         .iter()
         .map(|e| devices::DeviceListEntry {
             device_id: e.id,
-            label: e.label.clone().filter(|l| {
-                own && e.id == acct.device_id
-                    && e.labelsig
-                        .as_deref()
-                        .and_then(|s| <[u8; 64]>::try_from(s).ok())
-                        .is_some_and(|sig| {
-                            xeddsa::ed25519_verify(acct.identity.ed25519(), l.as_bytes(), &sig)
-                                .is_ok()
-                        })
-            }),
+            label: e.label.clone(),
+            labelsig: e.labelsig.clone(),
         })
         .collect()
+}
+
+/// Whether our own OMEMO 2 list shows our device with another label than ours (or one we
+/// removed): the list is to be published again.
+fn own_label_differs(
+    own: Option<&OwnLabel>,
+    acct_device: u32,
+    entries: &[DeviceListEntry],
+) -> bool {
+    entries
+        .iter()
+        .find(|e| e.id == acct_device)
+        .is_some_and(|e| e.label.as_deref() != own.map(|l| l.text.as_str()))
 }
 
 /// Refuses a device list longer than [`MAX_DEVICES_PER_LIST`].

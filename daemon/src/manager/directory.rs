@@ -78,6 +78,7 @@ impl Directory {
                 namespace: addr.namespace,
                 device_id: addr.device_id,
                 label: None,
+                labelsig: None,
                 active: false,
                 first_seen: now,
                 last_seen: Some(now),

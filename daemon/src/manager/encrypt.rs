@@ -24,7 +24,7 @@ use crate::storage::{
 use protocol_core::payload;
 use protocol_core::sce::{build_envelope, EnvelopeOptions};
 use protocol_core::session::{PendingEncrypt, Session};
-use protocol_core::xml::{Encrypted, KeyElement};
+use protocol_core::xml::{Encrypted, KeyElement, MAX_KEYS, MAX_XML_LEN};
 use protocol_core::{Plaintext, Version};
 use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
@@ -138,9 +138,88 @@ pub enum EncryptError {
     /// The idempotency key was used before for another request.
     #[error("idempotency_key was used for a different request")]
     IdempotencyKeyReused,
+    /// An element would be larger than any omemod decrypts.
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+}
+
+/// An `<encrypted>` element would exceed what `decrypt` accepts (the XML limits
+/// [`MAX_XML_LEN`] and [`MAX_KEYS`]): no omemod, this one included, could read it.
+#[derive(Debug, thiserror::Error)]
+#[error("the {namespace} <encrypted> element would be {bytes} bytes with {keys} keys; omemod decrypts at most {max_bytes} bytes and {max_keys} keys: send a shorter body (or to fewer devices)")]
+pub struct TooLarge {
+    /// The element's namespace.
+    pub namespace: Version,
+    /// Its XML length.
+    pub bytes: usize,
+    /// Its `<key>` elements.
+    pub keys: usize,
+    /// The longest element `decrypt` reads.
+    pub max_bytes: usize,
+    /// The most keys `decrypt` reads.
+    pub max_keys: usize,
+}
+
+impl TooLarge {
+    /// The request's: a shorter body fits.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::Request
+    }
+}
+
+/// Why an encryption failed once its devices were chosen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FanoutError {
+    /// An element would be too large to decrypt.
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
+    /// The database failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<FanoutError> for EncryptError {
+    fn from(e: FanoutError) -> Self {
+        match e {
+            FanoutError::TooLarge(e) => EncryptError::TooLarge(e),
+            FanoutError::Storage(e) => EncryptError::Storage(e),
+        }
+    }
+}
+
+impl From<FanoutError> for HeartbeatError {
+    fn from(e: FanoutError) -> Self {
+        match e {
+            // Not reached: an empty message to one device is a few hundred bytes.
+            FanoutError::TooLarge(e) => HeartbeatError::NotEncrypted(e.to_string()),
+            FanoutError::Storage(e) => HeartbeatError::Storage(e),
+        }
+    }
+}
+
+/// Refuses an answer whose elements `decrypt` would refuse (XML length or key count).
+fn check_decryptable(out: &EncryptOutcome) -> Result<(), TooLarge> {
+    for (m, e) in out
+        .messages
+        .iter()
+        .filter_map(|m| Some((m, m.element.as_ref()?)))
+    {
+        let bytes = m.xml.as_ref().map_or(0, String::len);
+        let keys = e.keys.len();
+        if bytes > MAX_XML_LEN || keys > MAX_KEYS {
+            return Err(TooLarge {
+                namespace: e.version,
+                bytes,
+                keys,
+                max_bytes: MAX_XML_LEN,
+                max_keys: MAX_KEYS,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl EncryptError {
@@ -153,6 +232,7 @@ impl EncryptError {
             EncryptError::SceToRequired
             | EncryptError::IdempotencyKeyLength { .. }
             | EncryptError::IdempotencyKeyReused => ErrorCause::Request,
+            EncryptError::TooLarge(e) => e.cause(),
             EncryptError::Storage(e) => e.cause(),
         }
     }
@@ -337,7 +417,13 @@ impl Source<'_> {
     }
 }
 
-fn payload_for(acct: &Account, ns: Version, body: Option<&str>, sce_to: Option<&str>) -> NsPayload {
+fn payload_for(
+    acct: &Account,
+    ns: Version,
+    body: Option<&str>,
+    sce_to: Option<&str>,
+    now: i64,
+) -> NsPayload {
     match (ns, body) {
         // 0.3 cannot carry an empty text: an empty <payload/> is unreadable to python-omemo
         // and the libsignal family, so it goes out as an empty (key transport) message.
@@ -363,7 +449,7 @@ fn payload_for(acct: &Account, ns: Version, body: Option<&str>, sce_to: Option<&
                 &EnvelopeOptions {
                     from: &acct.jid,
                     to: sce_to,
-                    time: None,
+                    time: Some(&protocol_core::datetime::format_utc(now)),
                 },
                 &mut OsRng,
             );
@@ -616,7 +702,7 @@ impl Manager {
         &self,
         acct: &Account,
         job: Job<'_>,
-    ) -> Result<EncryptOutcome, StorageError> {
+    ) -> Result<EncryptOutcome, FanoutError> {
         let mut slots = self.sessions.lock_many(&self.store, &job.devices).await?;
         let mut fanout = Fanout {
             acct,
@@ -638,6 +724,8 @@ impl Manager {
             std::mem::take(&mut fanout.payloads),
             job.actions,
         );
+        // Before anything is committed: an element no omemod could read is never sent.
+        check_decryptable(&out)?;
         let stored = match job.keep {
             Some(k) => Some(super::redelivery::encrypt_record(acct, k, &out)?),
             None => None,
@@ -924,10 +1012,10 @@ impl Fanout<'_> {
 
     /// The payload of a namespace, made on first use.
     fn payload(&mut self, namespace: Version) -> &NsPayload {
-        let (acct, body, sce_to) = (self.acct, self.body, self.sce_to);
+        let (acct, body, sce_to, now) = (self.acct, self.body, self.sce_to, self.now);
         self.payloads
             .entry(namespace)
-            .or_insert_with(|| payload_for(acct, namespace, body, sce_to))
+            .or_insert_with(|| payload_for(acct, namespace, body, sce_to, now))
     }
 }
 

@@ -13,9 +13,13 @@
 //!   [`ReplaceSessionError`](super::encrypt::ReplaceSessionError);
 //!   `plan`: [`PlanError`](super::plan::PlanError);
 //!   `decrypt`: [`DecryptError`](super::decrypt::DecryptError);
-//! - `trust`: [`ListError`](super::trust::ListError), [`TrustError`](super::trust::TrustError),
+//! - `trust`: [`ListError`](super::trust::ListError),
+//!   [`DevicesError`](super::trust::DevicesError), [`TrustError`](super::trust::TrustError),
 //!   [`CatchupError`](super::trust::CatchupError);
-//!   `pinning`: [`IdentityError`](super::pinning::IdentityError).
+//!   `pinning`: [`IdentityError`](super::pinning::IdentityError);
+//!   `links`: [`OwnLinkError`](super::links::OwnLinkError),
+//!   [`LinkError`](super::links::LinkError); `labels`:
+//!   [`LabelError`](super::labels::LabelError).
 //!
 //! They nest the pieces this module holds, which several operations share: [`InvalidJid`],
 //! [`AccountLookupError`], [`RecipientsError`], [`DeviceIdError`], [`InvalidFingerprint`],

@@ -7,6 +7,7 @@
 //! - [`device_id`]: taking a new device id after a collision.
 //! - [`own_bundle`]: what we publish: our bundles and device lists.
 //! - [`devicelist`]: device lists received from PEP.
+//! - [`labels`]: device labels: ours, signed; others', checked before they are shown.
 //! - [`peer_bundle`]: bundles of other devices handed to us.
 //! - [`bundle_cache`]: peer bundles parsed and verified, in memory.
 //! - [`directory`]: device lists and trust decisions per account, in memory.
@@ -18,6 +19,7 @@
 //! - [`rebuild`]: sessions to rebuild after a rollback.
 //! - [`pinning`]: identity pinning and the session rebuild rate limit.
 //! - [`trust`]: trust decisions, device overviews, fingerprints, catch-up mode.
+//! - [`links`]: verification links (QR codes): ours, and applying a scanned one.
 //! - [`limits`]: bounds on what unconfirmed remote input can make us store.
 //! - [`error`]: what the manager can refuse: the shared pieces of the per-operation error
 //!   enums, and where each enum is.
@@ -30,8 +32,10 @@ pub mod devicelist;
 pub mod directory;
 pub mod encrypt;
 pub mod error;
+pub mod labels;
 pub mod lifecycle;
 pub mod limits;
+pub mod links;
 pub mod own_bundle;
 pub mod peer_bundle;
 pub mod pinning;

@@ -88,26 +88,35 @@ impl Manager {
         })
     }
 
-    /// Our device list in `namespace`: the list as last seen, with our own device added.
-    pub fn own_devicelist(
+    /// Our device list in `namespace`: the list as last seen, with our own device added. In
+    /// OMEMO 2 our device carries our signed label, and our other devices keep theirs as
+    /// listed (0.3 lists have no labels).
+    pub async fn own_devicelist(
         &self,
         account: Option<&str>,
         namespace: Version,
     ) -> Result<Publication, AccountLookupError> {
         let acct = self.account(account)?;
-        let mut ids = self.with_directory(acct.id, |d| d.active(&acct.jid, namespace));
-        if !ids.contains(&acct.device_id) {
-            ids.push(acct.device_id);
-        }
-        ids.sort_unstable();
-        let entries: Vec<DeviceListEntry> = ids
-            .into_iter()
-            .map(|id| DeviceListEntry {
-                id,
-                label: None,
-                labelsig: None,
-            })
-            .collect();
+        let own_label = acct.keys.lock().await.label.clone();
+        let mut entries: Vec<DeviceListEntry> = self.with_directory(acct.id, |d| {
+            d.devices
+                .get(&acct.jid)
+                .into_iter()
+                .flatten()
+                .filter(|r| r.active && r.namespace == namespace && r.device_id != acct.device_id)
+                .map(|r| DeviceListEntry {
+                    id: r.device_id,
+                    label: r.label.clone(),
+                    labelsig: r.labelsig.clone(),
+                })
+                .collect()
+        });
+        entries.push(DeviceListEntry {
+            id: acct.device_id,
+            label: own_label.as_ref().map(|l| l.text.clone()),
+            labelsig: own_label.map(|l| l.signature.to_vec()),
+        });
+        entries.sort_unstable_by_key(|e| e.id);
         Ok(Publication {
             namespace: namespace.namespace().to_owned(),
             node: namespace.devicelist_node().to_owned(),

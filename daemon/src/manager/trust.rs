@@ -1,6 +1,7 @@
 //! Trust decisions, device overviews, fingerprints, and catch-up mode.
 
 use super::error::InvalidFingerprint;
+use super::labels::{LabelStatus, Listed};
 use super::{
     check_bare_jid, Account, AccountLookupError, ErrorCause, InvalidJid, Manager, StorageError,
 };
@@ -50,8 +51,11 @@ pub struct DeviceEntry {
     pub namespace: String,
     /// Device id.
     pub device_id: u32,
-    /// Label (OMEMO 2), if known.
+    /// Label (OMEMO 2): only one whose signature verifies against the device's identity key.
     pub label: Option<String>,
+    /// What became of the listed label (`null`: the list gives none): `verified` (shown as
+    /// `label`), `unsigned`, `bad_signature` or `unknown_key` (ignored, not shown).
+    pub label_status: Option<LabelStatus>,
     /// On the owner's current device list.
     pub active: bool,
     /// Unix seconds of the last message from it.
@@ -75,6 +79,27 @@ impl ListError {
         match self {
             ListError::Jid(e) => e.cause(),
             ListError::Account(e) => e.cause(),
+        }
+    }
+}
+
+/// Why `devices.list` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DevicesError {
+    /// As `trust.list`.
+    #[error(transparent)]
+    List(#[from] ListError),
+    /// The database failed (reading the identity keys that labels are checked against).
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl DevicesError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            DevicesError::List(e) => e.cause(),
+            DevicesError::Storage(e) => e.cause(),
         }
     }
 }
@@ -191,30 +216,61 @@ impl Manager {
         Ok(entry)
     }
 
-    /// Known devices, of one contact or all.
-    pub fn devices_list(
+    /// Known devices, of one contact or all; labels only where their signature verifies.
+    pub async fn devices_list(
         &self,
         account: Option<&str>,
         jid: Option<&str>,
-    ) -> Result<Vec<DeviceEntry>, ListError> {
-        let jid = jid.map(check_bare_jid).transpose()?;
+    ) -> Result<Vec<DeviceEntry>, DevicesError> {
+        let jid = jid
+            .map(check_bare_jid)
+            .transpose()
+            .map_err(ListError::from)?;
         let jid = jid.as_deref();
-        let acct = self.account(account)?;
+        let acct = self.account(account).map_err(ListError::from)?;
+        let mut listed = Vec::new();
         let mut v: Vec<DeviceEntry> = self.with_directory(acct.id, |d| {
             d.devices
                 .iter()
                 .filter(|(j, _)| jid.is_none_or(|x| x == j.as_str()))
                 .flat_map(|(_, rows)| rows.iter())
-                .map(|r| DeviceEntry {
-                    jid: r.jid.clone(),
-                    namespace: r.namespace.namespace().to_owned(),
-                    device_id: r.device_id,
-                    label: r.label.clone(),
-                    active: r.active,
-                    last_seen: r.last_seen,
+                .map(|r| {
+                    if let Some(label) = &r.label {
+                        listed.push(Listed {
+                            addr: r.addr(),
+                            label: label.clone(),
+                            labelsig: r.labelsig.clone(),
+                        });
+                    }
+                    DeviceEntry {
+                        jid: r.jid.clone(),
+                        namespace: r.namespace.namespace().to_owned(),
+                        device_id: r.device_id,
+                        label: None,
+                        label_status: None,
+                        active: r.active,
+                        last_seen: r.last_seen,
+                    }
                 })
                 .collect()
         });
+        let addrs: Vec<_> = listed.iter().map(|l| l.addr.clone()).collect();
+        let own = (
+            acct.jid.as_str(),
+            acct.device_id,
+            acct.identity.curve25519(),
+        );
+        let checked = self.check_labels(own, listed).await?;
+        for (addr, (label, status)) in addrs.iter().zip(checked) {
+            if let Some(e) = v.iter_mut().find(|e| {
+                e.jid == addr.jid
+                    && e.device_id == addr.device_id
+                    && e.namespace == addr.namespace.namespace()
+            }) {
+                e.label = label;
+                e.label_status = Some(status);
+            }
+        }
         v.sort_by(|a, b| {
             (&a.jid, &a.namespace, a.device_id).cmp(&(&b.jid, &b.namespace, b.device_id))
         });

@@ -63,6 +63,8 @@ pub enum ErrorKind {
     AccountRequired,
     /// The string is not a valid bare JID.
     InvalidJid,
+    /// `account.set_label`: the label is too long or holds control characters.
+    InvalidLabel,
 
     // --- devices and bundles (1100s) ---
     /// The peer device is not known.
@@ -95,6 +97,8 @@ pub enum ErrorKind {
     RateLimited,
     /// The OMEMO 2 SCE envelope names another sender or conversation than the stanza.
     SceMismatch,
+    /// The `<encrypted>` element would be larger than `decrypt` accepts.
+    MessageTooLarge,
 
     // --- trust (1300s) ---
     /// The device is not (yet) trusted.
@@ -103,6 +107,12 @@ pub enum ErrorKind {
     Distrusted,
     /// A key exchange carries another identity than the one held for the device.
     IdentityChanged,
+    /// `link.verify`: a key of the link differs from the one held for its device.
+    LinkMismatch,
+    /// `link.verify`: the link names a device (or key) not known yet.
+    LinkUnknownDevice,
+    /// `link.verify`: the text is not a verification link.
+    InvalidLink,
 
     // --- storage (1400s) ---
     /// The database failed.
@@ -132,6 +142,7 @@ impl ErrorKind {
         ErrorKind::AccountExists,
         ErrorKind::AccountRequired,
         ErrorKind::InvalidJid,
+        ErrorKind::InvalidLabel,
         ErrorKind::UnknownDevice,
         ErrorKind::NoBundle,
         ErrorKind::InvalidBundle,
@@ -146,9 +157,13 @@ impl ErrorKind {
         ErrorKind::IdempotencyKeyReused,
         ErrorKind::RateLimited,
         ErrorKind::SceMismatch,
+        ErrorKind::MessageTooLarge,
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
         ErrorKind::IdentityChanged,
+        ErrorKind::LinkMismatch,
+        ErrorKind::LinkUnknownDevice,
+        ErrorKind::InvalidLink,
         ErrorKind::StorageError,
         ErrorKind::TooManyDevices,
     ];
@@ -172,6 +187,7 @@ impl ErrorKind {
             ErrorKind::AccountExists => 1002,
             ErrorKind::AccountRequired => 1003,
             ErrorKind::InvalidJid => 1004,
+            ErrorKind::InvalidLabel => 1005,
             ErrorKind::UnknownDevice => 1101,
             ErrorKind::NoBundle => 1102,
             ErrorKind::InvalidBundle => 1103,
@@ -186,9 +202,13 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => 1220,
             ErrorKind::RateLimited => 1208,
             ErrorKind::SceMismatch => 1209,
+            ErrorKind::MessageTooLarge => 1210,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
             ErrorKind::IdentityChanged => 1303,
+            ErrorKind::LinkMismatch => 1304,
+            ErrorKind::LinkUnknownDevice => 1305,
+            ErrorKind::InvalidLink => 1306,
             ErrorKind::StorageError => 1401,
             ErrorKind::TooManyDevices => 1500,
         }
@@ -213,6 +233,7 @@ impl ErrorKind {
             ErrorKind::AccountExists => "account_exists",
             ErrorKind::AccountRequired => "account_required",
             ErrorKind::InvalidJid => "invalid_jid",
+            ErrorKind::InvalidLabel => "invalid_label",
             ErrorKind::UnknownDevice => "unknown_device",
             ErrorKind::NoBundle => "no_bundle",
             ErrorKind::InvalidBundle => "invalid_bundle",
@@ -227,9 +248,13 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::SceMismatch => "sce_mismatch",
+            ErrorKind::MessageTooLarge => "message_too_large",
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
             ErrorKind::IdentityChanged => "identity_changed",
+            ErrorKind::LinkMismatch => "link_mismatch",
+            ErrorKind::LinkUnknownDevice => "link_unknown_device",
+            ErrorKind::InvalidLink => "invalid_link",
             ErrorKind::StorageError => "storage_error",
             ErrorKind::TooManyDevices => "too_many_devices",
         }
@@ -253,12 +278,16 @@ impl ErrorKind {
             | ErrorKind::AccountExists
             | ErrorKind::AccountRequired
             | ErrorKind::InvalidJid
-            | ErrorKind::IdempotencyKeyReused => Request,
+            | ErrorKind::InvalidLabel
+            | ErrorKind::InvalidLink
+            | ErrorKind::IdempotencyKeyReused
+            | ErrorKind::MessageTooLarge => Request,
             ErrorKind::Internal
             | ErrorKind::UnknownDevice
             | ErrorKind::NoBundle
             | ErrorKind::NoSession
             | ErrorKind::NotForThisDevice
+            | ErrorKind::LinkUnknownDevice
             | ErrorKind::BrokenSession
             | ErrorKind::StorageError => LocalState,
             ErrorKind::InvalidBundle
@@ -268,6 +297,7 @@ impl ErrorKind {
             | ErrorKind::AuthenticationFailed
             | ErrorKind::TooManySkipped
             | ErrorKind::SceMismatch
+            | ErrorKind::LinkMismatch
             | ErrorKind::TooManyDevices => PeerMisbehaved,
             ErrorKind::Unauthorized
             | ErrorKind::TooManySubscriptions
@@ -298,6 +328,7 @@ impl ErrorKind {
             ErrorKind::AccountExists => "account already exists",
             ErrorKind::AccountRequired => "several accounts exist; name one",
             ErrorKind::InvalidJid => "invalid JID",
+            ErrorKind::InvalidLabel => "invalid device label",
             ErrorKind::UnknownDevice => "unknown device",
             ErrorKind::NoBundle => "no bundle for the device",
             ErrorKind::InvalidBundle => "invalid bundle",
@@ -312,9 +343,13 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => "idempotency key used for another request",
             ErrorKind::RateLimited => "too many session replacements; retry later",
             ErrorKind::SceMismatch => "SCE envelope does not match the stanza",
+            ErrorKind::MessageTooLarge => "message too large to decrypt",
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",
             ErrorKind::IdentityChanged => "identity key of the device changed",
+            ErrorKind::LinkMismatch => "the verification link does not match the keys held",
+            ErrorKind::LinkUnknownDevice => "the verification link names unknown devices",
+            ErrorKind::InvalidLink => "not a verification link",
             ErrorKind::StorageError => "storage error",
             ErrorKind::TooManyDevices => "too many devices in the list",
         }

@@ -133,6 +133,32 @@ pub fn set_trust_mode(conn: &Connection, id: i64, mode: TrustMode) -> Result<()>
     expect_one(n, "account")
 }
 
+/// Our device's label and its signature (`labelsig`), if one is set.
+pub fn label(conn: &Connection, id: i64) -> Result<Option<(String, [u8; 64])>> {
+    let row: Option<(Option<String>, Option<Vec<u8>>)> = conn
+        .prepare_cached("SELECT label, labelsig FROM accounts WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((Some(label), Some(sig))) = row else {
+        return Ok(None);
+    };
+    let sig = <[u8; 64]>::try_from(sig).map_err(|s| StorageError::BadData {
+        table: T,
+        column: "labelsig",
+        reason: format!("expected 64 bytes, found {}", s.len()),
+    })?;
+    Ok(Some((label, sig)))
+}
+
+/// Sets (or, with `None`, removes) our device's label and its signature.
+pub fn set_label(conn: &Connection, id: i64, label: Option<(&str, &[u8; 64])>) -> Result<()> {
+    let (text, sig) = label.map_or((None, None), |(t, s)| (Some(t), Some(&s[..])));
+    let n = conn
+        .prepare_cached("UPDATE accounts SET label = ?2, labelsig = ?3 WHERE id = ?1")?
+        .execute(params![id, text, sig])?;
+    expect_one(n, "account")
+}
+
 /// Bumps the bundle change counter; returns the new value.
 pub fn bump_bundle_version(conn: &Connection, id: i64) -> Result<i64> {
     conn.prepare_cached("UPDATE accounts SET bundle_version = bundle_version + 1 WHERE id = ?1 RETURNING bundle_version")?

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::error::Result;
 use super::types::{
-    addr_params, bool_col, id_param, int, namespace, opt_int, opt_text, text, u32_col, DeviceAddr,
-    Namespace, WHERE_ADDR,
+    addr_params, bool_col, id_param, int, namespace, opt_blob, opt_int, opt_text, text, u32_col,
+    DeviceAddr, Namespace, WHERE_ADDR,
 };
 
 const T: &str = "devices";
@@ -23,8 +23,10 @@ pub struct DeviceRow {
     pub namespace: Namespace,
     /// Device id.
     pub device_id: u32,
-    /// Label (OMEMO 2), if any.
+    /// Label (OMEMO 2) as listed, if any: not checked (see `manager::labels`).
     pub label: Option<String>,
+    /// The label's signature as listed (`labelsig`).
+    pub labelsig: Option<Vec<u8>>,
     /// In the latest device list.
     pub active: bool,
     /// Unix seconds.
@@ -54,6 +56,8 @@ pub struct DeviceListEntry {
     pub device_id: u32,
     /// Label, if the list carries one.
     pub label: Option<String>,
+    /// Its signature, if the list carries one.
+    pub labelsig: Option<Vec<u8>>,
 }
 
 /// What [`replace_list`] changed.
@@ -68,7 +72,8 @@ pub struct DeviceListChange {
 }
 
 const COLUMNS: &str =
-    "account_id, jid, namespace, device_id, label, active, first_seen, last_seen, list_updated_at";
+    "account_id, jid, namespace, device_id, label, labelsig, active, first_seen, \
+                       last_seen, list_updated_at";
 
 fn from_row(r: &Row<'_>) -> Result<DeviceRow> {
     Ok(DeviceRow {
@@ -77,6 +82,7 @@ fn from_row(r: &Row<'_>) -> Result<DeviceRow> {
         namespace: namespace(r, T, "namespace")?,
         device_id: u32_col(r, T, "device_id")?,
         label: opt_text(r, T, "label")?,
+        labelsig: opt_blob(r, T, "labelsig")?,
         active: bool_col(r, T, "active")?,
         first_seen: int(r, T, "first_seen")?,
         last_seen: opt_int(r, T, "last_seen")?,
@@ -99,23 +105,25 @@ pub fn replace_list(
         .into_iter()
         .map(|d| (d.device_id, d.active))
         .collect();
-    let listed: BTreeMap<u32, &Option<String>> =
-        entries.iter().map(|e| (e.device_id, &e.label)).collect();
+    let listed: BTreeMap<u32, &DeviceListEntry> =
+        entries.iter().map(|e| (e.device_id, e)).collect();
     let mut change = DeviceListChange::default();
     let mut upsert = conn.prepare_cached(
-        "INSERT INTO devices (account_id, jid, namespace, device_id, label, active, first_seen, list_updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6) \
+        "INSERT INTO devices (account_id, jid, namespace, device_id, label, labelsig, active, first_seen, list_updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?7, 1, ?6, ?6) \
          ON CONFLICT (account_id, jid, namespace, device_id) DO UPDATE SET \
-           label = excluded.label, active = 1, list_updated_at = excluded.list_updated_at",
+           label = excluded.label, labelsig = excluded.labelsig, active = 1, \
+           list_updated_at = excluded.list_updated_at",
     )?;
-    for (&device_id, label) in &listed {
+    for (&device_id, entry) in &listed {
         upsert.execute(params![
             account_id,
             jid,
             ns.namespace(),
             id_param(device_id),
-            label,
-            now
+            entry.label,
+            now,
+            entry.labelsig
         ])?;
         match known.get(&device_id) {
             None => change.added.push(device_id),
@@ -248,4 +256,24 @@ pub fn delete_inactive(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
         ))?
         .execute(params![a, j, n, d])?;
     Ok(deleted > 0)
+}
+
+/// The identity key (Curve25519) held for a device, in the order identity pinning uses: its
+/// session's, else its stored bundle's, else one the user accepted with `identity.accept`.
+pub fn known_identity(conn: &Connection, addr: &DeviceAddr) -> Result<Option<[u8; 32]>> {
+    let (a, j, n, d) = addr_params(addr);
+    for sql in [
+        "SELECT identity_key FROM sessions WHERE {WHERE_ADDR}",
+        "SELECT identity_curve25519 FROM bundles WHERE {WHERE_ADDR}",
+        "SELECT new_identity FROM identity_changes WHERE {WHERE_ADDR} AND accepted_at IS NOT NULL",
+    ] {
+        let key: Option<Vec<u8>> = conn
+            .prepare_cached(&sql.replace("{WHERE_ADDR}", WHERE_ADDR))?
+            .query_row(params![a, j, n, d], |r| r.get(0))
+            .optional()?;
+        if let Some(k) = key.and_then(|k| <[u8; 32]>::try_from(k).ok()) {
+            return Ok(Some(k));
+        }
+    }
+    Ok(None)
 }

@@ -364,6 +364,18 @@ pub(crate) fn opt_text(
     }
 }
 
+/// A nullable BLOB column.
+pub(crate) fn opt_blob(
+    row: &Row<'_>,
+    table: &'static str,
+    column: &'static str,
+) -> Result<Option<Vec<u8>>> {
+    match row.get_ref(column)? {
+        ValueRef::Null => Ok(None),
+        _ => blob(row, table, column).map(|b| Some(b.to_vec())),
+    }
+}
+
 /// A namespace column.
 pub(crate) fn namespace(
     row: &Row<'_>,

@@ -1,4 +1,5 @@
-//! `account.create`, `account.list`, `account.delete`, `fingerprint.get`.
+//! `account.create`, `account.list`, `account.delete`, `fingerprint.get`,
+//! `account.renew_device_id`, `account.set_label`.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::manager::account::{CreateAccountError, TrustMode};
 use crate::manager::device_id::RenewDeviceIdError;
+use crate::manager::labels::{LabelError, LabelSet};
 use crate::manager::lifecycle::DeleteAccountError;
 use crate::manager::AccountLookupError;
 use crate::rpc::ctx::{Conn, Ctx};
@@ -227,5 +229,42 @@ impl Method for AccountRenewDeviceId {
             fingerprint: a.identity.fingerprint(),
             actions: renewed.actions,
         })
+    }
+}
+
+/// `account.set_label`.
+pub struct AccountSetLabel;
+
+/// Params of `account.set_label`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetLabelParams {
+    /// Our bare JID; may be left out when the daemon has one account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// The label (at most 53 Unicode code points, no control characters); `null` or `""`
+    /// removes it.
+    pub label: Option<String>,
+}
+
+impl Method for AccountSetLabel {
+    const NAME: &'static str = "account.set_label";
+    const SUMMARY: &'static str = "Names our device (\"Laptop\", \"Work phone\"): the label is signed with our identity key and published in the OMEMO 2 device list.";
+    const DESCRIPTION: &'static str =
+        "Then publish the OMEMO 2 device list (`devicelist.get`), as the \
+        `publish_devicelist` action says. OMEMO 0.3 lists carry no labels.";
+    type Params = SetLabelParams;
+    type Result = LabelSet;
+    type Error = LabelError;
+
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: SetLabelParams,
+    ) -> Result<LabelSet, CallError<LabelError>> {
+        Ok(ctx
+            .manager()?
+            .set_label(p.account.as_deref(), p.label.as_deref())
+            .await?)
     }
 }

@@ -64,7 +64,8 @@ impl Method for DevicelistGet {
     ) -> Result<Publication, CallError<AccountLookupError>> {
         Ok(ctx
             .manager()?
-            .own_devicelist(p.account.as_deref(), p.namespace.0)?)
+            .own_devicelist(p.account.as_deref(), p.namespace.0)
+            .await?)
     }
 }
 

@@ -11,12 +11,14 @@ use crate::manager::encrypt::{EncryptError, HeartbeatError, ReplaceSessionError}
 use crate::manager::error::{
     AccountLookupError, DeviceIdError, InvalidFingerprint, InvalidJid, RateLimited, RecipientsError,
 };
+use crate::manager::labels::LabelError;
 use crate::manager::lifecycle::DeleteAccountError;
+use crate::manager::links::{LinkError, OwnLinkError};
 use crate::manager::own_bundle::OwnBundleError;
 use crate::manager::peer_bundle::{BundleUpdateError, StoredBundleError};
 use crate::manager::pinning::IdentityError;
 use crate::manager::plan::PlanError;
-use crate::manager::trust::{CatchupError, ListError, TrustError};
+use crate::manager::trust::{CatchupError, DevicesError, ListError, TrustError};
 use crate::rpc::ctx::SubscribeError;
 use crate::rpc::error::{ErrorKind, MethodError, RpcError};
 use crate::rpc::methods::subscription::UnsubscribeError;
@@ -174,6 +176,10 @@ answers!(EncryptError {
     EncryptError::SceTo(e) => [via e: InvalidJid],
     EncryptError::SceToRequired | EncryptError::IdempotencyKeyLength { .. } => [InvalidParams],
     EncryptError::IdempotencyKeyReused => [IdempotencyKeyReused],
+    EncryptError::TooLarge(e) => [MessageTooLarge, json!({
+        "namespace": e.namespace.namespace(), "bytes": e.bytes, "keys": e.keys,
+        "max_bytes": e.max_bytes, "max_keys": e.max_keys,
+    })],
     EncryptError::Storage(e) => [via e: StorageError],
 });
 
@@ -228,6 +234,11 @@ answers!(ListError {
     ListError::Account(e) => [via e: AccountLookupError],
 });
 
+answers!(DevicesError {
+    DevicesError::List(e) => [via e: ListError],
+    DevicesError::Storage(e) => [via e: StorageError],
+});
+
 answers!(TrustError {
     TrustError::Jid(e) => [via e: InvalidJid],
     TrustError::Account(e) => [via e: AccountLookupError],
@@ -246,6 +257,27 @@ answers!(IdentityError {
     IdentityError::Fingerprint(e) => [via e: InvalidFingerprint],
     IdentityError::SetAsideBundle(e) => [via e: StoredBundleError],
     IdentityError::Storage(e) => [via e: StorageError],
+});
+
+answers!(LabelError {
+    LabelError::Account(e) => [via e: AccountLookupError],
+    LabelError::TooLong { chars, max } => [InvalidLabel, json!({"chars": chars, "max_chars": max})],
+    LabelError::ControlCharacter => [InvalidLabel],
+    LabelError::Storage(e) => [via e: StorageError],
+});
+
+answers!(OwnLinkError {
+    OwnLinkError::Account(e) => [via e: AccountLookupError],
+    OwnLinkError::Storage(e) => [via e: StorageError],
+});
+
+answers!(LinkError {
+    LinkError::Account(e) => [via e: AccountLookupError],
+    LinkError::Invalid(_) => [InvalidLink],
+    LinkError::Jid(e) => [via e: InvalidJid],
+    LinkError::Mismatch { jid, keys } => [LinkMismatch, json!({"jid": jid, "keys": keys})],
+    LinkError::UnknownDevice { jid, keys } => [LinkUnknownDevice, json!({"jid": jid, "keys": keys})],
+    LinkError::Storage(e) => [via e: StorageError],
 });
 
 answers!(SubscribeError {

@@ -39,6 +39,11 @@ pub struct DecryptParams {
     /// A group chat message (`type='groupchat'`): OMEMO 2 messages must then carry `<to>`.
     #[serde(default)]
     pub group_chat: bool,
+    /// When the stanza was sent, as an XEP-0082 DateTime: its XEP-0203 `<delay stamp>`, else
+    /// when it arrived. OMEMO 2: an envelope `<time>` more than 15 minutes away from it is
+    /// refused (`sce_mismatch`). Left out: not checked.
+    #[serde(default)]
+    pub sent_at: Option<String>,
 }
 
 impl Method for Decrypt {
@@ -74,9 +79,16 @@ impl Method for Decrypt {
                 .map(check_bare_jid)
                 .transpose()
                 .map_err(DecryptError::from)?;
+        let sent_at = match p.sent_at.as_deref() {
+            None => None,
+            Some(t) => Some(protocol_core::datetime::parse(t).ok_or_else(|| {
+                CallError::InvalidParams(format!("sent_at {t} is not an XEP-0082 DateTime"))
+            })?),
+        };
         let conv = Conversation {
             to,
             group_chat: p.group_chat,
+            sent_at,
         };
         Ok(ctx
             .manager()?

@@ -8,6 +8,7 @@
 //! - [`bundle`]: bundles and device lists.
 //! - [`encrypt`], [`plan`], [`decrypt`]: messages.
 //! - [`trust`]: trust, devices, catch-up, identity changes.
+//! - [`link`]: verification links.
 //! - [`debug`]: test-only methods.
 //! - [`params`]: param fragments shared by several methods.
 //! - `convert`: the errors methods answer (the session manager's, per operation) as RPC error
@@ -25,6 +26,7 @@ pub mod debug;
 pub mod decrypt;
 pub mod discover;
 pub mod encrypt;
+pub mod link;
 pub mod params;
 pub mod plan;
 pub mod status;
@@ -42,6 +44,7 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
     registry.register::<account::AccountDelete>()?;
     registry.register::<account::FingerprintGet>()?;
     registry.register::<account::AccountRenewDeviceId>()?;
+    registry.register::<account::AccountSetLabel>()?;
     registry.register::<bundle::BundleGet>()?;
     registry.register::<bundle::BundleUpdate>()?;
     registry.register::<bundle::DevicelistGet>()?;
@@ -57,6 +60,8 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
     registry.register::<trust::CatchupBegin>()?;
     registry.register::<trust::CatchupEnd>()?;
     registry.register::<trust::IdentityAccept>()?;
+    registry.register::<link::LinkGet>()?;
+    registry.register::<link::LinkVerify>()?;
     if debug {
         registry.register::<debug::Sleep>()?;
         registry.register::<debug::Emit>()?;

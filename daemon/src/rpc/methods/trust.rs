@@ -9,7 +9,9 @@ use super::account::AccountParams;
 use super::params::Namespace;
 use crate::events::Action;
 use crate::manager::pinning::{IdentityAccepted, IdentityError};
-use crate::manager::trust::{CatchupError, DeviceEntry, ListError, TrustEntry, TrustError};
+use crate::manager::trust::{
+    CatchupError, DeviceEntry, DevicesError, ListError, TrustEntry, TrustError,
+};
 use crate::rpc::ctx::{Conn, Ctx};
 use crate::rpc::error::CallError;
 use crate::rpc::registry::Method;
@@ -97,16 +99,17 @@ impl Method for DevicesList {
     const SUMMARY: &'static str = "Known devices (from device lists), active or not.";
     type Params = ListParams;
     type Result = Vec<DeviceEntry>;
-    type Error = ListError;
+    type Error = DevicesError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: ListParams,
-    ) -> Result<Vec<DeviceEntry>, CallError<ListError>> {
+    ) -> Result<Vec<DeviceEntry>, CallError<DevicesError>> {
         Ok(ctx
             .manager()?
-            .devices_list(p.account.as_deref(), p.jid.as_deref())?)
+            .devices_list(p.account.as_deref(), p.jid.as_deref())
+            .await?)
     }
 }
 
