@@ -514,7 +514,9 @@ class XEP_0384_omemod(BasePlugin):
             msg.append(ET.fromstring(m["xml"]))
             # XEP-0380: tells clients without (this version of) OMEMO why there is nothing to read.
             msg.append(ET.Element(f"{{{EME}}}encryption", {"namespace": m["namespace"], "name": EME_NAME[m["namespace"]]}))
-        if body is not None:
+        # XEP-0420 0.5: a stanza with an OMEMO 2 element carries no fallback body (its EME says
+        # why there is nothing to read); one with only the 0.3 element keeps the notice.
+        if body is not None and all(m["namespace"] != OMEMO2 for m in result["messages"]):
             msg["body"] = self.fallback_message
         msg.append(ET.Element(f"{{{HINTS}}}store"))
         if stanza["type"] == "groupchat" and body is not None and stanza["id"]:
