@@ -516,9 +516,7 @@ fn cli_message(kind: &str, message: &str) -> Option<String> {
         "unknown_account" => Some(format!(
             "{message}: check --account (`omemod account list` shows the accounts)"
         )),
-        "invalid_jid" => Some(format!(
-            "{message}: give a bare JID (local@domain, no /resource) to --jid / --account"
-        )),
+        "invalid_jid" => Some(format!("{message}; check --jid / --account")),
         _ => None,
     }
 }

@@ -73,6 +73,8 @@ pub enum ErrorKind {
     InvalidBundle,
     /// The signed pre-key's signature does not verify.
     InvalidSignature,
+    /// The device list is malformed.
+    InvalidDevicelist,
 
     // --- sessions and messages (1200s) ---
     /// No session with the device.
@@ -95,6 +97,8 @@ pub enum ErrorKind {
     RateLimited,
     /// The OMEMO 2 SCE envelope names another sender or conversation than the stanza.
     SceMismatch,
+    /// The message comes from a device of another JID than the request's `from`.
+    SenderMismatch,
 
     // --- trust (1300s) ---
     /// The device is not (yet) trusted.
@@ -136,6 +140,7 @@ impl ErrorKind {
         ErrorKind::NoBundle,
         ErrorKind::InvalidBundle,
         ErrorKind::InvalidSignature,
+        ErrorKind::InvalidDevicelist,
         ErrorKind::NoSession,
         ErrorKind::NotForThisDevice,
         ErrorKind::DuplicateMessage,
@@ -146,6 +151,7 @@ impl ErrorKind {
         ErrorKind::IdempotencyKeyReused,
         ErrorKind::RateLimited,
         ErrorKind::SceMismatch,
+        ErrorKind::SenderMismatch,
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
         ErrorKind::IdentityChanged,
@@ -176,6 +182,7 @@ impl ErrorKind {
             ErrorKind::NoBundle => 1102,
             ErrorKind::InvalidBundle => 1103,
             ErrorKind::InvalidSignature => 1104,
+            ErrorKind::InvalidDevicelist => 1105,
             ErrorKind::NoSession => 1201,
             ErrorKind::NotForThisDevice => 1202,
             ErrorKind::DuplicateMessage => 1203,
@@ -186,6 +193,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => 1220,
             ErrorKind::RateLimited => 1208,
             ErrorKind::SceMismatch => 1209,
+            ErrorKind::SenderMismatch => 1210,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
             ErrorKind::IdentityChanged => 1303,
@@ -217,6 +225,7 @@ impl ErrorKind {
             ErrorKind::NoBundle => "no_bundle",
             ErrorKind::InvalidBundle => "invalid_bundle",
             ErrorKind::InvalidSignature => "invalid_signature",
+            ErrorKind::InvalidDevicelist => "invalid_devicelist",
             ErrorKind::NoSession => "no_session",
             ErrorKind::NotForThisDevice => "not_for_this_device",
             ErrorKind::DuplicateMessage => "duplicate_message",
@@ -227,6 +236,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::SceMismatch => "sce_mismatch",
+            ErrorKind::SenderMismatch => "sender_mismatch",
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
             ErrorKind::IdentityChanged => "identity_changed",
@@ -253,6 +263,7 @@ impl ErrorKind {
             | ErrorKind::AccountExists
             | ErrorKind::AccountRequired
             | ErrorKind::InvalidJid
+            | ErrorKind::SenderMismatch
             | ErrorKind::IdempotencyKeyReused => Request,
             ErrorKind::Internal
             | ErrorKind::UnknownDevice
@@ -263,6 +274,7 @@ impl ErrorKind {
             | ErrorKind::StorageError => LocalState,
             ErrorKind::InvalidBundle
             | ErrorKind::InvalidSignature
+            | ErrorKind::InvalidDevicelist
             | ErrorKind::DuplicateMessage
             | ErrorKind::InvalidMessage
             | ErrorKind::AuthenticationFailed
@@ -302,6 +314,7 @@ impl ErrorKind {
             ErrorKind::NoBundle => "no bundle for the device",
             ErrorKind::InvalidBundle => "invalid bundle",
             ErrorKind::InvalidSignature => "invalid signed pre-key signature",
+            ErrorKind::InvalidDevicelist => "invalid device list",
             ErrorKind::NoSession => "no session with the device",
             ErrorKind::NotForThisDevice => "message not encrypted for this device",
             ErrorKind::DuplicateMessage => "duplicate message",
@@ -312,6 +325,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => "idempotency key used for another request",
             ErrorKind::RateLimited => "too many session replacements; retry later",
             ErrorKind::SceMismatch => "SCE envelope does not match the stanza",
+            ErrorKind::SenderMismatch => "the message comes from another JID than `from`",
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",
             ErrorKind::IdentityChanged => "identity key of the device changed",
