@@ -1,5 +1,8 @@
 //! The `omemod` command line: `serve` runs the daemon; the other commands are clients that send
-//! one JSON-RPC request to a running daemon through omemod-client (its blocking client).
+//! one JSON-RPC request to a running daemon through omemod-client (its blocking client), or
+//! work on the database file (backup, restore, account export and import).
+//!
+//! - `manual`: the manual page `omemod man` prints, rendered from this module's definitions.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -21,8 +24,8 @@ mod manual;
 pub struct Cli {
     /// The daemon's socket [default: `socket` of the config file, else
     /// $RUNTIME_DIRECTORY/omemod.sock under systemd, else $XDG_RUNTIME_DIR/omemod/omemod.sock,
-    /// else /run/user/<uid>/omemod/omemod.sock when /run/user/<uid> exists, else
-    /// /tmp/omemod-<uid>/omemod.sock].
+    /// else `/run/user/<uid>/omemod/omemod.sock` when `/run/user/<uid>` exists, else
+    /// `/tmp/omemod-<uid>/omemod.sock`].
     #[arg(long, global = true, value_name = "PATH", env = "OMEMOD_SOCKET")]
     pub socket: Option<PathBuf>,
     /// The config file (TOML; keys as the `serve` flags, with `_` for `-`)

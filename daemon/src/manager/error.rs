@@ -17,7 +17,8 @@
 //!   [`CatchupError`](super::trust::CatchupError);
 //!   `pinning`: [`IdentityError`](super::pinning::IdentityError).
 //!
-//! They nest the pieces this module holds, which several operations share: [`InvalidJid`],
+//! They nest the pieces this module holds, which several operations share: [`InvalidJid`]
+//! (what is wrong with the JID: [`JidProblem`]),
 //! [`AccountLookupError`], [`RecipientsError`], [`DeviceIdError`], [`InvalidFingerprint`],
 //! [`RateLimited`], and storage's [`StorageError`]. Operations that only touch the database
 //! (maintenance, loading) return a [`StorageError`] as it is.
