@@ -114,48 +114,8 @@ fn offline_commands_name_their_database_and_refuse_a_default_they_were_not_point
 
     // The private daemon stopped, its socket still named: which database is meant is unknown.
     d.stop();
-    for (args, env, named_by) in [
-        (
-            vec!["restore", &path_str(&backup)],
-            vec![("OMEMOD_SOCKET", d.socket.as_path())],
-            "OMEMOD_SOCKET",
-        ),
-        (
-            vec!["--socket", &socket, "restore", &path_str(&backup)],
-            vec![],
-            "--socket",
-        ),
-        (
-            vec!["--socket", &socket, "backup", "/nonexistent/x.db"],
-            vec![],
-            "--socket",
-        ),
-        (
-            vec![
-                "--socket",
-                &socket,
-                "account",
-                "export",
-                "--account",
-                "alice@example.org",
-                "/nonexistent/x.json",
-            ],
-            vec![],
-            "--socket",
-        ),
-        (
-            vec![
-                "--socket",
-                &socket,
-                "account",
-                "import",
-                "/nonexistent/x.json",
-            ],
-            vec![],
-            "--socket",
-        ),
-    ] {
-        let out = home.omemod(&args, &env);
+    let refused = |args: &[&str], env: &[(&str, &Path)], named_by: &str| {
+        let out = home.omemod(args, env);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         for needle in [
@@ -169,6 +129,31 @@ fn offline_commands_name_their_database_and_refuse_a_default_they_were_not_point
         assert!(
             !home.path("state").exists(),
             "{args:?} touched the default database"
+        );
+    };
+    let backup_arg = path_str(&backup);
+    refused(
+        &["restore", &backup_arg],
+        &[("OMEMOD_SOCKET", d.socket.as_path())],
+        "OMEMOD_SOCKET",
+    );
+    let export = [
+        "account",
+        "export",
+        "--account",
+        "alice@example.org",
+        "/none/x.json",
+    ];
+    for command in [
+        &["restore", &backup_arg][..],
+        &["backup", "/none/x.db"],
+        &export,
+        &["account", "import", "/none/x.json"],
+    ] {
+        refused(
+            &[&["--socket", &socket][..], command].concat(),
+            &[],
+            "--socket",
         );
     }
     // The same when the config file names the socket.
@@ -290,51 +275,44 @@ fn sandbox_errors_name_the_paths_the_unit_allows() {
         "db = \"~/omemod/omemod.db\"\n",
     )
     .expect("config");
+    // As the unit's sandbox: all read-only but its state and runtime directories (and the
+    // build tree, under a /tmp that is replaced), new namespaces, systemd's variables.
     let serve = |systemd: bool| {
         let mut cmd = Command::new("bwrap");
-        cmd.args(["--die-with-parent", "--new-session", "--clearenv"])
-            .args([
-                "--unshare-user",
-                "--unshare-pid",
-                "--unshare-ipc",
-                "--unshare-uts",
-            ])
-            .args([
-                "--ro-bind",
-                "/",
-                "/",
-                "--tmpfs",
-                "/tmp",
-                "--dev",
-                "/dev",
-                "--proc",
-                "/proc",
-            ])
-            .arg("--ro-bind")
-            .args([&target, &target])
-            .arg("--bind")
-            .args([&state, &state])
-            .arg("--bind")
-            .args([&runtime, &runtime])
-            .arg("--setenv")
-            .arg("HOME")
-            .arg(&home)
-            .arg("--setenv")
-            .arg("RUNTIME_DIRECTORY")
-            .arg(&runtime)
-            .arg("--setenv")
-            .arg("STATE_DIRECTORY")
-            .arg(&state)
-            .args([
-                "--setenv",
-                "PATH",
-                "/usr/bin:/bin",
-                "--setenv",
-                "RUST_LOG",
-                "warn",
-            ]);
+        cmd.args([
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--unshare-user",
+        ])
+        .args([
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--ro-bind",
+            "/",
+            "/",
+        ])
+        .args(["--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc"]);
+        for (how, dir) in [
+            ("--ro-bind", &target),
+            ("--bind", &state),
+            ("--bind", &runtime),
+        ] {
+            cmd.arg(how).arg(dir).arg(dir);
+        }
+        let mut env = vec![
+            ("HOME", home.clone()),
+            ("STATE_DIRECTORY", state.clone()),
+            ("RUNTIME_DIRECTORY", runtime.clone()),
+            ("PATH", "/usr/bin:/bin".into()),
+            ("RUST_LOG", "warn".into()),
+        ];
         if systemd {
-            cmd.args(["--setenv", "INVOCATION_ID", "0123456789abcdef"]);
+            env.push(("INVOCATION_ID", "0123456789abcdef".into()));
+        }
+        for (k, v) in env {
+            cmd.arg("--setenv").arg(k).arg(v);
         }
         cmd.args([env!("CARGO_BIN_EXE_omemod"), "serve"]);
         run(cmd, &["serve"])

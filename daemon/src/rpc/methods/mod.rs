@@ -267,7 +267,7 @@ mod tests {
         }
         assert_eq!(rpc["subscribe"], "yes");
         assert_eq!(rpc["encrypt without idempotency_key"], "no");
-        assert_eq!(rpc["heartbeat"], "no");
+        assert_eq!(rpc["heartbeat"], "yes");
     }
 
     /// `devicelist.update` answers a `fetch_bundle` per new device (e2e_shared checks it), and
