@@ -193,7 +193,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => 1220,
             ErrorKind::RateLimited => 1208,
             ErrorKind::SceMismatch => 1209,
-            ErrorKind::SenderMismatch => 1210,
+            ErrorKind::SenderMismatch => 1211,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
             ErrorKind::IdentityChanged => 1303,
