@@ -1,5 +1,8 @@
 //! The `omemod` command line: `serve` runs the daemon; the other commands are clients that send
-//! one JSON-RPC request to a running daemon through omemod-client (its blocking client).
+//! one JSON-RPC request to a running daemon through omemod-client (its blocking client), or
+//! work on the database file (backup, restore, account export and import).
+//!
+//! - `manual`: the manual page `omemod man` prints, rendered from this module's definitions.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -13,12 +16,16 @@ use omemod_client::Error as ClientError;
 
 use crate::config::{self, Durability, ServeConfig};
 
+mod manual;
+
 /// omemod: OMEMO (XEP-0384) encryption for XMPP clients, served over JSON-RPC on a Unix socket.
 #[derive(Debug, Parser)]
 #[command(name = "omemod", version, about)]
 pub struct Cli {
     /// The daemon's socket [default: `socket` of the config file, else
-    /// $RUNTIME_DIRECTORY/omemod.sock under systemd, else $XDG_RUNTIME_DIR/omemod/omemod.sock].
+    /// $RUNTIME_DIRECTORY/omemod.sock under systemd, else $XDG_RUNTIME_DIR/omemod/omemod.sock,
+    /// else `/run/user/<uid>/omemod/omemod.sock` when `/run/user/<uid>` exists, else
+    /// `/tmp/omemod-<uid>/omemod.sock`].
     #[arg(long, global = true, value_name = "PATH", env = "OMEMOD_SOCKET")]
     pub socket: Option<PathBuf>,
     /// The config file (TOML; keys as the `serve` flags, with `_` for `-`)
@@ -170,23 +177,73 @@ pub enum AccountCommand {
 /// The database of an offline command.
 #[derive(Debug, Args)]
 pub struct DbArg {
-    /// The SQLite database [default: the one `serve` uses].
+    /// The SQLite database [default: the database of the daemon answering on the socket, else
+    /// `db` of the config file, else the default database of `serve`; refused when a socket was
+    /// named (--socket, OMEMOD_SOCKET, the config file) but no daemon answers there].
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
 }
 
+/// Where the command line, the environment and the config file point: the daemon's socket and
+/// the database of the offline commands.
+struct Pointers {
+    socket: PathBuf,
+    /// What named the socket (`--socket`, `OMEMOD_SOCKET`, the config file); `None`: the default.
+    socket_from: Option<String>,
+    /// The config file's `db`, and the file.
+    file_db: Option<PathBuf>,
+    config: PathBuf,
+}
+
+/// The database an offline command works on, and why that one.
+struct ChosenDb {
+    path: PathBuf,
+    why: String,
+}
+
 impl DbArg {
-    /// `--db`, else the database of the daemon answering on `socket`, else the config file's,
-    /// else the default.
-    fn path(&self, socket: &std::path::Path, file_db: Option<&std::path::Path>) -> PathBuf {
+    /// `--db`, else the database of the daemon answering on the socket, else the config file's,
+    /// else the default database — unless the socket was named and nothing answers there: the
+    /// database meant is then unknown, and the default may be another user's of the machine
+    /// (a private daemon's), so the command is refused with the flag to pass.
+    fn choose(&self, at: &Pointers) -> Result<ChosenDb, String> {
         if let Some(db) = &self.db {
-            return db.clone();
+            return Ok(ChosenDb {
+                path: db.clone(),
+                why: "given with --db".into(),
+            });
         }
-        request(socket, "status", json!({}))
+        let socket = at.socket.display();
+        let served = request(&at.socket, "status", json!({}))
             .ok()
-            .and_then(|v| v.get("db").and_then(Value::as_str).map(PathBuf::from))
-            .or_else(|| file_db.map(std::path::Path::to_path_buf))
-            .unwrap_or_else(config::default_db_path)
+            .and_then(|v| v.get("db").and_then(Value::as_str).map(PathBuf::from));
+        if let Some(db) = served {
+            return Ok(ChosenDb {
+                path: db,
+                why: format!("the database of the daemon on {socket}"),
+            });
+        }
+        if let Some(db) = &at.file_db {
+            return Ok(ChosenDb {
+                path: db.clone(),
+                why: format!("`db` of {}", at.config.display()),
+            });
+        }
+        let default = config::default_db_path();
+        match &at.socket_from {
+            None => Ok(ChosenDb {
+                path: default,
+                why: "the default database".into(),
+            }),
+            Some(from) => Err(format!(
+                "which database? No daemon answers on {socket} (named by {from}), so the \
+                 database it uses is unknown, and {} names none; the default database is {}. \
+                 Pass --db PATH (--db {} for the default one)",
+                at.config.display(),
+                default.display(),
+                default.display(),
+            )),
+        }
     }
 }
 
@@ -234,8 +291,12 @@ pub struct ServeArgs {
 pub fn run() -> ExitCode {
     // Whatever a command creates (database, backup, export, socket) is private to us.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let cli = Cli::parse();
-    if let Some(code) = print_generated(&cli.command) {
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Some(code) = print_generated(&cli.command, &matches) {
         return code;
     }
     let file = match config::FileConfig::load(cli.config.as_deref()) {
@@ -245,17 +306,32 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let socket = cli
-        .socket
+    let config_path = cli
+        .config
         .clone()
-        .or_else(|| file.socket.clone())
-        .unwrap_or_else(config::default_socket_path);
-    let socket = socket.as_path();
-    let file_db = file.db.clone();
-    let db_path = |db: &DbArg| db.path(socket, file_db.as_deref());
+        .unwrap_or_else(config::default_config_path);
+    let socket_from = match (&cli.socket, &file.socket) {
+        (Some(_), _) => Some(match matches.value_source("socket") {
+            Some(clap::parser::ValueSource::EnvVariable) => "OMEMOD_SOCKET".to_owned(),
+            _ => "--socket".to_owned(),
+        }),
+        (None, Some(_)) => Some(format!("`socket` of {}", config_path.display())),
+        (None, None) => None,
+    };
+    let pointers = Pointers {
+        socket: cli
+            .socket
+            .clone()
+            .or_else(|| file.socket.clone())
+            .unwrap_or_else(config::default_socket_path),
+        socket_from,
+        file_db: file.db.clone(),
+        config: config_path,
+    };
+    let socket = pointers.socket.as_path();
     match cli.command {
         Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
-        Command::Serve(args) => serve(socket.to_path_buf(), args, &file),
+        Command::Serve(args) => serve(socket.to_path_buf(), args, &file, &pointers.config),
         Command::Openrpc => openrpc(socket.to_path_buf()),
         Command::Call { method, params } => {
             let params = match read_params(params.as_deref()) {
@@ -272,7 +348,7 @@ pub fn run() -> ExitCode {
         Command::Fingerprint { account } => {
             call_cli(socket, "fingerprint.get", with_account(json!({}), account))
         }
-        Command::Account(cmd) => account_command(socket, cmd, &db_path),
+        Command::Account(cmd) => account_command(&pointers, cmd),
         Command::Link { account, no_qr } => link_command(socket, account, !no_qr),
         Command::Verify { account, link } => call_cli(
             socket,
@@ -284,10 +360,12 @@ pub fn run() -> ExitCode {
             "account.set_label",
             with_account(json!({"label": label}), account),
         ),
-        Command::Backup { file, db } => {
-            offline(crate::storage::transfer::backup(&db_path(&db), &file))
+        Command::Backup { file, db } => with_db(&db, &pointers, "backing up", |db| {
+            offline_json(crate::storage::transfer::backup(db, &file))
+        }),
+        Command::Restore { file, db } => {
+            with_db(&db, &pointers, "restoring onto", |db| restore(&file, db))
         }
-        Command::Restore { file, db } => restore(&file, &db_path(&db)),
         Command::Trust {
             account,
             jid,
@@ -297,9 +375,25 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// `completions` and `man`, which print what clap generates and need no config: their exit
-/// code, `None` for every other command.
-fn print_generated(command: &Command) -> Option<ExitCode> {
+/// `completions` and `man`, which print what is generated from the command line's definition
+/// and need neither daemon nor config: their exit code, `None` for every other command. The
+/// global `--socket` and `--config` mean nothing to them: given on their command line, they
+/// are refused (from the environment they are ignored).
+fn print_generated(command: &Command, matches: &clap::ArgMatches) -> Option<ExitCode> {
+    let name = match command {
+        Command::Completions { .. } => "completions",
+        Command::Man => "man",
+        _ => return None,
+    };
+    for flag in ["socket", "config"] {
+        if matches.value_source(flag) == Some(clap::parser::ValueSource::CommandLine) {
+            eprintln!(
+                "omemod: --{flag} means nothing to `omemod {name}`, which prints what it \
+                 prints without a daemon or a config file"
+            );
+            return Some(ExitCode::from(2));
+        }
+    }
     match command {
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -307,8 +401,8 @@ fn print_generated(command: &Command) -> Option<ExitCode> {
             Some(ExitCode::SUCCESS)
         }
         Command::Man => {
-            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            Some(match man.render(&mut std::io::stdout()) {
+            let page = manual::render(&<Cli as clap::CommandFactory>::command());
+            Some(match std::io::stdout().lock().write_all(page.as_bytes()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("omemod: {e}");
@@ -399,11 +493,46 @@ fn qr_code(text: &str) -> Option<String> {
     )
 }
 
-fn account_command(
-    socket: &std::path::Path,
-    cmd: AccountCommand,
-    db_path: &dyn Fn(&DbArg) -> PathBuf,
+/// Runs an offline command on the database `db` chooses (said on stderr, and as `db` and
+/// `db_from` in the printed result), or says why none was chosen (exit code 2).
+fn with_db(
+    db: &DbArg,
+    at: &Pointers,
+    doing: &str,
+    command: impl FnOnce(&std::path::Path) -> Result<Value, String>,
 ) -> ExitCode {
+    let chosen = match db.choose(at) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("omemod: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "omemod: {doing} database {} ({})",
+        chosen.path.display(),
+        chosen.why
+    );
+    let result = command(&chosen.path).map(|mut v| {
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("db".into(), json!(chosen.path));
+            obj.insert("db_from".into(), json!(chosen.why));
+        }
+        v
+    });
+    offline(result)
+}
+
+/// An offline command's result as JSON, its error as text.
+fn offline_json<T: serde::Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<Value, String> {
+    r.map_err(|e| e.to_string())
+        .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
+}
+
+fn account_command(at: &Pointers, cmd: AccountCommand) -> ExitCode {
+    let socket = at.socket.as_path();
     match cmd {
         AccountCommand::List => call_cli(socket, "account.list", json!({})),
         AccountCommand::Delete { account, yes } => {
@@ -418,12 +547,16 @@ fn account_command(
         }
         AccountCommand::Export { account, file, db } => {
             let jid = crate::storage::jids::normalise(&account).unwrap_or(account);
-            offline(
-                crate::storage::transfer::export_account_to(&db_path(&db), &jid, &file)
-                    .map(|rows| json!({"account": jid, "file": file, "rows": rows})),
-            )
+            with_db(&db, at, "exporting from", |db| {
+                offline_json(
+                    crate::storage::transfer::export_account_to(db, &jid, &file)
+                        .map(|rows| json!({"account": jid, "file": file, "rows": rows})),
+                )
+            })
         }
-        AccountCommand::Import { file, db } => import(&file, &db_path(&db)),
+        AccountCommand::Import { file, db } => {
+            with_db(&db, at, "importing into", |db| import(&file, db))
+        }
     }
 }
 
@@ -447,46 +580,25 @@ fn offline<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> ExitCo
 }
 
 /// Takes the database's lock for an offline change; says who holds it otherwise.
-fn lock_for_offline_change(db: &std::path::Path) -> Result<crate::lock::DbLock, ExitCode> {
-    crate::lock::DbLock::acquire(db, None).map_err(|e| {
-        eprintln!("omemod: {e}");
-        ExitCode::from(1)
-    })
+fn lock_for_offline_change(db: &std::path::Path) -> Result<crate::lock::DbLock, String> {
+    crate::lock::DbLock::acquire(db, None).map_err(|e| e.to_string())
 }
 
-fn restore(file: &std::path::Path, db: &std::path::Path) -> ExitCode {
-    let _lock = match lock_for_offline_change(db) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    offline(crate::storage::transfer::restore(file, db))
+fn restore(file: &std::path::Path, db: &std::path::Path) -> Result<Value, String> {
+    let _lock = lock_for_offline_change(db)?;
+    offline_json(crate::storage::transfer::restore(file, db))
 }
 
-fn import(file: &std::path::Path, db: &std::path::Path) -> ExitCode {
-    let _lock = match lock_for_offline_change(db) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let doc: Value = match std::fs::read(file)
+fn import(file: &std::path::Path, db: &std::path::Path) -> Result<Value, String> {
+    let _lock = lock_for_offline_change(db)?;
+    let doc: Value = std::fs::read(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", file.display())))
-    {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("omemod: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let store = match crate::storage::Store::open(db, crate::storage::Durability::Full) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("omemod: database {}: {e}", db.display());
-            return ExitCode::from(1);
-        }
-    };
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", file.display())))?;
+    let store = crate::storage::Store::open(db, crate::storage::Durability::Full)
+        .map_err(|e| format!("database {}: {e}", db.display()))?;
     let r = store.write_blocking(move |tx| crate::storage::transfer::import_account(tx, &doc));
     let closed = store.close();
-    offline(r.and_then(|jid| closed.map(|()| json!({"imported": jid, "db": db}))))
+    offline_json(r.and_then(|jid| closed.map(|()| json!({"imported": jid}))))
 }
 
 fn with_account(mut params: Value, account: Option<String>) -> Value {
@@ -526,7 +638,12 @@ fn serve_config(socket: PathBuf, args: ServeArgs, file: &config::FileConfig) -> 
     }
 }
 
-fn serve(socket: PathBuf, args: ServeArgs, file: &config::FileConfig) -> ExitCode {
+fn serve(
+    socket: PathBuf,
+    args: ServeArgs,
+    file: &config::FileConfig,
+    config_file: &std::path::Path,
+) -> ExitCode {
     crate::logging::init("info");
     let config = serve_config(socket, args, file);
     // One runtime thread: a request is microseconds of CPU between two waits (socket, commit),
@@ -545,10 +662,44 @@ fn serve(socket: PathBuf, args: ServeArgs, file: &config::FileConfig) -> ExitCod
     match runtime.block_on(crate::rpc::server::serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            match sandbox_hint(&e, config_file) {
+                Some(hint) => tracing::error!("{e}; {hint}"),
+                None => tracing::error!("{e}"),
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Under systemd (`$INVOCATION_ID`), a path the daemon may not write (read-only file system,
+/// permission denied) is most likely outside what the unit's sandbox leaves writable
+/// (ProtectSystem=strict, ProtectHome=read-only): which paths those are, and what to change.
+fn sandbox_hint(
+    e: &(dyn std::error::Error + 'static),
+    config_file: &std::path::Path,
+) -> Option<String> {
+    std::env::var_os("INVOCATION_ID")?;
+    let denied = std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            )
+        })
+    });
+    if !denied {
+        return None;
+    }
+    let dir = |p: PathBuf| p.parent().map(std::path::Path::to_path_buf).unwrap_or(p);
+    Some(format!(
+        "under systemd the unit's sandbox (ProtectSystem=strict, ProtectHome=read-only) lets \
+         omemod write only its database directory {} and its socket directory {}: leave `db` \
+         and `socket` out of {} (or the flags out of the unit), point them there, or allow the \
+         path with ReadWritePaths= (`systemctl --user edit omemod`)",
+        dir(config::default_db_path()).display(),
+        dir(config::default_socket_path()).display(),
+        config_file.display(),
+    ))
 }
 
 fn openrpc(socket: PathBuf) -> ExitCode {
@@ -614,9 +765,7 @@ fn cli_message(kind: &str, message: &str) -> Option<String> {
         "unknown_account" => Some(format!(
             "{message}: check --account (`omemod account list` shows the accounts)"
         )),
-        "invalid_jid" => Some(format!(
-            "{message}: give a bare JID (local@domain, no /resource) to --jid / --account"
-        )),
+        "invalid_jid" => Some(format!("{message}; check --jid / --account")),
         _ => None,
     }
 }

@@ -281,17 +281,17 @@ where
 pub fn parse_duration(s: &str) -> Result<u64, String> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse().map_err(|_| format!("{s:?}: too large"));
+        return s.parse().map_err(|_| format!("`{s}`: too large"));
     }
     let unit = s
         .split(|c: char| c.is_ascii_digit() || c.is_whitespace())
         .find(|u| !u.is_empty() && !matches!(*u, "s" | "m" | "h" | "d"));
     if let Some(unit) = unit {
-        return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)"));
+        return Err(format!("`{s}`: unknown unit `{unit}` (use s, m, h or d)"));
     }
     humantime::parse_duration(s)
         .map(|d| d.as_secs())
-        .map_err(|e| format!("{s:?}: {e} (expected a number with an optional unit s, m, h or d)"))
+        .map_err(|e| format!("`{s}`: {e} (expected a number with an optional unit s, m, h or d)"))
 }
 
 /// Why the config file could not be used.

@@ -116,6 +116,15 @@ fn wrong_root_and_namespace() {
         err("<encrypted><header sid='1'/></encrypted>"),
         XmlError::WrongNamespace { found: None, .. }
     ));
+    // Said in words, not as a Rust `Option`.
+    assert_eq!(
+        err("<encrypted xmlns='urn:xmpp:omemo:1'/>").to_string(),
+        format!("root element in namespace urn:xmpp:omemo:1 (expected {OLD} or {TWO})")
+    );
+    assert_eq!(
+        err("<encrypted/>").to_string(),
+        format!("root element in no namespace (expected {OLD} or {TWO})")
+    );
     // <header> from another namespace does not count.
     assert!(matches!(
         err(&format!(

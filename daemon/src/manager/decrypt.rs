@@ -231,6 +231,19 @@ pub enum DecryptError {
     /// The OMEMO 2 SCE envelope does not match where the message came from or arrived.
     #[error("SCE envelope mismatch: {0}")]
     SceMismatch(String),
+    /// The message comes from a device of another JID than `from` says (a client passing the
+    /// wrong sender, or a message passed on by someone else).
+    #[error("the message comes from device {device_id} of {owner}, not from {from}: pass the stanza's bare sender JID as `from`")]
+    SenderMismatch {
+        /// The request's `from`.
+        from: String,
+        /// The JID that lists the device (and holds its identity key).
+        owner: String,
+        /// Namespace.
+        namespace: Version,
+        /// The sender's device id.
+        device_id: u32,
+    },
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -262,6 +275,7 @@ impl DecryptError {
             | E::PreKeyUnavailable(_)
             | E::LostState(_) => ErrorCause::LocalState,
             E::Distrusted | E::IdentityChanged { .. } => ErrorCause::Policy,
+            E::SenderMismatch { .. } => ErrorCause::Request,
         }
     }
 }
@@ -696,8 +710,30 @@ impl Manager {
         };
         match found {
             Ok(found) => attempt(record, found, &ids, false),
+            Err(SessionError::NoSession) if slot.session.is_none() => Err(self
+                .sender_mismatch(addr, None)
+                .unwrap_or_else(|| refused(SessionError::NoSession, addr))),
             Err(e) => Err(refused(e, addr)),
         }
+    }
+
+    /// A message claimed for `addr` that comes from a device of another JID (see
+    /// [`Directory::owner_elsewhere`](super::directory::Directory::owner_elsewhere)).
+    fn sender_mismatch(
+        &self,
+        addr: &DeviceAddr,
+        identity: Option<&[u8; 32]>,
+    ) -> Option<DecryptError> {
+        let owner = self.with_directory(addr.account_id, |d| {
+            d.owner_elsewhere(&addr.jid, addr.namespace, addr.device_id, identity)
+                .map(str::to_owned)
+        })?;
+        Some(DecryptError::SenderMismatch {
+            from: addr.jid.clone(),
+            owner,
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+        })
     }
 
     /// A key exchange: the session it built (current or previous), else a new session after
@@ -725,6 +761,14 @@ impl Manager {
             .identity
             .curve25519()
             .map_err(|e| refused(SessionError::InvalidKey(e), addr))?;
+        // OMEMO 0.3 has no envelope naming the sender: before a prekey is used up, a key
+        // exchange from a device another JID owns is not `from`'s. (OMEMO 2's is checked
+        // against its envelope once decrypted.)
+        if slot.session.is_none() && addr.namespace == Version::Oldmemo {
+            if let Some(e) = self.sender_mismatch(addr, Some(&new_identity)) {
+                return Err(e);
+            }
+        }
         let pin = self.pinned_identity(addr, slot.session.as_ref()).await?;
         if let Some(pinned) = pin.identity.filter(|k| *k != new_identity) {
             return Err(self.identity_changed(acct, addr, &pinned, &new_identity));
@@ -739,7 +783,15 @@ impl Manager {
         let keys = own_keys
             .as_deref()
             .ok_or(DecryptError::LostState("account keys unavailable"))?;
-        let responded = respond(acct, keys, &kex, slot)?;
+        let responded = respond(acct, keys, &kex, slot).map_err(|e| match e {
+            // Its prekey went to the device's real owner: the wrong `from`, not a broken session.
+            DecryptError::UnknownSignedPreKey(_) | DecryptError::PreKeyUnavailable(_)
+                if slot.session.is_none() =>
+            {
+                self.sender_mismatch(addr, Some(&new_identity)).unwrap_or(e)
+            }
+            e => e,
+        })?;
         Ok(Attempt {
             session: responded.session,
             decrypted: responded.decrypted,
@@ -963,6 +1015,9 @@ fn check_element(element: &Encrypted) -> Result<(), DecryptError> {
     let bad = |why: String| Err(DecryptError::InvalidElement(why));
     if element.sid == 0 || element.sid > MAX_DEVICE_ID {
         return bad(format!("sender device id {} out of range", element.sid));
+    }
+    if element.keys.is_empty() {
+        return bad("<header> has no <key> (the message is encrypted for no device)".into());
     }
     if element.keys.len() > protocol_core::xml::MAX_KEYS {
         return bad("too many <key> elements".into());

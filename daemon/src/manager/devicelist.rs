@@ -36,10 +36,10 @@ pub enum DevicelistError {
     #[error(transparent)]
     Account(#[from] AccountLookupError),
     /// Not a well-formed device list of the namespace.
-    #[error("invalid message: device list: {0}")]
+    #[error("invalid device list: {0}")]
     Malformed(#[source] XmlError),
     /// The parser's thread failed.
-    #[error("invalid message: device list: the parser failed")]
+    #[error("invalid device list: the parser failed")]
     ParserFailed,
     /// The list names more devices than a contact may have.
     #[error("device list names {count} devices; at most {max} are accepted")]

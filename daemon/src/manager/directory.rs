@@ -92,6 +92,37 @@ impl Directory {
         self.trust.get(&(jid.to_owned(), *key))
     }
 
+    /// The JID that really owns device `device_id` of `namespace` when a message claims it for
+    /// `from`: another JID that lists the device and holds the message's `identity` key, which
+    /// `from` never showed (without a key: `from` does not list the device). `None` when
+    /// nothing points elsewhere.
+    pub fn owner_elsewhere(
+        &self,
+        from: &str,
+        namespace: Version,
+        device_id: u32,
+        identity: Option<&[u8; 32]>,
+    ) -> Option<&str> {
+        let lists = |jid: &str| {
+            self.devices.get(jid).is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r.namespace == namespace && r.device_id == device_id)
+            })
+        };
+        let holds = |jid: &str| identity.is_none_or(|k| self.trust_of(jid, k).is_some());
+        let from_known = match identity {
+            Some(k) => self.trust_of(from, k).is_some(),
+            None => lists(from),
+        };
+        if from_known {
+            return None;
+        }
+        self.devices
+            .keys()
+            .map(String::as_str)
+            .find(|jid| *jid != from && lists(jid) && holds(jid))
+    }
+
     /// What the policy says about a key of `jid` seen for the first time.
     pub fn decide_new(&self, mode: TrustMode, jid: &str) -> (TrustLevel, TrustSource) {
         let known: Vec<&TrustRow> = self.trust.values().filter(|t| t.jid == jid).collect();

@@ -21,7 +21,8 @@
 //!   [`LinkError`](super::links::LinkError); `labels`:
 //!   [`LabelError`](super::labels::LabelError).
 //!
-//! They nest the pieces this module holds, which several operations share: [`InvalidJid`],
+//! They nest the pieces this module holds, which several operations share: [`InvalidJid`]
+//! (what is wrong with the JID: [`JidProblem`]),
 //! [`AccountLookupError`], [`RecipientsError`], [`DeviceIdError`], [`InvalidFingerprint`],
 //! [`RateLimited`], and storage's [`StorageError`]. Operations that only touch the database
 //! (maintenance, loading) return a [`StorageError`] as it is.
@@ -36,12 +37,92 @@
 pub use crate::storage::StorageError;
 pub use protocol_core::error::ErrorCause;
 
-/// A JID the request gives is not a bare JID.
+/// A JID the request gives is not a bare JID `local@domain`.
 #[derive(Debug, thiserror::Error)]
-#[error("not a valid bare JID: {0}")]
-pub struct InvalidJid(pub String);
+#[error("not a bare JID: {problem}")]
+pub struct InvalidJid {
+    /// What is wrong with it, naming it.
+    pub problem: JidProblem,
+}
+
+/// What is wrong with a JID, in the words of the message (which names the JID, or its start
+/// when it is too long to repeat).
+#[derive(Debug, thiserror::Error)]
+pub enum JidProblem {
+    /// An empty string.
+    #[error("the JID is empty (give local@domain)")]
+    Empty,
+    /// Longer than RFC 7622 allows.
+    #[error("a JID of {0} bytes is longer than {max} bytes", max = crate::storage::jids::MAX_JID_BYTES)]
+    TooLong(usize),
+    /// Blanks or control characters anywhere.
+    #[error("{0} contains blanks or control characters")]
+    Blank(String),
+    /// A full JID: the bare JID with a resource.
+    #[error("{jid} has the resource /{resource} (give the bare JID {bare})")]
+    Resource {
+        /// The JID as given.
+        jid: String,
+        /// The resource.
+        resource: String,
+        /// The bare part as given.
+        bare: String,
+    },
+    /// A name without `@domain` (`bob`).
+    #[error("{0} has no @domain (a bare JID is local@domain)")]
+    NoDomain(String),
+    /// Nothing before the `@`.
+    #[error("{0} has an empty local part before the @")]
+    EmptyLocal(String),
+    /// Nothing after the `@`.
+    #[error("{0} has an empty domain after the @")]
+    EmptyDomain(String),
+    /// More than one `@`.
+    #[error("{0} has more than one @")]
+    TwoAts(String),
+    /// The local part or the domain has characters RFC 7622 forbids there.
+    #[error("{jid} is refused by RFC 7622: {reason}")]
+    Refused {
+        /// The JID as given.
+        jid: String,
+        /// What the JID parser says.
+        reason: String,
+    },
+}
 
 impl InvalidJid {
+    /// Says what is wrong with `jid`, which is not a valid bare JID with a local part.
+    pub fn diagnose(jid: &str) -> Self {
+        let owned = || jid.to_owned();
+        let problem = if jid.is_empty() {
+            JidProblem::Empty
+        } else if jid.len() > crate::storage::jids::MAX_JID_BYTES {
+            JidProblem::TooLong(jid.len())
+        } else if jid.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            JidProblem::Blank(owned())
+        } else if let Some((bare, resource)) = jid.split_once('/') {
+            JidProblem::Resource {
+                jid: owned(),
+                resource: resource.to_owned(),
+                bare: bare.to_owned(),
+            }
+        } else {
+            match jid.split('@').collect::<Vec<_>>().as_slice() {
+                [_] => JidProblem::NoDomain(owned()),
+                ["", _] => JidProblem::EmptyLocal(owned()),
+                [_, ""] => JidProblem::EmptyDomain(owned()),
+                [_, _] => JidProblem::Refused {
+                    jid: owned(),
+                    reason: jid::BareJid::new(jid)
+                        .err()
+                        .map_or_else(|| "not a valid JID".to_owned(), |e| e.to_string()),
+                },
+                _ => JidProblem::TwoAts(owned()),
+            }
+        };
+        Self { problem }
+    }
+
     /// Always the request's.
     pub fn cause(&self) -> ErrorCause {
         ErrorCause::Request
@@ -51,6 +132,9 @@ impl InvalidJid {
 /// No account to act for.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountLookupError {
+    /// The request's `account` is not a bare JID.
+    #[error(transparent)]
+    Jid(#[from] InvalidJid),
     /// The request names an account this daemon does not have.
     #[error("no account {0}")]
     Unknown(String),

@@ -87,12 +87,14 @@ pub struct Manager {
     pub(crate) bundles: bundle_cache::BundleCache,
 }
 
-/// Parses `jid` as a bare JID (`local@domain` or `domain`, no resource) and returns its
-/// normalised form (RFC 7622: the local part through nodeprep, the domain through IDNA and
-/// nameprep, so `Alice@Example.ORG` is `alice@example.org`). Everything omemod stores and
-/// compares is in this form.
+/// Parses `jid` as a bare JID `local@domain` (no resource; a domain alone is no account, contact
+/// or room) and returns its normalised form (RFC 7622: the local part through nodeprep, the
+/// domain through IDNA and nameprep, so `Alice@Example.ORG` is `alice@example.org`). Everything
+/// omemod stores and compares is in this form.
 pub fn check_bare_jid(jid: &str) -> Result<String, InvalidJid> {
-    storage::jids::normalise(jid).ok_or_else(|| InvalidJid(jid.to_owned()))
+    storage::jids::normalise(jid)
+        .filter(|n| n.contains('@'))
+        .ok_or_else(|| InvalidJid::diagnose(jid))
 }
 
 impl Manager {
@@ -179,7 +181,10 @@ impl Manager {
                 _ => Err(AccountLookupError::Several),
             };
         };
-        self.account_named(j)
+        let normalised = check_bare_jid(j)?;
+        let map = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(&normalised)
+            .cloned()
             .ok_or_else(|| AccountLookupError::Unknown(j.to_owned()))
     }
 

@@ -75,6 +75,31 @@ struct Call<'a> {
     params: Option<&'a str>,
 }
 
+/// `parse_error` saying where the line stops being JSON (`data.line`, `data.column`: 1-based,
+/// the column counting bytes, as serde_json counts them).
+fn parse_error(e: &serde_json::Error) -> RpcError {
+    let what = match e.classify() {
+        serde_json::error::Category::Eof => {
+            "the JSON value is cut off at the end of the line".to_owned()
+        }
+        _ => {
+            // serde_json's own words, without its position (given in ours).
+            let text = e.to_string();
+            let suffix = format!(" at line {} column {}", e.line(), e.column());
+            text.strip_suffix(&suffix).unwrap_or(&text).to_owned()
+        }
+    };
+    RpcError::new(
+        ErrorKind::ParseError,
+        format!(
+            "parse error at line {}, column {}: {what}",
+            e.line(),
+            e.column()
+        ),
+    )
+    .with_data(serde_json::json!({"line": e.line(), "column": e.column()}))
+}
+
 fn invalid_request(message: &str) -> RpcError {
     RpcError::new(ErrorKind::InvalidRequest, message)
 }
@@ -135,24 +160,17 @@ impl Dispatcher {
 
     /// Answers one line (one request or a batch). `None` when no answer is due (notifications).
     pub async fn handle_line(&self, line: &str, conn: &Conn) -> Option<String> {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with('[') {
-            let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(trimmed) else {
-                return Some(error_line(
-                    None,
-                    &RpcError::new(ErrorKind::ParseError, "parse error"),
-                ));
+        if line.trim_start().starts_with('[') {
+            return match serde_json::from_str::<Vec<&RawValue>>(line) {
+                Ok(items) => self.handle_batch(&items, conn).await,
+                Err(e) => Some(error_line(None, &parse_error(&e))),
             };
-            return self.handle_batch(&items, conn).await;
         }
         // Parse once to check it is JSON at all.
-        let Ok(raw) = serde_json::from_str::<&RawValue>(trimmed) else {
-            return Some(error_line(
-                None,
-                &RpcError::new(ErrorKind::ParseError, "parse error"),
-            ));
-        };
-        self.handle_one(raw, conn).await
+        match serde_json::from_str::<&RawValue>(line) {
+            Ok(raw) => self.handle_one(raw, conn).await,
+            Err(e) => Some(error_line(None, &parse_error(&e))),
+        }
     }
 
     async fn handle_batch(&self, items: &[&RawValue], conn: &Conn) -> Option<String> {

@@ -75,6 +75,8 @@ pub enum ErrorKind {
     InvalidBundle,
     /// The signed pre-key's signature does not verify.
     InvalidSignature,
+    /// The device list is malformed.
+    InvalidDevicelist,
 
     // --- sessions and messages (1200s) ---
     /// No session with the device.
@@ -99,6 +101,8 @@ pub enum ErrorKind {
     SceMismatch,
     /// The `<encrypted>` element would be larger than `decrypt` accepts.
     MessageTooLarge,
+    /// The message comes from a device of another JID than the request's `from`.
+    SenderMismatch,
 
     // --- trust (1300s) ---
     /// The device is not (yet) trusted.
@@ -147,6 +151,7 @@ impl ErrorKind {
         ErrorKind::NoBundle,
         ErrorKind::InvalidBundle,
         ErrorKind::InvalidSignature,
+        ErrorKind::InvalidDevicelist,
         ErrorKind::NoSession,
         ErrorKind::NotForThisDevice,
         ErrorKind::DuplicateMessage,
@@ -158,6 +163,7 @@ impl ErrorKind {
         ErrorKind::RateLimited,
         ErrorKind::SceMismatch,
         ErrorKind::MessageTooLarge,
+        ErrorKind::SenderMismatch,
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
         ErrorKind::IdentityChanged,
@@ -192,6 +198,7 @@ impl ErrorKind {
             ErrorKind::NoBundle => 1102,
             ErrorKind::InvalidBundle => 1103,
             ErrorKind::InvalidSignature => 1104,
+            ErrorKind::InvalidDevicelist => 1105,
             ErrorKind::NoSession => 1201,
             ErrorKind::NotForThisDevice => 1202,
             ErrorKind::DuplicateMessage => 1203,
@@ -203,6 +210,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => 1208,
             ErrorKind::SceMismatch => 1209,
             ErrorKind::MessageTooLarge => 1210,
+            ErrorKind::SenderMismatch => 1211,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
             ErrorKind::IdentityChanged => 1303,
@@ -238,6 +246,7 @@ impl ErrorKind {
             ErrorKind::NoBundle => "no_bundle",
             ErrorKind::InvalidBundle => "invalid_bundle",
             ErrorKind::InvalidSignature => "invalid_signature",
+            ErrorKind::InvalidDevicelist => "invalid_devicelist",
             ErrorKind::NoSession => "no_session",
             ErrorKind::NotForThisDevice => "not_for_this_device",
             ErrorKind::DuplicateMessage => "duplicate_message",
@@ -249,6 +258,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::SceMismatch => "sce_mismatch",
             ErrorKind::MessageTooLarge => "message_too_large",
+            ErrorKind::SenderMismatch => "sender_mismatch",
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
             ErrorKind::IdentityChanged => "identity_changed",
@@ -280,6 +290,7 @@ impl ErrorKind {
             | ErrorKind::InvalidJid
             | ErrorKind::InvalidLabel
             | ErrorKind::InvalidLink
+            | ErrorKind::SenderMismatch
             | ErrorKind::IdempotencyKeyReused
             | ErrorKind::MessageTooLarge => Request,
             ErrorKind::Internal
@@ -292,6 +303,7 @@ impl ErrorKind {
             | ErrorKind::StorageError => LocalState,
             ErrorKind::InvalidBundle
             | ErrorKind::InvalidSignature
+            | ErrorKind::InvalidDevicelist
             | ErrorKind::DuplicateMessage
             | ErrorKind::InvalidMessage
             | ErrorKind::AuthenticationFailed
@@ -333,6 +345,7 @@ impl ErrorKind {
             ErrorKind::NoBundle => "no bundle for the device",
             ErrorKind::InvalidBundle => "invalid bundle",
             ErrorKind::InvalidSignature => "invalid signed pre-key signature",
+            ErrorKind::InvalidDevicelist => "invalid device list",
             ErrorKind::NoSession => "no session with the device",
             ErrorKind::NotForThisDevice => "message not encrypted for this device",
             ErrorKind::DuplicateMessage => "duplicate message",
@@ -344,6 +357,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "too many session replacements; retry later",
             ErrorKind::SceMismatch => "SCE envelope does not match the stanza",
             ErrorKind::MessageTooLarge => "message too large to decrypt",
+            ErrorKind::SenderMismatch => "the message comes from another JID than `from`",
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",
             ErrorKind::IdentityChanged => "identity key of the device changed",

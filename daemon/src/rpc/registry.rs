@@ -71,7 +71,7 @@ pub enum RegistryError {
     #[error("method {0} registered twice")]
     Duplicate(&'static str),
     /// The name breaks the naming rule.
-    #[error("method name {0:?} is not lower-case dotted snake_case")]
+    #[error("method name `{0}` is not lower-case dotted snake_case")]
     BadName(&'static str),
 }
 
@@ -170,7 +170,22 @@ pub fn parse_params<P: DeserializeOwned>(raw: Option<&str>) -> Result<P, RpcErro
             "params must be a by-name JSON object",
         ));
     }
-    serde_json::from_str(text).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
+    // `raw` is one JSON value (the line was parsed once already): nothing can follow it.
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+        .map_err(|e| RpcError::invalid_params(params_message(&e)))
+}
+
+/// "invalid params: `to[0]`: invalid type: …", naming the param when the error is inside one,
+/// without serde_json's position (within the params, not the line).
+fn params_message(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let inner = e.inner();
+    let text = inner.to_string();
+    let suffix = format!(" at line {} column {}", inner.line(), inner.column());
+    let what = text.strip_suffix(&suffix).unwrap_or(&text);
+    match e.path().to_string().as_str() {
+        "." => format!("invalid params: {what}"),
+        path => format!("invalid params: `{path}`: {what}"),
+    }
 }
 
 impl Registry {

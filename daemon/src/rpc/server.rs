@@ -88,11 +88,12 @@ fn prepare_directory(dir: &Path) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Removes a stale socket file, unless a daemon still answers on it.
-fn clear_stale_socket(path: &Path) -> Result<(), ServeError> {
+/// Refuses a socket path that another daemon answers on or that is not a socket; `true` when
+/// a stale socket file is in the way.
+fn check_socket_path(path: &Path) -> Result<bool, ServeError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(io_err("cannot inspect", path)(e)),
     };
     if !meta.file_type().is_socket() {
@@ -100,17 +101,38 @@ fn clear_stale_socket(path: &Path) -> Result<(), ServeError> {
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => Err(ServeError::AlreadyRunning(path.to_path_buf())),
-        Err(_) => {
-            tracing::info!(socket = %path.display(), "removing stale socket");
-            std::fs::remove_file(path).map_err(io_err("cannot remove stale socket", path))
-        }
+        Err(_) => Ok(true),
     }
 }
 
-fn bind(config: &ServeConfig) -> Result<Bound, ServeError> {
-    if let Some(std_listener) = systemd::take_activated_listener()
-        .map_err(io_err("cannot use socket from systemd", &config.socket))?
-    {
+/// Removes a stale socket file, unless a daemon still answers on it.
+fn clear_stale_socket(path: &Path) -> Result<(), ServeError> {
+    if check_socket_path(path)? {
+        tracing::info!(socket = %path.display(), "removing stale socket");
+        std::fs::remove_file(path).map_err(io_err("cannot remove stale socket", path))?;
+    }
+    Ok(())
+}
+
+/// The socket systemd handed over, if any; else the socket path is checked (not served by
+/// another daemon, not something else), before anything is created: a refused start leaves
+/// no database behind.
+fn take_or_check_socket(
+    config: &ServeConfig,
+) -> Result<Option<std::os::unix::net::UnixListener>, ServeError> {
+    let activated = systemd::take_activated_listener()
+        .map_err(io_err("cannot use socket from systemd", &config.socket))?;
+    if activated.is_none() {
+        check_socket_path(&config.socket)?;
+    }
+    Ok(activated)
+}
+
+fn bind(
+    activated: Option<std::os::unix::net::UnixListener>,
+    config: &ServeConfig,
+) -> Result<Bound, ServeError> {
+    if let Some(std_listener) = activated {
         std_listener
             .set_nonblocking(true)
             .map_err(io_err("cannot use socket from systemd", &config.socket))?;
@@ -218,6 +240,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Every file we create (socket, database) is private to us.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let mut signals = Signals::watch()?;
+    let activated = take_or_check_socket(&config)?;
 
     // One daemon per database: lock before opening, hold until the store is closed.
     let mut db_lock = crate::lock::DbLock::acquire(&config.db, Some(&config.socket))?;
@@ -229,7 +252,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             crate::config::Durability::Normal => crate::storage::Durability::Normal,
         },
     )?);
-    let bound = bind(&config)?;
+    let bound = bind(activated, &config)?;
     if bound.path != config.socket {
         db_lock.record(Some(&bound.path))?;
     }

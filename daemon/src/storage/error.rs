@@ -54,10 +54,11 @@ pub enum StorageError {
     /// Two accounts are stored under spellings of one JID: they are two identities and cannot be
     /// merged automatically.
     #[error(
-        "accounts {spellings:?} are one JID ({normalised}) stored as two accounts with two \
+        "accounts {} are one JID ({normalised}) stored as two accounts with two \
          identities; omemod cannot merge them. Keep one: export the other \
          (`omemod account export`) if needed, then delete it with sqlite3 \
-         (PRAGMA foreign_keys=ON; DELETE FROM accounts WHERE jid = '…') while omemod is stopped"
+         (PRAGMA foreign_keys=ON; DELETE FROM accounts WHERE jid = '…') while omemod is stopped",
+        spellings.join(" and ")
     )]
     JidCollision {
         /// The JID both spellings normalise to.
@@ -67,7 +68,7 @@ pub enum StorageError {
     },
 
     /// A pragma did not take the value we set (e.g. WAL refused by the file system).
-    #[error("PRAGMA {pragma} is {actual:?}, expected {expected:?}")]
+    #[error("PRAGMA {pragma} is {actual}, expected {expected}")]
     Pragma {
         /// The pragma.
         pragma: &'static str,

@@ -384,7 +384,7 @@ pub(crate) fn namespace(
 ) -> Result<Namespace> {
     let s = text(row, table, column)?;
     Namespace::from_namespace(&s)
-        .ok_or_else(|| bad(table, column, format!("unknown namespace {s:?}")))
+        .ok_or_else(|| bad(table, column, format!("unknown namespace `{s}`")))
 }
 
 /// A TEXT enum column, parsed by `parse`.
@@ -395,7 +395,7 @@ pub(crate) fn enum_col<T>(
     parse: impl FnOnce(&str) -> Option<T>,
 ) -> Result<T> {
     let s = text(row, table, column)?;
-    parse(&s).ok_or_else(|| bad(table, column, format!("unknown value {s:?}")))
+    parse(&s).ok_or_else(|| bad(table, column, format!("unknown value `{s}`")))
 }
 
 /// A device id (or prekey id) argument as SQLite stores it.

@@ -79,7 +79,10 @@ pub enum XmlError {
         found: String,
     },
     /// The root element is in the wrong namespace.
-    #[error("wrong namespace {found:?} (expected {expected})")]
+    #[error(
+        "root element in {} (expected {expected})",
+        found.as_deref().map_or_else(|| "no namespace".to_owned(), |ns| format!("namespace {ns}"))
+    )]
     WrongNamespace {
         /// Expected namespace(s).
         expected: &'static str,

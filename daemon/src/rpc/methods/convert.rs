@@ -93,10 +93,11 @@ impl MethodError for StorageError {
 }
 
 answers!(InvalidJid {
-    InvalidJid(_) => [InvalidJid],
+    InvalidJid { .. } => [InvalidJid],
 });
 
 answers!(AccountLookupError {
+    AccountLookupError::Jid(e) => [via e: InvalidJid],
     AccountLookupError::Unknown(_) => [UnknownAccount],
     AccountLookupError::NoneYet | AccountLookupError::Several => [AccountRequired],
 });
@@ -165,7 +166,7 @@ answers!(BundleUpdateError {
 answers!(DevicelistError {
     DevicelistError::Jid(e) => [via e: InvalidJid],
     DevicelistError::Account(e) => [via e: AccountLookupError],
-    DevicelistError::Malformed(_) | DevicelistError::ParserFailed => [InvalidMessage],
+    DevicelistError::Malformed(_) | DevicelistError::ParserFailed => [InvalidDevicelist],
     DevicelistError::TooManyDevices { count, max } => [TooManyDevices, json!({"count": count, "max": max})],
     DevicelistError::Storage(e) => [via e: StorageError],
 });
@@ -226,6 +227,9 @@ answers!(DecryptError {
     })],
     DecryptError::RateLimited(e) => [via e: RateLimited],
     DecryptError::SceMismatch(_) => [SceMismatch],
+    DecryptError::SenderMismatch { from, owner, namespace, device_id } => [SenderMismatch, json!({
+        "from": from, "jid": owner, "namespace": namespace.namespace(), "device_id": device_id,
+    })],
     DecryptError::Storage(e) => [via e: StorageError],
 });
 
@@ -364,7 +368,7 @@ mod tests {
     #[test]
     fn messages_show_no_rust_debug_forms() {
         let messages = [
-            InvalidJid("not a jid".into()).into_rpc().message,
+            InvalidJid::diagnose("not a jid").into_rpc().message,
             DecryptError::NotForThisDevice {
                 recipients: vec![3, 4],
             }

@@ -212,6 +212,97 @@ mod tests {
         );
     }
 
+    /// A document's retry table (the one whose header starts `header`): each method (`encrypt`
+    /// with and without `idempotency_key` apart) and whether it is safe to retry.
+    fn retry_verdicts(file: &str, header: &str) -> std::collections::BTreeMap<String, String> {
+        let path = format!("{}/../docs/{file}", env!("CARGO_MANIFEST_DIR"));
+        let md = std::fs::read_to_string(&path).unwrap_or_default();
+        let table = md
+            .split_once(header)
+            .map(|(_, rest)| rest.split("\n\n").next().unwrap_or_default())
+            .unwrap_or_else(|| panic!("no table `{header}` in {file}"));
+        let mut verdicts = std::collections::BTreeMap::new();
+        for row in table.lines().skip(2) {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            let [calls, verdict, ..] = cells.as_slice() else {
+                panic!("{file}: {row}")
+            };
+            // "`encrypt` without `idempotency_key`, `heartbeat`": items start with a backtick.
+            let mut items: Vec<String> = Vec::new();
+            for piece in calls.split(", ") {
+                match items.last_mut() {
+                    Some(last) if !piece.starts_with('`') => last.push_str(piece),
+                    _ => items.push(piece.to_owned()),
+                }
+            }
+            for item in items {
+                let key = item.replace('`', "");
+                let before = verdicts.insert(key.clone(), (*verdict).to_owned());
+                assert!(before.is_none(), "{file}: {key} twice");
+            }
+        }
+        verdicts
+    }
+
+    #[test]
+    fn both_retry_tables_agree_and_name_every_method() {
+        let rpc = retry_verdicts("rpc.md", "| method | safe to retry |");
+        let clients = retry_verdicts("clients.md", "| calls | retry? |");
+        assert_eq!(
+            rpc, clients,
+            "docs/rpc.md and docs/clients.md disagree on retries"
+        );
+        let doc = document();
+        let methods: Vec<&str> = doc["methods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["name"].as_str())
+            .collect();
+        for m in &methods {
+            let rows: Vec<&String> = rpc
+                .keys()
+                .filter(|k| k.as_str() == *m || k.starts_with(&format!("{m} ")))
+                .collect();
+            assert!(!rows.is_empty(), "{m} is in no retry table");
+        }
+        for key in rpc.keys() {
+            let method = key.split(' ').next().unwrap_or_default();
+            assert!(methods.contains(&method), "{key}: no such method");
+        }
+        assert_eq!(rpc["subscribe"], "yes");
+        assert_eq!(rpc["encrypt without idempotency_key"], "no");
+        assert_eq!(rpc["heartbeat"], "yes");
+    }
+
+    /// `devicelist.update` answers a `fetch_bundle` per new device (e2e_shared checks it), and
+    /// "the caller does" the actions: the guide must not tell clients to leave them undone.
+    #[test]
+    fn clients_md_has_the_fetch_bundle_actions_of_devicelist_update_done() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/clients.md");
+        let md = std::fs::read_to_string(path).unwrap_or_default();
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| `fetch_bundle "))
+            .unwrap_or_else(|| panic!("no fetch_bundle row in the action table"));
+        let from = row.split(" | ").nth(1).unwrap_or_default();
+        for method in [
+            "devicelist.update",
+            "encrypt",
+            "encrypt.plan",
+            "identity.accept",
+        ] {
+            assert!(
+                from.contains(&format!("`{method}`")),
+                "{method} missing: {row}"
+            );
+        }
+        assert!(
+            !md.contains("not** fetch"),
+            "clients.md says not to fetch bundles"
+        );
+    }
+
     #[tokio::test]
     async fn status_can_be_called_without_a_connection() {
         let ctx = test_ctx();
