@@ -3,7 +3,8 @@
 //! shows what to publish and prints events; with two accounts and no `--account` each says how to
 //! choose, on an empty daemon how to create one; none creates an account.
 //!
-//! Needs `python3`, `node`, `bash` with `jq` and `socat` on PATH (`.ci/run` installs them); the
+//! Needs `python3`, `node`, `bash` with `jq` and `socat` on PATH (`scripts/test` installs them
+//! through `scripts/test-deps`); the
 //! Rust example is built here with cargo.
 #[path = "../support/mod.rs"]
 mod support;
@@ -53,7 +54,9 @@ fn on_path(program: &str, install: &str) -> PathBuf {
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{program}` is not on PATH: install {install} (.ci/run does)"))
+        .unwrap_or_else(|| {
+            panic!("`{program}` is not on PATH: install {install} (`scripts/test-deps` does)")
+        })
 }
 
 /// The directory of the omemod binary under test: first on the examples' PATH, so the shell

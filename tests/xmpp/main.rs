@@ -7,7 +7,7 @@
 //! (this crate's binary) and fails when a message does not arrive decrypted. The Python side runs
 //! in `.venv-xmpp` (`scripts/setup-python-xmpp`, pinned in `tests/xmpp/requirements.txt`).
 //!
-//! Needs `prosody` and `prosodyctl` on PATH (Debian package `prosody`; `.ci/run` installs it).
+//! Needs `prosody` and `prosodyctl` on PATH (Debian package `prosody`; `scripts/test-deps` installs it).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -60,7 +60,7 @@ fn run(scenario: &str, namespace: &str) {
             .unwrap_or(false);
         assert!(
             found,
-            "{tool} not found: the XMPP end-to-end test needs prosody (Debian: apt-get install prosody)"
+            "{tool} not found: the XMPP end-to-end test needs prosody (Debian package prosody; `scripts/test-deps` installs it)"
         );
     }
     let mut child = Command::new(python())
