@@ -543,3 +543,44 @@ fn shell_example() {
 fn rust_example_cli() {
     exercise("rust");
 }
+
+/// `--help` (or `-h`, also after the command) prints the whole usage on stdout and exits 0
+/// without a daemon: every command, the options, the socket rule down to the
+/// `/tmp/omemod-<uid>` fallback of `omemod serve`, the exit codes. (The Python example's help
+/// is argparse's.)
+#[test]
+fn examples_answer_help_without_a_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nowhere = dir.path().join("no-daemon.sock");
+    for name in ["node", "shell", "rust"] {
+        let ex = example(name);
+        for args in [&["--help"][..], &["-h"], &["status", "--help"]] {
+            let r = ex.run(&nowhere, args);
+            assert_eq!(r.code, 0, "{name} {args:?}: {r}");
+            assert!(r.stderr.is_empty(), "{name} {args:?}: {r}");
+            for word in [
+                "usage:",
+                "--socket PATH",
+                "--account JID",
+                "status",
+                "publish-info",
+                "encrypt --to JID",
+                "decrypt --from JID",
+                "events [--count N]",
+                "$OMEMOD_SOCKET",
+                "/tmp/omemod-<uid>/omemod.sock",
+                "$OMEMOD_ACCOUNT",
+                "Exit codes",
+            ] {
+                assert!(
+                    r.stdout.contains(word),
+                    "{name} {args:?} lacks {word:?}: {r}"
+                );
+            }
+        }
+        // Without a command: a short usage on stderr that points at --help.
+        let r = ex.run(&nowhere, &[]);
+        assert_eq!(r.code, 2, "{name}: {r}");
+        assert!(r.stderr.contains("--help"), "{name}: {r}");
+    }
+}
