@@ -1,20 +1,6 @@
 #!/usr/bin/env node
-// An omemod client in JavaScript (Node.js 18+, no dependencies).
-//
-//   node node_client.mjs [--socket PATH] [--account JID] COMMAND [ARGS]
-//
-//   status                                   the daemon, its accounts, and ours
-//   publish-info                             what to publish to PEP, for both namespaces
-//   encrypt --to JID [--to JID…] --body TEXT [--namespace NS] [--room ROOM]
-//                                            one <encrypted> element per line
-//   decrypt --from JID --xml FILE|- [--to JID] [--group-chat]   the body (sender on stderr)
-//   events [--count N]                       subscribe and print events as they come
-//
-// Socket: --socket, else $OMEMOD_SOCKET, else $XDG_RUNTIME_DIR/omemod/omemod.sock, else
-// /run/user/<uid>/omemod/omemod.sock (/tmp/omemod-<uid>/omemod.sock without /run/user/<uid>).
-// Account: --account, else $OMEMOD_ACCOUNT, else the daemon's only account; this client never
-// creates one (`omemod init --jid you@example.org` does).
-// Exit codes: 0 success, 1 the daemon answered with an error, 2 usage error or no daemon.
+// An omemod client in JavaScript (Node.js 18+, no dependencies). HELP below is its manual
+// (`node node_client.mjs --help`).
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
@@ -22,6 +8,25 @@ import readline from "node:readline";
 import { parseArgs } from "node:util";
 
 const NAMESPACES = ["urn:xmpp:omemo:2", "eu.siacs.conversations.axolotl"];
+
+const HELP = `An omemod client in JavaScript (Node.js 18+, no dependencies).
+
+usage: node node_client.mjs [--socket PATH] [--account JID] COMMAND [ARGS]
+
+  status                                   the daemon, its accounts, and ours
+  publish-info                             what to publish to PEP, for both namespaces
+  encrypt --to JID [--to JID…] --body TEXT [--namespace NS] [--room ROOM]
+                                           one <encrypted> element per line
+  decrypt --from JID --xml FILE|- [--to JID] [--group-chat]   the body (sender on stderr)
+  events [--count N]                       subscribe and print events as they come
+
+Socket: --socket, else $OMEMOD_SOCKET, else $XDG_RUNTIME_DIR/omemod/omemod.sock, else
+/run/user/<uid>/omemod/omemod.sock when /run/user/<uid> exists, else
+/tmp/omemod-<uid>/omemod.sock (the same rule as \`omemod serve\`).
+Account: --account, else $OMEMOD_ACCOUNT, else the daemon's only account; this client never
+creates one (\`omemod init --jid you@example.org\` does).
+Exit codes: 0 success, 1 the daemon answered with an error, 2 usage error or no daemon.
+`;
 
 // An error answer. Programs switch on `kind` (stable); `message` is for people.
 class RpcError extends Error {
@@ -271,6 +276,7 @@ async function main() {
         xml: { type: "string" },
         "group-chat": { type: "boolean" },
         count: { type: "string" },
+        help: { type: "boolean", short: "h" },
       },
     });
   } catch (e) {
@@ -278,8 +284,12 @@ async function main() {
     return 2;
   }
   const { values: opts, positionals } = args;
+  if (opts.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
   if (positionals.length !== 1) {
-    console.error("usage: node_client.mjs [--socket PATH] [--account JID] status|publish-info|encrypt|decrypt|events …");
+    console.error("usage: node_client.mjs [--socket PATH] [--account JID] status|publish-info|encrypt|decrypt|events … (--help: all of it)");
     return 2;
   }
   const account = opts.account ?? process.env.OMEMOD_ACCOUNT ?? null;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # An omemod client in bash, on `omemod call` and jq (and socat for `events`).
 #
-#   shell_client.sh [--socket PATH] [--account JID] COMMAND [ARGS]
+# usage: shell_client.sh [--socket PATH] [--account JID] COMMAND [ARGS]
 #
 #   status                                   the daemon, its accounts, and ours
 #   publish-info                             what to publish to PEP, for both namespaces
@@ -11,10 +11,12 @@
 #   events [--count N]                       subscribe and print events as they come
 #
 # omemod is $OMEMOD, else `omemod` on PATH, else next to this script, else the repository's
-# target/{release,debug}/omemod (the newer one). Socket: --socket, else $OMEMOD_SOCKET, else
-# $XDG_RUNTIME_DIR/omemod/omemod.sock, else /run/user/<uid>/omemod/omemod.sock (or
-# /tmp/omemod-<uid>/omemod.sock without /run/user/<uid>). Account: --account, else
-# $OMEMOD_ACCOUNT, else the daemon's only account; never created here (`omemod init` does that).
+# target/{release,debug}/omemod (the newer one).
+# Socket: --socket, else $OMEMOD_SOCKET, else $XDG_RUNTIME_DIR/omemod/omemod.sock, else
+# /run/user/<uid>/omemod/omemod.sock when /run/user/<uid> exists, else
+# /tmp/omemod-<uid>/omemod.sock (the same rule as `omemod serve`).
+# Account: --account, else $OMEMOD_ACCOUNT, else the daemon's only account; never created here
+# (`omemod init --jid you@example.org` does that).
 # Exit codes: 0 success, 1 the daemon answered with an error, 2 usage error or no daemon.
 set -euo pipefail
 
@@ -22,6 +24,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 namespaces=(urn:xmpp:omemo:2 eu.siacs.conversations.axolotl)
 
 die() { echo "$*" >&2; exit 2; }
+# --help prints the comment at the top of this file.
+usage() { sed -n '2,/^[^#]/ s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0; }
 
 find_omemod() {
   if [ -n "${OMEMOD:-}" ]; then echo "$OMEMOD"; return; fi
@@ -246,11 +250,13 @@ while [ $# -gt 0 ]; do
   case $1 in
     --socket) sock=${2:?}; shift 2 ;;
     --account) account=${2:?}; shift 2 ;;
-    -*) die "unknown option $1" ;;
+    -h|--help) usage ;;
+    -*) die "unknown option $1 (--help: usage)" ;;
     *) break ;;
   esac
 done
-[ $# -gt 0 ] || die "usage: shell_client.sh [--socket PATH] [--account JID] status|publish-info|encrypt|decrypt|events …"
+[ $# -gt 0 ] || die "usage: shell_client.sh [--socket PATH] [--account JID] status|publish-info|encrypt|decrypt|events … (--help: all of it)"
+case ${2:-} in -h|--help) usage ;; esac
 command -v jq >/dev/null || die "this example needs jq (apt-get install jq)"
 omemod=$(find_omemod)
 sock=${sock:-$(default_socket)}

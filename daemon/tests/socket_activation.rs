@@ -23,7 +23,7 @@ fn serves_a_socket_handed_over_by_systemd() {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("systemd-socket-activate (package systemd) is needed for this test");
+        .expect("systemd-socket-activate not found: install systemd (Debian package systemd; `scripts/test-deps` does)");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut client = loop {
         if let Ok(c) = omemod_client::blocking::Client::connect(&sock) {

@@ -5,8 +5,9 @@
 //! Python example is written on is installed with pip into a fresh venv, where its own test suite
 //! runs (`python_library`).
 //!
-//! Needs `python3` (with venv), `node`, `bash` with `jq` and `socat` on PATH (`.ci/run` installs
-//! them), and the Python package index for pip; the Rust example is built here with cargo.
+//! Needs `python3` (with venv), `node`, `bash` with `jq` and `socat` on PATH (`scripts/test`
+//! installs them through `scripts/test-deps`), and the Python package index for pip; the Rust
+//! example is built here with cargo.
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -55,7 +56,9 @@ fn on_path(program: &str, install: &str) -> PathBuf {
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{program}` is not on PATH: install {install} (.ci/run does)"))
+        .unwrap_or_else(|| {
+            panic!("`{program}` is not on PATH: install {install} (`scripts/test-deps` does)")
+        })
 }
 
 /// The directory of the omemod binary under test: first on the examples' PATH, so the shell
@@ -635,4 +638,43 @@ fn python_library() {
         out.contains("test_the_installed_package_is_the_one_tested") && !out.contains("skipped"),
         "the library's suite skipped tests:\n{out}"
     );
+/// `--help` (or `-h`, also after the command) prints the whole usage on stdout and exits 0
+/// without a daemon: every command, the options, the socket rule down to the
+/// `/tmp/omemod-<uid>` fallback of `omemod serve`, the exit codes. (The Python example's help
+/// is argparse's.)
+#[test]
+fn examples_answer_help_without_a_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nowhere = dir.path().join("no-daemon.sock");
+    for name in ["node", "shell", "rust"] {
+        let ex = example(name);
+        for args in [&["--help"][..], &["-h"], &["status", "--help"]] {
+            let r = ex.run(&nowhere, args);
+            assert_eq!(r.code, 0, "{name} {args:?}: {r}");
+            assert!(r.stderr.is_empty(), "{name} {args:?}: {r}");
+            for word in [
+                "usage:",
+                "--socket PATH",
+                "--account JID",
+                "status",
+                "publish-info",
+                "encrypt --to JID",
+                "decrypt --from JID",
+                "events [--count N]",
+                "$OMEMOD_SOCKET",
+                "/tmp/omemod-<uid>/omemod.sock",
+                "$OMEMOD_ACCOUNT",
+                "Exit codes",
+            ] {
+                assert!(
+                    r.stdout.contains(word),
+                    "{name} {args:?} lacks {word:?}: {r}"
+                );
+            }
+        }
+        // Without a command: a short usage on stderr that points at --help.
+        let r = ex.run(&nowhere, &[]);
+        assert_eq!(r.code, 2, "{name}: {r}");
+        assert!(r.stderr.contains("--help"), "{name}: {r}");
+    }
 }

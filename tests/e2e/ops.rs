@@ -480,7 +480,7 @@ fn export_import_moves_an_account_to_another_machine() {
     );
 }
 
-/// The `[Service]` settings of the user unit, as `(key, value)` in file order.
+/// The settings of a user unit (every section), as `(key, value)` in file order.
 fn unit_settings(file: &str) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(repo().join("systemd").join(file)).expect("unit file");
     text.lines()
@@ -498,22 +498,41 @@ fn setting<'a>(s: &'a [(String, String)], key: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The database directory of the unit on every systemd version: `omemod serve`'s default.
+const UNIT_STATE: &str = "%h/.local/state/omemod";
+
 #[test]
 fn systemd_unit_is_valid_and_needs_no_version_specific_paths() {
     let s = unit_settings("omemod.service");
-    assert_eq!(setting(&s, "StateDirectory"), ["omemod"]);
+    // One database on every version: StateDirectory= and %S are ~/.config before systemd 254
+    // and ~/.local/state from 254 on, so the unit names the directory itself, makes it before
+    // the sandbox (+), opens exactly it, and points the daemon's default at it.
+    assert_eq!(setting(&s, "StateDirectory"), Vec::<&str>::new());
+    assert_eq!(setting(&s, "ReadWritePaths"), [UNIT_STATE]);
+    assert_eq!(
+        setting(&s, "ExecStartPre"),
+        [format!("+/usr/bin/env mkdir -p -m 0700 {UNIT_STATE}")]
+    );
+    assert!(setting(&s, "Environment").contains(&"XDG_STATE_HOME=%h/.local/state"));
     assert_eq!(setting(&s, "RuntimeDirectory"), ["omemod"]);
     assert_eq!(setting(&s, "ProtectSystem"), ["strict"]);
     assert_eq!(setting(&s, "ProtectHome"), ["read-only"]);
-    // %S is ~/.config before systemd 254 and ~/.local/state after: no path may depend on it,
-    // and the binary is not looked for in one installer's directory.
+    // Spelled out: systemd 251 to 253 apply the sandbox to a user unit only with it.
+    assert_eq!(setting(&s, "PrivateUsers"), ["yes"]);
+    // No path may depend on %S, and the binary is not looked for in one installer's directory.
     for (k, v) in &s {
         assert!(!v.contains("%S"), "{k}={v}");
-        assert!(k != "ReadWritePaths", "{k}={v}");
     }
     let exec = setting(&s, "ExecStart");
     assert_eq!(exec.len(), 1);
     assert!(!exec[0].contains(".cargo"), "{}", exec[0]);
+    // The service without socket activation does not pull the socket unit in, by any key.
+    for (k, v) in &s {
+        assert!(!v.contains("omemod.socket") || k == "After", "{k}={v}");
+    }
+    // The socket unit listens where the service binds its own socket ($RUNTIME_DIRECTORY).
+    let socket = unit_settings("omemod.socket");
+    assert_eq!(setting(&socket, "ListenStream"), ["%t/omemod/omemod.sock"]);
     // systemd's own checker: unknown keys, bad values, a missing ExecStart binary.
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("run")).expect("mkdir");
@@ -524,108 +543,128 @@ fn systemd_unit_is_valid_and_needs_no_version_specific_paths() {
         .env("XDG_RUNTIME_DIR", dir.path().join("run"))
         .env("HOME", dir.path())
         .output()
-        .expect("systemd-analyze (Debian package systemd) must be installed");
+        .expect("systemd-analyze not found: install systemd (Debian package systemd; `scripts/test-deps` does)");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "{err}");
 }
 
-/// The unit's file-system sandbox, applied with bubblewrap the way systemd applies it to a user
-/// unit: the whole tree read-only (ProtectSystem=strict, ProtectHome=read-only), private /tmp and
-/// /dev, new user/pid/ipc/uts namespaces, and only the StateDirectory= and RuntimeDirectory=
-/// directories bound writable, passed as $STATE_DIRECTORY / $RUNTIME_DIRECTORY. Both layouts
-/// of the state directory are run: systemd >= 254 (~/.local/state) and older (~/.config).
-#[test]
-fn systemd_unit_sandbox_lets_the_daemon_write_its_state() {
-    let bwrap = Command::new("bwrap").arg("--version").output();
-    assert!(
-        bwrap.is_ok_and(|o| o.status.success()),
-        "bwrap not found: install bubblewrap (Debian package bubblewrap; .ci/run does)"
-    );
-    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .to_path_buf();
-    for layout in [".local/state/omemod", ".config/omemod"] {
+/// A home directory and a runtime directory (`%h`, `%t`) for the unit, and the unit's sandbox
+/// applied with bubblewrap the way systemd applies it to a user unit: the whole tree read-only
+/// (ProtectSystem=strict, ProtectHome=read-only), private /tmp and /dev, new user/pid/ipc/uts
+/// namespaces (PrivateUsers=yes …), only the unit's ReadWritePaths= and RuntimeDirectory=
+/// writable, its Environment= set and $RUNTIME_DIRECTORY passed.
+struct UnitSandbox {
+    root: tempfile::TempDir,
+    home: std::path::PathBuf,
+    runtime: std::path::PathBuf,
+    writable: Vec<std::path::PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+impl UnitSandbox {
+    /// Reads the unit and does what systemd does before ExecStart=: runs the `+` ExecStartPre=
+    /// (outside the sandbox) and creates the runtime directory.
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let bwrap = Command::new("bwrap").arg("--version").output();
+        assert!(
+            bwrap.is_ok_and(|o| o.status.success()),
+            "bwrap not found: install bubblewrap (Debian package bubblewrap; `scripts/test-deps` does)"
+        );
         let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
         let home = root.path().join("home");
-        let state = home.join(layout);
-        let runtime = root.path().join("run/omemod");
-        use std::os::unix::fs::PermissionsExt;
-        for d in [&state, &runtime] {
-            // As systemd creates them (StateDirectoryMode=0700, RuntimeDirectoryMode=0700).
-            std::fs::create_dir_all(d).expect("mkdir");
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        }
-        let sandbox = |cmd: &[&str]| {
-            let mut c = Command::new("bwrap");
-            c.args(["--die-with-parent", "--new-session", "--clearenv"])
-                .args([
-                    "--unshare-user",
-                    "--unshare-pid",
-                    "--unshare-ipc",
-                    "--unshare-uts",
-                ])
-                .args([
-                    "--ro-bind",
-                    "/",
-                    "/",
-                    "--tmpfs",
-                    "/tmp",
-                    "--dev",
-                    "/dev",
-                    "--proc",
-                    "/proc",
-                ])
-                // The build tree (the binary, this test's root) stays visible when it lies
-                // under /tmp, which the sandbox replaces with an empty tmpfs.
-                .arg("--ro-bind")
-                .args([&target, &target])
-                .arg("--bind")
-                .args([&state, &state])
-                .arg("--bind")
-                .args([&runtime, &runtime])
-                .arg("--setenv")
-                .arg("HOME")
-                .arg(&home)
-                .args([
-                    "--setenv",
-                    "PATH",
-                    "/usr/bin:/bin",
-                    "--setenv",
-                    "RUST_LOG",
-                    "warn",
-                ])
-                .arg("--setenv")
-                .arg("STATE_DIRECTORY")
-                .arg(&state)
-                .arg("--setenv")
-                .arg("RUNTIME_DIRECTORY")
-                .arg(&runtime)
-                .args(cmd)
-                .stdin(Stdio::null());
-            c
+        let run = root.path().join("run");
+        std::fs::create_dir_all(&home).expect("mkdir");
+        let s = unit_settings("omemod.service");
+        let expand = |v: &str| {
+            v.replace("%h", &path_str(&home))
+                .replace("%t", &path_str(&run))
         };
-        // The sandbox is real: the home directory outside the state directory is read-only.
-        let probe = home.join("probe");
-        let st = sandbox(&["/bin/sh", "-c", &format!("echo x > {}", path_str(&probe))])
-            .stderr(Stdio::null())
-            .status()
-            .expect("bwrap");
-        assert!(
-            !st.success() && !probe.exists(),
-            "the sandbox let the home be written"
-        );
+        for pre in setting(&s, "ExecStartPre") {
+            let line = expand(
+                pre.strip_prefix('+')
+                    .expect("ExecStartPre= runs outside (+)"),
+            );
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let st = Command::new(words[0])
+                .args(&words[1..])
+                .status()
+                .expect("ExecStartPre");
+            assert!(st.success(), "{line}");
+        }
+        let runtime = run.join(setting(&s, "RuntimeDirectory")[0]);
+        std::fs::create_dir_all(&runtime).expect("mkdir");
+        // As systemd creates it (RuntimeDirectoryMode=0700).
+        std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let mut writable: Vec<_> = setting(&s, "ReadWritePaths")
+            .iter()
+            .map(|p| std::path::PathBuf::from(expand(p)))
+            .collect();
+        writable.push(runtime.clone());
+        let env = setting(&s, "Environment")
+            .iter()
+            .filter_map(|e| e.split_once('='))
+            .map(|(k, v)| (k.to_owned(), expand(v)))
+            .collect();
+        UnitSandbox {
+            root,
+            home,
+            runtime,
+            writable,
+            env,
+        }
+    }
 
-        let mut child = sandbox(&[env!("CARGO_BIN_EXE_omemod"), "serve"])
+    fn command(&self, cmd: &[&str]) -> Command {
+        // The build tree (the binary) stays visible when it lies under /tmp, which the sandbox
+        // replaces with an empty tmpfs.
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("target dir");
+        let mut c = Command::new("bwrap");
+        c.args(["--die-with-parent", "--new-session", "--clearenv"])
+            .args(["--unshare-user", "--unshare-pid"])
+            .args(["--unshare-ipc", "--unshare-uts"])
+            .args(["--ro-bind", "/", "/", "--tmpfs", "/tmp"])
+            .args(["--dev", "/dev", "--proc", "/proc"])
+            .arg("--ro-bind")
+            .args([target, target]);
+        for w in &self.writable {
+            c.arg("--bind").args([w, w]);
+        }
+        c.arg("--setenv").arg("HOME").arg(&self.home);
+        for (k, v) in &self.env {
+            c.args(["--setenv", k, v]);
+        }
+        // Our own PATH and log level over the unit's.
+        c.args([
+            "--setenv",
+            "PATH",
+            "/usr/bin:/bin",
+            "--setenv",
+            "RUST_LOG",
+            "warn",
+        ])
+        .arg("--setenv")
+        .arg("RUNTIME_DIRECTORY")
+        .arg(&self.runtime)
+        .args(cmd)
+        .stdin(Stdio::null());
+        c
+    }
+
+    /// `omemod serve` as the unit's ExecStart= runs it, once `socket` answers.
+    fn serve(&self, socket: &Path) -> std::process::Child {
+        let mut child = self
+            .command(&[env!("CARGO_BIN_EXE_omemod"), "serve"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("bwrap omemod serve");
-        let socket = runtime.join("omemod.sock");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
             if let Some(status) = child.try_wait().expect("wait") {
-                panic!("omemod exited in the sandbox ({layout}): {status}");
+                panic!("omemod exited in the sandbox: {status}");
             }
             assert!(
                 Instant::now() < deadline,
@@ -633,18 +672,108 @@ fn systemd_unit_sandbox_lets_the_daemon_write_its_state() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut c = Client::connect(&socket);
-        c.create_account("alice@example.org");
-        let status = c.ok("status", json!({}));
-        let db = state.join("omemod.db");
-        assert_eq!(status["db"], path_str(&db), "{status}");
-        let _ = child.kill();
-        let _ = child.wait();
-        let meta = std::fs::metadata(&db).expect("database in the state directory");
-        assert!(meta.len() > 0);
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert!(state.join("omemod.db.lock").exists());
+        child
     }
+}
+
+/// Started the README's way (`omemod serve` in a shell, no systemd) and then as the unit, on
+/// any systemd version, a user has one database: the unit's sandbox opens exactly the default
+/// one. It lets the daemon write nothing else in the home directory, so the config keys
+/// README documents for the unit work and a `db` elsewhere is refused.
+#[test]
+fn systemd_unit_sandbox_lets_the_daemon_write_its_state() {
+    use std::os::unix::fs::PermissionsExt;
+    let unit = UnitSandbox::new();
+    let home = &unit.home;
+    let db = home.join(".local/state/omemod/omemod.db");
+    // The sandbox is real: the home directory outside the state directory is read-only.
+    let probe = home.join("probe");
+    let st = unit
+        .command(&["/bin/sh", "-c", &format!("echo x > {}", path_str(&probe))])
+        .stderr(Stdio::null())
+        .status()
+        .expect("bwrap");
+    assert!(
+        !st.success() && !probe.exists(),
+        "the sandbox let the home be written"
+    );
+
+    // README's first start: `omemod serve` from a shell, its defaults.
+    let shell_run = unit.root.path().join("shell-run");
+    let mut shell = Command::new(env!("CARGO_BIN_EXE_omemod"))
+        .arg("serve")
+        .env("HOME", home)
+        .env("XDG_RUNTIME_DIR", &shell_run)
+        .env("RUST_LOG", "warn")
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("RUNTIME_DIRECTORY")
+        .env_remove("OMEMOD_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("omemod serve");
+    let shell_socket = shell_run.join("omemod/omemod.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&shell_socket).is_err() {
+        assert!(Instant::now() < deadline, "omemod did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Client::connect(&shell_socket);
+    c.create_account("alice@example.org");
+    assert_eq!(c.ok("status", json!({}))["db"], path_str(&db));
+    drop(c);
+    let _ = Command::new("kill").arg(shell.id().to_string()).status();
+    assert!(shell.wait().expect("wait").success());
+
+    // Then the unit: the same database, with the account in it.
+    let socket = unit.runtime.join("omemod.sock");
+    let mut child = unit.serve(&socket);
+    let mut c = Client::connect(&socket);
+    let status = c.ok("status", json!({}));
+    assert_eq!(status["db"], path_str(&db), "{status}");
+    assert_eq!(
+        c.ok("account.list", json!({}))[0]["jid"],
+        "alice@example.org"
+    );
+    c.create_account("bob@example.org");
+    drop(c);
+    let _ = child.kill();
+    let _ = child.wait();
+    let meta = std::fs::metadata(&db).expect("database in the state directory");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(db.with_extension("db.lock").exists());
+
+    // The config keys README documents for the unit: `db` inside the state directory and
+    // `socket` inside the runtime directory work.
+    let config = home.join(".config/omemod/config.toml");
+    std::fs::create_dir_all(config.parent().expect("dir")).expect("mkdir");
+    let other_socket = unit.runtime.join("other.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "db = \"~/.local/state/omemod/other.db\"\nsocket = \"{}\"\n",
+            path_str(&other_socket)
+        ),
+    )
+    .expect("config");
+    let mut child = unit.serve(&other_socket);
+    let status = Client::connect(&other_socket).ok("status", json!({}));
+    assert_eq!(
+        status["db"],
+        path_str(&home.join(".local/state/omemod/other.db"))
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // A `db` elsewhere in the home directory cannot be written under the unit.
+    std::fs::write(&config, "db = \"~/omemod/omemod.db\"\n").expect("config");
+    let out = unit
+        .command(&[env!("CARGO_BIN_EXE_omemod"), "serve"])
+        .output()
+        .expect("bwrap omemod serve");
+    assert!(!out.status.success());
+    assert!(!home.join("omemod").exists());
 }
 
 /// Encodings a key could take in a log line.
@@ -1132,7 +1261,7 @@ fn logs_go_to_journald_with_priorities_when_stderr_is_the_journal() {
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
-        .expect("bwrap (Debian package bubblewrap)");
+        .expect("bwrap not found: install bubblewrap (Debian package bubblewrap; `scripts/test-deps` does)");
     let mut entries = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut buf = vec![0u8; 65536];

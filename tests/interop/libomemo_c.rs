@@ -54,7 +54,7 @@ per_namespace!(
 
 const MISSING: &str = "the libomemo-c interop tests need a C compiler, pkg-config, libomemo-c-dev \
      and libssl-dev (Debian/Ubuntu: apt-get install gcc pkg-config libomemo-c-dev libssl-dev; \
-     .ci/run installs them)";
+     scripts/test-deps installs them)";
 
 /// Compiles `libomemo-c/peer.c` once per test process.
 fn peer_binary() -> PathBuf {

@@ -12,8 +12,8 @@
 //! pinned in `tests/xmpp/poezio-requirements.txt`) with the omemod plugin in a tmux terminal.
 //!
 //! Needs `prosody` and `prosodyctl` on PATH (Debian package `prosody`), and for poezio `tmux`,
-//! `openssl` and what building poezio needs (`gcc`, `pkg-config`, `python3-dev`); `.ci/run`
-//! installs them.
+//! `openssl` and what building poezio needs (`gcc`, `pkg-config`, `python3-dev`);
+//! `scripts/test-deps` installs them.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -66,7 +66,7 @@ fn require(tool: &str, package: &str) {
         .unwrap_or(false);
     assert!(
         found,
-        "{tool} not found: the XMPP end-to-end test needs it (Debian: apt-get install {package})"
+        "{tool} not found: the XMPP end-to-end test needs it (Debian package {package}; `scripts/test-deps` installs it)"
     );
 }
 

@@ -1,19 +1,5 @@
-//! An omemod client in Rust, on the `omemod_client` library of this crate.
-//!
-//! ```text
-//! omemod-client [--socket PATH] [--account JID] COMMAND [ARGS]
-//!   status                                   the daemon, its accounts, and ours
-//!   publish-info                             what to publish to PEP, for both namespaces
-//!   encrypt --to JID [--to JID…] --body TEXT [--namespace NS] [--room ROOM]
-//!                                            one <encrypted> element per line
-//!   decrypt --from JID --xml FILE|- [--to JID] [--group-chat]   the body (sender on stderr)
-//!   events [--count N]                       subscribe and print events as they come
-//! ```
-//!
-//! Socket: `--socket`, else `$OMEMOD_SOCKET`, else `$XDG_RUNTIME_DIR/omemod/omemod.sock`, else
-//! `/run/user/<uid>/omemod/omemod.sock`. Account: `--account`, else `$OMEMOD_ACCOUNT`, else the
-//! daemon's only account; never created here (`omemod init --jid you@example.org` does that).
-//! Exit codes: 0 success, 1 the daemon answered with an error, 2 usage error or no daemon.
+//! An omemod client in Rust, on the `omemod_client` library of this crate. [`HELP`] is its
+//! manual (`omemod-client --help`).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -25,7 +11,28 @@ use omemod_client::{
 };
 
 const USAGE: &str = "usage: omemod-client [--socket PATH] [--account JID] \
-                     status|publish-info|encrypt|decrypt|events [OPTIONS]";
+                     status|publish-info|encrypt|decrypt|events [OPTIONS] (--help: all of it)";
+
+/// What `--help` prints.
+const HELP: &str = "\
+An omemod client in Rust, on the omemod_client library (client-examples/rust).
+
+usage: omemod-client [--socket PATH] [--account JID] COMMAND [ARGS]
+
+  status                                   the daemon, its accounts, and ours
+  publish-info                             what to publish to PEP, for both namespaces
+  encrypt --to JID [--to JID…] --body TEXT [--namespace NS] [--room ROOM]
+                                           one <encrypted> element per line
+  decrypt --from JID --xml FILE|- [--to JID] [--group-chat]   the body (sender on stderr)
+  events [--count N]                       subscribe and print events as they come
+
+Socket: --socket, else $OMEMOD_SOCKET, else $XDG_RUNTIME_DIR/omemod/omemod.sock, else
+/run/user/<uid>/omemod/omemod.sock when /run/user/<uid> exists, else
+/tmp/omemod-<uid>/omemod.sock (the same rule as `omemod serve`).
+Account: --account, else $OMEMOD_ACCOUNT, else the daemon's only account; never created here
+(`omemod init --jid you@example.org` does that).
+Exit codes: 0 success, 1 the daemon answered with an error, 2 usage error or no daemon.
+";
 
 /// The command line: global options, the command, and its `--key value` options.
 struct Args {
@@ -37,7 +44,8 @@ struct Args {
     opts: HashMap<String, String>,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// The command line, or `None` for `--help`.
+fn parse_args() -> Result<Option<Args>, String> {
     let mut socket = None;
     let mut account = std::env::var("OMEMOD_ACCOUNT")
         .ok()
@@ -47,6 +55,9 @@ fn parse_args() -> Result<Args, String> {
     let mut opts = HashMap::new();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
+        if arg == "--help" || arg == "-h" {
+            return Ok(None);
+        }
         let Some(name) = arg.strip_prefix("--") else {
             if command.replace(arg).is_some() {
                 return Err(USAGE.into());
@@ -69,19 +80,23 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let command = command.ok_or_else(|| USAGE.to_owned())?;
-    Ok(Args {
+    Ok(Some(Args {
         socket,
         account,
         command,
         to,
         opts,
-    })
+    }))
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = match parse_args() {
-        Ok(a) => a,
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
