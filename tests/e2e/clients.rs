@@ -638,6 +638,8 @@ fn python_library() {
         out.contains("test_the_installed_package_is_the_one_tested") && !out.contains("skipped"),
         "the library's suite skipped tests:\n{out}"
     );
+}
+
 /// `--help` (or `-h`, also after the command) prints the whole usage on stdout and exits 0
 /// without a daemon: every command, the options, the socket rule down to the
 /// `/tmp/omemod-<uid>` fallback of `omemod serve`, the exit codes. (The Python example's help
