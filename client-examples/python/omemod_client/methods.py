@@ -16,7 +16,7 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optiona
                     cast)
 
 from .types import (Account, BundleUpdated, Catchup, Decrypted, DeletedAccount, DeviceEntry,
-                    DevicelistUpdated, Encrypted, IdentityAccepted, Plan, Publication,
+                    DevicelistUpdated, Encrypted, IdentityAccepted, Link, LinkVerified, Plan, Publication,
                     RenewedDeviceId, Status, TrustEntry)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -113,7 +113,7 @@ class Methods:
                                       account: Optional[str] = None) -> RenewedDeviceId:
         """A new device id for our device (after a collision); publish as `actions` say."""
 
-    @rpc("account.delete")
+    @rpc("account.delete", retry=True)
     async def account_delete(self, jid: str) -> DeletedAccount:
         """Deletes the account `jid` and every secret of it, for good."""
 
@@ -165,9 +165,10 @@ class Methods:
     @rpc("decrypt", retry=True)
     async def decrypt(self, from_: str, xml: Optional[str] = None, *, element: Optional[Dict[str, Any]] = None,
                       to: Optional[str] = None, group_chat: Optional[bool] = None,
-                      account: Optional[str] = None) -> Decrypted:
+                      sent_at: Optional[str] = None, account: Optional[str] = None) -> Decrypted:
         """An `<encrypted>` element from `from_` (bare JID; a room occupant's real JID). `to`:
-        the stanza's bare `to` (us, or the room), `group_chat` for `type='groupchat'`."""
+        the stanza's bare `to` (us, or the room), `group_chat` for `type='groupchat'`; `sent_at`:
+        the stanza's delay stamp (XEP-0203, XEP-0082 form), checked against OMEMO 2's `<time>`."""
 
     @rpc("heartbeat", retry=True)
     async def heartbeat(self, jid: str, namespace: str, device_id: int, *,
@@ -199,7 +200,24 @@ class Methods:
                         account: Optional[str] = None) -> TrustEntry:
         """`level`: `trusted`, `undecided` or `distrusted`."""
 
-    @rpc("identity.accept")
+    # ---- verification and labels -------------------------------------------------------------
+
+    @rpc("link.get", retry=True)
+    async def link_get(self, *, account: Optional[str] = None) -> Link:
+        """Our verification link (`xmpp:…?omemo-sid-…`, for a QR code) and our fingerprint as
+        Conversations, Dino and Gajim show it."""
+
+    @rpc("link.verify", retry=True)
+    async def link_verify(self, link: str, *, account: Optional[str] = None) -> LinkVerified:
+        """Applies a scanned link: every key it names is trusted if all match what omemod holds;
+        otherwise `LinkMismatch` / `LinkUnknownDevice` and nothing changes."""
+
+    @rpc("account.set_label", retry=True)
+    async def account_set_label(self, label: str, *, account: Optional[str] = None) -> Dict[str, Any]:
+        """Names our device (at most 53 characters), signed; publish the OMEMO 2 device list the
+        answer's actions ask for."""
+
+    @rpc("identity.accept", retry=True)
     async def identity_accept(self, jid: str, namespace: str, device_id: int, fingerprint: str, *,
                               account: Optional[str] = None) -> IdentityAccepted:
         """The user accepts a device's new identity key (from an `identity_changed`)."""

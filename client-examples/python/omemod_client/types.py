@@ -242,6 +242,21 @@ class TrustEntry(TypedDict):
     decided_at: int
 
 
+class Link(TypedDict):
+    """`link.get`: the link to show as a QR code and the fingerprints to compare by eye."""
+    jid: str
+    link: str
+    devices: List[Dict[str, Any]]
+    fingerprints: Dict[str, str]
+
+
+class LinkVerified(TypedDict):
+    """`link.verify`: each key of the link and how many became trusted now."""
+    jid: str
+    keys: List[Dict[str, Any]]
+    newly_verified: int
+
+
 class Catchup(TypedDict):
     catchup: bool
     actions: List[Action]

@@ -104,6 +104,14 @@ class EveryMethod(DaemonTest):
         self.assertEqual((await a.catchup_end())["catchup"], False)
         accepted = await a.identity_accept(BOB, OMEMO2, self.b_device, entry["fingerprint"])
         self.assertEqual(accepted["fingerprint"], entry["fingerprint"])
+        # Bob's QR code, scanned by alice: the key it names is the one she holds.
+        link = await b.link_get()
+        self.assertTrue(link["link"].startswith(f"xmpp:{BOB}?omemo-sid-{self.b_device}="), link)
+        verified = await a.link_verify(link["link"])
+        self.assertEqual([(k["device_id"], k["status"]) for k in verified["keys"]],
+                         [(self.b_device, "matches")])
+        labelled = await b.account_set_label("bob's desk")
+        self.assertIn("publish_devicelist", [x["type"] for x in labelled.get("actions", [])])
 
     async def account_lifecycle(self, a: support.RecordingClient) -> None:
         carol = await a.account_create(CAROL)
