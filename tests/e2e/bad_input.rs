@@ -266,6 +266,8 @@ fn valid_param(method: &str, field: &str, me: u32) -> serde_json::Value {
         )),
         ("devicelist.update", "xml") => json!(format!("<devices xmlns='{OMEMO2}'/>")),
         (_, "xml") => json!("<bundle/>"),
+        ("link.verify", "link") => json!(format!("xmpp:bob@example.org?omemo-sid-5={}", "ab".repeat(32))),
+        ("account.set_label", "label") => json!("desk"),
         (m, f) => panic!("no valid value for {m}'s {f}"),
     }
 }

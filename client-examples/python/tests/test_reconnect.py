@@ -49,10 +49,12 @@ class Reconnect(DaemonTest):
         self.assertTrue(got["redelivered"], got)
         self.assertIsNotNone(got.get("first_decrypted_at"))
         self.assertEqual(got["actions"], [], "the duties went with the lost answer")
-        self.assertEqual(self.b.reconnects, 1)
+        # At least once: a dial that lands on the dying daemon's listener before it is gone is a
+        # second lost link (seen on a loaded machine).
+        self.assertGreaterEqual(self.b.reconnects, 1)
         # The other client reconnects too, on its next call.
         self.assertEqual((await self.a.fingerprint_get())["jid"], ALICE)
-        self.assertEqual(self.a.reconnects, 1)
+        self.assertGreaterEqual(self.a.reconnects, 1)
 
     async def test_a_call_not_safe_to_retry_fails_with_connection_lost(self) -> None:
         slow = asyncio.ensure_future(self.a.call("debug.sleep", {"ms": 5000}))
