@@ -680,3 +680,45 @@ fn a_redelivered_copy_is_checked_like_a_first_one() {
     );
     b1.err("decrypt", here, "distrusted");
 }
+
+/// A redelivered OMEMO 0.3 message keeps the conversation of its first decryption (0.3 has no
+/// SCE envelope to say where it belongs): read in the 1:1 chat, then moved by the server into a
+/// room, or read in one room and moved into another or into the 1:1 chat, it is refused with
+/// `sce_mismatch` and no plaintext; the copy in its own conversation is still redelivered, and
+/// a client that does not say where a message arrived (`to` left out) still gets it.
+#[test]
+fn a_redelivered_oldmemo_copy_keeps_its_conversation() {
+    let (_da, db, mut a, mut b1) = pair(&[]);
+    let mut b2 = db.client();
+    let room = "room@muc.example.org";
+    let x = a.encrypt_xml(&[BOB], Some("just us"), OLDMEMO);
+    let here = json!({"from": ALICE, "xml": x, "to": BOB});
+    let first = b1.ok("decrypt", here.clone());
+    assert_eq!(body(&first), "just us");
+    for moved in [
+        json!({"from": ALICE, "xml": x, "to": room, "group_chat": true}),
+        json!({"from": ALICE, "xml": x, "to": "carol@example.org"}),
+        json!({"from": ALICE, "xml": x, "group_chat": true}),
+    ] {
+        let e = b2.err("decrypt", moved.clone(), "sce_mismatch");
+        assert!(!e.to_string().contains("just us"), "{moved}: {e}");
+        assert_eq!(e["data"]["cause"], "peer_misbehaved", "{e}");
+    }
+    assert_redelivery(&first, &b2.ok("decrypt", here));
+    assert_redelivery(&first, &b2.ok("decrypt", json!({"from": ALICE, "xml": x})));
+    // Read in a room: not redelivered into another room or into the 1:1 chat.
+    let r = a.ok(
+        "encrypt",
+        json!({"to": [BOB], "body": "to the room", "namespaces": [OLDMEMO], "sce_to": room}),
+    );
+    let y = r["messages"][0]["xml"].as_str().expect("xml").to_owned();
+    let in_room = json!({"from": ALICE, "xml": y, "to": room, "group_chat": true});
+    let first = b1.ok("decrypt", in_room.clone());
+    for moved in [
+        json!({"from": ALICE, "xml": y, "to": "other@muc.example.org", "group_chat": true}),
+        json!({"from": ALICE, "xml": y, "to": BOB}),
+    ] {
+        b2.err("decrypt", moved, "sce_mismatch");
+    }
+    assert_redelivery(&first, &b2.ok("decrypt", in_room));
+}

@@ -341,11 +341,11 @@ enum Origin {
 }
 
 /// A successful decryption of the ratchet layer, not yet committed.
-struct Attempt {
-    session: Session,
-    decrypted: Decrypted,
+pub(super) struct Attempt {
+    pub(super) session: Session,
+    pub(super) decrypted: Decrypted,
     origin: Origin,
-    key_exchange: bool,
+    pub(super) key_exchange: bool,
 }
 
 /// The account settings a decryption depends on.
@@ -393,11 +393,13 @@ enum SkippedWrite {
     Replace(Box<Session>),
 }
 
-/// What the transaction made: prekeys refilled, the bundle version, the redelivery row.
+/// What the transaction made: prekeys refilled, the bundle version, the redelivery row (and
+/// whether its prune erased key material).
 struct Written {
     refill: Vec<(prekeys::PreKeyRow, protocol_core::keys::KeyPair)>,
     bundle_version: Option<i64>,
     redelivery_id: Option<i64>,
+    erased: bool,
 }
 
 impl DecryptWrite {
@@ -475,11 +477,12 @@ impl DecryptWrite {
             device_state::defer_heartbeat(tx, a, now)?;
         }
         // What a redelivery will need.
-        let redelivery_id = self.redelivery.as_ref().map(|r| r.write(tx)).transpose()?;
+        let redelivery = self.redelivery.as_ref().map(|r| r.write(tx)).transpose()?;
         let mut written = Written {
             refill: Vec::new(),
             bundle_version: None,
-            redelivery_id,
+            redelivery_id: redelivery.map(|(id, _)| id),
+            erased: redelivery.and_then(|(_, p)| p).is_some_and(|p| p.erased()),
         };
         if let Some(p) = &self.prekey {
             if p.catchup {
@@ -531,9 +534,11 @@ impl Manager {
         conv: &Conversation,
     ) -> Result<DecryptOutcome, DecryptError> {
         check_bare_jid(from)?;
-        if let Some(to) = &conv.to {
-            check_bare_jid(to)?;
-        }
+        // Normalised, as the redelivery store keeps it.
+        let conv = &Conversation {
+            to: conv.to.as_deref().map(check_bare_jid).transpose()?,
+            group_chat: conv.group_chat,
+        };
         let acct = self.account(account)?;
         check_element(&element)?;
         let ours = our_keys(&acct, from, &element)?;
@@ -568,7 +573,7 @@ impl Manager {
             .judge(&acct, &received, &attempt, own_keys.as_deref())
             .await?;
         let mut committed = self
-            .commit(&acct, &slot, &attempt, &verdict, &probe)
+            .commit(&acct, &slot, &attempt, &verdict, (&probe, conv))
             .await?;
         self.redelivery_committed(&probe, committed.redelivery_id);
         self.remember(&mut slot, own_keys.as_deref_mut(), &attempt, &mut committed);
@@ -787,20 +792,13 @@ impl Manager {
         slot: &SlotGuard,
         attempt: &Attempt,
         verdict: &Verdict,
-        probe: &super::redelivery::Probe,
+        (probe, conv): (&super::redelivery::Probe, &Conversation),
     ) -> Result<Committed, DecryptError> {
         let now = storage::now();
         let addr = slot.addr();
         let touch = self.with_directory(acct.id, |d| d.needs_touch(addr, now));
         let write = DecryptWrite {
-            redelivery: self.redelivery_record(
-                acct,
-                probe,
-                &attempt.decrypted,
-                attempt.session.remote_curve25519(),
-                attempt.key_exchange,
-                now,
-            ),
+            redelivery: self.redelivery_record(acct, probe, conv, attempt, now),
             defer_heartbeat: verdict.heartbeat && verdict.mode.catchup,
             trust: verdict.trust.new.then(|| verdict.trust.row.clone()),
             touch,
@@ -809,6 +807,9 @@ impl Manager {
         let defer = write.defer_heartbeat;
         let prekey_ns = write.prekey.as_ref().and_then(|p| p.namespace);
         let written = self.store.write(move |tx| write.run(tx)).await?;
+        if written.erased {
+            self.key_material_erased();
+        }
         if touch {
             self.with_directory(acct.id, |d| d.touched(addr, now));
         }

@@ -19,6 +19,7 @@
 //! - [`pinning`]: identity pinning and the session rebuild rate limit.
 //! - [`trust`]: trust decisions, device overviews, fingerprints, catch-up mode.
 //! - [`limits`]: bounds on what unconfirmed remote input can make us store.
+//! - [`retention`]: erased means gone: WAL truncation after erasures, restore copies' lifetime.
 //! - [`error`]: what the manager can refuse: the shared pieces of the per-operation error
 //!   enums, and where each enum is.
 
@@ -38,6 +39,7 @@ pub mod pinning;
 pub mod plan;
 pub mod rebuild;
 pub mod redelivery;
+pub mod retention;
 pub mod sessions;
 pub mod trust;
 
@@ -81,6 +83,8 @@ pub struct Manager {
     pub(crate) pending_rebuilds: rebuild::Pending,
     /// Peer bundles parsed and verified, as committed.
     pub(crate) bundles: bundle_cache::BundleCache,
+    /// Whether erased key material may still be in the WAL.
+    erasure: retention::Erasure,
 }
 
 /// Parses `jid` as a bare JID (`local@domain` or `domain`, no resource) and returns its
@@ -148,6 +152,7 @@ impl Manager {
             rebuilds: pinning::Rebuilds::default(),
             pending_rebuilds: rebuild::Pending::new(pending_rebuilds),
             bundles: bundle_cache::BundleCache::default(),
+            erasure: retention::Erasure::default(),
         })
     }
 

@@ -20,12 +20,12 @@ use zeroize::Zeroizing;
 
 use super::account::Account;
 use super::decrypt::DecryptError;
-use super::decrypt::{check_envelope, open_payload, Conversation, DecryptOutcome};
+use super::decrypt::{check_envelope, open_payload, Attempt, Conversation, DecryptOutcome};
 use super::encrypt::{EncryptError, EncryptOutcome, EncryptRequest, Kept};
 use super::{Manager, StorageError};
 use crate::config::RedeliveryConfig;
 use crate::storage::redelivery::{
-    self as store, Bounds, EncryptResultRow, Pruned, Record, RedeliveryRow, Seen,
+    self as store, Bounds, ConversationTag, EncryptResultRow, Pruned, Record, RedeliveryRow, Seen,
 };
 use crate::storage::trust::TrustLevel;
 
@@ -190,6 +190,20 @@ pub(crate) fn encrypt_record(
     })
 }
 
+/// What the redelivery store keeps of `conv` (its `to` normalised by the caller): a digest,
+/// not the JID.
+fn conversation_tag(conv: &Conversation) -> ConversationTag {
+    ConversationTag {
+        to: conv.to.as_deref().map(|to| {
+            let mut h = Sha256::new();
+            put(&mut h, b"omemod conversation v1");
+            put(&mut h, to.as_bytes());
+            h.finalize().into()
+        }),
+        group_chat: conv.group_chat,
+    }
+}
+
 fn put(h: &mut Sha256, bytes: &[u8]) {
     h.update((bytes.len() as u64).to_be_bytes());
     h.update(bytes);
@@ -286,6 +300,16 @@ impl Manager {
         if trust.level == TrustLevel::Distrusted {
             return Err(DecryptError::Distrusted);
         }
+        // A copy moved into another conversation than the first decryption's (0.3 has no
+        // envelope that would say so).
+        if row
+            .conversation
+            .is_some_and(|first| !first.admits(&conversation_tag(conv)))
+        {
+            return Err(DecryptError::SceMismatch(
+                "the message was first decrypted in another conversation".into(),
+            ));
+        }
         let material = row
             .key_material
             .clone()
@@ -309,15 +333,14 @@ impl Manager {
         }))
     }
 
-    /// What the decryption's commit must write so this element can be redelivered (nothing in
-    /// the benchmark baseline).
-    pub(crate) fn redelivery_record(
+    /// What the decryption's commit must write so this element can be redelivered, in the
+    /// conversation `conv` only (nothing in the benchmark baseline).
+    pub(super) fn redelivery_record(
         &self,
         acct: &Account,
         probe: &Probe,
-        decrypted: &Decrypted,
-        identity_key: &[u8; 32],
-        key_exchange: bool,
+        conv: &Conversation,
+        attempt: &Attempt,
         now: i64,
     ) -> Option<Record> {
         if cfg!(feature = "bench-baseline-no-redelivery") {
@@ -330,10 +353,11 @@ impl Manager {
                 account_id: acct.id,
                 digest: probe.digest,
                 payload_digest: probe.payload_digest,
-                key_material: (!probe.empty).then(|| decrypted.plaintext.clone()),
-                identity_key: *identity_key,
-                key_exchange,
+                key_material: (!probe.empty).then(|| attempt.decrypted.plaintext.clone()),
+                identity_key: *attempt.session.remote_curve25519(),
+                key_exchange: attempt.key_exchange,
                 created_at: now,
+                conversation: Some(conversation_tag(conv)),
             },
             keep_key: config.enabled(),
             prune: (n % PRUNE_EVERY == PRUNE_EVERY - 1).then(|| {
@@ -404,8 +428,9 @@ impl Manager {
         }
     }
 
-    /// Deletes what the bounds no longer allow, then empties the WAL so that deleted key
-    /// material does not linger there. Run at start-up and by the hourly maintenance.
+    /// Deletes what the bounds no longer allow; the WAL truncation it owes when it erased key
+    /// material is the maintenance pass's ([`Self::truncate_wal_if_owed`]). Run by every
+    /// maintenance pass (the first at start-up).
     pub async fn prune_redelivery(&self, now: i64) -> Result<Pruned, StorageError> {
         let bounds = store_bounds(&self.redelivery.config());
         let from = self.redelivery.key_frontier.load(Ordering::Relaxed);
@@ -416,14 +441,8 @@ impl Manager {
         self.redelivery
             .key_frontier
             .store(pruned.key_frontier, Ordering::Relaxed);
-        if pruned.redelivery + pruned.encrypt_results > 0 {
-            let store = std::sync::Arc::clone(&self.store);
-            let r = tokio::task::spawn_blocking(move || store.truncate_wal()).await;
-            match r {
-                Ok(Ok(c)) if c.busy => tracing::warn!("WAL truncation was blocked by a reader"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "WAL truncation failed"),
-                _ => {}
-            }
+        if pruned.erased() {
+            self.key_material_erased();
         }
         // Forget pruned digests, so the filter stays as small as the tables.
         self.redelivery.start_rebuild();

@@ -23,6 +23,29 @@ pub struct RedeliveryRow {
     pub key_exchange: bool,
     /// Unix seconds of the first decryption.
     pub created_at: i64,
+    /// The conversation of the first decryption (`None`: a row from before it was kept).
+    pub conversation: Option<ConversationTag>,
+}
+
+/// The conversation a message was decrypted in, as a redelivered copy is checked against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationTag {
+    /// SHA-256 of the stanza's bare `to`; `None`: the client did not say.
+    pub to: Option<[u8; 32]>,
+    /// Whether it was a group chat message.
+    pub group_chat: bool,
+}
+
+impl ConversationTag {
+    /// Whether a copy arriving in `other` may be the same conversation: `group_chat` must be
+    /// equal, `to` only when both are known.
+    pub fn admits(&self, other: &ConversationTag) -> bool {
+        self.group_chat == other.group_chat
+            && match (self.to, other.to) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
 }
 
 impl std::fmt::Debug for RedeliveryRow {
@@ -54,9 +77,11 @@ pub fn record(conn: &Connection, row: &RedeliveryRow, keep_key: bool) -> Result<
     fn keep(keep_key: bool, v: Option<&[u8]>) -> Option<&[u8]> {
         v.filter(|_| keep_key)
     }
+    let conversation = row.conversation.filter(|_| keep_key);
     conn.prepare_cached(
         "INSERT INTO redelivery (account_id, digest, created_at, payload_digest, key_material, \
-         identity_key, key_exchange) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         identity_key, key_exchange, conversation, group_chat) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         row.account_id,
@@ -66,6 +91,8 @@ pub fn record(conn: &Connection, row: &RedeliveryRow, keep_key: bool) -> Result<
         keep(keep_key, row.key_material.as_ref().map(|k| &k[..])),
         keep(keep_key, Some(&row.identity_key[..])),
         keep_key.then_some(row.key_exchange),
+        conversation.and_then(|c| c.to).as_ref().map(|t| &t[..]),
+        conversation.map(|c| c.group_chat),
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -83,13 +110,14 @@ pub struct Record {
 }
 
 impl Record {
-    /// Writes the row (and runs the prune); returns the row id.
-    pub fn write(&self, conn: &Connection) -> Result<i64> {
+    /// Writes the row (and runs the prune); returns the row id and what the prune did.
+    pub fn write(&self, conn: &Connection) -> Result<(i64, Option<Pruned>)> {
         let id = record(conn, &self.row, self.keep_key)?;
-        if let Some((b, from)) = self.prune {
-            prune(conn, self.row.created_at, b, from)?;
-        }
-        Ok(id)
+        let pruned = self
+            .prune
+            .map(|(b, from)| prune(conn, self.row.created_at, b, from))
+            .transpose()?;
+        Ok((id, pruned))
     }
 }
 
@@ -104,30 +132,32 @@ fn blob32(table: &'static str, column: &'static str, b: &[u8]) -> Result<[u8; 32
 /// Looks a digest up in row `id` (found through the in-memory filter).
 pub fn lookup(conn: &Connection, id: i64, account_id: i64, digest: &[u8; 32]) -> Result<Seen> {
     type Cols = (
-        Option<Vec<u8>>,
-        Option<Zeroizing<Vec<u8>>>,
-        Option<Vec<u8>>,
-        Option<bool>,
-        i64,
+        (Option<Vec<u8>>, Option<Zeroizing<Vec<u8>>>, Option<Vec<u8>>),
+        (Option<bool>, i64, Option<Vec<u8>>, Option<bool>),
     );
     let row: Option<Cols> = conn
         .prepare_cached(
-            "SELECT payload_digest, key_material, identity_key, key_exchange, created_at \
+            "SELECT payload_digest, key_material, identity_key, key_exchange, created_at, \
+             conversation, group_chat \
              FROM redelivery WHERE id = ?1 AND account_id = ?2 AND digest = ?3",
         )?
         .query_row(params![id, account_id, &digest[..]], |r| {
             Ok((
-                r.get(0)?,
-                r.get::<_, Option<Vec<u8>>>(1)?.map(Zeroizing::new),
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
+                (
+                    r.get(0)?,
+                    r.get::<_, Option<Vec<u8>>>(1)?.map(Zeroizing::new),
+                    r.get(2)?,
+                ),
+                (r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?),
             ))
         })
         .optional()?;
     Ok(match row {
         None => Seen::No,
-        Some((Some(pd), km, Some(ik), Some(kex), at)) => {
+        Some(((Some(pd), km, Some(ik)), (Some(kex), at, to, group_chat))) => {
+            let to = to
+                .map(|t| blob32("redelivery", "conversation", &t))
+                .transpose()?;
             Seen::Redeliverable(Box::new(RedeliveryRow {
                 account_id,
                 digest: *digest,
@@ -136,6 +166,7 @@ pub fn lookup(conn: &Connection, id: i64, account_id: i64, digest: &[u8; 32]) ->
                 identity_key: blob32("redelivery", "identity_key", &ik)?,
                 key_exchange: kex,
                 created_at: at,
+                conversation: group_chat.map(|group_chat| ConversationTag { to, group_chat }),
             }))
         }
         Some(_) => Seen::DigestOnly,
@@ -253,6 +284,11 @@ impl Pruned {
     pub fn any(&self) -> bool {
         self.redelivery + self.digests + self.encrypt_results > 0
     }
+
+    /// Whether key material (or a kept answer) was erased: the WAL still holds it.
+    pub fn erased(&self) -> bool {
+        self.redelivery + self.encrypt_results > 0
+    }
 }
 
 /// The first `redelivery` id at or after `from` created at `cutoff` or later (or one past the
@@ -298,7 +334,8 @@ pub fn prune(conn: &Connection, now: i64, b: Bounds, key_frontier: i64) -> Resul
     let erased = conn
         .prepare_cached(
             "UPDATE redelivery SET payload_digest = NULL, key_material = NULL, identity_key = NULL, \
-             key_exchange = NULL WHERE id >= ?1 AND id < ?2 AND payload_digest IS NOT NULL",
+             key_exchange = NULL, conversation = NULL, group_chat = NULL \
+             WHERE id >= ?1 AND id < ?2 AND payload_digest IS NOT NULL",
         )?
         .execute([key_frontier.min(key_cut), key_cut])?;
     // Encrypt answers (rare; an index on created_at serves them).
@@ -330,19 +367,6 @@ pub fn counts(conn: &Connection) -> Result<(i64, i64, i64)> {
     ))
 }
 
-impl super::Store {
-    /// Checkpoints with `TRUNCATE` on a connection of its own, so that deleted key material
-    /// does not linger in the WAL file. Blocks (waits for readers up to the busy timeout).
-    pub fn truncate_wal(&self) -> Result<super::CheckpointResult> {
-        let conn = super::open_connection(
-            self.path(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            self.config(),
-        )?;
-        super::checkpoint::checkpoint(&conn, super::CheckpointMode::Truncate)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +391,10 @@ mod tests {
             identity_key: [9; 32],
             key_exchange: i.is_multiple_of(2),
             created_at: at,
+            conversation: Some(ConversationTag {
+                to: (!i.is_multiple_of(3)).then_some([i; 32]),
+                group_chat: i % 3 == 1,
+            }),
         }
     }
 

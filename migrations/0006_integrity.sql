@@ -1,0 +1,8 @@
+-- omemod schema (branch `integrity`, issue 19): redelivery keeps its conversation.
+
+-- The conversation a message was first decrypted in: a redelivered copy must arrive in the same
+-- one (a 0.3 message has no SCE envelope to say where it belongs). `conversation` is a SHA-256
+-- of the stanza's bare `to` (NULL: the client did not say), `group_chat` 0/1 (NULL: rows from
+-- before this version, not checked). Both are erased with the key material.
+ALTER TABLE redelivery ADD COLUMN conversation BLOB CHECK (conversation IS NULL OR length(conversation) = 32);
+ALTER TABLE redelivery ADD COLUMN group_chat INTEGER CHECK (group_chat IN (0, 1));
