@@ -16,7 +16,6 @@ use super::{
     check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyLevel, Manager, StorageError,
 };
 use crate::events::Action;
-use crate::storage::redelivery::EncryptResultRow;
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
     self, device_state, sessions as session_store, trust as trust_store, DeviceAddr,
@@ -112,6 +111,57 @@ pub struct EncryptRequest {
     pub sce_to: Option<String>,
     /// A client-chosen key: a retry with the same key gets the same answer.
     pub idempotency_key: Option<String>,
+    /// The forms of each `<encrypted>` element to answer with (not part of what a retry must
+    /// repeat).
+    pub forms: Forms,
+}
+
+/// The forms of each `<encrypted>` element an answer carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forms {
+    /// `messages[].xml`.
+    pub xml: bool,
+    /// `messages[].element`.
+    pub element: bool,
+}
+
+impl Default for Forms {
+    fn default() -> Self {
+        Self {
+            xml: true,
+            element: true,
+        }
+    }
+}
+
+impl Forms {
+    /// Drops the forms not named.
+    pub(crate) fn keep(self, out: &mut EncryptOutcome) {
+        for m in &mut out.messages {
+            if !self.xml {
+                m.xml = None;
+            }
+            if !self.element {
+                m.element = None;
+            }
+        }
+    }
+
+    /// The one form an answer is kept in for a retry, whatever was asked: the element, from
+    /// which the XML is made again byte for byte.
+    pub(crate) const KEPT: Forms = Forms {
+        xml: false,
+        element: true,
+    };
+
+    /// Makes the XML of a kept answer's elements again.
+    pub(crate) fn complete(out: &mut EncryptOutcome) {
+        for m in &mut out.messages {
+            if let (None, Some(e)) = (&m.xml, &m.element) {
+                m.xml = Some(e.to_xml());
+            }
+        }
+    }
 }
 
 /// Why `encrypt` failed.
@@ -493,19 +543,33 @@ impl Manager {
             keep: None,
         };
         let Some(key) = req.idempotency_key.as_deref() else {
-            return Ok(self.encrypt_to(&acct, job).await?);
+            let mut out = self.encrypt_to(&acct, job).await?;
+            req.forms.keep(&mut out);
+            return Ok(out);
         };
         // One idempotent encrypt at a time, so two copies of a request cannot both miss.
         let _serial = self.redelivery.encrypt_lock.lock().await;
         let digest = super::redelivery::request_digest(&req);
-        if let Some(out) = self.stored_encrypt(&acct, key, &digest).await? {
-            return Ok(out);
+        if let Some(mut out) = self.stored_encrypt(&acct, key, &digest).await? {
+            // A device that lost its trust since is not encrypted for again: the retry is a
+            // new encryption (kept in place of the old answer).
+            if self
+                .kept_answer_holds(&acct, &out, req.body.is_some())
+                .await?
+            {
+                Forms::complete(&mut out);
+                req.forms.keep(&mut out);
+                return Ok(out);
+            }
+            tracing::info!(account = %acct.jid, "a retried encrypt encrypts again: a device of its first answer lost its trust");
         }
         job.keep = self.redelivery.config().enabled().then(|| Kept {
             key: key.to_owned(),
             digest,
         });
-        Ok(self.encrypt_to(&acct, job).await?)
+        let mut out = self.encrypt_to(&acct, job).await?;
+        req.forms.keep(&mut out);
+        Ok(out)
     }
 
     /// The devices an encryption to `jids` (and our own other devices) covers, and the device
@@ -639,7 +703,7 @@ impl Manager {
             job.actions,
         );
         let stored = match job.keep {
-            Some(k) => Some(super::redelivery::encrypt_record(acct, k, &out)?),
+            Some(k) => Some(self.encrypt_record(acct, k, &out)?),
             None => None,
         };
         let (new_trust, now) = (fanout.new_trust, fanout.now);
@@ -753,7 +817,7 @@ impl Manager {
         &self,
         steps: Vec<DeviceStep>,
         new_trust: &[TrustRow],
-        stored: Option<EncryptResultRow>,
+        stored: Option<super::redelivery::KeptAnswer>,
         now: i64,
     ) -> Result<Committed, StorageError> {
         let any_sent = steps.iter().any(|s| s.sent.is_some());
@@ -794,8 +858,8 @@ impl Manager {
                 for t in &trust_rows {
                     trust_store::set(tx, t)?;
                 }
-                if let Some(r) = &stored {
-                    crate::storage::redelivery::put_encrypt_result(tx, r)?;
+                if let Some(k) = &stored {
+                    k.write(tx)?;
                 }
                 Ok(steps)
             })

@@ -21,13 +21,14 @@ use zeroize::Zeroizing;
 use super::account::Account;
 use super::decrypt::DecryptError;
 use super::decrypt::{check_envelope, open_payload, Attempt, Conversation, DecryptOutcome};
-use super::encrypt::{EncryptError, EncryptOutcome, EncryptRequest, Kept};
+use super::encrypt::{DeviceStatus, EncryptError, EncryptOutcome, EncryptRequest, Forms, Kept};
 use super::{Manager, StorageError};
 use crate::config::RedeliveryConfig;
 use crate::storage::redelivery::{
     self as store, Bounds, ConversationTag, EncryptResultRow, Pruned, Record, RedeliveryRow, Seen,
 };
 use crate::storage::trust::TrustLevel;
+use crate::storage::{sessions as session_store, DeviceAddr};
 
 /// Digests (no key material) are kept 90 days, for replay reports.
 pub const DIGEST_RETENTION_SECS: i64 = 90 * 24 * 3600;
@@ -48,6 +49,7 @@ pub(crate) fn store_bounds(config: &RedeliveryConfig) -> Bounds {
         max_rows: clamp(config.max_entries),
         digest_retention_secs: DIGEST_RETENTION_SECS.max(clamp(config.retention_secs)),
         max_digests: MAX_DIGESTS.max(clamp(config.max_entries)),
+        max_result_bytes: clamp(config.idempotency_max_bytes),
     }
 }
 
@@ -171,23 +173,21 @@ pub fn request_digest(req: &EncryptRequest) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The row that keeps an `encrypt` answer for its idempotency key.
-pub(crate) fn encrypt_record(
-    acct: &Account,
-    kept: Kept,
-    out: &EncryptOutcome,
-) -> Result<EncryptResultRow, StorageError> {
-    let result = serde_json::to_string(out).map_err(|e| StorageError::InvalidInput {
-        what: "the encrypt answer to keep",
-        reason: e.to_string(),
-    })?;
-    Ok(EncryptResultRow {
-        account_id: acct.id,
-        idempotency_key: kept.key,
-        request_digest: kept.digest,
-        result,
-        created_at: crate::storage::now(),
-    })
+/// An `encrypt` answer to keep, and the byte cap of the whole store.
+#[derive(Debug)]
+pub(crate) struct KeptAnswer {
+    row: EncryptResultRow,
+    max_bytes: i64,
+}
+
+impl KeptAnswer {
+    /// Runs in the encryption's transaction.
+    pub(crate) fn write(&self, tx: &rusqlite::Connection) -> Result<(), StorageError> {
+        if !store::put_encrypt_result(tx, &self.row, self.max_bytes)? {
+            tracing::warn!(bytes = self.row.result.len(), max = self.max_bytes, "an encrypt answer larger than --idempotency-max-bytes is not kept: a retry encrypts again");
+        }
+        Ok(())
+    }
 }
 
 /// What the redelivery store keeps of `conv` (its `to` normalised by the caller): a digest,
@@ -367,6 +367,70 @@ impl Manager {
         })
     }
 
+    /// The row that keeps `out` for its idempotency key, in one form ([`Forms::KEPT`]).
+    pub(crate) fn encrypt_record(
+        &self,
+        acct: &Account,
+        kept: Kept,
+        out: &EncryptOutcome,
+    ) -> Result<KeptAnswer, StorageError> {
+        let mut one_form = out.clone();
+        Forms::KEPT.keep(&mut one_form);
+        let result = serde_json::to_string(&one_form).map_err(|e| StorageError::InvalidInput {
+            what: "the encrypt answer to keep",
+            reason: e.to_string(),
+        })?;
+        Ok(KeptAnswer {
+            row: EncryptResultRow {
+                account_id: acct.id,
+                idempotency_key: kept.key,
+                request_digest: kept.digest,
+                result,
+                created_at: crate::storage::now(),
+            },
+            max_bytes: store_bounds(&self.redelivery.config()).max_result_bytes,
+        })
+    }
+
+    /// Whether a kept answer may be given again: every device it encrypted for still has the
+    /// session it was made with (the same identity key), no identity change waits for the
+    /// user there, and, when it carried a body, the key is still trusted.
+    pub(crate) async fn kept_answer_holds(
+        &self,
+        acct: &Account,
+        out: &EncryptOutcome,
+        with_body: bool,
+    ) -> Result<bool, StorageError> {
+        let addrs: Vec<DeviceAddr> = out
+            .devices
+            .iter()
+            .filter(|d| d.status == DeviceStatus::Encrypted)
+            .filter_map(|d| {
+                let ns = protocol_core::Version::from_namespace(&d.namespace)?;
+                Some(Self::addr(acct, &d.jid, ns, d.device_id))
+            })
+            .collect();
+        let lookup = addrs.clone();
+        let keys: Vec<Option<[u8; 32]>> = self
+            .store
+            .read(move |c| {
+                lookup
+                    .iter()
+                    .map(|a| Ok(session_store::get(c, a)?.map(|r| r.identity_key)))
+                    .collect()
+            })
+            .await?;
+        let mode = acct.keys.lock().await.trust_mode;
+        Ok(addrs.iter().zip(keys).all(|(addr, key)| {
+            key.is_some_and(|key| {
+                let trusted = || {
+                    self.trust_for_key(acct, mode, &addr.jid, &key).row.level == TrustLevel::Trusted
+                };
+                !with_body || trusted()
+            })
+        }))
+    }
+
     /// The answer kept for an `encrypt` idempotency key, if any and still within the window;
     /// `Err(IdempotencyKeyReused)` if the key was used for another request.
     pub(crate) async fn stored_encrypt(
@@ -480,6 +544,7 @@ mod tests {
         let off = RedeliveryConfig {
             retention_secs: 0,
             max_entries: 10,
+            ..Default::default()
         };
         assert!(!off.enabled());
         let b = store_bounds(&off);

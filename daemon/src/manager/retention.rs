@@ -99,6 +99,7 @@ mod tests {
         let c = |retention_secs| RedeliveryConfig {
             retention_secs,
             max_entries: 10,
+            ..Default::default()
         };
         assert_eq!(
             maintenance_interval(&RedeliveryConfig::default()),

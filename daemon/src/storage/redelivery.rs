@@ -206,20 +206,55 @@ pub struct EncryptResultRow {
     pub created_at: i64,
 }
 
-/// Stores an `encrypt` answer (keeps an existing one).
-pub fn put_encrypt_result(conn: &Connection, row: &EncryptResultRow) -> Result<()> {
+/// Stores an `encrypt` answer in place of any kept for the same key (a retry that had to
+/// encrypt again), then drops the oldest answers until all of them together are at most
+/// `max_bytes`. An answer larger than that on its own is not kept: returns false.
+pub fn put_encrypt_result(
+    conn: &Connection,
+    row: &EncryptResultRow,
+    max_bytes: i64,
+) -> Result<bool> {
     conn.prepare_cached(
-        "INSERT INTO encrypt_results (account_id, idempotency_key, request_digest, result, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        "DELETE FROM encrypt_results WHERE account_id = ?1 AND idempotency_key = ?2",
+    )?
+    .execute(params![row.account_id, row.idempotency_key])?;
+    let bytes = i64::try_from(row.result.len()).unwrap_or(i64::MAX);
+    if bytes > max_bytes {
+        return Ok(false);
+    }
+    conn.prepare_cached(
+        "INSERT INTO encrypt_results (account_id, idempotency_key, request_digest, result, created_at, bytes) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         row.account_id,
         row.idempotency_key,
         &row.request_digest[..],
         row.result,
-        row.created_at
+        row.created_at,
+        bytes
     ])?;
-    Ok(())
+    trim_encrypt_results(conn, max_bytes)?;
+    Ok(true)
+}
+
+/// Deletes the oldest `encrypt` answers until the rest hold at most `max_bytes` together.
+/// Returns how many went. (The sum is read off the index on `bytes`, not the answers.)
+fn trim_encrypt_results(conn: &Connection, max_bytes: i64) -> Result<usize> {
+    let total: i64 = conn
+        .prepare_cached("SELECT coalesce(sum(bytes), 0) FROM encrypt_results")?
+        .query_row([], |r| r.get(0))?;
+    if total <= max_bytes {
+        return Ok(0);
+    }
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM encrypt_results WHERE id <= ( \
+               SELECT id FROM (SELECT id, sum(bytes) OVER (ORDER BY id DESC) AS newer \
+                               FROM encrypt_results) \
+               WHERE newer > ?1 ORDER BY id DESC LIMIT 1)",
+        )?
+        .execute([max_bytes])?)
 }
 
 /// The stored answer for an idempotency key.
@@ -264,6 +299,8 @@ pub struct Bounds {
     pub digest_retention_secs: i64,
     /// At most this many digests.
     pub max_digests: i64,
+    /// Encrypt answers hold at most this many bytes together.
+    pub max_result_bytes: i64,
 }
 
 /// What [`prune`] deleted or erased.
@@ -349,6 +386,7 @@ pub fn prune(conn: &Connection, now: i64, b: Bounds, key_frontier: i64) -> Resul
             "DELETE FROM encrypt_results WHERE id <= (SELECT max(id) FROM encrypt_results) - ?1",
         )?
         .execute([cap])?;
+    encrypt_results += trim_encrypt_results(conn, b.max_result_bytes)?;
     Ok(Pruned {
         redelivery: erased,
         digests,
@@ -403,6 +441,7 @@ mod tests {
         max_rows: 3,
         digest_retention_secs: 1000,
         max_digests: 5,
+        max_result_bytes: 1000,
     };
 
     #[test]
@@ -487,16 +526,63 @@ mod tests {
             result: "{}".into(),
             created_at: 5,
         };
-        put_encrypt_result(&c, &r).unwrap();
-        put_encrypt_result(
+        assert!(put_encrypt_result(&c, &r, 1000).unwrap());
+        assert_eq!(get_encrypt_result(&c, 1, "k1").unwrap(), Some(r.clone()));
+        assert_eq!(get_encrypt_result(&c, 1, "k2").unwrap(), None);
+        // A retry that encrypted again replaces the answer.
+        let again = EncryptResultRow {
+            result: "other".into(),
+            ..r.clone()
+        };
+        assert!(put_encrypt_result(&c, &again, 1000).unwrap());
+        assert_eq!(get_encrypt_result(&c, 1, "k1").unwrap(), Some(again));
+    }
+
+    #[test]
+    fn encrypt_results_are_bounded_in_bytes() {
+        let c = db();
+        let row = |i: u8, len: usize| EncryptResultRow {
+            account_id: 1,
+            idempotency_key: format!("k{i}"),
+            request_digest: [i; 32],
+            result: "x".repeat(len),
+            created_at: 5,
+        };
+        let total = |c: &Connection| -> i64 {
+            c.query_row("SELECT sum(length(result)) FROM encrypt_results", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        for i in 0..10 {
+            assert!(put_encrypt_result(&c, &row(i, 300), 1000).unwrap());
+            assert!(total(&c) <= 1000);
+        }
+        // The newest three remain.
+        for i in 0..7 {
+            assert_eq!(get_encrypt_result(&c, 1, &format!("k{i}")).unwrap(), None);
+        }
+        for i in 7..10 {
+            assert!(get_encrypt_result(&c, 1, &format!("k{i}"))
+                .unwrap()
+                .is_some());
+        }
+        // Larger than the cap on its own: not kept, the others stay.
+        assert!(!put_encrypt_result(&c, &row(20, 1001), 1000).unwrap());
+        assert_eq!(get_encrypt_result(&c, 1, "k20").unwrap(), None);
+        assert_eq!(total(&c), 900);
+        // The prune keeps to a smaller cap too.
+        let p = prune(
             &c,
-            &EncryptResultRow {
-                result: "other".into(),
-                ..r.clone()
+            5,
+            Bounds {
+                max_result_bytes: 300,
+                ..B
             },
+            0,
         )
         .unwrap();
-        assert_eq!(get_encrypt_result(&c, 1, "k1").unwrap(), Some(r));
-        assert_eq!(get_encrypt_result(&c, 1, "k2").unwrap(), None);
+        assert_eq!(p.encrypt_results, 2);
+        assert_eq!(total(&c), 300);
     }
 }
