@@ -184,12 +184,14 @@ fn reinstalled_device_bundle_is_flagged_then_gets_a_key_exchange() {
     assert_eq!(ev["new_fingerprint"], n_fp.as_str());
     assert_eq!(ev["cause"], "bundle_update", "{ev}");
     assert_eq!(ev["account"], ALICE, "{ev}");
-    // Until accepted, alice keeps the old session.
+    // Until accepted, alice encrypts nothing for the device (issue 19: the old session went
+    // on, reported `encrypted`).
     let m = p.a.ok(
         "encrypt",
         json!({"to": [BOB], "body": "old session", "namespaces": [ns]}),
     );
     assert_eq!(m["devices"][0]["kex"], false, "{m}");
+    assert_eq!(m["devices"][0]["status"], "identity_changed", "{m}");
 
     let r = p.a.ok(
         "identity.accept",
@@ -204,6 +206,74 @@ fn reinstalled_device_bundle_is_flagged_then_gets_a_key_exchange() {
     assert_eq!(m["devices"][0]["kex"], true, "{m}");
     let xml = m["messages"][0]["xml"].as_str().unwrap();
     assert_eq!(body(&n.decrypt(ALICE, xml).unwrap()), "welcome back");
+}
+
+/// A device whose new bundle was set aside (`bundle.update` answered `identity_changed`) is
+/// not encrypted for, by `encrypt` (a typed status with both fingerprints), `encrypt.plan`
+/// (the same) and `heartbeat` (`identity_changed`), until the user decides: accepting the new
+/// identity gives a key exchange to it; accepting the one held keeps the old session and
+/// drops the bundle set aside. Before issue 19 the old session went on, reported `encrypted`.
+#[test]
+fn a_pending_identity_change_is_not_encrypted_for() {
+    for ns in BOTH {
+        let mut p = pair(&[ns]);
+        let x = p.a.encrypt_xml(&[BOB], Some("hi"), ns);
+        p.b.decrypt(ALICE, &x).unwrap();
+        let bob_fp = fingerprint(&mut p.b);
+        let (_dn, mut n) = reinstalled(BOB, p.b_id);
+        let n_fp = fingerprint(&mut n);
+        let nb = n.bundle(ns);
+        let update = json!({"jid": BOB, "namespace": ns, "device_id": p.b_id, "xml": nb["xml"]});
+        let r = p.a.ok("bundle.update", update.clone());
+        assert_eq!(r["identity_changed"], true, "{r}");
+        let check = |d: &Value| {
+            assert_eq!(d["status"], "identity_changed", "{d}");
+            assert_eq!(d["old_fingerprint"], bob_fp.as_str(), "{d}");
+            assert_eq!(d["new_fingerprint"], n_fp.as_str(), "{d}");
+        };
+        for body in [json!("secret"), Value::Null] {
+            let mut params = json!({"to": [BOB], "namespaces": [ns]});
+            if !body.is_null() {
+                params["body"] = body;
+            }
+            let m = p.a.ok("encrypt", params);
+            check(&m["devices"][0]);
+            assert_eq!(m["messages"], json!([]), "{m}");
+        }
+        let plan =
+            p.a.ok("encrypt.plan", json!({"to": [BOB], "namespaces": [ns]}));
+        check(&plan["devices"][0]);
+        let e = p.a.err(
+            "heartbeat",
+            json!({"jid": BOB, "namespace": ns, "device_id": p.b_id}),
+            "identity_changed",
+        );
+        assert_eq!(e["data"]["new_fingerprint"], n_fp.as_str(), "{e}");
+        assert_eq!(e["data"]["cause"], "policy", "{e}");
+        // The user keeps the identity held: the old session goes on.
+        let r = p.a.ok(
+            "identity.accept",
+            json!({"jid": BOB, "namespace": ns, "device_id": p.b_id, "fingerprint": bob_fp}),
+        );
+        assert_eq!(r["session_dropped"], false, "{r}");
+        let m = p.a.encrypt_xml(&[BOB], Some("still you"), ns);
+        assert_eq!(body(&p.b.decrypt(ALICE, &m).unwrap()), "still you");
+        // The new bundle again, and this time the new identity is accepted: a key exchange.
+        p.a.ok("bundle.update", update);
+        p.a.ok(
+            "identity.accept",
+            json!({"jid": BOB, "namespace": ns, "device_id": p.b_id, "fingerprint": n_fp}),
+        );
+        let m = p.a.ok(
+            "encrypt",
+            json!({"to": [BOB], "body": "welcome", "namespaces": [ns]}),
+        );
+        assert_eq!(m["devices"][0]["status"], "encrypted", "{m}");
+        assert_eq!(m["devices"][0]["kex"], true, "{m}");
+        let plan =
+            p.a.ok("encrypt.plan", json!({"to": [BOB], "namespaces": [ns]}));
+        assert_eq!(plan["devices"][0]["status"], "session", "{plan}");
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@
 
 use super::account::{Account, TrustMode};
 use super::bundle_cache::{VerifiedBundle, WriteTicket};
+use super::directory::PendingIdentity;
 use super::error::{RateLimited, RecipientsError};
 use super::peer_bundle::StoredBundle;
 use super::sessions::{session_row, session_row_with_state, SessionMeta, SlotGuard};
@@ -20,6 +21,7 @@ use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
     self, device_state, sessions as session_store, trust as trust_store, DeviceAddr,
 };
+use protocol_core::keys::fingerprint;
 use protocol_core::payload;
 use protocol_core::sce::{build_envelope, EnvelopeOptions};
 use protocol_core::session::{PendingEncrypt, Session};
@@ -44,6 +46,10 @@ pub enum DeviceStatus {
     NoBundle,
     /// Its identity key is not trusted: nothing was encrypted for it.
     Untrusted,
+    /// A bundle with another identity was set aside for it (`bundle.update` answered
+    /// `identity_changed`): nothing is encrypted for it until `identity.accept` (see
+    /// `old_fingerprint`, `new_fingerprint`).
+    IdentityChanged,
     /// Something else went wrong (see `reason`).
     Failed,
 }
@@ -67,6 +73,12 @@ pub struct DeviceReport {
     /// What the client should do about it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
+    /// `identity_changed`: the fingerprint held for the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_fingerprint: Option<String>,
+    /// `identity_changed`: the fingerprint of the bundle set aside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_fingerprint: Option<String>,
 }
 
 /// One `<encrypted>` element, in both forms unless the client asked for one (`forms`).
@@ -230,6 +242,21 @@ pub enum HeartbeatError {
     /// No message could be made for the device (the reason its report gave).
     #[error("broken session: {0}")]
     NotEncrypted(String),
+    /// A bundle with another identity was set aside for the device: nothing is sent to it
+    /// until the user decides (`identity.accept`).
+    #[error("identity of device {device_id} of {jid} in {namespace} changed from {old_fingerprint} to {new_fingerprint}: nothing is sent to it until identity.accept")]
+    IdentityChanged {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// Fingerprint held for the device.
+        old_fingerprint: String,
+        /// Fingerprint of the bundle set aside.
+        new_fingerprint: String,
+    },
     /// The device got no report at all (not reached: one target gives one report).
     #[error("unknown device {device_id} of {jid} in {namespace}")]
     UnknownDevice {
@@ -254,6 +281,7 @@ impl HeartbeatError {
             HeartbeatError::NoBundle { .. }
             | HeartbeatError::NotEncrypted(_)
             | HeartbeatError::UnknownDevice { .. } => ErrorCause::LocalState,
+            HeartbeatError::IdentityChanged { .. } => ErrorCause::Policy,
             HeartbeatError::Storage(e) => e.cause(),
         }
     }
@@ -447,6 +475,28 @@ fn report(
         kex,
         reason,
         action,
+        old_fingerprint: None,
+        new_fingerprint: None,
+    }
+}
+
+/// A bundle with another identity waits for the user: nothing is encrypted for the device.
+fn identity_changed(
+    addr: &DeviceAddr,
+    held: Option<&[u8; 32]>,
+    pending: &PendingIdentity,
+) -> DeviceReport {
+    let why = "its new identity waits for identity.accept";
+    DeviceReport {
+        old_fingerprint: held.or(pending.old.as_ref()).map(fingerprint),
+        new_fingerprint: Some(fingerprint(&pending.new)),
+        ..report(
+            addr,
+            DeviceStatus::IdentityChanged,
+            false,
+            Some(why.to_owned()),
+            None,
+        )
     }
 }
 
@@ -476,6 +526,15 @@ fn single_device(out: EncryptOutcome, addr: &DeviceAddr) -> Result<EncryptOutcom
             namespace,
             device_id,
         }),
+        Some(r) if r.status == DeviceStatus::IdentityChanged => {
+            Err(HeartbeatError::IdentityChanged {
+                jid,
+                namespace,
+                device_id,
+                old_fingerprint: r.old_fingerprint.clone().unwrap_or_default(),
+                new_fingerprint: r.new_fingerprint.clone().unwrap_or_default(),
+            })
+        }
         Some(r) => Err(HeartbeatError::NotEncrypted(
             r.reason.clone().unwrap_or_default(),
         )),
@@ -734,6 +793,15 @@ impl Manager {
             report,
             sent: None,
         };
+        // A new identity set aside for the device: the old session (or bundle) reaches a
+        // device that is likely gone, and the new one is not accepted yet.
+        let held = slot.session.as_ref().map(|s| *s.remote_curve25519());
+        if let Some(p) = self
+            .with_directory(addr.account_id, |d| d.pending_identity(addr))
+            .filter(|p| held != Some(p.new))
+        {
+            return skipped(identity_changed(addr, held.as_ref(), &p));
+        }
         // After a rollback the stored session may be behind the peer's: start a new one.
         let rebuild = slot
             .session

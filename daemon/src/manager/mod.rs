@@ -105,7 +105,8 @@ impl Manager {
                 for a in &accounts {
                     let devs = devices::list_all(conn, a.id)?;
                     let trust = trust_store::list(conn, a.id, None)?;
-                    dirs.insert(a.id, Directory::from_rows(devs, trust));
+                    let pending = storage::device_state::pending_identity_changes(conn, a.id)?;
+                    dirs.insert(a.id, Directory::from_rows(devs, trust, pending));
                 }
                 Ok((accounts, dirs, storage::rebuilds::list(conn)?))
             })

@@ -426,7 +426,10 @@ impl Manager {
                 let trusted = || {
                     self.trust_for_key(acct, mode, &addr.jid, &key).row.level == TrustLevel::Trusted
                 };
-                !with_body || trusted()
+                let pending = self
+                    .with_directory(acct.id, |d| d.pending_identity(addr))
+                    .is_some_and(|p| p.new != key);
+                !pending && (!with_body || trusted())
             })
         }))
     }

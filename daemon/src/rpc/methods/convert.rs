@@ -69,6 +69,14 @@ fn device(jid: &str, namespace: Version, device_id: u32) -> Value {
     json!({"jid": jid, "namespace": namespace.namespace(), "device_id": device_id})
 }
 
+/// `error.data` of `identity_changed`: the device and both fingerprints.
+fn identity_change(jid: &str, namespace: Version, device_id: u32, old: &str, new: &str) -> Value {
+    json!({
+        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
+        "old_fingerprint": old, "new_fingerprint": new,
+    })
+}
+
 /// `error.data` of `no_bundle`: the device and where its bundle is published.
 fn bundle_location(jid: &str, namespace: Version, device_id: u32) -> Value {
     let (node, item_id) = namespace.bundle_node(device_id);
@@ -183,6 +191,7 @@ answers!(HeartbeatError {
     HeartbeatError::NoBundle { jid, namespace, device_id } => [NoBundle, bundle_location(&jid, namespace, device_id)],
     HeartbeatError::NotEncrypted(_) => [BrokenSession],
     HeartbeatError::UnknownDevice { jid, namespace, device_id } => [UnknownDevice, device(&jid, namespace, device_id)],
+    HeartbeatError::IdentityChanged { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, identity_change(&jid, namespace, device_id, &old_fingerprint, &new_fingerprint)],
     HeartbeatError::Storage(e) => [via e: StorageError],
 });
 
@@ -214,10 +223,7 @@ answers!(DecryptError {
     | DecryptError::PreKeyUnavailable(_)
     | DecryptError::LostState(_) => [BrokenSession],
     DecryptError::Distrusted => [Distrusted],
-    DecryptError::IdentityChanged { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, json!({
-        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
-        "old_fingerprint": old_fingerprint, "new_fingerprint": new_fingerprint,
-    })],
+    DecryptError::IdentityChanged { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, identity_change(&jid, namespace, device_id, &old_fingerprint, &new_fingerprint)],
     DecryptError::RateLimited(e) => [via e: RateLimited],
     DecryptError::SceMismatch(_) => [SceMismatch],
     DecryptError::Storage(e) => [via e: StorageError],
