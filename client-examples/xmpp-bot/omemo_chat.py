@@ -549,7 +549,7 @@ class Chat(slixmpp.ClientXMPP):
             if ns not in encrypted:
                 continue
             try:
-                result = await self.rpc.decrypt(sender, tostring(encrypted[ns]), to, group)
+                result = await self.decrypt_listed(sender, tostring(encrypted[ns]), to, group)
                 break
             except RpcError as e:
                 error = e
@@ -586,6 +586,16 @@ class Chat(slixmpp.ClientXMPP):
         self.out.emit("message", f"{where}{sender} [{device.get('trust')}]: {body}", sender=sender, body=body,
                       room=room, namespace=result.get("namespace"), device_id=device.get("device_id"),
                       trust=device.get("trust"), archived=archived, redelivered=bool(result.get("redelivered")))
+
+    async def decrypt_listed(self, sender: str, xml: str, to: str, group: bool) -> Dict[str, Any]:
+        """`decrypt`; a group message from a device its sender's list does not name (yet) is
+        refused (`unlisted_device`): fetch that list as the error asks, then try once more."""
+        try:
+            return await self.rpc.decrypt(sender, xml, to, group)
+        except RpcError as e:
+            if e.kind != "unlisted_device" or not await self.handle_actions(e.data.get("actions", [])):
+                raise
+        return await self.rpc.decrypt(sender, xml, to, group)
 
     # ---- archive (XEP-0313) -----------------------------------------------------------------
 

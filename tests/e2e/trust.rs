@@ -276,6 +276,108 @@ fn a_pending_identity_change_is_not_encrypted_for() {
     }
 }
 
+/// A second device of `BOB` on a daemon of its own, knowing alice; not on bob's list as alice
+/// knows it. Returns it with its device id.
+fn unlisted_bob(p: &mut Pair, ns: &str) -> (Daemon, Client, u32) {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let id = c.create_account(BOB);
+    c.learn(ALICE, &mut p.a, &[ns]);
+    (d, c, id)
+}
+
+/// A message from a device its sender does not list (issue 19). In a 1:1 chat it is decrypted
+/// but flagged: `sender.listed: false` and `sender.trust: "unlisted"` (never `trusted`,
+/// whatever its key's level, which `key_trust` gives), with a `fetch_devicelist` action; a
+/// redelivery says the same. In a group chat it is refused with `unlisted_device` (cause
+/// `policy`, the `fetch_devicelist` action in `data.actions`) before anything changes. A fetched
+/// list that does not name the device changes nothing; one that names it makes it listed: the
+/// refused message then decrypts (its one-time prekey was not used up), and the device's
+/// messages are trusted like any other.
+#[test]
+fn unlisted_senders_are_never_trusted_silently() {
+    for ns in BOTH {
+        let mut p = pair(&[ns]);
+        let mut events = p.da.client();
+        events.ok("subscribe", json!({"types": ["fetch_devicelist"]}));
+        let (_d2, mut b2, id2) = unlisted_bob(&mut p, ns);
+        let x = b2.encrypt_xml(&[ALICE], Some("from a device bob does not list"), ns);
+        let r =
+            p.a.ok("decrypt", json!({"from": BOB, "xml": x, "to": ALICE}));
+        assert_eq!(body(&r), "from a device bob does not list");
+        assert_eq!(r["sender"]["device_id"], id2, "{r}");
+        assert_eq!(r["sender"]["listed"], false, "{r}");
+        assert_eq!(r["sender"]["trust"], "unlisted", "{r}");
+        assert_eq!(r["sender"]["key_trust"], "trusted", "{r}");
+        assert!(has_action(&r, "fetch_devicelist"), "{r}");
+        let again =
+            p.a.ok("decrypt", json!({"from": BOB, "xml": x, "to": ALICE}));
+        assert_eq!(again["redelivered"], true, "{again}");
+        assert_eq!(again["sender"]["trust"], "unlisted", "{again}");
+        // The listed device is listed and trusted.
+        let y =
+            p.b.encrypt_xml(&[ALICE], Some("from bob's listed device"), ns);
+        let r =
+            p.a.ok("decrypt", json!({"from": BOB, "xml": y, "to": ALICE}));
+        assert_eq!(
+            (&r["sender"]["listed"], &r["sender"]["trust"]),
+            (&json!(true), &json!("trusted"))
+        );
+
+        // A group chat message (a key exchange) from a third device of bob's that bob does not list.
+        let room = "room@muc.example.org";
+        let (_d3, mut b3, id3) = unlisted_bob(&mut p, ns);
+        let g = b3.ok(
+            "encrypt",
+            json!({"to": [ALICE], "body": "relayed into the room", "namespaces": [ns], "sce_to": room}),
+        );
+        let g = g["messages"][0]["xml"].as_str().expect("xml").to_owned();
+        let in_room = json!({"from": BOB, "xml": g, "to": room, "group_chat": true});
+        let e = p.a.err("decrypt", in_room.clone(), "unlisted_device");
+        assert_eq!(e["code"], 1105, "{e}");
+        assert_eq!(e["data"]["cause"], "policy", "{e}");
+        assert_eq!(e["data"]["device_id"], id3, "{e}");
+        assert_eq!(e["data"]["actions"][0]["type"], "fetch_devicelist", "{e}");
+        assert_eq!(e["data"]["actions"][0]["jid"], BOB, "{e}");
+        assert!(!e.to_string().contains("relayed into the room"), "{e}");
+        let ev = next_event(&mut events, "fetch_devicelist");
+        assert_eq!(
+            (&ev["jid"], &ev["cause"]),
+            (&json!(BOB), &json!("unknown_device")),
+            "{ev}"
+        );
+        // The list fetched again does not name it: still refused.
+        let list = p.b.devicelist(ns);
+        p.a.ok(
+            "devicelist.update",
+            json!({"jid": BOB, "namespace": ns, "xml": list["xml"]}),
+        );
+        p.a.err("decrypt", in_room.clone(), "unlisted_device");
+        // Bob's third device joins bob's list: the refused key exchange decrypts now, trusted.
+        b3.ok(
+            "devicelist.update",
+            json!({"jid": BOB, "namespace": ns, "xml": list["xml"]}),
+        );
+        let merged = b3.devicelist(ns);
+        p.a.ok(
+            "devicelist.update",
+            json!({"jid": BOB, "namespace": ns, "xml": merged["xml"]}),
+        );
+        let r = p.a.ok("decrypt", in_room);
+        assert_eq!(body(&r), "relayed into the room");
+        assert_eq!(r["key_exchange"], true, "{r}");
+        assert_eq!(
+            (&r["sender"]["listed"], &r["sender"]["trust"]),
+            (&json!(true), &json!("trusted"))
+        );
+        // Bob's second device is still unlisted: its 1:1 messages stay flagged.
+        let z = b2.encrypt_xml(&[ALICE], Some("still unlisted"), ns);
+        let r =
+            p.a.ok("decrypt", json!({"from": BOB, "xml": z, "to": ALICE}));
+        assert_eq!(r["sender"]["trust"], "unlisted", "{r}");
+    }
+}
+
 #[test]
 fn session_replace_is_rate_limited() {
     let ns = OMEMO2;

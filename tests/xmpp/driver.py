@@ -27,6 +27,7 @@ sys.path.insert(0, HERE)
 
 import server  # noqa: E402
 from refpeer import OLDMEMO, OMEMO2, RefPeer  # noqa: E402
+from unlisted import unlisted_sender  # noqa: E402
 from slixmpp.xmlstream import tostring  # noqa: E402
 
 BOT = os.path.join(REPO, "client-examples", "xmpp-bot", "omemo_chat.py")
@@ -422,6 +423,7 @@ SCENARIOS = {
     "restart_archive": restart_archive,
     "two_processes": two_processes,
     "group": group,
+    "unlisted_sender": unlisted_sender,
 }
 
 

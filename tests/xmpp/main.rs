@@ -123,4 +123,5 @@ macro_rules! scenarios {
 //   read by the example client after it was offline.
 // two_processes: two processes (resources) of the example client on one omemod.
 // group: a members-only, non-anonymous room: two example clients (two omemods) and python-omemo.
-scenarios!(chat, restart_archive, two_processes, group);
+// unlisted_sender: a non-member's device relayed under a member's name (tests/xmpp/unlisted.py).
+scenarios!(chat, restart_archive, two_processes, group, unlisted_sender);

@@ -48,9 +48,33 @@ pub struct Sender {
     pub device_id: u32,
     /// Fingerprint of its identity key.
     pub fingerprint: String,
-    /// Trust level of that key: trusted, undecided (decrypted, but warn) or distrusted.
+    /// What to show: `trusted`; `undecided` (decrypted, but warn); or `unlisted` — the device
+    /// is not on the sender's device list, so it is never `trusted` whatever its key's level
+    /// (`key_trust`). Distrusted senders are refused.
     pub trust: String,
+    /// Whether the device is on the sender's latest device list (in this namespace).
+    pub listed: bool,
+    /// The trust level of the key itself (`trusted` or `undecided`), listed or not.
+    pub key_trust: String,
 }
+
+impl Sender {
+    /// The sender `from`'s device `device_id`, whose key has `trust`.
+    fn new(from: &str, device_id: u32, trust: &TrustRow, listed: bool) -> Self {
+        let key_trust = trust.level.as_str();
+        Self {
+            jid: from.to_owned(),
+            device_id,
+            fingerprint: trust.fingerprint.clone(),
+            trust: if listed { key_trust } else { UNLISTED }.to_owned(),
+            listed,
+            key_trust: key_trust.to_owned(),
+        }
+    }
+}
+
+/// `sender.trust` of a device that is not on its owner's device list.
+pub const UNLISTED: &str = "unlisted";
 
 /// The result of a decryption.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -85,22 +109,17 @@ pub struct DecryptOutcome {
 }
 
 impl DecryptOutcome {
-    /// The answer for `element` from `from`, opened, with no actions and not a redelivery.
+    /// The answer for `element` from `from` (whose device is `listed` or not), opened, with no
+    /// actions and not a redelivery.
     pub(super) fn new(
-        element: &Encrypted,
-        from: &str,
+        (element, from, listed): (&Encrypted, &str, bool),
         trust: &TrustRow,
         opened: Opened,
         key_exchange: bool,
     ) -> Self {
         Self {
             namespace: element.version.namespace().to_owned(),
-            sender: Sender {
-                jid: from.to_owned(),
-                device_id: element.sid,
-                fingerprint: trust.fingerprint.clone(),
-                trust: trust.level.as_str().to_owned(),
-            },
+            sender: Sender::new(from, element.sid, trust, listed),
             body: opened.body,
             content_xml: opened.content_xml,
             envelope: opened.envelope,
@@ -222,6 +241,19 @@ pub enum DecryptError {
     /// The OMEMO 2 SCE envelope does not match where the message came from or arrived.
     #[error("SCE envelope mismatch: {0}")]
     SceMismatch(String),
+    /// A group chat message from a device that is not on its sender's device list: refused
+    /// (nothing changed) until the list names it.
+    #[error("device {device_id} of {jid} is not on its {namespace} device list: a group chat message from it is refused until the list names it (fetch it, then decrypt again)")]
+    UnlistedDevice {
+        /// The sender.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// `fetch_devicelist` of the sender's list.
+        actions: Vec<Action>,
+    },
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -252,7 +284,9 @@ impl DecryptError {
             | E::UnknownSignedPreKey(_)
             | E::PreKeyUnavailable(_)
             | E::LostState(_) => ErrorCause::LocalState,
-            E::Distrusted | E::IdentityChanged { .. } => ErrorCause::Policy,
+            E::Distrusted | E::IdentityChanged { .. } | E::UnlistedDevice { .. } => {
+                ErrorCause::Policy
+            }
         }
     }
 }
@@ -543,6 +577,14 @@ impl Manager {
         check_element(&element)?;
         let ours = our_keys(&acct, from, &element)?;
         let addr = Self::addr(&acct, from, element.version, element.sid);
+        // A device its sender does not list is never trusted; in a group chat (where a member
+        // relays what others hand it) it is refused before anything changes.
+        let listed = self.with_directory(acct.id, |d| {
+            d.lists(&addr.jid, addr.namespace, addr.device_id)
+        });
+        if conv.group_chat && !listed {
+            return Err(self.unlisted(&acct, &addr));
+        }
         let mut slot = self.sessions.lock(&self.store, &addr).await?;
         // An element decrypted before (under this session lock, so a
         // concurrent first decryption has committed) is answered again without touching the
@@ -555,7 +597,8 @@ impl Manager {
                 })
             }
         };
-        if let Some(again) = self.redeliver(&acct, from, &element, &probe, conv).await? {
+        let sender = (&element, from, listed);
+        if let Some(again) = self.redeliver(&acct, sender, &probe, conv).await? {
             return Ok(again);
         }
         // A new session consumes one of our prekeys: hold the account's keys from the lookup
@@ -586,8 +629,23 @@ impl Manager {
         let trust = &verdict.trust.row;
         Ok(DecryptOutcome {
             actions,
-            ..DecryptOutcome::new(&element, from, trust, verdict.opened, attempt.key_exchange)
+            ..DecryptOutcome::new(sender, trust, verdict.opened, attempt.key_exchange)
         })
+    }
+
+    /// Refuses a group chat message from `addr`, a device its owner does not list, and asks
+    /// for the list (as an action of the error, announced as an event).
+    fn unlisted(&self, acct: &Account, addr: &DeviceAddr) -> DecryptError {
+        tracing::info!(account = %acct.jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "group chat message from an unlisted device refused");
+        let mut actions = Vec::new();
+        let fetch = Action::fetch_devicelist(&addr.jid, addr.namespace);
+        self.push_action(acct, &mut actions, Cause::UnknownDevice, fetch);
+        DecryptError::UnlistedDevice {
+            jid: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+            actions,
+        }
     }
 
     /// Step 3: the sender's key must not be distrusted, the payload must open, and its OMEMO 2
@@ -908,14 +966,9 @@ impl Manager {
             self.push_action(acct, &mut actions, cause, a);
         }
         if !self.with_directory(acct.id, |d| {
-            d.active(&addr.jid, addr.namespace)
-                .contains(&addr.device_id)
+            d.lists(&addr.jid, addr.namespace, addr.device_id)
         }) {
-            let a = Action::FetchDevicelist {
-                jid: addr.jid.clone(),
-                namespace: addr.namespace,
-                node: addr.namespace.devicelist_node().to_owned(),
-            };
+            let a = Action::fetch_devicelist(&addr.jid, addr.namespace);
             self.push_action(acct, &mut actions, Cause::UnknownDevice, a);
         }
         actions
@@ -1214,6 +1267,8 @@ mod tests {
                 device_id: 7,
                 fingerprint: "f".into(),
                 trust: "trusted".into(),
+                listed: true,
+                key_trust: "trusted".into(),
             },
             body: Some("attack at dawn".into()),
             content_xml: Some(content.into()),

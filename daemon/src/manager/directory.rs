@@ -90,6 +90,14 @@ impl Directory {
             .unwrap_or_default()
     }
 
+    /// Whether `device_id` is on `jid`'s device list in `namespace` (the latest one received).
+    pub fn lists(&self, jid: &str, namespace: Version, device_id: u32) -> bool {
+        self.devices.get(jid).is_some_and(|rows| {
+            rows.iter()
+                .any(|r| r.active && r.namespace == namespace && r.device_id == device_id)
+        })
+    }
+
     /// Replaces the rows of `jid` in `namespace`.
     pub fn set_devices(&mut self, jid: &str, namespace: Version, rows: Vec<DeviceRow>) {
         let entry = self.devices.entry(jid.to_owned()).or_default();

@@ -256,18 +256,19 @@ impl Manager {
             .unwrap_or_else(PoisonError::into_inner) = config;
     }
 
-    /// Before decrypting (session lock held): the answer for an element decrypted before,
+    /// Before decrypting (session lock held): the answer for `received` (element, sender, and
+    /// whether the sender lists the device) when it was decrypted before,
     /// `Err(DuplicateMessage)` for a known element that cannot (or must not) be opened again,
     /// `Err(Distrusted)`/`Err(SceMismatch)` as for a first decryption (`conv` is this
     /// request's conversation), `None` for a new one.
     pub(crate) async fn redeliver(
         &self,
         acct: &Account,
-        from: &str,
-        element: &Encrypted,
+        received: (&Encrypted, &str, bool),
         probe: &Probe,
         conv: &Conversation,
     ) -> Result<Option<DecryptOutcome>, DecryptError> {
+        let (element, from, _) = received;
         if cfg!(feature = "bench-baseline-no-redelivery") {
             return Ok(None);
         }
@@ -329,7 +330,7 @@ impl Manager {
             // The duties were handed out with the first answer: no actions.
             redelivered: true,
             first_decrypted_at: Some(row.created_at),
-            ..DecryptOutcome::new(element, from, &trust, opened, row.key_exchange)
+            ..DecryptOutcome::new(received, &trust, opened, row.key_exchange)
         }))
     }
 

@@ -73,6 +73,8 @@ pub enum ErrorKind {
     InvalidBundle,
     /// The signed pre-key's signature does not verify.
     InvalidSignature,
+    /// A group chat message from a device that is not on its sender's device list.
+    UnlistedDevice,
 
     // --- sessions and messages (1200s) ---
     /// No session with the device.
@@ -136,6 +138,7 @@ impl ErrorKind {
         ErrorKind::NoBundle,
         ErrorKind::InvalidBundle,
         ErrorKind::InvalidSignature,
+        ErrorKind::UnlistedDevice,
         ErrorKind::NoSession,
         ErrorKind::NotForThisDevice,
         ErrorKind::DuplicateMessage,
@@ -176,6 +179,7 @@ impl ErrorKind {
             ErrorKind::NoBundle => 1102,
             ErrorKind::InvalidBundle => 1103,
             ErrorKind::InvalidSignature => 1104,
+            ErrorKind::UnlistedDevice => 1105,
             ErrorKind::NoSession => 1201,
             ErrorKind::NotForThisDevice => 1202,
             ErrorKind::DuplicateMessage => 1203,
@@ -217,6 +221,7 @@ impl ErrorKind {
             ErrorKind::NoBundle => "no_bundle",
             ErrorKind::InvalidBundle => "invalid_bundle",
             ErrorKind::InvalidSignature => "invalid_signature",
+            ErrorKind::UnlistedDevice => "unlisted_device",
             ErrorKind::NoSession => "no_session",
             ErrorKind::NotForThisDevice => "not_for_this_device",
             ErrorKind::DuplicateMessage => "duplicate_message",
@@ -275,7 +280,8 @@ impl ErrorKind {
             | ErrorKind::RateLimited
             | ErrorKind::Untrusted
             | ErrorKind::Distrusted
-            | ErrorKind::IdentityChanged => Policy,
+            | ErrorKind::IdentityChanged
+            | ErrorKind::UnlistedDevice => Policy,
         }
     }
 
@@ -302,6 +308,7 @@ impl ErrorKind {
             ErrorKind::NoBundle => "no bundle for the device",
             ErrorKind::InvalidBundle => "invalid bundle",
             ErrorKind::InvalidSignature => "invalid signed pre-key signature",
+            ErrorKind::UnlistedDevice => "device not on its owner's device list",
             ErrorKind::NoSession => "no session with the device",
             ErrorKind::NotForThisDevice => "message not encrypted for this device",
             ErrorKind::DuplicateMessage => "duplicate message",

@@ -226,6 +226,9 @@ answers!(DecryptError {
     DecryptError::IdentityChanged { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, identity_change(&jid, namespace, device_id, &old_fingerprint, &new_fingerprint)],
     DecryptError::RateLimited(e) => [via e: RateLimited],
     DecryptError::SceMismatch(_) => [SceMismatch],
+    DecryptError::UnlistedDevice { jid, namespace, device_id, actions } => [UnlistedDevice, json!({
+        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id, "actions": actions,
+    })],
     DecryptError::Storage(e) => [via e: StorageError],
 });
 
