@@ -606,18 +606,7 @@ fn an_expired_skipped_key_is_a_dropped_key_not_a_duplicate() {
         let r = b.decrypt(ALICE, &next).expect("decrypt");
         late.push((ns, skipped, next, r));
     }
-    let keys: Vec<Vec<u8>> = {
-        let conn = rusqlite::Connection::open(&db.db).expect("open db");
-        let mut stmt = conn
-            .prepare("SELECT message_key FROM skipped_keys")
-            .expect("prepare");
-        let keys = stmt
-            .query_map([], |r| r.get(0))
-            .expect("query")
-            .map(|r| r.expect("row"))
-            .collect();
-        keys
-    };
+    let keys = blobs(&db.db, "SELECT message_key FROM skipped_keys");
     assert_eq!(keys.len(), 2);
     // Whole seconds: the keys must be older than "now" when the limit is 0.
     std::thread::sleep(std::time::Duration::from_millis(1_100));

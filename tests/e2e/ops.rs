@@ -328,22 +328,10 @@ fn expired_key_material_leaves_every_file_of_an_idle_daemon() {
         b.decrypt("alice@example.org", &x).expect("decrypt");
     }
     let decrypted = Instant::now();
-    let keys = {
-        let conn = rusqlite::Connection::open_with_flags(
-            &db.db,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .expect("open db");
-        let mut stmt = conn
-            .prepare("SELECT key_material FROM redelivery WHERE key_material IS NOT NULL")
-            .expect("prepare");
-        let keys: Vec<Vec<u8>> = stmt
-            .query_map([], |r| r.get(0))
-            .expect("query")
-            .map(|r| r.expect("row"))
-            .collect();
-        keys
-    };
+    let keys = blobs(
+        &db.db,
+        "SELECT key_material FROM redelivery WHERE key_material IS NOT NULL",
+    );
     assert_eq!(keys.len(), 7);
     drop(b);
     let copy = restore_over(&mut db);

@@ -743,6 +743,15 @@ fn expired_key_material_is_gone_from_the_files() {
     );
 }
 
+/// `a`'s message `body` to bob in room `room`, in `ns`: its XML.
+fn to_room(a: &mut Client, body: &str, ns: &str, room: &str) -> String {
+    let r = a.ok(
+        "encrypt",
+        json!({"to": [BOB], "body": body, "namespaces": [ns], "sce_to": room}),
+    );
+    r["messages"][0]["xml"].as_str().expect("xml").to_owned()
+}
+
 /// A redelivery passes the checks of a first decryption against its own request: an OMEMO 2
 /// copy that was decrypted in its room, then moved by the server into another room or into a
 /// 1:1 chat, is refused with `sce_mismatch` (no plaintext), while the copy in the right room is
@@ -752,11 +761,7 @@ fn a_redelivered_copy_is_checked_like_a_first_one() {
     let (_da, db, mut a, mut b1) = pair(&[]);
     let mut b2 = db.client();
     let room = "room@muc.example.org";
-    let r = a.ok(
-        "encrypt",
-        json!({"to": [BOB], "body": "to the room", "namespaces": [OMEMO2], "sce_to": room}),
-    );
-    let x = r["messages"][0]["xml"].as_str().expect("xml").to_owned();
+    let x = to_room(&mut a, "to the room", OMEMO2, room);
     let here = json!({"from": ALICE, "xml": x, "to": room, "group_chat": true});
     let first = b1.ok("decrypt", here.clone());
     assert_eq!(body(&first), "to the room");
@@ -824,11 +829,7 @@ fn a_redelivered_oldmemo_copy_keeps_its_conversation() {
     assert_redelivery(&first, &b2.ok("decrypt", here));
     assert_redelivery(&first, &b2.ok("decrypt", json!({"from": ALICE, "xml": x})));
     // Read in a room: not redelivered into another room or into the 1:1 chat.
-    let r = a.ok(
-        "encrypt",
-        json!({"to": [BOB], "body": "to the room", "namespaces": [OLDMEMO], "sce_to": room}),
-    );
-    let y = r["messages"][0]["xml"].as_str().expect("xml").to_owned();
+    let y = to_room(&mut a, "to the room", OLDMEMO, room);
     let in_room = json!({"from": ALICE, "xml": y, "to": room, "group_chat": true});
     let first = b1.ok("decrypt", in_room.clone());
     for moved in [

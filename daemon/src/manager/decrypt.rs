@@ -13,7 +13,7 @@
 //! Nothing is stored unless every step succeeds: a refused message changes nothing.
 
 use super::account::{refill_prekey_pools, Account, OwnKeys};
-use super::error::RateLimited;
+use super::error::{ChangedIdentity, RateLimited};
 use super::sessions::{session_row, SessionMeta, SlotGuard};
 use super::{
     check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyTrust, Manager, StorageError,
@@ -222,19 +222,8 @@ pub enum DecryptError {
     #[error("sender's identity key is distrusted")]
     Distrusted,
     /// A key exchange carries another identity than the one held for the device.
-    #[error("identity of device {device_id} of {jid} in {namespace} changed from {old_fingerprint} to {new_fingerprint}: refused until accepted with identity.accept")]
-    IdentityChanged {
-        /// Owner.
-        jid: String,
-        /// Namespace.
-        namespace: Version,
-        /// Device id.
-        device_id: u32,
-        /// Fingerprint held for the device.
-        old_fingerprint: String,
-        /// Fingerprint in the key exchange.
-        new_fingerprint: String,
-    },
+    #[error(transparent)]
+    IdentityChanged(#[from] ChangedIdentity),
     /// The key exchange would replace the session once too often.
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
@@ -272,6 +261,7 @@ impl DecryptError {
             E::Payload(e) => e.cause(),
             E::TooManySkipped(e) => e.cause(),
             E::RateLimited(e) => e.cause(),
+            E::IdentityChanged(e) => e.cause(),
             E::Storage(e) => e.cause(),
             E::InvalidElement(_)
             | E::NotUtf8(_)
@@ -284,9 +274,7 @@ impl DecryptError {
             | E::UnknownSignedPreKey(_)
             | E::PreKeyUnavailable(_)
             | E::LostState(_) => ErrorCause::LocalState,
-            E::Distrusted | E::IdentityChanged { .. } | E::UnlistedDevice { .. } => {
-                ErrorCause::Policy
-            }
+            E::Distrusted | E::UnlistedDevice { .. } => ErrorCause::Policy,
         }
     }
 }
@@ -993,13 +981,13 @@ impl Manager {
             old_fingerprint: old_fingerprint.clone(),
             new_fingerprint: new_fingerprint.clone(),
         });
-        DecryptError::IdentityChanged {
+        DecryptError::IdentityChanged(ChangedIdentity {
             jid: addr.jid.clone(),
             namespace: addr.namespace,
             device_id: addr.device_id,
             old_fingerprint,
             new_fingerprint,
-        }
+        })
     }
 }
 

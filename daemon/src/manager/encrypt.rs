@@ -10,7 +10,7 @@
 use super::account::{Account, TrustMode};
 use super::bundle_cache::{VerifiedBundle, WriteTicket};
 use super::directory::PendingIdentity;
-use super::error::{RateLimited, RecipientsError};
+use super::error::{ChangedIdentity, RateLimited, RecipientsError};
 use super::peer_bundle::StoredBundle;
 use super::sessions::{session_row, session_row_with_state, SessionMeta, SlotGuard};
 use super::{
@@ -244,19 +244,8 @@ pub enum HeartbeatError {
     NotEncrypted(String),
     /// A bundle with another identity was set aside for the device: nothing is sent to it
     /// until the user decides (`identity.accept`).
-    #[error("identity of device {device_id} of {jid} in {namespace} changed from {old_fingerprint} to {new_fingerprint}: nothing is sent to it until identity.accept")]
-    IdentityChanged {
-        /// Owner.
-        jid: String,
-        /// Namespace.
-        namespace: Version,
-        /// Device id.
-        device_id: u32,
-        /// Fingerprint held for the device.
-        old_fingerprint: String,
-        /// Fingerprint of the bundle set aside.
-        new_fingerprint: String,
-    },
+    #[error(transparent)]
+    IdentityChanged(#[from] ChangedIdentity),
     /// The device got no report at all (not reached: one target gives one report).
     #[error("unknown device {device_id} of {jid} in {namespace}")]
     UnknownDevice {
@@ -281,7 +270,7 @@ impl HeartbeatError {
             HeartbeatError::NoBundle { .. }
             | HeartbeatError::NotEncrypted(_)
             | HeartbeatError::UnknownDevice { .. } => ErrorCause::LocalState,
-            HeartbeatError::IdentityChanged { .. } => ErrorCause::Policy,
+            HeartbeatError::IdentityChanged(e) => e.cause(),
             HeartbeatError::Storage(e) => e.cause(),
         }
     }
@@ -527,13 +516,13 @@ fn single_device(out: EncryptOutcome, addr: &DeviceAddr) -> Result<EncryptOutcom
             device_id,
         }),
         Some(r) if r.status == DeviceStatus::IdentityChanged => {
-            Err(HeartbeatError::IdentityChanged {
+            Err(HeartbeatError::IdentityChanged(ChangedIdentity {
                 jid,
                 namespace,
                 device_id,
                 old_fingerprint: r.old_fingerprint.clone().unwrap_or_default(),
                 new_fingerprint: r.new_fingerprint.clone().unwrap_or_default(),
-            })
+            }))
         }
         Some(r) => Err(HeartbeatError::NotEncrypted(
             r.reason.clone().unwrap_or_default(),

@@ -9,7 +9,8 @@ use crate::manager::device_id::RenewDeviceIdError;
 use crate::manager::devicelist::DevicelistError;
 use crate::manager::encrypt::{EncryptError, HeartbeatError, ReplaceSessionError};
 use crate::manager::error::{
-    AccountLookupError, DeviceIdError, InvalidFingerprint, InvalidJid, RateLimited, RecipientsError,
+    AccountLookupError, ChangedIdentity, DeviceIdError, InvalidFingerprint, InvalidJid,
+    RateLimited, RecipientsError,
 };
 use crate::manager::lifecycle::DeleteAccountError;
 use crate::manager::own_bundle::OwnBundleError;
@@ -69,14 +70,6 @@ fn device(jid: &str, namespace: Version, device_id: u32) -> Value {
     json!({"jid": jid, "namespace": namespace.namespace(), "device_id": device_id})
 }
 
-/// `error.data` of `identity_changed`: the device and both fingerprints.
-fn identity_change(jid: &str, namespace: Version, device_id: u32, old: &str, new: &str) -> Value {
-    json!({
-        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
-        "old_fingerprint": old, "new_fingerprint": new,
-    })
-}
-
 /// `error.data` of `no_bundle`: the device and where its bundle is published.
 fn bundle_location(jid: &str, namespace: Version, device_id: u32) -> Value {
     let (node, item_id) = namespace.bundle_node(device_id);
@@ -120,6 +113,13 @@ answers!(DeviceIdError {
 
 answers!(InvalidFingerprint {
     InvalidFingerprint => [InvalidParams],
+});
+
+answers!(ChangedIdentity {
+    ChangedIdentity { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, json!({
+        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
+        "old_fingerprint": old_fingerprint, "new_fingerprint": new_fingerprint,
+    })],
 });
 
 answers!(RateLimited {
@@ -191,7 +191,7 @@ answers!(HeartbeatError {
     HeartbeatError::NoBundle { jid, namespace, device_id } => [NoBundle, bundle_location(&jid, namespace, device_id)],
     HeartbeatError::NotEncrypted(_) => [BrokenSession],
     HeartbeatError::UnknownDevice { jid, namespace, device_id } => [UnknownDevice, device(&jid, namespace, device_id)],
-    HeartbeatError::IdentityChanged { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, identity_change(&jid, namespace, device_id, &old_fingerprint, &new_fingerprint)],
+    HeartbeatError::IdentityChanged(e) => [via e: ChangedIdentity],
     HeartbeatError::Storage(e) => [via e: StorageError],
 });
 
@@ -223,7 +223,7 @@ answers!(DecryptError {
     | DecryptError::PreKeyUnavailable(_)
     | DecryptError::LostState(_) => [BrokenSession],
     DecryptError::Distrusted => [Distrusted],
-    DecryptError::IdentityChanged { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, identity_change(&jid, namespace, device_id, &old_fingerprint, &new_fingerprint)],
+    DecryptError::IdentityChanged(e) => [via e: ChangedIdentity],
     DecryptError::RateLimited(e) => [via e: RateLimited],
     DecryptError::SceMismatch(_) => [SceMismatch],
     DecryptError::UnlistedDevice { jid, namespace, device_id, actions } => [UnlistedDevice, json!({
