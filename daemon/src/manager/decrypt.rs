@@ -624,7 +624,7 @@ impl Manager {
     /// Refuses a group chat message from `addr`, a device its owner does not list, and asks
     /// for the list (as an action of the error, announced as an event).
     fn unlisted(&self, acct: &Account, addr: &DeviceAddr) -> DecryptError {
-        tracing::info!(account = %acct.jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "group chat message from an unlisted device refused");
+        tracing::debug!(account = %acct.jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "group chat message from an unlisted device refused");
         let mut actions = Vec::new();
         let fetch = Action::fetch_devicelist(&addr.jid, addr.namespace);
         self.push_action(acct, &mut actions, Cause::UnknownDevice, fetch);
