@@ -19,9 +19,9 @@ pub const MIGRATIONS: &[Migration] = &[
     (2, include_str!("../../../migrations/0002_trust.sql")),
     (3, include_str!("../../../migrations/0003_generation.sql")),
     (4, include_str!("../../../migrations/0004_redelivery.sql")),
-    // Numbered 0006 beside the restore and own-message branches; its version follows the
-    // migrations merged before it.
-    (5, include_str!("../../../migrations/0006_integrity.sql")),
+    // Reserved for the restore branch's 0005 (the lead renumbers at merge): a no-op here.
+    (5, "SELECT 1;"),
+    (6, include_str!("../../../migrations/0006_integrity.sql")),
 ];
 
 /// The schema version this binary writes.
