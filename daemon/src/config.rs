@@ -89,6 +89,8 @@ pub struct FileConfig {
     pub redelivery_retention: Option<u64>,
     /// `--redelivery-max-entries`.
     pub redelivery_max_entries: Option<u64>,
+    /// `--idempotency-max-bytes`.
+    pub idempotency_max_bytes: Option<u64>,
 }
 
 /// Default `--max-connections`.
@@ -197,6 +199,9 @@ pub const DEFAULT_REDELIVERY_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// Default cap on messages remembered for redelivery (key material rows; as many `encrypt`
 /// answers).
 pub const DEFAULT_REDELIVERY_MAX_ENTRIES: u64 = 50_000;
+/// Default cap on the bytes of the `encrypt` answers kept for idempotency keys, all together:
+/// four answers at the largest response (`DEFAULT_MAX_RESPONSE_BYTES`).
+pub const DEFAULT_IDEMPOTENCY_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Bounds of what is kept for redelivery and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +210,8 @@ pub struct RedeliveryConfig {
     pub retention_secs: u64,
     /// Most messages kept (and most `encrypt` answers).
     pub max_entries: u64,
+    /// Most bytes of `encrypt` answers kept, all together.
+    pub idempotency_max_bytes: u64,
 }
 
 impl Default for RedeliveryConfig {
@@ -212,6 +219,7 @@ impl Default for RedeliveryConfig {
         Self {
             retention_secs: DEFAULT_REDELIVERY_RETENTION_SECS,
             max_entries: DEFAULT_REDELIVERY_MAX_ENTRIES,
+            idempotency_max_bytes: DEFAULT_IDEMPOTENCY_MAX_BYTES,
         }
     }
 }
@@ -236,6 +244,10 @@ pub struct RedeliveryArgs {
     /// [default: 50000].
     #[arg(long, value_name = "N")]
     pub redelivery_max_entries: Option<u64>,
+    /// Most bytes of `encrypt` answers kept for idempotency keys, all together (oldest dropped
+    /// first; an answer larger than this is not kept) [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub idempotency_max_bytes: Option<u64>,
 }
 
 impl RedeliveryArgs {
@@ -251,6 +263,10 @@ impl RedeliveryArgs {
                 .redelivery_max_entries
                 .or(file.redelivery_max_entries)
                 .unwrap_or(d.max_entries),
+            idempotency_max_bytes: self
+                .idempotency_max_bytes
+                .or(file.idempotency_max_bytes)
+                .unwrap_or(d.idempotency_max_bytes),
         }
     }
 }
@@ -476,12 +492,16 @@ mod tests {
     #[test]
     fn config_file_sets_redelivery_and_flags_override_it() {
         let c = FileConfig::parse(
-            "redelivery_retention = \"2h\"\nredelivery_max_entries = 300\n",
+            "redelivery_retention = \"2h\"\nredelivery_max_entries = 300\n\
+             idempotency_max_bytes = 4096\n",
             Path::new("c.toml"),
         )
         .unwrap();
         let r = RedeliveryArgs::default().resolve(&c);
-        assert_eq!((r.retention_secs, r.max_entries), (7200, 300));
+        assert_eq!(
+            (r.retention_secs, r.max_entries, r.idempotency_max_bytes),
+            (7200, 300, 4096)
+        );
         let secs = FileConfig::parse("redelivery_retention = 90\n", Path::new("c.toml")).unwrap();
         assert_eq!(
             RedeliveryArgs::default().resolve(&secs).retention_secs,

@@ -70,6 +70,15 @@ pub enum Action {
 }
 
 impl Action {
+    /// Fetch `jid`'s device list in `namespace`, from its PubSub node.
+    pub fn fetch_devicelist(jid: &str, namespace: Version) -> Self {
+        Action::FetchDevicelist {
+            jid: jid.to_owned(),
+            namespace,
+            node: namespace.devicelist_node().to_owned(),
+        }
+    }
+
     /// Fetch the bundle of `jid`'s device `device_id` in `namespace`, from its PubSub node.
     pub fn fetch_bundle(jid: &str, namespace: Version, device_id: u32) -> Self {
         let (node, item_id) = namespace.bundle_node(device_id);

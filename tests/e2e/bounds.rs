@@ -583,6 +583,72 @@ fn key_exchange_flood_from_unlisted_devices_is_bounded_and_skipped_keys_expire()
     }
 }
 
+/// A skipped key that expired (`--skipped-key-max-age`) leaves its session knowing so: the late
+/// message it was kept for, never decrypted, is `too_many_skipped` with cause `local_state`
+/// (its key was dropped), never `duplicate_message`, which docs/rpc.md keeps for messages that
+/// were decrypted; the key's bytes are gone from the database and its WAL. A real replay is
+/// still a replay (a redelivery within the window).
+#[test]
+fn an_expired_skipped_key_is_a_dropped_key_not_a_duplicate() {
+    let da = Daemon::start();
+    let mut db = Daemon::start();
+    let (mut a, mut b) = (da.client(), db.client());
+    a.create_account(ALICE);
+    b.create_account("bob@example.org");
+    a.learn("bob@example.org", &mut b, &BOTH);
+    b.learn(ALICE, &mut a, &BOTH);
+    let mut late = Vec::new();
+    for ns in BOTH {
+        let first = a.encrypt_xml(&["bob@example.org"], Some("first"), ns);
+        b.decrypt(ALICE, &first).expect("key exchange");
+        let skipped = a.encrypt_xml(&["bob@example.org"], Some("late"), ns);
+        let next = a.encrypt_xml(&["bob@example.org"], Some("next"), ns);
+        let r = b.decrypt(ALICE, &next).expect("decrypt");
+        late.push((ns, skipped, next, r));
+    }
+    let keys = blobs(&db.db, "SELECT message_key FROM skipped_keys");
+    assert_eq!(keys.len(), 2);
+    // Whole seconds: the keys must be older than "now" when the limit is 0.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    drop(b);
+    db.stop();
+    db.extra = vec!["--skipped-key-max-age".into(), "0".into()];
+    db.spawn();
+    let wal = {
+        let mut p = db.db.as_os_str().to_owned();
+        p.push("-wal");
+        std::path::PathBuf::from(p)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let file = std::fs::read(&db.db).unwrap_or_default();
+        let log = std::fs::read(&wal).unwrap_or_default();
+        let found = |k: &Vec<u8>| {
+            [&file, &log]
+                .iter()
+                .any(|h| h.windows(k.len()).any(|w| w == k.as_slice()))
+        };
+        if !keys.iter().any(found) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired skipped keys are still in the files"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut b = db.client();
+    for (ns, skipped, next, first) in &late {
+        let e = b.err(
+            "decrypt",
+            json!({"from": ALICE, "xml": skipped}),
+            "too_many_skipped",
+        );
+        assert_eq!(e["data"]["cause"], "local_state", "{ns}: {e}");
+        assert_redelivery(first, &b.decrypt(ALICE, next).expect("redelivery"));
+    }
+}
+
 /// The database on a 2 MiB filesystem: once it is full, writes fail with `storage_error` (the
 /// daemon keeps serving), and they succeed again when space comes back. Needs root (tmpfs
 /// mount); skipped otherwise.

@@ -265,6 +265,136 @@ fn account_delete_leaves_no_secret_in_the_database_or_its_wal() {
     a.create_account("alice@example.org");
 }
 
+/// Every file in the database's directory (the database, its WAL, the copies `restore` moved
+/// aside, the generation and lock files): name and bytes.
+fn files_beside(db: &Path) -> Vec<(String, Vec<u8>)> {
+    let dir = db.parent().expect("directory");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let entry = entry.expect("entry");
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            out.push((name, file_bytes(&entry.path())));
+        }
+    }
+    out
+}
+
+/// Runs `omemod` on `args`; panics with its stderr unless it succeeds.
+fn omemod_ok(args: &[&str]) -> serde_json::Value {
+    let out = omemod(args, &[]);
+    assert!(
+        out.status.success(),
+        "omemod {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// Stops `d`, backs its database up and restores that backup, so that the database it had is
+/// moved aside as `<db>.before-restore-<time>`, and starts it again; returns that copy's path.
+fn restore_over(d: &mut Daemon) -> std::path::PathBuf {
+    assert!(d.stop().is_some_and(|s| s.success()));
+    let backup = d.dir.path().join("backup.db");
+    let (b, db) = (path_str(&backup), path_str(&d.db));
+    omemod_ok(&["backup", &b, "--db", &db]);
+    let summary = omemod_ok(&["restore", &b, "--db", &db]);
+    std::fs::remove_file(&backup).expect("remove backup");
+    d.spawn();
+    let copy = std::path::PathBuf::from(summary["previous"].as_str().expect("moved aside"));
+    assert!(copy.exists(), "{summary}");
+    copy
+}
+
+/// Retention means erased, on an idle daemon too (issue 19): with a 3 s redelivery window (a
+/// maintenance pass every second), the key material of 7 decrypted messages is gone from the
+/// database, its WAL and every file beside it — a copy `restore` moved aside included — within
+/// the documented bound (the window plus two maintenance intervals, plus a second for whole-
+/// second times), while nothing calls the daemon.
+#[test]
+fn expired_key_material_leaves_every_file_of_an_idle_daemon() {
+    const WINDOW: u64 = 3;
+    const INTERVAL: u64 = 1;
+    let da = Daemon::start();
+    let mut db = Daemon::start_with(&["--redelivery-retention", "3s"]);
+    let (mut a, mut b) = (da.client(), db.client());
+    a.create_account("alice@example.org");
+    b.create_account("bob@example.org");
+    a.learn("bob@example.org", &mut b, &BOTH);
+    b.learn("alice@example.org", &mut a, &BOTH);
+    for i in 0..7 {
+        let ns = BOTH[i % 2];
+        let x = a.encrypt_xml(&["bob@example.org"], Some(&format!("secret {i}")), ns);
+        b.decrypt("alice@example.org", &x).expect("decrypt");
+    }
+    let decrypted = Instant::now();
+    let keys = blobs(
+        &db.db,
+        "SELECT key_material FROM redelivery WHERE key_material IS NOT NULL",
+    );
+    assert_eq!(keys.len(), 7);
+    drop(b);
+    let copy = restore_over(&mut db);
+    let restored = Instant::now();
+    assert!(
+        files_beside(&db.db)
+            .iter()
+            .any(|(_, bytes)| keys.iter().any(|k| contains(bytes, k))),
+        "the key material is in the files before it expires"
+    );
+    // The bound, from the decryptions and from the restore (the copy lives as long as the
+    // window), and some slack for a loaded machine.
+    let bound = Duration::from_secs(WINDOW + 2 * INTERVAL + 1);
+    let deadline = (decrypted + bound).max(restored + bound) + Duration::from_secs(3);
+    loop {
+        let files = files_beside(&db.db);
+        let hits: Vec<&str> = files
+            .iter()
+            .filter(|(_, bytes)| keys.iter().any(|k| contains(bytes, k)))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if hits.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expired key material still in {hits:?} {:?} after the decryptions",
+            decrypted.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "figure: expired key material gone from every file {:.1} s after the decryptions",
+        decrypted.elapsed().as_secs_f64()
+    );
+    assert!(!copy.exists(), "the restore copy outlived the window");
+    // The daemon still works (digests remain: the old message is a replay).
+    let mut b = db.client();
+    b.ok("status", json!({}));
+}
+
+/// `account.delete` deletes the copies `restore` moved aside: they hold the account's keys.
+#[test]
+fn account_delete_removes_the_copies_restore_moved_aside() {
+    let mut d = Daemon::start();
+    let mut c = d.client();
+    c.create_account("alice@example.org");
+    let secrets = secrets_of(&d.db, "alice@example.org");
+    drop(c);
+    let copy = restore_over(&mut d);
+    assert!(secrets.iter().any(|s| contains(&file_bytes(&copy), s)));
+    let mut c = d.client();
+    let deleted = c.ok("account.delete", json!({"jid": "alice@example.org"}));
+    assert_eq!(deleted["restore_copies"], 1, "{deleted}");
+    assert!(!copy.exists());
+    for (name, bytes) in files_beside(&d.db) {
+        assert!(
+            !secrets.iter().any(|s| contains(&bytes, s)),
+            "a secret of the deleted account survived in {name}"
+        );
+    }
+}
+
 #[test]
 fn backup_taken_under_load_restores_to_a_working_daemon() {
     let mut da = Daemon::start();

@@ -16,6 +16,21 @@ pub const OMEMO2: &str = "urn:xmpp:omemo:2";
 pub const OLDMEMO: &str = "eu.siacs.conversations.axolotl";
 pub const BOTH: [&str; 2] = [OMEMO2, OLDMEMO];
 
+/// The blobs `sql` selects (its first column) from the database at `db`, opened read-only
+/// and closed again (an open reader would hold back WAL truncation).
+pub fn blobs(db: &Path, sql: &str) -> Vec<Vec<u8>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db");
+    let mut stmt = conn.prepare(sql).expect("prepare");
+    let rows = stmt
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    rows
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -594,9 +594,16 @@ class XEP_0384_omemod(BasePlugin):
         for ns in (OMEMO2, OLDMEMO):  # a stanza may carry both, for different devices
             if ns not in present:
                 continue
+            xml = tostring(stanza.xml.find(f"{{{ns}}}encrypted"))
             try:
-                result = await self.client.decrypt(sender, tostring(stanza.xml.find(f"{{{ns}}}encrypted")),
-                                                   to=to, group_chat=group)
+                try:
+                    result = await self.client.decrypt(sender, xml, to=to, group_chat=group)
+                except errors.UnlistedDevice as e:
+                    # A group message from a device the sender's list does not name (yet): fetch
+                    # that list as asked, then once more; refused again, the device is not theirs.
+                    if not await self.do_actions(e.data.get("actions", [])):
+                        raise
+                    result = await self.client.decrypt(sender, xml, to=to, group_chat=group)
             except errors.NotForThisDevice as e:
                 error = e
                 continue

@@ -13,7 +13,7 @@
 //! Nothing is stored unless every step succeeds: a refused message changes nothing.
 
 use super::account::{refill_prekey_pools, Account, OwnKeys};
-use super::error::RateLimited;
+use super::error::{ChangedIdentity, RateLimited};
 use super::sessions::{session_row, SessionMeta, SlotGuard};
 use super::{
     check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyTrust, Manager, StorageError,
@@ -48,9 +48,33 @@ pub struct Sender {
     pub device_id: u32,
     /// Fingerprint of its identity key.
     pub fingerprint: String,
-    /// Trust level of that key: trusted, undecided (decrypted, but warn) or distrusted.
+    /// What to show: `trusted`; `undecided` (decrypted, but warn); or `unlisted` — the device
+    /// is not on the sender's device list, so it is never `trusted` whatever its key's level
+    /// (`key_trust`). Distrusted senders are refused.
     pub trust: String,
+    /// Whether the device is on the sender's latest device list (in this namespace).
+    pub listed: bool,
+    /// The trust level of the key itself (`trusted` or `undecided`), listed or not.
+    pub key_trust: String,
 }
+
+impl Sender {
+    /// The sender `from`'s device `device_id`, whose key has `trust`.
+    fn new(from: &str, device_id: u32, trust: &TrustRow, listed: bool) -> Self {
+        let key_trust = trust.level.as_str();
+        Self {
+            jid: from.to_owned(),
+            device_id,
+            fingerprint: trust.fingerprint.clone(),
+            trust: if listed { key_trust } else { UNLISTED }.to_owned(),
+            listed,
+            key_trust: key_trust.to_owned(),
+        }
+    }
+}
+
+/// `sender.trust` of a device that is not on its owner's device list.
+pub const UNLISTED: &str = "unlisted";
 
 /// The result of a decryption.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -85,22 +109,17 @@ pub struct DecryptOutcome {
 }
 
 impl DecryptOutcome {
-    /// The answer for `element` from `from`, opened, with no actions and not a redelivery.
+    /// The answer for `element` from `from` (whose device is `listed` or not), opened, with no
+    /// actions and not a redelivery.
     pub(super) fn new(
-        element: &Encrypted,
-        from: &str,
+        (element, from, listed): (&Encrypted, &str, bool),
         trust: &TrustRow,
         opened: Opened,
         key_exchange: bool,
     ) -> Self {
         Self {
             namespace: element.version.namespace().to_owned(),
-            sender: Sender {
-                jid: from.to_owned(),
-                device_id: element.sid,
-                fingerprint: trust.fingerprint.clone(),
-                trust: trust.level.as_str().to_owned(),
-            },
+            sender: Sender::new(from, element.sid, trust, listed),
             body: opened.body,
             content_xml: opened.content_xml,
             envelope: opened.envelope,
@@ -212,19 +231,8 @@ pub enum DecryptError {
     #[error("sender's identity key is distrusted")]
     Distrusted,
     /// A key exchange carries another identity than the one held for the device.
-    #[error("identity of device {device_id} of {jid} in {namespace} changed from {old_fingerprint} to {new_fingerprint}: refused until accepted with identity.accept")]
-    IdentityChanged {
-        /// Owner.
-        jid: String,
-        /// Namespace.
-        namespace: Version,
-        /// Device id.
-        device_id: u32,
-        /// Fingerprint held for the device.
-        old_fingerprint: String,
-        /// Fingerprint in the key exchange.
-        new_fingerprint: String,
-    },
+    #[error(transparent)]
+    IdentityChanged(#[from] ChangedIdentity),
     /// The key exchange would replace the session once too often.
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
@@ -244,6 +252,19 @@ pub enum DecryptError {
         /// The sender's device id.
         device_id: u32,
     },
+    /// A group chat message from a device that is not on its sender's device list: refused
+    /// (nothing changed) until the list names it.
+    #[error("device {device_id} of {jid} is not on its {namespace} device list: a group chat message from it is refused until the list names it (fetch it, then decrypt again)")]
+    UnlistedDevice {
+        /// The sender.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// `fetch_devicelist` of the sender's list.
+        actions: Vec<Action>,
+    },
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -262,6 +283,7 @@ impl DecryptError {
             E::Payload(e) => e.cause(),
             E::TooManySkipped(e) => e.cause(),
             E::RateLimited(e) => e.cause(),
+            E::IdentityChanged(e) => e.cause(),
             E::Storage(e) => e.cause(),
             E::InvalidElement(_)
             | E::NotUtf8(_)
@@ -274,7 +296,7 @@ impl DecryptError {
             | E::UnknownSignedPreKey(_)
             | E::PreKeyUnavailable(_)
             | E::LostState(_) => ErrorCause::LocalState,
-            E::Distrusted | E::IdentityChanged { .. } => ErrorCause::Policy,
+            E::Distrusted | E::UnlistedDevice { .. } => ErrorCause::Policy,
             E::SenderMismatch { .. } => ErrorCause::Request,
         }
     }
@@ -364,11 +386,11 @@ enum Origin {
 }
 
 /// A successful decryption of the ratchet layer, not yet committed.
-struct Attempt {
-    session: Session,
-    decrypted: Decrypted,
+pub(super) struct Attempt {
+    pub(super) session: Session,
+    pub(super) decrypted: Decrypted,
     origin: Origin,
-    key_exchange: bool,
+    pub(super) key_exchange: bool,
 }
 
 /// The account settings a decryption depends on.
@@ -416,11 +438,13 @@ enum SkippedWrite {
     Replace(Box<Session>),
 }
 
-/// What the transaction made: prekeys refilled, the bundle version, the redelivery row.
+/// What the transaction made: prekeys refilled, the bundle version, the redelivery row (and
+/// whether its prune erased key material).
 struct Written {
     refill: Vec<(prekeys::PreKeyRow, protocol_core::keys::KeyPair)>,
     bundle_version: Option<i64>,
     redelivery_id: Option<i64>,
+    erased: bool,
 }
 
 impl DecryptWrite {
@@ -498,11 +522,12 @@ impl DecryptWrite {
             device_state::defer_heartbeat(tx, a, now)?;
         }
         // What a redelivery will need.
-        let redelivery_id = self.redelivery.as_ref().map(|r| r.write(tx)).transpose()?;
+        let redelivery = self.redelivery.as_ref().map(|r| r.write(tx)).transpose()?;
         let mut written = Written {
             refill: Vec::new(),
             bundle_version: None,
-            redelivery_id,
+            redelivery_id: redelivery.map(|(id, _)| id),
+            erased: redelivery.and_then(|(_, p)| p).is_some_and(|p| p.erased()),
         };
         if let Some(p) = &self.prekey {
             if p.catchup {
@@ -554,13 +579,24 @@ impl Manager {
         conv: &Conversation,
     ) -> Result<DecryptOutcome, DecryptError> {
         check_bare_jid(from)?;
-        if let Some(to) = &conv.to {
-            check_bare_jid(to)?;
-        }
+        // Normalised, as the redelivery store keeps it.
+        let conv = &Conversation {
+            to: conv.to.as_deref().map(check_bare_jid).transpose()?,
+            group_chat: conv.group_chat,
+            sent_at: conv.sent_at,
+        };
         let acct = self.account(account)?;
         check_element(&element)?;
         let ours = our_keys(&acct, from, &element)?;
         let addr = Self::addr(&acct, from, element.version, element.sid);
+        // A device its sender does not list is never trusted; in a group chat (where a member
+        // relays what others hand it) it is refused before anything changes.
+        let listed = self.with_directory(acct.id, |d| {
+            d.lists(&addr.jid, addr.namespace, addr.device_id)
+        });
+        if conv.group_chat && !listed {
+            return Err(self.unlisted(&acct, &addr));
+        }
         let mut slot = self.sessions.lock(&self.store, &addr).await?;
         // An element decrypted before (under this session lock, so a
         // concurrent first decryption has committed) is answered again without touching the
@@ -573,7 +609,8 @@ impl Manager {
                 })
             }
         };
-        if let Some(again) = self.redeliver(&acct, from, &element, &probe, conv).await? {
+        let sender = (&element, from, listed);
+        if let Some(again) = self.redeliver(&acct, sender, &probe, conv).await? {
             return Ok(again);
         }
         // A new session consumes one of our prekeys: hold the account's keys from the lookup
@@ -591,7 +628,7 @@ impl Manager {
             .judge(&acct, &received, &attempt, own_keys.as_deref())
             .await?;
         let mut committed = self
-            .commit(&acct, &slot, &attempt, &verdict, &probe)
+            .commit(&acct, &slot, &attempt, &verdict, (&probe, conv))
             .await?;
         self.redelivery_committed(&probe, committed.redelivery_id);
         self.remember(&mut slot, own_keys.as_deref_mut(), &attempt, &mut committed);
@@ -604,8 +641,23 @@ impl Manager {
         let trust = &verdict.trust.row;
         Ok(DecryptOutcome {
             actions,
-            ..DecryptOutcome::new(&element, from, trust, verdict.opened, attempt.key_exchange)
+            ..DecryptOutcome::new(sender, trust, verdict.opened, attempt.key_exchange)
         })
+    }
+
+    /// Refuses a group chat message from `addr`, a device its owner does not list, and asks
+    /// for the list (as an action of the error, announced as an event).
+    fn unlisted(&self, acct: &Account, addr: &DeviceAddr) -> DecryptError {
+        tracing::debug!(account = %acct.jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "group chat message from an unlisted device refused");
+        let mut actions = Vec::new();
+        let fetch = Action::fetch_devicelist(&addr.jid, addr.namespace);
+        self.push_action(acct, &mut actions, Cause::UnknownDevice, fetch);
+        DecryptError::UnlistedDevice {
+            jid: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+            actions,
+        }
     }
 
     /// Step 3: the sender's key must not be distrusted, the payload must open, and its OMEMO 2
@@ -848,20 +900,13 @@ impl Manager {
         slot: &SlotGuard,
         attempt: &Attempt,
         verdict: &Verdict,
-        probe: &super::redelivery::Probe,
+        (probe, conv): (&super::redelivery::Probe, &Conversation),
     ) -> Result<Committed, DecryptError> {
         let now = storage::now();
         let addr = slot.addr();
         let touch = self.with_directory(acct.id, |d| d.needs_touch(addr, now));
         let write = DecryptWrite {
-            redelivery: self.redelivery_record(
-                acct,
-                probe,
-                &attempt.decrypted,
-                attempt.session.remote_curve25519(),
-                attempt.key_exchange,
-                now,
-            ),
+            redelivery: self.redelivery_record(acct, probe, conv, attempt, now),
             defer_heartbeat: verdict.heartbeat && verdict.mode.catchup,
             trust: verdict.trust.new.then(|| verdict.trust.row.clone()),
             touch,
@@ -870,6 +915,9 @@ impl Manager {
         let defer = write.defer_heartbeat;
         let prekey_ns = write.prekey.as_ref().and_then(|p| p.namespace);
         let written = self.store.write(move |tx| write.run(tx)).await?;
+        if written.erased {
+            self.key_material_erased();
+        }
         if touch {
             self.with_directory(acct.id, |d| d.touched(addr, now));
         }
@@ -968,14 +1016,9 @@ impl Manager {
             self.push_action(acct, &mut actions, cause, a);
         }
         if !self.with_directory(acct.id, |d| {
-            d.active(&addr.jid, addr.namespace)
-                .contains(&addr.device_id)
+            d.lists(&addr.jid, addr.namespace, addr.device_id)
         }) {
-            let a = Action::FetchDevicelist {
-                jid: addr.jid.clone(),
-                namespace: addr.namespace,
-                node: addr.namespace.devicelist_node().to_owned(),
-            };
+            let a = Action::fetch_devicelist(&addr.jid, addr.namespace);
             self.push_action(acct, &mut actions, Cause::UnknownDevice, a);
         }
         actions
@@ -1000,13 +1043,13 @@ impl Manager {
             old_fingerprint: old_fingerprint.clone(),
             new_fingerprint: new_fingerprint.clone(),
         });
-        DecryptError::IdentityChanged {
+        DecryptError::IdentityChanged(ChangedIdentity {
             jid: addr.jid.clone(),
             namespace: addr.namespace,
             device_id: addr.device_id,
             old_fingerprint,
             new_fingerprint,
-        }
+        })
     }
 }
 
@@ -1335,6 +1378,8 @@ mod tests {
                 device_id: 7,
                 fingerprint: "f".into(),
                 trust: "trusted".into(),
+                listed: true,
+                key_trust: "trusted".into(),
             },
             body: Some("attack at dawn".into()),
             content_xml: Some(content.into()),

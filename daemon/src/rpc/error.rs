@@ -77,6 +77,8 @@ pub enum ErrorKind {
     InvalidSignature,
     /// The device list is malformed.
     InvalidDevicelist,
+    /// A group chat message from a device that is not on its sender's device list.
+    UnlistedDevice,
 
     // --- sessions and messages (1200s) ---
     /// No session with the device.
@@ -152,6 +154,7 @@ impl ErrorKind {
         ErrorKind::InvalidBundle,
         ErrorKind::InvalidSignature,
         ErrorKind::InvalidDevicelist,
+        ErrorKind::UnlistedDevice,
         ErrorKind::NoSession,
         ErrorKind::NotForThisDevice,
         ErrorKind::DuplicateMessage,
@@ -199,6 +202,7 @@ impl ErrorKind {
             ErrorKind::InvalidBundle => 1103,
             ErrorKind::InvalidSignature => 1104,
             ErrorKind::InvalidDevicelist => 1105,
+            ErrorKind::UnlistedDevice => 1106,
             ErrorKind::NoSession => 1201,
             ErrorKind::NotForThisDevice => 1202,
             ErrorKind::DuplicateMessage => 1203,
@@ -247,6 +251,7 @@ impl ErrorKind {
             ErrorKind::InvalidBundle => "invalid_bundle",
             ErrorKind::InvalidSignature => "invalid_signature",
             ErrorKind::InvalidDevicelist => "invalid_devicelist",
+            ErrorKind::UnlistedDevice => "unlisted_device",
             ErrorKind::NoSession => "no_session",
             ErrorKind::NotForThisDevice => "not_for_this_device",
             ErrorKind::DuplicateMessage => "duplicate_message",
@@ -317,7 +322,8 @@ impl ErrorKind {
             | ErrorKind::RateLimited
             | ErrorKind::Untrusted
             | ErrorKind::Distrusted
-            | ErrorKind::IdentityChanged => Policy,
+            | ErrorKind::IdentityChanged
+            | ErrorKind::UnlistedDevice => Policy,
         }
     }
 
@@ -346,6 +352,7 @@ impl ErrorKind {
             ErrorKind::InvalidBundle => "invalid bundle",
             ErrorKind::InvalidSignature => "invalid signed pre-key signature",
             ErrorKind::InvalidDevicelist => "invalid device list",
+            ErrorKind::UnlistedDevice => "device not on its owner's device list",
             ErrorKind::NoSession => "no session with the device",
             ErrorKind::NotForThisDevice => "message not encrypted for this device",
             ErrorKind::DuplicateMessage => "duplicate message",

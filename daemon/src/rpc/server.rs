@@ -62,9 +62,6 @@ pub enum ServeError {
     Lock(#[from] crate::lock::LockError),
 }
 
-/// How often signed prekeys are checked for rotation.
-const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
-
 fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> ServeError + 'p {
     move |source| ServeError::Io {
         what,
@@ -314,8 +311,8 @@ fn service(ctx: Arc<Ctx>, config: &ServeConfig) -> Result<Service, ServeError> {
     })
 }
 
-/// The session manager and the tasks that run beside the requests: hourly maintenance, and the
-/// generation keeper.
+/// The session manager and the tasks that run beside the requests: the maintenance pass, and
+/// the generation keeper.
 struct Background {
     keeper: Arc<crate::rollback::Keeper>,
     maintenance: JoinHandle<()>,
@@ -337,10 +334,9 @@ impl Background {
         );
         let _ = ctx.manager.set(Arc::clone(&manager));
         manager.set_redelivery_config(ctx.config.redelivery);
-        let skipped_key_max_age = ctx.config.bounds.skipped_key_max_age_secs();
         let keeper = Arc::new(keeper);
         Ok(Self {
-            maintenance: tokio::spawn(maintain(manager, skipped_key_max_age)),
+            maintenance: tokio::spawn(maintain(manager, Maintenance::of(&ctx.config))),
             generations: tokio::spawn(follow_generations(Arc::clone(&keeper))),
             keeper,
         })
@@ -356,26 +352,59 @@ impl Background {
     }
 }
 
-/// Hourly: rotates signed prekeys, prunes the redelivery store, expires old rows, ends
-/// timed-out catch-ups.
-async fn maintain(manager: Arc<Manager>, skipped_key_max_age: i64) {
-    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+/// What the maintenance pass is configured with.
+#[derive(Debug, Clone, Copy)]
+struct Maintenance {
+    /// Time between passes (`manager::retention::maintenance_interval`).
+    interval: std::time::Duration,
+    /// `--skipped-key-max-age`, in seconds.
+    skipped_key_max_age: i64,
+    /// How long a copy moved aside by `restore` is kept, in seconds.
+    restore_copy_lifetime: i64,
+}
+
+impl Maintenance {
+    fn of(config: &ServeConfig) -> Self {
+        use crate::manager::retention;
+        Self {
+            interval: retention::maintenance_interval(&config.redelivery),
+            skipped_key_max_age: config.bounds.skipped_key_max_age_secs(),
+            restore_copy_lifetime: retention::before_restore_lifetime_secs(&config.redelivery),
+        }
+    }
+}
+
+/// At start, then every `m.interval` (an hour at most): rotates signed prekeys, prunes the
+/// redelivery store, expires old rows and restore copies, ends timed-out catch-ups, and
+/// truncates the WAL when key material was erased (here or by a request).
+async fn maintain(manager: Arc<Manager>, m: Maintenance) {
+    let mut tick = tokio::time::interval(m.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = manager.rotate_signed_prekeys(crate::storage::now()).await {
+        let now = crate::storage::now();
+        if let Err(e) = manager.rotate_signed_prekeys(now).await {
             tracing::warn!(error = %e, "signed prekey rotation failed");
         }
-        if let Err(e) = manager.prune_redelivery(crate::storage::now()).await {
+        if let Err(e) = manager.prune_redelivery(now).await {
             tracing::warn!(error = %e, "pruning the redelivery store failed");
         }
-        if let Err(e) = manager
-            .prune_expired(crate::storage::now(), skipped_key_max_age)
-            .await
-        {
+        if let Err(e) = manager.prune_expired(now, m.skipped_key_max_age).await {
             tracing::warn!(error = %e, "expiring old rows failed");
         }
-        if let Err(e) = manager.expire_catchups(crate::storage::now()).await {
+        if let Err(e) = manager.expire_catchups(now).await {
             tracing::warn!(error = %e, "ending timed-out catch-up failed");
+        }
+        let cutoff = now.saturating_sub(m.restore_copy_lifetime);
+        if let Err(e) = manager.remove_restore_copies(cutoff).await {
+            tracing::warn!(error = %e, "deleting expired restore copies failed");
+        }
+        match manager.truncate_wal_if_owed().await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "WAL truncation after an erasure was blocked by a reader; retried at the next pass"
+            ),
+            Err(e) => tracing::warn!(error = %e, "WAL truncation after an erasure failed"),
         }
     }
 }

@@ -55,6 +55,20 @@ pub fn identity_change(conn: &Connection, addr: &DeviceAddr) -> Result<Option<Id
     )
 }
 
+/// The identity changes of an account that wait for the user (`identity.accept`): a bundle
+/// with another identity was set aside.
+pub fn pending_identity_changes(
+    conn: &Connection,
+    account_id: i64,
+) -> Result<Vec<IdentityChangeRow>> {
+    conn.prepare_cached(
+        "SELECT account_id, jid, namespace, device_id, old_identity, new_identity, bundle, \
+         seen_at, accepted_at FROM identity_changes WHERE account_id = ?1 AND accepted_at IS NULL",
+    )?
+    .query_and_then([account_id], change_from_row)?
+    .collect()
+}
+
 /// Records (or replaces) the identity change of a device.
 pub fn set_identity_change(conn: &Connection, row: &IdentityChangeRow) -> Result<()> {
     let (a, j, n, d) = addr_params(&row.addr);

@@ -24,6 +24,7 @@
 //! - [`jids`]: normalised JIDs, and bringing stored ones to that form.
 //! - [`migrations`]: the numbered schema migrations.
 //! - [`transfer`]: account deletion, backups, restores and exports.
+//! - [`side_files`]: the copies `restore` moves aside, found and deleted.
 //! - [`writer`]: the group commit on the one write connection.
 //! - `reader`: the read-only connection pool.
 //! - [`checkpoint`]: background WAL checkpoints.
@@ -47,6 +48,7 @@ mod reader;
 pub mod rebuilds;
 pub mod redelivery;
 pub mod sessions;
+pub mod side_files;
 pub mod signed_prekeys;
 pub mod skipped_keys;
 pub mod transfer;

@@ -191,6 +191,18 @@ pub fn get(conn: &Connection, addr: &DeviceAddr) -> Result<Option<SessionRow>> {
     super::types::get_by_addr(conn, T, COLUMNS, addr, from_row)
 }
 
+/// Replaces only the `state` of a session (its skipped keys changed, nothing else did).
+pub fn set_state(conn: &Connection, addr: &DeviceAddr, state: &[u8]) -> Result<bool> {
+    let (a, j, n, d) = super::types::addr_params(addr);
+    let changed = conn
+        .prepare_cached(&format!(
+            "UPDATE sessions SET state = ?5 WHERE {}",
+            super::types::WHERE_ADDR
+        ))?
+        .execute(params![a, j, n, d, state])?;
+    Ok(changed > 0)
+}
+
 /// Deletes a session and its skipped message keys. Returns whether it existed.
 pub fn delete(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
     let n = conn

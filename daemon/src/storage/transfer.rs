@@ -228,7 +228,7 @@ pub fn restore(file: &Path, db: &Path) -> Result<RestoreSummary> {
                 })?;
             let _: String = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))?;
         }
-        let kept = with_suffix(db, &format!(".before-restore-{}", super::now()));
+        let kept = super::side_files::before_restore_path(db, super::now());
         std::fs::rename(db, &kept).map_err(io_err("moving aside", db))?;
         previous = Some(kept);
     }

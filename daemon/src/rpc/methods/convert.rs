@@ -9,7 +9,8 @@ use crate::manager::device_id::RenewDeviceIdError;
 use crate::manager::devicelist::DevicelistError;
 use crate::manager::encrypt::{EncryptError, HeartbeatError, ReplaceSessionError};
 use crate::manager::error::{
-    AccountLookupError, DeviceIdError, InvalidFingerprint, InvalidJid, RateLimited, RecipientsError,
+    AccountLookupError, ChangedIdentity, DeviceIdError, InvalidFingerprint, InvalidJid,
+    RateLimited, RecipientsError,
 };
 use crate::manager::labels::LabelError;
 use crate::manager::lifecycle::DeleteAccountError;
@@ -117,6 +118,13 @@ answers!(InvalidFingerprint {
     InvalidFingerprint => [InvalidParams],
 });
 
+answers!(ChangedIdentity {
+    ChangedIdentity { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, json!({
+        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
+        "old_fingerprint": old_fingerprint, "new_fingerprint": new_fingerprint,
+    })],
+});
+
 answers!(RateLimited {
     RateLimited { retry_after_secs } => [RateLimited, json!({"retry_after_secs": retry_after_secs})],
 });
@@ -190,6 +198,7 @@ answers!(HeartbeatError {
     HeartbeatError::NoBundle { jid, namespace, device_id } => [NoBundle, bundle_location(&jid, namespace, device_id)],
     HeartbeatError::NotEncrypted(_) => [BrokenSession],
     HeartbeatError::UnknownDevice { jid, namespace, device_id } => [UnknownDevice, device(&jid, namespace, device_id)],
+    HeartbeatError::IdentityChanged(e) => [via e: ChangedIdentity],
     HeartbeatError::Storage(e) => [via e: StorageError],
 });
 
@@ -221,14 +230,14 @@ answers!(DecryptError {
     | DecryptError::PreKeyUnavailable(_)
     | DecryptError::LostState(_) => [BrokenSession],
     DecryptError::Distrusted => [Distrusted],
-    DecryptError::IdentityChanged { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, json!({
-        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
-        "old_fingerprint": old_fingerprint, "new_fingerprint": new_fingerprint,
-    })],
+    DecryptError::IdentityChanged(e) => [via e: ChangedIdentity],
     DecryptError::RateLimited(e) => [via e: RateLimited],
     DecryptError::SceMismatch(_) => [SceMismatch],
     DecryptError::SenderMismatch { from, owner, namespace, device_id } => [SenderMismatch, json!({
         "from": from, "jid": owner, "namespace": namespace.namespace(), "device_id": device_id,
+    })],
+    DecryptError::UnlistedDevice { jid, namespace, device_id, actions } => [UnlistedDevice, json!({
+        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id, "actions": actions,
     })],
     DecryptError::Storage(e) => [via e: StorageError],
 });
