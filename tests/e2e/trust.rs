@@ -335,7 +335,7 @@ fn unlisted_senders_are_never_trusted_silently() {
         let g = g["messages"][0]["xml"].as_str().expect("xml").to_owned();
         let in_room = json!({"from": BOB, "xml": g, "to": room, "group_chat": true});
         let e = p.a.err("decrypt", in_room.clone(), "unlisted_device");
-        assert_eq!(e["code"], 1105, "{e}");
+        assert_eq!(e["code"], 1106, "{e}");
         assert_eq!(e["data"]["cause"], "policy", "{e}");
         assert_eq!(e["data"]["device_id"], id3, "{e}");
         assert_eq!(e["data"]["actions"][0]["type"], "fetch_devicelist", "{e}");

@@ -651,9 +651,12 @@ class XEP_0384_omemod(BasePlugin):
             try:
                 d = await self.decrypt_message(msg, carbon=carbon)
             except (OmemodError, ValueError) as e:
-                sender = msg["from"].bare if msg["type"] != "groupchat" else None
+                group = msg["type"] == "groupchat"
+                room = msg["from"].bare if group else None
+                # In a room, the occupant's real JID when the room tells it (None otherwise).
+                sender = (self._real_sender(msg, room) or None) if room else msg["from"].bare
                 self.xmpp.event("omemo_decryption_failed",
-                                DecryptionFailure(msg, sender, e, msg["from"].bare if sender is None else None, False, carbon))
+                                DecryptionFailure(msg, sender, e, room, False, carbon))
                 return
         self.xmpp.event("omemo_empty_message" if d.empty else "omemo_message", d)
 
