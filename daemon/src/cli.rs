@@ -199,6 +199,8 @@ pub struct ServeArgs {
     pub redelivery: crate::config::RedeliveryArgs,
     #[command(flatten)]
     pub bounds: crate::config::BoundsFlags,
+    #[command(flatten)]
+    pub files: crate::config::FileFlags,
 }
 
 /// Parses the command line and runs it.
@@ -425,6 +427,7 @@ fn serve_config(socket: PathBuf, args: ServeArgs, file: &config::FileConfig) -> 
         enable_debug_methods: args.enable_debug_methods,
         redelivery: args.redelivery.resolve(file),
         bounds: args.bounds.resolve(file),
+        files: args.files.resolve(file),
     }
 }
 
@@ -464,6 +467,7 @@ fn openrpc(socket: PathBuf) -> ExitCode {
         enable_debug_methods: false,
         redelivery: Default::default(),
         bounds: crate::config::BoundsArgs::default(),
+        files: crate::config::FileLimits::default(),
     };
     let ctx = Arc::new(crate::rpc::ctx::Ctx::new(config, socket));
     if let Err(e) = crate::rpc::methods::build(Arc::clone(&ctx), false) {

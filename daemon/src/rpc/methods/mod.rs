@@ -8,6 +8,7 @@
 //! - [`bundle`]: bundles and device lists.
 //! - [`encrypt`], [`plan`], [`decrypt`]: messages.
 //! - [`trust`]: trust, devices, catch-up, identity changes.
+//! - [`file`]: files of XEP-0454 media sharing, encrypted and decrypted in chunks.
 //! - [`debug`]: test-only methods.
 //! - [`params`]: param fragments shared by several methods.
 //! - `convert`: the errors methods answer (the session manager's, per operation) as RPC error
@@ -25,6 +26,7 @@ pub mod debug;
 pub mod decrypt;
 pub mod discover;
 pub mod encrypt;
+pub mod file;
 pub mod params;
 pub mod plan;
 pub mod status;
@@ -57,6 +59,14 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
     registry.register::<trust::CatchupBegin>()?;
     registry.register::<trust::CatchupEnd>()?;
     registry.register::<trust::IdentityAccept>()?;
+    registry.register::<file::FileLinkParse>()?;
+    registry.register::<file::FileEncryptBegin>()?;
+    registry.register::<file::FileEncryptChunk>()?;
+    registry.register::<file::FileEncryptFinish>()?;
+    registry.register::<file::FileDecryptBegin>()?;
+    registry.register::<file::FileDecryptCheck>()?;
+    registry.register::<file::FileDecryptRead>()?;
+    registry.register::<file::FileCancel>()?;
     if debug {
         registry.register::<debug::Sleep>()?;
         registry.register::<debug::Emit>()?;
