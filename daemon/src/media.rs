@@ -351,7 +351,7 @@ impl Transfers {
     /// Encrypts the chunk at `offset` in place; the next offset.
     pub fn seal(&self, id: u64, offset: u64, chunk: &mut [u8]) -> Result<u64, ChunkError> {
         self.with(id, |stage| match stage {
-            Some(Stage::Sealing(s)) => {
+            Some(Stage::Sealing(s)) if !s.pieces().is_complete() => {
                 let sealed = s.seal(offset, chunk);
                 let next = s.pieces().next_offset();
                 sealed.map_err(|e| chunk_error(id, e, offset, (Next::EncryptChunk, next)))?;

@@ -321,4 +321,5 @@ fn own_device_missing_from_own_list() {
 
 mod bad_input;
 mod bundles;
+mod files;
 mod trust;
