@@ -40,9 +40,9 @@ const BLOCK_LEN: usize = 16;
 /// Bytes of a piece's SHA-256 kept to recognise the piece in the second pass.
 const PIECE_DIGEST_LEN: usize = 16;
 
-/// Why a piece or a file was refused. Messages carry lengths and offsets only.
+/// Why a piece or a file was refused. Messages carry lengths and offsets only. Exhaustive, like
+/// every error omemod maps variant by variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum MediaError {
     /// The file is shorter than its tag: it was cut off.
     #[error("the file has {len} bytes, fewer than its {TAG_LEN}-byte tag: it was cut off")]

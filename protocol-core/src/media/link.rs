@@ -22,8 +22,8 @@ pub const LEGACY_IV_LEN: usize = 16;
 pub const SCHEME: &str = "aesgcm";
 
 /// Why a link, a key fragment or an upload URL was refused. Messages never contain the link.
+/// Exhaustive, like every error omemod maps variant by variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum LinkError {
     /// The link's scheme is not `aesgcm`.
     #[error("the link's scheme is not aesgcm")]
