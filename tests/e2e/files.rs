@@ -263,6 +263,20 @@ fn begin_eventually(c: &mut Client, size: u64) -> Value {
     }
 }
 
+/// `file.encrypt.begin` refused with `too_many_transfers`: its `data.max` and
+/// `data.per_connection`.
+fn refused(c: &mut Client) -> (Value, Value) {
+    let e = c.err(
+        "file.encrypt.begin",
+        json!({"size": 1}),
+        "too_many_transfers",
+    );
+    (
+        e["data"]["max"].clone(),
+        e["data"]["per_connection"].clone(),
+    )
+}
+
 #[test]
 fn transfers_are_bounded_in_size_number_and_time() {
     let d = Daemon::start_with(&[
@@ -296,32 +310,10 @@ fn transfers_are_bounded_in_size_number_and_time() {
         "file.decrypt.begin",
         json!({"fragment": fragment, "size": 1016}),
     );
-    let e = a.err(
-        "file.encrypt.begin",
-        json!({"size": 1}),
-        "too_many_transfers",
-    );
-    assert_eq!(
-        (
-            e["data"]["max"].clone(),
-            e["data"]["per_connection"].clone()
-        ),
-        (json!(2), json!(true))
-    );
+    assert_eq!(refused(&mut a), (json!(2), json!(true)));
     let mut b = d.client();
     let kept = b.ok("file.encrypt.begin", json!({"size": 1}));
-    let e = b.err(
-        "file.encrypt.begin",
-        json!({"size": 1}),
-        "too_many_transfers",
-    );
-    assert_eq!(
-        (
-            e["data"]["max"].clone(),
-            e["data"]["per_connection"].clone()
-        ),
-        (json!(3), json!(false))
-    );
+    assert_eq!(refused(&mut b), (json!(3), json!(false)));
     // A closed connection's transfers end with it.
     drop(a);
     begin_eventually(&mut b, 1);

@@ -5,10 +5,10 @@
 //! `a_100_mib_file_*` test passes 100 MiB both ways and measures the daemon's memory meanwhile
 //! (`cargo test -p omemod --release --test interop -- --ignored files`).
 
-use super::support::{python, repo, Daemon};
+use super::support::{peak_while, python, repo, rss_kib, Daemon};
 use omemod_client::blocking::Client;
 use omemod_client::files::{FileKey, Progress};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -85,55 +85,69 @@ fn omemod_decrypt(
     c.decrypt_file(key, &mut r, &mut w, &mut no_progress())
 }
 
-#[test]
-fn cryptography_decrypts_what_omemod_encrypts() {
+/// A daemon, a connection, and three file names in a directory of their own.
+struct Bench {
+    d: Daemon,
+    c: Client,
+    plain: PathBuf,
+    enc: PathBuf,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn bench() -> Bench {
     let d = Daemon::start();
     let c = Client::connect(&d.socket).expect("connect");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (plain, enc, out) = (
-        dir.path().join("plain"),
-        dir.path().join("enc"),
-        dir.path().join("out"),
-    );
+    Bench {
+        d,
+        c,
+        plain: dir.path().join("plain"),
+        enc: dir.path().join("enc"),
+        out: dir.path().join("out"),
+        _dir: dir,
+    }
+}
+
+#[test]
+fn cryptography_decrypts_what_omemod_encrypts() {
+    let Bench {
+        c, plain, enc, out, ..
+    } = &bench();
     for (i, &len) in SIZES.iter().enumerate() {
         let p = data(len, i as u64);
-        std::fs::write(&plain, &p).unwrap();
-        let fragment = omemod_encrypt(&c, &plain, &enc);
+        std::fs::write(plain, &p).unwrap();
+        let fragment = omemod_encrypt(c, plain, enc);
         assert_eq!(fragment.len(), 88, "a 12-byte IV");
         assert!(fragment
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-        assert_eq!(std::fs::metadata(&enc).unwrap().len(), len as u64 + 16);
+        assert_eq!(std::fs::metadata(enc).unwrap().len(), len as u64 + 16);
         assert!(
-            python_aesgcm("decrypt", &fragment, &enc, &out),
+            python_aesgcm("decrypt", &fragment, enc, out),
             "cryptography refused omemod's {len}-byte file"
         );
-        assert!(std::fs::read(&out).unwrap() == p, "{len} bytes differ");
+        assert!(std::fs::read(out).unwrap() == p, "{len} bytes differ");
         // And a wrong key is refused there too: the tag is really checked.
         let mut wrong = fragment.clone().into_bytes();
         wrong[87] = if wrong[87] == b'0' { b'1' } else { b'0' };
         let wrong = String::from_utf8(wrong).unwrap();
-        assert!(!python_aesgcm("decrypt", &wrong, &enc, &out));
+        assert!(!python_aesgcm("decrypt", &wrong, enc, out));
     }
 }
 
 #[test]
 fn omemod_decrypts_what_cryptography_encrypts_with_both_iv_lengths() {
-    let d = Daemon::start();
-    let c = Client::connect(&d.socket).expect("connect");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (plain, enc, out) = (
-        dir.path().join("plain"),
-        dir.path().join("enc"),
-        dir.path().join("out"),
-    );
+    let Bench {
+        c, plain, enc, out, ..
+    } = &bench();
     for iv_len in [12, 16] {
         for (i, &len) in SIZES.iter().enumerate() {
             let p = data(len, 100 + i as u64);
-            std::fs::write(&plain, &p).unwrap();
+            std::fs::write(plain, &p).unwrap();
             let key = data(32 + iv_len, 200 + i as u64 + iv_len as u64);
             let fragment = hex(&[&key[32..], &key[..32]].concat());
-            assert!(python_aesgcm("encrypt", &fragment, &plain, &enc));
+            assert!(python_aesgcm("encrypt", &fragment, plain, enc));
             // The key as an aesgcm:// link for the 12-byte IVs, as a fragment for the others.
             let link = format!(
                 "aesgcm://upload.example/f/{i}.bin#{}",
@@ -143,13 +157,10 @@ fn omemod_decrypts_what_cryptography_encrypts_with_both_iv_lengths() {
                 12 => FileKey::Link(&link),
                 _ => FileKey::Fragment(&fragment),
             };
-            let size = omemod_decrypt(&c, key, &enc, &out)
+            let size = omemod_decrypt(c, key, enc, out)
                 .unwrap_or_else(|e| panic!("omemod refused a {len}-byte file, IV {iv_len}: {e}"));
             assert_eq!(size, len as u64);
-            assert!(
-                std::fs::read(&out).unwrap() == p,
-                "{len} bytes, IV {iv_len}"
-            );
+            assert!(std::fs::read(out).unwrap() == p, "{len} bytes, IV {iv_len}");
         }
     }
 }
@@ -159,95 +170,61 @@ fn omemod_decrypts_a_file_whose_counter_wraps() {
     // Under this key J0 ends in 0xffffffea (protocol-core's media::gcm tests show it): the
     // counter wraps after 21 blocks, in its low 32 bits only, as OpenSSL's does.
     let fragment = format!("{}{}", "0000000000a5bd000000000000000000", "42".repeat(32));
-    let d = Daemon::start();
-    let c = Client::connect(&d.socket).expect("connect");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (plain, enc, out) = (
-        dir.path().join("plain"),
-        dir.path().join("enc"),
-        dir.path().join("out"),
-    );
+    let Bench {
+        c, plain, enc, out, ..
+    } = &bench();
     let p = data(100_000, 7);
-    std::fs::write(&plain, &p).unwrap();
-    assert!(python_aesgcm("encrypt", &fragment, &plain, &enc));
-    omemod_decrypt(&c, FileKey::Fragment(&fragment), &enc, &out).expect("omemod decrypts");
-    assert!(std::fs::read(&out).unwrap() == p);
-}
-
-/// The daemon's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-/// Samples `pid`'s resident memory every 5 ms until `stop`; the highest.
-fn peak_rss_while(pid: u32, run: impl FnOnce()) -> u64 {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let stop = std::sync::Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid));
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            peak.max(rss_kib(pid))
-        })
-    };
-    run();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    sampler.join().expect("sampler")
+    std::fs::write(plain, &p).unwrap();
+    assert!(python_aesgcm("encrypt", &fragment, plain, enc));
+    omemod_decrypt(c, FileKey::Fragment(&fragment), enc, out).expect("omemod decrypts");
+    assert!(std::fs::read(out).unwrap() == p);
 }
 
 #[test]
 #[ignore = "100 MiB both ways: run with --release --ignored"]
 fn a_100_mib_file_passes_both_ways_in_bounded_memory() {
     const LEN: usize = 100 * 1024 * 1024 + 7;
-    let d = Daemon::start();
+    let Bench {
+        d,
+        c,
+        plain,
+        enc,
+        out,
+        ..
+    } = &bench();
     let pid = d.pid().expect("pid");
-    let c = Client::connect(&d.socket).expect("connect");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (plain, enc, out) = (
-        dir.path().join("plain"),
-        dir.path().join("enc"),
-        dir.path().join("out"),
-    );
     // Idle: the daemon up, its file code run once on a small file.
-    std::fs::write(&plain, data(CHUNK * 2, 1)).unwrap();
-    omemod_encrypt(&c, &plain, &enc);
+    std::fs::write(plain, data(CHUNK * 2, 1)).unwrap();
+    omemod_encrypt(c, plain, enc);
     std::thread::sleep(Duration::from_millis(200));
     let idle = rss_kib(pid);
-    std::fs::write(&plain, data(LEN, 2)).unwrap();
-    let p = std::fs::read(&plain).unwrap();
+    std::fs::write(plain, data(LEN, 2)).unwrap();
+    let p = std::fs::read(plain).unwrap();
     let mut fragment = String::new();
     let mut peaks = Vec::new();
     let t = Instant::now();
-    peaks.push(peak_rss_while(pid, || {
-        fragment = omemod_encrypt(&c, &plain, &enc);
+    peaks.push(peak_while(pid, rss_kib, || {
+        fragment = omemod_encrypt(c, plain, enc);
     }));
     let encrypt_secs = t.elapsed().as_secs_f64();
-    assert!(python_aesgcm("decrypt", &fragment, &enc, &out));
+    assert!(python_aesgcm("decrypt", &fragment, enc, out));
     assert!(
-        std::fs::read(&out).unwrap() == p,
+        std::fs::read(out).unwrap() == p,
         "cryptography read another file"
     );
     let mut decrypt_secs = Vec::new();
     for iv_len in [12, 16] {
         let key = data(32 + iv_len, 3 + iv_len as u64);
         let fragment = hex(&[&key[32..], &key[..32]].concat());
-        assert!(python_aesgcm("encrypt", &fragment, &plain, &enc));
+        assert!(python_aesgcm("encrypt", &fragment, plain, enc));
         let t = Instant::now();
-        peaks.push(peak_rss_while(pid, || {
-            let n = omemod_decrypt(&c, FileKey::Fragment(&fragment), &enc, &out)
-                .expect("omemod decrypts");
+        peaks.push(peak_while(pid, rss_kib, || {
+            let n =
+                omemod_decrypt(c, FileKey::Fragment(&fragment), enc, out).expect("omemod decrypts");
             assert_eq!(n, LEN as u64);
         }));
         decrypt_secs.push(t.elapsed().as_secs_f64());
-        assert!(std::fs::read(&out).unwrap() == p, "IV {iv_len}");
+        assert!(std::fs::read(out).unwrap() == p, "IV {iv_len}");
     }
     let peak = peaks.iter().copied().max().unwrap_or(0);
     let mib = LEN as f64 / (1024.0 * 1024.0);

@@ -158,6 +158,18 @@ impl crate::Client {
         self.call_as("file.encrypt.begin", p).await
     }
 
+    /// A chunk call: `method` with the chunk at `offset` of `transfer`.
+    async fn file_chunk(
+        &self,
+        method: &str,
+        transfer: u64,
+        offset: u64,
+        chunk: &[u8],
+    ) -> Result<serde_json::Value, Error> {
+        let p = json!({"transfer": transfer, "offset": offset, "data": BASE64.encode(chunk)});
+        self.call(method, p).await
+    }
+
     /// `file.encrypt.chunk`: the ciphertext of the chunk at `offset`.
     pub async fn file_encrypt_chunk(
         &self,
@@ -165,9 +177,9 @@ impl crate::Client {
         offset: u64,
         chunk: &[u8],
     ) -> Result<Vec<u8>, Error> {
-        let p = json!({"transfer": transfer, "offset": offset, "data": BASE64.encode(chunk)});
-        let v = self.call("file.encrypt.chunk", p).await?;
-        b64_field(&v, "file.encrypt.chunk", "data")
+        let method = "file.encrypt.chunk";
+        let v = self.file_chunk(method, transfer, offset, chunk).await?;
+        b64_field(&v, method, "data")
     }
 
     /// `file.encrypt.finish`: the tag to append; the transfer ends.
@@ -198,8 +210,8 @@ impl crate::Client {
         offset: u64,
         chunk: &[u8],
     ) -> Result<bool, Error> {
-        let p = json!({"transfer": transfer, "offset": offset, "data": BASE64.encode(chunk)});
-        let v = self.call("file.decrypt.check", p).await?;
+        let method = "file.decrypt.check";
+        let v = self.file_chunk(method, transfer, offset, chunk).await?;
         v["verified"]
             .as_bool()
             .ok_or_else(|| Error::Protocol(format!("file.decrypt.check: {v}")))
@@ -212,9 +224,9 @@ impl crate::Client {
         offset: u64,
         chunk: &[u8],
     ) -> Result<Vec<u8>, Error> {
-        let p = json!({"transfer": transfer, "offset": offset, "data": BASE64.encode(chunk)});
-        let v = self.call("file.decrypt.read", p).await?;
-        b64_field(&v, "file.decrypt.read", "data")
+        let method = "file.decrypt.read";
+        let v = self.file_chunk(method, transfer, offset, chunk).await?;
+        b64_field(&v, method, "data")
     }
 
     /// `file.cancel`: ends a transfer early.
@@ -225,15 +237,38 @@ impl crate::Client {
     }
 }
 
-/// Fills `buf` from `input`; a shorter input is an error (the size was given beforehand).
-fn read_chunk(input: &mut impl Read, buf: &mut [u8]) -> Result<(), Error> {
-    input.read_exact(buf).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => Error::Io(std::io::Error::new(
-            e.kind(),
-            "the input ended before its announced size",
-        )),
-        _ => Error::Io(e),
-    })
+/// Reads `size` bytes of `input` in chunks of `chunk_size` (the last one shorter) and hands each
+/// to `each` with its offset, then reports the progress of `stage`. A shorter input is an error.
+fn each_chunk(
+    input: &mut impl Read,
+    size: u64,
+    chunk_size: usize,
+    stage: Stage,
+    progress: &mut dyn FnMut(Progress),
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut buf = vec![0u8; chunk_size];
+    let mut offset = 0;
+    while offset < size {
+        let n = usize::try_from(size - offset).map_or(chunk_size, |n| n.min(chunk_size));
+        input
+            .read_exact(&mut buf[..n])
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => Error::Io(std::io::Error::new(
+                    e.kind(),
+                    "the input ended before its announced size",
+                )),
+                _ => Error::Io(e),
+            })?;
+        each(offset, &buf[..n])?;
+        offset += n as u64;
+        progress(Progress {
+            stage,
+            done: offset,
+            total: size,
+        });
+    }
+    Ok(())
 }
 
 impl crate::blocking::Client {
@@ -250,21 +285,17 @@ impl crate::blocking::Client {
         let c = self.get_ref();
         let t = self.block_on(c.file_encrypt_begin(size, url))?;
         let run = (|| -> Result<(), Error> {
-            let mut buf = vec![0u8; t.chunk_size];
-            let mut offset = 0;
-            while offset < size {
-                let n =
-                    usize::try_from(size - offset).map_or(t.chunk_size, |n| n.min(t.chunk_size));
-                read_chunk(input, &mut buf[..n])?;
-                let sealed = self.block_on(c.file_encrypt_chunk(t.transfer, offset, &buf[..n]))?;
-                output.write_all(&sealed)?;
-                offset += n as u64;
-                progress(Progress {
-                    stage: Stage::Encrypting,
-                    done: offset,
-                    total: size,
-                });
-            }
+            each_chunk(
+                input,
+                size,
+                t.chunk_size,
+                Stage::Encrypting,
+                progress,
+                |offset, chunk| {
+                    let sealed = self.block_on(c.file_encrypt_chunk(t.transfer, offset, chunk))?;
+                    Ok(output.write_all(&sealed)?)
+                },
+            )?;
             let tag = self.block_on(c.file_encrypt_finish(t.transfer))?;
             output.write_all(&tag)?;
             output.flush()?;
@@ -297,30 +328,30 @@ impl crate::blocking::Client {
         input.seek(SeekFrom::Start(0))?;
         let t = self.block_on(c.file_decrypt_begin(key, size))?;
         let run = (|| -> Result<(), Error> {
-            let mut buf = vec![0u8; t.chunk_size];
-            for stage in [Stage::Checking, Stage::Decrypting] {
-                input.seek(SeekFrom::Start(0))?;
-                let mut offset = 0;
-                while offset < size {
-                    let n = usize::try_from(size - offset)
-                        .map_or(t.chunk_size, |n| n.min(t.chunk_size));
-                    read_chunk(input, &mut buf[..n])?;
-                    let chunk = &buf[..n];
-                    if stage == Stage::Checking {
-                        self.block_on(c.file_decrypt_check(t.transfer, offset, chunk))?;
-                    } else {
-                        let plain =
-                            self.block_on(c.file_decrypt_read(t.transfer, offset, chunk))?;
-                        output.write_all(&plain)?;
-                    }
-                    offset += n as u64;
-                    progress(Progress {
-                        stage,
-                        done: offset,
-                        total: size,
-                    });
-                }
-            }
+            input.seek(SeekFrom::Start(0))?;
+            each_chunk(
+                input,
+                size,
+                t.chunk_size,
+                Stage::Checking,
+                progress,
+                |offset, chunk| {
+                    self.block_on(c.file_decrypt_check(t.transfer, offset, chunk))
+                        .map(drop)
+                },
+            )?;
+            input.seek(SeekFrom::Start(0))?;
+            each_chunk(
+                input,
+                size,
+                t.chunk_size,
+                Stage::Decrypting,
+                progress,
+                |offset, chunk| {
+                    let plain = self.block_on(c.file_decrypt_read(t.transfer, offset, chunk))?;
+                    Ok(output.write_all(&plain)?)
+                },
+            )?;
             output.flush()?;
             Ok(())
         })();
