@@ -23,7 +23,8 @@ use tokio::time::Instant;
 use protocol_core::error::ErrorCause;
 use protocol_core::media::gcm::MAX_PLAINTEXT_LEN;
 use protocol_core::media::{
-    AesgcmLink, LinkError, MediaError, MediaKey, MediaOpener, MediaSealer, MediaVerifier, TAG_LEN,
+    AesgcmLink, AesgcmLinkError, MediaError, MediaKey, MediaOpener, MediaSealer, MediaVerifier,
+    TAG_LEN,
 };
 use zeroize::Zeroizing;
 
@@ -561,7 +562,7 @@ impl LimitError {
 pub enum EncryptBeginError {
     /// The upload URL cannot become a link.
     #[error(transparent)]
-    Url(#[from] LinkError),
+    Url(#[from] AesgcmLinkError),
     /// A bound refused it.
     #[error(transparent)]
     Limit(#[from] LimitError),
@@ -582,7 +583,7 @@ impl EncryptBeginError {
 pub enum DecryptBeginError {
     /// The link or fragment is malformed.
     #[error(transparent)]
-    Link(#[from] LinkError),
+    Link(#[from] AesgcmLinkError),
     /// The file is shorter than its tag.
     #[error("a file of {size} bytes is shorter than its {TAG_LEN}-byte tag: it was cut off")]
     Truncated {
@@ -794,7 +795,7 @@ mod tests {
         ));
         assert!(matches!(
             t.begin_decrypt(&s, KeySource::Link("https://h/f#00"), 100),
-            Err(DecryptBeginError::Link(LinkError::WrongScheme))
+            Err(DecryptBeginError::Link(AesgcmLinkError::WrongScheme))
         ));
     }
 

@@ -27,7 +27,7 @@
 //! [`bundle::BundleError`], [`x3dh::X3dhError`], [`double_ratchet::RatchetError`],
 //! [`session::SessionError`] (initiation and decryption), [`wire::WireError`],
 //! [`payload::PayloadError`], [`xml::XmlError`], [`sce::SceError`],
-//! [`media::LinkError`], [`media::MediaError`], [`error::SnapshotError`].
+//! [`media::AesgcmLinkError`], [`media::MediaError`], [`error::SnapshotError`].
 #![forbid(unsafe_code)]
 // Untrusted input must never panic the protocol or the daemon: no unwrap/expect/panic outside tests.
 #![cfg_attr(

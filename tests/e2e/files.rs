@@ -154,7 +154,7 @@ fn malformed_links_and_calls_get_typed_errors() {
             ("file.link.parse", json!({ "link": link })),
             ("file.decrypt.begin", json!({"link": link, "size": 100})),
         ] {
-            let e = c.err(method, params, "invalid_link");
+            let e = c.err(method, params, "invalid_aesgcm_link");
             let message = e["message"].as_str().unwrap();
             assert!(!message.contains(&fragment[..20]), "{what}: {e}");
         }
@@ -163,7 +163,7 @@ fn malformed_links_and_calls_get_typed_errors() {
         c.err(
             "file.decrypt.begin",
             json!({"fragment": bad, "size": 100}),
-            "invalid_link",
+            "invalid_aesgcm_link",
         );
     }
     // A 16-byte IV is a key too.
@@ -183,7 +183,7 @@ fn malformed_links_and_calls_get_typed_errors() {
     c.err(
         "file.encrypt.begin",
         json!({"size": 1, "url": "http://h/f"}),
-        "invalid_link",
+        "invalid_aesgcm_link",
     );
     let begin = c.ok(
         "file.encrypt.begin",
@@ -423,7 +423,7 @@ fn the_cli_encrypts_and_decrypts_and_leaves_nothing_behind_on_failure() {
         &d.socket,
         &["decrypt", "aesgcm://h/f#00", &p("upload"), &p("out.jpg")],
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_link"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_aesgcm_link"));
     let mut after = before.clone();
     after.extend(["cut".to_owned(), "tampered".to_owned()]);
     after.sort();

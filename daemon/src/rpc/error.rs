@@ -114,7 +114,7 @@ pub enum ErrorKind {
 
     // --- files (1600s) ---
     /// An `aesgcm://` link (or its key fragment, or an upload URL) is malformed.
-    InvalidLink,
+    InvalidAesgcmLink,
     /// A downloaded file is shorter than its tag.
     FileTruncated,
     /// A file is larger than `--max-file-bytes`.
@@ -167,7 +167,7 @@ impl ErrorKind {
         ErrorKind::IdentityChanged,
         ErrorKind::StorageError,
         ErrorKind::TooManyDevices,
-        ErrorKind::InvalidLink,
+        ErrorKind::InvalidAesgcmLink,
         ErrorKind::FileTruncated,
         ErrorKind::FileTooLarge,
         ErrorKind::UnknownTransfer,
@@ -214,7 +214,7 @@ impl ErrorKind {
             ErrorKind::IdentityChanged => 1303,
             ErrorKind::StorageError => 1401,
             ErrorKind::TooManyDevices => 1500,
-            ErrorKind::InvalidLink => 1601,
+            ErrorKind::InvalidAesgcmLink => 1601,
             ErrorKind::FileTruncated => 1602,
             ErrorKind::FileTooLarge => 1603,
             ErrorKind::UnknownTransfer => 1604,
@@ -262,7 +262,7 @@ impl ErrorKind {
             ErrorKind::IdentityChanged => "identity_changed",
             ErrorKind::StorageError => "storage_error",
             ErrorKind::TooManyDevices => "too_many_devices",
-            ErrorKind::InvalidLink => "invalid_link",
+            ErrorKind::InvalidAesgcmLink => "invalid_aesgcm_link",
             ErrorKind::FileTruncated => "file_truncated",
             ErrorKind::FileTooLarge => "file_too_large",
             ErrorKind::UnknownTransfer => "unknown_transfer",
@@ -309,7 +309,7 @@ impl ErrorKind {
             | ErrorKind::TooManySkipped
             | ErrorKind::SceMismatch
             | ErrorKind::TooManyDevices
-            | ErrorKind::InvalidLink
+            | ErrorKind::InvalidAesgcmLink
             | ErrorKind::FileTruncated => PeerMisbehaved,
             ErrorKind::Unauthorized
             | ErrorKind::TooManySubscriptions
@@ -361,7 +361,7 @@ impl ErrorKind {
             ErrorKind::IdentityChanged => "identity key of the device changed",
             ErrorKind::StorageError => "storage error",
             ErrorKind::TooManyDevices => "too many devices in the list",
-            ErrorKind::InvalidLink => "malformed aesgcm link",
+            ErrorKind::InvalidAesgcmLink => "malformed aesgcm link",
             ErrorKind::FileTruncated => "file shorter than its tag",
             ErrorKind::FileTooLarge => "file too large",
             ErrorKind::UnknownTransfer => "unknown file transfer",

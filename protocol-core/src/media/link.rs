@@ -24,7 +24,7 @@ pub const SCHEME: &str = "aesgcm";
 /// Why a link, a key fragment or an upload URL was refused. Messages never contain the link.
 /// Exhaustive, like every error omemod maps variant by variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LinkError {
+pub enum AesgcmLinkError {
     /// The link's scheme is not `aesgcm`.
     #[error("the link's scheme is not aesgcm")]
     WrongScheme,
@@ -52,16 +52,16 @@ pub enum LinkError {
     UrlHasFragment,
 }
 
-impl LinkError {
+impl AesgcmLinkError {
     /// Whom the error is due to: a received link is the sender's; an upload URL is the caller's.
     pub fn cause(&self) -> ErrorCause {
         match self {
-            LinkError::WrongScheme
-            | LinkError::Malformed
-            | LinkError::NoKey
-            | LinkError::KeyLength { .. }
-            | LinkError::NotHex => ErrorCause::PeerMisbehaved,
-            LinkError::NotHttps | LinkError::UrlHasFragment => ErrorCause::Request,
+            AesgcmLinkError::WrongScheme
+            | AesgcmLinkError::Malformed
+            | AesgcmLinkError::NoKey
+            | AesgcmLinkError::KeyLength { .. }
+            | AesgcmLinkError::NotHex => ErrorCause::PeerMisbehaved,
+            AesgcmLinkError::NotHttps | AesgcmLinkError::UrlHasFragment => ErrorCause::Request,
         }
     }
 }
@@ -101,9 +101,9 @@ impl MediaKey {
     }
 
     /// A key from its parts; the IV must be 12 or 16 bytes.
-    pub fn from_parts(key: &[u8; KEY_LEN], iv: &[u8]) -> Result<MediaKey, LinkError> {
+    pub fn from_parts(key: &[u8; KEY_LEN], iv: &[u8]) -> Result<MediaKey, AesgcmLinkError> {
         if iv.len() != IV_LEN && iv.len() != LEGACY_IV_LEN {
-            return Err(LinkError::KeyLength {
+            return Err(AesgcmLinkError::KeyLength {
                 len: 2 * (iv.len() + KEY_LEN),
             });
         }
@@ -117,17 +117,17 @@ impl MediaKey {
     }
 
     /// Reads a link's fragment: the IV then the key, 88 or 96 hex digits in either case.
-    pub fn from_fragment(fragment: &str) -> Result<MediaKey, LinkError> {
+    pub fn from_fragment(fragment: &str) -> Result<MediaKey, AesgcmLinkError> {
         let len = fragment.len();
         let iv_len = match len.checked_sub(2 * KEY_LEN) {
             Some(n) if n == 2 * IV_LEN || n == 2 * LEGACY_IV_LEN => n / 2,
-            _ => return Err(LinkError::KeyLength { len }),
+            _ => return Err(AesgcmLinkError::KeyLength { len }),
         };
         let mut bytes = Zeroizing::new([0u8; LEGACY_IV_LEN + KEY_LEN]);
         let bytes = &mut bytes[..iv_len + KEY_LEN];
         for (out, pair) in bytes.iter_mut().zip(fragment.as_bytes().chunks_exact(2)) {
             let (hi, lo) = (hex_value(pair[0]), hex_value(pair[1]));
-            *out = (hi.ok_or(LinkError::NotHex)? << 4) | lo.ok_or(LinkError::NotHex)?;
+            *out = (hi.ok_or(AesgcmLinkError::NotHex)? << 4) | lo.ok_or(AesgcmLinkError::NotHex)?;
         }
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         key.copy_from_slice(&bytes[iv_len..]);
@@ -184,26 +184,26 @@ impl std::fmt::Debug for AesgcmLink {
 
 /// Splits `scheme://location` after checking that it has no blank or control character and a
 /// non-empty host; the scheme is compared without case (RFC 3986 §3.1).
-fn split_url<'a>(url: &'a str, scheme: &str) -> Result<Option<&'a str>, LinkError> {
+fn split_url<'a>(url: &'a str, scheme: &str) -> Result<Option<&'a str>, AesgcmLinkError> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(LinkError::Malformed);
+        return Err(AesgcmLinkError::Malformed);
     }
     let Some((found, rest)) = url.split_once(':') else {
-        return Err(LinkError::Malformed);
+        return Err(AesgcmLinkError::Malformed);
     };
-    let location = rest.strip_prefix("//").ok_or(LinkError::Malformed)?;
+    let location = rest.strip_prefix("//").ok_or(AesgcmLinkError::Malformed)?;
     let host_end = location.find(['/', '?', '#']).unwrap_or(location.len());
     if found.is_empty() || host_end == 0 {
-        return Err(LinkError::Malformed);
+        return Err(AesgcmLinkError::Malformed);
     }
     Ok(found.eq_ignore_ascii_case(scheme).then_some(location))
 }
 
 impl AesgcmLink {
     /// Reads a link received in a message body.
-    pub fn parse(link: &str) -> Result<AesgcmLink, LinkError> {
-        let rest = split_url(link, SCHEME)?.ok_or(LinkError::WrongScheme)?;
-        let (location, fragment) = rest.split_once('#').ok_or(LinkError::NoKey)?;
+    pub fn parse(link: &str) -> Result<AesgcmLink, AesgcmLinkError> {
+        let rest = split_url(link, SCHEME)?.ok_or(AesgcmLinkError::WrongScheme)?;
+        let (location, fragment) = rest.split_once('#').ok_or(AesgcmLinkError::NoKey)?;
         Ok(AesgcmLink {
             location: location.to_owned(),
             key: MediaKey::from_fragment(fragment)?,
@@ -211,10 +211,10 @@ impl AesgcmLink {
     }
 
     /// The link to send for a file uploaded to `https_url` (an XEP-0363 slot's GET URL).
-    pub fn for_upload(https_url: &str, key: MediaKey) -> Result<AesgcmLink, LinkError> {
-        let location = split_url(https_url, "https")?.ok_or(LinkError::NotHttps)?;
+    pub fn for_upload(https_url: &str, key: MediaKey) -> Result<AesgcmLink, AesgcmLinkError> {
+        let location = split_url(https_url, "https")?.ok_or(AesgcmLinkError::NotHttps)?;
         if location.contains('#') {
-            return Err(LinkError::UrlHasFragment);
+            return Err(AesgcmLinkError::UrlHasFragment);
         }
         Ok(AesgcmLink {
             location: location.to_owned(),
@@ -292,38 +292,56 @@ mod tests {
     #[test]
     fn refuses_malformed_links_with_typed_errors() {
         let fragment = &XEP_LINK[XEP_LINK.len() - 88..];
-        let cases: Vec<(String, LinkError)> = vec![
-            (format!("https://h/f#{fragment}"), LinkError::WrongScheme),
-            (format!("aesgcm-x://h/f#{fragment}"), LinkError::WrongScheme),
-            (format!("aesgcm:h/f#{fragment}"), LinkError::Malformed),
-            (format!("aesgcm:///f#{fragment}"), LinkError::Malformed),
-            (format!("aesgcm://#{fragment}"), LinkError::Malformed),
-            (format!("aesgcm://h/a b#{fragment}"), LinkError::Malformed),
-            (format!("aesgcm://h/f#{fragment}\n"), LinkError::Malformed),
-            (format!("//h/f#{fragment}"), LinkError::Malformed),
-            ("no link at all".into(), LinkError::Malformed),
-            ("aesgcm://h/f".into(), LinkError::NoKey),
+        let cases: Vec<(String, AesgcmLinkError)> = vec![
+            (
+                format!("https://h/f#{fragment}"),
+                AesgcmLinkError::WrongScheme,
+            ),
+            (
+                format!("aesgcm-x://h/f#{fragment}"),
+                AesgcmLinkError::WrongScheme,
+            ),
+            (format!("aesgcm:h/f#{fragment}"), AesgcmLinkError::Malformed),
+            (
+                format!("aesgcm:///f#{fragment}"),
+                AesgcmLinkError::Malformed,
+            ),
+            (format!("aesgcm://#{fragment}"), AesgcmLinkError::Malformed),
+            (
+                format!("aesgcm://h/a b#{fragment}"),
+                AesgcmLinkError::Malformed,
+            ),
+            (
+                format!("aesgcm://h/f#{fragment}\n"),
+                AesgcmLinkError::Malformed,
+            ),
+            (format!("//h/f#{fragment}"), AesgcmLinkError::Malformed),
+            ("no link at all".into(), AesgcmLinkError::Malformed),
+            ("aesgcm://h/f".into(), AesgcmLinkError::NoKey),
             (
                 format!("aesgcm://h/f#{}", &fragment[..86]),
-                LinkError::KeyLength { len: 86 },
+                AesgcmLinkError::KeyLength { len: 86 },
             ),
             (
                 format!("aesgcm://h/f#{fragment}00"),
-                LinkError::KeyLength { len: 90 },
+                AesgcmLinkError::KeyLength { len: 90 },
             ),
             (
                 format!("aesgcm://h/f#{fragment}0000000g"),
-                LinkError::NotHex,
+                AesgcmLinkError::NotHex,
             ),
             (
                 format!("aesgcm://h/f#{}x{}", &fragment[..40], &fragment[41..]),
-                LinkError::NotHex,
+                AesgcmLinkError::NotHex,
             ),
             (
                 format!("aesgcm://h/f#{}é{}", &fragment[..40], &fragment[42..]),
-                LinkError::NotHex,
+                AesgcmLinkError::NotHex,
             ),
-            ("aesgcm://h/f#".into(), LinkError::KeyLength { len: 0 }),
+            (
+                "aesgcm://h/f#".into(),
+                AesgcmLinkError::KeyLength { len: 0 },
+            ),
         ];
         for (link, want) in cases {
             let got = AesgcmLink::parse(&link).map(|_| ()).err();
@@ -336,11 +354,11 @@ mod tests {
     fn only_https_urls_become_links() {
         let key = || MediaKey::from_parts(&[7; 32], &[1; 12]).unwrap();
         for (url, want) in [
-            ("http://h/f", LinkError::NotHttps),
-            ("aesgcm://h/f", LinkError::NotHttps),
-            ("https://h/f#x", LinkError::UrlHasFragment),
-            ("https:///f", LinkError::Malformed),
-            ("https://h/a b", LinkError::Malformed),
+            ("http://h/f", AesgcmLinkError::NotHttps),
+            ("aesgcm://h/f", AesgcmLinkError::NotHttps),
+            ("https://h/f#x", AesgcmLinkError::UrlHasFragment),
+            ("https:///f", AesgcmLinkError::Malformed),
+            ("https://h/a b", AesgcmLinkError::Malformed),
         ] {
             let got = AesgcmLink::for_upload(url, key()).map(|_| ()).err();
             assert_eq!(got, Some(want), "{url}");

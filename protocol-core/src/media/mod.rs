@@ -10,4 +10,4 @@ pub mod gcm;
 pub mod link;
 
 pub use gcm::{MediaError, MediaOpener, MediaSealer, MediaVerifier, Pieces, TAG_LEN};
-pub use link::{AesgcmLink, LinkError, MediaKey};
+pub use link::{AesgcmLink, AesgcmLinkError, MediaKey};

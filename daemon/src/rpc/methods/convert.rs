@@ -27,7 +27,7 @@ use crate::rpc::methods::file;
 use crate::rpc::methods::subscription::UnsubscribeError;
 use crate::rpc::registry::Method;
 use crate::storage::StorageError;
-use protocol_core::media::LinkError;
+use protocol_core::media::AesgcmLinkError;
 use protocol_core::Version;
 use serde_json::{json, Value};
 
@@ -275,14 +275,14 @@ answers!(UnsubscribeError {
     UnsubscribeError::Unknown { subscription } => [UnknownSubscription, json!({"subscription": subscription})],
 });
 
-answers!(LinkError {
-    LinkError::WrongScheme
-    | LinkError::Malformed
-    | LinkError::NoKey
-    | LinkError::KeyLength { .. }
-    | LinkError::NotHex
-    | LinkError::NotHttps
-    | LinkError::UrlHasFragment => [InvalidLink],
+answers!(AesgcmLinkError {
+    AesgcmLinkError::WrongScheme
+    | AesgcmLinkError::Malformed
+    | AesgcmLinkError::NoKey
+    | AesgcmLinkError::KeyLength { .. }
+    | AesgcmLinkError::NotHex
+    | AesgcmLinkError::NotHttps
+    | AesgcmLinkError::UrlHasFragment => [InvalidAesgcmLink],
 });
 
 answers!(LimitError {
@@ -292,12 +292,12 @@ answers!(LimitError {
 });
 
 answers!(EncryptBeginError {
-    EncryptBeginError::Url(e) => [via e: LinkError],
+    EncryptBeginError::Url(e) => [via e: AesgcmLinkError],
     EncryptBeginError::Limit(e) => [via e: LimitError],
 });
 
 answers!(DecryptBeginError {
-    DecryptBeginError::Link(e) => [via e: LinkError],
+    DecryptBeginError::Link(e) => [via e: AesgcmLinkError],
     DecryptBeginError::Truncated { .. } => [FileTruncated],
     DecryptBeginError::Limit(e) => [via e: LimitError],
 });

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use protocol_core::media::{AesgcmLink, LinkError};
+use protocol_core::media::{AesgcmLink, AesgcmLinkError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -59,13 +59,13 @@ impl Method for FileLinkParse {
         "Checks an aesgcm:// link (XEP-0454) and gives the HTTPS URL to download.";
     type Params = FileLinkParams;
     type Result = FileLinkResult;
-    type Error = LinkError;
+    type Error = AesgcmLinkError;
 
     async fn call(
         _ctx: Arc<Ctx>,
         _conn: Conn,
         p: FileLinkParams,
-    ) -> Result<FileLinkResult, CallError<LinkError>> {
+    ) -> Result<FileLinkResult, CallError<AesgcmLinkError>> {
         let link = AesgcmLink::parse(&p.link)?;
         Ok(FileLinkResult {
             url: link.https_url(),
