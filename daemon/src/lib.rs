@@ -6,6 +6,8 @@
 //!
 //! - [`cli`]: the `omemod` command line.
 //! - [`rpc`]: JSON-RPC 2.0 over a Unix socket, one method per file in `rpc/methods/`.
+//! - [`media`]: file transfers of XEP-0454 media sharing (encrypt for upload, decrypt a
+//!   download), their bounds.
 //! - [`manager`]: the session manager (accounts, bundles, device lists, sessions, trust).
 //! - [`rollback`]: the generation counter kept while the daemon runs (rollback detection).
 //! - [`events`]: the actions a client should take and the events pushed to subscribers.
@@ -30,6 +32,7 @@ pub mod events;
 pub mod lock;
 pub mod logging;
 pub mod manager;
+pub mod media;
 pub mod rollback;
 pub mod rpc;
 pub mod socket_trust;

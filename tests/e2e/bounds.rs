@@ -9,17 +9,6 @@ use support::*;
 const ALICE: &str = "alice@example.org";
 const EVE: &str = "eve@example.org";
 
-/// Resident set size of a process, in kB.
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 /// Sends `count` decrypts of normal (non key exchange) messages from random devices of EVE, in
 /// batches, and checks that each is answered `no_session`.
 fn no_session_flood(c: &mut Client, me: u32, count: usize, seed: &mut u64) {
@@ -66,10 +55,10 @@ fn no_session_decrypts_from_random_devices_leave_memory_flat() {
     let mut seed = seed(0x9e37_79b9_7f4a_7c15) | 1;
     // Warm up allocator arenas and caches before the first measurement.
     no_session_flood(&mut c, me, 5_000, &mut seed);
-    let before = rss_kb(pid);
+    let before = rss_kib(pid);
     let start = std::time::Instant::now();
     no_session_flood(&mut c, me, flood, &mut seed);
-    let after = rss_kb(pid);
+    let after = rss_kib(pid);
     eprintln!(
         "figure: RSS {before} kB -> {after} kB after {flood} no_session decrypts ({:.1} s)",
         start.elapsed().as_secs_f64()
@@ -82,9 +71,9 @@ fn no_session_decrypts_from_random_devices_leave_memory_flat() {
     );
 }
 
-fn open_fds(pid: u32) -> usize {
+fn open_fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
+        .map(|d| d.count() as u64)
         .unwrap_or(0)
 }
 
@@ -100,27 +89,15 @@ fn idle_connections_beyond_the_limit_evict_the_oldest_and_new_clients_are_served
     );
     let pid = d.pid().expect("pid");
     // Sample the daemon's descriptors while the connections pour in.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let stop = std::sync::Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(open_fds(pid));
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            peak
-        })
-    };
     let mut idle = Vec::new();
-    for _ in 0..2_000 {
-        idle.push(UnixStream::connect(&d.socket).expect("connect"));
-    }
-    let mut c = d.client();
-    let status = c.ok("status", json!({}));
-    assert!(status.is_object());
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak = sampler.join().expect("sampler");
+    let peak = peak_while(pid, open_fds, || {
+        for _ in 0..2_000 {
+            idle.push(UnixStream::connect(&d.socket).expect("connect"));
+        }
+        let mut c = d.client();
+        let status = c.ok("status", json!({}));
+        assert!(status.is_object());
+    });
     let fds = open_fds(pid);
     eprintln!("figure: daemon fds with 2000 idle connections attempted: {fds} (peak {peak})");
     // 200 connections, 50 closing, the database and the listener: far from 1,024.
@@ -165,7 +142,7 @@ fn a_client_that_never_reads_is_bounded_then_disconnected() {
     let pid = d.pid().expect("pid");
     let mut c = d.client();
     let one = c.ok("rpc.discover", json!({})).to_string().len();
-    let before = rss_kb(pid);
+    let before = rss_kib(pid);
     // Ten discovers per batch: each answer line is ~10 × the OpenRPC document.
     let batch: Vec<Value> = (0..10)
         .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "rpc.discover"}))
@@ -193,7 +170,7 @@ fn a_client_that_never_reads_is_bounded_then_disconnected() {
     // Sample while the daemon works through what it read, before the stall timeout.
     let mut peak = 0;
     for _ in 0..40 {
-        peak = peak.max(rss_kb(pid));
+        peak = peak.max(rss_kib(pid));
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let answer = one * 10;

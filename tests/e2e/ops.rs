@@ -869,6 +869,29 @@ fn systemd_unit_sandbox_lets_the_daemon_write_its_state() {
     );
     c.create_account("bob@example.org");
     drop(c);
+    // Files in the home, which the daemon cannot write, pass through the client.
+    let plain = home.join("photo.jpg");
+    std::fs::write(&plain, b"a picture").expect("write");
+    let file = |args: &[&Path]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_omemod"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("file")
+            .args(args)
+            .output()
+            .expect("omemod file");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let (upload, opened) = (home.join("upload"), home.join("opened.jpg"));
+    let sent = file(&[Path::new("encrypt"), &plain, &upload]);
+    let fragment = sent["fragment"].as_str().expect("fragment");
+    file(&[Path::new("decrypt"), Path::new(fragment), &upload, &opened]);
+    assert_eq!(std::fs::read(&opened).expect("opened"), b"a picture");
     let _ = child.kill();
     let _ = child.wait();
     let meta = std::fs::metadata(&db).expect("database in the state directory");

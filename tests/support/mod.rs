@@ -431,6 +431,37 @@ impl Drop for PyPeer {
     }
 }
 
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Runs `run` while a thread samples `measure(pid)` every 2 ms; the highest sample.
+pub fn peak_while(pid: u32, measure: fn(u32) -> u64, run: impl FnOnce()) -> u64 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::Relaxed) {
+                peak = peak.max(measure(pid));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak.max(measure(pid))
+        })
+    };
+    run();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler")
+}
+
 /// Temp path helper.
 pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()

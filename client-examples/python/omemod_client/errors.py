@@ -105,6 +105,13 @@ LinkUnknownDevice = _kind("link_unknown_device", 1305, "The link names a device 
 InvalidLink = _kind("invalid_link", 1306, "Not a verification link.")
 StorageError = _kind("storage_error", 1401, "The database failed.")
 TooManyDevices = _kind("too_many_devices", 1500, "A device list names more devices than allowed.")
+InvalidAesgcmLink = _kind("invalid_aesgcm_link", 1601, "A malformed aesgcm:// link or key fragment.")
+FileTruncated = _kind("file_truncated", 1602, "A downloaded file is shorter than its tag.")
+FileTooLarge = _kind("file_too_large", 1603, "A file over the daemon's --max-file-bytes.")
+UnknownTransfer = _kind("unknown_transfer", 1604, "No file transfer with that id on this connection.")
+TooManyTransfers = _kind("too_many_transfers", 1605, "Too many file transfers at once.")
+TransferOutOfOrder = _kind("transfer_out_of_order", 1606, "The transfer expects another call or offset next.")
+FileChanged = _kind("file_changed", 1607, "A chunk of the second pass differs from the one checked.")
 
 ERROR_CLASSES: Dict[str, Type[RpcError]] = {
     cls.kind: cls for cls in RpcError.__subclasses__() if cls.__module__ == __name__

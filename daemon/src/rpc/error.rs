@@ -5,7 +5,7 @@
 //! - `-32700 … -32600`: the standard JSON-RPC 2.0 codes.
 //! - `-32000 … -32099`: server and transport errors of omemod (JSON-RPC's "server error" range).
 //! - `1000 …`: domain errors, grouped by hundreds: 1000 accounts, 1100 devices/bundles,
-//!   1200 sessions/messages, 1300 trust, 1400 storage.
+//!   1200 sessions/messages, 1300 trust, 1400 storage, 1500 bounds, 1600 files.
 //!
 //! Every error also says whom it is due to, as `error.data.cause` (protocol-core's
 //! [`ErrorCause`]): a kind has a usual cause ([`ErrorKind::cause`]), and a session-manager error
@@ -127,6 +127,22 @@ pub enum ErrorKind {
     // --- bounds (1500s) ---
     /// A device list has more devices than a contact may have.
     TooManyDevices,
+
+    // --- files (1600s) ---
+    /// An `aesgcm://` link (or its key fragment, or an upload URL) is malformed.
+    InvalidAesgcmLink,
+    /// A downloaded file is shorter than its tag.
+    FileTruncated,
+    /// A file is larger than `--max-file-bytes`.
+    FileTooLarge,
+    /// No file transfer with that id on this connection.
+    UnknownTransfer,
+    /// Too many file transfers open on this connection or in the daemon.
+    TooManyTransfers,
+    /// A file transfer expects another call (or offset) next.
+    TransferOutOfOrder,
+    /// A chunk of the second decryption pass differs from the one checked.
+    FileChanged,
 }
 
 impl ErrorKind {
@@ -175,6 +191,13 @@ impl ErrorKind {
         ErrorKind::InvalidLink,
         ErrorKind::StorageError,
         ErrorKind::TooManyDevices,
+        ErrorKind::InvalidAesgcmLink,
+        ErrorKind::FileTruncated,
+        ErrorKind::FileTooLarge,
+        ErrorKind::UnknownTransfer,
+        ErrorKind::TooManyTransfers,
+        ErrorKind::TransferOutOfOrder,
+        ErrorKind::FileChanged,
     ];
 
     /// The JSON-RPC `error.code`.
@@ -223,6 +246,13 @@ impl ErrorKind {
             ErrorKind::InvalidLink => 1306,
             ErrorKind::StorageError => 1401,
             ErrorKind::TooManyDevices => 1500,
+            ErrorKind::InvalidAesgcmLink => 1601,
+            ErrorKind::FileTruncated => 1602,
+            ErrorKind::FileTooLarge => 1603,
+            ErrorKind::UnknownTransfer => 1604,
+            ErrorKind::TooManyTransfers => 1605,
+            ErrorKind::TransferOutOfOrder => 1606,
+            ErrorKind::FileChanged => 1607,
         }
     }
 
@@ -272,6 +302,13 @@ impl ErrorKind {
             ErrorKind::InvalidLink => "invalid_link",
             ErrorKind::StorageError => "storage_error",
             ErrorKind::TooManyDevices => "too_many_devices",
+            ErrorKind::InvalidAesgcmLink => "invalid_aesgcm_link",
+            ErrorKind::FileTruncated => "file_truncated",
+            ErrorKind::FileTooLarge => "file_too_large",
+            ErrorKind::UnknownTransfer => "unknown_transfer",
+            ErrorKind::TooManyTransfers => "too_many_transfers",
+            ErrorKind::TransferOutOfOrder => "transfer_out_of_order",
+            ErrorKind::FileChanged => "file_changed",
         }
     }
 
@@ -297,7 +334,10 @@ impl ErrorKind {
             | ErrorKind::InvalidLink
             | ErrorKind::SenderMismatch
             | ErrorKind::IdempotencyKeyReused
-            | ErrorKind::MessageTooLarge => Request,
+            | ErrorKind::MessageTooLarge
+            | ErrorKind::UnknownTransfer
+            | ErrorKind::TransferOutOfOrder
+            | ErrorKind::FileChanged => Request,
             ErrorKind::Internal
             | ErrorKind::UnknownDevice
             | ErrorKind::NoBundle
@@ -315,7 +355,9 @@ impl ErrorKind {
             | ErrorKind::TooManySkipped
             | ErrorKind::SceMismatch
             | ErrorKind::LinkMismatch
-            | ErrorKind::TooManyDevices => PeerMisbehaved,
+            | ErrorKind::TooManyDevices
+            | ErrorKind::InvalidAesgcmLink
+            | ErrorKind::FileTruncated => PeerMisbehaved,
             ErrorKind::Unauthorized
             | ErrorKind::TooManySubscriptions
             | ErrorKind::TooManyConnections
@@ -323,7 +365,9 @@ impl ErrorKind {
             | ErrorKind::Untrusted
             | ErrorKind::Distrusted
             | ErrorKind::IdentityChanged
-            | ErrorKind::UnlistedDevice => Policy,
+            | ErrorKind::UnlistedDevice
+            | ErrorKind::FileTooLarge
+            | ErrorKind::TooManyTransfers => Policy,
         }
     }
 
@@ -373,6 +417,13 @@ impl ErrorKind {
             ErrorKind::InvalidLink => "not a verification link",
             ErrorKind::StorageError => "storage error",
             ErrorKind::TooManyDevices => "too many devices in the list",
+            ErrorKind::InvalidAesgcmLink => "malformed aesgcm link",
+            ErrorKind::FileTruncated => "file shorter than its tag",
+            ErrorKind::FileTooLarge => "file too large",
+            ErrorKind::UnknownTransfer => "unknown file transfer",
+            ErrorKind::TooManyTransfers => "too many file transfers",
+            ErrorKind::TransferOutOfOrder => "file transfer expects another call",
+            ErrorKind::FileChanged => "file changed between the two passes",
         }
     }
 }

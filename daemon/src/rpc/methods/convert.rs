@@ -20,10 +20,17 @@ use crate::manager::peer_bundle::{BundleUpdateError, StoredBundleError};
 use crate::manager::pinning::IdentityError;
 use crate::manager::plan::PlanError;
 use crate::manager::trust::{CatchupError, DevicesError, ListError, TrustError};
+use crate::media::{
+    CancelError, CheckError, ChunkError, DecryptBeginError, EncryptBeginError, LimitError, Next,
+    OpenError,
+};
 use crate::rpc::ctx::SubscribeError;
 use crate::rpc::error::{ErrorKind, MethodError, RpcError};
+use crate::rpc::methods::file;
 use crate::rpc::methods::subscription::UnsubscribeError;
+use crate::rpc::registry::Method;
 use crate::storage::StorageError;
+use protocol_core::media::AesgcmLinkError;
 use protocol_core::Version;
 use serde_json::{json, Value};
 
@@ -79,6 +86,17 @@ fn bundle_location(jid: &str, namespace: Version, device_id: u32) -> Value {
         "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
         "node": node, "item_id": item_id,
     })
+}
+
+/// `error.data` of `transfer_out_of_order`: the call and offset the transfer takes next.
+fn expected_call(next: Next, offset: u64) -> Value {
+    let method = match next {
+        Next::EncryptChunk => file::FileEncryptChunk::NAME,
+        Next::EncryptFinish => file::FileEncryptFinish::NAME,
+        Next::DecryptCheck => file::FileDecryptCheck::NAME,
+        Next::DecryptRead => file::FileDecryptRead::NAME,
+    };
+    json!({"expected_method": method, "expected_offset": offset})
 }
 
 /// The database failed: logged here, where it is answered.
@@ -300,6 +318,54 @@ answers!(SubscribeError {
 
 answers!(UnsubscribeError {
     UnsubscribeError::Unknown { subscription } => [UnknownSubscription, json!({"subscription": subscription})],
+});
+
+answers!(AesgcmLinkError {
+    AesgcmLinkError::WrongScheme
+    | AesgcmLinkError::Malformed
+    | AesgcmLinkError::NoKey
+    | AesgcmLinkError::KeyLength { .. }
+    | AesgcmLinkError::NotHex
+    | AesgcmLinkError::NotHttps
+    | AesgcmLinkError::UrlHasFragment => [InvalidAesgcmLink],
+});
+
+answers!(LimitError {
+    LimitError::TooLarge { max, .. } => [FileTooLarge, json!({"max_bytes": max})],
+    LimitError::TooManyOnConnection { max } => [TooManyTransfers, json!({"max": max, "per_connection": true})],
+    LimitError::TooMany { max } => [TooManyTransfers, json!({"max": max, "per_connection": false})],
+});
+
+answers!(EncryptBeginError {
+    EncryptBeginError::Url(e) => [via e: AesgcmLinkError],
+    EncryptBeginError::Limit(e) => [via e: LimitError],
+});
+
+answers!(DecryptBeginError {
+    DecryptBeginError::Link(e) => [via e: AesgcmLinkError],
+    DecryptBeginError::Truncated { .. } => [FileTruncated],
+    DecryptBeginError::Limit(e) => [via e: LimitError],
+});
+
+answers!(ChunkError {
+    ChunkError::UnknownTransfer { transfer } => [UnknownTransfer, json!({"transfer": transfer})],
+    ChunkError::OutOfOrder { next, offset, .. } => [TransferOutOfOrder, expected_call(next, offset)],
+    ChunkError::Busy { .. } => [TransferOutOfOrder],
+    ChunkError::Length { expected, .. } => [InvalidParams, json!({"expected_length": expected})],
+});
+
+answers!(CheckError {
+    CheckError::Chunk(e) => [via e: ChunkError],
+    CheckError::AuthenticationFailed => [AuthenticationFailed],
+});
+
+answers!(OpenError {
+    OpenError::Chunk(e) => [via e: ChunkError],
+    OpenError::Changed { offset } => [FileChanged, json!({"offset": offset})],
+});
+
+answers!(CancelError {
+    CancelError::UnknownTransfer { transfer } => [UnknownTransfer, json!({"transfer": transfer})],
 });
 
 #[cfg(test)]
