@@ -1,5 +1,6 @@
 //! Decryption of an `<encrypted>` element addressed to our device, in named steps read top to
-//! bottom by [`Manager::decrypt`]:
+//! bottom by [`Manager::decrypt`] (an element this very device sent is read back instead, from
+//! what `encrypt` kept: `own_messages`):
 //!
 //! 1. **check** the element (the same rules for XML and JSON input) and **locate** every
 //!    `<key>` for our device;
@@ -82,6 +83,12 @@ pub struct DecryptOutcome {
     /// When `redelivered`: unix seconds of the first decryption.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_decrypted_at: Option<i64>,
+    /// Sent by this very device (a sent carbon, a room's reflection, an archived copy): what
+    /// was sent, read back; `sender` is us.
+    pub own: bool,
+    /// When `own`: unix seconds it was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<i64>,
 }
 
 impl DecryptOutcome {
@@ -109,6 +116,8 @@ impl DecryptOutcome {
             actions: Vec::new(),
             redelivered: false,
             first_decrypted_at: None,
+            own: false,
+            sent_at: None,
         }
     }
 }
@@ -219,9 +228,17 @@ pub enum DecryptError {
     /// The key exchange would replace the session once too often.
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
-    /// The OMEMO 2 SCE envelope does not match where the message came from or arrived.
+    /// The OMEMO 2 SCE envelope does not match where the message came from or arrived (or,
+    /// for our own message, it is read in another conversation than it was sent in).
     #[error("SCE envelope mismatch: {0}")]
     SceMismatch(String),
+    /// From this very device, but no record of sending it is kept: sent before the retention
+    /// window, with redelivery off, by another device that uses our device id, or altered.
+    #[error("our own message, but not one this device keeps: sent longer ago than the redelivery window, or by another device with our device id, or altered")]
+    UnknownOwnMessage,
+    /// Our own message, with another payload than the one we sent.
+    #[error("message authentication failed: our own message was altered")]
+    OwnMessageAltered,
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -245,7 +262,9 @@ impl DecryptError {
             | E::NotUtf8(_)
             | E::AuthenticationFailed
             | E::DuplicateMessage
-            | E::SceMismatch(_) => ErrorCause::PeerMisbehaved,
+            | E::SceMismatch(_)
+            | E::OwnMessageAltered => ErrorCause::PeerMisbehaved,
+            E::UnknownOwnMessage => ErrorCause::LocalState,
             // The sender did not know our device: our device list has not reached it.
             E::NotForThisDevice { .. } => ErrorCause::LocalState,
             E::NoSession { .. }
@@ -410,6 +429,7 @@ impl DecryptWrite {
             SessionMeta::default()
         };
         meta.messages_received += 1;
+        meta.unanswered = 0;
         let (prekey, accepted_pin) = match &attempt.origin {
             Origin::New {
                 prekey,
@@ -536,6 +556,10 @@ impl Manager {
         }
         let acct = self.account(account)?;
         check_element(&element)?;
+        // Sent by this very device: read back from what `encrypt` kept (`own_messages.rs`).
+        if from == acct.jid && element.sid == acct.device_id {
+            return self.read_own_message(&acct, &element, conv).await;
+        }
         let ours = our_keys(&acct, from, &element)?;
         let addr = Self::addr(&acct, from, element.version, element.sid);
         let mut slot = self.sessions.lock(&self.store, &addr).await?;
@@ -842,12 +866,14 @@ impl Manager {
             Origin::Current => {
                 let mut m = slot.meta.clone();
                 m.messages_received += 1;
+                m.unanswered = 0;
                 m
             }
             _ => SessionMeta {
                 created_at: storage::now(),
                 messages_sent: 0,
                 messages_received: 1,
+                unanswered: 0,
             },
         };
         if let Origin::New {
@@ -1098,7 +1124,7 @@ pub(super) fn open_payload(
     }
 }
 
-fn same_jid(a: &str, b: &str) -> bool {
+pub(super) fn same_jid(a: &str, b: &str) -> bool {
     a.trim().eq_ignore_ascii_case(b.trim())
 }
 
@@ -1222,6 +1248,8 @@ mod tests {
             actions: Vec::new(),
             redelivered: false,
             first_decrypted_at: None,
+            own: false,
+            sent_at: None,
         };
         let debug = format!("{outcome:?}");
         assert!(!debug.contains("attack"), "{debug}");

@@ -100,7 +100,7 @@ impl Directory {
                     .iter()
                     .any(|t| t.source == TrustSource::Manual && t.level == TrustLevel::Trusted);
                 if verified {
-                    (TrustLevel::Undecided, TrustSource::Blind)
+                    (TrustLevel::Undecided, TrustSource::Policy)
                 } else {
                     (TrustLevel::Trusted, TrustSource::Blind)
                 }
@@ -109,10 +109,10 @@ impl Directory {
                 if known.is_empty() {
                     (TrustLevel::Trusted, TrustSource::Tofu)
                 } else {
-                    (TrustLevel::Undecided, TrustSource::Tofu)
+                    (TrustLevel::Undecided, TrustSource::Policy)
                 }
             }
-            TrustMode::Manual => (TrustLevel::Undecided, TrustSource::Blind),
+            TrustMode::Manual => (TrustLevel::Undecided, TrustSource::Policy),
         }
     }
 }

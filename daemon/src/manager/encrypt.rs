@@ -2,10 +2,13 @@
 //! the namespaces those devices support; sessions are built lazily from stored bundles.
 //!
 //! [`Manager::encrypt`] checks the request and **chooses the targets**; `encrypt_to` then, in
-//! named steps, **prepares** one `DeviceStep` per device on copies (its session, new or
-//! cached, the trust of its key, its key and the row to store), builds the answer,
-//! **commits** every step in one transaction, and lets memory **remember** the commit. Nothing
-//! in memory changes before COMMIT, so a failed transaction leaves every session as stored.
+//! named steps, **prepares** one `DeviceStep` per device on copies (stale devices left out
+//! (`hygiene`); its session, new or cached, the trust of its key, its key and the row to store),
+//! builds the answer, **commits** every step in one transaction (with what reads our own copies
+//! back, `own_messages`), and lets memory **remember** the commit. Nothing in memory changes
+//! before COMMIT, so a failed transaction leaves every session as stored. An `encrypt` that
+//! reaches no device of its recipients commits nothing but new trust rows and is refused
+//! ([`EncryptError::NoDeviceReached`]).
 
 use super::account::{Account, TrustMode};
 use super::bundle_cache::{VerifiedBundle, WriteTicket};
@@ -45,6 +48,9 @@ pub enum DeviceStatus {
     NoBundle,
     /// Its identity key is not trusted: nothing was encrypted for it.
     Untrusted,
+    /// Silent past the staleness thresholds: left out until it is heard from again (see
+    /// `reason`; our own stale devices come with an `offer_device_removal` action).
+    Stale,
     /// Something else went wrong (see `reason`).
     Failed,
 }
@@ -138,6 +144,16 @@ pub enum EncryptError {
     /// The idempotency key was used before for another request.
     #[error("idempotency_key was used for a different request")]
     IdempotencyKeyReused,
+    /// No device of the recipients could be encrypted for: nothing was sent (new trust
+    /// decisions were kept). `devices` says why for each of their devices, `actions` what to
+    /// fetch first.
+    #[error("{}", unreached_message(.devices))]
+    NoDeviceReached {
+        /// The report of each device of the recipients.
+        devices: Vec<DeviceReport>,
+        /// What to fetch first (device lists, bundles).
+        actions: Vec<Action>,
+    },
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -153,9 +169,53 @@ impl EncryptError {
             EncryptError::SceToRequired
             | EncryptError::IdempotencyKeyLength { .. }
             | EncryptError::IdempotencyKeyReused => ErrorCause::Request,
+            // A decision or a threshold keeps some device out, or only missing state does.
+            EncryptError::NoDeviceReached { devices, .. } => {
+                match devices.iter().any(|d| d.status.is_policy()) {
+                    true => ErrorCause::Policy,
+                    false => ErrorCause::LocalState,
+                }
+            }
             EncryptError::Storage(e) => e.cause(),
         }
     }
+}
+
+impl DeviceStatus {
+    /// Whether a trust decision or a threshold (not missing state) keeps the device out.
+    fn is_policy(self) -> bool {
+        match self {
+            DeviceStatus::Untrusted | DeviceStatus::Stale => true,
+            DeviceStatus::Encrypted | DeviceStatus::NoBundle | DeviceStatus::Failed => false,
+        }
+    }
+
+    /// The snake_case name, as in the report.
+    fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Encrypted => "encrypted",
+            DeviceStatus::NoBundle => "no_bundle",
+            DeviceStatus::Untrusted => "untrusted",
+            DeviceStatus::Stale => "stale",
+            DeviceStatus::Failed => "failed",
+        }
+    }
+}
+
+/// "no device of the recipients can read it: b@x 5 untrusted, …" (no device known: say so).
+fn unreached_message(devices: &[DeviceReport]) -> String {
+    if devices.is_empty() {
+        return "no device of the recipients is known: fetch their device lists (data.actions)"
+            .to_owned();
+    }
+    let each: Vec<String> = devices
+        .iter()
+        .map(|d| format!("{} {} {}", d.jid, d.device_id, d.status.as_str()))
+        .collect();
+    format!(
+        "no device of the recipients can be encrypted for: {}",
+        each.join(", ")
+    )
 }
 
 /// Why `heartbeat` (an empty message to one device) failed.
@@ -256,6 +316,10 @@ struct Job<'a> {
     /// Device lists to fetch.
     actions: Vec<Action>,
     keep: Option<Kept>,
+    /// `encrypt`: the recipients, one of whose devices must get a key (else nothing is
+    /// committed but new trust rows), and stale devices are left out. `None`: one device named
+    /// by the caller (heartbeat, session replacement).
+    recipients: Option<Vec<String>>,
 }
 
 /// Payload and per-device key material of one namespace.
@@ -273,8 +337,10 @@ struct Fanout<'a> {
     sce_to: Option<&'a str>,
     /// Made for a namespace when its first device is prepared.
     payloads: BTreeMap<Version, NsPayload>,
-    /// Trust rows of keys seen for the first time, once each.
-    new_trust: Vec<TrustRow>,
+    /// Trust rows of keys seen for the first time, once each, with the device that showed it.
+    new_trust: Vec<(TrustRow, DeviceAddr)>,
+    /// Leave stale devices out (a fan-out, not a call naming one device).
+    skip_stale: bool,
     now: i64,
 }
 
@@ -437,6 +503,23 @@ fn single_device(out: EncryptOutcome, addr: &DeviceAddr) -> Result<EncryptOutcom
     }
 }
 
+/// `out`, when a device of `jids` got a key; else the error that says why none did.
+fn reached(out: EncryptOutcome, jids: &[String]) -> Result<EncryptOutcome, EncryptError> {
+    let ours = |d: &&DeviceReport| jids.contains(&d.jid);
+    if out
+        .devices
+        .iter()
+        .filter(ours)
+        .any(|d| d.status == DeviceStatus::Encrypted)
+    {
+        return Ok(out);
+    }
+    Err(EncryptError::NoDeviceReached {
+        devices: out.devices.iter().filter(ours).cloned().collect(),
+        actions: out.actions,
+    })
+}
+
 /// The recipients of `req`, normalised and without repeats, once they and its namespaces are
 /// checked.
 pub(crate) fn recipients(req: &EncryptRequest) -> Result<Vec<String>, RecipientsError> {
@@ -491,9 +574,10 @@ impl Manager {
             sce_to: sce_to.as_deref(),
             actions: targets.fetch,
             keep: None,
+            recipients: Some(jids.clone()),
         };
         let Some(key) = req.idempotency_key.as_deref() else {
-            return Ok(self.encrypt_to(&acct, job).await?);
+            return reached(self.encrypt_to(&acct, job).await?, &jids);
         };
         // One idempotent encrypt at a time, so two copies of a request cannot both miss.
         let _serial = self.redelivery.encrypt_lock.lock().await;
@@ -505,7 +589,7 @@ impl Manager {
             key: key.to_owned(),
             digest,
         });
-        Ok(self.encrypt_to(&acct, job).await?)
+        reached(self.encrypt_to(&acct, job).await?, &jids)
     }
 
     /// The devices an encryption to `jids` (and our own other devices) covers, and the device
@@ -603,6 +687,7 @@ impl Manager {
             sce_to: None,
             actions: Vec::new(),
             keep: None,
+            recipients: None,
         };
         let out = self.encrypt_to(acct, job).await?;
         single_device(out, &addr)
@@ -625,6 +710,7 @@ impl Manager {
             sce_to: job.sce_to,
             payloads: BTreeMap::new(),
             new_trust: Vec::new(),
+            skip_stale: job.recipients.is_some(),
             now: storage::now(),
         };
         let mut steps = Vec::with_capacity(slots.len());
@@ -632,24 +718,43 @@ impl Manager {
             let forced = job.forced.contains(slot.addr());
             steps.push(self.prepare_device(&mut fanout, i, slot, forced).await);
         }
+        // No recipient device got a key: nothing is sent, so no chain moves.
+        let reached = job.recipients.as_ref().is_none_or(|to| {
+            steps
+                .iter()
+                .any(|s| s.sent.is_some() && to.contains(&s.addr.jid))
+        });
+        if !reached {
+            steps.iter_mut().for_each(|s| s.sent = None);
+        }
+        // What reads our own copies back (`own_messages`) needs each payload's key material.
+        let materials: BTreeMap<Version, Zeroizing<Vec<u8>>> = fanout
+            .payloads
+            .iter()
+            .map(|(ns, p)| (*ns, p.key_material.clone()))
+            .collect();
         let out = outcome(
             acct,
             &steps,
             std::mem::take(&mut fanout.payloads),
             job.actions,
         );
-        let stored = match job.keep {
+        let stored = match job.keep.filter(|_| reached) {
             Some(k) => Some(super::redelivery::encrypt_record(acct, k, &out)?),
             None => None,
         };
         let (new_trust, now) = (fanout.new_trust, fanout.now);
+        let conversation = super::own_messages::conversation(job.sce_to, &acct.jid, &job.devices);
+        let own = self.own_write(acct, &out, &materials, conversation, now);
+        let rows: Vec<TrustRow> = new_trust.iter().map(|(row, _)| row.clone()).collect();
         let committed = self
-            .commit_encryption(steps, &new_trust, stored, now)
+            .commit_encryption(steps, &rows, stored, own, now)
             .await?;
         self.remember_encryption(&mut slots, committed);
         drop(slots);
-        if let Some(first) = job.devices.first() {
-            self.remember_trust(acct, new_trust, first.namespace, first.device_id);
+        // Each new key is announced with the device that showed it.
+        for (row, addr) in new_trust {
+            self.remember_trust(acct, vec![row], addr.namespace, addr.device_id);
         }
         Ok(out)
     }
@@ -670,6 +775,14 @@ impl Manager {
             report,
             sent: None,
         };
+        if fanout.skip_stale {
+            let stale = self.staleness(fanout.acct, addr, slot.meta.unanswered, fanout.now);
+            if let Some(stale) = stale {
+                let action = super::hygiene::stale_action(fanout.acct, addr);
+                let why = Some(stale.reason());
+                return skipped(report(addr, DeviceStatus::Stale, false, why, action));
+            }
+        }
         // After a rollback the stored session may be behind the peer's: start a new one.
         let rebuild = slot
             .session
@@ -683,7 +796,7 @@ impl Manager {
             },
         };
         let curve = *source.session().remote_curve25519();
-        let level = fanout.trust_level(self, &addr.jid, &curve);
+        let level = fanout.trust_level(self, addr, &curve);
         // Empty messages are exempt: they carry no content.
         if fanout.body.is_some() && level != TrustLevel::Trusted {
             let why = format!("identity key is {}", level.as_str());
@@ -754,6 +867,7 @@ impl Manager {
         steps: Vec<DeviceStep>,
         new_trust: &[TrustRow],
         stored: Option<EncryptResultRow>,
+        own: Option<super::own_messages::OwnWrite>,
         now: i64,
     ) -> Result<Committed, StorageError> {
         let any_sent = steps.iter().any(|s| s.sent.is_some());
@@ -796,6 +910,9 @@ impl Manager {
                 }
                 if let Some(r) = &stored {
                     crate::storage::redelivery::put_encrypt_result(tx, r)?;
+                }
+                if let Some(own) = &own {
+                    own.write(tx, now)?;
                 }
                 Ok(steps)
             })
@@ -905,9 +1022,16 @@ impl NewSession {
 }
 
 impl Fanout<'_> {
-    /// The trust level of a device's key; a key seen for the first time gets its row.
-    fn trust_level(&mut self, manager: &Manager, jid: &str, curve: &[u8; 32]) -> TrustLevel {
-        let row = match manager.trust_level_for_key(self.acct, self.trust_mode, jid, curve) {
+    /// The trust level of a device's key; a key seen for the first time gets its row, with
+    /// the first device that showed it.
+    fn trust_level(
+        &mut self,
+        manager: &Manager,
+        addr: &DeviceAddr,
+        curve: &[u8; 32],
+    ) -> TrustLevel {
+        let mode = self.trust_mode;
+        let row = match manager.trust_level_for_key(self.acct, mode, &addr.jid, curve) {
             KeyLevel::Known(level) => return level,
             KeyLevel::New(row) => row,
         };
@@ -915,9 +1039,9 @@ impl Fanout<'_> {
         if !self
             .new_trust
             .iter()
-            .any(|t| t.jid == row.jid && t.identity_key == row.identity_key)
+            .any(|(t, _)| t.jid == row.jid && t.identity_key == row.identity_key)
         {
-            self.new_trust.push(row);
+            self.new_trust.push((row, addr.clone()));
         }
         level
     }
@@ -945,14 +1069,17 @@ fn make_key(
             let (k, pending) = s.prepare_encrypt(key_material)?;
             let mut meta = cached_meta.clone();
             meta.messages_sent += 1;
+            meta.unanswered += 1;
             let state = s.to_bytes_after(&pending, false);
             let row = session_row_with_state(addr, s, state, &meta, now);
             (k, row, meta, SessionChange::Existing(pending))
         }
         Source::New(mut new) => {
             let k = new.session.encrypt(key_material)?;
+            // A replaced session's silence carries over: the device has not answered yet.
             let meta = SessionMeta {
                 messages_sent: 1,
+                unanswered: cached_meta.unanswered + 1,
                 ..SessionMeta::default()
             };
             let row = session_row(addr, &new.session, &meta, now);

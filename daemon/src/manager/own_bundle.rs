@@ -88,14 +88,17 @@ impl Manager {
         })
     }
 
-    /// Our device list in `namespace`: the list as last seen, with our own device added.
+    /// Our device list in `namespace`: the list as last seen, with our own device added and
+    /// the devices of `remove` left out (the user removes them).
     pub fn own_devicelist(
         &self,
         account: Option<&str>,
         namespace: Version,
+        remove: &[u32],
     ) -> Result<Publication, AccountLookupError> {
         let acct = self.account(account)?;
         let mut ids = self.with_directory(acct.id, |d| d.active(&acct.jid, namespace));
+        ids.retain(|id| !remove.contains(id));
         if !ids.contains(&acct.device_id) {
             ids.push(acct.device_id);
         }

@@ -18,6 +18,9 @@ pub enum PlanStatus {
     Bundle,
     /// Neither: fetch its bundle first (see `action`).
     NoBundle,
+    /// Silent past the staleness thresholds: left out until it is heard from again (see
+    /// `reason`; our own stale devices come with an `offer_device_removal` action).
+    Stale,
 }
 
 /// One device of the plan.
@@ -35,6 +38,9 @@ pub struct PlannedDevice {
     /// encrypted for trusted devices.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trust: Option<String>,
+    /// Why it is left out (`stale`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// What to do first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
@@ -77,8 +83,9 @@ impl PlanError {
     }
 }
 
-/// The identity key a device's session, else its stored bundle, has (none: neither exists).
-type KnownKeys = (Option<[u8; 32]>, Option<[u8; 32]>);
+/// The identity key and unanswered count of a device's session, else the identity key of its
+/// stored bundle (none: neither exists).
+type KnownKeys = (Option<([u8; 32], u64)>, Option<[u8; 32]>);
 
 impl Manager {
     /// The plan of an `encrypt` with `req` (its body and idempotency key are ignored).
@@ -100,7 +107,7 @@ impl Manager {
                 lookup
                     .iter()
                     .map(|a: &DeviceAddr| {
-                        let s = session_store::get(c, a)?.map(|r| r.identity_key);
+                        let s = session_store::get(c, a)?.map(|r| (r.identity_key, r.unanswered));
                         let b = match s {
                             Some(_) => None,
                             None => bundles::get(c, a)?.map(|r| r.identity_curve25519),
@@ -111,10 +118,13 @@ impl Manager {
             })
             .await?;
         let mode = acct.keys.lock().await.trust_mode;
+        let now = crate::storage::now();
         let mut devices = Vec::with_capacity(addrs.len());
         for (addr, (session, bundle)) in addrs.into_iter().zip(found) {
+            let stale = session.and_then(|(_, n)| self.staleness(&acct, &addr, n, now));
             let (status, key) = match (session, bundle) {
-                (Some(k), _) => (PlanStatus::Session, Some(k)),
+                (Some((k, _)), _) if stale.is_some() => (PlanStatus::Stale, Some(k)),
+                (Some((k, _)), _) => (PlanStatus::Session, Some(k)),
                 (None, Some(k)) => (PlanStatus::Bundle, Some(k)),
                 (None, None) => (PlanStatus::NoBundle, None),
             };
@@ -123,8 +133,15 @@ impl Manager {
                 let t = self.trust_for_key(&acct, mode, &addr.jid, &k);
                 t.row.level.as_str().to_owned()
             });
-            let action = (status == PlanStatus::NoBundle)
-                .then(|| Action::fetch_bundle(&addr.jid, addr.namespace, addr.device_id));
+            let action = match status {
+                PlanStatus::NoBundle => Some(Action::fetch_bundle(
+                    &addr.jid,
+                    addr.namespace,
+                    addr.device_id,
+                )),
+                PlanStatus::Stale => super::hygiene::stale_action(&acct, &addr),
+                PlanStatus::Session | PlanStatus::Bundle => None,
+            };
             if let Some(a) = &action {
                 actions.push(a.clone());
             }
@@ -134,11 +151,15 @@ impl Manager {
                 namespace: addr.namespace.namespace().to_owned(),
                 status,
                 trust,
+                reason: stale.map(|s| s.reason()),
                 action,
             });
         }
         Ok(EncryptPlan {
-            ready: actions.is_empty(),
+            // An offer to remove a stale device of ours is not something missing.
+            ready: actions
+                .iter()
+                .all(|a| matches!(a, Action::OfferDeviceRemoval { .. })),
             devices,
             actions,
         })

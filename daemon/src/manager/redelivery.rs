@@ -416,7 +416,8 @@ impl Manager {
         self.redelivery
             .key_frontier
             .store(pruned.key_frontier, Ordering::Relaxed);
-        if pruned.redelivery + pruned.encrypt_results > 0 {
+        let own = self.prune_own_messages(now).await?;
+        if pruned.redelivery + pruned.encrypt_results + own > 0 {
             let store = std::sync::Arc::clone(&self.store);
             let r = tokio::task::spawn_blocking(move || store.truncate_wal()).await;
             match r {

@@ -73,6 +73,9 @@ pub enum ErrorKind {
     InvalidBundle,
     /// The signed pre-key's signature does not verify.
     InvalidSignature,
+    /// `encrypt`: no device of the recipients could be encrypted for (`data.devices` says why
+    /// for each, `data.actions` what to fetch).
+    NoDeviceReached,
 
     // --- sessions and messages (1200s) ---
     /// No session with the device.
@@ -93,8 +96,11 @@ pub enum ErrorKind {
     IdempotencyKeyReused,
     /// Too many session replacements for one device; retry after `data.retry_after_secs`.
     RateLimited,
-    /// The OMEMO 2 SCE envelope names another sender or conversation than the stanza.
+    /// The OMEMO 2 SCE envelope names another sender or conversation than the stanza (our own
+    /// message: read in another conversation than it was sent in).
     SceMismatch,
+    /// Our own message (this device's id and JID), but not one this device keeps.
+    UnknownOwnMessage,
 
     // --- trust (1300s) ---
     /// The device is not (yet) trusted.
@@ -136,6 +142,7 @@ impl ErrorKind {
         ErrorKind::NoBundle,
         ErrorKind::InvalidBundle,
         ErrorKind::InvalidSignature,
+        ErrorKind::NoDeviceReached,
         ErrorKind::NoSession,
         ErrorKind::NotForThisDevice,
         ErrorKind::DuplicateMessage,
@@ -146,6 +153,7 @@ impl ErrorKind {
         ErrorKind::IdempotencyKeyReused,
         ErrorKind::RateLimited,
         ErrorKind::SceMismatch,
+        ErrorKind::UnknownOwnMessage,
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
         ErrorKind::IdentityChanged,
@@ -176,6 +184,7 @@ impl ErrorKind {
             ErrorKind::NoBundle => 1102,
             ErrorKind::InvalidBundle => 1103,
             ErrorKind::InvalidSignature => 1104,
+            ErrorKind::NoDeviceReached => 1105,
             ErrorKind::NoSession => 1201,
             ErrorKind::NotForThisDevice => 1202,
             ErrorKind::DuplicateMessage => 1203,
@@ -186,6 +195,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => 1220,
             ErrorKind::RateLimited => 1208,
             ErrorKind::SceMismatch => 1209,
+            ErrorKind::UnknownOwnMessage => 1210,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
             ErrorKind::IdentityChanged => 1303,
@@ -217,6 +227,7 @@ impl ErrorKind {
             ErrorKind::NoBundle => "no_bundle",
             ErrorKind::InvalidBundle => "invalid_bundle",
             ErrorKind::InvalidSignature => "invalid_signature",
+            ErrorKind::NoDeviceReached => "no_device_reached",
             ErrorKind::NoSession => "no_session",
             ErrorKind::NotForThisDevice => "not_for_this_device",
             ErrorKind::DuplicateMessage => "duplicate_message",
@@ -227,6 +238,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::SceMismatch => "sce_mismatch",
+            ErrorKind::UnknownOwnMessage => "unknown_own_message",
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
             ErrorKind::IdentityChanged => "identity_changed",
@@ -260,6 +272,7 @@ impl ErrorKind {
             | ErrorKind::NoSession
             | ErrorKind::NotForThisDevice
             | ErrorKind::BrokenSession
+            | ErrorKind::UnknownOwnMessage
             | ErrorKind::StorageError => LocalState,
             ErrorKind::InvalidBundle
             | ErrorKind::InvalidSignature
@@ -273,6 +286,7 @@ impl ErrorKind {
             | ErrorKind::TooManySubscriptions
             | ErrorKind::TooManyConnections
             | ErrorKind::RateLimited
+            | ErrorKind::NoDeviceReached
             | ErrorKind::Untrusted
             | ErrorKind::Distrusted
             | ErrorKind::IdentityChanged => Policy,
@@ -302,6 +316,7 @@ impl ErrorKind {
             ErrorKind::NoBundle => "no bundle for the device",
             ErrorKind::InvalidBundle => "invalid bundle",
             ErrorKind::InvalidSignature => "invalid signed pre-key signature",
+            ErrorKind::NoDeviceReached => "no device of the recipients can be encrypted for",
             ErrorKind::NoSession => "no session with the device",
             ErrorKind::NotForThisDevice => "message not encrypted for this device",
             ErrorKind::DuplicateMessage => "duplicate message",
@@ -312,6 +327,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => "idempotency key used for another request",
             ErrorKind::RateLimited => "too many session replacements; retry later",
             ErrorKind::SceMismatch => "SCE envelope does not match the stanza",
+            ErrorKind::UnknownOwnMessage => "our own message, not kept",
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",
             ErrorKind::IdentityChanged => "identity key of the device changed",

@@ -314,6 +314,7 @@ impl Background {
         );
         let _ = ctx.manager.set(Arc::clone(&manager));
         manager.set_redelivery_config(ctx.config.redelivery);
+        manager.set_stale_config(ctx.config.stale);
         let skipped_key_max_age = ctx.config.bounds.skipped_key_max_age_secs();
         let keeper = Arc::new(keeper);
         Ok(Self {

@@ -19,6 +19,8 @@ pub const MIGRATIONS: &[Migration] = &[
     (2, include_str!("../../../migrations/0002_trust.sql")),
     (3, include_str!("../../../migrations/0003_generation.sql")),
     (4, include_str!("../../../migrations/0004_redelivery.sql")),
+    // Numbered 0007 for the merge with branches `restore` and `integrity` (5 and 6).
+    (5, include_str!("../../../migrations/0007_own_messages.sql")),
 ];
 
 /// The schema version this binary writes.

@@ -174,6 +174,7 @@ answers!(EncryptError {
     EncryptError::SceTo(e) => [via e: InvalidJid],
     EncryptError::SceToRequired | EncryptError::IdempotencyKeyLength { .. } => [InvalidParams],
     EncryptError::IdempotencyKeyReused => [IdempotencyKeyReused],
+    EncryptError::NoDeviceReached { devices, actions } => [NoDeviceReached, json!({"devices": devices, "actions": actions})],
     EncryptError::Storage(e) => [via e: StorageError],
 });
 
@@ -206,7 +207,9 @@ answers!(DecryptError {
     | DecryptError::NotUtf8(_)
     | DecryptError::InvalidEnvelope(_) => [InvalidMessage],
     DecryptError::NotForThisDevice { recipients } => [NotForThisDevice, json!({"recipients": recipients})],
-    DecryptError::AuthenticationFailed | DecryptError::Payload(_) => [AuthenticationFailed],
+    DecryptError::AuthenticationFailed
+    | DecryptError::Payload(_)
+    | DecryptError::OwnMessageAltered => [AuthenticationFailed],
     DecryptError::DuplicateMessage => [DuplicateMessage],
     DecryptError::TooManySkipped(_) => [TooManySkipped],
     DecryptError::NoSession { jid, namespace, device_id } => [NoSession, device(&jid, namespace, device_id)],
@@ -220,12 +223,14 @@ answers!(DecryptError {
     })],
     DecryptError::RateLimited(e) => [via e: RateLimited],
     DecryptError::SceMismatch(_) => [SceMismatch],
+    DecryptError::UnknownOwnMessage => [UnknownOwnMessage],
     DecryptError::Storage(e) => [via e: StorageError],
 });
 
 answers!(ListError {
     ListError::Jid(e) => [via e: InvalidJid],
     ListError::Account(e) => [via e: AccountLookupError],
+    ListError::Storage(e) => [via e: StorageError],
 });
 
 answers!(TrustError {

@@ -32,7 +32,8 @@ pub struct TrustList;
 
 impl Method for TrustList {
     const NAME: &'static str = "trust.list";
-    const SUMMARY: &'static str = "Trust decisions per (contact, identity key).";
+    const SUMMARY: &'static str =
+        "Trust decisions per (contact, identity key), with the devices that use each key.";
     type Params = ListParams;
     type Result = Vec<TrustEntry>;
     type Error = ListError;
@@ -44,7 +45,8 @@ impl Method for TrustList {
     ) -> Result<Vec<TrustEntry>, CallError<ListError>> {
         Ok(ctx
             .manager()?
-            .trust_list(p.account.as_deref(), p.jid.as_deref())?)
+            .trust_list(p.account.as_deref(), p.jid.as_deref())
+            .await?)
     }
 }
 
@@ -94,7 +96,7 @@ pub struct DevicesList;
 
 impl Method for DevicesList {
     const NAME: &'static str = "devices.list";
-    const SUMMARY: &'static str = "Known devices (from device lists), active or not.";
+    const SUMMARY: &'static str = "Known devices (from device lists), active or not, with the fingerprint, trust and staleness of each.";
     type Params = ListParams;
     type Result = Vec<DeviceEntry>;
     type Error = ListError;
@@ -106,7 +108,8 @@ impl Method for DevicesList {
     ) -> Result<Vec<DeviceEntry>, CallError<ListError>> {
         Ok(ctx
             .manager()?
-            .devices_list(p.account.as_deref(), p.jid.as_deref())?)
+            .devices_list(p.account.as_deref(), p.jid.as_deref())
+            .await?)
     }
 }
 

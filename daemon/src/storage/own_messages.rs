@@ -1,0 +1,169 @@
+//! `own_messages`: what lets this device read back the `<encrypted>` elements it sent (issue 20).
+//! Bounded like redelivery, by age and by row count ([`prune`]).
+
+use rusqlite::{params, Connection, OptionalExtension};
+use zeroize::Zeroizing;
+
+use super::error::Result;
+use super::types::{blob32, int, opt_text};
+
+const T: &str = "own_messages";
+
+/// One element this device sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OwnMessageRow {
+    /// Our account.
+    pub account_id: i64,
+    /// Digest of (namespace, our device id, the element's key elements): the lookup key.
+    pub digest: [u8; 32],
+    /// Digest of (iv, payload).
+    pub payload_digest: [u8; 32],
+    /// The payload's key material; `None` for an empty message.
+    pub key_material: Option<Zeroizing<Vec<u8>>>,
+    /// The bare JID of the conversation it was sent in, when known.
+    pub conversation: Option<String>,
+    /// Unix seconds it was sent.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for OwnMessageRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnMessageRow")
+            .field("account_id", &self.account_id)
+            .field("digest", &hex::encode(self.digest))
+            .field("key_material", &self.key_material.as_ref().map(|k| k.len()))
+            .field("conversation", &self.conversation)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stores a sent element; a second row with the same digest is not added. Returns whether it
+/// was.
+pub fn insert(conn: &Connection, row: &OwnMessageRow) -> Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO own_messages (account_id, digest, payload_digest, key_material, conversation, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            row.account_id,
+            &row.digest[..],
+            &row.payload_digest[..],
+            row.key_material.as_ref().map(|k| &k[..]),
+            row.conversation,
+            row.created_at,
+        ])?;
+    Ok(n > 0)
+}
+
+/// The sent element with `digest`, if it is kept.
+pub fn get(conn: &Connection, account_id: i64, digest: &[u8; 32]) -> Result<Option<OwnMessageRow>> {
+    conn.prepare_cached(
+        "SELECT payload_digest, key_material, conversation, created_at FROM own_messages \
+         WHERE account_id = ?1 AND digest = ?2",
+    )?
+    .query_and_then(params![account_id, &digest[..]], |r| {
+        Ok(OwnMessageRow {
+            account_id,
+            digest: *digest,
+            payload_digest: blob32(r, T, "payload_digest")?,
+            key_material: r
+                .get::<_, Option<Vec<u8>>>("key_material")?
+                .map(Zeroizing::new),
+            conversation: opt_text(r, T, "conversation")?,
+            created_at: int(r, T, "created_at")?,
+        })
+    })?
+    .next()
+    .transpose()
+}
+
+/// Deletes the rows older than `retention_secs` (all of them when it is 0) and beyond the
+/// `max_rows` newest. Ids grow with time, so both cuts are id ranges, found from the oldest row
+/// on: a prune costs as many rows as it deletes. Returns how many went.
+pub fn prune(conn: &Connection, now: i64, retention_secs: i64, max_rows: i64) -> Result<usize> {
+    let end: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM own_messages")?
+        .query_row([], |r| r.get(0))?;
+    let cut = if retention_secs <= 0 || max_rows <= 0 {
+        end
+    } else {
+        let cutoff = now.saturating_sub(retention_secs);
+        let first_kept: Option<i64> = conn
+            .prepare_cached(
+                "SELECT id FROM own_messages WHERE created_at >= ?1 ORDER BY id LIMIT 1",
+            )?
+            .query_row([cutoff], |r| r.get(0))
+            .optional()?;
+        first_kept.unwrap_or(end).max(end.saturating_sub(max_rows))
+    };
+    Ok(conn
+        .prepare_cached("DELETE FROM own_messages WHERE id < ?1")?
+        .execute([cut])?)
+}
+
+/// Rows kept, of every account.
+pub fn count(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("SELECT count(*) FROM own_messages", [], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::migrations::migrate(&mut c, super::super::migrations::MIGRATIONS).unwrap();
+        c.execute(
+            "INSERT INTO accounts (id, jid, device_id, created_at) VALUES (1, 'a@x', 7, 0)",
+            [],
+        )
+        .unwrap();
+        c
+    }
+
+    fn row(i: u8, at: i64) -> OwnMessageRow {
+        OwnMessageRow {
+            account_id: 1,
+            digest: [i; 32],
+            payload_digest: [i ^ 0xff; 32],
+            key_material: i.is_multiple_of(2).then(|| Zeroizing::new(vec![i; 32])),
+            conversation: Some("b@x".into()),
+            created_at: at,
+        }
+    }
+
+    #[test]
+    fn insert_once_and_read_back() {
+        let c = db();
+        assert!(insert(&c, &row(2, 10)).unwrap());
+        assert!(!insert(&c, &row(2, 11)).unwrap(), "one row per element");
+        assert_eq!(get(&c, 1, &[2; 32]).unwrap(), Some(row(2, 10)));
+        assert_eq!(get(&c, 1, &[3; 32]).unwrap(), None);
+        assert_eq!(get(&c, 2, &[2; 32]).unwrap(), None, "another account's");
+        let debug = format!("{:?}", row(2, 10));
+        assert!(!debug.contains("2, 2, 2"), "{debug}");
+    }
+
+    #[test]
+    fn prune_by_age_and_by_count() {
+        let c = db();
+        for i in 0..8u8 {
+            insert(&c, &row(i, i64::from(i) * 100)).unwrap();
+        }
+        // now = 800, retention 250: created_at >= 550 stays (rows 6, 7).
+        assert_eq!(prune(&c, 800, 250, 10).unwrap(), 6);
+        assert_eq!(count(&c).unwrap(), 2);
+        for i in 10..20u8 {
+            insert(&c, &row(i, 800)).unwrap();
+        }
+        // Everything fresh: the 3 newest stay.
+        assert_eq!(prune(&c, 800, 250, 3).unwrap(), 9);
+        assert!(get(&c, 1, &[19; 32]).unwrap().is_some());
+        assert!(get(&c, 1, &[16; 32]).unwrap().is_none());
+        // Retention 0 keeps nothing.
+        prune(&c, 800, 0, 3).unwrap();
+        assert_eq!(count(&c).unwrap(), 0);
+    }
+}
