@@ -315,3 +315,47 @@ fn the_trust_source_matches_the_trust_mode() {
         pairs(&[("trusted", "manual"), ("undecided", "policy")])
     );
 }
+
+/// omemod-client's typed methods read the new answers: devices, trust with their devices, the
+/// plan, an encrypt that reaches nobody, and our own message read back.
+#[test]
+fn the_rust_client_types_the_new_answers() {
+    let (_da, _db, mut a, mut b, bob_id) = pair("btbv");
+    let x = a.encrypt_xml(&[BOB], Some("typed"), OMEMO2);
+    let bob_fp = fingerprint(&mut b);
+    let conn = a.connection();
+    let c = conn.get_ref();
+    let devices = conn.block_on(c.devices(Some(BOB))).unwrap();
+    assert_eq!(devices.len(), 2);
+    assert!(devices
+        .iter()
+        .all(|d| d.fingerprint.as_deref() == Some(bob_fp.as_str())
+            && d.trust_source.as_deref() == Some("blind")
+            && !d.stale));
+    let trust = conn.block_on(c.trust_list(Some(BOB))).unwrap();
+    assert_eq!(trust[0].devices.len(), 2);
+    let plan = conn
+        .block_on(c.encrypt_plan(&[BOB], Some(&[OMEMO2])))
+        .unwrap();
+    assert!(plan.ready && plan.devices[0].device_id == bob_id);
+    let e = conn
+        .block_on(c.encrypt(&omemod_client::EncryptRequest {
+            to: &[CAROL],
+            body: "nobody",
+            namespaces: None,
+            sce_to: None,
+        }))
+        .unwrap_err();
+    let (devices, actions) = e.unreached().expect("no_device_reached");
+    assert!(devices.is_empty() && actions.len() == 2, "{e}");
+    let own = conn
+        .block_on(c.decrypt(&omemod_client::DecryptRequest {
+            from: ALICE,
+            xml: &x,
+            to: BOB,
+            group_chat: false,
+        }))
+        .unwrap();
+    assert!(own.own && own.sent_at.is_some());
+    assert_eq!(own.body.as_deref(), Some("typed"));
+}

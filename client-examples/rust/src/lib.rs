@@ -61,8 +61,9 @@ pub use client::Client;
 pub use error::{Error, RpcError};
 pub use event::{Event, Pushed};
 pub use methods::{
-    Account, DecryptOutcome, DecryptRequest, DeviceReport, EncryptOutcome, EncryptRequest,
-    EncryptedMessage, Envelope, Publishable, Sender, Status,
+    Account, DecryptOutcome, DecryptRequest, Device, DeviceReport, EncryptOutcome, EncryptRequest,
+    EncryptedMessage, Envelope, KeyDevice, Plan, PlannedDevice, Publishable, Sender, Status,
+    TrustEntry,
 };
 pub use trust::current_uid;
 
