@@ -25,8 +25,9 @@ ALTER TABLE sessions ADD COLUMN unanswered INTEGER NOT NULL DEFAULT 0;
 -- Trust sources gain `policy`: no one decided, the account's trust mode left the key undecided
 -- (`manual`, `tofu` after the first key, `btbv` once a key of the contact was verified). Rows the
 -- policy made undecided before are brought to it. SQLite cannot change a CHECK in place: the
--- table is rebuilt, and the view that reads it with it.
-DROP VIEW device_overview;
+-- table is rebuilt under its name. The view device_overview reads it by name and needs no
+-- change, but a rename checks every view (and device_overview names `trust`, dropped by then)
+-- unless legacy_alter_table is on.
 CREATE TABLE trust_new (
     account_id   INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
     jid          TEXT    NOT NULL,
@@ -43,43 +44,6 @@ SELECT account_id, jid, identity_key, fingerprint, level,
        decided_at
 FROM trust;
 DROP TABLE trust;
+PRAGMA legacy_alter_table = ON;
 ALTER TABLE trust_new RENAME TO trust;
-
--- One row per known device (own devices included) with what we know about its identity.
--- The identity key is the session's if there is one, else the fetched bundle's.
-CREATE VIEW device_overview AS
-WITH keyed AS (
-    SELECT d.*,
-           coalesce(s.identity_key, b.identity_curve25519) AS key,
-           (s.device_id IS NOT NULL)                       AS has_session,
-           s.unanswered                                    AS unanswered
-    FROM devices d
-    LEFT JOIN sessions s
-           ON s.account_id = d.account_id AND s.jid = d.jid
-          AND s.namespace = d.namespace AND s.device_id = d.device_id
-    LEFT JOIN bundles b
-           ON b.account_id = d.account_id AND b.jid = d.jid
-          AND b.namespace = d.namespace AND b.device_id = d.device_id
-)
-SELECT
-    a.jid                                         AS account,
-    k.jid                                         AS peer_jid,
-    k.namespace                                   AS namespace,
-    k.device_id                                   AS device_id,
-    k.label                                       AS label,
-    k.active                                      AS active,
-    CASE WHEN k.key IS NULL THEN NULL ELSE
-        lower(substr(hex(k.key),  1, 8) || ' ' || substr(hex(k.key),  9, 8) || ' ' ||
-              substr(hex(k.key), 17, 8) || ' ' || substr(hex(k.key), 25, 8) || ' ' ||
-              substr(hex(k.key), 33, 8) || ' ' || substr(hex(k.key), 41, 8) || ' ' ||
-              substr(hex(k.key), 49, 8) || ' ' || substr(hex(k.key), 57, 8))
-    END                                           AS fingerprint,
-    CASE WHEN k.key IS NULL THEN NULL ELSE coalesce(t.level, 'undecided') END AS trust,
-    t.source                                      AS trust_source,
-    k.has_session                                 AS has_session,
-    k.unanswered                                  AS unanswered,
-    datetime(k.last_seen, 'unixepoch')            AS last_seen
-FROM keyed k
-JOIN accounts a ON a.id = k.account_id
-LEFT JOIN trust t
-       ON t.account_id = k.account_id AND t.jid = k.jid AND t.identity_key = k.key;
+PRAGMA legacy_alter_table = OFF;

@@ -45,6 +45,23 @@ fn encrypt(c: &mut Client, ns: &'static str, to: &[&str], body: Option<&str>, ro
     }
 }
 
+/// alice's daemon knowing bob's, in both namespaces.
+fn alice_and_bob() -> (Daemon, Daemon, Client, Client) {
+    let (da, db) = (Daemon::start(), Daemon::start());
+    let (mut a, mut b) = (da.client(), db.client());
+    a.create_account(ALICE);
+    b.create_account(BOB);
+    a.learn(BOB, &mut b, &BOTH);
+    (da, db, a, b)
+}
+
+/// `s`'s element changed by `change`, as XML.
+fn altered(s: &Sent, change: impl FnOnce(&mut Encrypted)) -> String {
+    let mut el: Encrypted = serde_json::from_value(s.element.clone()).unwrap();
+    change(&mut el);
+    el.to_xml()
+}
+
 fn read(c: &mut Client, s: &Sent) -> Result<Value, Value> {
     c.call(
         "decrypt",
@@ -143,22 +160,18 @@ fn own_messages_are_read_back_by_every_process_in_both_namespaces() {
 /// both namespaces (0.3 has no envelope: the conversation recorded at sending decides).
 #[test]
 fn tampered_and_moved_own_messages_are_refused() {
-    let da = Daemon::start();
-    let db = Daemon::start();
-    let (mut a, mut b) = (da.client(), db.client());
-    a.create_account(ALICE);
-    b.create_account(BOB);
-    a.learn(BOB, &mut b, &BOTH);
+    let (_da, _db, mut a, _b) = alice_and_bob();
     for ns in BOTH {
         let private = encrypt(&mut a, ns, &[BOB], Some("private"), false);
         let group = encrypt(&mut a, ns, &[BOB], Some("to the room"), true);
         // Tampered: the payload's last byte flipped.
-        let mut el: Encrypted = serde_json::from_value(private.element.clone()).unwrap();
-        let payload = el.payload.as_mut().expect("payload");
-        *payload.last_mut().unwrap() ^= 1;
+        let tampered = altered(&private, |el| {
+            let payload = el.payload.as_mut().expect("payload");
+            *payload.last_mut().unwrap() ^= 1;
+        });
         let e = a.err(
             "decrypt",
-            json!({"from": ALICE, "xml": el.to_xml(), "to": BOB}),
+            json!({"from": ALICE, "xml": tampered, "to": BOB}),
             "authentication_failed",
         );
         assert_eq!(e["data"]["cause"], "peer_misbehaved", "{e}");
@@ -182,11 +195,10 @@ fn tampered_and_moved_own_messages_are_refused() {
         assert_eq!(read(&mut a, &private).unwrap()["body"], "private");
         assert_eq!(read(&mut a, &group).unwrap()["body"], "to the room");
         // An element of ours we did not keep (keys changed): a typed error, not a guess.
-        let mut el: Encrypted = serde_json::from_value(private.element.clone()).unwrap();
-        el.keys[0].data[0] ^= 1;
+        let unknown = altered(&private, |el| el.keys[0].data[0] ^= 1);
         let e = a.err(
             "decrypt",
-            json!({"from": ALICE, "xml": el.to_xml(), "to": BOB}),
+            json!({"from": ALICE, "xml": unknown, "to": BOB}),
             "unknown_own_message",
         );
         assert_eq!(e["data"]["cause"], "local_state", "{e}");
@@ -198,12 +210,7 @@ fn tampered_and_moved_own_messages_are_refused() {
 /// `unknown_own_message`.
 #[test]
 fn own_records_follow_the_redelivery_bounds() {
-    let da = Daemon::start();
-    let db = Daemon::start();
-    let (mut a, mut b) = (da.client(), db.client());
-    a.create_account(ALICE);
-    b.create_account(BOB);
-    a.learn(BOB, &mut b, &BOTH);
+    let (da, _db, mut a, mut b) = alice_and_bob();
     let rows = |d: &Daemon| -> i64 {
         let conn = rusqlite::Connection::open_with_flags(
             &d.db,

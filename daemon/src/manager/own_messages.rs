@@ -87,13 +87,8 @@ fn payload_digest(element: &Encrypted) -> [u8; 32] {
     let mut h = Sha256::new();
     put(&mut h, b"omemod own payload v1");
     for part in [&element.iv, &element.payload] {
-        match part {
-            Some(b) => {
-                h.update([1]);
-                put(&mut h, b);
-            }
-            None => h.update([0]),
-        }
+        h.update([u8::from(part.is_some())]);
+        put(&mut h, part.as_deref().unwrap_or_default());
     }
     h.finalize().into()
 }

@@ -604,3 +604,16 @@ impl Drop for Store {
         }
     }
 }
+
+/// Tests: an in-memory database at today's schema holding account 1 (`a@x`, device 7).
+#[cfg(test)]
+pub(crate) fn test_db() -> Connection {
+    let mut c = Connection::open_in_memory().unwrap();
+    migrations::migrate(&mut c, migrations::MIGRATIONS).unwrap();
+    c.execute(
+        "INSERT INTO accounts (id, jid, device_id, created_at) VALUES (1, 'a@x', 7, 0)",
+        [],
+    )
+    .unwrap();
+    c
+}

@@ -113,14 +113,7 @@ mod tests {
     use super::*;
 
     fn db() -> Connection {
-        let mut c = Connection::open_in_memory().unwrap();
-        super::super::migrations::migrate(&mut c, super::super::migrations::MIGRATIONS).unwrap();
-        c.execute(
-            "INSERT INTO accounts (id, jid, device_id, created_at) VALUES (1, 'a@x', 7, 0)",
-            [],
-        )
-        .unwrap();
-        c
+        super::super::test_db()
     }
 
     fn row(i: u8, at: i64) -> OwnMessageRow {
