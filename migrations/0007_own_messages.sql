@@ -6,6 +6,8 @@
 -- that every process of the user can read it back from a sent carbon, a room's reflection or the
 -- archive. Written in the transaction of the `encrypt` that made it; kept as long as redelivery
 -- data (serve --redelivery-retention, --redelivery-max-entries), none at all when that is 0.
+-- On the encrypt path, so one b-tree only, appended to: no index on digest (omemod keeps digest
+-- prefix -> id in memory, as for redelivery, and checks the digest of the row it reads).
 CREATE TABLE own_messages (
     id             INTEGER PRIMARY KEY,                                  -- grows with time: prunes walk from the oldest
     account_id     INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
@@ -13,8 +15,7 @@ CREATE TABLE own_messages (
     payload_digest BLOB    NOT NULL CHECK (length(payload_digest) = 32), -- SHA-256 of (iv, payload): a copy with another payload is refused
     key_material   BLOB,                                                 -- secret; NULL for an empty message
     conversation   TEXT,                                                 -- the bare JID it was sent in (the SCE <to>); NULL when unknown
-    created_at     INTEGER NOT NULL,                                     -- unix seconds it was sent
-    UNIQUE (account_id, digest)
+    created_at     INTEGER NOT NULL                                      -- unix seconds it was sent
 );
 
 -- Messages encrypted with a session since the last one decrypted from its device: a device that

@@ -135,8 +135,6 @@ pub enum Cause {
     /// A fetched bundle (`bundle.update`) carried another identity key than the one held for
     /// its device (it was set aside).
     BundleUpdate,
-    /// A device stayed silent past the staleness thresholds.
-    StaleDevice,
     /// `debug.emit` (tests).
     Test,
 }
@@ -229,7 +227,8 @@ pub enum Event {
         /// PubSub node.
         node: String,
     },
-    /// Our own device is stale: the user may remove it from our device list.
+    /// Our own device is stale: the user may remove it from our device list. (Every action has
+    /// its event; this one is only answered, by `encrypt` and `encrypt.plan`, never pushed.)
     OfferDeviceRemoval {
         /// Our account's bare JID.
         account: String,

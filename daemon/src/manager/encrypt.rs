@@ -875,6 +875,7 @@ impl Manager {
             return Ok(Committed {
                 steps,
                 bundle_ticket: None,
+                own: None,
             });
         }
         let any_new = steps.iter().any(|s| s.new_session().is_some());
@@ -911,21 +912,24 @@ impl Manager {
                 if let Some(r) = &stored {
                     crate::storage::redelivery::put_encrypt_result(tx, r)?;
                 }
-                if let Some(own) = &own {
-                    own.write(tx, now)?;
-                }
-                Ok(steps)
+                let own = own.as_ref().map(|o| o.write(tx, now)).transpose()?;
+                Ok((steps, own))
             })
             .await?;
+        let (steps, own) = steps;
         Ok(Committed {
             steps,
             bundle_ticket,
+            own,
         })
     }
 
     /// Memory follows the commit: the sessions step on (or become the new ones), the new
-    /// bundles are cached, and the rebuilds done are forgotten.
+    /// bundles are cached, the rebuilds done are forgotten, and our own elements can be found.
     fn remember_encryption(&self, slots: &mut [SlotGuard], committed: Committed) {
+        if let Some(own) = &committed.own {
+            self.own_committed(own);
+        }
         for step in committed.steps {
             let Some(sent) = step.sent else {
                 continue;
@@ -961,10 +965,11 @@ impl Manager {
 }
 
 /// The steps after COMMIT, with the bundle cache's ticket held until the new bundles are
-/// cached.
+/// cached, and where our own elements were stored.
 struct Committed {
     steps: Vec<DeviceStep>,
     bundle_ticket: Option<WriteTicket>,
+    own: Option<super::own_messages::OwnWritten>,
 }
 
 impl DeviceStep {

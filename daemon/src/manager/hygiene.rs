@@ -38,7 +38,7 @@ impl Stale {
     /// The `reason` of its report.
     pub fn reason(&self) -> String {
         format!(
-            "stale: {} messages sent to it since it was last heard from, {} days ago",
+            "stale: {} messages sent to it since it was last heard from (or listed), {} days ago",
             self.unanswered,
             self.silent_secs / 86_400
         )

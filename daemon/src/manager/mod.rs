@@ -120,6 +120,8 @@ impl Manager {
                 .read(crate::storage::redelivery::digest_prefixes)
                 .await?,
         );
+        let own_messages = own_messages::State::default();
+        own_messages.load(store.read(crate::storage::own_messages::digest_ids).await?);
         // Databases from before the per-namespace pools get theirs filled once (and a new
         // bundle to publish).
         for a in &accounts {
@@ -153,7 +155,7 @@ impl Manager {
             directories: Mutex::new(dirs),
             sessions: sessions::SessionTable::default(),
             redelivery,
-            own_messages: own_messages::State::default(),
+            own_messages,
             hygiene: hygiene::State::default(),
             rebuilds: pinning::Rebuilds::default(),
             pending_rebuilds: rebuild::Pending::new(pending_rebuilds),

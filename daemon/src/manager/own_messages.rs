@@ -8,10 +8,12 @@
 //! element's key elements, with a digest of its payload (a copy with another payload is refused)
 //! and the conversation it was sent in (a copy read in another one is refused, in OMEMO 0.3 too,
 //! which has no envelope). Kept as long as redelivery data, under the same bounds
-//! ([`crate::config::RedeliveryConfig`]).
+//! ([`crate::config::RedeliveryConfig`]). As for redelivery, the table has no index: digest
+//! prefix → row id lives in memory, so an `encrypt` appends one row and nothing else.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use protocol_core::session::Decrypted;
 use protocol_core::xml::{Encrypted, KeyElement};
@@ -26,16 +28,41 @@ use super::decrypt::{
 use super::encrypt::EncryptOutcome;
 use super::{Manager, StorageError};
 use crate::storage::own_messages::{self as store, OwnMessageRow};
+use crate::storage::redelivery::prefix;
 use crate::storage::trust::{TrustLevel, TrustRow, TrustSource};
 use crate::storage::DeviceAddr;
 
 /// Records between two inline prunes (besides the hourly one).
 const PRUNE_EVERY: u64 = 256;
 
-/// The manager's count of records, for the inline prunes.
+/// The manager's own-message state: where each kept element is (digest prefix → row id;
+/// entries are added after their commit, before the answer that carries the element, so no
+/// copy can be looked up too early; a false hit is harmless, the row's digest is checked), and
+/// the count of records for the inline prunes.
 #[derive(Debug, Default)]
 pub struct State {
+    index: Mutex<HashMap<u64, i64>>,
     records: AtomicU64,
+}
+
+impl State {
+    /// Fills the index (from [`store::digest_ids`]), at start-up.
+    pub(crate) fn load(&self, ids: Vec<(u64, i64)>) {
+        self.lock().extend(ids);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, i64>> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Memory follows a commit: rows below `below` are gone, `added` are new.
+    fn committed(&self, below: Option<i64>, added: &[(u64, i64)]) {
+        let mut index = self.lock();
+        if let Some(below) = below {
+            index.retain(|_, id| *id >= below);
+        }
+        index.extend(added.iter().copied());
+    }
 }
 
 /// What an encryption's commit writes so that its elements can be read back, and now and then a
@@ -45,16 +72,32 @@ pub(crate) struct OwnWrite {
     prune: Option<(i64, i64)>,
 }
 
+/// What [`OwnWrite::write`] committed, for memory to follow.
+#[derive(Debug, Default)]
+pub(crate) struct OwnWritten {
+    /// (digest prefix, row id) of each new row.
+    added: Vec<(u64, i64)>,
+    /// Rows below this id were pruned.
+    below: Option<i64>,
+}
+
 impl OwnWrite {
     /// In the encryption's transaction.
-    pub(crate) fn write(&self, tx: &rusqlite::Connection, now: i64) -> Result<(), StorageError> {
+    pub(crate) fn write(
+        &self,
+        tx: &rusqlite::Connection,
+        now: i64,
+    ) -> Result<OwnWritten, StorageError> {
+        let mut written = OwnWritten::default();
         for row in &self.rows {
-            store::insert(tx, row)?;
+            written
+                .added
+                .push((prefix(&row.digest), store::insert(tx, row)?));
         }
         if let Some((retention, cap)) = self.prune {
-            store::prune(tx, now, retention, cap)?;
+            written.below = Some(store::prune(tx, now, retention, cap)?.below);
         }
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -167,10 +210,14 @@ impl Manager {
         conv: &Conversation,
     ) -> Result<DecryptOutcome, DecryptError> {
         let config = self.redelivery.config();
-        let (id, digest) = (acct.id, element_digest(element));
-        let row = match config.enabled() {
-            true => self.store.read(move |c| store::get(c, id, &digest)).await?,
-            false => None,
+        let (account_id, digest) = (acct.id, element_digest(element));
+        let found = self.own_messages.lock().get(&prefix(&digest)).copied();
+        let row = match found.filter(|_| config.enabled()) {
+            Some(id) => {
+                let read = move |c: &rusqlite::Connection| store::get(c, id, account_id, &digest);
+                self.store.read(read).await?
+            }
+            None => None,
         };
         let window = i64::try_from(config.retention_secs).unwrap_or(i64::MAX);
         let oldest = crate::storage::now().saturating_sub(window);
@@ -203,6 +250,11 @@ impl Manager {
         })
     }
 
+    /// After the encryption's commit, before its answer: the index follows.
+    pub(crate) fn own_committed(&self, written: &OwnWritten) {
+        self.own_messages.committed(written.below, &written.added);
+    }
+
     /// Hourly (with the redelivery prune): deletes own-message rows past the bounds. Returns
     /// how many went.
     pub(crate) async fn prune_own_messages(&self, now: i64) -> Result<usize, StorageError> {
@@ -212,9 +264,12 @@ impl Manager {
             true => (clamp(config.retention_secs), clamp(config.max_entries)),
             false => (0, 0),
         };
-        self.store
+        let pruned = self
+            .store
             .write(move |tx| store::prune(tx, now, retention, cap))
-            .await
+            .await?;
+        self.own_messages.committed(Some(pruned.below), &[]);
+        Ok(pruned.deleted)
     }
 }
 

@@ -5,6 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use zeroize::Zeroizing;
 
 use super::error::Result;
+use super::redelivery::prefix;
 use super::types::{blob32, int, opt_text};
 
 const T: &str = "own_messages";
@@ -38,32 +39,36 @@ impl std::fmt::Debug for OwnMessageRow {
     }
 }
 
-/// Stores a sent element; a second row with the same digest is not added. Returns whether it
-/// was.
-pub fn insert(conn: &Connection, row: &OwnMessageRow) -> Result<bool> {
-    let n = conn
-        .prepare_cached(
-            "INSERT INTO own_messages (account_id, digest, payload_digest, key_material, conversation, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![
-            row.account_id,
-            &row.digest[..],
-            &row.payload_digest[..],
-            row.key_material.as_ref().map(|k| &k[..]),
-            row.conversation,
-            row.created_at,
-        ])?;
-    Ok(n > 0)
+/// Stores a sent element; returns its row id (the caller keeps digest → id: the table has no
+/// index on the digest).
+pub fn insert(conn: &Connection, row: &OwnMessageRow) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO own_messages (account_id, digest, payload_digest, key_material, conversation, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        row.account_id,
+        &row.digest[..],
+        &row.payload_digest[..],
+        row.key_material.as_ref().map(|k| &k[..]),
+        row.conversation,
+        row.created_at,
+    ])?;
+    Ok(conn.last_insert_rowid())
 }
 
-/// The sent element with `digest`, if it is kept.
-pub fn get(conn: &Connection, account_id: i64, digest: &[u8; 32]) -> Result<Option<OwnMessageRow>> {
+/// Row `id`, if it holds the sent element `digest` of the account.
+pub fn get(
+    conn: &Connection,
+    id: i64,
+    account_id: i64,
+    digest: &[u8; 32],
+) -> Result<Option<OwnMessageRow>> {
     conn.prepare_cached(
         "SELECT payload_digest, key_material, conversation, created_at FROM own_messages \
-         WHERE account_id = ?1 AND digest = ?2",
+         WHERE id = ?1 AND account_id = ?2 AND digest = ?3",
     )?
-    .query_and_then(params![account_id, &digest[..]], |r| {
+    .query_and_then(params![id, account_id, &digest[..]], |r| {
         Ok(OwnMessageRow {
             account_id,
             digest: *digest,
@@ -79,14 +84,32 @@ pub fn get(conn: &Connection, account_id: i64, digest: &[u8; 32]) -> Result<Opti
     .transpose()
 }
 
+/// (first 8 bytes of the digest, row id) of every kept element, to fill the in-memory index.
+pub fn digest_ids(conn: &Connection) -> Result<Vec<(u64, i64)>> {
+    conn.prepare("SELECT digest, id FROM own_messages")?
+        .query_and_then([], |r| {
+            Ok((prefix(&blob32(r, T, "digest")?), int(r, T, "id")?))
+        })?
+        .collect()
+}
+
+/// What [`prune`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Rows deleted.
+    pub deleted: usize,
+    /// Every row below this id is gone.
+    pub below: i64,
+}
+
 /// Deletes the rows older than `retention_secs` (all of them when it is 0) and beyond the
 /// `max_rows` newest. Ids grow with time, so both cuts are id ranges, found from the oldest row
-/// on: a prune costs as many rows as it deletes. Returns how many went.
-pub fn prune(conn: &Connection, now: i64, retention_secs: i64, max_rows: i64) -> Result<usize> {
+/// on: a prune costs as many rows as it deletes.
+pub fn prune(conn: &Connection, now: i64, retention_secs: i64, max_rows: i64) -> Result<Pruned> {
     let end: i64 = conn
         .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM own_messages")?
         .query_row([], |r| r.get(0))?;
-    let cut = if retention_secs <= 0 || max_rows <= 0 {
+    let below = if retention_secs <= 0 || max_rows <= 0 {
         end
     } else {
         let cutoff = now.saturating_sub(retention_secs);
@@ -98,9 +121,10 @@ pub fn prune(conn: &Connection, now: i64, retention_secs: i64, max_rows: i64) ->
             .optional()?;
         first_kept.unwrap_or(end).max(end.saturating_sub(max_rows))
     };
-    Ok(conn
+    let deleted = conn
         .prepare_cached("DELETE FROM own_messages WHERE id < ?1")?
-        .execute([cut])?)
+        .execute([below])?;
+    Ok(Pruned { deleted, below })
 }
 
 /// Rows kept, of every account.
@@ -128,13 +152,13 @@ mod tests {
     }
 
     #[test]
-    fn insert_once_and_read_back() {
+    fn insert_and_read_back() {
         let c = db();
-        assert!(insert(&c, &row(2, 10)).unwrap());
-        assert!(!insert(&c, &row(2, 11)).unwrap(), "one row per element");
-        assert_eq!(get(&c, 1, &[2; 32]).unwrap(), Some(row(2, 10)));
-        assert_eq!(get(&c, 1, &[3; 32]).unwrap(), None);
-        assert_eq!(get(&c, 2, &[2; 32]).unwrap(), None, "another account's");
+        let id = insert(&c, &row(2, 10)).unwrap();
+        assert_eq!(get(&c, id, 1, &[2; 32]).unwrap(), Some(row(2, 10)));
+        assert_eq!(get(&c, id, 1, &[3; 32]).unwrap(), None, "another digest");
+        assert_eq!(get(&c, id, 2, &[2; 32]).unwrap(), None, "another account's");
+        assert_eq!(digest_ids(&c).unwrap(), [(prefix(&[2; 32]), id)]);
         let debug = format!("{:?}", row(2, 10));
         assert!(!debug.contains("2, 2, 2"), "{debug}");
     }
@@ -142,19 +166,19 @@ mod tests {
     #[test]
     fn prune_by_age_and_by_count() {
         let c = db();
-        for i in 0..8u8 {
-            insert(&c, &row(i, i64::from(i) * 100)).unwrap();
-        }
+        let ids: Vec<i64> = (0..8u8)
+            .map(|i| insert(&c, &row(i, i64::from(i) * 100)).unwrap())
+            .collect();
         // now = 800, retention 250: created_at >= 550 stays (rows 6, 7).
-        assert_eq!(prune(&c, 800, 250, 10).unwrap(), 6);
+        let p = prune(&c, 800, 250, 10).unwrap();
+        assert_eq!((p.deleted, p.below), (6, ids[6]));
         assert_eq!(count(&c).unwrap(), 2);
         for i in 10..20u8 {
             insert(&c, &row(i, 800)).unwrap();
         }
         // Everything fresh: the 3 newest stay.
-        assert_eq!(prune(&c, 800, 250, 3).unwrap(), 9);
-        assert!(get(&c, 1, &[19; 32]).unwrap().is_some());
-        assert!(get(&c, 1, &[16; 32]).unwrap().is_none());
+        assert_eq!(prune(&c, 800, 250, 3).unwrap().deleted, 9);
+        assert_eq!(digest_ids(&c).unwrap().len(), 3);
         // Retention 0 keeps nothing.
         prune(&c, 800, 0, 3).unwrap();
         assert_eq!(count(&c).unwrap(), 0);
