@@ -439,12 +439,15 @@ fn devicelist_update_fetches_new_devices_and_reports_real_changes() {
     );
     assert_eq!(r["actions"], json!([]), "{r}");
     assert_eq!(l.drain(Duration::from_millis(300)), Vec::<Value>::new());
-    // encrypt: the devices without bundles, in `actions` as well as per device.
-    let r = c.ok(
+    // encrypt: the devices without bundles, in `actions` as well as per device (no device
+    // reached: since issue 20 a typed error, which carries both).
+    let e = c.err(
         "encrypt",
         json!({"to": [ALICE], "body": "x", "namespaces": [OMEMO2]}),
+        "no_device_reached",
     );
-    assert_eq!(actions_of(&r, "fetch_bundle").len(), 2, "{r}");
+    let r = &e["data"];
+    assert_eq!(actions_of(r, "fetch_bundle").len(), 2, "{r}");
     assert_eq!(r["devices"][0]["action"]["type"], "fetch_bundle", "{r}");
 }
 

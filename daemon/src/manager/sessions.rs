@@ -30,6 +30,8 @@ pub struct SessionMeta {
     pub messages_sent: u64,
     /// Messages decrypted with it.
     pub messages_received: u64,
+    /// Messages encrypted since the last one decrypted from the device (device hygiene).
+    pub unanswered: u64,
 }
 
 /// Most idle slots kept in memory. Above it, idle slots are dropped oldest first (their
@@ -194,6 +196,7 @@ impl SessionTable {
                             created_at: row.created_at,
                             messages_sent: row.messages_sent,
                             messages_received: row.messages_received,
+                            unanswered: row.unanswered,
                         };
                     }
                     Err(e) => {
@@ -305,6 +308,7 @@ pub fn session_row_with_state(
         updated_at: now,
         messages_sent: meta.messages_sent,
         messages_received: meta.messages_received,
+        unanswered: meta.unanswered,
     }
 }
 

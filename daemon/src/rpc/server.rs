@@ -334,6 +334,7 @@ impl Background {
         );
         let _ = ctx.manager.set(Arc::clone(&manager));
         manager.set_redelivery_config(ctx.config.redelivery);
+        manager.set_stale_config(ctx.config.stale);
         let keeper = Arc::new(keeper);
         Ok(Self {
             maintenance: tokio::spawn(maintain(manager, Maintenance::of(&ctx.config))),
