@@ -55,7 +55,7 @@ pub struct DeviceReport {
     pub jid: String,
     pub device_id: u32,
     pub namespace: String,
-    /// `encrypted`, `untrusted`, `no_bundle`, `stale`, …
+    /// `encrypted`, `untrusted`, `no_bundle`, `identity_changed`, `stale`, …
     pub status: String,
     #[serde(default)]
     pub kex: bool,
@@ -65,6 +65,12 @@ pub struct DeviceReport {
     /// `offer_device_removal`.
     #[serde(default)]
     pub action: Option<Event>,
+    /// `identity_changed`: the fingerprint held for the device.
+    #[serde(default)]
+    pub old_fingerprint: Option<String>,
+    /// `identity_changed`: the fingerprint of the bundle waiting for `identity.accept`.
+    #[serde(default)]
+    pub new_fingerprint: Option<String>,
 }
 
 /// One device of `encrypt.plan`.
@@ -73,7 +79,8 @@ pub struct PlannedDevice {
     pub jid: String,
     pub device_id: u32,
     pub namespace: String,
-    /// `session`, `bundle` (a key exchange), `no_bundle` (fetch it first), `stale` (left out).
+    /// `session`, `bundle` (a key exchange), `no_bundle` (fetch it first), `identity_changed`
+    /// (left out until `identity.accept`), `stale` (left out).
     pub status: String,
     /// Trust of its key when known.
     #[serde(default)]
@@ -82,6 +89,12 @@ pub struct PlannedDevice {
     pub reason: Option<String>,
     #[serde(default)]
     pub action: Option<Event>,
+    /// `identity_changed`: the fingerprint held for the device.
+    #[serde(default)]
+    pub old_fingerprint: Option<String>,
+    /// `identity_changed`: the fingerprint of the bundle waiting for `identity.accept`.
+    #[serde(default)]
+    pub new_fingerprint: Option<String>,
 }
 
 /// `encrypt.plan`'s result: what an `encrypt` would cover now, and what to fetch first.
@@ -99,9 +112,13 @@ pub struct Device {
     pub jid: String,
     pub namespace: String,
     pub device_id: u32,
-    /// The device's label (OMEMO 2), when known.
+    /// The device's label (OMEMO 2), only when its signature verifies.
     #[serde(default)]
     pub label: Option<String>,
+    /// What became of the listed label: `verified` (shown as `label`), `unsigned`,
+    /// `bad_signature`, `unknown_key`; `None` when the list gives none.
+    #[serde(default)]
+    pub label_status: Option<String>,
     /// On its owner's current device list.
     pub active: bool,
     /// Unix seconds of the last message from it.
