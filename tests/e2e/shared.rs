@@ -15,6 +15,7 @@ use support::*;
 
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
+const CAROL: &str = "carol@example.org";
 
 /// alice's daemon and bob's daemon (started with `bob_flags`), each knowing the other.
 fn pair(bob_flags: &[&str]) -> (Daemon, Daemon, Client, Client) {
@@ -570,15 +571,33 @@ fn idempotency_answers_are_bounded_in_bytes_and_kept_in_one_form() {
 
 /// A retry re-checks trust (issue 19): once a device of the first answer is distrusted, the
 /// retry is not that answer again (whose ciphertext the device could read) but a new
-/// encryption without it, kept in its place for later retries.
+/// encryption without it, kept in its place for later retries. When that device was the only
+/// one reached, the new encryption reaches nobody (issue 20): `no_device_reached`, every time,
+/// and the old answer never comes back.
 #[test]
 fn an_idempotent_retry_does_not_encrypt_for_a_device_distrusted_since() {
     let (_da, _db, mut a, mut b) = pair(&[]);
+    let dc = Daemon::start();
+    let mut c = dc.client();
+    c.create_account(CAROL);
+    b.learn(CAROL, &mut c, &BOTH);
+    let alice_id = a.ok("fingerprint.get", json!({}))["device_id"].clone();
     for ns in BOTH {
-        let p = json!({"to": [ALICE], "body": "before the distrust", "namespaces": [ns],
-            "idempotency_key": format!("k-{ns}")});
+        let to_alice = json!({"to": [ALICE], "body": "before the distrust", "namespaces": [ns],
+            "idempotency_key": format!("alone-{ns}")});
+        let p = json!({"to": [ALICE, CAROL], "body": "before the distrust", "namespaces": [ns],
+            "sce_to": "room@muc.example.org", "idempotency_key": format!("k-{ns}")});
+        let alone = b.ok("encrypt", to_alice.clone());
         let first = b.ok("encrypt", p.clone());
-        assert_eq!(first["devices"][0]["status"], "encrypted", "{first}");
+        let status = |r: &Value, jid: &str| {
+            let d = r["devices"].as_array().expect("devices").iter();
+            d.filter(|d| d["jid"] == jid)
+                .map(|d| d["status"].clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(status(&alone, ALICE), ["encrypted"], "{alone}");
+        assert_eq!(status(&first, ALICE), ["encrypted"], "{first}");
+        assert_eq!(status(&first, CAROL), ["encrypted"], "{first}");
         assert_eq!(b.ok("encrypt", p.clone()), first);
         let x = first["messages"][0]["xml"]
             .as_str()
@@ -593,7 +612,8 @@ fn an_idempotent_retry_does_not_encrypt_for_a_device_distrusted_since() {
         );
         let retry = b.ok("encrypt", p.clone());
         assert_ne!(retry["messages"], first["messages"], "{retry}");
-        assert_eq!(retry["devices"][0]["status"], "untrusted", "{retry}");
+        assert_eq!(status(&retry, ALICE), ["untrusted"], "{retry}");
+        assert_eq!(status(&retry, CAROL), ["encrypted"], "{retry}");
         assert!(
             !retry["messages"]
                 .as_array()
@@ -601,11 +621,17 @@ fn an_idempotent_retry_does_not_encrypt_for_a_device_distrusted_since() {
                 .iter()
                 .any(|m| m["element"]["keys"]
                     .as_array()
-                    .is_some_and(|k| !k.is_empty())),
+                    .is_some_and(|k| k.iter().any(|k| k["rid"] == alice_id))),
             "{retry}"
         );
         // The new answer is the one kept now.
         assert_eq!(b.ok("encrypt", p), retry);
+        // Alice alone: nobody can get it now, whatever the kept answer held.
+        for _ in 0..2 {
+            let e = b.err("encrypt", to_alice.clone(), "no_device_reached");
+            assert_eq!(status(&e["data"], ALICE), ["untrusted"], "{e}");
+            assert!(e["data"].get("messages").is_none(), "{e}");
+        }
         b.ok(
             "trust.set",
             json!({"jid": ALICE, "fingerprint": alice_fp, "level": "trusted"}),
