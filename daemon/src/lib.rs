@@ -6,8 +6,9 @@
 //!
 //! - [`cli`]: the `omemod` command line.
 //! - [`rpc`]: JSON-RPC 2.0 over a Unix socket, one method per file in `rpc/methods/`.
+//! - [`rollback`]: an older copy of the database noticed and treated at start; the record that
+//!   notices it kept while the daemon runs.
 //! - [`manager`]: the session manager (accounts, bundles, device lists, sessions, trust).
-//! - [`rollback`]: the generation counter kept while the daemon runs (rollback detection).
 //! - [`events`]: the actions a client should take and the events pushed to subscribers.
 //! - [`storage`]: the SQLite file (schema, migrations, group-commit writer); all SQL is here.
 //! - [`socket_trust`]: who may own the socket and database paths, checked before use.

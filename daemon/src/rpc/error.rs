@@ -95,6 +95,9 @@ pub enum ErrorKind {
     RateLimited,
     /// The OMEMO 2 SCE envelope names another sender or conversation than the stanza.
     SceMismatch,
+    /// The message decrypts on a session restored from an older copy of the database: it may be
+    /// a replay; refused, and a new session is started (`data.actions`).
+    PossibleReplay,
 
     // --- trust (1300s) ---
     /// The device is not (yet) trusted.
@@ -146,6 +149,7 @@ impl ErrorKind {
         ErrorKind::IdempotencyKeyReused,
         ErrorKind::RateLimited,
         ErrorKind::SceMismatch,
+        ErrorKind::PossibleReplay,
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
         ErrorKind::IdentityChanged,
@@ -186,6 +190,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => 1220,
             ErrorKind::RateLimited => 1208,
             ErrorKind::SceMismatch => 1209,
+            ErrorKind::PossibleReplay => 1230,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
             ErrorKind::IdentityChanged => 1303,
@@ -227,6 +232,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::SceMismatch => "sce_mismatch",
+            ErrorKind::PossibleReplay => "possible_replay",
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
             ErrorKind::IdentityChanged => "identity_changed",
@@ -260,6 +266,7 @@ impl ErrorKind {
             | ErrorKind::NoSession
             | ErrorKind::NotForThisDevice
             | ErrorKind::BrokenSession
+            | ErrorKind::PossibleReplay
             | ErrorKind::StorageError => LocalState,
             ErrorKind::InvalidBundle
             | ErrorKind::InvalidSignature
@@ -312,6 +319,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyKeyReused => "idempotency key used for another request",
             ErrorKind::RateLimited => "too many session replacements; retry later",
             ErrorKind::SceMismatch => "SCE envelope does not match the stanza",
+            ErrorKind::PossibleReplay => "possible replay on a session restored from an older copy",
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",
             ErrorKind::IdentityChanged => "identity key of the device changed",

@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[Migration] = &[
     (2, include_str!("../../../migrations/0002_trust.sql")),
     (3, include_str!("../../../migrations/0003_generation.sql")),
     (4, include_str!("../../../migrations/0004_redelivery.sql")),
+    (5, include_str!("../../../migrations/0005_restore.sql")),
 ];
 
 /// The schema version this binary writes.

@@ -78,6 +78,14 @@ fn bundle_location(jid: &str, namespace: Version, device_id: u32) -> Value {
     })
 }
 
+/// `error.data` of an error that says how to start a new session: `actions`, when there are.
+fn new_session(actions: &[crate::events::Action]) -> Value {
+    match actions {
+        [] => json!({}),
+        _ => json!({ "actions": actions }),
+    }
+}
+
 /// The database failed: logged here, where it is answered.
 impl MethodError for StorageError {
     fn kinds() -> Vec<ErrorKind> {
@@ -210,9 +218,14 @@ answers!(DecryptError {
     DecryptError::DuplicateMessage => [DuplicateMessage],
     DecryptError::TooManySkipped(_) => [TooManySkipped],
     DecryptError::NoSession { jid, namespace, device_id } => [NoSession, device(&jid, namespace, device_id)],
-    DecryptError::UnknownSignedPreKey(_)
-    | DecryptError::PreKeyUnavailable(_)
-    | DecryptError::LostState(_) => [BrokenSession],
+    DecryptError::UnknownSignedPreKey { actions, .. }
+    | DecryptError::PreKeyUnavailable { actions, .. } => [BrokenSession, new_session(&actions)],
+    DecryptError::LostState(_) => [BrokenSession],
+    DecryptError::PossibleReplay { jid, namespace, device_id, actions } => [PossibleReplay, {
+        let mut data = device(&jid, namespace, device_id);
+        data["actions"] = json!(actions);
+        data
+    }],
     DecryptError::Distrusted => [Distrusted],
     DecryptError::IdentityChanged { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, json!({
         "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
