@@ -11,7 +11,8 @@
 //! - a one-time prekey is consumed if and only if the session built from it was committed, the
 //!   pool is refilled in the same transaction, and the bundle version counts exactly those;
 //! - stored peer device lists and bundles that were acknowledged are there after the restart;
-//! - the database and socket keep their modes; sessions work both ways afterwards.
+//! - the database and socket keep their modes; sessions work both ways afterwards;
+//! - a restart after a SIGKILL is never taken for the restore of an older copy.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -146,6 +147,13 @@ fn stream_and_kill(
     out.resize(n, Outcome::NotSent);
     d.spawn();
     check_modes(d);
+    // A crash never looks like a restored copy (issue 19): that would rebuild every session.
+    let status = d.client().ok("status", json!({}));
+    assert_eq!(
+        status["rollback"],
+        Value::Null,
+        "a SIGKILL was taken for a restore: {status}"
+    );
     out
 }
 
