@@ -21,13 +21,12 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
-use support::{Client, Daemon, BOTH};
+use support::{prekey_ids, Client, Daemon, BOTH};
 
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
@@ -273,23 +272,6 @@ fn round_trip(
     let body = format!("{tag}: {y_jid} -> {x_jid}");
     let xml = encrypt_as(y, ya, x_jid, &body, ns);
     expect_body(x, xa, y_jid, y_id, &xml, &body);
-}
-
-/// Prekey ids of a `<bundle>` (either namespace).
-fn prekey_ids(xml: &str) -> BTreeSet<u32> {
-    let attr = if xml.contains("<pk ") {
-        "<pk id="
-    } else {
-        "<preKeyPublic preKeyId="
-    };
-    xml.match_indices(attr)
-        .map(|(i, _)| {
-            let rest = &xml[i + attr.len() + 1..];
-            rest[..rest.find(['\'', '"']).unwrap()]
-                .parse()
-                .expect("prekey id")
-        })
-        .collect()
 }
 
 /// `xml` (a `<bundle>`) with only the one-time prekey `keep` left.

@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{path_str, Client, Daemon, BOTH, OMEMO2};
+use support::{path_str, prekey_ids, Client, Daemon, BOTH, OMEMO2};
 
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
@@ -53,6 +53,8 @@ struct Tally {
     unrecovered: usize,
     /// Bob's messages on old sessions refused as `possible_replay` (replays included).
     refused_as_replay: usize,
+    /// Messages refused with the actions that start a new session.
+    refused_with_actions: usize,
     /// Longest time from the copy to the kill.
     slowest_kill: Duration,
 }
@@ -123,23 +125,6 @@ fn prekey_used(xml: &str) -> u32 {
     }
 }
 
-/// Prekey ids of a `<bundle>` (either namespace).
-fn prekey_ids(xml: &str) -> BTreeSet<u32> {
-    let attr = if xml.contains("<pk ") {
-        "<pk id="
-    } else {
-        "<preKeyPublic preKeyId="
-    };
-    xml.match_indices(attr)
-        .map(|(i, _)| {
-            let rest = &xml[i + attr.len() + 1..];
-            rest[..rest.find(['\'', '"']).expect("quote")]
-                .parse()
-                .expect("prekey id")
-        })
-        .collect()
-}
-
 fn omemod(args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_omemod"))
         .args(args)
@@ -162,6 +147,21 @@ fn ok_as(c: &mut Client, account: &str, method: &str, params: Value) -> Value {
     call_as(c, account, method, params).unwrap_or_else(|e| panic!("{method} as {account}: {e}"))
 }
 
+/// `to` (acting as `to_jid`) stores the device list `from_jid` publishes in `ns`.
+fn copy_devicelist(to: &mut Client, to_jid: &str, from: &mut Client, from_jid: &str, ns: &str) {
+    let l = ok_as(from, from_jid, "devicelist.get", json!({"namespace": ns}));
+    let params = json!({"jid": from_jid, "namespace": ns, "xml": l["xml"]});
+    ok_as(to, to_jid, "devicelist.update", params);
+}
+
+/// `to` (acting as `to_jid`) stores the bundle `from_jid` publishes in `ns`.
+fn copy_bundle(to: &mut Client, to_jid: &str, from: &mut Client, from_jid: &str, ns: &str) {
+    let b = ok_as(from, from_jid, "bundle.get", json!({"namespace": ns}));
+    let params =
+        json!({"jid": from_jid, "namespace": ns, "device_id": b["device_id"], "xml": b["xml"]});
+    ok_as(to, to_jid, "bundle.update", params);
+}
+
 /// The message of namespace `ns` in an `encrypt` or `heartbeat` answer.
 fn message(r: &Value, ns: &str) -> Option<String> {
     r["messages"]
@@ -172,177 +172,155 @@ fn message(r: &Value, ns: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// One side of the conversation: a daemon's client acting as `jid`.
-struct Side<'a> {
-    c: &'a mut Client,
-    jid: &'a str,
+/// The two people of the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Alice,
+    Bob,
 }
 
-/// The client's part: performs `actions` that `me` was given (fetching from / delivering to
-/// `peer`, whose own follow-ups are performed in turn). Alice's messages are recorded.
-fn perform(
-    me: &mut Side<'_>,
-    peer: &mut Side<'_>,
-    actions: &[Value],
-    alice: &mut Positions,
-    tally: &mut Tally,
-    depth: u32,
-) {
-    if depth > 4 {
-        return;
+impl Who {
+    fn jid(self) -> &'static str {
+        match self {
+            Who::Alice => ALICE,
+            Who::Bob => BOB,
+        }
     }
-    for a in actions {
-        let ns = a["namespace"].as_str().unwrap_or_default().to_owned();
-        match a["type"].as_str() {
-            Some("fetch_bundle") if a["jid"] == peer.jid => {
-                let b = ok_as(peer.c, peer.jid, "bundle.get", json!({"namespace": ns}));
-                ok_as(
-                    me.c,
-                    me.jid,
-                    "bundle.update",
-                    json!({"jid": peer.jid, "namespace": ns, "device_id": b["device_id"], "xml": b["xml"]}),
-                );
-            }
-            Some("fetch_devicelist") if a["jid"] == peer.jid => {
-                let l = ok_as(peer.c, peer.jid, "devicelist.get", json!({"namespace": ns}));
-                ok_as(
-                    me.c,
-                    me.jid,
-                    "devicelist.update",
-                    json!({"jid": peer.jid, "namespace": ns, "xml": l["xml"]}),
-                );
-            }
-            Some("send_heartbeat") if a["jid"] == peer.jid => {
-                let params = json!({"jid": peer.jid, "namespace": ns, "device_id": a["device_id"]});
-                let hb = match call_as(me.c, me.jid, "heartbeat", params.clone()) {
-                    Ok(hb) => hb,
-                    Err(e) if e["data"]["kind"] == "no_bundle" => {
-                        let fetch =
-                            json!([{"type": "fetch_bundle", "jid": peer.jid, "namespace": ns}]);
-                        perform(
-                            me,
-                            peer,
-                            fetch.as_array().expect("list"),
-                            alice,
-                            tally,
-                            depth + 1,
-                        );
-                        match call_as(me.c, me.jid, "heartbeat", params) {
-                            Ok(hb) => hb,
-                            Err(_) => continue,
+
+    fn other(self) -> Who {
+        match self {
+            Who::Alice => Who::Bob,
+            Who::Bob => Who::Alice,
+        }
+    }
+}
+
+/// Alice's and bob's clients, what alice has sent so far, and what the rounds found.
+struct Talk {
+    alice: Client,
+    bob: Client,
+    seen: Positions,
+    tally: Tally,
+}
+
+impl Talk {
+    fn client(&mut self, who: Who) -> &mut Client {
+        match who {
+            Who::Alice => &mut self.alice,
+            Who::Bob => &mut self.bob,
+        }
+    }
+
+    /// Both clients, `who`'s first.
+    fn both(&mut self, who: Who) -> (&mut Client, &mut Client) {
+        match who {
+            Who::Alice => (&mut self.alice, &mut self.bob),
+            Who::Bob => (&mut self.bob, &mut self.alice),
+        }
+    }
+
+    /// The client's part: performs `actions` that `me` was given (fetching from, and delivering
+    /// to, the other, whose own follow-ups are performed in turn).
+    fn perform(&mut self, me: Who, actions: &[Value], depth: u32) {
+        if depth > 4 {
+            return;
+        }
+        let peer = me.other();
+        for a in actions.iter().filter(|a| a["jid"] == peer.jid()) {
+            let ns = a["namespace"].as_str().unwrap_or_default().to_owned();
+            match a["type"].as_str() {
+                Some("fetch_bundle") => {
+                    let (m, p) = self.both(me);
+                    copy_bundle(m, me.jid(), p, peer.jid(), &ns);
+                }
+                Some("fetch_devicelist") => {
+                    let (m, p) = self.both(me);
+                    copy_devicelist(m, me.jid(), p, peer.jid(), &ns);
+                }
+                Some("send_heartbeat") => {
+                    let params =
+                        json!({"jid": peer.jid(), "namespace": ns, "device_id": a["device_id"]});
+                    let hb = match call_as(self.client(me), me.jid(), "heartbeat", params.clone()) {
+                        Err(e) if e["data"]["kind"] == "no_bundle" => {
+                            let (m, p) = self.both(me);
+                            copy_bundle(m, me.jid(), p, peer.jid(), &ns);
+                            call_as(self.client(me), me.jid(), "heartbeat", params)
                         }
+                        other => other,
+                    };
+                    if let Some(xml) = hb.ok().and_then(|hb| message(&hb, &ns)) {
+                        let _ = self.deliver(me, &xml, depth);
                     }
-                    Err(_) => continue,
-                };
-                let Some(xml) = message(&hb, &ns) else {
-                    continue;
-                };
-                if me.jid == ALICE {
-                    tally.reused += alice.record(&xml);
                 }
-                if let Ok(d) = call_as(
-                    peer.c,
-                    peer.jid,
-                    "decrypt",
-                    json!({"from": me.jid, "xml": xml}),
-                ) {
-                    let follow = d["actions"].as_array().cloned().unwrap_or_default();
-                    perform(peer, me, &follow, alice, tally, depth + 1);
-                }
+                // Publishing is reading `bundle.get`, which the peer does when it needs to.
+                _ => {}
             }
-            // Publishing is reading `bundle.get`, which the peer does when it needs the bundle.
-            _ => {}
         }
     }
-}
 
-/// Alice sends `body` to bob in `ns` and bob reads it, each doing what they are told; whether
-/// bob read exactly `body`.
-fn alice_to_bob(
-    alice: &mut Side<'_>,
-    bob: &mut Side<'_>,
-    ns: &str,
-    body: &str,
-    seen: &mut Positions,
-    tally: &mut Tally,
-) -> bool {
-    for _ in 0..3 {
-        let r = ok_as(
-            alice.c,
-            ALICE,
-            "encrypt",
-            json!({"to": [BOB], "body": body, "namespaces": [ns]}),
+    /// `from`'s message reaches the other, who does what it is told; the answer.
+    fn deliver(&mut self, from: Who, xml: &str, depth: u32) -> Result<Value, Value> {
+        if from == Who::Alice {
+            self.tally.reused += self.seen.record(xml);
+        }
+        let to = from.other();
+        let r = call_as(
+            self.client(to),
+            to.jid(),
+            "decrypt",
+            json!({"from": from.jid(), "xml": xml}),
         );
-        let Some(xml) = message(&r, ns) else {
-            let actions = r["actions"].as_array().cloned().unwrap_or_default();
-            perform(alice, bob, &actions, seen, tally, 0);
-            continue;
-        };
-        tally.reused += seen.record(&xml);
-        return match call_as(bob.c, BOB, "decrypt", json!({"from": ALICE, "xml": xml})) {
-            Ok(d) => {
-                let follow = d["actions"].as_array().cloned().unwrap_or_default();
-                perform(bob, alice, &follow, seen, tally, 0);
-                d["body"] == body
+        let follow = match &r {
+            Ok(d) => d["actions"].clone(),
+            Err(e) => {
+                if e["data"]["kind"] == "possible_replay" {
+                    self.tally.refused_as_replay += 1;
+                }
+                if e["data"]["actions"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+                {
+                    self.tally.refused_with_actions += 1;
+                }
+                e["data"]["actions"].clone()
             }
-            Err(_) => false,
         };
+        self.perform(
+            to,
+            follow.as_array().map_or(&[][..], Vec::as_slice),
+            depth + 1,
+        );
+        r
     }
-    false
-}
 
-/// Bob sends `body` to alice in `ns` and alice reads it, each doing what they are told; the
-/// message and whether alice read exactly `body` as a new message.
-fn bob_to_alice(
-    alice: &mut Side<'_>,
-    bob: &mut Side<'_>,
-    ns: &str,
-    body: &str,
-    seen: &mut Positions,
-    tally: &mut Tally,
-) -> (String, bool) {
-    let r = ok_as(
-        bob.c,
-        BOB,
-        "encrypt",
-        json!({"to": [ALICE], "body": body, "namespaces": [ns]}),
-    );
-    let xml = message(&r, ns).unwrap_or_else(|| panic!("bob has no session with alice: {r}"));
-    match call_as(alice.c, ALICE, "decrypt", json!({"from": BOB, "xml": xml})) {
-        Ok(d) => {
-            let follow = d["actions"].as_array().cloned().unwrap_or_default();
-            perform(alice, bob, &follow, seen, tally, 0);
-            let fresh = d["body"] == body && d["redelivered"] == false;
-            (xml, fresh)
+    /// `from` sends `body` in `ns` and the other reads it, each doing what they are told;
+    /// whether it was read as a new message with exactly that body.
+    fn send(&mut self, from: Who, ns: &str, body: &str) -> bool {
+        for _ in 0..3 {
+            let to = from.other().jid();
+            let params = json!({"to": [to], "body": body, "namespaces": [ns]});
+            let r = ok_as(self.client(from), from.jid(), "encrypt", params);
+            let Some(xml) = message(&r, ns) else {
+                self.perform(
+                    from,
+                    r["actions"].as_array().map_or(&[][..], Vec::as_slice),
+                    0,
+                );
+                continue;
+            };
+            return self
+                .deliver(from, &xml, 0)
+                .is_ok_and(|d| d["body"] == body && d["redelivered"] == false);
         }
-        Err(e) => {
-            if e["data"]["kind"] == "possible_replay" {
-                tally.refused_as_replay += 1;
-            }
-            let follow = e["data"]["actions"].as_array().cloned().unwrap_or_default();
-            perform(alice, bob, &follow, seen, tally, 0);
-            (xml, false)
-        }
+        false
     }
 }
 
 /// Alice and bob both learn each other (both namespaces) and talk until it works both ways.
 fn introduce(a: &mut Client, b: &mut Client) {
     for ns in BOTH {
-        let l = ok_as(b, BOB, "devicelist.get", json!({"namespace": ns}));
-        ok_as(
-            a,
-            ALICE,
-            "devicelist.update",
-            json!({"jid": BOB, "namespace": ns, "xml": l["xml"]}),
-        );
-        let l = ok_as(a, ALICE, "devicelist.get", json!({"namespace": ns}));
-        ok_as(
-            b,
-            BOB,
-            "devicelist.update",
-            json!({"jid": ALICE, "namespace": ns, "xml": l["xml"]}),
-        );
+        copy_devicelist(a, ALICE, b, BOB, ns);
+        copy_devicelist(b, BOB, a, ALICE, ns);
     }
 }
 
@@ -381,147 +359,102 @@ fn put_back(how: Copy, d: &Daemon, copy: &Path) {
 fn rounds(how: Copy, rounds: usize) -> Tally {
     let mut da = Daemon::start();
     let mut db = Daemon::start();
-    let mut tally = Tally::default();
-    let mut seen = Positions::default();
-    let mut a = da.client();
-    let mut b = db.client();
-    a.create_account(ALICE);
-    b.create_account(BOB);
-    introduce(&mut a, &mut b);
+    let mut t = Talk {
+        alice: da.client(),
+        bob: db.client(),
+        seen: Positions::default(),
+        tally: Tally::default(),
+    };
+    t.alice.create_account(ALICE);
+    t.bob.create_account(BOB);
+    introduce(&mut t.alice, &mut t.bob);
     for ns in BOTH {
-        let ok = alice_to_bob(
-            &mut Side {
-                c: &mut a,
-                jid: ALICE,
-            },
-            &mut Side {
-                c: &mut b,
-                jid: BOB,
-            },
-            ns,
-            "hello",
-            &mut seen,
-            &mut tally,
-        );
-        assert!(ok, "{ns}: first contact");
-        let (_, ok) = bob_to_alice(
-            &mut Side {
-                c: &mut a,
-                jid: ALICE,
-            },
-            &mut Side {
-                c: &mut b,
-                jid: BOB,
-            },
-            ns,
-            "hello back",
-            &mut seen,
-            &mut tally,
-        );
-        assert!(ok, "{ns}: first answer");
+        assert!(t.send(Who::Alice, ns, "hello"), "{ns}: first contact");
+        assert!(t.send(Who::Bob, ns, "hello back"), "{ns}: first answer");
     }
     for round in 0..rounds {
-        tally.rounds += 1;
+        t.tally.rounds += 1;
         // A new contact with alice's current bundle, whose key exchanges reach alice after
         // the copy (prepared before it, to keep the time to the kill short).
         let carol = format!("carol{round}@example.org");
-        b.create_account(&carol);
+        t.bob.create_account(&carol);
         let mut carol_kex = Vec::new();
         for ns in BOTH {
-            let l = ok_as(&mut a, ALICE, "devicelist.get", json!({"namespace": ns}));
-            ok_as(
-                &mut b,
-                &carol,
-                "devicelist.update",
-                json!({"jid": ALICE, "namespace": ns, "xml": l["xml"]}),
-            );
-            let bu = ok_as(&mut a, ALICE, "bundle.get", json!({"namespace": ns}));
-            ok_as(
-                &mut b,
-                &carol,
-                "bundle.update",
-                json!({"jid": ALICE, "namespace": ns, "device_id": bu["device_id"], "xml": bu["xml"]}),
-            );
-            let r = ok_as(
-                &mut b,
-                &carol,
-                "encrypt",
-                json!({"to": [ALICE], "body": "hi alice", "namespaces": [ns]}),
-            );
+            copy_devicelist(&mut t.bob, &carol, &mut t.alice, ALICE, ns);
+            copy_bundle(&mut t.bob, &carol, &mut t.alice, ALICE, ns);
+            let params = json!({"to": [ALICE], "body": "hi alice", "namespaces": [ns]});
+            let r = ok_as(&mut t.bob, &carol, "encrypt", params);
             carol_kex.push(message(&r, ns).expect("carol's key exchange"));
         }
         let copy = da.dir.path().join(format!("copy-{round}.db"));
         take_copy(how, &da, &copy);
         let copied = Instant::now();
-        // After the copy: two messages each way per namespace, and a new contact's key
-        // exchange that consumes one of alice's prekeys per namespace.
+        // After the copy: two messages each way per namespace, and the new contact's key
+        // exchange, which consumes one of alice's prekeys per namespace.
         let mut decrypted_after = Vec::new();
         let mut used = BTreeSet::new();
-        {
-            let (al, bo) = (
-                Side {
-                    c: &mut a,
-                    jid: ALICE,
-                },
-                Side {
-                    c: &mut b,
-                    jid: BOB,
-                },
-            );
-            for ns in BOTH {
-                for k in 0..2 {
-                    let body = format!("{round}: alice {k}");
-                    let r = ok_as(
-                        al.c,
-                        ALICE,
-                        "encrypt",
-                        json!({"to": [BOB], "body": body, "namespaces": [ns]}),
-                    );
-                    let xml = message(&r, ns).expect("alice's message");
-                    tally.reused += seen.record(&xml);
-                    let _ = call_as(bo.c, BOB, "decrypt", json!({"from": ALICE, "xml": xml}));
-                    let body = format!("{round}: bob {k}");
-                    let r = ok_as(
-                        bo.c,
-                        BOB,
-                        "encrypt",
-                        json!({"to": [ALICE], "body": body, "namespaces": [ns]}),
-                    );
-                    let xml = message(&r, ns).expect("bob's message");
-                    if call_as(al.c, ALICE, "decrypt", json!({"from": BOB, "xml": xml}))
-                        .is_ok_and(|d| d["body"] == body)
-                    {
-                        decrypted_after.push((BOB.to_owned(), xml));
-                    }
+        for ns in BOTH {
+            for k in 0..2 {
+                let params = json!({"to": [BOB], "body": "after", "namespaces": [ns]});
+                let r = ok_as(&mut t.alice, ALICE, "encrypt", params);
+                let xml = message(&r, ns).expect("alice's message");
+                t.tally.reused += t.seen.record(&xml);
+                let _ = call_as(
+                    &mut t.bob,
+                    BOB,
+                    "decrypt",
+                    json!({"from": ALICE, "xml": xml}),
+                );
+                let body = format!("{round}: bob {k}");
+                let params = json!({"to": [ALICE], "body": body, "namespaces": [ns]});
+                let r = ok_as(&mut t.bob, BOB, "encrypt", params);
+                let xml = message(&r, ns).expect("bob's message");
+                if call_as(
+                    &mut t.alice,
+                    ALICE,
+                    "decrypt",
+                    json!({"from": BOB, "xml": xml}),
+                )
+                .is_ok_and(|d| d["body"] == body)
+                {
+                    decrypted_after.push((BOB.to_owned(), xml));
                 }
             }
         }
-        for xml in &carol_kex {
-            used.insert(prekey_used(xml));
-            if call_as(&mut a, ALICE, "decrypt", json!({"from": carol, "xml": xml})).is_ok() {
-                decrypted_after.push((carol.clone(), xml.clone()));
+        for xml in carol_kex {
+            used.insert(prekey_used(&xml));
+            if call_as(
+                &mut t.alice,
+                ALICE,
+                "decrypt",
+                json!({"from": carol, "xml": xml}),
+            )
+            .is_ok()
+            {
+                decrypted_after.push((carol.clone(), xml));
             }
         }
         da.kill();
-        tally.slowest_kill = tally.slowest_kill.max(copied.elapsed());
+        t.tally.slowest_kill = t.tally.slowest_kill.max(copied.elapsed());
         put_back(how, &da, &copy);
         let _ = std::fs::remove_file(&copy);
         da.spawn();
-        a = da.client();
-        let status = a.ok("status", json!({}));
+        t.alice = da.client();
+        let status = t.alice.ok("status", json!({}));
         if !status["rollback"].is_null() {
-            tally.detected += 1;
+            t.tally.detected += 1;
         }
         for ns in BOTH {
-            let bu = ok_as(&mut a, ALICE, "bundle.get", json!({"namespace": ns}));
-            tally.republished += prekey_ids(bu["xml"].as_str().expect("xml"))
+            let bu = ok_as(&mut t.alice, ALICE, "bundle.get", json!({"namespace": ns}));
+            t.tally.republished += prekey_ids(bu["xml"].as_str().expect("xml"))
                 .intersection(&used)
                 .count();
         }
         for (from, xml) in &decrypted_after {
-            match call_as(&mut a, ALICE, "decrypt", json!({"from": from, "xml": xml})) {
-                Ok(d) if d["redelivered"] == false => tally.replayed += 1,
-                Err(e) if e["data"]["kind"] == "possible_replay" => tally.refused_as_replay += 1,
+            let params = json!({"from": from, "xml": xml});
+            match call_as(&mut t.alice, ALICE, "decrypt", params) {
+                Ok(d) if d["redelivered"] == false => t.tally.replayed += 1,
+                Err(e) if e["data"]["kind"] == "possible_replay" => t.tally.refused_as_replay += 1,
                 _ => {}
             }
         }
@@ -530,63 +463,29 @@ fn rounds(how: Copy, rounds: usize) -> Tally {
         if round % 3 == 2 {
             db.stop();
             db.spawn();
-            b = db.client();
+            t.bob = db.client();
         }
-        // Recovery, the client doing only what it is told: bob writes first on odd rounds,
-        // alice on even ones; then both directions must work in both namespaces.
+        // Recovery, the clients doing only what they are told: bob writes first on odd
+        // rounds, alice on even ones; then both directions must work in both namespaces.
         let mut recovered = true;
         for ns in BOTH {
-            let (mut al, mut bo) = (
-                Side {
-                    c: &mut a,
-                    jid: ALICE,
-                },
-                Side {
-                    c: &mut b,
-                    jid: BOB,
-                },
-            );
             if round % 2 == 1 {
-                bob_to_alice(
-                    &mut al,
-                    &mut bo,
-                    ns,
-                    &format!("{round}: bob first"),
-                    &mut seen,
-                    &mut tally,
-                );
+                // Refused, with the actions that start the new session: once alice's client
+                // did them, bob's next message reads, with no message of alice's own.
+                let refused_before = t.tally.refused_with_actions;
+                recovered &= !t.send(Who::Bob, ns, &format!("{round}: bob first"));
+                recovered &= t.tally.refused_with_actions > refused_before;
+            } else {
+                recovered &= t.send(Who::Alice, ns, &format!("{round}: alice first"));
             }
-            recovered &= alice_to_bob(
-                &mut al,
-                &mut bo,
-                ns,
-                &format!("{round}: alice again"),
-                &mut seen,
-                &mut tally,
-            );
-            let (_, ok) = bob_to_alice(
-                &mut al,
-                &mut bo,
-                ns,
-                &format!("{round}: bob again"),
-                &mut seen,
-                &mut tally,
-            );
-            recovered &= ok;
-            recovered &= alice_to_bob(
-                &mut al,
-                &mut bo,
-                ns,
-                &format!("{round}: alice on"),
-                &mut seen,
-                &mut tally,
-            );
+            recovered &= t.send(Who::Bob, ns, &format!("{round}: bob again"));
+            recovered &= t.send(Who::Alice, ns, &format!("{round}: alice on"));
         }
         if !recovered {
-            tally.unrecovered += 1;
+            t.tally.unrecovered += 1;
         }
     }
-    tally
+    t.tally
 }
 
 fn check(how: Copy, n: usize) {
@@ -622,20 +521,8 @@ fn default_rounds() -> usize {
 /// An account of alice's daemon that knows bob's device (OMEMO 2).
 fn account_knowing_bob(a: &mut Client, b: &mut Client, jid: &str) {
     a.create_account(jid);
-    let list = ok_as(b, BOB, "devicelist.get", json!({"namespace": OMEMO2}));
-    ok_as(
-        a,
-        jid,
-        "devicelist.update",
-        json!({"jid": BOB, "namespace": OMEMO2, "xml": list["xml"]}),
-    );
-    let bu = ok_as(b, BOB, "bundle.get", json!({"namespace": OMEMO2}));
-    ok_as(
-        a,
-        jid,
-        "bundle.update",
-        json!({"jid": BOB, "namespace": OMEMO2, "device_id": bu["device_id"], "xml": bu["xml"]}),
-    );
+    copy_devicelist(a, jid, b, BOB, OMEMO2);
+    copy_bundle(a, jid, b, BOB, OMEMO2);
 }
 
 /// `jid` writes to bob (a session row written).

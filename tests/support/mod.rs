@@ -416,6 +416,23 @@ impl Drop for PyPeer {
     }
 }
 
+/// Prekey ids of a `<bundle>` (either namespace).
+pub fn prekey_ids(xml: &str) -> std::collections::BTreeSet<u32> {
+    let attr = if xml.contains("<pk ") {
+        "<pk id="
+    } else {
+        "<preKeyPublic preKeyId="
+    };
+    xml.match_indices(attr)
+        .map(|(i, _)| {
+            let rest = &xml[i + attr.len() + 1..];
+            rest[..rest.find(['\'', '"']).unwrap()]
+                .parse()
+                .expect("prekey id")
+        })
+        .collect()
+}
+
 /// Temp path helper.
 pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()

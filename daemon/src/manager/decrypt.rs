@@ -227,6 +227,26 @@ pub enum DecryptError {
         /// heartbeat (a key exchange on a new session).
         actions: Vec<Action>,
     },
+    /// The message does not decrypt on a session restored from an older copy of the database:
+    /// the peer's side moved on after the copy. The session cannot continue; `actions` start a
+    /// new one.
+    #[error(
+        "broken session: the session with device {device_id} of {jid} in {namespace} was \
+         restored from an older copy of the database and cannot read this message ({source}); \
+         a new session is due"
+    )]
+    RestoredSession {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// Why the message did not decrypt.
+        source: Box<DecryptError>,
+        /// As for [`DecryptError::PossibleReplay`].
+        actions: Vec<Action>,
+    },
     /// Our own state went missing in the middle of the decryption (not reached).
     #[error("broken session: {0}")]
     LostState(&'static str),
@@ -283,6 +303,7 @@ impl DecryptError {
             | E::UnknownSignedPreKey { .. }
             | E::PreKeyUnavailable { .. }
             | E::PossibleReplay { .. }
+            | E::RestoredSession { .. }
             | E::LostState(_) => ErrorCause::LocalState,
             E::Distrusted | E::IdentityChanged { .. } => ErrorCause::Policy,
         }
@@ -881,8 +902,9 @@ impl Manager {
         })
     }
 
-    /// A key exchange for a prekey we do not have, from a device that needs a new session from
-    /// us (none, or one restored from an older copy): the error says how to start one.
+    /// A message that fails from a device that needs a new session from us: a key exchange for
+    /// a prekey we do not have when we have no session (or one restored from an older copy),
+    /// or a message the restored session cannot read. The error says how to start one.
     async fn with_new_session_actions(
         &self,
         acct: &Account,
@@ -890,8 +912,8 @@ impl Manager {
         e: DecryptError,
     ) -> DecryptError {
         let addr = slot.addr();
-        let due =
-            slot.session.is_none() || slot.meta.suspect || self.pending_rebuilds.contains(addr);
+        let restored = slot.meta.suspect || self.pending_rebuilds.contains(addr);
+        let due = restored || slot.session.is_none();
         match e {
             DecryptError::PreKeyUnavailable { id, .. } if due => DecryptError::PreKeyUnavailable {
                 id,
@@ -900,6 +922,18 @@ impl Manager {
             DecryptError::UnknownSignedPreKey { id, .. } if due => {
                 DecryptError::UnknownSignedPreKey {
                     id,
+                    actions: self.new_session_actions(acct, addr).await,
+                }
+            }
+            // Not a duplicate: that one is certain, and a new session does not change it.
+            e @ (DecryptError::AuthenticationFailed | DecryptError::TooManySkipped(_))
+                if restored && slot.session.is_some() =>
+            {
+                DecryptError::RestoredSession {
+                    jid: addr.jid.clone(),
+                    namespace: addr.namespace,
+                    device_id: addr.device_id,
+                    source: Box::new(e),
                     actions: self.new_session_actions(acct, addr).await,
                 }
             }

@@ -78,6 +78,18 @@ fn bundle_location(jid: &str, namespace: Version, device_id: u32) -> Value {
     })
 }
 
+/// `error.data` naming a remote device, with what starts a new session with it.
+fn device_actions(
+    jid: &str,
+    namespace: Version,
+    device_id: u32,
+    actions: &[crate::events::Action],
+) -> Value {
+    let mut data = device(jid, namespace, device_id);
+    data["actions"] = json!(actions);
+    data
+}
+
 /// `error.data` of an error that says how to start a new session: `actions`, when there are.
 fn new_session(actions: &[crate::events::Action]) -> Value {
     match actions {
@@ -221,11 +233,8 @@ answers!(DecryptError {
     DecryptError::UnknownSignedPreKey { actions, .. }
     | DecryptError::PreKeyUnavailable { actions, .. } => [BrokenSession, new_session(&actions)],
     DecryptError::LostState(_) => [BrokenSession],
-    DecryptError::PossibleReplay { jid, namespace, device_id, actions } => [PossibleReplay, {
-        let mut data = device(&jid, namespace, device_id);
-        data["actions"] = json!(actions);
-        data
-    }],
+    DecryptError::PossibleReplay { jid, namespace, device_id, actions } => [PossibleReplay, device_actions(&jid, namespace, device_id, &actions)],
+    DecryptError::RestoredSession { jid, namespace, device_id, actions, .. } => [BrokenSession, device_actions(&jid, namespace, device_id, &actions)],
     DecryptError::Distrusted => [Distrusted],
     DecryptError::IdentityChanged { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, json!({
         "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
