@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{path_str, prekey_ids, Client, Daemon, BOTH, OMEMO2};
+use support::{path_str, prekey_ids, Client, Daemon, BOTH, OLDMEMO, OMEMO2};
 
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
@@ -443,6 +443,24 @@ fn rounds(how: Copy, rounds: usize) -> Tally {
         let status = t.alice.ok("status", json!({}));
         if !status["rollback"].is_null() {
             t.tally.detected += 1;
+        }
+        if round == 0 {
+            // The republication is a duty no call caused, kept for the first subscriber.
+            let mut l = da.client();
+            l.ok("subscribe", json!({"types": ["publish_bundle"]}));
+            let mut namespaces: Vec<Value> = (0..2)
+                .map(|_| l.event().expect("publish_bundle duty"))
+                .inspect(|e| {
+                    assert_eq!(
+                        (&e["cause"], &e["in_answer"]),
+                        (&json!("rollback"), &json!(false)),
+                        "{e}"
+                    )
+                })
+                .map(|e| e["namespace"].clone())
+                .collect();
+            namespaces.sort_by_key(Value::to_string);
+            assert_eq!(namespaces, [json!(OLDMEMO), json!(OMEMO2)]);
         }
         for ns in BOTH {
             let bu = ok_as(&mut t.alice, ALICE, "bundle.get", json!({"namespace": ns}));
