@@ -105,6 +105,9 @@ pub enum ErrorKind {
     MessageTooLarge,
     /// The message comes from a device of another JID than the request's `from`.
     SenderMismatch,
+    /// The message decrypts on a session restored from an older copy of the database: it may be
+    /// a replay; refused, and a new session is started (`data.actions`).
+    PossibleReplay,
 
     // --- trust (1300s) ---
     /// The device is not (yet) trusted.
@@ -183,6 +186,7 @@ impl ErrorKind {
         ErrorKind::SceMismatch,
         ErrorKind::MessageTooLarge,
         ErrorKind::SenderMismatch,
+        ErrorKind::PossibleReplay,
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
         ErrorKind::IdentityChanged,
@@ -238,6 +242,7 @@ impl ErrorKind {
             ErrorKind::SceMismatch => 1209,
             ErrorKind::MessageTooLarge => 1210,
             ErrorKind::SenderMismatch => 1211,
+            ErrorKind::PossibleReplay => 1230,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
             ErrorKind::IdentityChanged => 1303,
@@ -294,6 +299,7 @@ impl ErrorKind {
             ErrorKind::SceMismatch => "sce_mismatch",
             ErrorKind::MessageTooLarge => "message_too_large",
             ErrorKind::SenderMismatch => "sender_mismatch",
+            ErrorKind::PossibleReplay => "possible_replay",
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
             ErrorKind::IdentityChanged => "identity_changed",
@@ -345,6 +351,7 @@ impl ErrorKind {
             | ErrorKind::NotForThisDevice
             | ErrorKind::LinkUnknownDevice
             | ErrorKind::BrokenSession
+            | ErrorKind::PossibleReplay
             | ErrorKind::StorageError => LocalState,
             ErrorKind::InvalidBundle
             | ErrorKind::InvalidSignature
@@ -409,6 +416,7 @@ impl ErrorKind {
             ErrorKind::SceMismatch => "SCE envelope does not match the stanza",
             ErrorKind::MessageTooLarge => "message too large to decrypt",
             ErrorKind::SenderMismatch => "the message comes from another JID than `from`",
+            ErrorKind::PossibleReplay => "possible replay on a session restored from an older copy",
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",
             ErrorKind::IdentityChanged => "identity key of the device changed",
