@@ -97,6 +97,7 @@ SceMismatch = _kind("sce_mismatch", 1209, "OMEMO 2: the envelope names another s
 MessageTooLarge = _kind("message_too_large", 1210, "The element would be larger than decrypt accepts.")
 SenderMismatch = _kind("sender_mismatch", 1211, "The message comes from a device of another JID than `from`.")
 IdempotencyKeyReused = _kind("idempotency_key_reused", 1220, "`idempotency_key` used for another request.")
+PossibleReplay = _kind("possible_replay", 1230, "Decrypts on a session restored from an older copy: refused, a new session starts.")
 Untrusted = _kind("untrusted", 1301, "The device is not (yet) trusted.")
 Distrusted = _kind("distrusted", 1302, "The device is explicitly distrusted.")
 IdentityChanged = _kind("identity_changed", 1303, "Another identity key than the one held for the device.")
