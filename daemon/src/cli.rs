@@ -122,15 +122,17 @@ pub enum Command {
     #[command(subcommand)]
     File(FileCommand),
     /// Write a consistent copy of the database to FILE (SQLite's online backup; safe while the
-    /// daemon runs). FILE must not exist; it is created with mode 0600.
+    /// daemon runs), stamped as a copy: a daemon started on it replaces its prekeys and starts
+    /// new sessions. FILE must not exist; it is created with mode 0600.
     Backup {
         /// Where to write the copy.
         file: PathBuf,
         #[command(flatten)]
         db: DbArg,
     },
-    /// Replace the database by a backup. Refuses while a daemon uses the database; the replaced
-    /// file is kept as `<db>.before-restore-<time>`.
+    /// Replace the database by a backup (stamped as a copy: the next start replaces its prekeys
+    /// and starts new sessions). Refuses while a daemon uses the database; the replaced file is
+    /// kept as `<db>.before-restore-<time>`.
     Restore {
         /// The backup to restore.
         file: PathBuf,
@@ -189,8 +191,9 @@ pub enum AccountCommand {
         #[command(flatten)]
         db: DbArg,
     },
-    /// Add an account exported with `account export` to this machine's database. Stop the daemon
-    /// first (the database must not be in use); then stop using the account on the old machine.
+    /// Add an account exported with `account export` to this machine's database, treated as a
+    /// restored copy (new prekeys, new sessions). Stop the daemon first (the database must not be
+    /// in use); then stop using the account on the old machine.
     Import {
         /// The exported account.
         file: PathBuf,

@@ -599,7 +599,44 @@ fn export_import_moves_an_account_to_another_machine() {
     dn.spawn();
     let mut n = dn.client();
     assert_eq!(n.ok("fingerprint.get", json!({})), before);
-    // The sessions came along: messages flow both ways without a new key exchange.
+    // The identity came along; the sessions too, but an export is a copy the old machine may
+    // have gone on from (issue 19): the imported account is treated as restored. Bob's message
+    // on the old session is refused as a possible replay, with what starts a new one.
+    let status = n.ok("status", json!({}));
+    assert_eq!(
+        status["rollback"]["found_by"],
+        json!(["restored_copy"]),
+        "{status}"
+    );
+    assert_eq!(
+        status["rollback"]["accounts"],
+        json!(["alice@example.org"]),
+        "{status}"
+    );
+    let y = b.encrypt_xml(&["alice@example.org"], Some("to the new machine"), OMEMO2);
+    let e = n.decrypt("bob@example.org", &y).expect_err("old session");
+    assert_eq!(e["data"]["kind"], "possible_replay", "{e}");
+    let actions: Vec<&str> = e["data"]["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter_map(|a| a["type"].as_str())
+        .collect();
+    assert_eq!(actions, ["fetch_bundle", "send_heartbeat"], "{e}");
+    n.learn("bob@example.org", &mut b, &[OMEMO2]);
+    let hb = n.ok(
+        "heartbeat",
+        json!({"jid": "bob@example.org", "namespace": OMEMO2, "device_id": e["data"]["device_id"]}),
+    );
+    let hb = hb["messages"][0]["xml"]
+        .as_str()
+        .expect("heartbeat")
+        .to_owned();
+    assert_eq!(
+        b.decrypt("alice@example.org", &hb).expect("new session")["key_exchange"],
+        true
+    );
+    // Then messages flow both ways, and bob saw no new identity key.
     let y = b.encrypt_xml(&["alice@example.org"], Some("to the new machine"), OMEMO2);
     let r = n.decrypt("bob@example.org", &y).expect("decrypt");
     assert_eq!(r["body"], "to the new machine");
@@ -609,6 +646,8 @@ fn export_import_moves_an_account_to_another_machine() {
         b.decrypt("alice@example.org", &x).expect("decrypt")["body"],
         "from it"
     );
+    let trust = b.ok("trust.list", json!({"jid": "alice@example.org"}));
+    assert_eq!(trust.as_array().map(Vec::len), Some(1), "{trust}");
 }
 
 /// The settings of a user unit (every section), as `(key, value)` in file order.

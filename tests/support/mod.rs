@@ -462,6 +462,23 @@ pub fn peak_while(pid: u32, measure: fn(u32) -> u64, run: impl FnOnce()) -> u64 
     sampler.join().expect("sampler")
 }
 
+/// Prekey ids of a `<bundle>` (either namespace).
+pub fn prekey_ids(xml: &str) -> std::collections::BTreeSet<u32> {
+    let attr = if xml.contains("<pk ") {
+        "<pk id="
+    } else {
+        "<preKeyPublic preKeyId="
+    };
+    xml.match_indices(attr)
+        .map(|(i, _)| {
+            let rest = &xml[i + attr.len() + 1..];
+            rest[..rest.find(['\'', '"']).unwrap()]
+                .parse()
+                .expect("prekey id")
+        })
+        .collect()
+}
+
 /// Temp path helper.
 pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()

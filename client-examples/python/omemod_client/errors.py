@@ -100,6 +100,7 @@ NoDeviceReached = _kind("no_device_reached", 1212,
                         "encrypt: no device of the recipients can get the message (`data['devices']`: why each).")
 UnknownOwnMessage = _kind("unknown_own_message", 1213, "Our own message, but not one this device still keeps.")
 IdempotencyKeyReused = _kind("idempotency_key_reused", 1220, "`idempotency_key` used for another request.")
+PossibleReplay = _kind("possible_replay", 1230, "Decrypts on a session restored from an older copy: refused, a new session starts.")
 Untrusted = _kind("untrusted", 1301, "The device is not (yet) trusted.")
 Distrusted = _kind("distrusted", 1302, "The device is explicitly distrusted.")
 IdentityChanged = _kind("identity_changed", 1303, "Another identity key than the one held for the device.")

@@ -99,6 +99,7 @@ fn commit_parts(cfg: &Cfg, r: &mut Report) {
         messages_sent: 0,
         messages_received: u64::from(n),
         unanswered: 0,
+        suspect: false,
     };
     let record = move |n: u32| {
         let mut digest = [0u8; 32];

@@ -6,7 +6,9 @@
 //!    `<key>` for our device;
 //! 2. **authenticate**: try each of those keys on the session candidates — the current session,
 //!    the previous ones (protocol-core's [`SessionRecord`]), or a new one built from a key exchange
-//!    (after identity pinning, the rebuild rate limit and the prekey rules) — on copies;
+//!    (after identity pinning, the rebuild rate limit and the prekey rules) — on copies; a
+//!    message that decrypts on a state found in a restored copy of the database is refused
+//!    there as a possible replay;
 //! 3. **judge**: trust of the sender's key, then the payload and its OMEMO 2 SCE envelope;
 //! 4. **commit** everything in one transaction;
 //! 5. let memory follow, and list the **follow-ups** (heartbeat, bundle, device list).
@@ -226,13 +228,62 @@ pub enum DecryptError {
         device_id: u32,
     },
     /// A key exchange for a signed prekey we do not have (any longer).
-    #[error("broken session: key exchange uses unknown signed prekey {0}")]
-    UnknownSignedPreKey(u32),
+    #[error("broken session: key exchange uses unknown signed prekey {id}")]
+    UnknownSignedPreKey {
+        /// The signed prekey id.
+        id: u32,
+        /// What starts a new session with the device when it needs one from us (no session, or
+        /// one found in a restored copy): empty otherwise.
+        actions: Vec<Action>,
+    },
     /// A key exchange for a one-time prekey that is used or that we do not have.
     #[error(
-        "broken session: key exchange uses one-time prekey {0} which is already used or unknown"
+        "broken session: key exchange uses one-time prekey {id} which is already used or unknown"
     )]
-    PreKeyUnavailable(u32),
+    PreKeyUnavailable {
+        /// The one-time prekey id.
+        id: u32,
+        /// As for [`DecryptError::UnknownSignedPreKey`].
+        actions: Vec<Action>,
+    },
+    /// The message decrypts on a session state found in a restored (older) copy of the
+    /// database: it may be a replay of a message read after the copy was taken, so it is
+    /// refused and nothing changes. `actions` start a new session with the device.
+    #[error(
+        "possible replay: the message decrypts on a session of device {device_id} of {jid} in \
+         {namespace} that was restored from an older copy of the database; a new session is due"
+    )]
+    PossibleReplay {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// What restores the conversation: fetch a fresh bundle if none is stored, then send a
+        /// heartbeat (a key exchange on a new session).
+        actions: Vec<Action>,
+    },
+    /// The message does not decrypt on a session restored from an older copy of the database:
+    /// the peer's side moved on after the copy. The session cannot continue; `actions` start a
+    /// new one.
+    #[error(
+        "broken session: the session with device {device_id} of {jid} in {namespace} was \
+         restored from an older copy of the database and cannot read this message ({source}); \
+         a new session is due"
+    )]
+    RestoredSession {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// Why the message did not decrypt.
+        source: Box<DecryptError>,
+        /// As for [`DecryptError::PossibleReplay`].
+        actions: Vec<Action>,
+    },
     /// Our own state went missing in the middle of the decryption (not reached).
     #[error("broken session: {0}")]
     LostState(&'static str),
@@ -312,8 +363,10 @@ impl DecryptError {
             // The sender did not know our device: our device list has not reached it.
             E::NotForThisDevice { .. } => ErrorCause::LocalState,
             E::NoSession { .. }
-            | E::UnknownSignedPreKey(_)
-            | E::PreKeyUnavailable(_)
+            | E::UnknownSignedPreKey { .. }
+            | E::PreKeyUnavailable { .. }
+            | E::PossibleReplay { .. }
+            | E::RestoredSession { .. }
             | E::LostState(_) => ErrorCause::LocalState,
             E::Distrusted | E::UnlistedDevice { .. } => ErrorCause::Policy,
             E::SenderMismatch { .. } => ErrorCause::Request,
@@ -356,24 +409,38 @@ fn refused(e: SessionError, addr: &DeviceAddr) -> DecryptError {
     }
 }
 
-/// The attempt a session record's lookup made: `ids` are the row ids of its previous states.
+/// The attempt a session record's lookup made on `slot`'s session: `previous` describes its
+/// previous states.
 fn attempt(
     record: SessionRecord,
     found: RecordDecrypted,
-    ids: &[i64],
+    slot: &SlotGuard,
+    previous: &Previous,
     key_exchange: bool,
 ) -> Result<Attempt, DecryptError> {
     let lost = || DecryptError::LostState("the session record lost its state");
-    let origin = match found.from {
-        StateIndex::Current => Origin::Current,
-        StateIndex::Previous(i) => Origin::Previous(ids.get(i).copied().ok_or_else(lost)?),
+    let (origin, suspect) = match found.from {
+        StateIndex::Current => (Origin::Current, slot.meta.suspect),
+        StateIndex::Previous(i) => (
+            Origin::Previous(previous.ids.get(i).copied().ok_or_else(lost)?),
+            previous.suspect.get(i).copied().ok_or_else(lost)?,
+        ),
     };
     Ok(Attempt {
         session: record.into_current().ok_or_else(lost)?,
         decrypted: found.decrypted,
         origin,
         key_exchange,
+        suspect,
     })
+}
+
+/// The previous session states given to a record, in its order: their row ids and whether
+/// each was archived from a suspect session.
+#[derive(Default)]
+struct Previous {
+    ids: Vec<i64>,
+    suspect: Vec<bool>,
 }
 
 /// What a key exchange did to our prekeys.
@@ -410,6 +477,8 @@ pub(super) struct Attempt {
     pub(super) decrypted: Decrypted,
     origin: Origin,
     pub(super) key_exchange: bool,
+    /// It decrypted on a state found in a restored copy (refused: a possible replay).
+    suspect: bool,
 }
 
 /// The account settings a decryption depends on.
@@ -434,14 +503,17 @@ struct DecryptWrite {
     now: i64,
     row: session_store::SessionRow,
     skipped: SkippedWrite,
-    /// The session moved away from, kept as a previous state.
-    archive: Option<Zeroizing<Vec<u8>>>,
+    /// The session moved away from, kept as a previous state (and whether it was suspect).
+    archive: Option<(Zeroizing<Vec<u8>>, bool)>,
     /// The previous state (row id) that decrypted, promoted to current.
     promoted: Option<i64>,
     /// The prekey a new session consumed.
     prekey: Option<PreKeyUse>,
     /// The identity change the user accepted is used up.
     accepted_pin: bool,
+    /// A new session from the peer's key exchange replaces one due for a rebuild after a
+    /// restore: the rebuild is done.
+    rebuilt: bool,
     trust: Option<TrustRow>,
     /// `last_seen` is due an update.
     touch: bool,
@@ -496,7 +568,10 @@ impl DecryptWrite {
                 SkippedWrite::Replace(Box::new(attempt.session.clone()))
             },
             archive: (!current)
-                .then(|| slot.session.as_ref().map(|s| s.to_bytes(true)))
+                .then(|| {
+                    let suspect = slot.meta.suspect;
+                    slot.session.as_ref().map(|s| (s.to_bytes(true), suspect))
+                })
                 .flatten(),
             promoted: match attempt.origin {
                 Origin::Previous(id) => Some(id),
@@ -504,6 +579,7 @@ impl DecryptWrite {
             },
             prekey,
             accepted_pin,
+            rebuilt: false,
             trust: None,
             touch: false,
             defer_heartbeat: false,
@@ -519,8 +595,12 @@ impl DecryptWrite {
         if let Some(id) = self.promoted {
             device_state::delete_previous_session(tx, id)?;
         }
-        if let Some(state) = &self.archive {
-            device_state::push_previous_session(tx, a, state, now, MAX_PREVIOUS_SESSIONS)?;
+        if let Some((state, suspect)) = &self.archive {
+            let archived = device_state::Archived {
+                state,
+                suspect: *suspect,
+            };
+            device_state::push_previous_session(tx, a, archived, now, MAX_PREVIOUS_SESSIONS)?;
         }
         session_store::upsert(tx, &self.row)?;
         match &self.skipped {
@@ -531,6 +611,9 @@ impl DecryptWrite {
         }
         if self.accepted_pin {
             device_state::delete_identity_change(tx, a)?;
+        }
+        if self.rebuilt {
+            crate::storage::rebuilds::clear(tx, a)?;
         }
         if let Some(t) = &self.trust {
             trust_store::set(tx, t)?;
@@ -640,9 +723,17 @@ impl Manager {
         // A new session consumes one of our prekeys: hold the account's keys from the lookup
         // until memory reflects the commit, so no two key exchanges get the same prekey.
         let mut own_keys = None;
-        let attempt = self
+        let attempt = match self
             .authenticate(&acct, &addr, &slot, &ours, &mut own_keys)
-            .await?;
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                drop(own_keys);
+                return Err(self.with_new_session_actions(&acct, &slot, e).await);
+            }
+        };
+        self.refuse_restored(&acct, &addr, &attempt).await?;
         let received = Received {
             from,
             element: &element,
@@ -776,16 +867,16 @@ impl Manager {
         data: &[u8],
     ) -> Result<Attempt, DecryptError> {
         let mut record = SessionRecord::new(slot.session.clone());
-        let mut ids = Vec::new();
+        let mut previous = Previous::default();
         let found = match record.decrypt(data, &mut OsRng) {
             Err(e) if SessionRecord::previous_may_decrypt(&e) => {
-                ids = self.load_previous(addr, &mut record).await?;
+                previous = self.load_previous(addr, &mut record).await?;
                 record.decrypt_previous(data, &mut OsRng).ok_or(e)
             }
             found => found,
         };
         match found {
-            Ok(found) => attempt(record, found, &ids, false),
+            Ok(found) => attempt(record, found, slot, &previous, false),
             Err(SessionError::NoSession) if slot.session.is_none() => Err(self
                 .sender_mismatch(addr, None)
                 .unwrap_or_else(|| refused(SessionError::NoSession, addr))),
@@ -824,14 +915,15 @@ impl Manager {
     ) -> Result<Attempt, DecryptError> {
         let kex = KeyExchange::parse(addr.namespace, data).map_err(|e| refused(e, addr))?;
         let mut record = SessionRecord::new(slot.session.clone());
-        let mut ids = Vec::new();
+        let mut previous = Previous::default();
         let mut found = record.decrypt_key_exchange(&kex, &mut OsRng);
         if found.is_none() {
-            ids = self.load_previous(addr, &mut record).await?;
+            previous = self.load_previous(addr, &mut record).await?;
             found = record.decrypt_key_exchange(&kex, &mut OsRng);
         }
         if let Some(found) = found {
-            return attempt(record, found.map_err(|e| refused(e, addr))?, &ids, true);
+            let found = found.map_err(|e| refused(e, addr))?;
+            return attempt(record, found, slot, &previous, true);
         }
         let new_identity = kex
             .identity
@@ -861,7 +953,7 @@ impl Manager {
             .ok_or(DecryptError::LostState("account keys unavailable"))?;
         let responded = respond(acct, keys, &kex, slot).map_err(|e| match e {
             // Its prekey went to the device's real owner: the wrong `from`, not a broken session.
-            DecryptError::UnknownSignedPreKey(_) | DecryptError::PreKeyUnavailable(_)
+            DecryptError::UnknownSignedPreKey { .. } | DecryptError::PreKeyUnavailable { .. }
                 if slot.session.is_none() =>
             {
                 self.sender_mismatch(addr, Some(&new_identity)).unwrap_or(e)
@@ -877,31 +969,113 @@ impl Manager {
                 accepted_pin: pin.accepted,
             },
             key_exchange: true,
+            suspect: false,
         })
     }
 
     /// Gives `record` the previous session states of a device, newest first (unreadable ones
-    /// skipped); returns their row ids in the same order.
+    /// skipped); returns their row ids and suspicion in the same order.
     async fn load_previous(
         &self,
         addr: &DeviceAddr,
         record: &mut SessionRecord,
-    ) -> Result<Vec<i64>, StorageError> {
+    ) -> Result<Previous, StorageError> {
         let a = addr.clone();
         let rows = self
             .store
             .read(move |conn| device_state::previous_sessions(conn, &a))
             .await?;
-        let (ids, states): (Vec<i64>, Vec<Session>) = rows
-            .into_iter()
-            .filter_map(|r| {
-                Session::from_bytes(r.state.expose(), Vec::new())
-                    .ok()
-                    .map(|s| (r.id, s))
-            })
-            .unzip();
+        let mut previous = Previous::default();
+        let mut states = Vec::with_capacity(rows.len());
+        for r in rows {
+            if let Ok(s) = Session::from_bytes(r.state.expose(), Vec::new()) {
+                previous.ids.push(r.id);
+                previous.suspect.push(r.suspect);
+                states.push(s);
+            }
+        }
         record.set_previous(states);
-        Ok(ids)
+        Ok(previous)
+    }
+
+    /// What starts a new session with the device now: a fresh bundle when none is stored, and
+    /// a heartbeat (a key exchange on a new session when one is due). Each is announced too.
+    async fn new_session_actions(&self, acct: &Account, addr: &DeviceAddr) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if !matches!(
+            self.stored_bundle(addr).await,
+            Ok(super::peer_bundle::StoredBundle::Usable(_))
+        ) {
+            let a = Action::fetch_bundle(&addr.jid, addr.namespace, addr.device_id);
+            self.push_action(acct, &mut actions, Cause::Rollback, a);
+        }
+        let a = Action::SendHeartbeat {
+            jid: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+        };
+        self.push_action(acct, &mut actions, Cause::Rollback, a);
+        actions
+    }
+
+    /// Step 2b: a message that decrypts on a state restored from an older copy may be a replay
+    /// of one read after the copy was taken: refused (nothing changes), and a new session is
+    /// started instead.
+    async fn refuse_restored(
+        &self,
+        acct: &Account,
+        addr: &DeviceAddr,
+        attempt: &Attempt,
+    ) -> Result<(), DecryptError> {
+        if !attempt.suspect {
+            return Ok(());
+        }
+        tracing::warn!(account = %acct.jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "message on a session restored from an older copy refused as a possible replay");
+        Err(DecryptError::PossibleReplay {
+            jid: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+            actions: self.new_session_actions(acct, addr).await,
+        })
+    }
+
+    /// A message that fails from a device that needs a new session from us: a key exchange for
+    /// a prekey we do not have when we have no session (or one restored from an older copy),
+    /// or a message the restored session cannot read. The error says how to start one.
+    async fn with_new_session_actions(
+        &self,
+        acct: &Account,
+        slot: &SlotGuard,
+        e: DecryptError,
+    ) -> DecryptError {
+        let addr = slot.addr();
+        let restored = slot.meta.suspect || self.pending_rebuilds.contains(addr);
+        let due = restored || slot.session.is_none();
+        match e {
+            DecryptError::PreKeyUnavailable { id, .. } if due => DecryptError::PreKeyUnavailable {
+                id,
+                actions: self.new_session_actions(acct, addr).await,
+            },
+            DecryptError::UnknownSignedPreKey { id, .. } if due => {
+                DecryptError::UnknownSignedPreKey {
+                    id,
+                    actions: self.new_session_actions(acct, addr).await,
+                }
+            }
+            // Not a duplicate: that one is certain, and a new session does not change it.
+            e @ (DecryptError::AuthenticationFailed | DecryptError::TooManySkipped(_))
+                if restored && slot.session.is_some() =>
+            {
+                DecryptError::RestoredSession {
+                    jid: addr.jid.clone(),
+                    namespace: addr.namespace,
+                    device_id: addr.device_id,
+                    source: Box::new(e),
+                    actions: self.new_session_actions(acct, addr).await,
+                }
+            }
+            e => e,
+        }
     }
 
     /// The account's trust mode and whether catch-up is on (it ends by itself after
@@ -934,8 +1108,11 @@ impl Manager {
             defer_heartbeat: verdict.heartbeat && verdict.mode.catchup,
             trust: verdict.trust.new.then(|| verdict.trust.row.clone()),
             touch,
+            rebuilt: matches!(attempt.origin, Origin::New { .. })
+                && self.pending_rebuilds.contains(addr),
             ..DecryptWrite::of(acct.id, slot, attempt, now)
         };
+        let rebuilt = write.rebuilt;
         let defer = write.defer_heartbeat;
         let prekey_ns = write.prekey.as_ref().and_then(|p| p.namespace);
         let written = self.store.write(move |tx| write.run(tx)).await?;
@@ -944,6 +1121,10 @@ impl Manager {
         }
         if touch {
             self.with_directory(acct.id, |d| d.touched(addr, now));
+        }
+        if rebuilt {
+            // The peer's new session replaced the restored one: nothing left to rebuild.
+            self.pending_rebuilds.done(addr);
         }
         let mut bundles_changed: Vec<Version> = written
             .refill
@@ -983,6 +1164,7 @@ impl Manager {
                 messages_sent: 0,
                 messages_received: 1,
                 unanswered: 0,
+                suspect: false,
             },
         };
         if let Origin::New {
@@ -1156,9 +1338,10 @@ fn respond(
         .signed_prekeys
         .get(&kex.info.signed_pre_key_id)
         .map(|s| s.key.key_pair.clone())
-        .ok_or(DecryptError::UnknownSignedPreKey(
-            kex.info.signed_pre_key_id,
-        ))?;
+        .ok_or(DecryptError::UnknownSignedPreKey {
+            id: kex.info.signed_pre_key_id,
+            actions: Vec::new(),
+        })?;
     let ephemeral = kex.info.ephemeral.0;
     let no_session = slot.session.is_none();
     let prekey = keys
@@ -1166,9 +1349,13 @@ fn respond(
         .get(&kex.info.pre_key_id)
         .filter(|p| !p.used || (p.used_by == Some(ephemeral) && no_session));
     let namespace = prekey.and_then(|p| p.namespace);
-    let opk = prekey
-        .map(|p| p.key_pair.private.clone())
-        .ok_or(DecryptError::PreKeyUnavailable(kex.info.pre_key_id))?;
+    let opk =
+        prekey
+            .map(|p| p.key_pair.private.clone())
+            .ok_or(DecryptError::PreKeyUnavailable {
+                id: kex.info.pre_key_id,
+                actions: Vec::new(),
+            })?;
     let catchup = keys.catchup_active(storage::now());
     let (session, decrypted) = Session::respond(&acct.identity, kex, &spk, &opk, &mut OsRng)
         .map_err(|e| refused(e, slot.addr()))?;

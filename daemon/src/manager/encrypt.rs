@@ -529,8 +529,8 @@ struct NewSession {
     rest: Arc<VerifiedBundle>,
     /// The same as XML.
     rest_xml: String,
-    /// The session it replaces, kept as a previous state.
-    archive: Option<Zeroizing<Vec<u8>>>,
+    /// The session it replaces, kept as a previous state (and whether it was suspect).
+    archive: Option<(Zeroizing<Vec<u8>>, bool)>,
     /// It is the rebuild a rollback asked for.
     rebuilt: bool,
 }
@@ -994,14 +994,13 @@ impl Manager {
                 return skipped(report(addr, DeviceStatus::Stale, false, why, action));
             }
         }
-        // After a rollback the stored session may be behind the peer's: start a new one.
-        let rebuild = slot
-            .session
-            .as_ref()
-            .and_then(|_| self.pending_rebuilds.requested_at(addr));
+        // A session found in an older copy of the database may be behind the peer's (and its
+        // sending chain already used): start a new one.
+        let rebuild =
+            slot.session.is_some() && (slot.meta.suspect || self.pending_rebuilds.contains(addr));
         let source = match &slot.session {
-            Some(s) if !forced && rebuild.is_none() => Source::Cached(s),
-            _ => match self.new_session(fanout.acct, slot, rebuild.is_some()).await {
+            Some(s) if !forced && !rebuild => Source::Cached(s),
+            _ => match self.new_session(fanout.acct, slot, rebuild).await {
                 Ok(new) => Source::New(new),
                 Err(report) => return skipped(report),
             },
@@ -1065,7 +1064,10 @@ impl Manager {
             session,
             rest_xml: protocol_core::xml::bundle_to_xml(rest.bundle()),
             rest: Arc::new(rest),
-            archive: slot.session.as_ref().map(|s| s.to_bytes(true)),
+            archive: slot
+                .session
+                .as_ref()
+                .map(|s| (s.to_bytes(true), slot.meta.suspect)),
             rebuilt: self.pending_rebuilds.contains(addr),
         }))
     }
@@ -1202,11 +1204,15 @@ impl NewSession {
         addr: &DeviceAddr,
         now: i64,
     ) -> Result<(), StorageError> {
-        if let Some(old) = &self.archive {
+        if let Some((state, suspect)) = &self.archive {
+            let archived = device_state::Archived {
+                state,
+                suspect: *suspect,
+            };
             device_state::push_previous_session(
                 tx,
                 addr,
-                old,
+                archived,
                 now,
                 protocol_core::consts::MAX_PREVIOUS_SESSIONS,
             )?;

@@ -117,7 +117,10 @@ impl Manager {
                 lookup
                     .iter()
                     .map(|a: &DeviceAddr| {
-                        let s = session_store::get(c, a)?.map(|r| (r.identity_key, r.unanswered));
+                        // A suspect session (restored copy) is replaced by the next message.
+                        let s = session_store::get(c, a)?
+                            .filter(|r| !r.suspect)
+                            .map(|r| (r.identity_key, r.unanswered));
                         let b = match s {
                             Some(_) => None,
                             None => bundles::get(c, a)?.map(|r| r.identity_curve25519),

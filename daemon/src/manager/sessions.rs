@@ -32,6 +32,9 @@ pub struct SessionMeta {
     pub messages_received: u64,
     /// Messages encrypted since the last one decrypted from the device (device hygiene).
     pub unanswered: u64,
+    /// Found in a restored copy of the database: a message that decrypts on it may be a replay
+    /// (refused), and the next message to the device starts a new session.
+    pub suspect: bool,
 }
 
 /// Most idle slots kept in memory. Above it, idle slots are dropped oldest first (their
@@ -197,6 +200,7 @@ impl SessionTable {
                             messages_sent: row.messages_sent,
                             messages_received: row.messages_received,
                             unanswered: row.unanswered,
+                            suspect: row.suspect,
                         };
                     }
                     Err(e) => {
@@ -309,6 +313,7 @@ pub fn session_row_with_state(
         messages_sent: meta.messages_sent,
         messages_received: meta.messages_received,
         unanswered: meta.unanswered,
+        suspect: meta.suspect,
     }
 }
 

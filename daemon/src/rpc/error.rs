@@ -111,6 +111,9 @@ pub enum ErrorKind {
     NoDeviceReached,
     /// Our own message (this device's id and JID), but not one this device keeps.
     UnknownOwnMessage,
+    /// The message decrypts on a session restored from an older copy of the database: it may be
+    /// a replay; refused, and a new session is started (`data.actions`).
+    PossibleReplay,
 
     // --- trust (1300s) ---
     /// The device is not (yet) trusted.
@@ -191,6 +194,7 @@ impl ErrorKind {
         ErrorKind::SenderMismatch,
         ErrorKind::NoDeviceReached,
         ErrorKind::UnknownOwnMessage,
+        ErrorKind::PossibleReplay,
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
         ErrorKind::IdentityChanged,
@@ -248,6 +252,7 @@ impl ErrorKind {
             ErrorKind::SenderMismatch => 1211,
             ErrorKind::NoDeviceReached => 1212,
             ErrorKind::UnknownOwnMessage => 1213,
+            ErrorKind::PossibleReplay => 1230,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
             ErrorKind::IdentityChanged => 1303,
@@ -306,6 +311,7 @@ impl ErrorKind {
             ErrorKind::SenderMismatch => "sender_mismatch",
             ErrorKind::NoDeviceReached => "no_device_reached",
             ErrorKind::UnknownOwnMessage => "unknown_own_message",
+            ErrorKind::PossibleReplay => "possible_replay",
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
             ErrorKind::IdentityChanged => "identity_changed",
@@ -358,6 +364,7 @@ impl ErrorKind {
             | ErrorKind::LinkUnknownDevice
             | ErrorKind::BrokenSession
             | ErrorKind::UnknownOwnMessage
+            | ErrorKind::PossibleReplay
             | ErrorKind::StorageError => LocalState,
             ErrorKind::InvalidBundle
             | ErrorKind::InvalidSignature
@@ -425,6 +432,7 @@ impl ErrorKind {
             ErrorKind::SenderMismatch => "the message comes from another JID than `from`",
             ErrorKind::NoDeviceReached => "no device of the recipients can be encrypted for",
             ErrorKind::UnknownOwnMessage => "our own message, not kept",
+            ErrorKind::PossibleReplay => "possible replay on a session restored from an older copy",
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",
             ErrorKind::IdentityChanged => "identity key of the device changed",

@@ -314,19 +314,19 @@ fn service(ctx: Arc<Ctx>, config: &ServeConfig) -> Result<Service, ServeError> {
 }
 
 /// The session manager and the tasks that run beside the requests: the maintenance pass, and
-/// the generation keeper.
+/// flushing the generation record.
 struct Background {
-    keeper: Arc<crate::rollback::Keeper>,
     maintenance: JoinHandle<()>,
-    generations: JoinHandle<()>,
+    record: JoinHandle<()>,
 }
 
 impl Background {
-    /// Checks for a rollback, loads the manager into `ctx` and starts the tasks.
+    /// Notices (and treats) an older copy of the database, loads the manager into `ctx` and
+    /// starts the tasks.
     async fn start(ctx: &Ctx, store: &Arc<Store>) -> Result<Self, ServeError> {
-        // Before the manager loads its state: a rollback marks sessions for a rebuild.
-        let (keeper, rollback) = crate::rollback::Keeper::start(Arc::clone(store)).await?;
-        if let Some(r) = rollback {
+        // Before the manager loads its state: the treatment changes sessions and keys.
+        let started = crate::rollback::Keeper::start(Arc::clone(store)).await?;
+        if let Some(r) = started.rollback {
             let _ = ctx.rollback.set(r);
         }
         let manager = Arc::new(
@@ -337,21 +337,17 @@ impl Background {
         let _ = ctx.manager.set(Arc::clone(&manager));
         manager.set_redelivery_config(ctx.config.redelivery);
         manager.set_stale_config(ctx.config.stale);
-        let keeper = Arc::new(keeper);
+        manager.announce_restored(&started.restored);
         Ok(Self {
             maintenance: tokio::spawn(maintain(manager, Maintenance::of(&ctx.config))),
-            generations: tokio::spawn(follow_generations(Arc::clone(&keeper))),
-            keeper,
+            record: tokio::spawn(flush_record(started.keeper)),
         })
     }
 
-    /// Stops the tasks and records the last generation.
+    /// Stops the tasks (the writer flushes the record when the store closes).
     async fn stop(self) {
         self.maintenance.abort();
-        self.generations.abort();
-        if let Err(e) = self.keeper.follow().await {
-            tracing::warn!(error = %e, "recording the database generation failed");
-        }
+        self.record.abort();
     }
 }
 
@@ -412,13 +408,13 @@ async fn maintain(manager: Arc<Manager>, m: Maintenance) {
     }
 }
 
-/// Keeps the generation counter following the database while it changes.
-async fn follow_generations(keeper: Arc<crate::rollback::Keeper>) {
-    let mut tick = tokio::time::interval(crate::rollback::INTERVAL);
+/// Flushes the generation record to the disk every second while it changes.
+async fn flush_record(keeper: crate::rollback::Keeper) {
+    let mut tick = tokio::time::interval(crate::rollback::SYNC_INTERVAL);
     loop {
         tick.tick().await;
-        if let Err(e) = keeper.follow().await {
-            tracing::warn!(error = %e, "recording the database generation failed");
+        if let Err(e) = keeper.sync().await {
+            tracing::warn!(error = %e, "flushing the generation record failed");
         }
     }
 }

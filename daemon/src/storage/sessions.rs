@@ -72,6 +72,9 @@ pub struct SessionRow {
     /// Messages encrypted with it since the last one decrypted from the device (device
     /// hygiene: a device that stays silent becomes stale).
     pub unanswered: u64,
+    /// Found in a restored or copied database: what decrypts on it may be a replay, and its next
+    /// message starts a new session.
+    pub suspect: bool,
 }
 
 impl SessionRow {
@@ -88,7 +91,8 @@ impl SessionRow {
 
 const COLUMNS: &str =
     "account_id, jid, namespace, device_id, state, state_format, identity_key, initiated_by, \
-                       confirmed, created_at, updated_at, messages_sent, messages_received, unanswered";
+                       confirmed, created_at, updated_at, messages_sent, messages_received, unanswered, \
+                       suspect";
 
 fn from_row(r: &Row<'_>) -> Result<SessionRow> {
     Ok(SessionRow {
@@ -106,6 +110,7 @@ fn from_row(r: &Row<'_>) -> Result<SessionRow> {
         messages_sent: u64_col(r, T, "messages_sent")?,
         messages_received: u64_col(r, T, "messages_received")?,
         unanswered: u64_col(r, T, "unanswered")?,
+        suspect: bool_col(r, T, "suspect")?,
     })
 }
 
@@ -116,10 +121,10 @@ const UPSERT_TAIL: &str = " ON CONFLICT (account_id, jid, namespace, device_id) 
     identity_key = excluded.identity_key, initiated_by = excluded.initiated_by, \
     confirmed = excluded.confirmed, updated_at = excluded.updated_at, \
     messages_sent = excluded.messages_sent, messages_received = excluded.messages_received, \
-    unanswered = excluded.unanswered";
+    unanswered = excluded.unanswered, suspect = excluded.suspect, mark = excluded.mark";
 
-/// Parameters per row.
-const ROW_PARAMS: usize = 14;
+/// Parameters per row (the mark is not one: [`super::writer`] gives it, see [`super::marks`]).
+const ROW_PARAMS: usize = 15;
 
 /// Most rows of one multi-row statement. Chunks are powers of two up to it, so at most 7
 /// statement texts reach the connection's statement cache.
@@ -132,13 +137,17 @@ fn upsert_sql(n: usize) -> &'static str {
     static SQL: [OnceLock<String>; SIZES] = [const { OnceLock::new() }; SIZES];
     let k = (n.ilog2() as usize).min(SIZES - 1);
     SQL[k].get_or_init(|| {
-        let row = format!("({})", vec!["?"; ROW_PARAMS].join(", "));
+        let row = format!(
+            "({}, {})",
+            vec!["?"; ROW_PARAMS].join(", "),
+            super::marks::BATCH_MARK_SQL
+        );
         let values = vec![row.as_str(); 1 << k].join(", ");
-        format!("INSERT INTO sessions ({COLUMNS}) VALUES {values}{UPSERT_TAIL}")
+        format!("INSERT INTO sessions ({COLUMNS}, mark) VALUES {values}{UPSERT_TAIL}")
     })
 }
 
-/// Binds the row's 14 values from parameter `first` on.
+/// Binds the row's 15 values from parameter `first` on.
 fn bind_row(st: &mut rusqlite::Statement<'_>, first: usize, row: &SessionRow) -> Result<()> {
     st.raw_bind_parameter(first, row.account_id)?;
     st.raw_bind_parameter(first + 1, row.jid.as_str())?;
@@ -160,12 +169,14 @@ fn bind_row(st: &mut rusqlite::Statement<'_>, first: usize, row: &SessionRow) ->
         counter_param("messages_received", row.messages_received)?,
     )?;
     st.raw_bind_parameter(first + 13, counter_param("unanswered", row.unanswered)?)?;
+    st.raw_bind_parameter(first + 14, row.suspect)?;
     Ok(())
 }
 
 /// Stores a session, replacing the one of the same device (its `created_at` is kept only if
-/// the identity key is unchanged). Skipped message keys of the device are kept; delete them
-/// with [`super::skipped_keys::delete_for_session`] if they no longer apply.
+/// the identity key is unchanged), stamped with the writer's batch mark. Skipped message keys
+/// of the device are kept; delete them with [`super::skipped_keys::delete_for_session`] if they
+/// no longer apply.
 pub fn upsert(conn: &Connection, row: &SessionRow) -> Result<()> {
     upsert_many(conn, std::slice::from_ref(row))
 }
@@ -258,4 +269,11 @@ pub fn list_for_jid(conn: &Connection, account_id: i64, jid: &str) -> Result<Vec
     ))?
         .query_and_then(params![account_id, jid], from_row)?
         .collect()
+}
+
+/// Marks every session of the account suspect (found in a restored copy); returns how many.
+pub fn mark_all_suspect(conn: &Connection, account_id: i64) -> Result<usize> {
+    Ok(conn
+        .prepare_cached("UPDATE sessions SET suspect = 1 WHERE account_id = ?1")?
+        .execute([account_id])?)
 }

@@ -99,6 +99,26 @@ fn expected_call(next: Next, offset: u64) -> Value {
     json!({"expected_method": method, "expected_offset": offset})
 }
 
+/// `error.data` naming a remote device, with what starts a new session with it.
+fn device_actions(
+    jid: &str,
+    namespace: Version,
+    device_id: u32,
+    actions: &[crate::events::Action],
+) -> Value {
+    let mut data = device(jid, namespace, device_id);
+    data["actions"] = json!(actions);
+    data
+}
+
+/// `error.data` of an error that says how to start a new session: `actions`, when there are.
+fn new_session(actions: &[crate::events::Action]) -> Value {
+    match actions {
+        [] => json!({}),
+        _ => json!({ "actions": actions }),
+    }
+}
+
 /// The database failed: logged here, where it is answered.
 impl MethodError for StorageError {
     fn kinds() -> Vec<ErrorKind> {
@@ -247,9 +267,11 @@ answers!(DecryptError {
     DecryptError::DuplicateMessage => [DuplicateMessage],
     DecryptError::TooManySkipped(_) => [TooManySkipped],
     DecryptError::NoSession { jid, namespace, device_id } => [NoSession, device(&jid, namespace, device_id)],
-    DecryptError::UnknownSignedPreKey(_)
-    | DecryptError::PreKeyUnavailable(_)
-    | DecryptError::LostState(_) => [BrokenSession],
+    DecryptError::UnknownSignedPreKey { actions, .. }
+    | DecryptError::PreKeyUnavailable { actions, .. } => [BrokenSession, new_session(&actions)],
+    DecryptError::LostState(_) => [BrokenSession],
+    DecryptError::PossibleReplay { jid, namespace, device_id, actions } => [PossibleReplay, device_actions(&jid, namespace, device_id, &actions)],
+    DecryptError::RestoredSession { jid, namespace, device_id, actions, .. } => [BrokenSession, device_actions(&jid, namespace, device_id, &actions)],
     DecryptError::Distrusted => [Distrusted],
     DecryptError::IdentityChanged(e) => [via e: ChangedIdentity],
     DecryptError::RateLimited(e) => [via e: RateLimited],

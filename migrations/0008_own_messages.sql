@@ -1,4 +1,4 @@
--- omemod schema, version 7 (branch `ownmsgs`, issue 20): our own messages read back, device
+-- omemod schema, version 8 (issue 20): our own messages read back, device
 -- hygiene, and a trust source that says why a key is undecided.
 
 -- own_messages: for each <encrypted> element this device sent, the payload's key material, so
