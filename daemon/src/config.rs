@@ -57,6 +57,30 @@ pub struct ServeConfig {
     pub redelivery: RedeliveryConfig,
     /// Connection and resource bounds.
     pub bounds: BoundsArgs,
+    /// Where the database's data key comes from (issue 24).
+    pub keys: crate::storage::KeySettings,
+}
+
+/// `--key-source`: where a database's data key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeySource {
+    /// `$CREDENTIALS_DIRECTORY/omemod.key` (systemd's `LoadCredentialEncrypted=`).
+    SystemdCredential,
+    /// A passphrase: the daemon starts locked until `omemod unlock`.
+    Passphrase,
+    /// A key file outside the database's directory (`--key-file`).
+    KeyFile,
+}
+
+impl From<KeySource> for crate::storage::SourceKind {
+    fn from(k: KeySource) -> Self {
+        match k {
+            KeySource::SystemdCredential => Self::SystemdCredential,
+            KeySource::Passphrase => Self::Passphrase,
+            KeySource::KeyFile => Self::KeyFile,
+        }
+    }
 }
 
 /// The config file: every `serve` setting, and the socket the other commands use. Command-line
@@ -89,6 +113,10 @@ pub struct FileConfig {
     pub redelivery_retention: Option<u64>,
     /// `--redelivery-max-entries`.
     pub redelivery_max_entries: Option<u64>,
+    /// `--key-source`.
+    pub key_source: Option<KeySource>,
+    /// `--key-file`.
+    pub key_file: Option<PathBuf>,
 }
 
 /// Default `--max-connections`.
@@ -342,6 +370,7 @@ impl FileConfig {
         })?;
         c.socket = c.socket.map(expand_home);
         c.db = c.db.map(expand_home);
+        c.key_file = c.key_file.map(expand_home);
         Ok(c)
     }
 

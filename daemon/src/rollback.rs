@@ -24,7 +24,7 @@ impl Keeper {
     /// Compares the database with the generation file, then starts a new generation above both.
     /// Returns the rollback found, if any.
     pub async fn start(store: Arc<Store>) -> Result<(Keeper, Option<Rollback>), StorageError> {
-        let db_gen = store.read(generation::read).await?;
+        let db_gen = store.read(|c| generation::read(c)).await?;
         let file_gen = generation::read_file(store.path());
         // Generation 0: a database never served (new, or from before this check existed).
         let found = if db_gen == 0 {

@@ -115,7 +115,7 @@ impl Manager {
         let redelivery = redelivery::State::default();
         redelivery.load(
             store
-                .read(crate::storage::redelivery::digest_prefixes)
+                .read(|c| crate::storage::redelivery::digest_prefixes(c))
                 .await?,
         );
         // Databases from before the per-namespace pools get theirs filled once (and a new

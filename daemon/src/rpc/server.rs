@@ -235,6 +235,24 @@ impl Signals {
     }
 }
 
+/// Opens the database with `keys`.
+fn open_store(
+    config: &ServeConfig,
+    keys: &crate::storage::KeySettings,
+) -> Result<Store, crate::storage::StorageError> {
+    crate::storage::Store::open_with(
+        &config.db,
+        crate::storage::StoreConfig {
+            durability: match config.durability {
+                crate::config::Durability::Full => crate::storage::Durability::Full,
+                crate::config::Durability::Normal => crate::storage::Durability::Normal,
+            },
+            keys: keys.clone(),
+            ..crate::storage::StoreConfig::default()
+        },
+    )
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Every file we create (socket, database) is private to us.
@@ -245,13 +263,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // One daemon per database: lock before opening, hold until the store is closed.
     let mut db_lock = crate::lock::DbLock::acquire(&config.db, Some(&config.socket))?;
     // Open the database first: a daemon that cannot reach its state must not listen.
-    let store = Arc::new(crate::storage::Store::open(
-        &config.db,
-        match config.durability {
-            crate::config::Durability::Full => crate::storage::Durability::Full,
-            crate::config::Durability::Normal => crate::storage::Durability::Normal,
-        },
-    )?);
+    let store = Arc::new(open_store(&config, &config.keys)?);
     let bound = bind(activated, &config)?;
     if bound.path != config.socket {
         db_lock.record(Some(&bound.path))?;

@@ -27,6 +27,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use rusqlite::Connection;
 
+use super::Db;
+
 use super::error::{Result, StorageError};
 
 /// Most jobs committed together.
@@ -57,7 +59,7 @@ impl<T> Reply<T> {
 /// A type-erased write job.
 pub(crate) trait WriteJob: Send {
     /// Runs the closure inside the open transaction; `true` if it succeeded.
-    fn run(&mut self, conn: &Connection) -> bool;
+    fn run(&mut self, conn: &Db) -> bool;
     /// Delivers the result. `batch_error` is set if the batch as a whole was not committed.
     fn finish(self: Box<Self>, batch_error: Option<&Arc<rusqlite::Error>>);
 }
@@ -81,9 +83,9 @@ impl<T, F> TypedJob<T, F> {
 impl<T, F> WriteJob for TypedJob<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> Result<T> + Send,
+    F: FnOnce(&Db) -> Result<T> + Send,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, conn: &Db) -> bool {
         let Some(f) = self.f.take() else {
             return false;
         };
@@ -135,7 +137,7 @@ pub(crate) struct CheckpointSignal {
 
 /// The write connection and what goes with it; only the current leader locks it.
 struct Conn {
-    conn: Connection,
+    conn: Db,
     signal: CheckpointSignal,
     /// WAL file size at the last look.
     last_len: u64,
@@ -176,7 +178,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) fn new(
-        conn: Connection,
+        conn: Db,
         signal: CheckpointSignal,
         stats: Arc<WriterStats>,
         async_inline: bool,
@@ -492,10 +494,11 @@ fn roll_back(conn: &Connection) {
 /// Runs one batch in one transaction. Returns the jobs (results not yet delivered) and, if the
 /// batch was not committed, why.
 fn run_batch(
-    conn: &mut Connection,
+    db: &mut Db,
     mut batch: Vec<Box<dyn WriteJob>>,
 ) -> (Vec<Box<dyn WriteJob>>, Option<Arc<rusqlite::Error>>) {
-    let conn = &*conn;
+    let db = &*db;
+    let conn: &Connection = db;
     if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "cannot begin write transaction");
         roll_back(conn);
@@ -503,7 +506,7 @@ fn run_batch(
     }
     // A batch of one needs no savepoint: the transaction is the job's own.
     let outcome = if let [job] = batch.as_mut_slice() {
-        if job.run(conn) {
+        if job.run(db) {
             control(conn, "COMMIT")
         } else {
             roll_back(conn); // the job reports its own error
@@ -516,7 +519,7 @@ fn run_batch(
                 broken = Some(e);
                 break;
             }
-            let end = if job.run(conn) {
+            let end = if job.run(db) {
                 control(conn, "RELEASE omemod_job")
             } else {
                 control(conn, "ROLLBACK TO omemod_job")
