@@ -195,7 +195,7 @@ pub enum AccountCommand {
         #[command(flatten)]
         key: KeyArgs,
         /// Read the export's passphrase from this file instead of the terminal.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "OMEMOD_EXPORT_PASSPHRASE_FILE")]
         export_passphrase_file: Option<PathBuf>,
     },
     /// Add an account exported with `account export` to this machine's database, its secrets
@@ -209,7 +209,7 @@ pub enum AccountCommand {
         #[command(flatten)]
         key: KeyArgs,
         /// Read the export's passphrase from this file instead of the terminal.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "OMEMOD_EXPORT_PASSPHRASE_FILE")]
         export_passphrase_file: Option<PathBuf>,
     },
 }

@@ -4,16 +4,29 @@
 mod support;
 
 use serde_json::json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
 /// Runs `omemod ARGS` to completion (with a deadline) and returns its output.
+/// A file holding the passphrase of the account exports (sealed since issue 24).
+fn export_passphrase_file() -> PathBuf {
+    let file = std::env::temp_dir().join(format!(
+        "omemod-test-export-passphrase-{}",
+        std::process::id()
+    ));
+    if !file.exists() {
+        std::fs::write(&file, "export passphrase of the tests\n").expect("passphrase file");
+    }
+    file
+}
+
 fn omemod(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_omemod"));
     cmd.args(args)
         .env("RUST_LOG", "info")
+        .env("OMEMOD_EXPORT_PASSPHRASE_FILE", export_passphrase_file())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -35,6 +35,10 @@ pub struct Ctx {
     pub manager: OnceLock<Arc<crate::manager::Manager>>,
     /// Set when the database was found older than its generation file at start.
     pub rollback: OnceLock<crate::storage::generation::Rollback>,
+    /// How the database is sealed (set once it is open).
+    pub sealing: OnceLock<crate::storage::SealingStatus>,
+    /// Where `unlock` hands a passphrase (set when the daemon started locked).
+    pub unlock: OnceLock<mpsc::Sender<crate::rpc::methods::unlock::UnlockRequest>>,
 }
 
 impl Ctx {
@@ -49,6 +53,8 @@ impl Ctx {
             openrpc: OnceLock::new(),
             manager: OnceLock::new(),
             rollback: OnceLock::new(),
+            sealing: OnceLock::new(),
+            unlock: OnceLock::new(),
         }
     }
 

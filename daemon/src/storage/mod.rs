@@ -77,6 +77,7 @@ pub use error::{Result, StorageError};
 pub use types::{format_fingerprint, now, DeviceAddr, Namespace, SecretBlob, SecretKey};
 pub use writer::WriterStats;
 
+
 use reader::{ReadJob, TypedRead};
 use writer::{CheckpointSignal, Reply, TypedJob};
 
