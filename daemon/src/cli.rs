@@ -134,6 +134,13 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         new_passphrase_file: Option<PathBuf>,
     },
+    /// Create the key file (key-file source) at PATH unless it exists: 32 random bytes, hex,
+    /// mode 0600 in a 0700 directory. The systemd unit runs it before its sandbox, which keeps
+    /// the home directory read-only.
+    KeyFile {
+        /// Where [default: $XDG_CONFIG_HOME/omemod/omemod.key].
+        path: Option<PathBuf>,
+    },
     /// Unlock a daemon whose database's key source is a passphrase (calls `unlock`).
     Unlock {
         /// Read the passphrase from this file instead of the terminal.
@@ -510,6 +517,13 @@ pub fn run() -> ExitCode {
         } => with_db(&db, &pointers, "rekeying", |db| {
             rekey(db, &key, key_source, new_key_file, new_passphrase_file)
         }),
+        Command::KeyFile { path } => {
+            let path = path.unwrap_or_else(crate::storage::sealing::keys::default_key_file);
+            offline(
+                crate::storage::sealing::keys::ensure_key_file(&path)
+                    .map(|()| json!({"key_file": path})),
+            )
+        }
         Command::Unlock { passphrase_file } => {
             match read_passphrase(passphrase_file.as_deref(), "passphrase of the database: ") {
                 Ok(p) => call_cli(socket, "unlock", json!({"passphrase": p.as_str()})),

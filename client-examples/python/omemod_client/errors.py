@@ -103,6 +103,8 @@ LinkMismatch = _kind("link_mismatch", 1304, "A key of the verification link diff
 LinkUnknownDevice = _kind("link_unknown_device", 1305, "The link names a device omemod does not know yet; nothing trusted.")
 InvalidLink = _kind("invalid_link", 1306, "Not a verification link.")
 StorageError = _kind("storage_error", 1401, "The database failed.")
+Locked = _kind("locked", 1402, "The daemon is locked: its database's key is a passphrase (unlock).")
+WrongPassphrase = _kind("wrong_passphrase", 1403, "unlock: the passphrase does not open the database's key.")
 TooManyDevices = _kind("too_many_devices", 1500, "A device list names more devices than allowed.")
 
 ERROR_CLASSES: Dict[str, Type[RpcError]] = {

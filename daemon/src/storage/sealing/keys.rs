@@ -503,6 +503,12 @@ fn key_file_bytes(path: &Path, create: bool) -> Result<Zeroizing<Vec<u8>>, KeyEr
     read_key_bytes(path)
 }
 
+/// Creates the key file at `path` (and its directory, 0700) unless it exists; checks it is a
+/// key either way. For the systemd unit, whose sandbox cannot write where the key file lives.
+pub fn ensure_key_file(path: &Path) -> Result<(), KeyError> {
+    key_file_bytes(path, true).map(drop)
+}
+
 /// The KEK of `source`. `record`: the existing database's record (its key file path and KDF
 /// parameters); `create`: a new key file may be made.
 fn kek(
