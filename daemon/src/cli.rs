@@ -505,9 +505,9 @@ pub fn run() -> ExitCode {
         Command::Backup { file, db } => with_db(&db, &pointers, "backing up", |db| {
             offline_json(crate::storage::transfer::backup(db, &file))
         }),
-        Command::Restore { file, db, key } => {
-            with_db(&db, &pointers, "restoring onto", |db| restore(&file, db, &key))
-        }
+        Command::Restore { file, db, key } => with_db(&db, &pointers, "restoring onto", |db| {
+            restore(&file, db, &key)
+        }),
         Command::Rekey {
             db,
             key,

@@ -24,7 +24,9 @@ struct Secret {
 }
 
 fn hex_of(v: &Value) -> Option<Vec<u8>> {
-    v.get("hex").and_then(Value::as_str).and_then(|h| hex::decode(h).ok())
+    v.get("hex")
+        .and_then(Value::as_str)
+        .and_then(|h| hex::decode(h).ok())
 }
 
 /// The secrets inside a serialized session state: root key, our ratchet private key, the chain
@@ -58,8 +60,9 @@ fn state_secrets(what: &str, state: &[u8], out: &mut Vec<Secret>) {
 /// Every secret the database at `db` holds: read through its key when it is sealed (the export
 /// opens every sealed value), straight from the columns when it is not.
 fn secrets(db: &Path) -> Vec<Secret> {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open database");
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open database");
     let sealed: bool = conn
         .query_row(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'sealing')",
@@ -110,7 +113,9 @@ fn secrets(db: &Path) -> Vec<Secret> {
     } else {
         for (table, column) in columns {
             let mut st = conn
-                .prepare(&format!("SELECT {column} FROM {table} WHERE {column} IS NOT NULL"))
+                .prepare(&format!(
+                    "SELECT {column} FROM {table} WHERE {column} IS NOT NULL"
+                ))
                 .expect("select");
             let rows: Vec<Vec<u8>> = st
                 .query_map([], |r| r.get(0))
@@ -147,7 +152,10 @@ fn forms(secret: &[u8]) -> Vec<(String, Vec<u8>)> {
         let whole = part.len() / 3 * 3;
         for (name, engine) in [
             ("base64", &base64::engine::general_purpose::STANDARD_NO_PAD),
-            ("base64url", &base64::engine::general_purpose::URL_SAFE_NO_PAD),
+            (
+                "base64url",
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            ),
         ] {
             f.push((
                 format!("{name}+{skip}"),
@@ -241,7 +249,8 @@ fn talk(a: &mut Client, b: &mut Client) {
         b.decrypt("alice@example.org", &late).expect("second");
         let early_back = b.encrypt_xml(&["alice@example.org"], Some("first back"), ns);
         let late_back = b.encrypt_xml(&["alice@example.org"], Some("second back"), ns);
-        a.decrypt("bob@example.org", &late_back).expect("second back");
+        a.decrypt("bob@example.org", &late_back)
+            .expect("second back");
         // Held back: the skipped keys stay.
         let _ = (early, early_back);
     }
@@ -256,19 +265,22 @@ fn no_file_of_the_database_or_its_backup_holds_a_secret() {
     b.create_account("bob@example.org");
     talk(&mut a, &mut b);
     let backup = da.db.parent().expect("state dir").join("backup.db");
-    let out = omemod(&[
-        "backup",
-        &path_str(&backup),
-        "--db",
-        &path_str(&da.db),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = omemod(&["backup", &path_str(&backup), "--db", &path_str(&da.db)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut known = secrets(&da.db);
     known.extend(secrets(&db.db));
     let count = |what: &str| known.iter().filter(|s| s.what.contains(what)).count();
     assert_eq!(count("identity.private_key"), 2);
-    assert!(count("chain key") >= 4, "chain keys: {}", count("chain key"));
+    assert!(
+        count("chain key") >= 4,
+        "chain keys: {}",
+        count("chain key")
+    );
     assert!(count("root key") >= 4);
     assert!(count("skipped_keys.message_key") >= 4, "skipped keys");
     assert!(count("redelivery.key_material") >= 4, "redelivery");
@@ -281,12 +293,22 @@ fn no_file_of_the_database_or_its_backup_holds_a_secret() {
     let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
     // While the daemons run (database, WAL, SHM, lock, generation file, backup)…
     let found = hits(&dirs, &known);
-    assert!(found.is_empty(), "{} secrets found:\n{}", found.len(), found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "{} secrets found:\n{}",
+        found.len(),
+        found.join("\n")
+    );
     // …and after they stopped.
     da.stop();
     db.stop();
     let found = hits(&dirs, &known);
-    assert!(found.is_empty(), "{} secrets found:\n{}", found.len(), found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "{} secrets found:\n{}",
+        found.len(),
+        found.join("\n")
+    );
 }
 
 /// README's "Looking at the state with sqlite3" queries, run by the real `sqlite3` on a sealed
@@ -324,7 +346,11 @@ fn the_readme_sqlite3_queries_answer_on_a_sealed_database() {
             .arg(sql)
             .output()
             .expect("sqlite3 (Debian package sqlite3)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("utf-8")
     };
     let devices = run(&queries[0]);
@@ -362,7 +388,10 @@ fn a_missing_or_wrong_key_refuses_to_start_and_changes_nothing() {
     d.client().create_account("alice@example.org");
     d.stop();
     let key_file = d.dir.path().join("config/omemod/omemod.key");
-    assert!(key_file.exists(), "the default key file, outside the state directory");
+    assert!(
+        key_file.exists(),
+        "the default key file, outside the state directory"
+    );
     let before = std::fs::read(&d.db).expect("db");
     let serve = |d: &Daemon| {
         Command::new(env!("CARGO_BIN_EXE_omemod"))
@@ -388,7 +417,11 @@ fn a_missing_or_wrong_key_refuses_to_start_and_changes_nothing() {
     assert!(!out.status.success());
     assert!(err.contains("omemod.key"), "{err}");
     assert!(!key_file.exists(), "a missing key file is not made again");
-    assert_eq!(std::fs::read(&d.db).expect("db"), before, "the database changed");
+    assert_eq!(
+        std::fs::read(&d.db).expect("db"),
+        before,
+        "the database changed"
+    );
     std::fs::write(&key_file, saved).expect("restore key");
     d.spawn();
     assert_eq!(d.client().ok("status", json!({}))["key_source"], "key-file");
@@ -422,22 +455,41 @@ fn a_passphrase_daemon_starts_locked_until_unlocked_and_rekey_changes_the_source
     c.err("unlock", json!({"passphrase": "wrong"}), "wrong_passphrase");
     c.err("fingerprint.get", json!({}), "locked");
     let out = Command::new(env!("CARGO_BIN_EXE_omemod"))
-        .args(["--socket", &path_str(&d.socket), "unlock", "--passphrase-file"])
+        .args([
+            "--socket",
+            &path_str(&d.socket),
+            "unlock",
+            "--passphrase-file",
+        ])
         .arg(&pass)
         .output()
         .expect("omemod unlock");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let fp = c.ok("fingerprint.get", json!({}));
     d.stop();
 
     let key_file = dir.path().join("keys/omemod.key");
     let out = Command::new(env!("CARGO_BIN_EXE_omemod"))
-        .args(["rekey", "--db", &path_str(&d.db), "--key-source", "key-file"])
+        .args([
+            "rekey",
+            "--db",
+            &path_str(&d.db),
+            "--key-source",
+            "key-file",
+        ])
         .args(["--new-key-file", &path_str(&key_file), "--passphrase-file"])
         .arg(&pass)
         .output()
         .expect("omemod rekey");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(r["key_source"], "key-file", "{r}");
     assert_ne!(r["key_id"], r["previous_key_id"], "{r}");
@@ -445,7 +497,13 @@ fn a_passphrase_daemon_starts_locked_until_unlocked_and_rekey_changes_the_source
     // Asked for a passphrase again, the daemon refuses the key file's database: a source is
     // never switched but by rekey.
     let out = Command::new(env!("CARGO_BIN_EXE_omemod"))
-        .args(["serve", "--socket", &path_str(&d.socket), "--db", &path_str(&d.db)])
+        .args([
+            "serve",
+            "--socket",
+            &path_str(&d.socket),
+            "--db",
+            &path_str(&d.db),
+        ])
         .args(["--key-source", "passphrase"])
         .env("XDG_CONFIG_HOME", d.dir.path().join("config"))
         .stdin(Stdio::null())
@@ -453,7 +511,10 @@ fn a_passphrase_daemon_starts_locked_until_unlocked_and_rekey_changes_the_source
         .expect("omemod serve");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("omemod rekey --key-source passphrase"), "{err}");
+    assert!(
+        err.contains("omemod rekey --key-source passphrase"),
+        "{err}"
+    );
     // Without the flag it opens from the key file, unlocked, with the same identity.
     d.extra.clear();
     d.spawn();

@@ -19,10 +19,10 @@ use crate::rpc::ctx::Ctx;
 use crate::rpc::dispatch::error_line;
 use crate::rpc::dispatch::Dispatcher;
 use crate::rpc::error::{ErrorKind, RpcError};
-use crate::rpc::registry::RegistryError;
 use crate::rpc::methods::unlock::{UnlockError, UnlockRequest};
+use crate::rpc::registry::RegistryError;
 use crate::storage::sealing::keys::KeyError;
-use crate::storage::{Store, StorageError};
+use crate::storage::{StorageError, Store};
 use crate::systemd;
 
 /// Why the daemon could not start.

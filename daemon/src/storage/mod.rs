@@ -72,11 +72,10 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use checkpoint::{CheckpointMode, CheckpointResult, CheckpointStats};
 pub use db::Db;
-pub use sealing::keys::{KeySettings, SourceKind};
 pub use error::{Result, StorageError};
+pub use sealing::keys::{KeySettings, SourceKind};
 pub use types::{format_fingerprint, now, DeviceAddr, Namespace, SecretBlob, SecretKey};
 pub use writer::WriterStats;
-
 
 use reader::{ReadJob, TypedRead};
 use writer::{CheckpointSignal, Reply, TypedJob};
@@ -490,9 +489,7 @@ impl Store {
         let mut conn = open_writer(path, &config)?;
         // The key first: a database whose key cannot be had is left as it was.
         let unlocked = sealing::keys::read_record(&conn)?
-            .map(|record| {
-                sealing::keys::open(&record, &config.keys).map(|key| (record, key))
-            })
+            .map(|record| sealing::keys::open(&record, &config.keys).map(|key| (record, key)))
             .transpose()?;
         let before = migrations::current_version(&conn)?;
         migrations::migrate(&mut conn, migrations::MIGRATIONS)?;

@@ -62,17 +62,13 @@ pub fn record(conn: &Db, row: &RedeliveryRow, keep_key: bool) -> Result<i64> {
     fn keep(keep_key: bool, v: Option<&[u8]>) -> Option<&[u8]> {
         v.filter(|_| keep_key)
     }
-    let key_material = row
-        .key_material
-        .as_ref()
-        .filter(|_| keep_key)
-        .map(|k| {
-            conn.seal(
-                &REDELIVERY_KEY_MATERIAL,
-                &sealed_key(row.account_id, &row.digest),
-                k,
-            )
-        });
+    let key_material = row.key_material.as_ref().filter(|_| keep_key).map(|k| {
+        conn.seal(
+            &REDELIVERY_KEY_MATERIAL,
+            &sealed_key(row.account_id, &row.digest),
+            k,
+        )
+    });
     conn.prepare_cached(
         "INSERT INTO redelivery (account_id, digest, created_at, payload_digest, key_material, \
          identity_key, key_exchange) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -383,7 +379,10 @@ mod tests {
         )
         .unwrap();
         let key = super::super::sealing::DataKey::generate();
-        Db::new(c, std::sync::Arc::new(super::super::sealing::Sealer::new(&key)))
+        Db::new(
+            c,
+            std::sync::Arc::new(super::super::sealing::Sealer::new(&key)),
+        )
     }
 
     fn row(i: u8, at: i64) -> RedeliveryRow {

@@ -7,8 +7,8 @@ use rusqlite::{params, Connection, Row};
 use super::error::Result;
 use super::sealing::columns::SESSION_STATE;
 use super::types::{
-    blob32, bool_col, counter_param, device_key, enum_col, id_param, int, namespace, text,
-    u32_col, u64_col, DeviceAddr, Namespace, SecretBlob,
+    blob32, bool_col, counter_param, device_key, enum_col, id_param, int, namespace, text, u32_col,
+    u64_col, DeviceAddr, Namespace, SecretBlob,
 };
 use super::Db;
 
@@ -187,10 +187,7 @@ pub fn upsert(conn: &Db, row: &SessionRow) -> Result<()> {
 /// [`upsert`] for several rows, in a few multi-row statements instead of one per row (a
 /// fan-out stores a hundred sessions at once). Rows are written in order, so the result is
 /// that of calling [`upsert`] on each.
-pub fn upsert_many<R: std::borrow::Borrow<SessionRow>>(
-    conn: &Db,
-    rows: &[R],
-) -> Result<()> {
+pub fn upsert_many<R: std::borrow::Borrow<SessionRow>>(conn: &Db, rows: &[R]) -> Result<()> {
     let mut rest = rows;
     while !rest.is_empty() {
         // The largest power of two that fits, capped.

@@ -12,7 +12,14 @@ use super::Db;
 /// The key of a skipped message key's sealed value: its session's device, chain and number.
 fn sealed_key<'a>(addr: &'a DeviceAddr, ratchet_key: &'a [u8; 32], n: u32) -> [KeyPart<'a>; 6] {
     let [a, j, ns, d] = super::types::device_key(addr);
-    [a, j, ns, d, KeyPart::Blob(ratchet_key), KeyPart::Int(id_param(n))]
+    [
+        a,
+        j,
+        ns,
+        d,
+        KeyPart::Blob(ratchet_key),
+        KeyPart::Int(id_param(n)),
+    ]
 }
 
 /// One skipped message key.

@@ -481,7 +481,11 @@ fn insert_row(tx: &Db, table: &str, row: &Map<String, Value>, id: Option<i64>) -
 /// Seals the secret values of a row about to be inserted (`names` quoted as in the INSERT),
 /// bound to the row's key as inserted.
 fn seal_values(tx: &Db, table: &str, names: &[String], values: &mut [SqlValue]) -> Result<()> {
-    let position = |name: &str| names.iter().position(|n| n == &format!("\"{name}\"") || n == name);
+    let position = |name: &str| {
+        names
+            .iter()
+            .position(|n| n == &format!("\"{name}\"") || n == name)
+    };
     for column in columns::of_table(table) {
         let Some(at) = position(column.column) else {
             continue;
@@ -537,12 +541,18 @@ pub fn needs_passphrase(doc: &Value) -> bool {
 pub fn import_account(tx: &Db, doc: &Value, passphrase: Option<&str>) -> Result<String> {
     if envelope::is_envelope(doc) {
         let passphrase = passphrase.ok_or_else(|| {
-            bad("import", "the export is sealed under a passphrase, and none was given")
+            bad(
+                "import",
+                "the export is sealed under a passphrase, and none was given",
+            )
         })?;
         let (what, text) =
             envelope::open(doc, passphrase).map_err(|e| bad("import", e.to_string()))?;
         if what != EXPORT_FORMAT {
-            return Err(bad("import", format!("the sealed file holds {what}, not an account")));
+            return Err(bad(
+                "import",
+                format!("the sealed file holds {what}, not an account"),
+            ));
         }
         let inner: Value =
             serde_json::from_slice(&text).map_err(|e| bad("export", e.to_string()))?;

@@ -77,8 +77,8 @@ pub fn open(doc: &Value, passphrase: &str) -> Result<(String, Zeroizing<Vec<u8>>
     let what = doc["content"]
         .as_str()
         .ok_or(EnvelopeError::Malformed("content"))?;
-    let kdf: KdfParams = serde_json::from_value(doc["kdf"].clone())
-        .map_err(|_| EnvelopeError::Malformed("kdf"))?;
+    let kdf: KdfParams =
+        serde_json::from_value(doc["kdf"].clone()).map_err(|_| EnvelopeError::Malformed("kdf"))?;
     let nonce = doc["nonce"]
         .as_str()
         .and_then(|n| hex::decode(n).ok())

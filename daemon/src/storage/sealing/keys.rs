@@ -249,7 +249,8 @@ impl KdfParams {
         let salt = hex::decode(&self.salt).map_err(|_| KeyError::Kdf("salt is not hex".into()))?;
         let params = argon2::Params::new(self.m_cost, self.t_cost, self.p_cost, Some(32))
             .map_err(|e| KeyError::Kdf(e.to_string()))?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = Zeroizing::new([0u8; 32]);
         argon
             .hash_password_into(passphrase.as_bytes(), &salt, &mut out[..])
@@ -325,7 +326,11 @@ pub fn read_record(conn: &Connection) -> crate::storage::Result<Option<Record>> 
 }
 
 /// Writes (or replaces) the sealing record.
-pub fn write_record(conn: &Connection, record: &Record, rekeyed: bool) -> crate::storage::Result<()> {
+pub fn write_record(
+    conn: &Connection,
+    record: &Record,
+    rekeyed: bool,
+) -> crate::storage::Result<()> {
     let kdf = record
         .kdf
         .as_ref()
@@ -395,8 +400,14 @@ fn unwrap(kek: &[u8; 32], record: &Record) -> Result<DataKey, KeyError> {
     let aead = XChaCha20Poly1305::new(kek.into());
     let ad = wrap_ad(record.source);
     let plain = Zeroizing::new(
-        aead.decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: &ad })
-            .map_err(|_| wrong)?,
+        aead.decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: &ad,
+            },
+        )
+        .map_err(|_| wrong)?,
     );
     let bytes: [u8; 32] = plain
         .as_slice()
@@ -441,7 +452,9 @@ fn check_outside(key_file: &Path, db: &Path) -> Result<(), KeyError> {
     let mut probe = key_file.to_owned();
     let key_dir = loop {
         match probe.parent() {
-            Some(p) if p.exists() => break canon(p).join(key_file.strip_prefix(p).unwrap_or(key_file)),
+            Some(p) if p.exists() => {
+                break canon(p).join(key_file.strip_prefix(p).unwrap_or(key_file))
+            }
             Some(p) => probe = p.to_owned(),
             None => break key_file.to_owned(),
         }
@@ -475,7 +488,11 @@ fn key_file_bytes(path: &Path, create: bool) -> Result<Zeroizing<Vec<u8>>, KeyEr
         rand::rngs::OsRng.fill_bytes(&mut key[..]);
         let text = Zeroizing::new(format!("{}\n", hex::encode(&key[..])));
         let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".{}.{:x}.tmp", std::process::id(), rand::random::<u64>()));
+        tmp.push(format!(
+            ".{}.{:x}.tmp",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         let tmp = PathBuf::from(tmp);
         let written = (|| {
             let mut f = std::fs::OpenOptions::new()
@@ -521,10 +538,13 @@ fn kek(
 ) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     match source {
         SourceKind::SystemdCredential => {
-            let path = settings.credential_path().ok_or_else(|| KeyError::NoCredential {
+            let path =
+                settings.credential_path().ok_or_else(|| {
+                    KeyError::NoCredential {
                 why: "$CREDENTIALS_DIRECTORY is not set (not started by systemd with credentials)"
                     .into(),
-            })?;
+            }
+                })?;
             if !path.exists() {
                 return Err(KeyError::NoCredential {
                     why: format!("{} does not exist", path.display()),
@@ -538,7 +558,10 @@ fn kek(
             Ok(kek_from_bytes(&bytes, source))
         }
         SourceKind::Passphrase => {
-            let pass = settings.passphrase.as_ref().ok_or(KeyError::NeedPassphrase)?;
+            let pass = settings
+                .passphrase
+                .as_ref()
+                .ok_or(KeyError::NeedPassphrase)?;
             let params = kdf.ok_or_else(|| KeyError::BadRecord("passphrase without kdf".into()))?;
             params.derive(pass)
         }
@@ -583,12 +606,12 @@ pub fn open(record: &Record, settings: &KeySettings) -> Result<DataKey, KeyError
 /// The source a database being sealed for the first time (or rekeyed) gets: the one asked for,
 /// else the systemd credential when there is one, else the key file.
 pub fn choose_source(settings: &KeySettings) -> SourceKind {
-    settings.source.unwrap_or_else(|| {
-        match settings.credential_path() {
+    settings
+        .source
+        .unwrap_or_else(|| match settings.credential_path() {
             Some(p) if p.exists() => SourceKind::SystemdCredential,
             _ => SourceKind::KeyFile,
-        }
-    })
+        })
 }
 
 /// Wraps `key` for the source `settings` choose (creating the key file if needed), for the
