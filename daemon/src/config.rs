@@ -578,8 +578,9 @@ mod tests {
             }
             let key = long.replace('-', "_");
             let value = match key.as_str() {
-                "socket" | "db" => "\"/x\"",
+                "socket" | "db" | "key_file" => "\"/x\"",
                 "durability" => "\"full\"",
+                "key_source" => "\"key-file\"",
                 _ => "1",
             };
             let text = format!("{key} = {value}\n");
