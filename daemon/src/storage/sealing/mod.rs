@@ -15,6 +15,12 @@
 //!
 //! A sealed value is `0x01 ‖ nonce (24 bytes) ‖ ciphertext ‖ tag (16 bytes)`.
 
+// The bench baseline builds the same module with seal/open as copies.
+#![cfg_attr(
+    feature = "bench-baseline-no-sealing",
+    allow(unused_imports, dead_code)
+)]
+
 pub mod columns;
 pub mod envelope;
 pub mod keys;
