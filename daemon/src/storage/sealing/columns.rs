@@ -113,6 +113,13 @@ pub fn key_of<'v>(
         .collect()
 }
 
+/// The key parts of values read in the order of `column.key`.
+fn key_in_order<'v>(column: &SealedColumn, key: &'v [Value]) -> Result<Vec<KeyPart<'v>>> {
+    key_of(column, |name| {
+        column.key.iter().position(|k| *k == name).map(|i| &key[i])
+    })
+}
+
 /// Rewrites every non-NULL value of every sealed column: `change` gets the column, the row's key
 /// and the stored value, and returns the value to store. One statement per row, inside the
 /// caller's transaction. Returns how many values were rewritten.
@@ -145,9 +152,7 @@ fn rewrite_all(
             .collect::<Result<_>>()?;
         let mut st = conn.prepare(&update)?;
         for (rowid, key, value) in rows {
-            let parts = key_of(column, |name| {
-                column.key.iter().position(|k| *k == name).map(|i| &key[i])
-            })?;
+            let parts = key_in_order(column, &key)?;
             let new = change(column, &parts, &value)?;
             st.execute(rusqlite::params![new, rowid])?;
             n += 1;
@@ -195,9 +200,7 @@ pub fn check_one(conn: &Connection, sealer: &Sealer) -> Result<(), StorageError>
             }
         };
         if let Some((key, sealed)) = found {
-            let parts = key_of(column, |name| {
-                column.key.iter().position(|k| *k == name).map(|i| &key[i])
-            })?;
+            let parts = key_in_order(column, &key)?;
             sealer
                 .open(column, &parts, &sealed)
                 .map_err(|e: SealError| StorageError::from(e))?;
