@@ -114,7 +114,8 @@ impl Daemon {
             .arg(&self.db)
             .args(&self.extra)
             // The user's own config file and systemd's directories must not leak into a test.
-            .env("XDG_CONFIG_HOME", self.db.parent().unwrap_or(&self.db))
+            // The key file goes under it: outside the database's directory, as it must.
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env_remove("OMEMOD_CONFIG")
             .env_remove("STATE_DIRECTORY")
             .env_remove("RUNTIME_DIRECTORY")

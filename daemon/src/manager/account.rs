@@ -138,7 +138,7 @@ pub struct Account {
 /// Tops up each namespace's one-time prekey pool to [`PREKEY_POOL_SIZE`] with fresh keys
 /// ([`prekeys::refill_pools`]); returns the new keys.
 pub(crate) fn refill_prekey_pools(
-    tx: &rusqlite::Connection,
+    tx: &crate::storage::Db,
     account_id: i64,
     now: i64,
 ) -> Result<Vec<(prekeys::PreKeyRow, KeyPair)>, StorageError> {
@@ -355,7 +355,7 @@ async fn store_new_account(
 }
 
 /// Loads every account with its keys.
-pub fn load_all(conn: &rusqlite::Connection) -> Result<Vec<Account>, StorageError> {
+pub fn load_all(conn: &crate::storage::Db) -> Result<Vec<Account>, StorageError> {
     let mut out = Vec::new();
     for row in accounts::list(conn)? {
         let Some(id_row) = identity::get(conn, row.id)? else {

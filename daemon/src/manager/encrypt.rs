@@ -1200,7 +1200,7 @@ impl NewSession {
     /// bundle loses the prekey it used.
     fn store_bundle_and_archive(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &crate::storage::Db,
         addr: &DeviceAddr,
         now: i64,
     ) -> Result<(), StorageError> {
@@ -1226,7 +1226,7 @@ impl NewSession {
     /// it is.
     fn store_skipped_keys(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &crate::storage::Db,
         addr: &DeviceAddr,
         now: i64,
     ) -> Result<(), StorageError> {

@@ -61,7 +61,7 @@ impl Daemon {
             .env_remove("LISTEN_PID")
             .env_remove("NOTIFY_SOCKET")
             // The user's own config file must not leak into a test.
-            .env("XDG_CONFIG_HOME", &dir.0)
+            .env("XDG_CONFIG_HOME", dir.0.join("config"))
             .env_remove("OMEMOD_CONFIG")
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
