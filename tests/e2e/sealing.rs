@@ -1,5 +1,5 @@
 //! Secrets sealed at rest (issue 24): after two daemons talked in both namespaces (sessions,
-//! skipped message keys, redelivery) and one was backed up, no file of either database directory
+//! skipped message keys, redelivery, own messages) and one was backed up, no file of either database directory
 //! (database, WAL, SHM, lock, generation file, backup) holds any secret the databases know, raw,
 //! in hex or in base64; the README's `sqlite3` queries still answer; a wrong key refuses to start
 //! and changes nothing; a passphrase daemon starts locked.
@@ -87,6 +87,7 @@ fn secrets(db: &Path) -> Vec<Secret> {
         ("previous_sessions", "state"),
         ("skipped_keys", "message_key"),
         ("redelivery", "key_material"),
+        ("own_messages", "key_material"),
     ];
     if sealed {
         for jid in &jids {
@@ -284,6 +285,7 @@ fn no_file_of_the_database_or_its_backup_holds_a_secret() {
     assert!(count("root key") >= 4);
     assert!(count("skipped_keys.message_key") >= 4, "skipped keys");
     assert!(count("redelivery.key_material") >= 4, "redelivery");
+    assert!(count("own_messages.key_material") >= 8, "own messages");
     assert!(count("prekeys.private_key") >= 100);
 
     let dirs: Vec<PathBuf> = [&da, &db]
