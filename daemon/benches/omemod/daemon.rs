@@ -58,6 +58,8 @@ impl Daemon {
             .arg("--durability")
             .arg(&self.durability)
             .env("RUST_LOG", "warn")
+            // The data key's file (issue 24) in the daemon's own directory, not the user's.
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
