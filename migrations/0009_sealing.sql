@@ -12,9 +12,9 @@
 -- The data key, wrapped, and where the key that wraps it comes from. One row.
 CREATE TABLE sealing (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
-    source      TEXT    NOT NULL                      -- systemd-credential / passphrase / key-file
-                CHECK (source IN ('systemd-credential', 'passphrase', 'key-file')),
-    source_ref  TEXT,                                 -- the key file's path or the credential's name
+    source      TEXT    NOT NULL                      -- systemd-credential / secret-service / passphrase / key-file
+                CHECK (source IN ('systemd-credential', 'secret-service', 'passphrase', 'key-file')),
+    source_ref  TEXT,                                 -- the key file's path, the credential's name or the keyring item's id
     kdf         TEXT,                                 -- passphrase: Argon2id parameters and salt (JSON)
     wrapped_key BLOB    NOT NULL,                     -- nonce || XChaCha20-Poly1305(key-encryption key, data key)
     key_id      TEXT    NOT NULL,                     -- public name of the data key (hash prefix)

@@ -491,7 +491,8 @@ pub struct ServeArgs {
     pub files: crate::config::FileFlags,
     /// Where the database's data key comes from when it is first sealed [default: `key_source`
     /// of the config file, else the systemd credential `omemod.key` when systemd passes one,
-    /// else the key file]. A database keeps its source: `omemod rekey` changes it.
+    /// else the Secret Service when one runs unlocked on the session bus, else the key file]. A
+    /// database keeps its source: `omemod rekey` changes it.
     #[arg(long, value_enum)]
     pub key_source: Option<config::KeySource>,
     /// The key file of the key-file source [default: `key_file` of the config file, else the one

@@ -74,6 +74,8 @@ pub enum KeySource {
     SystemdCredential,
     /// A passphrase: the daemon starts locked until `omemod unlock`.
     Passphrase,
+    /// An item of the desktop's keyring (freedesktop Secret Service).
+    SecretService,
     /// A key file outside the database's directory (`--key-file`).
     KeyFile,
 }
@@ -83,6 +85,7 @@ impl From<KeySource> for crate::storage::SourceKind {
         match k {
             KeySource::SystemdCredential => Self::SystemdCredential,
             KeySource::Passphrase => Self::Passphrase,
+            KeySource::SecretService => Self::SecretService,
             KeySource::KeyFile => Self::KeyFile,
         }
     }

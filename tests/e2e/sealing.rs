@@ -527,3 +527,109 @@ fn a_passphrase_daemon_starts_locked_until_unlocked_and_rekey_changes_the_source
     assert_eq!(c.ok("fingerprint.get", json!({})), fp);
     d.stop();
 }
+
+/// A private session bus with GNOME Keyring's Secret Service on it, unlocked, its keyrings in
+/// `home`; both stop with the value.
+struct Keyring {
+    bus: std::process::Child,
+    address: String,
+}
+
+impl Keyring {
+    fn start(home: &Path) -> Keyring {
+        use std::io::{BufRead, Write};
+        let mut bus = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon (scripts/test-deps installs dbus-daemon)");
+        let mut address = String::new();
+        std::io::BufReader::new(bus.stdout.take().expect("stdout"))
+            .read_line(&mut address)
+            .expect("the bus address");
+        let address = address.trim().to_owned();
+        // `--unlock` creates the login keyring with the password on stdin, or unlocks it.
+        let mut keyring = Command::new("gnome-keyring-daemon")
+            .args(["--unlock", "--components=secrets"])
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .env("HOME", home)
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("XDG_RUNTIME_DIR", home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gnome-keyring-daemon (scripts/test-deps installs gnome-keyring)");
+        keyring
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"test keyring password")
+            .expect("password");
+        // It forks the daemon and exits once the keyring is unlocked.
+        assert!(keyring.wait().expect("gnome-keyring-daemon").success());
+        Keyring { bus, address }
+    }
+}
+
+impl Drop for Keyring {
+    fn drop(&mut self) {
+        // The keyring daemon leaves when its bus goes away.
+        let _ = self.bus.kill();
+        let _ = self.bus.wait();
+    }
+}
+
+/// With a Secret Service running (and no systemd credential), a new database's key goes into the
+/// keyring, not into a key file; the database opens again from it, and without the keyring it
+/// refuses to start and stays as it was.
+#[test]
+fn a_running_secret_service_keeps_the_key_and_nothing_else_opens_it() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let keyring = Keyring::start(home.path());
+    let on_bus = format!("DBUS_SESSION_BUS_ADDRESS={}", keyring.address);
+    let mut d = Daemon::start_wrapped(&["env", &on_bus], &[]);
+    let status = d.client().ok("status", json!({}));
+    assert_eq!(status["key_source"], "secret-service", "{status}");
+    let item = status["key_source_ref"].as_str().expect("the item's id");
+    assert_eq!(item.len(), 32, "{status}");
+    d.client().create_account("alice@example.org");
+    d.stop();
+    assert!(
+        !d.dir.path().join("config/omemod/omemod.key").exists(),
+        "no key file beside the keyring"
+    );
+    let before = std::fs::read(&d.db).expect("db");
+
+    // Without the keyring: a clear error, and the database as it was.
+    let out = Command::new(env!("CARGO_BIN_EXE_omemod"))
+        .args(["serve", "--socket"])
+        .arg(&d.socket)
+        .arg("--db")
+        .arg(&d.db)
+        .env("XDG_CONFIG_HOME", d.dir.path().join("config"))
+        .env("DBUS_SESSION_BUS_ADDRESS", NO_SESSION_BUS)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run omemod");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("Secret Service"), "{err}");
+    assert_eq!(
+        std::fs::read(&d.db).expect("db"),
+        before,
+        "the database changed"
+    );
+
+    // With it, the same key again.
+    d.spawn();
+    let mut c = d.client();
+    assert_eq!(c.ok("status", json!({}))["key_source"], "secret-service");
+    assert_eq!(
+        c.ok("account.list", json!({}))[0]["jid"],
+        "alice@example.org"
+    );
+}

@@ -62,6 +62,11 @@ impl Daemon {
             .env_remove("NOTIFY_SOCKET")
             // The user's own config file must not leak into a test.
             .env("XDG_CONFIG_HOME", dir.0.join("config"))
+            // Nor the desktop's keyring (a running Secret Service would be the key source).
+            .env(
+                "DBUS_SESSION_BUS_ADDRESS",
+                "unix:path=/nonexistent/omemod-tests-no-bus",
+            )
             .env_remove("OMEMOD_CONFIG")
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())

@@ -37,10 +37,10 @@ pub struct StatusResult {
     pub rollback: Option<crate::storage::generation::Rollback>,
     /// The daemon waits for `unlock` (its database's key is a passphrase).
     pub locked: bool,
-    /// Where the database's data key comes from: `systemd-credential`, `passphrase` or
-    /// `key-file` (`null` before the database is open).
+    /// Where the database's data key comes from: `systemd-credential`, `secret-service`,
+    /// `passphrase` or `key-file` (`null` before the database is open).
     pub key_source: Option<String>,
-    /// The key file's path, or the credential's name.
+    /// The key file's path, the credential's name, or the keyring item's id.
     pub key_source_ref: Option<String>,
 }
 

@@ -7,12 +7,14 @@
 //! Sources, in the order a new database picks them when none is asked for:
 //! - **systemd credential**: `$CREDENTIALS_DIRECTORY/omemod.key` (`LoadCredentialEncrypted=`,
 //!   which can bind it to the TPM or the host key);
+//! - **Secret Service**: an item of the desktop's keyring, when one runs on the session bus with
+//!   its collection unlocked ([`super::secret_service`]);
 //! - **key file**: a random key in a file outside the database's directory (default
 //!   `$XDG_CONFIG_HOME/omemod/omemod.key`), created 0600 on first use;
 //! - **passphrase** (only when asked): Argon2id with its parameters and salt recorded; the
 //!   daemon starts locked.
 //!
-//! A credential's or key file's bytes become the KEK through HKDF-SHA256, so any length of at
+//! A credential's, keyring item's or key file's bytes become the KEK through HKDF-SHA256, so any length of at
 //! least 32 bytes serves.
 
 use std::io::Write;
@@ -39,15 +41,18 @@ pub enum SourceKind {
     SystemdCredential,
     /// A passphrase typed by the user (`omemod unlock`).
     Passphrase,
+    /// An item of the desktop's keyring (freedesktop Secret Service).
+    SecretService,
     /// A key file outside the database's directory.
     KeyFile,
 }
 
 impl SourceKind {
     /// Every source.
-    pub const ALL: [SourceKind; 3] = [
+    pub const ALL: [SourceKind; 4] = [
         SourceKind::SystemdCredential,
         SourceKind::Passphrase,
+        SourceKind::SecretService,
         SourceKind::KeyFile,
     ];
 
@@ -56,6 +61,7 @@ impl SourceKind {
         match self {
             SourceKind::SystemdCredential => "systemd-credential",
             SourceKind::Passphrase => "passphrase",
+            SourceKind::SecretService => "secret-service",
             SourceKind::KeyFile => "key-file",
         }
     }
@@ -188,6 +194,14 @@ pub enum KeyError {
     NoCredential {
         /// What is missing.
         why: String,
+    },
+    /// The Secret Service failed or does not hold the key (omemod never prompts).
+    #[error("Secret Service: {what}: {reason}")]
+    SecretService {
+        /// What omemod was doing.
+        what: &'static str,
+        /// What the service or the bus said.
+        reason: String,
     },
     /// The source is a passphrase and none was given.
     #[error("the database's key is protected by a passphrase, and none was given")]
@@ -390,6 +404,7 @@ fn unwrap(kek: &[u8; 32], record: &Record) -> Result<DataKey, KeyError> {
         what: match record.source {
             SourceKind::SystemdCredential => "credential",
             SourceKind::Passphrase => "passphrase",
+            SourceKind::SecretService => "keyring item",
             SourceKind::KeyFile => "key file",
         },
     };
@@ -557,6 +572,14 @@ fn kek(
             let bytes = key_file_bytes(key_file, create && record.is_none())?;
             Ok(kek_from_bytes(&bytes, source))
         }
+        // A new item is made by `wrap_new`, which records its id.
+        SourceKind::SecretService => {
+            let id = record
+                .and_then(|r| r.source_ref.as_deref())
+                .ok_or_else(|| KeyError::BadRecord("Secret Service key without its id".into()))?;
+            let bytes = super::secret_service::fetch(id)?;
+            Ok(kek_from_bytes(&bytes, source))
+        }
         SourceKind::Passphrase => {
             let pass = settings
                 .passphrase
@@ -604,12 +627,14 @@ pub fn open(record: &Record, settings: &KeySettings) -> Result<DataKey, KeyError
 }
 
 /// The source a database being sealed for the first time (or rekeyed) gets: the one asked for,
-/// else the systemd credential when there is one, else the key file.
+/// else the systemd credential when there is one, else the Secret Service when one runs with
+/// its collection unlocked, else the key file.
 pub fn choose_source(settings: &KeySettings) -> SourceKind {
     settings
         .source
         .unwrap_or_else(|| match settings.credential_path() {
             Some(p) if p.exists() => SourceKind::SystemdCredential,
+            _ if super::secret_service::available() => SourceKind::SecretService,
             _ => SourceKind::KeyFile,
         })
 }
@@ -623,10 +648,18 @@ pub fn wrap_new(settings: &KeySettings, db: &Path, key: &DataKey) -> Result<Reco
     if source == SourceKind::KeyFile {
         check_outside(&key_file, db)?;
     }
-    let kek = kek(source, settings, None, kdf.as_ref(), &key_file, true)?;
+    let (kek, item) = if source == SourceKind::SecretService {
+        let label = format!("omemod: the data key of {}", db.display());
+        let (id, bytes) = super::secret_service::store_new(&label)?;
+        (kek_from_bytes(&bytes, source), Some(id))
+    } else {
+        let kek = kek(source, settings, None, kdf.as_ref(), &key_file, true)?;
+        (kek, None)
+    };
     Ok(Record {
         source,
         source_ref: match source {
+            SourceKind::SecretService => item,
             SourceKind::KeyFile => Some(
                 std::fs::canonicalize(&key_file)
                     .unwrap_or(key_file)

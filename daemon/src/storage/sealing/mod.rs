@@ -9,8 +9,9 @@
 //!
 //! - [`columns`]: the one list of sealed columns and their associated data, and the passes over
 //!   every sealed value (sealing a plaintext database, re-sealing under a new data key).
-//! - [`keys`]: the key sources (systemd credential, passphrase, key file), the `sealing`
-//!   record, wrapping and unwrapping the data key.
+//! - [`keys`]: the key sources (systemd credential, Secret Service, passphrase, key file), the
+//!   `sealing` record, wrapping and unwrapping the data key.
+//! - [`secret_service`]: the desktop keyring's side of the Secret Service source.
 //! - [`envelope`]: a passphrase-sealed file (account exports for another machine).
 //!
 //! A sealed value is `0x01 ‖ nonce (24 bytes) ‖ ciphertext ‖ tag (16 bytes)`.
@@ -24,6 +25,7 @@
 pub mod columns;
 pub mod envelope;
 pub mod keys;
+pub mod secret_service;
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
