@@ -28,6 +28,21 @@ fn omemod(args: &[&str]) -> std::process::Output {
         .expect("run omemod")
 }
 
+/// `omemod serve` on `d`'s database and socket, run to its end (for starts that must fail).
+fn serve_once(d: &Daemon) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_omemod"))
+        .args(["serve", "--socket"])
+        .arg(&d.socket)
+        .arg("--db")
+        .arg(&d.db)
+        .env("XDG_CONFIG_HOME", d.dir.path().join("config"))
+        .env("DBUS_SESSION_BUS_ADDRESS", NO_SESSION_BUS)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run omemod")
+}
+
 fn daemon() -> Daemon {
     match std::env::var("OMEMOD_TEST_DAEMON") {
         Ok(bin) => Daemon::start_wrapped(
@@ -199,26 +214,14 @@ fn a_missing_or_wrong_key_refuses_to_start_and_changes_nothing() {
         "the default key file, outside the state directory"
     );
     let before = std::fs::read(&d.db).expect("db");
-    let serve = |d: &Daemon| {
-        Command::new(env!("CARGO_BIN_EXE_omemod"))
-            .args(["serve", "--socket"])
-            .arg(&d.socket)
-            .arg("--db")
-            .arg(&d.db)
-            .env("XDG_CONFIG_HOME", d.dir.path().join("config"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run omemod")
-    };
     let saved = std::fs::read(&key_file).expect("key");
     std::fs::write(&key_file, "f".repeat(64)).expect("another key");
-    let out = serve(&d);
+    let out = serve_once(&d);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("does not open this database's key"), "{err}");
     std::fs::remove_file(&key_file).expect("remove key");
-    let out = serve(&d);
+    let out = serve_once(&d);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("omemod.key"), "{err}");
@@ -408,17 +411,7 @@ fn a_running_secret_service_keeps_the_key_and_nothing_else_opens_it() {
     let before = std::fs::read(&d.db).expect("db");
 
     // Without the keyring: a clear error, and the database as it was.
-    let out = Command::new(env!("CARGO_BIN_EXE_omemod"))
-        .args(["serve", "--socket"])
-        .arg(&d.socket)
-        .arg("--db")
-        .arg(&d.db)
-        .env("XDG_CONFIG_HOME", d.dir.path().join("config"))
-        .env("DBUS_SESSION_BUS_ADDRESS", NO_SESSION_BUS)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run omemod");
+    let out = serve_once(&d);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("Secret Service"), "{err}");
