@@ -150,7 +150,13 @@ class Chat(slixmpp.ClientXMPP):
 
     def show(self, d: Decryption) -> None:
         if d.own:
-            return  # our own message, reflected by the room
+            # What this device sent, read back: a room's reflection is not shown again; a sent
+            # carbon or archived copy (another process of ours sent it) is shown as sent.
+            if d.room is None and not d.empty:
+                to = d.stanza["to"].bare
+                self.out.emit("own", f"(sent) -> {to}: {d.body}", to=to, body=d.body, namespace=d.namespace,
+                              archived=d.archived, carbon=d.carbon)
+            return
         if d.empty:
             self.out.emit("empty", f"{d.sender}: (empty OMEMO message)", sender=d.sender, room=d.room,
                           namespace=d.namespace, device_id=d.device_id, archived=d.archived)
@@ -166,9 +172,10 @@ class Chat(slixmpp.ClientXMPP):
         self.show_failure(f.sender or "?", f.kind, f.stanza, f.room, f.archived)
 
     def show_failure(self, sender: str, kind: str, stanza: Any, room: Optional[str], archived: bool) -> None:
-        if sender == self.me and kind == "not_for_this_device":
+        if sender == self.me and kind in ("not_for_this_device", "unknown_own_message"):
             # Sent by this very device (from another process on the same omemod, seen again as
-            # a carbon or in the archive): it was never encrypted for us.
+            # a carbon or in the archive) and not kept (or an omemod that keeps none): never
+            # encrypted for us.
             log.info("our own message %s, not readable here", stanza["id"])
         elif kind == "duplicate_message":
             # Decrypted before: by us (archive and live copy) or by another process sharing

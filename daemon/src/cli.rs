@@ -40,7 +40,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon until SIGTERM or SIGINT.
-    Serve(ServeArgs),
+    // Boxed: its flags outweigh every other command's.
+    Serve(Box<ServeArgs>),
     /// Send one request and print its result as JSON (errors go to stderr, exit code 1).
     Call {
         /// Method name, e.g. `status`.
@@ -55,6 +56,26 @@ pub enum Command {
         /// The account's bare JID.
         #[arg(long)]
         jid: String,
+        /// Device ids the new device must not take: those on the account's published device
+        /// lists (comma-separated, or the flag repeated), so that two devices never share one.
+        #[arg(long, value_name = "ID,...", value_delimiter = ',')]
+        avoid: Vec<u32>,
+        /// How new keys of contacts are trusted [default: btbv].
+        #[arg(long, value_enum)]
+        trust_mode: Option<TrustModeArg>,
+    },
+    /// List the known devices, ours and our contacts', with fingerprint, trust and staleness
+    /// (calls `devices.list`).
+    Devices {
+        /// The account, when there are several.
+        #[arg(long)]
+        account: Option<String>,
+        /// Only this contact's devices (our own JID: our devices).
+        #[arg(long)]
+        jid: Option<String>,
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the daemon's status (calls `status`).
     Status,
@@ -282,6 +303,18 @@ impl DbArg {
     }
 }
 
+/// How an account trusts contacts' new keys (`account.create`'s `trust_mode`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TrustModeArg {
+    /// Blind trust before verification: new keys are trusted until you verify one of the
+    /// contact's keys; after that they are undecided.
+    Btbv,
+    /// Trust on first use: a contact's first key is trusted, later ones undecided.
+    Tofu,
+    /// Every new key is undecided until you decide.
+    Manual,
+}
+
 /// A trust decision.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum TrustDecision {
@@ -318,6 +351,8 @@ pub struct ServeArgs {
     pub enable_debug_methods: bool,
     #[command(flatten)]
     pub redelivery: crate::config::RedeliveryArgs,
+    #[command(flatten)]
+    pub stale: crate::config::StaleArgs,
     #[command(flatten)]
     pub bounds: crate::config::BoundsFlags,
     #[command(flatten)]
@@ -368,7 +403,7 @@ pub fn run() -> ExitCode {
     let socket = pointers.socket.as_path();
     match cli.command {
         Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
-        Command::Serve(args) => serve(socket.to_path_buf(), args, &file, &pointers.config),
+        Command::Serve(args) => serve(socket.to_path_buf(), *args, &file, &pointers.config),
         Command::Openrpc => openrpc(socket.to_path_buf()),
         Command::Call { method, params } => {
             let params = match read_params(params.as_deref()) {
@@ -380,7 +415,23 @@ pub fn run() -> ExitCode {
             };
             call(socket, &method, params)
         }
-        Command::Init { jid } => call_cli(socket, "account.create", json!({"jid": jid})),
+        Command::Init {
+            jid,
+            avoid,
+            trust_mode,
+        } => call_cli(
+            socket,
+            "account.create",
+            init_params(jid, &avoid, trust_mode),
+        ),
+        Command::Devices { account, jid, json } => {
+            let mut params = with_account(json!({}), account);
+            if let Some(j) = jid {
+                params["jid"] = json!(j);
+            }
+            let render = if json { pretty } else { devices_table };
+            call_with(socket, "devices.list", params, true, render)
+        }
         Command::Status => call_cli(socket, "status", json!({})),
         Command::Fingerprint { account } => {
             call_cli(socket, "fingerprint.get", with_account(json!({}), account))
@@ -740,6 +791,90 @@ fn import(file: &std::path::Path, db: &std::path::Path) -> Result<Value, String>
     offline_json(r.and_then(|jid| closed.map(|()| json!({"imported": jid}))))
 }
 
+/// `account.create`'s params for `init`.
+fn init_params(jid: String, avoid: &[u32], trust_mode: Option<TrustModeArg>) -> Value {
+    let mut params = json!({"jid": jid, "avoid": avoid});
+    if let Some(mode) = trust_mode {
+        params["trust_mode"] = json!(match mode {
+            TrustModeArg::Btbv => "btbv",
+            TrustModeArg::Tofu => "tofu",
+            TrustModeArg::Manual => "manual",
+        });
+    }
+    params
+}
+
+/// A result as indented JSON.
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// `devices.list`'s answer as a table, one line per device: this very device marked `*`, the
+/// trust level with what made it, stale devices marked, the last message's date (UTC).
+fn devices_table(list: &Value) -> String {
+    const HEADER: [&str; 9] = [
+        "JID",
+        "NS",
+        "DEVICE",
+        "LABEL",
+        "ACTIVE",
+        "TRUST",
+        "STALE",
+        "LAST SEEN",
+        "FINGERPRINT",
+    ];
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let mut rows: Vec<[String; 9]> = vec![HEADER.map(str::to_owned)];
+    for d in list.as_array().into_iter().flatten() {
+        let ns = match d["namespace"].as_str() {
+            Some("urn:xmpp:omemo:2") => "2",
+            Some("eu.siacs.conversations.axolotl") => "0.3",
+            _ => "?",
+        };
+        let this = if d["this_device"] == true { " *" } else { "" };
+        let trust = match (text(&d["trust"]), text(&d["trust_source"])) {
+            (Some(level), Some(source)) => format!("{level} ({source})"),
+            (Some(level), None) => level,
+            _ => "-".to_owned(),
+        };
+        let seen = d["last_seen"].as_u64().map_or("never".to_owned(), |t| {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t);
+            let stamp = humantime::format_rfc3339_seconds(at).to_string();
+            stamp.get(..16).unwrap_or(&stamp).replace('T', " ")
+        });
+        let yes = |b: &Value| if b == true { "yes" } else { "no" };
+        rows.push([
+            text(&d["jid"]).unwrap_or_default(),
+            ns.to_owned(),
+            format!("{}{this}", d["device_id"]),
+            text(&d["label"]).unwrap_or_else(|| "-".to_owned()),
+            yes(&d["active"]).to_owned(),
+            trust,
+            yes(&d["stale"]).to_owned(),
+            seen,
+            text(&d["fingerprint"]).unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    let mut widths = [0usize; 9];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out.pop();
+    out
+}
+
 fn with_account(mut params: Value, account: Option<String>) -> Value {
     if let (Some(obj), Some(account)) = (params.as_object_mut(), account) {
         obj.insert("account".into(), Value::String(account));
@@ -773,6 +908,7 @@ fn serve_config(socket: PathBuf, args: ServeArgs, file: &config::FileConfig) -> 
             .max(1),
         enable_debug_methods: args.enable_debug_methods,
         redelivery: args.redelivery.resolve(file),
+        stale: args.stale.resolve(file),
         bounds: args.bounds.resolve(file),
         files: args.files.resolve(file),
     }
@@ -852,6 +988,7 @@ fn openrpc(socket: PathBuf) -> ExitCode {
         max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
         enable_debug_methods: false,
         redelivery: Default::default(),
+        stale: Default::default(),
         bounds: crate::config::BoundsArgs::default(),
         files: crate::config::FileLimits::default(),
     };
@@ -890,7 +1027,7 @@ fn read_params(arg: Option<&str>) -> Result<Value, String> {
 
 /// [`call`] for the named commands: errors about params are worded with the command's flags.
 fn call_cli(socket: &std::path::Path, method: &str, params: Value) -> ExitCode {
-    call_with(socket, method, params, true)
+    call_with(socket, method, params, true, pretty)
 }
 
 /// The CLI wording of an error whose RPC message names params.
@@ -914,19 +1051,22 @@ fn cli_message(kind: &str, message: &str) -> Option<String> {
 /// Sends one request, prints the result; exit code 1 on an error answer, 2 when the daemon cannot
 /// be reached.
 fn call(socket: &std::path::Path, method: &str, params: Value) -> ExitCode {
-    call_with(socket, method, params, false)
+    call_with(socket, method, params, false, pretty)
 }
 
-fn call_with(socket: &std::path::Path, method: &str, params: Value, cli: bool) -> ExitCode {
+/// Sends one request and prints its result as `render` shows it.
+fn call_with(
+    socket: &std::path::Path,
+    method: &str,
+    params: Value,
+    cli: bool,
+    render: fn(&Value) -> String,
+) -> ExitCode {
     match request(socket, method, params) {
         Ok(result) => {
             // A closed stdout (`| head`) is not an error of the call.
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&result).unwrap_or_default()
-            );
+            let _ = writeln!(out, "{}", render(&result));
             ExitCode::SUCCESS
         }
         Err(e) => report_error(method, e, cli),

@@ -1,6 +1,7 @@
 //! Paths and settings of the daemon: where the socket and the database live, the limits of the
-//! RPC transport, and every `serve` flag with its config-file key (bounds, redelivery). Defaults
-//! follow the XDG base directory spec. It imports nothing of the crate, so every module may use it.
+//! RPC transport, and every `serve` flag with its config-file key (bounds, redelivery, file
+//! transfers, device staleness). Defaults follow the XDG base directory spec. It imports nothing
+//! of the crate, so every module may use it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,6 +56,8 @@ pub struct ServeConfig {
     pub enable_debug_methods: bool,
     /// What is kept for redelivery and retries.
     pub redelivery: RedeliveryConfig,
+    /// When a silent device is left out of fan-out.
+    pub stale: StaleConfig,
     /// Connection and resource bounds.
     pub bounds: BoundsArgs,
     /// Bounds of file transfers (`file.*`).
@@ -104,6 +107,11 @@ pub struct FileConfig {
     /// `--file-idle-timeout`: seconds, or a string with a unit (`"5m"`).
     #[serde(default, deserialize_with = "deserialize_duration")]
     pub file_idle_timeout: Option<u64>,
+    /// `--stale-after-silence`: seconds, or a string with a unit (`"42d"`).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub stale_after_silence: Option<u64>,
+    /// `--stale-after-unanswered`.
+    pub stale_after_unanswered: Option<u64>,
 }
 
 /// Default `--max-connections`.
@@ -396,6 +404,72 @@ impl FileFlags {
                 .file_idle_timeout
                 .or(file.file_idle_timeout)
                 .unwrap_or(d.idle_timeout_secs),
+        }
+    }
+}
+
+/// Default `--stale-after-silence`: 42 days, the time after which Conversations drops its own
+/// devices that showed no activity from its device list (`Config.OMEMO_AUTO_EXPIRY`): a device
+/// switched off for a holiday stays.
+pub const DEFAULT_STALE_AFTER_SILENCE_SECS: u64 = 42 * 24 * 3600;
+/// Default `--stale-after-unanswered`: 106, after which QXmpp stops encrypting to a device
+/// (`UNRESPONDED_STANZAS_UNTIL_ENCRYPTION_IS_STOPPED`): twice the 53 messages by which a device
+/// that follows XEP-0384 answers with a heartbeat, so only a device that reads nothing gets there.
+pub const DEFAULT_STALE_AFTER_UNANSWERED: u64 = 106;
+
+/// When a remote device is stale: both thresholds passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleConfig {
+    /// Seconds since it was last heard from (or first listed).
+    pub silence_secs: u64,
+    /// Messages sent to it since; 0 turns staleness off.
+    pub unanswered: u64,
+}
+
+impl Default for StaleConfig {
+    fn default() -> Self {
+        Self {
+            silence_secs: DEFAULT_STALE_AFTER_SILENCE_SECS,
+            unanswered: DEFAULT_STALE_AFTER_UNANSWERED,
+        }
+    }
+}
+
+impl StaleConfig {
+    /// Whether devices can become stale at all.
+    pub fn enabled(&self) -> bool {
+        self.unanswered > 0
+    }
+}
+
+/// The staleness flags of `omemod serve` (each also a config-file key of the same name, with `_`
+/// for `-`; a flag overrides the file).
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct StaleArgs {
+    /// A device we sent `--stale-after-unanswered` messages without hearing from it is stale
+    /// (left out of fan-out until it writes again) once it has also been silent this long:
+    /// seconds, or a number with s, m, h or d [default: 42d].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub stale_after_silence: Option<u64>,
+    /// Messages sent to a device without an answer before it may be stale; 0 turns staleness
+    /// off [default: 106].
+    #[arg(long, value_name = "N")]
+    pub stale_after_unanswered: Option<u64>,
+}
+
+impl StaleArgs {
+    /// The thresholds in force: these flags, else the config file's keys, else the defaults.
+    pub fn resolve(self, file: &FileConfig) -> StaleConfig {
+        let d = StaleConfig::default();
+        StaleConfig {
+            silence_secs: self
+                .stale_after_silence
+                .or(file.stale_after_silence)
+                .unwrap_or(d.silence_secs),
+            unanswered: self
+                .stale_after_unanswered
+                .or(file.stale_after_unanswered)
+                .unwrap_or(d.unanswered),
         }
     }
 }
@@ -708,6 +782,30 @@ mod tests {
             "{small}"
         );
         assert_eq!(d.chunk_len(10, 10), 1);
+    }
+
+    #[test]
+    fn config_file_sets_staleness_and_flags_override_it() {
+        let c = FileConfig::parse(
+            "stale_after_silence = \"3d\"\nstale_after_unanswered = 20\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let s = StaleArgs::default().resolve(&c);
+        assert_eq!((s.silence_secs, s.unanswered), (3 * 86_400, 20));
+        let flags = StaleArgs {
+            stale_after_unanswered: Some(0),
+            ..Default::default()
+        };
+        let s = flags.resolve(&c);
+        assert!(!s.enabled(), "0 turns it off");
+        assert_eq!(
+            StaleArgs::default().resolve(&FileConfig::default()),
+            StaleConfig {
+                silence_secs: 42 * 86_400,
+                unanswered: 106
+            }
+        );
     }
 
     #[test]

@@ -67,6 +67,16 @@ pub enum Action {
         /// PubSub node.
         node: String,
     },
+    /// Our own device `device_id` is stale: ask the user whether to remove it from our device
+    /// list in `namespace`; if so, publish `devicelist.get {namespace, remove: [device_id]}`.
+    /// Never done without asking.
+    OfferDeviceRemoval {
+        /// Namespace.
+        #[schemars(with = "String")]
+        namespace: Version,
+        /// Our stale device.
+        device_id: u32,
+    },
 }
 
 impl Action {
@@ -232,6 +242,21 @@ pub enum Event {
         /// PubSub node.
         node: String,
     },
+    /// Our own device is stale: the user may remove it from our device list. (Every action has
+    /// its event; this one is only answered, by `encrypt` and `encrypt.plan`, never pushed.)
+    OfferDeviceRemoval {
+        /// Our account's bare JID.
+        account: String,
+        /// Why.
+        cause: Cause,
+        /// Also in the `actions` of the answer to the call that caused it.
+        in_answer: bool,
+        /// The OMEMO namespace of the list.
+        #[schemars(schema_with = "namespace_schema")]
+        namespace: Version,
+        /// Our stale device.
+        device_id: u32,
+    },
     /// A device list (ours when `peer` equals `account`) changed: sent only when its contents
     /// did.
     DevicelistChanged {
@@ -306,6 +331,8 @@ pub enum EventType {
     EventsLost,
     /// [`Event::IdentityChanged`].
     IdentityChanged,
+    /// [`Event::OfferDeviceRemoval`].
+    OfferDeviceRemoval,
 }
 
 impl Event {
@@ -320,6 +347,7 @@ impl Event {
             Event::DevicelistChanged { .. } => EventType::DevicelistChanged,
             Event::TrustDecisionNeeded { .. } => EventType::TrustDecisionNeeded,
             Event::IdentityChanged { .. } => EventType::IdentityChanged,
+            Event::OfferDeviceRemoval { .. } => EventType::OfferDeviceRemoval,
         }
     }
 
@@ -386,6 +414,16 @@ impl Event {
                 namespace,
                 node,
             },
+            Action::OfferDeviceRemoval {
+                namespace,
+                device_id,
+            } => Event::OfferDeviceRemoval {
+                account,
+                cause,
+                in_answer,
+                namespace,
+                device_id,
+            },
         }
     }
 
@@ -406,6 +444,9 @@ impl Event {
                 in_answer: false,
                 ..
             } | Event::FetchDevicelist {
+                in_answer: false,
+                ..
+            } | Event::OfferDeviceRemoval {
                 in_answer: false,
                 ..
             }

@@ -502,6 +502,7 @@ fn session(a: i64, jid: &str, ns: Namespace, device_id: u32, t: i64) -> SessionR
         updated_at: t,
         messages_sent: 0,
         messages_received: 0,
+        unanswered: 0,
         suspect: false,
     }
 }

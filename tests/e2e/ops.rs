@@ -120,11 +120,12 @@ fn mixed_case_jids_are_one_account_one_peer_one_trust_decision() {
     let list = b.ok("trust.list", json!({"jid": "alice@example.org"}));
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     assert_eq!(list[0]["level"], "distrusted");
-    let r = b.ok(
+    let r = b.err(
         "encrypt",
         json!({"to": ["Alice@example.org"], "body": "no", "namespaces": [OMEMO2]}),
+        "no_device_reached",
     );
-    assert_eq!(r["devices"][0]["status"], "untrusted", "{r}");
+    assert_eq!(r["data"]["devices"][0]["status"], "untrusted", "{r}");
     // Not a bare JID: typed errors.
     for bad in ["alice@example.org/phone", "a@b@c", "@example.org", ""] {
         b.err(
@@ -1234,13 +1235,18 @@ fn a_restored_older_database_is_reported_and_its_sessions_rebuilt_by_key_exchang
     // Repair: alice's next message to bob starts a new session (a key exchange) instead of
     // reusing her rolled-back chain, which bob would refuse as already seen. It needs a bundle
     // fetched after the rollback was found (the stored one may offer a consumed prekey).
-    let m = a.ok(
+    // Nothing is sent (since issue 20 a typed error with each device's report).
+    let m = a.err(
         "encrypt",
         json!({"to": ["bob@example.org"], "body": "too early", "namespaces": [OMEMO2]}),
+        "no_device_reached",
     );
-    assert_eq!(m["devices"][0]["status"], "no_bundle", "{m}");
-    assert_eq!(m["devices"][0]["action"]["type"], "fetch_bundle", "{m}");
-    assert_eq!(m["messages"], json!([]), "{m}");
+    assert_eq!(m["data"]["devices"][0]["status"], "no_bundle", "{m}");
+    assert_eq!(
+        m["data"]["devices"][0]["action"]["type"], "fetch_bundle",
+        "{m}"
+    );
+    assert!(m["data"].get("messages").is_none(), "{m}");
     let fresh = b.bundle(OMEMO2);
     a.ok(
         "bundle.update",
@@ -1596,13 +1602,15 @@ fn rolled_back_sessions_are_repaired_against_python_omemo() {
             status["rollback"]["sessions_to_rebuild"], 1,
             "{ns}: {status}"
         );
-        // The rebuild waits for a bundle fetched after the rollback was found.
-        let r = om.ok(
+        // The rebuild waits for a bundle fetched after the rollback was found (nothing is
+        // sent meanwhile: since issue 20 a typed error with each device's report).
+        let r = om.err(
             "encrypt",
             json!({"to": [PY], "body": "early", "namespaces": [ns]}),
+            "no_device_reached",
         );
         assert_eq!(
-            r["devices"][0]["action"]["type"], "fetch_bundle",
+            r["data"]["devices"][0]["action"]["type"], "fetch_bundle",
             "{ns}: {r}"
         );
         let bundle = py.bundle(ns);

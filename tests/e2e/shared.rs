@@ -15,6 +15,7 @@ use support::*;
 
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
+const CAROL: &str = "carol@example.org";
 
 /// alice's daemon and bob's daemon (started with `bob_flags`), each knowing the other.
 fn pair(bob_flags: &[&str]) -> (Daemon, Daemon, Client, Client) {
@@ -439,12 +440,15 @@ fn devicelist_update_fetches_new_devices_and_reports_real_changes() {
     );
     assert_eq!(r["actions"], json!([]), "{r}");
     assert_eq!(l.drain(Duration::from_millis(300)), Vec::<Value>::new());
-    // encrypt: the devices without bundles, in `actions` as well as per device.
-    let r = c.ok(
+    // encrypt: the devices without bundles, in `actions` as well as per device (no device
+    // reached: since issue 20 a typed error, which carries both).
+    let e = c.err(
         "encrypt",
         json!({"to": [ALICE], "body": "x", "namespaces": [OMEMO2]}),
+        "no_device_reached",
     );
-    assert_eq!(actions_of(&r, "fetch_bundle").len(), 2, "{r}");
+    let r = &e["data"];
+    assert_eq!(actions_of(r, "fetch_bundle").len(), 2, "{r}");
     assert_eq!(r["devices"][0]["action"]["type"], "fetch_bundle", "{r}");
 }
 
@@ -567,15 +571,33 @@ fn idempotency_answers_are_bounded_in_bytes_and_kept_in_one_form() {
 
 /// A retry re-checks trust (issue 19): once a device of the first answer is distrusted, the
 /// retry is not that answer again (whose ciphertext the device could read) but a new
-/// encryption without it, kept in its place for later retries.
+/// encryption without it, kept in its place for later retries. When that device was the only
+/// one reached, the new encryption reaches nobody (issue 20): `no_device_reached`, every time,
+/// and the old answer never comes back.
 #[test]
 fn an_idempotent_retry_does_not_encrypt_for_a_device_distrusted_since() {
     let (_da, _db, mut a, mut b) = pair(&[]);
+    let dc = Daemon::start();
+    let mut c = dc.client();
+    c.create_account(CAROL);
+    b.learn(CAROL, &mut c, &BOTH);
+    let alice_id = a.ok("fingerprint.get", json!({}))["device_id"].clone();
     for ns in BOTH {
-        let p = json!({"to": [ALICE], "body": "before the distrust", "namespaces": [ns],
-            "idempotency_key": format!("k-{ns}")});
+        let to_alice = json!({"to": [ALICE], "body": "before the distrust", "namespaces": [ns],
+            "idempotency_key": format!("alone-{ns}")});
+        let p = json!({"to": [ALICE, CAROL], "body": "before the distrust", "namespaces": [ns],
+            "sce_to": "room@muc.example.org", "idempotency_key": format!("k-{ns}")});
+        let alone = b.ok("encrypt", to_alice.clone());
         let first = b.ok("encrypt", p.clone());
-        assert_eq!(first["devices"][0]["status"], "encrypted", "{first}");
+        let status = |r: &Value, jid: &str| {
+            let d = r["devices"].as_array().expect("devices").iter();
+            d.filter(|d| d["jid"] == jid)
+                .map(|d| d["status"].clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(status(&alone, ALICE), ["encrypted"], "{alone}");
+        assert_eq!(status(&first, ALICE), ["encrypted"], "{first}");
+        assert_eq!(status(&first, CAROL), ["encrypted"], "{first}");
         assert_eq!(b.ok("encrypt", p.clone()), first);
         let x = first["messages"][0]["xml"]
             .as_str()
@@ -590,7 +612,8 @@ fn an_idempotent_retry_does_not_encrypt_for_a_device_distrusted_since() {
         );
         let retry = b.ok("encrypt", p.clone());
         assert_ne!(retry["messages"], first["messages"], "{retry}");
-        assert_eq!(retry["devices"][0]["status"], "untrusted", "{retry}");
+        assert_eq!(status(&retry, ALICE), ["untrusted"], "{retry}");
+        assert_eq!(status(&retry, CAROL), ["encrypted"], "{retry}");
         assert!(
             !retry["messages"]
                 .as_array()
@@ -598,11 +621,17 @@ fn an_idempotent_retry_does_not_encrypt_for_a_device_distrusted_since() {
                 .iter()
                 .any(|m| m["element"]["keys"]
                     .as_array()
-                    .is_some_and(|k| !k.is_empty())),
+                    .is_some_and(|k| k.iter().any(|k| k["rid"] == alice_id))),
             "{retry}"
         );
         // The new answer is the one kept now.
         assert_eq!(b.ok("encrypt", p), retry);
+        // Alice alone: nobody can get it now, whatever the kept answer held.
+        for _ in 0..2 {
+            let e = b.err("encrypt", to_alice.clone(), "no_device_reached");
+            assert_eq!(status(&e["data"], ALICE), ["untrusted"], "{e}");
+            assert!(e["data"].get("messages").is_none(), "{e}");
+        }
         b.ok(
             "trust.set",
             json!({"jid": ALICE, "fingerprint": alice_fp, "level": "trusted"}),

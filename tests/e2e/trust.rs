@@ -186,13 +186,16 @@ fn reinstalled_device_bundle_is_flagged_then_gets_a_key_exchange() {
     assert_eq!(ev["cause"], "bundle_update", "{ev}");
     assert_eq!(ev["account"], ALICE, "{ev}");
     // Until accepted, alice encrypts nothing for the device (issue 19: the old session went
-    // on, reported `encrypted`).
-    let m = p.a.ok(
+    // on, reported `encrypted`); bob has no other device, so nothing is sent at all (issue 20).
+    let e = p.a.err(
         "encrypt",
         json!({"to": [BOB], "body": "old session", "namespaces": [ns]}),
+        "no_device_reached",
     );
+    let m = &e["data"];
     assert_eq!(m["devices"][0]["kex"], false, "{m}");
     assert_eq!(m["devices"][0]["status"], "identity_changed", "{m}");
+    assert_eq!(m["cause"], "policy", "{m}");
 
     let r = p.a.ok(
         "identity.accept",
@@ -210,8 +213,9 @@ fn reinstalled_device_bundle_is_flagged_then_gets_a_key_exchange() {
 }
 
 /// A device whose new bundle was set aside (`bundle.update` answered `identity_changed`) is
-/// not encrypted for, by `encrypt` (a typed status with both fingerprints), `encrypt.plan`
-/// (the same) and `heartbeat` (`identity_changed`), until the user decides: accepting the new
+/// not encrypted for, by `encrypt` (a typed status with both fingerprints, in the reports of
+/// `no_device_reached` when no other device is reached), `encrypt.plan` (the same) and
+/// `heartbeat` (`identity_changed`), until the user decides: accepting the new
 /// identity gives a key exchange to it; accepting the one held keeps the old session and
 /// drops the bundle set aside. Before issue 19 the old session went on, reported `encrypted`.
 #[test]
@@ -237,9 +241,11 @@ fn a_pending_identity_change_is_not_encrypted_for() {
             if !body.is_null() {
                 params["body"] = body;
             }
-            let m = p.a.ok("encrypt", params);
-            check(&m["devices"][0]);
-            assert_eq!(m["messages"], json!([]), "{m}");
+            // Bob's only device waits: nothing to send (issue 20), each device's report says why.
+            let e = p.a.err("encrypt", params, "no_device_reached");
+            check(&e["data"]["devices"][0]);
+            assert_eq!(e["data"]["cause"], "policy", "{e}");
+            assert!(e["data"].get("messages").is_none(), "{e}");
         }
         let plan =
             p.a.ok("encrypt.plan", json!({"to": [BOB], "namespaces": [ns]}));

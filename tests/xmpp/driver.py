@@ -368,6 +368,11 @@ async def two_processes(w: World, ns: str) -> None:
     await peer.wait_for(lambda r: r.body == "from the desk" and r.namespace == ns)
     await phone.say("from the phone")
     await peer.wait_for(lambda r: r.body == "from the phone" and r.namespace == ns)
+    # Each process gets the other's message as a sent carbon, never encrypted for the device
+    # they share: omemod reads it back as our own.
+    for b, body in ((phone, "from the desk"), (desk, "from the phone")):
+        e = await b.expect(lambda e: e["event"] == "own" and e["body"] == body)
+        assert (e["to"], e["carbon"], e["namespace"]) == (bob, "sent", ns), e
     # Both processes get every message; the second decrypt of the same message is a redelivery.
     doc = json.dumps([m for m in daemon.call("rpc.discover", {})["methods"] if m["name"] == "decrypt"])
     redelivery = "redelivered" in doc

@@ -96,6 +96,9 @@ RateLimited = _kind("rate_limited", 1208, "Session replaced too often (`data['re
 SceMismatch = _kind("sce_mismatch", 1209, "OMEMO 2: the envelope names another sender or conversation.")
 MessageTooLarge = _kind("message_too_large", 1210, "The element would be larger than decrypt accepts.")
 SenderMismatch = _kind("sender_mismatch", 1211, "The message comes from a device of another JID than `from`.")
+NoDeviceReached = _kind("no_device_reached", 1212,
+                        "encrypt: no device of the recipients can get the message (`data['devices']`: why each).")
+UnknownOwnMessage = _kind("unknown_own_message", 1213, "Our own message, but not one this device still keeps.")
 IdempotencyKeyReused = _kind("idempotency_key_reused", 1220, "`idempotency_key` used for another request.")
 PossibleReplay = _kind("possible_replay", 1230, "Decrypts on a session restored from an older copy: refused, a new session starts.")
 Untrusted = _kind("untrusted", 1301, "The device is not (yet) trusted.")

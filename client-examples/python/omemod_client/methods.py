@@ -128,8 +128,10 @@ class Methods:
         """Our bundle in `namespace`, with the PEP node, item and publish options."""
 
     @rpc("devicelist.get", retry=True)
-    async def devicelist_get(self, namespace: str, *, account: Optional[str] = None) -> Publication:
-        """Our device list as last received plus our device, ready to publish."""
+    async def devicelist_get(self, namespace: str, *, remove: Optional[Sequence[int]] = None,
+                             account: Optional[str] = None) -> Publication:
+        """Our device list as last received plus our device, ready to publish; without the own
+        devices in `remove` (the user removes them, e.g. after an `offer_device_removal`)."""
 
     @rpc("devicelist.update", retry=True)
     async def devicelist_update(self, jid: str, namespace: str, xml: str, *,
@@ -144,7 +146,8 @@ class Methods:
     @rpc("devices.list", retry=True)
     async def devices_list(self, *, jid: Optional[str] = None,
                            account: Optional[str] = None) -> List[DeviceEntry]:
-        """Known devices (of `jid`, or everyone's)."""
+        """Known devices (of `jid`, or everyone's): label, fingerprint, trust and its source,
+        staleness, and which one is this device."""
 
     # ---- messages ----------------------------------------------------------------------------
 
@@ -155,7 +158,8 @@ class Methods:
                       forms: Optional[Sequence[str]] = None, account: Optional[str] = None) -> Encrypted:
         """`<encrypted>` elements for every device of `to` (and our other devices); no `body`:
         an empty message. In a group chat `sce_to` is the room. With an `idempotency_key` (the
-        stanza id) a repeated call returns the first answer, so it is retried after a reconnect."""
+        stanza id) a repeated call returns the first answer, so it is retried after a reconnect.
+        No device of `to` reached: `NoDeviceReached`, whose `data["devices"]` say why."""
 
     @rpc("encrypt.plan", retry=True)
     async def encrypt_plan(self, to: Sequence[str], *, namespaces: Optional[Sequence[str]] = None,
@@ -168,7 +172,8 @@ class Methods:
                       sent_at: Optional[str] = None, account: Optional[str] = None) -> Decrypted:
         """An `<encrypted>` element from `from_` (bare JID; a room occupant's real JID). `to`:
         the stanza's bare `to` (us, or the room), `group_chat` for `type='groupchat'`; `sent_at`:
-        the stanza's delay stamp (XEP-0203, XEP-0082 form), checked against OMEMO 2's `<time>`."""
+        the stanza's delay stamp (XEP-0203, XEP-0082 form), checked against OMEMO 2's `<time>`.
+        Our own message (a sent carbon, a room's reflection) comes back with `own` true."""
 
     @rpc("heartbeat", retry=True)
     async def heartbeat(self, jid: str, namespace: str, device_id: int, *,

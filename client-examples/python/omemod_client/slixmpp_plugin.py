@@ -20,9 +20,11 @@ nodes, and every list PEP pushes goes to `devicelist.update`; the actions omemod
 done (fetch a device list or bundle, publish, send a heartbeat), and so are the duties of events
 no call caused; carbons are enabled and both kinds are decrypted; incoming encrypted messages
 (1:1 and members-only rooms, either namespace) are decrypted and fired as `omemo_message` events
-(config `auto_decrypt`); trust events become slixmpp events. Sending: `encrypt_message` /
-`send_message` build one stanza carrying an `<encrypted>` element per namespace used, with an EME
-hint each, `<store/>` and a fallback body; in a room SCE's `to` is the room. Reading the archive:
+(config `auto_decrypt`); our own messages (a room's reflection, a sent carbon or archived copy
+of what this device sent, maybe from another process) are read back by omemod and fired with
+`own` set; trust events become slixmpp events. Sending: `encrypt_message` / `send_message` build
+one stanza carrying an `<encrypted>` element per namespace used, with an EME hint each, `<store/>`
+and a fallback body on 0.3-only stanzas; in a room SCE's `to` is the room. Reading the archive:
 `archive()` wraps it in `catchup.begin` / `catchup.end`.
 
 Events fired on the slixmpp client: `omemo_initialized`, `omemo_message` (a `Decryption`),
@@ -73,11 +75,13 @@ FETCHES = ("fetch_bundle", "fetch_devicelist")
 DUTIES = ("publish_bundle", "publish_devicelist", "send_heartbeat") + FETCHES
 IQ_TIMEOUT = 20
 SENT_CACHE = 200
-"""Group messages we sent, kept by id to show their reflection (not encrypted for us)."""
+"""Group messages this process sent, kept by id to show their reflection when omemod cannot read
+it back (it keeps no own messages with redelivery off; older versions keep none)."""
 
 
 class NoRecipientDevice(OmemodError):
-    """No device of the recipients could be encrypted for (`devices` says why for each)."""
+    """No device of the recipients could be encrypted for (omemod's `no_device_reached`;
+    `devices` says why for each)."""
 
     def __init__(self, devices: List[DeviceReport]):
         why = "; ".join(f"{d['jid']}/{d['device_id']}: {d['status']}" for d in devices) or "no devices known"
@@ -104,8 +108,9 @@ class Encryption:
 @dataclass
 class Decryption:
     """A decrypted message. `message` is a copy of the stanza with the plaintext as its `<body>`
-    and the OMEMO elements removed; `result` is omemod's whole `decrypt` answer (None for our own
-    reflected group message, `own` then)."""
+    and the OMEMO elements removed; `result` is omemod's whole `decrypt` answer. `own`: sent by
+    this very device (a room's reflection, a sent carbon, the archive); `result` is None when its
+    text came from this process's memory instead of omemod."""
 
     stanza: Message
     message: Message
@@ -487,8 +492,13 @@ class XEP_0384_omemod(BasePlugin):
         namespaces = list(namespaces or self.namespaces or NAMESPACES)
         await self.refresh_device_lists(recipients)
         await self._prepare(recipients, namespaces)
-        result = await self.client.encrypt(recipients, body, namespaces=namespaces, sce_to=room,
-                                           idempotency_key=stanza["id"] or None, forms=["xml"])
+        try:
+            result = await self.client.encrypt(recipients, body, namespaces=namespaces, sce_to=room,
+                                               idempotency_key=stanza["id"] or None, forms=["xml"])
+        except errors.NoDeviceReached as e:
+            # Nothing to send: each recipient device's report says why.
+            devices = list(e.data.get("devices", []))
+            return Encryption(None, devices, [], [], devices)
         await self.do_actions([a for a in result["actions"] if a["type"] not in FETCHES])
         return self._encryption(stanza, result, recipients, body)
 
@@ -578,13 +588,12 @@ class XEP_0384_omemod(BasePlugin):
         group = stanza["type"] == "groupchat"
         room = stanza["from"].bare if group else None
         if room is not None:
-            if stanza["id"] in self._sent and (self._our_nick(room) == stanza["from"].resource
-                                              or (sender is not None and JID(sender).bare == self.me)):
-                # Our own message, reflected by the room: not encrypted for this device.
-                return self._decryption(stanza, self.me, self._sent[stanza["id"]], None, room, archived, carbon, own=True)
-            sender = sender or self._real_sender(stanza, room)
+            # Our own message reflected by the room is decrypted as ours: omemod reads it back.
+            ours = self._our_nick(room) == stanza["from"].resource
+            sender = self.me if ours else (sender or self._real_sender(stanza, room))
             if not sender:
                 raise SenderUnknown(f"{stanza['from']}: no real JID (the room must be non-anonymous)")
+            sender = JID(sender).bare
             to = room
         else:
             sender = JID(sender).bare if sender else stanza["from"].bare
@@ -604,12 +613,15 @@ class XEP_0384_omemod(BasePlugin):
                     if not await self.do_actions(e.data.get("actions", [])):
                         raise
                     result = await self.client.decrypt(sender, xml, to=to, group_chat=group)
-            except errors.NotForThisDevice as e:
+            except (errors.NotForThisDevice, errors.UnknownOwnMessage) as e:
                 error = e
                 continue
             await self.do_actions(result["actions"])
             return self._decryption(stanza, sender, result.get("body"), result, room, archived, carbon)
         assert error is not None
+        if sender == self.me and room is not None and stanza["id"] in self._sent:
+            # Our own reflection that omemod does not keep: the text this process sent.
+            return self._decryption(stanza, self.me, self._sent[stanza["id"]], None, room, archived, carbon, own=True)
         raise error
 
     def _decryption(self, stanza: Message, sender: str, body: Optional[str], result: Optional[Decrypted],
@@ -622,6 +634,7 @@ class XEP_0384_omemod(BasePlugin):
         if not empty and body is not None:
             msg["body"] = body
         device = result["sender"] if result else None
+        own = own or bool(result and result.get("own"))
         return Decryption(stanza, msg, sender, None if empty else (body or ""), result["namespace"] if result else None,
                           device["device_id"] if device else self.device_id, device["trust"] if device else None,
                           empty, bool(result and result["redelivered"]), room, archived, carbon, own, result)

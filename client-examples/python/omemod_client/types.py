@@ -23,7 +23,8 @@ TrustMode = Literal["btbv", "tofu", "manual"]
 
 class Action(TypedDict, total=False):
     """What to do after a call: `type` is `publish_bundle`, `publish_devicelist`,
-    `send_heartbeat`, `fetch_bundle` or `fetch_devicelist`; the other keys depend on it."""
+    `send_heartbeat`, `fetch_bundle`, `fetch_devicelist` or (in `encrypt` and `encrypt.plan`
+    reports only) `offer_device_removal`; the other keys depend on it."""
 
     type: str
     namespace: str
@@ -147,10 +148,14 @@ class EncryptedMessage(_EncryptedMessageOptional):
 class _DeviceReportOptional(TypedDict, total=False):
     reason: Optional[str]
     action: Optional[Action]
+    old_fingerprint: Optional[str]
+    new_fingerprint: Optional[str]
 
 
 class DeviceReport(_DeviceReportOptional):
-    """Per device: `status` is `encrypted`, `no_bundle`, `untrusted` or `failed`."""
+    """Per device: `status` is `encrypted`, `no_bundle`, `untrusted`, `identity_changed` (with
+    both fingerprints), `stale` (left out until it writes; ours with `offer_device_removal`) or
+    `failed`."""
 
     jid: str
     device_id: int
@@ -169,11 +174,15 @@ class Encrypted(TypedDict):
 
 class _PlannedDeviceOptional(TypedDict, total=False):
     trust: Optional[str]
+    reason: Optional[str]
     action: Optional[Action]
+    old_fingerprint: Optional[str]
+    new_fingerprint: Optional[str]
 
 
 class PlannedDevice(_PlannedDeviceOptional):
-    """`status`: `session`, `bundle` (a key exchange) or `no_bundle` (fetch it first)."""
+    """`status`: `session`, `bundle` (a key exchange), `no_bundle` (fetch it first),
+    `identity_changed` (left out until `identity.accept`) or `stale` (left out)."""
 
     jid: str
     device_id: int
@@ -192,6 +201,8 @@ class Sender(TypedDict):
     device_id: int
     fingerprint: str
     trust: str
+    listed: bool
+    key_trust: str
 
 
 # OMEMO 2's SCE affixes (bare JIDs and the time) as the sender wrote them; `from` is a keyword.
@@ -203,11 +214,13 @@ class _DecryptedOptional(TypedDict, total=False):
     content_xml: Optional[str]
     envelope: Optional[Envelope]
     first_decrypted_at: Optional[int]
+    sent_at: Optional[int]
 
 
 class Decrypted(_DecryptedOptional):
     """`decrypt`. `empty`: a heartbeat or key transport, show nothing. `redelivered`: decrypted
-    before (by anyone sharing this device); same content, no actions."""
+    before (by anyone sharing this device); same content, no actions. `own`: sent by this very
+    device (a sent carbon, a room's reflection), read back; `sent_at` is when (unix seconds)."""
 
     namespace: str
     sender: Sender
@@ -215,6 +228,7 @@ class Decrypted(_DecryptedOptional):
     key_exchange: bool
     actions: List[Action]
     redelivered: bool
+    own: bool
 
 
 class IdentityAccepted(TypedDict):
@@ -226,20 +240,35 @@ class IdentityAccepted(TypedDict):
 
 
 class DeviceEntry(TypedDict):
+    """`devices.list`: `label` only when its signature verifies (`label_status`); `trust` and
+    `trust_source` (`blind`, `tofu`, `manual`, `policy`) of its key when one is known; `stale`:
+    left out of messages until it writes again."""
+
     jid: str
     namespace: str
     device_id: int
     label: Optional[str]
+    label_status: Optional[str]
     active: bool
+    first_seen: int
     last_seen: Optional[int]
+    fingerprint: Optional[str]
+    trust: Optional[str]
+    trust_source: Optional[str]
+    unanswered: int
+    stale: bool
+    this_device: bool
 
 
 class TrustEntry(TypedDict):
+    """`trust.list`: a key's decision, and the contact's devices that use it."""
+
     jid: str
     fingerprint: str
     level: str
     source: str
     decided_at: int
+    devices: List[Dict[str, Any]]
 
 
 class Link(TypedDict):

@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -44,10 +45,19 @@ class Daemon:
                                       *self.extra], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      env=env)
         deadline = time.monotonic() + 20
-        while not os.path.exists(self.socket):
+        # The socket file appears at bind(), a moment before listen(): wait until it accepts.
+        while not self._accepts():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("omemod did not start")
             time.sleep(0.02)
+
+    def _accepts(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(self.socket)
+            except OSError:
+                return False
+        return True
 
     def stop(self) -> None:
         """SIGTERM: the daemon finishes what is in flight and removes its socket."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import unittest
 
+import daemon as support
 import omemod_client as om
 from daemon import DaemonTest, element, introduce
 from omemod_client import OMEMO2, Client
 
 ALICE = "alice@example.org"
 BOB = "bob@example.org"
+CAROL = "carol@example.org"
 
 
 class Errors(DaemonTest):
@@ -61,11 +63,37 @@ class Errors(DaemonTest):
             self.assertNotIn("only for bob", str(e))
             got = await b.decrypt(ALICE, element(sent, OMEMO2), to=BOB)
             self.assertEqual(got["body"], "only for bob, in a chat with bob")
-            # A message for another device than ours.
+            # Our own message (a sent carbon) is read back, not refused.
             to_alice = await b.encrypt([ALICE], "for alice", namespaces=[OMEMO2])
-            e = await self.expect(om.NotForThisDevice, b.decrypt(BOB, element(to_alice, OMEMO2)),
+            own = await b.decrypt(BOB, element(to_alice, OMEMO2), to=ALICE)
+            self.assertEqual((own["own"], own["body"]), (True, "for alice"))
+            # A message for another device than ours: alice's to carol, read by bob.
+            await self.c.account_create(CAROL)
+            async with self.daemon.client(CAROL) as c:
+                await introduce(a, ALICE, c, CAROL)
+            to_carol = await a.encrypt([CAROL], "for carol", namespaces=[OMEMO2])
+            e = await self.expect(om.NotForThisDevice, b.decrypt(ALICE, element(to_carol, OMEMO2)),
                                   "not_for_this_device", 1202)
             self.assertIn("recipients", e.data)
+            self.assertNotIn("for carol", str(e))
+
+    async def test_own_message_not_kept(self) -> None:
+        # Nothing is kept with redelivery off: our own copy cannot be read back.
+        d = support.Daemon("--redelivery-retention", "0")
+        self.addCleanup(d.cleanup)
+        async with d.client() as c:
+            await c.account_create(ALICE)
+            await c.account_create(BOB)
+        async with d.client(ALICE) as a, d.client(BOB) as b:
+            await introduce(a, ALICE, b, BOB)
+            sent = await a.encrypt([BOB], "not kept", namespaces=[OMEMO2])
+            await self.expect(om.UnknownOwnMessage, a.decrypt(ALICE, element(sent, OMEMO2), to=BOB),
+                              "unknown_own_message", 1213)
+            # Nobody reached: the kind and each device's report.
+            await a.trust_set(BOB, (await a.trust_list(jid=BOB))[0]["fingerprint"], "distrusted")
+            e = await self.expect(om.NoDeviceReached, a.encrypt([BOB], "to nobody", namespaces=[OMEMO2]),
+                                  "no_device_reached", 1212)
+            self.assertEqual([x["status"] for x in e.data["devices"]], ["untrusted"])
 
     async def test_unknown_kind_is_a_plain_rpc_error(self) -> None:
         e = om.error_from("x", {"code": 4242, "message": "new", "data": {"kind": "brand_new", "cause": "peer"}})

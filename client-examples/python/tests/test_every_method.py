@@ -7,7 +7,7 @@ import unittest
 
 import daemon as support
 from daemon import DaemonTest, discovered_methods, element, introduce
-from omemod_client import OLDMEMO, OMEMO2, IdempotencyKeyReused
+from omemod_client import OLDMEMO, OMEMO2, IdempotencyKeyReused, InvalidParams, NoDeviceReached
 
 ALICE = "alice@example.org"
 BOB = "bob@example.org"
@@ -52,10 +52,17 @@ class EveryMethod(DaemonTest):
             bundle = await a.bundle_get(ns)
             self.assertEqual((bundle["namespace"], bundle["device_id"]), (ns, self.a_device))
             self.assertEqual(bundle["publish_options"].get("pubsub#access_model"), "open")
+        # The user removes own devices from the list; never this one.
+        without = await a.devicelist_get(OMEMO2, remove=[self.a_device + 1])
+        self.assertIn(str(self.a_device), without["xml"])
+        with self.assertRaises(InvalidParams):
+            await a.devicelist_get(OMEMO2, remove=[self.a_device])
 
     async def messages(self, a: support.RecordingClient, b: support.RecordingClient) -> None:
         devices = await a.devices_list(jid=BOB)
         self.assertEqual(sorted(d["namespace"] for d in devices if d["active"]), sorted([OMEMO2, OLDMEMO]))
+        self.assertEqual({(d["fingerprint"] is not None, d["stale"], d["this_device"]) for d in devices},
+                         {(True, False, False)})
         self.b_device = devices[0]["device_id"]
         plan = await a.encrypt_plan([BOB])
         self.assertTrue(plan["ready"], plan)
@@ -97,9 +104,11 @@ class EveryMethod(DaemonTest):
         self.assertEqual(entry["level"], "trusted")
         decided = await a.trust_set(BOB, entry["fingerprint"], "distrusted")
         self.assertEqual(decided["level"], "distrusted")
-        refused = await a.encrypt([BOB], "not for a distrusted key", namespaces=[OMEMO2])
-        self.assertEqual([d["status"] for d in refused["devices"]], ["untrusted"])
-        self.assertEqual(refused["messages"], [])
+        # No device of bob can get it: nothing to send, and each device's report says why.
+        with self.assertRaises(NoDeviceReached) as refused:
+            await a.encrypt([BOB], "not for a distrusted key", namespaces=[OMEMO2])
+        self.assertEqual([d["status"] for d in refused.exception.data["devices"]], ["untrusted"])
+        self.assertNotIn("messages", refused.exception.data)
         await a.trust_set(BOB, entry["fingerprint"], "trusted")
         self.assertEqual((await a.catchup_begin())["catchup"], True)
         self.assertEqual((await a.catchup_end())["catchup"], False)

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use crate::connection::Connection;
 use crate::event::Pushed;
 use crate::methods::{
-    Account, DecryptOutcome, DecryptRequest, EncryptOutcome, EncryptRequest, LabelSet,
-    LinkVerified, OwnLink, Publishable, Status,
+    Account, DecryptOutcome, DecryptRequest, Device, EncryptOutcome, EncryptRequest, LabelSet,
+    LinkVerified, OwnLink, Plan, Publishable, Status, TrustEntry,
 };
 use crate::{trust, Error, RpcError};
 
@@ -171,6 +171,48 @@ impl Client {
         self.call_as("devicelist.get", p).await
     }
 
+    /// Our device list to publish without our own devices `remove` (the user chose to remove
+    /// them, e.g. after an `offer_device_removal`).
+    pub async fn devicelist_without(
+        &self,
+        namespace: &str,
+        remove: &[u32],
+    ) -> Result<Publishable, Error> {
+        let p = self.with_account(json!({"namespace": namespace, "remove": remove}));
+        self.call_as("devicelist.get", p).await
+    }
+
+    /// Known devices (of `jid`, or everyone's, ours included): fingerprint, trust, staleness.
+    pub async fn devices(&self, jid: Option<&str>) -> Result<Vec<Device>, Error> {
+        let mut p = self.with_account(json!({}));
+        if let Some(j) = jid {
+            p["jid"] = json!(j);
+        }
+        self.call_as("devices.list", p).await
+    }
+
+    /// Trust decisions (about `jid`'s keys, or everyone's), each with the devices using it.
+    pub async fn trust_list(&self, jid: Option<&str>) -> Result<Vec<TrustEntry>, Error> {
+        let mut p = self.with_account(json!({}));
+        if let Some(j) = jid {
+            p["jid"] = json!(j);
+        }
+        self.call_as("trust.list", p).await
+    }
+
+    /// What an `encrypt` to `to` would cover now and what to fetch first; changes nothing.
+    pub async fn encrypt_plan(
+        &self,
+        to: &[&str],
+        namespaces: Option<&[&str]>,
+    ) -> Result<Plan, Error> {
+        let mut p = json!({"to": to});
+        if let Some(ns) = namespaces {
+            p["namespaces"] = json!(ns);
+        }
+        self.call_as("encrypt.plan", self.with_account(p)).await
+    }
+
     /// Our bundle to publish.
     pub async fn bundle(&self, namespace: &str) -> Result<Publishable, Error> {
         let p = self.with_account(json!({"namespace": namespace}));
@@ -202,7 +244,9 @@ impl Client {
         self.call("bundle.update", p).await
     }
 
-    /// Encrypts a body to every device of the recipients (and our own other devices).
+    /// Encrypts a body to every device of the recipients (and our own other devices). When no
+    /// device of the recipients can get it, the daemon refuses with `no_device_reached`
+    /// ([`Error::unreached`] gives each device's report).
     pub async fn encrypt(&self, req: &EncryptRequest<'_>) -> Result<EncryptOutcome, Error> {
         let mut p = json!({"to": req.to, "body": req.body});
         if let Some(ns) = req.namespaces {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::event::Event;
+use crate::methods::DeviceReport;
 use crate::trust::TrustError;
 
 /// An error answer of the daemon. Switch on `kind` (stable, `data.kind` of the answer);
@@ -102,6 +104,19 @@ impl Error {
     pub fn kind(&self) -> Option<&str> {
         match self {
             Error::Rpc(e) => Some(&e.kind),
+            _ => None,
+        }
+    }
+
+    /// For `encrypt`'s `no_device_reached`: why each device of the recipients got nothing
+    /// (`untrusted`, `stale`, `no_bundle`, …, with the action to take), and what to fetch.
+    pub fn unreached(&self) -> Option<(Vec<DeviceReport>, Vec<Event>)> {
+        match self {
+            Error::Rpc(e) if e.kind == "no_device_reached" => {
+                let devices = serde_json::from_value(e.data["devices"].clone()).ok()?;
+                let actions = serde_json::from_value(e.data["actions"].clone()).ok()?;
+                Some((devices, actions))
+            }
             _ => None,
         }
     }

@@ -95,6 +95,12 @@ pub enum Event {
     EventsLost {
         missed: u64,
     },
+    /// Our own device `device_id` is stale: ask the user whether to remove it from our
+    /// `namespace` device list (then publish [`crate::Client::devicelist_without`]).
+    OfferDeviceRemoval {
+        namespace: String,
+        device_id: u32,
+    },
     /// A type this client does not know (or a known one with unexpected fields).
     Other(Value),
 }
@@ -164,6 +170,13 @@ impl From<Value> for Event {
                 _ => None,
             },
             "events_lost" => n("missed").map(|missed| Event::EventsLost { missed }),
+            "offer_device_removal" => match (ns, id) {
+                (Some(namespace), Some(device_id)) => Some(Event::OfferDeviceRemoval {
+                    namespace,
+                    device_id,
+                }),
+                _ => None,
+            },
             _ => None,
         };
         parsed.unwrap_or(Event::Other(v))
@@ -215,6 +228,13 @@ impl fmt::Display for Event {
                 f,
                 "events_lost: {missed} events were lost: re-read the state you need"
             ),
+            Event::OfferDeviceRemoval {
+                namespace,
+                device_id,
+            } => write!(
+                f,
+                "offer_device_removal: our device {device_id} is stale: ask the user whether to remove it from our {namespace} device list (devicelist.get with remove)"
+            ),
             Event::Other(v) => write!(f, "{}: {v}", v["type"].as_str().unwrap_or("?")),
         }
     }
@@ -237,6 +257,18 @@ mod tests {
             Event::from(new),
             Event::SendHeartbeat { device_id: 7, .. }
         ));
+    }
+
+    #[test]
+    fn the_offer_to_remove_a_stale_device_names_it() {
+        let v = json!({"type": "offer_device_removal", "namespace": OMEMO2, "device_id": 9});
+        assert_eq!(
+            Event::from(v),
+            Event::OfferDeviceRemoval {
+                namespace: OMEMO2.into(),
+                device_id: 9
+            }
+        );
     }
 
     #[test]

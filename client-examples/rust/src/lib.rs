@@ -64,9 +64,9 @@ pub use client::Client;
 pub use error::{Error, RpcError};
 pub use event::{Event, Pushed};
 pub use methods::{
-    Account, DecryptOutcome, DecryptRequest, DeviceReport, EncryptOutcome, EncryptRequest,
-    EncryptedMessage, Envelope, Fingerprints, LabelSet, LinkKey, LinkVerified, LinkedDevice,
-    OwnLink, Publishable, Sender, Status,
+    Account, DecryptOutcome, DecryptRequest, Device, DeviceReport, EncryptOutcome, EncryptRequest,
+    EncryptedMessage, Envelope, Fingerprints, KeyDevice, LabelSet, LinkKey, LinkVerified,
+    LinkedDevice, OwnLink, Plan, PlannedDevice, Publishable, Sender, Status, TrustEntry,
 };
 pub use trust::current_uid;
 

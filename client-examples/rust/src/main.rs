@@ -211,7 +211,7 @@ async fn run(client: &Client, args: &Args) -> Result<u8, Failure> {
                 return Err(Failure::Usage("encrypt needs --to".into()));
             }
             let ns = args.opts.get("namespace").map(|n| [n.as_str()]);
-            let r = client
+            let sent = client
                 .encrypt(&EncryptRequest {
                     to: &to,
                     body: opt(args, "body")?,
@@ -219,7 +219,23 @@ async fn run(client: &Client, args: &Args) -> Result<u8, Failure> {
                     // A group chat: `to` lists the members' real JIDs, the envelope names the room.
                     sce_to: args.opts.get("room").map(String::as_str),
                 })
-                .await?;
+                .await;
+            let r = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    // No device of the recipients could get it: say why for each.
+                    let Some((devices, actions)) = e.unreached() else {
+                        return Err(e.into());
+                    };
+                    for d in &devices {
+                        let why = d.reason.as_deref().unwrap_or(&d.status);
+                        eprintln!("{} device {} [{}]: {why}", d.jid, d.device_id, d.namespace);
+                    }
+                    show_actions(&actions);
+                    eprintln!("nothing to send: no device of the contact could be encrypted for");
+                    return Ok(1);
+                }
+            };
             for d in &r.devices {
                 let note = d
                     .reason
@@ -274,6 +290,11 @@ async fn run(client: &Client, args: &Args) -> Result<u8, Failure> {
             if r.redelivered {
                 let at = r.first_decrypted_at.unwrap_or(0);
                 extra.push_str(&format!(" redelivered (first at {at})"));
+            }
+            if r.own {
+                // Sent by this very device (a carbon, the room's reflection, the archive).
+                let at = r.sent_at.unwrap_or(0);
+                extra.push_str(&format!(" own (sent at {at})"));
             }
             let s = &r.sender;
             eprintln!(

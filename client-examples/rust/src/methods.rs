@@ -55,12 +55,115 @@ pub struct DeviceReport {
     pub jid: String,
     pub device_id: u32,
     pub namespace: String,
-    /// `encrypted`, `untrusted`, `no_bundle`, …
+    /// `encrypted`, `untrusted`, `no_bundle`, `identity_changed`, `stale`, …
     pub status: String,
     #[serde(default)]
     pub kex: bool,
     #[serde(default)]
     pub reason: Option<String>,
+    /// What to do about it: `fetch_bundle`, or for our own stale device
+    /// `offer_device_removal`.
+    #[serde(default)]
+    pub action: Option<Event>,
+    /// `identity_changed`: the fingerprint held for the device.
+    #[serde(default)]
+    pub old_fingerprint: Option<String>,
+    /// `identity_changed`: the fingerprint of the bundle waiting for `identity.accept`.
+    #[serde(default)]
+    pub new_fingerprint: Option<String>,
+}
+
+/// One device of `encrypt.plan`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PlannedDevice {
+    pub jid: String,
+    pub device_id: u32,
+    pub namespace: String,
+    /// `session`, `bundle` (a key exchange), `no_bundle` (fetch it first), `identity_changed`
+    /// (left out until `identity.accept`), `stale` (left out).
+    pub status: String,
+    /// Trust of its key when known.
+    #[serde(default)]
+    pub trust: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub action: Option<Event>,
+    /// `identity_changed`: the fingerprint held for the device.
+    #[serde(default)]
+    pub old_fingerprint: Option<String>,
+    /// `identity_changed`: the fingerprint of the bundle waiting for `identity.accept`.
+    #[serde(default)]
+    pub new_fingerprint: Option<String>,
+}
+
+/// `encrypt.plan`'s result: what an `encrypt` would cover now, and what to fetch first.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Plan {
+    pub devices: Vec<PlannedDevice>,
+    pub actions: Vec<Event>,
+    /// Nothing needs fetching.
+    pub ready: bool,
+}
+
+/// One known device (`devices.list`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Device {
+    pub jid: String,
+    pub namespace: String,
+    pub device_id: u32,
+    /// The device's label (OMEMO 2), only when its signature verifies.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// What became of the listed label: `verified` (shown as `label`), `unsigned`,
+    /// `bad_signature`, `unknown_key`; `None` when the list gives none.
+    #[serde(default)]
+    pub label_status: Option<String>,
+    /// On its owner's current device list.
+    pub active: bool,
+    /// Unix seconds of the last message from it.
+    #[serde(default)]
+    pub last_seen: Option<u64>,
+    /// Fingerprint of its identity key, when known (older daemons: never).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// `trusted`, `undecided`, `distrusted`, when a key is known.
+    #[serde(default)]
+    pub trust: Option<String>,
+    /// What made it so: `blind`, `tofu`, `manual`, `policy`.
+    #[serde(default)]
+    pub trust_source: Option<String>,
+    /// Messages sent to it since it was last heard from.
+    #[serde(default)]
+    pub unanswered: u64,
+    /// Left out of messages until it writes again (ours: offered for removal).
+    #[serde(default)]
+    pub stale: bool,
+    /// This very device.
+    #[serde(default)]
+    pub this_device: bool,
+}
+
+/// A device that uses a key (`trust.list`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeyDevice {
+    pub namespace: String,
+    pub device_id: u32,
+}
+
+/// One trust decision (`trust.list`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TrustEntry {
+    pub jid: String,
+    pub fingerprint: String,
+    /// `trusted`, `undecided`, `distrusted`.
+    pub level: String,
+    /// What made it so: `blind`, `tofu`, `manual`, `policy`.
+    pub source: String,
+    pub decided_at: i64,
+    /// The contact's devices that use this key (older daemons: none listed).
+    #[serde(default)]
+    pub devices: Vec<KeyDevice>,
 }
 
 /// What to encrypt.
@@ -105,6 +208,13 @@ pub struct DecryptOutcome {
     #[serde(default)]
     pub first_decrypted_at: Option<u64>,
     pub actions: Vec<Event>,
+    /// Sent by this very device (a sent carbon, a room's reflection, the archive): what we
+    /// sent, read back. Show it as ours; older daemons refuse these (`not_for_this_device`).
+    #[serde(default)]
+    pub own: bool,
+    /// When `own`: unix seconds it was sent.
+    #[serde(default)]
+    pub sent_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

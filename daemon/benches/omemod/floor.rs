@@ -98,6 +98,7 @@ fn commit_parts(cfg: &Cfg, r: &mut Report) {
         updated_at: i64::from(n),
         messages_sent: 0,
         messages_received: u64::from(n),
+        unanswered: 0,
         suspect: false,
     };
     let record = move |n: u32| {

@@ -1,5 +1,6 @@
 //! Decryption of an `<encrypted>` element addressed to our device, in named steps read top to
-//! bottom by [`Manager::decrypt`]:
+//! bottom by [`Manager::decrypt`] (an element this very device sent is read back instead, from
+//! what `encrypt` kept: `own_messages`):
 //!
 //! 1. **check** the element (the same rules for XML and JSON input) and **locate** every
 //!    `<key>` for our device;
@@ -108,6 +109,12 @@ pub struct DecryptOutcome {
     /// When `redelivered`: unix seconds of the first decryption.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_decrypted_at: Option<i64>,
+    /// Sent by this very device (a sent carbon, a room's reflection, an archived copy): what
+    /// was sent, read back; `sender` is us.
+    pub own: bool,
+    /// When `own`: unix seconds it was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<i64>,
 }
 
 impl DecryptOutcome {
@@ -130,6 +137,8 @@ impl DecryptOutcome {
             actions: Vec::new(),
             redelivered: false,
             first_decrypted_at: None,
+            own: false,
+            sent_at: None,
         }
     }
 }
@@ -287,7 +296,8 @@ pub enum DecryptError {
     /// The key exchange would replace the session once too often.
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
-    /// The OMEMO 2 SCE envelope does not match where the message came from or arrived.
+    /// The OMEMO 2 SCE envelope does not match where the message came from or arrived (or,
+    /// for our own message, it is read in another conversation than it was sent in).
     #[error("SCE envelope mismatch: {0}")]
     SceMismatch(String),
     /// The message comes from a device of another JID than `from` says (a client passing the
@@ -316,6 +326,13 @@ pub enum DecryptError {
         /// `fetch_devicelist` of the sender's list.
         actions: Vec<Action>,
     },
+    /// From this very device, but no record of sending it is kept: sent before the retention
+    /// window, with redelivery off, by another device that uses our device id, or altered.
+    #[error("our own message, but not one this device keeps: sent longer ago than the redelivery window, or by another device with our device id, or altered")]
+    UnknownOwnMessage,
+    /// Our own message, with another payload than the one we sent.
+    #[error("message authentication failed: our own message was altered")]
+    OwnMessageAltered,
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -340,7 +357,9 @@ impl DecryptError {
             | E::NotUtf8(_)
             | E::AuthenticationFailed
             | E::DuplicateMessage
-            | E::SceMismatch(_) => ErrorCause::PeerMisbehaved,
+            | E::SceMismatch(_)
+            | E::OwnMessageAltered => ErrorCause::PeerMisbehaved,
+            E::UnknownOwnMessage => ErrorCause::LocalState,
             // The sender did not know our device: our device list has not reached it.
             E::NotForThisDevice { .. } => ErrorCause::LocalState,
             E::NoSession { .. }
@@ -529,6 +548,7 @@ impl DecryptWrite {
             SessionMeta::default()
         };
         meta.messages_received += 1;
+        meta.unanswered = 0;
         let (prekey, accepted_pin) = match &attempt.origin {
             Origin::New {
                 prekey,
@@ -670,6 +690,10 @@ impl Manager {
         };
         let acct = self.account(account)?;
         check_element(&element)?;
+        // Sent by this very device: read back from what `encrypt` kept (`own_messages.rs`).
+        if from == acct.jid && element.sid == acct.device_id {
+            return self.read_own_message(&acct, &element, conv).await;
+        }
         let ours = our_keys(&acct, from, &element)?;
         let addr = Self::addr(&acct, from, element.version, element.sid);
         // A device its sender does not list is never trusted; in a group chat (where a member
@@ -1132,12 +1156,14 @@ impl Manager {
             Origin::Current => {
                 let mut m = slot.meta.clone();
                 m.messages_received += 1;
+                m.unanswered = 0;
                 m
             }
             _ => SessionMeta {
                 created_at: storage::now(),
                 messages_sent: 0,
                 messages_received: 1,
+                unanswered: 0,
                 suspect: false,
             },
         };
@@ -1392,7 +1418,7 @@ pub(super) fn open_payload(
     }
 }
 
-fn same_jid(a: &str, b: &str) -> bool {
+pub(super) fn same_jid(a: &str, b: &str) -> bool {
     a.trim().eq_ignore_ascii_case(b.trim())
 }
 
@@ -1576,6 +1602,8 @@ mod tests {
             actions: Vec::new(),
             redelivered: false,
             first_decrypted_at: None,
+            own: false,
+            sent_at: None,
         };
         let debug = format!("{outcome:?}");
         assert!(!debug.contains("attack"), "{debug}");

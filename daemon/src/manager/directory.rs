@@ -188,7 +188,7 @@ impl Directory {
                     .iter()
                     .any(|t| t.source == TrustSource::Manual && t.level == TrustLevel::Trusted);
                 if verified {
-                    (TrustLevel::Undecided, TrustSource::Blind)
+                    (TrustLevel::Undecided, TrustSource::Policy)
                 } else {
                     (TrustLevel::Trusted, TrustSource::Blind)
                 }
@@ -197,10 +197,10 @@ impl Directory {
                 if known.is_empty() {
                     (TrustLevel::Trusted, TrustSource::Tofu)
                 } else {
-                    (TrustLevel::Undecided, TrustSource::Tofu)
+                    (TrustLevel::Undecided, TrustSource::Policy)
                 }
             }
-            TrustMode::Manual => (TrustLevel::Undecided, TrustSource::Blind),
+            TrustMode::Manual => (TrustLevel::Undecided, TrustSource::Policy),
         }
     }
 }

@@ -2,10 +2,13 @@
 //! the namespaces those devices support; sessions are built lazily from stored bundles.
 //!
 //! [`Manager::encrypt`] checks the request and **chooses the targets**; `encrypt_to` then, in
-//! named steps, **prepares** one `DeviceStep` per device on copies (its session, new or
-//! cached, the trust of its key, its key and the row to store), builds the answer,
-//! **commits** every step in one transaction, and lets memory **remember** the commit. Nothing
-//! in memory changes before COMMIT, so a failed transaction leaves every session as stored.
+//! named steps, **prepares** one `DeviceStep` per device on copies (stale devices left out
+//! (`hygiene`); its session, new or cached, the trust of its key, its key and the row to store),
+//! builds the answer, **commits** every step in one transaction (with what reads our own copies
+//! back, `own_messages`), and lets memory **remember** the commit. Nothing in memory changes
+//! before COMMIT, so a failed transaction leaves every session as stored. An `encrypt` that
+//! reaches no device of its recipients commits nothing but new trust rows and is refused
+//! ([`EncryptError::NoDeviceReached`]).
 
 use super::account::{Account, TrustMode};
 use super::bundle_cache::{VerifiedBundle, WriteTicket};
@@ -50,6 +53,9 @@ pub enum DeviceStatus {
     /// `identity_changed`): nothing is encrypted for it until `identity.accept` (see
     /// `old_fingerprint`, `new_fingerprint`).
     IdentityChanged,
+    /// Silent past the staleness thresholds: left out until it is heard from again (see
+    /// `reason`; our own stale devices come with an `offer_device_removal` action).
+    Stale,
     /// Something else went wrong (see `reason`).
     Failed,
 }
@@ -203,6 +209,16 @@ pub enum EncryptError {
     /// An element would be larger than any omemod decrypts.
     #[error(transparent)]
     TooLarge(#[from] TooLarge),
+    /// No device of the recipients could be encrypted for: nothing was sent (new trust
+    /// decisions were kept). `devices` says why for each of their devices, `actions` what to
+    /// fetch first.
+    #[error("{}", unreached_message(.devices))]
+    NoDeviceReached {
+        /// The report of each device of the recipients.
+        devices: Vec<DeviceReport>,
+        /// What to fetch first (device lists, bundles).
+        actions: Vec<Action>,
+    },
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -295,9 +311,55 @@ impl EncryptError {
             | EncryptError::IdempotencyKeyLength { .. }
             | EncryptError::IdempotencyKeyReused => ErrorCause::Request,
             EncryptError::TooLarge(e) => e.cause(),
+            // A decision or a threshold keeps some device out, or only missing state does.
+            EncryptError::NoDeviceReached { devices, .. } => {
+                match devices.iter().any(|d| d.status.is_policy()) {
+                    true => ErrorCause::Policy,
+                    false => ErrorCause::LocalState,
+                }
+            }
             EncryptError::Storage(e) => e.cause(),
         }
     }
+}
+
+impl DeviceStatus {
+    /// Whether a trust decision (made or awaited) or a threshold, not missing state, keeps the
+    /// device out.
+    fn is_policy(self) -> bool {
+        match self {
+            DeviceStatus::Untrusted | DeviceStatus::IdentityChanged | DeviceStatus::Stale => true,
+            DeviceStatus::Encrypted | DeviceStatus::NoBundle | DeviceStatus::Failed => false,
+        }
+    }
+
+    /// The snake_case name, as in the report.
+    fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Encrypted => "encrypted",
+            DeviceStatus::NoBundle => "no_bundle",
+            DeviceStatus::Untrusted => "untrusted",
+            DeviceStatus::IdentityChanged => "identity_changed",
+            DeviceStatus::Stale => "stale",
+            DeviceStatus::Failed => "failed",
+        }
+    }
+}
+
+/// "no device of the recipients can read it: b@x 5 untrusted, …" (no device known: say so).
+fn unreached_message(devices: &[DeviceReport]) -> String {
+    if devices.is_empty() {
+        return "no device of the recipients is known: fetch their device lists (data.actions)"
+            .to_owned();
+    }
+    let each: Vec<String> = devices
+        .iter()
+        .map(|d| format!("{} {} {}", d.jid, d.device_id, d.status.as_str()))
+        .collect();
+    format!(
+        "no device of the recipients can be encrypted for: {}",
+        each.join(", ")
+    )
 }
 
 /// Why `heartbeat` (an empty message to one device) failed.
@@ -403,6 +465,10 @@ struct Job<'a> {
     /// Device lists to fetch.
     actions: Vec<Action>,
     keep: Option<Kept>,
+    /// `encrypt`: the recipients, one of whose devices must get a key (else nothing is
+    /// committed but new trust rows), and stale devices are left out. `None`: one device named
+    /// by the caller (heartbeat, session replacement).
+    recipients: Option<Vec<String>>,
 }
 
 /// Payload and per-device key material of one namespace.
@@ -420,8 +486,10 @@ struct Fanout<'a> {
     sce_to: Option<&'a str>,
     /// Made for a namespace when its first device is prepared.
     payloads: BTreeMap<Version, NsPayload>,
-    /// Trust rows of keys seen for the first time, once each.
-    new_trust: Vec<TrustRow>,
+    /// Trust rows of keys seen for the first time, once each, with the device that showed it.
+    new_trust: Vec<(TrustRow, DeviceAddr)>,
+    /// Leave stale devices out (a fan-out, not a call naming one device).
+    skip_stale: bool,
     now: i64,
 }
 
@@ -621,6 +689,23 @@ fn single_device(out: EncryptOutcome, addr: &DeviceAddr) -> Result<EncryptOutcom
     }
 }
 
+/// `out`, when a device of `jids` got a key; else the error that says why none did.
+fn reached(out: EncryptOutcome, jids: &[String]) -> Result<EncryptOutcome, EncryptError> {
+    let ours = |d: &&DeviceReport| jids.contains(&d.jid);
+    if out
+        .devices
+        .iter()
+        .filter(ours)
+        .any(|d| d.status == DeviceStatus::Encrypted)
+    {
+        return Ok(out);
+    }
+    Err(EncryptError::NoDeviceReached {
+        devices: out.devices.iter().filter(ours).cloned().collect(),
+        actions: out.actions,
+    })
+}
+
 /// The recipients of `req`, normalised and without repeats, once they and its namespaces are
 /// checked.
 pub(crate) fn recipients(req: &EncryptRequest) -> Result<Vec<String>, RecipientsError> {
@@ -675,9 +760,10 @@ impl Manager {
             sce_to: sce_to.as_deref(),
             actions: targets.fetch,
             keep: None,
+            recipients: Some(jids.clone()),
         };
         let Some(key) = req.idempotency_key.as_deref() else {
-            let mut out = self.encrypt_to(&acct, job).await?;
+            let mut out = reached(self.encrypt_to(&acct, job).await?, &jids)?;
             req.forms.keep(&mut out);
             return Ok(out);
         };
@@ -701,7 +787,7 @@ impl Manager {
             key: key.to_owned(),
             digest,
         });
-        let mut out = self.encrypt_to(&acct, job).await?;
+        let mut out = reached(self.encrypt_to(&acct, job).await?, &jids)?;
         req.forms.keep(&mut out);
         Ok(out)
     }
@@ -801,6 +887,7 @@ impl Manager {
             sce_to: None,
             actions: Vec::new(),
             keep: None,
+            recipients: None,
         };
         let out = self.encrypt_to(acct, job).await?;
         single_device(out, &addr)
@@ -823,6 +910,7 @@ impl Manager {
             sce_to: job.sce_to,
             payloads: BTreeMap::new(),
             new_trust: Vec::new(),
+            skip_stale: job.recipients.is_some(),
             now: storage::now(),
         };
         let mut steps = Vec::with_capacity(slots.len());
@@ -830,6 +918,21 @@ impl Manager {
             let forced = job.forced.contains(slot.addr());
             steps.push(self.prepare_device(&mut fanout, i, slot, forced).await);
         }
+        // No recipient device got a key: nothing is sent, so no chain moves.
+        let reached = job.recipients.as_ref().is_none_or(|to| {
+            steps
+                .iter()
+                .any(|s| s.sent.is_some() && to.contains(&s.addr.jid))
+        });
+        if !reached {
+            steps.iter_mut().for_each(|s| s.sent = None);
+        }
+        // What reads our own copies back (`own_messages`) needs each payload's key material.
+        let materials: BTreeMap<Version, Zeroizing<Vec<u8>>> = fanout
+            .payloads
+            .iter()
+            .map(|(ns, p)| (*ns, p.key_material.clone()))
+            .collect();
         let out = outcome(
             acct,
             &steps,
@@ -838,18 +941,22 @@ impl Manager {
         );
         // Before anything is committed: an element no omemod could read is never sent.
         check_decryptable(&out)?;
-        let stored = match job.keep {
+        let stored = match job.keep.filter(|_| reached) {
             Some(k) => Some(self.encrypt_record(acct, k, &out)?),
             None => None,
         };
         let (new_trust, now) = (fanout.new_trust, fanout.now);
+        let conversation = super::own_messages::conversation(job.sce_to, &acct.jid, &job.devices);
+        let own = self.own_write(acct, &out, &materials, conversation, now);
+        let rows: Vec<TrustRow> = new_trust.iter().map(|(row, _)| row.clone()).collect();
         let committed = self
-            .commit_encryption(steps, &new_trust, stored, now)
+            .commit_encryption(steps, &rows, stored, own, now)
             .await?;
         self.remember_encryption(&mut slots, committed);
         drop(slots);
-        if let Some(first) = job.devices.first() {
-            self.remember_trust(acct, new_trust, first.namespace, first.device_id);
+        // Each new key is announced with the device that showed it.
+        for (row, addr) in new_trust {
+            self.remember_trust(acct, vec![row], addr.namespace, addr.device_id);
         }
         Ok(out)
     }
@@ -879,6 +986,14 @@ impl Manager {
         {
             return skipped(identity_changed(addr, held.as_ref(), &p));
         }
+        if fanout.skip_stale {
+            let stale = self.staleness(fanout.acct, addr, slot.meta.unanswered, fanout.now);
+            if let Some(stale) = stale {
+                let action = super::hygiene::stale_action(fanout.acct, addr);
+                let why = Some(stale.reason());
+                return skipped(report(addr, DeviceStatus::Stale, false, why, action));
+            }
+        }
         // A session found in an older copy of the database may be behind the peer's (and its
         // sending chain already used): start a new one.
         let rebuild =
@@ -891,7 +1006,7 @@ impl Manager {
             },
         };
         let curve = *source.session().remote_curve25519();
-        let level = fanout.trust_level(self, &addr.jid, &curve);
+        let level = fanout.trust_level(self, addr, &curve);
         // Empty messages are exempt: they carry no content.
         if fanout.body.is_some() && level != TrustLevel::Trusted {
             let why = format!("identity key is {}", level.as_str());
@@ -965,6 +1080,7 @@ impl Manager {
         steps: Vec<DeviceStep>,
         new_trust: &[TrustRow],
         stored: Option<super::redelivery::KeptAnswer>,
+        own: Option<super::own_messages::OwnWrite>,
         now: i64,
     ) -> Result<Committed, StorageError> {
         let any_sent = steps.iter().any(|s| s.sent.is_some());
@@ -972,6 +1088,7 @@ impl Manager {
             return Ok(Committed {
                 steps,
                 bundle_ticket: None,
+                own: None,
             });
         }
         let any_new = steps.iter().any(|s| s.new_session().is_some());
@@ -1008,18 +1125,24 @@ impl Manager {
                 if let Some(k) = &stored {
                     k.write(tx)?;
                 }
-                Ok(steps)
+                let own = own.as_ref().map(|o| o.write(tx, now)).transpose()?;
+                Ok((steps, own))
             })
             .await?;
+        let (steps, own) = steps;
         Ok(Committed {
             steps,
             bundle_ticket,
+            own,
         })
     }
 
     /// Memory follows the commit: the sessions step on (or become the new ones), the new
-    /// bundles are cached, and the rebuilds done are forgotten.
+    /// bundles are cached, the rebuilds done are forgotten, and our own elements can be found.
     fn remember_encryption(&self, slots: &mut [SlotGuard], committed: Committed) {
+        if let Some(own) = &committed.own {
+            self.own_committed(own);
+        }
         for step in committed.steps {
             let Some(sent) = step.sent else {
                 continue;
@@ -1055,10 +1178,11 @@ impl Manager {
 }
 
 /// The steps after COMMIT, with the bundle cache's ticket held until the new bundles are
-/// cached.
+/// cached, and where our own elements were stored.
 struct Committed {
     steps: Vec<DeviceStep>,
     bundle_ticket: Option<WriteTicket>,
+    own: Option<super::own_messages::OwnWritten>,
 }
 
 impl DeviceStep {
@@ -1120,9 +1244,16 @@ impl NewSession {
 }
 
 impl Fanout<'_> {
-    /// The trust level of a device's key; a key seen for the first time gets its row.
-    fn trust_level(&mut self, manager: &Manager, jid: &str, curve: &[u8; 32]) -> TrustLevel {
-        let row = match manager.trust_level_for_key(self.acct, self.trust_mode, jid, curve) {
+    /// The trust level of a device's key; a key seen for the first time gets its row, with
+    /// the first device that showed it.
+    fn trust_level(
+        &mut self,
+        manager: &Manager,
+        addr: &DeviceAddr,
+        curve: &[u8; 32],
+    ) -> TrustLevel {
+        let mode = self.trust_mode;
+        let row = match manager.trust_level_for_key(self.acct, mode, &addr.jid, curve) {
             KeyLevel::Known(level) => return level,
             KeyLevel::New(row) => row,
         };
@@ -1130,9 +1261,9 @@ impl Fanout<'_> {
         if !self
             .new_trust
             .iter()
-            .any(|t| t.jid == row.jid && t.identity_key == row.identity_key)
+            .any(|(t, _)| t.jid == row.jid && t.identity_key == row.identity_key)
         {
-            self.new_trust.push(row);
+            self.new_trust.push((row, addr.clone()));
         }
         level
     }
@@ -1160,14 +1291,17 @@ fn make_key(
             let (k, pending) = s.prepare_encrypt(key_material)?;
             let mut meta = cached_meta.clone();
             meta.messages_sent += 1;
+            meta.unanswered += 1;
             let state = s.to_bytes_after(&pending, false);
             let row = session_row_with_state(addr, s, state, &meta, now);
             (k, row, meta, SessionChange::Existing(pending))
         }
         Source::New(mut new) => {
             let k = new.session.encrypt(key_material)?;
+            // A replaced session's silence carries over: the device has not answered yet.
             let meta = SessionMeta {
                 messages_sent: 1,
+                unanswered: cached_meta.unanswered + 1,
                 ..SessionMeta::default()
             };
             let row = session_row(addr, &new.session, &meta, now);

@@ -13,8 +13,7 @@
 //!   [`ReplaceSessionError`](super::encrypt::ReplaceSessionError);
 //!   `plan`: [`PlanError`](super::plan::PlanError);
 //!   `decrypt`: [`DecryptError`](super::decrypt::DecryptError);
-//! - `trust`: [`ListError`](super::trust::ListError),
-//!   [`DevicesError`](super::trust::DevicesError), [`TrustError`](super::trust::TrustError),
+//! - `trust`: [`ListError`](super::trust::ListError), [`TrustError`](super::trust::TrustError),
 //!   [`CatchupError`](super::trust::CatchupError);
 //!   `pinning`: [`IdentityError`](super::pinning::IdentityError);
 //!   `links`: [`OwnLinkError`](super::links::OwnLinkError),

@@ -16,6 +16,8 @@
 //! - [`plan`]: `encrypt.plan`: what an `encrypt` would cover.
 //! - [`decrypt`]: decryption of an element addressed to our device.
 //! - [`redelivery`]: answering the same element again without touching the ratchet.
+//! - [`own_messages`]: reading back the elements this device sent.
+//! - [`hygiene`]: stale devices, left out of fan-out until heard from again.
 //! - [`rebuild`]: sessions to rebuild after a rollback.
 //! - [`pinning`]: identity pinning and the session rebuild rate limit.
 //! - [`trust`]: trust decisions, device overviews, fingerprints, catch-up mode.
@@ -33,11 +35,13 @@ pub mod devicelist;
 pub mod directory;
 pub mod encrypt;
 pub mod error;
+pub mod hygiene;
 pub mod labels;
 pub mod lifecycle;
 pub mod limits;
 pub mod links;
 pub mod own_bundle;
+pub mod own_messages;
 pub mod peer_bundle;
 pub mod pinning;
 pub mod plan;
@@ -82,6 +86,10 @@ pub struct Manager {
     directories: Mutex<HashMap<i64, Directory>>,
     pub(crate) sessions: sessions::SessionTable,
     pub(crate) redelivery: redelivery::State,
+    /// Counts the records that read our own messages back (inline prunes).
+    pub(crate) own_messages: own_messages::State,
+    /// The staleness thresholds.
+    pub(crate) hygiene: hygiene::State,
     rebuilds: pinning::Rebuilds,
     /// Devices whose next message starts a new session (after a rollback).
     pub(crate) pending_rebuilds: rebuild::Pending,
@@ -123,6 +131,8 @@ impl Manager {
                 .read(crate::storage::redelivery::digest_prefixes)
                 .await?,
         );
+        let own_messages = own_messages::State::default();
+        own_messages.load(store.read(crate::storage::own_messages::digest_ids).await?);
         // Databases from before the per-namespace pools get theirs filled once (and a new
         // bundle to publish).
         for a in &accounts {
@@ -156,6 +166,8 @@ impl Manager {
             directories: Mutex::new(dirs),
             sessions: sessions::SessionTable::default(),
             redelivery,
+            own_messages,
+            hygiene: hygiene::State::default(),
             rebuilds: pinning::Rebuilds::default(),
             pending_rebuilds: rebuild::Pending::new(pending_rebuilds),
             bundles: bundle_cache::BundleCache::default(),

@@ -88,13 +88,14 @@ impl Manager {
         })
     }
 
-    /// Our device list in `namespace`: the list as last seen, with our own device added. In
-    /// OMEMO 2 our device carries our signed label, and our other devices keep theirs as
-    /// listed (0.3 lists have no labels).
+    /// Our device list in `namespace`: the list as last seen, with our own device added and
+    /// the devices of `remove` left out (the user removes them). In OMEMO 2 our device carries
+    /// our signed label, and our other devices keep theirs as listed (0.3 lists have no labels).
     pub async fn own_devicelist(
         &self,
         account: Option<&str>,
         namespace: Version,
+        remove: &[u32],
     ) -> Result<Publication, AccountLookupError> {
         let acct = self.account(account)?;
         let own_label = acct.keys.lock().await.label.clone();
@@ -104,6 +105,7 @@ impl Manager {
                 .into_iter()
                 .flatten()
                 .filter(|r| r.active && r.namespace == namespace && r.device_id != acct.device_id)
+                .filter(|r| !remove.contains(&r.device_id))
                 .map(|r| DeviceListEntry {
                     id: r.device_id,
                     label: r.label.clone(),

@@ -22,6 +22,9 @@ pub enum PlanStatus {
     /// A bundle with another identity was set aside for it: an `encrypt` would not cover it
     /// until `identity.accept` (see `old_fingerprint`, `new_fingerprint`).
     IdentityChanged,
+    /// Silent past the staleness thresholds: left out until it is heard from again (see
+    /// `reason`; our own stale devices come with an `offer_device_removal` action).
+    Stale,
 }
 
 /// One device of the plan.
@@ -39,6 +42,9 @@ pub struct PlannedDevice {
     /// encrypted for trusted devices.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trust: Option<String>,
+    /// Why it is left out (`stale`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// What to do first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
@@ -87,8 +93,9 @@ impl PlanError {
     }
 }
 
-/// The identity key a device's session, else its stored bundle, has (none: neither exists).
-type KnownKeys = (Option<[u8; 32]>, Option<[u8; 32]>);
+/// The identity key and unanswered count of a device's session, else the identity key of its
+/// stored bundle (none: neither exists).
+type KnownKeys = (Option<([u8; 32], u64)>, Option<[u8; 32]>);
 
 impl Manager {
     /// The plan of an `encrypt` with `req` (its body and idempotency key are ignored).
@@ -113,7 +120,7 @@ impl Manager {
                         // A suspect session (restored copy) is replaced by the next message.
                         let s = session_store::get(c, a)?
                             .filter(|r| !r.suspect)
-                            .map(|r| r.identity_key);
+                            .map(|r| (r.identity_key, r.unanswered));
                         let b = match s {
                             Some(_) => None,
                             None => bundles::get(c, a)?.map(|r| r.identity_curve25519),
@@ -124,32 +131,45 @@ impl Manager {
             })
             .await?;
         let mode = acct.keys.lock().await.trust_mode;
+        let now = crate::storage::now();
         let mut devices = Vec::with_capacity(addrs.len());
         for (addr, (session, bundle)) in addrs.into_iter().zip(found) {
-            let (mut status, key) = match (session, bundle) {
+            let held = session.map(|(k, _)| k);
+            // As `encrypt` decides: a new identity waiting for the user is not encrypted for
+            // (whether or not the device is stale too).
+            let pending = self
+                .with_directory(acct.id, |d| d.pending_identity(&addr))
+                .filter(|p| held != Some(p.new));
+            let stale = match (session, pending) {
+                (Some((_, n)), None) => self.staleness(&acct, &addr, n, now),
+                _ => None,
+            };
+            let (status, key) = match (held, bundle) {
+                _ if pending.is_some() => (PlanStatus::IdentityChanged, held.or(bundle)),
+                (Some(k), _) if stale.is_some() => (PlanStatus::Stale, Some(k)),
                 (Some(k), _) => (PlanStatus::Session, Some(k)),
                 (None, Some(k)) => (PlanStatus::Bundle, Some(k)),
                 (None, None) => (PlanStatus::NoBundle, None),
             };
-            // As `encrypt` decides: a new identity waiting for the user is not encrypted for.
-            let pending = self
-                .with_directory(acct.id, |d| d.pending_identity(&addr))
-                .filter(|p| session != Some(p.new));
             let fingerprints = pending.map(|p| {
-                let old = session.or(p.old).map(|k| fingerprint(&k));
+                let old = held.or(p.old).map(|k| fingerprint(&k));
                 (old, Some(fingerprint(&p.new)))
             });
-            if pending.is_some() {
-                status = PlanStatus::IdentityChanged;
-            }
             let (old_fingerprint, new_fingerprint) = fingerprints.unwrap_or_default();
             // The level a first sight would get is reported, not stored.
             let trust = key.map(|k| {
                 let t = self.trust_for_key(&acct, mode, &addr.jid, &k);
                 t.row.level.as_str().to_owned()
             });
-            let action = (status == PlanStatus::NoBundle)
-                .then(|| Action::fetch_bundle(&addr.jid, addr.namespace, addr.device_id));
+            let action = match status {
+                PlanStatus::NoBundle => Some(Action::fetch_bundle(
+                    &addr.jid,
+                    addr.namespace,
+                    addr.device_id,
+                )),
+                PlanStatus::Stale => super::hygiene::stale_action(&acct, &addr),
+                PlanStatus::Session | PlanStatus::Bundle | PlanStatus::IdentityChanged => None,
+            };
             if let Some(a) = &action {
                 actions.push(a.clone());
             }
@@ -159,13 +179,17 @@ impl Manager {
                 namespace: addr.namespace.namespace().to_owned(),
                 status,
                 trust,
+                reason: stale.map(|s| s.reason()),
                 action,
                 old_fingerprint,
                 new_fingerprint,
             });
         }
         Ok(EncryptPlan {
-            ready: actions.is_empty(),
+            // An offer to remove a stale device of ours is not something missing.
+            ready: actions
+                .iter()
+                .all(|a| matches!(a, Action::OfferDeviceRemoval { .. })),
             devices,
             actions,
         })

@@ -509,7 +509,8 @@ impl Manager {
         self.redelivery
             .key_frontier
             .store(pruned.key_frontier, Ordering::Relaxed);
-        if pruned.erased() {
+        let own = self.prune_own_messages(now).await?;
+        if pruned.erased() || own > 0 {
             self.key_material_erased();
         }
         // Forget pruned digests, so the filter stays as small as the tables.

@@ -1,9 +1,9 @@
-//! Retention means erased. Key material the bounds no longer allow — redelivery entries past
-//! their window, skipped message keys past their age, a deleted account — is deleted with
-//! `secure_delete`, but the WAL still holds the pages as they were before: every prune that
-//! erased something owes a `TRUNCATE` checkpoint, which the maintenance pass pays (and pays again
-//! while a reader blocks it). The copies `omemod restore` moved aside hold every key of their
-//! time, so they live only as long as the redelivery window.
+//! Retention means erased. Key material the bounds no longer allow — redelivery entries and
+//! our own messages past their window, skipped message keys past their age, a deleted account —
+//! is deleted with `secure_delete`, but the WAL still holds the pages as they were before: every
+//! prune that erased something owes a `TRUNCATE` checkpoint, which the maintenance pass pays (and
+//! pays again while a reader blocks it). The copies `omemod restore` moved aside hold every key
+//! of their time, so they live only as long as the redelivery window.
 //!
 //! The maintenance pass runs every [`maintenance_interval`]: expired key material is gone from
 //! the database and its WAL at most two intervals after it expired.

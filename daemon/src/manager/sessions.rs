@@ -30,6 +30,8 @@ pub struct SessionMeta {
     pub messages_sent: u64,
     /// Messages decrypted with it.
     pub messages_received: u64,
+    /// Messages encrypted since the last one decrypted from the device (device hygiene).
+    pub unanswered: u64,
     /// Found in a restored copy of the database: a message that decrypts on it may be a replay
     /// (refused), and the next message to the device starts a new session.
     pub suspect: bool,
@@ -197,6 +199,7 @@ impl SessionTable {
                             created_at: row.created_at,
                             messages_sent: row.messages_sent,
                             messages_received: row.messages_received,
+                            unanswered: row.unanswered,
                             suspect: row.suspect,
                         };
                     }
@@ -309,6 +312,7 @@ pub fn session_row_with_state(
         updated_at: now,
         messages_sent: meta.messages_sent,
         messages_received: meta.messages_received,
+        unanswered: meta.unanswered,
         suspect: meta.suspect,
     }
 }

@@ -1,4 +1,5 @@
-//! Trust decisions, device overviews, fingerprints, and catch-up mode.
+//! Trust decisions, device overviews (fingerprint, trust and staleness of each device), and
+//! catch-up mode.
 
 use super::error::InvalidFingerprint;
 use super::labels::{LabelStatus, Listed};
@@ -6,10 +7,13 @@ use super::{
     check_bare_jid, Account, AccountLookupError, ErrorCause, InvalidJid, Manager, StorageError,
 };
 use crate::events::Action;
+use crate::storage::device_keys::{self, DeviceKey};
+use crate::storage::devices::DeviceRow;
 use crate::storage::trust::{TrustLevel, TrustRow, TrustSource};
 use crate::storage::{self, accounts, device_state, prekeys, trust as trust_store};
 use protocol_core::keys::fingerprint;
 use serde::Serialize;
+use std::collections::HashMap;
 
 /// Catch-up ends by itself this long after `catchup.begin` (a client that crashes or forgets
 /// `catchup.end` must not keep used prekeys and hold heartbeats forever).
@@ -24,10 +28,23 @@ pub struct TrustEntry {
     pub fingerprint: String,
     /// trusted, distrusted or undecided.
     pub level: String,
-    /// blind, tofu or manual.
+    /// What made it so: `blind` (trusted blindly, `btbv`), `tofu` (the contact's first key),
+    /// `manual` (the user), `policy` (no one decided: the trust mode leaves a new key undecided).
     pub source: String,
     /// Unix seconds.
     pub decided_at: i64,
+    /// The devices of the contact that use this key (by their session, else their stored
+    /// bundle).
+    pub devices: Vec<KeyDevice>,
+}
+
+/// A device that uses a key.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct KeyDevice {
+    /// Namespace.
+    pub namespace: String,
+    /// Device id.
+    pub device_id: u32,
 }
 
 impl From<&TrustRow> for TrustEntry {
@@ -38,6 +55,7 @@ impl From<&TrustRow> for TrustEntry {
             level: r.level.as_str().to_owned(),
             source: r.source.as_str().to_owned(),
             decided_at: r.decided_at,
+            devices: Vec::new(),
         }
     }
 }
@@ -60,6 +78,23 @@ pub struct DeviceEntry {
     pub active: bool,
     /// Unix seconds of the last message from it.
     pub last_seen: Option<i64>,
+    /// Unix seconds it first appeared (on a list, or by a message).
+    pub first_seen: i64,
+    /// Fingerprint of its identity key (its session's, else its stored bundle's; ours for this
+    /// device); `null` while neither is known.
+    pub fingerprint: Option<String>,
+    /// Trust level of that key (trusted, undecided, distrusted); `null` when no key is known,
+    /// and for this device.
+    pub trust: Option<String>,
+    /// What made it so (blind, tofu, manual, policy), as in `trust.list`.
+    pub trust_source: Option<String>,
+    /// Messages sent to it since it was last heard from.
+    pub unanswered: u64,
+    /// Silent past the staleness thresholds: left out of fan-out until heard from again (ours:
+    /// offered for removal).
+    pub stale: bool,
+    /// This very device (our account's own device id).
+    pub this_device: bool,
 }
 
 /// Why `trust.list` or `devices.list` failed.
@@ -71,6 +106,9 @@ pub enum ListError {
     /// No account to list for.
     #[error(transparent)]
     Account(#[from] AccountLookupError),
+    /// The database failed (reading the devices' keys).
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
 }
 
 impl ListError {
@@ -79,27 +117,7 @@ impl ListError {
         match self {
             ListError::Jid(e) => e.cause(),
             ListError::Account(e) => e.cause(),
-        }
-    }
-}
-
-/// Why `devices.list` failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DevicesError {
-    /// As `trust.list`.
-    #[error(transparent)]
-    List(#[from] ListError),
-    /// The database failed (reading the identity keys that labels are checked against).
-    #[error("storage: {0}")]
-    Storage(#[from] StorageError),
-}
-
-impl DevicesError {
-    /// Whom the error is due to.
-    pub fn cause(&self) -> ErrorCause {
-        match self {
-            DevicesError::List(e) => e.cause(),
-            DevicesError::Storage(e) => e.cause(),
+            ListError::Storage(e) => e.cause(),
         }
     }
 }
@@ -166,24 +184,57 @@ pub(crate) fn parse_fingerprint(s: &str) -> Result<[u8; 32], InvalidFingerprint>
 }
 
 impl Manager {
-    /// Trust decisions, of one contact or all.
-    pub fn trust_list(
+    /// Trust decisions, of one contact or all, each with the devices that use its key.
+    pub async fn trust_list(
         &self,
         account: Option<&str>,
         jid: Option<&str>,
     ) -> Result<Vec<TrustEntry>, ListError> {
         let jid = jid.map(check_bare_jid).transpose()?;
-        let jid = jid.as_deref();
         let acct = self.account(account)?;
+        let keys = self.device_keys(&acct, jid.clone()).await?;
+        let mut users: HashMap<(String, [u8; 32]), Vec<KeyDevice>> = HashMap::new();
+        for k in keys {
+            users
+                .entry((k.addr.jid, k.identity_key))
+                .or_default()
+                .push(KeyDevice {
+                    namespace: k.addr.namespace.namespace().to_owned(),
+                    device_id: k.addr.device_id,
+                });
+        }
+        let jid = jid.as_deref();
         let mut v: Vec<TrustEntry> = self.with_directory(acct.id, |d| {
             d.trust
                 .values()
                 .filter(|t| jid.is_none_or(|j| t.jid == j))
-                .map(TrustEntry::from)
+                .map(|t| TrustEntry {
+                    devices: users
+                        .remove(&(t.jid.clone(), t.identity_key))
+                        .unwrap_or_default(),
+                    ..TrustEntry::from(t)
+                })
                 .collect()
         });
         v.sort_by(|a, b| (&a.jid, &a.fingerprint).cmp(&(&b.jid, &b.fingerprint)));
+        for e in &mut v {
+            e.devices
+                .sort_by(|a, b| (&a.namespace, a.device_id).cmp(&(&b.namespace, b.device_id)));
+        }
         Ok(v)
+    }
+
+    /// The identity key and unanswered count of every device with a session or a stored
+    /// bundle (of `jid` only, when given).
+    async fn device_keys(
+        &self,
+        acct: &Account,
+        jid: Option<String>,
+    ) -> Result<Vec<DeviceKey>, StorageError> {
+        let id = acct.id;
+        self.store
+            .read(move |c| device_keys::list(c, id, jid.as_deref()))
+            .await
     }
 
     /// Records a manual trust decision about `jid`'s key with this fingerprint.
@@ -216,57 +267,85 @@ impl Manager {
         Ok(entry)
     }
 
-    /// Known devices, of one contact or all; labels only where their signature verifies.
+    /// Known devices, of one contact or all: fingerprint, trust and staleness of each, and
+    /// labels only where their signature verifies.
     pub async fn devices_list(
         &self,
         account: Option<&str>,
         jid: Option<&str>,
-    ) -> Result<Vec<DeviceEntry>, DevicesError> {
-        let jid = jid
-            .map(check_bare_jid)
-            .transpose()
-            .map_err(ListError::from)?;
+    ) -> Result<Vec<DeviceEntry>, ListError> {
+        let jid = jid.map(check_bare_jid).transpose()?;
+        let acct = self.account(account)?;
+        let keys: HashMap<_, _> = self
+            .device_keys(&acct, jid.clone())
+            .await?
+            .into_iter()
+            .map(|k| (k.addr, (k.identity_key, k.unanswered)))
+            .collect();
         let jid = jid.as_deref();
-        let acct = self.account(account).map_err(ListError::from)?;
-        let mut listed = Vec::new();
-        let mut v: Vec<DeviceEntry> = self.with_directory(acct.id, |d| {
+        let rows: Vec<DeviceRow> = self.with_directory(acct.id, |d| {
             d.devices
                 .iter()
                 .filter(|(j, _)| jid.is_none_or(|x| x == j.as_str()))
-                .flat_map(|(_, rows)| rows.iter())
-                .map(|r| {
-                    if let Some(label) = &r.label {
-                        listed.push(Listed {
-                            addr: r.addr(),
-                            label: label.clone(),
-                            labelsig: r.labelsig.clone(),
-                        });
-                    }
-                    DeviceEntry {
-                        jid: r.jid.clone(),
-                        namespace: r.namespace.namespace().to_owned(),
-                        device_id: r.device_id,
-                        label: None,
-                        label_status: None,
-                        active: r.active,
-                        last_seen: r.last_seen,
-                    }
-                })
+                .flat_map(|(_, rows)| rows.iter().cloned())
                 .collect()
         });
-        let addrs: Vec<_> = listed.iter().map(|l| l.addr.clone()).collect();
+        let (config, now) = (self.stale_config(), storage::now());
+        // Listed labels, with the index of their entry, are checked in one read below.
+        let mut listed = Vec::new();
+        let mut v: Vec<DeviceEntry> = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if let Some(label) = &r.label {
+                    let labelsig = r.labelsig.clone();
+                    let (addr, label) = (r.addr(), label.clone());
+                    listed.push((
+                        i,
+                        Listed {
+                            addr,
+                            label,
+                            labelsig,
+                        },
+                    ));
+                }
+                let this_device = r.jid == acct.jid && r.device_id == acct.device_id;
+                let (key, unanswered) = match keys.get(&r.addr()) {
+                    _ if this_device => (Some(*acct.identity.curve25519()), 0),
+                    Some((k, n)) => (Some(*k), *n),
+                    None => (None, 0),
+                };
+                let trust = key.filter(|_| !this_device).and_then(|k| {
+                    self.with_directory(acct.id, |d| d.trust_of(&r.jid, &k).cloned())
+                });
+                let heard_at = r.last_seen.unwrap_or(r.first_seen);
+                DeviceEntry {
+                    jid: r.jid.clone(),
+                    namespace: r.namespace.namespace().to_owned(),
+                    device_id: r.device_id,
+                    label: None,
+                    label_status: None,
+                    active: r.active,
+                    last_seen: r.last_seen,
+                    first_seen: r.first_seen,
+                    fingerprint: key.as_ref().map(fingerprint),
+                    trust: trust.as_ref().map(|t| t.level.as_str().to_owned()),
+                    trust_source: trust.as_ref().map(|t| t.source.as_str().to_owned()),
+                    unanswered,
+                    stale: super::hygiene::judge(&config, unanswered, heard_at, now).is_some(),
+                    this_device,
+                }
+            })
+            .collect();
         let own = (
             acct.jid.as_str(),
             acct.device_id,
             acct.identity.curve25519(),
         );
+        let (at, listed): (Vec<usize>, Vec<Listed>) = listed.into_iter().unzip();
         let checked = self.check_labels(own, listed).await?;
-        for (addr, (label, status)) in addrs.iter().zip(checked) {
-            if let Some(e) = v.iter_mut().find(|e| {
-                e.jid == addr.jid
-                    && e.device_id == addr.device_id
-                    && e.namespace == addr.namespace.namespace()
-            }) {
+        for (i, (label, status)) in at.into_iter().zip(checked) {
+            if let Some(e) = v.get_mut(i) {
                 e.label = label;
                 e.label_status = Some(status);
             }

@@ -99,12 +99,18 @@ pub enum ErrorKind {
     IdempotencyKeyReused,
     /// Too many session replacements for one device; retry after `data.retry_after_secs`.
     RateLimited,
-    /// The OMEMO 2 SCE envelope names another sender or conversation than the stanza.
+    /// The OMEMO 2 SCE envelope names another sender or conversation than the stanza (our own
+    /// message: read in another conversation than it was sent in).
     SceMismatch,
     /// The `<encrypted>` element would be larger than `decrypt` accepts.
     MessageTooLarge,
     /// The message comes from a device of another JID than the request's `from`.
     SenderMismatch,
+    /// `encrypt`: no device of the recipients could be encrypted for (`data.devices` says why
+    /// for each, `data.actions` what to fetch).
+    NoDeviceReached,
+    /// Our own message (this device's id and JID), but not one this device keeps.
+    UnknownOwnMessage,
     /// The message decrypts on a session restored from an older copy of the database: it may be
     /// a replay; refused, and a new session is started (`data.actions`).
     PossibleReplay,
@@ -186,6 +192,8 @@ impl ErrorKind {
         ErrorKind::SceMismatch,
         ErrorKind::MessageTooLarge,
         ErrorKind::SenderMismatch,
+        ErrorKind::NoDeviceReached,
+        ErrorKind::UnknownOwnMessage,
         ErrorKind::PossibleReplay,
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
@@ -242,6 +250,8 @@ impl ErrorKind {
             ErrorKind::SceMismatch => 1209,
             ErrorKind::MessageTooLarge => 1210,
             ErrorKind::SenderMismatch => 1211,
+            ErrorKind::NoDeviceReached => 1212,
+            ErrorKind::UnknownOwnMessage => 1213,
             ErrorKind::PossibleReplay => 1230,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
@@ -299,6 +309,8 @@ impl ErrorKind {
             ErrorKind::SceMismatch => "sce_mismatch",
             ErrorKind::MessageTooLarge => "message_too_large",
             ErrorKind::SenderMismatch => "sender_mismatch",
+            ErrorKind::NoDeviceReached => "no_device_reached",
+            ErrorKind::UnknownOwnMessage => "unknown_own_message",
             ErrorKind::PossibleReplay => "possible_replay",
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
@@ -351,6 +363,7 @@ impl ErrorKind {
             | ErrorKind::NotForThisDevice
             | ErrorKind::LinkUnknownDevice
             | ErrorKind::BrokenSession
+            | ErrorKind::UnknownOwnMessage
             | ErrorKind::PossibleReplay
             | ErrorKind::StorageError => LocalState,
             ErrorKind::InvalidBundle
@@ -369,6 +382,7 @@ impl ErrorKind {
             | ErrorKind::TooManySubscriptions
             | ErrorKind::TooManyConnections
             | ErrorKind::RateLimited
+            | ErrorKind::NoDeviceReached
             | ErrorKind::Untrusted
             | ErrorKind::Distrusted
             | ErrorKind::IdentityChanged
@@ -416,6 +430,8 @@ impl ErrorKind {
             ErrorKind::SceMismatch => "SCE envelope does not match the stanza",
             ErrorKind::MessageTooLarge => "message too large to decrypt",
             ErrorKind::SenderMismatch => "the message comes from another JID than `from`",
+            ErrorKind::NoDeviceReached => "no device of the recipients can be encrypted for",
+            ErrorKind::UnknownOwnMessage => "our own message, not kept",
             ErrorKind::PossibleReplay => "possible replay on a session restored from an older copy",
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",

@@ -294,7 +294,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
 fn service(ctx: Arc<Ctx>, config: &ServeConfig) -> Result<Service, ServeError> {
     let methods = crate::rpc::methods::build(Arc::clone(&ctx), config.enable_debug_methods)?;
     if config.enable_debug_methods {
-        tracing::warn!("debug methods enabled: debug.sleep, debug.emit, debug.kill_after_commit");
+        tracing::warn!(
+            "debug methods enabled: debug.sleep, debug.emit, debug.kill_after_commit, debug.clock"
+        );
     }
     Ok(Service {
         ctx,
@@ -334,6 +336,7 @@ impl Background {
         );
         let _ = ctx.manager.set(Arc::clone(&manager));
         manager.set_redelivery_config(ctx.config.redelivery);
+        manager.set_stale_config(ctx.config.stale);
         manager.announce_restored(&started.restored);
         Ok(Self {
             maintenance: tokio::spawn(maintain(manager, Maintenance::of(&ctx.config))),

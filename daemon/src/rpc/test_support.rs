@@ -20,6 +20,7 @@ pub fn test_ctx() -> Arc<Ctx> {
         max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         enable_debug_methods: true,
         redelivery: Default::default(),
+        stale: Default::default(),
         bounds: crate::config::BoundsArgs::default(),
         files: crate::config::FileLimits::default(),
     };

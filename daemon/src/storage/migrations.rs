@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[Migration] = &[
     (5, include_str!("../../../migrations/0005_labels.sql")),
     (6, include_str!("../../../migrations/0006_integrity.sql")),
     (7, include_str!("../../../migrations/0007_restore.sql")),
+    (8, include_str!("../../../migrations/0008_own_messages.sql")),
 ];
 
 /// The schema version this binary writes.

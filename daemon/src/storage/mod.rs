@@ -13,6 +13,7 @@
 //! - [`prekeys`]: our one-time prekeys, and refilling their pools.
 //! - [`signed_prekeys`]: our signed prekeys.
 //! - [`devices`]: device lists of contacts and of our own account.
+//! - [`device_keys`]: each remote device's identity key and unanswered count, for listings.
 //! - [`bundles`]: the latest bundle fetched for each remote device.
 //! - [`sessions`]: Double Ratchet sessions, one per remote device and namespace.
 //! - [`skipped_keys`]: message keys of skipped messages, per session.
@@ -20,6 +21,7 @@
 //! - [`trust`]: trust decisions per contact JID and identity key.
 //! - [`rebuilds`]: sessions to rebuild after a rollback.
 //! - [`redelivery`]: what lets a message be decrypted again and an `encrypt` be retried.
+//! - [`own_messages`]: what lets this device read back the elements it sent.
 //! - [`generation`]: noticing a restored or copied database: the counters, the record beside
 //!   the file, the stamp of copies.
 //! - [`marks`]: the marks the writer gives session rows, and its side of the record.
@@ -38,6 +40,7 @@
 pub mod accounts;
 pub mod bundles;
 pub mod checkpoint;
+pub mod device_keys;
 pub mod device_state;
 pub mod devices;
 mod error;
@@ -46,6 +49,7 @@ pub mod identity;
 pub mod jids;
 pub mod marks;
 pub mod migrations;
+pub mod own_messages;
 pub mod prekeys;
 mod reader;
 pub mod rebuilds;
@@ -73,7 +77,9 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use checkpoint::{CheckpointMode, CheckpointResult, CheckpointStats};
 pub use error::{Result, StorageError};
-pub use types::{format_fingerprint, now, DeviceAddr, Namespace, SecretBlob, SecretKey};
+pub use types::{
+    advance_clock, format_fingerprint, now, DeviceAddr, Namespace, SecretBlob, SecretKey,
+};
 pub use writer::WriterStats;
 
 use reader::{ReadJob, TypedRead};
@@ -631,4 +637,17 @@ impl Drop for Store {
             tracing::warn!(error = %e, "closing storage failed");
         }
     }
+}
+
+/// Tests: an in-memory database at today's schema holding account 1 (`a@x`, device 7).
+#[cfg(test)]
+pub(crate) fn test_db() -> Connection {
+    let mut c = Connection::open_in_memory().unwrap();
+    migrations::migrate(&mut c, migrations::MIGRATIONS).unwrap();
+    c.execute(
+        "INSERT INTO accounts (id, jid, device_id, created_at) VALUES (1, 'a@x', 7, 0)",
+        [],
+    )
+    .unwrap();
+    c
 }

@@ -69,6 +69,9 @@ pub struct SessionRow {
     pub messages_sent: u64,
     /// Messages decrypted with it.
     pub messages_received: u64,
+    /// Messages encrypted with it since the last one decrypted from the device (device
+    /// hygiene: a device that stays silent becomes stale).
+    pub unanswered: u64,
     /// Found in a restored or copied database: what decrypts on it may be a replay, and its next
     /// message starts a new session.
     pub suspect: bool,
@@ -88,7 +91,8 @@ impl SessionRow {
 
 const COLUMNS: &str =
     "account_id, jid, namespace, device_id, state, state_format, identity_key, initiated_by, \
-                       confirmed, created_at, updated_at, messages_sent, messages_received, suspect";
+                       confirmed, created_at, updated_at, messages_sent, messages_received, unanswered, \
+                       suspect";
 
 fn from_row(r: &Row<'_>) -> Result<SessionRow> {
     Ok(SessionRow {
@@ -105,6 +109,7 @@ fn from_row(r: &Row<'_>) -> Result<SessionRow> {
         updated_at: int(r, T, "updated_at")?,
         messages_sent: u64_col(r, T, "messages_sent")?,
         messages_received: u64_col(r, T, "messages_received")?,
+        unanswered: u64_col(r, T, "unanswered")?,
         suspect: bool_col(r, T, "suspect")?,
     })
 }
@@ -116,10 +121,10 @@ const UPSERT_TAIL: &str = " ON CONFLICT (account_id, jid, namespace, device_id) 
     identity_key = excluded.identity_key, initiated_by = excluded.initiated_by, \
     confirmed = excluded.confirmed, updated_at = excluded.updated_at, \
     messages_sent = excluded.messages_sent, messages_received = excluded.messages_received, \
-    suspect = excluded.suspect, mark = excluded.mark";
+    unanswered = excluded.unanswered, suspect = excluded.suspect, mark = excluded.mark";
 
 /// Parameters per row (the mark is not one: [`super::writer`] gives it, see [`super::marks`]).
-const ROW_PARAMS: usize = 14;
+const ROW_PARAMS: usize = 15;
 
 /// Most rows of one multi-row statement. Chunks are powers of two up to it, so at most 7
 /// statement texts reach the connection's statement cache.
@@ -142,7 +147,7 @@ fn upsert_sql(n: usize) -> &'static str {
     })
 }
 
-/// Binds the row's 14 values from parameter `first` on.
+/// Binds the row's 15 values from parameter `first` on.
 fn bind_row(st: &mut rusqlite::Statement<'_>, first: usize, row: &SessionRow) -> Result<()> {
     st.raw_bind_parameter(first, row.account_id)?;
     st.raw_bind_parameter(first + 1, row.jid.as_str())?;
@@ -163,7 +168,8 @@ fn bind_row(st: &mut rusqlite::Statement<'_>, first: usize, row: &SessionRow) ->
         first + 12,
         counter_param("messages_received", row.messages_received)?,
     )?;
-    st.raw_bind_parameter(first + 13, row.suspect)?;
+    st.raw_bind_parameter(first + 13, counter_param("unanswered", row.unanswered)?)?;
+    st.raw_bind_parameter(first + 14, row.suspect)?;
     Ok(())
 }
 

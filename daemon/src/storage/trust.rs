@@ -46,8 +46,11 @@ pub enum TrustSource {
     Blind,
     /// The user.
     Manual,
-    /// Trust on first use.
+    /// Trust on first use: the contact's first key.
     Tofu,
+    /// No one decided: the account's trust mode leaves a new key undecided (`manual`; `tofu`
+    /// after the first key; `btbv` once a key of the contact was verified).
+    Policy,
 }
 
 impl TrustSource {
@@ -57,6 +60,7 @@ impl TrustSource {
             TrustSource::Blind => "blind",
             TrustSource::Manual => "manual",
             TrustSource::Tofu => "tofu",
+            TrustSource::Policy => "policy",
         }
     }
 
@@ -66,6 +70,7 @@ impl TrustSource {
             "blind" => Some(TrustSource::Blind),
             "manual" => Some(TrustSource::Manual),
             "tofu" => Some(TrustSource::Tofu),
+            "policy" => Some(TrustSource::Policy),
             _ => None,
         }
     }

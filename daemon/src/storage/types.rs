@@ -1,6 +1,7 @@
 //! Values shared by the table modules: secret wrappers, device addresses, column decoding.
 
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::ValueRef;
@@ -171,12 +172,25 @@ pub(crate) fn get_by_addr<T>(
     rows.next()?.map(from_row).transpose()
 }
 
-/// Current time as unix seconds (0 if the clock is before 1970).
+/// Seconds added to the system clock: moved only by `debug.clock` (tests, with
+/// `--enable-debug-methods`), 0 otherwise.
+static CLOCK_OFFSET: AtomicI64 = AtomicI64::new(0);
+
+/// Current time as unix seconds (0 if the clock is before 1970), as the daemon sees it: every
+/// time omemod stores or compares comes from here.
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+        .saturating_add(CLOCK_OFFSET.load(Ordering::Relaxed))
+}
+
+/// Tests only (`debug.clock`): moves the daemon's clock `secs` forward (back if negative);
+/// returns the new time.
+pub fn advance_clock(secs: i64) -> i64 {
+    CLOCK_OFFSET.fetch_add(secs, Ordering::Relaxed);
+    now()
 }
 
 /// Formats a 32-byte public key the way clients show fingerprints: 8 groups of 8 lowercase hex

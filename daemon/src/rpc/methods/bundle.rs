@@ -50,21 +50,43 @@ impl Method for BundleGet {
 /// `devicelist.get`.
 pub struct DevicelistGet;
 
+/// Params of `devicelist.get`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicelistGetParams {
+    /// Our bare JID; may be left out when the daemon has one account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Our own devices to leave out (the user chose to remove them, e.g. after an
+    /// `offer_device_removal`); never this device.
+    #[serde(default)]
+    pub remove: Vec<u32>,
+}
+
 impl Method for DevicelistGet {
     const NAME: &'static str = "devicelist.get";
-    const SUMMARY: &'static str = "Our device list in a namespace (as last received, with our device added), ready to publish.";
-    type Params = OwnParams;
+    const SUMMARY: &'static str = "Our device list in a namespace (as last received, with our device added, without the devices in `remove`), ready to publish.";
+    type Params = DevicelistGetParams;
     type Result = Publication;
     type Error = AccountLookupError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
-        p: OwnParams,
+        p: DevicelistGetParams,
     ) -> Result<Publication, CallError<AccountLookupError>> {
-        Ok(ctx
-            .manager()?
-            .own_devicelist(p.account.as_deref(), p.namespace.0)
+        let manager = ctx.manager()?;
+        let acct = manager.account(p.account.as_deref())?;
+        if p.remove.contains(&acct.device_id) {
+            return Err(CallError::InvalidParams(format!(
+                "`remove` names this very device ({}): it is always on its own list",
+                acct.device_id
+            )));
+        }
+        Ok(manager
+            .own_devicelist(p.account.as_deref(), p.namespace.0, &p.remove)
             .await?)
     }
 }

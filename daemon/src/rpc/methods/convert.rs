@@ -19,7 +19,7 @@ use crate::manager::own_bundle::OwnBundleError;
 use crate::manager::peer_bundle::{BundleUpdateError, StoredBundleError};
 use crate::manager::pinning::IdentityError;
 use crate::manager::plan::PlanError;
-use crate::manager::trust::{CatchupError, DevicesError, ListError, TrustError};
+use crate::manager::trust::{CatchupError, ListError, TrustError};
 use crate::media::{
     CancelError, CheckError, ChunkError, DecryptBeginError, EncryptBeginError, LimitError, Next,
     OpenError,
@@ -227,6 +227,7 @@ answers!(EncryptError {
         "namespace": e.namespace.namespace(), "bytes": e.bytes, "keys": e.keys,
         "max_bytes": e.max_bytes, "max_keys": e.max_keys,
     })],
+    EncryptError::NoDeviceReached { devices, actions } => [NoDeviceReached, json!({"devices": devices, "actions": actions})],
     EncryptError::Storage(e) => [via e: StorageError],
 });
 
@@ -260,7 +261,9 @@ answers!(DecryptError {
     | DecryptError::NotUtf8(_)
     | DecryptError::InvalidEnvelope(_) => [InvalidMessage],
     DecryptError::NotForThisDevice { recipients } => [NotForThisDevice, json!({"recipients": recipients})],
-    DecryptError::AuthenticationFailed | DecryptError::Payload(_) => [AuthenticationFailed],
+    DecryptError::AuthenticationFailed
+    | DecryptError::Payload(_)
+    | DecryptError::OwnMessageAltered => [AuthenticationFailed],
     DecryptError::DuplicateMessage => [DuplicateMessage],
     DecryptError::TooManySkipped(_) => [TooManySkipped],
     DecryptError::NoSession { jid, namespace, device_id } => [NoSession, device(&jid, namespace, device_id)],
@@ -279,17 +282,14 @@ answers!(DecryptError {
     DecryptError::UnlistedDevice { jid, namespace, device_id, actions } => [UnlistedDevice, json!({
         "jid": jid, "namespace": namespace.namespace(), "device_id": device_id, "actions": actions,
     })],
+    DecryptError::UnknownOwnMessage => [UnknownOwnMessage],
     DecryptError::Storage(e) => [via e: StorageError],
 });
 
 answers!(ListError {
     ListError::Jid(e) => [via e: InvalidJid],
     ListError::Account(e) => [via e: AccountLookupError],
-});
-
-answers!(DevicesError {
-    DevicesError::List(e) => [via e: ListError],
-    DevicesError::Storage(e) => [via e: StorageError],
+    ListError::Storage(e) => [via e: StorageError],
 });
 
 answers!(TrustError {

@@ -91,6 +91,43 @@ impl Method for Emit {
     }
 }
 
+/// `debug.clock`.
+pub struct Clock;
+
+/// Params of `debug.clock`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClockParams {
+    /// Seconds to move the daemon's clock forward (negative: back); 0 only reads it.
+    #[serde(default)]
+    pub advance_secs: i64,
+}
+
+/// Result of `debug.clock`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ClockResult {
+    /// The daemon's time now, unix seconds.
+    pub now: i64,
+}
+
+impl Method for Clock {
+    const NAME: &'static str = "debug.clock";
+    const SUMMARY: &'static str = "Test only: moves the daemon's clock (every time it stores or compares: staleness, retention windows) by `advance_secs`; answers its time.";
+    type Params = ClockParams;
+    type Result = ClockResult;
+    type Error = Infallible;
+
+    async fn call(
+        _ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: ClockParams,
+    ) -> Result<ClockResult, CallError<Infallible>> {
+        Ok(ClockResult {
+            now: crate::storage::advance_clock(p.advance_secs),
+        })
+    }
+}
+
 /// `debug.kill_after_commit`.
 pub struct KillAfterCommit;
 

@@ -76,6 +76,7 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
         registry.register::<debug::Sleep>()?;
         registry.register::<debug::Emit>()?;
         registry.register::<debug::KillAfterCommit>()?;
+        registry.register::<debug::Clock>()?;
     }
     Ok(())
 }
@@ -190,6 +191,26 @@ mod tests {
             of("decrypt"),
             kinds::<crate::manager::decrypt::DecryptError>()
         );
+        // Issue 20's methods: each lists exactly its type's kinds, the new ones included.
+        use crate::manager::{encrypt::EncryptError, plan::PlanError, trust::ListError};
+        assert_eq!(of("encrypt"), kinds::<EncryptError>());
+        assert_eq!(of("encrypt.plan"), kinds::<PlanError>());
+        assert_eq!(of("devices.list"), kinds::<ListError>());
+        assert_eq!(of("trust.list"), kinds::<ListError>());
+        assert_eq!(
+            of("devicelist.get"),
+            kinds::<crate::manager::AccountLookupError>()
+        );
+        for (method, k) in [
+            ("decrypt", "unknown_own_message"),
+            ("decrypt", "sce_mismatch"),
+            ("decrypt", "authentication_failed"),
+            ("encrypt", "no_device_reached"),
+            ("devices.list", "storage_error"),
+            ("trust.list", "storage_error"),
+        ] {
+            assert!(of(method).iter().any(|l| l == k), "{method} lacks {k}");
+        }
         assert_eq!(of("status"), Vec::<String>::new());
         // Every method that resolves an optional `account` can say it found none.
         for m in doc["methods"].as_array().into_iter().flatten() {

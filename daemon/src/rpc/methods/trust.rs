@@ -9,9 +9,7 @@ use super::account::AccountParams;
 use super::params::Namespace;
 use crate::events::Action;
 use crate::manager::pinning::{IdentityAccepted, IdentityError};
-use crate::manager::trust::{
-    CatchupError, DeviceEntry, DevicesError, ListError, TrustEntry, TrustError,
-};
+use crate::manager::trust::{CatchupError, DeviceEntry, ListError, TrustEntry, TrustError};
 use crate::rpc::ctx::{Conn, Ctx};
 use crate::rpc::error::CallError;
 use crate::rpc::registry::Method;
@@ -34,7 +32,8 @@ pub struct TrustList;
 
 impl Method for TrustList {
     const NAME: &'static str = "trust.list";
-    const SUMMARY: &'static str = "Trust decisions per (contact, identity key).";
+    const SUMMARY: &'static str =
+        "Trust decisions per (contact, identity key), with the devices that use each key.";
     type Params = ListParams;
     type Result = Vec<TrustEntry>;
     type Error = ListError;
@@ -46,7 +45,8 @@ impl Method for TrustList {
     ) -> Result<Vec<TrustEntry>, CallError<ListError>> {
         Ok(ctx
             .manager()?
-            .trust_list(p.account.as_deref(), p.jid.as_deref())?)
+            .trust_list(p.account.as_deref(), p.jid.as_deref())
+            .await?)
     }
 }
 
@@ -96,16 +96,16 @@ pub struct DevicesList;
 
 impl Method for DevicesList {
     const NAME: &'static str = "devices.list";
-    const SUMMARY: &'static str = "Known devices (from device lists), active or not.";
+    const SUMMARY: &'static str = "Known devices (from device lists), active or not, with the fingerprint, trust and staleness of each.";
     type Params = ListParams;
     type Result = Vec<DeviceEntry>;
-    type Error = DevicesError;
+    type Error = ListError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: ListParams,
-    ) -> Result<Vec<DeviceEntry>, CallError<DevicesError>> {
+    ) -> Result<Vec<DeviceEntry>, CallError<ListError>> {
         Ok(ctx
             .manager()?
             .devices_list(p.account.as_deref(), p.jid.as_deref())
