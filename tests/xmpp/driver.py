@@ -395,6 +395,51 @@ async def two_processes(w: World, ns: str) -> None:
               "checked one reader + duplicate_message", file=sys.stderr)
 
 
+async def own_archive(w: World, ns: str) -> None:
+    """A process of the example client, offline while another process of the account (same
+    omemod) writes to bob, catches up from the archive (MAM): each message shown once, as its own."""
+    alice, bob = w.user("alice"), w.user("bob")
+    daemon = w.daemon("alice")
+    desk = await w.bot("desk", alice, "desk", daemon)
+    phone = await w.bot("phone", alice, "phone", daemon)
+    peer = await w.peer(bob)
+    await desk.send(f"/ns {NS_ARG[ns]}")
+    await desk.send(f"/to {bob}")
+    await desk.expect(lambda e: e["event"] == "target")
+    # The client reads the archive from its last position on: the phone takes one, live.
+    await peer.send_text(alice, "before you go", ns)
+    await phone.expect_message(bob, "before you go", ns, archived=False)
+    await phone.stop()
+    # While the phone is offline: the desk writes, bob answers once in between.
+    sent = [f"while the phone was off {i} ✓" for i in range(3)]
+    for i, body in enumerate(sent):
+        await desk.say(body)
+        r = await peer.wait_for(lambda r: r.body == body and r.namespace == ns)
+        assert r.sender == alice and r.device_id == desk.device_id, r
+        if i == 1:
+            await peer.send_text(alice, "answer while the phone was off", ns)
+            await desk.expect_message(bob, "answer while the phone was off", ns)
+    # `ready` comes after the archive was read: every event of the catch-up is in.
+    await phone.start()
+    shown = [e for e in phone.events if e["event"] in ("own", "message")]
+    assert [(e["event"], e["body"]) for e in shown] == [
+        ("own", sent[0]), ("own", sent[1]), ("message", "answer while the phone was off"), ("own", sent[2])], shown
+    for e in shown:
+        assert e["namespace"] == ns and e["archived"] is True, e
+        if e["event"] == "own":
+            assert e["to"] == bob and e["carbon"] is None, e
+        else:
+            assert e["sender"] == bob, e
+    count = await phone.expect(lambda e: e["event"] == "archive")
+    assert count["count"] >= 4, count
+    # Started again, the phone reads the archive from after those: none is shown twice.
+    await phone.stop()
+    await phone.start()
+    again = [e for e in phone.events if e["event"] in ("own", "message")]
+    assert again == [], again
+    await phone.expect(lambda e: e["event"] == "archive")
+
+
 async def group(w: World, ns: str) -> None:
     """A members-only, non-anonymous room with alice and carol (example client, two omemods) and
     bob (python-omemo); each message must be decrypted by both others."""
@@ -491,6 +536,7 @@ SCENARIOS = {
     "chat": chat,
     "restart_archive": restart_archive,
     "two_processes": two_processes,
+    "own_archive": own_archive,
     "group": group,
     "carbons": carbons,
     "poezio": poezio,
