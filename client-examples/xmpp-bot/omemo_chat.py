@@ -54,6 +54,7 @@ class Chat(slixmpp.ClientXMPP):
         self.out = Output(args.json)
         self.target: Optional[str] = None
         self.rooms: Dict[str, str] = {}  # room bare JID -> our nick
+        self.room_archive_ids: Dict[str, str] = {}  # room bare JID -> last of its archive ids seen
         self.seen: Set[str] = set()  # archive ids already handled
         self.state_file = args.state
         self.last_archive_id: Optional[str] = self._load_state()
@@ -140,8 +141,7 @@ class Chat(slixmpp.ClientXMPP):
         if archive_id in self.seen:
             return False
         self.seen.add(archive_id)
-        if msg["type"] != "groupchat":
-            self._remember(archive_id)
+        self._remember(archive_id, msg["from"].bare if msg["type"] == "groupchat" else None)
         return True
 
     def on_decrypted(self, d: Decryption) -> None:
@@ -150,12 +150,13 @@ class Chat(slixmpp.ClientXMPP):
 
     def show(self, d: Decryption) -> None:
         if d.own:
-            # What this device sent, read back: a room's reflection is not shown again; a sent
-            # carbon or archived copy (another process of ours sent it) is shown as sent.
-            if d.room is None and not d.empty:
-                to = d.stanza["to"].bare
+            # What this device sent, read back: a room's live reflection is not shown again; a
+            # sent carbon or an archived copy (a room's too: another process of ours sent it, or
+            # we did before a restart) is shown as sent.
+            if (d.room is None or d.archived) and not d.empty:
+                to = d.room or d.stanza["to"].bare
                 self.out.emit("own", f"(sent) -> {to}: {d.body}", to=to, body=d.body, namespace=d.namespace,
-                              archived=d.archived, carbon=d.carbon)
+                              archived=d.archived, carbon=d.carbon, room=d.room)
             return
         if d.empty:
             self.out.emit("empty", f"{d.sender}: (empty OMEMO message)", sender=d.sender, room=d.room,
@@ -196,20 +197,23 @@ class Chat(slixmpp.ClientXMPP):
 
     # ---- archive (XEP-0313) -----------------------------------------------------------------
 
-    async def read_archive(self) -> None:
-        """Reads the messages archived since the last one we saw (nothing on a first run)."""
-        if self.last_archive_id is None:
+    async def read_archive(self, room: Optional[str] = None) -> None:
+        """Reads the messages archived (in our account's archive, or `room`'s) since the last one
+        we saw (nothing on a first run)."""
+        after = self.room_archive_ids.get(room) if room else self.last_archive_id
+        if after is None:
             return
         count = 0
         try:
-            async for item in self.omemo.archive(after=self.last_archive_id):
-                self.show_archived(item)
+            async for item in self.omemo.archive(after=after, room=room):
+                self.show_archived(item, room)
                 count += 1
         except (IqError, IqTimeout) as e:
             self.out.error(f"archive query failed: {e}")
-        self.out.emit("archive", f"read {count} archived messages", count=count)
+        self.out.emit("archive", f"read {count} archived messages" + (f" of {room}" if room else ""),
+                      count=count, room=room)
 
-    def show_archived(self, item: ArchivedMessage) -> None:
+    def show_archived(self, item: ArchivedMessage, room: Optional[str] = None) -> None:
         if item.archive_id in self.seen:
             return
         self.seen.add(item.archive_id)
@@ -217,24 +221,38 @@ class Chat(slixmpp.ClientXMPP):
             self.show(item.decryption)
         elif item.error is not None:
             kind = getattr(item.error, "kind", type(item.error).__name__)
-            self.show_failure(item.stanza["from"].bare, kind, item.stanza, None, True)
-        self._remember(item.archive_id)
+            self.show_failure(item.stanza["from"].bare, kind, item.stanza, room, True)
+        self._remember(item.archive_id, room)
 
     def _load_state(self) -> Optional[str]:
+        """The account's archive position; the rooms (rejoined at start-up) and theirs."""
         if not self.state_file:
             return None
         try:
             with open(self.state_file, encoding="utf-8") as f:
-                return json.load(f).get("last_archive_id")
+                state = json.load(f)
         except (OSError, ValueError):
             return None
+        for room, r in state.get("rooms", {}).items():
+            if not isinstance(r, dict) or not r.get("nick"):
+                continue
+            self.rooms[room] = r["nick"]
+            if r.get("last_archive_id"):
+                self.room_archive_ids[room] = r["last_archive_id"]
+        return state.get("last_archive_id")
 
-    def _remember(self, archive_id: str) -> None:
-        self.last_archive_id = archive_id
+    def _remember(self, archive_id: Optional[str], room: Optional[str] = None) -> None:
+        if archive_id is not None:
+            if room is None:
+                self.last_archive_id = archive_id
+            else:
+                self.room_archive_ids[room] = archive_id
         if self.state_file:
+            rooms = {r: {"nick": nick, "last_archive_id": self.room_archive_ids.get(r)}
+                     for r, nick in self.rooms.items()}
             tmp = self.state_file + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"last_archive_id": archive_id}, f)
+                json.dump({"last_archive_id": self.last_archive_id, "rooms": rooms}, f)
             os.replace(tmp, self.state_file)
 
     # ---- group chat (XEP-0045, members-only and non-anonymous) ------------------------------
@@ -242,8 +260,11 @@ class Chat(slixmpp.ClientXMPP):
     async def join(self, room: str, nick: str) -> None:
         await self.plugin["xep_0045"].join_muc_wait(JID(room), nick, maxstanzas=0, timeout=20)
         self.rooms[room] = nick
+        self._remember(None)
         members = await self.omemo.learn_room(room)
         self.out.emit("joined", f"joined {room} as {nick}", room=room, members=members)
+        # What was said while we were away (a room joined before: from where we left it).
+        await self.read_archive(room)
 
     # ---- sending ----------------------------------------------------------------------------
 
@@ -395,7 +416,8 @@ omemod: they share the OMEMO device.
     parser.add_argument("--insecure-plaintext", action="store_true",
                         help="no TLS at all (only for a test server on 127.0.0.1)")
     parser.add_argument("--namespace", choices=sorted(SHORT), default="auto", help="OMEMO version to encrypt with")
-    parser.add_argument("--state", help="file that remembers the last archived message seen (for MAM)")
+    parser.add_argument("--state", help="file that remembers the rooms joined and the last archived message seen, "
+                        "of the account and of each room (for MAM)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per event (for scripts)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args()

@@ -395,6 +395,66 @@ async def two_processes(w: World, ns: str) -> None:
               "checked one reader + duplicate_message", file=sys.stderr)
 
 
+async def own_archive(w: World, ns: str) -> None:
+    """A process of the example client, offline while another process of the account (same
+    omemod) writes to bob and into a room, catches up from the archives (MAM, the account's and
+    the room's): each message shown once, as its own."""
+    alice, bob = w.user("alice"), w.user("bob")
+    room = "crypto@" + server.MUC
+    daemon = w.daemon("alice")
+    peer = await w.peer(bob)
+    await peer.create_room(room, "bob", [alice])
+    desk = await w.bot("desk", alice, "desk", daemon)
+    phone = await w.bot("phone", alice, "phone", daemon)
+    for b in (desk, phone):
+        await b.send(f"/ns {NS_ARG[ns]}")
+        await b.send(f"/join {room} alice-{b.name}")
+        await b.expect(lambda e: e["event"] == "joined")
+    # The client reads an archive from its last position on: the phone takes one of each, live.
+    await peer.send_text("", "hello room", ns, room=room)
+    await phone.expect_message(bob, "hello room", ns, room=room, archived=False)
+    await peer.send_text(alice, "before you go", ns)
+    await phone.expect_message(bob, "before you go", ns, archived=False)
+    await phone.stop()
+    # While the phone is offline: the desk writes into the room, then to bob, who answers once.
+    await desk.say("into the room while the phone was off")
+    await peer.wait_for(lambda r: r.body == "into the room while the phone was off" and r.room == room
+                        and r.sender == alice and r.namespace == ns)
+    await desk.send(f"/to {bob}")
+    await desk.expect(lambda e: e["event"] == "target")
+    sent = [f"while the phone was off {i} ✓" for i in range(3)]
+    for i, body in enumerate(sent):
+        await desk.say(body)
+        r = await peer.wait_for(lambda r: r.body == body and r.namespace == ns)
+        assert r.sender == alice and r.device_id == desk.device_id, r
+        if i == 1:
+            await peer.send_text(alice, "answer while the phone was off", ns)
+            await desk.expect_message(bob, "answer while the phone was off", ns)
+    # `ready` comes after the archives were read (the account's, then the room's once rejoined):
+    # every event of the catch-up is in.
+    await phone.start()
+    shown = [e for e in phone.events if e["event"] in ("own", "message")]
+    assert [(e["event"], e["body"]) for e in shown] == [
+        ("own", sent[0]), ("own", sent[1]), ("message", "answer while the phone was off"), ("own", sent[2]),
+        ("own", "into the room while the phone was off")], shown
+    for e in shown:
+        assert e["namespace"] == ns and e["archived"] is True, e
+        if e["event"] == "own":
+            assert e["to"] == (e["room"] or bob) and e["carbon"] is None, e
+        else:
+            assert e["sender"] == bob, e
+    assert shown[-1]["to"] == shown[-1]["room"] == room, shown[-1]
+    count = await phone.expect(lambda e: e["event"] == "archive" and e["room"] is None)
+    assert count["count"] >= 4, count
+    await phone.expect(lambda e: e["event"] == "archive" and e["room"] == room and e["count"] >= 1)
+    # Started again, the phone reads the archive from after those: none is shown twice.
+    await phone.stop()
+    await phone.start()
+    again = [e for e in phone.events if e["event"] in ("own", "message")]
+    assert again == [], again
+    await phone.expect(lambda e: e["event"] == "archive")
+
+
 async def group(w: World, ns: str) -> None:
     """A members-only, non-anonymous room with alice and carol (example client, two omemods) and
     bob (python-omemo); each message must be decrypted by both others."""
@@ -491,6 +551,7 @@ SCENARIOS = {
     "chat": chat,
     "restart_archive": restart_archive,
     "two_processes": two_processes,
+    "own_archive": own_archive,
     "group": group,
     "carbons": carbons,
     "poezio": poezio,

@@ -150,6 +150,8 @@ macro_rules! scenarios {
 // restart_archive: first contact from python-omemo, omemod restarted mid-chat, the archive (MAM)
 //   read by the example client after it was offline.
 // two_processes: two processes (resources) of the example client on one omemod.
+// own_archive: a process of the example client reads from the archives (MAM: the account's,
+//   a room's) what another process on its omemod sent while it was offline, as its own, once.
 // group: a members-only, non-anonymous room: two example clients (two omemods) and python-omemo.
 // carbons: the example client decrypts the carbons of what another device of its account
 //   (python-omemo) receives and sends.
@@ -159,6 +161,7 @@ scenarios!(
     chat,
     restart_archive,
     two_processes,
+    own_archive,
     group,
     carbons,
     poezio,
