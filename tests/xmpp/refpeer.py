@@ -26,6 +26,7 @@ from omemo.storage import Just, Maybe, Nothing, Storage
 from omemo.types import DeviceInformation, JSONType
 from slixmpp import JID, ClientXMPP
 from slixmpp.plugins import register_plugin
+from slixmpp.xmlstream import tostring
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 from slixmpp_omemo import XEP_0384
@@ -301,7 +302,7 @@ class RefPeer(ClientXMPP):
         own, _ = await sm.get_own_device_information()
         node, item = BUNDLE_NODE[namespace](own.device_id)
         iq = await self.plugin["xep_0060"].get_item(self.me, node, item, timeout=20)
-        return "".join(ET.tostring(i.xml[0], encoding="unicode") for i in iq["pubsub"]["items"] if len(i.xml))
+        return "".join(tostring(i.xml[0]) for i in iq["pubsub"]["items"] if len(i.xml))
 
     # ---- group chat -------------------------------------------------------------------------
 

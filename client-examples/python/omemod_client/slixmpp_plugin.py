@@ -68,6 +68,9 @@ log = logging.getLogger("omemod_client.slixmpp")
 
 DEVICELIST_NODE = {OMEMO2: "urn:xmpp:omemo:2:devices", OLDMEMO: "eu.siacs.conversations.axolotl.devicelist"}
 NODE_NAMESPACE = {node: ns for ns, node in DEVICELIST_NODE.items()}
+BUNDLE_NODE = {OMEMO2: lambda device: ("urn:xmpp:omemo:2:bundles", str(device)),
+               OLDMEMO: lambda device: (f"eu.siacs.conversations.axolotl.bundles:{device}", "current")}
+"""(node, item id) of a device's bundle, as omemod's `fetch_bundle` actions name them."""
 EME = "urn:xmpp:eme:0"
 EME_NAME = {OMEMO2: "OMEMO", OLDMEMO: "OMEMO (0.3)"}
 HINTS = "urn:xmpp:hints"
@@ -504,10 +507,30 @@ class XEP_0384_omemod(BasePlugin):
 
     async def _prepare(self, recipients: List[str], namespaces: List[str]) -> None:
         """Fetches what omemod lacks for these recipients (device lists, then bundles)."""
+        refreshed: Set[Tuple[str, str, int]] = set()
         for _ in range(3):
             plan = await self.client.encrypt_plan(recipients, namespaces=namespaces)
-            if plan["ready"] or not await self.do_actions([a for a in plan["actions"] if a["type"] in FETCHES]):
+            fetches = [a for a in plan["actions"] if a["type"] in FETCHES] + self._stale_bundles(plan, refreshed)
+            refreshed.update((a["jid"], a["namespace"], a["device_id"]) for a in fetches if a["type"] == "fetch_bundle")
+            if not fetches or not await self.do_actions(fetches):
                 return
+
+    @staticmethod
+    def _stale_bundles(plan: Any, refreshed: Set[Tuple[str, str, int]]) -> List[Action]:
+        """A `fetch_bundle` for each device a session is about to be built with from a stored
+        bundle (plan status `bundle`), once per encryption. That bundle may be older than a key
+        exchange someone else made with the device, whose one-time prekey is gone: the device
+        could not read a session built on it. A bundle fetched now no longer offers that prekey
+        (Conversations and python-omemo also fetch the bundle when they build the session)."""
+        out: List[Action] = []
+        for d in plan["devices"]:
+            key = (d["jid"], d["namespace"], d["device_id"])
+            if d["status"] != "bundle" or d.get("trust") == "distrusted" or key in refreshed:
+                continue
+            node, item_id = BUNDLE_NODE[d["namespace"]](d["device_id"])
+            out.append({"type": "fetch_bundle", "jid": d["jid"], "namespace": d["namespace"],
+                        "device_id": d["device_id"], "node": node, "item_id": item_id})
+        return out
 
     def _encryption(self, stanza: Message, result: Encrypted, recipients: List[str],
                     body: Optional[str]) -> Encryption:
