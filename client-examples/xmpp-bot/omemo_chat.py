@@ -24,6 +24,7 @@ import os
 import stat
 import sys
 import threading
+import urllib.parse
 from typing import Any, Dict, Optional, Set
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -282,7 +283,9 @@ class Chat(slixmpp.ClientXMPP):
 
     async def open_file(self, arg: str) -> None:
         link, _, dest = arg.partition(" ")
-        dest = dest.strip() or os.path.basename(link.partition("#")[0]) or "download"
+        # Default: the link's file name, in the current directory (never a path it names).
+        name = os.path.basename(urllib.parse.unquote(link.partition("#")[0]))
+        dest = dest.strip() or (name if name not in ("", ".", "..") else "download")
         try:
             size = await self.omemo.open_file(link, dest)
         except (OmemodError, OSError, ValueError) as e:
