@@ -728,7 +728,6 @@ class XEP_0384_omemod(BasePlugin):
                 if count >= limit:
                     break
 
-
     # ---- files (XEP-0454 over XEP-0363) ----------------------------------------------------------
 
     async def find_upload_service(self) -> Tuple[str, Optional[int]]:
@@ -764,7 +763,11 @@ class XEP_0384_omemod(BasePlugin):
         iq = self.xmpp.make_iq_get(ito=service)
         iq.append(ET.Element(f"{{{HTTP_UPLOAD}}}request",
                              {"filename": filename, "size": str(size), "content-type": content_type}))
-        result = await iq.send(timeout=IQ_TIMEOUT)
+        try:
+            result = await iq.send(timeout=IQ_TIMEOUT)
+        except IqError as e:  # e.g. <file-too-large/> with the limit, <not-allowed/>
+            raise UploadUnavailable(f"{service} refused the slot: {e.iq['error']['condition']} "
+                                    f"{e.iq['error']['text']}".rstrip()) from e
         put = result.xml.find(f"{{{HTTP_UPLOAD}}}slot/{{{HTTP_UPLOAD}}}put")
         get = result.xml.find(f"{{{HTTP_UPLOAD}}}slot/{{{HTTP_UPLOAD}}}get")
         if put is None or get is None or not put.get("url") or not get.get("url"):
@@ -780,7 +783,10 @@ class XEP_0384_omemod(BasePlugin):
         with tempfile.TemporaryFile() as upload:
             link, upload_size = await files.encrypt_file(self.client, path, upload, url=get)
             upload.flush()
-            status = await asyncio.to_thread(files.http_put, put, upload, upload_size, headers)
+            try:
+                status = await asyncio.to_thread(files.http_put, put, upload, upload_size, headers)
+            except OSError as e:  # urllib's HTTPError (a 4xx or 5xx) and URLError are OSErrors
+                raise UploadUnavailable(f"the upload failed: {e}") from e
         if status not in (200, 201):
             raise UploadUnavailable(f"the upload answered HTTP {status}")
         return link
