@@ -57,7 +57,8 @@ async def encrypt_file(client: Client, path: str, out: IO[bytes], *,
                        url: Optional[str] = None) -> Tuple[str, int]:
     """Encrypts the file at `path` into `out` (what to upload: ciphertext, then the tag) and
     returns its link and the upload size. `url` is the slot's GET URL: an `https://` one becomes
-    the `aesgcm://` link; any other is sent as `url#fragment` (XEP-0454 converts only HTTPS)."""
+    the `aesgcm://` link; any other is sent as `url#fragment` (XEP-0454 converts only HTTPS);
+    without `url`, the fragment alone is returned."""
     size = os.path.getsize(path)
     https = url is not None and url.startswith("https://")
     begin = await client.file_encrypt_begin(size, url=url if https else None)
