@@ -23,15 +23,17 @@ no call caused; carbons are enabled and both kinds are decrypted; incoming encry
 (config `auto_decrypt`); trust events become slixmpp events. Sending: `encrypt_message` /
 `send_message` build one stanza carrying an `<encrypted>` element per namespace used, with an EME
 hint each, `<store/>` and a fallback body; in a room SCE's `to` is the room. Reading the archive:
-`archive()` wraps it in `catchup.begin` / `catchup.end`. Files (XEP-0454): `send_file(jid, path)`
-uploads a file encrypted (XEP-0363 slot, `file.encrypt.*`) and sends its link; `open_file(link,
-dest)` downloads and decrypts one (`files.file_link` finds a link in a body).
+`archive()` wraps it in `catchup.begin` / `catchup.end`.
 
 Events fired on the slixmpp client: `omemo_initialized`, `omemo_message` (a `Decryption`),
 `omemo_empty_message` (a `Decryption` of a heartbeat or key transport: nothing to show),
 `omemo_decryption_failed` (a `DecryptionFailure`), `omemo_trust_decision_needed`,
 `omemo_identity_changed`, `omemo_devicelist_changed` (omemod's event dict), `omemo_failed`
 (start-up failed: the exception).
+
+Files (XEP-0454): `send_file(jid, path)` uploads a file encrypted (XEP-0363 slot, `file.encrypt.*`)
+and sends its link; `open_file(link, dest)` downloads and decrypts one (`files.file_link` finds a
+link in a body).
 """
 
 from __future__ import annotations
