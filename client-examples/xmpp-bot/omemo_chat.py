@@ -24,6 +24,7 @@ import os
 import stat
 import sys
 import threading
+import urllib.parse
 from typing import Any, Dict, Optional, Set
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,6 +40,8 @@ import omemod_client.slixmpp_plugin  # noqa: E402,F401  (registers the plugin "o
 from omemod_client import OLDMEMO, OMEMO2, OmemodError, default_socket_path  # noqa: E402
 from omemod_client.slixmpp_plugin import (ArchivedMessage, Decryption, DecryptionFailure,  # noqa: E402
                                           NoRecipientDevice)
+from omemod_client.files import file_link  # noqa: E402
+from omemod_client.slixmpp_plugin import UploadUnavailable  # noqa: E402
 
 SHORT = {"omemo2": [OMEMO2], "oldmemo": [OLDMEMO], "auto": None}
 STANZA_ID = "urn:xmpp:sid:0"
@@ -71,6 +74,7 @@ class Chat(slixmpp.ClientXMPP):
         self.add_event_handler("omemo_message", self.on_decrypted)
         self.add_event_handler("omemo_empty_message", self.on_decrypted)
         self.add_event_handler("omemo_decryption_failed", self.on_failure)
+        self.add_event_handler("omemo_message", self.on_file_link)
         self.add_event_handler("omemo_identity_changed", lambda e: self.out.emit(
             "identity_changed", f"! {e['peer']} device {e['device_id']} shows a new key {e['new_fingerprint']} "
             f"(was {e['old_fingerprint']})", **e))
@@ -166,6 +170,14 @@ class Chat(slixmpp.ClientXMPP):
         self.out.emit("message", f"{where}{d.sender} [{d.trust}]: {d.body}", sender=d.sender, body=d.body,
                       room=d.room, namespace=d.namespace, device_id=d.device_id, trust=d.trust,
                       archived=d.archived, redelivered=d.redelivered, carbon=d.carbon)
+
+    def on_file_link(self, d: Decryption) -> None:
+        # Shown as text too; this says it is a file, to open with /open (never in a browser:
+        # the link's fragment is the key).
+        link = file_link(d.body)
+        if link is not None and not d.own:
+            self.out.emit("file_link", f"{d.sender} sent a file: /open {link}", sender=d.sender, link=link,
+                          room=d.room, namespace=d.namespace)
 
     def on_failure(self, f: DecryptionFailure) -> None:
         if not self.first_time(f.stanza, self.archive_id(f.stanza)):
@@ -284,6 +296,32 @@ class Chat(slixmpp.ClientXMPP):
         self.out.emit("sent", f"-> {self.target}: {body if body is not None else '(empty OMEMO message)'}",
                       to=self.target, body=body, namespaces=sent.namespaces, devices=len(sent.reached))
 
+    async def send_file(self, path: str) -> None:
+        if self.target is None:
+            self.out.error("no recipient: use /to JID or /join ROOM")
+            return
+        mtype = "groupchat" if self.target in self.rooms else "chat"
+        try:
+            link, sent = await self.omemo.send_file(self.target, path, mtype)
+        except (NoRecipientDevice, UploadUnavailable, OSError) as e:
+            self.out.error(f"could not send {path}: {e}")
+            return
+        self.out.emit("file_sent", f"-> {self.target}: {path} ({os.path.getsize(path)} bytes)", to=self.target,
+                      path=path, link=link, size=os.path.getsize(path), namespaces=sent.namespaces)
+
+    async def open_file(self, arg: str) -> None:
+        link, _, dest = arg.partition(" ")
+        # Default: the link's file name, in the current directory (never a path it names).
+        name = os.path.basename(urllib.parse.unquote(link.partition("#")[0]))
+        dest = dest.strip() or (name if name not in ("", ".", "..") else "download")
+        try:
+            size = await self.omemo.open_file(link, dest)
+        except (OmemodError, OSError, ValueError) as e:
+            self.out.emit("file_failed", f"! could not open {dest}: {e}", path=dest,
+                          kind=getattr(e, "kind", type(e).__name__), message=str(e))
+            return
+        self.out.emit("file_opened", f"saved {dest} ({size} bytes)", path=dest, size=size)
+
     # ---- the line-based user interface ------------------------------------------------------
 
     async def command(self, line: str) -> bool:
@@ -313,6 +351,10 @@ class Chat(slixmpp.ClientXMPP):
             await self.send_text(arg)  # also sends an empty text: "/say"
         elif cmd == "/archive":
             await self.read_archive()
+        elif cmd == "/file" and arg:
+            await self.send_file(arg)
+        elif cmd == "/open" and arg:
+            await self.open_file(arg)
         else:
             self.out.info(HELP)
         return True
@@ -325,6 +367,8 @@ HELP = """commands:
   /say TEXT        send TEXT (may be empty); any line not starting with / is sent too
   /empty           send an empty OMEMO message (no text; moves the ratchet forward)
   /archive         read the archive (XEP-0313) since the last message seen
+  /file PATH       upload PATH encrypted (XEP-0454, XEP-0363) and send its link
+  /open LINK [DEST] download a received file link, decrypt it, save it as DEST
   /quit            leave"""
 
 

@@ -155,6 +155,8 @@ macro_rules! scenarios {
 // group: a members-only, non-anonymous room: two example clients (two omemods) and python-omemo.
 // carbons: the example client decrypts the carbons of what another device of its account
 //   (python-omemo) receives and sends.
+// files: encrypted files (XEP-0454) on the server's HTTP upload (XEP-0363), both ways: the
+//   example client's upload opened by python-omemo's peer with `cryptography`, and the reverse.
 // poezio: the console client poezio with the omemod plugin, driven in tmux, and python-omemo.
 // unlisted_sender: a non-member's device relayed under a member's name (tests/xmpp/unlisted.py).
 scenarios!(
@@ -164,6 +166,7 @@ scenarios!(
     own_archive,
     group,
     carbons,
+    files,
     poezio,
     unlisted_sender
 );
