@@ -356,26 +356,70 @@ impl Background {
     }
 }
 
+/// One of the passes the hourly maintenance runs, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MaintenancePass {
+    /// Rotates signed prekeys past their period, drops retired ones past their grace.
+    SignedPrekeys,
+    /// Prunes the redelivery store (and empties the WAL after it).
+    Redelivery,
+    /// Deletes expired skipped message keys and long-dropped devices.
+    Expiry,
+    /// Ends catch-ups that timed out.
+    Catchup,
+}
+
+impl MaintenancePass {
+    /// Every pass, in the order the maintenance runs them.
+    pub const ALL: [MaintenancePass; 4] = [
+        MaintenancePass::SignedPrekeys,
+        MaintenancePass::Redelivery,
+        MaintenancePass::Expiry,
+        MaintenancePass::Catchup,
+    ];
+
+    /// Runs the pass as at `now`.
+    pub async fn run(
+        self,
+        manager: &Manager,
+        now: i64,
+        skipped_key_max_age: i64,
+    ) -> Result<(), crate::storage::StorageError> {
+        match self {
+            MaintenancePass::SignedPrekeys => manager.rotate_signed_prekeys(now).await.map(drop),
+            MaintenancePass::Redelivery => manager.prune_redelivery(now).await.map(drop),
+            MaintenancePass::Expiry => manager
+                .prune_expired(now, skipped_key_max_age)
+                .await
+                .map(drop),
+            MaintenancePass::Catchup => manager.expire_catchups(now).await,
+        }
+    }
+
+    fn failed(self) -> &'static str {
+        match self {
+            MaintenancePass::SignedPrekeys => "signed prekey rotation failed",
+            MaintenancePass::Redelivery => "pruning the redelivery store failed",
+            MaintenancePass::Expiry => "expiring old rows failed",
+            MaintenancePass::Catchup => "ending timed-out catch-up failed",
+        }
+    }
+}
+
 /// Hourly: rotates signed prekeys, prunes the redelivery store, expires old rows, ends
 /// timed-out catch-ups.
 async fn maintain(manager: Arc<Manager>, skipped_key_max_age: i64) {
     let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
     loop {
         tick.tick().await;
-        if let Err(e) = manager.rotate_signed_prekeys(crate::storage::now()).await {
-            tracing::warn!(error = %e, "signed prekey rotation failed");
-        }
-        if let Err(e) = manager.prune_redelivery(crate::storage::now()).await {
-            tracing::warn!(error = %e, "pruning the redelivery store failed");
-        }
-        if let Err(e) = manager
-            .prune_expired(crate::storage::now(), skipped_key_max_age)
-            .await
-        {
-            tracing::warn!(error = %e, "expiring old rows failed");
-        }
-        if let Err(e) = manager.expire_catchups(crate::storage::now()).await {
-            tracing::warn!(error = %e, "ending timed-out catch-up failed");
+        for pass in MaintenancePass::ALL {
+            if let Err(e) = pass
+                .run(&manager, crate::storage::now(), skipped_key_max_age)
+                .await
+            {
+                tracing::warn!(error = %e, "{}", pass.failed());
+            }
         }
     }
 }

@@ -66,6 +66,7 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
         registry.register::<debug::Sleep>()?;
         registry.register::<debug::Emit>()?;
         registry.register::<debug::KillAfterCommit>()?;
+        registry.register::<debug::Maintenance>()?;
     }
     Ok(())
 }
