@@ -96,16 +96,22 @@ pub enum Command {
     /// Manage accounts: list, delete, export one for another machine, import it there.
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Encrypt a file for upload or decrypt a downloaded one (XEP-0454 `aesgcm://` links; calls
+    /// the `file.*` methods). The files pass through this command; the daemon never opens them.
+    #[command(subcommand)]
+    File(FileCommand),
     /// Write a consistent copy of the database to FILE (SQLite's online backup; safe while the
-    /// daemon runs). FILE must not exist; it is created with mode 0600.
+    /// daemon runs), stamped as a copy: a daemon started on it replaces its prekeys and starts
+    /// new sessions. FILE must not exist; it is created with mode 0600.
     Backup {
         /// Where to write the copy.
         file: PathBuf,
         #[command(flatten)]
         db: DbArg,
     },
-    /// Replace the database by a backup. Refuses while a daemon uses the database; the replaced
-    /// file is kept as `<db>.before-restore-<time>`.
+    /// Replace the database by a backup (stamped as a copy: the next start replaces its prekeys
+    /// and starts new sessions). Refuses while a daemon uses the database; the replaced file is
+    /// kept as `<db>.before-restore-<time>`.
     Restore {
         /// The backup to restore.
         file: PathBuf,
@@ -164,13 +170,42 @@ pub enum AccountCommand {
         #[command(flatten)]
         db: DbArg,
     },
-    /// Add an account exported with `account export` to this machine's database. Stop the daemon
-    /// first (the database must not be in use); then stop using the account on the old machine.
+    /// Add an account exported with `account export` to this machine's database, treated as a
+    /// restored copy (new prekeys, new sessions). Stop the daemon first (the database must not be
+    /// in use); then stop using the account on the old machine.
     Import {
         /// The exported account.
         file: PathBuf,
         #[command(flatten)]
         db: DbArg,
+    },
+}
+
+/// `omemod file …`.
+#[derive(Debug, Subcommand)]
+pub enum FileCommand {
+    /// Encrypt IN into OUT, the file to upload (IN's size + 16 bytes). Prints the upload size,
+    /// the key as the link's fragment and, with --url, the `aesgcm://` link to send once OUT is
+    /// uploaded there.
+    Encrypt {
+        /// The file to send.
+        input: PathBuf,
+        /// Where to write the encrypted file; must not exist.
+        output: PathBuf,
+        /// The upload slot's HTTPS GET URL (XEP-0363), to print the link.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Decrypt the downloaded file IN into OUT with the key of LINK: an `aesgcm://` link, an
+    /// `https://…#key` link, or the key fragment alone. OUT appears only once the whole file
+    /// authenticated and was decrypted.
+    Decrypt {
+        /// The link (or its key fragment).
+        link: String,
+        /// The downloaded file.
+        input: PathBuf,
+        /// Where to write the plaintext; must not exist.
+        output: PathBuf,
     },
 }
 
@@ -285,6 +320,8 @@ pub struct ServeArgs {
     pub redelivery: crate::config::RedeliveryArgs,
     #[command(flatten)]
     pub bounds: crate::config::BoundsFlags,
+    #[command(flatten)]
+    pub files: crate::config::FileFlags,
 }
 
 /// Parses the command line and runs it.
@@ -349,6 +386,7 @@ pub fn run() -> ExitCode {
             call_cli(socket, "fingerprint.get", with_account(json!({}), account))
         }
         Command::Account(cmd) => account_command(&pointers, cmd),
+        Command::File(cmd) => file_command(socket, cmd),
         Command::Link { account, no_qr } => link_command(socket, account, !no_qr),
         Command::Verify { account, link } => call_cli(
             socket,
@@ -560,6 +598,107 @@ fn account_command(at: &Pointers, cmd: AccountCommand) -> ExitCode {
     }
 }
 
+/// `file encrypt` and `file decrypt`: the file passes through the blocking client in chunks;
+/// the output is written to a hidden file beside OUT and renamed to OUT only on success.
+fn file_command(socket: &std::path::Path, cmd: FileCommand) -> ExitCode {
+    let (method, input, output) = match &cmd {
+        FileCommand::Encrypt { input, output, .. } => ("file.encrypt", input, output),
+        FileCommand::Decrypt { input, output, .. } => ("file.decrypt", input, output),
+    };
+    if output.exists() {
+        eprintln!("omemod: {} exists; not overwriting it", output.display());
+        return ExitCode::from(1);
+    }
+    let mut input = match std::fs::File::open(input) {
+        Ok(f) => std::io::BufReader::new(f),
+        Err(e) => {
+            eprintln!("omemod: cannot read {}: {e}", input.display());
+            return ExitCode::from(1);
+        }
+    };
+    let client = match omemod_client::blocking::Client::connect(socket) {
+        Ok(c) => c,
+        Err(e) => return report_error(method, e, true),
+    };
+    let mut progress = progress_meter();
+    let done = write_beside(output, |out| match &cmd {
+        FileCommand::Encrypt { url, .. } => {
+            let size = input.get_ref().metadata()?.len();
+            let sent = client.encrypt_file(&mut input, size, out, url.as_deref(), &mut progress)?;
+            let mut v = json!({"output": output, "upload_size": sent.upload_size,
+                "fragment": sent.fragment});
+            if let Some(link) = sent.link {
+                v["link"] = json!(link);
+            }
+            Ok(v)
+        }
+        FileCommand::Decrypt { link, .. } => {
+            let key = omemod_client::files::FileKey::guess(link);
+            let size = client.decrypt_file(key, &mut input, out, &mut progress)?;
+            Ok(json!({"output": output, "size": size}))
+        }
+    });
+    match done {
+        Ok(v) => offline::<_, String>(Ok(v)),
+        // Reading IN or writing OUT failed.
+        Err(ClientError::Io(e)) => {
+            eprintln!("omemod: {method}: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => report_error(method, e, true),
+    }
+}
+
+/// Runs `write` on a new hidden file beside `path` (mode 0600 by our umask), then renames it to
+/// `path`; on error the hidden file is removed, so nothing half-written is left.
+fn write_beside<T>(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let temp = path.with_file_name(format!(
+        ".{}.omemod-{}.partial",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)?;
+    let mut out = std::io::BufWriter::new(file);
+    let result = write(&mut out).and_then(|v| {
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        Ok(v)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Shows a file helper's progress on stderr when it is a terminal (every whole percent).
+fn progress_meter() -> impl FnMut(omemod_client::files::Progress) {
+    use std::io::IsTerminal;
+    let show = std::io::stderr().is_terminal();
+    let mut last = None;
+    move |p: omemod_client::files::Progress| {
+        let percent = (p.done * 100).checked_div(p.total).unwrap_or(100);
+        if !show || last == Some((p.stage, percent)) {
+            return;
+        }
+        last = Some((p.stage, percent));
+        let what = match p.stage {
+            omemod_client::files::Stage::Encrypting => "encrypting",
+            omemod_client::files::Stage::Checking => "checking",
+            omemod_client::files::Stage::Decrypting => "decrypting",
+        };
+        let end = if p.done == p.total { "\n" } else { "" };
+        eprint!("\romemod: {what} {percent:3} %{end}");
+    }
+}
+
 /// Prints an offline command's result as JSON, or its error (exit code 1).
 fn offline<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> ExitCode {
     match r {
@@ -635,6 +774,7 @@ fn serve_config(socket: PathBuf, args: ServeArgs, file: &config::FileConfig) -> 
         enable_debug_methods: args.enable_debug_methods,
         redelivery: args.redelivery.resolve(file),
         bounds: args.bounds.resolve(file),
+        files: args.files.resolve(file),
     }
 }
 
@@ -713,6 +853,7 @@ fn openrpc(socket: PathBuf) -> ExitCode {
         enable_debug_methods: false,
         redelivery: Default::default(),
         bounds: crate::config::BoundsArgs::default(),
+        files: crate::config::FileLimits::default(),
     };
     let ctx = Arc::new(crate::rpc::ctx::Ctx::new(config, socket));
     if let Err(e) = crate::rpc::methods::build(Arc::clone(&ctx), false) {

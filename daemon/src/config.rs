@@ -57,6 +57,8 @@ pub struct ServeConfig {
     pub redelivery: RedeliveryConfig,
     /// Connection and resource bounds.
     pub bounds: BoundsArgs,
+    /// Bounds of file transfers (`file.*`).
+    pub files: FileLimits,
 }
 
 /// The config file: every `serve` setting, and the socket the other commands use. Command-line
@@ -89,6 +91,19 @@ pub struct FileConfig {
     pub redelivery_retention: Option<u64>,
     /// `--redelivery-max-entries`.
     pub redelivery_max_entries: Option<u64>,
+    /// `--idempotency-max-bytes`.
+    pub idempotency_max_bytes: Option<u64>,
+    /// `--max-file-bytes`.
+    pub max_file_bytes: Option<u64>,
+    /// `--file-chunk-bytes`.
+    pub file_chunk_bytes: Option<usize>,
+    /// `--max-file-transfers`.
+    pub max_file_transfers: Option<usize>,
+    /// `--max-file-transfers-per-connection`.
+    pub max_file_transfers_per_connection: Option<usize>,
+    /// `--file-idle-timeout`: seconds, or a string with a unit (`"5m"`).
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub file_idle_timeout: Option<u64>,
 }
 
 /// Default `--max-connections`.
@@ -197,6 +212,9 @@ pub const DEFAULT_REDELIVERY_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// Default cap on messages remembered for redelivery (key material rows; as many `encrypt`
 /// answers).
 pub const DEFAULT_REDELIVERY_MAX_ENTRIES: u64 = 50_000;
+/// Default cap on the bytes of the `encrypt` answers kept for idempotency keys, all together:
+/// four answers at the largest response (`DEFAULT_MAX_RESPONSE_BYTES`).
+pub const DEFAULT_IDEMPOTENCY_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Bounds of what is kept for redelivery and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +223,8 @@ pub struct RedeliveryConfig {
     pub retention_secs: u64,
     /// Most messages kept (and most `encrypt` answers).
     pub max_entries: u64,
+    /// Most bytes of `encrypt` answers kept, all together.
+    pub idempotency_max_bytes: u64,
 }
 
 impl Default for RedeliveryConfig {
@@ -212,6 +232,7 @@ impl Default for RedeliveryConfig {
         Self {
             retention_secs: DEFAULT_REDELIVERY_RETENTION_SECS,
             max_entries: DEFAULT_REDELIVERY_MAX_ENTRIES,
+            idempotency_max_bytes: DEFAULT_IDEMPOTENCY_MAX_BYTES,
         }
     }
 }
@@ -236,6 +257,10 @@ pub struct RedeliveryArgs {
     /// [default: 50000].
     #[arg(long, value_name = "N")]
     pub redelivery_max_entries: Option<u64>,
+    /// Most bytes of `encrypt` answers kept for idempotency keys, all together (oldest dropped
+    /// first; an answer larger than this is not kept) [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub idempotency_max_bytes: Option<u64>,
 }
 
 impl RedeliveryArgs {
@@ -251,6 +276,126 @@ impl RedeliveryArgs {
                 .redelivery_max_entries
                 .or(file.redelivery_max_entries)
                 .unwrap_or(d.max_entries),
+            idempotency_max_bytes: self
+                .idempotency_max_bytes
+                .or(file.idempotency_max_bytes)
+                .unwrap_or(d.idempotency_max_bytes),
+        }
+    }
+}
+
+/// Default `--max-file-bytes`: the largest file (its plaintext) a transfer takes, 4 GiB.
+/// Decryption keeps 16 bytes per chunk of the file between its two passes (64 KiB per GiB at
+/// the default chunk size); GCM itself stops at 64 GiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 30;
+/// Default `--file-chunk-bytes`: 256 KiB, about 350 KB of base64 per request and answer line.
+pub const DEFAULT_FILE_CHUNK_BYTES: usize = 256 * 1024;
+/// The smallest chunk `--file-chunk-bytes` may set.
+pub const MIN_FILE_CHUNK_BYTES: usize = 4096;
+/// Room left beside a chunk's base64 in a request or answer line, for the rest of the JSON.
+pub const FILE_CHUNK_LINE_OVERHEAD: usize = 1024;
+/// Default `--max-file-transfers`: transfers open at once in the daemon.
+pub const DEFAULT_MAX_FILE_TRANSFERS: usize = 16;
+/// Default `--max-file-transfers-per-connection`.
+pub const DEFAULT_MAX_FILE_TRANSFERS_PER_CONNECTION: usize = 4;
+/// Default `--file-idle-timeout` (seconds): a transfer that gets no call for this long is
+/// dropped. Long enough for a client that uploads each encrypted chunk over a slow link before
+/// asking for the next.
+pub const DEFAULT_FILE_IDLE_TIMEOUT_SECS: u64 = 300;
+
+/// The bounds of file transfers (`file.*` methods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimits {
+    /// Largest plaintext a transfer takes, in bytes.
+    pub max_file_bytes: u64,
+    /// Bytes of the file per chunk call (the last chunk may be shorter).
+    pub chunk_bytes: usize,
+    /// Transfers open at once in the daemon.
+    pub max_transfers: usize,
+    /// Transfers open at once on one connection.
+    pub max_transfers_per_connection: usize,
+    /// Seconds after which a transfer without calls is dropped.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            chunk_bytes: DEFAULT_FILE_CHUNK_BYTES,
+            max_transfers: DEFAULT_MAX_FILE_TRANSFERS,
+            max_transfers_per_connection: DEFAULT_MAX_FILE_TRANSFERS_PER_CONNECTION,
+            idle_timeout_secs: DEFAULT_FILE_IDLE_TIMEOUT_SECS,
+        }
+    }
+}
+
+impl FileLimits {
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    /// The chunk size in force: `chunk_bytes`, but never more than fits, base64-encoded with
+    /// room for the rest, in a request line of `max_request_bytes` and an answer of
+    /// `max_response_bytes` (and at least 1 byte).
+    pub fn chunk_len(&self, max_request_bytes: usize, max_response_bytes: usize) -> usize {
+        let line = max_request_bytes.min(max_response_bytes);
+        let fits = line.saturating_sub(FILE_CHUNK_LINE_OVERHEAD) / 4 * 3;
+        self.chunk_bytes.min(fits).max(1)
+    }
+}
+
+/// The file-transfer flags of `omemod serve` (each also a config-file key of the same name, with
+/// `_` for `-`; a flag overrides the file).
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct FileFlags {
+    /// Largest file (its plaintext) `file.encrypt.begin` and `file.decrypt.begin` accept, in
+    /// bytes [default: 4294967296].
+    #[arg(long, value_name = "BYTES")]
+    pub max_file_bytes: Option<u64>,
+    /// Bytes of a file per chunk call, at least 4096; lowered to what fits base64-encoded in
+    /// --max-request-bytes and --max-response-bytes [default: 262144].
+    #[arg(long, value_name = "BYTES")]
+    pub file_chunk_bytes: Option<usize>,
+    /// File transfers open at once in the daemon [default: 16].
+    #[arg(long, value_name = "N")]
+    pub max_file_transfers: Option<usize>,
+    /// File transfers open at once on one connection [default: 4].
+    #[arg(long, value_name = "N")]
+    pub max_file_transfers_per_connection: Option<usize>,
+    /// How long a file transfer may go without a call before it is dropped: seconds, or a number
+    /// with s, m, h or d [default: 300].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub file_idle_timeout: Option<u64>,
+}
+
+impl FileFlags {
+    /// The limits in force: these flags, else the config file's keys, else the defaults.
+    pub fn resolve(self, file: &FileConfig) -> FileLimits {
+        let d = FileLimits::default();
+        FileLimits {
+            max_file_bytes: self
+                .max_file_bytes
+                .or(file.max_file_bytes)
+                .unwrap_or(d.max_file_bytes),
+            chunk_bytes: self
+                .file_chunk_bytes
+                .or(file.file_chunk_bytes)
+                .unwrap_or(d.chunk_bytes)
+                .max(MIN_FILE_CHUNK_BYTES),
+            max_transfers: self
+                .max_file_transfers
+                .or(file.max_file_transfers)
+                .unwrap_or(d.max_transfers),
+            max_transfers_per_connection: self
+                .max_file_transfers_per_connection
+                .or(file.max_file_transfers_per_connection)
+                .unwrap_or(d.max_transfers_per_connection),
+            idle_timeout_secs: self
+                .file_idle_timeout
+                .or(file.file_idle_timeout)
+                .unwrap_or(d.idle_timeout_secs),
         }
     }
 }
@@ -476,12 +621,16 @@ mod tests {
     #[test]
     fn config_file_sets_redelivery_and_flags_override_it() {
         let c = FileConfig::parse(
-            "redelivery_retention = \"2h\"\nredelivery_max_entries = 300\n",
+            "redelivery_retention = \"2h\"\nredelivery_max_entries = 300\n\
+             idempotency_max_bytes = 4096\n",
             Path::new("c.toml"),
         )
         .unwrap();
         let r = RedeliveryArgs::default().resolve(&c);
-        assert_eq!((r.retention_secs, r.max_entries), (7200, 300));
+        assert_eq!(
+            (r.retention_secs, r.max_entries, r.idempotency_max_bytes),
+            (7200, 300, 4096)
+        );
         let secs = FileConfig::parse("redelivery_retention = 90\n", Path::new("c.toml")).unwrap();
         assert_eq!(
             RedeliveryArgs::default().resolve(&secs).retention_secs,
@@ -516,6 +665,49 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn config_file_sets_file_limits_and_flags_override_it() {
+        let c = FileConfig::parse(
+            "max_file_bytes = 1000\nfile_chunk_bytes = 8192\nmax_file_transfers = 3\n\
+             max_file_transfers_per_connection = 2\nfile_idle_timeout = \"2m\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let f = FileFlags::default().resolve(&c);
+        assert_eq!(
+            f,
+            FileLimits {
+                max_file_bytes: 1000,
+                chunk_bytes: 8192,
+                max_transfers: 3,
+                max_transfers_per_connection: 2,
+                idle_timeout_secs: 120,
+            }
+        );
+        let flags = FileFlags {
+            file_chunk_bytes: Some(10),
+            max_file_transfers: Some(5),
+            ..Default::default()
+        };
+        let f = flags.resolve(&c);
+        assert_eq!((f.chunk_bytes, f.max_transfers), (MIN_FILE_CHUNK_BYTES, 5));
+        let d = FileFlags::default().resolve(&FileConfig::default());
+        assert_eq!(
+            d,
+            FileLimits::default(),
+            "defaults apply without file or flag"
+        );
+        // The chunk's base64 and the JSON around it fit in a line.
+        let chunk = d.chunk_len(DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES);
+        assert_eq!(chunk, DEFAULT_FILE_CHUNK_BYTES);
+        let small = d.chunk_len(100_000, DEFAULT_MAX_RESPONSE_BYTES);
+        assert!(
+            small.div_ceil(3) * 4 + FILE_CHUNK_LINE_OVERHEAD <= 100_000,
+            "{small}"
+        );
+        assert_eq!(d.chunk_len(10, 10), 1);
     }
 
     #[test]

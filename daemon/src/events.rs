@@ -70,6 +70,15 @@ pub enum Action {
 }
 
 impl Action {
+    /// Fetch `jid`'s device list in `namespace`, from its PubSub node.
+    pub fn fetch_devicelist(jid: &str, namespace: Version) -> Self {
+        Action::FetchDevicelist {
+            jid: jid.to_owned(),
+            namespace,
+            node: namespace.devicelist_node().to_owned(),
+        }
+    }
+
     /// Fetch the bundle of `jid`'s device `device_id` in `namespace`, from its PubSub node.
     pub fn fetch_bundle(jid: &str, namespace: Version, device_id: u32) -> Self {
         let (node, item_id) = namespace.bundle_node(device_id);
@@ -128,6 +137,9 @@ pub enum Cause {
     /// A fetched bundle (`bundle.update`) carried another identity key than the one held for
     /// its device (it was set aside).
     BundleUpdate,
+    /// The database was found to be an older copy (a restored backup, a copy put back): our
+    /// bundle changed, and sessions restored from the copy are replaced.
+    Rollback,
     /// `debug.emit` (tests).
     Test,
 }
@@ -413,12 +425,18 @@ pub fn namespace_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 /// to the oldest one that wants its type.
 type Registry = Arc<Mutex<BTreeMap<u64, Option<HashSet<EventType>>>>>;
 
+/// Most duties kept for a subscriber that does not exist yet.
+pub const MAX_HELD_DUTIES: usize = 64;
+
 /// A cheap-to-clone handle on the daemon's event broadcast channel.
 #[derive(Debug, Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
     subs: Registry,
     next: Arc<AtomicU64>,
+    /// Duties no answer carries, announced while no subscription wanted them (e.g. at start,
+    /// before any client connected): the first subscription that wants one gets it.
+    held: Arc<Mutex<Vec<Event>>>,
 }
 
 /// A subscription's place in the duty order; dropping it (the subscription ends) leaves it.
@@ -450,13 +468,35 @@ impl EventBus {
             tx,
             subs: Registry::default(),
             next: Arc::new(AtomicU64::new(1)),
+            held: Arc::default(),
         }
     }
 
     /// Sends an event to every current receiver; never blocks. Returns how many receivers there were.
+    /// A duty no answer carries that no subscription wants yet is held for the first that will
+    /// (at most [`MAX_HELD_DUTIES`], the same one once).
     pub fn emit(&self, event: Event) -> usize {
         tracing::debug!(event_type = ?event.event_type(), "event");
+        if event.is_unanswered_duty() {
+            // Held under the same lock as `register` hands them out, so none is left behind.
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if !self.wanted(event.event_type()) {
+                if !held.contains(&event) && held.len() < MAX_HELD_DUTIES {
+                    held.push(event);
+                }
+                return 0;
+            }
+        }
         self.tx.send(event).unwrap_or(0)
+    }
+
+    /// Whether a live subscription wants events of type `t`.
+    fn wanted(&self, t: EventType) -> bool {
+        self.subs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .any(|types| types.as_ref().is_none_or(|s| s.contains(&t)))
     }
 
     /// A new receiver that sees events emitted from now on.
@@ -464,13 +504,24 @@ impl EventBus {
         self.tx.subscribe()
     }
 
-    /// Enters a subscription (with its filter) into the duty order.
+    /// Enters a subscription (with its filter) into the duty order, and hands it the held
+    /// duties it wants (its receiver must exist already: [`EventBus::subscribe`] first).
     pub fn register(&self, types: Option<HashSet<EventType>>) -> DutyTicket {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        self.subs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, types);
+        let wants = |t: EventType| types.as_ref().is_none_or(|s| s.contains(&t));
+        let due: Vec<Event> = {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            let (due, keep) = held.drain(..).partition(|e| wants(e.event_type()));
+            *held = keep;
+            self.subs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key, types);
+            due
+        };
+        for event in due {
+            let _ = self.tx.send(event);
+        }
         DutyTicket {
             key,
             subs: Arc::clone(&self.subs),
@@ -554,5 +605,33 @@ mod tests {
         drop(first);
         assert!(bus.is_duty_holder(&second, t));
         assert!(bus.is_duty_holder(&only_trust, EventType::TrustDecisionNeeded));
+    }
+
+    #[test]
+    fn duties_nobody_wants_yet_wait_for_the_first_subscription_that_does() {
+        let bus = EventBus::new();
+        let duty = |ns| {
+            Event::for_action(
+                "a@example.org",
+                7,
+                Cause::Rollback,
+                false,
+                &Action::PublishBundle { namespace: ns },
+            )
+        };
+        assert_eq!(bus.emit(duty(Version::Twomemo)), 0);
+        bus.emit(duty(Version::Twomemo)); // the same duty once
+        bus.emit(duty(Version::Oldmemo));
+        let mut trust_rx = bus.subscribe();
+        let _trust = bus.register(Some([EventType::TrustDecisionNeeded].into()));
+        assert!(trust_rx.try_recv().is_err(), "not its type");
+        let mut rx = bus.subscribe();
+        let _sub = bus.register(Some([EventType::PublishBundle].into()));
+        assert_eq!(rx.try_recv().ok(), Some(duty(Version::Twomemo)));
+        assert_eq!(rx.try_recv().ok(), Some(duty(Version::Oldmemo)));
+        assert!(rx.try_recv().is_err());
+        // Once someone wants them, duties go out at once.
+        assert!(bus.emit(duty(Version::Twomemo)) > 0);
+        assert_eq!(rx.try_recv().ok(), Some(duty(Version::Twomemo)));
     }
 }

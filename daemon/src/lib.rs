@@ -6,8 +6,11 @@
 //!
 //! - [`cli`]: the `omemod` command line.
 //! - [`rpc`]: JSON-RPC 2.0 over a Unix socket, one method per file in `rpc/methods/`.
+//! - [`media`]: file transfers of XEP-0454 media sharing (encrypt for upload, decrypt a
+//!   download), their bounds.
+//! - [`rollback`]: an older copy of the database noticed and treated at start; the record that
+//!   notices it kept while the daemon runs.
 //! - [`manager`]: the session manager (accounts, bundles, device lists, sessions, trust).
-//! - [`rollback`]: the generation counter kept while the daemon runs (rollback detection).
 //! - [`events`]: the actions a client should take and the events pushed to subscribers.
 //! - [`storage`]: the SQLite file (schema, migrations, group-commit writer); all SQL is here.
 //! - [`socket_trust`]: who may own the socket and database paths, checked before use.
@@ -30,6 +33,7 @@ pub mod events;
 pub mod lock;
 pub mod logging;
 pub mod manager;
+pub mod media;
 pub mod rollback;
 pub mod rpc;
 pub mod socket_trust;

@@ -502,6 +502,7 @@ fn session(a: i64, jid: &str, ns: Namespace, device_id: u32, t: i64) -> SessionR
         updated_at: t,
         messages_sent: 0,
         messages_received: 0,
+        suspect: false,
     }
 }
 
@@ -567,8 +568,13 @@ fn sessions_skipped_keys_and_trust_round_trip() {
                 skipped_keys::take(tx, &addr, &key(0xD0), 4)?.is_some(),
                 "newest kept"
             );
-            assert_eq!(skipped_keys::delete_older_than(tx, 1002)?, 0);
+            assert!(skipped_keys::expired(tx, &addr, 1002)?.is_empty());
+            assert_eq!(skipped_keys::delete_expired(tx, &addr, 1002)?, 0);
             assert_eq!(skipped_keys::count(tx, &addr)?, 1);
+            assert_eq!(
+                skipped_keys::expired(tx, &addr, 1005)?,
+                vec![(key(0xD0), 2)]
+            );
             // A skipped key needs its session.
             let mut orphan = sk(9, 0);
             orphan.addr.device_id = 99;

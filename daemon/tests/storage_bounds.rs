@@ -24,6 +24,7 @@ fn session(a: i64, device_id: u32, size: usize) -> SessionRow {
         updated_at: 1,
         messages_sent: 0,
         messages_received: 0,
+        suspect: false,
     }
 }
 

@@ -5,6 +5,7 @@
 //! Every function must return normally for any input; the only assertions are round-trip
 //! properties that hold for every input the parser accepts.
 
+use protocol_core::media::AesgcmLink;
 use protocol_core::payload;
 use protocol_core::wire::{oldmemo, twomemo};
 use protocol_core::{sce, xml, Version};
@@ -25,6 +26,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("xml_bundle", xml_bundle),
     ("xml_devicelist", xml_devicelist),
     ("sce_envelope", sce_envelope),
+    ("media_link", media_link),
 ];
 
 /// The first byte selects the version (even = 0.3, odd = OMEMO 2); the rest is the document.
@@ -154,5 +156,18 @@ pub fn xml_devicelist(data: &[u8]) {
 pub fn sce_envelope(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = sce::parse_envelope(text);
+    }
+}
+
+/// An `aesgcm://` link (XEP-0454) as received in a message body: what it accepts, it writes back
+/// in the form it reads again unchanged.
+pub fn media_link(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(link) = AesgcmLink::parse(text) {
+        let written = link.to_link();
+        let again = AesgcmLink::parse(&written).map(|l| l.to_link());
+        assert_eq!(again.as_deref().map(String::as_str), Ok(written.as_str()));
     }
 }

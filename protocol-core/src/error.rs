@@ -5,8 +5,8 @@
 //! an error without matching its variants. [`SnapshotError`] lives here because keys and
 //! sessions both have a storage form.
 //!
-//! The error enums a caller maps variant by variant (the session's and the ratchet's) and
-//! [`ErrorCause`] are exhaustive on purpose: omemod turns each variant into an error its
+//! The error enums a caller maps variant by variant (the session's, the ratchet's and media
+//! sharing's) and [`ErrorCause`] are exhaustive on purpose: omemod turns each variant into an error its
 //! clients see, and a new variant must make it decide rather than fall into a wildcard arm.
 
 use thiserror::Error;

@@ -24,12 +24,14 @@
 //! * [`sce`]: the OMEMO 2 SCE envelope.
 //! * [`verification`]: fingerprints as clients display them, and the `xmpp:` URIs (QR codes)
 //!   that carry a JID's keys.
+//! * [`media`]: XEP-0454 media sharing: `aesgcm://` links and AES-256-GCM over files in pieces.
 //!
 //! Errors, one enum per operation family, each with `cause()`: [`keys::KeyError`],
 //! [`bundle::BundleError`], [`x3dh::X3dhError`], [`double_ratchet::RatchetError`],
 //! [`session::SessionError`] (initiation and decryption), [`wire::WireError`],
 //! [`payload::PayloadError`], [`xml::XmlError`], [`sce::SceError`],
-//! [`verification::UriError`], [`error::SnapshotError`].
+//! [`verification::UriError`], [`media::AesgcmLinkError`], [`media::MediaError`],
+//! [`error::SnapshotError`].
 #![forbid(unsafe_code)]
 // Untrusted input must never panic the protocol or the daemon: no unwrap/expect/panic outside tests.
 #![cfg_attr(
@@ -47,6 +49,7 @@ pub mod double_ratchet;
 pub mod error;
 pub mod kdf;
 pub mod keys;
+pub mod media;
 pub mod payload;
 pub mod plaintext;
 pub mod sce;

@@ -582,4 +582,11 @@ impl Session {
     pub fn skipped_key_count(&self) -> usize {
         self.ratchet.skipped_keys().len()
     }
+
+    /// Forgets skipped message keys the caller deleted from its store (expired), so that
+    /// their late messages fail as dropped keys rather than as duplicates. Returns how many
+    /// of them this session held.
+    pub fn forget_skipped_keys(&mut self, keys: &[([u8; 32], u32)]) -> usize {
+        self.ratchet.forget_skipped_keys(keys)
+    }
 }

@@ -9,17 +9,6 @@ use support::*;
 const ALICE: &str = "alice@example.org";
 const EVE: &str = "eve@example.org";
 
-/// Resident set size of a process, in kB.
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 /// Sends `count` decrypts of normal (non key exchange) messages from random devices of EVE, in
 /// batches, and checks that each is answered `no_session`.
 fn no_session_flood(c: &mut Client, me: u32, count: usize, seed: &mut u64) {
@@ -66,10 +55,10 @@ fn no_session_decrypts_from_random_devices_leave_memory_flat() {
     let mut seed = seed(0x9e37_79b9_7f4a_7c15) | 1;
     // Warm up allocator arenas and caches before the first measurement.
     no_session_flood(&mut c, me, 5_000, &mut seed);
-    let before = rss_kb(pid);
+    let before = rss_kib(pid);
     let start = std::time::Instant::now();
     no_session_flood(&mut c, me, flood, &mut seed);
-    let after = rss_kb(pid);
+    let after = rss_kib(pid);
     eprintln!(
         "figure: RSS {before} kB -> {after} kB after {flood} no_session decrypts ({:.1} s)",
         start.elapsed().as_secs_f64()
@@ -82,9 +71,9 @@ fn no_session_decrypts_from_random_devices_leave_memory_flat() {
     );
 }
 
-fn open_fds(pid: u32) -> usize {
+fn open_fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
+        .map(|d| d.count() as u64)
         .unwrap_or(0)
 }
 
@@ -100,27 +89,15 @@ fn idle_connections_beyond_the_limit_evict_the_oldest_and_new_clients_are_served
     );
     let pid = d.pid().expect("pid");
     // Sample the daemon's descriptors while the connections pour in.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let stop = std::sync::Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(open_fds(pid));
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            peak
-        })
-    };
     let mut idle = Vec::new();
-    for _ in 0..2_000 {
-        idle.push(UnixStream::connect(&d.socket).expect("connect"));
-    }
-    let mut c = d.client();
-    let status = c.ok("status", json!({}));
-    assert!(status.is_object());
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak = sampler.join().expect("sampler");
+    let peak = peak_while(pid, open_fds, || {
+        for _ in 0..2_000 {
+            idle.push(UnixStream::connect(&d.socket).expect("connect"));
+        }
+        let mut c = d.client();
+        let status = c.ok("status", json!({}));
+        assert!(status.is_object());
+    });
     let fds = open_fds(pid);
     eprintln!("figure: daemon fds with 2000 idle connections attempted: {fds} (peak {peak})");
     // 200 connections, 50 closing, the database and the listener: far from 1,024.
@@ -165,7 +142,7 @@ fn a_client_that_never_reads_is_bounded_then_disconnected() {
     let pid = d.pid().expect("pid");
     let mut c = d.client();
     let one = c.ok("rpc.discover", json!({})).to_string().len();
-    let before = rss_kb(pid);
+    let before = rss_kib(pid);
     // Ten discovers per batch: each answer line is ~10 × the OpenRPC document.
     let batch: Vec<Value> = (0..10)
         .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "rpc.discover"}))
@@ -193,7 +170,7 @@ fn a_client_that_never_reads_is_bounded_then_disconnected() {
     // Sample while the daemon works through what it read, before the stall timeout.
     let mut peak = 0;
     for _ in 0..40 {
-        peak = peak.max(rss_kb(pid));
+        peak = peak.max(rss_kib(pid));
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let answer = one * 10;
@@ -580,6 +557,72 @@ fn key_exchange_flood_from_unlisted_devices_is_bounded_and_skipped_keys_expire()
             "{left} skipped keys did not expire"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A skipped key that expired (`--skipped-key-max-age`) leaves its session knowing so: the late
+/// message it was kept for, never decrypted, is `too_many_skipped` with cause `local_state`
+/// (its key was dropped), never `duplicate_message`, which docs/rpc.md keeps for messages that
+/// were decrypted; the key's bytes are gone from the database and its WAL. A real replay is
+/// still a replay (a redelivery within the window).
+#[test]
+fn an_expired_skipped_key_is_a_dropped_key_not_a_duplicate() {
+    let da = Daemon::start();
+    let mut db = Daemon::start();
+    let (mut a, mut b) = (da.client(), db.client());
+    a.create_account(ALICE);
+    b.create_account("bob@example.org");
+    a.learn("bob@example.org", &mut b, &BOTH);
+    b.learn(ALICE, &mut a, &BOTH);
+    let mut late = Vec::new();
+    for ns in BOTH {
+        let first = a.encrypt_xml(&["bob@example.org"], Some("first"), ns);
+        b.decrypt(ALICE, &first).expect("key exchange");
+        let skipped = a.encrypt_xml(&["bob@example.org"], Some("late"), ns);
+        let next = a.encrypt_xml(&["bob@example.org"], Some("next"), ns);
+        let r = b.decrypt(ALICE, &next).expect("decrypt");
+        late.push((ns, skipped, next, r));
+    }
+    let keys = blobs(&db.db, "SELECT message_key FROM skipped_keys");
+    assert_eq!(keys.len(), 2);
+    // Whole seconds: the keys must be older than "now" when the limit is 0.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    drop(b);
+    db.stop();
+    db.extra = vec!["--skipped-key-max-age".into(), "0".into()];
+    db.spawn();
+    let wal = {
+        let mut p = db.db.as_os_str().to_owned();
+        p.push("-wal");
+        std::path::PathBuf::from(p)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let file = std::fs::read(&db.db).unwrap_or_default();
+        let log = std::fs::read(&wal).unwrap_or_default();
+        let found = |k: &Vec<u8>| {
+            [&file, &log]
+                .iter()
+                .any(|h| h.windows(k.len()).any(|w| w == k.as_slice()))
+        };
+        if !keys.iter().any(found) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired skipped keys are still in the files"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut b = db.client();
+    for (ns, skipped, next, first) in &late {
+        let e = b.err(
+            "decrypt",
+            json!({"from": ALICE, "xml": skipped}),
+            "too_many_skipped",
+        );
+        assert_eq!(e["data"]["cause"], "local_state", "{ns}: {e}");
+        assert_redelivery(first, &b.decrypt(ALICE, next).expect("redelivery"));
     }
 }
 

@@ -155,16 +155,31 @@ fn a_bundle_set_aside_is_not_used_until_accepted() {
         let old = IdentityKeyPair::generate(&mut OsRng);
         update(&mut c, ns, 13, &bundle(&old, ns, &[1, 2]));
         let first = new_session(&mut c, ns, 13, false).unwrap();
-        // Another identity: set aside, the stored bundle stays the old one.
+        // Another identity: set aside, the stored bundle stays the old one. While it waits for
+        // the user nothing is sent to the device (issue 19); once the user keeps the old
+        // identity, the next session takes from the old bundle.
         let new = IdentityKeyPair::generate(&mut OsRng);
-        let r = update(&mut c, ns, 13, &bundle(&new, ns, &[3]));
+        let new_bundle = bundle(&new, ns, &[3]);
+        let r = update(&mut c, ns, 13, &new_bundle);
         assert_eq!(r["identity_changed"], true, "{r}");
+        assert_eq!(
+            new_session(&mut c, ns, 13, true),
+            Err("identity_changed".into()),
+            "{ns}"
+        );
+        c.ok(
+            "identity.accept",
+            json!({"jid": PEER, "namespace": ns, "device_id": 13, "fingerprint": old.fingerprint()}),
+        );
         let second = new_session(&mut c, ns, 13, true).unwrap();
         assert!(
             second != first && [1, 2].contains(&second),
             "{ns}: {second}"
         );
-        // Accepted: its bundle becomes the device's, and the next session takes from it.
+        // Set aside again, then accepted: its bundle becomes the device's, and the next session
+        // takes from it.
+        let r = update(&mut c, ns, 13, &new_bundle);
+        assert_eq!(r["identity_changed"], true, "{r}");
         let fp = new.fingerprint();
         let r = c.ok(
             "identity.accept",

@@ -321,5 +321,6 @@ fn own_device_missing_from_own_list() {
 
 mod bad_input;
 mod bundles;
+mod files;
 mod links;
 mod trust;

@@ -491,6 +491,125 @@ fn encrypt_retries_with_an_idempotency_key() {
     }
 }
 
+/// The answers kept for idempotency keys are bounded in bytes (`--idempotency-max-bytes`,
+/// oldest dropped first) and kept in one form only: a 700 KB body asked for as XML keeps about
+/// its size once, not both forms (issue 19: 2.18 MB before). A retry gets the forms it asks
+/// for, equal to what the first call gave.
+#[test]
+fn idempotency_answers_are_bounded_in_bytes_and_kept_in_one_form() {
+    // Bodies as large as an element `decrypt` still reads (256 KiB of XML) may be: twelve such
+    // answers hold twice the cap.
+    const CAP: i64 = 1024 * 1024;
+    let (_da, db, _a, mut b) = pair(&["--idempotency-max-bytes", "1048576"]);
+    let stored = || -> Vec<(String, i64, bool)> {
+        let conn = rusqlite::Connection::open_with_flags(
+            &db.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open db");
+        let mut stmt = conn
+            .prepare("SELECT idempotency_key, length(result), instr(result, '\"xml\":') > 0 FROM encrypt_results ORDER BY id")
+            .expect("prepare");
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect();
+        rows
+    };
+    let big = "x".repeat(150_000);
+    let call = |key: &str, forms: Value| {
+        json!({"to": [ALICE], "body": big, "namespaces": [OMEMO2],
+               "idempotency_key": key, "forms": forms})
+    };
+    let first = b.ok("encrypt", call("big-0", json!(["xml"])));
+    assert!(
+        first["messages"][0].get("element").is_none(),
+        "{}",
+        first["devices"]
+    );
+    let kept = stored();
+    assert_eq!(kept.len(), 1);
+    let (_, bytes, both_forms) = &kept[0];
+    assert!(!both_forms, "both forms were kept");
+    let xml_len = first["messages"][0]["xml"].as_str().expect("xml").len() as i64;
+    assert!(
+        *bytes < xml_len + 4096,
+        "{bytes} bytes kept for {xml_len} bytes of XML"
+    );
+    eprintln!("figure: a 150 KB body asked for as XML keeps {bytes} bytes");
+    assert_eq!(b.ok("encrypt", call("big-0", json!(["xml"]))), first);
+    // Both forms asked for: one kept; a retry gets either or both, as the first call did.
+    let both = b.ok("encrypt", call("big-1", json!(["xml", "element"])));
+    assert!(!stored()[1].2);
+    let again = b.ok("encrypt", call("big-1", json!(["element"])));
+    assert_eq!(
+        again["messages"][0]["element"],
+        both["messages"][0]["element"]
+    );
+    assert!(again["messages"][0].get("xml").is_none());
+    let again = b.ok("encrypt", call("big-1", json!(["xml"])));
+    assert_eq!(again["messages"][0]["xml"], both["messages"][0]["xml"]);
+    assert_eq!(
+        b.ok("encrypt", call("big-1", json!(["xml", "element"]))),
+        both
+    );
+    // More answers than the cap holds: the oldest go, the total stays under the cap.
+    for i in 2..12 {
+        b.ok("encrypt", call(&format!("big-{i}"), json!(["xml"])));
+        let total: i64 = stored().iter().map(|(_, n, _)| n).sum();
+        assert!(total <= CAP, "{total} bytes kept, cap {CAP}");
+    }
+    let keys: Vec<String> = stored().into_iter().map(|(k, _, _)| k).collect();
+    assert!(!keys.contains(&"big-0".to_owned()), "{keys:?}");
+    assert!(keys.contains(&"big-11".to_owned()), "{keys:?}");
+}
+
+/// A retry re-checks trust (issue 19): once a device of the first answer is distrusted, the
+/// retry is not that answer again (whose ciphertext the device could read) but a new
+/// encryption without it, kept in its place for later retries.
+#[test]
+fn an_idempotent_retry_does_not_encrypt_for_a_device_distrusted_since() {
+    let (_da, _db, mut a, mut b) = pair(&[]);
+    for ns in BOTH {
+        let p = json!({"to": [ALICE], "body": "before the distrust", "namespaces": [ns],
+            "idempotency_key": format!("k-{ns}")});
+        let first = b.ok("encrypt", p.clone());
+        assert_eq!(first["devices"][0]["status"], "encrypted", "{first}");
+        assert_eq!(b.ok("encrypt", p.clone()), first);
+        let x = first["messages"][0]["xml"]
+            .as_str()
+            .expect("xml")
+            .to_owned();
+        let fp = dec(&mut a, BOB, &x)["sender"]["fingerprint"].clone();
+        let alice_fp = a.ok("fingerprint.get", json!({}))["fingerprint"].clone();
+        assert_ne!(fp, alice_fp);
+        b.ok(
+            "trust.set",
+            json!({"jid": ALICE, "fingerprint": alice_fp, "level": "distrusted"}),
+        );
+        let retry = b.ok("encrypt", p.clone());
+        assert_ne!(retry["messages"], first["messages"], "{retry}");
+        assert_eq!(retry["devices"][0]["status"], "untrusted", "{retry}");
+        assert!(
+            !retry["messages"]
+                .as_array()
+                .expect("messages")
+                .iter()
+                .any(|m| m["element"]["keys"]
+                    .as_array()
+                    .is_some_and(|k| !k.is_empty())),
+            "{retry}"
+        );
+        // The new answer is the one kept now.
+        assert_eq!(b.ok("encrypt", p), retry);
+        b.ok(
+            "trust.set",
+            json!({"jid": ALICE, "fingerprint": alice_fp, "level": "trusted"}),
+        );
+    }
+}
+
 /// `encrypt.plan` says which devices lack a device list, bundle or session and what to fetch,
 /// without changing anything: no session, no trust decision, no event.
 #[test]
@@ -626,6 +745,15 @@ fn expired_key_material_is_gone_from_the_files() {
     );
 }
 
+/// `a`'s message `body` to bob in room `room`, in `ns`: its XML.
+fn to_room(a: &mut Client, body: &str, ns: &str, room: &str) -> String {
+    let r = a.ok(
+        "encrypt",
+        json!({"to": [BOB], "body": body, "namespaces": [ns], "sce_to": room}),
+    );
+    r["messages"][0]["xml"].as_str().expect("xml").to_owned()
+}
+
 /// A redelivery passes the checks of a first decryption against its own request: an OMEMO 2
 /// copy that was decrypted in its room, then moved by the server into another room or into a
 /// 1:1 chat, is refused with `sce_mismatch` (no plaintext), while the copy in the right room is
@@ -635,11 +763,7 @@ fn a_redelivered_copy_is_checked_like_a_first_one() {
     let (_da, db, mut a, mut b1) = pair(&[]);
     let mut b2 = db.client();
     let room = "room@muc.example.org";
-    let r = a.ok(
-        "encrypt",
-        json!({"to": [BOB], "body": "to the room", "namespaces": [OMEMO2], "sce_to": room}),
-    );
-    let x = r["messages"][0]["xml"].as_str().expect("xml").to_owned();
+    let x = to_room(&mut a, "to the room", OMEMO2, room);
     let here = json!({"from": ALICE, "xml": x, "to": room, "group_chat": true});
     let first = b1.ok("decrypt", here.clone());
     assert_eq!(body(&first), "to the room");
@@ -679,4 +803,42 @@ fn a_redelivered_copy_is_checked_like_a_first_one() {
         "distrusted",
     );
     b1.err("decrypt", here, "distrusted");
+}
+
+/// A redelivered OMEMO 0.3 message keeps the conversation of its first decryption (0.3 has no
+/// SCE envelope to say where it belongs): read in the 1:1 chat, then moved by the server into a
+/// room, or read in one room and moved into another or into the 1:1 chat, it is refused with
+/// `sce_mismatch` and no plaintext; the copy in its own conversation is still redelivered, and
+/// a client that does not say where a message arrived (`to` left out) still gets it.
+#[test]
+fn a_redelivered_oldmemo_copy_keeps_its_conversation() {
+    let (_da, db, mut a, mut b1) = pair(&[]);
+    let mut b2 = db.client();
+    let room = "room@muc.example.org";
+    let x = a.encrypt_xml(&[BOB], Some("just us"), OLDMEMO);
+    let here = json!({"from": ALICE, "xml": x, "to": BOB});
+    let first = b1.ok("decrypt", here.clone());
+    assert_eq!(body(&first), "just us");
+    for moved in [
+        json!({"from": ALICE, "xml": x, "to": room, "group_chat": true}),
+        json!({"from": ALICE, "xml": x, "to": "carol@example.org"}),
+        json!({"from": ALICE, "xml": x, "group_chat": true}),
+    ] {
+        let e = b2.err("decrypt", moved.clone(), "sce_mismatch");
+        assert!(!e.to_string().contains("just us"), "{moved}: {e}");
+        assert_eq!(e["data"]["cause"], "peer_misbehaved", "{e}");
+    }
+    assert_redelivery(&first, &b2.ok("decrypt", here));
+    assert_redelivery(&first, &b2.ok("decrypt", json!({"from": ALICE, "xml": x})));
+    // Read in a room: not redelivered into another room or into the 1:1 chat.
+    let y = to_room(&mut a, "to the room", OLDMEMO, room);
+    let in_room = json!({"from": ALICE, "xml": y, "to": room, "group_chat": true});
+    let first = b1.ok("decrypt", in_room.clone());
+    for moved in [
+        json!({"from": ALICE, "xml": y, "to": "other@muc.example.org", "group_chat": true}),
+        json!({"from": ALICE, "xml": y, "to": BOB}),
+    ] {
+        b2.err("decrypt", moved, "sce_mismatch");
+    }
+    assert_redelivery(&first, &b2.ok("decrypt", in_room));
 }

@@ -185,12 +185,14 @@ fn reinstalled_device_bundle_is_flagged_then_gets_a_key_exchange() {
     assert_eq!(ev["new_fingerprint"], n_fp.as_str());
     assert_eq!(ev["cause"], "bundle_update", "{ev}");
     assert_eq!(ev["account"], ALICE, "{ev}");
-    // Until accepted, alice keeps the old session.
+    // Until accepted, alice encrypts nothing for the device (issue 19: the old session went
+    // on, reported `encrypted`).
     let m = p.a.ok(
         "encrypt",
         json!({"to": [BOB], "body": "old session", "namespaces": [ns]}),
     );
     assert_eq!(m["devices"][0]["kex"], false, "{m}");
+    assert_eq!(m["devices"][0]["status"], "identity_changed", "{m}");
 
     let r = p.a.ok(
         "identity.accept",
@@ -205,6 +207,176 @@ fn reinstalled_device_bundle_is_flagged_then_gets_a_key_exchange() {
     assert_eq!(m["devices"][0]["kex"], true, "{m}");
     let xml = m["messages"][0]["xml"].as_str().unwrap();
     assert_eq!(body(&n.decrypt(ALICE, xml).unwrap()), "welcome back");
+}
+
+/// A device whose new bundle was set aside (`bundle.update` answered `identity_changed`) is
+/// not encrypted for, by `encrypt` (a typed status with both fingerprints), `encrypt.plan`
+/// (the same) and `heartbeat` (`identity_changed`), until the user decides: accepting the new
+/// identity gives a key exchange to it; accepting the one held keeps the old session and
+/// drops the bundle set aside. Before issue 19 the old session went on, reported `encrypted`.
+#[test]
+fn a_pending_identity_change_is_not_encrypted_for() {
+    for ns in BOTH {
+        let mut p = pair(&[ns]);
+        let x = p.a.encrypt_xml(&[BOB], Some("hi"), ns);
+        p.b.decrypt(ALICE, &x).unwrap();
+        let bob_fp = fingerprint(&mut p.b);
+        let (_dn, mut n) = reinstalled(BOB, p.b_id);
+        let n_fp = fingerprint(&mut n);
+        let nb = n.bundle(ns);
+        let update = json!({"jid": BOB, "namespace": ns, "device_id": p.b_id, "xml": nb["xml"]});
+        let r = p.a.ok("bundle.update", update.clone());
+        assert_eq!(r["identity_changed"], true, "{r}");
+        let check = |d: &Value| {
+            assert_eq!(d["status"], "identity_changed", "{d}");
+            assert_eq!(d["old_fingerprint"], bob_fp.as_str(), "{d}");
+            assert_eq!(d["new_fingerprint"], n_fp.as_str(), "{d}");
+        };
+        for body in [json!("secret"), Value::Null] {
+            let mut params = json!({"to": [BOB], "namespaces": [ns]});
+            if !body.is_null() {
+                params["body"] = body;
+            }
+            let m = p.a.ok("encrypt", params);
+            check(&m["devices"][0]);
+            assert_eq!(m["messages"], json!([]), "{m}");
+        }
+        let plan =
+            p.a.ok("encrypt.plan", json!({"to": [BOB], "namespaces": [ns]}));
+        check(&plan["devices"][0]);
+        let e = p.a.err(
+            "heartbeat",
+            json!({"jid": BOB, "namespace": ns, "device_id": p.b_id}),
+            "identity_changed",
+        );
+        assert_eq!(e["data"]["new_fingerprint"], n_fp.as_str(), "{e}");
+        assert_eq!(e["data"]["cause"], "policy", "{e}");
+        // The user keeps the identity held: the old session goes on.
+        let r = p.a.ok(
+            "identity.accept",
+            json!({"jid": BOB, "namespace": ns, "device_id": p.b_id, "fingerprint": bob_fp}),
+        );
+        assert_eq!(r["session_dropped"], false, "{r}");
+        let m = p.a.encrypt_xml(&[BOB], Some("still you"), ns);
+        assert_eq!(body(&p.b.decrypt(ALICE, &m).unwrap()), "still you");
+        // The new bundle again, and this time the new identity is accepted: a key exchange.
+        p.a.ok("bundle.update", update);
+        p.a.ok(
+            "identity.accept",
+            json!({"jid": BOB, "namespace": ns, "device_id": p.b_id, "fingerprint": n_fp}),
+        );
+        let m = p.a.ok(
+            "encrypt",
+            json!({"to": [BOB], "body": "welcome", "namespaces": [ns]}),
+        );
+        assert_eq!(m["devices"][0]["status"], "encrypted", "{m}");
+        assert_eq!(m["devices"][0]["kex"], true, "{m}");
+        let plan =
+            p.a.ok("encrypt.plan", json!({"to": [BOB], "namespaces": [ns]}));
+        assert_eq!(plan["devices"][0]["status"], "session", "{plan}");
+    }
+}
+
+/// A second device of `BOB` on a daemon of its own, knowing alice; not on bob's list as alice
+/// knows it. Returns it with its device id.
+fn unlisted_bob(p: &mut Pair, ns: &str) -> (Daemon, Client, u32) {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let id = c.create_account(BOB);
+    c.learn(ALICE, &mut p.a, &[ns]);
+    (d, c, id)
+}
+
+/// A message from a device its sender does not list (issue 19). In a 1:1 chat it is decrypted
+/// but flagged: `sender.listed: false` and `sender.trust: "unlisted"` (never `trusted`,
+/// whatever its key's level, which `key_trust` gives), with a `fetch_devicelist` action; a
+/// redelivery says the same. In a group chat it is refused with `unlisted_device` (cause
+/// `policy`, the `fetch_devicelist` action in `data.actions`) before anything changes. A fetched
+/// list that does not name the device changes nothing; one that names it makes it listed: the
+/// refused message then decrypts (its one-time prekey was not used up), and the device's
+/// messages are trusted like any other.
+#[test]
+fn unlisted_senders_are_never_trusted_silently() {
+    for ns in BOTH {
+        let mut p = pair(&[ns]);
+        let mut events = p.da.client();
+        events.ok("subscribe", json!({"types": ["fetch_devicelist"]}));
+        let (_d2, mut b2, id2) = unlisted_bob(&mut p, ns);
+        let x = b2.encrypt_xml(&[ALICE], Some("from a device bob does not list"), ns);
+        let r =
+            p.a.ok("decrypt", json!({"from": BOB, "xml": x, "to": ALICE}));
+        assert_eq!(body(&r), "from a device bob does not list");
+        assert_eq!(r["sender"]["device_id"], id2, "{r}");
+        assert_eq!(r["sender"]["listed"], false, "{r}");
+        assert_eq!(r["sender"]["trust"], "unlisted", "{r}");
+        assert_eq!(r["sender"]["key_trust"], "trusted", "{r}");
+        assert!(has_action(&r, "fetch_devicelist"), "{r}");
+        let again =
+            p.a.ok("decrypt", json!({"from": BOB, "xml": x, "to": ALICE}));
+        assert_eq!(again["redelivered"], true, "{again}");
+        assert_eq!(again["sender"]["trust"], "unlisted", "{again}");
+        // The listed device is listed and trusted.
+        let y =
+            p.b.encrypt_xml(&[ALICE], Some("from bob's listed device"), ns);
+        let r =
+            p.a.ok("decrypt", json!({"from": BOB, "xml": y, "to": ALICE}));
+        assert_eq!(
+            (&r["sender"]["listed"], &r["sender"]["trust"]),
+            (&json!(true), &json!("trusted"))
+        );
+
+        // A group chat message (a key exchange) from a third device of bob's that bob does not list.
+        let room = "room@muc.example.org";
+        let (_d3, mut b3, id3) = unlisted_bob(&mut p, ns);
+        let g = b3.ok(
+            "encrypt",
+            json!({"to": [ALICE], "body": "relayed into the room", "namespaces": [ns], "sce_to": room}),
+        );
+        let g = g["messages"][0]["xml"].as_str().expect("xml").to_owned();
+        let in_room = json!({"from": BOB, "xml": g, "to": room, "group_chat": true});
+        let e = p.a.err("decrypt", in_room.clone(), "unlisted_device");
+        assert_eq!(e["code"], 1106, "{e}");
+        assert_eq!(e["data"]["cause"], "policy", "{e}");
+        assert_eq!(e["data"]["device_id"], id3, "{e}");
+        assert_eq!(e["data"]["actions"][0]["type"], "fetch_devicelist", "{e}");
+        assert_eq!(e["data"]["actions"][0]["jid"], BOB, "{e}");
+        assert!(!e.to_string().contains("relayed into the room"), "{e}");
+        let ev = next_event(&mut events, "fetch_devicelist");
+        assert_eq!(
+            (&ev["jid"], &ev["cause"]),
+            (&json!(BOB), &json!("unknown_device")),
+            "{ev}"
+        );
+        // The list fetched again does not name it: still refused.
+        let list = p.b.devicelist(ns);
+        p.a.ok(
+            "devicelist.update",
+            json!({"jid": BOB, "namespace": ns, "xml": list["xml"]}),
+        );
+        p.a.err("decrypt", in_room.clone(), "unlisted_device");
+        // Bob's third device joins bob's list: the refused key exchange decrypts now, trusted.
+        b3.ok(
+            "devicelist.update",
+            json!({"jid": BOB, "namespace": ns, "xml": list["xml"]}),
+        );
+        let merged = b3.devicelist(ns);
+        p.a.ok(
+            "devicelist.update",
+            json!({"jid": BOB, "namespace": ns, "xml": merged["xml"]}),
+        );
+        let r = p.a.ok("decrypt", in_room);
+        assert_eq!(body(&r), "relayed into the room");
+        assert_eq!(r["key_exchange"], true, "{r}");
+        assert_eq!(
+            (&r["sender"]["listed"], &r["sender"]["trust"]),
+            (&json!(true), &json!("trusted"))
+        );
+        // Bob's second device is still unlisted: its 1:1 messages stay flagged.
+        let z = b2.encrypt_xml(&[ALICE], Some("still unlisted"), ns);
+        let r =
+            p.a.ok("decrypt", json!({"from": BOB, "xml": z, "to": ALICE}));
+        assert_eq!(r["sender"]["trust"], "unlisted", "{r}");
+    }
 }
 
 #[test]

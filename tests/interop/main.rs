@@ -6,11 +6,13 @@
 //! `devicelist.update`/`bundle.update` ↔ the peer's `add_devicelist`/`add_bundle`) and
 //! `<encrypted>` elements. Nothing is mocked and there is no back door into either side's state.
 //!
-//! One `#[test]` per scenario and namespace; the scenarios live in `scenarios.rs`.
+//! One `#[test]` per scenario and namespace; the scenarios live in `scenarios.rs`. `files.rs`
+//! holds XEP-0454 files against Python's `cryptography`.
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod files;
 mod scenarios;
 
 use serde_json::{json, Value};

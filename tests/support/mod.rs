@@ -16,6 +16,21 @@ pub const OMEMO2: &str = "urn:xmpp:omemo:2";
 pub const OLDMEMO: &str = "eu.siacs.conversations.axolotl";
 pub const BOTH: [&str; 2] = [OMEMO2, OLDMEMO];
 
+/// The blobs `sql` selects (its first column) from the database at `db`, opened read-only
+/// and closed again (an open reader would hold back WAL truncation).
+pub fn blobs(db: &Path, sql: &str) -> Vec<Vec<u8>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db");
+    let mut stmt = conn.prepare(sql).expect("prepare");
+    let rows = stmt
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    rows
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -414,6 +429,54 @@ impl Drop for PyPeer {
         let _ = writeln!(self.stdin, "{}", json!({"cmd": "quit"}));
         let _ = self.child.wait();
     }
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Runs `run` while a thread samples `measure(pid)` every 2 ms; the highest sample.
+pub fn peak_while(pid: u32, measure: fn(u32) -> u64, run: impl FnOnce()) -> u64 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::Relaxed) {
+                peak = peak.max(measure(pid));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak.max(measure(pid))
+        })
+    };
+    run();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler")
+}
+
+/// Prekey ids of a `<bundle>` (either namespace).
+pub fn prekey_ids(xml: &str) -> std::collections::BTreeSet<u32> {
+    let attr = if xml.contains("<pk ") {
+        "<pk id="
+    } else {
+        "<preKeyPublic preKeyId="
+    };
+    xml.match_indices(attr)
+        .map(|(i, _)| {
+            let rest = &xml[i + attr.len() + 1..];
+            rest[..rest.find(['\'', '"']).unwrap()]
+                .parse()
+                .expect("prekey id")
+        })
+        .collect()
 }
 
 /// Temp path helper.

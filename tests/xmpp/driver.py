@@ -28,6 +28,7 @@ sys.path.insert(0, HERE)
 import server  # noqa: E402
 from poezio_term import Poezio, as_user, install_plugin, poezio_python  # noqa: E402
 from refpeer import OLDMEMO, OMEMO2, RefPeer  # noqa: E402
+from unlisted import unlisted_sender  # noqa: E402
 from slixmpp.xmlstream import tostring  # noqa: E402
 
 BOT = os.path.join(REPO, "client-examples", "xmpp-bot", "omemo_chat.py")
@@ -488,6 +489,7 @@ SCENARIOS = {
     "group": group,
     "carbons": carbons,
     "poezio": poezio,
+    "unlisted_sender": unlisted_sender,
 }
 
 

@@ -154,4 +154,13 @@ macro_rules! scenarios {
 // carbons: the example client decrypts the carbons of what another device of its account
 //   (python-omemo) receives and sends.
 // poezio: the console client poezio with the omemod plugin, driven in tmux, and python-omemo.
-scenarios!(chat, restart_archive, two_processes, group, carbons, poezio);
+// unlisted_sender: a non-member's device relayed under a member's name (tests/xmpp/unlisted.py).
+scenarios!(
+    chat,
+    restart_archive,
+    two_processes,
+    group,
+    carbons,
+    poezio,
+    unlisted_sender
+);

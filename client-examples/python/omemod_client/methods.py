@@ -200,6 +200,44 @@ class Methods:
                         account: Optional[str] = None) -> TrustEntry:
         """`level`: `trusted`, `undecided` or `distrusted`."""
 
+    # ---- files (XEP-0454) -------------------------------------------------------------------
+    # A transfer belongs to its connection: a reconnect ends it, so none of these but
+    # `file.link.parse` and `file.cancel` is repeated after a lost answer.
+
+    @rpc("file.link.parse", retry=True)
+    async def file_link_parse(self, link: str) -> Dict[str, Any]:
+        """Checks an `aesgcm://` link: the HTTPS URL to download, the IV and key sizes."""
+
+    @rpc("file.encrypt.begin")
+    async def file_encrypt_begin(self, size: int, *, url: Optional[str] = None) -> Dict[str, Any]:
+        """Starts encrypting a file of `size` bytes: a transfer id, the upload size (the file and
+        its 16-byte tag) and the fragment (or, with the slot's `url`, the whole link)."""
+
+    @rpc("file.encrypt.chunk")
+    async def file_encrypt_chunk(self, transfer: str, offset: int, data: str) -> Dict[str, Any]:
+        """The next chunk (base64, at `offset`); the answer's `data` is what to upload."""
+
+    @rpc("file.encrypt.finish")
+    async def file_encrypt_finish(self, transfer: str) -> Dict[str, Any]:
+        """The tag to upload last; the transfer ends."""
+
+    @rpc("file.decrypt.begin")
+    async def file_decrypt_begin(self, size: int, *, link: Optional[str] = None,
+                                 fragment: Optional[str] = None) -> Dict[str, Any]:
+        """Starts decrypting a downloaded file of `size` bytes given its link (or its fragment)."""
+
+    @rpc("file.decrypt.check")
+    async def file_decrypt_check(self, transfer: str, offset: int, data: str) -> Dict[str, Any]:
+        """First pass: checks the next chunk; after the last one, the tag. Releases nothing."""
+
+    @rpc("file.decrypt.read")
+    async def file_decrypt_read(self, transfer: str, offset: int, data: str) -> Dict[str, Any]:
+        """Second pass, once checked: the plaintext of the same chunk (`done` at the end)."""
+
+    @rpc("file.cancel", retry=True)
+    async def file_cancel(self, transfer: str) -> Dict[str, Any]:
+        """Ends a transfer of this connection."""
+
     # ---- verification and labels -------------------------------------------------------------
 
     @rpc("link.get", retry=True)

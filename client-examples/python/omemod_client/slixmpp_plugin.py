@@ -594,9 +594,16 @@ class XEP_0384_omemod(BasePlugin):
         for ns in (OMEMO2, OLDMEMO):  # a stanza may carry both, for different devices
             if ns not in present:
                 continue
+            xml = tostring(stanza.xml.find(f"{{{ns}}}encrypted"))
             try:
-                result = await self.client.decrypt(sender, tostring(stanza.xml.find(f"{{{ns}}}encrypted")),
-                                                   to=to, group_chat=group)
+                try:
+                    result = await self.client.decrypt(sender, xml, to=to, group_chat=group)
+                except errors.UnlistedDevice as e:
+                    # A group message from a device the sender's list does not name (yet): fetch
+                    # that list as asked, then once more; refused again, the device is not theirs.
+                    if not await self.do_actions(e.data.get("actions", [])):
+                        raise
+                    result = await self.client.decrypt(sender, xml, to=to, group_chat=group)
             except errors.NotForThisDevice as e:
                 error = e
                 continue
@@ -644,9 +651,12 @@ class XEP_0384_omemod(BasePlugin):
             try:
                 d = await self.decrypt_message(msg, carbon=carbon)
             except (OmemodError, ValueError) as e:
-                sender = msg["from"].bare if msg["type"] != "groupchat" else None
+                group = msg["type"] == "groupchat"
+                room = msg["from"].bare if group else None
+                # In a room, the occupant's real JID when the room tells it (None otherwise).
+                sender = (self._real_sender(msg, room) or None) if room else msg["from"].bare
                 self.xmpp.event("omemo_decryption_failed",
-                                DecryptionFailure(msg, sender, e, msg["from"].bare if sender is None else None, False, carbon))
+                                DecryptionFailure(msg, sender, e, room, False, carbon))
                 return
         self.xmpp.event("omemo_empty_message" if d.empty else "omemo_message", d)
 

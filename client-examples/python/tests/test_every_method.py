@@ -26,6 +26,7 @@ class EveryMethod(DaemonTest):
             await self.messages(a, b)
             await self.trust_and_catchup(a, b)
             await self.account_lifecycle(a)
+            await self.files(a)
             doc = await a.rpc_discover()
         self.assertEqual(sorted(set(discovered_methods(doc)) - support.CALLED), [],
                          "methods the conversation never called")
@@ -112,6 +113,36 @@ class EveryMethod(DaemonTest):
                          [(self.b_device, "matches")])
         labelled = await b.account_set_label("bob's desk")
         self.assertIn("publish_devicelist", [x["type"] for x in labelled.get("actions", [])])
+
+    async def files(self, a: support.RecordingClient) -> None:
+        # XEP-0454: a small file encrypted for upload, then opened from its link, chunk by chunk.
+        import base64
+        plain = bytes(range(256)) * 5
+        up = await a.file_encrypt_begin(len(plain), url="https://upload.example.org/f/photo.jpg")
+        self.assertEqual(up["upload_size"], len(plain) + 16)
+        uploaded, size = b"", up["chunk_size"]
+        for off in range(0, len(plain), size):
+            part = await a.file_encrypt_chunk(up["transfer"], off, base64.b64encode(plain[off:off + size]).decode())
+            uploaded += base64.b64decode(part["data"])
+        uploaded += base64.b64decode((await a.file_encrypt_finish(up["transfer"]))["tag"])
+        parsed = await a.file_link_parse(up["link"])
+        self.assertEqual(parsed["url"], "https://upload.example.org/f/photo.jpg")
+        down = await a.file_decrypt_begin(len(uploaded), link=up["link"])
+        chunks = [uploaded[o:o + down["chunk_size"]] for o in range(0, len(uploaded), down["chunk_size"])]
+        off = 0
+        for c in chunks:
+            checked = await a.file_decrypt_check(down["transfer"], off, base64.b64encode(c).decode())
+            off += len(c)
+        self.assertTrue(checked["verified"], checked)
+        opened, off = b"", 0
+        for c in chunks:
+            got = await a.file_decrypt_read(down["transfer"], off, base64.b64encode(c).decode())
+            opened += base64.b64decode(got["data"])
+            off += len(c)
+        self.assertTrue(got["done"])
+        self.assertEqual(opened, plain)
+        other = await a.file_encrypt_begin(1)
+        await a.file_cancel(other["transfer"])
 
     async def account_lifecycle(self, a: support.RecordingClient) -> None:
         carol = await a.account_create(CAROL)

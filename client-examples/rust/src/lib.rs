@@ -38,6 +38,8 @@
 //! - [`blocking`]: the same connection for code without an async runtime.
 //! - [`methods`]: the typed requests and results of the calls.
 //! - [`event`]: events pushed to subscribers, and the actions in results.
+//! - [`files`]: files of XEP-0454 media sharing: the `file.*` calls, and whole files encrypted
+//!   for upload or decrypted after download.
 //! - [`error`]: [`Error`], and the daemon's error answers, [`RpcError`].
 //! - [`trust`]: the checks that the socket is the daemon's and ours, run before connecting.
 //! - `connection` (private): the line protocol of one connection.
@@ -52,6 +54,7 @@ pub mod client;
 mod connection;
 pub mod error;
 pub mod event;
+pub mod files;
 pub mod methods;
 pub mod trust;
 

@@ -52,7 +52,7 @@ pub fn bench_floor(cfg: &Cfg, r: &mut Report) {
 /// instead (what keeping eight redelivery records in the session's own row would cost).
 fn commit_parts(cfg: &Cfg, r: &mut Report) {
     use omemod::storage::accounts::{self, TrustMode};
-    use omemod::storage::redelivery::{self, RedeliveryRow};
+    use omemod::storage::redelivery::{self, ConversationTag, RedeliveryRow};
     use omemod::storage::sessions::{self, Initiator, SessionRow};
     use omemod::storage::{now, Durability, Namespace, SecretBlob, Store, StoreConfig};
 
@@ -98,6 +98,7 @@ fn commit_parts(cfg: &Cfg, r: &mut Report) {
         updated_at: i64::from(n),
         messages_sent: 0,
         messages_received: u64::from(n),
+        suspect: false,
     };
     let record = move |n: u32| {
         let mut digest = [0u8; 32];
@@ -110,6 +111,10 @@ fn commit_parts(cfg: &Cfg, r: &mut Report) {
             identity_key: [0x33; 32],
             key_exchange: false,
             created_at: now(),
+            conversation: Some(ConversationTag {
+                to: Some([0x44; 32]),
+                group_chat: false,
+            }),
         }
     };
     let mut times: [Vec<u64>; 4] = Default::default();

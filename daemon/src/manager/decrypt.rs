@@ -5,7 +5,9 @@
 //!    `<key>` for our device;
 //! 2. **authenticate**: try each of those keys on the session candidates — the current session,
 //!    the previous ones (protocol-core's [`SessionRecord`]), or a new one built from a key exchange
-//!    (after identity pinning, the rebuild rate limit and the prekey rules) — on copies;
+//!    (after identity pinning, the rebuild rate limit and the prekey rules) — on copies; a
+//!    message that decrypts on a state found in a restored copy of the database is refused
+//!    there as a possible replay;
 //! 3. **judge**: trust of the sender's key, then the payload and its OMEMO 2 SCE envelope;
 //! 4. **commit** everything in one transaction;
 //! 5. let memory follow, and list the **follow-ups** (heartbeat, bundle, device list).
@@ -13,7 +15,7 @@
 //! Nothing is stored unless every step succeeds: a refused message changes nothing.
 
 use super::account::{refill_prekey_pools, Account, OwnKeys};
-use super::error::RateLimited;
+use super::error::{ChangedIdentity, RateLimited};
 use super::sessions::{session_row, SessionMeta, SlotGuard};
 use super::{
     check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyTrust, Manager, StorageError,
@@ -48,9 +50,33 @@ pub struct Sender {
     pub device_id: u32,
     /// Fingerprint of its identity key.
     pub fingerprint: String,
-    /// Trust level of that key: trusted, undecided (decrypted, but warn) or distrusted.
+    /// What to show: `trusted`; `undecided` (decrypted, but warn); or `unlisted` — the device
+    /// is not on the sender's device list, so it is never `trusted` whatever its key's level
+    /// (`key_trust`). Distrusted senders are refused.
     pub trust: String,
+    /// Whether the device is on the sender's latest device list (in this namespace).
+    pub listed: bool,
+    /// The trust level of the key itself (`trusted` or `undecided`), listed or not.
+    pub key_trust: String,
 }
+
+impl Sender {
+    /// The sender `from`'s device `device_id`, whose key has `trust`.
+    fn new(from: &str, device_id: u32, trust: &TrustRow, listed: bool) -> Self {
+        let key_trust = trust.level.as_str();
+        Self {
+            jid: from.to_owned(),
+            device_id,
+            fingerprint: trust.fingerprint.clone(),
+            trust: if listed { key_trust } else { UNLISTED }.to_owned(),
+            listed,
+            key_trust: key_trust.to_owned(),
+        }
+    }
+}
+
+/// `sender.trust` of a device that is not on its owner's device list.
+pub const UNLISTED: &str = "unlisted";
 
 /// The result of a decryption.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -85,22 +111,17 @@ pub struct DecryptOutcome {
 }
 
 impl DecryptOutcome {
-    /// The answer for `element` from `from`, opened, with no actions and not a redelivery.
+    /// The answer for `element` from `from` (whose device is `listed` or not), opened, with no
+    /// actions and not a redelivery.
     pub(super) fn new(
-        element: &Encrypted,
-        from: &str,
+        (element, from, listed): (&Encrypted, &str, bool),
         trust: &TrustRow,
         opened: Opened,
         key_exchange: bool,
     ) -> Self {
         Self {
             namespace: element.version.namespace().to_owned(),
-            sender: Sender {
-                jid: from.to_owned(),
-                device_id: element.sid,
-                fingerprint: trust.fingerprint.clone(),
-                trust: trust.level.as_str().to_owned(),
-            },
+            sender: Sender::new(from, element.sid, trust, listed),
             body: opened.body,
             content_xml: opened.content_xml,
             envelope: opened.envelope,
@@ -198,13 +219,62 @@ pub enum DecryptError {
         device_id: u32,
     },
     /// A key exchange for a signed prekey we do not have (any longer).
-    #[error("broken session: key exchange uses unknown signed prekey {0}")]
-    UnknownSignedPreKey(u32),
+    #[error("broken session: key exchange uses unknown signed prekey {id}")]
+    UnknownSignedPreKey {
+        /// The signed prekey id.
+        id: u32,
+        /// What starts a new session with the device when it needs one from us (no session, or
+        /// one found in a restored copy): empty otherwise.
+        actions: Vec<Action>,
+    },
     /// A key exchange for a one-time prekey that is used or that we do not have.
     #[error(
-        "broken session: key exchange uses one-time prekey {0} which is already used or unknown"
+        "broken session: key exchange uses one-time prekey {id} which is already used or unknown"
     )]
-    PreKeyUnavailable(u32),
+    PreKeyUnavailable {
+        /// The one-time prekey id.
+        id: u32,
+        /// As for [`DecryptError::UnknownSignedPreKey`].
+        actions: Vec<Action>,
+    },
+    /// The message decrypts on a session state found in a restored (older) copy of the
+    /// database: it may be a replay of a message read after the copy was taken, so it is
+    /// refused and nothing changes. `actions` start a new session with the device.
+    #[error(
+        "possible replay: the message decrypts on a session of device {device_id} of {jid} in \
+         {namespace} that was restored from an older copy of the database; a new session is due"
+    )]
+    PossibleReplay {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// What restores the conversation: fetch a fresh bundle if none is stored, then send a
+        /// heartbeat (a key exchange on a new session).
+        actions: Vec<Action>,
+    },
+    /// The message does not decrypt on a session restored from an older copy of the database:
+    /// the peer's side moved on after the copy. The session cannot continue; `actions` start a
+    /// new one.
+    #[error(
+        "broken session: the session with device {device_id} of {jid} in {namespace} was \
+         restored from an older copy of the database and cannot read this message ({source}); \
+         a new session is due"
+    )]
+    RestoredSession {
+        /// Owner.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// Why the message did not decrypt.
+        source: Box<DecryptError>,
+        /// As for [`DecryptError::PossibleReplay`].
+        actions: Vec<Action>,
+    },
     /// Our own state went missing in the middle of the decryption (not reached).
     #[error("broken session: {0}")]
     LostState(&'static str),
@@ -212,19 +282,8 @@ pub enum DecryptError {
     #[error("sender's identity key is distrusted")]
     Distrusted,
     /// A key exchange carries another identity than the one held for the device.
-    #[error("identity of device {device_id} of {jid} in {namespace} changed from {old_fingerprint} to {new_fingerprint}: refused until accepted with identity.accept")]
-    IdentityChanged {
-        /// Owner.
-        jid: String,
-        /// Namespace.
-        namespace: Version,
-        /// Device id.
-        device_id: u32,
-        /// Fingerprint held for the device.
-        old_fingerprint: String,
-        /// Fingerprint in the key exchange.
-        new_fingerprint: String,
-    },
+    #[error(transparent)]
+    IdentityChanged(#[from] ChangedIdentity),
     /// The key exchange would replace the session once too often.
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
@@ -244,6 +303,19 @@ pub enum DecryptError {
         /// The sender's device id.
         device_id: u32,
     },
+    /// A group chat message from a device that is not on its sender's device list: refused
+    /// (nothing changed) until the list names it.
+    #[error("device {device_id} of {jid} is not on its {namespace} device list: a group chat message from it is refused until the list names it (fetch it, then decrypt again)")]
+    UnlistedDevice {
+        /// The sender.
+        jid: String,
+        /// Namespace.
+        namespace: Version,
+        /// Device id.
+        device_id: u32,
+        /// `fetch_devicelist` of the sender's list.
+        actions: Vec<Action>,
+    },
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -262,6 +334,7 @@ impl DecryptError {
             E::Payload(e) => e.cause(),
             E::TooManySkipped(e) => e.cause(),
             E::RateLimited(e) => e.cause(),
+            E::IdentityChanged(e) => e.cause(),
             E::Storage(e) => e.cause(),
             E::InvalidElement(_)
             | E::NotUtf8(_)
@@ -271,10 +344,12 @@ impl DecryptError {
             // The sender did not know our device: our device list has not reached it.
             E::NotForThisDevice { .. } => ErrorCause::LocalState,
             E::NoSession { .. }
-            | E::UnknownSignedPreKey(_)
-            | E::PreKeyUnavailable(_)
+            | E::UnknownSignedPreKey { .. }
+            | E::PreKeyUnavailable { .. }
+            | E::PossibleReplay { .. }
+            | E::RestoredSession { .. }
             | E::LostState(_) => ErrorCause::LocalState,
-            E::Distrusted | E::IdentityChanged { .. } => ErrorCause::Policy,
+            E::Distrusted | E::UnlistedDevice { .. } => ErrorCause::Policy,
             E::SenderMismatch { .. } => ErrorCause::Request,
         }
     }
@@ -315,24 +390,38 @@ fn refused(e: SessionError, addr: &DeviceAddr) -> DecryptError {
     }
 }
 
-/// The attempt a session record's lookup made: `ids` are the row ids of its previous states.
+/// The attempt a session record's lookup made on `slot`'s session: `previous` describes its
+/// previous states.
 fn attempt(
     record: SessionRecord,
     found: RecordDecrypted,
-    ids: &[i64],
+    slot: &SlotGuard,
+    previous: &Previous,
     key_exchange: bool,
 ) -> Result<Attempt, DecryptError> {
     let lost = || DecryptError::LostState("the session record lost its state");
-    let origin = match found.from {
-        StateIndex::Current => Origin::Current,
-        StateIndex::Previous(i) => Origin::Previous(ids.get(i).copied().ok_or_else(lost)?),
+    let (origin, suspect) = match found.from {
+        StateIndex::Current => (Origin::Current, slot.meta.suspect),
+        StateIndex::Previous(i) => (
+            Origin::Previous(previous.ids.get(i).copied().ok_or_else(lost)?),
+            previous.suspect.get(i).copied().ok_or_else(lost)?,
+        ),
     };
     Ok(Attempt {
         session: record.into_current().ok_or_else(lost)?,
         decrypted: found.decrypted,
         origin,
         key_exchange,
+        suspect,
     })
+}
+
+/// The previous session states given to a record, in its order: their row ids and whether
+/// each was archived from a suspect session.
+#[derive(Default)]
+struct Previous {
+    ids: Vec<i64>,
+    suspect: Vec<bool>,
 }
 
 /// What a key exchange did to our prekeys.
@@ -364,11 +453,13 @@ enum Origin {
 }
 
 /// A successful decryption of the ratchet layer, not yet committed.
-struct Attempt {
-    session: Session,
-    decrypted: Decrypted,
+pub(super) struct Attempt {
+    pub(super) session: Session,
+    pub(super) decrypted: Decrypted,
     origin: Origin,
-    key_exchange: bool,
+    pub(super) key_exchange: bool,
+    /// It decrypted on a state found in a restored copy (refused: a possible replay).
+    suspect: bool,
 }
 
 /// The account settings a decryption depends on.
@@ -393,14 +484,17 @@ struct DecryptWrite {
     now: i64,
     row: session_store::SessionRow,
     skipped: SkippedWrite,
-    /// The session moved away from, kept as a previous state.
-    archive: Option<Zeroizing<Vec<u8>>>,
+    /// The session moved away from, kept as a previous state (and whether it was suspect).
+    archive: Option<(Zeroizing<Vec<u8>>, bool)>,
     /// The previous state (row id) that decrypted, promoted to current.
     promoted: Option<i64>,
     /// The prekey a new session consumed.
     prekey: Option<PreKeyUse>,
     /// The identity change the user accepted is used up.
     accepted_pin: bool,
+    /// A new session from the peer's key exchange replaces one due for a rebuild after a
+    /// restore: the rebuild is done.
+    rebuilt: bool,
     trust: Option<TrustRow>,
     /// `last_seen` is due an update.
     touch: bool,
@@ -416,11 +510,13 @@ enum SkippedWrite {
     Replace(Box<Session>),
 }
 
-/// What the transaction made: prekeys refilled, the bundle version, the redelivery row.
+/// What the transaction made: prekeys refilled, the bundle version, the redelivery row (and
+/// whether its prune erased key material).
 struct Written {
     refill: Vec<(prekeys::PreKeyRow, protocol_core::keys::KeyPair)>,
     bundle_version: Option<i64>,
     redelivery_id: Option<i64>,
+    erased: bool,
 }
 
 impl DecryptWrite {
@@ -452,7 +548,10 @@ impl DecryptWrite {
                 SkippedWrite::Replace(Box::new(attempt.session.clone()))
             },
             archive: (!current)
-                .then(|| slot.session.as_ref().map(|s| s.to_bytes(true)))
+                .then(|| {
+                    let suspect = slot.meta.suspect;
+                    slot.session.as_ref().map(|s| (s.to_bytes(true), suspect))
+                })
                 .flatten(),
             promoted: match attempt.origin {
                 Origin::Previous(id) => Some(id),
@@ -460,6 +559,7 @@ impl DecryptWrite {
             },
             prekey,
             accepted_pin,
+            rebuilt: false,
             trust: None,
             touch: false,
             defer_heartbeat: false,
@@ -475,8 +575,12 @@ impl DecryptWrite {
         if let Some(id) = self.promoted {
             device_state::delete_previous_session(tx, id)?;
         }
-        if let Some(state) = &self.archive {
-            device_state::push_previous_session(tx, a, state, now, MAX_PREVIOUS_SESSIONS)?;
+        if let Some((state, suspect)) = &self.archive {
+            let archived = device_state::Archived {
+                state,
+                suspect: *suspect,
+            };
+            device_state::push_previous_session(tx, a, archived, now, MAX_PREVIOUS_SESSIONS)?;
         }
         session_store::upsert(tx, &self.row)?;
         match &self.skipped {
@@ -488,6 +592,9 @@ impl DecryptWrite {
         if self.accepted_pin {
             device_state::delete_identity_change(tx, a)?;
         }
+        if self.rebuilt {
+            crate::storage::rebuilds::clear(tx, a)?;
+        }
         if let Some(t) = &self.trust {
             trust_store::set(tx, t)?;
         }
@@ -498,11 +605,12 @@ impl DecryptWrite {
             device_state::defer_heartbeat(tx, a, now)?;
         }
         // What a redelivery will need.
-        let redelivery_id = self.redelivery.as_ref().map(|r| r.write(tx)).transpose()?;
+        let redelivery = self.redelivery.as_ref().map(|r| r.write(tx)).transpose()?;
         let mut written = Written {
             refill: Vec::new(),
             bundle_version: None,
-            redelivery_id,
+            redelivery_id: redelivery.map(|(id, _)| id),
+            erased: redelivery.and_then(|(_, p)| p).is_some_and(|p| p.erased()),
         };
         if let Some(p) = &self.prekey {
             if p.catchup {
@@ -554,13 +662,24 @@ impl Manager {
         conv: &Conversation,
     ) -> Result<DecryptOutcome, DecryptError> {
         check_bare_jid(from)?;
-        if let Some(to) = &conv.to {
-            check_bare_jid(to)?;
-        }
+        // Normalised, as the redelivery store keeps it.
+        let conv = &Conversation {
+            to: conv.to.as_deref().map(check_bare_jid).transpose()?,
+            group_chat: conv.group_chat,
+            sent_at: conv.sent_at,
+        };
         let acct = self.account(account)?;
         check_element(&element)?;
         let ours = our_keys(&acct, from, &element)?;
         let addr = Self::addr(&acct, from, element.version, element.sid);
+        // A device its sender does not list is never trusted; in a group chat (where a member
+        // relays what others hand it) it is refused before anything changes.
+        let listed = self.with_directory(acct.id, |d| {
+            d.lists(&addr.jid, addr.namespace, addr.device_id)
+        });
+        if conv.group_chat && !listed {
+            return Err(self.unlisted(&acct, &addr));
+        }
         let mut slot = self.sessions.lock(&self.store, &addr).await?;
         // An element decrypted before (under this session lock, so a
         // concurrent first decryption has committed) is answered again without touching the
@@ -573,15 +692,24 @@ impl Manager {
                 })
             }
         };
-        if let Some(again) = self.redeliver(&acct, from, &element, &probe, conv).await? {
+        let sender = (&element, from, listed);
+        if let Some(again) = self.redeliver(&acct, sender, &probe, conv).await? {
             return Ok(again);
         }
         // A new session consumes one of our prekeys: hold the account's keys from the lookup
         // until memory reflects the commit, so no two key exchanges get the same prekey.
         let mut own_keys = None;
-        let attempt = self
+        let attempt = match self
             .authenticate(&acct, &addr, &slot, &ours, &mut own_keys)
-            .await?;
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                drop(own_keys);
+                return Err(self.with_new_session_actions(&acct, &slot, e).await);
+            }
+        };
+        self.refuse_restored(&acct, &addr, &attempt).await?;
         let received = Received {
             from,
             element: &element,
@@ -591,7 +719,7 @@ impl Manager {
             .judge(&acct, &received, &attempt, own_keys.as_deref())
             .await?;
         let mut committed = self
-            .commit(&acct, &slot, &attempt, &verdict, &probe)
+            .commit(&acct, &slot, &attempt, &verdict, (&probe, conv))
             .await?;
         self.redelivery_committed(&probe, committed.redelivery_id);
         self.remember(&mut slot, own_keys.as_deref_mut(), &attempt, &mut committed);
@@ -604,8 +732,23 @@ impl Manager {
         let trust = &verdict.trust.row;
         Ok(DecryptOutcome {
             actions,
-            ..DecryptOutcome::new(&element, from, trust, verdict.opened, attempt.key_exchange)
+            ..DecryptOutcome::new(sender, trust, verdict.opened, attempt.key_exchange)
         })
+    }
+
+    /// Refuses a group chat message from `addr`, a device its owner does not list, and asks
+    /// for the list (as an action of the error, announced as an event).
+    fn unlisted(&self, acct: &Account, addr: &DeviceAddr) -> DecryptError {
+        tracing::debug!(account = %acct.jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "group chat message from an unlisted device refused");
+        let mut actions = Vec::new();
+        let fetch = Action::fetch_devicelist(&addr.jid, addr.namespace);
+        self.push_action(acct, &mut actions, Cause::UnknownDevice, fetch);
+        DecryptError::UnlistedDevice {
+            jid: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+            actions,
+        }
     }
 
     /// Step 3: the sender's key must not be distrusted, the payload must open, and its OMEMO 2
@@ -700,16 +843,16 @@ impl Manager {
         data: &[u8],
     ) -> Result<Attempt, DecryptError> {
         let mut record = SessionRecord::new(slot.session.clone());
-        let mut ids = Vec::new();
+        let mut previous = Previous::default();
         let found = match record.decrypt(data, &mut OsRng) {
             Err(e) if SessionRecord::previous_may_decrypt(&e) => {
-                ids = self.load_previous(addr, &mut record).await?;
+                previous = self.load_previous(addr, &mut record).await?;
                 record.decrypt_previous(data, &mut OsRng).ok_or(e)
             }
             found => found,
         };
         match found {
-            Ok(found) => attempt(record, found, &ids, false),
+            Ok(found) => attempt(record, found, slot, &previous, false),
             Err(SessionError::NoSession) if slot.session.is_none() => Err(self
                 .sender_mismatch(addr, None)
                 .unwrap_or_else(|| refused(SessionError::NoSession, addr))),
@@ -748,14 +891,15 @@ impl Manager {
     ) -> Result<Attempt, DecryptError> {
         let kex = KeyExchange::parse(addr.namespace, data).map_err(|e| refused(e, addr))?;
         let mut record = SessionRecord::new(slot.session.clone());
-        let mut ids = Vec::new();
+        let mut previous = Previous::default();
         let mut found = record.decrypt_key_exchange(&kex, &mut OsRng);
         if found.is_none() {
-            ids = self.load_previous(addr, &mut record).await?;
+            previous = self.load_previous(addr, &mut record).await?;
             found = record.decrypt_key_exchange(&kex, &mut OsRng);
         }
         if let Some(found) = found {
-            return attempt(record, found.map_err(|e| refused(e, addr))?, &ids, true);
+            let found = found.map_err(|e| refused(e, addr))?;
+            return attempt(record, found, slot, &previous, true);
         }
         let new_identity = kex
             .identity
@@ -785,7 +929,7 @@ impl Manager {
             .ok_or(DecryptError::LostState("account keys unavailable"))?;
         let responded = respond(acct, keys, &kex, slot).map_err(|e| match e {
             // Its prekey went to the device's real owner: the wrong `from`, not a broken session.
-            DecryptError::UnknownSignedPreKey(_) | DecryptError::PreKeyUnavailable(_)
+            DecryptError::UnknownSignedPreKey { .. } | DecryptError::PreKeyUnavailable { .. }
                 if slot.session.is_none() =>
             {
                 self.sender_mismatch(addr, Some(&new_identity)).unwrap_or(e)
@@ -801,31 +945,113 @@ impl Manager {
                 accepted_pin: pin.accepted,
             },
             key_exchange: true,
+            suspect: false,
         })
     }
 
     /// Gives `record` the previous session states of a device, newest first (unreadable ones
-    /// skipped); returns their row ids in the same order.
+    /// skipped); returns their row ids and suspicion in the same order.
     async fn load_previous(
         &self,
         addr: &DeviceAddr,
         record: &mut SessionRecord,
-    ) -> Result<Vec<i64>, StorageError> {
+    ) -> Result<Previous, StorageError> {
         let a = addr.clone();
         let rows = self
             .store
             .read(move |conn| device_state::previous_sessions(conn, &a))
             .await?;
-        let (ids, states): (Vec<i64>, Vec<Session>) = rows
-            .into_iter()
-            .filter_map(|r| {
-                Session::from_bytes(r.state.expose(), Vec::new())
-                    .ok()
-                    .map(|s| (r.id, s))
-            })
-            .unzip();
+        let mut previous = Previous::default();
+        let mut states = Vec::with_capacity(rows.len());
+        for r in rows {
+            if let Ok(s) = Session::from_bytes(r.state.expose(), Vec::new()) {
+                previous.ids.push(r.id);
+                previous.suspect.push(r.suspect);
+                states.push(s);
+            }
+        }
         record.set_previous(states);
-        Ok(ids)
+        Ok(previous)
+    }
+
+    /// What starts a new session with the device now: a fresh bundle when none is stored, and
+    /// a heartbeat (a key exchange on a new session when one is due). Each is announced too.
+    async fn new_session_actions(&self, acct: &Account, addr: &DeviceAddr) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if !matches!(
+            self.stored_bundle(addr).await,
+            Ok(super::peer_bundle::StoredBundle::Usable(_))
+        ) {
+            let a = Action::fetch_bundle(&addr.jid, addr.namespace, addr.device_id);
+            self.push_action(acct, &mut actions, Cause::Rollback, a);
+        }
+        let a = Action::SendHeartbeat {
+            jid: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+        };
+        self.push_action(acct, &mut actions, Cause::Rollback, a);
+        actions
+    }
+
+    /// Step 2b: a message that decrypts on a state restored from an older copy may be a replay
+    /// of one read after the copy was taken: refused (nothing changes), and a new session is
+    /// started instead.
+    async fn refuse_restored(
+        &self,
+        acct: &Account,
+        addr: &DeviceAddr,
+        attempt: &Attempt,
+    ) -> Result<(), DecryptError> {
+        if !attempt.suspect {
+            return Ok(());
+        }
+        tracing::warn!(account = %acct.jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "message on a session restored from an older copy refused as a possible replay");
+        Err(DecryptError::PossibleReplay {
+            jid: addr.jid.clone(),
+            namespace: addr.namespace,
+            device_id: addr.device_id,
+            actions: self.new_session_actions(acct, addr).await,
+        })
+    }
+
+    /// A message that fails from a device that needs a new session from us: a key exchange for
+    /// a prekey we do not have when we have no session (or one restored from an older copy),
+    /// or a message the restored session cannot read. The error says how to start one.
+    async fn with_new_session_actions(
+        &self,
+        acct: &Account,
+        slot: &SlotGuard,
+        e: DecryptError,
+    ) -> DecryptError {
+        let addr = slot.addr();
+        let restored = slot.meta.suspect || self.pending_rebuilds.contains(addr);
+        let due = restored || slot.session.is_none();
+        match e {
+            DecryptError::PreKeyUnavailable { id, .. } if due => DecryptError::PreKeyUnavailable {
+                id,
+                actions: self.new_session_actions(acct, addr).await,
+            },
+            DecryptError::UnknownSignedPreKey { id, .. } if due => {
+                DecryptError::UnknownSignedPreKey {
+                    id,
+                    actions: self.new_session_actions(acct, addr).await,
+                }
+            }
+            // Not a duplicate: that one is certain, and a new session does not change it.
+            e @ (DecryptError::AuthenticationFailed | DecryptError::TooManySkipped(_))
+                if restored && slot.session.is_some() =>
+            {
+                DecryptError::RestoredSession {
+                    jid: addr.jid.clone(),
+                    namespace: addr.namespace,
+                    device_id: addr.device_id,
+                    source: Box::new(e),
+                    actions: self.new_session_actions(acct, addr).await,
+                }
+            }
+            e => e,
+        }
     }
 
     /// The account's trust mode and whether catch-up is on (it ends by itself after
@@ -848,30 +1074,33 @@ impl Manager {
         slot: &SlotGuard,
         attempt: &Attempt,
         verdict: &Verdict,
-        probe: &super::redelivery::Probe,
+        (probe, conv): (&super::redelivery::Probe, &Conversation),
     ) -> Result<Committed, DecryptError> {
         let now = storage::now();
         let addr = slot.addr();
         let touch = self.with_directory(acct.id, |d| d.needs_touch(addr, now));
         let write = DecryptWrite {
-            redelivery: self.redelivery_record(
-                acct,
-                probe,
-                &attempt.decrypted,
-                attempt.session.remote_curve25519(),
-                attempt.key_exchange,
-                now,
-            ),
+            redelivery: self.redelivery_record(acct, probe, conv, attempt, now),
             defer_heartbeat: verdict.heartbeat && verdict.mode.catchup,
             trust: verdict.trust.new.then(|| verdict.trust.row.clone()),
             touch,
+            rebuilt: matches!(attempt.origin, Origin::New { .. })
+                && self.pending_rebuilds.contains(addr),
             ..DecryptWrite::of(acct.id, slot, attempt, now)
         };
+        let rebuilt = write.rebuilt;
         let defer = write.defer_heartbeat;
         let prekey_ns = write.prekey.as_ref().and_then(|p| p.namespace);
         let written = self.store.write(move |tx| write.run(tx)).await?;
+        if written.erased {
+            self.key_material_erased();
+        }
         if touch {
             self.with_directory(acct.id, |d| d.touched(addr, now));
+        }
+        if rebuilt {
+            // The peer's new session replaced the restored one: nothing left to rebuild.
+            self.pending_rebuilds.done(addr);
         }
         let mut bundles_changed: Vec<Version> = written
             .refill
@@ -909,6 +1138,7 @@ impl Manager {
                 created_at: storage::now(),
                 messages_sent: 0,
                 messages_received: 1,
+                suspect: false,
             },
         };
         if let Origin::New {
@@ -968,14 +1198,9 @@ impl Manager {
             self.push_action(acct, &mut actions, cause, a);
         }
         if !self.with_directory(acct.id, |d| {
-            d.active(&addr.jid, addr.namespace)
-                .contains(&addr.device_id)
+            d.lists(&addr.jid, addr.namespace, addr.device_id)
         }) {
-            let a = Action::FetchDevicelist {
-                jid: addr.jid.clone(),
-                namespace: addr.namespace,
-                node: addr.namespace.devicelist_node().to_owned(),
-            };
+            let a = Action::fetch_devicelist(&addr.jid, addr.namespace);
             self.push_action(acct, &mut actions, Cause::UnknownDevice, a);
         }
         actions
@@ -1000,13 +1225,13 @@ impl Manager {
             old_fingerprint: old_fingerprint.clone(),
             new_fingerprint: new_fingerprint.clone(),
         });
-        DecryptError::IdentityChanged {
+        DecryptError::IdentityChanged(ChangedIdentity {
             jid: addr.jid.clone(),
             namespace: addr.namespace,
             device_id: addr.device_id,
             old_fingerprint,
             new_fingerprint,
-        }
+        })
     }
 }
 
@@ -1087,9 +1312,10 @@ fn respond(
         .signed_prekeys
         .get(&kex.info.signed_pre_key_id)
         .map(|s| s.key.key_pair.clone())
-        .ok_or(DecryptError::UnknownSignedPreKey(
-            kex.info.signed_pre_key_id,
-        ))?;
+        .ok_or(DecryptError::UnknownSignedPreKey {
+            id: kex.info.signed_pre_key_id,
+            actions: Vec::new(),
+        })?;
     let ephemeral = kex.info.ephemeral.0;
     let no_session = slot.session.is_none();
     let prekey = keys
@@ -1097,9 +1323,13 @@ fn respond(
         .get(&kex.info.pre_key_id)
         .filter(|p| !p.used || (p.used_by == Some(ephemeral) && no_session));
     let namespace = prekey.and_then(|p| p.namespace);
-    let opk = prekey
-        .map(|p| p.key_pair.private.clone())
-        .ok_or(DecryptError::PreKeyUnavailable(kex.info.pre_key_id))?;
+    let opk =
+        prekey
+            .map(|p| p.key_pair.private.clone())
+            .ok_or(DecryptError::PreKeyUnavailable {
+                id: kex.info.pre_key_id,
+                actions: Vec::new(),
+            })?;
     let catchup = keys.catchup_active(storage::now());
     let (session, decrypted) = Session::respond(&acct.identity, kex, &spk, &opk, &mut OsRng)
         .map_err(|e| refused(e, slot.addr()))?;
@@ -1335,6 +1565,8 @@ mod tests {
                 device_id: 7,
                 fingerprint: "f".into(),
                 trust: "trusted".into(),
+                listed: true,
+                key_trust: "trusted".into(),
             },
             body: Some("attack at dawn".into()),
             content_xml: Some(content.into()),

@@ -2,6 +2,7 @@
 //! memory (they are small) and written through to SQLite.
 
 use crate::storage::accounts::TrustMode;
+use crate::storage::device_state::IdentityChangeRow;
 use crate::storage::DeviceAddr;
 
 /// Resolution of `devices.last_seen`.
@@ -18,11 +19,27 @@ pub struct Directory {
     pub devices: HashMap<String, Vec<DeviceRow>>,
     /// Trust rows by (peer JID, Curve25519 identity key).
     pub trust: HashMap<(String, [u8; 32]), TrustRow>,
+    /// Identity changes waiting for `identity.accept`, by device (a bundle with another
+    /// identity was set aside): nothing is encrypted for these devices meanwhile.
+    pending_identities: HashMap<(String, Version, u32), PendingIdentity>,
+}
+
+/// A device's identity change that waits for the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingIdentity {
+    /// The identity held for the device (Curve25519 u), if any.
+    pub old: Option<[u8; 32]>,
+    /// The identity its new bundle carries.
+    pub new: [u8; 32],
 }
 
 impl Directory {
     /// Builds the directory from stored rows.
-    pub fn from_rows(devices: Vec<DeviceRow>, trust: Vec<TrustRow>) -> Self {
+    pub fn from_rows(
+        devices: Vec<DeviceRow>,
+        trust: Vec<TrustRow>,
+        pending: Vec<IdentityChangeRow>,
+    ) -> Self {
         let mut d = Directory::default();
         for row in devices {
             d.devices.entry(row.jid.clone()).or_default().push(row);
@@ -30,7 +47,38 @@ impl Directory {
         for row in trust {
             d.trust.insert((row.jid.clone(), row.identity_key), row);
         }
+        for row in pending {
+            d.set_pending_identity(&row.addr, row.old_identity, row.new_identity);
+        }
         d
+    }
+
+    /// The identity change of `addr` waiting for the user, if any.
+    pub fn pending_identity(&self, addr: &DeviceAddr) -> Option<PendingIdentity> {
+        // Asked once per device of every encryption: almost always there is none.
+        if self.pending_identities.is_empty() {
+            return None;
+        }
+        let key = (addr.jid.clone(), addr.namespace, addr.device_id);
+        self.pending_identities.get(&key).copied()
+    }
+
+    /// Mirrors a committed identity change set aside for `addr`.
+    pub fn set_pending_identity(
+        &mut self,
+        addr: &DeviceAddr,
+        old: Option<[u8; 32]>,
+        new: [u8; 32],
+    ) {
+        let key = (addr.jid.clone(), addr.namespace, addr.device_id);
+        self.pending_identities
+            .insert(key, PendingIdentity { old, new });
+    }
+
+    /// Mirrors a committed `identity.accept` of `addr`.
+    pub fn clear_pending_identity(&mut self, addr: &DeviceAddr) {
+        let key = (addr.jid.clone(), addr.namespace, addr.device_id);
+        self.pending_identities.remove(&key);
     }
 
     /// Active devices of `jid` in `namespace`.
@@ -44,6 +92,14 @@ impl Directory {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether `device_id` is on `jid`'s device list in `namespace` (the latest one received).
+    pub fn lists(&self, jid: &str, namespace: Version, device_id: u32) -> bool {
+        self.devices.get(jid).is_some_and(|rows| {
+            rows.iter()
+                .any(|r| r.active && r.namespace == namespace && r.device_id == device_id)
+        })
     }
 
     /// Replaces the rows of `jid` in `namespace`.

@@ -9,18 +9,19 @@
 
 use super::account::{Account, TrustMode};
 use super::bundle_cache::{VerifiedBundle, WriteTicket};
-use super::error::{RateLimited, RecipientsError};
+use super::directory::PendingIdentity;
+use super::error::{ChangedIdentity, RateLimited, RecipientsError};
 use super::peer_bundle::StoredBundle;
 use super::sessions::{session_row, session_row_with_state, SessionMeta, SlotGuard};
 use super::{
     check_bare_jid, AccountLookupError, ErrorCause, InvalidJid, KeyLevel, Manager, StorageError,
 };
 use crate::events::Action;
-use crate::storage::redelivery::EncryptResultRow;
 use crate::storage::trust::{TrustLevel, TrustRow};
 use crate::storage::{
     self, device_state, sessions as session_store, trust as trust_store, DeviceAddr,
 };
+use protocol_core::keys::fingerprint;
 use protocol_core::payload;
 use protocol_core::sce::{build_envelope, EnvelopeOptions};
 use protocol_core::session::{PendingEncrypt, Session};
@@ -45,6 +46,10 @@ pub enum DeviceStatus {
     NoBundle,
     /// Its identity key is not trusted: nothing was encrypted for it.
     Untrusted,
+    /// A bundle with another identity was set aside for it (`bundle.update` answered
+    /// `identity_changed`): nothing is encrypted for it until `identity.accept` (see
+    /// `old_fingerprint`, `new_fingerprint`).
+    IdentityChanged,
     /// Something else went wrong (see `reason`).
     Failed,
 }
@@ -68,6 +73,12 @@ pub struct DeviceReport {
     /// What the client should do about it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
+    /// `identity_changed`: the fingerprint held for the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_fingerprint: Option<String>,
+    /// `identity_changed`: the fingerprint of the bundle set aside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_fingerprint: Option<String>,
 }
 
 /// One `<encrypted>` element, in both forms unless the client asked for one (`forms`).
@@ -112,6 +123,57 @@ pub struct EncryptRequest {
     pub sce_to: Option<String>,
     /// A client-chosen key: a retry with the same key gets the same answer.
     pub idempotency_key: Option<String>,
+    /// The forms of each `<encrypted>` element to answer with (not part of what a retry must
+    /// repeat).
+    pub forms: Forms,
+}
+
+/// The forms of each `<encrypted>` element an answer carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forms {
+    /// `messages[].xml`.
+    pub xml: bool,
+    /// `messages[].element`.
+    pub element: bool,
+}
+
+impl Default for Forms {
+    fn default() -> Self {
+        Self {
+            xml: true,
+            element: true,
+        }
+    }
+}
+
+impl Forms {
+    /// Drops the forms not named.
+    pub(crate) fn keep(self, out: &mut EncryptOutcome) {
+        for m in &mut out.messages {
+            if !self.xml {
+                m.xml = None;
+            }
+            if !self.element {
+                m.element = None;
+            }
+        }
+    }
+
+    /// The one form an answer is kept in for a retry, whatever was asked: the element, from
+    /// which the XML is made again byte for byte.
+    pub(crate) const KEPT: Forms = Forms {
+        xml: false,
+        element: true,
+    };
+
+    /// Makes the XML of a kept answer's elements again.
+    pub(crate) fn complete(out: &mut EncryptOutcome) {
+        for m in &mut out.messages {
+            if let (None, Some(e)) = (&m.xml, &m.element) {
+                m.xml = Some(e.to_xml());
+            }
+        }
+    }
 }
 
 /// Why `encrypt` failed.
@@ -260,6 +322,10 @@ pub enum HeartbeatError {
     /// No message could be made for the device (the reason its report gave).
     #[error("broken session: {0}")]
     NotEncrypted(String),
+    /// A bundle with another identity was set aside for the device: nothing is sent to it
+    /// until the user decides (`identity.accept`).
+    #[error(transparent)]
+    IdentityChanged(#[from] ChangedIdentity),
     /// The device got no report at all (not reached: one target gives one report).
     #[error("unknown device {device_id} of {jid} in {namespace}")]
     UnknownDevice {
@@ -284,6 +350,7 @@ impl HeartbeatError {
             HeartbeatError::NoBundle { .. }
             | HeartbeatError::NotEncrypted(_)
             | HeartbeatError::UnknownDevice { .. } => ErrorCause::LocalState,
+            HeartbeatError::IdentityChanged(e) => e.cause(),
             HeartbeatError::Storage(e) => e.cause(),
         }
     }
@@ -394,8 +461,8 @@ struct NewSession {
     rest: Arc<VerifiedBundle>,
     /// The same as XML.
     rest_xml: String,
-    /// The session it replaces, kept as a previous state.
-    archive: Option<Zeroizing<Vec<u8>>>,
+    /// The session it replaces, kept as a previous state (and whether it was suspect).
+    archive: Option<(Zeroizing<Vec<u8>>, bool)>,
     /// It is the rebuild a rollback asked for.
     rebuilt: bool,
 }
@@ -483,6 +550,28 @@ fn report(
         kex,
         reason,
         action,
+        old_fingerprint: None,
+        new_fingerprint: None,
+    }
+}
+
+/// A bundle with another identity waits for the user: nothing is encrypted for the device.
+fn identity_changed(
+    addr: &DeviceAddr,
+    held: Option<&[u8; 32]>,
+    pending: &PendingIdentity,
+) -> DeviceReport {
+    let why = "its new identity waits for identity.accept";
+    DeviceReport {
+        old_fingerprint: held.or(pending.old.as_ref()).map(fingerprint),
+        new_fingerprint: Some(fingerprint(&pending.new)),
+        ..report(
+            addr,
+            DeviceStatus::IdentityChanged,
+            false,
+            Some(why.to_owned()),
+            None,
+        )
     }
 }
 
@@ -512,6 +601,15 @@ fn single_device(out: EncryptOutcome, addr: &DeviceAddr) -> Result<EncryptOutcom
             namespace,
             device_id,
         }),
+        Some(r) if r.status == DeviceStatus::IdentityChanged => {
+            Err(HeartbeatError::IdentityChanged(ChangedIdentity {
+                jid,
+                namespace,
+                device_id,
+                old_fingerprint: r.old_fingerprint.clone().unwrap_or_default(),
+                new_fingerprint: r.new_fingerprint.clone().unwrap_or_default(),
+            }))
+        }
         Some(r) => Err(HeartbeatError::NotEncrypted(
             r.reason.clone().unwrap_or_default(),
         )),
@@ -579,19 +677,33 @@ impl Manager {
             keep: None,
         };
         let Some(key) = req.idempotency_key.as_deref() else {
-            return Ok(self.encrypt_to(&acct, job).await?);
+            let mut out = self.encrypt_to(&acct, job).await?;
+            req.forms.keep(&mut out);
+            return Ok(out);
         };
         // One idempotent encrypt at a time, so two copies of a request cannot both miss.
         let _serial = self.redelivery.encrypt_lock.lock().await;
         let digest = super::redelivery::request_digest(&req);
-        if let Some(out) = self.stored_encrypt(&acct, key, &digest).await? {
-            return Ok(out);
+        if let Some(mut out) = self.stored_encrypt(&acct, key, &digest).await? {
+            // A device that lost its trust since is not encrypted for again: the retry is a
+            // new encryption (kept in place of the old answer).
+            if self
+                .kept_answer_holds(&acct, &out, req.body.is_some())
+                .await?
+            {
+                Forms::complete(&mut out);
+                req.forms.keep(&mut out);
+                return Ok(out);
+            }
+            tracing::info!(account = %acct.jid, "a retried encrypt encrypts again: a device of its first answer lost its trust");
         }
         job.keep = self.redelivery.config().enabled().then(|| Kept {
             key: key.to_owned(),
             digest,
         });
-        Ok(self.encrypt_to(&acct, job).await?)
+        let mut out = self.encrypt_to(&acct, job).await?;
+        req.forms.keep(&mut out);
+        Ok(out)
     }
 
     /// The devices an encryption to `jids` (and our own other devices) covers, and the device
@@ -727,7 +839,7 @@ impl Manager {
         // Before anything is committed: an element no omemod could read is never sent.
         check_decryptable(&out)?;
         let stored = match job.keep {
-            Some(k) => Some(super::redelivery::encrypt_record(acct, k, &out)?),
+            Some(k) => Some(self.encrypt_record(acct, k, &out)?),
             None => None,
         };
         let (new_trust, now) = (fanout.new_trust, fanout.now);
@@ -758,14 +870,22 @@ impl Manager {
             report,
             sent: None,
         };
-        // After a rollback the stored session may be behind the peer's: start a new one.
-        let rebuild = slot
-            .session
-            .as_ref()
-            .and_then(|_| self.pending_rebuilds.requested_at(addr));
+        // A new identity set aside for the device: the old session (or bundle) reaches a
+        // device that is likely gone, and the new one is not accepted yet.
+        let held = slot.session.as_ref().map(|s| *s.remote_curve25519());
+        if let Some(p) = self
+            .with_directory(addr.account_id, |d| d.pending_identity(addr))
+            .filter(|p| held != Some(p.new))
+        {
+            return skipped(identity_changed(addr, held.as_ref(), &p));
+        }
+        // A session found in an older copy of the database may be behind the peer's (and its
+        // sending chain already used): start a new one.
+        let rebuild =
+            slot.session.is_some() && (slot.meta.suspect || self.pending_rebuilds.contains(addr));
         let source = match &slot.session {
-            Some(s) if !forced && rebuild.is_none() => Source::Cached(s),
-            _ => match self.new_session(fanout.acct, slot, rebuild.is_some()).await {
+            Some(s) if !forced && !rebuild => Source::Cached(s),
+            _ => match self.new_session(fanout.acct, slot, rebuild).await {
                 Ok(new) => Source::New(new),
                 Err(report) => return skipped(report),
             },
@@ -829,7 +949,10 @@ impl Manager {
             session,
             rest_xml: protocol_core::xml::bundle_to_xml(rest.bundle()),
             rest: Arc::new(rest),
-            archive: slot.session.as_ref().map(|s| s.to_bytes(true)),
+            archive: slot
+                .session
+                .as_ref()
+                .map(|s| (s.to_bytes(true), slot.meta.suspect)),
             rebuilt: self.pending_rebuilds.contains(addr),
         }))
     }
@@ -841,7 +964,7 @@ impl Manager {
         &self,
         steps: Vec<DeviceStep>,
         new_trust: &[TrustRow],
-        stored: Option<EncryptResultRow>,
+        stored: Option<super::redelivery::KeptAnswer>,
         now: i64,
     ) -> Result<Committed, StorageError> {
         let any_sent = steps.iter().any(|s| s.sent.is_some());
@@ -882,8 +1005,8 @@ impl Manager {
                 for t in &trust_rows {
                     trust_store::set(tx, t)?;
                 }
-                if let Some(r) = &stored {
-                    crate::storage::redelivery::put_encrypt_result(tx, r)?;
+                if let Some(k) = &stored {
+                    k.write(tx)?;
                 }
                 Ok(steps)
             })
@@ -957,11 +1080,15 @@ impl NewSession {
         addr: &DeviceAddr,
         now: i64,
     ) -> Result<(), StorageError> {
-        if let Some(old) = &self.archive {
+        if let Some((state, suspect)) = &self.archive {
+            let archived = device_state::Archived {
+                state,
+                suspect: *suspect,
+            };
             device_state::push_previous_session(
                 tx,
                 addr,
-                old,
+                archived,
                 now,
                 protocol_core::consts::MAX_PREVIOUS_SESSIONS,
             )?;

@@ -24,7 +24,7 @@
 //! They nest the pieces this module holds, which several operations share: [`InvalidJid`]
 //! (what is wrong with the JID: [`JidProblem`]),
 //! [`AccountLookupError`], [`RecipientsError`], [`DeviceIdError`], [`InvalidFingerprint`],
-//! [`RateLimited`], and storage's [`StorageError`]. Operations that only touch the database
+//! [`RateLimited`], [`ChangedIdentity`], and storage's [`StorageError`]. Operations that only touch the database
 //! (maintenance, loading) return a [`StorageError`] as it is.
 //!
 //! Every error answers `cause()` with protocol-core's [`ErrorCause`]: the peer misbehaved, is
@@ -220,6 +220,30 @@ pub struct RateLimited {
 
 impl RateLimited {
     /// A limit of ours.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::Policy
+    }
+}
+
+/// A device shows another identity than the one held for it (`pinning`): a key exchange that
+/// carries it is refused, and nothing is sent to the device while a bundle with it waits.
+#[derive(Debug, thiserror::Error)]
+#[error("identity of device {device_id} of {jid} in {namespace} changed from {old_fingerprint} to {new_fingerprint}: refused until accepted with identity.accept")]
+pub struct ChangedIdentity {
+    /// Owner.
+    pub jid: String,
+    /// Namespace.
+    pub namespace: protocol_core::Version,
+    /// Device id.
+    pub device_id: u32,
+    /// Fingerprint held for the device.
+    pub old_fingerprint: String,
+    /// Fingerprint of the new identity.
+    pub new_fingerprint: String,
+}
+
+impl ChangedIdentity {
+    /// The user decides.
     pub fn cause(&self) -> ErrorCause {
         ErrorCause::Policy
     }

@@ -38,15 +38,18 @@ pub struct DeletedAccount {
     pub device_id: u32,
     /// Rows deleted, every table together.
     pub rows: usize,
-    /// Whether the WAL could be emptied at once (it is at the next checkpoint otherwise).
+    /// Whether the WAL could be emptied at once (otherwise at the next maintenance pass that
+    /// is not blocked by a reader).
     pub wal_truncated: bool,
+    /// Copies moved aside by `omemod restore` that were deleted (they held the account's keys).
+    pub restore_copies: usize,
 }
 
 impl Manager {
     /// Deletes the account `jid` and everything stored for it (identity, prekeys, sessions,
     /// skipped keys, device lists, bundles, trust), in one transaction. The database runs with
     /// `secure_delete`, so the freed space is zeroed; the WAL, which still holds the old pages,
-    /// is then checkpointed and truncated.
+    /// is then checkpointed and truncated, and the copies `restore` moved aside are deleted.
     pub async fn delete_account(&self, jid: &str) -> Result<DeletedAccount, DeleteAccountError> {
         let jid = super::check_bare_jid(jid)?;
         let acct = self
@@ -74,21 +77,26 @@ impl Manager {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
         self.sessions.forget_account(id);
-        let store = std::sync::Arc::clone(&self.store);
-        let wal_truncated = tokio::task::spawn_blocking(move || store.checkpoint_truncate())
+        // The copies `restore` moved aside hold this account's keys too.
+        let restore_copies = self
+            .remove_restore_copies(i64::MAX)
             .await
-            .map_err(|_| StorageError::Closed)?
-            .map(|r| !r.busy)
             .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "checkpoint after account deletion failed");
-                false
+                tracing::warn!(error = %e, "deleting the copies moved aside by restore failed");
+                0
             });
-        tracing::info!(jid = %acct.jid, rows, wal_truncated, "account deleted");
+        self.key_material_erased();
+        let wal_truncated = self.truncate_wal_if_owed().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "checkpoint after account deletion failed");
+            false
+        });
+        tracing::info!(jid = %acct.jid, rows, wal_truncated, restore_copies, "account deleted");
         Ok(DeletedAccount {
             jid: acct.jid.clone(),
             device_id: acct.device_id,
             rows,
             wal_truncated,
+            restore_copies,
         })
     }
 }

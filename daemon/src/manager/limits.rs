@@ -4,7 +4,11 @@
 
 use super::account::Account;
 use super::{Manager, StorageError};
-use crate::storage::{devices, sessions as session_store, skipped_keys, DeviceAddr};
+use crate::storage::{devices, sessions as session_store, skipped_keys, DeviceAddr, SecretBlob};
+use protocol_core::session::Session;
+
+/// Sessions whose expired skipped keys one transaction deletes (their locks are held meanwhile).
+const EXPIRY_BATCH: usize = 64;
 
 /// Most sessions per contact JID with devices that are not in its device list. A key exchange
 /// from yet another unlisted device evicts the one of them used least recently.
@@ -93,9 +97,10 @@ impl Manager {
         Ok(())
     }
 
-    /// Deletes skipped message keys older than `skipped_key_max_age` seconds and devices dropped
-    /// from their lists longer than `DROPPED_DEVICE_RETENTION_SECS` ago; cached sessions that
-    /// lost keys are reloaded on next use. Runs off the request path (hourly maintenance).
+    /// Deletes skipped message keys older than `skipped_key_max_age` seconds (their sessions
+    /// learn that they are gone, so a late message for one is a dropped key, not a duplicate)
+    /// and devices dropped from their lists longer than `DROPPED_DEVICE_RETENTION_SECS` ago.
+    /// Runs off the request path (the maintenance pass).
     pub async fn prune_expired(
         &self,
         now: i64,
@@ -103,24 +108,22 @@ impl Manager {
     ) -> Result<Pruned, StorageError> {
         let key_cutoff = now.saturating_sub(skipped_key_max_age);
         let device_cutoff = now.saturating_sub(crate::bounds::DROPPED_DEVICE_RETENTION_SECS);
-        let (affected, pruned) = self
+        let affected = self
             .store
-            .write(move |tx| {
-                let affected = skipped_keys::sessions_with_keys_before(tx, key_cutoff)?;
-                let skipped_keys = skipped_keys::delete_older_than(tx, key_cutoff)?;
-                let devices = devices::prune_dropped_before(tx, device_cutoff)?;
-                Ok((
-                    affected,
-                    Pruned {
-                        skipped_keys,
-                        devices,
-                    },
-                ))
-            })
+            .read(move |c| skipped_keys::sessions_with_keys_before(c, key_cutoff))
             .await?;
-        for addr in &affected {
-            self.sessions.invalidate(addr).await;
+        let mut skipped_keys = 0;
+        for batch in affected.chunks(EXPIRY_BATCH) {
+            skipped_keys += self.expire_skipped_keys(batch, key_cutoff).await?;
         }
+        let devices = self
+            .store
+            .write(move |tx| devices::prune_dropped_before(tx, device_cutoff))
+            .await?;
+        let pruned = Pruned {
+            skipped_keys,
+            devices,
+        };
         if pruned.devices > 0 {
             for acct in self.accounts() {
                 self.with_directory(acct.id, |d| {
@@ -138,5 +141,67 @@ impl Manager {
             );
         }
         Ok(pruned)
+    }
+
+    /// Deletes the skipped keys of the sessions of `batch` created before `cutoff`, and makes
+    /// each session forget them, in one transaction under the sessions' locks.
+    async fn expire_skipped_keys(
+        &self,
+        batch: &[DeviceAddr],
+        cutoff: i64,
+    ) -> Result<usize, StorageError> {
+        let mut slots = self.sessions.lock_many(&self.store, batch).await?;
+        let addrs: Vec<DeviceAddr> = slots.iter().map(|s| s.addr().clone()).collect();
+        let expired = self
+            .store
+            .read(move |c| {
+                addrs
+                    .iter()
+                    .map(|a| skipped_keys::expired(c, a, cutoff))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        let sessions: Vec<Option<Session>> = slots
+            .iter()
+            .zip(&expired)
+            .map(|(slot, keys)| {
+                let mut s = slot.session.clone()?;
+                s.forget_skipped_keys(keys);
+                Some(s)
+            })
+            .collect();
+        let writes: Vec<(DeviceAddr, Option<SecretBlob>)> = slots
+            .iter()
+            .zip(&sessions)
+            .map(|(slot, s)| {
+                let state = s
+                    .as_ref()
+                    .map(|s| SecretBlob::from_zeroizing(s.to_bytes(false)));
+                (slot.addr().clone(), state)
+            })
+            .collect();
+        let deleted = self
+            .store
+            .write(move |tx| {
+                let mut n = 0;
+                for (addr, state) in &writes {
+                    if let Some(state) = state {
+                        session_store::set_state(tx, addr, state.expose())?;
+                    }
+                    n += skipped_keys::delete_expired(tx, addr, cutoff)?;
+                }
+                Ok(n)
+            })
+            .await?;
+        // Committed: memory follows.
+        for (slot, s) in slots.iter_mut().zip(sessions) {
+            if s.is_some() {
+                slot.session = s;
+            }
+        }
+        if deleted > 0 {
+            self.key_material_erased();
+        }
+        Ok(deleted)
     }
 }

@@ -21,6 +21,7 @@
 //! - [`trust`]: trust decisions, device overviews, fingerprints, catch-up mode.
 //! - [`links`]: verification links (QR codes): ours, and applying a scanned one.
 //! - [`limits`]: bounds on what unconfirmed remote input can make us store.
+//! - [`retention`]: erased means gone: WAL truncation after erasures, restore copies' lifetime.
 //! - [`error`]: what the manager can refuse: the shared pieces of the per-operation error
 //!   enums, and where each enum is.
 
@@ -42,6 +43,7 @@ pub mod pinning;
 pub mod plan;
 pub mod rebuild;
 pub mod redelivery;
+pub mod retention;
 pub mod sessions;
 pub mod trust;
 
@@ -85,6 +87,8 @@ pub struct Manager {
     pub(crate) pending_rebuilds: rebuild::Pending,
     /// Peer bundles parsed and verified, as committed.
     pub(crate) bundles: bundle_cache::BundleCache,
+    /// Whether erased key material may still be in the WAL.
+    erasure: retention::Erasure,
 }
 
 /// Parses `jid` as a bare JID `local@domain` (no resource; a domain alone is no account, contact
@@ -107,7 +111,8 @@ impl Manager {
                 for a in &accounts {
                     let devs = devices::list_all(conn, a.id)?;
                     let trust = trust_store::list(conn, a.id, None)?;
-                    dirs.insert(a.id, Directory::from_rows(devs, trust));
+                    let pending = storage::device_state::pending_identity_changes(conn, a.id)?;
+                    dirs.insert(a.id, Directory::from_rows(devs, trust, pending));
                 }
                 Ok((accounts, dirs, storage::rebuilds::list(conn)?))
             })
@@ -154,6 +159,7 @@ impl Manager {
             rebuilds: pinning::Rebuilds::default(),
             pending_rebuilds: rebuild::Pending::new(pending_rebuilds),
             bundles: bundle_cache::BundleCache::default(),
+            erasure: retention::Erasure::default(),
         })
     }
 

@@ -128,6 +128,18 @@ impl Manager {
         })
     }
 
+    /// After the start found the database to be an older copy: the treated accounts' bundles
+    /// changed (new prekeys, new signed prekey) and must be published again, a duty no call
+    /// caused (held for the first subscriber if none is connected yet).
+    pub fn announce_restored(&self, jids: &[String]) {
+        for acct in self.accounts().iter().filter(|a| jids.contains(&a.jid)) {
+            for namespace in Version::ALL {
+                let a = super::Action::PublishBundle { namespace };
+                self.announce_duty(acct, crate::events::Cause::Rollback, &a);
+            }
+        }
+    }
+
     /// Rotates signed prekeys older than the rotation period and drops retired ones past their
     /// grace period. Returns the accounts whose bundle changed.
     pub async fn rotate_signed_prekeys(&self, now: i64) -> Result<Vec<String>, StorageError> {

@@ -220,6 +220,9 @@ impl Manager {
         self.store
             .write(move |tx| device_state::set_identity_change(tx, &row))
             .await?;
+        self.with_directory(addr.account_id, |d| {
+            d.set_pending_identity(addr, Some(old), new_identity)
+        });
         drop(slot);
         tracing::warn!(account = account_jid, peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "bundle with a changed identity set aside");
         self.emit(Event::IdentityChanged {
@@ -259,6 +262,8 @@ impl Manager {
             new: new_trust,
         } = self.trust_for_key(&acct, mode, jid, &key);
         if pin.identity == Some(key) {
+            // The user keeps the identity held: a bundle set aside with another one goes.
+            self.dismiss_pending_identity(&addr).await?;
             return Ok(IdentityAccepted::unchanged(&trust));
         }
         let bundle_installed = set_aside.is_some();
@@ -272,6 +277,7 @@ impl Manager {
         };
         self.commit_accepted(&acct, &addr, pinned, set_aside.as_ref(), &ticket)
             .await?;
+        self.with_directory(acct.id, |d| d.clear_pending_identity(&addr));
         if let Some(b) = set_aside {
             self.bundles.publish(&addr, b.bundle, &ticket);
         }
@@ -293,6 +299,24 @@ impl Manager {
             },
             ..IdentityAccepted::unchanged(&trust)
         })
+    }
+
+    /// Forgets the identity change of `addr` that waits for the user, if any (the slot is
+    /// locked by the caller).
+    async fn dismiss_pending_identity(&self, addr: &DeviceAddr) -> Result<(), StorageError> {
+        if self
+            .with_directory(addr.account_id, |d| d.pending_identity(addr))
+            .is_none()
+        {
+            return Ok(());
+        }
+        let a = addr.clone();
+        self.store
+            .write(move |tx| device_state::delete_identity_change(tx, &a))
+            .await?;
+        self.with_directory(addr.account_id, |d| d.clear_pending_identity(addr));
+        tracing::info!(peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "identity change dismissed: the identity held is kept");
+        Ok(())
     }
 
     /// The bundle `bundle.update` set aside for `addr` if it carries `key`, parsed and verified.

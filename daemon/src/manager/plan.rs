@@ -6,6 +6,7 @@ use super::error::RecipientsError;
 use super::{AccountLookupError, ErrorCause, Manager, StorageError};
 use crate::events::Action;
 use crate::storage::{bundles, sessions as session_store, DeviceAddr};
+use protocol_core::keys::fingerprint;
 use serde::Serialize;
 
 /// How a device would be reached.
@@ -18,6 +19,9 @@ pub enum PlanStatus {
     Bundle,
     /// Neither: fetch its bundle first (see `action`).
     NoBundle,
+    /// A bundle with another identity was set aside for it: an `encrypt` would not cover it
+    /// until `identity.accept` (see `old_fingerprint`, `new_fingerprint`).
+    IdentityChanged,
 }
 
 /// One device of the plan.
@@ -38,6 +42,12 @@ pub struct PlannedDevice {
     /// What to do first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
+    /// `identity_changed`: the fingerprint held for the device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_fingerprint: Option<String>,
+    /// `identity_changed`: the fingerprint of the bundle set aside.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_fingerprint: Option<String>,
 }
 
 /// The plan.
@@ -100,7 +110,10 @@ impl Manager {
                 lookup
                     .iter()
                     .map(|a: &DeviceAddr| {
-                        let s = session_store::get(c, a)?.map(|r| r.identity_key);
+                        // A suspect session (restored copy) is replaced by the next message.
+                        let s = session_store::get(c, a)?
+                            .filter(|r| !r.suspect)
+                            .map(|r| r.identity_key);
                         let b = match s {
                             Some(_) => None,
                             None => bundles::get(c, a)?.map(|r| r.identity_curve25519),
@@ -113,11 +126,23 @@ impl Manager {
         let mode = acct.keys.lock().await.trust_mode;
         let mut devices = Vec::with_capacity(addrs.len());
         for (addr, (session, bundle)) in addrs.into_iter().zip(found) {
-            let (status, key) = match (session, bundle) {
+            let (mut status, key) = match (session, bundle) {
                 (Some(k), _) => (PlanStatus::Session, Some(k)),
                 (None, Some(k)) => (PlanStatus::Bundle, Some(k)),
                 (None, None) => (PlanStatus::NoBundle, None),
             };
+            // As `encrypt` decides: a new identity waiting for the user is not encrypted for.
+            let pending = self
+                .with_directory(acct.id, |d| d.pending_identity(&addr))
+                .filter(|p| session != Some(p.new));
+            let fingerprints = pending.map(|p| {
+                let old = session.or(p.old).map(|k| fingerprint(&k));
+                (old, Some(fingerprint(&p.new)))
+            });
+            if pending.is_some() {
+                status = PlanStatus::IdentityChanged;
+            }
+            let (old_fingerprint, new_fingerprint) = fingerprints.unwrap_or_default();
             // The level a first sight would get is reported, not stored.
             let trust = key.map(|k| {
                 let t = self.trust_for_key(&acct, mode, &addr.jid, &k);
@@ -135,6 +160,8 @@ impl Manager {
                 status,
                 trust,
                 action,
+                old_fingerprint,
+                new_fingerprint,
             });
         }
         Ok(EncryptPlan {

@@ -20,14 +20,15 @@ use zeroize::Zeroizing;
 
 use super::account::Account;
 use super::decrypt::DecryptError;
-use super::decrypt::{check_envelope, open_payload, Conversation, DecryptOutcome};
-use super::encrypt::{EncryptError, EncryptOutcome, EncryptRequest, Kept};
+use super::decrypt::{check_envelope, open_payload, Attempt, Conversation, DecryptOutcome};
+use super::encrypt::{DeviceStatus, EncryptError, EncryptOutcome, EncryptRequest, Forms, Kept};
 use super::{Manager, StorageError};
 use crate::config::RedeliveryConfig;
 use crate::storage::redelivery::{
-    self as store, Bounds, EncryptResultRow, Pruned, Record, RedeliveryRow, Seen,
+    self as store, Bounds, ConversationTag, EncryptResultRow, Pruned, Record, RedeliveryRow, Seen,
 };
 use crate::storage::trust::TrustLevel;
+use crate::storage::{sessions as session_store, DeviceAddr};
 
 /// Digests (no key material) are kept 90 days, for replay reports.
 pub const DIGEST_RETENTION_SECS: i64 = 90 * 24 * 3600;
@@ -48,6 +49,7 @@ pub(crate) fn store_bounds(config: &RedeliveryConfig) -> Bounds {
         max_rows: clamp(config.max_entries),
         digest_retention_secs: DIGEST_RETENTION_SECS.max(clamp(config.retention_secs)),
         max_digests: MAX_DIGESTS.max(clamp(config.max_entries)),
+        max_result_bytes: clamp(config.idempotency_max_bytes),
     }
 }
 
@@ -171,23 +173,35 @@ pub fn request_digest(req: &EncryptRequest) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The row that keeps an `encrypt` answer for its idempotency key.
-pub(crate) fn encrypt_record(
-    acct: &Account,
-    kept: Kept,
-    out: &EncryptOutcome,
-) -> Result<EncryptResultRow, StorageError> {
-    let result = serde_json::to_string(out).map_err(|e| StorageError::InvalidInput {
-        what: "the encrypt answer to keep",
-        reason: e.to_string(),
-    })?;
-    Ok(EncryptResultRow {
-        account_id: acct.id,
-        idempotency_key: kept.key,
-        request_digest: kept.digest,
-        result,
-        created_at: crate::storage::now(),
-    })
+/// An `encrypt` answer to keep, and the byte cap of the whole store.
+#[derive(Debug)]
+pub(crate) struct KeptAnswer {
+    row: EncryptResultRow,
+    max_bytes: i64,
+}
+
+impl KeptAnswer {
+    /// Runs in the encryption's transaction.
+    pub(crate) fn write(&self, tx: &rusqlite::Connection) -> Result<(), StorageError> {
+        if !store::put_encrypt_result(tx, &self.row, self.max_bytes)? {
+            tracing::warn!(bytes = self.row.result.len(), max = self.max_bytes, "an encrypt answer larger than --idempotency-max-bytes is not kept: a retry encrypts again");
+        }
+        Ok(())
+    }
+}
+
+/// What the redelivery store keeps of `conv` (its `to` normalised by the caller): a digest,
+/// not the JID.
+fn conversation_tag(conv: &Conversation) -> ConversationTag {
+    ConversationTag {
+        to: conv.to.as_deref().map(|to| {
+            let mut h = Sha256::new();
+            put(&mut h, b"omemod conversation v1");
+            put(&mut h, to.as_bytes());
+            h.finalize().into()
+        }),
+        group_chat: conv.group_chat,
+    }
 }
 
 fn put(h: &mut Sha256, bytes: &[u8]) {
@@ -242,18 +256,19 @@ impl Manager {
             .unwrap_or_else(PoisonError::into_inner) = config;
     }
 
-    /// Before decrypting (session lock held): the answer for an element decrypted before,
+    /// Before decrypting (session lock held): the answer for `received` (element, sender, and
+    /// whether the sender lists the device) when it was decrypted before,
     /// `Err(DuplicateMessage)` for a known element that cannot (or must not) be opened again,
     /// `Err(Distrusted)`/`Err(SceMismatch)` as for a first decryption (`conv` is this
     /// request's conversation), `None` for a new one.
     pub(crate) async fn redeliver(
         &self,
         acct: &Account,
-        from: &str,
-        element: &Encrypted,
+        received: (&Encrypted, &str, bool),
         probe: &Probe,
         conv: &Conversation,
     ) -> Result<Option<DecryptOutcome>, DecryptError> {
+        let (element, from, _) = received;
         if cfg!(feature = "bench-baseline-no-redelivery") {
             return Ok(None);
         }
@@ -286,6 +301,16 @@ impl Manager {
         if trust.level == TrustLevel::Distrusted {
             return Err(DecryptError::Distrusted);
         }
+        // A copy moved into another conversation than the first decryption's (0.3 has no
+        // envelope that would say so).
+        if row
+            .conversation
+            .is_some_and(|first| !first.admits(&conversation_tag(conv)))
+        {
+            return Err(DecryptError::SceMismatch(
+                "the message was first decrypted in another conversation".into(),
+            ));
+        }
         let material = row
             .key_material
             .clone()
@@ -305,19 +330,18 @@ impl Manager {
             // The duties were handed out with the first answer: no actions.
             redelivered: true,
             first_decrypted_at: Some(row.created_at),
-            ..DecryptOutcome::new(element, from, &trust, opened, row.key_exchange)
+            ..DecryptOutcome::new(received, &trust, opened, row.key_exchange)
         }))
     }
 
-    /// What the decryption's commit must write so this element can be redelivered (nothing in
-    /// the benchmark baseline).
-    pub(crate) fn redelivery_record(
+    /// What the decryption's commit must write so this element can be redelivered, in the
+    /// conversation `conv` only (nothing in the benchmark baseline).
+    pub(super) fn redelivery_record(
         &self,
         acct: &Account,
         probe: &Probe,
-        decrypted: &Decrypted,
-        identity_key: &[u8; 32],
-        key_exchange: bool,
+        conv: &Conversation,
+        attempt: &Attempt,
         now: i64,
     ) -> Option<Record> {
         if cfg!(feature = "bench-baseline-no-redelivery") {
@@ -330,10 +354,11 @@ impl Manager {
                 account_id: acct.id,
                 digest: probe.digest,
                 payload_digest: probe.payload_digest,
-                key_material: (!probe.empty).then(|| decrypted.plaintext.clone()),
-                identity_key: *identity_key,
-                key_exchange,
+                key_material: (!probe.empty).then(|| attempt.decrypted.plaintext.clone()),
+                identity_key: *attempt.session.remote_curve25519(),
+                key_exchange: attempt.key_exchange,
                 created_at: now,
+                conversation: Some(conversation_tag(conv)),
             },
             keep_key: config.enabled(),
             prune: (n % PRUNE_EVERY == PRUNE_EVERY - 1).then(|| {
@@ -341,6 +366,73 @@ impl Manager {
                 (store_bounds(&config), from)
             }),
         })
+    }
+
+    /// The row that keeps `out` for its idempotency key, in one form ([`Forms::KEPT`]).
+    pub(crate) fn encrypt_record(
+        &self,
+        acct: &Account,
+        kept: Kept,
+        out: &EncryptOutcome,
+    ) -> Result<KeptAnswer, StorageError> {
+        let mut one_form = out.clone();
+        Forms::KEPT.keep(&mut one_form);
+        let result = serde_json::to_string(&one_form).map_err(|e| StorageError::InvalidInput {
+            what: "the encrypt answer to keep",
+            reason: e.to_string(),
+        })?;
+        Ok(KeptAnswer {
+            row: EncryptResultRow {
+                account_id: acct.id,
+                idempotency_key: kept.key,
+                request_digest: kept.digest,
+                result,
+                created_at: crate::storage::now(),
+            },
+            max_bytes: store_bounds(&self.redelivery.config()).max_result_bytes,
+        })
+    }
+
+    /// Whether a kept answer may be given again: every device it encrypted for still has the
+    /// session it was made with (the same identity key), no identity change waits for the
+    /// user there, and, when it carried a body, the key is still trusted.
+    pub(crate) async fn kept_answer_holds(
+        &self,
+        acct: &Account,
+        out: &EncryptOutcome,
+        with_body: bool,
+    ) -> Result<bool, StorageError> {
+        let addrs: Vec<DeviceAddr> = out
+            .devices
+            .iter()
+            .filter(|d| d.status == DeviceStatus::Encrypted)
+            .filter_map(|d| {
+                let ns = protocol_core::Version::from_namespace(&d.namespace)?;
+                Some(Self::addr(acct, &d.jid, ns, d.device_id))
+            })
+            .collect();
+        let lookup = addrs.clone();
+        let keys: Vec<Option<[u8; 32]>> = self
+            .store
+            .read(move |c| {
+                lookup
+                    .iter()
+                    .map(|a| Ok(session_store::get(c, a)?.map(|r| r.identity_key)))
+                    .collect()
+            })
+            .await?;
+        let mode = acct.keys.lock().await.trust_mode;
+        Ok(addrs.iter().zip(keys).all(|(addr, key)| {
+            key.is_some_and(|key| {
+                let trusted = || {
+                    self.trust_for_key(acct, mode, &addr.jid, &key).row.level == TrustLevel::Trusted
+                };
+                let pending = self
+                    .with_directory(acct.id, |d| d.pending_identity(addr))
+                    .is_some_and(|p| p.new != key);
+                !pending && (!with_body || trusted())
+            })
+        }))
     }
 
     /// The answer kept for an `encrypt` idempotency key, if any and still within the window;
@@ -404,8 +496,9 @@ impl Manager {
         }
     }
 
-    /// Deletes what the bounds no longer allow, then empties the WAL so that deleted key
-    /// material does not linger there. Run at start-up and by the hourly maintenance.
+    /// Deletes what the bounds no longer allow; the WAL truncation it owes when it erased key
+    /// material is the maintenance pass's ([`Self::truncate_wal_if_owed`]). Run by every
+    /// maintenance pass (the first at start-up).
     pub async fn prune_redelivery(&self, now: i64) -> Result<Pruned, StorageError> {
         let bounds = store_bounds(&self.redelivery.config());
         let from = self.redelivery.key_frontier.load(Ordering::Relaxed);
@@ -416,14 +509,8 @@ impl Manager {
         self.redelivery
             .key_frontier
             .store(pruned.key_frontier, Ordering::Relaxed);
-        if pruned.redelivery + pruned.encrypt_results > 0 {
-            let store = std::sync::Arc::clone(&self.store);
-            let r = tokio::task::spawn_blocking(move || store.truncate_wal()).await;
-            match r {
-                Ok(Ok(c)) if c.busy => tracing::warn!("WAL truncation was blocked by a reader"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "WAL truncation failed"),
-                _ => {}
-            }
+        if pruned.erased() {
+            self.key_material_erased();
         }
         // Forget pruned digests, so the filter stays as small as the tables.
         self.redelivery.start_rebuild();
@@ -461,6 +548,7 @@ mod tests {
         let off = RedeliveryConfig {
             retention_secs: 0,
             max_entries: 10,
+            ..Default::default()
         };
         assert!(!off.enabled());
         let b = store_bounds(&off);

@@ -30,6 +30,9 @@ pub struct SessionMeta {
     pub messages_sent: u64,
     /// Messages decrypted with it.
     pub messages_received: u64,
+    /// Found in a restored copy of the database: a message that decrypts on it may be a replay
+    /// (refused), and the next message to the device starts a new session.
+    pub suspect: bool,
 }
 
 /// Most idle slots kept in memory. Above it, idle slots are dropped oldest first (their
@@ -194,6 +197,7 @@ impl SessionTable {
                             created_at: row.created_at,
                             messages_sent: row.messages_sent,
                             messages_received: row.messages_received,
+                            suspect: row.suspect,
                         };
                     }
                     Err(e) => {
@@ -305,6 +309,7 @@ pub fn session_row_with_state(
         updated_at: now,
         messages_sent: meta.messages_sent,
         messages_received: meta.messages_received,
+        suspect: meta.suspect,
     }
 }
 

@@ -1,4 +1,5 @@
-//! What a method can see: the daemon-wide [`Ctx`] and the calling connection's [`Conn`].
+//! What a method can see: the daemon-wide [`Ctx`] and the calling connection's [`Conn`] (its
+//! subscriptions and file transfers).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -35,12 +36,18 @@ pub struct Ctx {
     pub manager: OnceLock<Arc<crate::manager::Manager>>,
     /// Set when the database was found older than its generation file at start.
     pub rollback: OnceLock<crate::storage::generation::Rollback>,
+    /// File transfers open in the daemon, and their bounds.
+    pub files: crate::media::TransferSlots,
 }
 
 impl Ctx {
     /// A context with no clients and an empty event bus.
     pub fn new(config: ServeConfig, socket_path: PathBuf) -> Self {
+        let chunk_len = config
+            .files
+            .chunk_len(config.max_request_bytes, config.max_response_bytes);
         Self {
+            files: crate::media::TransferSlots::new(config.files, chunk_len),
             events: EventBus::new(),
             started: Instant::now(),
             socket_path,
@@ -126,6 +133,8 @@ struct ConnShared {
     peer_pid: Option<i32>,
     out: Option<mpsc::Sender<String>>,
     subs: Mutex<Subscriptions>,
+    /// Its file transfers, which end with it.
+    transfers: crate::media::Transfers,
 }
 
 #[derive(Debug, Default)]
@@ -156,6 +165,7 @@ impl Conn {
                     next_id: 1,
                     ..Subscriptions::default()
                 }),
+                transfers: crate::media::Transfers::default(),
             }),
             starters: Arc::default(),
         }
@@ -184,6 +194,11 @@ impl Conn {
     /// The connection's number (for logs).
     pub fn id(&self) -> u64 {
         self.shared.id
+    }
+
+    /// The connection's file transfers.
+    pub fn transfers(&self) -> &crate::media::Transfers {
+        &self.shared.transfers
     }
 
     /// Subscribes this connection to `bus`, optionally only to some event types. Returns the

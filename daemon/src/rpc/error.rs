@@ -5,7 +5,7 @@
 //! - `-32700 … -32600`: the standard JSON-RPC 2.0 codes.
 //! - `-32000 … -32099`: server and transport errors of omemod (JSON-RPC's "server error" range).
 //! - `1000 …`: domain errors, grouped by hundreds: 1000 accounts, 1100 devices/bundles,
-//!   1200 sessions/messages, 1300 trust, 1400 storage.
+//!   1200 sessions/messages, 1300 trust, 1400 storage, 1500 bounds, 1600 files.
 //!
 //! Every error also says whom it is due to, as `error.data.cause` (protocol-core's
 //! [`ErrorCause`]): a kind has a usual cause ([`ErrorKind::cause`]), and a session-manager error
@@ -77,6 +77,8 @@ pub enum ErrorKind {
     InvalidSignature,
     /// The device list is malformed.
     InvalidDevicelist,
+    /// A group chat message from a device that is not on its sender's device list.
+    UnlistedDevice,
 
     // --- sessions and messages (1200s) ---
     /// No session with the device.
@@ -103,6 +105,9 @@ pub enum ErrorKind {
     MessageTooLarge,
     /// The message comes from a device of another JID than the request's `from`.
     SenderMismatch,
+    /// The message decrypts on a session restored from an older copy of the database: it may be
+    /// a replay; refused, and a new session is started (`data.actions`).
+    PossibleReplay,
 
     // --- trust (1300s) ---
     /// The device is not (yet) trusted.
@@ -125,6 +130,22 @@ pub enum ErrorKind {
     // --- bounds (1500s) ---
     /// A device list has more devices than a contact may have.
     TooManyDevices,
+
+    // --- files (1600s) ---
+    /// An `aesgcm://` link (or its key fragment, or an upload URL) is malformed.
+    InvalidAesgcmLink,
+    /// A downloaded file is shorter than its tag.
+    FileTruncated,
+    /// A file is larger than `--max-file-bytes`.
+    FileTooLarge,
+    /// No file transfer with that id on this connection.
+    UnknownTransfer,
+    /// Too many file transfers open on this connection or in the daemon.
+    TooManyTransfers,
+    /// A file transfer expects another call (or offset) next.
+    TransferOutOfOrder,
+    /// A chunk of the second decryption pass differs from the one checked.
+    FileChanged,
 }
 
 impl ErrorKind {
@@ -152,6 +173,7 @@ impl ErrorKind {
         ErrorKind::InvalidBundle,
         ErrorKind::InvalidSignature,
         ErrorKind::InvalidDevicelist,
+        ErrorKind::UnlistedDevice,
         ErrorKind::NoSession,
         ErrorKind::NotForThisDevice,
         ErrorKind::DuplicateMessage,
@@ -164,6 +186,7 @@ impl ErrorKind {
         ErrorKind::SceMismatch,
         ErrorKind::MessageTooLarge,
         ErrorKind::SenderMismatch,
+        ErrorKind::PossibleReplay,
         ErrorKind::Untrusted,
         ErrorKind::Distrusted,
         ErrorKind::IdentityChanged,
@@ -172,6 +195,13 @@ impl ErrorKind {
         ErrorKind::InvalidLink,
         ErrorKind::StorageError,
         ErrorKind::TooManyDevices,
+        ErrorKind::InvalidAesgcmLink,
+        ErrorKind::FileTruncated,
+        ErrorKind::FileTooLarge,
+        ErrorKind::UnknownTransfer,
+        ErrorKind::TooManyTransfers,
+        ErrorKind::TransferOutOfOrder,
+        ErrorKind::FileChanged,
     ];
 
     /// The JSON-RPC `error.code`.
@@ -199,6 +229,7 @@ impl ErrorKind {
             ErrorKind::InvalidBundle => 1103,
             ErrorKind::InvalidSignature => 1104,
             ErrorKind::InvalidDevicelist => 1105,
+            ErrorKind::UnlistedDevice => 1106,
             ErrorKind::NoSession => 1201,
             ErrorKind::NotForThisDevice => 1202,
             ErrorKind::DuplicateMessage => 1203,
@@ -211,6 +242,7 @@ impl ErrorKind {
             ErrorKind::SceMismatch => 1209,
             ErrorKind::MessageTooLarge => 1210,
             ErrorKind::SenderMismatch => 1211,
+            ErrorKind::PossibleReplay => 1230,
             ErrorKind::Untrusted => 1301,
             ErrorKind::Distrusted => 1302,
             ErrorKind::IdentityChanged => 1303,
@@ -219,6 +251,13 @@ impl ErrorKind {
             ErrorKind::InvalidLink => 1306,
             ErrorKind::StorageError => 1401,
             ErrorKind::TooManyDevices => 1500,
+            ErrorKind::InvalidAesgcmLink => 1601,
+            ErrorKind::FileTruncated => 1602,
+            ErrorKind::FileTooLarge => 1603,
+            ErrorKind::UnknownTransfer => 1604,
+            ErrorKind::TooManyTransfers => 1605,
+            ErrorKind::TransferOutOfOrder => 1606,
+            ErrorKind::FileChanged => 1607,
         }
     }
 
@@ -247,6 +286,7 @@ impl ErrorKind {
             ErrorKind::InvalidBundle => "invalid_bundle",
             ErrorKind::InvalidSignature => "invalid_signature",
             ErrorKind::InvalidDevicelist => "invalid_devicelist",
+            ErrorKind::UnlistedDevice => "unlisted_device",
             ErrorKind::NoSession => "no_session",
             ErrorKind::NotForThisDevice => "not_for_this_device",
             ErrorKind::DuplicateMessage => "duplicate_message",
@@ -259,6 +299,7 @@ impl ErrorKind {
             ErrorKind::SceMismatch => "sce_mismatch",
             ErrorKind::MessageTooLarge => "message_too_large",
             ErrorKind::SenderMismatch => "sender_mismatch",
+            ErrorKind::PossibleReplay => "possible_replay",
             ErrorKind::Untrusted => "untrusted",
             ErrorKind::Distrusted => "distrusted",
             ErrorKind::IdentityChanged => "identity_changed",
@@ -267,6 +308,13 @@ impl ErrorKind {
             ErrorKind::InvalidLink => "invalid_link",
             ErrorKind::StorageError => "storage_error",
             ErrorKind::TooManyDevices => "too_many_devices",
+            ErrorKind::InvalidAesgcmLink => "invalid_aesgcm_link",
+            ErrorKind::FileTruncated => "file_truncated",
+            ErrorKind::FileTooLarge => "file_too_large",
+            ErrorKind::UnknownTransfer => "unknown_transfer",
+            ErrorKind::TooManyTransfers => "too_many_transfers",
+            ErrorKind::TransferOutOfOrder => "transfer_out_of_order",
+            ErrorKind::FileChanged => "file_changed",
         }
     }
 
@@ -292,7 +340,10 @@ impl ErrorKind {
             | ErrorKind::InvalidLink
             | ErrorKind::SenderMismatch
             | ErrorKind::IdempotencyKeyReused
-            | ErrorKind::MessageTooLarge => Request,
+            | ErrorKind::MessageTooLarge
+            | ErrorKind::UnknownTransfer
+            | ErrorKind::TransferOutOfOrder
+            | ErrorKind::FileChanged => Request,
             ErrorKind::Internal
             | ErrorKind::UnknownDevice
             | ErrorKind::NoBundle
@@ -300,6 +351,7 @@ impl ErrorKind {
             | ErrorKind::NotForThisDevice
             | ErrorKind::LinkUnknownDevice
             | ErrorKind::BrokenSession
+            | ErrorKind::PossibleReplay
             | ErrorKind::StorageError => LocalState,
             ErrorKind::InvalidBundle
             | ErrorKind::InvalidSignature
@@ -310,14 +362,19 @@ impl ErrorKind {
             | ErrorKind::TooManySkipped
             | ErrorKind::SceMismatch
             | ErrorKind::LinkMismatch
-            | ErrorKind::TooManyDevices => PeerMisbehaved,
+            | ErrorKind::TooManyDevices
+            | ErrorKind::InvalidAesgcmLink
+            | ErrorKind::FileTruncated => PeerMisbehaved,
             ErrorKind::Unauthorized
             | ErrorKind::TooManySubscriptions
             | ErrorKind::TooManyConnections
             | ErrorKind::RateLimited
             | ErrorKind::Untrusted
             | ErrorKind::Distrusted
-            | ErrorKind::IdentityChanged => Policy,
+            | ErrorKind::IdentityChanged
+            | ErrorKind::UnlistedDevice
+            | ErrorKind::FileTooLarge
+            | ErrorKind::TooManyTransfers => Policy,
         }
     }
 
@@ -346,6 +403,7 @@ impl ErrorKind {
             ErrorKind::InvalidBundle => "invalid bundle",
             ErrorKind::InvalidSignature => "invalid signed pre-key signature",
             ErrorKind::InvalidDevicelist => "invalid device list",
+            ErrorKind::UnlistedDevice => "device not on its owner's device list",
             ErrorKind::NoSession => "no session with the device",
             ErrorKind::NotForThisDevice => "message not encrypted for this device",
             ErrorKind::DuplicateMessage => "duplicate message",
@@ -358,6 +416,7 @@ impl ErrorKind {
             ErrorKind::SceMismatch => "SCE envelope does not match the stanza",
             ErrorKind::MessageTooLarge => "message too large to decrypt",
             ErrorKind::SenderMismatch => "the message comes from another JID than `from`",
+            ErrorKind::PossibleReplay => "possible replay on a session restored from an older copy",
             ErrorKind::Untrusted => "device not trusted",
             ErrorKind::Distrusted => "device distrusted",
             ErrorKind::IdentityChanged => "identity key of the device changed",
@@ -366,6 +425,13 @@ impl ErrorKind {
             ErrorKind::InvalidLink => "not a verification link",
             ErrorKind::StorageError => "storage error",
             ErrorKind::TooManyDevices => "too many devices in the list",
+            ErrorKind::InvalidAesgcmLink => "malformed aesgcm link",
+            ErrorKind::FileTruncated => "file shorter than its tag",
+            ErrorKind::FileTooLarge => "file too large",
+            ErrorKind::UnknownTransfer => "unknown file transfer",
+            ErrorKind::TooManyTransfers => "too many file transfers",
+            ErrorKind::TransferOutOfOrder => "file transfer expects another call",
+            ErrorKind::FileChanged => "file changed between the two passes",
         }
     }
 }

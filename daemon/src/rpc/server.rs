@@ -62,9 +62,6 @@ pub enum ServeError {
     Lock(#[from] crate::lock::LockError),
 }
 
-/// How often signed prekeys are checked for rotation.
-const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
-
 fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> ServeError + 'p {
     move |source| ServeError::Io {
         what,
@@ -314,20 +311,20 @@ fn service(ctx: Arc<Ctx>, config: &ServeConfig) -> Result<Service, ServeError> {
     })
 }
 
-/// The session manager and the tasks that run beside the requests: hourly maintenance, and the
-/// generation keeper.
+/// The session manager and the tasks that run beside the requests: the maintenance pass, and
+/// flushing the generation record.
 struct Background {
-    keeper: Arc<crate::rollback::Keeper>,
     maintenance: JoinHandle<()>,
-    generations: JoinHandle<()>,
+    record: JoinHandle<()>,
 }
 
 impl Background {
-    /// Checks for a rollback, loads the manager into `ctx` and starts the tasks.
+    /// Notices (and treats) an older copy of the database, loads the manager into `ctx` and
+    /// starts the tasks.
     async fn start(ctx: &Ctx, store: &Arc<Store>) -> Result<Self, ServeError> {
-        // Before the manager loads its state: a rollback marks sessions for a rebuild.
-        let (keeper, rollback) = crate::rollback::Keeper::start(Arc::clone(store)).await?;
-        if let Some(r) = rollback {
+        // Before the manager loads its state: the treatment changes sessions and keys.
+        let started = crate::rollback::Keeper::start(Arc::clone(store)).await?;
+        if let Some(r) = started.rollback {
             let _ = ctx.rollback.set(r);
         }
         let manager = Arc::new(
@@ -337,63 +334,98 @@ impl Background {
         );
         let _ = ctx.manager.set(Arc::clone(&manager));
         manager.set_redelivery_config(ctx.config.redelivery);
-        let skipped_key_max_age = ctx.config.bounds.skipped_key_max_age_secs();
-        let keeper = Arc::new(keeper);
+        manager.announce_restored(&started.restored);
         Ok(Self {
-            maintenance: tokio::spawn(maintain(manager, skipped_key_max_age)),
-            generations: tokio::spawn(follow_generations(Arc::clone(&keeper))),
-            keeper,
+            maintenance: tokio::spawn(maintain(manager, Maintenance::of(&ctx.config))),
+            record: tokio::spawn(flush_record(started.keeper)),
         })
     }
 
-    /// Stops the tasks and records the last generation.
+    /// Stops the tasks (the writer flushes the record when the store closes).
     async fn stop(self) {
         self.maintenance.abort();
-        self.generations.abort();
-        if let Err(e) = self.keeper.follow().await {
-            tracing::warn!(error = %e, "recording the database generation failed");
+        self.record.abort();
+    }
+}
+
+/// What the maintenance pass is configured with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Maintenance {
+    /// Time between passes (`manager::retention::maintenance_interval`).
+    interval: std::time::Duration,
+    /// `--skipped-key-max-age`, in seconds.
+    skipped_key_max_age: i64,
+    /// How long a copy moved aside by `restore` is kept, in seconds.
+    restore_copy_lifetime: i64,
+}
+
+impl Maintenance {
+    pub(crate) fn of(config: &ServeConfig) -> Self {
+        use crate::manager::retention;
+        Self {
+            interval: retention::maintenance_interval(&config.redelivery),
+            skipped_key_max_age: config.bounds.skipped_key_max_age_secs(),
+            restore_copy_lifetime: retention::before_restore_lifetime_secs(&config.redelivery),
         }
     }
 }
 
-/// One of the passes the hourly maintenance runs, in this order.
+/// One of the passes of the maintenance, in the order it runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MaintenancePass {
     /// Rotates signed prekeys past their period, drops retired ones past their grace.
     SignedPrekeys,
-    /// Prunes the redelivery store (and empties the WAL after it).
+    /// Prunes the redelivery store.
     Redelivery,
     /// Deletes expired skipped message keys and long-dropped devices.
     Expiry,
     /// Ends catch-ups that timed out.
     Catchup,
+    /// Deletes copies moved aside by `restore` past their lifetime.
+    RestoreCopies,
+    /// Truncates the WAL when key material was erased (here or by a request).
+    WalTruncation,
 }
 
 impl MaintenancePass {
     /// Every pass, in the order the maintenance runs them.
-    pub const ALL: [MaintenancePass; 4] = [
+    pub const ALL: [MaintenancePass; 6] = [
         MaintenancePass::SignedPrekeys,
         MaintenancePass::Redelivery,
         MaintenancePass::Expiry,
         MaintenancePass::Catchup,
+        MaintenancePass::RestoreCopies,
+        MaintenancePass::WalTruncation,
     ];
 
     /// Runs the pass as at `now`.
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         manager: &Manager,
         now: i64,
-        skipped_key_max_age: i64,
+        m: &Maintenance,
     ) -> Result<(), crate::storage::StorageError> {
         match self {
             MaintenancePass::SignedPrekeys => manager.rotate_signed_prekeys(now).await.map(drop),
             MaintenancePass::Redelivery => manager.prune_redelivery(now).await.map(drop),
             MaintenancePass::Expiry => manager
-                .prune_expired(now, skipped_key_max_age)
+                .prune_expired(now, m.skipped_key_max_age)
                 .await
                 .map(drop),
             MaintenancePass::Catchup => manager.expire_catchups(now).await,
+            MaintenancePass::RestoreCopies => {
+                let cutoff = now.saturating_sub(m.restore_copy_lifetime);
+                manager.remove_restore_copies(cutoff).await.map(drop)
+            }
+            MaintenancePass::WalTruncation => {
+                if !manager.truncate_wal_if_owed().await? {
+                    tracing::warn!(
+                        "WAL truncation after an erasure was blocked by a reader; retried at the next pass"
+                    );
+                }
+                Ok(())
+            }
         }
     }
 
@@ -403,34 +435,36 @@ impl MaintenancePass {
             MaintenancePass::Redelivery => "pruning the redelivery store failed",
             MaintenancePass::Expiry => "expiring old rows failed",
             MaintenancePass::Catchup => "ending timed-out catch-up failed",
+            MaintenancePass::RestoreCopies => "deleting expired restore copies failed",
+            MaintenancePass::WalTruncation => "WAL truncation after an erasure failed",
         }
     }
 }
 
-/// Hourly: rotates signed prekeys, prunes the redelivery store, expires old rows, ends
-/// timed-out catch-ups.
-async fn maintain(manager: Arc<Manager>, skipped_key_max_age: i64) {
-    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+/// At start, then every `m.interval` (an hour at most): rotates signed prekeys, prunes the
+/// redelivery store, expires old rows and restore copies, ends timed-out catch-ups, and
+/// truncates the WAL when key material was erased (here or by a request).
+async fn maintain(manager: Arc<Manager>, m: Maintenance) {
+    let mut tick = tokio::time::interval(m.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let now = crate::storage::now();
         for pass in MaintenancePass::ALL {
-            if let Err(e) = pass
-                .run(&manager, crate::storage::now(), skipped_key_max_age)
-                .await
-            {
+            if let Err(e) = pass.run(&manager, now, &m).await {
                 tracing::warn!(error = %e, "{}", pass.failed());
             }
         }
     }
 }
 
-/// Keeps the generation counter following the database while it changes.
-async fn follow_generations(keeper: Arc<crate::rollback::Keeper>) {
-    let mut tick = tokio::time::interval(crate::rollback::INTERVAL);
+/// Flushes the generation record to the disk every second while it changes.
+async fn flush_record(keeper: crate::rollback::Keeper) {
+    let mut tick = tokio::time::interval(crate::rollback::SYNC_INTERVAL);
     loop {
         tick.tick().await;
-        if let Err(e) = keeper.follow().await {
-            tracing::warn!(error = %e, "recording the database generation failed");
+        if let Err(e) = keeper.sync().await {
+            tracing::warn!(error = %e, "flushing the generation record failed");
         }
     }
 }

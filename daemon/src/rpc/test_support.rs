@@ -21,6 +21,7 @@ pub fn test_ctx() -> Arc<Ctx> {
         enable_debug_methods: true,
         redelivery: Default::default(),
         bounds: crate::config::BoundsArgs::default(),
+        files: crate::config::FileLimits::default(),
     };
     let socket = config.socket.clone();
     Arc::new(Ctx::new(config, socket))

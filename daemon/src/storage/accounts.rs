@@ -172,6 +172,14 @@ pub fn take_prekey_ids(conn: &Connection, id: i64, n: u32) -> Result<Range<u32>>
     take_ids(conn, id, n, "next_prekey_id")
 }
 
+/// Skips `prekeys` one-time prekey ids and `signed` signed prekey ids: ids an older copy of
+/// the database may have handed out since are never given to other keys.
+pub fn skip_ids(conn: &Connection, id: i64, prekeys: u32, signed: u32) -> Result<()> {
+    take_ids(conn, id, prekeys, "next_prekey_id")?;
+    take_ids(conn, id, signed, "next_signed_prekey_id")?;
+    Ok(())
+}
+
 /// Reserves one signed prekey id.
 pub fn take_signed_prekey_id(conn: &Connection, id: i64) -> Result<u32> {
     Ok(take_ids(conn, id, 1, "next_signed_prekey_id")?.start)

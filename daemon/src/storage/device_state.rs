@@ -5,7 +5,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::error::Result;
 use super::types::{
-    addr_params, blob32, id_param, int, namespace, opt_int, secret_blob, text, u32_col, WHERE_ADDR,
+    addr_params, blob32, bool_col, id_param, int, namespace, opt_int, secret_blob, text, u32_col,
+    WHERE_ADDR,
 };
 use super::{DeviceAddr, SecretBlob};
 
@@ -55,6 +56,20 @@ pub fn identity_change(conn: &Connection, addr: &DeviceAddr) -> Result<Option<Id
     )
 }
 
+/// The identity changes of an account that wait for the user (`identity.accept`): a bundle
+/// with another identity was set aside.
+pub fn pending_identity_changes(
+    conn: &Connection,
+    account_id: i64,
+) -> Result<Vec<IdentityChangeRow>> {
+    conn.prepare_cached(
+        "SELECT account_id, jid, namespace, device_id, old_identity, new_identity, bundle, \
+         seen_at, accepted_at FROM identity_changes WHERE account_id = ?1 AND accepted_at IS NULL",
+    )?
+    .query_and_then([account_id], change_from_row)?
+    .collect()
+}
+
 /// Records (or replaces) the identity change of a device.
 pub fn set_identity_change(conn: &Connection, row: &IdentityChangeRow) -> Result<()> {
     let (a, j, n, d) = addr_params(&row.addr);
@@ -93,18 +108,31 @@ pub struct PreviousSessionRow {
     pub id: i64,
     /// Snapshot with its skipped keys (secret).
     pub state: SecretBlob,
+    /// Archived from a suspect session (found in a restored copy): what decrypts on it may be a
+    /// replay.
+    pub suspect: bool,
+}
+
+/// A session state to archive.
+#[derive(Debug, Clone, Copy)]
+pub struct Archived<'a> {
+    /// Snapshot with its skipped keys (secret).
+    pub state: &'a [u8],
+    /// It comes from a suspect session.
+    pub suspect: bool,
 }
 
 /// The previous session states of a device, newest first.
 pub fn previous_sessions(conn: &Connection, addr: &DeviceAddr) -> Result<Vec<PreviousSessionRow>> {
     let (a, j, n, d) = addr_params(addr);
     conn.prepare_cached(&format!(
-        "SELECT id, state FROM previous_sessions WHERE {WHERE_ADDR} ORDER BY id DESC"
+        "SELECT id, state, suspect FROM previous_sessions WHERE {WHERE_ADDR} ORDER BY id DESC"
     ))?
     .query_and_then(params![a, j, n, d], |r| -> Result<_> {
         Ok(PreviousSessionRow {
             id: int(r, "previous_sessions", "id")?,
             state: secret_blob(r, "previous_sessions", "state")?,
+            suspect: bool_col(r, "previous_sessions", "suspect")?,
         })
     })?
     .collect()
@@ -114,16 +142,16 @@ pub fn previous_sessions(conn: &Connection, addr: &DeviceAddr) -> Result<Vec<Pre
 pub fn push_previous_session(
     conn: &Connection,
     addr: &DeviceAddr,
-    state: &[u8],
+    archived: Archived<'_>,
     now: i64,
     keep: usize,
 ) -> Result<()> {
     let (a, j, n, d) = addr_params(addr);
     conn.prepare_cached(
-        "INSERT INTO previous_sessions (account_id, jid, namespace, device_id, state, archived_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO previous_sessions (account_id, jid, namespace, device_id, state, archived_at, \
+         suspect) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![a, j, n, d, state, now])?;
+    .execute(params![a, j, n, d, archived.state, now, archived.suspect])?;
     let keep = i64::try_from(keep).unwrap_or(i64::MAX);
     conn.prepare_cached(&format!(
         "DELETE FROM previous_sessions WHERE {WHERE_ADDR} AND id NOT IN \
@@ -139,6 +167,13 @@ pub fn delete_previous_session(conn: &Connection, id: i64) -> Result<bool> {
         .prepare_cached("DELETE FROM previous_sessions WHERE id = ?1")?
         .execute([id])?
         > 0)
+}
+
+/// Removes every previous session state of an account's devices; returns how many.
+pub fn delete_previous_sessions_of_account(conn: &Connection, account_id: i64) -> Result<usize> {
+    Ok(conn
+        .prepare_cached("DELETE FROM previous_sessions WHERE account_id = ?1")?
+        .execute([account_id])?)
 }
 
 /// Removes every previous session state of a device.

@@ -110,6 +110,12 @@ pub enum StorageError {
     #[error("write batch failed: {0}")]
     Batch(#[source] Arc<rusqlite::Error>),
 
+    /// The generation record beside the database could not be written after a commit: that
+    /// batch's outcome is withheld (a restore of an older copy could not be noticed, and the
+    /// steps it took were never given out), and no later batch is committed until a restart.
+    #[error("not recorded beside the database (restart omemod once it can write there): {0}")]
+    Unrecorded(#[source] Arc<std::io::Error>),
+
     /// A job closure panicked; its savepoint was rolled back.
     #[error("storage job panicked")]
     JobPanicked,

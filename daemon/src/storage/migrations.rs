@@ -20,6 +20,8 @@ pub const MIGRATIONS: &[Migration] = &[
     (3, include_str!("../../../migrations/0003_generation.sql")),
     (4, include_str!("../../../migrations/0004_redelivery.sql")),
     (5, include_str!("../../../migrations/0005_labels.sql")),
+    (6, include_str!("../../../migrations/0006_integrity.sql")),
+    (7, include_str!("../../../migrations/0007_restore.sql")),
 ];
 
 /// The schema version this binary writes.

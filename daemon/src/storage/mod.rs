@@ -20,10 +20,13 @@
 //! - [`trust`]: trust decisions per contact JID and identity key.
 //! - [`rebuilds`]: sessions to rebuild after a rollback.
 //! - [`redelivery`]: what lets a message be decrypted again and an `encrypt` be retried.
-//! - [`generation`]: the generation counter that detects a rolled-back database.
+//! - [`generation`]: noticing a restored or copied database: the counters, the record beside
+//!   the file, the stamp of copies.
+//! - [`marks`]: the marks the writer gives session rows, and its side of the record.
 //! - [`jids`]: normalised JIDs, and bringing stored ones to that form.
 //! - [`migrations`]: the numbered schema migrations.
 //! - [`transfer`]: account deletion, backups, restores and exports.
+//! - [`side_files`]: the copies `restore` moves aside, found and deleted.
 //! - [`writer`]: the group commit on the one write connection.
 //! - `reader`: the read-only connection pool.
 //! - [`checkpoint`]: background WAL checkpoints.
@@ -41,12 +44,14 @@ mod error;
 pub mod generation;
 pub mod identity;
 pub mod jids;
+pub mod marks;
 pub mod migrations;
 pub mod prekeys;
 mod reader;
 pub mod rebuilds;
 pub mod redelivery;
 pub mod sessions;
+pub mod side_files;
 pub mod signed_prekeys;
 pub mod skipped_keys;
 pub mod transfer;
@@ -153,6 +158,8 @@ pub struct Store {
     threads: Mutex<Threads>,
     writer_stats: Arc<WriterStats>,
     checkpoint_stats: Arc<CheckpointStats>,
+    /// What [`generation::inspect`] found at open, until the daemon takes it.
+    inspection: Mutex<Option<generation::Inspection>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -258,7 +265,7 @@ fn check_pragma(conn: &Connection, pragma: &'static str, expected: &str) -> Resu
     }
 }
 
-fn open_writer(path: &Path, config: &StoreConfig) -> Result<Connection> {
+fn open_writer(path: &Path, config: &StoreConfig) -> Result<(Connection, Arc<marks::Tracker>)> {
     let conn = open_connection(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -285,7 +292,8 @@ fn open_writer(path: &Path, config: &StoreConfig) -> Result<Connection> {
     // Overwrite deleted content (used prekeys, consumed message keys) instead of leaving it
     // in free pages.
     conn.pragma_update(None, "secure_delete", "ON")?;
-    Ok(conn)
+    let tracker = marks::Tracker::install(&conn)?;
+    Ok((conn, tracker))
 }
 
 /// Size of a WAL file holding `pages` frames: its header, then a 24-byte header and a page per
@@ -356,8 +364,14 @@ impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open_with(path: &Path, config: StoreConfig) -> Result<Store> {
         prepare_files(path)?;
-        let mut conn = open_writer(path, &config)?;
+        let (mut conn, tracker) = open_writer(path, &config)?;
+        // Before anything (a migration, the JID normalisation) changes the file; what it finds
+        // is stamped into the file at once (and again once the migrations made room for the
+        // stamp), so that a daemon that dies before treating it finds it again.
+        let inspection = generation::inspect(&conn, path)?;
+        generation::remember(&conn, &inspection)?;
         migrations::migrate(&mut conn, migrations::MIGRATIONS)?;
+        generation::remember(&conn, &inspection)?;
         let report = jids::normalise_stored(&mut conn)?;
         if report != jids::NormaliseReport::default() {
             tracing::info!(?report, "stored JIDs normalised");
@@ -406,7 +420,7 @@ impl Store {
         // Under NORMAL a commit is cheaper than a hand-off to another thread and back, so a
         // waiting request leads it; under FULL the fsync is better spent off the runtime.
         let shared = writer::Shared::new(
-            conn,
+            (conn, tracker),
             signal,
             Arc::clone(&writer_stats),
             config.durability == Durability::Normal,
@@ -430,7 +444,27 @@ impl Store {
             }),
             writer_stats,
             checkpoint_stats,
+            inspection: Mutex::new(Some(inspection)),
         })
+    }
+
+    /// What the comparison with the record beside the database found at open (once; the
+    /// daemon takes it before serving).
+    pub fn take_inspection(&self) -> Option<generation::Inspection> {
+        self.inspection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Starts marking session rows and following them in `file`, whose current content is
+    /// `last` (see [`marks`]).
+    pub fn attach_record(
+        &self,
+        file: generation::RecordFile,
+        last: generation::Record,
+    ) -> Result<()> {
+        self.writer.attach(marks::Guard::new(file, last))
     }
 
     /// The database file.

@@ -156,6 +156,14 @@ pub fn delete_used(conn: &Connection, account_id: i64) -> Result<usize> {
         .execute([account_id])?)
 }
 
+/// Deletes every prekey of the account, live or used (after a restore: any may have been handed
+/// out since the copy). Returns how many.
+pub fn delete_all(conn: &Connection, account_id: i64) -> Result<usize> {
+    Ok(conn
+        .prepare_cached("DELETE FROM prekeys WHERE account_id = ?1")?
+        .execute([account_id])?)
+}
+
 /// Public halves of the live prekeys, by id, for the bundle.
 pub fn list_live_public(conn: &Connection, account_id: i64) -> Result<Vec<PublicPreKey>> {
     conn.prepare_cached(

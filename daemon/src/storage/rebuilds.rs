@@ -22,19 +22,16 @@ pub fn list(conn: &Connection) -> Result<Vec<(DeviceAddr, i64)>> {
         .collect())
 }
 
-/// Marks every stored session for a rebuild and drops those devices' stored bundles (they may
-/// offer a one-time prekey the peer already consumed); returns how many sessions.
-pub fn request_all(conn: &Connection, now: i64) -> Result<usize> {
+/// Marks every session of the account for a rebuild and drops every bundle stored for it (a
+/// cache of what peers publish: any may offer a one-time prekey consumed since, by us or by
+/// another); returns how many sessions.
+pub fn request_all(conn: &Connection, account_id: i64, now: i64) -> Result<usize> {
     let n = conn.execute(
         "INSERT OR IGNORE INTO session_rebuilds (account_id, jid, namespace, device_id, requested_at) \
-         SELECT account_id, jid, namespace, device_id, ?1 FROM sessions",
-        [now],
+         SELECT account_id, jid, namespace, device_id, ?2 FROM sessions WHERE account_id = ?1",
+        [account_id, now],
     )?;
-    conn.execute(
-        "DELETE FROM bundles WHERE (account_id, jid, namespace, device_id) IN \
-         (SELECT account_id, jid, namespace, device_id FROM session_rebuilds)",
-        [],
-    )?;
+    conn.execute("DELETE FROM bundles WHERE account_id = ?1", [account_id])?;
     Ok(n)
 }
 

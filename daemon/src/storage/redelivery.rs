@@ -23,6 +23,29 @@ pub struct RedeliveryRow {
     pub key_exchange: bool,
     /// Unix seconds of the first decryption.
     pub created_at: i64,
+    /// The conversation of the first decryption (`None`: a row from before it was kept).
+    pub conversation: Option<ConversationTag>,
+}
+
+/// The conversation a message was decrypted in, as a redelivered copy is checked against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationTag {
+    /// SHA-256 of the stanza's bare `to`; `None`: the client did not say.
+    pub to: Option<[u8; 32]>,
+    /// Whether it was a group chat message.
+    pub group_chat: bool,
+}
+
+impl ConversationTag {
+    /// Whether a copy arriving in `other` may be the same conversation: `group_chat` must be
+    /// equal, `to` only when both are known.
+    pub fn admits(&self, other: &ConversationTag) -> bool {
+        self.group_chat == other.group_chat
+            && match (self.to, other.to) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
 }
 
 impl std::fmt::Debug for RedeliveryRow {
@@ -54,9 +77,11 @@ pub fn record(conn: &Connection, row: &RedeliveryRow, keep_key: bool) -> Result<
     fn keep(keep_key: bool, v: Option<&[u8]>) -> Option<&[u8]> {
         v.filter(|_| keep_key)
     }
+    let conversation = row.conversation.filter(|_| keep_key);
     conn.prepare_cached(
         "INSERT INTO redelivery (account_id, digest, created_at, payload_digest, key_material, \
-         identity_key, key_exchange) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         identity_key, key_exchange, conversation, group_chat) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         row.account_id,
@@ -66,6 +91,8 @@ pub fn record(conn: &Connection, row: &RedeliveryRow, keep_key: bool) -> Result<
         keep(keep_key, row.key_material.as_ref().map(|k| &k[..])),
         keep(keep_key, Some(&row.identity_key[..])),
         keep_key.then_some(row.key_exchange),
+        conversation.and_then(|c| c.to).as_ref().map(|t| &t[..]),
+        conversation.map(|c| c.group_chat),
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -83,13 +110,14 @@ pub struct Record {
 }
 
 impl Record {
-    /// Writes the row (and runs the prune); returns the row id.
-    pub fn write(&self, conn: &Connection) -> Result<i64> {
+    /// Writes the row (and runs the prune); returns the row id and what the prune did.
+    pub fn write(&self, conn: &Connection) -> Result<(i64, Option<Pruned>)> {
         let id = record(conn, &self.row, self.keep_key)?;
-        if let Some((b, from)) = self.prune {
-            prune(conn, self.row.created_at, b, from)?;
-        }
-        Ok(id)
+        let pruned = self
+            .prune
+            .map(|(b, from)| prune(conn, self.row.created_at, b, from))
+            .transpose()?;
+        Ok((id, pruned))
     }
 }
 
@@ -104,30 +132,32 @@ fn blob32(table: &'static str, column: &'static str, b: &[u8]) -> Result<[u8; 32
 /// Looks a digest up in row `id` (found through the in-memory filter).
 pub fn lookup(conn: &Connection, id: i64, account_id: i64, digest: &[u8; 32]) -> Result<Seen> {
     type Cols = (
-        Option<Vec<u8>>,
-        Option<Zeroizing<Vec<u8>>>,
-        Option<Vec<u8>>,
-        Option<bool>,
-        i64,
+        (Option<Vec<u8>>, Option<Zeroizing<Vec<u8>>>, Option<Vec<u8>>),
+        (Option<bool>, i64, Option<Vec<u8>>, Option<bool>),
     );
     let row: Option<Cols> = conn
         .prepare_cached(
-            "SELECT payload_digest, key_material, identity_key, key_exchange, created_at \
+            "SELECT payload_digest, key_material, identity_key, key_exchange, created_at, \
+             conversation, group_chat \
              FROM redelivery WHERE id = ?1 AND account_id = ?2 AND digest = ?3",
         )?
         .query_row(params![id, account_id, &digest[..]], |r| {
             Ok((
-                r.get(0)?,
-                r.get::<_, Option<Vec<u8>>>(1)?.map(Zeroizing::new),
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
+                (
+                    r.get(0)?,
+                    r.get::<_, Option<Vec<u8>>>(1)?.map(Zeroizing::new),
+                    r.get(2)?,
+                ),
+                (r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?),
             ))
         })
         .optional()?;
     Ok(match row {
         None => Seen::No,
-        Some((Some(pd), km, Some(ik), Some(kex), at)) => {
+        Some(((Some(pd), km, Some(ik)), (Some(kex), at, to, group_chat))) => {
+            let to = to
+                .map(|t| blob32("redelivery", "conversation", &t))
+                .transpose()?;
             Seen::Redeliverable(Box::new(RedeliveryRow {
                 account_id,
                 digest: *digest,
@@ -136,6 +166,7 @@ pub fn lookup(conn: &Connection, id: i64, account_id: i64, digest: &[u8; 32]) ->
                 identity_key: blob32("redelivery", "identity_key", &ik)?,
                 key_exchange: kex,
                 created_at: at,
+                conversation: group_chat.map(|group_chat| ConversationTag { to, group_chat }),
             }))
         }
         Some(_) => Seen::DigestOnly,
@@ -175,20 +206,55 @@ pub struct EncryptResultRow {
     pub created_at: i64,
 }
 
-/// Stores an `encrypt` answer (keeps an existing one).
-pub fn put_encrypt_result(conn: &Connection, row: &EncryptResultRow) -> Result<()> {
+/// Stores an `encrypt` answer in place of any kept for the same key (a retry that had to
+/// encrypt again), then drops the oldest answers until all of them together are at most
+/// `max_bytes`. An answer larger than that on its own is not kept: returns false.
+pub fn put_encrypt_result(
+    conn: &Connection,
+    row: &EncryptResultRow,
+    max_bytes: i64,
+) -> Result<bool> {
     conn.prepare_cached(
-        "INSERT INTO encrypt_results (account_id, idempotency_key, request_digest, result, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        "DELETE FROM encrypt_results WHERE account_id = ?1 AND idempotency_key = ?2",
+    )?
+    .execute(params![row.account_id, row.idempotency_key])?;
+    let bytes = i64::try_from(row.result.len()).unwrap_or(i64::MAX);
+    if bytes > max_bytes {
+        return Ok(false);
+    }
+    conn.prepare_cached(
+        "INSERT INTO encrypt_results (account_id, idempotency_key, request_digest, result, created_at, bytes) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         row.account_id,
         row.idempotency_key,
         &row.request_digest[..],
         row.result,
-        row.created_at
+        row.created_at,
+        bytes
     ])?;
-    Ok(())
+    trim_encrypt_results(conn, max_bytes)?;
+    Ok(true)
+}
+
+/// Deletes the oldest `encrypt` answers until the rest hold at most `max_bytes` together.
+/// Returns how many went. (The sum is read off the index on `bytes`, not the answers.)
+fn trim_encrypt_results(conn: &Connection, max_bytes: i64) -> Result<usize> {
+    let total: i64 = conn
+        .prepare_cached("SELECT coalesce(sum(bytes), 0) FROM encrypt_results")?
+        .query_row([], |r| r.get(0))?;
+    if total <= max_bytes {
+        return Ok(0);
+    }
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM encrypt_results WHERE id <= ( \
+               SELECT id FROM (SELECT id, sum(bytes) OVER (ORDER BY id DESC) AS newer \
+                               FROM encrypt_results) \
+               WHERE newer > ?1 ORDER BY id DESC LIMIT 1)",
+        )?
+        .execute([max_bytes])?)
 }
 
 /// The stored answer for an idempotency key.
@@ -233,6 +299,8 @@ pub struct Bounds {
     pub digest_retention_secs: i64,
     /// At most this many digests.
     pub max_digests: i64,
+    /// Encrypt answers hold at most this many bytes together.
+    pub max_result_bytes: i64,
 }
 
 /// What [`prune`] deleted or erased.
@@ -252,6 +320,11 @@ impl Pruned {
     /// Whether anything was deleted.
     pub fn any(&self) -> bool {
         self.redelivery + self.digests + self.encrypt_results > 0
+    }
+
+    /// Whether key material (or a kept answer) was erased: the WAL still holds it.
+    pub fn erased(&self) -> bool {
+        self.redelivery + self.encrypt_results > 0
     }
 }
 
@@ -298,7 +371,8 @@ pub fn prune(conn: &Connection, now: i64, b: Bounds, key_frontier: i64) -> Resul
     let erased = conn
         .prepare_cached(
             "UPDATE redelivery SET payload_digest = NULL, key_material = NULL, identity_key = NULL, \
-             key_exchange = NULL WHERE id >= ?1 AND id < ?2 AND payload_digest IS NOT NULL",
+             key_exchange = NULL, conversation = NULL, group_chat = NULL \
+             WHERE id >= ?1 AND id < ?2 AND payload_digest IS NOT NULL",
         )?
         .execute([key_frontier.min(key_cut), key_cut])?;
     // Encrypt answers (rare; an index on created_at serves them).
@@ -312,6 +386,7 @@ pub fn prune(conn: &Connection, now: i64, b: Bounds, key_frontier: i64) -> Resul
             "DELETE FROM encrypt_results WHERE id <= (SELECT max(id) FROM encrypt_results) - ?1",
         )?
         .execute([cap])?;
+    encrypt_results += trim_encrypt_results(conn, b.max_result_bytes)?;
     Ok(Pruned {
         redelivery: erased,
         digests,
@@ -328,19 +403,6 @@ pub fn counts(conn: &Connection) -> Result<(i64, i64, i64)> {
         c("SELECT count(*) FROM redelivery")?,
         c("SELECT count(*) FROM encrypt_results")?,
     ))
-}
-
-impl super::Store {
-    /// Checkpoints with `TRUNCATE` on a connection of its own, so that deleted key material
-    /// does not linger in the WAL file. Blocks (waits for readers up to the busy timeout).
-    pub fn truncate_wal(&self) -> Result<super::CheckpointResult> {
-        let conn = super::open_connection(
-            self.path(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            self.config(),
-        )?;
-        super::checkpoint::checkpoint(&conn, super::CheckpointMode::Truncate)
-    }
 }
 
 #[cfg(test)]
@@ -367,6 +429,10 @@ mod tests {
             identity_key: [9; 32],
             key_exchange: i.is_multiple_of(2),
             created_at: at,
+            conversation: Some(ConversationTag {
+                to: (!i.is_multiple_of(3)).then_some([i; 32]),
+                group_chat: i % 3 == 1,
+            }),
         }
     }
 
@@ -375,6 +441,7 @@ mod tests {
         max_rows: 3,
         digest_retention_secs: 1000,
         max_digests: 5,
+        max_result_bytes: 1000,
     };
 
     #[test]
@@ -459,16 +526,63 @@ mod tests {
             result: "{}".into(),
             created_at: 5,
         };
-        put_encrypt_result(&c, &r).unwrap();
-        put_encrypt_result(
+        assert!(put_encrypt_result(&c, &r, 1000).unwrap());
+        assert_eq!(get_encrypt_result(&c, 1, "k1").unwrap(), Some(r.clone()));
+        assert_eq!(get_encrypt_result(&c, 1, "k2").unwrap(), None);
+        // A retry that encrypted again replaces the answer.
+        let again = EncryptResultRow {
+            result: "other".into(),
+            ..r.clone()
+        };
+        assert!(put_encrypt_result(&c, &again, 1000).unwrap());
+        assert_eq!(get_encrypt_result(&c, 1, "k1").unwrap(), Some(again));
+    }
+
+    #[test]
+    fn encrypt_results_are_bounded_in_bytes() {
+        let c = db();
+        let row = |i: u8, len: usize| EncryptResultRow {
+            account_id: 1,
+            idempotency_key: format!("k{i}"),
+            request_digest: [i; 32],
+            result: "x".repeat(len),
+            created_at: 5,
+        };
+        let total = |c: &Connection| -> i64 {
+            c.query_row("SELECT sum(length(result)) FROM encrypt_results", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        for i in 0..10 {
+            assert!(put_encrypt_result(&c, &row(i, 300), 1000).unwrap());
+            assert!(total(&c) <= 1000);
+        }
+        // The newest three remain.
+        for i in 0..7 {
+            assert_eq!(get_encrypt_result(&c, 1, &format!("k{i}")).unwrap(), None);
+        }
+        for i in 7..10 {
+            assert!(get_encrypt_result(&c, 1, &format!("k{i}"))
+                .unwrap()
+                .is_some());
+        }
+        // Larger than the cap on its own: not kept, the others stay.
+        assert!(!put_encrypt_result(&c, &row(20, 1001), 1000).unwrap());
+        assert_eq!(get_encrypt_result(&c, 1, "k20").unwrap(), None);
+        assert_eq!(total(&c), 900);
+        // The prune keeps to a smaller cap too.
+        let p = prune(
             &c,
-            &EncryptResultRow {
-                result: "other".into(),
-                ..r.clone()
+            5,
+            Bounds {
+                max_result_bytes: 300,
+                ..B
             },
+            0,
         )
         .unwrap();
-        assert_eq!(get_encrypt_result(&c, 1, "k1").unwrap(), Some(r));
-        assert_eq!(get_encrypt_result(&c, 1, "k2").unwrap(), None);
+        assert_eq!(p.encrypt_results, 2);
+        assert_eq!(total(&c), 300);
     }
 }

@@ -69,6 +69,9 @@ pub struct SessionRow {
     pub messages_sent: u64,
     /// Messages decrypted with it.
     pub messages_received: u64,
+    /// Found in a restored or copied database: what decrypts on it may be a replay, and its next
+    /// message starts a new session.
+    pub suspect: bool,
 }
 
 impl SessionRow {
@@ -85,7 +88,7 @@ impl SessionRow {
 
 const COLUMNS: &str =
     "account_id, jid, namespace, device_id, state, state_format, identity_key, initiated_by, \
-                       confirmed, created_at, updated_at, messages_sent, messages_received";
+                       confirmed, created_at, updated_at, messages_sent, messages_received, suspect";
 
 fn from_row(r: &Row<'_>) -> Result<SessionRow> {
     Ok(SessionRow {
@@ -102,6 +105,7 @@ fn from_row(r: &Row<'_>) -> Result<SessionRow> {
         updated_at: int(r, T, "updated_at")?,
         messages_sent: u64_col(r, T, "messages_sent")?,
         messages_received: u64_col(r, T, "messages_received")?,
+        suspect: bool_col(r, T, "suspect")?,
     })
 }
 
@@ -111,10 +115,11 @@ const UPSERT_TAIL: &str = " ON CONFLICT (account_id, jid, namespace, device_id) 
                       THEN created_at ELSE excluded.created_at END, \
     identity_key = excluded.identity_key, initiated_by = excluded.initiated_by, \
     confirmed = excluded.confirmed, updated_at = excluded.updated_at, \
-    messages_sent = excluded.messages_sent, messages_received = excluded.messages_received";
+    messages_sent = excluded.messages_sent, messages_received = excluded.messages_received, \
+    suspect = excluded.suspect, mark = excluded.mark";
 
-/// Parameters per row.
-const ROW_PARAMS: usize = 13;
+/// Parameters per row (the mark is not one: [`super::writer`] gives it, see [`super::marks`]).
+const ROW_PARAMS: usize = 14;
 
 /// Most rows of one multi-row statement. Chunks are powers of two up to it, so at most 7
 /// statement texts reach the connection's statement cache.
@@ -127,13 +132,17 @@ fn upsert_sql(n: usize) -> &'static str {
     static SQL: [OnceLock<String>; SIZES] = [const { OnceLock::new() }; SIZES];
     let k = (n.ilog2() as usize).min(SIZES - 1);
     SQL[k].get_or_init(|| {
-        let row = format!("({})", vec!["?"; ROW_PARAMS].join(", "));
+        let row = format!(
+            "({}, {})",
+            vec!["?"; ROW_PARAMS].join(", "),
+            super::marks::BATCH_MARK_SQL
+        );
         let values = vec![row.as_str(); 1 << k].join(", ");
-        format!("INSERT INTO sessions ({COLUMNS}) VALUES {values}{UPSERT_TAIL}")
+        format!("INSERT INTO sessions ({COLUMNS}, mark) VALUES {values}{UPSERT_TAIL}")
     })
 }
 
-/// Binds the row's 13 values from parameter `first` on.
+/// Binds the row's 14 values from parameter `first` on.
 fn bind_row(st: &mut rusqlite::Statement<'_>, first: usize, row: &SessionRow) -> Result<()> {
     st.raw_bind_parameter(first, row.account_id)?;
     st.raw_bind_parameter(first + 1, row.jid.as_str())?;
@@ -154,12 +163,14 @@ fn bind_row(st: &mut rusqlite::Statement<'_>, first: usize, row: &SessionRow) ->
         first + 12,
         counter_param("messages_received", row.messages_received)?,
     )?;
+    st.raw_bind_parameter(first + 13, row.suspect)?;
     Ok(())
 }
 
 /// Stores a session, replacing the one of the same device (its `created_at` is kept only if
-/// the identity key is unchanged). Skipped message keys of the device are kept; delete them
-/// with [`super::skipped_keys::delete_for_session`] if they no longer apply.
+/// the identity key is unchanged), stamped with the writer's batch mark. Skipped message keys
+/// of the device are kept; delete them with [`super::skipped_keys::delete_for_session`] if they
+/// no longer apply.
 pub fn upsert(conn: &Connection, row: &SessionRow) -> Result<()> {
     upsert_many(conn, std::slice::from_ref(row))
 }
@@ -189,6 +200,18 @@ pub fn upsert_many<R: std::borrow::Borrow<SessionRow>>(
 /// The session with a device.
 pub fn get(conn: &Connection, addr: &DeviceAddr) -> Result<Option<SessionRow>> {
     super::types::get_by_addr(conn, T, COLUMNS, addr, from_row)
+}
+
+/// Replaces only the `state` of a session (its skipped keys changed, nothing else did).
+pub fn set_state(conn: &Connection, addr: &DeviceAddr, state: &[u8]) -> Result<bool> {
+    let (a, j, n, d) = super::types::addr_params(addr);
+    let changed = conn
+        .prepare_cached(&format!(
+            "UPDATE sessions SET state = ?5 WHERE {}",
+            super::types::WHERE_ADDR
+        ))?
+        .execute(params![a, j, n, d, state])?;
+    Ok(changed > 0)
 }
 
 /// Deletes a session and its skipped message keys. Returns whether it existed.
@@ -240,4 +263,11 @@ pub fn list_for_jid(conn: &Connection, account_id: i64, jid: &str) -> Result<Vec
     ))?
         .query_and_then(params![account_id, jid], from_row)?
         .collect()
+}
+
+/// Marks every session of the account suspect (found in a restored copy); returns how many.
+pub fn mark_all_suspect(conn: &Connection, account_id: i64) -> Result<usize> {
+    Ok(conn
+        .prepare_cached("UPDATE sessions SET suspect = 1 WHERE account_id = ?1")?
+        .execute([account_id])?)
 }

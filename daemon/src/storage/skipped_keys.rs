@@ -4,7 +4,9 @@ use protocol_core::double_ratchet::skipped_keys::{SkippedKey, SkippedKeyChanges}
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::Result;
-use super::types::{addr_columns, id_param, DeviceAddr, SecretKey};
+use super::types::{
+    addr_columns, addr_params, blob32, id_param, u32_col, DeviceAddr, SecretKey, WHERE_ADDR,
+};
 
 /// One skipped message key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,11 +214,29 @@ pub fn trim(conn: &Connection, addr: &DeviceAddr, keep: u32) -> Result<usize> {
         ])?)
 }
 
-/// Deletes skipped keys (of every session) created before `cutoff`. Returns how many.
-pub fn delete_older_than(conn: &Connection, cutoff: i64) -> Result<usize> {
+/// The (ratchet key, index) of a session's skipped keys created before `cutoff`.
+pub fn expired(conn: &Connection, addr: &DeviceAddr, cutoff: i64) -> Result<Vec<([u8; 32], u32)>> {
+    let (a, j, n, d) = addr_params(addr);
+    conn.prepare_cached(&format!(
+        "SELECT ratchet_key, n FROM skipped_keys WHERE {WHERE_ADDR} AND created_at < ?5"
+    ))?
+    .query_and_then(params![a, j, n, d, cutoff], |r| -> Result<_> {
+        Ok((
+            blob32(r, "skipped_keys", "ratchet_key")?,
+            u32_col(r, "skipped_keys", "n")?,
+        ))
+    })?
+    .collect()
+}
+
+/// Deletes a session's skipped keys created before `cutoff`. Returns how many.
+pub fn delete_expired(conn: &Connection, addr: &DeviceAddr, cutoff: i64) -> Result<usize> {
+    let (a, j, n, d) = addr_params(addr);
     Ok(conn
-        .prepare_cached("DELETE FROM skipped_keys WHERE created_at < ?1")?
-        .execute([cutoff])?)
+        .prepare_cached(&format!(
+            "DELETE FROM skipped_keys WHERE {WHERE_ADDR} AND created_at < ?5"
+        ))?
+        .execute(params![a, j, n, d, cutoff])?)
 }
 
 /// The sessions that hold skipped keys created before `cutoff` (rows with an unknown namespace

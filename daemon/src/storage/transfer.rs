@@ -4,6 +4,10 @@
 //! Every table holding an account's data has an `account_id` column; the functions here find
 //! those tables in the schema rather than naming them, so that tables added by later migrations
 //! are deleted, exported and imported too.
+//!
+//! Every copy that can be put back carries the restored-copy stamp ([`super::generation`]): a
+//! backup, the database a restore puts in place, an exported account (and so the imported one).
+//! A daemon starting on it treats its accounts as restored from an older state.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -157,12 +161,27 @@ fn summary(conn: &Connection, file: &Path) -> Result<BackupSummary> {
     })
 }
 
-/// Writes a consistent copy of the database `db` to `dst` (which must not exist). Safe while a
-/// daemon runs on `db`.
+/// Brings the copy at `path` to this binary's schema and stamps every account of it as a
+/// restored copy.
+fn stamp_copy(path: &Path) -> Result<()> {
+    let mut conn = Connection::open(path)?;
+    migrations::migrate(&mut conn, migrations::MIGRATIONS)?;
+    super::generation::stamp(&conn)?;
+    conn.close().map_err(|(_, e)| StorageError::Sqlite(e))?;
+    OpenOptions::new()
+        .read(true)
+        .open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("syncing", path))
+}
+
+/// Writes a consistent copy of the database `db` to `dst` (which must not exist), stamped as a
+/// restored copy. Safe while a daemon runs on `db`.
 pub fn backup(db: &Path, dst: &Path) -> Result<BackupSummary> {
     let src = open_read_only(db)?;
     copy_database(&src, dst)?;
     drop(src);
+    stamp_copy(dst)?;
     let check = open_read_only(dst)?;
     summary(&check, dst)
 }
@@ -202,9 +221,10 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Replaces the database `db` by a copy of `file`. The caller must hold the database's lock
-/// (no daemon may run). The replaced database is kept next to it as
-/// `<db>.before-restore-<unix time>`.
+/// Replaces the database `db` by a copy of `file`, stamped as a restored copy (whatever made
+/// `file`). The caller must hold the database's lock (no daemon may run). The replaced database
+/// is kept next to it as `<db>.before-restore-<unix time>`; the record beside it
+/// (`<db>.generation`) stays, and names the state the copy is older than.
 pub fn restore(file: &Path, db: &Path) -> Result<RestoreSummary> {
     let checked = check_backup(file)?;
     let tmp = with_suffix(db, ".restoring");
@@ -217,6 +237,7 @@ pub fn restore(file: &Path, db: &Path) -> Result<RestoreSummary> {
         let src = open_read_only(file)?;
         copy_database(&src, &tmp)?;
     }
+    stamp_copy(&tmp)?;
     let mut previous = None;
     if db.exists() {
         // Fold the old WAL into the old file first: the WAL must never meet the new file.
@@ -228,7 +249,7 @@ pub fn restore(file: &Path, db: &Path) -> Result<RestoreSummary> {
                 })?;
             let _: String = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))?;
         }
-        let kept = with_suffix(db, &format!(".before-restore-{}", super::now()));
+        let kept = super::side_files::before_restore_path(db, super::now());
         std::fs::rename(db, &kept).map_err(io_err("moving aside", db))?;
         previous = Some(kept);
     }
@@ -318,6 +339,8 @@ pub fn export_account(db: &Path, jid: &str) -> Result<Value> {
         .pop()
         .ok_or(StorageError::NotFound { what: "account" })?;
     account.remove("id");
+    // The export is a copy: wherever it is imported it is treated as restored.
+    account.insert("restored_copy".to_owned(), json!(1));
     let mut tables = Vec::new();
     for table in account_tables(&conn)? {
         let mut rows = rows_of(
@@ -450,6 +473,9 @@ pub fn import_account(tx: &Connection, doc: &Value) -> Result<String> {
     }
     insert_row(tx, "accounts", account, None)?;
     let id = tx.last_insert_rowid();
+    // A copy of an account that may have gone on elsewhere (exports of older versions carry
+    // no stamp).
+    tx.execute("UPDATE accounts SET restored_copy = 1 WHERE id = ?1", [id])?;
     let known = account_tables(tx)?;
     for t in doc["tables"]
         .as_array()

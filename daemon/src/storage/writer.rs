@@ -17,6 +17,9 @@
 //! The writer thread also leads whenever jobs are queued and nobody else will: a leader hands
 //! over after one batch if more arrived meanwhile, a dropped future never leaves its job
 //! behind, and `close` waits for the queue to drain.
+//!
+//! Once the daemon attached the record beside the database ([`super::marks`]), a batch that
+//! wrote or deleted session rows writes it after COMMIT and before any job learns its outcome.
 
 use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -28,6 +31,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use rusqlite::Connection;
 
 use super::error::{Result, StorageError};
+use super::marks::{Guard, Sealed, Tracker};
 
 /// Most jobs committed together.
 pub const MAX_BATCH: usize = 256;
@@ -54,12 +58,22 @@ impl<T> Reply<T> {
     }
 }
 
+/// Why a batch's jobs get an error instead of their results.
+#[derive(Debug, Clone)]
+pub(crate) enum BatchFailure {
+    /// The batch was not committed.
+    NotCommitted(Arc<rusqlite::Error>),
+    /// It was committed, but the record beside the database could not be written: the outcome
+    /// is not given out, as the record would not protect it.
+    Unrecorded(Arc<std::io::Error>),
+}
+
 /// A type-erased write job.
 pub(crate) trait WriteJob: Send {
     /// Runs the closure inside the open transaction; `true` if it succeeded.
     fn run(&mut self, conn: &Connection) -> bool;
-    /// Delivers the result. `batch_error` is set if the batch as a whole was not committed.
-    fn finish(self: Box<Self>, batch_error: Option<&Arc<rusqlite::Error>>);
+    /// Delivers the result. `batch_error` is set if the batch as a whole failed.
+    fn finish(self: Box<Self>, batch_error: Option<&BatchFailure>);
 }
 
 pub(crate) struct TypedJob<T, F> {
@@ -94,11 +108,12 @@ where
         ok
     }
 
-    fn finish(self: Box<Self>, batch_error: Option<&Arc<rusqlite::Error>>) {
+    fn finish(self: Box<Self>, batch_error: Option<&BatchFailure>) {
         let r = match (self.result, batch_error) {
             // A job's own failure is the more useful error.
             (Some(Err(e)), _) => Err(e),
-            (_, Some(e)) => Err(StorageError::Batch(Arc::clone(e))),
+            (_, Some(BatchFailure::NotCommitted(e))) => Err(StorageError::Batch(Arc::clone(e))),
+            (_, Some(BatchFailure::Unrecorded(e))) => Err(StorageError::Unrecorded(Arc::clone(e))),
             (Some(Ok(v)), None) => Ok(v),
             (None, None) => Err(StorageError::Closed),
         };
@@ -136,6 +151,10 @@ pub(crate) struct CheckpointSignal {
 /// The write connection and what goes with it; only the current leader locks it.
 struct Conn {
     conn: Connection,
+    /// What the connection's callbacks saw of the current batch.
+    tracker: Arc<Tracker>,
+    /// The record beside the database, once attached.
+    guard: Option<Guard>,
     signal: CheckpointSignal,
     /// WAL file size at the last look.
     last_len: u64,
@@ -176,7 +195,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) fn new(
-        conn: Connection,
+        (conn, tracker): (Connection, Arc<Tracker>),
         signal: CheckpointSignal,
         stats: Arc<WriterStats>,
         async_inline: bool,
@@ -186,6 +205,8 @@ impl Shared {
             wake: Condvar::new(),
             conn: Mutex::new(Some(Conn {
                 conn,
+                tracker,
+                guard: None,
                 signal,
                 last_len: 0,
                 commits: 0,
@@ -193,6 +214,17 @@ impl Shared {
             stats,
             async_inline,
         })
+    }
+
+    /// From the next batch on, session rows carry marks and `guard`'s record follows them.
+    pub(crate) fn attach(&self, guard: Guard) -> Result<()> {
+        match lock(&self.conn).as_mut() {
+            Some(c) => {
+                c.guard = Some(guard);
+                Ok(())
+            }
+            None => Err(StorageError::Closed),
+        }
     }
 
     /// Hands queued jobs nobody leads to the writer thread (waking it if it sleeps); after
@@ -280,18 +312,30 @@ impl Shared {
             }
             return;
         };
-        let (batch, failure) = run_batch(&mut c.conn, batch);
+        if let Some(e) = c.guard.as_ref().and_then(Guard::broken) {
+            let failure = BatchFailure::Unrecorded(Arc::clone(e));
+            drop(guard);
+            for job in batch {
+                job.finish(Some(&failure)); // never ran
+            }
+            return;
+        }
+        let (batch, outcome) = run_batch(&mut c.conn, batch, &c.tracker, c.guard.as_ref());
         // Counters first, so they are current by the time a caller sees its result.
         self.stats.jobs.fetch_add(n, Ordering::Relaxed);
         self.stats.max_batch.fetch_max(n, Ordering::Relaxed);
         let mut checkpoint = false;
-        if failure.is_none() {
-            self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            if inline {
-                self.stats.inline_batches.fetch_add(1, Ordering::Relaxed);
+        let failure = match outcome {
+            Err(e) => Some(BatchFailure::NotCommitted(e)),
+            Ok(sealed) => {
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                if inline {
+                    self.stats.inline_batches.fetch_add(1, Ordering::Relaxed);
+                }
+                checkpoint = c.after_commit();
+                c.record(sealed).err().map(BatchFailure::Unrecorded)
             }
-            checkpoint = c.after_commit();
-        }
+        };
         // The next batch waits for a checkpoint, this one's answers do not.
         let keep = checkpoint.then_some(guard);
         // Only now, after COMMIT returned, does anyone learn the outcome.
@@ -316,6 +360,25 @@ impl Shared {
 }
 
 impl Conn {
+    /// After COMMIT: writes what the batch sealed (see [`super::marks`]).
+    fn record(&mut self, marked: Marked) -> std::result::Result<(), Arc<std::io::Error>> {
+        let Some(guard) = self.guard.as_mut() else {
+            return Ok(());
+        };
+        match marked {
+            Marked::Unmarked => Ok(()),
+            Marked::Nothing(mark) => {
+                guard.skip(mark);
+                Ok(())
+            }
+            Marked::Sealed(sealed) => guard.record(sealed).inspect_err(|e| {
+                tracing::error!(error = %e, "cannot write the generation record: this batch's \
+                                outcome is withheld and no later one is committed (restart \
+                                omemod once the file system is writable again)");
+            }),
+        }
+    }
+
     /// Returns whether the writer should checkpoint ([`Conn::finish_checkpoint`]).
     fn after_commit(&mut self) -> bool {
         self.signal.dirty.store(true, Ordering::Release);
@@ -471,7 +534,11 @@ pub(crate) fn run(shared: Arc<Shared>) {
         q.writer_idle = false;
     }
     drop(q);
-    drop(lock(&shared.conn).take());
+    if let Some(c) = lock(&shared.conn).take() {
+        if let Some(g) = c.guard {
+            g.close();
+        }
+    }
     tracing::debug!("storage writer stopped");
 }
 /// Runs a transaction-control statement through the statement cache: parsing `BEGIN`,
@@ -489,56 +556,87 @@ fn roll_back(conn: &Connection) {
     }
 }
 
-/// Runs one batch in one transaction. Returns the jobs (results not yet delivered) and, if the
-/// batch was not committed, why.
+/// What a committed batch leaves for the record beside the database.
+enum Marked {
+    /// No record is attached.
+    Unmarked,
+    /// Nothing to record; the batch used this mark.
+    Nothing((u64, u64)),
+    /// Write this.
+    Sealed(Sealed),
+}
+
+/// A batch's jobs (results not yet delivered) and, if it was committed, what it leaves for the
+/// record, else why not.
+type Ran = (
+    Vec<Box<dyn WriteJob>>,
+    std::result::Result<Marked, Arc<rusqlite::Error>>,
+);
+
+/// Runs one batch in one transaction.
 fn run_batch(
     conn: &mut Connection,
     mut batch: Vec<Box<dyn WriteJob>>,
-) -> (Vec<Box<dyn WriteJob>>, Option<Arc<rusqlite::Error>>) {
+    tracker: &Tracker,
+    guard: Option<&Guard>,
+) -> Ran {
     let conn = &*conn;
-    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
-        tracing::error!(error = %e, "cannot begin write transaction");
-        roll_back(conn);
-        return (batch, Some(Arc::new(e)));
-    }
-    // A batch of one needs no savepoint: the transaction is the job's own.
-    let outcome = if let [job] = batch.as_mut_slice() {
-        if job.run(conn) {
-            control(conn, "COMMIT")
-        } else {
-            roll_back(conn); // the job reports its own error
-            return (batch, None);
-        }
-    } else {
-        let mut broken: Option<rusqlite::Error> = None;
-        for job in batch.iter_mut() {
-            if let Err(e) = control(conn, "SAVEPOINT omemod_job") {
-                broken = Some(e);
-                break;
-            }
-            let end = if job.run(conn) {
-                control(conn, "RELEASE omemod_job")
-            } else {
-                control(conn, "ROLLBACK TO omemod_job")
-                    .and_then(|()| control(conn, "RELEASE omemod_job"))
-            };
-            if let Err(e) = end {
-                // E.g. SQLite already rolled the whole transaction back (disk full).
-                broken = Some(e);
-                break;
-            }
-        }
-        match broken {
-            Some(e) => Err(e),
-            None => control(conn, "COMMIT"),
+    let begun = control(conn, "BEGIN IMMEDIATE")
+        .and_then(|()| guard.map(|g| g.begin(conn, tracker)).transpose());
+    let mark = match begun {
+        Ok(mark) => mark,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot begin write transaction");
+            roll_back(conn);
+            return (batch, Err(Arc::new(e)));
         }
     };
-    match outcome {
-        Ok(()) => (batch, None),
+    // A batch of one needs no savepoint: the transaction is the job's own.
+    let ran = if let [job] = batch.as_mut_slice() {
+        if job.run(conn) {
+            Ok(())
+        } else {
+            roll_back(conn); // the job reports its own error
+            return (batch, Ok(mark.map_or(Marked::Unmarked, Marked::Nothing)));
+        }
+    } else {
+        run_jobs(conn, &mut batch, tracker)
+    };
+    let sealed = ran.and_then(|()| match (guard, mark) {
+        (Some(g), Some(m)) => Ok(match g.seal(conn, tracker, m)? {
+            Some(s) => Marked::Sealed(s),
+            None => Marked::Nothing(m),
+        }),
+        _ => Ok(Marked::Unmarked),
+    });
+    match sealed.and_then(|marked| control(conn, "COMMIT").map(|()| marked)) {
+        Ok(marked) => (batch, Ok(marked)),
         Err(e) => {
             roll_back(conn);
             tracing::error!(error = %e, "write batch failed");
-            (batch, Some(Arc::new(e)))
+            (batch, Err(Arc::new(e)))
         }
     }
+}
+
+/// Runs each job of a batch in its own savepoint; a job that fails is rolled back alone (and
+/// what the tracker saw of it forgotten).
+fn run_jobs(
+    conn: &Connection,
+    batch: &mut [Box<dyn WriteJob>],
+    tracker: &Tracker,
+) -> rusqlite::Result<()> {
+    for job in batch.iter_mut() {
+        control(conn, "SAVEPOINT omemod_job")?;
+        let saved = tracker.save();
+        if job.run(conn) {
+            control(conn, "RELEASE omemod_job")?;
+        } else {
+            // E.g. SQLite already rolled the whole transaction back (disk full): an error.
+            control(conn, "ROLLBACK TO omemod_job")
+                .and_then(|()| control(conn, "RELEASE omemod_job"))?;
+            tracker.restore(saved);
+        }
+    }
+    Ok(())
 }

@@ -386,6 +386,17 @@ impl DoubleRatchet {
         })
     }
 
+    /// Removes the skipped keys the caller's store deleted (they expired there): their late
+    /// messages are then reported as [`RatchetError::MessageKeyDropped`], never as duplicates.
+    /// Returns how many of them the store held.
+    pub fn forget_skipped_keys(&mut self, keys: &[([u8; 32], u32)]) -> usize {
+        let forgotten = self.skipped.remove(keys);
+        for (ratchet_key, n) in keys {
+            self.chains.note_dropped(ratchet_key, *n);
+        }
+        forgotten
+    }
+
     /// Applies a decryption whose message authenticated and decrypted.
     pub fn commit(&mut self, pending: PendingDecrypt) -> SkippedKeyChanges {
         if let Some(next) = pending.next {
@@ -536,5 +547,35 @@ mod tests {
             recv(&mut bob, h, mk, &mut rng).err(),
             Some(RatchetError::DuplicateMessage(h.n))
         );
+    }
+
+    /// A skipped key the caller's store expired: its message is a dropped key, not a
+    /// duplicate, in the current receiving chain and in a previous one; the keys kept still
+    /// decrypt.
+    #[test]
+    fn forgotten_skipped_key_is_not_a_duplicate() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let (mut alice, mut bob) = pair(Version::Oldmemo, &mut rng);
+        let first: Vec<_> = (0..3).map(|_| alice.encrypt().unwrap()).collect();
+        recv(&mut bob, &first[2].0, &first[2].1, &mut rng).unwrap();
+        let (h, mk) = bob.encrypt().unwrap();
+        recv(&mut alice, &h, &mk, &mut rng).unwrap();
+        let second: Vec<_> = (0..3).map(|_| alice.encrypt().unwrap()).collect();
+        recv(&mut bob, &second[2].0, &second[2].1, &mut rng).unwrap();
+        assert_eq!(bob.skipped_keys().len(), 4);
+        let expired = [
+            (first[0].0.ratchet_key.0, 0),
+            (second[0].0.ratchet_key.0, 0),
+            ([9; 32], 5),
+        ];
+        assert_eq!(bob.forget_skipped_keys(&expired), 2);
+        for (h, mk) in [&first[0], &second[0]] {
+            assert_eq!(
+                recv(&mut bob, h, mk, &mut rng).err(),
+                Some(RatchetError::MessageKeyDropped(0))
+            );
+        }
+        recv(&mut bob, &first[1].0, &first[1].1, &mut rng).unwrap();
+        recv(&mut bob, &second[1].0, &second[1].1, &mut rng).unwrap();
     }
 }

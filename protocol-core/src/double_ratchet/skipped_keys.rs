@@ -90,6 +90,14 @@ impl SkippedKeys {
             .map(SkippedKey::message_key)
     }
 
+    /// Removes `keys` (ratchet key, index); returns how many were stored.
+    pub(crate) fn remove(&mut self, keys: &[([u8; 32], u32)]) -> usize {
+        let before = self.keys.len();
+        self.keys
+            .retain(|k| !keys.iter().any(|(rk, n)| k.n == *n && &k.ratchet_key == rk));
+        before - self.keys.len()
+    }
+
     pub(crate) fn apply(
         &mut self,
         used: Option<([u8; 32], u32)>,

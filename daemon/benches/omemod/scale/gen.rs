@@ -22,7 +22,7 @@ use omemod::manager::account::{self, TrustMode};
 use omemod::manager::sessions::{session_row, SessionMeta};
 use omemod::storage::bundles::{self, BundleRow};
 use omemod::storage::devices::{self, DeviceListEntry};
-use omemod::storage::redelivery::{self, RedeliveryRow};
+use omemod::storage::redelivery::{self, ConversationTag, RedeliveryRow};
 use omemod::storage::sessions::{self, SessionRow};
 use omemod::storage::trust::{self, TrustLevel, TrustRow, TrustSource};
 use omemod::storage::{skipped_keys, DeviceAddr, Durability, Store, StoreConfig};
@@ -230,6 +230,7 @@ fn contacts_of(o: &Ours, layout: &Layout, sample: f64, rng: &mut StdRng) -> Acco
                 created_at: created,
                 messages_sent: 1,
                 messages_received: 1 + 2 * u64::from(skipped),
+                suspect: false,
             };
             let row = session_row(&addr, &s, &meta, created);
             let curve = *s.remote_curve25519();
@@ -395,6 +396,10 @@ fn fill_redelivery(store: &Store, ours: &[Ours], sessions: usize) {
                         identity_key: [7; 32],
                         key_exchange: false,
                         created_at: now - age,
+                        conversation: Some(ConversationTag {
+                            to: None,
+                            group_chat: false,
+                        }),
                     },
                     with_key,
                 )

@@ -9,7 +9,8 @@ use crate::manager::device_id::RenewDeviceIdError;
 use crate::manager::devicelist::DevicelistError;
 use crate::manager::encrypt::{EncryptError, HeartbeatError, ReplaceSessionError};
 use crate::manager::error::{
-    AccountLookupError, DeviceIdError, InvalidFingerprint, InvalidJid, RateLimited, RecipientsError,
+    AccountLookupError, ChangedIdentity, DeviceIdError, InvalidFingerprint, InvalidJid,
+    RateLimited, RecipientsError,
 };
 use crate::manager::labels::LabelError;
 use crate::manager::lifecycle::DeleteAccountError;
@@ -19,10 +20,17 @@ use crate::manager::peer_bundle::{BundleUpdateError, StoredBundleError};
 use crate::manager::pinning::IdentityError;
 use crate::manager::plan::PlanError;
 use crate::manager::trust::{CatchupError, DevicesError, ListError, TrustError};
+use crate::media::{
+    CancelError, CheckError, ChunkError, DecryptBeginError, EncryptBeginError, LimitError, Next,
+    OpenError,
+};
 use crate::rpc::ctx::SubscribeError;
 use crate::rpc::error::{ErrorKind, MethodError, RpcError};
+use crate::rpc::methods::file;
 use crate::rpc::methods::subscription::UnsubscribeError;
+use crate::rpc::registry::Method;
 use crate::storage::StorageError;
+use protocol_core::media::AesgcmLinkError;
 use protocol_core::Version;
 use serde_json::{json, Value};
 
@@ -80,6 +88,37 @@ fn bundle_location(jid: &str, namespace: Version, device_id: u32) -> Value {
     })
 }
 
+/// `error.data` of `transfer_out_of_order`: the call and offset the transfer takes next.
+fn expected_call(next: Next, offset: u64) -> Value {
+    let method = match next {
+        Next::EncryptChunk => file::FileEncryptChunk::NAME,
+        Next::EncryptFinish => file::FileEncryptFinish::NAME,
+        Next::DecryptCheck => file::FileDecryptCheck::NAME,
+        Next::DecryptRead => file::FileDecryptRead::NAME,
+    };
+    json!({"expected_method": method, "expected_offset": offset})
+}
+
+/// `error.data` naming a remote device, with what starts a new session with it.
+fn device_actions(
+    jid: &str,
+    namespace: Version,
+    device_id: u32,
+    actions: &[crate::events::Action],
+) -> Value {
+    let mut data = device(jid, namespace, device_id);
+    data["actions"] = json!(actions);
+    data
+}
+
+/// `error.data` of an error that says how to start a new session: `actions`, when there are.
+fn new_session(actions: &[crate::events::Action]) -> Value {
+    match actions {
+        [] => json!({}),
+        _ => json!({ "actions": actions }),
+    }
+}
+
 /// The database failed: logged here, where it is answered.
 impl MethodError for StorageError {
     fn kinds() -> Vec<ErrorKind> {
@@ -115,6 +154,13 @@ answers!(DeviceIdError {
 
 answers!(InvalidFingerprint {
     InvalidFingerprint => [InvalidParams],
+});
+
+answers!(ChangedIdentity {
+    ChangedIdentity { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, json!({
+        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
+        "old_fingerprint": old_fingerprint, "new_fingerprint": new_fingerprint,
+    })],
 });
 
 answers!(RateLimited {
@@ -190,6 +236,7 @@ answers!(HeartbeatError {
     HeartbeatError::NoBundle { jid, namespace, device_id } => [NoBundle, bundle_location(&jid, namespace, device_id)],
     HeartbeatError::NotEncrypted(_) => [BrokenSession],
     HeartbeatError::UnknownDevice { jid, namespace, device_id } => [UnknownDevice, device(&jid, namespace, device_id)],
+    HeartbeatError::IdentityChanged(e) => [via e: ChangedIdentity],
     HeartbeatError::Storage(e) => [via e: StorageError],
 });
 
@@ -217,18 +264,20 @@ answers!(DecryptError {
     DecryptError::DuplicateMessage => [DuplicateMessage],
     DecryptError::TooManySkipped(_) => [TooManySkipped],
     DecryptError::NoSession { jid, namespace, device_id } => [NoSession, device(&jid, namespace, device_id)],
-    DecryptError::UnknownSignedPreKey(_)
-    | DecryptError::PreKeyUnavailable(_)
-    | DecryptError::LostState(_) => [BrokenSession],
+    DecryptError::UnknownSignedPreKey { actions, .. }
+    | DecryptError::PreKeyUnavailable { actions, .. } => [BrokenSession, new_session(&actions)],
+    DecryptError::LostState(_) => [BrokenSession],
+    DecryptError::PossibleReplay { jid, namespace, device_id, actions } => [PossibleReplay, device_actions(&jid, namespace, device_id, &actions)],
+    DecryptError::RestoredSession { jid, namespace, device_id, actions, .. } => [BrokenSession, device_actions(&jid, namespace, device_id, &actions)],
     DecryptError::Distrusted => [Distrusted],
-    DecryptError::IdentityChanged { jid, namespace, device_id, old_fingerprint, new_fingerprint } => [IdentityChanged, json!({
-        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id,
-        "old_fingerprint": old_fingerprint, "new_fingerprint": new_fingerprint,
-    })],
+    DecryptError::IdentityChanged(e) => [via e: ChangedIdentity],
     DecryptError::RateLimited(e) => [via e: RateLimited],
     DecryptError::SceMismatch(_) => [SceMismatch],
     DecryptError::SenderMismatch { from, owner, namespace, device_id } => [SenderMismatch, json!({
         "from": from, "jid": owner, "namespace": namespace.namespace(), "device_id": device_id,
+    })],
+    DecryptError::UnlistedDevice { jid, namespace, device_id, actions } => [UnlistedDevice, json!({
+        "jid": jid, "namespace": namespace.namespace(), "device_id": device_id, "actions": actions,
     })],
     DecryptError::Storage(e) => [via e: StorageError],
 });
@@ -291,6 +340,54 @@ answers!(SubscribeError {
 
 answers!(UnsubscribeError {
     UnsubscribeError::Unknown { subscription } => [UnknownSubscription, json!({"subscription": subscription})],
+});
+
+answers!(AesgcmLinkError {
+    AesgcmLinkError::WrongScheme
+    | AesgcmLinkError::Malformed
+    | AesgcmLinkError::NoKey
+    | AesgcmLinkError::KeyLength { .. }
+    | AesgcmLinkError::NotHex
+    | AesgcmLinkError::NotHttps
+    | AesgcmLinkError::UrlHasFragment => [InvalidAesgcmLink],
+});
+
+answers!(LimitError {
+    LimitError::TooLarge { max, .. } => [FileTooLarge, json!({"max_bytes": max})],
+    LimitError::TooManyOnConnection { max } => [TooManyTransfers, json!({"max": max, "per_connection": true})],
+    LimitError::TooMany { max } => [TooManyTransfers, json!({"max": max, "per_connection": false})],
+});
+
+answers!(EncryptBeginError {
+    EncryptBeginError::Url(e) => [via e: AesgcmLinkError],
+    EncryptBeginError::Limit(e) => [via e: LimitError],
+});
+
+answers!(DecryptBeginError {
+    DecryptBeginError::Link(e) => [via e: AesgcmLinkError],
+    DecryptBeginError::Truncated { .. } => [FileTruncated],
+    DecryptBeginError::Limit(e) => [via e: LimitError],
+});
+
+answers!(ChunkError {
+    ChunkError::UnknownTransfer { transfer } => [UnknownTransfer, json!({"transfer": transfer})],
+    ChunkError::OutOfOrder { next, offset, .. } => [TransferOutOfOrder, expected_call(next, offset)],
+    ChunkError::Busy { .. } => [TransferOutOfOrder],
+    ChunkError::Length { expected, .. } => [InvalidParams, json!({"expected_length": expected})],
+});
+
+answers!(CheckError {
+    CheckError::Chunk(e) => [via e: ChunkError],
+    CheckError::AuthenticationFailed => [AuthenticationFailed],
+});
+
+answers!(OpenError {
+    OpenError::Chunk(e) => [via e: ChunkError],
+    OpenError::Changed { offset } => [FileChanged, json!({"offset": offset})],
+});
+
+answers!(CancelError {
+    CancelError::UnknownTransfer { transfer } => [UnknownTransfer, json!({"transfer": transfer})],
 });
 
 #[cfg(test)]

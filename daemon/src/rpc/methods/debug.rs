@@ -159,7 +159,11 @@ impl Method for Maintenance {
         let now = crate::storage::now() + i64::from(p.days_ahead) * 24 * 3600;
         let started = std::time::Instant::now();
         p.pass
-            .run(manager, now, ctx.config.bounds.skipped_key_max_age_secs())
+            .run(
+                manager,
+                now,
+                &crate::rpc::server::Maintenance::of(&ctx.config),
+            )
             .await
             .map_err(|e| CallError::Internal(e.to_string()))?;
         Ok(MaintenanceResult {

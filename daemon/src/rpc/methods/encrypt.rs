@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::params::Namespace;
 use crate::manager::encrypt::{
-    EncryptError, EncryptOutcome, EncryptRequest, HeartbeatError, ReplaceSessionError,
+    EncryptError, EncryptOutcome, EncryptRequest, Forms, HeartbeatError, ReplaceSessionError,
 };
 use crate::rpc::ctx::{Conn, Ctx};
 use crate::rpc::error::CallError;
@@ -61,19 +61,13 @@ pub enum MessageForm {
     Element,
 }
 
-/// Drops the forms the client did not ask for.
-fn keep_forms(out: &mut EncryptOutcome, forms: &[MessageForm]) {
-    let (xml, element) = (
-        forms.contains(&MessageForm::Xml),
-        forms.contains(&MessageForm::Element),
-    );
-    for m in &mut out.messages {
-        if !xml {
-            m.xml = None;
-        }
-        if !element {
-            m.element = None;
-        }
+impl MessageForm {
+    /// The forms `forms` names (all without `forms`).
+    fn named(forms: Option<&[MessageForm]>) -> Forms {
+        forms.map_or_else(Forms::default, |f| Forms {
+            xml: f.contains(&MessageForm::Xml),
+            element: f.contains(&MessageForm::Element),
+        })
     }
 }
 
@@ -106,12 +100,9 @@ impl Method for Encrypt {
             one_namespace_per_device: !p.all_namespaces,
             sce_to: p.sce_to,
             idempotency_key: p.idempotency_key,
+            forms: MessageForm::named(p.forms.as_deref()),
         };
-        let mut out = ctx.manager()?.encrypt(p.account.as_deref(), req).await?;
-        if let Some(forms) = &p.forms {
-            keep_forms(&mut out, forms);
-        }
-        Ok(out)
+        Ok(ctx.manager()?.encrypt(p.account.as_deref(), req).await?)
     }
 }
 
@@ -197,6 +188,7 @@ mod tests {
             one_namespace_per_device: true,
             sce_to: None,
             idempotency_key: None,
+            forms: Forms::default(),
         };
         let debug = format!("{req:?}");
         assert!(!debug.contains("attack"), "{debug}");

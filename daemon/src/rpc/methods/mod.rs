@@ -9,6 +9,7 @@
 //! - [`encrypt`], [`plan`], [`decrypt`]: messages.
 //! - [`trust`]: trust, devices, catch-up, identity changes.
 //! - [`link`]: verification links.
+//! - [`file`]: files of XEP-0454 media sharing, encrypted and decrypted in chunks.
 //! - [`debug`]: test-only methods.
 //! - [`params`]: param fragments shared by several methods.
 //! - `convert`: the errors methods answer (the session manager's, per operation) as RPC error
@@ -26,6 +27,7 @@ pub mod debug;
 pub mod decrypt;
 pub mod discover;
 pub mod encrypt;
+pub mod file;
 pub mod link;
 pub mod params;
 pub mod plan;
@@ -62,6 +64,14 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
     registry.register::<trust::IdentityAccept>()?;
     registry.register::<link::LinkGet>()?;
     registry.register::<link::LinkVerify>()?;
+    registry.register::<file::FileLinkParse>()?;
+    registry.register::<file::FileEncryptBegin>()?;
+    registry.register::<file::FileEncryptChunk>()?;
+    registry.register::<file::FileEncryptFinish>()?;
+    registry.register::<file::FileDecryptBegin>()?;
+    registry.register::<file::FileDecryptCheck>()?;
+    registry.register::<file::FileDecryptRead>()?;
+    registry.register::<file::FileCancel>()?;
     if debug {
         registry.register::<debug::Sleep>()?;
         registry.register::<debug::Emit>()?;

@@ -56,6 +56,7 @@ impl Method for EncryptPlanMethod {
             one_namespace_per_device: !p.all_namespaces,
             sce_to: None,
             idempotency_key: None,
+            forms: Default::default(),
         };
         Ok(ctx
             .manager()?
