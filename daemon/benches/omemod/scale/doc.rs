@@ -62,11 +62,14 @@ const ROWS: &[(&str, &str, &str)] = &[
     ("maint_base_max_us", "traffic before the passes, max", "µs"),
 ];
 
-const PASSES: [(&str, &str); 4] = [
+/// The maintenance passes (`debug.maintenance`), in the order the daemon runs them.
+pub(super) const PASSES: [(&str, &str); 6] = [
     ("signed_prekeys", "signed prekey rotation"),
     ("redelivery", "redelivery prune"),
     ("expiry", "skipped keys and dropped devices"),
     ("catchup", "catch-up expiry"),
+    ("restore_copies", "restore copies"),
+    ("wal_truncation", "WAL truncation"),
 ];
 
 fn pow10(n: usize) -> String {
@@ -126,7 +129,7 @@ fn markdown(results: &[(Layout, Figures)]) -> String {
          OMEMO 2 device whose bundle we start a session from, through a whole handshake; device lists, stored bundles, \
          trust rows, skipped keys in one session of twenty, a dropped device in one contact of twenty, the redelivery \
          table as full as the sessions allow), then served by the release daemon with `--durability normal`. Cold: the \
-         first use of the session since start; warm: used again. Maintenance passes run as if 91 days had passed (all \
+         first use of the session and of its account since start (one session per account); warm: used again. Maintenance passes run as if 91 days had passed (all \
          their work due at once) while 4 clients decrypt. How far one daemon goes and what comes after: \
          [scaling.md](scaling.md).\n"
     );

@@ -157,9 +157,14 @@ fn create_accounts(store: &Arc<Store>, n: usize, threads: usize) -> Vec<Ours> {
                 let store = Arc::clone(store);
                 async move {
                     let jid = account_jid(a);
-                    let acct = account::create(&store, &jid, TrustMode::Btbv, &[])
-                        .await
-                        .expect("account.create");
+                    let acct = account::create(
+                        &account::KeySource::new(Arc::clone(&store)),
+                        &jid,
+                        TrustMode::Btbv,
+                        &[],
+                    )
+                    .await
+                    .expect("account.create");
                     Ours {
                         index: a,
                         id: acct.id,

@@ -4,8 +4,8 @@
 //! - start-up: spawn → first `status` answer, three starts (the first one on the new file);
 //! - RSS idle (after start), and after a burst of `encrypt`s to random contacts of random
 //!   accounts from 8 clients (enough to fill the session cache);
-//! - decrypt and encrypt p50 / p99 on random sessions: cold (the first use of the session
-//!   since start) and warm (used again);
+//! - decrypt and encrypt p50 / p99 on random sessions: cold (the first use of the session and
+//!   of its account since start, so one per account) and warm (used again);
 //! - decrypts/s with 8 and 32 clients, each its own connection and sessions;
 //! - each maintenance pass run (as if 91 days had passed: all its work due at once) while 4
 //!   clients decrypt: its time, and the p99 and worst latency of the requests it overlapped;
@@ -31,7 +31,7 @@ use crate::BODY;
 /// Days the maintenance passes are run ahead: past every retention (signed prekeys 7 + 7,
 /// skipped keys 30, redelivery 7 and 90, dropped devices 90).
 const DAYS_AHEAD: u32 = 91;
-/// Sessions used cold (and then warm) per operation.
+/// Most sessions used cold (and then warm) per operation, each of another account.
 const COLD: usize = 1000;
 /// Most contacts the burst encrypts to.
 const BURST: usize = 20_000;
@@ -104,7 +104,9 @@ pub fn run(cfg: &Cfg, db: &Path, layout: &Layout, states: &mut [PeerState], f: &
             )
         })
         .collect();
-    let cold = COLD.min(peers.len() / 4);
+    // Cold means the first use of the session and of its account since start: one peer of
+    // each of the first accounts for decrypt, of the next ones for encrypt.
+    let cold = cold_first(&mut peers, COLD);
     let wal_max = Arc::new(AtomicU64::new(0));
     let watch = watch_wal(db, Arc::clone(&wal_max));
 
@@ -149,6 +151,20 @@ fn size(db: &Path, suffix: &str) -> u64 {
     std::fs::metadata(std::path::PathBuf::from(p)).map_or(0, |m| m.len())
 }
 
+/// Orders `peers` so that the first `2 * n` (n at most `max`, at most half the accounts) talk to
+/// distinct accounts; returns n.
+fn cold_first(peers: &mut Vec<(usize, Peer)>, max: usize) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    let (mut first, mut rest): (Vec<_>, Vec<_>) = std::mem::take(peers)
+        .into_iter()
+        .partition(|(_, p)| seen.insert(p.account.clone()));
+    let n = max.min(first.len() / 2);
+    rest.extend(first.drain(2 * n..));
+    first.append(&mut rest);
+    *peers = first;
+    n
+}
+
 /// Samples the WAL's size every 50 ms into `max` until the returned flag is cleared.
 fn watch_wal(db: &Path, max: Arc<AtomicU64>) -> Arc<AtomicBool> {
     let on = Arc::new(AtomicBool::new(true));
@@ -178,8 +194,8 @@ fn startup(d: &mut Daemon, f: &mut Figures) {
     f.insert("startup_ms".into(), s.p50 / 1e3);
 }
 
-/// `op` on each peer once (cold: the first use of its session since start), then twice more
-/// (warm); p50 / p99 of both.
+/// `op` on each peer once (cold: the first use of its session and account since start), then
+/// twice more (warm); p50 / p99 of both.
 fn latencies(
     c: &Client,
     f: &mut Figures,
@@ -296,7 +312,6 @@ fn throughput(d: &Daemon, peers: &mut [(usize, Peer)], clients: usize) -> f64 {
 /// Each maintenance pass while 4 clients decrypt: its time, and the latencies of the requests
 /// it overlapped against those before the first pass.
 fn maintenance(d: &Daemon, peers: &mut [(usize, Peer)], f: &mut Figures) {
-    const PASSES: [&str; 4] = ["signed_prekeys", "redelivery", "expiry", "catchup"];
     let stop = AtomicBool::new(false);
     let origin = Instant::now();
     let at = |t: Instant| t.duration_since(origin).as_nanos() as u64;
@@ -325,7 +340,7 @@ fn maintenance(d: &Daemon, peers: &mut [(usize, Peer)], f: &mut Figures) {
         let c = d.client();
         std::thread::sleep(Duration::from_secs(3));
         let mut windows = Vec::new();
-        for pass in PASSES {
+        for (pass, _) in super::doc::PASSES {
             let t0 = Instant::now();
             let r = c.ok(
                 "debug.maintenance",
