@@ -667,7 +667,7 @@ impl Manager {
         let jids = recipients(&req)?;
         let sce_to = sce_to(&req, &jids)?;
         let targets =
-            self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device);
+            self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device)?;
         let mut job = Job {
             devices: targets.devices,
             forced: Vec::new(),
@@ -714,7 +714,7 @@ impl Manager {
         jids: &[String],
         namespaces: &[Version],
         one_namespace_per_device: bool,
-    ) -> Targets {
+    ) -> Result<Targets, StorageError> {
         let mut all = jids.to_vec();
         if !all.contains(&acct.jid) {
             all.push(acct.jid.clone());
@@ -747,8 +747,8 @@ impl Manager {
                     }
                 }
             }
-        });
-        targets
+        })?;
+        Ok(targets)
     }
 
     /// An empty message to one device (session completion, heartbeat).
@@ -818,7 +818,7 @@ impl Manager {
         let mut slots = self.sessions.lock_many(&self.store, &job.devices).await?;
         let mut fanout = Fanout {
             acct,
-            trust_mode: acct.keys.lock().await.trust_mode,
+            trust_mode: acct.keys.lock().await?.trust_mode,
             body: job.body,
             sce_to: job.sce_to,
             payloads: BTreeMap::new(),
@@ -873,10 +873,11 @@ impl Manager {
         // A new identity set aside for the device: the old session (or bundle) reaches a
         // device that is likely gone, and the new one is not accepted yet.
         let held = slot.session.as_ref().map(|s| *s.remote_curve25519());
-        if let Some(p) = self
-            .with_directory(addr.account_id, |d| d.pending_identity(addr))
-            .filter(|p| held != Some(p.new))
-        {
+        let pending = match self.with_directory(addr.account_id, |d| d.pending_identity(addr)) {
+            Ok(p) => p,
+            Err(e) => return skipped(failed(addr, e.to_string())),
+        };
+        if let Some(p) = pending.filter(|p| held != Some(p.new)) {
             return skipped(identity_changed(addr, held.as_ref(), &p));
         }
         // A session found in an older copy of the database may be behind the peer's (and its
@@ -891,7 +892,10 @@ impl Manager {
             },
         };
         let curve = *source.session().remote_curve25519();
-        let level = fanout.trust_level(self, &addr.jid, &curve);
+        let level = match fanout.trust_level(self, &addr.jid, &curve) {
+            Ok(level) => level,
+            Err(e) => return skipped(failed(addr, e.to_string())),
+        };
         // Empty messages are exempt: they carry no content.
         if fanout.body.is_some() && level != TrustLevel::Trusted {
             let why = format!("identity key is {}", level.as_str());
@@ -1121,9 +1125,14 @@ impl NewSession {
 
 impl Fanout<'_> {
     /// The trust level of a device's key; a key seen for the first time gets its row.
-    fn trust_level(&mut self, manager: &Manager, jid: &str, curve: &[u8; 32]) -> TrustLevel {
-        let row = match manager.trust_level_for_key(self.acct, self.trust_mode, jid, curve) {
-            KeyLevel::Known(level) => return level,
+    fn trust_level(
+        &mut self,
+        manager: &Manager,
+        jid: &str,
+        curve: &[u8; 32],
+    ) -> Result<TrustLevel, StorageError> {
+        let row = match manager.trust_level_for_key(self.acct, self.trust_mode, jid, curve)? {
+            KeyLevel::Known(level) => return Ok(level),
             KeyLevel::New(row) => row,
         };
         let level = row.level;
@@ -1134,7 +1143,7 @@ impl Fanout<'_> {
         {
             self.new_trust.push(row);
         }
-        level
+        Ok(level)
     }
 
     /// The payload of a namespace, made on first use.

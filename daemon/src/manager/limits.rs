@@ -46,7 +46,7 @@ impl Manager {
             rows.into_iter()
                 .filter(|r| !d.active(jid, r.namespace).contains(&r.device_id))
                 .collect()
-        });
+        })?;
         if unlisted.len() <= MAX_UNLISTED_SESSIONS_PER_JID {
             return Ok(());
         }
@@ -79,7 +79,7 @@ impl Manager {
             g.loaded = true;
         }
         drop(guards);
-        self.with_directory(acct.id, |d| {
+        self.mirror_directory(acct.id, |d| {
             for k in &forgotten_keys {
                 d.trust.remove(&(jid.to_owned(), *k));
             }
@@ -126,7 +126,7 @@ impl Manager {
         };
         if pruned.devices > 0 {
             for acct in self.accounts() {
-                self.with_directory(acct.id, |d| {
+                self.mirror_directory(acct.id, |d| {
                     for rows in d.devices.values_mut() {
                         rows.retain(|r| r.active || r.list_updated_at >= device_cutoff);
                     }

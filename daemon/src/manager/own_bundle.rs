@@ -42,6 +42,9 @@ pub enum OwnBundleError {
     /// The account has no current signed prekey (not reached: creation and rotation keep one).
     #[error("broken session: account has no signed prekey")]
     NoSignedPreKey,
+    /// The account's keys could not be read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 impl OwnBundleError {
@@ -50,6 +53,28 @@ impl OwnBundleError {
         match self {
             OwnBundleError::Account(e) => e.cause(),
             OwnBundleError::NoSignedPreKey => ErrorCause::LocalState,
+            OwnBundleError::Storage(e) => e.cause(),
+        }
+    }
+}
+
+/// Why `devicelist.get` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnDevicelistError {
+    /// No account to publish for.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// The account's label or directory could not be read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl OwnDevicelistError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            OwnDevicelistError::Account(e) => e.cause(),
+            OwnDevicelistError::Storage(e) => e.cause(),
         }
     }
 }
@@ -72,7 +97,7 @@ impl Manager {
         namespace: Version,
     ) -> Result<Publication, OwnBundleError> {
         let acct = self.account(account)?;
-        let keys = acct.keys.lock().await;
+        let keys = acct.keys.lock().await?;
         let bundle = keys
             .bundle(namespace, &acct.identity)
             .ok_or(OwnBundleError::NoSignedPreKey)?;
@@ -95,9 +120,9 @@ impl Manager {
         &self,
         account: Option<&str>,
         namespace: Version,
-    ) -> Result<Publication, AccountLookupError> {
+    ) -> Result<Publication, OwnDevicelistError> {
         let acct = self.account(account)?;
-        let own_label = acct.keys.lock().await.label.clone();
+        let own_label = acct.keys.lock().await?.label.clone();
         let mut entries: Vec<DeviceListEntry> = self.with_directory(acct.id, |d| {
             d.devices
                 .get(&acct.jid)
@@ -110,7 +135,7 @@ impl Manager {
                     labelsig: r.labelsig.clone(),
                 })
                 .collect()
-        });
+        })?;
         entries.push(DeviceListEntry {
             id: acct.device_id,
             label: own_label.as_ref().map(|l| l.text.clone()),
@@ -145,7 +170,7 @@ impl Manager {
     pub async fn rotate_signed_prekeys(&self, now: i64) -> Result<Vec<String>, StorageError> {
         let mut changed = Vec::new();
         for acct in self.accounts() {
-            let mut keys = acct.keys.lock().await;
+            let mut keys = acct.keys.lock().await?;
             let Some(current) = keys.current_signed_prekey().cloned() else {
                 continue;
             };

@@ -100,7 +100,7 @@ impl Manager {
         let acct = self.account(account)?;
         let jids = super::encrypt::recipients(req)?;
         let targets =
-            self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device);
+            self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device)?;
         let (addrs, mut actions) = (targets.devices, targets.fetch);
         let lookup = addrs.clone();
         // (session identity key, bundle identity key) per device, in one read.
@@ -123,7 +123,7 @@ impl Manager {
                     .collect()
             })
             .await?;
-        let mode = acct.keys.lock().await.trust_mode;
+        let mode = acct.keys.lock().await?.trust_mode;
         let mut devices = Vec::with_capacity(addrs.len());
         for (addr, (session, bundle)) in addrs.into_iter().zip(found) {
             let (mut status, key) = match (session, bundle) {
@@ -133,7 +133,7 @@ impl Manager {
             };
             // As `encrypt` decides: a new identity waiting for the user is not encrypted for.
             let pending = self
-                .with_directory(acct.id, |d| d.pending_identity(&addr))
+                .with_directory(acct.id, |d| d.pending_identity(&addr))?
                 .filter(|p| session != Some(p.new));
             let fingerprints = pending.map(|p| {
                 let old = session.or(p.old).map(|k| fingerprint(&k));
@@ -144,10 +144,16 @@ impl Manager {
             }
             let (old_fingerprint, new_fingerprint) = fingerprints.unwrap_or_default();
             // The level a first sight would get is reported, not stored.
-            let trust = key.map(|k| {
-                let t = self.trust_for_key(&acct, mode, &addr.jid, &k);
-                t.row.level.as_str().to_owned()
-            });
+            let trust = match key {
+                Some(k) => Some(
+                    self.trust_for_key(&acct, mode, &addr.jid, &k)?
+                        .row
+                        .level
+                        .as_str()
+                        .to_owned(),
+                ),
+                None => None,
+            };
             let action = (status == PlanStatus::NoBundle)
                 .then(|| Action::fetch_bundle(&addr.jid, addr.namespace, addr.device_id));
             if let Some(a) = &action {

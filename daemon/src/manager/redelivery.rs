@@ -296,8 +296,8 @@ impl Manager {
         if row.payload_digest != probe.payload_digest {
             return Err(DecryptError::DuplicateMessage);
         }
-        let mode = acct.keys.lock().await.trust_mode;
-        let trust = self.trust_for_key(acct, mode, from, &row.identity_key).row;
+        let mode = acct.keys.lock().await?.trust_mode;
+        let trust = self.trust_for_key(acct, mode, from, &row.identity_key)?.row;
         if trust.level == TrustLevel::Distrusted {
             return Err(DecryptError::Distrusted);
         }
@@ -421,18 +421,23 @@ impl Manager {
                     .collect()
             })
             .await?;
-        let mode = acct.keys.lock().await.trust_mode;
-        Ok(addrs.iter().zip(keys).all(|(addr, key)| {
-            key.is_some_and(|key| {
-                let trusted = || {
-                    self.trust_for_key(acct, mode, &addr.jid, &key).row.level == TrustLevel::Trusted
-                };
-                let pending = self
-                    .with_directory(acct.id, |d| d.pending_identity(addr))
-                    .is_some_and(|p| p.new != key);
-                !pending && (!with_body || trusted())
-            })
-        }))
+        let mode = acct.keys.lock().await?.trust_mode;
+        for (addr, key) in addrs.iter().zip(keys) {
+            let Some(key) = key else {
+                return Ok(false);
+            };
+            let pending = self
+                .with_directory(acct.id, |d| d.pending_identity(addr))?
+                .is_some_and(|p| p.new != key);
+            if pending
+                || (with_body
+                    && self.trust_for_key(acct, mode, &addr.jid, &key)?.row.level
+                        != TrustLevel::Trusted)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The answer kept for an `encrypt` idempotency key, if any and still within the window;

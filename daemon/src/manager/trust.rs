@@ -71,6 +71,9 @@ pub enum ListError {
     /// No account to list for.
     #[error(transparent)]
     Account(#[from] AccountLookupError),
+    /// The account's directory could not be read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 impl ListError {
@@ -79,6 +82,7 @@ impl ListError {
         match self {
             ListError::Jid(e) => e.cause(),
             ListError::Account(e) => e.cause(),
+            ListError::Storage(e) => e.cause(),
         }
     }
 }
@@ -181,7 +185,7 @@ impl Manager {
                 .filter(|t| jid.is_none_or(|j| t.jid == j))
                 .map(TrustEntry::from)
                 .collect()
-        });
+        })?;
         v.sort_by(|a, b| (&a.jid, &a.fingerprint).cmp(&(&b.jid, &b.fingerprint)));
         Ok(v)
     }
@@ -210,7 +214,7 @@ impl Manager {
         let r = row.clone();
         self.store.write(move |tx| trust_store::set(tx, &r)).await?;
         let entry = TrustEntry::from(&row);
-        self.with_directory(acct.id, |d| {
+        self.mirror_directory(acct.id, |d| {
             d.trust.insert((row.jid.clone(), row.identity_key), row);
         });
         Ok(entry)
@@ -253,7 +257,7 @@ impl Manager {
                     }
                 })
                 .collect()
-        });
+        })?;
         let addrs: Vec<_> = listed.iter().map(|l| l.addr.clone()).collect();
         let own = (
             acct.jid.as_str(),
@@ -281,7 +285,7 @@ impl Manager {
     /// ends, and heartbeats wait (persisted). It ends after [`CATCHUP_TIMEOUT_SECS`] at most.
     pub async fn catchup_begin(&self, account: Option<&str>) -> Result<(), CatchupError> {
         let acct = self.account(account)?;
-        let mut keys = acct.keys.lock().await;
+        let mut keys = acct.keys.lock().await?;
         let id = acct.id;
         let now = storage::now();
         self.store
@@ -308,7 +312,7 @@ impl Manager {
 
     /// [`Self::catchup_end`] without the events: the heartbeats due.
     async fn end_catchup(&self, acct: &Account) -> Result<Vec<Action>, StorageError> {
-        let mut keys = acct.keys.lock().await;
+        let mut keys = acct.keys.lock().await?;
         let id = acct.id;
         let pending = self
             .store
@@ -338,7 +342,7 @@ impl Manager {
     pub async fn expire_catchups(&self, now: i64) -> Result<(), StorageError> {
         for acct in self.accounts() {
             let expired = {
-                let keys = acct.keys.lock().await;
+                let keys = acct.keys.lock().await?;
                 keys.catchup && !keys.catchup_active(now)
             };
             if !expired {

@@ -7,9 +7,8 @@ use serde::Deserialize;
 
 use super::params::Namespace;
 use crate::manager::devicelist::{DevicelistError, DevicelistUpdate};
-use crate::manager::own_bundle::{OwnBundleError, Publication};
+use crate::manager::own_bundle::{OwnBundleError, OwnDevicelistError, Publication};
 use crate::manager::peer_bundle::{BundleUpdate as BundleUpdated, BundleUpdateError};
-use crate::manager::AccountLookupError;
 use crate::rpc::ctx::{Conn, Ctx};
 use crate::rpc::error::CallError;
 use crate::rpc::registry::Method;
@@ -55,13 +54,13 @@ impl Method for DevicelistGet {
     const SUMMARY: &'static str = "Our device list in a namespace (as last received, with our device added), ready to publish.";
     type Params = OwnParams;
     type Result = Publication;
-    type Error = AccountLookupError;
+    type Error = OwnDevicelistError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: OwnParams,
-    ) -> Result<Publication, CallError<AccountLookupError>> {
+    ) -> Result<Publication, CallError<OwnDevicelistError>> {
         Ok(ctx
             .manager()?
             .own_devicelist(p.account.as_deref(), p.namespace.0)
