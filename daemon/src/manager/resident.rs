@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 
 /// Rows (one-time prekeys, devices, trust decisions, identity changes) of the accounts whose
-/// state is in memory, at most, before the idlest are dropped: about 15 MiB.
-pub const MAX_RESIDENT_ROWS: usize = 100_000;
+/// state is in memory, at most, before the idlest are dropped: about 75 MiB, some 1,500
+/// accounts of a hundred contact devices and two prekey pools each.
+pub const MAX_RESIDENT_ROWS: usize = 500_000;
 
 /// The accounts whose state is in memory: when each was last used, and how many rows it holds.
 #[derive(Debug, Default)]
