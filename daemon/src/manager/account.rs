@@ -214,6 +214,13 @@ impl AccountKeys {
         Ok(tokio::sync::MutexGuard::map(slot, |s| s.insert(keys)))
     }
 
+    /// Locks the keys as they are: `None` if they are not in memory (they stay out, and no
+    /// one reads them while the guard lives, so a change committed under it is in memory or
+    /// in the next read).
+    pub(crate) async fn lock_loaded(&self) -> tokio::sync::MutexGuard<'_, Option<OwnKeys>> {
+        self.keys.lock().await
+    }
+
     /// Drops the keys from memory unless they are locked; whether they are out.
     pub(crate) fn unload(&self) -> bool {
         match self.keys.try_lock() {

@@ -9,6 +9,8 @@ use protocol_core::session::Session;
 
 /// Sessions whose expired skipped keys one transaction deletes (their locks are held meanwhile).
 const EXPIRY_BATCH: usize = 64;
+/// Rows of the devices table a prune step walks (a few milliseconds of the writer).
+const DEVICE_PRUNE_SPAN: i64 = 10_000;
 
 /// Most sessions per contact JID with devices that are not in its device list. A key exchange
 /// from yet another unlisted device evicts the one of them used least recently.
@@ -116,10 +118,22 @@ impl Manager {
         for batch in affected.chunks(EXPIRY_BATCH) {
             skipped_keys += self.expire_skipped_keys(batch, key_cutoff).await?;
         }
-        let devices = self
-            .store
-            .write(move |tx| devices::prune_dropped_before(tx, device_cutoff))
-            .await?;
+        // The devices table has a row per contact device: walked in rowid steps, each its own
+        // transaction (one statement scans the whole table, a million rows at 10^6 sessions,
+        // while every request waits for the writer).
+        let mut devices = 0;
+        let mut from = Some(0);
+        while let Some(start) = from {
+            let (n, next) = self
+                .store
+                .write(move |tx| {
+                    devices::prune_dropped_step(tx, device_cutoff, start, DEVICE_PRUNE_SPAN)
+                })
+                .await?;
+            devices += n;
+            from = next;
+            tokio::task::yield_now().await;
+        }
         let pruned = Pruned {
             skipped_keys,
             devices,

@@ -340,7 +340,14 @@ impl Manager {
     /// Ends every catch-up older than [`CATCHUP_TIMEOUT_SECS`]; the heartbeats it held are
     /// announced as events. Run by the maintenance timer.
     pub async fn expire_catchups(&self, now: i64) -> Result<(), StorageError> {
-        for acct in self.accounts() {
+        // Only the accounts in catch-up: no other account's keys are read for it.
+        let on: std::collections::HashSet<i64> = self
+            .store
+            .read(storage::accounts::in_catchup)
+            .await?
+            .into_iter()
+            .collect();
+        for acct in self.accounts().into_iter().filter(|a| on.contains(&a.id)) {
             let expired = {
                 let keys = acct.keys.lock().await?;
                 keys.catchup && !keys.catchup_active(now)
