@@ -93,9 +93,7 @@ fn pow10(n: usize) -> String {
 }
 
 fn num(v: f64, unit: &str) -> String {
-    let s = if v >= 1000.0 {
-        format!("{v:.0}")
-    } else if v >= 100.0 {
+    let s = if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
         format!("{v:.1}")
