@@ -126,11 +126,17 @@ impl State {
     /// Replaces the filter by what the database holds now (pruned entries leave it), keeping
     /// whatever was committed while it was read.
     fn finish_rebuild(&self, prefixes: Option<Vec<(u64, i64)>>) {
+        // The new map is built, and the old one dropped, outside the lock: every decrypt
+        // asks the filter, and 200,000 entries take milliseconds either way.
+        let mut fresh: Option<HashMap<u64, i64>> = prefixes.map(|p| p.into_iter().collect());
         let mut f = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
         let added = f.during_rebuild.take().unwrap_or_default();
-        if let Some(p) = prefixes {
-            f.set = p.into_iter().chain(added).collect();
+        if let Some(set) = fresh.as_mut() {
+            set.extend(added);
+            std::mem::swap(&mut f.set, set);
         }
+        drop(f);
+        drop(fresh);
     }
 }
 
