@@ -38,7 +38,7 @@ pub const MAX_DIGESTS: i64 = 200_000;
 const PRUNE_EVERY: u64 = 256;
 /// Ids a maintenance prune deletes or erases per transaction (a millisecond or two of the
 /// writer at most).
-const PRUNE_BATCH: i64 = 2_000;
+const PRUNE_BATCH: i64 = 500;
 
 /// The storage bounds for `config`: digests outlive key material (replay reports).
 pub(crate) fn store_bounds(config: &RedeliveryConfig) -> Bounds {
