@@ -52,6 +52,16 @@ pub fn insert(conn: &Connection, row: &IdentityRow) -> Result<()> {
     Ok(())
 }
 
+/// The identity of every account, by account id.
+pub fn list(conn: &Connection) -> Result<Vec<IdentityRow>> {
+    conn.prepare_cached(
+        "SELECT account_id, private_key, curve25519_public, ed25519_public, fingerprint, created_at \
+         FROM identity ORDER BY account_id",
+    )?
+    .query_and_then([], from_row)?
+    .collect()
+}
+
 /// The identity of an account.
 pub fn get(conn: &Connection, account_id: i64) -> Result<Option<IdentityRow>> {
     let mut st = conn.prepare_cached(

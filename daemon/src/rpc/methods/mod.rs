@@ -77,6 +77,7 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
         registry.register::<debug::Emit>()?;
         registry.register::<debug::KillAfterCommit>()?;
         registry.register::<debug::Clock>()?;
+        registry.register::<debug::Maintenance>()?;
     }
     Ok(())
 }
@@ -199,7 +200,7 @@ mod tests {
         assert_eq!(of("trust.list"), kinds::<ListError>());
         assert_eq!(
             of("devicelist.get"),
-            kinds::<crate::manager::AccountLookupError>()
+            kinds::<crate::manager::own_bundle::OwnDevicelistError>()
         );
         for (method, k) in [
             ("decrypt", "unknown_own_message"),
