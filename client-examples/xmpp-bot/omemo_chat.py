@@ -24,6 +24,7 @@ import os
 import stat
 import sys
 import threading
+import urllib.parse
 from typing import Any, Dict, Optional, Set
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,6 +40,8 @@ import omemod_client.slixmpp_plugin  # noqa: E402,F401  (registers the plugin "o
 from omemod_client import OLDMEMO, OMEMO2, OmemodError, default_socket_path  # noqa: E402
 from omemod_client.slixmpp_plugin import (ArchivedMessage, Decryption, DecryptionFailure,  # noqa: E402
                                           NoRecipientDevice)
+from omemod_client.files import file_link  # noqa: E402
+from omemod_client.slixmpp_plugin import UploadUnavailable  # noqa: E402
 
 SHORT = {"omemo2": [OMEMO2], "oldmemo": [OLDMEMO], "auto": None}
 STANZA_ID = "urn:xmpp:sid:0"
@@ -54,6 +57,7 @@ class Chat(slixmpp.ClientXMPP):
         self.out = Output(args.json)
         self.target: Optional[str] = None
         self.rooms: Dict[str, str] = {}  # room bare JID -> our nick
+        self.room_archive_ids: Dict[str, str] = {}  # room bare JID -> last of its archive ids seen
         self.seen: Set[str] = set()  # archive ids already handled
         self.state_file = args.state
         self.last_archive_id: Optional[str] = self._load_state()
@@ -70,6 +74,7 @@ class Chat(slixmpp.ClientXMPP):
         self.add_event_handler("omemo_message", self.on_decrypted)
         self.add_event_handler("omemo_empty_message", self.on_decrypted)
         self.add_event_handler("omemo_decryption_failed", self.on_failure)
+        self.add_event_handler("omemo_message", self.on_file_link)
         self.add_event_handler("omemo_identity_changed", lambda e: self.out.emit(
             "identity_changed", f"! {e['peer']} device {e['device_id']} shows a new key {e['new_fingerprint']} "
             f"(was {e['old_fingerprint']})", **e))
@@ -140,8 +145,7 @@ class Chat(slixmpp.ClientXMPP):
         if archive_id in self.seen:
             return False
         self.seen.add(archive_id)
-        if msg["type"] != "groupchat":
-            self._remember(archive_id)
+        self._remember(archive_id, msg["from"].bare if msg["type"] == "groupchat" else None)
         return True
 
     def on_decrypted(self, d: Decryption) -> None:
@@ -150,12 +154,13 @@ class Chat(slixmpp.ClientXMPP):
 
     def show(self, d: Decryption) -> None:
         if d.own:
-            # What this device sent, read back: a room's reflection is not shown again; a sent
-            # carbon or archived copy (another process of ours sent it) is shown as sent.
-            if d.room is None and not d.empty:
-                to = d.stanza["to"].bare
+            # What this device sent, read back: a room's live reflection is not shown again; a
+            # sent carbon or an archived copy (a room's too: another process of ours sent it, or
+            # we did before a restart) is shown as sent.
+            if (d.room is None or d.archived) and not d.empty:
+                to = d.room or d.stanza["to"].bare
                 self.out.emit("own", f"(sent) -> {to}: {d.body}", to=to, body=d.body, namespace=d.namespace,
-                              archived=d.archived, carbon=d.carbon)
+                              archived=d.archived, carbon=d.carbon, room=d.room)
             return
         if d.empty:
             self.out.emit("empty", f"{d.sender}: (empty OMEMO message)", sender=d.sender, room=d.room,
@@ -165,6 +170,14 @@ class Chat(slixmpp.ClientXMPP):
         self.out.emit("message", f"{where}{d.sender} [{d.trust}]: {d.body}", sender=d.sender, body=d.body,
                       room=d.room, namespace=d.namespace, device_id=d.device_id, trust=d.trust,
                       archived=d.archived, redelivered=d.redelivered, carbon=d.carbon)
+
+    def on_file_link(self, d: Decryption) -> None:
+        # Shown as text too; this says it is a file, to open with /open (never in a browser:
+        # the link's fragment is the key).
+        link = file_link(d.body)
+        if link is not None and not d.own:
+            self.out.emit("file_link", f"{d.sender} sent a file: /open {link}", sender=d.sender, link=link,
+                          room=d.room, namespace=d.namespace)
 
     def on_failure(self, f: DecryptionFailure) -> None:
         if not self.first_time(f.stanza, self.archive_id(f.stanza)):
@@ -196,20 +209,23 @@ class Chat(slixmpp.ClientXMPP):
 
     # ---- archive (XEP-0313) -----------------------------------------------------------------
 
-    async def read_archive(self) -> None:
-        """Reads the messages archived since the last one we saw (nothing on a first run)."""
-        if self.last_archive_id is None:
+    async def read_archive(self, room: Optional[str] = None) -> None:
+        """Reads the messages archived (in our account's archive, or `room`'s) since the last one
+        we saw (nothing on a first run)."""
+        after = self.room_archive_ids.get(room) if room else self.last_archive_id
+        if after is None:
             return
         count = 0
         try:
-            async for item in self.omemo.archive(after=self.last_archive_id):
-                self.show_archived(item)
+            async for item in self.omemo.archive(after=after, room=room):
+                self.show_archived(item, room)
                 count += 1
         except (IqError, IqTimeout) as e:
             self.out.error(f"archive query failed: {e}")
-        self.out.emit("archive", f"read {count} archived messages", count=count)
+        self.out.emit("archive", f"read {count} archived messages" + (f" of {room}" if room else ""),
+                      count=count, room=room)
 
-    def show_archived(self, item: ArchivedMessage) -> None:
+    def show_archived(self, item: ArchivedMessage, room: Optional[str] = None) -> None:
         if item.archive_id in self.seen:
             return
         self.seen.add(item.archive_id)
@@ -217,24 +233,38 @@ class Chat(slixmpp.ClientXMPP):
             self.show(item.decryption)
         elif item.error is not None:
             kind = getattr(item.error, "kind", type(item.error).__name__)
-            self.show_failure(item.stanza["from"].bare, kind, item.stanza, None, True)
-        self._remember(item.archive_id)
+            self.show_failure(item.stanza["from"].bare, kind, item.stanza, room, True)
+        self._remember(item.archive_id, room)
 
     def _load_state(self) -> Optional[str]:
+        """The account's archive position; the rooms (rejoined at start-up) and theirs."""
         if not self.state_file:
             return None
         try:
             with open(self.state_file, encoding="utf-8") as f:
-                return json.load(f).get("last_archive_id")
+                state = json.load(f)
         except (OSError, ValueError):
             return None
+        for room, r in state.get("rooms", {}).items():
+            if not isinstance(r, dict) or not r.get("nick"):
+                continue
+            self.rooms[room] = r["nick"]
+            if r.get("last_archive_id"):
+                self.room_archive_ids[room] = r["last_archive_id"]
+        return state.get("last_archive_id")
 
-    def _remember(self, archive_id: str) -> None:
-        self.last_archive_id = archive_id
+    def _remember(self, archive_id: Optional[str], room: Optional[str] = None) -> None:
+        if archive_id is not None:
+            if room is None:
+                self.last_archive_id = archive_id
+            else:
+                self.room_archive_ids[room] = archive_id
         if self.state_file:
+            rooms = {r: {"nick": nick, "last_archive_id": self.room_archive_ids.get(r)}
+                     for r, nick in self.rooms.items()}
             tmp = self.state_file + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"last_archive_id": archive_id}, f)
+                json.dump({"last_archive_id": self.last_archive_id, "rooms": rooms}, f)
             os.replace(tmp, self.state_file)
 
     # ---- group chat (XEP-0045, members-only and non-anonymous) ------------------------------
@@ -242,8 +272,11 @@ class Chat(slixmpp.ClientXMPP):
     async def join(self, room: str, nick: str) -> None:
         await self.plugin["xep_0045"].join_muc_wait(JID(room), nick, maxstanzas=0, timeout=20)
         self.rooms[room] = nick
+        self._remember(None)
         members = await self.omemo.learn_room(room)
         self.out.emit("joined", f"joined {room} as {nick}", room=room, members=members)
+        # What was said while we were away (a room joined before: from where we left it).
+        await self.read_archive(room)
 
     # ---- sending ----------------------------------------------------------------------------
 
@@ -262,6 +295,32 @@ class Chat(slixmpp.ClientXMPP):
                 f"{d['jid']}/{d['device_id']} ({d['status']})" for d in sent.missed), devices=sent.missed)
         self.out.emit("sent", f"-> {self.target}: {body if body is not None else '(empty OMEMO message)'}",
                       to=self.target, body=body, namespaces=sent.namespaces, devices=len(sent.reached))
+
+    async def send_file(self, path: str) -> None:
+        if self.target is None:
+            self.out.error("no recipient: use /to JID or /join ROOM")
+            return
+        mtype = "groupchat" if self.target in self.rooms else "chat"
+        try:
+            link, sent = await self.omemo.send_file(self.target, path, mtype)
+        except (NoRecipientDevice, UploadUnavailable, OSError) as e:
+            self.out.error(f"could not send {path}: {e}")
+            return
+        self.out.emit("file_sent", f"-> {self.target}: {path} ({os.path.getsize(path)} bytes)", to=self.target,
+                      path=path, link=link, size=os.path.getsize(path), namespaces=sent.namespaces)
+
+    async def open_file(self, arg: str) -> None:
+        link, _, dest = arg.partition(" ")
+        # Default: the link's file name, in the current directory (never a path it names).
+        name = os.path.basename(urllib.parse.unquote(link.partition("#")[0]))
+        dest = dest.strip() or (name if name not in ("", ".", "..") else "download")
+        try:
+            size = await self.omemo.open_file(link, dest)
+        except (OmemodError, OSError, ValueError) as e:
+            self.out.emit("file_failed", f"! could not open {dest}: {e}", path=dest,
+                          kind=getattr(e, "kind", type(e).__name__), message=str(e))
+            return
+        self.out.emit("file_opened", f"saved {dest} ({size} bytes)", path=dest, size=size)
 
     # ---- the line-based user interface ------------------------------------------------------
 
@@ -292,6 +351,10 @@ class Chat(slixmpp.ClientXMPP):
             await self.send_text(arg)  # also sends an empty text: "/say"
         elif cmd == "/archive":
             await self.read_archive()
+        elif cmd == "/file" and arg:
+            await self.send_file(arg)
+        elif cmd == "/open" and arg:
+            await self.open_file(arg)
         else:
             self.out.info(HELP)
         return True
@@ -304,6 +367,8 @@ HELP = """commands:
   /say TEXT        send TEXT (may be empty); any line not starting with / is sent too
   /empty           send an empty OMEMO message (no text; moves the ratchet forward)
   /archive         read the archive (XEP-0313) since the last message seen
+  /file PATH       upload PATH encrypted (XEP-0454, XEP-0363) and send its link
+  /open LINK [DEST] download a received file link, decrypt it, save it as DEST
   /quit            leave"""
 
 
@@ -395,7 +460,8 @@ omemod: they share the OMEMO device.
     parser.add_argument("--insecure-plaintext", action="store_true",
                         help="no TLS at all (only for a test server on 127.0.0.1)")
     parser.add_argument("--namespace", choices=sorted(SHORT), default="auto", help="OMEMO version to encrypt with")
-    parser.add_argument("--state", help="file that remembers the last archived message seen (for MAM)")
+    parser.add_argument("--state", help="file that remembers the rooms joined and the last archived message seen, "
+                        "of the account and of each room (for MAM)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per event (for scripts)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args()

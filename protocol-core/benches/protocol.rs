@@ -60,6 +60,10 @@ fn primitives(c: &mut Criterion) {
     c.bench_function("floor/x25519", |b| {
         b.iter(|| black_box(k1.private.diffie_hellman(&k2.public).unwrap()))
     });
+    // A public key from a private one: every key generation and every ratchet step.
+    c.bench_function("floor/x25519_public_key", |b| {
+        b.iter(|| black_box(k1.private.public_key()))
+    });
     let id = IdentityKeyPair::generate(&mut rng);
     let z = [7u8; 64];
     c.bench_function("floor/ed25519_sign", |b| {

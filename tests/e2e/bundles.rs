@@ -211,3 +211,75 @@ fn bundles_go_with_their_account() {
         );
     }
 }
+
+/// The signed prekeys as stored: (id, retired) by id.
+fn stored_signed_prekeys(d: &Daemon) -> Vec<(u32, bool)> {
+    let conn = rusqlite::Connection::open(&d.db).expect("open db");
+    let mut st = conn
+        .prepare("SELECT id, retired_at IS NOT NULL FROM signed_prekeys ORDER BY id")
+        .expect("prepare");
+    let rows = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows");
+    rows
+}
+
+fn rotate(c: &mut Client, days_ahead: u32) {
+    c.ok(
+        "debug.maintenance",
+        json!({"pass": "signed_prekeys", "days_ahead": days_ahead}),
+    );
+}
+
+/// The rotation replaces the signed prekey whether the account's keys are in memory (used
+/// since start) or not (read on first use, after the rotation): the bundle carries the new key
+/// either way, and a retired key goes after its grace period.
+#[test]
+fn signed_prekey_rotation_reaches_the_bundle_with_keys_in_memory_or_not() {
+    let mut d = Daemon::start_with(&["--enable-debug-methods"]);
+    let mut c = d.client();
+    c.create_account(ME);
+    let v0 = c.bundle("urn:xmpp:omemo:2")["bundle_version"].clone();
+    let first = stored_signed_prekeys(&d);
+    assert_eq!(first.len(), 1, "{first:?}");
+    // Not due yet: nothing changes.
+    rotate(&mut c, 0);
+    assert_eq!(stored_signed_prekeys(&d), first);
+    // Keys in memory.
+    rotate(&mut c, 8);
+    let second = stored_signed_prekeys(&d);
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert_eq!(second[0], (first[0].0, true));
+    let (new_id, retired) = second[1];
+    assert!(!retired && new_id != first[0].0);
+    let b = c.bundle("urn:xmpp:omemo:2");
+    assert_ne!(b["bundle_version"], v0);
+    assert!(
+        b["xml"]
+            .as_str()
+            .expect("xml")
+            .contains(&format!("<spk id='{new_id}'>")),
+        "{b}"
+    );
+    // Keys not in memory: a restart, the rotation first, then the bundle.
+    d.stop();
+    d.spawn();
+    let mut c = d.client();
+    rotate(&mut c, 16);
+    let third = stored_signed_prekeys(&d);
+    // The first key's grace period is over; the second is retired, the third current.
+    assert_eq!(third.len(), 2, "{third:?}");
+    assert_eq!(third[0], (new_id, true));
+    let (newest, retired) = third[1];
+    assert!(!retired && newest != new_id);
+    let b = c.bundle("urn:xmpp:omemo:2");
+    assert!(
+        b["xml"]
+            .as_str()
+            .expect("xml")
+            .contains(&format!("<spk id='{newest}'>")),
+        "{b}"
+    );
+}

@@ -299,8 +299,8 @@ impl Talk {
         for _ in 0..3 {
             let to = from.other().jid();
             let params = json!({"to": [to], "body": body, "namespaces": [ns]});
-            // No device reached (e.g. the restored side needs the peer's bundle first) is an
-            // error whose actions lead there.
+            // No device reached (e.g. its bundle must be fetched first) is an error whose
+            // `data.actions` say what to do, like a skipped device's in a success.
             let r = match call_as(self.client(from), from.jid(), "encrypt", params) {
                 Ok(r) => r,
                 Err(e) if e["data"]["kind"] == "no_device_reached" => e["data"].clone(),

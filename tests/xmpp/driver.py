@@ -352,6 +352,14 @@ async def published_bundle_is_current(peer: RefPeer, jid: str, ns: str, daemon: 
         await asyncio.sleep(0.2)
 
 
+async def bundle_republished(peer: RefPeer, ns: str, before: List[str]) -> None:
+    """Waits until the server holds a bundle of `peer` other than the one offering `before`."""
+    deadline = time.monotonic() + WAIT
+    while prekey_ids(await peer.published_bundle(ns)) == before:
+        assert time.monotonic() < deadline, f"python-omemo never republished its bundle ({before})"
+        await asyncio.sleep(0.1)
+
+
 async def two_processes(w: World, ns: str) -> None:
     """Two processes (resources) of the example client on one omemod: both read every message."""
     alice, bob = w.user("alice"), w.user("bob")
@@ -395,6 +403,66 @@ async def two_processes(w: World, ns: str) -> None:
               "checked one reader + duplicate_message", file=sys.stderr)
 
 
+async def own_archive(w: World, ns: str) -> None:
+    """A process of the example client, offline while another process of the account (same
+    omemod) writes to bob and into a room, catches up from the archives (MAM, the account's and
+    the room's): each message shown once, as its own."""
+    alice, bob = w.user("alice"), w.user("bob")
+    room = "crypto@" + server.MUC
+    daemon = w.daemon("alice")
+    peer = await w.peer(bob)
+    await peer.create_room(room, "bob", [alice])
+    desk = await w.bot("desk", alice, "desk", daemon)
+    phone = await w.bot("phone", alice, "phone", daemon)
+    for b in (desk, phone):
+        await b.send(f"/ns {NS_ARG[ns]}")
+        await b.send(f"/join {room} alice-{b.name}")
+        await b.expect(lambda e: e["event"] == "joined")
+    # The client reads an archive from its last position on: the phone takes one of each, live.
+    await peer.send_text("", "hello room", ns, room=room)
+    await phone.expect_message(bob, "hello room", ns, room=room, archived=False)
+    await peer.send_text(alice, "before you go", ns)
+    await phone.expect_message(bob, "before you go", ns, archived=False)
+    await phone.stop()
+    # While the phone is offline: the desk writes into the room, then to bob, who answers once.
+    await desk.say("into the room while the phone was off")
+    await peer.wait_for(lambda r: r.body == "into the room while the phone was off" and r.room == room
+                        and r.sender == alice and r.namespace == ns)
+    await desk.send(f"/to {bob}")
+    await desk.expect(lambda e: e["event"] == "target")
+    sent = [f"while the phone was off {i} ✓" for i in range(3)]
+    for i, body in enumerate(sent):
+        await desk.say(body)
+        r = await peer.wait_for(lambda r: r.body == body and r.namespace == ns)
+        assert r.sender == alice and r.device_id == desk.device_id, r
+        if i == 1:
+            await peer.send_text(alice, "answer while the phone was off", ns)
+            await desk.expect_message(bob, "answer while the phone was off", ns)
+    # `ready` comes after the archives were read (the account's, then the room's once rejoined):
+    # every event of the catch-up is in.
+    await phone.start()
+    shown = [e for e in phone.events if e["event"] in ("own", "message")]
+    assert [(e["event"], e["body"]) for e in shown] == [
+        ("own", sent[0]), ("own", sent[1]), ("message", "answer while the phone was off"), ("own", sent[2]),
+        ("own", "into the room while the phone was off")], shown
+    for e in shown:
+        assert e["namespace"] == ns and e["archived"] is True, e
+        if e["event"] == "own":
+            assert e["to"] == (e["room"] or bob) and e["carbon"] is None, e
+        else:
+            assert e["sender"] == bob, e
+    assert shown[-1]["to"] == shown[-1]["room"] == room, shown[-1]
+    count = await phone.expect(lambda e: e["event"] == "archive" and e["room"] is None)
+    assert count["count"] >= 4, count
+    await phone.expect(lambda e: e["event"] == "archive" and e["room"] == room and e["count"] >= 1)
+    # Started again, the phone reads the archive from after those: none is shown twice.
+    await phone.stop()
+    await phone.start()
+    again = [e for e in phone.events if e["event"] in ("own", "message")]
+    assert again == [], again
+    await phone.expect(lambda e: e["event"] == "archive")
+
+
 async def group(w: World, ns: str) -> None:
     """A members-only, non-anonymous room with alice and carol (example client, two omemods) and
     bob (python-omemo); each message must be decrypted by both others."""
@@ -413,8 +481,15 @@ async def group(w: World, ns: str) -> None:
     while len(peer.room_members(room)) < 2 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert peer.room_members(room) == sorted([alice, carol]), peer.room_members(room)
+    offered = prekey_ids(await peer.published_bundle(ns))
+    assert len(offered) >= 25, offered
     await a.say("hello room from alice")
     await peer.wait_for(lambda r: r.body == "hello room from alice" and r.room == room and r.sender == alice)
+    # Alice's key exchange used one of bob's one-time prekeys; python-omemo deleted it and
+    # publishes a bundle without it. Carol's first message builds her session to bob: the
+    # plugin fetches bob's bundle then (not the one from when she joined, which still offers
+    # alice's prekey), so once that bundle is on the server she cannot pick the used one.
+    await bundle_republished(peer, ns, offered)
     await c.expect_message(alice, "hello room from alice", ns, room=room)
     await c.say("hello room from carol")
     await peer.wait_for(lambda r: r.body == "hello room from carol" and r.room == room and r.sender == carol)
@@ -426,6 +501,58 @@ async def group(w: World, ns: str) -> None:
         await a.say(f"alice again {i}")
         await c.expect_message(alice, f"alice again {i}", ns, room=room)
         await peer.wait_for(lambda r: r.body == f"alice again {i}" and r.sender == alice)
+
+
+FILE_SIZES = (1, 3 * 1024 * 1024 + 5)
+"""A small file and one of a few MB (many of omemod's chunks, several HTTP reads)."""
+
+
+async def files(w: World, ns: str) -> None:
+    """Encrypted files (XEP-0454) on the server's XEP-0363 upload: the example client uploads and
+    sends, python-omemo's peer opens the link with `cryptography`'s AES-GCM; the peer uploads and
+    sends (12- and 16-byte IVs), the example client opens through omemod; an altered key is
+    refused and leaves no file."""
+    alice, bob = w.user("alice"), w.user("bob")
+    peer = await w.peer(bob)
+    bot = await w.bot("alice", alice, "desk", w.daemon("alice"))
+    await bot.send(f"/ns {NS_ARG[ns]}")
+    await bot.send(f"/to {bob}")
+    await bot.expect(lambda e: e["event"] == "target")
+    upload = f"http://127.0.0.1:{w.prosody.http_port}/file_share/"
+    for size, iv_bytes in zip(FILE_SIZES, (12, 16)):
+        data = os.urandom(size)
+        path = os.path.join(w.workdir, f"sent-{size}.bin")
+        with open(path, "wb") as f:
+            f.write(data)
+        await bot.send(f"/file {path}")
+        sent = await bot.expect(lambda e: e["event"] in ("file_sent", "error"), timeout=60)
+        assert sent["event"] == "file_sent" and sent["size"] == size, sent
+        # The test server uploads over plain HTTP: the link keeps its scheme (XEP-0454 converts
+        # only HTTPS), with the 12-byte IV and the key in lowercase hex.
+        assert re.fullmatch(re.escape(upload) + r"[^#]+#[0-9a-f]{88}", sent["link"]), sent
+        r = await peer.wait_for(lambda r: r.body == sent["link"])
+        assert r.sender == alice and r.namespace == ns, r
+        assert await peer.open_file(r.body) == data, f"python-omemo's peer read another file of {size} bytes"
+
+        data = os.urandom(size)
+        link = await peer.send_file(alice, data, ns, server.UPLOAD, iv_bytes=iv_bytes)
+        got = await bot.expect(lambda e: e["event"] == "file_link" and e["link"] == link)
+        assert got["sender"] == bob and got["namespace"] == ns, got
+        dest = os.path.join(w.workdir, f"received-{size}.bin")
+        await bot.send(f"/open {link} {dest}")
+        opened = await bot.expect(lambda e: e["event"] in ("file_opened", "file_failed") and e["path"] == dest,
+                                  timeout=60)
+        assert opened["event"] == "file_opened" and opened["size"] == size, opened
+        with open(dest, "rb") as f:
+            assert f.read() == data, f"the example client read another file of {size} bytes"
+    # The last link with one key digit changed: the tag does not match, nothing is written.
+    url, _, secret = link.partition("#")
+    forged = f"{url}#{secret[:-1]}{'0' if secret[-1] != '0' else '1'}"
+    dest = os.path.join(w.workdir, "forged.bin")
+    await bot.send(f"/open {forged} {dest}")
+    failed = await bot.expect(lambda e: e["event"] in ("file_opened", "file_failed") and e["path"] == dest)
+    assert failed["event"] == "file_failed" and failed["kind"] == "authentication_failed", failed
+    assert not any(n.startswith((".forged", "forged")) for n in os.listdir(w.workdir)), os.listdir(w.workdir)
 
 
 async def carbons(w: World, ns: str) -> None:
@@ -491,8 +618,10 @@ SCENARIOS = {
     "chat": chat,
     "restart_archive": restart_archive,
     "two_processes": two_processes,
+    "own_archive": own_archive,
     "group": group,
     "carbons": carbons,
+    "files": files,
     "poezio": poezio,
     "unlisted_sender": unlisted_sender,
 }

@@ -150,17 +150,23 @@ macro_rules! scenarios {
 // restart_archive: first contact from python-omemo, omemod restarted mid-chat, the archive (MAM)
 //   read by the example client after it was offline.
 // two_processes: two processes (resources) of the example client on one omemod.
+// own_archive: a process of the example client reads from the archives (MAM: the account's,
+//   a room's) what another process on its omemod sent while it was offline, as its own, once.
 // group: a members-only, non-anonymous room: two example clients (two omemods) and python-omemo.
 // carbons: the example client decrypts the carbons of what another device of its account
 //   (python-omemo) receives and sends.
+// files: encrypted files (XEP-0454) on the server's HTTP upload (XEP-0363), both ways: the
+//   example client's upload opened by python-omemo's peer with `cryptography`, and the reverse.
 // poezio: the console client poezio with the omemod plugin, driven in tmux, and python-omemo.
 // unlisted_sender: a non-member's device relayed under a member's name (tests/xmpp/unlisted.py).
 scenarios!(
     chat,
     restart_archive,
     two_processes,
+    own_archive,
     group,
     carbons,
+    files,
     poezio,
     unlisted_sender
 );

@@ -10,6 +10,8 @@ Standard library only. Modules:
 - `types`: TypedDicts of results and events, and the namespace constants;
 - `slixmpp_plugin`: a slixmpp plugin that gives a slixmpp client OMEMO through omemod (needs
   slixmpp: `pip install 'omemod-client[slixmpp]'`);
+- `files`: encrypted files (XEP-0454) from and to paths through the `file.*` methods, the
+  upload's PUT and the download's GET;
 - `poezio_plugin`: poezio's OMEMO through omemod (`/load omemod` in poezio).
 
 docs/rpc.md in the omemod repository is the contract; docs/clients.md the client flow.

@@ -32,6 +32,10 @@ Events fired on the slixmpp client: `omemo_initialized`, `omemo_message` (a `Dec
 `omemo_decryption_failed` (a `DecryptionFailure`), `omemo_trust_decision_needed`,
 `omemo_identity_changed`, `omemo_devicelist_changed` (omemod's event dict), `omemo_failed`
 (start-up failed: the exception).
+
+Files (XEP-0454): `send_file(jid, path)` uploads a file encrypted (XEP-0363 slot, `file.encrypt.*`)
+and sends its link; `open_file(link, dest)` downloads and decrypts one (`files.file_link` finds a
+link in a body).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
@@ -56,7 +62,7 @@ from slixmpp.xmlstream import tostring
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from . import errors
+from . import errors, files
 from .client import Client
 from .connection import Subscription
 from .errors import OmemodError, RpcError
@@ -66,11 +72,15 @@ log = logging.getLogger("omemod_client.slixmpp")
 
 DEVICELIST_NODE = {OMEMO2: "urn:xmpp:omemo:2:devices", OLDMEMO: "eu.siacs.conversations.axolotl.devicelist"}
 NODE_NAMESPACE = {node: ns for ns, node in DEVICELIST_NODE.items()}
+BUNDLE_NODE = {OMEMO2: lambda device: ("urn:xmpp:omemo:2:bundles", str(device)),
+               OLDMEMO: lambda device: (f"eu.siacs.conversations.axolotl.bundles:{device}", "current")}
+"""(node, item id) of a device's bundle, as omemod's `fetch_bundle` actions name them."""
 EME = "urn:xmpp:eme:0"
 EME_NAME = {OMEMO2: "OMEMO", OLDMEMO: "OMEMO (0.3)"}
 HINTS = "urn:xmpp:hints"
 XHTML_IM = "http://jabber.org/protocol/xhtml-im"
 MUC_USER = "http://jabber.org/protocol/muc#user"
+HTTP_UPLOAD = "urn:xmpp:http:upload:0"
 FETCHES = ("fetch_bundle", "fetch_devicelist")
 DUTIES = ("publish_bundle", "publish_devicelist", "send_heartbeat") + FETCHES
 IQ_TIMEOUT = 20
@@ -87,6 +97,10 @@ class NoRecipientDevice(OmemodError):
         why = "; ".join(f"{d['jid']}/{d['device_id']}: {d['status']}" for d in devices) or "no devices known"
         super().__init__(f"nothing to send: {why}")
         self.devices = devices
+
+
+class UploadUnavailable(OmemodError):
+    """Our server offers no HTTP upload (XEP-0363), refused the slot, or the upload failed."""
 
 
 class SenderUnknown(OmemodError):
@@ -200,6 +214,7 @@ class XEP_0384_omemod(BasePlugin):
         self._bundle_failed: Dict[Tuple[str, str, int], float] = {}
         self._sent: "OrderedDict[str, str]" = OrderedDict()
         self._room_members: Dict[str, Set[str]] = {}
+        self._upload_service: Optional[Tuple[str, Optional[int]]] = None
         for ns in NAMESPACES:
             self.xmpp.register_handler(Callback(f"omemod {ns}", MatchXPath(f"{{jabber:client}}message/{{{ns}}}encrypted"),
                                                 lambda msg, ns=ns: self._on_encrypted(msg, ns)))
@@ -504,10 +519,30 @@ class XEP_0384_omemod(BasePlugin):
 
     async def _prepare(self, recipients: List[str], namespaces: List[str]) -> None:
         """Fetches what omemod lacks for these recipients (device lists, then bundles)."""
+        refreshed: Set[Tuple[str, str, int]] = set()
         for _ in range(3):
             plan = await self.client.encrypt_plan(recipients, namespaces=namespaces)
-            if plan["ready"] or not await self.do_actions([a for a in plan["actions"] if a["type"] in FETCHES]):
+            fetches = [a for a in plan["actions"] if a["type"] in FETCHES] + self._stale_bundles(plan, refreshed)
+            refreshed.update((a["jid"], a["namespace"], a["device_id"]) for a in fetches if a["type"] == "fetch_bundle")
+            if not fetches or not await self.do_actions(fetches):
                 return
+
+    @staticmethod
+    def _stale_bundles(plan: Any, refreshed: Set[Tuple[str, str, int]]) -> List[Action]:
+        """A `fetch_bundle` for each device a session is about to be built with from a stored
+        bundle (plan status `bundle`), once per encryption. That bundle may be older than a key
+        exchange someone else made with the device, whose one-time prekey is gone: the device
+        could not read a session built on it. A bundle fetched now no longer offers that prekey
+        (Conversations and python-omemo also fetch the bundle when they build the session)."""
+        out: List[Action] = []
+        for d in plan["devices"]:
+            key = (d["jid"], d["namespace"], d["device_id"])
+            if d["status"] != "bundle" or d.get("trust") == "distrusted" or key in refreshed:
+                continue
+            node, item_id = BUNDLE_NODE[d["namespace"]](d["device_id"])
+            out.append({"type": "fetch_bundle", "jid": d["jid"], "namespace": d["namespace"],
+                        "device_id": d["device_id"], "node": node, "item_id": item_id})
+        return out
 
     def _encryption(self, stanza: Message, result: Encrypted, recipients: List[str],
                     body: Optional[str]) -> Encryption:
@@ -707,6 +742,86 @@ class XEP_0384_omemod(BasePlugin):
                 count += 1
                 if count >= limit:
                     break
+
+    # ---- files (XEP-0454 over XEP-0363) ----------------------------------------------------------
+
+    async def find_upload_service(self) -> Tuple[str, Optional[int]]:
+        """Our server's XEP-0363 upload service (disco#items of our domain, then disco#info of
+        each) and its `max-file-size` (None when it names none); remembered for the session."""
+        if self._upload_service is not None:
+            return self._upload_service
+        disco = self.xmpp.plugin["xep_0030"]
+        domain = self.xmpp.boundjid.domain
+        items = await disco.get_items(jid=domain, timeout=IQ_TIMEOUT)
+        for jid in [domain] + [str(i[0]) for i in items["disco_items"]["items"]]:
+            try:
+                info = await disco.get_info(jid=jid, timeout=IQ_TIMEOUT)
+            except (IqError, IqTimeout):
+                continue
+            if HTTP_UPLOAD not in info["disco_info"]["features"]:
+                continue
+            limit = None
+            for field_ in info.xml.iter("{jabber:x:data}field"):
+                value = field_.find("{jabber:x:data}value")
+                if field_.get("var") == "max-file-size" and value is not None and (value.text or "").isdigit():
+                    limit = int(value.text or "0")
+            self._upload_service = (jid, limit)
+            return self._upload_service
+        raise UploadUnavailable(f"{domain} offers no HTTP upload ({HTTP_UPLOAD})")
+
+    async def request_slot(self, filename: str, size: int,
+                           content_type: str = "application/octet-stream") -> Tuple[str, str, Dict[str, str]]:
+        """An upload slot for `size` bytes: (PUT URL, GET URL, headers to send with the PUT)."""
+        service, limit = await self.find_upload_service()
+        if limit is not None and size > limit:
+            raise UploadUnavailable(f"{size} bytes to upload; {service} takes at most {limit}")
+        iq = self.xmpp.make_iq_get(ito=service)
+        iq.append(ET.Element(f"{{{HTTP_UPLOAD}}}request",
+                             {"filename": filename, "size": str(size), "content-type": content_type}))
+        try:
+            result = await iq.send(timeout=IQ_TIMEOUT)
+        except IqError as e:  # e.g. <file-too-large/> with the limit, <not-allowed/>
+            raise UploadUnavailable(f"{service} refused the slot: {e.iq['error']['condition']} "
+                                    f"{e.iq['error']['text']}".rstrip()) from e
+        put = result.xml.find(f"{{{HTTP_UPLOAD}}}slot/{{{HTTP_UPLOAD}}}put")
+        get = result.xml.find(f"{{{HTTP_UPLOAD}}}slot/{{{HTTP_UPLOAD}}}get")
+        if put is None or get is None or not put.get("url") or not get.get("url"):
+            raise UploadUnavailable(f"{service} answered no slot")
+        headers = {h.get("name", ""): h.text or "" for h in put.findall(f"{{{HTTP_UPLOAD}}}header")}
+        return put.get("url", ""), get.get("url", ""), headers
+
+    async def upload_file(self, path: str, *, filename: Optional[str] = None) -> str:
+        """Encrypts the file at `path` (omemod's `file.*`), uploads it to a slot of our server and
+        returns the link to send: `aesgcm://…` for an HTTPS slot, else `http://…#<IV><key>`."""
+        size = os.path.getsize(path)
+        put, get, headers = await self.request_slot(filename or os.path.basename(path), size + files.TAG_BYTES)
+        with tempfile.TemporaryFile() as upload:
+            link, upload_size = await files.encrypt_file(self.client, path, upload, url=get)
+            upload.flush()
+            try:
+                status = await asyncio.to_thread(files.http_put, put, upload, upload_size, headers)
+            except OSError as e:  # urllib's HTTPError (a 4xx or 5xx) and URLError are OSErrors
+                raise UploadUnavailable(f"the upload failed: {e}") from e
+        if status not in (200, 201):
+            raise UploadUnavailable(f"the upload answered HTTP {status}")
+        return link
+
+    async def send_file(self, mto: Union[str, JID], path: str, mtype: str = "chat") -> Tuple[str, Encryption]:
+        """Uploads the file at `path` encrypted (`upload_file`) and sends its link as the body of
+        an OMEMO message to `mto` (a JID or, with `mtype="groupchat"`, a room): the link only
+        ever travels encrypted. Returns the link and what `send_message` answered."""
+        link = await self.upload_file(path)
+        return link, await self.send_message(mto, link, mtype)
+
+    async def open_file(self, link: str, dest: str, *, max_bytes: Optional[int] = None) -> int:
+        """Downloads the file of a XEP-0454 link (`files.file_link` recognises one in a body) and
+        decrypts it into `dest`, written only once the whole file authenticated; returns its
+        size. A wrong key or an altered download raises `errors.AuthenticationFailed`."""
+        url = await files.download_url(self.client, link)
+        with tempfile.NamedTemporaryFile(prefix=".omemod-download-") as download:
+            await asyncio.to_thread(files.http_get, url, download, max_bytes)
+            download.flush()
+            return await files.decrypt_file(self.client, link, download.name, dest)
 
 
 register_plugin(XEP_0384_omemod)

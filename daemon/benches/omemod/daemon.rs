@@ -21,6 +21,8 @@ pub struct Daemon {
     db: PathBuf,
     durability: String,
     bin: PathBuf,
+    /// More `serve` arguments.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -30,20 +32,32 @@ impl Daemon {
     }
 
     pub fn start_bin(bin: &std::path::Path, durability: &str) -> Self {
+        let mut d = Self::new(bin, None, durability, &[]);
+        d.spawn();
+        d
+    }
+
+    /// A daemon (not started) on the database `db` (in its own temp dir when `None`), served
+    /// with `args` besides the socket, database and durability.
+    pub fn new(
+        bin: &std::path::Path,
+        db: Option<PathBuf>,
+        durability: &str,
+        args: &[&str],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("omemod-bench-")
             .tempdir()
             .expect("tempdir");
-        let mut d = Daemon {
+        Daemon {
             socket: dir.path().join("run/omemod.sock"),
-            db: dir.path().join("state/omemod.db"),
+            db: db.unwrap_or_else(|| dir.path().join("state/omemod.db")),
             dir,
             durability: durability.to_owned(),
             bin: bin.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
-        };
-        d.spawn();
-        d
+        }
     }
 
     /// Starts the process; returns the time until it answered `status`.
@@ -57,6 +71,7 @@ impl Daemon {
             .arg(&self.db)
             .arg("--durability")
             .arg(&self.durability)
+            .args(&self.args)
             .env("RUST_LOG", "warn")
             // The data key's file (issue 24) in the daemon's own directory, not the user's.
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
@@ -87,7 +102,7 @@ impl Daemon {
         Client::connect(&self.socket).expect("connect")
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
@@ -169,6 +184,11 @@ impl Client {
         self.conn
             .call(method, params)
             .unwrap_or_else(|e| panic!("{method} failed: {e}"))
+    }
+
+    /// Makes a prepared call; its result, or the run fails.
+    pub fn ok_call(&self, (method, params): Call) -> Value {
+        self.ok(method, params)
     }
 
     /// Makes a prepared call: (nanoseconds from the call to its result, the result).

@@ -56,6 +56,7 @@ mod protocol;
 mod python;
 mod report;
 mod rpc;
+mod scale;
 mod stats;
 mod targets;
 
@@ -101,6 +102,16 @@ fn main() {
     }
     println!("  binary   {}", cfg.bin.display());
     let started = Instant::now();
+    // The scale benchmark (issue 25) runs alone, and only when asked for by name.
+    if cfg
+        .only
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|x| x == "scale"))
+    {
+        scale::bench_scale(&cfg);
+        println!("total time {:.0} s", started.elapsed().as_secs_f64());
+        return;
+    }
     if cfg.section("floor") {
         floor::bench_floor(&cfg, &mut r);
     }

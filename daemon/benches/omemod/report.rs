@@ -113,7 +113,9 @@ fn intro(md: &mut String, r: &Report, cfg: &Cfg) {
          with omemod-client (the Rust client library) from the call to its result, committed \
          before the answer. \
          Why the figures are what they are, and what each design choice costs: \
-         [performance-notes.md](performance-notes.md).\n",
+         [performance-notes.md](performance-notes.md). How cost grows with the database, to 10⁶ \
+         sessions (`scripts/bench-scale`): [performance-scale.md](performance-scale.md); how far one \
+         daemon goes and what comes after: [scaling.md](scaling.md).\n",
         if cfg.quick {
             " — **quick smoke run (OMEMOD_BENCH_QUICK=1): few iterations, not representative**"
         } else {

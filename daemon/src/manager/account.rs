@@ -2,15 +2,17 @@
 //! bundle we publish from them.
 
 use super::error::{DeviceIdError, ErrorCause, InvalidJid, StorageError};
+use super::resident::Resident;
 use crate::storage::{self, accounts, identity, prekeys, signed_prekeys, SecretKey, Store};
 use protocol_core::bundle::{Bundle, PreKeyPublic};
 use protocol_core::consts::{MAX_DEVICE_ID, OLDMEMO_MAX_PREKEY_ID, PREKEY_POOL_SIZE};
 use protocol_core::keys::identity::SignedPreKey;
-use protocol_core::keys::{IdentityKeyPair, KeyPair, PrivateKey};
+use protocol_core::keys::{IdentityKeyPair, KeyPair, PrivateKey, PublicKey};
 use protocol_core::Version;
 use rand::rngs::OsRng;
 use rand::Rng;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub use accounts::TrustMode;
 
@@ -120,6 +122,13 @@ impl OwnKeys {
     }
 }
 
+impl OwnKeys {
+    /// Rows it holds (for [`Resident`]).
+    fn rows(&self) -> usize {
+        self.prekeys.len() + self.signed_prekeys.len()
+    }
+}
+
 /// An account: its immutable identity and its lock-guarded keys.
 #[derive(Debug)]
 pub struct Account {
@@ -131,8 +140,97 @@ pub struct Account {
     pub device_id: u32,
     /// Our identity key pair.
     pub identity: IdentityKeyPair,
-    /// Keys that change.
-    pub keys: tokio::sync::Mutex<OwnKeys>,
+    /// Keys that change, loaded on first use.
+    pub keys: AccountKeys,
+}
+
+/// Where accounts' keys are loaded from, and the record of the accounts whose state is in
+/// memory ([`super::resident`]).
+#[derive(Debug, Clone)]
+pub struct KeySource {
+    store: Arc<Store>,
+    resident: Arc<Mutex<Resident>>,
+}
+
+impl KeySource {
+    /// Keys from `store`, none in memory yet.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            resident: Arc::default(),
+        }
+    }
+
+    /// The accounts whose state is in memory.
+    pub(crate) fn resident(&self) -> std::sync::MutexGuard<'_, Resident> {
+        self.resident.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A locked account's keys.
+pub type KeysGuard<'a> = tokio::sync::MappedMutexGuard<'a, OwnKeys>;
+
+/// The account's own keys: read from the database by the first [`AccountKeys::lock`], and
+/// dropped again by [`AccountKeys::unload`] when the account has long been idle (the manager
+/// decides, [`super::resident`]). One lock for the account's key operations, loaded or not.
+#[derive(Debug)]
+pub struct AccountKeys {
+    account_id: i64,
+    source: KeySource,
+    keys: tokio::sync::Mutex<Option<OwnKeys>>,
+}
+
+impl AccountKeys {
+    /// Keys to be read on first use.
+    pub(crate) fn unloaded(account_id: i64, source: &KeySource) -> Self {
+        Self {
+            account_id,
+            source: source.clone(),
+            keys: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Keys already in memory (a new account, or taken over from an old handle).
+    pub(crate) fn loaded(account_id: i64, source: &KeySource, keys: OwnKeys) -> Self {
+        source.resident().add(account_id, keys.rows());
+        Self {
+            account_id,
+            source: source.clone(),
+            keys: tokio::sync::Mutex::new(Some(keys)),
+        }
+    }
+
+    /// Locks the keys, reading them first if they are not in memory.
+    pub async fn lock(&self) -> Result<KeysGuard<'_>, StorageError> {
+        let mut slot = self.keys.lock().await;
+        let keys = match slot.take() {
+            Some(keys) => keys,
+            None => {
+                let keys = load_keys(&self.source.store, self.account_id).await?;
+                self.source.resident().add(self.account_id, keys.rows());
+                keys
+            }
+        };
+        Ok(tokio::sync::MutexGuard::map(slot, |s| s.insert(keys)))
+    }
+
+    /// Locks the keys as they are: `None` if they are not in memory (they stay out, and no
+    /// one reads them while the guard lives, so a change committed under it is in memory or
+    /// in the next read).
+    pub(crate) async fn lock_loaded(&self) -> tokio::sync::MutexGuard<'_, Option<OwnKeys>> {
+        self.keys.lock().await
+    }
+
+    /// Drops the keys from memory unless they are locked; whether they are out.
+    pub(crate) fn unload(&self) -> bool {
+        match self.keys.try_lock() {
+            Ok(mut slot) => {
+                slot.take();
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// Tops up each namespace's one-time prekey pool to [`PREKEY_POOL_SIZE`] with fresh keys
@@ -259,7 +357,7 @@ struct NewDevice {
 /// Creates an account with a fresh identity, signed prekey and full prekey pools, in one
 /// transaction. Its device id is none of `avoid` (the ids already on our own device lists).
 pub async fn create(
-    store: &Store,
+    source: &KeySource,
     jid: &str,
     trust_mode: TrustMode,
     avoid: &[u32],
@@ -274,7 +372,7 @@ pub async fn create(
         identity,
     };
     let now = storage::now();
-    let stored = store_new_account(store, jid, &device, trust_mode, now)
+    let stored = store_new_account(&source.store, jid, &device, trust_mode, now)
         .await?
         .ok_or_else(|| CreateAccountError::Exists(jid.to_owned()))?;
     let spk = stored.signed_prekey;
@@ -301,7 +399,7 @@ pub async fn create(
         jid: jid.to_owned(),
         device_id: device.device_id,
         identity: device.identity,
-        keys: tokio::sync::Mutex::new(keys),
+        keys: AccountKeys::loaded(stored.id, source, keys),
     })
 }
 
@@ -354,70 +452,124 @@ async fn store_new_account(
         .await
 }
 
-/// Loads every account with its keys.
-pub fn load_all(conn: &crate::storage::Db) -> Result<Vec<Account>, StorageError> {
+/// Every account, with its identity (its keys are read on first use). The identity's public
+/// keys are taken as stored: no scalar multiplication per account.
+pub fn load_all(
+    conn: &crate::storage::Db,
+    source: &KeySource,
+) -> Result<Vec<Account>, StorageError> {
+    let mut identities: std::collections::HashMap<i64, identity::IdentityRow> =
+        identity::list(conn)?
+            .into_iter()
+            .map(|r| (r.account_id, r))
+            .collect();
     let mut out = Vec::new();
     for row in accounts::list(conn)? {
-        let Some(id_row) = identity::get(conn, row.id)? else {
+        let Some(id_row) = identities.remove(&row.id) else {
             tracing::warn!(jid = %row.jid, "account without identity; skipped");
             continue;
         };
-        let identity =
-            IdentityKeyPair::from_private(PrivateKey::from_bytes(*id_row.private_key.expose()));
-        let signed_prekeys = signed_prekeys::list(conn, row.id)?
-            .into_iter()
-            .map(|s| {
-                let key_pair =
-                    KeyPair::from_private(PrivateKey::from_bytes(*s.private_key.expose()));
-                (
-                    s.id,
-                    OwnSignedPreKey {
-                        key: SignedPreKey {
-                            id: s.id,
-                            key_pair,
-                            signature_oldmemo: s.signature_oldmemo,
-                            signature_twomemo: s.signature_twomemo,
-                        },
-                        created_at: s.created_at,
-                        retired_at: s.retired_at,
-                    },
-                )
-            })
-            .collect();
-        let prekeys = prekeys::list(conn, row.id)?
-            .into_iter()
-            .map(|p| {
-                (
-                    p.id,
-                    OwnPreKey {
-                        key_pair: KeyPair::from_private(PrivateKey::from_bytes(
-                            *p.private_key.expose(),
-                        )),
-                        used: p.used_at.is_some(),
-                        namespace: p.namespace,
-                        used_by: p.used_by,
-                    },
-                )
-            })
-            .collect();
+        let identity = IdentityKeyPair::from_stored(
+            PrivateKey::from_bytes(*id_row.private_key.expose()),
+            id_row.curve25519_public,
+            id_row.ed25519_public,
+        );
         out.push(Account {
             id: row.id,
             jid: row.jid,
             device_id: row.device_id,
             identity,
-            keys: tokio::sync::Mutex::new(OwnKeys {
-                signed_prekeys,
-                prekeys,
-                bundle_version: row.bundle_version,
-                catchup: row.catchup,
-                catchup_since: storage::device_state::catchup_since(conn, row.id)?,
-                trust_mode: row.trust_mode,
-                label: accounts::label(conn, row.id)?
-                    .map(|(text, signature)| super::labels::OwnLabel { text, signature }),
-            }),
+            keys: AccountKeys::unloaded(row.id, source),
         });
     }
     Ok(out)
+}
+
+/// A stored key pair, its public half as stored (computed when it was made).
+fn stored_pair(private: &SecretKey, public: [u8; 32]) -> KeyPair {
+    KeyPair {
+        private: PrivateKey::from_bytes(*private.expose()),
+        public: PublicKey(public),
+    }
+}
+
+/// The account's keys as stored; pools left short by an older version are filled first (and
+/// the bundle to publish changes).
+async fn load_keys(store: &Store, account_id: i64) -> Result<OwnKeys, StorageError> {
+    let mut keys = store
+        .read(move |conn| read_keys(conn, account_id))
+        .await?
+        .ok_or(StorageError::NotFound { what: "account" })?;
+    let short = Version::ALL.into_iter().any(|v| {
+        keys.live_prekeys(v).count() < usize::try_from(PREKEY_POOL_SIZE).unwrap_or(usize::MAX)
+    });
+    if short {
+        let now = storage::now();
+        let (fresh, version) = store
+            .write(move |tx| {
+                let rows = refill_prekey_pools(tx, account_id, now)?;
+                let version = match rows.is_empty() {
+                    true => None,
+                    false => Some(accounts::bump_bundle_version(tx, account_id)?),
+                };
+                Ok((rows, version))
+            })
+            .await?;
+        keys.add_prekeys(fresh);
+        if let Some(v) = version {
+            keys.bundle_version = v;
+        }
+    }
+    Ok(keys)
+}
+
+/// The account's keys as stored (`None` if there is no such account).
+fn read_keys(conn: &crate::storage::Db, account_id: i64) -> Result<Option<OwnKeys>, StorageError> {
+    let Some(row) = accounts::get(conn, account_id)? else {
+        return Ok(None);
+    };
+    let signed_prekeys = signed_prekeys::list(conn, account_id)?
+        .into_iter()
+        .map(|s| {
+            (
+                s.id,
+                OwnSignedPreKey {
+                    key: SignedPreKey {
+                        id: s.id,
+                        key_pair: stored_pair(&s.private_key, s.public_key),
+                        signature_oldmemo: s.signature_oldmemo,
+                        signature_twomemo: s.signature_twomemo,
+                    },
+                    created_at: s.created_at,
+                    retired_at: s.retired_at,
+                },
+            )
+        })
+        .collect();
+    let prekeys = prekeys::list(conn, account_id)?
+        .into_iter()
+        .map(|p| {
+            (
+                p.id,
+                OwnPreKey {
+                    key_pair: stored_pair(&p.private_key, p.public_key),
+                    used: p.used_at.is_some(),
+                    namespace: p.namespace,
+                    used_by: p.used_by,
+                },
+            )
+        })
+        .collect();
+    Ok(Some(OwnKeys {
+        signed_prekeys,
+        prekeys,
+        bundle_version: row.bundle_version,
+        catchup: row.catchup,
+        catchup_since: storage::device_state::catchup_since(conn, account_id)?,
+        trust_mode: row.trust_mode,
+        label: accounts::label(conn, account_id)?
+            .map(|(text, signature)| super::labels::OwnLabel { text, signature }),
+    }))
 }
 
 #[cfg(test)]

@@ -700,7 +700,7 @@ impl Manager {
         // relays what others hand it) it is refused before anything changes.
         let listed = self.with_directory(acct.id, |d| {
             d.lists(&addr.jid, addr.namespace, addr.device_id)
-        });
+        })?;
         if conv.group_chat && !listed {
             return Err(self.unlisted(&acct, &addr));
         }
@@ -784,9 +784,9 @@ impl Manager {
         attempt: &Attempt,
         held: Option<&OwnKeys>,
     ) -> Result<Verdict, DecryptError> {
-        let mode = self.mode(acct, held).await;
+        let mode = self.mode(acct, held).await?;
         let curve = *attempt.session.remote_curve25519();
-        let trust = self.trust_for_key(acct, mode.trust, received.from, &curve);
+        let trust = self.trust_for_key(acct, mode.trust, received.from, &curve)?;
         if trust.row.level == TrustLevel::Distrusted {
             return Err(DecryptError::Distrusted);
         }
@@ -836,7 +836,7 @@ impl Manager {
         addr: &DeviceAddr,
         slot: &SlotGuard,
         ours: &[&KeyElement],
-        own_keys: &mut Option<tokio::sync::MutexGuard<'k, OwnKeys>>,
+        own_keys: &mut Option<super::account::KeysGuard<'k>>,
     ) -> Result<Attempt, DecryptError> {
         let mut first_error = None;
         for key in ours {
@@ -891,10 +891,13 @@ impl Manager {
         addr: &DeviceAddr,
         identity: Option<&[u8; 32]>,
     ) -> Option<DecryptError> {
-        let owner = self.with_directory(addr.account_id, |d| {
+        let owner = match self.with_directory(addr.account_id, |d| {
             d.owner_elsewhere(&addr.jid, addr.namespace, addr.device_id, identity)
                 .map(str::to_owned)
-        })?;
+        }) {
+            Ok(owner) => owner?,
+            Err(e) => return Some(e.into()),
+        };
         Some(DecryptError::SenderMismatch {
             from: addr.jid.clone(),
             owner,
@@ -911,7 +914,7 @@ impl Manager {
         addr: &DeviceAddr,
         slot: &SlotGuard,
         data: &[u8],
-        own_keys: &mut Option<tokio::sync::MutexGuard<'k, OwnKeys>>,
+        own_keys: &mut Option<super::account::KeysGuard<'k>>,
     ) -> Result<Attempt, DecryptError> {
         let kex = KeyExchange::parse(addr.namespace, data).map_err(|e| refused(e, addr))?;
         let mut record = SessionRecord::new(slot.session.clone());
@@ -946,7 +949,7 @@ impl Manager {
             self.check_rebuild_allowed(addr)?;
         }
         if own_keys.is_none() {
-            *own_keys = Some(acct.keys.lock().await);
+            *own_keys = Some(acct.keys.lock().await?);
         }
         let keys = own_keys
             .as_deref()
@@ -1080,15 +1083,15 @@ impl Manager {
 
     /// The account's trust mode and whether catch-up is on (it ends by itself after
     /// [`super::trust::CATCHUP_TIMEOUT_SECS`]).
-    async fn mode(&self, acct: &Account, held: Option<&OwnKeys>) -> Mode {
+    async fn mode(&self, acct: &Account, held: Option<&OwnKeys>) -> Result<Mode, StorageError> {
         let read = |k: &OwnKeys| Mode {
             trust: k.trust_mode,
             catchup: k.catchup_active(storage::now()),
         };
-        match held {
+        Ok(match held {
             Some(k) => read(k),
-            None => read(&*acct.keys.lock().await),
-        }
+            None => read(&*acct.keys.lock().await?),
+        })
     }
 
     /// Step 4: one transaction with every change.
@@ -1102,7 +1105,7 @@ impl Manager {
     ) -> Result<Committed, DecryptError> {
         let now = storage::now();
         let addr = slot.addr();
-        let touch = self.with_directory(acct.id, |d| d.needs_touch(addr, now));
+        let touch = self.with_directory(acct.id, |d| d.needs_touch(addr, now))?;
         let write = DecryptWrite {
             redelivery: self.redelivery_record(acct, probe, conv, attempt, now),
             defer_heartbeat: verdict.heartbeat && verdict.mode.catchup,
@@ -1120,7 +1123,7 @@ impl Manager {
             self.key_material_erased();
         }
         if touch {
-            self.with_directory(acct.id, |d| d.touched(addr, now));
+            self.mirror_directory(acct.id, |d| d.touched(addr, now));
         }
         if rebuilt {
             // The peer's new session replaced the restored one: nothing left to rebuild.
@@ -1223,9 +1226,13 @@ impl Manager {
             };
             self.push_action(acct, &mut actions, cause, a);
         }
-        if !self.with_directory(acct.id, |d| {
-            d.lists(&addr.jid, addr.namespace, addr.device_id)
-        }) {
+        // Read in this decryption already (`listed`): in memory.
+        if !self
+            .with_directory(acct.id, |d| {
+                d.lists(&addr.jid, addr.namespace, addr.device_id)
+            })
+            .unwrap_or(true)
+        {
             let a = Action::fetch_devicelist(&addr.jid, addr.namespace);
             self.push_action(acct, &mut actions, Cause::UnknownDevice, a);
         }

@@ -1,7 +1,7 @@
 //! The way out of a device id collision: our device takes a new id (same identity, keys,
 //! sessions and trust), avoiding the ids on our own device lists.
 
-use super::account::{check_avoided, pick_device_id, Account, OwnKeys};
+use super::account::{check_avoided, pick_device_id, Account, AccountKeys, OwnKeys};
 use super::error::DeviceIdError;
 use super::{AccountLookupError, ErrorCause, Manager, StorageError};
 use crate::events::Action;
@@ -56,14 +56,14 @@ impl Manager {
     ) -> Result<RenewedDevice, RenewDeviceIdError> {
         check_avoided(avoid)?;
         let old = self.account(account)?;
-        let mut keys = old.keys.lock().await;
+        let mut keys = old.keys.lock().await?;
         let mut taken: Vec<u32> = avoid.to_vec();
         taken.push(old.device_id);
         self.with_directory(old.id, |d| {
             for ns in Version::ALL {
                 taken.extend(d.active(&old.jid, ns));
             }
-        });
+        })?;
         let new_id =
             pick_device_id(&mut OsRng, &taken, MAX_DEVICE_ID).ok_or(DeviceIdError::NoneFree)?;
         let id = old.id;
@@ -76,20 +76,25 @@ impl Manager {
             .await?;
         // The old handle keeps no keys: an operation still holding it finds no prekey to
         // consume twice, and publishes nothing.
+        self.key_source.resident().remove(id);
         let fresh = Arc::new(Account {
             id,
             jid: old.jid.clone(),
             device_id: new_id,
             identity: old.identity.clone(),
-            keys: tokio::sync::Mutex::new(OwnKeys {
-                signed_prekeys: std::mem::take(&mut keys.signed_prekeys),
-                prekeys: std::mem::take(&mut keys.prekeys),
-                bundle_version: version,
-                catchup: keys.catchup,
-                catchup_since: keys.catchup_since,
-                trust_mode: keys.trust_mode,
-                label: keys.label.take(),
-            }),
+            keys: AccountKeys::loaded(
+                id,
+                &self.key_source,
+                OwnKeys {
+                    signed_prekeys: std::mem::take(&mut keys.signed_prekeys),
+                    prekeys: std::mem::take(&mut keys.prekeys),
+                    bundle_version: version,
+                    catchup: keys.catchup,
+                    catchup_since: keys.catchup_since,
+                    trust_mode: keys.trust_mode,
+                    label: keys.label.take(),
+                },
+            ),
         });
         self.replace_account(fresh.clone());
         drop(keys);

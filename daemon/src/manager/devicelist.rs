@@ -95,15 +95,15 @@ impl Manager {
                 Ok((change, rows))
             })
             .await?;
-        self.with_directory(acct.id, |d| d.set_devices(jid, namespace, rows));
-        let device_ids: Vec<u32> = self.with_directory(acct.id, |d| d.active(jid, namespace));
+        self.mirror_directory(acct.id, |d| d.set_devices(jid, namespace, rows));
+        let device_ids: Vec<u32> = self.with_directory(acct.id, |d| d.active(jid, namespace))?;
         let own_device_missing = own && !device_ids.contains(&acct.device_id);
         let mut actions = Vec::new();
         if own_device_missing {
             let a = Action::PublishDevicelist { namespace };
             self.push_action(&acct, &mut actions, Cause::OwnDeviceMissing, a);
         } else if own && namespace == Version::Twomemo {
-            let label = acct.keys.lock().await.label.clone();
+            let label = acct.keys.lock().await?.label.clone();
             if own_label_differs(label.as_ref(), acct.device_id, &entries) {
                 let a = Action::PublishDevicelist { namespace };
                 self.push_action(&acct, &mut actions, Cause::LabelChanged, a);

@@ -53,6 +53,13 @@ impl Directory {
         d
     }
 
+    /// Rows it holds (for [`super::resident`]).
+    pub fn rows(&self) -> usize {
+        self.devices.values().map(Vec::len).sum::<usize>()
+            + self.trust.len()
+            + self.pending_identities.len()
+    }
+
     /// The identity change of `addr` waiting for the user, if any.
     pub fn pending_identity(&self, addr: &DeviceAddr) -> Option<PendingIdentity> {
         // Asked once per device of every encryption: almost always there is none.

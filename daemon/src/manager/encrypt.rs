@@ -752,7 +752,7 @@ impl Manager {
         let jids = recipients(&req)?;
         let sce_to = sce_to(&req, &jids)?;
         let targets =
-            self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device);
+            self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device)?;
         let mut job = Job {
             devices: targets.devices,
             forced: Vec::new(),
@@ -800,7 +800,7 @@ impl Manager {
         jids: &[String],
         namespaces: &[Version],
         one_namespace_per_device: bool,
-    ) -> Targets {
+    ) -> Result<Targets, StorageError> {
         let mut all = jids.to_vec();
         if !all.contains(&acct.jid) {
             all.push(acct.jid.clone());
@@ -833,8 +833,8 @@ impl Manager {
                     }
                 }
             }
-        });
-        targets
+        })?;
+        Ok(targets)
     }
 
     /// An empty message to one device (session completion, heartbeat).
@@ -905,7 +905,7 @@ impl Manager {
         let mut slots = self.sessions.lock_many(&self.store, &job.devices).await?;
         let mut fanout = Fanout {
             acct,
-            trust_mode: acct.keys.lock().await.trust_mode,
+            trust_mode: acct.keys.lock().await?.trust_mode,
             body: job.body,
             sce_to: job.sce_to,
             payloads: BTreeMap::new(),
@@ -980,14 +980,19 @@ impl Manager {
         // A new identity set aside for the device: the old session (or bundle) reaches a
         // device that is likely gone, and the new one is not accepted yet.
         let held = slot.session.as_ref().map(|s| *s.remote_curve25519());
-        if let Some(p) = self
-            .with_directory(addr.account_id, |d| d.pending_identity(addr))
-            .filter(|p| held != Some(p.new))
-        {
+        let pending = match self.with_directory(addr.account_id, |d| d.pending_identity(addr)) {
+            Ok(p) => p,
+            Err(e) => return skipped(failed(addr, e.to_string())),
+        };
+        if let Some(p) = pending.filter(|p| held != Some(p.new)) {
             return skipped(identity_changed(addr, held.as_ref(), &p));
         }
         if fanout.skip_stale {
             let stale = self.staleness(fanout.acct, addr, slot.meta.unanswered, fanout.now);
+            let stale = match stale {
+                Ok(s) => s,
+                Err(e) => return skipped(failed(addr, e.to_string())),
+            };
             if let Some(stale) = stale {
                 let action = super::hygiene::stale_action(fanout.acct, addr);
                 let why = Some(stale.reason());
@@ -1006,7 +1011,10 @@ impl Manager {
             },
         };
         let curve = *source.session().remote_curve25519();
-        let level = fanout.trust_level(self, addr, &curve);
+        let level = match fanout.trust_level(self, addr, &curve) {
+            Ok(level) => level,
+            Err(e) => return skipped(failed(addr, e.to_string())),
+        };
         // Empty messages are exempt: they carry no content.
         if fanout.body.is_some() && level != TrustLevel::Trusted {
             let why = format!("identity key is {}", level.as_str());
@@ -1251,10 +1259,10 @@ impl Fanout<'_> {
         manager: &Manager,
         addr: &DeviceAddr,
         curve: &[u8; 32],
-    ) -> TrustLevel {
+    ) -> Result<TrustLevel, StorageError> {
         let mode = self.trust_mode;
-        let row = match manager.trust_level_for_key(self.acct, mode, &addr.jid, curve) {
-            KeyLevel::Known(level) => return level,
+        let row = match manager.trust_level_for_key(self.acct, mode, &addr.jid, curve)? {
+            KeyLevel::Known(level) => return Ok(level),
             KeyLevel::New(row) => row,
         };
         let level = row.level;
@@ -1265,7 +1273,7 @@ impl Fanout<'_> {
         {
             self.new_trust.push((row, addr.clone()));
         }
-        level
+        Ok(level)
     }
 
     /// The payload of a namespace, made on first use.

@@ -4,7 +4,8 @@
 //! - `account`: [`CreateAccountError`](super::account::CreateAccountError);
 //!   `lifecycle`: [`DeleteAccountError`](super::lifecycle::DeleteAccountError);
 //!   `device_id`: [`RenewDeviceIdError`](super::device_id::RenewDeviceIdError);
-//! - `own_bundle`: [`OwnBundleError`](super::own_bundle::OwnBundleError);
+//! - `own_bundle`: [`OwnBundleError`](super::own_bundle::OwnBundleError),
+//!   [`OwnDevicelistError`](super::own_bundle::OwnDevicelistError);
 //!   `peer_bundle`: [`BundleUpdateError`](super::peer_bundle::BundleUpdateError),
 //!   [`StoredBundleError`](super::peer_bundle::StoredBundleError);
 //!   `devicelist`: [`DevicelistError`](super::devicelist::DevicelistError);

@@ -17,7 +17,7 @@ use super::account::Account;
 use super::Manager;
 use crate::config::StaleConfig;
 use crate::events::Action;
-use crate::storage::DeviceAddr;
+use crate::storage::{DeviceAddr, StorageError};
 
 /// The manager's staleness thresholds.
 #[derive(Debug, Default)]
@@ -78,7 +78,11 @@ impl Manager {
 
     /// When we last heard from a device (else when it first appeared on a list); `None` for a
     /// device we know nothing of.
-    pub(crate) fn heard_at(&self, acct: &Account, addr: &DeviceAddr) -> Option<i64> {
+    pub(crate) fn heard_at(
+        &self,
+        acct: &Account,
+        addr: &DeviceAddr,
+    ) -> Result<Option<i64>, StorageError> {
         self.with_directory(acct.id, |d| {
             d.devices.get(&addr.jid).and_then(|rows| {
                 rows.iter()
@@ -96,12 +100,13 @@ impl Manager {
         addr: &DeviceAddr,
         unanswered: u64,
         now: i64,
-    ) -> Option<Stale> {
+    ) -> Result<Option<Stale>, StorageError> {
         let config = self.stale_config();
         if !config.enabled() || unanswered < config.unanswered {
-            return None;
+            return Ok(None);
         }
-        judge(&config, unanswered, self.heard_at(acct, addr)?, now)
+        let heard_at = self.heard_at(acct, addr)?;
+        Ok(heard_at.and_then(|t| judge(&config, unanswered, t, now)))
     }
 }
 

@@ -156,7 +156,7 @@ impl Manager {
             text: text.to_owned(),
             signature: acct.identity.sign_label(text, &mut OsRng),
         });
-        let mut keys = acct.keys.lock().await;
+        let mut keys = acct.keys.lock().await?;
         let (id, stored) = (acct.id, own.clone());
         self.store
             .write(move |tx| {

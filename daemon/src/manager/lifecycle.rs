@@ -56,7 +56,7 @@ impl Manager {
             .account_named(&jid)
             .ok_or(DeleteAccountError::Unknown(jid))?;
         // Own-key operations (rotation, bundle) of this account finish first.
-        let _keys = acct.keys.lock().await;
+        let _keys = acct.keys.lock().await?;
         let id = acct.id;
         let ticket = self.bundles.write_ticket();
         let cache = ticket.invalidator();
@@ -76,6 +76,7 @@ impl Manager {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        self.key_source.resident().remove(id);
         self.sessions.forget_account(id);
         // The copies `restore` moved aside hold this account's keys too.
         let restore_copies = self

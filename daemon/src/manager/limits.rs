@@ -9,6 +9,8 @@ use protocol_core::session::Session;
 
 /// Sessions whose expired skipped keys one transaction deletes (their locks are held meanwhile).
 const EXPIRY_BATCH: usize = 64;
+/// Rows of the devices table a prune step walks (a few milliseconds of the writer).
+const DEVICE_PRUNE_SPAN: i64 = 10_000;
 
 /// Most sessions per contact JID with devices that are not in its device list. A key exchange
 /// from yet another unlisted device evicts the one of them used least recently.
@@ -46,7 +48,7 @@ impl Manager {
             rows.into_iter()
                 .filter(|r| !d.active(jid, r.namespace).contains(&r.device_id))
                 .collect()
-        });
+        })?;
         if unlisted.len() <= MAX_UNLISTED_SESSIONS_PER_JID {
             return Ok(());
         }
@@ -79,7 +81,7 @@ impl Manager {
             g.loaded = true;
         }
         drop(guards);
-        self.with_directory(acct.id, |d| {
+        self.mirror_directory(acct.id, |d| {
             for k in &forgotten_keys {
                 d.trust.remove(&(jid.to_owned(), *k));
             }
@@ -116,17 +118,29 @@ impl Manager {
         for batch in affected.chunks(EXPIRY_BATCH) {
             skipped_keys += self.expire_skipped_keys(batch, key_cutoff).await?;
         }
-        let devices = self
-            .store
-            .write(move |tx| devices::prune_dropped_before(tx, device_cutoff))
-            .await?;
+        // The devices table has a row per contact device: walked in rowid steps, each its own
+        // transaction (one statement scans the whole table, a million rows at 10^6 sessions,
+        // while every request waits for the writer).
+        let mut devices = 0;
+        let mut from = Some(0);
+        while let Some(start) = from {
+            let (n, next) = self
+                .store
+                .write(move |tx| {
+                    devices::prune_dropped_step(tx, device_cutoff, start, DEVICE_PRUNE_SPAN)
+                })
+                .await?;
+            devices += n;
+            from = next;
+            tokio::task::yield_now().await;
+        }
         let pruned = Pruned {
             skipped_keys,
             devices,
         };
         if pruned.devices > 0 {
             for acct in self.accounts() {
-                self.with_directory(acct.id, |d| {
+                self.mirror_directory(acct.id, |d| {
                     for rows in d.devices.values_mut() {
                         rows.retain(|r| r.active || r.list_updated_at >= device_cutoff);
                     }

@@ -197,7 +197,7 @@ impl Manager {
                 .filter(|r| r.active && r.device_id != acct.device_id)
                 .map(|r| r.addr())
                 .collect()
-        });
+        })?;
         let held = self.store.read(move |c| held_keys(c, &addrs)).await?;
         let verified = |key: &[u8; 32]| {
             self.with_directory(acct.id, |d| {
@@ -210,8 +210,12 @@ impl Manager {
             device_id: Some(acct.device_id),
             key: *acct.identity.curve25519(),
         }];
-        let mut others: Vec<(u32, [u8; 32])> =
-            held.into_iter().filter(|(_, k)| verified(k)).collect();
+        let mut others: Vec<(u32, [u8; 32])> = Vec::new();
+        for (id, k) in held {
+            if verified(&k)? {
+                others.push((id, k));
+            }
+        }
         others.sort_unstable();
         others.dedup();
         for (id, key) in others {
@@ -262,7 +266,7 @@ impl Manager {
                 .flatten()
                 .map(|r| r.addr())
                 .collect()
-        });
+        })?;
         let mut held = self.store.read(move |c| held_keys(c, &addrs)).await?;
         if jid == acct.jid {
             held.push((acct.device_id, *acct.identity.curve25519()));
@@ -328,7 +332,7 @@ impl Manager {
                     decided_at: now,
                 })
                 .collect()
-        });
+        })?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -342,7 +346,7 @@ impl Manager {
             })
             .await?;
         let n = rows.len();
-        self.with_directory(acct.id, |d| {
+        self.mirror_directory(acct.id, |d| {
             for r in rows {
                 d.trust.insert((r.jid.clone(), r.identity_key), r);
             }

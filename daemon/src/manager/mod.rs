@@ -3,6 +3,8 @@
 //! commit one transaction (through named storage functions), then update memory and reply.
 //!
 //! - [`account`]: our own device per account: identity, prekeys, creation.
+//! - [`resident`]: which accounts have their keys and directory in memory (loaded on first
+//!   use, the idlest dropped past a bound).
 //! - [`lifecycle`]: deleting an account.
 //! - [`device_id`]: taking a new device id after a collision.
 //! - [`own_bundle`]: what we publish: our bundles and device lists.
@@ -47,6 +49,7 @@ pub mod pinning;
 pub mod plan;
 pub mod rebuild;
 pub mod redelivery;
+pub mod resident;
 pub mod retention;
 pub mod sessions;
 pub mod trust;
@@ -82,6 +85,8 @@ pub(crate) enum KeyLevel {
 pub struct Manager {
     pub(crate) store: Arc<Store>,
     pub(crate) events: EventBus,
+    /// Where accounts' keys are loaded from, and which accounts are in memory.
+    pub(crate) key_source: account::KeySource,
     accounts: RwLock<HashMap<String, Arc<Account>>>,
     directories: Mutex<HashMap<i64, Directory>>,
     pub(crate) sessions: sessions::SessionTable,
@@ -110,19 +115,14 @@ pub fn check_bare_jid(jid: &str) -> Result<String, InvalidJid> {
 }
 
 impl Manager {
-    /// Loads every account, device list and trust decision.
+    /// Loads every account (its keys and directory are read on first use, [`resident`]).
     pub async fn open(store: Arc<Store>, events: EventBus) -> Result<Self, StorageError> {
-        let (accounts, dirs, pending_rebuilds) = store
-            .read(|conn| {
-                let accounts = account::load_all(conn)?;
-                let mut dirs = HashMap::new();
-                for a in &accounts {
-                    let devs = devices::list_all(conn, a.id)?;
-                    let trust = trust_store::list(conn, a.id, None)?;
-                    let pending = storage::device_state::pending_identity_changes(conn, a.id)?;
-                    dirs.insert(a.id, Directory::from_rows(devs, trust, pending));
-                }
-                Ok((accounts, dirs, storage::rebuilds::list(conn)?))
+        let key_source = account::KeySource::new(store.clone());
+        let source = key_source.clone();
+        let (accounts, pending_rebuilds) = store
+            .read(move |conn| {
+                let accounts = account::load_all(conn, &source)?;
+                Ok((accounts, storage::rebuilds::list(conn)?))
             })
             .await?;
         let redelivery = redelivery::State::default();
@@ -137,37 +137,17 @@ impl Manager {
                 .read(|c| crate::storage::own_messages::digest_ids(c))
                 .await?,
         );
-        // Databases from before the per-namespace pools get theirs filled once (and a new
-        // bundle to publish).
-        for a in &accounts {
-            let id = a.id;
-            let now = storage::now();
-            let (fresh, version) = store
-                .write(move |tx| {
-                    let rows = account::refill_prekey_pools(tx, id, now)?;
-                    let version = match rows.is_empty() {
-                        true => None,
-                        false => Some(storage::accounts::bump_bundle_version(tx, id)?),
-                    };
-                    Ok((rows, version))
-                })
-                .await?;
-            if let Some(v) = version {
-                let mut keys = a.keys.lock().await;
-                keys.add_prekeys(fresh);
-                keys.bundle_version = v;
-            }
-        }
         Ok(Self {
             store,
             events,
+            key_source,
             accounts: RwLock::new(
                 accounts
                     .into_iter()
                     .map(|a| (a.jid.clone(), Arc::new(a)))
                     .collect(),
             ),
-            directories: Mutex::new(dirs),
+            directories: Mutex::default(),
             sessions: sessions::SessionTable::default(),
             redelivery,
             own_messages,
@@ -233,7 +213,7 @@ impl Manager {
         {
             return Err(CreateAccountError::Exists(jid.to_owned()));
         }
-        let acct = Arc::new(account::create(&self.store, jid, trust_mode, avoid).await?);
+        let acct = Arc::new(account::create(&self.key_source, jid, trust_mode, avoid).await?);
         self.directories
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -304,17 +284,80 @@ impl Manager {
         ));
     }
 
-    /// Runs `f` on the account's directory.
+    /// Runs `f` on the account's directory, read from the database first if it is not in
+    /// memory (the read blocks this thread for the account's rows: about a millisecond for a
+    /// hundred contacts; it holds the directory lock so that no commit's mirror is lost).
     pub(crate) fn with_directory<T>(
         &self,
         account_id: i64,
         f: impl FnOnce(&mut Directory) -> T,
-    ) -> T {
+    ) -> Result<T, StorageError> {
         let mut map = self
             .directories
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        f(map.entry(account_id).or_default())
+        let dir = match map.entry(account_id) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                self.key_source.resident().touch(account_id);
+                e.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let dir = self.store.read_blocking(move |conn| {
+                    Ok(Directory::from_rows(
+                        devices::list_all(conn, account_id)?,
+                        trust_store::list(conn, account_id, None)?,
+                        storage::device_state::pending_identity_changes(conn, account_id)?,
+                    ))
+                })?;
+                let over = {
+                    let mut resident = self.key_source.resident();
+                    resident.add(account_id, dir.rows());
+                    resident.over()
+                };
+                e.insert(dir);
+                if over {
+                    self.drop_idlest(&mut map, account_id);
+                }
+                map.entry(account_id).or_default()
+            }
+        };
+        Ok(f(dir))
+    }
+
+    /// Mirrors a committed change in the account's directory if it is in memory (if it is
+    /// not, it is read with the change on its next use).
+    pub(crate) fn mirror_directory(&self, account_id: i64, f: impl FnOnce(&mut Directory)) {
+        let mut map = self
+            .directories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = map.get_mut(&account_id) {
+            f(d);
+        }
+    }
+
+    /// Drops the keys and directories of the least recently used accounts (not `keep`, not
+    /// one whose keys are locked) down to [`resident::MAX_RESIDENT_ROWS`]' three quarters.
+    fn drop_idlest(&self, directories: &mut HashMap<i64, Directory>, keep: i64) {
+        let idlest = self.key_source.resident().idlest();
+        let wanted: std::collections::HashSet<i64> = idlest.iter().copied().collect();
+        let by_id: HashMap<i64, Arc<Account>> = {
+            let map = self.accounts.read().unwrap_or_else(PoisonError::into_inner);
+            map.values()
+                .filter(|a| wanted.contains(&a.id))
+                .map(|a| (a.id, a.clone()))
+                .collect()
+        };
+        let mut dropped = 0;
+        for id in idlest.into_iter().filter(|id| *id != keep) {
+            if by_id.get(&id).is_some_and(|a| !a.keys.unload()) {
+                continue;
+            }
+            directories.remove(&id);
+            self.key_source.resident().remove(id);
+            dropped += 1;
+        }
+        tracing::debug!(dropped, "idle accounts dropped from memory");
     }
 
     pub(crate) fn emit(&self, event: Event) {
@@ -328,7 +371,7 @@ impl Manager {
         mode: TrustMode,
         jid: &str,
         curve_key: &[u8; 32],
-    ) -> KeyTrust {
+    ) -> Result<KeyTrust, StorageError> {
         self.with_directory(acct.id, |d| {
             if let Some(row) = d.trust_of(jid, curve_key) {
                 return KeyTrust {
@@ -359,12 +402,13 @@ impl Manager {
         mode: TrustMode,
         jid: &str,
         curve_key: &[u8; 32],
-    ) -> KeyLevel {
-        let known = self.with_directory(acct.id, |d| d.trust_of(jid, curve_key).map(|r| r.level));
-        match known {
+    ) -> Result<KeyLevel, StorageError> {
+        let known =
+            self.with_directory(acct.id, |d| d.trust_of(jid, curve_key).map(|r| r.level))?;
+        Ok(match known {
             Some(level) => KeyLevel::Known(level),
-            None => KeyLevel::New(self.trust_for_key(acct, mode, jid, curve_key).row),
-        }
+            None => KeyLevel::New(self.trust_for_key(acct, mode, jid, curve_key)?.row),
+        })
     }
 
     /// Records trust rows that were just committed.
@@ -386,7 +430,7 @@ impl Manager {
                     fingerprint: row.fingerprint.clone(),
                 });
             }
-            self.with_directory(acct.id, |d| {
+            self.mirror_directory(acct.id, |d| {
                 d.trust.insert((row.jid.clone(), row.identity_key), row);
             });
         }

@@ -42,6 +42,9 @@ pub enum OwnBundleError {
     /// The account has no current signed prekey (not reached: creation and rotation keep one).
     #[error("broken session: account has no signed prekey")]
     NoSignedPreKey,
+    /// The account's keys could not be read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 impl OwnBundleError {
@@ -50,6 +53,28 @@ impl OwnBundleError {
         match self {
             OwnBundleError::Account(e) => e.cause(),
             OwnBundleError::NoSignedPreKey => ErrorCause::LocalState,
+            OwnBundleError::Storage(e) => e.cause(),
+        }
+    }
+}
+
+/// Why `devicelist.get` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnDevicelistError {
+    /// No account to publish for.
+    #[error(transparent)]
+    Account(#[from] AccountLookupError),
+    /// The account's label or directory could not be read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl OwnDevicelistError {
+    /// Whom the error is due to.
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            OwnDevicelistError::Account(e) => e.cause(),
+            OwnDevicelistError::Storage(e) => e.cause(),
         }
     }
 }
@@ -72,7 +97,7 @@ impl Manager {
         namespace: Version,
     ) -> Result<Publication, OwnBundleError> {
         let acct = self.account(account)?;
-        let keys = acct.keys.lock().await;
+        let keys = acct.keys.lock().await?;
         let bundle = keys
             .bundle(namespace, &acct.identity)
             .ok_or(OwnBundleError::NoSignedPreKey)?;
@@ -96,9 +121,9 @@ impl Manager {
         account: Option<&str>,
         namespace: Version,
         remove: &[u32],
-    ) -> Result<Publication, AccountLookupError> {
+    ) -> Result<Publication, OwnDevicelistError> {
         let acct = self.account(account)?;
-        let own_label = acct.keys.lock().await.label.clone();
+        let own_label = acct.keys.lock().await?.label.clone();
         let mut entries: Vec<DeviceListEntry> = self.with_directory(acct.id, |d| {
             d.devices
                 .get(&acct.jid)
@@ -112,7 +137,7 @@ impl Manager {
                     labelsig: r.labelsig.clone(),
                 })
                 .collect()
-        });
+        })?;
         entries.push(DeviceListEntry {
             id: acct.device_id,
             label: own_label.as_ref().map(|l| l.text.clone()),
@@ -143,57 +168,54 @@ impl Manager {
     }
 
     /// Rotates signed prekeys older than the rotation period and drops retired ones past their
-    /// grace period. Returns the accounts whose bundle changed.
+    /// grace period. Returns the accounts whose bundle changed. Only accounts with work due
+    /// are visited, and their keys are not read into memory for it.
     pub async fn rotate_signed_prekeys(&self, now: i64) -> Result<Vec<String>, StorageError> {
+        let (made_before, retired_before) = (
+            now - SIGNED_PREKEY_ROTATION_SECS,
+            now - SIGNED_PREKEY_GRACE_SECS,
+        );
+        let due: std::collections::HashSet<i64> = self
+            .store
+            .read(move |c| signed_prekeys::accounts_due(c, made_before, retired_before))
+            .await?
+            .into_iter()
+            .collect();
         let mut changed = Vec::new();
-        for acct in self.accounts() {
-            let mut keys = acct.keys.lock().await;
-            let Some(current) = keys.current_signed_prekey().cloned() else {
-                continue;
-            };
-            let expired_retired: Vec<u32> = keys
-                .signed_prekeys
-                .values()
-                .filter(|s| {
-                    s.retired_at
-                        .is_some_and(|r| now - r > SIGNED_PREKEY_GRACE_SECS)
-                })
-                .map(|s| s.key.id)
-                .collect();
-            let rotate = now - current.created_at >= SIGNED_PREKEY_ROTATION_SECS;
-            if !rotate && expired_retired.is_empty() {
-                continue;
-            }
+        for acct in self.accounts().into_iter().filter(|a| due.contains(&a.id)) {
+            let mut slot = acct.keys.lock_loaded().await;
             let identity = acct.identity.clone();
             let account_id = acct.id;
-            let old_id = current.key.id;
-            let (new_spk, version) = self
+            let (new_spk, version, old_id) = self
                 .store
                 .write(move |tx| {
-                    signed_prekeys::delete_retired_before(
-                        tx,
-                        account_id,
-                        now - SIGNED_PREKEY_GRACE_SECS,
-                    )?;
-                    if !rotate {
-                        return Ok((None, None));
+                    signed_prekeys::delete_retired_before(tx, account_id, retired_before)?;
+                    let Some(current) = signed_prekeys::current(tx, account_id)? else {
+                        return Ok((None, None, None));
+                    };
+                    if current.created_at > made_before {
+                        return Ok((None, None, None));
                     }
                     let id = accounts::take_signed_prekey_id(tx, account_id)?;
                     let spk = SignedPreKey::generate(id, &identity, &mut OsRng);
-                    signed_prekeys::retire(tx, account_id, old_id, now)?;
+                    signed_prekeys::retire(tx, account_id, current.id, now)?;
                     signed_prekeys::insert(tx, &signed_prekey_row(account_id, &spk, now))?;
                     let v = accounts::bump_bundle_version(tx, account_id)?;
-                    Ok((Some(spk), Some(v)))
+                    Ok((Some(spk), Some(v), Some(current.id)))
                 })
                 .await?;
-            for id in expired_retired {
-                keys.signed_prekeys.remove(&id);
+            if let Some(keys) = slot.as_mut() {
+                keys.signed_prekeys
+                    .retain(|_, s| s.retired_at.is_none_or(|r| r >= retired_before));
             }
-            if let (Some(spk), Some(v)) = (new_spk, version) {
+            let (Some(spk), Some(v), Some(old_id)) = (new_spk, version, old_id) else {
+                continue;
+            };
+            tracing::info!(jid = %acct.jid, spk_id = spk.id, "signed prekey rotated");
+            if let Some(keys) = slot.as_mut() {
                 if let Some(old) = keys.signed_prekeys.get_mut(&old_id) {
                     old.retired_at = Some(now);
                 }
-                tracing::info!(jid = %acct.jid, spk_id = spk.id, "signed prekey rotated");
                 keys.signed_prekeys.insert(
                     spk.id,
                     OwnSignedPreKey {
@@ -203,12 +225,13 @@ impl Manager {
                     },
                 );
                 keys.bundle_version = v;
-                for namespace in Version::ALL {
-                    let a = super::Action::PublishBundle { namespace };
-                    self.announce_duty(&acct, crate::events::Cause::SignedPrekeyRotated, &a);
-                }
-                changed.push(acct.jid.clone());
             }
+            drop(slot);
+            for namespace in Version::ALL {
+                let a = super::Action::PublishBundle { namespace };
+                self.announce_duty(&acct, crate::events::Cause::SignedPrekeyRotated, &a);
+            }
+            changed.push(acct.jid.clone());
         }
         Ok(changed)
     }

@@ -131,11 +131,11 @@ impl Manager {
         let verified = parse_received(namespace, bundle_xml).await?;
         let bundle = verified.bundle();
         let curve = *verified.identity_curve25519();
-        let mode = acct.keys.lock().await.trust_mode;
+        let mode = acct.keys.lock().await?.trust_mode;
         let KeyTrust {
             row: trust,
             new: new_trust,
-        } = self.trust_for_key(&acct, mode, jid, &curve);
+        } = self.trust_for_key(&acct, mode, jid, &curve)?;
         let addr = Self::addr(&acct, jid, namespace, device_id);
         if let Some(old) = self
             .set_aside_changed_bundle(&addr, &acct.jid, curve, bundle_xml)

@@ -220,7 +220,7 @@ impl Manager {
         self.store
             .write(move |tx| device_state::set_identity_change(tx, &row))
             .await?;
-        self.with_directory(addr.account_id, |d| {
+        self.mirror_directory(addr.account_id, |d| {
             d.set_pending_identity(addr, Some(old), new_identity)
         });
         drop(slot);
@@ -256,11 +256,11 @@ impl Manager {
         let mut slot = self.sessions.lock(&self.store, &addr).await?;
         let pin = self.pinned_identity(&addr, slot.session.as_ref()).await?;
         let set_aside = self.set_aside_bundle(&addr, key).await?;
-        let mode = acct.keys.lock().await.trust_mode;
+        let mode = acct.keys.lock().await?.trust_mode;
         let KeyTrust {
             row: trust,
             new: new_trust,
-        } = self.trust_for_key(&acct, mode, jid, &key);
+        } = self.trust_for_key(&acct, mode, jid, &key)?;
         if pin.identity == Some(key) {
             // The user keeps the identity held: a bundle set aside with another one goes.
             self.dismiss_pending_identity(&addr).await?;
@@ -277,7 +277,7 @@ impl Manager {
         };
         self.commit_accepted(&acct, &addr, pinned, set_aside.as_ref(), &ticket)
             .await?;
-        self.with_directory(acct.id, |d| d.clear_pending_identity(&addr));
+        self.mirror_directory(acct.id, |d| d.clear_pending_identity(&addr));
         if let Some(b) = set_aside {
             self.bundles.publish(&addr, b.bundle, &ticket);
         }
@@ -305,7 +305,7 @@ impl Manager {
     /// locked by the caller).
     async fn dismiss_pending_identity(&self, addr: &DeviceAddr) -> Result<(), StorageError> {
         if self
-            .with_directory(addr.account_id, |d| d.pending_identity(addr))
+            .with_directory(addr.account_id, |d| d.pending_identity(addr))?
             .is_none()
         {
             return Ok(());
@@ -314,7 +314,7 @@ impl Manager {
         self.store
             .write(move |tx| device_state::delete_identity_change(tx, &a))
             .await?;
-        self.with_directory(addr.account_id, |d| d.clear_pending_identity(addr));
+        self.mirror_directory(addr.account_id, |d| d.clear_pending_identity(addr));
         tracing::info!(peer = %addr.jid, device = addr.device_id, ns = %addr.namespace, "identity change dismissed: the identity held is kept");
         Ok(())
     }

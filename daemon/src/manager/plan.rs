@@ -107,7 +107,7 @@ impl Manager {
         let acct = self.account(account)?;
         let jids = super::encrypt::recipients(req)?;
         let targets =
-            self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device);
+            self.select_targets(&acct, &jids, &req.namespaces, req.one_namespace_per_device)?;
         let (addrs, mut actions) = (targets.devices, targets.fetch);
         let lookup = addrs.clone();
         // (session identity key, bundle identity key) per device, in one read.
@@ -130,7 +130,7 @@ impl Manager {
                     .collect()
             })
             .await?;
-        let mode = acct.keys.lock().await.trust_mode;
+        let mode = acct.keys.lock().await?.trust_mode;
         let now = crate::storage::now();
         let mut devices = Vec::with_capacity(addrs.len());
         for (addr, (session, bundle)) in addrs.into_iter().zip(found) {
@@ -138,10 +138,10 @@ impl Manager {
             // As `encrypt` decides: a new identity waiting for the user is not encrypted for
             // (whether or not the device is stale too).
             let pending = self
-                .with_directory(acct.id, |d| d.pending_identity(&addr))
+                .with_directory(acct.id, |d| d.pending_identity(&addr))?
                 .filter(|p| held != Some(p.new));
             let stale = match (session, pending) {
-                (Some((_, n)), None) => self.staleness(&acct, &addr, n, now),
+                (Some((_, n)), None) => self.staleness(&acct, &addr, n, now)?,
                 _ => None,
             };
             let (status, key) = match (held, bundle) {
@@ -157,10 +157,16 @@ impl Manager {
             });
             let (old_fingerprint, new_fingerprint) = fingerprints.unwrap_or_default();
             // The level a first sight would get is reported, not stored.
-            let trust = key.map(|k| {
-                let t = self.trust_for_key(&acct, mode, &addr.jid, &k);
-                t.row.level.as_str().to_owned()
-            });
+            let trust = match key {
+                Some(k) => Some(
+                    self.trust_for_key(&acct, mode, &addr.jid, &k)?
+                        .row
+                        .level
+                        .as_str()
+                        .to_owned(),
+                ),
+                None => None,
+            };
             let action = match status {
                 PlanStatus::NoBundle => Some(Action::fetch_bundle(
                     &addr.jid,

@@ -215,7 +215,7 @@ impl Manager {
                     ..TrustEntry::from(t)
                 })
                 .collect()
-        });
+        })?;
         v.sort_by(|a, b| (&a.jid, &a.fingerprint).cmp(&(&b.jid, &b.fingerprint)));
         for e in &mut v {
             e.devices
@@ -261,7 +261,7 @@ impl Manager {
         let r = row.clone();
         self.store.write(move |tx| trust_store::set(tx, &r)).await?;
         let entry = TrustEntry::from(&row);
-        self.with_directory(acct.id, |d| {
+        self.mirror_directory(acct.id, |d| {
             d.trust.insert((row.jid.clone(), row.identity_key), row);
         });
         Ok(entry)
@@ -289,7 +289,7 @@ impl Manager {
                 .filter(|(j, _)| jid.is_none_or(|x| x == j.as_str()))
                 .flat_map(|(_, rows)| rows.iter().cloned())
                 .collect()
-        });
+        })?;
         let (config, now) = (self.stale_config(), storage::now());
         // Listed labels, with the index of their entry, are checked in one read below.
         let mut listed = Vec::new();
@@ -315,11 +315,12 @@ impl Manager {
                     Some((k, n)) => (Some(*k), *n),
                     None => (None, 0),
                 };
-                let trust = key.filter(|_| !this_device).and_then(|k| {
-                    self.with_directory(acct.id, |d| d.trust_of(&r.jid, &k).cloned())
-                });
+                let trust = match key.filter(|_| !this_device) {
+                    Some(k) => self.with_directory(acct.id, |d| d.trust_of(&r.jid, &k).cloned())?,
+                    None => None,
+                };
                 let heard_at = r.last_seen.unwrap_or(r.first_seen);
-                DeviceEntry {
+                Ok(DeviceEntry {
                     jid: r.jid.clone(),
                     namespace: r.namespace.namespace().to_owned(),
                     device_id: r.device_id,
@@ -334,9 +335,9 @@ impl Manager {
                     unanswered,
                     stale: super::hygiene::judge(&config, unanswered, heard_at, now).is_some(),
                     this_device,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, StorageError>>()?;
         let own = (
             acct.jid.as_str(),
             acct.device_id,
@@ -360,7 +361,7 @@ impl Manager {
     /// ends, and heartbeats wait (persisted). It ends after [`CATCHUP_TIMEOUT_SECS`] at most.
     pub async fn catchup_begin(&self, account: Option<&str>) -> Result<(), CatchupError> {
         let acct = self.account(account)?;
-        let mut keys = acct.keys.lock().await;
+        let mut keys = acct.keys.lock().await?;
         let id = acct.id;
         let now = storage::now();
         self.store
@@ -387,7 +388,7 @@ impl Manager {
 
     /// [`Self::catchup_end`] without the events: the heartbeats due.
     async fn end_catchup(&self, acct: &Account) -> Result<Vec<Action>, StorageError> {
-        let mut keys = acct.keys.lock().await;
+        let mut keys = acct.keys.lock().await?;
         let id = acct.id;
         let pending = self
             .store
@@ -415,9 +416,16 @@ impl Manager {
     /// Ends every catch-up older than [`CATCHUP_TIMEOUT_SECS`]; the heartbeats it held are
     /// announced as events. Run by the maintenance timer.
     pub async fn expire_catchups(&self, now: i64) -> Result<(), StorageError> {
-        for acct in self.accounts() {
+        // Only the accounts in catch-up: no other account's keys are read for it.
+        let on: std::collections::HashSet<i64> = self
+            .store
+            .read(|c| storage::accounts::in_catchup(c))
+            .await?
+            .into_iter()
+            .collect();
+        for acct in self.accounts().into_iter().filter(|a| on.contains(&a.id)) {
             let expired = {
-                let keys = acct.keys.lock().await;
+                let keys = acct.keys.lock().await?;
                 keys.catchup && !keys.catchup_active(now)
             };
             if !expired {

@@ -437,7 +437,7 @@ impl Background {
 
 /// What the maintenance pass is configured with.
 #[derive(Debug, Clone, Copy)]
-struct Maintenance {
+pub(crate) struct Maintenance {
     /// Time between passes (`manager::retention::maintenance_interval`).
     interval: std::time::Duration,
     /// `--skipped-key-max-age`, in seconds.
@@ -447,12 +447,83 @@ struct Maintenance {
 }
 
 impl Maintenance {
-    fn of(config: &ServeConfig) -> Self {
+    pub(crate) fn of(config: &ServeConfig) -> Self {
         use crate::manager::retention;
         Self {
             interval: retention::maintenance_interval(&config.redelivery),
             skipped_key_max_age: config.bounds.skipped_key_max_age_secs(),
             restore_copy_lifetime: retention::before_restore_lifetime_secs(&config.redelivery),
+        }
+    }
+}
+
+/// One of the passes of the maintenance, in the order it runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MaintenancePass {
+    /// Rotates signed prekeys past their period, drops retired ones past their grace.
+    SignedPrekeys,
+    /// Prunes the redelivery store.
+    Redelivery,
+    /// Deletes expired skipped message keys and long-dropped devices.
+    Expiry,
+    /// Ends catch-ups that timed out.
+    Catchup,
+    /// Deletes copies moved aside by `restore` past their lifetime.
+    RestoreCopies,
+    /// Truncates the WAL when key material was erased (here or by a request).
+    WalTruncation,
+}
+
+impl MaintenancePass {
+    /// Every pass, in the order the maintenance runs them.
+    pub const ALL: [MaintenancePass; 6] = [
+        MaintenancePass::SignedPrekeys,
+        MaintenancePass::Redelivery,
+        MaintenancePass::Expiry,
+        MaintenancePass::Catchup,
+        MaintenancePass::RestoreCopies,
+        MaintenancePass::WalTruncation,
+    ];
+
+    /// Runs the pass as at `now`.
+    pub(crate) async fn run(
+        self,
+        manager: &Manager,
+        now: i64,
+        m: &Maintenance,
+    ) -> Result<(), crate::storage::StorageError> {
+        match self {
+            MaintenancePass::SignedPrekeys => manager.rotate_signed_prekeys(now).await.map(drop),
+            MaintenancePass::Redelivery => manager.prune_redelivery(now).await.map(drop),
+            MaintenancePass::Expiry => manager
+                .prune_expired(now, m.skipped_key_max_age)
+                .await
+                .map(drop),
+            MaintenancePass::Catchup => manager.expire_catchups(now).await,
+            MaintenancePass::RestoreCopies => {
+                let cutoff = now.saturating_sub(m.restore_copy_lifetime);
+                manager.remove_restore_copies(cutoff).await.map(drop)
+            }
+            MaintenancePass::WalTruncation => {
+                if !manager.truncate_wal_if_owed().await? {
+                    tracing::warn!(
+                        "WAL truncation after an erasure was blocked by a reader; retried at the next pass"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn failed(self) -> &'static str {
+        match self {
+            MaintenancePass::SignedPrekeys => "signed prekey rotation failed",
+            MaintenancePass::Redelivery => "pruning the redelivery store failed",
+            MaintenancePass::Expiry => "expiring old rows failed",
+            MaintenancePass::Catchup => "ending timed-out catch-up failed",
+            MaintenancePass::RestoreCopies => "deleting expired restore copies failed",
+            MaintenancePass::WalTruncation => "WAL truncation after an erasure failed",
         }
     }
 }
@@ -466,28 +537,10 @@ async fn maintain(manager: Arc<Manager>, m: Maintenance) {
     loop {
         tick.tick().await;
         let now = crate::storage::now();
-        if let Err(e) = manager.rotate_signed_prekeys(now).await {
-            tracing::warn!(error = %e, "signed prekey rotation failed");
-        }
-        if let Err(e) = manager.prune_redelivery(now).await {
-            tracing::warn!(error = %e, "pruning the redelivery store failed");
-        }
-        if let Err(e) = manager.prune_expired(now, m.skipped_key_max_age).await {
-            tracing::warn!(error = %e, "expiring old rows failed");
-        }
-        if let Err(e) = manager.expire_catchups(now).await {
-            tracing::warn!(error = %e, "ending timed-out catch-up failed");
-        }
-        let cutoff = now.saturating_sub(m.restore_copy_lifetime);
-        if let Err(e) = manager.remove_restore_copies(cutoff).await {
-            tracing::warn!(error = %e, "deleting expired restore copies failed");
-        }
-        match manager.truncate_wal_if_owed().await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                "WAL truncation after an erasure was blocked by a reader; retried at the next pass"
-            ),
-            Err(e) => tracing::warn!(error = %e, "WAL truncation after an erasure failed"),
+        for pass in MaintenancePass::ALL {
+            if let Err(e) = pass.run(&manager, now, &m).await {
+                tracing::warn!(error = %e, "{}", pass.failed());
+            }
         }
     }
 }

@@ -117,6 +117,13 @@ pub fn list(conn: &Connection) -> Result<Vec<AccountRow>> {
         .collect()
 }
 
+/// The accounts in catch-up mode.
+pub fn in_catchup(conn: &Connection) -> Result<Vec<i64>> {
+    conn.prepare_cached("SELECT id FROM accounts WHERE catchup = 1 ORDER BY id")?
+        .query_and_then([], |r| -> Result<i64> { Ok(r.get(0)?) })?
+        .collect()
+}
+
 /// Starts or ends catch-up mode.
 pub fn set_catchup(conn: &Connection, id: i64, catchup: bool) -> Result<()> {
     let n = conn

@@ -184,6 +184,28 @@ pub fn prune_dropped_before(conn: &Connection, cutoff: i64) -> Result<usize> {
     Ok(n)
 }
 
+/// [`prune_dropped_before`] over the rows `from..from + span` (by rowid), so that a large table
+/// is pruned in short transactions. Returns how many went, and where the next step starts
+/// (`None`: no row lies beyond).
+pub fn prune_dropped_step(
+    conn: &Connection,
+    cutoff: i64,
+    from: i64,
+    span: i64,
+) -> Result<(usize, Option<i64>)> {
+    let to = from.saturating_add(span);
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM devices WHERE rowid >= ?1 AND rowid < ?2 AND active = 0 \
+             AND list_updated_at < ?3",
+        )?
+        .execute([from, to, cutoff])?;
+    let more: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM devices WHERE rowid >= ?1)")?
+        .query_row([to], |r| r.get(0))?;
+    Ok((n, more.then_some(to)))
+}
+
 /// Every known device of `jid` in `ns` (active or not), by device id.
 pub fn list(
     conn: &Connection,

@@ -61,6 +61,16 @@ pub fn insert(db: &Db, row: &IdentityRow) -> Result<()> {
     Ok(())
 }
 
+/// The identity of every account, by account id.
+pub fn list(db: &Db) -> Result<Vec<IdentityRow>> {
+    db.prepare_cached(
+        "SELECT account_id, private_key, curve25519_public, ed25519_public, fingerprint, created_at \
+         FROM identity ORDER BY account_id",
+    )?
+    .query_and_then([], |r| from_row(db, r))?
+    .collect()
+}
+
 /// The identity of an account.
 pub fn get(db: &Db, account_id: i64) -> Result<Option<IdentityRow>> {
     let mut st = db.prepare_cached(

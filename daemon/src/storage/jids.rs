@@ -1,8 +1,11 @@
 //! JIDs in their normalised form (RFC 7622), and the start-up step that brings rows stored under
 //! other spellings (written by versions that did not normalise) to it.
 //!
-//! The step runs at every open, inside one transaction, and only touches the distinct JIDs that
-//! are not normalised, so it costs one `SELECT DISTINCT` per table on an up-to-date file. Two
+//! The step runs at open, inside one transaction, and only touches the distinct JIDs that are not
+//! normalised. Once it has run, `meta.jids_normalised` says so and later opens skip it (a
+//! `SELECT DISTINCT` per table over a million rows took seconds): every version that can open
+//! a file of this schema normalises what it writes, and an account import, whose rows may come
+//! from an older file, clears the mark ([`forget_normalised`]). Two
 //! accounts whose JIDs are one JID cannot be merged (two identities, two device ids): the open is
 //! refused with [`StorageError::JidCollision`] naming them.
 //!
@@ -66,9 +69,32 @@ fn columns(conn: &Connection, table: &str) -> Result<Vec<(String, i64)>> {
     Ok(rows)
 }
 
-/// Brings every stored JID to its normalised form, in one transaction.
+/// `meta` key: the normaliser version whose pass left every stored JID normalised.
+const NORMALISED_KEY: &str = "jids_normalised";
+/// Bumped when [`normalise`] changes what it returns, so that stored JIDs are checked again.
+const NORMALISER_VERSION: i64 = 1;
+
+/// Rows whose JIDs may be spelled otherwise were written (an import): the next open checks
+/// every stored JID again.
+pub fn forget_normalised(conn: &Connection) -> Result<()> {
+    conn.execute("DELETE FROM meta WHERE key = ?1", [NORMALISED_KEY])?;
+    Ok(())
+}
+
+/// Brings every stored JID to its normalised form, in one transaction (nothing to do when the
+/// file says a pass of this normaliser already did it).
 pub fn normalise_stored(conn: &mut Connection) -> Result<NormaliseReport> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let done: Option<i64> = tx
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [NORMALISED_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if done.is_some_and(|v| v >= NORMALISER_VERSION) {
+        return Ok(NormaliseReport::default());
+    }
     // A session's skipped keys follow it by (account_id, jid, …): moving both within the
     // transaction briefly breaks the reference.
     tx.pragma_update(None, "defer_foreign_keys", "ON")?;
@@ -85,6 +111,11 @@ pub fn normalise_stored(conn: &mut Connection) -> Result<NormaliseReport> {
     for table in tables {
         normalise_table(&tx, &table, &mut report)?;
     }
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![NORMALISED_KEY, NORMALISER_VERSION],
+    )?;
     tx.commit()?;
     Ok(report)
 }
@@ -411,6 +442,23 @@ mod tests {
         assert_eq!(
             normalise_stored(&mut conn).unwrap(),
             NormaliseReport::default()
+        );
+        // Marked done: a row written under another spelling now stays until an import says
+        // rows of unknown spelling came in.
+        conn.execute(dev, params!["Carol@Example.net", 1, 30])
+            .unwrap();
+        assert_eq!(
+            normalise_stored(&mut conn).unwrap(),
+            NormaliseReport::default()
+        );
+        forget_normalised(&conn).unwrap();
+        assert_eq!(normalise_stored(&mut conn).unwrap().rows_moved, 1);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM devices WHERE jid = 'carol@example.net'"
+            ),
+            1
         );
     }
 

@@ -365,31 +365,90 @@ fn first_since(conn: &Connection, from: i64, cutoff: i64) -> Result<i64> {
 /// theirs or beyond their cap, and old encrypt answers. `key_frontier` is the previous
 /// [`Pruned::key_frontier`] (0 when unknown: the first prune walks every row once).
 pub fn prune(conn: &Connection, now: i64, b: Bounds, key_frontier: i64) -> Result<Pruned> {
+    let mut cuts = prune_cuts(conn, now, b, key_frontier)?;
+    let mut pruned = prune_step(conn, &mut cuts, i64::MAX)?;
+    pruned.encrypt_results = prune_encrypt_results(conn, now, b)?;
+    Ok(pruned)
+}
+
+/// Where a prune ends: digests below `digests` go, key material below `keys` is erased, from
+/// `key_from` on (advanced by each [`prune_step`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PruneCuts {
+    digests: i64,
+    keys: i64,
+    key_from: i64,
+}
+
+/// The cuts of a prune at `now` (reads only). Rows added later lie above them, so a prune
+/// done in steps ends where it would have in one.
+pub fn prune_cuts(conn: &Connection, now: i64, b: Bounds, key_frontier: i64) -> Result<PruneCuts> {
     let end: i64 = conn
         .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM redelivery")?
         .query_row([], |r| r.get(0))?;
     let cap_from = |cap: i64| end.saturating_sub(cap.max(0));
-    // Digests.
-    let cut = first_since(conn, 0, now.saturating_sub(b.digest_retention_secs.max(0)))?
+    let digests = first_since(conn, 0, now.saturating_sub(b.digest_retention_secs.max(0)))?
         .max(cap_from(b.max_digests));
-    let digests = conn
-        .prepare_cached("DELETE FROM redelivery WHERE id < ?1")?
-        .execute([cut])?;
-    // Key material: rows below the cut keep only their digest.
     let keep_secs = b.retention_secs.max(0);
-    let key_cut = if keep_secs == 0 {
+    let keys = if keep_secs == 0 {
         end
     } else {
         first_since(conn, key_frontier, now.saturating_sub(keep_secs))?.max(cap_from(b.max_rows))
     };
-    let erased = conn
-        .prepare_cached(
-            "UPDATE redelivery SET payload_digest = NULL, key_material = NULL, identity_key = NULL, \
-             key_exchange = NULL, conversation = NULL, group_chat = NULL \
-             WHERE id >= ?1 AND id < ?2 AND payload_digest IS NOT NULL",
-        )?
-        .execute([key_frontier.min(key_cut), key_cut])?;
-    // Encrypt answers (rare; an index on created_at serves them).
+    Ok(PruneCuts {
+        digests,
+        keys,
+        key_from: key_frontier.min(keys),
+    })
+}
+
+/// Deletes at most `batch` ids' worth of digests towards `cuts`, or (once they are gone)
+/// erases the key material of at most `batch` ids. [`Pruned::key_frontier`] is where the
+/// next prune starts.
+pub fn prune_step(conn: &Connection, cuts: &mut PruneCuts, batch: i64) -> Result<Pruned> {
+    let lowest: i64 = conn
+        .prepare_cached("SELECT coalesce(min(id), 0) FROM redelivery")?
+        .query_row([], |r| r.get(0))?;
+    let digests_to = cuts.digests.min(lowest.saturating_add(batch));
+    let digests = conn
+        .prepare_cached("DELETE FROM redelivery WHERE id < ?1")?
+        .execute([digests_to])?;
+    // Key material once the digests are gone: rows below the cut keep only their digest.
+    let mut erased = 0;
+    if digests_to >= cuts.digests {
+        let from = cuts.key_from.max(cuts.digests.min(cuts.keys));
+        let to = cuts.keys.min(from.saturating_add(batch));
+        erased = conn
+            .prepare_cached(
+                "UPDATE redelivery SET payload_digest = NULL, key_material = NULL, identity_key = NULL, \
+                 key_exchange = NULL, conversation = NULL, group_chat = NULL \
+                 WHERE id >= ?1 AND id < ?2 AND payload_digest IS NOT NULL",
+            )?
+            .execute([from, to])?;
+        cuts.key_from = cuts.key_from.max(to);
+    }
+    Ok(Pruned {
+        redelivery: erased,
+        digests,
+        encrypt_results: 0,
+        key_frontier: cuts.keys,
+    })
+}
+
+impl PruneCuts {
+    /// Whether every step is done (after one more, the digests' delete finds nothing).
+    pub fn done(&self, conn: &Connection) -> Result<bool> {
+        let lowest: Option<i64> = conn
+            .prepare_cached("SELECT min(id) FROM redelivery")?
+            .query_row([], |r| r.get(0))?;
+        Ok(self.key_from >= self.keys && lowest.is_none_or(|l| l >= self.digests))
+    }
+}
+
+/// Deletes encrypt answers older than the window, beyond the cap or the byte budget.
+pub fn prune_encrypt_results(conn: &Connection, now: i64, b: Bounds) -> Result<usize> {
+    // Rare; an index on created_at serves them.
+    let keep_secs = b.retention_secs.max(0);
     let cutoff = now.saturating_sub(keep_secs);
     let cap = if keep_secs == 0 { 0 } else { b.max_rows.max(0) };
     let mut encrypt_results = conn
@@ -401,12 +460,7 @@ pub fn prune(conn: &Connection, now: i64, b: Bounds, key_frontier: i64) -> Resul
         )?
         .execute([cap])?;
     encrypt_results += trim_encrypt_results(conn, b.max_result_bytes)?;
-    Ok(Pruned {
-        redelivery: erased,
-        digests,
-        encrypt_results,
-        key_frontier: key_cut,
-    })
+    Ok(encrypt_results)
 }
 
 /// Row counts: (messages with key material, digests, encrypt answers).
@@ -471,6 +525,42 @@ mod tests {
         let mut p = digest_prefixes(&c).unwrap();
         p.sort_unstable();
         assert_eq!(p, [(prefix(&[1; 32]), id1), (prefix(&[2; 32]), id2)]);
+    }
+
+    #[test]
+    fn a_prune_in_steps_ends_where_one_prune_does() {
+        let (one, steps) = (db(), db());
+        for c in [&one, &steps] {
+            for i in 0..30u8 {
+                record(c, &row(i, i64::from(i) * 30), true).unwrap();
+            }
+        }
+        // Key material: the 6 rows of the last 100 s, capped to 4; digests: capped to 20.
+        let b = Bounds {
+            max_rows: 4,
+            max_digests: 20,
+            ..B
+        };
+        let whole = prune(&one, 800, b, 0).unwrap();
+        let mut cuts = prune_cuts(&steps, 800, b, 0).unwrap();
+        let mut sum = Pruned::default();
+        let mut n = 0;
+        while !cuts.done(&steps).unwrap() {
+            let p = prune_step(&steps, &mut cuts, 2).unwrap();
+            assert!(p.digests <= 2 && p.redelivery <= 2);
+            sum.digests += p.digests;
+            sum.redelivery += p.redelivery;
+            sum.key_frontier = p.key_frontier;
+            n += 1;
+        }
+        assert!(n > 5, "{n} steps");
+        assert_eq!(
+            (sum.digests, sum.redelivery),
+            (whole.digests, whole.redelivery)
+        );
+        assert_eq!(sum.key_frontier, whole.key_frontier);
+        assert_eq!(counts(&steps).unwrap(), counts(&one).unwrap());
+        assert_eq!(counts(&one).unwrap(), (4, 20, 0));
     }
 
     #[test]

@@ -114,6 +114,19 @@ pub fn retire(conn: &Connection, account_id: i64, id: u32, now: i64) -> Result<(
     expect_one(n, "signed prekey")
 }
 
+/// Accounts with work for the rotation: a current signed prekey made before `made_before`,
+/// or one retired before `retired_before`.
+pub fn accounts_due(conn: &Connection, made_before: i64, retired_before: i64) -> Result<Vec<i64>> {
+    conn.prepare_cached(
+        "SELECT DISTINCT account_id FROM signed_prekeys \
+         WHERE (retired_at IS NULL AND created_at <= ?1) OR retired_at < ?2 ORDER BY account_id",
+    )?
+    .query_and_then(params![made_before, retired_before], |r| -> Result<i64> {
+        Ok(r.get(0)?)
+    })?
+    .collect()
+}
+
 /// Deletes signed prekeys retired before `cutoff` (end of the grace period). Returns how many.
 pub fn delete_retired_before(conn: &Connection, account_id: i64, cutoff: i64) -> Result<usize> {
     Ok(conn

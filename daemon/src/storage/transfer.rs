@@ -607,6 +607,8 @@ fn import_plain(tx: &Db, doc: &Value) -> Result<String> {
         .and_then(Value::as_str)
         .ok_or_else(|| bad("export", "account without jid"))?
         .to_owned();
+    // Its rows may come from a file that stored JIDs unnormalised: the next open checks them.
+    super::jids::forget_normalised(tx)?;
     let exists: bool = tx.query_row(
         "SELECT EXISTS (SELECT 1 FROM accounts WHERE jid = ?1)",
         [&jid],

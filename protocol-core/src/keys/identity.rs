@@ -40,6 +40,18 @@ impl IdentityKeyPair {
         }
     }
 
+    /// The identity as its owner stored it: the private key with the public keys
+    /// [`Self::from_private`] computed when it was made, taken as they are (two scalar
+    /// multiplications saved per identity loaded). Anyone who could alter them could replace
+    /// the private key as well; for a key of unknown origin, use `from_private`.
+    pub fn from_stored(private: PrivateKey, curve25519: [u8; 32], ed25519: [u8; 32]) -> Self {
+        Self {
+            private,
+            curve25519,
+            ed25519,
+        }
+    }
+
     /// The private key (for X3DH).
     pub fn private(&self) -> &PrivateKey {
         &self.private
@@ -171,5 +183,25 @@ impl RemoteIdentity {
             RemoteIdentity::Curve25519(k) => Ok(*k),
             RemoteIdentity::Ed25519(k) => ed25519_to_curve25519(k),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_identity_signs_as_the_one_it_was_made_from() {
+        let made = IdentityKeyPair::generate(&mut rand::thread_rng());
+        let stored = IdentityKeyPair::from_stored(
+            made.private().clone(),
+            *made.curve25519(),
+            *made.ed25519(),
+        );
+        assert_eq!(stored.fingerprint(), made.fingerprint());
+        let z = [3u8; 64];
+        let sig = stored.sign_twomemo(b"label", &z);
+        assert_eq!(sig, made.sign_twomemo(b"label", &z));
+        xeddsa::ed25519_verify(made.ed25519(), b"label", &sig).unwrap();
     }
 }

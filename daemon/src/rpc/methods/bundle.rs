@@ -7,9 +7,8 @@ use serde::Deserialize;
 
 use super::params::Namespace;
 use crate::manager::devicelist::{DevicelistError, DevicelistUpdate};
-use crate::manager::own_bundle::{OwnBundleError, Publication};
+use crate::manager::own_bundle::{OwnBundleError, OwnDevicelistError, Publication};
 use crate::manager::peer_bundle::{BundleUpdate as BundleUpdated, BundleUpdateError};
-use crate::manager::AccountLookupError;
 use crate::rpc::ctx::{Conn, Ctx};
 use crate::rpc::error::CallError;
 use crate::rpc::registry::Method;
@@ -70,15 +69,17 @@ impl Method for DevicelistGet {
     const SUMMARY: &'static str = "Our device list in a namespace (as last received, with our device added, without the devices in `remove`), ready to publish.";
     type Params = DevicelistGetParams;
     type Result = Publication;
-    type Error = AccountLookupError;
+    type Error = OwnDevicelistError;
 
     async fn call(
         ctx: Arc<Ctx>,
         _conn: Conn,
         p: DevicelistGetParams,
-    ) -> Result<Publication, CallError<AccountLookupError>> {
+    ) -> Result<Publication, CallError<OwnDevicelistError>> {
         let manager = ctx.manager()?;
-        let acct = manager.account(p.account.as_deref())?;
+        let acct = manager
+            .account(p.account.as_deref())
+            .map_err(OwnDevicelistError::from)?;
         if p.remove.contains(&acct.device_id) {
             return Err(CallError::InvalidParams(format!(
                 "`remove` names this very device ({}): it is always on its own list",

@@ -15,7 +15,7 @@ use crate::manager::error::{
 use crate::manager::labels::LabelError;
 use crate::manager::lifecycle::DeleteAccountError;
 use crate::manager::links::{LinkError, OwnLinkError};
-use crate::manager::own_bundle::OwnBundleError;
+use crate::manager::own_bundle::{OwnBundleError, OwnDevicelistError};
 use crate::manager::peer_bundle::{BundleUpdateError, StoredBundleError};
 use crate::manager::pinning::IdentityError;
 use crate::manager::plan::PlanError;
@@ -194,6 +194,11 @@ answers!(RenewDeviceIdError {
 answers!(OwnBundleError {
     OwnBundleError::Account(e) => [via e: AccountLookupError],
     OwnBundleError::NoSignedPreKey => [BrokenSession],
+    OwnBundleError::Storage(e) => [via e: StorageError],
+});
+answers!(OwnDevicelistError {
+    OwnDevicelistError::Account(e) => [via e: AccountLookupError],
+    OwnDevicelistError::Storage(e) => [via e: StorageError],
 });
 
 answers!(StoredBundleError {

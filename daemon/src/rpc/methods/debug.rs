@@ -148,3 +148,63 @@ impl Method for KillAfterCommit {
         Ok(true)
     }
 }
+
+/// `debug.maintenance`.
+pub struct Maintenance;
+
+/// Longest `days_ahead` accepted.
+pub const MAX_DAYS_AHEAD: u32 = 3650;
+
+/// Params of `debug.maintenance`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceParams {
+    /// The pass to run.
+    pub pass: crate::rpc::server::MaintenancePass,
+    /// Run it as if the clock were this many days ahead (at most 3650), so that what ages
+    /// (signed prekeys, skipped keys, redelivery records, dropped devices) is due.
+    #[serde(default)]
+    pub days_ahead: u32,
+}
+
+/// Result of `debug.maintenance`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct MaintenanceResult {
+    /// How long the pass took, in microseconds.
+    pub micros: u64,
+}
+
+impl Method for Maintenance {
+    const NAME: &'static str = "debug.maintenance";
+    const SUMMARY: &'static str =
+        "Test only: run one pass of the hourly maintenance now (the scale benchmark times it).";
+    type Params = MaintenanceParams;
+    type Result = MaintenanceResult;
+    type Error = Infallible;
+
+    async fn call(
+        ctx: Arc<Ctx>,
+        _conn: Conn,
+        p: MaintenanceParams,
+    ) -> Result<MaintenanceResult, CallError<Infallible>> {
+        if p.days_ahead > MAX_DAYS_AHEAD {
+            return Err(CallError::InvalidParams(format!(
+                "days_ahead must be at most {MAX_DAYS_AHEAD}"
+            )));
+        }
+        let manager = ctx.manager()?;
+        let now = crate::storage::now() + i64::from(p.days_ahead) * 24 * 3600;
+        let started = std::time::Instant::now();
+        p.pass
+            .run(
+                manager,
+                now,
+                &crate::rpc::server::Maintenance::of(&ctx.config),
+            )
+            .await
+            .map_err(|e| CallError::Internal(e.to_string()))?;
+        Ok(MaintenanceResult {
+            micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        })
+    }
+}

@@ -80,6 +80,7 @@ pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), Registry
         registry.register::<debug::Emit>()?;
         registry.register::<debug::KillAfterCommit>()?;
         registry.register::<debug::Clock>()?;
+        registry.register::<debug::Maintenance>()?;
     }
     Ok(())
 }
@@ -202,7 +203,7 @@ mod tests {
         assert_eq!(of("trust.list"), kinds::<ListError>());
         assert_eq!(
             of("devicelist.get"),
-            kinds::<crate::manager::AccountLookupError>()
+            kinds::<crate::manager::own_bundle::OwnDevicelistError>()
         );
         for (method, k) in [
             ("decrypt", "unknown_own_message"),
