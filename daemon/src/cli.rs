@@ -131,13 +131,48 @@ pub enum Command {
         db: DbArg,
     },
     /// Replace the database by a backup (stamped as a copy: the next start replaces its prekeys
-    /// and starts new sessions). Refuses while a daemon uses the database; the replaced file is
-    /// kept as `<db>.before-restore-<time>`.
+    /// and starts new sessions). Refuses while a daemon uses the database, and when this
+    /// installation's key does not open the backup; the replaced file is kept as
+    /// `<db>.before-restore-<time>`.
     Restore {
         /// The backup to restore.
         file: PathBuf,
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Give the database a new data key, wrapped by a key from KEY_SOURCE (default: the one it
+    /// has), and seal every secret again under it: whoever had the old key (or a key file, or a
+    /// passphrase) opens nothing in the file afterwards. Stop the daemon first.
+    Rekey {
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The new key source.
+        #[arg(long, value_enum)]
+        key_source: Option<config::KeySource>,
+        /// The new key file (key-file source) [default: the current one, else
+        /// $XDG_CONFIG_HOME/omemod/omemod.key].
+        #[arg(long, value_name = "PATH")]
+        new_key_file: Option<PathBuf>,
+        /// Read the new passphrase (passphrase source) from this file instead of the terminal.
+        #[arg(long, value_name = "PATH")]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// Create the key file (key-file source) at PATH unless it exists: 32 random bytes, hex,
+    /// mode 0600 in a 0700 directory. The systemd unit runs it before its sandbox, which keeps
+    /// the home directory read-only.
+    KeyFile {
+        /// Where [default: $XDG_CONFIG_HOME/omemod/omemod.key].
+        path: Option<PathBuf>,
+    },
+    /// Unlock a daemon whose database's key source is a passphrase (calls `unlock`).
+    Unlock {
+        /// Read the passphrase from this file instead of the terminal.
+        #[arg(long, value_name = "PATH")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Print a shell completion script (e.g. `omemod completions bash >
     /// ~/.local/share/bash-completion/completions/omemod`).
@@ -180,8 +215,9 @@ pub enum AccountCommand {
         yes: bool,
     },
     /// Write one account (identity, prekeys, sessions, device lists, trust) to FILE, for moving
-    /// it to another machine. Reads the database directly; safe while the daemon runs. FILE holds
-    /// the account's secrets: it is created with mode 0600 and must not exist.
+    /// it to another machine, sealed under a passphrase asked for (the other machine's database
+    /// has another key). Reads the database directly; safe while the daemon runs. FILE is
+    /// created with mode 0600 and must not exist.
     Export {
         /// The account's bare JID.
         #[arg(long)]
@@ -190,15 +226,26 @@ pub enum AccountCommand {
         file: PathBuf,
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Read the export's passphrase from this file instead of the terminal.
+        #[arg(long, value_name = "PATH", env = "OMEMOD_EXPORT_PASSPHRASE_FILE")]
+        export_passphrase_file: Option<PathBuf>,
     },
-    /// Add an account exported with `account export` to this machine's database, treated as a
-    /// restored copy (new prekeys, new sessions). Stop the daemon first (the database must not be
-    /// in use); then stop using the account on the old machine.
+    /// Add an account exported with `account export` to this machine's database, its secrets
+    /// sealed under this database's key, treated as a restored copy (new prekeys, new sessions).
+    /// Stop the daemon first (the database must not be in use); then stop using the account on
+    /// the old machine.
     Import {
         /// The exported account.
         file: PathBuf,
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Read the export's passphrase from this file instead of the terminal.
+        #[arg(long, value_name = "PATH", env = "OMEMOD_EXPORT_PASSPHRASE_FILE")]
+        export_passphrase_file: Option<PathBuf>,
     },
 }
 
@@ -238,6 +285,91 @@ pub struct DbArg {
     /// named (--socket, OMEMOD_SOCKET, the config file) but no daemon answers there].
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
+}
+
+/// How an offline command gets the database's key: the source recorded in the database, from
+/// the key file recorded there (or this one), `$CREDENTIALS_DIRECTORY`, or a passphrase.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The key file [default: the one the database records].
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Read the database's passphrase (passphrase source) from this file instead of the
+    /// terminal.
+    #[arg(long, value_name = "PATH")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn settings(&self) -> crate::storage::KeySettings {
+        crate::storage::KeySettings {
+            key_file: self.key_file.clone(),
+            ..crate::storage::KeySettings::from_env()
+        }
+    }
+
+    /// Runs `f` with the database's key settings; when the database's key is a passphrase,
+    /// reads it (the file, else the terminal, else standard input) and runs `f` again.
+    fn with_key<T>(
+        &self,
+        mut f: impl FnMut(&crate::storage::KeySettings) -> Result<T, crate::storage::StorageError>,
+    ) -> Result<T, String> {
+        let mut keys = self.settings();
+        if let Some(file) = &self.passphrase_file {
+            keys.passphrase = Some(read_passphrase(Some(file), "")?);
+        }
+        match f(&keys) {
+            Err(crate::storage::StorageError::Key(
+                crate::storage::sealing::keys::KeyError::NeedPassphrase,
+            )) if keys.passphrase.is_none() => {
+                keys.passphrase = Some(read_passphrase(None, "passphrase of the database: ")?);
+                f(&keys).map_err(|e| e.to_string())
+            }
+            r => r.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// A passphrase: the first line of `file`, else typed at the terminal (not echoed), else the
+/// first line of standard input.
+fn read_passphrase(
+    file: Option<&std::path::Path>,
+    prompt: &str,
+) -> Result<zeroize::Zeroizing<String>, String> {
+    use std::io::BufRead;
+    let line = |text: &str| zeroize::Zeroizing::new(text.lines().next().unwrap_or("").to_owned());
+    if let Some(file) = file {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?,
+        );
+        return Ok(line(&text));
+    }
+    let stdin = std::io::stdin();
+    let tty = rustix::termios::isatty(&stdin);
+    let old = if tty {
+        eprint!("{prompt}");
+        let old = rustix::termios::tcgetattr(&stdin).map_err(|e| e.to_string())?;
+        let mut quiet = old.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet)
+            .map_err(|e| e.to_string())?;
+        Some(old)
+    } else {
+        None
+    };
+    let mut text = zeroize::Zeroizing::new(String::new());
+    let read = stdin.lock().read_line(&mut text);
+    if let Some(old) = old {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &old);
+        eprintln!();
+    }
+    read.map_err(|e| format!("cannot read the passphrase: {e}"))?;
+    let pass = line(&text);
+    if pass.is_empty() {
+        return Err("no passphrase given".into());
+    }
+    Ok(pass)
 }
 
 /// Where the command line, the environment and the config file point: the daemon's socket and
@@ -357,6 +489,17 @@ pub struct ServeArgs {
     pub bounds: crate::config::BoundsFlags,
     #[command(flatten)]
     pub files: crate::config::FileFlags,
+    /// Where the database's data key comes from when it is first sealed [default: `key_source`
+    /// of the config file, else the systemd credential `omemod.key` when systemd passes one,
+    /// else the Secret Service when one runs unlocked on the session bus, else the key file]. A
+    /// database keeps its source: `omemod rekey` changes it.
+    #[arg(long, value_enum)]
+    pub key_source: Option<config::KeySource>,
+    /// The key file of the key-file source [default: `key_file` of the config file, else the one
+    /// the database records, else $XDG_CONFIG_HOME/omemod/omemod.key]; never in the database's
+    /// directory.
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// Parses the command line and runs it.
@@ -452,8 +595,33 @@ pub fn run() -> ExitCode {
         Command::Backup { file, db } => with_db(&db, &pointers, "backing up", |db| {
             offline_json(crate::storage::transfer::backup(db, &file))
         }),
-        Command::Restore { file, db } => {
-            with_db(&db, &pointers, "restoring onto", |db| restore(&file, db))
+        Command::Restore { file, db, key } => with_db(&db, &pointers, "restoring onto", |db| {
+            restore(&file, db, &key)
+        }),
+        Command::Rekey {
+            db,
+            key,
+            key_source,
+            new_key_file,
+            new_passphrase_file,
+        } => with_db(&db, &pointers, "rekeying", |db| {
+            rekey(db, &key, key_source, new_key_file, new_passphrase_file)
+        }),
+        Command::KeyFile { path } => {
+            let path = path.unwrap_or_else(crate::storage::sealing::keys::default_key_file);
+            offline(
+                crate::storage::sealing::keys::ensure_key_file(&path)
+                    .map(|()| json!({"key_file": path})),
+            )
+        }
+        Command::Unlock { passphrase_file } => {
+            match read_passphrase(passphrase_file.as_deref(), "passphrase of the database: ") {
+                Ok(p) => call_cli(socket, "unlock", json!({"passphrase": p.as_str()})),
+                Err(e) => {
+                    eprintln!("omemod: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Trust {
             account,
@@ -634,18 +802,33 @@ fn account_command(at: &Pointers, cmd: AccountCommand) -> ExitCode {
             }
             call_cli(socket, "account.delete", json!({"jid": account}))
         }
-        AccountCommand::Export { account, file, db } => {
+        AccountCommand::Export {
+            account,
+            file,
+            db,
+            key,
+            export_passphrase_file,
+        } => {
             let jid = crate::storage::jids::normalise(&account).unwrap_or(account);
             with_db(&db, at, "exporting from", |db| {
-                offline_json(
-                    crate::storage::transfer::export_account_to(db, &jid, &file)
-                        .map(|rows| json!({"account": jid, "file": file, "rows": rows})),
-                )
+                let pass = read_passphrase(
+                    export_passphrase_file.as_deref(),
+                    "passphrase for the export: ",
+                )?;
+                key.with_key(|keys| {
+                    crate::storage::transfer::export_account_to(db, &jid, &file, keys, &pass)
+                })
+                .map(|rows| json!({"account": jid, "file": file, "rows": rows, "sealed": true}))
             })
         }
-        AccountCommand::Import { file, db } => {
-            with_db(&db, at, "importing into", |db| import(&file, db))
-        }
+        AccountCommand::Import {
+            file,
+            db,
+            key,
+            export_passphrase_file,
+        } => with_db(&db, at, "importing into", |db| {
+            import(&file, db, &key, export_passphrase_file.as_deref())
+        }),
     }
 }
 
@@ -774,19 +957,73 @@ fn lock_for_offline_change(db: &std::path::Path) -> Result<crate::lock::DbLock, 
     crate::lock::DbLock::acquire(db, None).map_err(|e| e.to_string())
 }
 
-fn restore(file: &std::path::Path, db: &std::path::Path) -> Result<Value, String> {
+fn restore(file: &std::path::Path, db: &std::path::Path, key: &KeyArgs) -> Result<Value, String> {
     let _lock = lock_for_offline_change(db)?;
-    offline_json(crate::storage::transfer::restore(file, db))
+    key.with_key(|keys| crate::storage::transfer::restore(file, db, keys))
+        .and_then(|r| offline_json(Ok::<_, String>(r)))
 }
 
-fn import(file: &std::path::Path, db: &std::path::Path) -> Result<Value, String> {
+fn rekey(
+    db: &std::path::Path,
+    key: &KeyArgs,
+    source: Option<config::KeySource>,
+    new_key_file: Option<PathBuf>,
+    new_passphrase_file: Option<PathBuf>,
+) -> Result<Value, String> {
+    let _lock = lock_for_offline_change(db)?;
+    let recorded = crate::storage::recorded_key_source(db)
+        .map_err(|e| format!("database {}: {e}", db.display()))?
+        .ok_or("the database is not sealed yet: start the daemon once (`omemod serve` seals it)")?;
+    let source = source.map_or(recorded.source, Into::into);
+    let mut new = crate::storage::KeySettings {
+        source: Some(source),
+        key_file: new_key_file.or_else(|| {
+            (recorded.source == crate::storage::SourceKind::KeyFile)
+                .then(|| recorded.source_ref.clone().map(PathBuf::from))
+                .flatten()
+        }),
+        ..crate::storage::KeySettings::from_env()
+    };
+    if source == crate::storage::SourceKind::Passphrase {
+        new.passphrase = Some(read_passphrase(
+            new_passphrase_file.as_deref(),
+            "new passphrase of the database: ",
+        )?);
+    }
+    key.with_key(|old| crate::storage::rekey(db, old, &new))
+        .and_then(|r| offline_json(Ok::<_, String>(r)))
+}
+
+fn import(
+    file: &std::path::Path,
+    db: &std::path::Path,
+    key: &KeyArgs,
+    export_passphrase_file: Option<&std::path::Path>,
+) -> Result<Value, String> {
     let _lock = lock_for_offline_change(db)?;
     let doc: Value = std::fs::read(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", file.display())))?;
-    let store = crate::storage::Store::open(db, crate::storage::Durability::Full)
-        .map_err(|e| format!("database {}: {e}", db.display()))?;
-    let r = store.write_blocking(move |tx| crate::storage::transfer::import_account(tx, &doc));
+    let pass = if crate::storage::transfer::needs_passphrase(&doc) {
+        Some(read_passphrase(
+            export_passphrase_file,
+            "passphrase of the export: ",
+        )?)
+    } else {
+        None
+    };
+    let store = key.with_key(|keys| {
+        crate::storage::Store::open_with(
+            db,
+            crate::storage::StoreConfig {
+                keys: keys.clone(),
+                ..crate::storage::StoreConfig::default()
+            },
+        )
+    })?;
+    let r = store.write_blocking(move |tx| {
+        crate::storage::transfer::import_account(tx, &doc, pass.as_ref().map(|p| p.as_str()))
+    });
     let closed = store.close();
     offline_json(r.and_then(|jid| closed.map(|()| json!({"imported": jid}))))
 }
@@ -911,6 +1148,11 @@ fn serve_config(socket: PathBuf, args: ServeArgs, file: &config::FileConfig) -> 
         stale: args.stale.resolve(file),
         bounds: args.bounds.resolve(file),
         files: args.files.resolve(file),
+        keys: crate::storage::KeySettings {
+            source: args.key_source.or(file.key_source).map(Into::into),
+            key_file: args.key_file.or_else(|| file.key_file.clone()),
+            ..crate::storage::KeySettings::from_env()
+        },
     }
 }
 
@@ -991,6 +1233,7 @@ fn openrpc(socket: PathBuf) -> ExitCode {
         stale: Default::default(),
         bounds: crate::config::BoundsArgs::default(),
         files: crate::config::FileLimits::default(),
+        keys: Default::default(),
     };
     let ctx = Arc::new(crate::rpc::ctx::Ctx::new(config, socket));
     if let Err(e) = crate::rpc::methods::build(Arc::clone(&ctx), false) {

@@ -62,6 +62,33 @@ pub struct ServeConfig {
     pub bounds: BoundsArgs,
     /// Bounds of file transfers (`file.*`).
     pub files: FileLimits,
+    /// Where the database's data key comes from (issue 24).
+    pub keys: crate::storage::KeySettings,
+}
+
+/// `--key-source`: where a database's data key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeySource {
+    /// `$CREDENTIALS_DIRECTORY/omemod.key` (systemd's `LoadCredentialEncrypted=`).
+    SystemdCredential,
+    /// A passphrase: the daemon starts locked until `omemod unlock`.
+    Passphrase,
+    /// An item of the desktop's keyring (freedesktop Secret Service).
+    SecretService,
+    /// A key file outside the database's directory (`--key-file`).
+    KeyFile,
+}
+
+impl From<KeySource> for crate::storage::SourceKind {
+    fn from(k: KeySource) -> Self {
+        match k {
+            KeySource::SystemdCredential => Self::SystemdCredential,
+            KeySource::Passphrase => Self::Passphrase,
+            KeySource::SecretService => Self::SecretService,
+            KeySource::KeyFile => Self::KeyFile,
+        }
+    }
 }
 
 /// The config file: every `serve` setting, and the socket the other commands use. Command-line
@@ -112,6 +139,10 @@ pub struct FileConfig {
     pub stale_after_silence: Option<u64>,
     /// `--stale-after-unanswered`.
     pub stale_after_unanswered: Option<u64>,
+    /// `--key-source`.
+    pub key_source: Option<KeySource>,
+    /// `--key-file`.
+    pub key_file: Option<PathBuf>,
 }
 
 /// Default `--max-connections`.
@@ -561,6 +592,7 @@ impl FileConfig {
         })?;
         c.socket = c.socket.map(expand_home);
         c.db = c.db.map(expand_home);
+        c.key_file = c.key_file.map(expand_home);
         Ok(c)
     }
 
@@ -839,8 +871,9 @@ mod tests {
             }
             let key = long.replace('-', "_");
             let value = match key.as_str() {
-                "socket" | "db" => "\"/x\"",
+                "socket" | "db" | "key_file" => "\"/x\"",
                 "durability" => "\"full\"",
+                "key_source" => "\"key-file\"",
                 _ => "1",
             };
             let text = format!("{key} = {value}\n");

@@ -153,7 +153,7 @@ impl Keeper {
 
 /// The treatment of every affected account, in the start's transaction.
 fn treat(
-    tx: &rusqlite::Connection,
+    tx: &crate::storage::Db,
     inspection: &Inspection,
     now: i64,
 ) -> Result<Vec<Treated>, StorageError> {
@@ -173,7 +173,7 @@ fn treat(
 
 /// Treats one account as restored; returns how many sessions were marked and prekeys retired.
 fn treat_account(
-    tx: &rusqlite::Connection,
+    tx: &crate::storage::Db,
     id: i64,
     now: i64,
 ) -> Result<(usize, usize), StorageError> {

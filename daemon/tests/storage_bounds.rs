@@ -45,6 +45,12 @@ fn an_outside_reader_blocking_checkpoints_is_reported_and_the_wal_shrinks_after(
             checkpoint_interval: Duration::from_millis(50),
             checkpoint_pages: 50,
             checkpoint_stall_warning: Duration::from_millis(300),
+            // The key file beside the state directory, not in the user's ~/.config.
+            keys: omemod::storage::KeySettings {
+                source: Some(omemod::storage::SourceKind::KeyFile),
+                key_file: Some(dir.path().join("keys/omemod.key")),
+                ..Default::default()
+            },
             ..StoreConfig::default()
         },
     )

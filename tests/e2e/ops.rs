@@ -4,16 +4,29 @@
 mod support;
 
 use serde_json::json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
 /// Runs `omemod ARGS` to completion (with a deadline) and returns its output.
+/// A file holding the passphrase of the account exports (sealed since issue 24).
+fn export_passphrase_file() -> PathBuf {
+    let file = std::env::temp_dir().join(format!(
+        "omemod-test-export-passphrase-{}",
+        std::process::id()
+    ));
+    if !file.exists() {
+        std::fs::write(&file, "export passphrase of the tests\n").expect("passphrase file");
+    }
+    file
+}
+
 fn omemod(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_omemod"));
     cmd.args(args)
         .env("RUST_LOG", "info")
+        .env("OMEMOD_EXPORT_PASSPHRASE_FILE", export_passphrase_file())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -679,9 +692,13 @@ fn systemd_unit_is_valid_and_needs_no_version_specific_paths() {
     // the sandbox (+), opens exactly it, and points the daemon's default at it.
     assert_eq!(setting(&s, "StateDirectory"), Vec::<&str>::new());
     assert_eq!(setting(&s, "ReadWritePaths"), [UNIT_STATE]);
+    // The key file (issue 24) is made before the sandbox too: the home stays read-only.
     assert_eq!(
         setting(&s, "ExecStartPre"),
-        [format!("+/usr/bin/env mkdir -p -m 0700 {UNIT_STATE}")]
+        [
+            format!("+/usr/bin/env mkdir -p -m 0700 {UNIT_STATE}"),
+            "+/usr/bin/env omemod key-file %h/.config/omemod/omemod.key".to_owned()
+        ]
     );
     assert!(setting(&s, "Environment").contains(&"XDG_STATE_HOME=%h/.local/state"));
     assert_eq!(setting(&s, "RuntimeDirectory"), ["omemod"]);
@@ -756,8 +773,15 @@ impl UnitSandbox {
                     .expect("ExecStartPre= runs outside (+)"),
             );
             let words: Vec<&str> = line.split_whitespace().collect();
+            // The unit's PATH finds the installed omemod: here, the one under test.
+            let bin_dir = Path::new(env!("CARGO_BIN_EXE_omemod"))
+                .parent()
+                .expect("bin dir");
             let st = Command::new(words[0])
                 .args(&words[1..])
+                .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+                .env("HOME", &home)
+                .env_remove("XDG_CONFIG_HOME")
                 .status()
                 .expect("ExecStartPre");
             assert!(st.success(), "{line}");

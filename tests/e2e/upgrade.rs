@@ -1,10 +1,14 @@
-//! Upgrades from frozen databases: each of `daemon/tests/fixtures/upgrade/schema-{1,2,3}` was
+//! Upgrades from frozen databases: each of `daemon/tests/fixtures/upgrade/schema-{1,2,3,8}` was
 //! written by the omemod of the day that schema version was current (see its README.md and
 //! `scripts/make-upgrade-fixtures`), with two accounts in one database that hold sessions with
 //! each other in both namespaces. Today's omemod opens a copy, migrates it to today's version, and
 //! every conversation goes on where it stopped: the next message of each session (encrypted by
 //! the old binary, never decrypted) decrypts, a reply goes back on the same session, the message
-//! whose key was skipped decrypts, and all of it survives a restart.
+//! whose key was skipped decrypts, and all of it survives a restart. Every fixture holds its
+//! secrets in plaintext (sealing came with schema 9, issue 24): once upgraded, no file of the
+//! database holds any of them ([`secrets`]).
+#[path = "../support/secrets.rs"]
+mod secrets;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -183,7 +187,32 @@ fn upgrade(schema: u32) {
         );
     }
 
+    // The fixture's secrets, read from a copy (SQLite would leave files beside the fixture).
+    let scratch = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(dir.join("omemod.db"), scratch.path().join("omemod.db")).expect("copy");
+    let known = secrets::secrets(&scratch.path().join("omemod.db"));
+    let count = |what: &str| known.iter().filter(|s| s.what.contains(what)).count();
+    assert_eq!(count("identity.private_key"), 2);
+    assert!(count("root key") >= 4, "root keys");
+    assert_eq!(count("skipped_keys.message_key"), 2);
+    if schema >= 8 {
+        assert!(count("redelivery.key_material") > 0, "redelivery");
+        assert!(count("own_messages.key_material") > 0, "own messages");
+    }
+
     let mut d = daemon_on(schema);
+    let state = d.db.parent().expect("state dir").to_owned();
+    let no_secret_left = |when: &str| {
+        let found = secrets::hits(&[state.as_path()], &known);
+        assert!(
+            found.is_empty(),
+            "{when}: {} of the fixture's {} secrets found:\n{}",
+            found.len(),
+            known.len(),
+            found.join("\n")
+        );
+    };
+    no_secret_left("after the upgrade");
     let mut t = Talk {
         c: d.client(),
         accounts: saved.accounts.clone(),
@@ -231,6 +260,8 @@ fn upgrade(schema: u32) {
         let body = format!("after a restart, {} to {}", m.from, m.to);
         t.say(&m.namespace, &m.from, &m.to, &body);
     }
+    d.stop();
+    no_secret_left("after the daemon stopped");
 }
 
 #[test]
@@ -246,4 +277,10 @@ fn schema_2_database_upgrades_and_its_sessions_go_on() {
 #[test]
 fn schema_3_database_upgrades_and_its_sessions_go_on() {
     upgrade(3);
+}
+
+/// The last schema before sealing: redelivery and own-message key material too.
+#[test]
+fn schema_8_database_upgrades_sealed_and_its_sessions_go_on() {
+    upgrade(8);
 }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub const OMEMO2: &str = "urn:xmpp:omemo:2";
 pub const OLDMEMO: &str = "eu.siacs.conversations.axolotl";
 pub const BOTH: [&str; 2] = [OMEMO2, OLDMEMO];
+/// A session bus address that reaches nothing: the daemons of the tests see no desktop keyring.
+pub const NO_SESSION_BUS: &str = "unix:path=/nonexistent/omemod-tests-no-bus";
 
 /// The blobs `sql` selects (its first column) from the database at `db`, opened read-only
 /// and closed again (an open reader would hold back WAL truncation).
@@ -114,7 +116,10 @@ impl Daemon {
             .arg(&self.db)
             .args(&self.extra)
             // The user's own config file and systemd's directories must not leak into a test.
-            .env("XDG_CONFIG_HOME", self.db.parent().unwrap_or(&self.db))
+            // The key file goes under it: outside the database's directory, as it must.
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            // Nor the desktop's keyring: a Secret Service there would be chosen as key source.
+            .env("DBUS_SESSION_BUS_ADDRESS", NO_SESSION_BUS)
             .env_remove("OMEMOD_CONFIG")
             .env_remove("STATE_DIRECTORY")
             .env_remove("RUNTIME_DIRECTORY")

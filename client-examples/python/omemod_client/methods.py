@@ -96,6 +96,11 @@ class Methods:
     async def rpc_discover(self) -> Dict[str, Any]:
         """The OpenRPC document: every method, its params, result and errors."""
 
+    @rpc("unlock", retry=True)
+    async def unlock(self, passphrase: str) -> Dict[str, Any]:
+        """Gives a locked daemon (its database's key is a passphrase) that passphrase.
+        `{"unlocked": false}` when it was not locked."""
+
     # ---- accounts ----------------------------------------------------------------------------
 
     @rpc("account.create")

@@ -73,6 +73,9 @@ class Status(TypedDict):
     durability: str
     clients: int
     rollback: Optional[Rollback]
+    locked: bool
+    key_source: Optional[str]
+    key_source_ref: Optional[str]
 
 
 class _AccountOptional(TypedDict, total=False):

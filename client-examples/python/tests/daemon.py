@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional, Set
 
 from omemod_client import NAMESPACES, Client
 
-DAEMON_ENV = {"RUST_LOG": "warn"}
+# No session bus: a desktop keyring (Secret Service) there would become the daemons' key source.
+DAEMON_ENV = {"RUST_LOG": "warn", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/omemod-tests-no-bus"}
 
 
 def omemod_binary() -> str:

@@ -34,6 +34,9 @@ class EveryMethod(DaemonTest):
     async def accounts(self, a: support.RecordingClient, b: support.RecordingClient) -> None:
         status = await a.status()
         self.assertEqual(status["pid"], self.daemon.proc.pid if self.daemon.proc else None)
+        self.assertEqual((status["locked"], status["key_source"]), (False, "key-file"))
+        # Not locked: nothing to unlock (the passphrase is not checked).
+        self.assertEqual(await a.unlock("not asked for"), {"unlocked": False})
         self.assertEqual(status["socket"], self.daemon.socket)
         created = await a.account_create(ALICE, avoid=[1, 2, 3])
         self.assertNotIn(created["device_id"], (1, 2, 3))

@@ -19,6 +19,9 @@ pub struct Cfg {
     /// The same code built without redelivery (`bench-baseline-no-redelivery`), for issue 8's
     /// A/B comparison; scripts/bench builds it.
     pub baseline: Option<PathBuf>,
+    /// The same code built without sealing (`bench-baseline-no-sealing`), for issue 24's A/B
+    /// comparison; scripts/bench builds it.
+    pub sealing_baseline: Option<PathBuf>,
 }
 
 impl Cfg {
@@ -62,9 +65,13 @@ impl Cfg {
         let bin = std::env::var_os("OMEMOD_BENCH_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_omemod")));
-        let baseline = std::env::var_os("OMEMOD_BENCH_BASELINE_BIN")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from);
+        let bin_var = |var: &str| {
+            std::env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let baseline = bin_var("OMEMOD_BENCH_BASELINE_BIN");
+        let sealing_baseline = bin_var("OMEMOD_BENCH_SEALING_BASELINE_BIN");
         Cfg {
             quick,
             scale,
@@ -76,6 +83,7 @@ impl Cfg {
             repo,
             bin,
             baseline,
+            sealing_baseline,
         }
     }
 

@@ -73,6 +73,13 @@ impl Daemon {
             .arg(&self.durability)
             .args(&self.args)
             .env("RUST_LOG", "warn")
+            // The data key's file (issue 24) in the daemon's own directory, not the user's.
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            // Nor in the desktop's keyring (a running Secret Service would be chosen).
+            .env(
+                "DBUS_SESSION_BUS_ADDRESS",
+                "unix:path=/nonexistent/omemod-bench-no-bus",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -64,9 +64,15 @@ fn commit_parts(cfg: &Cfg, r: &mut Report) {
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open_with(
-        &dir.path().join("parts.db"),
+        &dir.path().join("state/parts.db"),
         StoreConfig {
             durability: Durability::Normal,
+            // The key file beside the state directory, not in the user's ~/.config.
+            keys: omemod::storage::KeySettings {
+                source: Some(omemod::storage::SourceKind::KeyFile),
+                key_file: Some(dir.path().join("keys/omemod.key")),
+                ..Default::default()
+            },
             ..StoreConfig::default()
         },
     )

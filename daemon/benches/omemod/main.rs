@@ -25,11 +25,13 @@
 //! Environment: `OMEMOD_BENCH_QUICK=1` (smoke run, ~1 min), `OMEMOD_BENCH_SCALE=F` (multiply the
 //! iteration counts), `OMEMOD_BENCH_ONLY=floor,core,rpc,python,memory` (sections),
 //! `OMEMOD_BENCH_NS=twomemo|oldmemo`, `OMEMOD_BENCH_DURABILITY=normal|full` (narrow the RPC part),
-//! `OMEMOD_BENCH_OPS=decrypt,decrypt_dh,encrypt,throughput,fanout100,session_active,session_passive`
+//! `OMEMOD_BENCH_OPS=decrypt,decrypt_dh,encrypt,throughput,fanout100,session_active,session_passive,redelivery_ab,sealing_ab`
 //! (operations of the RPC part; the same list may be given as arguments:
 //! `cargo bench -p omemod --bench omemod -- decrypt encrypt throughput`),
 //! `OMEMOD_BENCH_SESSIONS=N` (sessions of the memory test, default 10000), `OMEMOD_BENCH_BIN`
-//! (the omemod binary), `OMEMOD_PYTHON` (python of the venv), `OMEMOD_BENCH_MD` (Markdown output).
+//! (the omemod binary), `OMEMOD_BENCH_BASELINE_BIN` and `OMEMOD_BENCH_SEALING_BASELINE_BIN` (the
+//! A/B baselines without redelivery and without sealing), `OMEMOD_PYTHON` (python of the venv),
+//! `OMEMOD_BENCH_MD` (Markdown output).
 //! No timed assertions: this is a benchmark; it fails only if an operation itself fails.
 //!
 //! Modules, by what they measure:
@@ -121,6 +123,9 @@ fn main() {
             rpc::bench_rpc(&cfg, &mut r, d);
             if cfg.op("redelivery_ab") {
                 rpc::bench_redelivery_ab(&cfg, &mut r, d);
+            }
+            if cfg.op("sealing_ab") {
+                rpc::bench_sealing_ab(&cfg, &mut r, d);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! omemod through its socket, one daemon per durability, both namespaces: the empty round trip
 //! (`status`, part of the floor), decrypt / encrypt on an established session, decrypt with a
 //! DH step, throughput with 1 and 8 clients, encrypt to 100 devices, session creation active
-//! and passive; and issue 8's A/B of decrypt with and without redelivery.
+//! and passive; issue 8's A/B of decrypt with and without redelivery, and issue 24's of decrypt,
+//! encrypt and start-up with and without sealing.
 
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
@@ -306,9 +307,86 @@ impl Rpc<'_> {
     }
 }
 
+/// The two daemons of an A/B comparison (this build first, the baseline second), each with our
+/// account; `me[i]` is the account's address on `daemons[i]`.
+struct Ab {
+    daemons: [Daemon; 2],
+    clients: [Client; 2],
+    me: [(String, u32); 2],
+}
+
+impl Ab {
+    fn start(cfg: &Cfg, base: &std::path::Path, durability: &str) -> Self {
+        let daemons = [
+            Daemon::start(cfg, durability),
+            Daemon::start_bin(base, durability),
+        ];
+        let clients = [daemons[0].client(), daemons[1].client()];
+        let me = [0, 1].map(|i| {
+            clients[i].ok("account.create", json!({"jid": ME}));
+            (ME.to_owned(), clients[i].own_device())
+        });
+        Ab {
+            daemons,
+            clients,
+            me,
+        }
+    }
+
+    /// Each side's calls (made by `make` for that side), the first 50 an untimed warm-up, the
+    /// rest timed in `blocks` alternating blocks, so that the machine's drift hits both alike.
+    /// `check` looks at each side's first timed answer.
+    fn alternate(
+        &self,
+        blocks: usize,
+        per_block: usize,
+        mut make: impl FnMut(usize) -> Vec<Call>,
+        check: impl Fn(&Value),
+    ) -> [Vec<u64>; 2] {
+        let queued = [0, 1].map(|i| {
+            let mut calls = make(i);
+            for (method, params) in calls.drain(..50) {
+                self.clients[i].ok(method, params);
+            }
+            calls
+        });
+        let mut times: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+        let mut queued = queued.map(Vec::into_iter);
+        for b in 0..blocks {
+            for i in [b % 2, 1 - b % 2] {
+                for call in queued[i].by_ref().take(per_block) {
+                    let (dt, res) = self.clients[i].timed(call);
+                    if times[i].is_empty() {
+                        check(&res);
+                    }
+                    times[i].push(dt);
+                }
+            }
+        }
+        times
+    }
+
+    /// Decrypts from a peer with an established session, `blocks × per_block` timed per side.
+    fn decrypt(&self, ns: Version, dev: u32, blocks: usize, per_block: usize) -> [Vec<u64>; 2] {
+        let pj = format!("ab-{}@bench.example", ns_tag(ns));
+        let mut peers = [0, 1].map(|i| established_peer(&self.clients[i], &pj, dev + i as u32, ns));
+        self.alternate(
+            blocks,
+            per_block,
+            |i| {
+                (0..blocks * per_block + 50)
+                    .map(|_| {
+                        let x = peers[i].encrypt_to(std::slice::from_ref(&self.me[i]), BODY, ME);
+                        Client::decrypt_call(&pj, &x)
+                    })
+                    .collect()
+            },
+            check_body,
+        )
+    }
+}
+
 /// Issue 8: decrypt p50 with redelivery against the same code built without it, in one run.
-/// Both daemons run side by side and are measured in alternating blocks, so that the machine's
-/// drift hits both alike.
 pub fn bench_redelivery_ab(cfg: &Cfg, r: &mut Report, durability: &str) {
     let Some(base) = cfg.baseline.as_deref() else {
         return;
@@ -317,48 +395,10 @@ pub fn bench_redelivery_ab(cfg: &Cfg, r: &mut Report, durability: &str) {
         "\n== redelivery A/B: this build vs {} ({durability}) ==",
         base.display()
     );
-    let with = Daemon::start(cfg, durability);
-    let without = Daemon::start_bin(base, durability);
-    let clients = [with.client(), without.client()];
-    let mut me = Vec::new();
-    for c in &clients {
-        c.ok("account.create", json!({"jid": ME}));
-        me.push((ME.to_owned(), c.own_device()));
-    }
+    let ab = Ab::start(cfg, base, durability);
     for &ns in &cfg.namespaces {
         let t = ns_tag(ns);
-        let pj = format!("ab-{t}@bench.example");
-        let blocks = cfg.n(10, 3);
-        let per_block = cfg.n(200, 50);
-        let mut queued: [Vec<Call>; 2] = [Vec::new(), Vec::new()];
-        for (i, c) in clients.iter().enumerate() {
-            let mut p = established_peer(c, &pj, 40 + i as u32, ns);
-            let mut calls: Vec<Call> = (0..blocks * per_block + 50)
-                .map(|_| {
-                    let x = p.encrypt_to(std::slice::from_ref(&me[i]), BODY, ME);
-                    Client::decrypt_call(&pj, &x)
-                })
-                .collect();
-            // Warm-up, untimed.
-            for (method, params) in calls.drain(..50) {
-                c.ok(method, params);
-            }
-            queued[i] = calls;
-        }
-        let mut times: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
-        let mut queued = queued.map(Vec::into_iter);
-        for b in 0..blocks {
-            for i in [b % 2, 1 - b % 2] {
-                for call in queued[i].by_ref().take(per_block) {
-                    let (dt, res) = clients[i].timed(call);
-                    if times[i].is_empty() {
-                        check_body(&res);
-                    }
-                    times[i].push(dt);
-                }
-            }
-        }
-        let [on, off] = times;
+        let [on, off] = ab.decrypt(ns, 40, cfg.n(10, 3), cfg.n(200, 50));
         r.fig(
             &format!("ab.{durability}.{t}.decrypt_with_redelivery"),
             fig(&on),
@@ -368,6 +408,54 @@ pub fn bench_redelivery_ab(cfg: &Cfg, r: &mut Report, durability: &str) {
             fig(&off),
         );
     }
+}
+
+/// Issue 24: decrypt and encrypt p50 with secrets sealed at rest against the same code built
+/// without sealing, in one run, and the start-up of both on the databases that left.
+pub fn bench_sealing_ab(cfg: &Cfg, r: &mut Report, durability: &str) {
+    let Some(base) = cfg.sealing_baseline.as_deref() else {
+        return;
+    };
+    println!(
+        "\n== sealing A/B: this build vs {} ({durability}) ==",
+        base.display()
+    );
+    let mut ab = Ab::start(cfg, base, durability);
+    let (blocks, per_block) = (cfg.n(10, 3), cfg.n(200, 50));
+    for &ns in &cfg.namespaces {
+        let t = ns_tag(ns);
+        let [on, off] = ab.decrypt(ns, 60, blocks, per_block);
+        r.fig(&format!("ab.{durability}.{t}.decrypt_sealed"), fig(&on));
+        r.fig(&format!("ab.{durability}.{t}.decrypt_unsealed"), fig(&off));
+        // Encrypt to a peer with an established session (it does not read these).
+        let pj = format!("ab-enc-{t}@bench.example");
+        for i in 0..2 {
+            established_peer(&ab.clients[i], &pj, 80 + i as u32, ns);
+        }
+        let [on, off] = ab.alternate(
+            blocks,
+            per_block,
+            |_| vec![Client::encrypt_call(&pj, ns); blocks * per_block + 50],
+            |res| assert_eq!(res["devices"][0]["status"], "encrypted", "{res}"),
+        );
+        r.fig(&format!("ab.{durability}.{t}.encrypt_sealed"), fig(&on));
+        r.fig(&format!("ab.{durability}.{t}.encrypt_unsealed"), fig(&off));
+    }
+    // Start-up, alternating which side starts first.
+    let mut starts: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    for d in &mut ab.daemons {
+        d.stop();
+    }
+    for k in 0..cfg.n(10, 3) {
+        for i in [k % 2, 1 - k % 2] {
+            starts[i].push(ab.daemons[i].spawn().as_nanos() as u64);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            ab.daemons[i].stop();
+        }
+    }
+    let [on, off] = starts;
+    r.fig(&format!("ab.{durability}.startup_sealed"), fig(&on));
+    r.fig(&format!("ab.{durability}.startup_unsealed"), fig(&off));
 }
 
 /// One thread per client, each with its own connection, making its calls one after another.

@@ -106,8 +106,8 @@ pub struct Target {
     pub pass: Option<bool>,
 }
 
-/// Issue 5's targets: latencies, speed against python-omemo, throughput, redelivery's cost,
-/// memory and start-up.
+/// Issue 5's targets: latencies, speed against python-omemo, throughput, redelivery's and
+/// sealing's cost, memory and start-up.
 pub fn targets(r: &Report) -> Vec<Target> {
     let mut out = Vec::new();
     latency_targets(r, &mut out);
@@ -134,7 +134,31 @@ pub fn targets(r: &Report) -> Vec<Target> {
                 r.p50(&format!("ab.{d}.{t}.decrypt_without_redelivery")),
                 1.10,
             );
+            for op in ["decrypt", "encrypt"] {
+                at_most(
+                    &mut out,
+                    format!("issue 24: {op} p50 sealed ÷ unsealed, {d}, {t}"),
+                    r.p50(&format!("ab.{d}.{t}.{op}_sealed")),
+                    r.p50(&format!("ab.{d}.{t}.{op}_unsealed")),
+                    1.05,
+                );
+            }
         }
+    }
+    for d in DURABILITIES {
+        let (on, off) = (
+            r.p50(&format!("ab.{d}.startup_sealed")),
+            r.p50(&format!("ab.{d}.startup_unsealed")),
+        );
+        let diff = on.zip(off).map(|(a, b)| a - b);
+        out.push(Target {
+            what: format!("issue 24: start-up p50 sealed − unsealed, {d}"),
+            value: diff
+                .map(|x| format!("{:+.1} ms", x / 1000.0))
+                .unwrap_or_else(|| "–".into()),
+            goal: "≤ 10 ms".into(),
+            pass: diff.map(|x| x <= 10_000.0),
+        });
     }
     let n = r
         .values

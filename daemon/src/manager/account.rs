@@ -236,7 +236,7 @@ impl AccountKeys {
 /// Tops up each namespace's one-time prekey pool to [`PREKEY_POOL_SIZE`] with fresh keys
 /// ([`prekeys::refill_pools`]); returns the new keys.
 pub(crate) fn refill_prekey_pools(
-    tx: &rusqlite::Connection,
+    tx: &crate::storage::Db,
     account_id: i64,
     now: i64,
 ) -> Result<Vec<(prekeys::PreKeyRow, KeyPair)>, StorageError> {
@@ -455,7 +455,7 @@ async fn store_new_account(
 /// Every account, with its identity (its keys are read on first use). The identity's public
 /// keys are taken as stored: no scalar multiplication per account.
 pub fn load_all(
-    conn: &rusqlite::Connection,
+    conn: &crate::storage::Db,
     source: &KeySource,
 ) -> Result<Vec<Account>, StorageError> {
     let mut identities: std::collections::HashMap<i64, identity::IdentityRow> =
@@ -524,10 +524,7 @@ async fn load_keys(store: &Store, account_id: i64) -> Result<OwnKeys, StorageErr
 }
 
 /// The account's keys as stored (`None` if there is no such account).
-fn read_keys(
-    conn: &rusqlite::Connection,
-    account_id: i64,
-) -> Result<Option<OwnKeys>, StorageError> {
+fn read_keys(conn: &crate::storage::Db, account_id: i64) -> Result<Option<OwnKeys>, StorageError> {
     let Some(row) = accounts::get(conn, account_id)? else {
         return Ok(None);
     };

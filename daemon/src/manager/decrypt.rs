@@ -588,7 +588,7 @@ impl DecryptWrite {
     }
 
     /// Runs in the transaction.
-    fn run(self, tx: &rusqlite::Connection) -> Result<Written, StorageError> {
+    fn run(self, tx: &crate::storage::Db) -> Result<Written, StorageError> {
         let (a, now) = (&self.addr, self.now);
         // As the record promotes: the promoted state leaves the previous ones before the
         // current one joins them, the oldest beyond the bound dropped.

@@ -1208,7 +1208,7 @@ impl NewSession {
     /// bundle loses the prekey it used.
     fn store_bundle_and_archive(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &crate::storage::Db,
         addr: &DeviceAddr,
         now: i64,
     ) -> Result<(), StorageError> {
@@ -1234,7 +1234,7 @@ impl NewSession {
     /// it is.
     fn store_skipped_keys(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &crate::storage::Db,
         addr: &DeviceAddr,
         now: i64,
     ) -> Result<(), StorageError> {

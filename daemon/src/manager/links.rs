@@ -149,7 +149,7 @@ impl LinkError {
 
 /// The identity keys held for each device of a JID: (device id, key), every namespace.
 fn held_keys(
-    conn: &rusqlite::Connection,
+    conn: &crate::storage::Db,
     addrs: &[DeviceAddr],
 ) -> Result<Vec<(u32, [u8; 32])>, StorageError> {
     let mut out = Vec::new();

@@ -128,11 +128,15 @@ impl Manager {
         let redelivery = redelivery::State::default();
         redelivery.load(
             store
-                .read(crate::storage::redelivery::digest_prefixes)
+                .read(|c| crate::storage::redelivery::digest_prefixes(c))
                 .await?,
         );
         let own_messages = own_messages::State::default();
-        own_messages.load(store.read(crate::storage::own_messages::digest_ids).await?);
+        own_messages.load(
+            store
+                .read(|c| crate::storage::own_messages::digest_ids(c))
+                .await?,
+        );
         Ok(Self {
             store,
             events,

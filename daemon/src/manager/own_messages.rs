@@ -85,7 +85,7 @@ impl OwnWrite {
     /// In the encryption's transaction.
     pub(crate) fn write(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &crate::storage::Db,
         now: i64,
     ) -> Result<OwnWritten, StorageError> {
         let mut written = OwnWritten::default();
@@ -214,7 +214,7 @@ impl Manager {
         let found = self.own_messages.lock().get(&prefix(&digest)).copied();
         let row = match found.filter(|_| config.enabled()) {
             Some(id) => {
-                let read = move |c: &rusqlite::Connection| store::get(c, id, account_id, &digest);
+                let read = move |c: &crate::storage::Db| store::get(c, id, account_id, &digest);
                 self.store.read(read).await?
             }
             None => None,

@@ -553,7 +553,7 @@ impl Manager {
         }
         // Forget pruned digests, so the filter stays as small as the tables.
         self.redelivery.start_rebuild();
-        let prefixes = self.store.read(store::digest_prefixes).await;
+        let prefixes = self.store.read(|c| store::digest_prefixes(c)).await;
         self.redelivery
             .finish_rebuild(prefixes.as_ref().ok().cloned());
         prefixes?;

@@ -325,7 +325,18 @@ mod tests {
     use std::time::Duration;
 
     fn store(dir: &tempfile::TempDir) -> Store {
-        Store::open(&dir.path().join("t.db"), Durability::Normal).unwrap()
+        // The key file beside the state directory, not in the user's ~/.config.
+        let keys = crate::storage::KeySettings {
+            source: Some(crate::storage::SourceKind::KeyFile),
+            key_file: Some(dir.path().join("keys/omemod.key")),
+            ..Default::default()
+        };
+        let config = crate::storage::StoreConfig {
+            durability: Durability::Normal,
+            keys,
+            ..Default::default()
+        };
+        Store::open_with(&dir.path().join("state/t.db"), config).unwrap()
     }
 
     fn addr(device: u32) -> DeviceAddr {

@@ -419,7 +419,7 @@ impl Manager {
         // Only the accounts in catch-up: no other account's keys are read for it.
         let on: std::collections::HashSet<i64> = self
             .store
-            .read(storage::accounts::in_catchup)
+            .read(|c| storage::accounts::in_catchup(c))
             .await?
             .into_iter()
             .collect();

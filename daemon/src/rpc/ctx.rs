@@ -38,6 +38,10 @@ pub struct Ctx {
     pub rollback: OnceLock<crate::storage::generation::Rollback>,
     /// File transfers open in the daemon, and their bounds.
     pub files: crate::media::TransferSlots,
+    /// How the database is sealed (set once it is open).
+    pub sealing: OnceLock<crate::storage::SealingStatus>,
+    /// Where `unlock` hands a passphrase (set when the daemon started locked).
+    pub unlock: OnceLock<mpsc::Sender<crate::rpc::methods::unlock::UnlockRequest>>,
 }
 
 impl Ctx {
@@ -56,6 +60,8 @@ impl Ctx {
             openrpc: OnceLock::new(),
             manager: OnceLock::new(),
             rollback: OnceLock::new(),
+            sealing: OnceLock::new(),
+            unlock: OnceLock::new(),
         }
     }
 

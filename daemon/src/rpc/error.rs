@@ -132,6 +132,10 @@ pub enum ErrorKind {
     // --- storage (1400s) ---
     /// The database failed.
     StorageError,
+    /// The daemon is locked: its database's key is a passphrase, not given yet (`unlock`).
+    Locked,
+    /// `unlock`: the passphrase does not open the database's key.
+    WrongPassphrase,
 
     // --- bounds (1500s) ---
     /// A device list has more devices than a contact may have.
@@ -202,6 +206,8 @@ impl ErrorKind {
         ErrorKind::LinkUnknownDevice,
         ErrorKind::InvalidLink,
         ErrorKind::StorageError,
+        ErrorKind::Locked,
+        ErrorKind::WrongPassphrase,
         ErrorKind::TooManyDevices,
         ErrorKind::InvalidAesgcmLink,
         ErrorKind::FileTruncated,
@@ -260,6 +266,8 @@ impl ErrorKind {
             ErrorKind::LinkUnknownDevice => 1305,
             ErrorKind::InvalidLink => 1306,
             ErrorKind::StorageError => 1401,
+            ErrorKind::Locked => 1402,
+            ErrorKind::WrongPassphrase => 1403,
             ErrorKind::TooManyDevices => 1500,
             ErrorKind::InvalidAesgcmLink => 1601,
             ErrorKind::FileTruncated => 1602,
@@ -319,6 +327,8 @@ impl ErrorKind {
             ErrorKind::LinkUnknownDevice => "link_unknown_device",
             ErrorKind::InvalidLink => "invalid_link",
             ErrorKind::StorageError => "storage_error",
+            ErrorKind::Locked => "locked",
+            ErrorKind::WrongPassphrase => "wrong_passphrase",
             ErrorKind::TooManyDevices => "too_many_devices",
             ErrorKind::InvalidAesgcmLink => "invalid_aesgcm_link",
             ErrorKind::FileTruncated => "file_truncated",
@@ -352,6 +362,7 @@ impl ErrorKind {
             | ErrorKind::InvalidLink
             | ErrorKind::SenderMismatch
             | ErrorKind::IdempotencyKeyReused
+            | ErrorKind::WrongPassphrase
             | ErrorKind::MessageTooLarge
             | ErrorKind::UnknownTransfer
             | ErrorKind::TransferOutOfOrder
@@ -365,6 +376,7 @@ impl ErrorKind {
             | ErrorKind::BrokenSession
             | ErrorKind::UnknownOwnMessage
             | ErrorKind::PossibleReplay
+            | ErrorKind::Locked
             | ErrorKind::StorageError => LocalState,
             ErrorKind::InvalidBundle
             | ErrorKind::InvalidSignature
@@ -440,6 +452,8 @@ impl ErrorKind {
             ErrorKind::LinkUnknownDevice => "the verification link names unknown devices",
             ErrorKind::InvalidLink => "not a verification link",
             ErrorKind::StorageError => "storage error",
+            ErrorKind::Locked => "the daemon is locked",
+            ErrorKind::WrongPassphrase => "wrong passphrase",
             ErrorKind::TooManyDevices => "too many devices in the list",
             ErrorKind::InvalidAesgcmLink => "malformed aesgcm link",
             ErrorKind::FileTruncated => "file shorter than its tag",
@@ -585,6 +599,8 @@ pub enum CallError<E> {
     InvalidParams(String),
     /// A failure inside omemod (`internal`).
     Internal(String),
+    /// The daemon is locked (`locked`): any method that needs the database may answer it.
+    Locked,
 }
 
 impl<E: MethodError> CallError<E> {
@@ -594,6 +610,11 @@ impl<E: MethodError> CallError<E> {
             CallError::Method(e) => e.into_rpc(),
             CallError::InvalidParams(m) => RpcError::invalid_params(m),
             CallError::Internal(m) => RpcError::internal(m),
+            CallError::Locked => RpcError::new(
+                ErrorKind::Locked,
+                "the daemon is locked: its database's key is a passphrase; unlock it with \
+                 `omemod unlock` (the `unlock` method)",
+            ),
         }
     }
 }
@@ -604,13 +625,14 @@ impl<E: MethodError> From<E> for CallError<E> {
     }
 }
 
-/// The daemon runs without a session manager (only `omemod openrpc` does).
+/// The daemon runs without a session manager: it is locked (or it is `omemod openrpc`, which
+/// calls nothing).
 #[derive(Debug)]
 pub struct NoManager;
 
 impl<E: MethodError> From<NoManager> for CallError<E> {
     fn from(_: NoManager) -> Self {
-        CallError::Internal("no session manager".to_owned())
+        CallError::Locked
     }
 }
 

@@ -19,8 +19,10 @@ use crate::rpc::ctx::Ctx;
 use crate::rpc::dispatch::error_line;
 use crate::rpc::dispatch::Dispatcher;
 use crate::rpc::error::{ErrorKind, RpcError};
+use crate::rpc::methods::unlock::{UnlockError, UnlockRequest};
 use crate::rpc::registry::RegistryError;
-use crate::storage::Store;
+use crate::storage::sealing::keys::KeyError;
+use crate::storage::{StorageError, Store};
 use crate::systemd;
 
 /// Why the daemon could not start.
@@ -232,6 +234,24 @@ impl Signals {
     }
 }
 
+/// Opens the database with `keys`.
+fn open_store(
+    config: &ServeConfig,
+    keys: &crate::storage::KeySettings,
+) -> Result<Store, crate::storage::StorageError> {
+    crate::storage::Store::open_with(
+        &config.db,
+        crate::storage::StoreConfig {
+            durability: match config.durability {
+                crate::config::Durability::Full => crate::storage::Durability::Full,
+                crate::config::Durability::Normal => crate::storage::Durability::Normal,
+            },
+            keys: keys.clone(),
+            ..crate::storage::StoreConfig::default()
+        },
+    )
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Every file we create (socket, database) is private to us.
@@ -241,21 +261,28 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
 
     // One daemon per database: lock before opening, hold until the store is closed.
     let mut db_lock = crate::lock::DbLock::acquire(&config.db, Some(&config.socket))?;
-    // Open the database first: a daemon that cannot reach its state must not listen.
-    let store = Arc::new(crate::storage::Store::open(
-        &config.db,
-        match config.durability {
-            crate::config::Durability::Full => crate::storage::Durability::Full,
-            crate::config::Durability::Normal => crate::storage::Durability::Normal,
-        },
-    )?);
+    // Open the database first: a daemon that cannot reach its state must not listen. One whose
+    // key is a passphrase listens locked, for `unlock`.
+    let mut store = match open_store(&config, &config.keys) {
+        Ok(store) => Some(Arc::new(store)),
+        Err(StorageError::Key(KeyError::NeedPassphrase)) => None,
+        Err(e) => return Err(e.into()),
+    };
     let bound = bind(activated, &config)?;
     if bound.path != config.socket {
         db_lock.record(Some(&bound.path))?;
     }
     let ctx = Arc::new(Ctx::new(config.clone(), bound.path.clone()));
-    let background = Background::start(&ctx, &store).await?;
-    let service = Arc::new(service(ctx, &config)?);
+    let (unlock_tx, mut unlocks) = tokio::sync::mpsc::channel(4);
+    let mut background = match &store {
+        Some(store) => Some(Background::start(&ctx, store).await?),
+        None => {
+            let _ = ctx.unlock.set(unlock_tx);
+            tracing::warn!("the database's key is a passphrase: locked until `omemod unlock`");
+            None
+        }
+    };
+    let service = Arc::new(service(Arc::clone(&ctx), &config)?);
     let mut connections = Connections::new(config.bounds.max_connections);
 
     tracing::info!(socket = %bound.path.display(), pid = std::process::id(), version = env!("CARGO_PKG_VERSION"), "listening");
@@ -263,6 +290,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     loop {
         tokio::select! {
             () = signals.recv() => break,
+            Some(request) = unlocks.recv(), if store.is_none() => {
+                if let Some((opened, started)) = unlock(&ctx, &config, request).await {
+                    store = Some(opened);
+                    background = Some(started);
+                }
+            }
             Some(done) = connections.set.join_next_with_id(), if !connections.set.is_empty() => {
                 connections.finished(done);
             }
@@ -279,15 +312,65 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         remove_socket(&bound.path, ours);
     }
     connections.stop().await;
-    background.stop().await;
+    if let Some(background) = background {
+        background.stop().await;
+    }
     // Checkpoint and close the database off the async threads.
-    let closed = tokio::task::spawn_blocking(move || store.close()).await;
-    if let Ok(Err(e)) = closed {
-        tracing::warn!(error = %e, "closing the database failed");
+    if let Some(store) = store {
+        let closed = tokio::task::spawn_blocking(move || store.close()).await;
+        if let Ok(Err(e)) = closed {
+            tracing::warn!(error = %e, "closing the database failed");
+        }
     }
     drop(db_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the database of a locked daemon with the passphrase of an `unlock` call and starts
+/// what runs beside the requests; answers the call either way.
+async fn unlock(
+    ctx: &Arc<Ctx>,
+    config: &ServeConfig,
+    request: UnlockRequest,
+) -> Option<(Arc<Store>, Background)> {
+    let mut keys = config.keys.clone();
+    keys.passphrase = Some(request.passphrase);
+    let config = config.clone();
+    // Argon2id takes a while and 64 MiB: off the runtime thread.
+    let opened = tokio::task::spawn_blocking(move || open_store(&config, &keys)).await;
+    let outcome = match opened {
+        Ok(Ok(store)) => {
+            let store = Arc::new(store);
+            match Background::start(ctx, &store).await {
+                Ok(background) => Ok((store, background)),
+                Err(e) => Err(UnlockError::Storage(StorageError::Io {
+                    action: "starting on",
+                    path: ctx.config.db.clone(),
+                    source: io::Error::other(e.to_string()),
+                })),
+            }
+        }
+        Ok(Err(StorageError::Key(KeyError::WrongKey { .. }))) => Err(UnlockError::WrongPassphrase),
+        Ok(Err(e)) => Err(UnlockError::Storage(e)),
+        Err(e) => Err(UnlockError::Storage(StorageError::Io {
+            action: "opening",
+            path: ctx.config.db.clone(),
+            source: io::Error::other(e.to_string()),
+        })),
+    };
+    match outcome {
+        Ok(done) => {
+            tracing::info!("unlocked");
+            let _ = request.reply.send(Ok(()));
+            Some(done)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "unlock refused");
+            let _ = request.reply.send(Err(e));
+            None
+        }
+    }
 }
 
 /// The methods, the dispatcher and the connection limits, as `config` says.
@@ -329,6 +412,7 @@ impl Background {
         if let Some(r) = started.rollback {
             let _ = ctx.rollback.set(r);
         }
+        let _ = ctx.sealing.set(store.sealing().clone());
         let manager = Arc::new(
             Manager::open(Arc::clone(store), ctx.events.clone())
                 .await

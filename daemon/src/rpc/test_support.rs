@@ -23,6 +23,7 @@ pub fn test_ctx() -> Arc<Ctx> {
         stale: Default::default(),
         bounds: crate::config::BoundsArgs::default(),
         files: crate::config::FileLimits::default(),
+        keys: Default::default(),
     };
     let socket = config.socket.clone();
     Arc::new(Ctx::new(config, socket))

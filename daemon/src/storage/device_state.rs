@@ -4,11 +4,12 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::error::Result;
+use super::sealing::columns::PREVIOUS_SESSION_STATE;
 use super::types::{
-    addr_params, blob32, bool_col, id_param, int, namespace, opt_int, secret_blob, text, u32_col,
+    addr_params, blob32, bool_col, device_key, id_param, int, namespace, opt_int, text, u32_col,
     WHERE_ADDR,
 };
-use super::{DeviceAddr, SecretBlob};
+use super::{Db, DeviceAddr, SecretBlob};
 
 /// One row of `identity_changes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,15 +124,16 @@ pub struct Archived<'a> {
 }
 
 /// The previous session states of a device, newest first.
-pub fn previous_sessions(conn: &Connection, addr: &DeviceAddr) -> Result<Vec<PreviousSessionRow>> {
+pub fn previous_sessions(db: &Db, addr: &DeviceAddr) -> Result<Vec<PreviousSessionRow>> {
     let (a, j, n, d) = addr_params(addr);
-    conn.prepare_cached(&format!(
+    let key = device_key(addr);
+    db.prepare_cached(&format!(
         "SELECT id, state, suspect FROM previous_sessions WHERE {WHERE_ADDR} ORDER BY id DESC"
     ))?
     .query_and_then(params![a, j, n, d], |r| -> Result<_> {
         Ok(PreviousSessionRow {
             id: int(r, "previous_sessions", "id")?,
-            state: secret_blob(r, "previous_sessions", "state")?,
+            state: db.secret_blob(r, &PREVIOUS_SESSION_STATE, &key)?,
             suspect: bool_col(r, "previous_sessions", "suspect")?,
         })
     })?
@@ -140,18 +142,19 @@ pub fn previous_sessions(conn: &Connection, addr: &DeviceAddr) -> Result<Vec<Pre
 
 /// Archives a session state, keeping only the newest `keep` of the device.
 pub fn push_previous_session(
-    conn: &Connection,
+    conn: &Db,
     addr: &DeviceAddr,
     archived: Archived<'_>,
     now: i64,
     keep: usize,
 ) -> Result<()> {
     let (a, j, n, d) = addr_params(addr);
+    let state = conn.seal(&PREVIOUS_SESSION_STATE, &device_key(addr), archived.state);
     conn.prepare_cached(
         "INSERT INTO previous_sessions (account_id, jid, namespace, device_id, state, archived_at, \
          suspect) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![a, j, n, d, archived.state, now, archived.suspect])?;
+    .execute(params![a, j, n, d, state, now, archived.suspect])?;
     let keep = i64::try_from(keep).unwrap_or(i64::MAX);
     conn.prepare_cached(&format!(
         "DELETE FROM previous_sessions WHERE {WHERE_ADDR} AND id NOT IN \

@@ -123,6 +123,28 @@ pub enum StorageError {
     /// The store is closed (or its writer thread is gone).
     #[error("store is closed")]
     Closed,
+
+    /// A sealed value did not open (issue 24). A value that is not sealed at all is
+    /// [`StorageError::BadData`].
+    #[error(transparent)]
+    Sealing(super::sealing::SealError),
+
+    /// The database's data key could not be had from its key source; nothing was written.
+    #[error(transparent)]
+    Key(#[from] super::sealing::keys::KeyError),
+}
+
+impl From<super::sealing::SealError> for StorageError {
+    fn from(e: super::sealing::SealError) -> Self {
+        match e {
+            super::sealing::SealError::NotSealed { table, column, len } => StorageError::BadData {
+                table,
+                column,
+                reason: format!("expected a sealed value, found {len} bytes"),
+            },
+            e => StorageError::Sealing(e),
+        }
+    }
 }
 
 impl StorageError {

@@ -1,9 +1,12 @@
 //! `identity`: our long-term identity key pair, one per account.
 
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Row};
 
 use super::error::Result;
-use super::types::{blob32, int, secret32, text, SecretKey};
+use super::sealing::columns::IDENTITY_PRIVATE_KEY;
+use super::sealing::KeyPart;
+use super::types::{blob32, int, text, SecretKey};
+use super::Db;
 
 const T: &str = "identity";
 
@@ -24,10 +27,11 @@ pub struct IdentityRow {
     pub created_at: i64,
 }
 
-fn from_row(r: &Row<'_>) -> Result<IdentityRow> {
+fn from_row(db: &Db, r: &Row<'_>) -> Result<IdentityRow> {
+    let account_id = int(r, T, "account_id")?;
     Ok(IdentityRow {
-        account_id: int(r, T, "account_id")?,
-        private_key: secret32(r, T, "private_key")?,
+        account_id,
+        private_key: db.secret32(r, &IDENTITY_PRIVATE_KEY, &[KeyPart::Int(account_id)])?,
         curve25519_public: blob32(r, T, "curve25519_public")?,
         ed25519_public: blob32(r, T, "ed25519_public")?,
         fingerprint: text(r, T, "fingerprint")?,
@@ -36,14 +40,19 @@ fn from_row(r: &Row<'_>) -> Result<IdentityRow> {
 }
 
 /// Stores the identity of an account (fails if it already has one).
-pub fn insert(conn: &Connection, row: &IdentityRow) -> Result<()> {
-    conn.prepare_cached(
+pub fn insert(db: &Db, row: &IdentityRow) -> Result<()> {
+    let private_key = db.seal(
+        &IDENTITY_PRIVATE_KEY,
+        &[KeyPart::Int(row.account_id)],
+        row.private_key.expose(),
+    );
+    db.prepare_cached(
         "INSERT INTO identity (account_id, private_key, curve25519_public, ed25519_public, fingerprint, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         row.account_id,
-        &row.private_key.expose()[..],
+        private_key,
         &row.curve25519_public[..],
         &row.ed25519_public[..],
         row.fingerprint,
@@ -53,21 +62,21 @@ pub fn insert(conn: &Connection, row: &IdentityRow) -> Result<()> {
 }
 
 /// The identity of every account, by account id.
-pub fn list(conn: &Connection) -> Result<Vec<IdentityRow>> {
-    conn.prepare_cached(
+pub fn list(db: &Db) -> Result<Vec<IdentityRow>> {
+    db.prepare_cached(
         "SELECT account_id, private_key, curve25519_public, ed25519_public, fingerprint, created_at \
          FROM identity ORDER BY account_id",
     )?
-    .query_and_then([], from_row)?
+    .query_and_then([], |r| from_row(db, r))?
     .collect()
 }
 
 /// The identity of an account.
-pub fn get(conn: &Connection, account_id: i64) -> Result<Option<IdentityRow>> {
-    let mut st = conn.prepare_cached(
+pub fn get(db: &Db, account_id: i64) -> Result<Option<IdentityRow>> {
+    let mut st = db.prepare_cached(
         "SELECT account_id, private_key, curve25519_public, ed25519_public, fingerprint, created_at \
          FROM identity WHERE account_id = ?1",
     )?;
     let mut rows = st.query([account_id])?;
-    rows.next()?.map(from_row).transpose()
+    rows.next()?.map(|r| from_row(db, r)).transpose()
 }

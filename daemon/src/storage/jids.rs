@@ -8,6 +8,11 @@
 //! from an older file, clears the mark ([`forget_normalised`]). Two
 //! accounts whose JIDs are one JID cannot be merged (two identities, two device ids): the open is
 //! refused with [`StorageError::JidCollision`] naming them.
+//!
+//! Sealed values are bound to their row's JID ([`super::sealing::columns`]), and this step moves
+//! rows without re-sealing them. It runs before a plaintext database is sealed, and every version
+//! that seals also stores JIDs normalised, so on a sealed database it finds nothing to move; a
+//! change of the normalisation itself would have to re-seal the rows it moves.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[Migration] = &[
     (6, include_str!("../../../migrations/0006_integrity.sql")),
     (7, include_str!("../../../migrations/0007_restore.sql")),
     (8, include_str!("../../../migrations/0008_own_messages.sql")),
+    (9, include_str!("../../../migrations/0009_sealing.sql")),
 ];
 
 /// The schema version this binary writes.

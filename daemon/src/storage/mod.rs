@@ -27,6 +27,8 @@
 //! - [`marks`]: the marks the writer gives session rows, and its side of the record.
 //! - [`jids`]: normalised JIDs, and bringing stored ones to that form.
 //! - [`migrations`]: the numbered schema migrations.
+//! - [`sealing`]: secrets sealed at rest, the sealed columns, the key sources.
+//! - `db`: [`Db`], a connection with its database's sealer.
 //! - [`transfer`]: account deletion, backups, restores and exports.
 //! - [`side_files`]: the copies `restore` moves aside, found and deleted.
 //! - [`writer`]: the group commit on the one write connection.
@@ -40,6 +42,7 @@
 pub mod accounts;
 pub mod bundles;
 pub mod checkpoint;
+mod db;
 pub mod device_keys;
 pub mod device_state;
 pub mod devices;
@@ -54,6 +57,7 @@ pub mod prekeys;
 mod reader;
 pub mod rebuilds;
 pub mod redelivery;
+pub mod sealing;
 pub mod sessions;
 pub mod side_files;
 pub mod signed_prekeys;
@@ -76,7 +80,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 pub use checkpoint::{CheckpointMode, CheckpointResult, CheckpointStats};
+pub use db::Db;
 pub use error::{Result, StorageError};
+pub use sealing::keys::{KeySettings, SourceKind};
 pub use types::{
     advance_clock, format_fingerprint, now, DeviceAddr, Namespace, SecretBlob, SecretKey,
 };
@@ -131,6 +137,8 @@ pub struct StoreConfig {
     pub busy_timeout: Duration,
     /// How long checkpoints may stay incomplete (an outside reader) before a warning is logged.
     pub checkpoint_stall_warning: Duration,
+    /// Where the data key comes from.
+    pub keys: KeySettings,
 }
 
 impl Default for StoreConfig {
@@ -142,6 +150,7 @@ impl Default for StoreConfig {
             checkpoint_pages: 1000,
             busy_timeout: Duration::from_secs(5),
             checkpoint_stall_warning: Duration::from_secs(30),
+            keys: KeySettings::from_env(),
         }
     }
 }
@@ -166,6 +175,24 @@ pub struct Store {
     checkpoint_stats: Arc<CheckpointStats>,
     /// What [`generation::inspect`] found at open, until the daemon takes it.
     inspection: Mutex<Option<generation::Inspection>>,
+    sealing: SealingStatus,
+}
+
+/// How the database is sealed, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SealingStatus {
+    /// The key source.
+    pub key_source: SourceKind,
+    /// The key file's path or the credential's name.
+    pub key_source_ref: Option<String>,
+    /// The data key's public name.
+    pub key_id: String,
+}
+
+impl serde::Serialize for SourceKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -339,7 +366,7 @@ fn spawn<T: Send + 'static>(
 type ReadQueue = Sender<Box<dyn ReadJob>>;
 
 /// Starts one reader thread per connection, all taking jobs from one queue.
-fn spawn_readers(path: &Path, conns: Vec<Connection>) -> Result<(ReadQueue, Vec<JoinHandle<()>>)> {
+fn spawn_readers(path: &Path, conns: Vec<Db>) -> Result<(ReadQueue, Vec<JoinHandle<()>>)> {
     let (read_tx, read_rx) = mpsc::channel::<Box<dyn ReadJob>>();
     let read_rx = Arc::new(Mutex::new(read_rx));
     let threads = conns
@@ -353,6 +380,109 @@ fn spawn_readers(path: &Path, conns: Vec<Connection>) -> Result<(ReadQueue, Vec<
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((read_tx, threads))
+}
+
+/// Seals a database that has no sealing record yet (new, or written before schema version 9):
+/// a new data key wrapped for the chosen source, every secret value sealed, in one transaction.
+/// An `existing` database then has its plaintext pages erased: the WAL is checkpointed and
+/// truncated, the file vacuumed (every page rewritten, free pages dropped), and the WAL
+/// truncated again.
+fn seal_database(
+    conn: &mut Connection,
+    path: &Path,
+    keys: &KeySettings,
+    existing: bool,
+) -> Result<(sealing::keys::Record, sealing::DataKey)> {
+    let key = sealing::DataKey::generate();
+    let record = sealing::keys::wrap_new(keys, path, &key)?;
+    let sealer = sealing::Sealer::new(&key);
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    sealing::keys::write_record(&tx, &record, false)?;
+    let sealed = sealing::columns::seal_plaintext(&tx, &sealer)?;
+    tx.commit()?;
+    if existing {
+        erase_free_pages(conn)?;
+        tracing::info!(path = %path.display(), sealed, key_source = %record.source,
+            "database sealed: its secrets are now encrypted under a key from its key source");
+    } else {
+        tracing::info!(path = %path.display(), key_source = %record.source, "new database sealed");
+    }
+    Ok((record, key))
+}
+
+/// Leaves no page of older content in the file or its WAL: checkpoint and truncate the WAL,
+/// vacuum (rewrites every page, drops free ones), checkpoint and truncate again. Needs the only
+/// connection to the database.
+pub(crate) fn erase_free_pages(conn: &Connection) -> Result<()> {
+    checkpoint::checkpoint(conn, CheckpointMode::Truncate)?;
+    conn.execute_batch("VACUUM")?;
+    let r = checkpoint::checkpoint(conn, CheckpointMode::Truncate)?;
+    if r.busy {
+        return Err(StorageError::Io {
+            action: "erasing old pages of",
+            path: PathBuf::from(conn.path().unwrap_or_default()),
+            source: std::io::Error::other("another process holds the database open"),
+        });
+    }
+    Ok(())
+}
+
+/// What `omemod rekey` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RekeySummary {
+    /// The key source now.
+    pub key_source: SourceKind,
+    /// The key file's path or the credential's name.
+    pub key_source_ref: Option<String>,
+    /// The new data key's public name.
+    pub key_id: String,
+    /// The old one's.
+    pub previous_key_id: String,
+    /// Sealed values re-sealed under the new data key.
+    pub resealed: usize,
+}
+
+/// Gives the database at `path` a new data key, wrapped for the source `new` chooses, and seals
+/// every value again under it; the old data key (and whatever wrapped it) then opens nothing in
+/// the file. `old` must give the current key. The caller holds the database's lock (no daemon).
+pub fn rekey(path: &Path, old: &KeySettings, new: &KeySettings) -> Result<RekeySummary> {
+    let config = StoreConfig::default();
+    let (mut conn, _tracker) = open_writer(path, &config)?;
+    let record = sealing::keys::read_record(&conn)?.ok_or_else(|| StorageError::InvalidInput {
+        what: "database",
+        reason: "it is not sealed yet: start the daemon once (`omemod serve` seals it)".into(),
+    })?;
+    let old_key = sealing::keys::open(&record, old)?;
+    migrations::migrate(&mut conn, migrations::MIGRATIONS)?;
+    let new_key = sealing::DataKey::generate();
+    let new_record = sealing::keys::wrap_new(new, path, &new_key)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let resealed = sealing::columns::reseal(
+        &tx,
+        &sealing::Sealer::new(&old_key),
+        &sealing::Sealer::new(&new_key),
+    )?;
+    sealing::keys::write_record(&tx, &new_record, true)?;
+    tx.commit()?;
+    erase_free_pages(&conn)?;
+    tracing::info!(path = %path.display(), key_source = %new_record.source, resealed, "database rekeyed");
+    Ok(RekeySummary {
+        key_source: new_record.source,
+        key_source_ref: new_record.source_ref,
+        key_id: new_record.key_id,
+        previous_key_id: record.key_id,
+        resealed,
+    })
+}
+
+/// The key source recorded in the database at `path` (`None`: not sealed yet), read without
+/// changing anything.
+pub fn recorded_key_source(path: &Path) -> Result<Option<sealing::keys::Record>> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )?;
+    sealing::keys::read_record(&conn)
 }
 
 impl Store {
@@ -371,17 +501,34 @@ impl Store {
     pub fn open_with(path: &Path, config: StoreConfig) -> Result<Store> {
         prepare_files(path)?;
         let (mut conn, tracker) = open_writer(path, &config)?;
+        // The key first: a database whose key cannot be had is left as it was.
+        let unlocked = sealing::keys::read_record(&conn)?
+            .map(|record| sealing::keys::open(&record, &config.keys).map(|key| (record, key)))
+            .transpose()?;
         // Before anything (a migration, the JID normalisation) changes the file; what it finds
         // is stamped into the file at once (and again once the migrations made room for the
         // stamp), so that a daemon that dies before treating it finds it again.
         let inspection = generation::inspect(&conn, path)?;
         generation::remember(&conn, &inspection)?;
+        let before = migrations::current_version(&conn)?;
         migrations::migrate(&mut conn, migrations::MIGRATIONS)?;
         generation::remember(&conn, &inspection)?;
         let report = jids::normalise_stored(&mut conn)?;
         if report != jids::NormaliseReport::default() {
             tracing::info!(?report, "stored JIDs normalised");
         }
+        let (record, key) = match unlocked {
+            Some(unlocked) => unlocked,
+            None => seal_database(&mut conn, path, &config.keys, before > 0)?,
+        };
+        let sealer = Arc::new(sealing::Sealer::new(&key));
+        drop(key);
+        let sealing = SealingStatus {
+            key_source: record.source,
+            key_source_ref: record.source_ref,
+            key_id: record.key_id,
+        };
+        let conn = Db::new(conn, Arc::clone(&sealer));
         let threshold_bytes = limit_wal(&conn, &config)?;
         let readers_conns = (0..config.readers.max(1))
             .map(|_| {
@@ -390,6 +537,7 @@ impl Store {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                     &config,
                 )
+                .map(|c| Db::new(c, Arc::clone(&sealer)))
             })
             .collect::<Result<Vec<_>>>()?;
         let ckpt_conn = open_connection(
@@ -451,6 +599,7 @@ impl Store {
             writer_stats,
             checkpoint_stats,
             inspection: Mutex::new(Some(inspection)),
+            sealing,
         })
     }
 
@@ -471,6 +620,11 @@ impl Store {
         last: generation::Record,
     ) -> Result<()> {
         self.writer.attach(marks::Guard::new(file, last))
+    }
+
+    /// How the database is sealed.
+    pub fn sealing(&self) -> &SealingStatus {
+        &self.sealing
     }
 
     /// The database file.
@@ -511,7 +665,7 @@ impl Store {
     pub fn write<T, F>(&self, f: F) -> impl Future<Output = Result<T>> + Send + 'static
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let queued = self
@@ -529,7 +683,7 @@ impl Store {
     pub fn write_blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel(1);
         writer::write_blocking(
@@ -543,7 +697,7 @@ impl Store {
     pub fn read<T, F>(&self, f: F) -> impl Future<Output = Result<T>> + Send + 'static
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let queued = self.enqueue_read(Box::new(TypedRead {
@@ -560,7 +714,7 @@ impl Store {
     pub fn read_blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel(1);
         self.enqueue_read(Box::new(TypedRead {
@@ -650,4 +804,11 @@ pub(crate) fn test_db() -> Connection {
     )
     .unwrap();
     c
+}
+
+/// Tests: [`test_db`] with a sealer under a fresh data key.
+#[cfg(test)]
+pub(crate) fn test_sealed_db() -> Db {
+    let key = sealing::DataKey::generate();
+    Db::new(test_db(), Arc::new(sealing::Sealer::new(&key)))
 }

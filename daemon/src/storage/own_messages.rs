@@ -6,7 +6,9 @@ use zeroize::Zeroizing;
 
 use super::error::Result;
 use super::redelivery::prefix;
-use super::types::{blob32, int, opt_text};
+use super::sealing::columns::OWN_MESSAGE_KEY_MATERIAL;
+use super::types::{blob32, digest_key, int, opt_text};
+use super::Db;
 
 const T: &str = "own_messages";
 
@@ -41,7 +43,14 @@ impl std::fmt::Debug for OwnMessageRow {
 
 /// Stores a sent element; returns its row id (the caller keeps digest → id: the table has no
 /// index on the digest).
-pub fn insert(conn: &Connection, row: &OwnMessageRow) -> Result<i64> {
+pub fn insert(conn: &Db, row: &OwnMessageRow) -> Result<i64> {
+    let key_material = row.key_material.as_ref().map(|k| {
+        conn.seal(
+            &OWN_MESSAGE_KEY_MATERIAL,
+            &digest_key(row.account_id, &row.digest),
+            k,
+        )
+    });
     conn.prepare_cached(
         "INSERT INTO own_messages (account_id, digest, payload_digest, key_material, conversation, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -50,7 +59,7 @@ pub fn insert(conn: &Connection, row: &OwnMessageRow) -> Result<i64> {
         row.account_id,
         &row.digest[..],
         &row.payload_digest[..],
-        row.key_material.as_ref().map(|k| &k[..]),
+        key_material,
         row.conversation,
         row.created_at,
     ])?;
@@ -59,7 +68,7 @@ pub fn insert(conn: &Connection, row: &OwnMessageRow) -> Result<i64> {
 
 /// Row `id`, if it holds the sent element `digest` of the account.
 pub fn get(
-    conn: &Connection,
+    conn: &Db,
     id: i64,
     account_id: i64,
     digest: &[u8; 32],
@@ -75,7 +84,14 @@ pub fn get(
             payload_digest: blob32(r, T, "payload_digest")?,
             key_material: r
                 .get::<_, Option<Vec<u8>>>("key_material")?
-                .map(Zeroizing::new),
+                .map(|sealed| {
+                    conn.open(
+                        &OWN_MESSAGE_KEY_MATERIAL,
+                        &digest_key(account_id, digest),
+                        &sealed,
+                    )
+                })
+                .transpose()?,
             conversation: opt_text(r, T, "conversation")?,
             created_at: int(r, T, "created_at")?,
         })
@@ -136,8 +152,8 @@ pub fn count(conn: &Connection) -> Result<i64> {
 mod tests {
     use super::*;
 
-    fn db() -> Connection {
-        super::super::test_db()
+    fn db() -> Db {
+        super::super::test_sealed_db()
     }
 
     fn row(i: u8, at: i64) -> OwnMessageRow {

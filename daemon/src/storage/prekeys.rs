@@ -7,7 +7,10 @@
 use rusqlite::{params, Connection, Row};
 
 use super::error::Result;
-use super::types::{blob32, id_param, int, opt_int, secret32, u32_col, Namespace, SecretKey};
+use super::sealing::columns::PREKEY_PRIVATE_KEY;
+use super::sealing::KeyPart;
+use super::types::{blob32, id_param, int, opt_int, u32_col, Namespace, SecretKey};
+use super::Db;
 
 const T: &str = "prekeys";
 
@@ -41,11 +44,17 @@ pub struct PublicPreKey {
     pub public_key: [u8; 32],
 }
 
-fn from_row(r: &Row<'_>) -> Result<PreKeyRow> {
+fn from_row(db: &Db, r: &Row<'_>) -> Result<PreKeyRow> {
+    let account_id = int(r, T, "account_id")?;
+    let id = u32_col(r, T, "id")?;
     Ok(PreKeyRow {
-        account_id: int(r, T, "account_id")?,
-        id: u32_col(r, T, "id")?,
-        private_key: secret32(r, T, "private_key")?,
+        account_id,
+        id,
+        private_key: db.secret32(
+            r,
+            &PREKEY_PRIVATE_KEY,
+            &[KeyPart::Int(account_id), KeyPart::Int(id_param(id))],
+        )?,
         public_key: blob32(r, T, "public_key")?,
         created_at: int(r, T, "created_at")?,
         used_at: opt_int(r, T, "used_at")?,
@@ -59,16 +68,21 @@ fn from_row(r: &Row<'_>) -> Result<PreKeyRow> {
 }
 
 /// Stores prekeys (ids must be new).
-pub fn insert_many(conn: &Connection, rows: &[PreKeyRow]) -> Result<()> {
-    let mut st = conn.prepare_cached(
+pub fn insert_many(db: &Db, rows: &[PreKeyRow]) -> Result<()> {
+    let mut st = db.prepare_cached(
         "INSERT INTO prekeys (account_id, id, private_key, public_key, created_at, used_at, namespace) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for row in rows {
+        let private_key = db.seal(
+            &PREKEY_PRIVATE_KEY,
+            &[KeyPart::Int(row.account_id), KeyPart::Int(id_param(row.id))],
+            row.private_key.expose(),
+        );
         st.execute(params![
             row.account_id,
             id_param(row.id),
-            &row.private_key.expose()[..],
+            private_key,
             &row.public_key[..],
             row.created_at,
             row.used_at,
@@ -82,7 +96,7 @@ pub fn insert_many(conn: &Connection, rows: &[PreKeyRow]) -> Result<()> {
 /// keys, so a peer building sessions in both never gets the same one twice): `make` turns fresh
 /// ids into rows (and whatever goes with them), which are stored and returned.
 pub fn refill_pools<K>(
-    conn: &Connection,
+    conn: &Db,
     account_id: i64,
     size: u32,
     mut make: impl FnMut(std::ops::Range<u32>, Namespace) -> Vec<(PreKeyRow, K)>,
@@ -104,22 +118,22 @@ pub fn refill_pools<K>(
 }
 
 /// One prekey, live or used.
-pub fn get(conn: &Connection, account_id: i64, id: u32) -> Result<Option<PreKeyRow>> {
-    let mut st = conn.prepare_cached(
+pub fn get(db: &Db, account_id: i64, id: u32) -> Result<Option<PreKeyRow>> {
+    let mut st = db.prepare_cached(
         "SELECT account_id, id, private_key, public_key, created_at, used_at, namespace, used_by \
          FROM prekeys WHERE account_id = ?1 AND id = ?2",
     )?;
     let mut rows = st.query(params![account_id, id_param(id)])?;
-    rows.next()?.map(from_row).transpose()
+    rows.next()?.map(|r| from_row(db, r)).transpose()
 }
 
 /// Every prekey of the account, live and used, by id.
-pub fn list(conn: &Connection, account_id: i64) -> Result<Vec<PreKeyRow>> {
-    conn.prepare_cached(
+pub fn list(db: &Db, account_id: i64) -> Result<Vec<PreKeyRow>> {
+    db.prepare_cached(
         "SELECT account_id, id, private_key, public_key, created_at, used_at, namespace, used_by \
          FROM prekeys WHERE account_id = ?1 ORDER BY id",
     )?
-    .query_and_then([account_id], from_row)?
+    .query_and_then([account_id], |r| from_row(db, r))?
     .collect()
 }
 

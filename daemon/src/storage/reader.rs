@@ -8,14 +8,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
+use super::Db;
 
 use super::error::{Result, StorageError};
 use super::writer::Reply;
 
 /// A type-erased read job.
 pub(crate) trait ReadJob: Send {
-    fn run(self: Box<Self>, conn: &Connection);
+    fn run(self: Box<Self>, conn: &Db);
 }
 
 pub(crate) struct TypedRead<T, F> {
@@ -26,9 +26,9 @@ pub(crate) struct TypedRead<T, F> {
 impl<T, F> ReadJob for TypedRead<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> Result<T> + Send,
+    F: FnOnce(&Db) -> Result<T> + Send,
 {
-    fn run(self: Box<Self>, conn: &Connection) {
+    fn run(self: Box<Self>, conn: &Db) {
         let TypedRead { f, reply } = *self;
         let r =
             catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or(Err(StorageError::JobPanicked));
@@ -40,7 +40,7 @@ where
     }
 }
 
-pub(crate) fn run(conn: Connection, jobs: Arc<Mutex<Receiver<Box<dyn ReadJob>>>>) {
+pub(crate) fn run(conn: Db, jobs: Arc<Mutex<Receiver<Box<dyn ReadJob>>>>) {
     loop {
         let job = {
             let guard = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -5,6 +5,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use zeroize::Zeroizing;
 
 use super::error::{Result, StorageError};
+use super::sealing::columns::REDELIVERY_KEY_MATERIAL;
+use super::types::digest_key;
+use super::Db;
 
 /// A decrypted message, as remembered for redelivery.
 #[derive(Clone, PartialEq, Eq)]
@@ -73,11 +76,18 @@ pub enum Seen {
 
 /// Stores a decrypted message: always its digest, and what reopens it when `keep_key` is set.
 /// Returns the row id (the caller must not record the same digest twice).
-pub fn record(conn: &Connection, row: &RedeliveryRow, keep_key: bool) -> Result<i64> {
+pub fn record(conn: &Db, row: &RedeliveryRow, keep_key: bool) -> Result<i64> {
     fn keep(keep_key: bool, v: Option<&[u8]>) -> Option<&[u8]> {
         v.filter(|_| keep_key)
     }
     let conversation = row.conversation.filter(|_| keep_key);
+    let key_material = row.key_material.as_ref().filter(|_| keep_key).map(|k| {
+        conn.seal(
+            &REDELIVERY_KEY_MATERIAL,
+            &digest_key(row.account_id, &row.digest),
+            k,
+        )
+    });
     conn.prepare_cached(
         "INSERT INTO redelivery (account_id, digest, created_at, payload_digest, key_material, \
          identity_key, key_exchange, conversation, group_chat) \
@@ -88,7 +98,7 @@ pub fn record(conn: &Connection, row: &RedeliveryRow, keep_key: bool) -> Result<
         &row.digest[..],
         row.created_at,
         keep(keep_key, Some(&row.payload_digest[..])),
-        keep(keep_key, row.key_material.as_ref().map(|k| &k[..])),
+        key_material,
         keep(keep_key, Some(&row.identity_key[..])),
         keep_key.then_some(row.key_exchange),
         conversation.and_then(|c| c.to).as_ref().map(|t| &t[..]),
@@ -111,7 +121,7 @@ pub struct Record {
 
 impl Record {
     /// Writes the row (and runs the prune); returns the row id and what the prune did.
-    pub fn write(&self, conn: &Connection) -> Result<(i64, Option<Pruned>)> {
+    pub fn write(&self, conn: &Db) -> Result<(i64, Option<Pruned>)> {
         let id = record(conn, &self.row, self.keep_key)?;
         let pruned = self
             .prune
@@ -130,9 +140,9 @@ fn blob32(table: &'static str, column: &'static str, b: &[u8]) -> Result<[u8; 32
 }
 
 /// Looks a digest up in row `id` (found through the in-memory filter).
-pub fn lookup(conn: &Connection, id: i64, account_id: i64, digest: &[u8; 32]) -> Result<Seen> {
+pub fn lookup(conn: &Db, id: i64, account_id: i64, digest: &[u8; 32]) -> Result<Seen> {
     type Cols = (
-        (Option<Vec<u8>>, Option<Zeroizing<Vec<u8>>>, Option<Vec<u8>>),
+        (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>),
         (Option<bool>, i64, Option<Vec<u8>>, Option<bool>),
     );
     let row: Option<Cols> = conn
@@ -143,11 +153,7 @@ pub fn lookup(conn: &Connection, id: i64, account_id: i64, digest: &[u8; 32]) ->
         )?
         .query_row(params![id, account_id, &digest[..]], |r| {
             Ok((
-                (
-                    r.get(0)?,
-                    r.get::<_, Option<Vec<u8>>>(1)?.map(Zeroizing::new),
-                    r.get(2)?,
-                ),
+                (r.get(0)?, r.get(1)?, r.get(2)?),
                 (r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?),
             ))
         })
@@ -162,7 +168,15 @@ pub fn lookup(conn: &Connection, id: i64, account_id: i64, digest: &[u8; 32]) ->
                 account_id,
                 digest: *digest,
                 payload_digest: blob32("redelivery", "payload_digest", &pd)?,
-                key_material: km,
+                key_material: km
+                    .map(|sealed| {
+                        conn.open(
+                            &REDELIVERY_KEY_MATERIAL,
+                            &digest_key(account_id, digest),
+                            &sealed,
+                        )
+                    })
+                    .transpose()?,
                 identity_key: blob32("redelivery", "identity_key", &ik)?,
                 key_exchange: kex,
                 created_at: at,
@@ -463,15 +477,8 @@ pub fn counts(conn: &Connection) -> Result<(i64, i64, i64)> {
 mod tests {
     use super::*;
 
-    fn db() -> Connection {
-        let mut c = Connection::open_in_memory().unwrap();
-        super::super::migrations::migrate(&mut c, super::super::migrations::MIGRATIONS).unwrap();
-        c.execute(
-            "INSERT INTO accounts (id, jid, device_id, created_at) VALUES (1, 'a@x', 7, 0)",
-            [],
-        )
-        .unwrap();
-        c
+    fn db() -> Db {
+        super::super::test_sealed_db()
     }
 
     fn row(i: u8, at: i64) -> RedeliveryRow {

@@ -5,10 +5,12 @@ use std::sync::OnceLock;
 use rusqlite::{params, Connection, Row};
 
 use super::error::Result;
+use super::sealing::columns::SESSION_STATE;
 use super::types::{
-    blob32, bool_col, counter_param, enum_col, id_param, int, namespace, secret_blob, text,
-    u32_col, u64_col, DeviceAddr, Namespace, SecretBlob,
+    blob32, bool_col, counter_param, device_key, enum_col, id_param, int, namespace, text, u32_col,
+    u64_col, DeviceAddr, Namespace, SecretBlob,
 };
+use super::Db;
 
 const T: &str = "sessions";
 
@@ -94,13 +96,26 @@ const COLUMNS: &str =
                        confirmed, created_at, updated_at, messages_sent, messages_received, unanswered, \
                        suspect";
 
-fn from_row(r: &Row<'_>) -> Result<SessionRow> {
+fn from_row(db: &Db, r: &Row<'_>) -> Result<SessionRow> {
+    let addr = DeviceAddr::new(
+        int(r, T, "account_id")?,
+        text(r, T, "jid")?,
+        namespace(r, T, "namespace")?,
+        u32_col(r, T, "device_id")?,
+    );
+    let state = db.secret_blob(r, &SESSION_STATE, &device_key(&addr))?;
+    let DeviceAddr {
+        account_id,
+        jid,
+        namespace,
+        device_id,
+    } = addr;
     Ok(SessionRow {
-        account_id: int(r, T, "account_id")?,
-        jid: text(r, T, "jid")?,
-        namespace: namespace(r, T, "namespace")?,
-        device_id: u32_col(r, T, "device_id")?,
-        state: secret_blob(r, T, "state")?,
+        account_id,
+        jid,
+        namespace,
+        device_id,
+        state,
         state_format: u32_col(r, T, "state_format")?,
         identity_key: blob32(r, T, "identity_key")?,
         initiated_by: enum_col(r, T, "initiated_by", Initiator::parse)?,
@@ -147,13 +162,18 @@ fn upsert_sql(n: usize) -> &'static str {
     })
 }
 
-/// Binds the row's 15 values from parameter `first` on.
-fn bind_row(st: &mut rusqlite::Statement<'_>, first: usize, row: &SessionRow) -> Result<()> {
+/// Binds the row's 15 values from parameter `first` on, its state sealed (`state`).
+fn bind_row(
+    st: &mut rusqlite::Statement<'_>,
+    first: usize,
+    row: &SessionRow,
+    state: &[u8],
+) -> Result<()> {
     st.raw_bind_parameter(first, row.account_id)?;
     st.raw_bind_parameter(first + 1, row.jid.as_str())?;
     st.raw_bind_parameter(first + 2, row.namespace.namespace())?;
     st.raw_bind_parameter(first + 3, id_param(row.device_id))?;
-    st.raw_bind_parameter(first + 4, row.state.expose())?;
+    st.raw_bind_parameter(first + 4, state)?;
     st.raw_bind_parameter(first + 5, id_param(row.state_format))?;
     st.raw_bind_parameter(first + 6, &row.identity_key[..])?;
     st.raw_bind_parameter(first + 7, row.initiated_by.as_str())?;
@@ -177,25 +197,29 @@ fn bind_row(st: &mut rusqlite::Statement<'_>, first: usize, row: &SessionRow) ->
 /// the identity key is unchanged), stamped with the writer's batch mark. Skipped message keys
 /// of the device are kept; delete them with [`super::skipped_keys::delete_for_session`] if they
 /// no longer apply.
-pub fn upsert(conn: &Connection, row: &SessionRow) -> Result<()> {
+pub fn upsert(conn: &Db, row: &SessionRow) -> Result<()> {
     upsert_many(conn, std::slice::from_ref(row))
 }
 
 /// [`upsert`] for several rows, in a few multi-row statements instead of one per row (a
 /// fan-out stores a hundred sessions at once). Rows are written in order, so the result is
 /// that of calling [`upsert`] on each.
-pub fn upsert_many<R: std::borrow::Borrow<SessionRow>>(
-    conn: &Connection,
-    rows: &[R],
-) -> Result<()> {
+pub fn upsert_many<R: std::borrow::Borrow<SessionRow>>(conn: &Db, rows: &[R]) -> Result<()> {
     let mut rest = rows;
     while !rest.is_empty() {
         // The largest power of two that fits, capped.
         let n = MAX_ROWS_PER_STATEMENT.min(1 << rest.len().ilog2());
         let (chunk, tail) = rest.split_at(n);
         let mut st = conn.prepare_cached(upsert_sql(n))?;
-        for (i, row) in chunk.iter().enumerate() {
-            bind_row(&mut st, i * ROW_PARAMS + 1, row.borrow())?;
+        let states: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|row| {
+                let row = row.borrow();
+                conn.seal(&SESSION_STATE, &device_key(&row.addr()), row.state.expose())
+            })
+            .collect();
+        for (i, (row, state)) in chunk.iter().zip(&states).enumerate() {
+            bind_row(&mut st, i * ROW_PARAMS + 1, row.borrow(), state)?;
         }
         st.raw_execute()?;
         rest = tail;
@@ -204,13 +228,14 @@ pub fn upsert_many<R: std::borrow::Borrow<SessionRow>>(
 }
 
 /// The session with a device.
-pub fn get(conn: &Connection, addr: &DeviceAddr) -> Result<Option<SessionRow>> {
-    super::types::get_by_addr(conn, T, COLUMNS, addr, from_row)
+pub fn get(db: &Db, addr: &DeviceAddr) -> Result<Option<SessionRow>> {
+    super::types::get_by_addr(db, T, COLUMNS, addr, |r| from_row(db, r))
 }
 
 /// Replaces only the `state` of a session (its skipped keys changed, nothing else did).
-pub fn set_state(conn: &Connection, addr: &DeviceAddr, state: &[u8]) -> Result<bool> {
+pub fn set_state(conn: &Db, addr: &DeviceAddr, state: &[u8]) -> Result<bool> {
     let (a, j, n, d) = super::types::addr_params(addr);
+    let state = conn.seal(&SESSION_STATE, &device_key(addr), state);
     let changed = conn
         .prepare_cached(&format!(
             "UPDATE sessions SET state = ?5 WHERE {}",
@@ -234,7 +259,7 @@ pub fn delete(conn: &Connection, addr: &DeviceAddr) -> Result<bool> {
 /// skipped keys and previous states, the device row its messages created, and the trust row of
 /// its identity key unless the user decided it or another session or bundle uses the key.
 /// Returns `None` if there was no session, else whether that trust row was deleted, with the key.
-pub fn delete_unlisted(conn: &Connection, addr: &DeviceAddr) -> Result<Option<([u8; 32], bool)>> {
+pub fn delete_unlisted(conn: &Db, addr: &DeviceAddr) -> Result<Option<([u8; 32], bool)>> {
     let Some(row) = get(conn, addr)? else {
         return Ok(None);
     };
@@ -254,20 +279,20 @@ pub fn delete_unlisted(conn: &Connection, addr: &DeviceAddr) -> Result<Option<([
 }
 
 /// Every session of the account, by jid, namespace and device id.
-pub fn list(conn: &Connection, account_id: i64) -> Result<Vec<SessionRow>> {
-    conn.prepare_cached(&format!(
+pub fn list(db: &Db, account_id: i64) -> Result<Vec<SessionRow>> {
+    db.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM sessions WHERE account_id = ?1 ORDER BY jid, namespace, device_id"
     ))?
-    .query_and_then([account_id], from_row)?
+    .query_and_then([account_id], |r| from_row(db, r))?
     .collect()
 }
 
 /// The sessions with every device of one JID (both namespaces).
-pub fn list_for_jid(conn: &Connection, account_id: i64, jid: &str) -> Result<Vec<SessionRow>> {
-    conn.prepare_cached(&format!(
+pub fn list_for_jid(db: &Db, account_id: i64, jid: &str) -> Result<Vec<SessionRow>> {
+    db.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM sessions WHERE account_id = ?1 AND jid = ?2 ORDER BY namespace, device_id"
     ))?
-        .query_and_then(params![account_id, jid], from_row)?
+        .query_and_then(params![account_id, jid], |r| from_row(db, r))?
         .collect()
 }
 

@@ -3,9 +3,10 @@
 use rusqlite::{params, Connection, Row};
 
 use super::error::Result;
-use super::types::{
-    blob32, blob64, expect_one, id_param, int, opt_int, secret32, u32_col, SecretKey,
-};
+use super::sealing::columns::SIGNED_PREKEY_PRIVATE_KEY;
+use super::sealing::KeyPart;
+use super::types::{blob32, blob64, expect_one, id_param, int, opt_int, u32_col, SecretKey};
+use super::Db;
 
 const T: &str = "signed_prekeys";
 
@@ -33,11 +34,17 @@ pub struct SignedPreKeyRow {
 const COLUMNS: &str =
     "account_id, id, private_key, public_key, signature_oldmemo, signature_twomemo, created_at, retired_at";
 
-fn from_row(r: &Row<'_>) -> Result<SignedPreKeyRow> {
+fn from_row(db: &Db, r: &Row<'_>) -> Result<SignedPreKeyRow> {
+    let account_id = int(r, T, "account_id")?;
+    let id = u32_col(r, T, "id")?;
     Ok(SignedPreKeyRow {
-        account_id: int(r, T, "account_id")?,
-        id: u32_col(r, T, "id")?,
-        private_key: secret32(r, T, "private_key")?,
+        account_id,
+        id,
+        private_key: db.secret32(
+            r,
+            &SIGNED_PREKEY_PRIVATE_KEY,
+            &[KeyPart::Int(account_id), KeyPart::Int(id_param(id))],
+        )?,
         public_key: blob32(r, T, "public_key")?,
         signature_oldmemo: blob64(r, T, "signature_oldmemo")?,
         signature_twomemo: blob64(r, T, "signature_twomemo")?,
@@ -47,14 +54,19 @@ fn from_row(r: &Row<'_>) -> Result<SignedPreKeyRow> {
 }
 
 /// Stores a signed prekey.
-pub fn insert(conn: &Connection, row: &SignedPreKeyRow) -> Result<()> {
-    conn.prepare_cached(&format!(
+pub fn insert(db: &Db, row: &SignedPreKeyRow) -> Result<()> {
+    let private_key = db.seal(
+        &SIGNED_PREKEY_PRIVATE_KEY,
+        &[KeyPart::Int(row.account_id), KeyPart::Int(id_param(row.id))],
+        row.private_key.expose(),
+    );
+    db.prepare_cached(&format!(
         "INSERT INTO signed_prekeys ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     ))?
     .execute(params![
         row.account_id,
         id_param(row.id),
-        &row.private_key.expose()[..],
+        private_key,
         &row.public_key[..],
         &row.signature_oldmemo[..],
         &row.signature_twomemo[..],
@@ -65,30 +77,30 @@ pub fn insert(conn: &Connection, row: &SignedPreKeyRow) -> Result<()> {
 }
 
 /// The current signed prekey: the newest one not retired.
-pub fn current(conn: &Connection, account_id: i64) -> Result<Option<SignedPreKeyRow>> {
-    let mut st = conn.prepare_cached(&format!(
+pub fn current(db: &Db, account_id: i64) -> Result<Option<SignedPreKeyRow>> {
+    let mut st = db.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM signed_prekeys WHERE account_id = ?1 AND retired_at IS NULL \
          ORDER BY created_at DESC, id DESC LIMIT 1"
     ))?;
     let mut rows = st.query([account_id])?;
-    rows.next()?.map(from_row).transpose()
+    rows.next()?.map(|r| from_row(db, r)).transpose()
 }
 
 /// A signed prekey by id, retired or not (a key exchange may name a retired one).
-pub fn get(conn: &Connection, account_id: i64, id: u32) -> Result<Option<SignedPreKeyRow>> {
-    let mut st = conn.prepare_cached(&format!(
+pub fn get(db: &Db, account_id: i64, id: u32) -> Result<Option<SignedPreKeyRow>> {
+    let mut st = db.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM signed_prekeys WHERE account_id = ?1 AND id = ?2"
     ))?;
     let mut rows = st.query(params![account_id, id_param(id)])?;
-    rows.next()?.map(from_row).transpose()
+    rows.next()?.map(|r| from_row(db, r)).transpose()
 }
 
 /// All signed prekeys of the account, by id.
-pub fn list(conn: &Connection, account_id: i64) -> Result<Vec<SignedPreKeyRow>> {
-    conn.prepare_cached(&format!(
+pub fn list(db: &Db, account_id: i64) -> Result<Vec<SignedPreKeyRow>> {
+    db.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM signed_prekeys WHERE account_id = ?1 ORDER BY id"
     ))?
-    .query_and_then([account_id], from_row)?
+    .query_and_then([account_id], |r| from_row(db, r))?
     .collect()
 }
 

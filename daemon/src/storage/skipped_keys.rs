@@ -4,9 +4,25 @@ use protocol_core::double_ratchet::skipped_keys::{SkippedKey, SkippedKeyChanges}
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::Result;
+use super::sealing::columns::SKIPPED_MESSAGE_KEY;
+use super::sealing::KeyPart;
 use super::types::{
     addr_columns, addr_params, blob32, id_param, u32_col, DeviceAddr, SecretKey, WHERE_ADDR,
 };
+use super::Db;
+
+/// The key of a skipped message key's sealed value: its session's device, chain and number.
+fn sealed_key<'a>(addr: &'a DeviceAddr, ratchet_key: &'a [u8; 32], n: u32) -> [KeyPart<'a>; 6] {
+    let [a, j, ns, d] = super::types::device_key(addr);
+    [
+        a,
+        j,
+        ns,
+        d,
+        KeyPart::Blob(ratchet_key),
+        KeyPart::Int(id_param(n)),
+    ]
+}
 
 /// One skipped message key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +41,13 @@ pub struct SkippedKeyRow {
 
 /// Stores a skipped key; the session must exist. Returns false if the same
 /// `(ratchet_key, n)` was already stored (the stored key is kept).
-pub fn insert(conn: &Connection, row: &SkippedKeyRow) -> Result<bool> {
+pub fn insert(conn: &Db, row: &SkippedKeyRow) -> Result<bool> {
     let a = &row.addr;
+    let message_key = conn.seal(
+        &SKIPPED_MESSAGE_KEY,
+        &sealed_key(a, &row.ratchet_key, row.n),
+        row.message_key.expose(),
+    );
     let n = conn
         .prepare_cached(
             "INSERT INTO skipped_keys (account_id, jid, namespace, device_id, ratchet_key, n, message_key, created_at) \
@@ -39,7 +60,7 @@ pub fn insert(conn: &Connection, row: &SkippedKeyRow) -> Result<bool> {
             id_param(a.device_id),
             &row.ratchet_key[..],
             id_param(row.n),
-            &row.message_key.expose()[..],
+            message_key,
             row.created_at
         ])?;
     Ok(n > 0)
@@ -47,7 +68,7 @@ pub fn insert(conn: &Connection, row: &SkippedKeyRow) -> Result<bool> {
 
 /// Mirrors a decryption's skipped-key changes (keys used, evicted and added).
 pub fn apply_changes(
-    conn: &Connection,
+    conn: &Db,
     addr: &DeviceAddr,
     changes: &SkippedKeyChanges,
     now: i64,
@@ -71,7 +92,7 @@ pub fn apply_changes(
     Ok(())
 }
 
-fn insert_key(conn: &Connection, addr: &DeviceAddr, k: &SkippedKey, now: i64) -> Result<bool> {
+fn insert_key(conn: &Db, addr: &DeviceAddr, k: &SkippedKey, now: i64) -> Result<bool> {
     insert(
         conn,
         &SkippedKeyRow {
@@ -86,7 +107,7 @@ fn insert_key(conn: &Connection, addr: &DeviceAddr, k: &SkippedKey, now: i64) ->
 
 /// Replaces every stored skipped key of a (new) session by `keys`.
 pub fn replace_for_session<'k>(
-    conn: &Connection,
+    conn: &Db,
     addr: &DeviceAddr,
     keys: impl IntoIterator<Item = &'k SkippedKey>,
     now: i64,
@@ -100,12 +121,12 @@ pub fn replace_for_session<'k>(
 
 /// Removes and returns the key of message `n` of the chain `ratchet_key` (a key is used once).
 pub fn take(
-    conn: &Connection,
+    conn: &Db,
     addr: &DeviceAddr,
     ratchet_key: &[u8; 32],
     n: u32,
 ) -> Result<Option<SecretKey>> {
-    let key = conn
+    let sealed: Option<Vec<u8>> = conn
         .prepare_cached(
             "DELETE FROM skipped_keys WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4 \
              AND ratchet_key = ?5 AND n = ?6 RETURNING message_key",
@@ -119,25 +140,16 @@ pub fn take(
                 &ratchet_key[..],
                 id_param(n)
             ],
-            |r| {
-                let b = r.get_ref(0)?.as_blob()?;
-                Ok(SecretKey::from_slice(b).ok_or(b.len()))
-            },
+            |r| r.get(0),
         )
         .optional()?;
-    match key {
-        None => Ok(None),
-        Some(Ok(k)) => Ok(Some(k)),
-        Some(Err(len)) => Err(super::StorageError::BadData {
-            table: "skipped_keys",
-            column: "message_key",
-            reason: format!("expected 32 bytes, found {len}"),
-        }),
-    }
+    sealed
+        .map(|s| conn.open32(&SKIPPED_MESSAGE_KEY, &sealed_key(addr, ratchet_key, n), &s))
+        .transpose()
 }
 
 /// Every skipped key of a session, oldest first.
-pub fn list(conn: &Connection, addr: &DeviceAddr) -> Result<Vec<SkippedKeyRow>> {
+pub fn list(conn: &Db, addr: &DeviceAddr) -> Result<Vec<SkippedKeyRow>> {
     conn.prepare_cached(
         "SELECT ratchet_key, n, message_key, created_at FROM skipped_keys \
          WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4 \
@@ -157,16 +169,21 @@ pub fn list(conn: &Connection, addr: &DeviceAddr) -> Result<Vec<SkippedKeyRow>> 
                 reason: format!("expected 32 bytes, found {len}"),
             };
             let rk: Vec<u8> = r.get(0)?;
-            let mk = zeroize::Zeroizing::new(r.get::<_, Vec<u8>>(2)?);
+            let ratchet_key: [u8; 32] = rk
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("ratchet_key", rk.len()))?;
+            let n = u32::try_from(r.get::<_, i64>(1)?).map_err(|_| bad("n", 0))?;
+            let sealed = super::types::blob(r, "skipped_keys", "message_key")?;
             Ok(SkippedKeyRow {
                 addr: addr.clone(),
-                ratchet_key: rk
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| bad("ratchet_key", rk.len()))?,
-                n: u32::try_from(r.get::<_, i64>(1)?).map_err(|_| bad("n", 0))?,
-                message_key: SecretKey::from_slice(&mk)
-                    .ok_or_else(|| bad("message_key", mk.len()))?,
+                ratchet_key,
+                n,
+                message_key: conn.open32(
+                    &SKIPPED_MESSAGE_KEY,
+                    &sealed_key(addr, &ratchet_key, n),
+                    sealed,
+                )?,
                 created_at: r.get(3)?,
             })
         },

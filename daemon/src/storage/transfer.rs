@@ -8,6 +8,13 @@
 //! Every copy that can be put back carries the restored-copy stamp ([`super::generation`]): a
 //! backup, the database a restore puts in place, an exported account (and so the imported one).
 //! A daemon starting on it treats its accounts as restored from an older state.
+//!
+//! Sealing (issue 24): a backup is a copy of the sealed file and opens only with the
+//! installation's key; a restore checks that the key opens the backup before it replaces
+//! anything. An account export opens the account's sealed values and seals the whole document
+//! under a passphrase ([`super::sealing::envelope`]), for another machine whose database has
+//! another data key; an import seals them again under the importing database's key, bound to
+//! their new rows.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,7 +26,8 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::{json, Map, Value};
 
 use super::error::{Result, StorageError};
-use super::{io_err, migrations};
+use super::sealing::{columns, envelope, keys, KeyPart, Sealer};
+use super::{io_err, migrations, Db, KeySettings};
 
 /// The `format` field of an account export.
 pub const EXPORT_FORMAT: &str = "omemod-account-export";
@@ -206,6 +214,24 @@ pub fn check_backup(file: &Path) -> Result<BackupSummary> {
     summary(&conn, file)
 }
 
+/// Checks that the installation's key opens the sealed database at `file` (its data key
+/// unwraps, and one sealed value opens). A database from before sealing has nothing to open.
+pub fn check_key(file: &Path, keys: &KeySettings) -> Result<()> {
+    let conn = open_read_only(file)?;
+    if let Some(record) = keys::read_record(&conn)? {
+        let key = keys::open(&record, keys)?;
+        columns::check_one(&conn, &Sealer::new(&key))?;
+    }
+    Ok(())
+}
+
+/// The sealer of the database `conn` (whose key `keys` must give).
+fn sealer_of(conn: &Connection, keys: &KeySettings) -> Result<Option<Sealer>> {
+    keys::read_record(conn)?
+        .map(|record| Ok(Sealer::new(&keys::open(&record, keys)?)))
+        .transpose()
+}
+
 /// What a restore did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RestoreSummary {
@@ -225,8 +251,9 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// `file`). The caller must hold the database's lock (no daemon may run). The replaced database
 /// is kept next to it as `<db>.before-restore-<unix time>`; the record beside it
 /// (`<db>.generation`) stays, and names the state the copy is older than.
-pub fn restore(file: &Path, db: &Path) -> Result<RestoreSummary> {
+pub fn restore(file: &Path, db: &Path, keys: &KeySettings) -> Result<RestoreSummary> {
     let checked = check_backup(file)?;
+    check_key(file, keys)?;
     let tmp = with_suffix(db, ".restoring");
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
@@ -320,10 +347,52 @@ fn rows_of(conn: &Connection, sql: &str, id: i64) -> Result<Vec<Map<String, Valu
     rows
 }
 
-/// Every row of the account `jid` as one JSON document (secrets included: treat the file as
-/// the account itself). Safe while a daemon runs.
-pub fn export_account(db: &Path, jid: &str) -> Result<Value> {
+/// Replaces each sealed value of `row` (a row of `table`, as exported) by the value it opens to.
+fn open_row(
+    sealer: &Sealer,
+    table: &str,
+    row: &mut Map<String, Value>,
+    account_id: i64,
+) -> Result<()> {
+    for column in columns::of_table(table) {
+        let Some(Value::Object(o)) = row.get(column.column) else {
+            continue;
+        };
+        let sealed = from_json(&Value::Object(o.clone()))?;
+        let SqlValue::Blob(sealed) = sealed else {
+            continue;
+        };
+        let values: Vec<(String, SqlValue)> = column
+            .key
+            .iter()
+            .map(|k| {
+                if *k == "account_id" {
+                    Ok(((*k).to_owned(), SqlValue::Integer(account_id)))
+                } else {
+                    row.get(*k)
+                        .map(|v| Ok(((*k).to_owned(), from_json(v)?)))
+                        .unwrap_or_else(|| Err(bad("export", format!("{table} row without {k}"))))
+                }
+            })
+            .collect::<Result<_>>()?;
+        let key = columns::key_of(column, |name| {
+            values.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        })?;
+        let plain = sealer.open(column, &key, &sealed)?;
+        row.insert(
+            column.column.to_owned(),
+            json!({ "hex": hex::encode(&plain[..]) }),
+        );
+    }
+    Ok(())
+}
+
+/// Every row of the account `jid` as one JSON document, its secrets opened (treat the document
+/// as the account itself: [`export_account_to`] seals it under a passphrase). `keys` must give
+/// the database's key. Safe while a daemon runs.
+pub fn export_account(db: &Path, jid: &str, keys: &KeySettings) -> Result<Value> {
     let conn = open_read_only(db)?;
+    let sealer = sealer_of(&conn, keys)?;
     // One read transaction: every table from the same snapshot.
     conn.execute_batch("BEGIN")?;
     let id: i64 = conn
@@ -349,6 +418,9 @@ pub fn export_account(db: &Path, jid: &str) -> Result<Value> {
             id,
         )?;
         for r in &mut rows {
+            if let Some(sealer) = &sealer {
+                open_row(sealer, &table, r, id)?;
+            }
             r.remove("account_id");
         }
         tables.push(json!({"table": table, "rows": rows}));
@@ -365,12 +437,24 @@ pub fn export_account(db: &Path, jid: &str) -> Result<Value> {
     }))
 }
 
-/// Writes [`export_account`] to `file` (created 0600; must not exist).
-pub fn export_account_to(db: &Path, jid: &str, file: &Path) -> Result<usize> {
-    let doc = export_account(db, jid)?;
-    let text = serde_json::to_vec_pretty(&doc).map_err(|e| bad("export", e.to_string()))?;
+/// Writes [`export_account`] to `file` (created 0600; must not exist), sealed under
+/// `passphrase`.
+pub fn export_account_to(
+    db: &Path,
+    jid: &str,
+    file: &Path,
+    keys: &KeySettings,
+    passphrase: &str,
+) -> Result<usize> {
+    let doc = export_account(db, jid, keys)?;
+    let text = zeroize::Zeroizing::new(
+        serde_json::to_vec(&doc).map_err(|e| bad("export", e.to_string()))?,
+    );
+    let sealed = envelope::seal(EXPORT_FORMAT, &text, passphrase)
+        .map_err(|e| bad("export", e.to_string()))?;
+    let out = serde_json::to_vec_pretty(&sealed).map_err(|e| bad("export", e.to_string()))?;
     let mut f = create_private(file)?;
-    std::io::Write::write_all(&mut f, &text).map_err(io_err("writing", file))?;
+    std::io::Write::write_all(&mut f, &out).map_err(io_err("writing", file))?;
     f.sync_all().map_err(io_err("syncing", file))?;
     Ok(doc["tables"].as_array().map_or(0, |t| {
         t.iter()
@@ -380,12 +464,7 @@ pub fn export_account_to(db: &Path, jid: &str, file: &Path) -> Result<usize> {
     }))
 }
 
-fn insert_row(
-    tx: &Connection,
-    table: &str,
-    row: &Map<String, Value>,
-    id: Option<i64>,
-) -> Result<()> {
+fn insert_row(tx: &Db, table: &str, row: &Map<String, Value>, id: Option<i64>) -> Result<()> {
     let cols: Vec<String> = {
         let mut stmt = tx.prepare("SELECT name FROM pragma_table_info(?1)")?;
         let c = stmt
@@ -409,6 +488,7 @@ fn insert_row(
         names.push("account_id".into());
         values.push(SqlValue::Integer(id));
     }
+    seal_values(tx, table, &names, &mut values)?;
     let marks: Vec<String> = (1..=values.len()).map(|i| format!("?{i}")).collect();
     tx.execute(
         &format!(
@@ -418,6 +498,44 @@ fn insert_row(
         ),
         rusqlite::params_from_iter(values.iter()),
     )?;
+    Ok(())
+}
+
+/// Seals the secret values of a row about to be inserted (`names` quoted as in the INSERT),
+/// bound to the row's key as inserted.
+fn seal_values(tx: &Db, table: &str, names: &[String], values: &mut [SqlValue]) -> Result<()> {
+    let position = |name: &str| {
+        names
+            .iter()
+            .position(|n| n == &format!("\"{name}\"") || n == name)
+    };
+    for column in columns::of_table(table) {
+        let Some(at) = position(column.column) else {
+            continue;
+        };
+        let SqlValue::Blob(plain) = &values[at] else {
+            continue;
+        };
+        let plain = zeroize::Zeroizing::new(plain.clone());
+        let key_values: Vec<SqlValue> = column
+            .key
+            .iter()
+            .map(|k| {
+                position(k)
+                    .map(|i| values[i].clone())
+                    .ok_or_else(|| bad("export", format!("{table} row without {k}")))
+            })
+            .collect::<Result<_>>()?;
+        let key: Vec<KeyPart<'_>> = columns::key_of(column, |name| {
+            column
+                .key
+                .iter()
+                .position(|k| *k == name)
+                .map(|i| &key_values[i])
+        })?;
+        let sealed = tx.seal(column, &key, &plain);
+        values[at] = SqlValue::Blob(sealed);
+    }
     Ok(())
 }
 
@@ -434,10 +552,39 @@ fn has_rowid_alias(tx: &Connection, table: &str) -> Result<bool> {
     Ok(id_pk == 1 && pks == 1)
 }
 
-/// Inserts an exported account into the database (inside the caller's transaction). Refuses a
-/// document of another format, a newer schema, or a JID that already has an account. Returns the
-/// account's JID.
-pub fn import_account(tx: &Connection, doc: &Value) -> Result<String> {
+/// Why an import needs a passphrase and did not get one (the CLI asks for it then).
+pub fn needs_passphrase(doc: &Value) -> bool {
+    envelope::is_envelope(doc)
+}
+
+/// Inserts an exported account into the database (inside the caller's transaction), its secrets
+/// sealed under this database's key. `doc` is an export sealed under `passphrase`, or a
+/// plaintext export written before sealing. Refuses a document of another format, a newer
+/// schema, or a JID that already has an account. Returns the account's JID.
+pub fn import_account(tx: &Db, doc: &Value, passphrase: Option<&str>) -> Result<String> {
+    if envelope::is_envelope(doc) {
+        let passphrase = passphrase.ok_or_else(|| {
+            bad(
+                "import",
+                "the export is sealed under a passphrase, and none was given",
+            )
+        })?;
+        let (what, text) =
+            envelope::open(doc, passphrase).map_err(|e| bad("import", e.to_string()))?;
+        if what != EXPORT_FORMAT {
+            return Err(bad(
+                "import",
+                format!("the sealed file holds {what}, not an account"),
+            ));
+        }
+        let inner: Value =
+            serde_json::from_slice(&text).map_err(|e| bad("export", e.to_string()))?;
+        return import_plain(tx, &inner);
+    }
+    import_plain(tx, doc)
+}
+
+fn import_plain(tx: &Db, doc: &Value) -> Result<String> {
     if doc["format"] != EXPORT_FORMAT || doc["version"] != EXPORT_VERSION {
         return Err(bad(
             "export",

@@ -134,6 +134,25 @@ pub(crate) fn addr_params(addr: &DeviceAddr) -> (i64, &str, &'static str, i64) {
     )
 }
 
+/// A device address as the key of a sealed value (the order of
+/// [`super::sealing::columns::SESSION_STATE`]'s key).
+pub(crate) fn device_key(addr: &DeviceAddr) -> [super::sealing::KeyPart<'_>; 4] {
+    use super::sealing::KeyPart;
+    [
+        KeyPart::Int(addr.account_id),
+        KeyPart::Text(&addr.jid),
+        KeyPart::Text(addr.namespace.namespace()),
+        KeyPart::Int(id_param(addr.device_id)),
+    ]
+}
+
+/// The key of a sealed value bound to a message digest of an account (`redelivery`,
+/// `own_messages`).
+pub(crate) fn digest_key(account_id: i64, digest: &[u8; 32]) -> [super::sealing::KeyPart<'_>; 2] {
+    use super::sealing::KeyPart;
+    [KeyPart::Int(account_id), KeyPart::Blob(digest)]
+}
+
 /// The device address in the first four columns (`account_id, jid, namespace, device_id`);
 /// `None` for an unknown namespace or a device id out of range.
 pub(crate) fn addr_columns(r: &Row<'_>) -> rusqlite::Result<Option<DeviceAddr>> {
@@ -158,7 +177,7 @@ pub(crate) fn get_by_addr<T>(
     table: &'static str,
     columns: &str,
     addr: &DeviceAddr,
-    from_row: fn(&Row<'_>) -> Result<T>,
+    from_row: impl FnOnce(&Row<'_>) -> Result<T>,
 ) -> Result<Option<T>> {
     let mut st = conn.prepare_cached(&format!(
         "SELECT {columns} FROM {table} WHERE account_id = ?1 AND jid = ?2 AND namespace = ?3 AND device_id = ?4"
@@ -266,34 +285,6 @@ pub(crate) fn blob64(row: &Row<'_>, table: &'static str, column: &'static str) -
             format!("expected 64 bytes, found {}", b.len()),
         )
     })
-}
-
-/// A 32-byte secret, copied straight into zeroizing memory.
-pub(crate) fn secret32(
-    row: &Row<'_>,
-    table: &'static str,
-    column: &'static str,
-) -> Result<SecretKey> {
-    let b = blob(row, table, column)?;
-    SecretKey::from_slice(b).ok_or_else(|| {
-        bad(
-            table,
-            column,
-            format!("expected 32 bytes, found {}", b.len()),
-        )
-    })
-}
-
-/// A variable-length secret.
-pub(crate) fn secret_blob(
-    row: &Row<'_>,
-    table: &'static str,
-    column: &'static str,
-) -> Result<SecretBlob> {
-    let b = blob(row, table, column)?;
-    let mut v = Zeroizing::new(Vec::with_capacity(b.len()));
-    v.extend_from_slice(b);
-    Ok(SecretBlob(v))
 }
 
 /// An INTEGER column.

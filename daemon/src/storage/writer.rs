@@ -30,6 +30,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use rusqlite::Connection;
 
+use super::Db;
+
 use super::error::{Result, StorageError};
 use super::marks::{Guard, Sealed, Tracker};
 
@@ -71,7 +73,7 @@ pub(crate) enum BatchFailure {
 /// A type-erased write job.
 pub(crate) trait WriteJob: Send {
     /// Runs the closure inside the open transaction; `true` if it succeeded.
-    fn run(&mut self, conn: &Connection) -> bool;
+    fn run(&mut self, conn: &Db) -> bool;
     /// Delivers the result. `batch_error` is set if the batch as a whole failed.
     fn finish(self: Box<Self>, batch_error: Option<&BatchFailure>);
 }
@@ -95,9 +97,9 @@ impl<T, F> TypedJob<T, F> {
 impl<T, F> WriteJob for TypedJob<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> Result<T> + Send,
+    F: FnOnce(&Db) -> Result<T> + Send,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, conn: &Db) -> bool {
         let Some(f) = self.f.take() else {
             return false;
         };
@@ -150,7 +152,7 @@ pub(crate) struct CheckpointSignal {
 
 /// The write connection and what goes with it; only the current leader locks it.
 struct Conn {
-    conn: Connection,
+    conn: Db,
     /// What the connection's callbacks saw of the current batch.
     tracker: Arc<Tracker>,
     /// The record beside the database, once attached.
@@ -195,7 +197,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) fn new(
-        (conn, tracker): (Connection, Arc<Tracker>),
+        (conn, tracker): (Db, Arc<Tracker>),
         signal: CheckpointSignal,
         stats: Arc<WriterStats>,
         async_inline: bool,
@@ -575,7 +577,7 @@ type Ran = (
 
 /// Runs one batch in one transaction.
 fn run_batch(
-    conn: &mut Connection,
+    conn: &mut Db,
     mut batch: Vec<Box<dyn WriteJob>>,
     tracker: &Tracker,
     guard: Option<&Guard>,
@@ -621,11 +623,7 @@ fn run_batch(
 
 /// Runs each job of a batch in its own savepoint; a job that fails is rolled back alone (and
 /// what the tracker saw of it forgotten).
-fn run_jobs(
-    conn: &Connection,
-    batch: &mut [Box<dyn WriteJob>],
-    tracker: &Tracker,
-) -> rusqlite::Result<()> {
+fn run_jobs(conn: &Db, batch: &mut [Box<dyn WriteJob>], tracker: &Tracker) -> rusqlite::Result<()> {
     for job in batch.iter_mut() {
         control(conn, "SAVEPOINT omemod_job")?;
         let saved = tracker.save();

@@ -40,12 +40,15 @@ pub struct Daemon {
     pub child: Child,
     pub socket: PathBuf,
     pub dir: TempDir,
+    /// `XDG_CONFIG_HOME`: the key file must not be in the database's directory.
+    pub config: TempDir,
 }
 
 impl Daemon {
     /// Starts `omemod serve --enable-debug-methods` with extra args and waits until it answers.
     pub fn start(extra: &[&str]) -> Self {
         let dir = TempDir::new();
+        let config = TempDir::new();
         // A sub-directory that the daemon creates itself (to check its mode).
         let socket = dir.0.join("run").join("omemod.sock");
         let log = std::fs::File::create(dir.0.join("daemon.log")).expect("log file");
@@ -61,7 +64,12 @@ impl Daemon {
             .env_remove("LISTEN_PID")
             .env_remove("NOTIFY_SOCKET")
             // The user's own config file must not leak into a test.
-            .env("XDG_CONFIG_HOME", &dir.0)
+            .env("XDG_CONFIG_HOME", &config.0)
+            // Nor the desktop's keyring (a running Secret Service would be the key source).
+            .env(
+                "DBUS_SESSION_BUS_ADDRESS",
+                "unix:path=/nonexistent/omemod-tests-no-bus",
+            )
             .env_remove("OMEMOD_CONFIG")
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
@@ -69,7 +77,12 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("spawn omemod");
-        let mut d = Daemon { child, socket, dir };
+        let mut d = Daemon {
+            child,
+            socket,
+            dir,
+            config,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&d.socket).is_err() {
             if let Ok(Some(status)) = d.child.try_wait() {

@@ -131,6 +131,11 @@ impl MethodError for StorageError {
     }
 }
 
+answers!(crate::rpc::methods::unlock::UnlockError {
+    crate::rpc::methods::unlock::UnlockError::WrongPassphrase => [WrongPassphrase],
+    crate::rpc::methods::unlock::UnlockError::Storage(e) => [via e: StorageError],
+});
+
 answers!(InvalidJid {
     InvalidJid { .. } => [InvalidJid],
 });

@@ -3,6 +3,7 @@
 //! `registry.register::<YourMethod>()?` line below.
 //!
 //! - [`status`], [`discover`]: the daemon itself and its OpenRPC document.
+//! - [`unlock`]: the passphrase of a locked daemon.
 //! - [`subscription`]: `subscribe` / `unsubscribe`.
 //! - [`account`]: accounts and fingerprints.
 //! - [`bundle`]: bundles and device lists.
@@ -34,11 +35,13 @@ pub mod plan;
 pub mod status;
 pub mod subscription;
 pub mod trust;
+pub mod unlock;
 
 /// Registers every production method, and the `debug.*` methods when `debug` is true.
 pub fn register_all(registry: &mut Registry, debug: bool) -> Result<(), RegistryError> {
     registry.register::<status::Status>()?;
     registry.register::<discover::Discover>()?;
+    registry.register::<unlock::Unlock>()?;
     registry.register::<subscription::Subscribe>()?;
     registry.register::<subscription::Unsubscribe>()?;
     registry.register::<account::AccountCreate>()?;

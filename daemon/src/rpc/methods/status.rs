@@ -35,6 +35,13 @@ pub struct StatusResult {
     /// Set when the database was found older than the last state this machine saw (a restored
     /// backup or snapshot): sessions may need a new key exchange (`session.replace`).
     pub rollback: Option<crate::storage::generation::Rollback>,
+    /// The daemon waits for `unlock` (its database's key is a passphrase).
+    pub locked: bool,
+    /// Where the database's data key comes from: `systemd-credential`, `secret-service`,
+    /// `passphrase` or `key-file` (`null` before the database is open).
+    pub key_source: Option<String>,
+    /// The key file's path, the credential's name, or the keyring item's id.
+    pub key_source_ref: Option<String>,
 }
 
 impl Method for Status {
@@ -59,6 +66,13 @@ impl Method for Status {
             durability: ctx.config.durability,
             clients: ctx.client_count(),
             rollback: ctx.rollback.get().cloned(),
+            locked: ctx.manager.get().is_none() && ctx.unlock.get().is_some(),
+            key_source: match ctx.sealing.get() {
+                Some(s) => Some(s.key_source.as_str().to_owned()),
+                None if ctx.unlock.get().is_some() => Some("passphrase".to_owned()),
+                None => None,
+            },
+            key_source_ref: ctx.sealing.get().and_then(|s| s.key_source_ref.clone()),
         })
     }
 }
