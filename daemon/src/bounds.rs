@@ -1,6 +1,6 @@
 //! The daemon's resource bounds (issue 11) that are not tied to one module: the fixed limits on
 //! device lists, the open-file limit, off-thread parsing of large inputs, and the rate limit on
-//! repeated log lines. The bounds set by flags are in [`crate::config`]; docs/rpc.md "Limits"
+//! repeated log lines. The bounds set by flags are in `config.rs`; docs/rpc.md "Limits"
 //! lists every bound with its default, its flag and what happens when it is reached.
 
 use std::time::{Duration, Instant};

@@ -609,17 +609,12 @@ impl FileConfig {
     }
 }
 
-/// Our real uid.
-pub fn current_uid() -> u32 {
-    rustix::process::getuid().as_raw()
-}
-
 /// `$XDG_RUNTIME_DIR`, else `/run/user/<uid>` when it exists, else `None`.
 pub fn runtime_dir() -> Option<PathBuf> {
     if let Some(dir) = non_empty_env_path("XDG_RUNTIME_DIR") {
         return Some(dir);
     }
-    let run_user = PathBuf::from(format!("/run/user/{}", current_uid()));
+    let run_user = PathBuf::from(format!("/run/user/{}", crate::socket_trust::current_uid()));
     run_user.is_dir().then_some(run_user)
 }
 
@@ -632,7 +627,11 @@ pub fn default_socket_path() -> PathBuf {
     }
     match runtime_dir() {
         Some(dir) => dir.join("omemod").join("omemod.sock"),
-        None => PathBuf::from(format!("/tmp/omemod-{}", current_uid())).join("omemod.sock"),
+        None => PathBuf::from(format!(
+            "/tmp/omemod-{}",
+            crate::socket_trust::current_uid()
+        ))
+        .join("omemod.sock"),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`prepare_private_dir`]: the socket's and the database's directory, created 0700 when
 //!   missing; only a directory we create gets its mode set, an existing one is never chmod-ed.
 //! - [`check_database_path`]: the database and its `-wal` / `-shm` files are not symlinks.
+//! - [`current_uid`]: our real uid, the only one trusted.
 
 use std::fs::{DirBuilder, File};
 use std::io;
@@ -16,8 +17,9 @@ use std::path::Path;
 
 pub use omemod_client::trust::{open_private_dir, parent_of, stat_in, FileType, TrustError};
 
-fn us() -> u32 {
-    crate::config::current_uid()
+/// Our real uid.
+pub fn current_uid() -> u32 {
+    rustix::process::getuid().as_raw()
 }
 
 /// Creates `dir` (mode 0700, parents as needed) unless it exists, then opens and checks it
@@ -73,12 +75,12 @@ pub fn check_database_path(path: &Path) -> Result<(), TrustError> {
         match stat_in(&dir, Path::new(&n), &full)? {
             None => {}
             Some((FileType::Symlink, _)) => return Err(TrustError::Symlink(full)),
-            Some((FileType::RegularFile, owner)) if owner == us() => {}
+            Some((FileType::RegularFile, owner)) if owner == current_uid() => {}
             Some((FileType::RegularFile, owner)) => {
                 return Err(TrustError::ForeignOwner {
                     path: full,
                     owner,
-                    us: us(),
+                    us: current_uid(),
                 })
             }
             Some(_) => {

@@ -262,7 +262,7 @@ async fn authorize(mut stream: UnixStream, conn_id: u64) -> Option<(UnixStream, 
             (None, None)
         }
     };
-    if peer_uid == Some(crate::config::current_uid()) {
+    if peer_uid == Some(crate::socket_trust::current_uid()) {
         return Some((stream, peer_pid));
     }
     tracing::warn!(
