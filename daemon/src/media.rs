@@ -207,13 +207,22 @@ pub struct DecryptStart {
     pub plaintext_size: u64,
 }
 
-/// Where the key of a file to decrypt comes from.
-#[derive(Debug)]
+/// Where the key of a file to decrypt comes from. Both forms carry the file's key, so `Debug`
+/// names the form only.
 pub enum KeySource<'a> {
     /// An `aesgcm://` link.
     Link(&'a str),
     /// A link's fragment alone (IV then key, hex): for links that are not `aesgcm://`.
     Fragment(&'a str),
+}
+
+impl std::fmt::Debug for KeySource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Link(_) => f.write_str("Link(<redacted>)"),
+            KeySource::Fragment(_) => f.write_str("Fragment(<redacted>)"),
+        }
+    }
 }
 
 /// A chunk checked in the first pass of decryption.
@@ -731,6 +740,13 @@ mod tests {
         }
         out.extend_from_slice(&t.finish(start.transfer).unwrap());
         (start.fragment.to_string(), out)
+    }
+
+    #[test]
+    fn a_key_source_never_shows_its_key_in_debug() {
+        let link = "aesgcm://h.example/f#00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff0011223344556677";
+        assert_eq!(format!("{:?}", KeySource::Link(link)), "Link(<redacted>)");
+        assert!(!format!("{:?}", KeySource::Fragment("0011aabb")).contains("0011"));
     }
 
     #[test]
