@@ -181,8 +181,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A transfer begun to encrypt a file.
-#[derive(Debug)]
+/// A transfer begun to encrypt a file. `Debug` leaves out the key (the fragment and link).
 pub struct EncryptStart {
     /// The transfer's id on this connection.
     pub transfer: u64,
@@ -194,6 +193,16 @@ pub struct EncryptStart {
     pub fragment: Zeroizing<String>,
     /// The link to send, when the upload URL was given.
     pub link: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for EncryptStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptStart")
+            .field("transfer", &self.transfer)
+            .field("chunk_len", &self.chunk_len)
+            .field("upload_size", &self.upload_size)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A transfer begun to decrypt a downloaded file.
